@@ -1,0 +1,153 @@
+//! The commands, built from checked settings: the one place that wires the source, the masker,
+//! the loader and the pipeline together. `main` and the integration tests both call these, so
+//! tests run exactly what users run.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Settings};
+use crate::login::Masker;
+use crate::pipeline::{self, PipelineError, Summary};
+use crate::postgres::schema::{NotReady, SetupReport};
+use crate::postgres::{self as pg, ConnectError, Database, LoginLoader, TableName};
+use crate::sqs::sdk::SqsSettings;
+use crate::sqs::{SdkQueue, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("database not ready: {0}")]
+    NotReady(#[from] NotReady),
+    #[error("setup failed: {0}")]
+    Setup(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("{path}: {error}")]
+    File {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+impl AppError {
+    /// Exit code: 2 for configuration mistakes, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// `sqs2pg setup`.
+pub async fn setup(database: &Database, table: &TableName) -> Result<SetupReport, AppError> {
+    let mut client = database.connect().await?;
+    pg::setup(&mut client, table).await.map_err(AppError::Setup)
+}
+
+/// `sqs2pg drain` / `sqs2pg run`: checks the database, connects to the queue, runs the pipeline.
+pub async fn process(settings: Settings, shutdown: CancellationToken) -> Result<Summary, AppError> {
+    let queue = SdkQueue::connect(&settings.sqs).await?;
+    process_with(settings, Arc::new(queue), shutdown, |loader| loader).await
+}
+
+/// Like [`process`] but with a given source and a hook around the loader: the seam where tests
+/// inject faults (a source that loses deletes, a loader that fails).
+pub async fn process_with<S, L, F>(
+    settings: Settings,
+    source: Arc<S>,
+    shutdown: CancellationToken,
+    wrap_loader: F,
+) -> Result<Summary, AppError>
+where
+    S: crate::sqs::MessageSource,
+    L: pg::BatchLoader,
+    F: FnOnce(LoginLoader) -> L,
+{
+    let client = settings.database.connect().await?;
+    pg::check_ready(&client, &settings.table).await?;
+    drop(client);
+    let masker = Masker::new(&settings.mask_key);
+    tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
+    let loader = wrap_loader(LoginLoader::new(settings.database, settings.table));
+    Ok(pipeline::run(source, loader, masker, settings.pipeline, shutdown).await?)
+}
+
+/// `sqs2pg send`: one message per non-blank line, 10 per SendMessageBatch, `concurrency` calls
+/// in flight; entries SQS refuses transiently are retried. Returns the number sent.
+pub async fn send(
+    settings: &SqsSettings,
+    file: &Path,
+    create_queue: bool,
+    concurrency: usize,
+) -> Result<u64, AppError> {
+    let file_error = |error| AppError::File {
+        path: file.display().to_string(),
+        error,
+    };
+    let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(file_error)?);
+    let mut bodies = Vec::new();
+    for line in reader.lines() {
+        let line = line.map_err(file_error)?;
+        if !line.trim().is_empty() {
+            bodies.push(line);
+        }
+    }
+    let mut queue = SdkQueue::connect(settings).await?;
+    if create_queue {
+        queue.create_queue().await?;
+    }
+    let chunks: Vec<Vec<String>> = bodies
+        .chunks(SQS_BATCH_LIMIT)
+        .map(<[String]>::to_vec)
+        .collect();
+    let results: Vec<Result<u64, SourceError>> = stream::iter(chunks)
+        .map(|chunk| send_chunk(&queue, chunk))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut sent = 0;
+    for r in results {
+        sent += r?;
+    }
+    Ok(sent)
+}
+
+async fn send_chunk(queue: &SdkQueue, mut chunk: Vec<String>) -> Result<u64, SourceError> {
+    const ATTEMPTS: u32 = 5;
+    let total = chunk.len() as u64;
+    for attempt in 1..=ATTEMPTS {
+        let error = match queue.send_batch(&chunk).await {
+            Ok(refused) if refused.is_empty() => return Ok(total),
+            Ok(refused) => {
+                chunk = refused;
+                None
+            }
+            Err(e) if e.kind == SourceErrorKind::Transient => Some(e),
+            Err(e) => return Err(e),
+        };
+        if attempt == ATTEMPTS {
+            return Err(error.unwrap_or_else(|| SourceError {
+                kind: SourceErrorKind::Transient,
+                operation: "SendMessageBatch",
+                message: format!(
+                    "{} entries still refused after {ATTEMPTS} attempts",
+                    chunk.len()
+                ),
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+    }
+    unreachable!("the last attempt returns")
+}

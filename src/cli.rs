@@ -1,0 +1,110 @@
+//! Subcommands and flags (clap derive). Every flag can also come from the environment variable
+//! named beside it; those names are part of the contract. Raw arguments are turned into checked
+//! `config::Settings` in a second step (`config`), never used directly.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Moves JSON login messages from an SQS queue into PostgreSQL, masking ip and device_id.
+#[derive(Debug, Parser)]
+#[command(name = "sqs2pg", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the `sqs2pg` bookkeeping schema and create the target table if missing.
+    Setup(DatabaseArgs),
+    /// Process until the queue has been empty for one long poll, print a summary, exit.
+    Drain(PipelineArgs),
+    /// Process as a long-running service until SIGINT or SIGTERM.
+    Run(PipelineArgs),
+    /// Print a new random masking key (base64 of 32 bytes) for SQS2PG_MASK_KEY.
+    Keygen,
+    /// Send one message per line of a file to the queue (SendMessageBatch, 10 per call).
+    Send(SendArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DatabaseArgs {
+    /// libpq-style URL, e.g. postgres://user:password@localhost:5432/db?sslmode=require.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Target table, `table` or `schema.table`; each part is quoted as an identifier.
+    #[arg(long, env = "SQS2PG_TABLE", default_value = "public.user_logins")]
+    pub table: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct QueueArgs {
+    /// The queue's URL, e.g. http://localhost:4566/000000000000/login-queue.
+    #[arg(long, env = "SQS2PG_QUEUE_URL")]
+    pub queue_url: Option<String>,
+
+    /// SQS endpoint override. Defaults to the queue URL's origin when that is not an AWS host.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    /// File holding the base64 masking key (mode 600). Or put the key itself in SQS2PG_MASK_KEY.
+    #[arg(long, env = "SQS2PG_MASK_KEY_FILE")]
+    pub mask_key_file: Option<PathBuf>,
+
+    /// Concurrent long-polling receivers.
+    #[arg(long, env = "SQS2PG_RECEIVERS", default_value_t = crate::config::DEFAULT_RECEIVERS)]
+    pub receivers: usize,
+
+    /// Long-poll wait per receive, 0 to 20 seconds.
+    #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
+    pub wait_time_secs: u64,
+
+    /// Visibility timeout asked for on receive; the queue's own setting when not given.
+    #[arg(long, env = "SQS2PG_VISIBILITY_TIMEOUT_SECS")]
+    pub visibility_timeout_secs: Option<u64>,
+
+    /// Most messages per load transaction.
+    #[arg(long, env = "SQS2PG_BATCH_MAX_ROWS", default_value_t = crate::config::DEFAULT_BATCH_MAX_ROWS)]
+    pub batch_max_rows: usize,
+
+    /// Longest a message waits in an open batch before it is loaded, in milliseconds.
+    #[arg(long, env = "SQS2PG_BATCH_MAX_AGE_MS", default_value_t = crate::config::DEFAULT_BATCH_MAX_AGE_MS)]
+    pub batch_max_age_ms: u64,
+
+    /// Bodies longer than this many bytes are rejected as body_too_large.
+    #[arg(long, env = "SQS2PG_MAX_BODY_BYTES", default_value_t = crate::config::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Attempts for a failing load or receive before `drain` gives up (`run` retries forever).
+    #[arg(long, env = "SQS2PG_MAX_ATTEMPTS", default_value_t = crate::config::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    /// File with one message body per line (blank lines are skipped).
+    #[arg(long)]
+    pub file: PathBuf,
+
+    /// Create the queue first if it does not exist (named by the URL's last path segment).
+    #[arg(long)]
+    pub create_queue: bool,
+
+    /// SendMessageBatch calls in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}

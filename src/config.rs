@@ -1,0 +1,276 @@
+//! Checked settings. Raw CLI/env arguments (`cli`) become these types in one step that fails
+//! with a message naming the setting and the fix, before any message is touched.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cli::{DatabaseArgs, PipelineArgs, QueueArgs};
+use crate::error::RetryPolicy;
+use crate::login::mask::{KeyError, MaskKey};
+use crate::pipeline::{Mode, PipelineSettings};
+use crate::postgres::{Database, TableName};
+use crate::sqs::sdk::SqsSettings;
+
+/// Four receivers keep a few long polls in flight, enough to saturate one loader against real
+/// SQS (each call returns at most 10 messages in tens of milliseconds) without idle cost.
+pub const DEFAULT_RECEIVERS: usize = 4;
+/// SQS's maximum long poll: fewest empty receives (SQS bills per request), and `drain` ends
+/// after one wait this long with nothing to receive.
+pub const DEFAULT_WAIT_TIME_SECS: u64 = 20;
+/// One commit costs a few milliseconds with fsync; 1,000 rows per transaction makes that cost
+/// negligible per row while keeping a transaction (and its retry) small.
+pub const DEFAULT_BATCH_MAX_ROWS: usize = 1_000;
+/// A trickle of messages is still committed (and deleted) within half a second.
+pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 500;
+/// SQS's own message size limit is 256 KiB; a login body is about 200 bytes, so anything near
+/// that limit is not a login.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// With 100 ms initial backoff doubling to a 10 s cap, eight attempts span about half a minute:
+/// long enough to ride out a database restart, short enough for `drain` to report failure.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// DeleteMessageBatch calls in flight at once.
+pub const DEFAULT_DELETE_CONCURRENCY: usize = 4;
+
+/// The environment variable holding the base64 masking key itself.
+pub const MASK_KEY_ENV: &str = "SQS2PG_MASK_KEY";
+
+/// A setting that is missing or malformed; the message names it and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// Everything `drain` and `run` need, checked.
+#[derive(Debug)]
+pub struct Settings {
+    pub database: Database,
+    pub table: TableName,
+    pub sqs: SqsSettings,
+    pub mask_key: MaskKey,
+    pub pipeline: PipelineSettings,
+}
+
+/// Database connection target and table, checked.
+pub fn database(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError> {
+    let url = args.database_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+        ConfigError(
+            "DATABASE_URL (--database-url) is not set: set it to a PostgreSQL URL, e.g. postgres://user:password@localhost:5432/db".into(),
+        )
+    })?;
+    let database = Database::parse(url).map_err(|e| ConfigError(e.to_string()))?;
+    let table = TableName::parse(&args.table).map_err(ConfigError)?;
+    Ok((database, table))
+}
+
+/// Queue URL and endpoint, checked.
+pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
+    let queue_url = args.queue_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+        ConfigError(
+            "SQS2PG_QUEUE_URL (--queue-url) is not set: set it to the queue's URL, e.g. http://localhost:4566/000000000000/login-queue".into(),
+        )
+    })?;
+    let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+    let has_path = queue_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.trim_end_matches('/').split_once('/'))
+        .is_some_and(|(host, path)| !host.is_empty() && !path.is_empty());
+    if !is_http(queue_url) || !has_path {
+        return Err(ConfigError(format!(
+            "SQS2PG_QUEUE_URL (--queue-url) must be an http(s) URL ending in the queue name, e.g. http://localhost:4566/000000000000/login-queue; got {queue_url:?}"
+        )));
+    }
+    if let Some(endpoint) = args.endpoint_url.as_deref().filter(|e| !is_http(e)) {
+        return Err(ConfigError(format!(
+            "AWS_ENDPOINT_URL (--endpoint-url) must be an http(s) URL, e.g. http://localhost:4566; got {endpoint:?}"
+        )));
+    }
+    Ok(SqsSettings {
+        queue_url: queue_url.trim_end_matches('/').to_owned(),
+        endpoint_url: args.endpoint_url.clone(),
+    })
+}
+
+/// The masking key from `SQS2PG_MASK_KEY` or `--mask-key-file` / `SQS2PG_MASK_KEY_FILE`.
+pub fn mask_key(from_env: Option<&str>, file: Option<&Path>) -> Result<MaskKey, ConfigError> {
+    let explain = |source: &str, e: KeyError| ConfigError(format!("{source}: {e}"));
+    match (from_env.filter(|k| !k.is_empty()), file) {
+        (Some(_), Some(_)) => Err(ConfigError(format!(
+            "both {MASK_KEY_ENV} and SQS2PG_MASK_KEY_FILE (--mask-key-file) are set: keep only one"
+        ))),
+        (Some(text), None) => MaskKey::from_base64(text).map_err(|e| explain(MASK_KEY_ENV, e)),
+        (None, Some(path)) => {
+            let shown = path.display();
+            check_key_file_mode(path)?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown} cannot be read: {e}"))
+            })?;
+            MaskKey::from_base64(&text)
+                .map_err(|e| explain(&format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown}"), e))
+        }
+        (None, None) => Err(ConfigError(format!(
+            "no masking key: set {MASK_KEY_ENV} to a base64 key of at least 32 bytes, or SQS2PG_MASK_KEY_FILE to a file holding one; make one with `sqs2pg keygen`"
+        ))),
+    }
+}
+
+#[cfg(unix)]
+fn check_key_file_mode(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(ConfigError(format!(
+                "SQS2PG_MASK_KEY_FILE (--mask-key-file) {} is readable by group or others (mode {:o}): run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_key_file_mode(_: &Path) -> Result<(), ConfigError> {
+    Ok(())
+}
+
+/// All settings for `drain` (`Mode::Drain`) or `run` (`Mode::Run`).
+pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError> {
+    let (database, table) = database(&args.database)?;
+    let sqs = queue(&args.queue)?;
+    let env_key = std::env::var(MASK_KEY_ENV).ok();
+    let mask_key = mask_key(env_key.as_deref(), args.mask_key_file.as_deref())?;
+    let range = |name: &str, env: &str, value: u64, lo: u64, hi: u64, why: &str| {
+        if (lo..=hi).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError(format!(
+                "--{name} ({env}) is {value}; it must be between {lo} and {hi} ({why})"
+            )))
+        }
+    };
+    range(
+        "receivers",
+        "SQS2PG_RECEIVERS",
+        args.receivers as u64,
+        1,
+        64,
+        "concurrent long polls",
+    )?;
+    range(
+        "wait-time-secs",
+        "SQS2PG_WAIT_TIME_SECS",
+        args.wait_time_secs,
+        0,
+        20,
+        "SQS's long-poll limit",
+    )?;
+    if let Some(v) = args.visibility_timeout_secs {
+        range(
+            "visibility-timeout-secs",
+            "SQS2PG_VISIBILITY_TIMEOUT_SECS",
+            v,
+            0,
+            43_200,
+            "SQS's limit is 12 hours",
+        )?;
+    }
+    range(
+        "batch-max-rows",
+        "SQS2PG_BATCH_MAX_ROWS",
+        args.batch_max_rows as u64,
+        1,
+        100_000,
+        "rows per transaction",
+    )?;
+    range(
+        "batch-max-age-ms",
+        "SQS2PG_BATCH_MAX_AGE_MS",
+        args.batch_max_age_ms,
+        1,
+        600_000,
+        "milliseconds",
+    )?;
+    range(
+        "max-body-bytes",
+        "SQS2PG_MAX_BODY_BYTES",
+        args.max_body_bytes as u64,
+        64,
+        16 << 20,
+        "bytes",
+    )?;
+    range(
+        "max-attempts",
+        "SQS2PG_MAX_ATTEMPTS",
+        u64::from(args.max_attempts),
+        1,
+        1_000,
+        "attempts",
+    )?;
+    let retry = RetryPolicy {
+        initial: Duration::from_millis(100),
+        max_delay: Duration::from_secs(10),
+        max_attempts: match mode {
+            Mode::Drain => Some(args.max_attempts),
+            Mode::Run => None,
+        },
+    };
+    Ok(Settings {
+        database,
+        table,
+        sqs,
+        mask_key,
+        pipeline: PipelineSettings {
+            mode,
+            receivers: args.receivers,
+            wait_time: Duration::from_secs(args.wait_time_secs),
+            visibility_timeout: args.visibility_timeout_secs.map(Duration::from_secs),
+            batch_max_rows: args.batch_max_rows,
+            batch_max_age: Duration::from_millis(args.batch_max_age_ms),
+            max_body_bytes: args.max_body_bytes,
+            delete_concurrency: DEFAULT_DELETE_CONCURRENCY,
+            load_retry: retry,
+            source_retry: retry,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_sources_are_exclusive_and_named() {
+        let e = mask_key(None, None).unwrap_err().to_string();
+        assert!(e.contains("SQS2PG_MASK_KEY") && e.contains("keygen"), "{e}");
+        let e = mask_key(Some("x"), Some(Path::new("/k")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keep only one"), "{e}");
+        let e = mask_key(Some("c2hvcnQ="), None).unwrap_err().to_string();
+        assert!(
+            e.contains("SQS2PG_MASK_KEY") && e.contains("5 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn queue_url_is_checked() {
+        let args = |u: &str| QueueArgs {
+            queue_url: Some(u.into()),
+            endpoint_url: None,
+        };
+        assert!(queue(&args("http://localhost:4566/000000000000/login-queue")).is_ok());
+        for bad in ["login-queue", "ftp://x/y", "http://localhost:4566"] {
+            let e = queue(&args(bad)).unwrap_err().to_string();
+            assert!(e.contains("SQS2PG_QUEUE_URL"), "{bad}: {e}");
+        }
+        let e = queue(&QueueArgs {
+            queue_url: None,
+            endpoint_url: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is not set"), "{e}");
+    }
+}

@@ -1,0 +1,43 @@
+//! sqs2pg moves JSON login messages from an Amazon SQS queue into PostgreSQL, masking personal
+//! data on the way.
+//!
+//! # Data flow
+//!
+//! ```text
+//! SQS message (id, receipt handle, body, SentTimestamp, ApproximateReceiveCount)
+//!   -> sqs::Received          one message we hold a lease on
+//!   -> login::LoginEvent      the body in its wire shape, unvalidated
+//!   -> login::ValidLogin      every field checked; app_version encoded; create_date set
+//!   -> login::MaskedLogin     ip and device_id replaced by keyed tokens
+//!   -> pipeline::batch::Batch rows + rejections + the ack handles that ride with them
+//!   -> postgres::LoginLoader  one transaction: rows, rejections, ledger of message ids; COMMIT
+//!   -> sqs DeleteMessageBatch only now, 10 per call
+//! ```
+//!
+//! # Delivery guarantee
+//!
+//! A message is deleted from SQS only after its row or its rejection is committed. The ledger
+//! (`sqs2pg.processed_messages`, keyed by SQS message id) is written in the same transaction, so
+//! a redelivery, a crash between COMMIT and delete, or a second replica never adds a second row.
+//! Whatever is not committed stays in SQS and comes back after its visibility timeout.
+//!
+//! # Modules
+//!
+//! - [`cli`], [`config`]: flags and environment, turned into checked settings.
+//! - [`login`]: the domain, pure: parse, validate, encode `app_version`, mask.
+//! - [`sqs`]: the source (receive, delete, send).
+//! - [`postgres`]: the sink (schema, readiness, loader).
+//! - [`pipeline`]: receivers, batcher/loader and deleter tasks; the run summary.
+//! - [`error`]: the one fate policy (ack / quarantine / retry / stop) and backoff.
+//! - [`app`]: the commands, wired from settings; used by `main` and by the tests.
+//! - [`telemetry`]: logging setup and the rule of what may be logged.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod login;
+pub mod pipeline;
+pub mod postgres;
+pub mod sqs;
+pub mod telemetry;

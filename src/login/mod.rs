@@ -1,0 +1,279 @@
+//! The domain: a login message from body text to a row that is safe to store. Pure functions
+//! and types, no I/O.
+//!
+//! Each stage has its own type, and each type can only be made from the one before it:
+//!
+//! ```text
+//! &str body --LoginEvent::parse--> LoginEvent --validate--> ValidLogin --mask--> MaskedLogin
+//! ```
+//!
+//! Only [`MaskedLogin`] reaches the loader, and its personal columns are [`MaskedToken`]s, which
+//! only the [`Masker`] can make: unmasked data cannot reach PostgreSQL by construction.
+
+pub mod app_version;
+pub mod mask;
+pub mod reject;
+pub mod validate;
+pub mod wire;
+
+use time::Date;
+
+pub use app_version::AppVersion;
+pub use mask::{MaskKey, MaskedToken, Masker};
+pub use reject::{Field, Reason, Rejection};
+pub use validate::{validate, ValidLogin};
+pub use wire::LoginEvent;
+
+/// A login ready for the table: personal fields replaced by tokens.
+#[derive(Debug, Clone)]
+pub struct MaskedLogin {
+    pub user_id: String,
+    pub device_type: String,
+    pub masked_ip: MaskedToken,
+    pub masked_device_id: MaskedToken,
+    pub locale: Option<String>,
+    pub app_version: i32,
+    pub create_date: Date,
+}
+
+impl ValidLogin {
+    /// Replaces `ip` and `device_id` by their tokens; the raw values are dropped here.
+    pub fn mask(self, masker: &Masker) -> MaskedLogin {
+        MaskedLogin {
+            masked_ip: masker.mask_ip(self.ip.0),
+            masked_device_id: masker.mask_device_id(&self.device_id.0),
+            user_id: self.user_id,
+            device_type: self.device_type,
+            locale: self.locale,
+            app_version: self.app_version.encode(),
+            create_date: self.create_date,
+        }
+    }
+}
+
+/// What a body turned into: a row, or a rejection; plus the count of unknown fields seen.
+#[derive(Debug)]
+pub struct Transformed {
+    pub outcome: Result<MaskedLogin, Rejection>,
+    pub unknown_fields: u32,
+}
+
+/// The whole pure transform: size check, parse, validate, mask.
+pub fn transform(
+    masker: &Masker,
+    max_body_bytes: usize,
+    body: &str,
+    sent_timestamp: Option<i64>,
+) -> Transformed {
+    if body.len() > max_body_bytes {
+        return Transformed {
+            outcome: Err(Rejection::with_detail(
+                Reason::BodyTooLarge,
+                format!("{} bytes, limit {max_body_bytes}", body.len()),
+            )),
+            unknown_fields: 0,
+        };
+    }
+    match LoginEvent::parse(body) {
+        Err(rejection) => Transformed {
+            outcome: Err(rejection),
+            unknown_fields: 0,
+        },
+        Ok(event) => {
+            let unknown_fields = event.unknown_fields;
+            Transformed {
+                outcome: validate(event, sent_timestamp).map(|v| v.mask(masker)),
+                unknown_fields,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SENT_MS: i64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+    const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
+
+    fn masker() -> Masker {
+        Masker::new(&MaskKey::from_base64(&"A".repeat(44)).unwrap())
+    }
+
+    fn reason(body: &str) -> String {
+        match transform(&masker(), 1 << 20, body, Some(SENT_MS)).outcome {
+            Ok(_) => "ok".into(),
+            Err(r) => r.reason.to_string(),
+        }
+    }
+
+    fn with(field: &str, json_value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v[field] = serde_json::from_str(json_value).unwrap();
+        v.to_string()
+    }
+
+    fn without(field: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v.as_object_mut().unwrap().remove(field);
+        v.to_string()
+    }
+
+    #[test]
+    fn good_login_becomes_a_masked_row() {
+        let t = transform(&masker(), 1 << 16, GOOD, Some(SENT_MS));
+        let row = t.outcome.unwrap();
+        assert_eq!(row.user_id, "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(row.device_type, "android");
+        assert_eq!(row.locale.as_deref(), Some("RU"));
+        assert_eq!(row.app_version, 2_003_000);
+        assert_eq!(row.create_date, time::macros::date!(2023 - 11 - 14));
+        assert_eq!(
+            row.masked_ip,
+            masker().mask_ip("199.172.111.135".parse().unwrap())
+        );
+        assert_eq!(row.masked_device_id, masker().mask_device_id("593-47-5928"));
+        assert_eq!(t.unknown_fields, 0);
+    }
+
+    #[test]
+    fn null_locale_is_valid_and_unknown_fields_are_counted() {
+        let body =
+            with("locale", "null").replacen('{', r#"{"extra": [1, {"a": 2}], "more": 1, "#, 1);
+        let t = transform(&masker(), 1 << 16, &body, Some(SENT_MS));
+        assert_eq!(t.outcome.unwrap().locale, None);
+        assert_eq!(t.unknown_fields, 2);
+    }
+
+    #[test]
+    fn the_sample_wrong_message_type_is_missing_user_id() {
+        assert_eq!(
+            reason(r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#),
+            "missing_field:user_id"
+        );
+    }
+
+    #[test]
+    fn every_field_missing_null_or_mistyped_is_named() {
+        for field in Field::ALL {
+            let name = field.name();
+            assert_eq!(reason(&without(name)), format!("missing_field:{name}"));
+            if field != Field::Locale {
+                assert_eq!(reason(&with(name, "null")), format!("null_field:{name}"));
+            }
+            for wrong in ["1", "1.5", "true", "[]", "{}"] {
+                assert_eq!(
+                    reason(&with(name, wrong)),
+                    format!("wrong_type:{name}"),
+                    "{wrong}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn not_json_and_not_object() {
+        assert_eq!(reason("not json"), "not_json");
+        assert_eq!(reason(&GOOD[..40]), "not_json");
+        assert_eq!(reason(&format!("{GOOD} trailing")), "not_json");
+        assert_eq!(reason(""), "not_json");
+        assert_eq!(reason("[1,2]"), "not_an_object");
+        assert_eq!(reason("\"s\""), "not_an_object");
+        assert_eq!(reason("null"), "not_an_object");
+        // Deep nesting is skipped iteratively (serde_json's ignore path): no stack overflow.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(reason(&deep), "not_an_object");
+        let deep_inside = GOOD.replacen(
+            '{',
+            &format!("{{\"x\": {}1{}, ", "[".repeat(100_000), "]".repeat(100_000)),
+            1,
+        );
+        assert_eq!(reason(&deep_inside), "ok");
+        let unclosed = format!("{{\"x\": {}", "[".repeat(100_000));
+        assert_eq!(reason(&unclosed), "not_json");
+    }
+
+    #[test]
+    fn duplicate_fields_are_rejected() {
+        let body = GOOD.replacen('{', r#"{"ip": "1.2.3.4", "#, 1);
+        assert_eq!(reason(&body), "duplicate_field:ip");
+    }
+
+    #[test]
+    fn limits_count_characters_not_bytes() {
+        assert_eq!(
+            reason(&with("user_id", &format!("\"{}\"", "é".repeat(128)))),
+            "ok"
+        );
+        assert_eq!(
+            reason(&with("user_id", &format!("\"{}\"", "é".repeat(129)))),
+            "too_long:user_id"
+        );
+        assert_eq!(
+            reason(&with("device_type", &format!("\"{}\"", "x".repeat(33)))),
+            "too_long:device_type"
+        );
+        assert_eq!(
+            reason(&with("locale", &format!("\"{}\"", "日".repeat(32)))),
+            "ok"
+        );
+        assert_eq!(
+            reason(&with("locale", &format!("\"{}\"", "日".repeat(33)))),
+            "too_long:locale"
+        );
+    }
+
+    #[test]
+    fn nul_ip_app_version_and_size() {
+        assert_eq!(
+            reason(&with("locale", r#""R\u0000U""#)),
+            "nul_character:locale"
+        );
+        assert_eq!(reason(&with("ip", r#""300.1.1.1""#)), "invalid_ip");
+        assert_eq!(reason(&with("ip", r#""2001:db8::1""#)), "ok");
+        assert_eq!(
+            reason(&with("app_version", r#""1.2.x""#)),
+            "invalid_app_version"
+        );
+        assert_eq!(
+            reason(&with("app_version", r#""3000.1""#)),
+            "app_version_out_of_range"
+        );
+        let t = transform(&masker(), 10, GOOD, Some(SENT_MS));
+        assert_eq!(t.outcome.unwrap_err().reason, Reason::BodyTooLarge);
+    }
+
+    #[test]
+    fn sent_timestamp_in_ms_or_seconds_and_missing() {
+        let day = |ts| {
+            transform(&masker(), 1 << 16, GOOD, Some(ts))
+                .outcome
+                .unwrap()
+                .create_date
+        };
+        assert_eq!(day(1_700_000_000), day(SENT_MS));
+        assert_eq!(day(1_699_999_199_999), time::macros::date!(2023 - 11 - 14));
+        assert_eq!(
+            day(1_699_920_000_000 - 1),
+            time::macros::date!(2023 - 11 - 13)
+        );
+        let t = transform(&masker(), 1 << 16, GOOD, None);
+        assert_eq!(t.outcome.unwrap_err().reason, Reason::MissingSentTimestamp);
+    }
+
+    #[test]
+    fn rejection_details_never_carry_values() {
+        let secret = "199.172.111.135";
+        for body in [
+            format!("{{\"ip\": \"{secret}\""),
+            format!("[\"{secret}\"]"),
+            with("ip", &format!("[\"{secret}\"]")),
+            secret.to_string(),
+        ] {
+            let r = transform(&masker(), 1 << 16, &body, Some(SENT_MS))
+                .outcome
+                .unwrap_err();
+            assert!(!format!("{r:?}").contains(secret), "{r:?}");
+        }
+    }
+}

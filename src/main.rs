@@ -1,0 +1,117 @@
+//! The `sqs2pg` binary: parse the command line, check the configuration, start logging, run
+//! the command, map the outcome to an exit code. All logic lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use sqs2pg::app::{self, AppError};
+use sqs2pg::cli::{Cli, Command};
+use sqs2pg::config;
+use sqs2pg::login::MaskKey;
+use sqs2pg::pipeline::Mode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Keygen = cli.command {
+        return match MaskKey::generate_base64() {
+            Ok(key) => {
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: no randomness from the operating system: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    sqs2pg::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), AppError> {
+    match command {
+        Command::Keygen => unreachable!("handled before the runtime starts"),
+        Command::Setup(args) => {
+            let (database, table) = config::database(&args)?;
+            let report = app::setup(&database, &table).await?;
+            let applied = if report.applied.is_empty() {
+                "schema sqs2pg already current".to_owned()
+            } else {
+                format!("applied migration(s) {:?}", report.applied)
+            };
+            let created = if report.table_created {
+                "created"
+            } else {
+                "exists, left unchanged"
+            };
+            println!("setup done: {applied}; table {table} {created}");
+            Ok(())
+        }
+        Command::Drain(args) => {
+            let settings = config::pipeline(&args, Mode::Drain)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let summary = app::process(settings, shutdown).await?;
+            print!("{summary}");
+            Ok(())
+        }
+        Command::Run(args) => {
+            let settings = config::pipeline(&args, Mode::Run)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let summary = app::process(settings, shutdown).await?;
+            print!("{summary}");
+            Ok(())
+        }
+        Command::Send(args) => {
+            let sqs = config::queue(&args.queue)?;
+            let sent = app::send(&sqs, &args.file, args.create_queue, args.concurrency).await?;
+            println!("sent {sent} message(s) to {}", sqs.queue_url);
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits at once (whatever was
+/// not committed comes back from SQS after its visibility timeout).
+async fn cancel_on_signal(token: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("shutdown requested; finishing the open batch (signal again to exit at once)");
+    token.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal; exiting now");
+    std::process::exit(130);
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

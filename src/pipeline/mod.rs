@@ -1,0 +1,404 @@
+//! The pipeline: receivers -> transform -> batcher/loader -> deleter.
+//!
+//! ```text
+//!  receiver x N ──Processed──▶ batcher+loader ──ack handles──▶ deleter
+//!  (long poll, transform)      (rows|bytes|age, one tx)        (DeleteMessageBatch x10)
+//! ```
+//!
+//! - Receivers long-poll SQS (10 per call), run the pure transform (parse, validate, mask) and
+//!   send each result into a bounded channel: when the loader is slow, receivers wait, so memory
+//!   stays bounded however deep the queue is.
+//! - The batcher cuts a batch at `batch_max_rows` or `batch_max_age`, whichever comes first, and
+//!   the loader commits it in one transaction, retrying transient failures with backoff.
+//! - Only after COMMIT are the batch's ack handles handed to the deleter, which deletes them
+//!   concurrently with the next load. A failed load deletes nothing.
+//! - Shutdown (a cancelled token, or a drained queue) stops the receivers; the loader flushes
+//!   what it holds, the deleter deletes what was committed, then the run returns its summary.
+
+pub mod batch;
+pub mod summary;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{fate_of_load, fate_of_source, Fate, RetryPolicy};
+use crate::login::{transform, Masker};
+use crate::postgres::{BatchLoader, LoadError};
+use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
+use batch::{Batch, Processed};
+pub use summary::Summary;
+
+/// Whether the pipeline stops when the queue is empty (`drain`) or runs until shut down (`run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Drain,
+    Run,
+}
+
+/// Tuning of the pipeline; see `config` for the defaults and why.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub mode: Mode,
+    pub receivers: usize,
+    pub wait_time: Duration,
+    pub visibility_timeout: Option<Duration>,
+    pub batch_max_rows: usize,
+    pub batch_max_age: Duration,
+    pub max_body_bytes: usize,
+    pub delete_concurrency: usize,
+    pub load_retry: RetryPolicy,
+    pub source_retry: RetryPolicy,
+}
+
+/// Why a run could not finish. Whatever was not committed stays in SQS and is redelivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("loading into PostgreSQL failed after {attempts} attempt(s): {source}")]
+    Load {
+        attempts: u32,
+        #[source]
+        source: LoadError,
+    },
+    #[error("SQS failed after {attempts} attempt(s): {source}")]
+    Source {
+        attempts: u32,
+        #[source]
+        source: SourceError,
+    },
+    #[error("shut down while retrying a load; {messages} uncommitted message(s) will be redelivered by SQS: {source}")]
+    ShutdownWhileRetrying {
+        messages: usize,
+        #[source]
+        source: LoadError,
+    },
+}
+
+/// Runs the pipeline until the queue is drained (`Mode::Drain`) or `shutdown` is cancelled.
+pub async fn run<S: MessageSource, L: BatchLoader>(
+    source: Arc<S>,
+    loader: L,
+    masker: Masker,
+    settings: PipelineSettings,
+    shutdown: CancellationToken,
+) -> Result<Summary, PipelineError> {
+    let started = Instant::now();
+    // Cancelled on shutdown, and by any stage that must stop the run.
+    let stop = shutdown.child_token();
+    let settings = Arc::new(settings);
+    let (item_tx, item_rx) = mpsc::channel::<Processed>(settings.batch_max_rows.max(10) * 2);
+    let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckHandle>>(4);
+
+    let receivers: Vec<_> = (0..settings.receivers.max(1))
+        .map(|id| {
+            tokio::spawn(receive_loop(
+                id,
+                source.clone(),
+                item_tx.clone(),
+                masker.clone(),
+                settings.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    drop(item_tx);
+    let deleter = tokio::spawn(delete_loop(source, ack_rx, settings.clone(), stop.clone()));
+
+    let mut summary = Summary::default();
+    let loaded = batch_loop(item_rx, loader, ack_tx, &settings, &shutdown, &mut summary).await;
+    if loaded.is_err() {
+        stop.cancel();
+    }
+
+    let mut first_error = loaded.err();
+    for receiver in receivers {
+        if let Err(e) = receiver.await.expect("receiver task panicked") {
+            first_error.get_or_insert(e);
+        }
+    }
+    match deleter.await.expect("deleter task panicked") {
+        Ok((deleted, failures)) => {
+            summary.deleted = deleted;
+            summary.delete_failures = failures;
+        }
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
+    }
+    summary.elapsed = started.elapsed();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+/// One receiver: long-poll, transform, hand over; stop on shutdown, or when the queue is empty
+/// in drain mode.
+async fn receive_loop<S: MessageSource>(
+    id: usize,
+    source: Arc<S>,
+    items: mpsc::Sender<Processed>,
+    masker: Masker,
+    settings: Arc<PipelineSettings>,
+    stop: CancellationToken,
+) -> Result<(), PipelineError> {
+    let mut failures = 0u32;
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            r = source.receive(SQS_BATCH_LIMIT as i32, settings.wait_time, settings.visibility_timeout) => r,
+        };
+        let messages = match received {
+            Ok(messages) => {
+                failures = 0;
+                messages
+            }
+            Err(error) => {
+                failures += 1;
+                if fate_of_source(&error) == Fate::Retry && settings.source_retry.allows(failures) {
+                    tracing::warn!(receiver = id, attempt = failures, %error, "receive failed; retrying");
+                    let delay = settings.source_retry.delay(failures);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+                stop.cancel();
+                return Err(PipelineError::Source {
+                    attempts: failures,
+                    source: error,
+                });
+            }
+        };
+        if messages.is_empty() {
+            if settings.mode == Mode::Drain {
+                tracing::debug!(
+                    receiver = id,
+                    "queue empty for one long poll; receiver done"
+                );
+                return Ok(());
+            }
+            continue;
+        }
+        tracing::trace!(receiver = id, count = messages.len(), "received");
+        for m in messages {
+            let t = transform(&masker, settings.max_body_bytes, &m.body, m.sent_timestamp);
+            if let Err(rejection) = &t.outcome {
+                tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, "message rejected");
+            }
+            let processed = Processed {
+                ack: m.ack,
+                outcome: t.outcome,
+                received_at: m.received_at,
+                receive_count: m.receive_count,
+                unknown_fields: t.unknown_fields,
+            };
+            if items.send(processed).await.is_err() {
+                // The loader has stopped; what we hold was not committed and comes back.
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Cuts batches by size or age, loads each in one transaction, passes acks to the deleter.
+async fn batch_loop<L: BatchLoader>(
+    mut items: mpsc::Receiver<Processed>,
+    mut loader: L,
+    acks: mpsc::Sender<Vec<AckHandle>>,
+    settings: &PipelineSettings,
+    shutdown: &CancellationToken,
+    summary: &mut Summary,
+) -> Result<(), PipelineError> {
+    let mut batch = Batch::default();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let flush = tokio::select! {
+            biased;
+            // Age first: a batch never waits longer than batch_max_age however busy the input.
+            _ = sleep_until_some(deadline) => true,
+            item = items.recv() => match item {
+                Some(p) => {
+                    summary.received += 1;
+                    if batch.is_empty() {
+                        deadline = Some(Instant::now() + settings.batch_max_age);
+                    }
+                    batch.push(p);
+                    batch.len() >= settings.batch_max_rows
+                }
+                None => {
+                    if !batch.is_empty() {
+                        load_batch(&mut loader, std::mem::take(&mut batch), &acks, settings, shutdown, summary).await?;
+                    }
+                    return Ok(());
+                }
+            },
+        };
+        if flush {
+            deadline = None;
+            load_batch(
+                &mut loader,
+                std::mem::take(&mut batch),
+                &acks,
+                settings,
+                shutdown,
+                summary,
+            )
+            .await?;
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads one batch, retrying per the fate policy; on success hands its acks to the deleter.
+async fn load_batch<L: BatchLoader>(
+    loader: &mut L,
+    batch: Batch,
+    acks: &mpsc::Sender<Vec<AckHandle>>,
+    settings: &PipelineSettings,
+    shutdown: &CancellationToken,
+    summary: &mut Summary,
+) -> Result<(), PipelineError> {
+    let mut attempts = 0u32;
+    let started = Instant::now();
+    let report = loop {
+        match loader.load(&batch).await {
+            Ok(report) => break report,
+            Err(error) => {
+                attempts += 1;
+                if fate_of_load(&error) != Fate::Retry || !settings.load_retry.allows(attempts) {
+                    return Err(PipelineError::Load {
+                        attempts,
+                        source: error,
+                    });
+                }
+                summary.load_retries += 1;
+                tracing::warn!(attempt = attempts, messages = batch.len(), %error, "load failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(PipelineError::ShutdownWhileRetrying {
+                        messages: batch.len(),
+                        source: error,
+                    }),
+                    _ = tokio::time::sleep(settings.load_retry.delay(attempts)) => {}
+                }
+            }
+        }
+    };
+    summary.batches += 1;
+    summary.loaded += report.loaded;
+    summary.duplicates += report.duplicates + batch.duplicates_in_batch;
+    summary.unknown_fields += batch.unknown_fields;
+    for reason in report.rejected {
+        *summary.rejected.entry(reason).or_default() += 1;
+    }
+    tracing::debug!(
+        rows = report.loaded,
+        duplicates = report.duplicates,
+        messages = batch.len(),
+        millis = started.elapsed().as_millis() as u64,
+        "batch committed"
+    );
+    // Only now, after COMMIT, may the batch's messages be deleted.
+    if acks.send(batch.acks).await.is_err() {
+        tracing::warn!(
+            "deleter stopped; committed messages will come back and be skipped as duplicates"
+        );
+    }
+    Ok(())
+}
+
+/// Deletes committed messages, 10 per call, several calls at once; retries what SQS refuses
+/// transiently. Returns (deleted, failed for good).
+async fn delete_loop<S: MessageSource>(
+    source: Arc<S>,
+    mut batches: mpsc::Receiver<Vec<AckHandle>>,
+    settings: Arc<PipelineSettings>,
+    stop: CancellationToken,
+) -> Result<(u64, u64), PipelineError> {
+    let (mut deleted, mut failed) = (0u64, 0u64);
+    while let Some(acks) = batches.recv().await {
+        let mut seen = HashSet::with_capacity(acks.len());
+        let mut chunks: Vec<Vec<AckHandle>> = Vec::with_capacity(acks.len() / SQS_BATCH_LIMIT + 1);
+        for ack in acks {
+            if !seen.insert(ack.receipt_handle.clone()) {
+                continue;
+            }
+            match chunks.last_mut() {
+                Some(chunk) if chunk.len() < SQS_BATCH_LIMIT => chunk.push(ack),
+                _ => chunks.push(vec![ack]),
+            }
+        }
+        let retry = settings.source_retry;
+        let mut results = stream::iter(chunks)
+            .map(|chunk| delete_chunk(source.clone(), chunk, retry))
+            .buffer_unordered(settings.delete_concurrency.max(1));
+        while let Some(result) = results.next().await {
+            match result {
+                Ok((d, f)) => {
+                    deleted += d;
+                    failed += f;
+                }
+                Err(e) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok((deleted, failed))
+}
+
+async fn delete_chunk<S: MessageSource>(
+    source: Arc<S>,
+    mut pending: Vec<AckHandle>,
+    retry: RetryPolicy,
+) -> Result<(u64, u64), PipelineError> {
+    let (mut deleted, mut failed) = (0u64, 0u64);
+    let mut attempts = 0u32;
+    // Deletes are retried a bounded number of times even when receives retry forever: a message
+    // whose delete is lost comes back and is deleted as a duplicate, never loaded twice.
+    let max_attempts = retry.max_attempts.unwrap_or(u32::MAX).min(5);
+    while !pending.is_empty() {
+        attempts += 1;
+        match source.delete(&pending).await {
+            Ok(outcome) => {
+                deleted += outcome.deleted as u64;
+                failed += outcome.failed as u64;
+                pending = outcome.retryable;
+            }
+            Err(error) if fate_of_source(&error) == Fate::Retry => {
+                tracing::warn!(attempt = attempts, %error, "delete failed; retrying");
+            }
+            Err(error) => {
+                return Err(PipelineError::Source {
+                    attempts,
+                    source: error,
+                })
+            }
+        }
+        if !pending.is_empty() {
+            if attempts >= max_attempts {
+                tracing::warn!(
+                    messages = pending.len(),
+                    "giving up deleting; they will come back and be skipped as duplicates"
+                );
+                failed += pending.len() as u64;
+                break;
+            }
+            tokio::time::sleep(retry.delay(attempts)).await;
+        }
+    }
+    Ok((deleted, failed))
+}

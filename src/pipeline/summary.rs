@@ -1,0 +1,79 @@
+//! The run summary: counts kept by the loader and deleter tasks, printed on one screen at exit.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// What a `drain` or `run` did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Summary {
+    /// Deliveries received from SQS (a message delivered twice counts twice).
+    pub received: u64,
+    /// Rows committed to the target table.
+    pub loaded: u64,
+    /// Rejections committed, by reason code.
+    pub rejected: BTreeMap<String, u64>,
+    /// Deliveries skipped because their message was already committed (ledger or same batch).
+    pub duplicates: u64,
+    /// Unknown JSON fields seen (ignored).
+    pub unknown_fields: u64,
+    /// Messages deleted from SQS.
+    pub deleted: u64,
+    /// Deletes that failed for good (those messages come back and are deleted as duplicates).
+    pub delete_failures: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Load attempts that failed and were retried.
+    pub load_retries: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Total rejections over all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    /// Received deliveries per second of elapsed time.
+    pub fn messages_per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.received as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, label: &str, value: u64| {
+            writeln!(f, "  {label:<22}{value:>10}")
+        };
+        writeln!(f, "sqs2pg summary")?;
+        row(f, "received", self.received)?;
+        row(f, "loaded", self.loaded)?;
+        row(f, "rejected", self.rejected_total())?;
+        for (reason, count) in &self.rejected {
+            writeln!(f, "    {reason:<28}{count:>6}")?;
+        }
+        row(f, "duplicates skipped", self.duplicates)?;
+        row(f, "deleted from queue", self.deleted)?;
+        row(f, "delete failures", self.delete_failures)?;
+        row(f, "unknown fields", self.unknown_fields)?;
+        row(f, "batches", self.batches)?;
+        row(f, "load retries", self.load_retries)?;
+        writeln!(
+            f,
+            "  {:<22}{:>10.2} s",
+            "elapsed",
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  {:<22}{:>10.1} msg/s",
+            "throughput",
+            self.messages_per_sec()
+        )
+    }
+}

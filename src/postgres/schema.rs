@@ -1,0 +1,263 @@
+//! The bookkeeping schema `sqs2pg` (versioned migrations) and the analysts' table.
+//!
+//! `setup` runs every migration not yet applied, in order, in one transaction that first takes a
+//! transaction-scoped advisory lock, so two processes running it at once serialise instead of
+//! racing on `CREATE SCHEMA`. It then creates the target table with exactly the analysts' DDL if
+//! it does not exist; an existing table is never altered.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+/// Advisory lock key for migrations: the bytes of "sqs2pg:m" read as a big-endian i64, a value
+/// unlikely to collide with another application's lock.
+const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"sqs2pg:m");
+
+/// The migrations, in order. Each runs once; its number is its version. Never edit a released
+/// migration: add a new one.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "ledger, rejects and app_version_text",
+    r#"
+CREATE TABLE sqs2pg.processed_messages (
+    message_id   text        PRIMARY KEY,
+    outcome      text        NOT NULL CHECK (outcome IN ('loaded', 'rejected')),
+    processed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX processed_messages_processed_at ON sqs2pg.processed_messages (processed_at);
+COMMENT ON TABLE sqs2pg.processed_messages IS
+    'Ledger of SQS message ids whose fate was committed; makes redelivery idempotent.';
+
+CREATE TABLE sqs2pg.rejected_messages (
+    message_id    text        PRIMARY KEY,
+    reason        text        NOT NULL,
+    detail        text,
+    received_at   timestamptz NOT NULL,
+    receive_count integer     NOT NULL,
+    rejected_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX rejected_messages_reason ON sqs2pg.rejected_messages (reason);
+COMMENT ON TABLE sqs2pg.rejected_messages IS
+    'Quarantined messages: reason code and value-free detail; no raw body or field value.';
+
+CREATE FUNCTION sqs2pg.app_version_text(v integer) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$ SELECT (v / 1000000)::text || '.' || (v / 1000 % 1000)::text || '.' || (v % 1000)::text $$;
+COMMENT ON FUNCTION sqs2pg.app_version_text(integer) IS
+    'Turns user_logins.app_version (major*1000000 + minor*1000 + patch) back into M.m.p.';
+"#,
+)];
+
+/// The schema version this build expects.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// The analysts' contract, column by column: name and `format_type` spelling.
+pub const EXPECTED_COLUMNS: [(&str, &str); 7] = [
+    ("user_id", "character varying(128)"),
+    ("device_type", "character varying(32)"),
+    ("masked_ip", "character varying(256)"),
+    ("masked_device_id", "character varying(256)"),
+    ("locale", "character varying(32)"),
+    ("app_version", "integer"),
+    ("create_date", "date"),
+];
+
+/// A schema-qualified table name, always quoted as identifiers when put into SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    schema: String,
+    table: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (schema `public`). Names are taken literally (case kept,
+    /// no quotes needed or allowed); anything else fails with a message for `--table`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (schema, table) = text.split_once('.').unwrap_or(("public", text));
+        let ok = |s: &str| !s.is_empty() && s.len() <= 63 && !s.contains(['"', '.', '\0']);
+        if !ok(schema) || !ok(table) {
+            return Err(format!(
+                "--table (SQS2PG_TABLE) must be `table` or `schema.table`, each part 1 to 63 characters without quotes or dots; got {text:?}"
+            ));
+        }
+        Ok(Self {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// `"schema"."table"`, with embedded quotes doubled (none can occur after `parse`).
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The analysts' DDL for a table name.
+pub fn target_ddl(table: &TableName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}(user_id varchar(128), device_type varchar(32), \
+         masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), \
+         app_version integer, create_date date)",
+        table.quoted()
+    )
+}
+
+/// What `setup` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SetupReport {
+    pub applied: Vec<i32>,
+    pub table_created: bool,
+}
+
+/// Applies pending migrations and creates the target table if missing. Idempotent and safe to
+/// run from several processes at once.
+pub async fn setup(
+    client: &mut Client,
+    table: &TableName,
+) -> Result<SetupReport, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS sqs2pg;
+         CREATE TABLE IF NOT EXISTS sqs2pg.schema_migrations (
+             version     integer     PRIMARY KEY,
+             description text        NOT NULL,
+             applied_at  timestamptz NOT NULL DEFAULT now());",
+    )
+    .await?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM sqs2pg.schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    let mut report = SetupReport::default();
+    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO sqs2pg.schema_migrations (version, description) VALUES ($1, $2)",
+            &[version, description],
+        )
+        .await?;
+        report.applied.push(*version);
+    }
+    let existed = table_exists(&tx, table).await?;
+    tx.batch_execute(&target_ddl(table)).await?;
+    report.table_created = !existed;
+    tx.commit().await?;
+    Ok(report)
+}
+
+async fn table_exists(
+    client: &impl tokio_postgres::GenericClient,
+    table: &TableName,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Why the database is not ready for `drain` or `run`.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("the sqs2pg schema is at version {found}, this build needs {expected}: run `sqs2pg setup` first")]
+    SchemaBehind { found: i32, expected: i32 },
+    #[error("the sqs2pg schema is at version {found}, newer than this build ({expected}): upgrade sqs2pg")]
+    SchemaAhead { found: i32, expected: i32 },
+    #[error(
+        "table {0} does not exist: run `sqs2pg setup` to create it, or pass the right --table"
+    )]
+    NoTable(String),
+    #[error("table {table} does not match the analysts' DDL: {differences}")]
+    WrongColumns { table: String, differences: String },
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// Checks, before any message is touched, that migrations are current and the target table has
+/// the analysts' columns with their types (extra columns are allowed: they stay NULL/default).
+pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotReady> {
+    let found: i32 = client
+        .query_one(
+            "SELECT CASE WHEN to_regclass('sqs2pg.schema_migrations') IS NULL THEN 0
+                    ELSE (SELECT coalesce(max(version), 0) FROM sqs2pg.schema_migrations) END",
+            &[],
+        )
+        .await?
+        .get(0);
+    let expected = latest_version();
+    if found < expected {
+        return Err(NotReady::SchemaBehind { found, expected });
+    }
+    if found > expected {
+        return Err(NotReady::SchemaAhead { found, expected });
+    }
+    if !table_exists(client, table).await? {
+        return Err(NotReady::NoTable(table.to_string()));
+    }
+    let rows = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod)
+               FROM pg_attribute
+              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+            &[&table.quoted()],
+        )
+        .await?;
+    let actual: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let differences: Vec<String> = EXPECTED_COLUMNS
+        .iter()
+        .filter_map(|(name, ty)| match actual.iter().find(|(n, _)| n == name) {
+            None => Some(format!("column {name} is missing")),
+            Some((_, t)) if t != ty => Some(format!("column {name} is {t}, expected {ty}")),
+            Some(_) => None,
+        })
+        .collect();
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(NotReady::WrongColumns {
+            table: table.to_string(),
+            differences: differences.join("; "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_parsed_and_quoted() {
+        assert_eq!(
+            TableName::parse("user_logins").unwrap().quoted(),
+            r#""public"."user_logins""#
+        );
+        assert_eq!(TableName::parse("a.B").unwrap().quoted(), r#""a"."B""#);
+        for bad in [
+            "",
+            ".",
+            "a.",
+            "a.b.c",
+            "x\"; DROP TABLE y; --",
+            &"x".repeat(64),
+        ] {
+            assert!(TableName::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(MIGRATION_LOCK_KEY, 0x7371_7332_7067_3a6d);
+    }
+}

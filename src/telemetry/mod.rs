@@ -1,0 +1,26 @@
+//! Logging: `tracing` to stderr, filtered by `RUST_LOG` on top of a default that keeps our own
+//! events at info and the chattier dependencies at warn.
+//!
+//! The rule for every event in this crate: message ids, counts, durations, reason codes and
+//! error texts; never a message body, an `ip` or a `device_id`. Raising dependency levels (e.g.
+//! `RUST_LOG=aws_smithy_runtime=trace`) can make those crates log wire content; do that only
+//! against test data.
+
+use tracing_subscriber::EnvFilter;
+
+/// The filter used when `RUST_LOG` is not set.
+pub const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_sdk_sqs=warn,hyper=warn,hyper_util=warn,tokio_postgres=warn,rustls=warn";
+
+/// The filter for a run: `RUST_LOG` if set and valid, else [`DEFAULT_FILTER`].
+pub fn filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// Installs the global subscriber (human-readable, stderr). Call once, from `main`.
+pub fn init() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
