@@ -26,7 +26,7 @@ pub enum AppError {
     Connect(#[from] ConnectError),
     #[error("database not ready: {0}")]
     NotReady(#[from] NotReady),
-    #[error("setup failed: {0}")]
+    #[error("setup failed: {}", crate::postgres::describe(.0))]
     Setup(#[source] tokio_postgres::Error),
     #[error(transparent)]
     Source(#[from] SourceError),

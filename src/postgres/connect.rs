@@ -21,7 +21,7 @@ pub enum ConnectError {
     BadUrl(String),
     #[error("DATABASE_URL: sslrootcert file could not be read: {0}")]
     RootCert(String),
-    #[error("could not connect to PostgreSQL: {0}")]
+    #[error("could not connect to PostgreSQL: {}", super::describe(.0))]
     Connect(#[source] tokio_postgres::Error),
 }
 

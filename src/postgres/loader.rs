@@ -38,7 +38,7 @@ pub struct LoadReport {
 /// A load that did not commit. Nothing of the batch is in the database; nothing may be deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("database error while loading: {0}")]
+    #[error("database error while loading: {}", super::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Connect(#[from] ConnectError),

@@ -9,3 +9,20 @@ pub mod schema;
 pub use connect::{connect, ConnectError, Database};
 pub use loader::{BatchLoader, LoadError, LoadReport, LoginLoader};
 pub use schema::{check_ready, setup, TableName};
+
+/// A PostgreSQL error as one line for logs and messages: the server's message and SQLSTATE, or
+/// the client-side cause chain (`tokio_postgres::Error` alone displays only "db error"). The
+/// server's DETAIL is left out on purpose: it can quote row values ("Failing row contains ...").
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

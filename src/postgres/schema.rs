@@ -185,21 +185,32 @@ pub enum NotReady {
     NoTable(String),
     #[error("table {table} does not match the analysts' DDL: {differences}")]
     WrongColumns { table: String, differences: String },
-    #[error(transparent)]
+    #[error("{}", super::describe(.0))]
     Database(#[from] tokio_postgres::Error),
 }
 
 /// Checks, before any message is touched, that migrations are current and the target table has
 /// the analysts' columns with their types (extra columns are allowed: they stay NULL/default).
 pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotReady> {
-    let found: i32 = client
+    let has_migrations: bool = client
         .query_one(
-            "SELECT CASE WHEN to_regclass('sqs2pg.schema_migrations') IS NULL THEN 0
-                    ELSE (SELECT coalesce(max(version), 0) FROM sqs2pg.schema_migrations) END",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables
+                             WHERE schemaname = 'sqs2pg' AND tablename = 'schema_migrations')",
             &[],
         )
         .await?
         .get(0);
+    let found: i32 = if has_migrations {
+        client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM sqs2pg.schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0)
+    } else {
+        0
+    };
     let expected = latest_version();
     if found < expected {
         return Err(NotReady::SchemaBehind { found, expected });

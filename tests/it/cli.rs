@@ -1,0 +1,187 @@
+//! The `sqs2pg` binary as a user runs it: start-up checks, keygen, and setup/send/drain.
+
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+
+use crate::harness::{key_file, TestDb, TestQueue};
+
+fn sqs2pg(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sqs2pg"));
+    c.args(args).env_clear();
+    for var in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(var) {
+            c.env(var, v);
+        }
+    }
+    c.envs([
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]);
+    c.envs(env.iter().copied());
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn missing_or_bad_settings_fail_at_start_naming_the_setting() {
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let db = "postgres://postgres@127.0.0.1:1/x?sslmode=disable";
+    let q = "http://127.0.0.1:1/000000000000/q";
+    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+        (&[], &[], "DATABASE_URL"),
+        (&[("DATABASE_URL", db)], &[], "SQS2PG_QUEUE_URL"),
+        (
+            &[("DATABASE_URL", db), ("SQS2PG_QUEUE_URL", "not a url")],
+            &[],
+            "SQS2PG_QUEUE_URL",
+        ),
+        (
+            &[("DATABASE_URL", db), ("SQS2PG_QUEUE_URL", q)],
+            &[],
+            "sqs2pg keygen",
+        ),
+        (
+            &[
+                ("DATABASE_URL", db),
+                ("SQS2PG_QUEUE_URL", q),
+                ("SQS2PG_MASK_KEY", "c2hvcnQ="),
+            ],
+            &[],
+            "SQS2PG_MASK_KEY",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "mysql://x"),
+                ("SQS2PG_QUEUE_URL", q),
+                ("SQS2PG_MASK_KEY", &key),
+            ],
+            &[],
+            "DATABASE_URL",
+        ),
+        (
+            &[
+                ("DATABASE_URL", db),
+                ("SQS2PG_QUEUE_URL", q),
+                ("SQS2PG_MASK_KEY", &key),
+            ],
+            &["--wait-time-secs", "30"],
+            "--wait-time-secs (SQS2PG_WAIT_TIME_SECS)",
+        ),
+        (
+            &[
+                ("DATABASE_URL", db),
+                ("SQS2PG_QUEUE_URL", q),
+                ("SQS2PG_MASK_KEY", &key),
+            ],
+            &["--table", "a.b.c"],
+            "--table",
+        ),
+    ];
+    for (env, extra, expected) in cases {
+        let mut args = vec!["drain"];
+        args.extend_from_slice(extra);
+        let out = sqs2pg(&args, env);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{env:?} {extra:?}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(expected), "{env:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains(&key), "the key was printed");
+    }
+
+    // A key file readable by others is refused with the fix.
+    let path = key_file(&key);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sqs2pg(
+        &["drain", "--mask-key-file", path.to_str().unwrap()],
+        &[("DATABASE_URL", db), ("SQS2PG_QUEUE_URL", q)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn keygen_prints_a_fresh_32_byte_base64_key() {
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let out = sqs2pg(&["keygen"], &[]);
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+        .collect();
+    for k in &keys {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(k).unwrap();
+        assert_eq!(bytes.len(), 32);
+    }
+    assert_ne!(keys[0], keys[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_send_drain_as_processes() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/login-queue-sample.jsonl"
+    );
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+    ];
+    // Child processes, run from the test thread: nothing else runs on this runtime meanwhile.
+    let setup = sqs2pg(&["setup"], &env);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    let send = sqs2pg(&["send", "--file", sample], &env);
+    assert!(send.status.success(), "{}", stderr(&send));
+    assert!(String::from_utf8_lossy(&send.stdout).contains("sent 100 message(s)"));
+
+    // Unreachable database: fails before touching a message.
+    let unreachable = "postgres://postgres@127.0.0.1:1/x?sslmode=disable";
+    let mut bad_env = env.clone();
+    bad_env[0] = ("DATABASE_URL", unreachable);
+    let bad = sqs2pg(&["drain"], &bad_env);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("could not connect to PostgreSQL"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(queue.depth().await, 100);
+
+    let out = sqs2pg(&["drain"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in {stdout}"))
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(line("received"), "100");
+    assert_eq!(line("loaded"), "99");
+    assert_eq!(line("missing_field:user_id"), "1");
+    assert_eq!(queue.depth().await, 0);
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM public.user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 99);
+}

@@ -1,0 +1,314 @@
+//! Real servers for the integration tests: one PostgreSQL cluster and one moto SQS server per
+//! test process, on free loopback ports, started on first use; a fresh database and a fresh
+//! queue for each test. A watchdog process stops both servers when the test process exits.
+//!
+//! Overrides: `SQS2PG_TEST_PG_BINDIR` (PostgreSQL's bin directory, default the newest under
+//! /usr/lib/postgresql) and `SQS2PG_TEST_MOTO` (the moto_server command).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqs2pg::sqs::sdk::SqsSettings;
+use sqs2pg::sqs::SdkQueue;
+
+pub struct Servers {
+    pub pg_port: u16,
+    pub sqs_endpoint: String,
+}
+
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The shared servers, started on first call.
+pub fn servers() -> &'static Servers {
+    SERVERS.get_or_init(start_servers)
+}
+
+/// A name unique in this machine's recent history: pid, counter and clock.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}_{}_{n}_{nanos:x}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SQS2PG_TEST_PG_BINDIR") {
+        return dir.into();
+    }
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server not installed (apt-get install postgresql), or set SQS2PG_TEST_PG_BINDIR")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    let v = versions
+        .last()
+        .expect("no PostgreSQL version under /usr/lib/postgresql");
+    PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root (the server refuses root).
+fn pg_command(bindir: &Path, tool: &str, as_postgres: bool) -> Command {
+    let exe = bindir.join(tool);
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+fn run_ok(mut c: Command, what: &str) {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start_servers() -> Servers {
+    // The SDK reads these; set once, before any test talks to SQS.
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("AWS_ENDPOINT_URL");
+    std::env::remove_var("AWS_PROFILE");
+
+    let root = std::env::temp_dir().join(unique("sqs2pg-it"));
+    std::fs::create_dir_all(&root).unwrap();
+    let as_postgres = is_root();
+    if as_postgres {
+        run_ok(
+            {
+                let mut c = Command::new("chown");
+                c.arg("postgres:").arg(&root);
+                c
+            },
+            "chown test dir",
+        );
+    }
+    let bindir = pg_bindir();
+    let data = root.join("pgdata");
+    let mut initdb = pg_command(&bindir, "initdb", as_postgres);
+    initdb.arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "--no-instructions",
+    ]);
+    run_ok(initdb, "initdb");
+
+    let pg_port = free_port();
+    let mut start = pg_command(&bindir, "pg_ctl", as_postgres);
+    start.arg("-D").arg(&data).arg("-l").arg(root.join("postgres.log")).arg("-w").arg("-o").arg(format!(
+        "-p {pg_port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
+        root.display()
+    )).arg("start");
+    run_ok(start, "pg_ctl start");
+
+    let moto_port = free_port();
+    let moto_cmd = std::env::var("SQS2PG_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
+    let log = std::fs::File::create(root.join("moto.log")).unwrap();
+    let moto = Command::new(&moto_cmd)
+        .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+        .env("MOTO_ACCOUNT_ID", "000000000000")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {moto_cmd} (pip install 'moto[server]'): {e}"));
+
+    // Watchdog: when this test process is gone, stop both servers and remove their files.
+    let pg_ctl = bindir.join("pg_ctl");
+    let stop_pg = if as_postgres {
+        format!(
+            "runuser -u postgres -- {} -D {} -m immediate stop",
+            pg_ctl.display(),
+            data.display()
+        )
+    } else {
+        format!(
+            "{} -D {} -m immediate stop",
+            pg_ctl.display(),
+            data.display()
+        )
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop_pg} >/dev/null 2>&1; kill {moto} 2>/dev/null; sleep 2; kill -9 {moto} 2>/dev/null; rm -rf {root}",
+        pid = std::process::id(),
+        moto = moto.id(),
+        root = root.display()
+    );
+    use std::os::unix::process::CommandExt;
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("watchdog");
+
+    let sqs_endpoint = format!("http://127.0.0.1:{moto_port}");
+    wait_for(
+        "moto to accept connections",
+        Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", moto_port)).is_ok(),
+    );
+    Servers {
+        pg_port,
+        sqs_endpoint,
+    }
+}
+
+/// Polls `ready` until it holds or `timeout` passes (then panics naming `what`).
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A fresh database; it goes away with the cluster.
+pub struct TestDb {
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let s = servers();
+        let name = unique("t");
+        let admin = connect_url(&format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            s.pg_port
+        ))
+        .await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Self {
+            url: format!(
+                "postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable",
+                s.pg_port
+            ),
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect_url(&self.url).await
+    }
+}
+
+async fn connect_url(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A fresh queue on the shared moto server.
+pub struct TestQueue {
+    pub url: String,
+    pub queue: Arc<SdkQueue>,
+}
+
+impl TestQueue {
+    pub async fn new() -> Self {
+        let s = servers();
+        let settings = SqsSettings {
+            queue_url: format!(
+                "{}/000000000000/{}",
+                s.sqs_endpoint,
+                unique("q").replace('_', "-")
+            ),
+            endpoint_url: Some(s.sqs_endpoint.clone()),
+        };
+        let mut queue = SdkQueue::connect(&settings).await.unwrap();
+        queue.create_queue().await.unwrap();
+        Self {
+            url: queue.queue_url().to_owned(),
+            queue: Arc::new(queue),
+        }
+    }
+
+    /// Visible + in-flight messages.
+    pub async fn depth(&self) -> u64 {
+        let (visible, in_flight) = self.queue.approximate_depth().await.unwrap();
+        visible + in_flight
+    }
+
+    /// Sends bodies, 10 per call.
+    pub async fn send(&self, bodies: &[String]) {
+        for chunk in bodies.chunks(10) {
+            let refused = self.queue.send_batch(chunk).await.unwrap();
+            assert!(refused.is_empty());
+        }
+    }
+}
+
+/// The 100 sample bodies shipped in the repo.
+pub fn sample_bodies() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/login-queue-sample.jsonl"
+    ))
+    .unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A masking key file (mode 600) in a fresh temp dir; returns its path.
+pub fn key_file(key_b64: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(unique("sqs2pg-key"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mask.key");
+    std::fs::write(&path, key_b64).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real PostgreSQL and a real SQS server (moto) over HTTP, started by
+//! `harness`. Fault injection happens only at the pipeline's seams (`MessageSource`,
+//! `BatchLoader`), never at the network boundary.
+
+mod cli;
+mod faults;
+mod harness;
+mod pipeline;
+mod schema;

@@ -1,0 +1,398 @@
+//! The pipeline end to end on real servers: the sample, redelivery, loader failure, replicas.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqs2pg::app;
+use sqs2pg::cli::{DatabaseArgs, PipelineArgs, QueueArgs};
+use sqs2pg::config;
+use sqs2pg::login::{MaskKey, Masker};
+use sqs2pg::pipeline::{Mode, Summary};
+use sqs2pg::postgres::{Database, TableName};
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::{CountsDeletes, FailingLoader, LosesDeletes};
+use crate::harness::{key_file, sample_bodies, wait_for, TestDb, TestQueue};
+
+/// Drain arguments as a user would give them, with short waits for tests.
+fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
+    PipelineArgs {
+        database: DatabaseArgs {
+            database_url: Some(db.url.clone()),
+            table: "public.user_logins".into(),
+        },
+        queue: QueueArgs {
+            queue_url: Some(queue.url.clone()),
+            endpoint_url: Some(crate::harness::servers().sqs_endpoint.clone()),
+        },
+        mask_key_file: Some(key),
+        receivers: 4,
+        wait_time_secs: 1,
+        visibility_timeout_secs: None,
+        batch_max_rows: 1000,
+        batch_max_age_ms: 200,
+        max_body_bytes: 256 * 1024,
+        max_attempts: 3,
+    }
+}
+
+async fn setup(db: &TestDb) {
+    let database = Database::parse(&db.url).unwrap();
+    app::setup(&database, &TableName::parse("public.user_logins").unwrap())
+        .await
+        .unwrap();
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn drain(args: &PipelineArgs) -> Summary {
+    let settings = config::pipeline(args, Mode::Drain).unwrap();
+    app::process(settings, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// A writer that appends every log line to a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+// current_thread: every task runs on this thread, so the thread-local log capture sees them all.
+#[tokio::test(flavor = "current_thread")]
+async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},sqs2pg=trace",
+            sqs2pg::telemetry::DEFAULT_FILTER
+        )))
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    setup(&db).await;
+    let bodies = sample_bodies();
+    assert_eq!(bodies.len(), 100);
+    let day_before = time::OffsetDateTime::now_utc().date();
+    queue.send(&bodies).await;
+    let key = MaskKey::generate_base64().unwrap();
+    let summary = drain(&args(&db, &queue, key_file(&key))).await;
+    let day_after = time::OffsetDateTime::now_utc().date();
+
+    assert_eq!(summary.received, 100);
+    assert_eq!(summary.loaded, 99);
+    assert_eq!(summary.rejected.get("missing_field:user_id"), Some(&1));
+    assert_eq!(summary.rejected_total(), 1);
+    assert_eq!(summary.deleted, 100);
+    assert_eq!(queue.depth().await, 0);
+
+    let client = db.client().await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.user_logins WHERE locale IS NULL"
+        )
+        .await,
+        29
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.processed_messages").await,
+        100
+    );
+    let reject = client
+        .query_one(
+            "SELECT reason, receive_count FROM sqs2pg.rejected_messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reject.get::<_, String>(0), "missing_field:user_id");
+    assert_eq!(reject.get::<_, i32>(1), 1);
+
+    // create_date is the UTC day the messages were sent.
+    let dates = client
+        .query("SELECT DISTINCT create_date FROM public.user_logins", &[])
+        .await
+        .unwrap();
+    for row in dates {
+        let d: time::Date = row.get(0);
+        assert!(d == day_before || d == day_after, "{d}");
+    }
+
+    // Every row matches its source body: masks are the keyed tokens, never raw values.
+    let masker = Masker::new(&MaskKey::from_base64(&key).unwrap());
+    for body in &bodies {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let Some(user_id) = v["user_id"].as_str() else {
+            continue;
+        };
+        let row = client
+            .query_one(
+                "SELECT masked_ip, masked_device_id, app_version, sqs2pg.app_version_text(app_version), device_type
+                   FROM public.user_logins WHERE user_id = $1",
+                &[&user_id],
+            )
+            .await
+            .unwrap();
+        let ip = v["ip"].as_str().unwrap();
+        let device_id = v["device_id"].as_str().unwrap();
+        assert_eq!(
+            row.get::<_, String>(0),
+            masker.mask_ip(ip.parse().unwrap()).as_str()
+        );
+        assert_eq!(
+            row.get::<_, String>(1),
+            masker.mask_device_id(device_id).as_str()
+        );
+        assert!(!row.get::<_, String>(0).contains(ip));
+        let version = v["app_version"].as_str().unwrap();
+        let encoded = sqs2pg::login::AppVersion::parse(version).unwrap();
+        assert_eq!(row.get::<_, i32>(2), encoded.encode());
+        assert_eq!(row.get::<_, String>(3), encoded.to_string());
+        assert_eq!(row.get::<_, String>(4), v["device_type"].as_str().unwrap());
+    }
+
+    // Nothing personal reached the logs, though the logs did record the run.
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("message rejected") && text.contains("missing_field:user_id"),
+        "{text}"
+    );
+    for body in &bodies {
+        assert!(!text.contains(body.as_str()), "a body reached the logs");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        for field in ["ip", "device_id"] {
+            if let Some(value) = v[field].as_str() {
+                assert!(!text.contains(value), "a raw {field} reached the logs");
+            }
+        }
+    }
+    assert!(!text.contains(&key), "the key reached the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_after_a_lost_delete_adds_no_second_row() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    setup(&db).await;
+    queue.send(&sample_bodies()).await;
+    let mut a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    a.visibility_timeout_secs = Some(1);
+
+    // First run: commits everything, but every delete is lost (crash between COMMIT and delete).
+    let lossy = Arc::new(LosesDeletes {
+        inner: queue.queue.clone(),
+        swallowed: AtomicU64::new(0),
+    });
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let first = app::process_with(settings, lossy.clone(), CancellationToken::new(), |l| l)
+        .await
+        .unwrap();
+    assert_eq!(first.loaded, 99);
+    assert_eq!(first.rejected_total(), 1);
+    assert!(lossy.swallowed.load(Ordering::SeqCst) >= 100);
+
+    // The visibility timeout expires and SQS redelivers all 100 messages.
+    let (q, handle) = (queue.queue.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || {
+        wait_for("redelivery", Duration::from_secs(30), || {
+            handle.block_on(q.approximate_depth()).unwrap().0 == 100
+        })
+    })
+    .await
+    .unwrap();
+
+    // Second run: every message is a duplicate of a committed one; all are deleted, none loaded.
+    let second = drain(&a).await;
+    assert_eq!(second.loaded, 0);
+    assert_eq!(second.rejected_total(), 0);
+    assert!(second.duplicates >= 100, "{second:?}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        1
+    );
+    assert_eq!(queue.depth().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_loader_deletes_nothing_and_drain_fails() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    setup(&db).await;
+    queue.send(&sample_bodies()).await;
+    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let counting = Arc::new(CountsDeletes {
+        inner: queue.queue.clone(),
+        deletes: AtomicU64::new(0),
+    });
+    let attempts = Arc::new(AtomicU64::new(0));
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let result = app::process_with(
+        settings,
+        counting.clone(),
+        CancellationToken::new(),
+        |inner| FailingLoader {
+            inner,
+            failures: u32::MAX,
+            attempts: attempts.clone(),
+        },
+    )
+    .await;
+    let err = result
+        .expect_err("drain must fail when nothing can be loaded")
+        .to_string();
+    assert!(err.contains("after 3 attempt(s)"), "{err}");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "max_attempts bounds the retries"
+    );
+    assert_eq!(
+        counting.deletes.load(Ordering::SeqCst),
+        0,
+        "nothing may be deleted"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        0
+    );
+    assert_eq!(
+        queue.depth().await,
+        100,
+        "every message is still in the queue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_load_failures_are_retried_and_lose_nothing() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    setup(&db).await;
+    queue.send(&sample_bodies()).await;
+    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let summary = app::process_with(
+        settings,
+        queue.queue.clone(),
+        CancellationToken::new(),
+        |inner| FailingLoader {
+            inner,
+            failures: 2,
+            attempts: attempts.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.load_retries, 2);
+    assert_eq!(summary.loaded, 99);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+    assert_eq!(queue.depth().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drains_on_one_queue_and_database_load_each_message_once() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    setup(&db).await;
+    // Same body sent twice under two message ids is two logins; the sample is sent once.
+    queue.send(&sample_bodies()).await;
+    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let (one, two) = tokio::join!(drain(&a), drain(&a));
+    assert_eq!(one.loaded + two.loaded, 99);
+    assert_eq!(one.rejected_total() + two.rejected_total(), 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+    assert_eq!(queue.depth().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masks_differ_across_keys_and_match_within_a_key() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    setup(&db).await;
+    let bodies = sample_bodies();
+    // The same 10 logins twice: duplicates stay visible as equal tokens.
+    let ten: Vec<String> = bodies.iter().take(10).cloned().collect();
+    queue.send(&ten).await;
+    queue.send(&ten).await;
+    let summary = drain(&args(
+        &db,
+        &queue,
+        key_file(&MaskKey::generate_base64().unwrap()),
+    ))
+    .await;
+    assert_eq!(summary.loaded, 20);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT masked_ip) FROM public.user_logins"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT masked_device_id) FROM public.user_logins"
+        )
+        .await,
+        10
+    );
+
+    // The same logins under another key give other tokens.
+    queue.send(&ten).await;
+    let summary = drain(&args(
+        &db,
+        &queue,
+        key_file(&MaskKey::generate_base64().unwrap()),
+    ))
+    .await;
+    assert_eq!(summary.loaded, 10);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT masked_ip) FROM public.user_logins"
+        )
+        .await,
+        20
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT split_part(masked_ip, '.', 1)) FROM public.user_logins"
+        )
+        .await,
+        2
+    );
+}

@@ -1,0 +1,123 @@
+//! `setup` and the readiness check against a real PostgreSQL.
+
+use sqs2pg::app;
+use sqs2pg::postgres::schema::NotReady;
+use sqs2pg::postgres::{check_ready, Database, TableName};
+
+use crate::harness::TestDb;
+
+const ANALYSTS_DDL: &str =
+    "CREATE TABLE public.user_logins(user_id varchar(128), device_type varchar(32),
+      masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32),
+      app_version integer, create_date date)";
+
+async fn columns(client: &tokio_postgres::Client, table: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_is_idempotent_concurrent_and_leaves_an_existing_table_alone() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client.batch_execute(ANALYSTS_DDL).await.unwrap();
+    client
+        .batch_execute("INSERT INTO public.user_logins (user_id) VALUES ('kept')")
+        .await
+        .unwrap();
+    let before = columns(&client, "public.user_logins").await;
+    let table = TableName::parse("public.user_logins").unwrap();
+
+    // Not ready before setup, and it says what to do.
+    let err = check_ready(&client, &table).await.unwrap_err();
+    assert!(
+        matches!(err, NotReady::SchemaBehind { found: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sqs2pg setup"));
+
+    let database = Database::parse(&db.url).unwrap();
+    let runs: Vec<_> = (0..4).map(|_| app::setup(&database, &table)).collect();
+    let reports = futures_util::future::join_all(runs).await;
+    let applied: usize = reports
+        .iter()
+        .map(|r| r.as_ref().unwrap().applied.len())
+        .sum();
+    assert_eq!(applied, 1, "exactly one process applies the migration");
+    assert!(reports.iter().all(|r| !r.as_ref().unwrap().table_created));
+
+    assert_eq!(columns(&client, "public.user_logins").await, before);
+    let kept: i64 = client
+        .query_one(
+            "SELECT count(*) FROM public.user_logins WHERE user_id = 'kept'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1);
+    check_ready(&client, &table).await.unwrap();
+    let v: String = client
+        .query_one("SELECT sqs2pg.app_version_text(2003000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "2.3.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_creates_the_exact_ddl_and_a_quoted_custom_table() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let database = Database::parse(&db.url).unwrap();
+    let table = TableName::parse("public.user_logins").unwrap();
+    assert!(app::setup(&database, &table).await.unwrap().table_created);
+
+    // Compare with a table made from the analysts' DDL verbatim.
+    client
+        .batch_execute(&ANALYSTS_DDL.replace("public.user_logins", "public.reference"))
+        .await
+        .unwrap();
+    assert_eq!(
+        columns(&client, "public.user_logins").await,
+        columns(&client, "public.reference").await
+    );
+
+    let odd = TableName::parse("public.Odd Name; DROP TABLE x").unwrap();
+    assert!(app::setup(&database, &odd).await.unwrap().table_created);
+    check_ready(&client, &odd).await.unwrap();
+    assert_eq!(
+        columns(&client, "\"public\".\"Odd Name; DROP TABLE x\"")
+            .await
+            .len(),
+        7
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_columns_that_differ() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let database = Database::parse(&db.url).unwrap();
+    let table = TableName::parse("public.user_logins").unwrap();
+    client
+        .batch_execute("CREATE TABLE public.user_logins(user_id text, device_type varchar(32))")
+        .await
+        .unwrap();
+    app::setup(&database, &table).await.unwrap();
+    let err = check_ready(&client, &table).await.unwrap_err().to_string();
+    assert!(
+        err.contains("column user_id is text, expected character varying(128)"),
+        "{err}"
+    );
+    assert!(err.contains("column masked_ip is missing"), "{err}");
+}
