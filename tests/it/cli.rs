@@ -33,7 +33,9 @@ fn missing_or_bad_settings_fail_at_start_naming_the_setting() {
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let db = "postgres://postgres@127.0.0.1:1/x?sslmode=disable";
     let q = "http://127.0.0.1:1/000000000000/q";
-    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+    /// (environment, extra flags, text the error must contain)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
         (&[], &[], "DATABASE_URL"),
         (&[("DATABASE_URL", db)], &[], "SQS2PG_QUEUE_URL"),
         (

@@ -91,6 +91,8 @@ fn run_ok(mut c: Command, what: &str) {
     );
 }
 
+// The servers and the watchdog outlive this process by design; the watchdog reaps them.
+#[allow(clippy::zombie_processes)]
 fn start_servers() -> Servers {
     // The SDK reads these; set once, before any test talks to SQS.
     for (k, v) in [
