@@ -55,7 +55,7 @@ impl fmt::Display for Summary {
         row(f, "loaded", self.loaded)?;
         row(f, "rejected", self.rejected_total())?;
         for (reason, count) in &self.rejected {
-            writeln!(f, "    {reason:<28}{count:>6}")?;
+            writeln!(f, "    {reason:<24}{count:>6}")?;
         }
         row(f, "duplicates skipped", self.duplicates)?;
         row(f, "deleted from queue", self.deleted)?;

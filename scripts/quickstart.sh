@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# sqs2pg quickstart: from a fresh Debian machine with the Rust toolchain to masked logins in
+# PostgreSQL, with throwaway local services.
+#
+#   scripts/quickstart.sh         install what is missing, build, start PostgreSQL and a moto SQS
+#                                 server on free loopback ports, send the 100 sample messages,
+#                                 run `sqs2pg setup` and `sqs2pg drain`, show some rows
+#   scripts/quickstart.sh stop    stop the services and remove their data
+#
+# Everything lives in .quickstart/ (git-ignored). Re-running starts from a clean database and
+# queue but keeps the masking key, so tokens stay comparable between runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+qs="$repo/.quickstart"
+
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+stop() {
+  if [ -f "$qs/pgdata/postmaster.pid" ]; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$qs/pgdata" -m fast stop >/dev/null 2>&1 || true
+  fi
+  if [ -f "$qs/moto.pid" ]; then
+    pid=$(cat "$qs/moto.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$qs/moto.pid"
+  fi
+  rm -rf "$qs/pgdata" "$qs/env"
+}
+
+if [ "${1:-}" = "stop" ]; then
+  stop
+  echo "quickstart services stopped"
+  exit 0
+fi
+
+moto=$(scripts/install-deps.sh | tail -n 1)
+echo "== building sqs2pg (release)"
+cargo build --release --locked --quiet
+bin="${CARGO_TARGET_DIR:-$repo/target}/release/sqs2pg"
+
+stop
+mkdir -p "$qs"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$qs"; fi
+
+echo "== starting PostgreSQL"
+pg_port=$(free_port)
+as_postgres "$(pg_bin)/initdb" -D "$qs/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions >/dev/null
+as_postgres "$(pg_bin)/pg_ctl" -D "$qs/pgdata" -l "$qs/postgres.log" -w \
+  -o "-p $pg_port -k $qs -c listen_addresses=127.0.0.1" start >/dev/null
+
+echo "== starting moto SQS server"
+sqs_port=$(free_port)
+MOTO_ACCOUNT_ID=000000000000 nohup "$moto" -H 127.0.0.1 -p "$sqs_port" >"$qs/moto.log" 2>&1 &
+echo $! >"$qs/moto.pid"
+for _ in $(seq 1 120); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$sqs_port") 2>/dev/null && break
+  sleep 0.5
+done
+
+if [ ! -s "$qs/mask.key" ]; then
+  (umask 077 && "$bin" keygen >"$qs/mask.key")
+fi
+
+cat >"$qs/env" <<ENV
+export DATABASE_URL='postgres://postgres@127.0.0.1:$pg_port/postgres?sslmode=disable'
+export SQS2PG_QUEUE_URL='http://127.0.0.1:$sqs_port/000000000000/login-queue'
+export SQS2PG_MASK_KEY_FILE='$qs/mask.key'
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+ENV
+# shellcheck disable=SC1091
+. "$qs/env"
+
+echo "== sqs2pg send (100 sample messages)"
+"$bin" send --create-queue --file examples/login-queue-sample.jsonl
+echo "== sqs2pg setup"
+"$bin" setup
+echo "== sqs2pg drain"
+"$bin" drain --wait-time-secs 2
+
+echo "== a few rows of public.user_logins"
+psql "$DATABASE_URL" -c "SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
+  sqs2pg.app_version_text(app_version) AS version, create_date FROM public.user_logins LIMIT 5"
+psql "$DATABASE_URL" -c "SELECT message_id, reason, detail FROM sqs2pg.rejected_messages"
+
+cat <<DONE
+
+Done. To look around:
+  . .quickstart/env && psql "\$DATABASE_URL"
+  ${bin#"$repo"/} --help
+To stop the services and remove their data:
+  scripts/quickstart.sh stop
+DONE
