@@ -174,7 +174,8 @@ async fn setup_send_drain_as_processes() {
             .unwrap()
             .to_owned()
     };
-    assert_eq!(line("received"), "100");
+    // At least 100: moto may hand a message to two receivers (then it is a duplicate).
+    assert!(line("received").parse::<u64>().unwrap() >= 100);
     assert_eq!(line("loaded"), "99");
     assert_eq!(line("missing_field:user_id"), "1");
     assert_eq!(queue.depth().await, 0);

@@ -5,11 +5,12 @@
 //! Overrides: `SQS2PG_TEST_PG_BINDIR` (PostgreSQL's bin directory, default the newest under
 //! /usr/lib/postgresql) and `SQS2PG_TEST_MOTO` (the moto_server command).
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqs2pg::sqs::sdk::SqsSettings;
@@ -23,9 +24,50 @@ pub struct Servers {
 static SERVERS: OnceLock<Servers> = OnceLock::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The shared servers, started on first call.
+/// The shared servers, started on first call (which also starts the log capture).
 pub fn servers() -> &'static Servers {
-    SERVERS.get_or_init(start_servers)
+    SERVERS.get_or_init(|| {
+        capture_logs();
+        start_servers()
+    })
+}
+
+/// Every log line of this test process, as the binary's filter would pass them but with our
+/// own crate at `trace`.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// A global subscriber, not a scoped one: tracing caches per-callsite interest process-wide, so
+// a thread-local subscriber can miss events whose callsites another test thread hit first.
+fn capture_logs() {
+    let buffer = LOGS.get_or_init(Arc::default).clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},sqs2pg=trace",
+            sqs2pg::telemetry::DEFAULT_FILTER
+        )))
+        .with_writer(move || Captured(buffer.clone()))
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+}
+
+/// The captured log text so far.
+pub fn captured_logs() -> String {
+    let buffer = LOGS.get().expect("servers() starts the capture");
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
 }
 
 /// A name unique in this machine's recent history: pid, counter and clock.
@@ -280,6 +322,23 @@ impl TestQueue {
     pub async fn depth(&self) -> u64 {
         let (visible, in_flight) = self.queue.approximate_depth().await.unwrap();
         visible + in_flight
+    }
+
+    /// Receives (without deleting) until `expected` distinct message ids were seen or `timeout`
+    /// passed; returns the ids seen. Received messages stay invisible for a minute.
+    pub async fn distinct_ids(&self, expected: usize, timeout: Duration) -> HashSet<String> {
+        use sqs2pg::sqs::MessageSource;
+        let deadline = Instant::now() + timeout;
+        let mut ids = HashSet::new();
+        while ids.len() < expected && Instant::now() < deadline {
+            let got = self
+                .queue
+                .receive(10, Duration::from_secs(1), Some(Duration::from_secs(60)))
+                .await
+                .unwrap();
+            ids.extend(got.into_iter().map(|m| m.ack.message_id));
+        }
+        ids
     }
 
     /// Sends bodies, 10 per call.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqs2pg::app;
@@ -56,41 +56,8 @@ async fn drain(args: &PipelineArgs) -> Summary {
         .unwrap()
 }
 
-/// A writer that appends every log line to a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-// current_thread: every task runs on this thread, so the thread-local log capture sees them all.
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "{},sqs2pg=trace",
-            sqs2pg::telemetry::DEFAULT_FILTER
-        )))
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     setup(&db).await;
     let bodies = sample_bodies();
@@ -101,11 +68,14 @@ async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs
     let summary = drain(&args(&db, &queue, key_file(&key))).await;
     let day_after = time::OffsetDateTime::now_utc().date();
 
-    assert_eq!(summary.received, 100);
+    // moto sometimes hands one message to two concurrent receivers: every extra delivery must
+    // show up as a duplicate, never as a row.
+    assert!(summary.received >= 100, "{summary:?}");
+    assert_eq!(summary.received - summary.duplicates, 100, "{summary:?}");
     assert_eq!(summary.loaded, 99);
     assert_eq!(summary.rejected.get("missing_field:user_id"), Some(&1));
     assert_eq!(summary.rejected_total(), 1);
-    assert_eq!(summary.deleted, 100);
+    assert!(summary.deleted >= 100, "{summary:?}");
     assert_eq!(queue.depth().await, 0);
 
     let client = db.client().await;
@@ -178,8 +148,8 @@ async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs
         assert_eq!(row.get::<_, String>(4), v["device_type"].as_str().unwrap());
     }
 
-    // Nothing personal reached the logs, though the logs did record the run.
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    // Nothing personal reached the logs (of every test so far), though they recorded the run.
+    let text = crate::harness::captured_logs();
     assert!(
         text.contains("message rejected") && text.contains("missing_field:user_id"),
         "{text}"
@@ -248,7 +218,8 @@ async fn a_failing_loader_deletes_nothing_and_drain_fails() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     setup(&db).await;
     queue.send(&sample_bodies()).await;
-    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let mut a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    a.visibility_timeout_secs = Some(1);
     let counting = Arc::new(CountsDeletes {
         inner: queue.queue.clone(),
         deletes: AtomicU64::new(0),
@@ -284,10 +255,11 @@ async fn a_failing_loader_deletes_nothing_and_drain_fails() {
         count(&db, "SELECT count(*) FROM public.user_logins").await,
         0
     );
+    // Every message is still in the queue (moto's approximate counts can count a message twice,
+    // so receive them all again and count distinct ids).
     assert_eq!(
-        queue.depth().await,
-        100,
-        "every message is still in the queue"
+        queue.distinct_ids(100, Duration::from_secs(30)).await.len(),
+        100
     );
 }
 
