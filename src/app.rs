@@ -10,6 +10,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
+use crate::error::{fate_of_postgres, Fate, RetryPolicy};
 use crate::login::Masker;
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
@@ -75,13 +76,37 @@ where
     L: pg::BatchLoader,
     F: FnOnce(LoginLoader) -> L,
 {
-    let client = settings.database.connect().await?;
+    let client = connect_with_retry(&settings.database, &settings.pipeline.load_retry).await?;
     pg::check_ready(&client, &settings.table).await?;
     drop(client);
     let masker = Masker::new(&settings.mask_key);
     tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
     let loader = wrap_loader(LoginLoader::new(settings.database, settings.table));
     Ok(pipeline::run(source, loader, masker, settings.pipeline, shutdown).await?)
+}
+
+/// Connects, retrying transient failures (server down or restarting) per the retry policy, so
+/// `run` waits for a database that is not up yet and `drain` gives up after its attempts.
+async fn connect_with_retry(
+    database: &Database,
+    retry: &RetryPolicy,
+) -> Result<tokio_postgres::Client, ConnectError> {
+    let mut attempts = 0u32;
+    loop {
+        let error = match database.connect().await {
+            Ok(client) => return Ok(client),
+            Err(error) => error,
+        };
+        attempts += 1;
+        let transient = error
+            .postgres()
+            .is_some_and(|pg| fate_of_postgres(pg) == Fate::Retry);
+        if !transient || !retry.allows(attempts) {
+            return Err(error);
+        }
+        tracing::warn!(attempt = attempts, %error, "cannot reach PostgreSQL; retrying");
+        tokio::time::sleep(retry.delay(attempts)).await;
+    }
 }
 
 /// `sqs2pg send`: one message per non-blank line, 10 per SendMessageBatch, `concurrency` calls

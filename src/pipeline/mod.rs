@@ -184,6 +184,13 @@ async fn receive_loop<S: MessageSource>(
                 );
                 return Ok(());
             }
+            if settings.wait_time.is_zero() {
+                // Short polling on an empty queue would spin (and SQS bills per request).
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
             continue;
         }
         tracing::trace!(receiver = id, count = messages.len(), "received");

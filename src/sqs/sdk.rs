@@ -12,6 +12,8 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+use crate::config::ConfigError;
+
 use super::{
     AckHandle, DeleteOutcome, MessageSource, Received, SourceError, SourceErrorKind,
     SQS_BATCH_LIMIT,
@@ -36,7 +38,7 @@ pub struct SdkQueue {
 impl SdkQueue {
     /// Builds the SDK client: credentials, region and endpoint from the standard AWS chain, TLS
     /// through rustls with ring (one crypto provider for SQS and PostgreSQL).
-    pub async fn connect(settings: &SqsSettings) -> Result<Self, SourceError> {
+    pub async fn connect(settings: &SqsSettings) -> Result<Self, ConfigError> {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -57,11 +59,9 @@ impl SdkQueue {
                     builder = builder.region(aws_sdk_sqs::config::Region::new(region));
                 }
                 None => {
-                    return Err(SourceError {
-                        kind: SourceErrorKind::Permanent,
-                        operation: "configuration",
-                        message: "no AWS region: set AWS_REGION (e.g. AWS_REGION=us-east-1)".into(),
-                    })
+                    return Err(ConfigError(
+                        "no AWS region: set AWS_REGION (e.g. AWS_REGION=us-east-1), or use a queue URL of the form https://sqs.REGION.amazonaws.com/ACCOUNT/NAME".into(),
+                    ))
                 }
             }
         }
@@ -270,8 +270,18 @@ where
     R: std::fmt::Debug,
 {
     let (kind, message) = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (
             SourceErrorKind::Transient,
+            aws_sdk_sqs::error::DisplayErrorContext(&err).to_string(),
+        ),
+        // Connection refused/reset and timeouts come back; "other" dispatch failures are ours
+        // (no credentials could be loaded, a bad endpoint) and do not.
+        SdkError::DispatchFailure(failure) => (
+            if failure.is_io() || failure.is_timeout() {
+                SourceErrorKind::Transient
+            } else {
+                SourceErrorKind::Permanent
+            },
             aws_sdk_sqs::error::DisplayErrorContext(&err).to_string(),
         ),
         SdkError::ServiceError(service) => {

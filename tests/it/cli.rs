@@ -152,6 +152,7 @@ async fn setup_send_drain_as_processes() {
     let unreachable = "postgres://postgres@127.0.0.1:1/x?sslmode=disable";
     let mut bad_env = env.clone();
     bad_env[0] = ("DATABASE_URL", unreachable);
+    bad_env.push(("SQS2PG_MAX_ATTEMPTS", "2"));
     let bad = sqs2pg(&["drain"], &bad_env);
     assert_eq!(bad.status.code(), Some(1));
     assert!(
@@ -182,6 +183,76 @@ async fn setup_send_drain_as_processes() {
     let rows: i64 = db
         .client()
         .await
+        .query_one("SELECT count(*) FROM public.user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_until_sigterm_then_exits_cleanly() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    crate::pipeline::setup(&db).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sqs2pg"));
+    c.arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("DATABASE_URL", db.url.as_str()),
+            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+            ("SQS2PG_MASK_KEY", key.as_str()),
+            ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+
+    // The service picks up messages sent while it runs.
+    queue.send(&crate::harness::sample_bodies()).await;
+    let client = db.client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM public.user_logins", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if rows == 99 && queue.depth().await == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not load the sample: {rows} rows"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), exited)
+        .await
+        .expect("run did not exit within 30 s of SIGTERM")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("shutdown requested"),
+        "{}",
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sqs2pg summary"), "{stdout}");
+    let rows: i64 = client
         .query_one("SELECT count(*) FROM public.user_logins", &[])
         .await
         .unwrap()

@@ -19,6 +19,8 @@ use sqs2pg::sqs::SdkQueue;
 pub struct Servers {
     pub pg_port: u16,
     pub sqs_endpoint: String,
+    /// The CA that signed the PostgreSQL server's certificate (the server also accepts TLS).
+    pub pg_ca: PathBuf,
 }
 
 static SERVERS: OnceLock<Servers> = OnceLock::new();
@@ -175,11 +177,13 @@ fn start_servers() -> Servers {
     ]);
     run_ok(initdb, "initdb");
 
+    let pg_ca = make_certificates(&root, as_postgres);
     let pg_port = free_port();
     let mut start = pg_command(&bindir, "pg_ctl", as_postgres);
     start.arg("-D").arg(&data).arg("-l").arg(root.join("postgres.log")).arg("-w").arg("-o").arg(format!(
-        "-p {pg_port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
-        root.display()
+        "-p {pg_port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200 \
+         -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key",
+        dir = root.display()
     )).arg("start");
     run_ok(start, "pg_ctl start");
 
@@ -235,7 +239,42 @@ fn start_servers() -> Servers {
     Servers {
         pg_port,
         sqs_endpoint,
+        pg_ca,
     }
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl CLI).
+fn make_certificates(root: &Path, as_postgres: bool) -> PathBuf {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout ca.key -out ca.pem -subj /CN=sqs2pg-test-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+  -extfile server.ext -out server.pem 2>/dev/null
+chmod 600 server.key"#;
+    run_ok(
+        {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]).current_dir(root);
+            c
+        },
+        "make test certificates",
+    );
+    if as_postgres {
+        run_ok(
+            {
+                let mut c = Command::new("chown");
+                c.arg("postgres:")
+                    .arg(root.join("server.key"))
+                    .arg(root.join("server.pem"));
+                c
+            },
+            "chown server key",
+        );
+    }
+    root.join("ca.pem")
 }
 
 /// Polls `ready` until it holds or `timeout` passes (then panics naming `what`).

@@ -38,7 +38,7 @@ fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
     }
 }
 
-async fn setup(db: &TestDb) {
+pub async fn setup(db: &TestDb) {
     let database = Database::parse(&db.url).unwrap();
     app::setup(&database, &TableName::parse("public.user_logins").unwrap())
         .await

@@ -121,3 +121,36 @@ async fn readiness_names_columns_that_differ() {
     );
     assert!(err.contains("column masked_ip is missing"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_is_honoured_and_certificates_are_verified() {
+    let s = crate::harness::servers();
+    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", s.pg_port);
+    let ca = s.pg_ca.display();
+    async fn uses_tls(url: &str) -> Result<bool, String> {
+        let client = sqs2pg::postgres::connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        Ok(row.get(0))
+    }
+    assert_eq!(
+        uses_tls(&format!("{base}?sslmode=disable")).await,
+        Ok(false)
+    );
+    for mode in ["require", "verify-ca", "verify-full", "prefer"] {
+        let url = format!("{base}?sslmode={mode}&sslrootcert={ca}");
+        assert_eq!(uses_tls(&url).await, Ok(true), "{mode}");
+    }
+    // Without our CA the server's certificate is not trusted: TLS is verified, not just used.
+    let err = uses_tls(&format!("{base}?sslmode=require"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("could not connect"), "{err}");
+}
