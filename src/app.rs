@@ -10,7 +10,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
-use crate::error::{fate_of_postgres, Fate, RetryPolicy};
+use crate::error::{fate, Fate, Outcome, RetryPolicy};
 use crate::login::Masker;
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
@@ -100,7 +100,7 @@ async fn connect_with_retry(
         attempts += 1;
         let transient = error
             .postgres()
-            .is_some_and(|pg| fate_of_postgres(pg) == Fate::Retry);
+            .is_some_and(|pg| fate(Outcome::Postgres(pg)) == Fate::Retry);
         if !transient || !retry.allows(attempts) {
             return Err(error);
         }
@@ -159,7 +159,7 @@ async fn send_chunk(queue: &SdkQueue, mut chunk: Vec<String>) -> Result<u64, Sou
                 chunk = refused;
                 None
             }
-            Err(e) if e.kind == SourceErrorKind::Transient => Some(e),
+            Err(e) if fate(Outcome::Sqs(&e)) == Fate::Retry => Some(e),
             Err(e) => return Err(e),
         };
         if attempt == ATTEMPTS {

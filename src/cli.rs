@@ -58,7 +58,17 @@ pub struct PipelineArgs {
     #[command(flatten)]
     pub queue: QueueArgs,
 
-    /// File holding the base64 masking key (mode 600). Or put the key itself in SQS2PG_MASK_KEY.
+    /// The base64 masking key (at least 32 bytes). Prefer the environment variable: command-line
+    /// arguments are visible to other users of the machine.
+    #[arg(
+        long,
+        env = "SQS2PG_MASK_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub mask_key: Option<String>,
+
+    /// File holding the base64 masking key (mode 600); instead of SQS2PG_MASK_KEY.
     #[arg(long, env = "SQS2PG_MASK_KEY_FILE")]
     pub mask_key_file: Option<PathBuf>,
 

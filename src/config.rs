@@ -138,8 +138,7 @@ fn check_key_file_mode(_: &Path) -> Result<(), ConfigError> {
 pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError> {
     let (database, table) = database(&args.database)?;
     let sqs = queue(&args.queue)?;
-    let env_key = std::env::var(MASK_KEY_ENV).ok();
-    let mask_key = mask_key(env_key.as_deref(), args.mask_key_file.as_deref())?;
+    let mask_key = mask_key(args.mask_key.as_deref(), args.mask_key_file.as_deref())?;
     let range = |name: &str, env: &str, value: u64, lo: u64, hi: u64, why: &str| {
         if (lo..=hi).contains(&value) {
             Ok(())
@@ -157,22 +156,24 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         64,
         "concurrent long polls",
     )?;
+    // drain stops after one empty long poll; an empty *short* poll proves nothing.
+    let min_wait = if mode == Mode::Drain { 1 } else { 0 };
     range(
         "wait-time-secs",
         "SQS2PG_WAIT_TIME_SECS",
         args.wait_time_secs,
-        0,
+        min_wait,
         20,
-        "SQS's long-poll limit",
+        "SQS's long-poll limit; drain needs a long poll to know the queue is empty",
     )?;
     if let Some(v) = args.visibility_timeout_secs {
         range(
             "visibility-timeout-secs",
             "SQS2PG_VISIBILITY_TIMEOUT_SECS",
             v,
-            0,
+            1,
             43_200,
-            "SQS's limit is 12 hours",
+            "0 hands every message straight to another consumer; SQS's limit is 12 hours",
         )?;
     }
     range(
@@ -251,6 +252,52 @@ mod tests {
         assert!(
             e.contains("SQS2PG_MASK_KEY") && e.contains("5 bytes"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn drain_needs_a_long_poll() {
+        use crate::cli::DatabaseArgs;
+        let args = PipelineArgs {
+            database: DatabaseArgs {
+                database_url: Some("postgres://u@localhost/db".into()),
+                table: "user_logins".into(),
+            },
+            queue: QueueArgs {
+                queue_url: Some("http://localhost:4566/000000000000/q".into()),
+                endpoint_url: None,
+            },
+            mask_key: Some("A".repeat(44)),
+            mask_key_file: None,
+            receivers: DEFAULT_RECEIVERS,
+            wait_time_secs: 0,
+            visibility_timeout_secs: None,
+            batch_max_rows: DEFAULT_BATCH_MAX_ROWS,
+            batch_max_age_ms: DEFAULT_BATCH_MAX_AGE_MS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        };
+        let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
+        assert!(
+            e.contains("--wait-time-secs (SQS2PG_WAIT_TIME_SECS)"),
+            "{e}"
+        );
+        let run = pipeline(&args, Mode::Run).unwrap();
+        assert_eq!(
+            run.pipeline.load_retry.max_attempts, None,
+            "run retries forever"
+        );
+        let drain = pipeline(
+            &PipelineArgs {
+                wait_time_secs: 1,
+                ..args
+            },
+            Mode::Drain,
+        )
+        .unwrap();
+        assert_eq!(
+            drain.pipeline.load_retry.max_attempts,
+            Some(DEFAULT_MAX_ATTEMPTS)
         );
     }
 

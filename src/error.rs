@@ -1,13 +1,13 @@
-//! The fate policy: for every kind of failure, one decision (ack, quarantine, retry or stop),
-//! made here and nowhere else. Every stage asks [`fate_of_load`] / [`fate_of_source`] /
-//! [`Fate::for_rejection`] instead of deciding for itself.
+//! The fate policy: for every outcome of a message or a call (committed, rejected, a failed
+//! load, a failed SQS call), one decision, made in [`fate`] and nowhere else. The pipeline,
+//! the start-up checks and `send` all ask it instead of deciding for themselves.
 //!
 //! | fate       | when                                                    | what happens                                   |
 //! |------------|---------------------------------------------------------|------------------------------------------------|
 //! | ack        | row committed, or duplicate of a committed message      | delete from SQS                                |
 //! | quarantine | the message itself is bad (not JSON, invalid field)     | commit a rejection with its reason, then delete |
 //! | retry      | the world is bad (database down, network, throttling)   | back off with jitter and try again; never drop |
-//! | stop       | our configuration is bad (password, missing table, ...) | stop with a clear message; nothing is deleted  |
+//! | stop       | our configuration is bad (password, missing table, TLS) | stop with a clear message; nothing is deleted  |
 
 use std::time::Duration;
 
@@ -30,32 +30,53 @@ pub enum Fate {
     Stop,
 }
 
-impl Fate {
-    /// A bad message is always quarantined, never retried and never dropped.
-    pub fn for_rejection(_: &Rejection) -> Fate {
-        Fate::Quarantine
-    }
+/// Everything whose consequence for the messages needs deciding.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// A batch committed: its rows and rejections are in, duplicates were skipped by the ledger.
+    Committed,
+    /// A message failed validation.
+    Rejected(&'a Rejection),
+    /// A batch load did not commit.
+    LoadFailed(&'a LoadError),
+    /// Connecting to or querying PostgreSQL failed outside a load (start-up checks).
+    Postgres(&'a tokio_postgres::Error),
+    /// An SQS call failed.
+    Sqs(&'a SourceError),
 }
 
-/// The fate of a batch whose load failed.
-pub fn fate_of_load(err: &LoadError) -> Fate {
-    match err {
-        LoadError::Injected(_) => Fate::Retry,
-        _ => match err.postgres() {
+/// The one decision table.
+pub fn fate(outcome: Outcome<'_>) -> Fate {
+    match outcome {
+        Outcome::Committed => Fate::Ack,
+        // A bad message is always kept as a rejection, never retried and never dropped.
+        Outcome::Rejected(_) => Fate::Quarantine,
+        Outcome::LoadFailed(LoadError::Injected(_)) => Fate::Retry,
+        Outcome::LoadFailed(err) => match err.postgres() {
             Some(pg) => fate_of_postgres(pg),
             // A malformed URL or an unreadable certificate does not fix itself.
             None => Fate::Stop,
+        },
+        Outcome::Postgres(pg) => fate_of_postgres(pg),
+        Outcome::Sqs(err) => match err.kind {
+            SourceErrorKind::Transient => Fate::Retry,
+            SourceErrorKind::Permanent => Fate::Stop,
         },
     }
 }
 
 /// PostgreSQL errors by SQLSTATE: connection trouble, restarts, serialization failures and
 /// resource shortages are transient; anything else (authentication, missing objects,
-/// privileges, data the table refuses) needs an operator.
-pub fn fate_of_postgres(err: &tokio_postgres::Error) -> Fate {
+/// privileges, data the table refuses) needs an operator. Without a SQLSTATE the error is on
+/// the way to the server: a TLS failure (untrusted certificate, wrong host name) is
+/// configuration; anything else (refused, reset, timed out) is transient.
+fn fate_of_postgres(err: &tokio_postgres::Error) -> Fate {
     let Some(state) = err.code() else {
-        // No SQLSTATE: an I/O error, a closed connection or a timeout.
-        return Fate::Retry;
+        return if is_tls_failure(err) {
+            Fate::Stop
+        } else {
+            Fate::Retry
+        };
     };
     let code = state.code();
     let transient = code.starts_with("08") // connection exception
@@ -72,12 +93,20 @@ pub fn fate_of_postgres(err: &tokio_postgres::Error) -> Fate {
     }
 }
 
-/// The fate of a failed SQS call.
-pub fn fate_of_source(err: &SourceError) -> Fate {
-    match err.kind {
-        SourceErrorKind::Transient => Fate::Retry,
-        SourceErrorKind::Permanent => Fate::Stop,
+/// True when a rustls error is anywhere in the cause chain (tokio-rustls wraps it in io::Error).
+fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if e.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = e.source();
     }
+    false
 }
 
 /// Exponential backoff with full jitter, capped; `max_attempts: None` retries forever.
@@ -131,14 +160,31 @@ mod tests {
     }
 
     #[test]
-    fn source_errors_map_to_fates() {
+    fn outcomes_map_to_fates() {
         let e = |kind| SourceError {
             kind,
             operation: "ReceiveMessage",
             message: String::new(),
         };
-        assert_eq!(fate_of_source(&e(SourceErrorKind::Transient)), Fate::Retry);
-        assert_eq!(fate_of_source(&e(SourceErrorKind::Permanent)), Fate::Stop);
-        assert_eq!(fate_of_load(&LoadError::Injected("x".into())), Fate::Retry);
+        assert_eq!(
+            fate(Outcome::Sqs(&e(SourceErrorKind::Transient))),
+            Fate::Retry
+        );
+        assert_eq!(
+            fate(Outcome::Sqs(&e(SourceErrorKind::Permanent))),
+            Fate::Stop
+        );
+        let injected = LoadError::Injected("x".into());
+        assert_eq!(fate(Outcome::LoadFailed(&injected)), Fate::Retry);
+        assert_eq!(fate(Outcome::Committed), Fate::Ack);
+        let bad = Rejection::new(crate::login::Reason::NotJson);
+        assert_eq!(fate(Outcome::Rejected(&bad)), Fate::Quarantine);
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(is_tls_failure(&tls));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!is_tls_failure(&refused));
     }
 }

@@ -10,7 +10,7 @@ use sqs2pg::app::{self, AppError};
 use sqs2pg::cli::{Cli, Command};
 use sqs2pg::config;
 use sqs2pg::login::MaskKey;
-use sqs2pg::pipeline::Mode;
+use sqs2pg::pipeline::{Mode, PipelineError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -69,9 +69,17 @@ async fn run(command: Command) -> Result<(), AppError> {
             let settings = config::pipeline(&args, Mode::Drain)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            let summary = app::process(settings, shutdown).await?;
-            print!("{summary}");
-            Ok(())
+            match app::process(settings, shutdown).await {
+                Ok(summary) => {
+                    print!("{summary}");
+                    Ok(())
+                }
+                Err(AppError::Pipeline(PipelineError::Undeleted(summary))) => {
+                    print!("{summary}");
+                    Err(AppError::Pipeline(PipelineError::Undeleted(summary)))
+                }
+                Err(e) => Err(e),
+            }
         }
         Command::Run(args) => {
             let settings = config::pipeline(&args, Mode::Run)?;

@@ -207,13 +207,21 @@ mod tests {
         ] {
             let t = token.as_str();
             assert!(!t.contains(value));
-            let plain = sha2::Sha256::digest(value.as_bytes());
-            for encoded in [
-                URL_SAFE_NO_PAD.encode(plain),
-                STANDARD.encode(plain),
-                plain.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            let octets = match value.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => v4.octets().to_vec(),
+                _ => Vec::new(),
+            };
+            for plain in [
+                sha2::Sha256::digest(value.as_bytes()),
+                sha2::Sha256::digest(&octets),
             ] {
-                assert!(!t.contains(&encoded), "token carries the unkeyed SHA-256");
+                for encoded in [
+                    URL_SAFE_NO_PAD.encode(plain),
+                    STANDARD.encode(plain),
+                    plain.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                ] {
+                    assert!(!t.contains(&encoded), "token carries the unkeyed SHA-256");
+                }
             }
             assert!(t.len() <= 256);
             assert!(t.starts_with(&format!("{}.h.", m.key_id())));

@@ -63,7 +63,7 @@ pub fn transform(
     masker: &Masker,
     max_body_bytes: usize,
     body: &str,
-    sent_timestamp: Option<i64>,
+    sent_timestamp: i64,
 ) -> Transformed {
     if body.len() > max_body_bytes {
         return Transformed {
@@ -101,7 +101,7 @@ mod tests {
     }
 
     fn reason(body: &str) -> String {
-        match transform(&masker(), 1 << 20, body, Some(SENT_MS)).outcome {
+        match transform(&masker(), 1 << 20, body, SENT_MS).outcome {
             Ok(_) => "ok".into(),
             Err(r) => r.reason.to_string(),
         }
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn good_login_becomes_a_masked_row() {
-        let t = transform(&masker(), 1 << 16, GOOD, Some(SENT_MS));
+        let t = transform(&masker(), 1 << 16, GOOD, SENT_MS);
         let row = t.outcome.unwrap();
         assert_eq!(row.user_id, "424cdd21-063a-43a7-b91b-7ca1a833afae");
         assert_eq!(row.device_type, "android");
@@ -140,7 +140,7 @@ mod tests {
     fn null_locale_is_valid_and_unknown_fields_are_counted() {
         let body =
             with("locale", "null").replacen('{', r#"{"extra": [1, {"a": 2}], "more": 1, "#, 1);
-        let t = transform(&masker(), 1 << 16, &body, Some(SENT_MS));
+        let t = transform(&masker(), 1 << 16, &body, SENT_MS);
         assert_eq!(t.outcome.unwrap().locale, None);
         assert_eq!(t.unknown_fields, 2);
     }
@@ -239,14 +239,14 @@ mod tests {
             reason(&with("app_version", r#""3000.1""#)),
             "app_version_out_of_range"
         );
-        let t = transform(&masker(), 10, GOOD, Some(SENT_MS));
+        let t = transform(&masker(), 10, GOOD, SENT_MS);
         assert_eq!(t.outcome.unwrap_err().reason, Reason::BodyTooLarge);
     }
 
     #[test]
     fn sent_timestamp_in_ms_or_seconds_and_missing() {
         let day = |ts| {
-            transform(&masker(), 1 << 16, GOOD, Some(ts))
+            transform(&masker(), 1 << 16, GOOD, ts)
                 .outcome
                 .unwrap()
                 .create_date
@@ -257,8 +257,8 @@ mod tests {
             day(1_699_920_000_000 - 1),
             time::macros::date!(2023 - 11 - 13)
         );
-        let t = transform(&masker(), 1 << 16, GOOD, None);
-        assert_eq!(t.outcome.unwrap_err().reason, Reason::MissingSentTimestamp);
+        let t = transform(&masker(), 1 << 16, GOOD, i64::MAX);
+        assert_eq!(t.outcome.unwrap_err().reason, Reason::InvalidSentTimestamp);
     }
 
     #[test]
@@ -270,7 +270,7 @@ mod tests {
             with("ip", &format!("[\"{secret}\"]")),
             secret.to_string(),
         ] {
-            let r = transform(&masker(), 1 << 16, &body, Some(SENT_MS))
+            let r = transform(&masker(), 1 << 16, &body, SENT_MS)
                 .outcome
                 .unwrap_err();
             assert!(!format!("{r:?}").contains(secret), "{r:?}");

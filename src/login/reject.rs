@@ -96,8 +96,8 @@ pub enum Reason {
     InvalidAppVersion,
     /// `app_version` is well formed but a part exceeds the encoding's bounds.
     AppVersionOutOfRange,
-    /// SQS did not return the `SentTimestamp` attribute, so `create_date` is unknown.
-    MissingSentTimestamp,
+    /// SQS's `SentTimestamp` is beyond the dates PostgreSQL and we can represent.
+    InvalidSentTimestamp,
 }
 
 impl fmt::Display for Reason {
@@ -115,7 +115,7 @@ impl fmt::Display for Reason {
             Reason::InvalidIp => f.write_str("invalid_ip"),
             Reason::InvalidAppVersion => f.write_str("invalid_app_version"),
             Reason::AppVersionOutOfRange => f.write_str("app_version_out_of_range"),
-            Reason::MissingSentTimestamp => f.write_str("missing_sent_timestamp"),
+            Reason::InvalidSentTimestamp => f.write_str("invalid_sent_timestamp"),
         }
     }
 }

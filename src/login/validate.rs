@@ -57,10 +57,7 @@ pub struct ValidLogin {
 }
 
 /// Checks a parsed body. `sent_timestamp` is SQS's `SentTimestamp` attribute.
-pub fn validate(
-    mut event: LoginEvent<'_>,
-    sent_timestamp: Option<i64>,
-) -> Result<ValidLogin, Rejection> {
+pub fn validate(mut event: LoginEvent<'_>, sent_timestamp: i64) -> Result<ValidLogin, Rejection> {
     if let Some(field) = event.duplicate {
         return Err(Rejection::new(Reason::DuplicateField(field)));
     }
@@ -102,9 +99,8 @@ pub fn validate(
 /// The UTC day of a `SentTimestamp`. SQS sends milliseconds since the epoch; LocalStack 0.14
 /// sends seconds. Any millisecond value after 1973-03-03 is above 10^11 and any second value
 /// before the year 5138 is below it, so the magnitude tells the two apart unambiguously.
-fn sent_date(sent_timestamp: Option<i64>) -> Result<Date, Rejection> {
+fn sent_date(ts: i64) -> Result<Date, Rejection> {
     const SECONDS_BELOW: i64 = 100_000_000_000;
-    let ts = sent_timestamp.ok_or_else(|| Rejection::new(Reason::MissingSentTimestamp))?;
     let nanos = if ts.abs() < SECONDS_BELOW {
         i128::from(ts) * 1_000_000_000
     } else {
@@ -114,8 +110,8 @@ fn sent_date(sent_timestamp: Option<i64>) -> Result<Date, Rejection> {
         .map(|t| t.date())
         .map_err(|_| {
             Rejection::with_detail(
-                Reason::MissingSentTimestamp,
-                "SentTimestamp out of range".into(),
+                Reason::InvalidSentTimestamp,
+                "SentTimestamp beyond the year 9999".into(),
             )
         })
 }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{fate_of_load, fate_of_source, Fate, RetryPolicy};
+use crate::error::{fate, Fate, Outcome, RetryPolicy};
 use crate::login::{transform, Masker};
 use crate::postgres::{BatchLoader, LoadError};
 use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
@@ -77,6 +77,10 @@ pub enum PipelineError {
         #[source]
         source: LoadError,
     },
+    /// `drain` committed everything but could not delete some messages: they are back in the
+    /// queue and the next run deletes them as duplicates (the ledger keeps them out of the table).
+    #[error("{} committed message(s) could not be deleted from SQS; they will come back and be skipped as duplicates on the next run", .0.delete_failures)]
+    Undeleted(Box<Summary>),
 }
 
 /// Runs the pipeline until the queue is drained (`Mode::Drain`) or `shutdown` is cancelled.
@@ -133,6 +137,9 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     summary.elapsed = started.elapsed();
     match first_error {
         Some(e) => Err(e),
+        None if settings.mode == Mode::Drain && summary.delete_failures > 0 => {
+            Err(PipelineError::Undeleted(Box::new(summary)))
+        }
         None => Ok(summary),
     }
 }
@@ -161,7 +168,9 @@ async fn receive_loop<S: MessageSource>(
             }
             Err(error) => {
                 failures += 1;
-                if fate_of_source(&error) == Fate::Retry && settings.source_retry.allows(failures) {
+                if fate(Outcome::Sqs(&error)) == Fate::Retry
+                    && settings.source_retry.allows(failures)
+                {
                     tracing::warn!(receiver = id, attempt = failures, %error, "receive failed; retrying");
                     let delay = settings.source_retry.delay(failures);
                     tokio::select! {
@@ -197,7 +206,8 @@ async fn receive_loop<S: MessageSource>(
         for m in messages {
             let t = transform(&masker, settings.max_body_bytes, &m.body, m.sent_timestamp);
             if let Err(rejection) = &t.outcome {
-                tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, "message rejected");
+                let fate = fate(Outcome::Rejected(rejection));
+                tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");
             }
             let processed = Processed {
                 ack: m.ack,
@@ -285,7 +295,9 @@ async fn load_batch<L: BatchLoader>(
             Ok(report) => break report,
             Err(error) => {
                 attempts += 1;
-                if fate_of_load(&error) != Fate::Retry || !settings.load_retry.allows(attempts) {
+                if fate(Outcome::LoadFailed(&error)) != Fate::Retry
+                    || !settings.load_retry.allows(attempts)
+                {
                     return Err(PipelineError::Load {
                         attempts,
                         source: error,
@@ -385,7 +397,7 @@ async fn delete_chunk<S: MessageSource>(
                 failed += outcome.failed as u64;
                 pending = outcome.retryable;
             }
-            Err(error) if fate_of_source(&error) == Fate::Retry => {
+            Err(error) if fate(Outcome::Sqs(&error)) == Fate::Retry => {
                 tracing::warn!(attempt = attempts, %error, "delete failed; retrying");
             }
             Err(error) => {

@@ -1,7 +1,8 @@
 //! The loader: one batch, one transaction.
 //!
 //! 1. binary `COPY` of the batch's rows into a temporary staging table (per connection,
-//!    `ON COMMIT DELETE ROWS`, columns copied from the target table with `LIKE`);
+//!    `ON COMMIT DELETE ROWS`, the contract's column types; `check_ready` made sure the target
+//!    has the same);
 //! 2. one statement that inserts the staged message ids into the ledger
 //!    `sqs2pg.processed_messages` with `ON CONFLICT DO NOTHING` and inserts into the target table
 //!    only the rows whose ids were new;
@@ -94,7 +95,6 @@ RETURNING reason";
 /// Loads batches into the target table over one connection, reconnecting when it drops.
 pub struct LoginLoader {
     database: Database,
-    table: TableName,
     client: Option<Client>,
     insert_rows: String,
 }
@@ -116,37 +116,41 @@ impl LoginLoader {
         );
         Self {
             database,
-            table,
             client: None,
             insert_rows,
         }
     }
+}
 
-    async fn client(&mut self) -> Result<&mut Client, LoadError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
-        }
-        if self.client.is_none() {
-            let client = self.database.connect().await?;
-            client
-                .batch_execute(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS sqs2pg_staging
-                         (message_id text NOT NULL, LIKE {})
-                         ON COMMIT DELETE ROWS",
-                    self.table.quoted()
-                ))
-                .await?;
-            self.client = Some(client);
-        }
-        Ok(self.client.as_mut().expect("connected above"))
+/// The open connection in `slot`, (re)connecting and creating the staging table when there is
+/// none or it was closed.
+async fn connected<'a>(
+    slot: &'a mut Option<Client>,
+    database: &Database,
+) -> Result<&'a mut Client, LoadError> {
+    if slot.as_ref().is_some_and(Client::is_closed) {
+        *slot = None;
     }
+    if slot.is_none() {
+        let client = database.connect().await?;
+        client
+            .batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS sqs2pg_staging (
+                     message_id text NOT NULL, user_id varchar(128), device_type varchar(32),
+                     masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32),
+                     app_version integer, create_date date)
+                 ON COMMIT DELETE ROWS",
+            )
+            .await?;
+        *slot = Some(client);
+    }
+    Ok(slot.as_mut().expect("connected above"))
 }
 
 impl BatchLoader for LoginLoader {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        let insert_rows = self.insert_rows.clone();
-        let client = self.client().await?;
-        let result = load_in_transaction(client, &insert_rows, batch).await;
+        let client = connected(&mut self.client, &self.database).await?;
+        let result = load_in_transaction(client, &self.insert_rows, batch).await;
         if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }

@@ -223,21 +223,40 @@ pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotRe
     }
     let rows = client
         .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod)
+            "SELECT attname::text, format_type(atttypid, atttypmod),
+                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''
                FROM pg_attribute
               WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
             &[&table.quoted()],
         )
         .await?;
-    let actual: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let differences: Vec<String> = EXPECTED_COLUMNS
+    let actual: Vec<(String, String, bool)> = rows
         .iter()
-        .filter_map(|(name, ty)| match actual.iter().find(|(n, _)| n == name) {
-            None => Some(format!("column {name} is missing")),
-            Some((_, t)) if t != ty => Some(format!("column {name} is {t}, expected {ty}")),
-            Some(_) => None,
-        })
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
+    let mut differences: Vec<String> = EXPECTED_COLUMNS
+        .iter()
+        .filter_map(
+            |(name, ty)| match actual.iter().find(|(n, _, _)| n == name) {
+                None => Some(format!("column {name} is missing")),
+                Some((_, t, _)) if t != ty => Some(format!("column {name} is {t}, expected {ty}")),
+                Some(_) => None,
+            },
+        )
+        .collect();
+    // Extra columns are fine (they get their default), unless they need a value we never give.
+    differences.extend(
+        actual
+            .iter()
+            .filter(|(n, _, needs_value)| {
+                *needs_value && !EXPECTED_COLUMNS.iter().any(|(e, _)| e == n)
+            })
+            .map(|(n, _, _)| {
+                format!(
+                    "extra column {n} is NOT NULL without a default, so no row could be inserted"
+                )
+            }),
+    );
     if differences.is_empty() {
         Ok(())
     } else {

@@ -18,7 +18,7 @@ pub struct Received {
     pub ack: AckHandle,
     pub body: String,
     /// `SentTimestamp` attribute as sent (milliseconds on SQS; see `login::validate`).
-    pub sent_timestamp: Option<i64>,
+    pub sent_timestamp: i64,
     /// `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: i32,
     pub received_at: SystemTime,

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
@@ -42,8 +44,16 @@ impl SdkQueue {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let mut loader =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        // Bounded calls: a connect that hangs, or a receive that never answers, fails and is
+        // retried instead of stalling a receiver; the attempt limit is well above the longest
+        // long poll (20 s).
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(60))
+            .build();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(timeouts);
         if let Some(endpoint) = settings
             .endpoint_url
             .clone()
@@ -198,13 +208,26 @@ impl MessageSource for SdkQueue {
                 continue;
             };
             let attrs = m.attributes.unwrap_or_default();
+            // Asked for on every receive. Without it create_date is unknown; that is the
+            // server's fault, not the message's, so stop rather than quarantine valid logins.
+            let Some(sent_timestamp) =
+                attribute(&attrs, &MessageSystemAttributeName::SentTimestamp)
+            else {
+                return Err(SourceError {
+                    kind: SourceErrorKind::Permanent,
+                    operation: "ReceiveMessage",
+                    message: format!(
+                        "message {message_id} came without a numeric SentTimestamp attribute; this SQS server does not support it"
+                    ),
+                });
+            };
             messages.push(Received {
                 ack: AckHandle {
                     message_id,
                     receipt_handle,
                 },
                 body: m.body.unwrap_or_default(),
-                sent_timestamp: attribute(&attrs, &MessageSystemAttributeName::SentTimestamp),
+                sent_timestamp,
                 receive_count: attribute(
                     &attrs,
                     &MessageSystemAttributeName::ApproximateReceiveCount,
@@ -264,10 +287,9 @@ fn attribute<T: std::str::FromStr>(
 
 /// Turns an SDK error into our error with a retry decision. Service errors are classified by
 /// HTTP status and SQS error code; transport errors are transient.
-fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> SourceError
+fn classify<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     let (kind, message) = match &err {
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (
@@ -286,15 +308,18 @@ where
         ),
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("unknown");
-            let transient = matches!(
-                code,
-                "ThrottlingException"
-                    | "RequestThrottled"
-                    | "ServiceUnavailable"
-                    | "InternalError"
-                    | "InternalFailure"
-                    | "KmsThrottled"
-            );
+            let status = service.raw().status().as_u16();
+            let transient = status >= 500
+                || status == 429
+                || matches!(
+                    code,
+                    "ThrottlingException"
+                        | "RequestThrottled"
+                        | "ServiceUnavailable"
+                        | "InternalError"
+                        | "InternalFailure"
+                        | "KmsThrottled"
+                );
             let text = service.err().message().unwrap_or("");
             (
                 if transient {
@@ -302,7 +327,7 @@ where
                 } else {
                     SourceErrorKind::Permanent
                 },
-                format!("{code}: {text}"),
+                format!("{code} (HTTP {status}): {text}"),
             )
         }
         _ => (

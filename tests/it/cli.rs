@@ -24,6 +24,19 @@ fn sqs2pg(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
+/// No body, ip or device_id of the sample appears in `text`.
+fn assert_no_personal_data(text: &str) {
+    for body in crate::harness::sample_bodies() {
+        assert!(!text.contains(&body), "a body was printed");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for field in ["ip", "device_id"] {
+            if let Some(value) = v[field].as_str() {
+                assert!(!text.contains(value), "a raw {field} was printed");
+            }
+        }
+    }
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -160,9 +173,12 @@ async fn setup_send_drain_as_processes() {
         "{}",
         stderr(&bad)
     );
-    assert_eq!(queue.depth().await, 100);
+    // Nothing was received: all 100 visible, none in flight.
+    assert_eq!(queue.queue.approximate_depth().await.unwrap(), (100, 0));
 
     let out = sqs2pg(&["drain"], &env);
+    assert_no_personal_data(&stderr(&out));
+    assert_no_personal_data(&String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = |label: &str| {
@@ -208,30 +224,34 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
             ("SQS2PG_QUEUE_URL", queue.url.as_str()),
             ("SQS2PG_MASK_KEY", key.as_str()),
             ("SQS2PG_WAIT_TIME_SECS", "1"),
+            // Batches close only on shutdown: the rows can only come from the final flush.
+            ("SQS2PG_BATCH_MAX_AGE_MS", "600000"),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
 
-    // The service picks up messages sent while it runs.
+    // The service picks up messages sent while it runs and holds them in its open batch.
     queue.send(&crate::harness::sample_bodies()).await;
     let client = db.client().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let rows: i64 = client
-            .query_one("SELECT count(*) FROM public.user_logins", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if rows == 99 && queue.depth().await == 0 {
+        let (visible, in_flight) = queue.queue.approximate_depth().await.unwrap();
+        if visible == 0 && in_flight >= 100 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "run did not load the sample: {rows} rows"
+            "run did not receive the sample"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM public.user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing is committed before the batch closes");
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -252,6 +272,12 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("sqs2pg summary"), "{stdout}");
+    assert_no_personal_data(&stderr(&out));
+    assert_eq!(
+        queue.depth().await,
+        0,
+        "the flushed batch was deleted before exit"
+    );
     let rows: i64 = client
         .query_one("SELECT count(*) FROM public.user_logins", &[])
         .await

@@ -1,22 +1,35 @@
 //! Test doubles at the pipeline's seams: wrappers around the real SQS client and the real
 //! loader that lose deletes, count calls or fail loads.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqs2pg::pipeline::batch::Batch;
 use sqs2pg::postgres::{BatchLoader, LoadError, LoadReport};
 use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
 
-/// Passes receives through; "loses" every delete (reports success without deleting), as if the
-/// process died between COMMIT and DeleteMessageBatch. Counts the deletes it swallowed.
-pub struct LosesDeletes<S> {
+/// Passes receives through; "loses" the first delete of each message (reports success without
+/// deleting), as if the process died between COMMIT and DeleteMessageBatch. Later deletes of
+/// the same message go through. Counts the deletes it swallowed.
+pub struct LosesFirstDeletes<S> {
     pub inner: Arc<S>,
     pub swallowed: AtomicU64,
+    pub seen: Mutex<HashSet<String>>,
 }
 
-impl<S: MessageSource> MessageSource for LosesDeletes<S> {
+impl<S> LosesFirstDeletes<S> {
+    pub fn new(inner: Arc<S>) -> Self {
+        Self {
+            inner,
+            swallowed: AtomicU64::new(0),
+            seen: Mutex::default(),
+        }
+    }
+}
+
+impl<S: MessageSource> MessageSource for LosesFirstDeletes<S> {
     async fn receive(
         &self,
         max: i32,
@@ -27,12 +40,71 @@ impl<S: MessageSource> MessageSource for LosesDeletes<S> {
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
-        self.swallowed
-            .fetch_add(acks.len() as u64, Ordering::SeqCst);
+        let again: Vec<AckHandle> = {
+            let mut seen = self.seen.lock().unwrap();
+            acks.iter()
+                .filter(|a| !seen.insert(a.message_id.clone()))
+                .cloned()
+                .collect()
+        };
+        let lost = acks.len() - again.len();
+        self.swallowed.fetch_add(lost as u64, Ordering::SeqCst);
+        let mut outcome = if again.is_empty() {
+            DeleteOutcome::default()
+        } else {
+            self.inner.delete(&again).await?
+        };
+        outcome.deleted += lost;
+        Ok(outcome)
+    }
+}
+
+/// Passes receives through, refusing every delete for good (as SQS does for an expired receipt
+/// handle).
+pub struct RefusesDeletes<S> {
+    pub inner: Arc<S>,
+}
+
+impl<S: MessageSource> MessageSource for RefusesDeletes<S> {
+    async fn receive(
+        &self,
+        max: i32,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> Result<Vec<Received>, SourceError> {
+        self.inner.receive(max, wait, visibility).await
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
         Ok(DeleteOutcome {
-            deleted: acks.len(),
+            failed: acks.len(),
             ..DeleteOutcome::default()
         })
+    }
+}
+
+/// Rewrites every message's SentTimestamp to a fixed value (milliseconds since the epoch).
+pub struct FixedSentTimestamp<S> {
+    pub inner: Arc<S>,
+    pub sent_timestamp: i64,
+}
+
+impl<S: MessageSource> MessageSource for FixedSentTimestamp<S> {
+    async fn receive(
+        &self,
+        max: i32,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> Result<Vec<Received>, SourceError> {
+        let mut messages = self.inner.receive(max, wait, visibility).await?;
+        for m in &mut messages {
+            m.sent_timestamp = self.sent_timestamp;
+        }
+        Ok(messages)
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+        self.inner.delete(acks).await
     }
 }
 

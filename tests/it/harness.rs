@@ -243,14 +243,15 @@ fn start_servers() -> Servers {
     }
 }
 
-/// A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl CLI).
+/// A throwaway CA and a server certificate for `localhost` (not for 127.0.0.1, so host name
+/// checks can be seen to fail) signed by it (openssl CLI).
 fn make_certificates(root: &Path, as_postgres: bool) -> PathBuf {
     let script = r#"set -e
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -keyout ca.key -out ca.pem -subj /CN=sqs2pg-test-ca 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
   -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
   -extfile server.ext -out server.pem 2>/dev/null
 chmod 600 server.key"#;

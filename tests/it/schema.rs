@@ -120,17 +120,41 @@ async fn readiness_names_columns_that_differ() {
         "{err}"
     );
     assert!(err.contains("column masked_ip is missing"), "{err}");
+
+    // Extra columns are allowed, unless they need a value we never give.
+    let other = TableName::parse("public.with_extras").unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE public.with_extras(user_id varchar(128), device_type varchar(32),
+               masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32),
+               app_version integer, create_date date,
+               id bigint GENERATED ALWAYS AS IDENTITY, loaded_at timestamptz NOT NULL DEFAULT now(),
+               note text)",
+        )
+        .await
+        .unwrap();
+    check_ready(&client, &other).await.unwrap();
+    client
+        .batch_execute("ALTER TABLE public.with_extras ADD COLUMN batch text NOT NULL")
+        .await
+        .unwrap();
+    let err = check_ready(&client, &other).await.unwrap_err().to_string();
+    assert!(
+        err.contains("extra column batch is NOT NULL without a default"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sslmode_is_honoured_and_certificates_are_verified() {
+async fn sslmode_is_honoured_as_libpq_does() {
+    use sqs2pg::error::{fate, Fate, Outcome};
     let s = crate::harness::servers();
-    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", s.pg_port);
-    let ca = s.pg_ca.display();
-    async fn uses_tls(url: &str) -> Result<bool, String> {
-        let client = sqs2pg::postgres::connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
+    // The server certificate names `localhost` only and is signed by the harness's own CA.
+    let by_ip = format!("postgres://postgres@127.0.0.1:{}/postgres", s.pg_port);
+    let by_name = format!("postgres://postgres@localhost:{}/postgres", s.pg_port);
+    let ca = s.pg_ca.display().to_string();
+    async fn uses_tls(url: &str) -> Result<bool, sqs2pg::postgres::ConnectError> {
+        let client = sqs2pg::postgres::connect(url).await?;
         let row = client
             .query_one(
                 "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -140,17 +164,23 @@ async fn sslmode_is_honoured_and_certificates_are_verified() {
             .unwrap();
         Ok(row.get(0))
     }
-    assert_eq!(
-        uses_tls(&format!("{base}?sslmode=disable")).await,
-        Ok(false)
-    );
-    for mode in ["require", "verify-ca", "verify-full", "prefer"] {
-        let url = format!("{base}?sslmode={mode}&sslrootcert={ca}");
-        assert_eq!(uses_tls(&url).await, Ok(true), "{mode}");
+    let ok = |q: String| async move { uses_tls(&q).await.unwrap_or_else(|e| panic!("{q}: {e}")) };
+    assert!(!ok(format!("{by_ip}?sslmode=disable")).await);
+    // prefer (the default) and require encrypt without checking the certificate.
+    assert!(ok(by_ip.clone()).await);
+    assert!(ok(format!("{by_ip}?sslmode=require")).await);
+    // verify-ca checks the chain but not the name; verify-full checks both.
+    assert!(ok(format!("{by_ip}?sslmode=verify-ca&sslrootcert={ca}")).await);
+    assert!(ok(format!("{by_ip}?sslmode=require&sslrootcert={ca}")).await);
+    assert!(ok(format!("{by_name}?sslmode=verify-full&sslrootcert={ca}")).await);
+    for refused in [
+        format!("{by_ip}?sslmode=verify-full&sslrootcert={ca}"), // wrong name
+        format!("{by_name}?sslmode=verify-full"),                // untrusted CA
+        format!("{by_name}?sslmode=verify-ca"),                  // untrusted CA
+    ] {
+        let err = uses_tls(&refused).await.expect_err(&refused);
+        // A certificate problem is configuration: stop, do not retry forever.
+        let pg = err.postgres().expect("a connection error");
+        assert_eq!(fate(Outcome::Postgres(pg)), Fate::Stop, "{refused}: {err}");
     }
-    // Without our CA the server's certificate is not trusted: TLS is verified, not just used.
-    let err = uses_tls(&format!("{base}?sslmode=require"))
-        .await
-        .unwrap_err();
-    assert!(err.contains("could not connect"), "{err}");
 }
