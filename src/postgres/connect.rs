@@ -13,8 +13,8 @@
 //! Use `verify-full` in production: the weaker modes protect against eavesdropping, not against
 //! someone impersonating the server. tokio-postgres itself knows only disable/prefer/require and
 //! neither `sslrootcert` nor certificate policy, so those options are taken out of the URL here
-//! and turned into a rustls configuration. The two relaxed certificate checks are small
-//! `ServerCertVerifier`s of our own (rustls offers none for libpq's semantics); both still verify
+//! and turned into a rustls configuration. The two relaxed certificate checks are one small
+//! `ServerCertVerifier` of our own (rustls offers none for libpq's semantics); it still verifies
 //! the handshake signatures with the provider's algorithms.
 //!
 //! Connections also get a connect timeout and a TCP user timeout when the URL sets none, so an
@@ -203,27 +203,30 @@ fn tls_connector(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectError::RootCert(e.to_string()))?;
-    let config = match check {
-        CertCheck::None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptionOnly(provider)))
-            .with_no_client_auth(),
+    let verifier: Arc<dyn ServerCertVerifier> = match check {
+        CertCheck::None => Arc::new(RelaxedVerifier {
+            provider,
+            chain: None,
+        }),
         CertCheck::Chain | CertCheck::ChainAndName => {
             let roots = Arc::new(root_store(root_cert)?);
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| ConnectError::RootCert(e.to_string()))?;
-            let verifier: Arc<dyn ServerCertVerifier> = if check == CertCheck::Chain {
-                Arc::new(ChainOnly(webpki))
+            if check == CertCheck::Chain {
+                Arc::new(RelaxedVerifier {
+                    provider,
+                    chain: Some(webpki),
+                })
             } else {
                 webpki
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
+            }
         }
     };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
@@ -244,60 +247,16 @@ fn root_store(root_cert: Option<&str>) -> Result<rustls::RootCertStore, ConnectE
     Ok(roots)
 }
 
-/// libpq's `prefer`/`require` without a root certificate: encrypt, accept any certificate.
+/// libpq's weaker checks: `prefer`/`require` without a root certificate accept any certificate
+/// (`chain: None`); `verify-ca` needs a chain to a trusted root but ignores the host name.
+/// Handshake signatures are always verified.
 #[derive(Debug)]
-struct EncryptionOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptionOnly {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct RelaxedVerifier {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-/// libpq's `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for RelaxedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -306,10 +265,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -323,7 +282,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -332,11 +292,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

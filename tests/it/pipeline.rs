@@ -41,6 +41,18 @@ fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
     }
 }
 
+/// A fresh database (set up) and a fresh queue.
+async fn fixture() -> (TestDb, TestQueue) {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    setup(&db).await;
+    (db, queue)
+}
+
+/// Drain arguments with a freshly generated masking key.
+fn fresh_args(db: &TestDb, queue: &TestQueue) -> PipelineArgs {
+    args(db, queue, key_file(&MaskKey::generate_base64().unwrap()))
+}
+
 pub async fn setup(db: &TestDb) {
     let database = Database::parse(&db.url).unwrap();
     app::setup(&database, &TableName::parse("public.user_logins").unwrap())
@@ -61,8 +73,7 @@ async fn drain(args: &PipelineArgs) -> Summary {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     let bodies = sample_bodies();
     assert_eq!(bodies.len(), 100);
     let day_before = time::OffsetDateTime::now_utc().date();
@@ -171,10 +182,9 @@ async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivery_after_a_lost_delete_adds_no_second_row() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     queue.send(&sample_bodies()).await;
-    let mut a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let mut a = fresh_args(&db, &queue);
     a.visibility_timeout_secs = Some(1);
 
     // Every message's first delete is lost (a crash between COMMIT and delete), so after the
@@ -217,10 +227,9 @@ async fn redelivery_after_a_lost_delete_adds_no_second_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_date_is_the_utc_day_of_sent_timestamp() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     queue.send(&sample_bodies()).await;
-    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let a = fresh_args(&db, &queue);
     // 2020-02-29T23:59:59.999Z: one millisecond before midnight UTC on a leap day.
     let fixed = Arc::new(FixedSentTimestamp {
         inner: queue.queue.clone(),
@@ -242,10 +251,9 @@ async fn create_date_is_the_utc_day_of_sent_timestamp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_reports_messages_it_could_not_delete() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     queue.send(&sample_bodies()).await;
-    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let a = fresh_args(&db, &queue);
     let refusing = Arc::new(RefusesDeletes {
         inner: queue.queue.clone(),
     });
@@ -267,8 +275,7 @@ async fn drain_reports_messages_it_could_not_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     // Rows and their ledger entries are written first; then the rejection insert fails.
     db.client()
         .await
@@ -281,7 +288,7 @@ async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing()
         .await
         .unwrap();
     queue.send(&sample_bodies()).await;
-    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let a = fresh_args(&db, &queue);
     let counting = Arc::new(CountsDeletes {
         inner: queue.queue.clone(),
         deletes: AtomicU64::new(0),
@@ -316,10 +323,9 @@ async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_loader_deletes_nothing_and_drain_fails() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     queue.send(&sample_bodies()).await;
-    let mut a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let mut a = fresh_args(&db, &queue);
     a.visibility_timeout_secs = Some(1);
     let counting = Arc::new(CountsDeletes {
         inner: queue.queue.clone(),
@@ -366,10 +372,9 @@ async fn a_failing_loader_deletes_nothing_and_drain_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_load_failures_are_retried_and_lose_nothing() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     queue.send(&sample_bodies()).await;
-    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let a = fresh_args(&db, &queue);
     let attempts = Arc::new(AtomicU64::new(0));
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
     let summary = app::process_with(
@@ -395,11 +400,10 @@ async fn transient_load_failures_are_retried_and_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_drains_on_one_queue_and_database_load_each_message_once() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     // Same body sent twice under two message ids is two logins; the sample is sent once.
     queue.send(&sample_bodies()).await;
-    let a = args(&db, &queue, key_file(&MaskKey::generate_base64().unwrap()));
+    let a = fresh_args(&db, &queue);
     let (one, two) = tokio::join!(drain(&a), drain(&a));
     assert_eq!(one.loaded + two.loaded, 99);
     assert_eq!(one.rejected_total() + two.rejected_total(), 1);
@@ -412,19 +416,13 @@ async fn two_drains_on_one_queue_and_database_load_each_message_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masks_differ_across_keys_and_match_within_a_key() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    setup(&db).await;
+    let (db, queue) = fixture().await;
     let bodies = sample_bodies();
     // The same 10 logins twice: duplicates stay visible as equal tokens.
     let ten: Vec<String> = bodies.iter().take(10).cloned().collect();
     queue.send(&ten).await;
     queue.send(&ten).await;
-    let summary = drain(&args(
-        &db,
-        &queue,
-        key_file(&MaskKey::generate_base64().unwrap()),
-    ))
-    .await;
+    let summary = drain(&fresh_args(&db, &queue)).await;
     assert_eq!(summary.loaded, 20);
     assert_eq!(
         count(
@@ -445,12 +443,7 @@ async fn masks_differ_across_keys_and_match_within_a_key() {
 
     // The same logins under another key give other tokens.
     queue.send(&ten).await;
-    let summary = drain(&args(
-        &db,
-        &queue,
-        key_file(&MaskKey::generate_base64().unwrap()),
-    ))
-    .await;
+    let summary = drain(&fresh_args(&db, &queue)).await;
     assert_eq!(summary.loaded, 10);
     assert_eq!(
         count(
