@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
@@ -298,6 +299,12 @@ where
         ),
         // Connection refused/reset and timeouts come back; "other" dispatch failures are ours
         // (no credentials could be loaded, a bad endpoint) and do not.
+        SdkError::DispatchFailure(_) if lacks_credentials(&err) => (
+            SourceErrorKind::Permanent,
+            "no AWS credentials could be loaded: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+             (any values for LocalStack or moto), or AWS_PROFILE, or run with an IAM role"
+                .to_owned(),
+        ),
         SdkError::DispatchFailure(failure) => (
             if failure.is_io() || failure.is_timeout() {
                 SourceErrorKind::Transient
@@ -340,6 +347,20 @@ where
         operation,
         message,
     }
+}
+
+/// True when the credentials chain found nothing (somewhere in the error's cause chain).
+fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(CredentialsError::CredentialsNotLoaded(_)) =
+            e.downcast_ref::<CredentialsError>()
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// `scheme://host[:port]` of a queue URL that is not on amazonaws.com (LocalStack, moto, ...).

@@ -285,3 +285,35 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
         .get(0);
     assert_eq!(rows, 99);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_aws_credentials_stop_the_run_with_a_hint() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    crate::pipeline::setup(&db).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sqs2pg"))
+        .arg("drain")
+        .env_clear()
+        .envs([
+            ("HOME", "/nonexistent"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("DATABASE_URL", db.url.as_str()),
+            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+            ("SQS2PG_MASK_KEY", key.as_str()),
+            ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no AWS credentials could be loaded"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("after 1 attempt(s)"),
+        "not retried: {}",
+        stderr(&out)
+    );
+}
