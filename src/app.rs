@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
-use crate::login::Masker;
+use crate::login::{BodySealer, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
 use crate::postgres::{self as pg, ConnectError, Database, LoginLoader, TableName};
@@ -80,9 +80,14 @@ where
     pg::check_ready(&client, &settings.table).await?;
     drop(client);
     let masker = Masker::new(&settings.mask_key);
+    let sealer = BodySealer::new(&settings.mask_key);
     tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
-    let loader = wrap_loader(LoginLoader::new(settings.database, settings.table));
-    Ok(pipeline::run(source, loader, masker, settings.pipeline, shutdown).await?)
+    let loader = wrap_loader(LoginLoader::new(
+        settings.database,
+        settings.table,
+        sealer.key_id().to_owned(),
+    ));
+    Ok(pipeline::run(source, loader, masker, sealer, settings.pipeline, shutdown).await?)
 }
 
 /// Connects, retrying transient failures (server down or restarting) per the retry policy, so

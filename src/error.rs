@@ -53,6 +53,9 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
         Outcome::Rejected(_) => Fate::Quarantine,
         Outcome::LoadFailed(LoadError::Injected(_)) => Fate::Retry,
         Outcome::LoadFailed(err) => match err.postgres() {
+            // The table refused a row for reasons of its own: find that row (the pipeline
+            // bisects the batch) and quarantine it; the rest of the batch loads.
+            Some(pg) if refused_by_table(pg) => Fate::Quarantine,
             Some(pg) => fate_of_postgres(pg),
             // A malformed URL or an unreadable certificate does not fix itself.
             None => Fate::Stop,
@@ -91,6 +94,17 @@ fn fate_of_postgres(err: &tokio_postgres::Error) -> Fate {
     } else {
         Fate::Stop
     }
+}
+
+/// SQLSTATE classes that mean "this row is not acceptable": data exceptions (22: value out of
+/// range, bad encoding), integrity constraints (23: CHECK, foreign key, unique), triggered data
+/// change (27), WITH CHECK OPTION (44), and errors raised by trigger code (P0, 39).
+fn refused_by_table(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(|state| {
+        ["22", "23", "27", "44", "P0", "39"]
+            .iter()
+            .any(|class| state.code().starts_with(class))
+    })
 }
 
 /// True when a rustls error is anywhere in the cause chain (tokio-rustls wraps it in io::Error).

@@ -57,6 +57,21 @@ impl MaskKey {
         Ok(Self(Zeroizing::new(bytes)))
     }
 
+    /// Fills `out` with the HKDF-SHA-256 subkey for `info`. Every use of the key goes through
+    /// here with its own `info`, so no two purposes ever share key material.
+    pub(crate) fn derive(&self, info: &[u8], out: &mut [u8]) {
+        hkdf::Hkdf::<Sha256>::new(None, self.0.as_slice())
+            .expand(info, out)
+            .expect("subkeys are far below HKDF-SHA-256's output limit");
+    }
+
+    /// The short, public identifier of the key (8 base64url characters), derived from it.
+    pub fn key_id(&self) -> String {
+        let mut id_bytes = [0u8; 6];
+        self.derive(INFO_KEY_ID, &mut id_bytes);
+        URL_SAFE_NO_PAD.encode(id_bytes)
+    }
+
     /// A fresh random key from the operating system, as base64 (what `sqs2pg keygen` prints).
     pub fn generate_base64() -> std::io::Result<String> {
         let mut bytes = [0u8; MIN_KEY_BYTES];
@@ -115,20 +130,13 @@ const INFO_KEY_ID: &[u8] = b"sqs2pg/v1/key-id";
 impl Masker {
     /// Derives the per-field subkeys and the key id from the operator's key.
     pub fn new(key: &MaskKey) -> Self {
-        let hkdf = hkdf::Hkdf::<Sha256>::new(None, key.0.as_slice());
         let subkey = |info: &[u8]| {
-            let mut okm = [0u8; 32];
-            hkdf.expand(info, &mut okm)
-                .expect("32 bytes is a valid HKDF-SHA-256 output length");
-            let mac = HmacSha256::new_from_slice(&okm).expect("HMAC takes any key length");
-            okm.zeroize();
-            mac
+            let mut okm = Zeroizing::new([0u8; 32]);
+            key.derive(info, okm.as_mut_slice());
+            HmacSha256::new_from_slice(okm.as_slice()).expect("HMAC takes any key length")
         };
-        let mut id_bytes = [0u8; 6];
-        hkdf.expand(INFO_KEY_ID, &mut id_bytes)
-            .expect("6 bytes is a valid HKDF-SHA-256 output length");
         Self {
-            key_id: URL_SAFE_NO_PAD.encode(id_bytes),
+            key_id: key.key_id(),
             ip: subkey(INFO_IP),
             device_id: subkey(INFO_DEVICE_ID),
         }

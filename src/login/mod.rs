@@ -13,6 +13,7 @@
 pub mod app_version;
 pub mod mask;
 pub mod reject;
+pub mod seal;
 pub mod validate;
 pub mod wire;
 
@@ -21,6 +22,7 @@ use time::Date;
 pub use app_version::AppVersion;
 pub use mask::{MaskKey, MaskedToken, Masker};
 pub use reject::{Field, Reason, Rejection};
+pub use seal::{BodySealer, SealedBody};
 pub use validate::{validate, ValidLogin};
 pub use wire::LoginEvent;
 
@@ -113,6 +115,12 @@ mod tests {
         v.to_string()
     }
 
+    /// The good body with `field`'s value replaced by raw JSON text (which may be invalid).
+    fn with_raw(field: &str, raw: &str) -> String {
+        let marker = "\"@@@\"";
+        with(field, marker).replace(marker, raw)
+    }
+
     fn without(field: &str) -> String {
         let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
         v.as_object_mut().unwrap().remove(field);
@@ -191,6 +199,16 @@ mod tests {
         assert_eq!(reason(&deep_inside), "ok");
         let unclosed = format!("{{\"x\": {}", "[".repeat(100_000));
         assert_eq!(reason(&unclosed), "not_json");
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_named() {
+        for escape in [r"\ud800", r"\udc00", r"\ud800\u0041", r"x\ud83d"] {
+            let body = with_raw("locale", &format!("\"{escape}\""));
+            assert_eq!(reason(&body), "invalid_utf16_escape", "{escape}");
+        }
+        // A proper surrogate pair is fine.
+        assert_eq!(reason(&with_raw("locale", r#""\ud83d\ude00""#)), "ok");
     }
 
     #[test]

@@ -98,6 +98,11 @@ pub enum Reason {
     AppVersionOutOfRange,
     /// SQS's `SentTimestamp` is beyond the dates PostgreSQL and we can represent.
     InvalidSentTimestamp,
+    /// A `\uXXXX` escape is a lone UTF-16 surrogate, which no string can hold.
+    InvalidUtf16Escape,
+    /// PostgreSQL refused the row for reasons of its own (a CHECK, trigger or foreign key the
+    /// operator added, an encoding error); the detail names the SQLSTATE and constraint.
+    RejectedByDatabase,
 }
 
 impl fmt::Display for Reason {
@@ -116,6 +121,8 @@ impl fmt::Display for Reason {
             Reason::InvalidAppVersion => f.write_str("invalid_app_version"),
             Reason::AppVersionOutOfRange => f.write_str("app_version_out_of_range"),
             Reason::InvalidSentTimestamp => f.write_str("invalid_sent_timestamp"),
+            Reason::InvalidUtf16Escape => f.write_str("invalid_utf16_escape"),
+            Reason::RejectedByDatabase => f.write_str("rejected_by_database"),
         }
     }
 }

@@ -4,23 +4,43 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use crate::login::{MaskedLogin, Rejection};
+use crate::login::{MaskedLogin, Rejection, SealedBody};
 use crate::sqs::AckHandle;
 
+/// What is kept of a message in case it is quarantined: delivery metadata and the body,
+/// sealed (encrypted) so only key holders can read it.
+#[derive(Debug, Clone)]
+pub struct Evidence {
+    pub received_at: SystemTime,
+    pub receive_count: i32,
+    pub sealed_body: SealedBody,
+}
+
 /// A masked row and the message it came from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Row {
     pub message_id: String,
     pub login: MaskedLogin,
+    pub evidence: Evidence,
 }
 
-/// A quarantined message: its id, why, and its delivery metadata. No body, no field values.
-#[derive(Debug)]
+impl Row {
+    /// The row's message quarantined instead (the database refused the row).
+    pub fn into_reject(self, rejection: Rejection) -> Reject {
+        Reject {
+            message_id: self.message_id,
+            rejection,
+            evidence: self.evidence,
+        }
+    }
+}
+
+/// A quarantined message: its id, why, and its evidence. No field values in the clear.
+#[derive(Debug, Clone)]
 pub struct Reject {
     pub message_id: String,
     pub rejection: Rejection,
-    pub received_at: SystemTime,
-    pub receive_count: i32,
+    pub evidence: Evidence,
 }
 
 /// What one received message became, on its way to the batcher.
@@ -28,8 +48,7 @@ pub struct Reject {
 pub struct Processed {
     pub ack: AckHandle,
     pub outcome: Result<MaskedLogin, Rejection>,
-    pub received_at: SystemTime,
-    pub receive_count: i32,
+    pub evidence: Evidence,
     pub unknown_fields: u32,
 }
 
@@ -59,23 +78,36 @@ impl Batch {
         let message_id = p.ack.message_id.clone();
         self.acks.push(p.ack);
         match p.outcome {
-            Ok(login) => self.rows.push(Row { message_id, login }),
+            Ok(login) => self.rows.push(Row {
+                message_id,
+                login,
+                evidence: p.evidence,
+            }),
             Err(rejection) => self.rejects.push(Reject {
                 message_id,
                 rejection,
-                received_at: p.received_at,
-                receive_count: p.receive_count,
+                evidence: p.evidence,
             }),
         }
     }
 
-    /// Number of messages (deliveries) in the batch.
+    /// A batch of just these rows and rejects, for loading part of a batch (no ack handles:
+    /// those stay with the whole batch and are deleted once every part has committed).
+    pub fn part(rows: Vec<Row>, rejects: Vec<Reject>) -> Self {
+        Self {
+            rows,
+            rejects,
+            ..Self::default()
+        }
+    }
+
+    /// Number of messages (deliveries) in the batch, or of rows and rejects in a part.
     pub fn len(&self) -> usize {
-        self.acks.len()
+        self.acks.len().max(self.rows.len() + self.rejects.len())
     }
 
     /// True when nothing has been pushed.
     pub fn is_empty(&self) -> bool {
-        self.acks.is_empty()
+        self.len() == 0
     }
 }

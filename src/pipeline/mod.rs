@@ -19,6 +19,8 @@ pub mod batch;
 pub mod summary;
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +30,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
-use crate::login::{transform, Masker};
-use crate::postgres::{BatchLoader, LoadError};
+use crate::login::{transform, BodySealer, Masker, Reason, Rejection};
+use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
-use batch::{Batch, Processed};
+use batch::{Batch, Evidence, Processed};
 pub use summary::Summary;
 
 /// Whether the pipeline stops when the queue is empty (`drain`) or runs until shut down (`run`).
@@ -88,6 +90,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     source: Arc<S>,
     loader: L,
     masker: Masker,
+    sealer: BodySealer,
     settings: PipelineSettings,
     shutdown: CancellationToken,
 ) -> Result<Summary, PipelineError> {
@@ -105,6 +108,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
                 source.clone(),
                 item_tx.clone(),
                 masker.clone(),
+                sealer.clone(),
                 settings.clone(),
                 stop.clone(),
             ))
@@ -151,6 +155,7 @@ async fn receive_loop<S: MessageSource>(
     source: Arc<S>,
     items: mpsc::Sender<Processed>,
     masker: Masker,
+    sealer: BodySealer,
     settings: Arc<PipelineSettings>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
@@ -209,11 +214,16 @@ async fn receive_loop<S: MessageSource>(
                 let fate = fate(Outcome::Rejected(rejection));
                 tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");
             }
+            // Every body is sealed: a row the database refuses later is quarantined too.
+            let evidence = Evidence {
+                received_at: m.received_at,
+                receive_count: m.receive_count,
+                sealed_body: sealer.seal(&m.ack.message_id, &m.body),
+            };
             let processed = Processed {
                 ack: m.ack,
                 outcome: t.outcome,
-                received_at: m.received_at,
-                receive_count: m.receive_count,
+                evidence,
                 unknown_fields: t.unknown_fields,
             };
             if items.send(processed).await.is_err() {
@@ -279,42 +289,22 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// Loads one batch, retrying per the fate policy; on success hands its acks to the deleter.
+/// Loads one batch (isolating rows the table refuses), then hands its acks to the deleter.
 async fn load_batch<L: BatchLoader>(
     loader: &mut L,
-    batch: Batch,
+    mut batch: Batch,
     acks: &mpsc::Sender<Vec<AckHandle>>,
     settings: &PipelineSettings,
     shutdown: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
-    let mut attempts = 0u32;
     let started = Instant::now();
-    let report = loop {
-        match loader.load(&batch).await {
-            Ok(report) => break report,
-            Err(error) => {
-                attempts += 1;
-                if fate(Outcome::LoadFailed(&error)) != Fate::Retry
-                    || !settings.load_retry.allows(attempts)
-                {
-                    return Err(PipelineError::Load {
-                        attempts,
-                        source: error,
-                    });
-                }
-                summary.load_retries += 1;
-                tracing::warn!(attempt = attempts, messages = batch.len(), %error, "load failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(PipelineError::ShutdownWhileRetrying {
-                        messages: batch.len(),
-                        source: error,
-                    }),
-                    _ = tokio::time::sleep(settings.load_retry.delay(attempts)) => {}
-                }
-            }
-        }
-    };
+    let messages = batch.len();
+    let whole = Batch::part(
+        std::mem::take(&mut batch.rows),
+        std::mem::take(&mut batch.rejects),
+    );
+    let report = load_isolating(loader, whole, settings, shutdown, summary).await?;
     summary.batches += 1;
     summary.loaded += report.loaded;
     summary.duplicates += report.duplicates + batch.duplicates_in_batch;
@@ -325,17 +315,126 @@ async fn load_batch<L: BatchLoader>(
     tracing::debug!(
         rows = report.loaded,
         duplicates = report.duplicates,
-        messages = batch.len(),
+        messages,
         millis = started.elapsed().as_millis() as u64,
         "batch committed"
     );
-    // Only now, after COMMIT, may the batch's messages be deleted.
+    // Only now, after every part has committed, may the batch's messages be deleted.
     if acks.send(batch.acks).await.is_err() {
         tracing::warn!(
             "deleter stopped; committed messages will come back and be skipped as duplicates"
         );
     }
     Ok(())
+}
+
+/// Loads `part`; when the table refuses it for the sake of some row (fate: quarantine), splits
+/// it until the refused rows are alone, quarantines each of them as `rejected_by_database`, and
+/// loads the rest. Rejections are loaded apart from rows first, so a refusal of the rejections
+/// themselves stops the run instead of blaming a row. Each part is its own transaction; the
+/// acks wait until all have committed. Cost: about 2 log2(n) extra transactions per bad row.
+fn load_isolating<'a, L: BatchLoader>(
+    loader: &'a mut L,
+    part: Batch,
+    settings: &'a PipelineSettings,
+    shutdown: &'a CancellationToken,
+    summary: &'a mut Summary,
+) -> Pin<Box<dyn Future<Output = Result<LoadReport, PipelineError>> + Send + 'a>> {
+    Box::pin(async move {
+        let error = match load_with_retry(loader, &part, settings, shutdown, summary).await {
+            Ok(report) => return Ok(report),
+            Err(error) => error,
+        };
+        let refused = match &error {
+            PipelineError::Load { source, .. }
+                if fate(Outcome::LoadFailed(source)) == Fate::Quarantine =>
+            {
+                source
+            }
+            _ => return Err(error),
+        };
+        let detail = refusal_detail(refused);
+        let Batch {
+            mut rows, rejects, ..
+        } = part;
+        if rows.is_empty() {
+            // The rejections themselves are refused: nothing to blame on a message.
+            return Err(error);
+        }
+        let mut report = LoadReport::default();
+        if !rejects.is_empty() {
+            let rejects = Batch::part(Vec::new(), rejects);
+            report.merge(load_isolating(loader, rejects, settings, shutdown, summary).await?);
+            let rows = Batch::part(rows, Vec::new());
+            report.merge(load_isolating(loader, rows, settings, shutdown, summary).await?);
+        } else if rows.len() == 1 {
+            let row = rows.pop().expect("one row");
+            tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database; quarantined");
+            let rejection = Rejection::with_detail(Reason::RejectedByDatabase, detail);
+            let reject = Batch::part(Vec::new(), vec![row.into_reject(rejection)]);
+            report.merge(load_isolating(loader, reject, settings, shutdown, summary).await?);
+        } else {
+            let second = rows.split_off(rows.len() / 2);
+            for half in [rows, second] {
+                let half = Batch::part(half, Vec::new());
+                report.merge(load_isolating(loader, half, settings, shutdown, summary).await?);
+            }
+        }
+        Ok(report)
+    })
+}
+
+/// The SQLSTATE and, where PostgreSQL names them, the constraint, table and column. Not the
+/// server's message or DETAIL: those can quote row values.
+fn refusal_detail(err: &LoadError) -> String {
+    let Some(db) = err.postgres().and_then(|pg| pg.as_db_error()) else {
+        return err.to_string();
+    };
+    let mut detail = format!("SQLSTATE {}", db.code().code());
+    for (label, value) in [
+        ("constraint", db.constraint()),
+        ("table", db.table()),
+        ("column", db.column()),
+    ] {
+        if let Some(value) = value {
+            detail.push_str(&format!(", {label} {value}"));
+        }
+    }
+    detail
+}
+
+/// One part, one transaction, retried with backoff while the failure is transient.
+async fn load_with_retry<L: BatchLoader>(
+    loader: &mut L,
+    part: &Batch,
+    settings: &PipelineSettings,
+    shutdown: &CancellationToken,
+    summary: &mut Summary,
+) -> Result<LoadReport, PipelineError> {
+    let mut attempts = 0u32;
+    loop {
+        let error = match loader.load(part).await {
+            Ok(report) => return Ok(report),
+            Err(error) => error,
+        };
+        attempts += 1;
+        if fate(Outcome::LoadFailed(&error)) != Fate::Retry || !settings.load_retry.allows(attempts)
+        {
+            return Err(PipelineError::Load {
+                attempts,
+                source: error,
+            });
+        }
+        summary.load_retries += 1;
+        tracing::warn!(attempt = attempts, messages = part.len(), %error, "load failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(PipelineError::ShutdownWhileRetrying {
+                messages: part.len(),
+                source: error,
+            }),
+            _ = tokio::time::sleep(settings.load_retry.delay(attempts)) => {}
+        }
+    }
 }
 
 /// Deletes committed messages, 10 per call, several calls at once; retries what SQS refuses

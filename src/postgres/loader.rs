@@ -25,7 +25,7 @@ use super::connect::{ConnectError, Database};
 use super::schema::TableName;
 use crate::pipeline::batch::Batch;
 
-/// What a committed batch did.
+/// What a committed batch (or part of one) did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadReport {
     /// Rows inserted into the target table.
@@ -34,6 +34,15 @@ pub struct LoadReport {
     pub rejected: Vec<String>,
     /// Messages skipped because the ledger already held their id.
     pub duplicates: u64,
+}
+
+impl LoadReport {
+    /// Adds another part's report to this one.
+    pub fn merge(&mut self, other: LoadReport) {
+        self.loaded += other.loaded;
+        self.rejected.extend(other.rejected);
+        self.duplicates += other.duplicates;
+    }
 }
 
 /// A load that did not commit. Nothing of the batch is in the database; nothing may be deleted.
@@ -79,16 +88,18 @@ const STAGING_TYPES: [Type; 8] = [
 
 const INSERT_REJECTS: &str = "
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[])
-        AS t(message_id, reason, detail, received_at, receive_count)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[],
+                         $6::bytea[])
+        AS t(message_id, reason, detail, received_at, receive_count, body_sealed)
 ), fresh AS (
     INSERT INTO sqs2pg.processed_messages (message_id, outcome)
     SELECT message_id, 'rejected' FROM input
     ON CONFLICT (message_id) DO NOTHING
     RETURNING message_id
 )
-INSERT INTO sqs2pg.rejected_messages (message_id, reason, detail, received_at, receive_count)
-SELECT i.message_id, i.reason, i.detail, i.received_at, i.receive_count
+INSERT INTO sqs2pg.rejected_messages
+       (message_id, reason, detail, received_at, receive_count, body_sealed, seal_key_id)
+SELECT i.message_id, i.reason, i.detail, i.received_at, i.receive_count, i.body_sealed, $7
   FROM input i JOIN fresh USING (message_id)
 RETURNING reason";
 
@@ -97,11 +108,13 @@ pub struct LoginLoader {
     database: Database,
     client: Option<Client>,
     insert_rows: String,
+    seal_key_id: String,
 }
 
 impl LoginLoader {
-    /// A loader for `table`; connects on first use.
-    pub fn new(database: Database, table: TableName) -> Self {
+    /// A loader for `table`; connects on first use. `seal_key_id` names the key that sealed the
+    /// bodies of the rejections it stores.
+    pub fn new(database: Database, table: TableName, seal_key_id: String) -> Self {
         let insert_rows = format!(
             "WITH fresh AS (
                 INSERT INTO sqs2pg.processed_messages (message_id, outcome)
@@ -118,6 +131,7 @@ impl LoginLoader {
             database,
             client: None,
             insert_rows,
+            seal_key_id,
         }
     }
 }
@@ -150,7 +164,7 @@ async fn connected<'a>(
 impl BatchLoader for LoginLoader {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
         let client = connected(&mut self.client, &self.database).await?;
-        let result = load_in_transaction(client, &self.insert_rows, batch).await;
+        let result = load_in_transaction(client, &self.insert_rows, &self.seal_key_id, batch).await;
         if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
@@ -161,6 +175,7 @@ impl BatchLoader for LoginLoader {
 async fn load_in_transaction(
     client: &mut Client,
     insert_rows: &str,
+    seal_key_id: &str,
     batch: &Batch,
 ) -> Result<LoadReport, LoadError> {
     let tx = client.transaction().await?;
@@ -207,12 +222,33 @@ async fn load_in_transaction(
             .iter()
             .map(|r| r.rejection.detail.as_deref())
             .collect();
-        let received: Vec<SystemTime> = batch.rejects.iter().map(|r| r.received_at).collect();
-        let counts: Vec<i32> = batch.rejects.iter().map(|r| r.receive_count).collect();
+        let received: Vec<SystemTime> = batch
+            .rejects
+            .iter()
+            .map(|r| r.evidence.received_at)
+            .collect();
+        let counts: Vec<i32> = batch
+            .rejects
+            .iter()
+            .map(|r| r.evidence.receive_count)
+            .collect();
+        let bodies: Vec<&[u8]> = batch
+            .rejects
+            .iter()
+            .map(|r| r.evidence.sealed_body.as_bytes())
+            .collect();
         let rows = tx
             .query(
                 INSERT_REJECTS,
-                &[&ids, &reasons, &details, &received, &counts],
+                &[
+                    &ids,
+                    &reasons,
+                    &details,
+                    &received,
+                    &counts,
+                    &bodies,
+                    &seal_key_id,
+                ],
             )
             .await?;
         report.rejected = rows.iter().map(|r| r.get(0)).collect();

@@ -15,10 +15,11 @@ const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"sqs2pg:m");
 
 /// The migrations, in order. Each runs once; its number is its version. Never edit a released
 /// migration: add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "ledger, rejects and app_version_text",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "ledger, rejects and app_version_text",
+        r#"
 CREATE TABLE sqs2pg.processed_messages (
     message_id   text        PRIMARY KEY,
     outcome      text        NOT NULL CHECK (outcome IN ('loaded', 'rejected')),
@@ -46,7 +47,21 @@ CREATE FUNCTION sqs2pg.app_version_text(v integer) RETURNS text
 COMMENT ON FUNCTION sqs2pg.app_version_text(integer) IS
     'Turns user_logins.app_version (major*1000000 + minor*1000 + patch) back into M.m.p.';
 "#,
-)];
+    ),
+    (
+        2,
+        "sealed bodies of rejected messages",
+        r#"
+ALTER TABLE sqs2pg.rejected_messages
+    ADD COLUMN body_sealed bytea,
+    ADD COLUMN seal_key_id text;
+COMMENT ON COLUMN sqs2pg.rejected_messages.body_sealed IS
+    'The raw body, AES-256-SIV encrypted under a key derived from the masking key, bound to message_id.';
+COMMENT ON TABLE sqs2pg.rejected_messages IS
+    'Quarantined messages: reason code, value-free detail, and the body sealed for key holders only.';
+"#,
+    ),
+];
 
 /// The schema version this build expects.
 pub fn latest_version() -> i32 {

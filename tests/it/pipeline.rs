@@ -462,3 +462,101 @@ async fn masks_differ_across_keys_and_match_within_a_key() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_table_refuses_are_quarantined_and_the_rest_load() {
+    let (db, queue) = fixture().await;
+    // An operator's rule the pipeline knows nothing about.
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE public.user_logins ADD CONSTRAINT no_old_android
+                 CHECK (device_type <> 'android' OR app_version >= 1000000)",
+        )
+        .await
+        .unwrap();
+    let bodies = sample_bodies();
+    let refused: Vec<&String> = bodies
+        .iter()
+        .filter(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["device_type"] == "android"
+                && v["app_version"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("0."))
+        })
+        .collect();
+    assert!(
+        refused.len() > 1,
+        "the sample has several old android logins"
+    );
+    queue.send(&bodies).await;
+    let key = MaskKey::generate_base64().unwrap();
+    let summary = drain(&args(&db, &queue, key_file(&key))).await;
+
+    let k = refused.len() as u64;
+    assert_eq!(summary.loaded, 99 - k);
+    assert_eq!(summary.rejected.get("rejected_by_database"), Some(&k));
+    assert_eq!(summary.rejected.get("missing_field:user_id"), Some(&1));
+    assert_eq!(queue.depth().await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await as u64,
+        99 - k
+    );
+
+    // Each refused row is kept with the SQLSTATE and constraint, and its body, sealed.
+    let sealer = sqs2pg::login::BodySealer::new(&MaskKey::from_base64(&key).unwrap());
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT message_id, detail, body_sealed, seal_key_id FROM sqs2pg.rejected_messages
+              WHERE reason = 'rejected_by_database'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len() as u64, k);
+    let mut opened = Vec::new();
+    for row in rows {
+        let detail: String = row.get(1);
+        assert!(
+            detail.contains("SQLSTATE 23514") && detail.contains("constraint no_old_android"),
+            "{detail}"
+        );
+        assert_eq!(row.get::<_, String>(3), sealer.key_id());
+        let id: String = row.get(0);
+        opened.push(sealer.open(&id, row.get::<_, &[u8]>(2)).unwrap());
+    }
+    opened.sort();
+    let mut expected: Vec<String> = refused.into_iter().cloned().collect();
+    expected.sort();
+    assert_eq!(opened, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_bodies_are_sealed_for_key_holders_only() {
+    let (db, queue) = fixture().await;
+    queue.send(&sample_bodies()).await;
+    let key = MaskKey::generate_base64().unwrap();
+    drain(&args(&db, &queue, key_file(&key))).await;
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT message_id, body_sealed FROM sqs2pg.rejected_messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (id, sealed): (String, Vec<u8>) = (row.get(0), row.get(1));
+    let malformed = r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#;
+    assert!(!String::from_utf8_lossy(&sealed).contains("oops_wrong_msg_type"));
+    let sealer = |k: &str| sqs2pg::login::BodySealer::new(&MaskKey::from_base64(k).unwrap());
+    assert_eq!(sealer(&key).open(&id, &sealed).unwrap(), malformed);
+    let other = MaskKey::generate_base64().unwrap();
+    assert!(
+        sealer(&other).open(&id, &sealed).is_err(),
+        "another key cannot open it"
+    );
+}

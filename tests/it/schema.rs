@@ -48,11 +48,17 @@ async fn setup_is_idempotent_concurrent_and_leaves_an_existing_table_alone() {
     let database = Database::parse(&db.url).unwrap();
     let runs: Vec<_> = (0..4).map(|_| app::setup(&database, &table)).collect();
     let reports = futures_util::future::join_all(runs).await;
-    let applied: usize = reports
+    let appliers: Vec<&Vec<i32>> = reports
         .iter()
-        .map(|r| r.as_ref().unwrap().applied.len())
-        .sum();
-    assert_eq!(applied, 1, "exactly one process applies the migration");
+        .map(|r| &r.as_ref().unwrap().applied)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let all: Vec<i32> = (1..=sqs2pg::postgres::schema::latest_version()).collect();
+    assert_eq!(
+        appliers,
+        vec![&all],
+        "exactly one process applies the migrations, in order"
+    );
     assert!(reports.iter().all(|r| !r.as_ref().unwrap().table_created));
 
     assert_eq!(columns(&client, "public.user_logins").await, before);
