@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
-use crate::login::{BodySealer, Masker};
+use crate::login::{BodySealer, MaskKey, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
-use crate::postgres::{self as pg, ConnectError, Database, LoginLoader, TableName};
+use crate::postgres::{self as pg, quarantine, ConnectError, Database, LoginLoader, TableName};
 use crate::sqs::sdk::SqsSettings;
 use crate::sqs::{SdkQueue, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
@@ -33,6 +33,10 @@ pub enum AppError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("database query failed: {}", crate::postgres::describe(.0))]
+    Query(#[source] tokio_postgres::Error),
+    #[error("{0}")]
+    Quarantine(String),
     #[error("{path}: {error}")]
     File {
         path: String,
@@ -180,4 +184,121 @@ async fn send_chunk(queue: &SdkQueue, mut chunk: Vec<String>) -> Result<u64, Sou
         tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
     }
     unreachable!("the last attempt returns")
+}
+
+/// `sqs2pg rejects list`: counts by reason and the most recent rejections, as text. Ids,
+/// reasons, value-free details and times only.
+pub async fn rejects_list(database: &Database, limit: i64) -> Result<String, AppError> {
+    use std::fmt::Write as _;
+    let client = database.connect().await?;
+    pg::check_ready_schema(&client).await?;
+    let counts = quarantine::counts_by_reason(&client)
+        .await
+        .map_err(AppError::Query)?;
+    let recent = quarantine::recent(&client, limit)
+        .await
+        .map_err(AppError::Query)?;
+    let total: i64 = counts.iter().map(|(_, n)| n).sum();
+    let mut out = format!("rejected messages: {total}\n");
+    for (reason, n) in &counts {
+        let _ = writeln!(out, "  {reason:<32}{n:>8}");
+    }
+    if !recent.is_empty() {
+        let _ = writeln!(out, "most recent {}:", recent.len());
+    }
+    for r in &recent {
+        let replayed = if r.replayed_at.is_some() {
+            "  [replayed]"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}  receives={}  {}{replayed}",
+            rfc3339(r.received_at),
+            r.message_id,
+            r.reason,
+            r.receive_count,
+            r.detail.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(out)
+}
+
+/// `sqs2pg rejects show ID`: the decrypted body of one rejected message.
+pub async fn rejects_show(
+    database: &Database,
+    key: &MaskKey,
+    message_id: &str,
+) -> Result<String, AppError> {
+    let client = database.connect().await?;
+    pg::check_ready_schema(&client).await?;
+    let reject = quarantine::sealed(&client, message_id)
+        .await
+        .map_err(AppError::Query)?
+        .ok_or_else(|| AppError::Quarantine(format!("no rejected message with id {message_id}")))?;
+    open_reject(&BodySealer::new(key), &reject)
+}
+
+/// `sqs2pg rejects replay`: sends the original bodies of the selected rejections to `to`, and
+/// marks them replayed in the same transaction that locked them, so two replays at once cannot
+/// send one message twice and a replay is not repeated by accident (`again` overrides). A crash
+/// after sending but before COMMIT can send a body again on the next replay (at least once).
+/// Returns how many were sent.
+pub async fn rejects_replay(
+    database: &Database,
+    key: &MaskKey,
+    to: &SqsSettings,
+    reason: Option<&str>,
+    ids: &[String],
+    again: bool,
+) -> Result<u64, AppError> {
+    let sealer = BodySealer::new(key);
+    let mut client = database.connect().await?;
+    pg::check_ready_schema(&client).await?;
+    let queue = SdkQueue::connect(to).await?;
+    let tx = client.transaction().await.map_err(AppError::Query)?;
+    let selected = quarantine::lock_for_replay(&tx, reason, ids, again)
+        .await
+        .map_err(AppError::Query)?;
+    let mut bodies = Vec::with_capacity(selected.len());
+    for reject in &selected {
+        bodies.push(open_reject(&sealer, reject)?);
+    }
+    let mut sent = 0;
+    for chunk in bodies.chunks(SQS_BATCH_LIMIT) {
+        sent += send_chunk(&queue, chunk.to_vec()).await?;
+    }
+    let replayed: Vec<String> = selected.into_iter().map(|r| r.message_id).collect();
+    quarantine::mark_replayed(&tx, &replayed, &to.queue_url)
+        .await
+        .map_err(AppError::Query)?;
+    tx.commit().await.map_err(AppError::Query)?;
+    Ok(sent)
+}
+
+fn open_reject(sealer: &BodySealer, reject: &quarantine::SealedReject) -> Result<String, AppError> {
+    let id = &reject.message_id;
+    let sealed = reject.body_sealed.as_deref().ok_or_else(|| {
+        AppError::Quarantine(format!("rejected message {id} was stored without its body"))
+    })?;
+    if let Some(kid) = reject
+        .seal_key_id
+        .as_deref()
+        .filter(|k| *k != sealer.key_id())
+    {
+        return Err(AppError::Quarantine(format!(
+            "rejected message {id} was sealed under key {kid}, but the key given is {}",
+            sealer.key_id()
+        )));
+    }
+    sealer
+        .open(id, sealed)
+        .map_err(|e| AppError::Quarantine(format!("rejected message {id}: {e}")))
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "?".into())
 }

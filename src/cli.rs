@@ -26,6 +26,8 @@ pub enum Command {
     Keygen,
     /// Send one message per line of a file to the queue (SendMessageBatch, 10 per call).
     Send(SendArgs),
+    /// Inspect and replay quarantined messages.
+    Rejects(RejectsArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -58,19 +60,8 @@ pub struct PipelineArgs {
     #[command(flatten)]
     pub queue: QueueArgs,
 
-    /// The base64 masking key (at least 32 bytes). Prefer the environment variable: command-line
-    /// arguments are visible to other users of the machine.
-    #[arg(
-        long,
-        env = "SQS2PG_MASK_KEY",
-        hide_env_values = true,
-        value_name = "BASE64"
-    )]
-    pub mask_key: Option<String>,
-
-    /// File holding the base64 masking key (mode 600); instead of SQS2PG_MASK_KEY.
-    #[arg(long, env = "SQS2PG_MASK_KEY_FILE")]
-    pub mask_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
 
     /// Concurrent long-polling receivers.
     #[arg(long, env = "SQS2PG_RECEIVERS", default_value_t = crate::config::DEFAULT_RECEIVERS)]
@@ -99,6 +90,71 @@ pub struct PipelineArgs {
     /// Attempts for a failing load or receive before `drain` gives up (`run` retries forever).
     #[arg(long, env = "SQS2PG_MAX_ATTEMPTS", default_value_t = crate::config::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyArgs {
+    /// The base64 masking key (at least 32 bytes). Prefer the environment variable: command-line
+    /// arguments are visible to other users of the machine.
+    #[arg(
+        long,
+        env = "SQS2PG_MASK_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub mask_key: Option<String>,
+
+    /// File holding the base64 masking key (mode 600); instead of SQS2PG_MASK_KEY.
+    #[arg(long, env = "SQS2PG_MASK_KEY_FILE")]
+    pub mask_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RejectsArgs {
+    #[command(subcommand)]
+    pub command: RejectsCommand,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum RejectsCommand {
+    /// Counts by reason and the most recent rejections: ids, reasons, details; never values.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// How many recent rejections to list.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Decrypts and prints one rejected message's body. PRINTS PERSONAL DATA.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The SQS message id (from `rejects list`).
+        message_id: String,
+    },
+    /// Sends rejected bodies back to the queue (or to --to) and marks them replayed.
+    Replay {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// Only rejections with this reason code (e.g. rejected_by_database).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this message id (may be repeated).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Send to this queue URL instead of SQS2PG_QUEUE_URL.
+        #[arg(long)]
+        to: Option<String>,
+        /// Replay also rejections that were replayed before.
+        #[arg(long)]
+        again: bool,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::{DatabaseArgs, PipelineArgs, QueueArgs};
+use crate::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use crate::error::RetryPolicy;
 use crate::login::mask::{KeyError, MaskKey};
 use crate::pipeline::{Mode, PipelineSettings};
@@ -89,6 +89,11 @@ pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
     })
 }
 
+/// The masking key from the key arguments.
+pub fn key(args: &KeyArgs) -> Result<MaskKey, ConfigError> {
+    mask_key(args.mask_key.as_deref(), args.mask_key_file.as_deref())
+}
+
 /// The masking key from `SQS2PG_MASK_KEY` or `--mask-key-file` / `SQS2PG_MASK_KEY_FILE`.
 pub fn mask_key(from_env: Option<&str>, file: Option<&Path>) -> Result<MaskKey, ConfigError> {
     let explain = |source: &str, e: KeyError| ConfigError(format!("{source}: {e}"));
@@ -138,7 +143,7 @@ fn check_key_file_mode(_: &Path) -> Result<(), ConfigError> {
 pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError> {
     let (database, table) = database(&args.database)?;
     let sqs = queue(&args.queue)?;
-    let mask_key = mask_key(args.mask_key.as_deref(), args.mask_key_file.as_deref())?;
+    let mask_key = key(&args.key)?;
     let range = |name: &str, env: &str, value: u64, lo: u64, hi: u64, why: &str| {
         if (lo..=hi).contains(&value) {
             Ok(())
@@ -267,8 +272,10 @@ mod tests {
                 queue_url: Some("http://localhost:4566/000000000000/q".into()),
                 endpoint_url: None,
             },
-            mask_key: Some("A".repeat(44)),
-            mask_key_file: None,
+            key: KeyArgs {
+                mask_key: Some("A".repeat(44)),
+                mask_key_file: None,
+            },
             receivers: DEFAULT_RECEIVERS,
             wait_time_secs: 0,
             visibility_timeout_secs: None,

@@ -7,7 +7,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use sqs2pg::app::{self, AppError};
-use sqs2pg::cli::{Cli, Command};
+use sqs2pg::cli::{Cli, Command, QueueArgs, RejectsCommand};
 use sqs2pg::config;
 use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, PipelineError};
@@ -89,6 +89,7 @@ async fn run(command: Command) -> Result<(), AppError> {
             print!("{summary}");
             Ok(())
         }
+        Command::Rejects(args) => rejects(args.command).await,
         Command::Send(args) => {
             let sqs = config::queue(&args.queue)?;
             let sent = app::send(&sqs, &args.file, args.create_queue, args.concurrency).await?;
@@ -96,6 +97,47 @@ async fn run(command: Command) -> Result<(), AppError> {
             Ok(())
         }
     }
+}
+
+async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
+    match command {
+        RejectsCommand::List { database, limit } => {
+            let (database, _) = config::database(&database)?;
+            print!("{}", app::rejects_list(&database, limit).await?);
+        }
+        RejectsCommand::Show {
+            database,
+            key,
+            message_id,
+        } => {
+            let (database, _) = config::database(&database)?;
+            let key = config::key(&key)?;
+            let body = app::rejects_show(&database, &key, &message_id).await?;
+            eprintln!("warning: the body below is the raw message and may hold personal data (ip, device_id)");
+            println!("{body}");
+        }
+        RejectsCommand::Replay {
+            database,
+            key,
+            queue,
+            reason,
+            ids,
+            to,
+            again,
+        } => {
+            let (database, _) = config::database(&database)?;
+            let key = config::key(&key)?;
+            let target = config::queue(&QueueArgs {
+                queue_url: to.or(queue.queue_url),
+                endpoint_url: queue.endpoint_url,
+            })?;
+            let sent =
+                app::rejects_replay(&database, &key, &target, reason.as_deref(), &ids, again)
+                    .await?;
+            println!("replayed {sent} message(s) to {}", target.queue_url);
+        }
+    }
+    Ok(())
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits at once (whatever was

@@ -1,14 +1,15 @@
 //! The sink: connecting (with TLS where asked), the bookkeeping schema and its migrations, the
-//! readiness check of the analysts' table, and the loader that commits each batch in one
-//! transaction.
+//! readiness check of the analysts' table, the loader that commits each batch in one
+//! transaction, and the quarantine queries behind the `rejects` commands.
 
 pub mod connect;
 pub mod loader;
+pub mod quarantine;
 pub mod schema;
 
 pub use connect::{connect, ConnectError, Database};
 pub use loader::{BatchLoader, LoadError, LoadReport, LoginLoader};
-pub use schema::{check_ready, setup, TableName};
+pub use schema::{check_ready, check_ready_schema, setup, TableName};
 
 /// A PostgreSQL error as one line for logs and messages: the server's message and SQLSTATE, or
 /// the client-side cause chain (`tokio_postgres::Error` alone displays only "db error"). The

@@ -61,6 +61,15 @@ COMMENT ON TABLE sqs2pg.rejected_messages IS
     'Quarantined messages: reason code, value-free detail, and the body sealed for key holders only.';
 "#,
     ),
+    (
+        3,
+        "replay bookkeeping for rejected messages",
+        r#"
+ALTER TABLE sqs2pg.rejected_messages
+    ADD COLUMN replayed_at timestamptz,
+    ADD COLUMN replayed_to text;
+"#,
+    ),
 ];
 
 /// The schema version this build expects.
@@ -204,9 +213,8 @@ pub enum NotReady {
     Database(#[from] tokio_postgres::Error),
 }
 
-/// Checks, before any message is touched, that migrations are current and the target table has
-/// the analysts' columns with their types (extra columns are allowed: they stay NULL/default).
-pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotReady> {
+/// Checks that the bookkeeping schema is at the version this build expects.
+pub async fn check_ready_schema(client: &Client) -> Result<(), NotReady> {
     let has_migrations: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables
@@ -233,6 +241,13 @@ pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotRe
     if found > expected {
         return Err(NotReady::SchemaAhead { found, expected });
     }
+    Ok(())
+}
+
+/// Checks, before any message is touched, that migrations are current and the target table has
+/// the analysts' columns with their types (extra columns are allowed: they stay NULL/default).
+pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotReady> {
+    check_ready_schema(client).await?;
     if !table_exists(client, table).await? {
         return Err(NotReady::NoTable(table.to_string()));
     }

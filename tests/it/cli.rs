@@ -317,3 +317,100 @@ async fn missing_aws_credentials_stop_the_run_with_a_hint() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_list_show_and_replay() {
+    let (db, queue) = crate::pipeline::fixture().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "ALTER TABLE public.user_logins ADD CONSTRAINT no_old_android
+                 CHECK (device_type <> 'android' OR app_version >= 1000000)",
+        )
+        .await
+        .unwrap();
+    queue.send(&crate::harness::sample_bodies()).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let summary = crate::pipeline::drain(&crate::pipeline::args(&db, &queue, key_file(&key))).await;
+    let refused = summary.rejected["rejected_by_database"];
+    assert!(refused > 0);
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+    ];
+
+    // list: counts by reason and ids, never values.
+    let list = sqs2pg(&["rejects", "list"], &env);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        text.contains(&format!("rejected messages: {}", refused + 1)),
+        "{text}"
+    );
+    assert!(text.contains("missing_field:user_id"), "{text}");
+    assert!(
+        text.contains("SQLSTATE 23514, constraint no_old_android"),
+        "{text}"
+    );
+    assert_no_personal_data(&text);
+
+    // show: the original body, with a warning.
+    let id: String = client
+        .query_one(
+            "SELECT message_id FROM sqs2pg.rejected_messages WHERE reason = 'missing_field:user_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let show = sqs2pg(&["rejects", "show", &id], &env);
+    assert!(show.status.success(), "{}", stderr(&show));
+    assert_eq!(
+        String::from_utf8_lossy(&show.stdout).trim(),
+        r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#
+    );
+    assert!(stderr(&show).contains("personal data"));
+    let wrong_key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let mut other = env.clone();
+    other[2] = ("SQS2PG_MASK_KEY", &wrong_key);
+    let refused_show = sqs2pg(&["rejects", "show", &id], &other);
+    assert_eq!(refused_show.status.code(), Some(1));
+    assert!(
+        stderr(&refused_show).contains("sealed under key"),
+        "{}",
+        stderr(&refused_show)
+    );
+
+    // replay: the operator drops the rule, replays what it refused, and drains again.
+    client
+        .batch_execute("ALTER TABLE public.user_logins DROP CONSTRAINT no_old_android")
+        .await
+        .unwrap();
+    let replay = sqs2pg(
+        &["rejects", "replay", "--reason", "rejected_by_database"],
+        &env,
+    );
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).contains(&format!("replayed {refused} message(s)")),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    let again = sqs2pg(
+        &["rejects", "replay", "--reason", "rejected_by_database"],
+        &env,
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("replayed 0 message(s)"));
+    let out = sqs2pg(&["drain"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM public.user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 99, "every refused login is in after the replay");
+    let list = sqs2pg(&["rejects", "list"], &env);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("[replayed]"));
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqs2pg::app::{self, AppError};
-use sqs2pg::cli::{DatabaseArgs, PipelineArgs, QueueArgs};
+use sqs2pg::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use sqs2pg::config;
 use sqs2pg::login::{MaskKey, Masker};
 use sqs2pg::pipeline::{Mode, PipelineError, Summary};
@@ -19,7 +19,7 @@ use crate::faults::{
 use crate::harness::{key_file, sample_bodies, TestDb, TestQueue};
 
 /// Drain arguments as a user would give them, with short waits for tests.
-fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
+pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
     PipelineArgs {
         database: DatabaseArgs {
             database_url: Some(db.url.clone()),
@@ -29,8 +29,10 @@ fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
             queue_url: Some(queue.url.clone()),
             endpoint_url: Some(crate::harness::servers().sqs_endpoint.clone()),
         },
-        mask_key: None,
-        mask_key_file: Some(key),
+        key: KeyArgs {
+            mask_key: None,
+            mask_key_file: Some(key),
+        },
         receivers: 4,
         wait_time_secs: 1,
         visibility_timeout_secs: None,
@@ -42,7 +44,7 @@ fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
 }
 
 /// A fresh database (set up) and a fresh queue.
-async fn fixture() -> (TestDb, TestQueue) {
+pub async fn fixture() -> (TestDb, TestQueue) {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     setup(&db).await;
     (db, queue)
@@ -64,7 +66,7 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-async fn drain(args: &PipelineArgs) -> Summary {
+pub async fn drain(args: &PipelineArgs) -> Summary {
     let settings = config::pipeline(args, Mode::Drain).unwrap();
     app::process(settings, CancellationToken::new())
         .await
