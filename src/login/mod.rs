@@ -94,6 +94,7 @@ pub fn transform(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const SENT_MS: i64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
     const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
@@ -292,6 +293,141 @@ mod tests {
                 .outcome
                 .unwrap_err();
             assert!(!format!("{r:?}").contains(secret), "{r:?}");
+        }
+    }
+
+    /// A field's value in a generated body.
+    #[derive(Debug, Clone)]
+    enum Gen {
+        Missing,
+        Json(serde_json::Value),
+    }
+
+    fn gen_value(candidates: &'static [&'static str]) -> impl Strategy<Value = Gen> {
+        use serde_json::json;
+        prop_oneof![
+            1 => Just(Gen::Missing),
+            1 => Just(Gen::Json(json!(null))),
+            1 => prop_oneof![Just(json!(7)), Just(json!(true)), Just(json!([1])), Just(json!({"a": 1}))]
+                .prop_map(Gen::Json),
+            6 => proptest::sample::select(candidates).prop_map(|s| Gen::Json(json!(s))),
+        ]
+    }
+
+    /// What the validator must answer, written independently from its code: structure first
+    /// (missing, null, type) field by field, then content (NUL, length), then app_version,
+    /// then ip.
+    fn oracle(fields: &[(Field, Gen)]) -> String {
+        let limit = |f: Field| match f {
+            Field::UserId => 128,
+            Field::DeviceType | Field::Locale => 32,
+            Field::Ip => 45,
+            Field::DeviceId => 256,
+            Field::AppVersion => usize::MAX,
+        };
+        for (f, g) in fields {
+            let name = f.name();
+            match g {
+                Gen::Missing => return format!("missing_field:{name}"),
+                Gen::Json(serde_json::Value::Null) if *f == Field::Locale => {}
+                Gen::Json(serde_json::Value::Null) => return format!("null_field:{name}"),
+                Gen::Json(serde_json::Value::String(_)) => {}
+                Gen::Json(_) => return format!("wrong_type:{name}"),
+            }
+        }
+        let text = |f: Field| match &fields[f as usize].1 {
+            Gen::Json(serde_json::Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        for (f, _) in fields {
+            if let Some(s) = text(*f) {
+                if s.contains('\0') {
+                    return format!("nul_character:{}", f.name());
+                }
+                if s.chars().count() > limit(*f) {
+                    return format!("too_long:{}", f.name());
+                }
+            }
+        }
+        match AppVersion::parse(&text(Field::AppVersion).unwrap()) {
+            Err(app_version::AppVersionError::Invalid) => return "invalid_app_version".into(),
+            Err(app_version::AppVersionError::OutOfRange) => {
+                return "app_version_out_of_range".into()
+            }
+            Ok(_) => {}
+        }
+        if text(Field::Ip)
+            .unwrap()
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            return "invalid_ip".into();
+        }
+        "ok".into()
+    }
+
+    fn body_strategy() -> impl Strategy<Value = Vec<(Field, Gen)>> {
+        (
+            gen_value(&[
+                "u-1",
+                "424cdd21-063a-43a7-b91b-7ca1a833afae",
+                "\u{e9}\u{e9}",
+                "a\0b",
+            ]),
+            gen_value(&["2.3.0", "0.96", "3.7", "1.2.x", "3000.1", "", "1.\0"]),
+            gen_value(&[
+                "ios",
+                "android",
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                "i\0s",
+            ]),
+            gen_value(&[
+                "1.2.3.4",
+                "::ffff:1.2.3.4",
+                "2001:db8::1",
+                "300.1.1.1",
+                "1.2.3.4\0",
+                "localhost",
+            ]),
+            gen_value(&[
+                "RU",
+                "",
+                "\u{65e5}\u{672c}",
+                "R\0",
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            ]),
+            gen_value(&["593-47-5928", "d\0", ""]),
+        )
+            .prop_map(|(a, b, c, d, e, f)| Field::ALL.into_iter().zip([a, b, c, d, e, f]).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn every_body_gets_exactly_the_expected_outcome(
+            fields in body_strategy(),
+            extra in proptest::option::of("[a-z]{1,8}"),
+        ) {
+            let mut map = serde_json::Map::new();
+            if let Some(name) = &extra {
+                if Field::from_name(name).is_none() {
+                    map.insert(name.clone(), serde_json::json!({"nested": [1, 2]}));
+                }
+            }
+            for (f, g) in &fields {
+                if let Gen::Json(v) = g {
+                    map.insert(f.name().into(), v.clone());
+                }
+            }
+            let body = serde_json::Value::Object(map).to_string();
+            prop_assert_eq!(reason(&body), oracle(&fields), "{}", body);
+        }
+
+        #[test]
+        fn arbitrary_text_is_a_row_or_one_reason_never_a_panic(body in "\\PC{0,64}") {
+            let t = transform(&masker(), 1 << 20, &body, SENT_MS);
+            if let Err(r) = t.outcome {
+                prop_assert!(!r.reason.to_string().is_empty());
+            }
         }
     }
 }
