@@ -90,6 +90,10 @@ pub struct PipelineArgs {
     /// Attempts for a failing load or receive before `drain` gives up (`run` retries forever).
     #[arg(long, env = "SQS2PG_MAX_ATTEMPTS", default_value_t = crate::config::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+
+    /// A message received more often than this is quarantined as poison:receive_count.
+    #[arg(long, env = "SQS2PG_MAX_RECEIVE_COUNT", default_value_t = crate::config::DEFAULT_MAX_RECEIVE_COUNT)]
+    pub max_receive_count: u32,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -28,6 +28,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 /// With 100 ms initial backoff doubling to a 10 s cap, eight attempts span about half a minute:
 /// long enough to ride out a database restart, short enough for `drain` to report failure.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// A message that keeps coming back is stopped from looping forever. Until the visibility
+/// heartbeat (issue 4) keeps held messages invisible, a long database outage also raises receive
+/// counts, so the default is generous: 25 receives is far beyond any transient trouble at the
+/// usual 30 s visibility timeout, and a poisoned valid message can still be replayed.
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
 /// DeleteMessageBatch calls in flight at once.
 pub const DEFAULT_DELETE_CONCURRENCY: usize = 4;
 
@@ -213,6 +218,14 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         1_000,
         "attempts",
     )?;
+    range(
+        "max-receive-count",
+        "SQS2PG_MAX_RECEIVE_COUNT",
+        u64::from(args.max_receive_count),
+        1,
+        1_000,
+        "receives before a message counts as poison",
+    )?;
     let retry = RetryPolicy {
         initial: Duration::from_millis(100),
         max_delay: Duration::from_secs(10),
@@ -233,6 +246,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             visibility_timeout: args.visibility_timeout_secs.map(Duration::from_secs),
             batch_max_rows: args.batch_max_rows,
             batch_max_age: Duration::from_millis(args.batch_max_age_ms),
+            max_receive_count: args.max_receive_count as i32,
             max_body_bytes: args.max_body_bytes,
             delete_concurrency: DEFAULT_DELETE_CONCURRENCY,
             load_retry: retry,
@@ -283,6 +297,7 @@ mod tests {
             batch_max_age_ms: DEFAULT_BATCH_MAX_AGE_MS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
         };
         let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
         assert!(

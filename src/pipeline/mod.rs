@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
-use crate::login::{transform, BodySealer, Masker, Reason, Rejection};
+use crate::login::{transform, BodySealer, Masker, Reason, Rejection, Transformed};
 use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
 use batch::{Batch, Evidence, Processed};
@@ -53,6 +53,8 @@ pub struct PipelineSettings {
     pub batch_max_rows: usize,
     pub batch_max_age: Duration,
     pub max_body_bytes: usize,
+    /// Messages received more often than this are quarantined as `poison:receive_count`.
+    pub max_receive_count: i32,
     pub delete_concurrency: usize,
     pub load_retry: RetryPolicy,
     pub source_retry: RetryPolicy,
@@ -209,7 +211,20 @@ async fn receive_loop<S: MessageSource>(
         }
         tracing::trace!(receiver = id, count = messages.len(), "received");
         for m in messages {
-            let t = transform(&masker, settings.max_body_bytes, &m.body, m.sent_timestamp);
+            let t = if m.receive_count > settings.max_receive_count {
+                Transformed {
+                    outcome: Err(Rejection::with_detail(
+                        Reason::PoisonReceiveCount,
+                        format!(
+                            "received {} times, limit {}",
+                            m.receive_count, settings.max_receive_count
+                        ),
+                    )),
+                    unknown_fields: 0,
+                }
+            } else {
+                transform(&masker, settings.max_body_bytes, &m.body, m.sent_timestamp)
+            };
             if let Err(rejection) = &t.outcome {
                 let fate = fate(Outcome::Rejected(rejection));
                 tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");
