@@ -5,7 +5,7 @@
 //! | fate       | when                                                    | what happens                                   |
 //! |------------|---------------------------------------------------------|------------------------------------------------|
 //! | ack        | row committed, or duplicate of a committed message      | delete from SQS                                |
-//! | quarantine | the message itself is bad (not JSON, invalid field)     | commit a rejection with its reason, then delete |
+//! | quarantine | the message itself is bad, or the table refuses its row | commit a rejection with its reason, then delete |
 //! | retry      | the world is bad (database down, network, throttling)   | back off with jitter and try again; never drop |
 //! | stop       | our configuration is bad (password, missing table, TLS) | stop with a clear message; nothing is deleted  |
 
@@ -70,7 +70,8 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
 
 /// PostgreSQL errors by SQLSTATE: connection trouble, restarts, serialization failures and
 /// resource shortages are transient; anything else (authentication, missing objects,
-/// privileges, data the table refuses) needs an operator. Without a SQLSTATE the error is on
+/// privileges) needs an operator. (Rows the table refuses are sorted out before this, in
+/// [`fate`].) Without a SQLSTATE the error is on
 /// the way to the server: a TLS failure (untrusted certificate, wrong host name) is
 /// configuration; anything else (refused, reset, timed out) is transient.
 fn fate_of_postgres(err: &tokio_postgres::Error) -> Fate {

@@ -33,7 +33,7 @@ use crate::error::{fate, Fate, Outcome, RetryPolicy};
 use crate::login::{transform, BodySealer, Masker, Reason, Rejection, Transformed};
 use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
-use batch::{Batch, Evidence, Processed};
+use batch::{Batch, Evidence, Processed, Reject};
 pub use summary::Summary;
 
 /// Whether the pipeline stops when the queue is empty (`drain`) or runs until shut down (`run`).
@@ -81,6 +81,8 @@ pub enum PipelineError {
         #[source]
         source: LoadError,
     },
+    #[error("PostgreSQL refused every one of the {rows} rows of a batch ({detail}): the table has a rule no row meets; fix the table (the refused rows were not quarantined, and nothing was deleted)")]
+    TableRefusesEverything { rows: usize, detail: String },
     /// `drain` committed everything but could not delete some messages: they are back in the
     /// queue and the next run deletes them as duplicates (the ledger keeps them out of the table).
     #[error("{} committed message(s) could not be deleted from SQS; they will come back and be skipped as duplicates on the next run", .0.delete_failures)]
@@ -319,7 +321,27 @@ async fn load_batch<L: BatchLoader>(
         std::mem::take(&mut batch.rows),
         std::mem::take(&mut batch.rejects),
     );
-    let report = load_isolating(loader, whole, settings, shutdown, summary).await?;
+    let rows = whole.rows.len();
+    let mut refused = Vec::new();
+    let mut report =
+        load_isolating(loader, whole, &mut refused, settings, shutdown, summary).await?;
+    if !refused.is_empty() {
+        if rows > 1 && refused.len() == rows {
+            // Not one row passes: the table is the problem (a trigger or constraint nothing
+            // meets), not the messages. Quarantining them all would empty the queue into the
+            // reject table; stop instead, and leave them in SQS.
+            return Err(PipelineError::TableRefusesEverything {
+                rows,
+                detail: refused[0].rejection.detail.clone().unwrap_or_default(),
+            });
+        }
+        tracing::warn!(
+            rows = refused.len(),
+            "quarantining rows refused by the database"
+        );
+        let rejects = Batch::part(Vec::new(), refused);
+        report.merge(load_with_retry(loader, &rejects, settings, shutdown, summary).await?);
+    }
     summary.batches += 1;
     summary.loaded += report.loaded;
     summary.duplicates += report.duplicates + batch.duplicates_in_batch;
@@ -351,6 +373,7 @@ async fn load_batch<L: BatchLoader>(
 fn load_isolating<'a, L: BatchLoader>(
     loader: &'a mut L,
     part: Batch,
+    refused: &'a mut Vec<Reject>,
     settings: &'a PipelineSettings,
     shutdown: &'a CancellationToken,
     summary: &'a mut Summary,
@@ -360,7 +383,7 @@ fn load_isolating<'a, L: BatchLoader>(
             Ok(report) => return Ok(report),
             Err(error) => error,
         };
-        let refused = match &error {
+        let cause = match &error {
             PipelineError::Load { source, .. }
                 if fate(Outcome::LoadFailed(source)) == Fate::Quarantine =>
             {
@@ -368,7 +391,7 @@ fn load_isolating<'a, L: BatchLoader>(
             }
             _ => return Err(error),
         };
-        let detail = refusal_detail(refused);
+        let detail = refusal_detail(cause);
         let Batch {
             mut rows, rejects, ..
         } = part;
@@ -378,21 +401,25 @@ fn load_isolating<'a, L: BatchLoader>(
         }
         let mut report = LoadReport::default();
         if !rejects.is_empty() {
-            let rejects = Batch::part(Vec::new(), rejects);
-            report.merge(load_isolating(loader, rejects, settings, shutdown, summary).await?);
-            let rows = Batch::part(rows, Vec::new());
-            report.merge(load_isolating(loader, rows, settings, shutdown, summary).await?);
+            for part in [
+                Batch::part(Vec::new(), rejects),
+                Batch::part(rows, Vec::new()),
+            ] {
+                let r = load_isolating(loader, part, refused, settings, shutdown, summary).await?;
+                report.merge(r);
+            }
         } else if rows.len() == 1 {
+            // Found one; its rejection is loaded once the whole batch has been sorted out.
             let row = rows.pop().expect("one row");
-            tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database; quarantined");
-            let rejection = Rejection::with_detail(Reason::RejectedByDatabase, detail);
-            let reject = Batch::part(Vec::new(), vec![row.into_reject(rejection)]);
-            report.merge(load_isolating(loader, reject, settings, shutdown, summary).await?);
+            tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database");
+            refused
+                .push(row.into_reject(Rejection::with_detail(Reason::RejectedByDatabase, detail)));
         } else {
             let second = rows.split_off(rows.len() / 2);
             for half in [rows, second] {
                 let half = Batch::part(half, Vec::new());
-                report.merge(load_isolating(loader, half, settings, shutdown, summary).await?);
+                let r = load_isolating(loader, half, refused, settings, shutdown, summary).await?;
+                report.merge(r);
             }
         }
         Ok(report)

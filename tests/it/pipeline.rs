@@ -771,3 +771,42 @@ async fn a_message_received_too_often_is_quarantined_as_poison() {
     assert!(detail.contains("limit 1"), "{detail}");
     assert_eq!(queue.depth().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_refuses_every_row_stops_the_run_instead_of_quarantining_all() {
+    let (db, queue) = fixture().await;
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE public.user_logins ADD CONSTRAINT nothing_passes CHECK (user_id IS NULL)",
+        )
+        .await
+        .unwrap();
+    queue.send(&sample_bodies()).await;
+    let mut a = fresh_args(&db, &queue);
+    a.visibility_timeout_secs = Some(2);
+    // One batch for the whole sample (it closes when the drain ends).
+    a.batch_max_age_ms = 60_000;
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let err = app::process(settings, CancellationToken::new())
+        .await
+        .expect_err("no row can be loaded")
+        .to_string();
+    assert!(err.contains("refused every one of the 99 rows"), "{err}");
+    assert!(err.contains("constraint nothing_passes"), "{err}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqs2pg.rejected_messages WHERE reason = 'rejected_by_database'"
+        )
+        .await,
+        0
+    );
+    // The logins are all still in the queue.
+    let left = queue.distinct_ids(100, Duration::from_secs(30)).await;
+    assert!(left.len() >= 99, "{} left", left.len());
+}
