@@ -16,7 +16,7 @@ use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
 use crate::postgres::{self as pg, quarantine, ConnectError, Database, LoginLoader, TableName};
 use crate::sqs::sdk::SqsSettings;
-use crate::sqs::{SdkQueue, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
+use crate::sqs::{Outgoing, ReplayTag, SdkQueue, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,16 +135,19 @@ pub async fn send(
     for line in reader.lines() {
         let line = line.map_err(file_error)?;
         if !line.trim().is_empty() {
-            bodies.push(line);
+            bodies.push(Outgoing {
+                body: line,
+                replay: None,
+            });
         }
     }
     let mut queue = SdkQueue::connect(settings).await?;
     if create_queue {
         queue.create_queue().await?;
     }
-    let chunks: Vec<Vec<String>> = bodies
+    let chunks: Vec<Vec<Outgoing>> = bodies
         .chunks(SQS_BATCH_LIMIT)
-        .map(<[String]>::to_vec)
+        .map(<[Outgoing]>::to_vec)
         .collect();
     let results: Vec<Result<u64, SourceError>> = stream::iter(chunks)
         .map(|chunk| send_chunk(&queue, chunk))
@@ -158,7 +161,7 @@ pub async fn send(
     Ok(sent)
 }
 
-async fn send_chunk(queue: &SdkQueue, mut chunk: Vec<String>) -> Result<u64, SourceError> {
+async fn send_chunk(queue: &SdkQueue, mut chunk: Vec<Outgoing>) -> Result<u64, SourceError> {
     const ATTEMPTS: u32 = 5;
     let total = chunk.len() as u64;
     for attempt in 1..=ATTEMPTS {
@@ -240,41 +243,82 @@ pub async fn rejects_show(
     open_reject(&BodySealer::new(key), &reject)
 }
 
-/// `sqs2pg rejects replay`: sends the original bodies of the selected rejections to `to`, and
-/// marks them replayed in the same transaction that locked them, so two replays at once cannot
-/// send one message twice and a replay is not repeated by accident (`again` overrides). A crash
-/// after sending but before COMMIT can send a body again on the next replay (at least once).
-/// Returns how many were sent.
+/// What `rejects replay` did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    pub sent: u64,
+    /// Message ids left alone, each with why (already loaded, no body, another key).
+    pub skipped: Vec<String>,
+}
+
+/// `sqs2pg rejects replay`: sends the original bodies of the selected rejections to `to`, ten
+/// at a time, each ten locked, sent and marked in one transaction.
+///
+/// Idempotent: replay N of a message carries the ledger id `message_id#replayN` (and its
+/// original SentTimestamp) as message attributes, so a replay sent twice (a crash between
+/// sending and COMMIT, a partly refused batch, a second replay) is still loaded at most once. A
+/// new number is issued only when the previous replay was quarantined again; a rejection whose
+/// replay was loaded is skipped.
 pub async fn rejects_replay(
     database: &Database,
     key: &MaskKey,
     to: &SqsSettings,
-    reason: Option<&str>,
-    ids: &[String],
-    again: bool,
-) -> Result<u64, AppError> {
+    selection: &quarantine::ReplaySelection,
+) -> Result<ReplayReport, AppError> {
     let sealer = BodySealer::new(key);
     let mut client = database.connect().await?;
     pg::check_ready_schema(&client).await?;
     let queue = SdkQueue::connect(to).await?;
-    let tx = client.transaction().await.map_err(AppError::Query)?;
-    let selected = quarantine::lock_for_replay(&tx, reason, ids, again)
-        .await
-        .map_err(AppError::Query)?;
-    let mut bodies = Vec::with_capacity(selected.len());
-    for reject in &selected {
-        bodies.push(open_reject(&sealer, reject)?);
+    let mut report = ReplayReport::default();
+    let mut done: Vec<String> = Vec::new();
+    loop {
+        let tx = client.transaction().await.map_err(AppError::Query)?;
+        let candidates = quarantine::lock_for_replay(&tx, selection, &done, SQS_BATCH_LIMIT as i64)
+            .await
+            .map_err(AppError::Query)?;
+        if candidates.is_empty() {
+            tx.commit().await.map_err(AppError::Query)?;
+            return Ok(report);
+        }
+        let (mut outgoing, mut ids, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+        for c in candidates {
+            let id = c.sealed.message_id.clone();
+            done.push(id.clone());
+            let n = match (c.replay_count, c.last_outcome.as_deref()) {
+                (n, Some("loaded")) if n > 0 => {
+                    report
+                        .skipped
+                        .push(format!("{id}: already loaded by replay {n}"));
+                    continue;
+                }
+                // Never replayed, or the last replay was quarantined again: a new number.
+                (0, _) | (_, Some(_)) => c.replay_count + 1,
+                // Sent before but not processed yet: the same number, so it loads once.
+                (n, None) => n,
+            };
+            match open_reject(&sealer, &c.sealed) {
+                Ok(body) => {
+                    outgoing.push(Outgoing {
+                        body,
+                        replay: Some(ReplayTag {
+                            ledger_id: quarantine::replay_ledger_id(&id, n),
+                            sent_timestamp: c.sent_timestamp,
+                        }),
+                    });
+                    ids.push(id);
+                    counts.push(n);
+                }
+                Err(e) => report.skipped.push(e.to_string()),
+            }
+        }
+        if !outgoing.is_empty() {
+            report.sent += send_chunk(&queue, outgoing).await?;
+            quarantine::mark_replayed(&tx, &ids, &counts, &to.queue_url)
+                .await
+                .map_err(AppError::Query)?;
+        }
+        tx.commit().await.map_err(AppError::Query)?;
     }
-    let mut sent = 0;
-    for chunk in bodies.chunks(SQS_BATCH_LIMIT) {
-        sent += send_chunk(&queue, chunk.to_vec()).await?;
-    }
-    let replayed: Vec<String> = selected.into_iter().map(|r| r.message_id).collect();
-    quarantine::mark_replayed(&tx, &replayed, &to.queue_url)
-        .await
-        .map_err(AppError::Query)?;
-    tx.commit().await.map_err(AppError::Query)?;
-    Ok(sent)
 }
 
 fn open_reject(sealer: &BodySealer, reject: &quarantine::SealedReject) -> Result<String, AppError> {

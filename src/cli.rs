@@ -155,9 +155,12 @@ pub enum RejectsCommand {
         /// Send to this queue URL instead of SQS2PG_QUEUE_URL.
         #[arg(long)]
         to: Option<String>,
-        /// Replay also rejections that were replayed before.
+        /// Replay also rejections replayed before (one whose replay was loaded is still skipped).
         #[arg(long)]
         again: bool,
+        /// Replay every rejection (otherwise --reason or --id is required).
+        #[arg(long)]
+        all: bool,
     },
 }
 

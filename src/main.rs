@@ -11,6 +11,7 @@ use sqs2pg::cli::{Cli, Command, QueueArgs, RejectsCommand};
 use sqs2pg::config;
 use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, PipelineError};
+use sqs2pg::postgres::quarantine::ReplaySelection;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -124,6 +125,7 @@ async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
             ids,
             to,
             again,
+            all,
         } => {
             let (database, _) = config::database(&database)?;
             let key = config::key(&key)?;
@@ -131,10 +133,22 @@ async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
                 queue_url: to.or(queue.queue_url),
                 endpoint_url: queue.endpoint_url,
             })?;
-            let sent =
-                app::rejects_replay(&database, &key, &target, reason.as_deref(), &ids, again)
-                    .await?;
-            println!("replayed {sent} message(s) to {}", target.queue_url);
+            if reason.is_none() && ids.is_empty() && !all {
+                return Err(config::ConfigError(
+                    "rejects replay: say what to replay with --reason CODE, --id ID or --all"
+                        .into(),
+                )
+                .into());
+            }
+            let selection = ReplaySelection { reason, ids, again };
+            let report = app::rejects_replay(&database, &key, &target, &selection).await?;
+            for skipped in &report.skipped {
+                eprintln!("skipped {skipped}");
+            }
+            println!(
+                "replayed {} message(s) to {}",
+                report.sent, target.queue_url
+            );
         }
     }
     Ok(())

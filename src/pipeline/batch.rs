@@ -13,6 +13,8 @@ use crate::sqs::AckHandle;
 pub struct Evidence {
     pub received_at: SystemTime,
     pub receive_count: i32,
+    /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
+    pub sent_timestamp: i64,
     pub sealed_body: SealedBody,
 }
 
@@ -47,6 +49,8 @@ pub struct Reject {
 #[derive(Debug)]
 pub struct Processed {
     pub ack: AckHandle,
+    /// The id the ledger (and the rows and rejections) know the message by.
+    pub ledger_id: String,
     pub outcome: Result<MaskedLogin, Rejection>,
     pub evidence: Evidence,
     pub unknown_fields: u32,
@@ -70,12 +74,12 @@ impl Batch {
     /// Adds one processed message.
     pub fn push(&mut self, p: Processed) {
         self.unknown_fields += u64::from(p.unknown_fields);
-        if !self.ids.insert(p.ack.message_id.clone()) {
+        if !self.ids.insert(p.ledger_id.clone()) {
             self.duplicates_in_batch += 1;
             self.acks.push(p.ack);
             return;
         }
-        let message_id = p.ack.message_id.clone();
+        let message_id = p.ledger_id;
         self.acks.push(p.ack);
         match p.outcome {
             Ok(login) => self.rows.push(Row {

@@ -235,10 +235,12 @@ async fn receive_loop<S: MessageSource>(
             let evidence = Evidence {
                 received_at: m.received_at,
                 receive_count: m.receive_count,
-                sealed_body: sealer.seal(&m.ack.message_id, &m.body),
+                sent_timestamp: m.sent_timestamp,
+                sealed_body: sealer.seal(&m.ledger_id, &m.body),
             };
             let processed = Processed {
                 ack: m.ack,
+                ledger_id: m.ledger_id,
                 outcome: t.outcome,
                 evidence,
                 unknown_fields: t.unknown_fields,

@@ -89,8 +89,8 @@ const STAGING_TYPES: [Type; 8] = [
 const INSERT_REJECTS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[],
-                         $6::bytea[])
-        AS t(message_id, reason, detail, received_at, receive_count, body_sealed)
+                         $6::bytea[], $8::int8[])
+        AS t(message_id, reason, detail, received_at, receive_count, body_sealed, sent_timestamp)
 ), fresh AS (
     INSERT INTO sqs2pg.processed_messages (message_id, outcome)
     SELECT message_id, 'rejected' FROM input
@@ -98,8 +98,10 @@ WITH input AS (
     RETURNING message_id
 )
 INSERT INTO sqs2pg.rejected_messages
-       (message_id, reason, detail, received_at, receive_count, body_sealed, seal_key_id)
-SELECT i.message_id, i.reason, i.detail, i.received_at, i.receive_count, i.body_sealed, $7
+       (message_id, reason, detail, received_at, receive_count, body_sealed, seal_key_id,
+        sent_timestamp)
+SELECT i.message_id, i.reason, i.detail, i.received_at, i.receive_count, i.body_sealed, $7,
+       i.sent_timestamp
   FROM input i JOIN fresh USING (message_id)
 RETURNING reason";
 
@@ -232,6 +234,11 @@ async fn load_in_transaction(
             .iter()
             .map(|r| r.evidence.receive_count)
             .collect();
+        let sent: Vec<i64> = batch
+            .rejects
+            .iter()
+            .map(|r| r.evidence.sent_timestamp)
+            .collect();
         let bodies: Vec<&[u8]> = batch
             .rejects
             .iter()
@@ -248,6 +255,7 @@ async fn load_in_transaction(
                     &counts,
                     &bodies,
                     &seal_key_id,
+                    &sent,
                 ],
             )
             .await?;

@@ -84,47 +84,91 @@ pub async fn sealed(
     }))
 }
 
-/// Locks and returns the rejections to replay: by reason and/or ids, and only those never
-/// replayed unless `again`. The caller marks them with [`mark_replayed`] in the same transaction.
+/// A rejection selected for replay, with what the ledger knows of its latest replay.
+#[derive(Debug, Clone)]
+pub struct ReplayCandidate {
+    pub sealed: SealedReject,
+    pub sent_timestamp: Option<i64>,
+    /// Replay ids issued so far (replay N is ledgered as `message_id#replayN`).
+    pub replay_count: i32,
+    /// The ledger outcome of replay `replay_count`: loaded, rejected, or not processed yet.
+    pub last_outcome: Option<String>,
+}
+
+/// Which rejections to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySelection {
+    pub reason: Option<String>,
+    pub ids: Vec<String>,
+    /// Also rejections replayed before.
+    pub again: bool,
+}
+
+/// The ledger id of replay `n` of a message.
+pub fn replay_ledger_id(message_id: &str, n: i32) -> String {
+    format!("{message_id}#replay{n}")
+}
+
+/// Locks (skipping rows another replay holds) and returns up to `limit` rejections to replay,
+/// leaving out `done`. The caller marks them with [`mark_replayed`] in the same transaction.
 pub async fn lock_for_replay(
     tx: &Transaction<'_>,
-    reason: Option<&str>,
-    ids: &[String],
-    again: bool,
-) -> Result<Vec<SealedReject>, tokio_postgres::Error> {
+    selection: &ReplaySelection,
+    done: &[String],
+    limit: i64,
+) -> Result<Vec<ReplayCandidate>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "SELECT message_id, reason, body_sealed, seal_key_id
-               FROM sqs2pg.rejected_messages
-              WHERE ($1::text IS NULL OR reason = $1)
-                AND (cardinality($2::text[]) = 0 OR message_id = ANY($2))
-                AND ($3 OR replayed_at IS NULL)
-              ORDER BY received_at, message_id
-                FOR UPDATE",
-            &[&reason, &ids, &again],
+            "SELECT r.message_id, r.reason, r.body_sealed, r.seal_key_id, r.sent_timestamp,
+                    r.replay_count, p.outcome
+               FROM sqs2pg.rejected_messages r
+               LEFT JOIN sqs2pg.processed_messages p
+                      ON p.message_id = r.message_id || '#replay' || r.replay_count
+              WHERE ($1::text IS NULL OR r.reason = $1)
+                AND (cardinality($2::text[]) = 0 OR r.message_id = ANY($2))
+                AND ($3 OR r.replayed_at IS NULL)
+                AND NOT (r.message_id = ANY($4))
+              ORDER BY r.received_at, r.message_id
+              LIMIT $5
+                FOR UPDATE OF r SKIP LOCKED",
+            &[
+                &selection.reason,
+                &selection.ids,
+                &selection.again,
+                &done,
+                &limit,
+            ],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| SealedReject {
-            message_id: r.get(0),
-            reason: r.get(1),
-            body_sealed: r.get(2),
-            seal_key_id: r.get(3),
+        .map(|r| ReplayCandidate {
+            sealed: SealedReject {
+                message_id: r.get(0),
+                reason: r.get(1),
+                body_sealed: r.get(2),
+                seal_key_id: r.get(3),
+            },
+            sent_timestamp: r.get(4),
+            replay_count: r.get(5),
+            last_outcome: r.get(6),
         })
         .collect())
 }
 
-/// Records that these rejections were sent to `queue_url`.
+/// Records that these rejections were sent to `queue_url` under replay numbers `counts`.
 pub async fn mark_replayed(
     tx: &Transaction<'_>,
     ids: &[String],
+    counts: &[i32],
     queue_url: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
-        "UPDATE sqs2pg.rejected_messages SET replayed_at = now(), replayed_to = $2
-          WHERE message_id = ANY($1)",
-        &[&ids, &queue_url],
+        "UPDATE sqs2pg.rejected_messages r
+            SET replayed_at = now(), replayed_to = $3, replay_count = u.n
+           FROM unnest($1::text[], $2::int4[]) AS u(id, n)
+          WHERE r.message_id = u.id",
+        &[&ids, &counts, &queue_url],
     )
     .await
 }

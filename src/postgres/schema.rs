@@ -70,6 +70,17 @@ ALTER TABLE sqs2pg.rejected_messages
     ADD COLUMN replayed_to text;
 "#,
     ),
+    (
+        4,
+        "idempotent replays",
+        r#"
+ALTER TABLE sqs2pg.rejected_messages
+    ADD COLUMN sent_timestamp bigint,
+    ADD COLUMN replay_count integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN sqs2pg.rejected_messages.replay_count IS
+    'Replay ids issued so far; replay N is ledgered as message_id || ''#replay'' || N.';
+"#,
+    ),
 ];
 
 /// The schema version this build expects.

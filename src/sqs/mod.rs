@@ -13,9 +13,33 @@ pub use sdk::SdkQueue;
 /// SQS's own limit on messages per receive and entries per batch call.
 pub const SQS_BATCH_LIMIT: usize = 10;
 
+/// Message attribute carried by replayed messages: the id to ledger them under (the original
+/// message id plus a replay number), so a replay sent twice is still loaded once.
+pub const LEDGER_ID_ATTRIBUTE: &str = "sqs2pg-ledger-id";
+/// Message attribute carried by replayed messages: the original `SentTimestamp`, so a replayed
+/// login keeps the `create_date` of the day it was first sent.
+pub const SENT_TIMESTAMP_ATTRIBUTE: &str = "sqs2pg-sent-timestamp";
+
+/// A message to send: a body, and for replays the ledger id and original send time.
+#[derive(Clone)]
+pub struct Outgoing {
+    pub body: String,
+    pub replay: Option<ReplayTag>,
+}
+
+/// What a replayed message carries besides its body.
+#[derive(Debug, Clone)]
+pub struct ReplayTag {
+    pub ledger_id: String,
+    pub sent_timestamp: Option<i64>,
+}
+
 /// One message we hold a lease on: its body, its metadata and the handle to delete it.
 pub struct Received {
     pub ack: AckHandle,
+    /// The id the ledger knows this message by: the SQS message id, or for a replay the id it
+    /// was replayed under.
+    pub ledger_id: String,
     pub body: String,
     /// `SentTimestamp` attribute as sent (milliseconds on SQS; see `login::validate`).
     pub sent_timestamp: i64,

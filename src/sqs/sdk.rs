@@ -9,8 +9,8 @@ use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -18,8 +18,8 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use crate::config::ConfigError;
 
 use super::{
-    AckHandle, DeleteOutcome, MessageSource, Received, SourceError, SourceErrorKind,
-    SQS_BATCH_LIMIT,
+    AckHandle, DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind,
+    LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
 };
 
 /// Where and how to reach the queue.
@@ -142,17 +142,28 @@ impl SdkQueue {
 
     /// Sends up to 10 bodies in one `SendMessageBatch`; returns the bodies SQS refused with a
     /// retryable error (the caller retries them), or an error for a permanent refusal.
-    pub async fn send_batch(&self, bodies: &[String]) -> Result<Vec<String>, SourceError> {
-        debug_assert!(bodies.len() <= SQS_BATCH_LIMIT);
-        let entries = bodies
+    pub async fn send_batch(&self, messages: &[Outgoing]) -> Result<Vec<Outgoing>, SourceError> {
+        debug_assert!(messages.len() <= SQS_BATCH_LIMIT);
+        let entries = messages
             .iter()
             .enumerate()
-            .map(|(i, body)| {
-                SendMessageBatchRequestEntry::builder()
+            .map(|(i, m)| {
+                let mut entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(body)
-                    .build()
-                    .expect("id and body are set")
+                    .message_body(&m.body);
+                if let Some(tag) = &m.replay {
+                    entry = entry.message_attributes(
+                        LEDGER_ID_ATTRIBUTE,
+                        string_attribute(&tag.ledger_id, "String"),
+                    );
+                    if let Some(ts) = tag.sent_timestamp {
+                        entry = entry.message_attributes(
+                            SENT_TIMESTAMP_ATTRIBUTE,
+                            string_attribute(&ts.to_string(), "Number"),
+                        );
+                    }
+                }
+                entry.build().expect("id and body are set")
             })
             .collect();
         let out = self
@@ -172,8 +183,13 @@ impl SdkQueue {
                     message: format!("entry refused: {}", failure.code),
                 });
             }
-            if let Some(body) = failure.id.parse::<usize>().ok().and_then(|i| bodies.get(i)) {
-                retry.push(body.clone());
+            if let Some(m) = failure
+                .id
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| messages.get(i))
+            {
+                retry.push(m.clone());
             }
         }
         Ok(retry)
@@ -196,6 +212,8 @@ impl MessageSource for SdkQueue {
             .set_visibility_timeout(visibility_timeout.map(|v| v.as_secs() as i32))
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(LEDGER_ID_ATTRIBUTE)
+            .message_attribute_names(SENT_TIMESTAMP_ATTRIBUTE)
             .send()
             .await
             .map_err(|e| classify("ReceiveMessage", e))?;
@@ -222,7 +240,16 @@ impl MessageSource for SdkQueue {
                     ),
                 });
             };
+            // A replay is ledgered under its replay id and dated by its original send time.
+            let custom = m.message_attributes.unwrap_or_default();
+            let text = |name: &str| custom.get(name).and_then(|v| v.string_value.clone());
+            let ledger_id = text(LEDGER_ID_ATTRIBUTE);
+            let sent_timestamp = match (&ledger_id, text(SENT_TIMESTAMP_ATTRIBUTE)) {
+                (Some(_), Some(original)) => original.parse().unwrap_or(sent_timestamp),
+                _ => sent_timestamp,
+            };
             messages.push(Received {
+                ledger_id: ledger_id.unwrap_or_else(|| message_id.clone()),
                 ack: AckHandle {
                     message_id,
                     receipt_handle,
@@ -277,6 +304,14 @@ impl MessageSource for SdkQueue {
         }
         Ok(outcome)
     }
+}
+
+fn string_attribute(value: &str, data_type: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type(data_type)
+        .string_value(value)
+        .build()
+        .expect("data type is set")
 }
 
 fn attribute<T: std::str::FromStr>(

@@ -385,24 +385,47 @@ async fn rejects_list_show_and_replay() {
 
     // replay: the operator drops the rule, replays what it refused, and drains again.
     client
-        .batch_execute("ALTER TABLE public.user_logins DROP CONSTRAINT no_old_android")
+        .batch_execute(
+            "ALTER TABLE public.user_logins DROP CONSTRAINT no_old_android;
+             -- as if they had been sent on a leap day: replays keep their original date
+             UPDATE sqs2pg.rejected_messages SET sent_timestamp = 1583020799999
+              WHERE reason = 'rejected_by_database';",
+        )
         .await
         .unwrap();
-    let replay = sqs2pg(
-        &["rejects", "replay", "--reason", "rejected_by_database"],
-        &env,
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let none = sqs2pg(&["rejects", "replay"], &env);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(
+        stderr(&none).contains("--reason CODE, --id ID or --all"),
+        "{}",
+        stderr(&none)
     );
+    let replay_refused = ["rejects", "replay", "--reason", "rejected_by_database"];
+    let replay = sqs2pg(&replay_refused, &env);
     assert!(replay.status.success(), "{}", stderr(&replay));
     assert!(
-        String::from_utf8_lossy(&replay.stdout).contains(&format!("replayed {refused} message(s)")),
+        stdout(&replay).contains(&format!("replayed {refused} message(s)")),
         "{}",
-        String::from_utf8_lossy(&replay.stdout)
+        stdout(&replay)
     );
-    let again = sqs2pg(
-        &["rejects", "replay", "--reason", "rejected_by_database"],
-        &env,
+    // Not again by accident...
+    let again = sqs2pg(&replay_refused, &env);
+    assert!(
+        stdout(&again).contains("replayed 0 message(s)"),
+        "{}",
+        stdout(&again)
     );
-    assert!(String::from_utf8_lossy(&again.stdout).contains("replayed 0 message(s)"));
+    // ...and on purpose before the first copies were loaded: sent again under the same replay
+    // ids, so each login still loads once.
+    let mut forced = replay_refused.to_vec();
+    forced.push("--again");
+    let twice = sqs2pg(&forced, &env);
+    assert!(
+        stdout(&twice).contains(&format!("replayed {refused} message(s)")),
+        "{}",
+        stdout(&twice)
+    );
     let out = sqs2pg(&["drain"], &env);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: i64 = client
@@ -410,7 +433,31 @@ async fn rejects_list_show_and_replay() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 99, "every refused login is in after the replay");
+    assert_eq!(rows, 99, "every refused login is in after the replay, once");
+    let leap: i64 = client
+        .query_one(
+            "SELECT count(*) FROM public.user_logins WHERE create_date = '2020-02-29'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        leap as u64, refused,
+        "replays keep their original SentTimestamp"
+    );
+    // Once loaded, even --again leaves them alone.
+    let after = sqs2pg(&forced, &env);
+    assert!(
+        stdout(&after).contains("replayed 0 message(s)"),
+        "{}",
+        stdout(&after)
+    );
+    assert!(
+        stderr(&after).contains("already loaded by replay 1"),
+        "{}",
+        stderr(&after)
+    );
     let list = sqs2pg(&["rejects", "list"], &env);
     assert!(String::from_utf8_lossy(&list.stdout).contains("[replayed]"));
 }

@@ -384,7 +384,14 @@ impl TestQueue {
     /// Sends bodies, 10 per call.
     pub async fn send(&self, bodies: &[String]) {
         for chunk in bodies.chunks(10) {
-            let refused = self.queue.send_batch(chunk).await.unwrap();
+            let messages: Vec<sqs2pg::sqs::Outgoing> = chunk
+                .iter()
+                .map(|body| sqs2pg::sqs::Outgoing {
+                    body: body.clone(),
+                    replay: None,
+                })
+                .collect();
+            let refused = self.queue.send_batch(&messages).await.unwrap();
             assert!(refused.is_empty());
         }
     }
