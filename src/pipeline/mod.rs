@@ -344,6 +344,11 @@ async fn load_batch<L: BatchLoader>(
         let rejects = Batch::part(Vec::new(), refused);
         report.merge(load_with_retry(loader, &rejects, settings, shutdown, summary).await?);
     }
+    crate::telemetry::metrics::record_batch(
+        messages as u64,
+        &report,
+        report.duplicates + batch.duplicates_in_batch,
+    );
     summary.batches += 1;
     summary.loaded += report.loaded;
     summary.duplicates += report.duplicates + batch.duplicates_in_batch;
@@ -470,6 +475,7 @@ async fn load_with_retry<L: BatchLoader>(
             });
         }
         summary.load_retries += 1;
+        crate::telemetry::metrics::record_load_retry();
         tracing::warn!(attempt = attempts, messages = part.len(), %error, "load failed; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => return Err(PipelineError::ShutdownWhileRetrying {

@@ -1,10 +1,12 @@
-//! Logging: `tracing` to stderr, filtered by `RUST_LOG` on top of a default that keeps our own
+//! Logging and metrics. Logging: `tracing` to stderr, filtered by `RUST_LOG` on top of a default that keeps our own
 //! events at info and the chattier dependencies at warn.
 //!
 //! The rule for every event in this crate: message ids, counts, durations, reason codes and
 //! error texts; never a message body, an `ip` or a `device_id`. Raising dependency levels (e.g.
 //! `RUST_LOG=aws_smithy_runtime=trace`) can make those crates log wire content; do that only
 //! against test data.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
