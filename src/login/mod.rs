@@ -303,8 +303,15 @@ mod tests {
         Json(serde_json::Value),
     }
 
-    fn gen_value(candidates: &'static [&'static str]) -> impl Strategy<Value = Gen> {
+    /// A field value: missing, null, another JSON type, or one of `candidates` (weighted up),
+    /// plus `long`, values around the field's length limit.
+    fn gen_value(
+        candidates: &'static [&'static str],
+        long: Vec<String>,
+    ) -> impl Strategy<Value = Gen> {
         use serde_json::json;
+        let mut candidates: Vec<String> = candidates.iter().map(|s| s.to_string()).collect();
+        candidates.extend(long);
         prop_oneof![
             1 => Just(Gen::Missing),
             1 => Just(Gen::Json(json!(null))),
@@ -314,9 +321,10 @@ mod tests {
         ]
     }
 
-    /// What the validator must answer, written independently from its code: structure first
-    /// (missing, null, type) field by field, then content (NUL, length), then app_version,
-    /// then ip.
+    /// What the validator must answer, written apart from its code: structure first (missing,
+    /// null, type) field by field, then content (NUL, length), then app_version, then ip. The
+    /// last two take `AppVersion::parse` (tested on its own above) and std's `IpAddr` parser
+    /// as their references; this test is about which reason wins, and that every body gets one.
     fn oracle(fields: &[(Field, Gen)]) -> String {
         let limit = |f: Field| match f {
             Field::UserId => 128,
@@ -366,37 +374,64 @@ mod tests {
         "ok".into()
     }
 
+    /// Strings of `unit` repeated to one below, at and one above `limit` characters.
+    fn around(unit: &str, limit: usize) -> Vec<String> {
+        vec![
+            unit.repeat(limit - 1),
+            unit.repeat(limit),
+            unit.repeat(limit + 1),
+        ]
+    }
+
     fn body_strategy() -> impl Strategy<Value = Vec<(Field, Gen)>> {
         (
-            gen_value(&[
-                "u-1",
-                "424cdd21-063a-43a7-b91b-7ca1a833afae",
-                "\u{e9}\u{e9}",
-                "a\0b",
-            ]),
-            gen_value(&["2.3.0", "0.96", "3.7", "1.2.x", "3000.1", "", "1.\0"]),
-            gen_value(&[
-                "ios",
-                "android",
-                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-                "i\0s",
-            ]),
-            gen_value(&[
-                "1.2.3.4",
-                "::ffff:1.2.3.4",
-                "2001:db8::1",
-                "300.1.1.1",
-                "1.2.3.4\0",
-                "localhost",
-            ]),
-            gen_value(&[
-                "RU",
-                "",
-                "\u{65e5}\u{672c}",
-                "R\0",
-                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-            ]),
-            gen_value(&["593-47-5928", "d\0", ""]),
+            gen_value(
+                &[
+                    "u-1",
+                    "424cdd21-063a-43a7-b91b-7ca1a833afae",
+                    "\u{e9}\u{e9}",
+                    "a\0b",
+                ],
+                around("\u{e9}", 128),
+            ),
+            gen_value(
+                &["2.3.0", "0.96", "3.7", "1.2.x", "3000.1", "", "1.\0"],
+                Vec::new(),
+            ),
+            gen_value(
+                &[
+                    "ios",
+                    "android",
+                    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                    "i\0s",
+                ],
+                around("\u{65e5}", 32),
+            ),
+            gen_value(
+                &[
+                    "1.2.3.4",
+                    "::ffff:1.2.3.4",
+                    "2001:db8::1",
+                    "300.1.1.1",
+                    "1.2.3.4\0",
+                    "localhost",
+                ],
+                vec![
+                    format!("::ffff:{}", "1".repeat(40)),
+                    format!("1.2.3.4{}", " ".repeat(41)),
+                ],
+            ),
+            gen_value(
+                &[
+                    "RU",
+                    "",
+                    "\u{65e5}\u{672c}",
+                    "R\0",
+                    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                ],
+                around("\u{65e5}", 32),
+            ),
+            gen_value(&["593-47-5928", "d\0", ""], around("d", 256)),
         )
             .prop_map(|(a, b, c, d, e, f)| Field::ALL.into_iter().zip([a, b, c, d, e, f]).collect())
     }
