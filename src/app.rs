@@ -62,8 +62,15 @@ pub async fn setup(database: &Database, table: &TableName) -> Result<SetupReport
 }
 
 /// `sqs2pg drain` / `sqs2pg run`: checks the database, connects to the queue, runs the pipeline.
-pub async fn process(settings: Settings, shutdown: CancellationToken) -> Result<Summary, AppError> {
+pub async fn process(
+    mut settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<Summary, AppError> {
     let queue = SdkQueue::connect(&settings.sqs).await?;
+    if settings.pipeline.visibility_timeout.is_none() {
+        // The heartbeat needs the timeout the queue gives messages.
+        settings.pipeline.visibility_timeout = Some(queue.visibility_timeout().await?);
+    }
     process_with(settings, Arc::new(queue), shutdown, |loader| loader).await
 }
 

@@ -28,10 +28,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 /// With 100 ms initial backoff doubling to a 10 s cap, eight attempts span about half a minute:
 /// long enough to ride out a database restart, short enough for `drain` to report failure.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
-/// A message that keeps coming back is stopped from looping forever. Until the visibility
-/// heartbeat (issue 4) keeps held messages invisible, a long database outage also raises receive
-/// counts, so the default is generous: 25 receives is far beyond any transient trouble at the
-/// usual 30 s visibility timeout, and a poisoned valid message can still be replayed.
+/// A message that keeps coming back is stopped from looping forever. The visibility heartbeat
+/// keeps the messages we hold from coming back, so a receive count this high means it failed
+/// (or its holder died) 25 times; generous, because a poisoned valid message costs a replay.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
 /// DeleteMessageBatch calls in flight at once.
 pub const DEFAULT_DELETE_CONCURRENCY: usize = 4;

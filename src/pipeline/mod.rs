@@ -16,6 +16,7 @@
 //!   what it holds, the deleter deletes what was committed, then the run returns its summary.
 
 pub mod batch;
+pub mod lease;
 pub mod summary;
 
 use std::collections::HashSet;
@@ -32,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
 use crate::login::{transform, BodySealer, Masker, Reason, Rejection, Transformed};
 use crate::postgres::{BatchLoader, LoadError, LoadReport};
-use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
+use crate::sqs::{AckHandle, MessageSource, Received, SourceError, SQS_BATCH_LIMIT};
 use batch::{Batch, Evidence, Processed, Reject};
+use lease::Leases;
 pub use summary::Summary;
 
 /// Whether the pipeline stops when the queue is empty (`drain`) or runs until shut down (`run`).
@@ -104,22 +106,43 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     let settings = Arc::new(settings);
     let (item_tx, item_rx) = mpsc::channel::<Processed>(settings.batch_max_rows.max(10) * 2);
     let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckHandle>>(4);
+    let leases = Arc::new(Leases::default());
+    // The heartbeat runs until every delete is done; it needs to know the visibility timeout.
+    let heartbeat_done = CancellationToken::new();
+    let heartbeat = settings.visibility_timeout.map(|visibility| {
+        tokio::spawn(lease::heartbeat(
+            source.clone(),
+            leases.clone(),
+            visibility,
+            heartbeat_done.clone(),
+        ))
+    });
 
+    let stage = Arc::new(Stage {
+        masker,
+        sealer,
+        settings: settings.clone(),
+    });
     let receivers: Vec<_> = (0..settings.receivers.max(1))
         .map(|id| {
             tokio::spawn(receive_loop(
                 id,
                 source.clone(),
+                leases.clone(),
                 item_tx.clone(),
-                masker.clone(),
-                sealer.clone(),
-                settings.clone(),
+                stage.clone(),
                 stop.clone(),
             ))
         })
         .collect();
     drop(item_tx);
-    let deleter = tokio::spawn(delete_loop(source, ack_rx, settings.clone(), stop.clone()));
+    let deleter = tokio::spawn(delete_loop(
+        source.clone(),
+        leases.clone(),
+        ack_rx,
+        settings.clone(),
+        stop.clone(),
+    ));
 
     let mut summary = Summary::default();
     let loaded = batch_loop(item_rx, loader, ack_tx, &settings, &shutdown, &mut summary).await;
@@ -142,6 +165,13 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             first_error.get_or_insert(e);
         }
     }
+    heartbeat_done.cancel();
+    if let Some(heartbeat) = heartbeat {
+        summary.visibility_extended = heartbeat.await.expect("heartbeat task panicked");
+    }
+    // Whatever is still held was received but not committed (a failed or interrupted load):
+    // make it visible now rather than after its timeout.
+    summary.released = lease::release_all(&*source, &leases).await;
     summary.elapsed = started.elapsed();
     match first_error {
         Some(e) => Err(e),
@@ -157,19 +187,27 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
 async fn receive_loop<S: MessageSource>(
     id: usize,
     source: Arc<S>,
+    leases: Arc<Leases>,
     items: mpsc::Sender<Processed>,
-    masker: Masker,
-    sealer: BodySealer,
-    settings: Arc<PipelineSettings>,
+    stage: Arc<Stage>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
+    let settings = &stage.settings;
     let mut failures = 0u32;
     loop {
-        let received = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            r = source.receive(SQS_BATCH_LIMIT as i32, settings.wait_time, settings.visibility_timeout) => r,
-        };
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        // Not raced against `stop`: a receive dropped mid-flight would leave the messages SQS
+        // handed out invisible until their timeout. Finishing it costs at most one long poll,
+        // and what it brings is held and then released at the end of the run.
+        let received = source
+            .receive(
+                SQS_BATCH_LIMIT as i32,
+                settings.wait_time,
+                settings.visibility_timeout,
+            )
+            .await;
         let messages = match received {
             Ok(messages) => {
                 failures = 0;
@@ -194,6 +232,10 @@ async fn receive_loop<S: MessageSource>(
                 });
             }
         };
+        leases.hold(messages.iter().map(|m| &m.ack));
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         if messages.is_empty() {
             if settings.mode == Mode::Drain {
                 tracing::debug!(
@@ -213,42 +255,58 @@ async fn receive_loop<S: MessageSource>(
         }
         tracing::trace!(receiver = id, count = messages.len(), "received");
         for m in messages {
-            let t = if m.receive_count > settings.max_receive_count {
-                Transformed {
-                    outcome: Err(Rejection::with_detail(
-                        Reason::PoisonReceiveCount,
-                        format!(
-                            "received {} times, limit {}",
-                            m.receive_count, settings.max_receive_count
-                        ),
-                    )),
-                    unknown_fields: 0,
-                }
-            } else {
-                transform(&masker, settings.max_body_bytes, &m.body, m.sent_timestamp)
-            };
-            if let Err(rejection) = &t.outcome {
-                let fate = fate(Outcome::Rejected(rejection));
-                tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");
-            }
-            // Every body is sealed: a row the database refuses later is quarantined too.
-            let evidence = Evidence {
-                received_at: m.received_at,
-                receive_count: m.receive_count,
-                sent_timestamp: m.sent_timestamp,
-                sealed_body: sealer.seal(&m.ledger_id, &m.body),
-            };
-            let processed = Processed {
-                ack: m.ack,
-                ledger_id: m.ledger_id,
-                outcome: t.outcome,
-                evidence,
-                unknown_fields: t.unknown_fields,
-            };
-            if items.send(processed).await.is_err() {
-                // The loader has stopped; what we hold was not committed and comes back.
+            if items.send(stage.process(m)).await.is_err() {
+                // The loader has stopped; what we hold was not committed and is released.
                 return Ok(());
             }
+        }
+    }
+}
+
+/// What the receivers share to turn a received message into a [`Processed`] one.
+struct Stage {
+    masker: Masker,
+    sealer: BodySealer,
+    settings: Arc<PipelineSettings>,
+}
+
+impl Stage {
+    /// Poison check, the pure transform, and the evidence (sealed body) kept for quarantine.
+    fn process(&self, m: Received) -> Processed {
+        let limit = self.settings.max_receive_count;
+        let t = if m.receive_count > limit {
+            Transformed {
+                outcome: Err(Rejection::with_detail(
+                    Reason::PoisonReceiveCount,
+                    format!("received {} times, limit {limit}", m.receive_count),
+                )),
+                unknown_fields: 0,
+            }
+        } else {
+            transform(
+                &self.masker,
+                self.settings.max_body_bytes,
+                &m.body,
+                m.sent_timestamp,
+            )
+        };
+        if let Err(rejection) = &t.outcome {
+            let fate = fate(Outcome::Rejected(rejection));
+            tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");
+        }
+        // Every body is sealed: a row the database refuses later is quarantined too.
+        let evidence = Evidence {
+            received_at: m.received_at,
+            receive_count: m.receive_count,
+            sent_timestamp: m.sent_timestamp,
+            sealed_body: self.sealer.seal(&m.ledger_id, &m.body),
+        };
+        Processed {
+            ack: m.ack,
+            ledger_id: m.ledger_id,
+            outcome: t.outcome,
+            evidence,
+            unknown_fields: t.unknown_fields,
         }
     }
 }
@@ -491,6 +549,7 @@ async fn load_with_retry<L: BatchLoader>(
 /// transiently. Returns (deleted, failed for good).
 async fn delete_loop<S: MessageSource>(
     source: Arc<S>,
+    leases: Arc<Leases>,
     mut batches: mpsc::Receiver<Vec<AckHandle>>,
     settings: Arc<PipelineSettings>,
     stop: CancellationToken,
@@ -510,7 +569,7 @@ async fn delete_loop<S: MessageSource>(
         }
         let retry = settings.source_retry;
         let mut results = stream::iter(chunks)
-            .map(|chunk| delete_chunk(source.clone(), chunk, retry))
+            .map(|chunk| delete_chunk(source.clone(), leases.clone(), chunk, retry))
             .buffer_unordered(settings.delete_concurrency.max(1));
         while let Some(result) = results.next().await {
             match result {
@@ -530,6 +589,18 @@ async fn delete_loop<S: MessageSource>(
 
 async fn delete_chunk<S: MessageSource>(
     source: Arc<S>,
+    leases: Arc<Leases>,
+    chunk: Vec<AckHandle>,
+    retry: RetryPolicy,
+) -> Result<(u64, u64), PipelineError> {
+    let result = delete_with_retry(&*source, chunk.clone(), retry).await;
+    // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
+    leases.forget(&chunk);
+    result
+}
+
+async fn delete_with_retry<S: MessageSource>(
+    source: &S,
     mut pending: Vec<AckHandle>,
     retry: RetryPolicy,
 ) -> Result<(u64, u64), PipelineError> {

@@ -25,6 +25,10 @@ pub struct Summary {
     pub batches: u64,
     /// Load attempts that failed and were retried.
     pub load_retries: u64,
+    /// Visibility extensions sent by the heartbeat.
+    pub visibility_extended: u64,
+    /// Messages received but not committed, made visible again at the end of the run.
+    pub released: u64,
     pub elapsed: Duration,
 }
 
@@ -63,6 +67,8 @@ impl fmt::Display for Summary {
         row(f, "unknown fields", self.unknown_fields)?;
         row(f, "batches", self.batches)?;
         row(f, "load retries", self.load_retries)?;
+        row(f, "visibility extended", self.visibility_extended)?;
+        row(f, "released uncommitted", self.released)?;
         writeln!(
             f,
             "  {:<22}{:>10.2} s",

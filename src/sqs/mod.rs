@@ -111,4 +111,12 @@ pub trait MessageSource: Send + Sync + 'static {
         &self,
         acks: &[AckHandle],
     ) -> impl Future<Output = Result<DeleteOutcome, SourceError>> + Send;
+
+    /// Sets the visibility timeout of up to 10 held messages (`ChangeMessageVisibilityBatch`):
+    /// the heartbeat extends it, a release sets 0. Returns the entries SQS refused.
+    fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<AckHandle>, SourceError>> + Send;
 }

@@ -9,8 +9,9 @@ use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -117,6 +118,25 @@ impl SdkQueue {
             self.queue_url = url;
         }
         Ok(())
+    }
+
+    /// The queue's own `VisibilityTimeout`.
+    pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        let secs = out
+            .attributes
+            .unwrap_or_default()
+            .get(&QueueAttributeName::VisibilityTimeout)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        Ok(Duration::from_secs(secs))
     }
 
     /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
@@ -267,6 +287,14 @@ impl MessageSource for SdkQueue {
         Ok(messages)
     }
 
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        self.change_visibility_batch(acks, timeout).await
+    }
+
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
         debug_assert!(acks.len() <= SQS_BATCH_LIMIT);
         let entries = acks
@@ -303,6 +331,46 @@ impl MessageSource for SdkQueue {
             }
         }
         Ok(outcome)
+    }
+}
+
+impl SdkQueue {
+    async fn change_visibility_batch(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        debug_assert!(acks.len() <= SQS_BATCH_LIMIT);
+        let entries = acks
+            .iter()
+            .enumerate()
+            .map(|(i, ack)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&ack.receipt_handle)
+                    .visibility_timeout(timeout.as_secs() as i32)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let out = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify("ChangeMessageVisibilityBatch", e))?;
+        Ok(out
+            .failed
+            .iter()
+            .filter_map(|f| {
+                f.id.parse::<usize>()
+                    .ok()
+                    .and_then(|i| acks.get(i))
+                    .cloned()
+            })
+            .collect())
     }
 }
 

@@ -39,6 +39,14 @@ impl<S: MessageSource> MessageSource for LosesFirstDeletes<S> {
         self.inner.receive(max, wait, visibility).await
     }
 
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        self.inner.change_visibility(acks, timeout).await
+    }
+
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
         let again: Vec<AckHandle> = {
             let mut seen = self.seen.lock().unwrap();
@@ -75,6 +83,14 @@ impl<S: MessageSource> MessageSource for RefusesDeletes<S> {
         self.inner.receive(max, wait, visibility).await
     }
 
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        self.inner.change_visibility(acks, timeout).await
+    }
+
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
         Ok(DeleteOutcome {
             failed: acks.len(),
@@ -103,6 +119,14 @@ impl<S: MessageSource> MessageSource for FixedSentTimestamp<S> {
         Ok(messages)
     }
 
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        self.inner.change_visibility(acks, timeout).await
+    }
+
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
         self.inner.delete(acks).await
     }
@@ -124,6 +148,14 @@ impl<S: MessageSource> MessageSource for CountsDeletes<S> {
         self.inner.receive(max, wait, visibility).await
     }
 
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        self.inner.change_visibility(acks, timeout).await
+    }
+
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(acks).await
@@ -142,6 +174,23 @@ impl<L: BatchLoader> BatchLoader for FailingLoader<L> {
         let n = self.attempts.fetch_add(1, Ordering::SeqCst);
         if n < u64::from(self.failures) {
             return Err(LoadError::Injected(format!("load {n} fails")));
+        }
+        self.inner.load(batch).await
+    }
+}
+
+/// A loader whose first load takes `delay` longer (a slow COPY, a database under load).
+pub struct SlowFirstLoad<L> {
+    pub inner: L,
+    pub delay: Duration,
+    pub slowed: bool,
+}
+
+impl<L: BatchLoader> BatchLoader for SlowFirstLoad<L> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        if !self.slowed {
+            self.slowed = true;
+            tokio::time::sleep(self.delay).await;
         }
         self.inner.load(batch).await
     }

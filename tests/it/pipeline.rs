@@ -810,3 +810,78 @@ async fn a_table_that_refuses_every_row_stops_the_run_instead_of_quarantining_al
     let left = queue.distinct_ids(100, Duration::from_secs(30)).await;
     assert!(left.len() >= 99, "{} left", left.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_keeps_held_messages_from_coming_back() {
+    let (db, queue) = fixture().await;
+    queue.send(&sample_bodies()).await;
+    let mut a = fresh_args(&db, &queue);
+    a.visibility_timeout_secs = Some(2);
+    // One receiver (moto can hand one message to two concurrent receivers), and any redelivery
+    // would be quarantined as poison: so a single redelivery fails this test.
+    a.receivers = 1;
+    a.max_receive_count = 1;
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let summary = app::process_with(
+        settings,
+        queue.queue.clone(),
+        CancellationToken::new(),
+        |inner| crate::faults::SlowFirstLoad {
+            inner,
+            delay: Duration::from_secs(6),
+            slowed: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.loaded, 99, "{summary:?}");
+    assert_eq!(
+        summary.rejected.get("poison:receive_count"),
+        None,
+        "{summary:?}"
+    );
+    assert_eq!(summary.duplicates, 0, "{summary:?}");
+    assert!(summary.visibility_extended > 0, "{summary:?}");
+    let counts: i32 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT max(receive_count) FROM sqs2pg.rejected_messages",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counts, 1);
+    assert_eq!(queue.depth().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_by_a_failed_run_are_released_at_once() {
+    let (db, queue) = fixture().await;
+    queue.send(&sample_bodies()).await;
+    let mut a = fresh_args(&db, &queue);
+    // Long enough that only a release can bring them back within this test's wait.
+    a.visibility_timeout_secs = Some(300);
+    a.max_attempts = 2;
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let err = app::process_with(
+        settings,
+        queue.queue.clone(),
+        CancellationToken::new(),
+        |inner| FailingLoader {
+            inner,
+            failures: u32::MAX,
+            attempts: Arc::new(AtomicU64::new(0)),
+        },
+    )
+    .await
+    .expect_err("nothing can be loaded");
+    assert!(err.to_string().contains("after 2 attempt(s)"), "{err}");
+    let back = queue.distinct_ids(100, Duration::from_secs(20)).await;
+    assert_eq!(
+        back.len(),
+        100,
+        "released messages are visible again at once"
+    );
+}

@@ -1,0 +1,165 @@
+//! Leases: every message received and not yet deleted or released, the heartbeat that keeps
+//! them invisible while they wait (in the channel, in an open batch, in a slow COPY, in a
+//! retry), and their release at the end of a run.
+//!
+//! Without a heartbeat, a message held longer than its visibility timeout reappears and is
+//! processed again elsewhere: no second row (the ledger sees to that), but wasted work, a rising
+//! receive count and, eventually, a false `poison:receive_count`. The heartbeat extends every
+//! lease older than half the timeout with `ChangeMessageVisibilityBatch`; it ticks every quarter
+//! timeout, so a lease is extended between 1/2 and 3/4 of the way to expiry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::sqs::{AckHandle, MessageSource, SQS_BATCH_LIMIT};
+
+/// The messages we hold, by receipt handle, with when their visibility was last set.
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: Mutex<HashMap<String, (AckHandle, Instant)>>,
+}
+
+impl Leases {
+    /// Records freshly received messages (their visibility was just set by the receive).
+    pub fn hold<'a>(&self, acks: impl IntoIterator<Item = &'a AckHandle>) {
+        let now = Instant::now();
+        let mut held = self.held.lock().expect("lease lock");
+        for ack in acks {
+            held.insert(ack.receipt_handle.clone(), (ack.clone(), now));
+        }
+    }
+
+    /// Forgets messages that were deleted (or given up on).
+    pub fn forget(&self, acks: &[AckHandle]) {
+        let mut held = self.held.lock().expect("lease lock");
+        for ack in acks {
+            held.remove(&ack.receipt_handle);
+        }
+    }
+
+    /// How many messages are held.
+    pub fn len(&self) -> usize {
+        self.held.lock().expect("lease lock").len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Leases last set before `before`.
+    fn due(&self, before: Instant) -> Vec<AckHandle> {
+        let held = self.held.lock().expect("lease lock");
+        held.values()
+            .filter(|(_, at)| *at < before)
+            .map(|(ack, _)| ack.clone())
+            .collect()
+    }
+
+    fn extended(&self, acks: &[AckHandle], at: Instant) {
+        let mut held = self.held.lock().expect("lease lock");
+        for ack in acks {
+            if let Some(lease) = held.get_mut(&ack.receipt_handle) {
+                lease.1 = at;
+            }
+        }
+    }
+
+    fn take_all(&self) -> Vec<AckHandle> {
+        let mut held = self.held.lock().expect("lease lock");
+        held.drain().map(|(_, (ack, _))| ack).collect()
+    }
+}
+
+/// Extends held leases until `done` is cancelled. Failures are logged and tried again on the
+/// next tick; a message whose lease lapses anyway comes back and is skipped by the ledger.
+pub async fn heartbeat<S: MessageSource>(
+    source: Arc<S>,
+    leases: Arc<Leases>,
+    visibility: Duration,
+    done: CancellationToken,
+) -> u64 {
+    let mut extended = 0u64;
+    let mut tick = tokio::time::interval((visibility / 4).max(Duration::from_millis(250)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return extended,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let due = leases.due(now - visibility / 2);
+        for chunk in due.chunks(SQS_BATCH_LIMIT) {
+            match source.change_visibility(chunk, visibility).await {
+                Ok(refused) => {
+                    let ok: Vec<AckHandle> = chunk
+                        .iter()
+                        .filter(|a| !refused.contains(a))
+                        .cloned()
+                        .collect();
+                    extended += ok.len() as u64;
+                    leases.extended(&ok, now);
+                    if !refused.is_empty() {
+                        // Usually deleted meanwhile; otherwise it comes back and is deduplicated.
+                        leases.forget(&refused);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
+                }
+            }
+        }
+        if !due.is_empty() {
+            tracing::debug!(messages = due.len(), "visibility extended");
+        }
+    }
+}
+
+/// Makes every message still held visible again at once (visibility 0), so that messages
+/// received but never committed are not stuck until their timeout. Best effort. Returns how many
+/// were released.
+pub async fn release_all<S: MessageSource>(source: &S, leases: &Leases) -> u64 {
+    let held = leases.take_all();
+    let mut released = 0;
+    for chunk in held.chunks(SQS_BATCH_LIMIT) {
+        match source.change_visibility(chunk, Duration::ZERO).await {
+            Ok(refused) => released += (chunk.len() - refused.len()) as u64,
+            Err(error) => {
+                tracing::warn!(%error, messages = chunk.len(), "could not release messages; they come back after their visibility timeout")
+            }
+        }
+    }
+    released
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(n: u32) -> AckHandle {
+        AckHandle {
+            message_id: format!("m{n}"),
+            receipt_handle: format!("r{n}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_fall_due_after_half_the_timeout() {
+        let leases = Leases::default();
+        leases.hold(&[ack(1), ack(2)]);
+        let half = Duration::from_secs(15);
+        assert!(leases.due(Instant::now() - half).is_empty());
+        tokio::time::advance(Duration::from_secs(16)).await;
+        assert_eq!(leases.due(Instant::now() - half).len(), 2);
+        leases.extended(&[ack(1)], Instant::now());
+        assert_eq!(leases.due(Instant::now() - half), vec![ack(2)]);
+        leases.forget(&[ack(2)]);
+        assert!(leases.due(Instant::now() - half).is_empty());
+        assert_eq!(leases.take_all(), vec![ack(1)]);
+        assert!(leases.is_empty());
+    }
+}
