@@ -93,12 +93,46 @@ where
     let masker = Masker::new(&settings.mask_key);
     let sealer = BodySealer::new(&settings.mask_key);
     tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
+    let pruning = CancellationToken::new();
+    let pruner = tokio::spawn(prune_ledger(
+        settings.database.clone(),
+        settings.ledger_retention,
+        pruning.clone(),
+    ));
     let loader = wrap_loader(LoginLoader::new(
         settings.database,
         settings.table,
         sealer.key_id().to_owned(),
     ));
-    Ok(pipeline::run(source, loader, masker, sealer, settings.pipeline, shutdown).await?)
+    let result = pipeline::run(source, loader, masker, sealer, settings.pipeline, shutdown).await;
+    pruning.cancel();
+    let _ = pruner.await;
+    Ok(result?)
+}
+
+/// Prunes the ledger at start and then hourly, on its own connection, until `done`. Failures
+/// are logged and tried again next hour: pruning is housekeeping, never a reason to stop.
+async fn prune_ledger(database: Database, horizon: std::time::Duration, done: CancellationToken) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+    const ROWS_PER_STATEMENT: i64 = 10_000;
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let pruned = match database.connect().await {
+            Ok(client) => pg::ledger::prune(&client, horizon, ROWS_PER_STATEMENT)
+                .await
+                .map_err(|e| pg::describe(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "pruned old ledger entries"),
+            Err(error) => tracing::warn!(%error, "ledger pruning failed; trying again in an hour"),
+        }
+    }
 }
 
 /// Connects, retrying transient failures (server down or restarting) per the retry policy, so

@@ -91,6 +91,10 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_MAX_ATTEMPTS", default_value_t = crate::config::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
 
+    /// Ledger entries older than this many days are pruned (must exceed SQS's 14-day retention).
+    #[arg(long, env = "SQS2PG_LEDGER_RETENTION_DAYS", default_value_t = crate::config::DEFAULT_LEDGER_RETENTION_DAYS)]
+    pub ledger_retention_days: u64,
+
     /// A message received more often than this is quarantined as poison:receive_count.
     #[arg(long, env = "SQS2PG_MAX_RECEIVE_COUNT", default_value_t = crate::config::DEFAULT_MAX_RECEIVE_COUNT)]
     pub max_receive_count: u32,

@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 /// keeps the messages we hold from coming back, so a receive count this high means it failed
 /// (or its holder died) 25 times; generous, because a poisoned valid message costs a replay.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
+/// Twice the longest time SQS can still deliver a message id (14 days of retention plus a
+/// 12-hour visibility timeout); see `postgres::ledger` for why any horizon above 15 days is safe.
+pub const DEFAULT_LEDGER_RETENTION_DAYS: u64 = 30;
 /// DeleteMessageBatch calls in flight at once.
 pub const DEFAULT_DELETE_CONCURRENCY: usize = 4;
 
@@ -50,6 +53,8 @@ pub struct Settings {
     pub table: TableName,
     pub sqs: SqsSettings,
     pub mask_key: MaskKey,
+    /// Ledger entries older than this are pruned in the background.
+    pub ledger_retention: Duration,
     pub pipeline: PipelineSettings,
 }
 
@@ -218,6 +223,14 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         "attempts",
     )?;
     range(
+        "ledger-retention-days",
+        "SQS2PG_LEDGER_RETENTION_DAYS",
+        args.ledger_retention_days,
+        15,
+        3650,
+        "a shorter horizon could forget a message SQS can still deliver: 14 days of retention plus 12 hours of visibility",
+    )?;
+    range(
         "max-receive-count",
         "SQS2PG_MAX_RECEIVE_COUNT",
         u64::from(args.max_receive_count),
@@ -238,6 +251,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         table,
         sqs,
         mask_key,
+        ledger_retention: Duration::from_secs(args.ledger_retention_days * 86_400),
         pipeline: PipelineSettings {
             mode,
             receivers: args.receivers,
@@ -297,6 +311,7 @@ mod tests {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
+            ledger_retention_days: DEFAULT_LEDGER_RETENTION_DAYS,
         };
         let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
         assert!(
@@ -307,6 +322,16 @@ mod tests {
         assert_eq!(
             run.pipeline.load_retry.max_attempts, None,
             "run retries forever"
+        );
+        let short_ledger = PipelineArgs {
+            wait_time_secs: 1,
+            ledger_retention_days: 14,
+            ..args.clone()
+        };
+        let e = pipeline(&short_ledger, Mode::Run).unwrap_err().to_string();
+        assert!(
+            e.contains("--ledger-retention-days (SQS2PG_LEDGER_RETENTION_DAYS)"),
+            "{e}"
         );
         let drain = pipeline(
             &PipelineArgs {
@@ -320,6 +345,7 @@ mod tests {
             drain.pipeline.load_retry.max_attempts,
             Some(DEFAULT_MAX_ATTEMPTS)
         );
+        assert_eq!(drain.ledger_retention, Duration::from_secs(30 * 86_400));
     }
 
     #[test]

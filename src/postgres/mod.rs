@@ -3,6 +3,7 @@
 //! transaction, and the quarantine queries behind the `rejects` commands.
 
 pub mod connect;
+pub mod ledger;
 pub mod loader;
 pub mod quarantine;
 pub mod schema;

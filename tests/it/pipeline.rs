@@ -41,6 +41,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         max_body_bytes: 256 * 1024,
         max_attempts: 3,
         max_receive_count: 25,
+        ledger_retention_days: 30,
     }
 }
 

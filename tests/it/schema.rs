@@ -190,3 +190,46 @@ async fn sslmode_is_honoured_as_libpq_does() {
         assert_eq!(fate(Outcome::Postgres(pg)), Fate::Stop, "{refused}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_pruned_past_its_horizon_but_replay_ids_are_kept() {
+    let db = TestDb::new().await;
+    let database = Database::parse(&db.url).unwrap();
+    app::setup(&database, &TableName::parse("public.user_logins").unwrap())
+        .await
+        .unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO sqs2pg.processed_messages (message_id, outcome, processed_at)
+             SELECT 'old-' || i, 'loaded', now() - interval '31 days' FROM generate_series(1, 25) i;
+             INSERT INTO sqs2pg.processed_messages (message_id, outcome, processed_at) VALUES
+                 ('recent', 'loaded', now() - interval '29 days'),
+                 ('m#replay1', 'loaded', now() - interval '400 days');",
+        )
+        .await
+        .unwrap();
+    let thirty_days = std::time::Duration::from_secs(30 * 86_400);
+    // Small statements: 25 old rows in batches of 10.
+    let pruned = sqs2pg::postgres::ledger::prune(&client, thirty_days, 10)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 25);
+    let left: Vec<String> = client
+        .query(
+            "SELECT message_id FROM sqs2pg.processed_messages ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["m#replay1", "recent"]);
+    assert_eq!(
+        sqs2pg::postgres::ledger::prune(&client, thirty_days, 10)
+            .await
+            .unwrap(),
+        0
+    );
+}
