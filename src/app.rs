@@ -69,7 +69,21 @@ pub async fn process(
     let queue = SdkQueue::connect(&settings.sqs).await?;
     if settings.pipeline.visibility_timeout.is_none() {
         // The heartbeat needs the timeout the queue gives messages.
-        settings.pipeline.visibility_timeout = Some(queue.visibility_timeout().await?);
+        let retry = settings.pipeline.source_retry;
+        let mut attempts = 0;
+        settings.pipeline.visibility_timeout = loop {
+            match queue.visibility_timeout().await {
+                Ok(timeout) => break Some(timeout),
+                Err(e) => {
+                    attempts += 1;
+                    if fate(Outcome::Sqs(&e)) != Fate::Retry || !retry.allows(attempts) {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(attempt = attempts, error = %e, "cannot read the queue's visibility timeout; retrying");
+                    tokio::time::sleep(retry.delay(attempts)).await;
+                }
+            }
+        };
     }
     process_with(settings, Arc::new(queue), shutdown, |loader| loader).await
 }
@@ -121,11 +135,18 @@ async fn prune_ledger(database: Database, horizon: std::time::Duration, done: Ca
             _ = done.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let pruned = match database.connect().await {
-            Ok(client) => pg::ledger::prune(&client, horizon, ROWS_PER_STATEMENT)
-                .await
-                .map_err(|e| pg::describe(&e)),
-            Err(e) => Err(e.to_string()),
+        let prune = async {
+            match database.connect().await {
+                Ok(client) => pg::ledger::prune(&client, horizon, ROWS_PER_STATEMENT)
+                    .await
+                    .map_err(|e| pg::describe(&e)),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        // Housekeeping never holds up a shutdown; an interrupted prune resumes next time.
+        let pruned = tokio::select! {
+            _ = done.cancelled() => return,
+            pruned = prune => pruned,
         };
         match pruned {
             Ok(0) => {}

@@ -32,8 +32,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 /// keeps the messages we hold from coming back, so a receive count this high means it failed
 /// (or its holder died) 25 times; generous, because a poisoned valid message costs a replay.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
-/// Twice the longest time SQS can still deliver a message id (14 days of retention plus a
-/// 12-hour visibility timeout); see `postgres::ledger` for why any horizon above 15 days is safe.
+/// Above the longest time SQS can still deliver a message id (14 days of retention, up to 14
+/// more after a FIFO dead-letter move, plus a 12-hour visibility timeout); see
+/// `postgres::ledger`.
 pub const DEFAULT_LEDGER_RETENTION_DAYS: u64 = 30;
 /// DeleteMessageBatch calls in flight at once.
 pub const DEFAULT_DELETE_CONCURRENCY: usize = 4;
@@ -226,9 +227,9 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         "ledger-retention-days",
         "SQS2PG_LEDGER_RETENTION_DAYS",
         args.ledger_retention_days,
-        15,
+        29,
         3650,
-        "a shorter horizon could forget a message SQS can still deliver: 14 days of retention plus 12 hours of visibility",
+        "a shorter horizon could forget a message SQS can still deliver: 14 days in the queue, up to 14 more after a FIFO dead-letter move, plus 12 hours of visibility",
     )?;
     range(
         "max-receive-count",
@@ -325,7 +326,7 @@ mod tests {
         );
         let short_ledger = PipelineArgs {
             wait_time_secs: 1,
-            ledger_retention_days: 14,
+            ledger_retention_days: 28,
             ..args.clone()
         };
         let e = pipeline(&short_ledger, Mode::Run).unwrap_err().to_string();

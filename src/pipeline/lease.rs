@@ -12,10 +12,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::sqs::{AckHandle, MessageSource, SQS_BATCH_LIMIT};
+
+/// ChangeMessageVisibilityBatch calls in flight at once (heartbeat and release).
+const CONCURRENT_CALLS: usize = 8;
+/// The longest the final release may take.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The messages we hold, by receipt handle, with when their visibility was last set.
 #[derive(Debug, Default)]
@@ -92,21 +98,30 @@ pub async fn heartbeat<S: MessageSource>(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let due = leases.due(now - visibility / 2);
-        for chunk in due.chunks(SQS_BATCH_LIMIT) {
-            match source.change_visibility(chunk, visibility).await {
+        // Early after boot the monotonic clock may be younger than half the timeout.
+        let Some(cutoff) = now.checked_sub(visibility / 2) else {
+            continue;
+        };
+        let due = leases.due(cutoff);
+        let chunks: Vec<Vec<AckHandle>> = due.chunks(SQS_BATCH_LIMIT).map(<[_]>::to_vec).collect();
+        let mut calls = stream::iter(chunks)
+            .map(|chunk| {
+                let source = source.clone();
+                async move {
+                    let result = source.change_visibility(&chunk, visibility).await;
+                    (chunk, result)
+                }
+            })
+            .buffer_unordered(CONCURRENT_CALLS);
+        while let Some((chunk, result)) = calls.next().await {
+            match result {
                 Ok(refused) => {
-                    let ok: Vec<AckHandle> = chunk
-                        .iter()
-                        .filter(|a| !refused.contains(a))
-                        .cloned()
-                        .collect();
+                    // Refused entries (usually deleted meanwhile) are tried again next tick;
+                    // the deleter or the final release forgets them.
+                    let ok: Vec<AckHandle> =
+                        chunk.into_iter().filter(|a| !refused.contains(a)).collect();
                     extended += ok.len() as u64;
                     leases.extended(&ok, now);
-                    if !refused.is_empty() {
-                        // Usually deleted meanwhile; otherwise it comes back and is deduplicated.
-                        leases.forget(&refused);
-                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
@@ -120,18 +135,27 @@ pub async fn heartbeat<S: MessageSource>(
 }
 
 /// Makes every message still held visible again at once (visibility 0), so that messages
-/// received but never committed are not stuck until their timeout. Best effort. Returns how many
-/// were released.
+/// received but never committed are not stuck until their timeout. Best effort, within
+/// [`RELEASE_DEADLINE`]. Returns how many were released.
 pub async fn release_all<S: MessageSource>(source: &S, leases: &Leases) -> u64 {
     let held = leases.take_all();
     let mut released = 0;
-    for chunk in held.chunks(SQS_BATCH_LIMIT) {
-        match source.change_visibility(chunk, Duration::ZERO).await {
-            Ok(refused) => released += (chunk.len() - refused.len()) as u64,
-            Err(error) => {
-                tracing::warn!(%error, messages = chunk.len(), "could not release messages; they come back after their visibility timeout")
+    let calls = stream::iter(held.chunks(SQS_BATCH_LIMIT))
+        .map(|chunk| async move {
+            let result = source.change_visibility(chunk, Duration::ZERO).await;
+            (chunk.len(), result)
+        })
+        .buffer_unordered(CONCURRENT_CALLS)
+        .for_each(|(n, result)| {
+            match result {
+                Ok(refused) => released += (n - refused.len()) as u64,
+                Err(error) => tracing::warn!(%error, messages = n, "could not release messages; they come back after their visibility timeout"),
             }
-        }
+            std::future::ready(())
+        });
+    // A dead SQS must not hold up the exit: what is not released comes back on its own.
+    if tokio::time::timeout(RELEASE_DEADLINE, calls).await.is_err() {
+        tracing::warn!("releasing held messages took too long; the rest come back after their visibility timeout");
     }
     released
 }

@@ -198,16 +198,17 @@ async fn receive_loop<S: MessageSource>(
         if stop.is_cancelled() {
             return Ok(());
         }
-        // Not raced against `stop`: a receive dropped mid-flight would leave the messages SQS
-        // handed out invisible until their timeout. Finishing it costs at most one long poll,
-        // and what it brings is held and then released at the end of the run.
-        let received = source
-            .receive(
-                SQS_BATCH_LIMIT as i32,
-                settings.wait_time,
-                settings.visibility_timeout,
-            )
-            .await;
+        // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
+        // messages SQS handed out invisible until their timeout. It gets one long poll plus a
+        // few seconds to finish; what it brings is held, then released at the end of the run.
+        let grace = async {
+            stop.cancelled().await;
+            tokio::time::sleep(settings.wait_time + Duration::from_secs(5)).await;
+        };
+        let received = tokio::select! {
+            r = source.receive(SQS_BATCH_LIMIT as i32, settings.wait_time, settings.visibility_timeout) => r,
+            _ = grace => return Ok(()),
+        };
         let messages = match received {
             Ok(messages) => {
                 failures = 0;

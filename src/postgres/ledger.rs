@@ -1,9 +1,10 @@
 //! Ledger retention: pruning `sqs2pg.processed_messages` so it does not grow without bound.
 //!
 //! Why a horizon is safe: the ledger only has to recognise a message id while SQS can still
-//! deliver that message. SQS keeps a message at most 14 days (`MessageRetentionPeriod`), and a
-//! received message is back at most 12 hours later (the longest visibility timeout), so an id
-//! older than 15 days can never be delivered again. The default horizon (30 days) doubles that.
+//! deliver that message. SQS keeps a message at most 14 days (`MessageRetentionPeriod`); a move
+//! to a FIFO dead-letter queue restarts that clock for up to 14 more; and a received message is
+//! back at most 12 hours later (the longest visibility timeout). So an id older than about 28.5
+//! days can never be delivered again: the horizon may not be set below 29 days (default 30).
 //! Replay ids (`...#replayN`) are kept forever: `rejects replay --again` consults them to never
 //! load a replayed login twice, and there is one per replay, so they stay few.
 

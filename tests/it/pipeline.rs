@@ -822,6 +822,9 @@ async fn the_heartbeat_keeps_held_messages_from_coming_back() {
     // would be quarantined as poison: so a single redelivery fails this test.
     a.receivers = 1;
     a.max_receive_count = 1;
+    // The receiver keeps polling all through the slow load, so without the heartbeat it would
+    // receive the lapsed messages again (and quarantine them as poison).
+    a.wait_time_secs = 8;
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
     let summary = app::process_with(
         settings,
