@@ -461,3 +461,43 @@ async fn rejects_list_show_and_replay() {
     let list = sqs2pg(&["rejects", "list"], &env);
     assert!(String::from_utf8_lossy(&list.stdout).contains("[replayed]"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_with_a_short_visibility_load_each_message_once() {
+    let (db, queue) = crate::pipeline::fixture().await;
+    queue.send(&crate::harness::sample_bodies()).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "2"),
+    ];
+    let outputs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| sqs2pg(&["drain"], &env)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for out in &outputs {
+        assert!(out.status.success(), "{}", stderr(out));
+        assert_no_personal_data(&stderr(out));
+    }
+    let client = db.client().await;
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM public.user_logins").await, 99);
+    assert_eq!(
+        count("SELECT count(DISTINCT user_id) FROM public.user_logins").await,
+        99,
+        "every user_id once"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        1
+    );
+    assert_eq!(queue.depth().await, 0);
+}
