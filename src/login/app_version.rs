@@ -65,7 +65,9 @@ impl AppVersion {
         (self.major * 1_000_000 + self.minor * 1_000 + self.patch) as i32
     }
 
-    /// The inverse of [`AppVersion::encode`], for values this module produced.
+    /// The inverse of [`AppVersion::encode`] (the SQL function `sqs2pg.app_version_text` is the
+    /// one analysts use; this one checks the encoding in tests).
+    #[cfg(test)]
     pub fn decode(value: i32) -> Option<Self> {
         let value = u32::try_from(value).ok()?;
         let version = Self {

@@ -83,11 +83,6 @@ impl SdkQueue {
         })
     }
 
-    /// The SDK client, for operations the pipeline does not need (tests, tooling).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// The queue's URL.
     pub fn queue_url(&self) -> &str {
         &self.queue_url
@@ -203,12 +198,7 @@ impl SdkQueue {
                     message: format!("entry refused: {}", failure.code),
                 });
             }
-            if let Some(m) = failure
-                .id
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| messages.get(i))
-            {
+            if let Some(m) = entry(messages, &failure.id) {
                 retry.push(m.clone());
             }
         }
@@ -321,7 +311,7 @@ impl MessageSource for SdkQueue {
             ..DeleteOutcome::default()
         };
         for failure in out.failed {
-            let ack = failure.id.parse::<usize>().ok().and_then(|i| acks.get(i));
+            let ack = entry(acks, &failure.id);
             match ack {
                 Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
                 _ => {
@@ -364,14 +354,14 @@ impl SdkQueue {
         Ok(out
             .failed
             .iter()
-            .filter_map(|f| {
-                f.id.parse::<usize>()
-                    .ok()
-                    .and_then(|i| acks.get(i))
-                    .cloned()
-            })
+            .filter_map(|f| entry(acks, &f.id).cloned())
             .collect())
     }
+}
+
+/// The request item a batch result entry names: entries are sent with their index as id.
+fn entry<'a, T>(items: &'a [T], id: &str) -> Option<&'a T> {
+    id.parse::<usize>().ok().and_then(|i| items.get(i))
 }
 
 fn string_attribute(value: &str, data_type: &str) -> MessageAttributeValue {

@@ -6,7 +6,8 @@ use base64::Engine as _;
 
 use crate::harness::{key_file, TestDb, TestQueue};
 
-fn sqs2pg(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary with a clean environment: PATH, HOME, test AWS credentials and region, then `env`.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sqs2pg"));
     c.args(args).env_clear();
     for var in ["PATH", "HOME"] {
@@ -21,7 +22,11 @@ fn sqs2pg(args: &[&str], env: &[(&str, &str)]) -> Output {
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ]);
     c.envs(env.iter().copied());
-    c.output().unwrap()
+    c
+}
+
+fn sqs2pg(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().unwrap()
 }
 
 /// No body, ip or device_id of the sample appears in `text`.
@@ -196,13 +201,7 @@ async fn setup_send_drain_as_processes() {
     assert_eq!(line("loaded"), "99");
     assert_eq!(line("missing_field:user_id"), "1");
     assert_eq!(queue.depth().await, 0);
-    let rows: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM public.user_logins", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99);
 }
 
@@ -211,29 +210,23 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     crate::pipeline::setup(&db).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sqs2pg"));
-    c.arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs([
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
+    let mut c = command(
+        &["run"],
+        &[
             ("DATABASE_URL", db.url.as_str()),
             ("SQS2PG_QUEUE_URL", queue.url.as_str()),
             ("SQS2PG_MASK_KEY", key.as_str()),
             ("SQS2PG_WAIT_TIME_SECS", "1"),
             // Batches close only on shutdown: the rows can only come from the final flush.
             ("SQS2PG_BATCH_MAX_AGE_MS", "600000"),
-        ])
-        .stdout(std::process::Stdio::piped())
+        ],
+    );
+    c.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
 
     // The service picks up messages sent while it runs and holds them in its open batch.
     queue.send(&crate::harness::sample_bodies()).await;
-    let client = db.client().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (visible, in_flight) = queue.queue.approximate_depth().await.unwrap();
@@ -246,11 +239,7 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM public.user_logins", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 0, "nothing is committed before the batch closes");
 
     let kill = Command::new("kill")
@@ -278,11 +267,7 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
         0,
         "the flushed batch was deleted before exit"
     );
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM public.user_logins", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99);
 }
 
@@ -291,20 +276,20 @@ async fn missing_aws_credentials_stop_the_run_with_a_hint() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     crate::pipeline::setup(&db).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sqs2pg"))
-        .arg("drain")
-        .env_clear()
-        .envs([
-            ("HOME", "/nonexistent"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
+    let out = command(
+        &["drain"],
+        &[
             ("DATABASE_URL", db.url.as_str()),
             ("SQS2PG_QUEUE_URL", queue.url.as_str()),
             ("SQS2PG_MASK_KEY", key.as_str()),
             ("SQS2PG_WAIT_TIME_SECS", "1"),
-        ])
-        .output()
-        .unwrap();
+        ],
+    )
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_SECRET_ACCESS_KEY")
+    .env("HOME", "/nonexistent")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no AWS credentials could be loaded"),
@@ -428,20 +413,13 @@ async fn rejects_list_show_and_replay() {
     );
     let out = sqs2pg(&["drain"], &env);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM public.user_logins", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99, "every refused login is in after the replay, once");
-    let leap: i64 = client
-        .query_one(
-            "SELECT count(*) FROM public.user_logins WHERE create_date = '2020-02-29'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let leap = crate::pipeline::count(
+        &db,
+        "SELECT count(*) FROM public.user_logins WHERE create_date = '2020-02-29'",
+    )
+    .await;
     assert_eq!(
         leap as u64, refused,
         "replays keep their original SentTimestamp"
@@ -484,11 +462,7 @@ async fn three_processes_with_a_short_visibility_load_each_message_once() {
         assert!(out.status.success(), "{}", stderr(out));
         assert_no_personal_data(&stderr(out));
     }
-    let client = db.client().await;
-    let count = |sql: &'static str| {
-        let client = &client;
-        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
-    };
+    let count = |sql| crate::pipeline::count(&db, sql);
     assert_eq!(count("SELECT count(*) FROM public.user_logins").await, 99);
     assert_eq!(
         count("SELECT count(DISTINCT user_id) FROM public.user_logins").await,

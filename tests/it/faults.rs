@@ -1,5 +1,5 @@
 //! Test doubles at the pipeline's seams: wrappers around the real SQS client and the real
-//! loader that lose deletes, count calls or fail loads.
+//! loader that lose or refuse deletes, rewrite timestamps, count calls, or fail or slow loads.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,102 +10,56 @@ use sqs2pg::pipeline::batch::Batch;
 use sqs2pg::postgres::{BatchLoader, LoadError, LoadReport};
 use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
 
-/// Passes receives through; "loses" the first delete of each message (reports success without
-/// deleting), as if the process died between COMMIT and DeleteMessageBatch. Later deletes of
-/// the same message go through. Counts the deletes it swallowed.
-pub struct LosesFirstDeletes<S> {
-    pub inner: Arc<S>,
-    pub swallowed: AtomicU64,
-    pub seen: Mutex<HashSet<String>>,
+/// What [`FaultySource`] does to deletes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeleteFault {
+    /// Pass them through.
+    #[default]
+    None,
+    /// "Lose" the first delete of each message (report success without deleting), as if the
+    /// process died between COMMIT and DeleteMessageBatch; later deletes go through.
+    LoseFirst,
+    /// Refuse every delete for good, as SQS does for an expired receipt handle.
+    Refuse,
 }
 
-impl<S> LosesFirstDeletes<S> {
+/// The real SQS client with faults injected at the pipeline's seam: deletes lost or refused,
+/// SentTimestamp rewritten. Counts delete calls and swallowed deletes either way.
+pub struct FaultySource<S> {
+    inner: Arc<S>,
+    deletes: DeleteFault,
+    sent_timestamp: Option<i64>,
+    pub delete_calls: AtomicU64,
+    pub swallowed: AtomicU64,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl<S> FaultySource<S> {
+    /// No faults yet: everything passes through (and delete calls are counted).
     pub fn new(inner: Arc<S>) -> Self {
         Self {
             inner,
+            deletes: DeleteFault::None,
+            sent_timestamp: None,
+            delete_calls: AtomicU64::new(0),
             swallowed: AtomicU64::new(0),
             seen: Mutex::default(),
         }
     }
-}
 
-impl<S: MessageSource> MessageSource for LosesFirstDeletes<S> {
-    async fn receive(
-        &self,
-        max: i32,
-        wait: Duration,
-        visibility: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
-        self.inner.receive(max, wait, visibility).await
+    pub fn deletes(mut self, fault: DeleteFault) -> Self {
+        self.deletes = fault;
+        self
     }
 
-    async fn change_visibility(
-        &self,
-        acks: &[AckHandle],
-        timeout: Duration,
-    ) -> Result<Vec<AckHandle>, SourceError> {
-        self.inner.change_visibility(acks, timeout).await
-    }
-
-    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
-        let again: Vec<AckHandle> = {
-            let mut seen = self.seen.lock().unwrap();
-            acks.iter()
-                .filter(|a| !seen.insert(a.message_id.clone()))
-                .cloned()
-                .collect()
-        };
-        let lost = acks.len() - again.len();
-        self.swallowed.fetch_add(lost as u64, Ordering::SeqCst);
-        let mut outcome = if again.is_empty() {
-            DeleteOutcome::default()
-        } else {
-            self.inner.delete(&again).await?
-        };
-        outcome.deleted += lost;
-        Ok(outcome)
+    /// Every received message's SentTimestamp becomes `ms` (milliseconds since the epoch).
+    pub fn sent_timestamp(mut self, ms: i64) -> Self {
+        self.sent_timestamp = Some(ms);
+        self
     }
 }
 
-/// Passes receives through, refusing every delete for good (as SQS does for an expired receipt
-/// handle).
-pub struct RefusesDeletes<S> {
-    pub inner: Arc<S>,
-}
-
-impl<S: MessageSource> MessageSource for RefusesDeletes<S> {
-    async fn receive(
-        &self,
-        max: i32,
-        wait: Duration,
-        visibility: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
-        self.inner.receive(max, wait, visibility).await
-    }
-
-    async fn change_visibility(
-        &self,
-        acks: &[AckHandle],
-        timeout: Duration,
-    ) -> Result<Vec<AckHandle>, SourceError> {
-        self.inner.change_visibility(acks, timeout).await
-    }
-
-    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
-        Ok(DeleteOutcome {
-            failed: acks.len(),
-            ..DeleteOutcome::default()
-        })
-    }
-}
-
-/// Rewrites every message's SentTimestamp to a fixed value (milliseconds since the epoch).
-pub struct FixedSentTimestamp<S> {
-    pub inner: Arc<S>,
-    pub sent_timestamp: i64,
-}
-
-impl<S: MessageSource> MessageSource for FixedSentTimestamp<S> {
+impl<S: MessageSource> MessageSource for FaultySource<S> {
     async fn receive(
         &self,
         max: i32,
@@ -113,8 +67,10 @@ impl<S: MessageSource> MessageSource for FixedSentTimestamp<S> {
         visibility: Option<Duration>,
     ) -> Result<Vec<Received>, SourceError> {
         let mut messages = self.inner.receive(max, wait, visibility).await?;
-        for m in &mut messages {
-            m.sent_timestamp = self.sent_timestamp;
+        if let Some(ms) = self.sent_timestamp {
+            for m in &mut messages {
+                m.sent_timestamp = ms;
+            }
         }
         Ok(messages)
     }
@@ -128,37 +84,32 @@ impl<S: MessageSource> MessageSource for FixedSentTimestamp<S> {
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
-        self.inner.delete(acks).await
-    }
-}
-
-/// Passes everything through and counts delete calls.
-pub struct CountsDeletes<S> {
-    pub inner: Arc<S>,
-    pub deletes: AtomicU64,
-}
-
-impl<S: MessageSource> MessageSource for CountsDeletes<S> {
-    async fn receive(
-        &self,
-        max: i32,
-        wait: Duration,
-        visibility: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
-        self.inner.receive(max, wait, visibility).await
-    }
-
-    async fn change_visibility(
-        &self,
-        acks: &[AckHandle],
-        timeout: Duration,
-    ) -> Result<Vec<AckHandle>, SourceError> {
-        self.inner.change_visibility(acks, timeout).await
-    }
-
-    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
-        self.deletes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(acks).await
+        self.delete_calls.fetch_add(1, Ordering::SeqCst);
+        let passed: Vec<AckHandle> = match self.deletes {
+            DeleteFault::None => acks.to_vec(),
+            DeleteFault::Refuse => {
+                return Ok(DeleteOutcome {
+                    failed: acks.len(),
+                    ..DeleteOutcome::default()
+                })
+            }
+            DeleteFault::LoseFirst => {
+                let mut seen = self.seen.lock().unwrap();
+                acks.iter()
+                    .filter(|a| !seen.insert(a.message_id.clone()))
+                    .cloned()
+                    .collect()
+            }
+        };
+        let lost = acks.len() - passed.len();
+        self.swallowed.fetch_add(lost as u64, Ordering::SeqCst);
+        let mut outcome = if passed.is_empty() {
+            DeleteOutcome::default()
+        } else {
+            self.inner.delete(&passed).await?
+        };
+        outcome.deleted += lost;
+        Ok(outcome)
     }
 }
 

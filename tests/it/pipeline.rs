@@ -13,9 +13,7 @@ use sqs2pg::pipeline::{Mode, PipelineError, Summary};
 use sqs2pg::postgres::{Database, TableName};
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::{
-    CountsDeletes, FailingLoader, FixedSentTimestamp, LosesFirstDeletes, RefusesDeletes,
-};
+use crate::faults::{DeleteFault, FailingLoader, FaultySource};
 use crate::harness::{key_file, sample_bodies, TestDb, TestQueue};
 
 /// Drain arguments as a user would give them, with short waits for tests.
@@ -64,7 +62,7 @@ pub async fn setup(db: &TestDb) {
         .unwrap();
 }
 
-async fn count(db: &TestDb, sql: &str) -> i64 {
+pub async fn count(db: &TestDb, sql: &str) -> i64 {
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
@@ -194,7 +192,7 @@ async fn redelivery_after_a_lost_delete_adds_no_second_row() {
     // Every message's first delete is lost (a crash between COMMIT and delete), so after the
     // 1 s visibility timeout SQS redelivers all of them. Drain until every redelivery has been
     // seen (as a duplicate) and deleted, in as many runs as that takes (bounded).
-    let lossy = Arc::new(LosesFirstDeletes::new(queue.queue.clone()));
+    let lossy = Arc::new(FaultySource::new(queue.queue.clone()).deletes(DeleteFault::LoseFirst));
     let mut total = Summary::default();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while total.duplicates < 100 {
@@ -235,10 +233,7 @@ async fn create_date_is_the_utc_day_of_sent_timestamp() {
     queue.send(&sample_bodies()).await;
     let a = fresh_args(&db, &queue);
     // 2020-02-29T23:59:59.999Z: one millisecond before midnight UTC on a leap day.
-    let fixed = Arc::new(FixedSentTimestamp {
-        inner: queue.queue.clone(),
-        sent_timestamp: 1_583_020_799_999,
-    });
+    let fixed = Arc::new(FaultySource::new(queue.queue.clone()).sent_timestamp(1_583_020_799_999));
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
     app::process_with(settings, fixed, CancellationToken::new(), |l| l)
         .await
@@ -258,9 +253,7 @@ async fn drain_reports_messages_it_could_not_delete() {
     let (db, queue) = fixture().await;
     queue.send(&sample_bodies()).await;
     let a = fresh_args(&db, &queue);
-    let refusing = Arc::new(RefusesDeletes {
-        inner: queue.queue.clone(),
-    });
+    let refusing = Arc::new(FaultySource::new(queue.queue.clone()).deletes(DeleteFault::Refuse));
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
     let err = app::process_with(settings, refusing, CancellationToken::new(), |l| l)
         .await
@@ -293,10 +286,7 @@ async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing()
         .unwrap();
     queue.send(&sample_bodies()).await;
     let a = fresh_args(&db, &queue);
-    let counting = Arc::new(CountsDeletes {
-        inner: queue.queue.clone(),
-        deletes: AtomicU64::new(0),
-    });
+    let counting = Arc::new(FaultySource::new(queue.queue.clone()));
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
     let err = app::process_with(settings, counting.clone(), CancellationToken::new(), |l| l)
         .await
@@ -308,7 +298,7 @@ async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing()
         "{err}"
     );
     assert_eq!(
-        counting.deletes.load(Ordering::SeqCst),
+        counting.delete_calls.load(Ordering::SeqCst),
         0,
         "nothing may be deleted"
     );
@@ -331,10 +321,7 @@ async fn a_failing_loader_deletes_nothing_and_drain_fails() {
     queue.send(&sample_bodies()).await;
     let mut a = fresh_args(&db, &queue);
     a.visibility_timeout_secs = Some(1);
-    let counting = Arc::new(CountsDeletes {
-        inner: queue.queue.clone(),
-        deletes: AtomicU64::new(0),
-    });
+    let counting = Arc::new(FaultySource::new(queue.queue.clone()));
     let attempts = Arc::new(AtomicU64::new(0));
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
     let result = app::process_with(
@@ -358,7 +345,7 @@ async fn a_failing_loader_deletes_nothing_and_drain_fails() {
         "max_attempts bounds the retries"
     );
     assert_eq!(
-        counting.deletes.load(Ordering::SeqCst),
+        counting.delete_calls.load(Ordering::SeqCst),
         0,
         "nothing may be deleted"
     );
