@@ -3,8 +3,12 @@
 #   - a PostgreSQL server (Debian's `postgresql` package: initdb, pg_ctl, postgres, psql)
 #   - moto's SQS server (`moto[server]` from PyPI), the SQS implementation the tests talk to
 #   - python3 (for moto) and openssl (the tests make a throwaway CA for TLS tests)
-# Idempotent and quick when everything is present. Prints the moto_server command on its last
-# line (callers export it as SQS2PG_TEST_MOTO).
+#   - LocalStack 0.14.3, the exercise's own query-protocol-only SQS, in its own virtualenv from
+#     the pinned package set in scripts/pins (a plain `pip install localstack==0.14.3` does not run)
+# Idempotent and quick when everything is present. Prints the moto_server command on the
+# second-to-last line and the LocalStack 0.14.3 `localstack` command on the last (callers
+# export them as SQS2PG_TEST_MOTO and SQS2PG_TEST_LOCALSTACK). SQS2PG_SKIP_LOCALSTACK=1 skips
+# LocalStack and prints an empty last line.
 set -euo pipefail
 
 MOTO_VERSION=5.2.1
@@ -41,3 +45,23 @@ else
   moto="$venv/bin/moto_server"
 fi
 echo "$moto"
+
+localstack=""
+if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}" ]; then
+  venv="${SQS2PG_TOOLS_DIR:-$HOME/.cache/sqs2pg}/localstack-0.14.3-venv"
+  pins="$(cd "$(dirname "$0")" && pwd)/pins/localstack-0.14.3-requirements.txt"
+  if [ ! -x "$venv/bin/localstack" ] || ! cmp -s "$pins" "$venv/pins.txt"; then
+    log "installing LocalStack 0.14.3 (pinned set) into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'setuptools<70' wheel
+    "$venv/bin/pip" install -q --no-build-isolation -r "$pins"
+    # Without this placeholder LocalStack downloads a Java jar at start, even for SQS alone.
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    mkdir -p "$site/localstack/infra"
+    touch "$site/localstack/infra/localstack-utils-fat.jar"
+    cp "$pins" "$venv/pins.txt"
+  fi
+  localstack="$venv/bin/localstack"
+fi
+echo "$localstack"

@@ -15,8 +15,8 @@ use crate::login::{BodySealer, MaskKey, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
 use crate::postgres::{self as pg, quarantine, ConnectError, Database, LoginLoader, TableName};
-use crate::sqs::sdk::SqsSettings;
-use crate::sqs::{Outgoing, ReplayTag, SdkQueue, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
+use crate::sqs::queue::SqsSettings;
+use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ pub async fn process(
     mut settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<Summary, AppError> {
-    let queue = SdkQueue::connect(&settings.sqs).await?;
+    let queue = open_queue(&settings.sqs).await?;
     if settings.pipeline.visibility_timeout.is_none() {
         // The heartbeat needs the timeout the queue gives messages.
         let retry = settings.pipeline.source_retry;
@@ -86,6 +86,13 @@ pub async fn process(
         };
     }
     process_with(settings, Arc::new(queue), shutdown, |loader| loader).await
+}
+
+/// Connects to the queue and resolves a queue given by name to its URL.
+pub async fn open_queue(settings: &SqsSettings) -> Result<Queue, AppError> {
+    let mut queue = Queue::connect(settings).await?;
+    queue.locate().await?;
+    Ok(queue)
 }
 
 /// Like [`process`] but with a given source and a hook around the loader: the seam where tests
@@ -203,9 +210,11 @@ pub async fn send(
             });
         }
     }
-    let mut queue = SdkQueue::connect(settings).await?;
+    let mut queue = Queue::connect(settings).await?;
     if create_queue {
         queue.create_queue().await?;
+    } else {
+        queue.locate().await?;
     }
     let chunks: Vec<Vec<Outgoing>> = bodies
         .chunks(SQS_BATCH_LIMIT)
@@ -223,7 +232,7 @@ pub async fn send(
     Ok(sent)
 }
 
-async fn send_chunk(queue: &SdkQueue, mut chunk: Vec<Outgoing>) -> Result<u64, SourceError> {
+async fn send_chunk(queue: &Queue, mut chunk: Vec<Outgoing>) -> Result<u64, SourceError> {
     const ATTEMPTS: u32 = 5;
     let total = chunk.len() as u64;
     for attempt in 1..=ATTEMPTS {
@@ -237,13 +246,15 @@ async fn send_chunk(queue: &SdkQueue, mut chunk: Vec<Outgoing>) -> Result<u64, S
             Err(e) => return Err(e),
         };
         if attempt == ATTEMPTS {
-            return Err(error.unwrap_or_else(|| SourceError {
-                kind: SourceErrorKind::Transient,
-                operation: "SendMessageBatch",
-                message: format!(
-                    "{} entries still refused after {ATTEMPTS} attempts",
-                    chunk.len()
-                ),
+            return Err(error.unwrap_or_else(|| {
+                SourceError::new(
+                    SourceErrorKind::Transient,
+                    "SendMessageBatch",
+                    format!(
+                        "{} entries still refused after {ATTEMPTS} attempts",
+                        chunk.len()
+                    ),
+                )
             }));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
@@ -330,7 +341,7 @@ pub async fn rejects_replay(
     let sealer = BodySealer::new(key);
     let mut client = database.connect().await?;
     pg::check_ready_schema(&client).await?;
-    let queue = SdkQueue::connect(to).await?;
+    let queue = open_queue(to).await?;
     let mut report = ReplayReport::default();
     let mut done: Vec<String> = Vec::new();
     loop {
@@ -375,7 +386,7 @@ pub async fn rejects_replay(
         }
         if !outgoing.is_empty() {
             report.sent += send_chunk(&queue, outgoing).await?;
-            quarantine::mark_replayed(&tx, &ids, &counts, &to.queue_url)
+            quarantine::mark_replayed(&tx, &ids, &counts, queue.queue_url())
                 .await
                 .map_err(AppError::Query)?;
         }

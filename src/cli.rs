@@ -43,13 +43,20 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct QueueArgs {
-    /// The queue's URL, e.g. http://localhost:4566/000000000000/login-queue.
+    /// The queue's URL, e.g. http://localhost:4566/000000000000/login-queue or
+    /// https://sqs.us-east-1.amazonaws.com/123456789012/login-queue; or just its name (resolved
+    /// with GetQueueUrl on --endpoint-url, or on the region's SQS).
     #[arg(long, env = "SQS2PG_QUEUE_URL")]
     pub queue_url: Option<String>,
 
     /// SQS endpoint override. Defaults to the queue URL's origin when that is not an AWS host.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
+
+    /// SQS wire protocol: `auto` speaks JSON and switches to query if the server speaks only
+    /// that (LocalStack 0.14, the exercise's image); `json`; `query`.
+    #[arg(long, env = "SQS2PG_SQS_PROTOCOL", value_enum, default_value_t = crate::sqs::Protocol::Auto)]
+    pub sqs_protocol: crate::sqs::Protocol,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -9,7 +9,7 @@ use crate::error::RetryPolicy;
 use crate::login::mask::{KeyError, MaskKey};
 use crate::pipeline::{Mode, PipelineSettings};
 use crate::postgres::{Database, TableName};
-use crate::sqs::sdk::SqsSettings;
+use crate::sqs::queue::{is_queue_name, SqsSettings};
 
 /// Four receivers keep a few long polls in flight, enough to saturate one loader against real
 /// SQS (each call returns at most 10 messages in tens of milliseconds) without idle cost.
@@ -71,21 +71,27 @@ pub fn database(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigErro
     Ok((database, table))
 }
 
-/// Queue URL and endpoint, checked.
+/// Queue URL (or name), endpoint and protocol, checked.
 pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
-    let queue_url = args.queue_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+    let queue_url = args.queue_url.as_deref().map(str::trim).filter(|u| !u.is_empty()).ok_or_else(|| {
         ConfigError(
-            "SQS2PG_QUEUE_URL (--queue-url) is not set: set it to the queue's URL, e.g. http://localhost:4566/000000000000/login-queue".into(),
+            "SQS2PG_QUEUE_URL (--queue-url) is not set: set it to the queue's URL, e.g. http://localhost:4566/000000000000/login-queue, or to its name".into(),
         )
     })?;
     let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
-    let has_path = queue_url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.trim_end_matches('/').split_once('/'))
-        .is_some_and(|(host, path)| !host.is_empty() && !path.is_empty());
-    if !is_http(queue_url) || !has_path {
+    if queue_url.contains("://") {
+        let has_path = queue_url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.trim_end_matches('/').split_once('/'))
+            .is_some_and(|(host, path)| !host.is_empty() && !path.is_empty());
+        if !is_http(queue_url) || !has_path {
+            return Err(ConfigError(format!(
+                "SQS2PG_QUEUE_URL (--queue-url) must be an http(s) URL ending in the queue name, e.g. http://localhost:4566/000000000000/login-queue, or a queue name; got {queue_url:?}"
+            )));
+        }
+    } else if !is_queue_name(queue_url) {
         return Err(ConfigError(format!(
-            "SQS2PG_QUEUE_URL (--queue-url) must be an http(s) URL ending in the queue name, e.g. http://localhost:4566/000000000000/login-queue; got {queue_url:?}"
+            "SQS2PG_QUEUE_URL (--queue-url) {queue_url:?} is neither a URL nor a queue name (1 to 80 letters, digits, '-' or '_', optionally ending in .fifo): give the queue's URL, e.g. http://localhost:4566/000000000000/login-queue"
         )));
     }
     if let Some(endpoint) = args.endpoint_url.as_deref().filter(|e| !is_http(e)) {
@@ -96,6 +102,7 @@ pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
     Ok(SqsSettings {
         queue_url: queue_url.trim_end_matches('/').to_owned(),
         endpoint_url: args.endpoint_url.clone(),
+        protocol: args.sqs_protocol,
     })
 }
 
@@ -299,6 +306,7 @@ mod tests {
             queue: QueueArgs {
                 queue_url: Some("http://localhost:4566/000000000000/q".into()),
                 endpoint_url: None,
+                sqs_protocol: crate::sqs::Protocol::Auto,
             },
             key: KeyArgs {
                 mask_key: Some("A".repeat(44)),
@@ -354,15 +362,22 @@ mod tests {
         let args = |u: &str| QueueArgs {
             queue_url: Some(u.into()),
             endpoint_url: None,
+            sqs_protocol: crate::sqs::Protocol::Query,
         };
-        assert!(queue(&args("http://localhost:4566/000000000000/login-queue")).is_ok());
-        for bad in ["login-queue", "ftp://x/y", "http://localhost:4566"] {
+        let ok = queue(&args("http://localhost:4566/000000000000/login-queue")).unwrap();
+        assert_eq!(ok.protocol, crate::sqs::Protocol::Query);
+        assert_eq!(
+            queue(&args("login-queue")).unwrap().queue_url,
+            "login-queue"
+        );
+        for bad in ["login queue", "ftp://x/y", "http://localhost:4566", "q/x"] {
             let e = queue(&args(bad)).unwrap_err().to_string();
             assert!(e.contains("SQS2PG_QUEUE_URL"), "{bad}: {e}");
         }
         let e = queue(&QueueArgs {
             queue_url: None,
             endpoint_url: None,
+            sqs_protocol: crate::sqs::Protocol::Auto,
         })
         .unwrap_err()
         .to_string();

@@ -176,11 +176,7 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_fates() {
-        let e = |kind| SourceError {
-            kind,
-            operation: "ReceiveMessage",
-            message: String::new(),
-        };
+        let e = |kind| SourceError::new(kind, "ReceiveMessage", "");
         assert_eq!(
             fate(Outcome::Sqs(&e(SourceErrorKind::Transient))),
             Fate::Retry

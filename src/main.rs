@@ -132,6 +132,7 @@ async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
             let target = config::queue(&QueueArgs {
                 queue_url: to.or(queue.queue_url),
                 endpoint_url: queue.endpoint_url,
+                sqs_protocol: queue.sqs_protocol,
             })?;
             if reason.is_none() && ids.is_empty() && !all {
                 return Err(config::ConfigError(

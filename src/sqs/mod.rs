@@ -1,13 +1,25 @@
 //! The source: receiving messages from SQS, deleting them once their fate is committed, and
 //! sending bodies (for `sqs2pg send`). The pipeline talks to SQS only through the
-//! [`MessageSource`] trait, so a second client (the query-protocol one for old LocalStack) or a
-//! fault-injecting test double can stand in for the AWS SDK client in [`sdk`].
+//! [`MessageSource`] trait, so a fault-injecting test double can stand in for the real client.
+//!
+//! The real client is [`Queue`] ([`queue`]): it speaks the JSON protocol through the official
+//! SDK ([`sdk`]) or the query protocol through our own small client ([`query`]; old LocalStack,
+//! the exercise's own image, speaks nothing else), and in `auto` mode picks the one the server
+//! answers. What both clients hand over goes through the same checks here ([`accept`]): MD5 of
+//! the body, the attributes the pipeline needs, one delivery per message id per answer.
 
+pub mod query;
+pub mod queue;
 pub mod sdk;
+mod xml;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use md5::{Digest, Md5};
+
+pub use queue::Queue;
 pub use sdk::SdkQueue;
 
 /// SQS's own limit on messages per receive and entries per batch call.
@@ -93,6 +105,169 @@ pub struct SourceError {
     pub kind: SourceErrorKind,
     pub operation: &'static str,
     pub message: String,
+    /// The HTTP status, when the server answered at all.
+    pub status: Option<u16>,
+    /// SQS's error code, when the server answered with an error we could read.
+    pub code: Option<String>,
+}
+
+impl SourceError {
+    /// An error that did not come from a server answer (no status, no code).
+    pub fn new(kind: SourceErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            operation,
+            message: message.into(),
+            status: None,
+            code: None,
+        }
+    }
+
+    /// An error answer from the server: retryable for 5xx, 429 and throttling codes.
+    pub fn answered(
+        operation: &'static str,
+        status: u16,
+        code: Option<String>,
+        message: String,
+    ) -> Self {
+        let throttled = code.as_deref().is_some_and(|code| {
+            matches!(
+                code,
+                "ThrottlingException"
+                    | "RequestThrottled"
+                    | "ServiceUnavailable"
+                    | "InternalError"
+                    | "InternalFailure"
+                    | "KmsThrottled"
+            )
+        });
+        Self {
+            kind: if status >= 500 || status == 429 || throttled {
+                SourceErrorKind::Transient
+            } else {
+                SourceErrorKind::Permanent
+            },
+            operation,
+            message,
+            status: Some(status),
+            code,
+        }
+    }
+
+    /// The answer a query-protocol-only server (LocalStack 0.14, the exercise's image) gives a
+    /// JSON request: an HTTP error with nothing in it that reads as a JSON SQS error (0.14
+    /// answers 500 with a body of `{}`).
+    pub fn looks_query_only(&self) -> bool {
+        self.status.is_some_and(|s| s >= 400) && self.code.is_none()
+    }
+}
+
+/// The wire protocol to speak to SQS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Protocol {
+    /// JSON first; switch to query for the rest of the run if the server turns out to speak
+    /// only that.
+    #[default]
+    Auto,
+    /// The AWS JSON 1.0 protocol (the official SDK): real SQS, LocalStack 1.0 and later, moto.
+    Json,
+    /// The query protocol (form POST, XML answers): real SQS, moto, and old LocalStack (0.14,
+    /// the exercise's image), which speaks nothing else.
+    Query,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Auto => "auto",
+            Protocol::Json => "json",
+            Protocol::Query => "query",
+        })
+    }
+}
+
+/// One message as either protocol reads it off the wire, before [`accept`] checks it.
+#[derive(Default)]
+pub(crate) struct WireMessage {
+    pub message_id: Option<String>,
+    pub receipt_handle: Option<String>,
+    pub body: String,
+    pub md5_of_body: Option<String>,
+    /// System attributes `SentTimestamp` and `ApproximateReceiveCount`, as text.
+    pub sent_timestamp: Option<String>,
+    pub receive_count: Option<String>,
+    /// Our replay attributes ([`LEDGER_ID_ATTRIBUTE`], [`SENT_TIMESTAMP_ATTRIBUTE`]).
+    pub replay_ledger_id: Option<String>,
+    pub replay_sent_timestamp: Option<String>,
+}
+
+/// Messages whose body did not match the MD5 the server sent with it: not processed, counted
+/// in this metric and logged by message id; SQS redelivers them after their visibility timeout.
+pub const MD5_MISMATCHES: &str = "sqs2pg_sqs_md5_mismatches_total";
+
+/// Turns one receive answer into held messages: checks each body against its MD5, keeps one
+/// delivery per message id (old LocalStack can repeat a message within one answer), reads the
+/// attributes the pipeline needs, and dates and ledgers a replay by its original.
+pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceError> {
+    let received_at = SystemTime::now();
+    let mut seen = HashSet::with_capacity(wire.len());
+    let mut messages = Vec::with_capacity(wire.len());
+    for m in wire {
+        let (Some(message_id), Some(receipt_handle)) = (m.message_id, m.receipt_handle) else {
+            // Every real SQS message has both; without them we could neither ledger nor
+            // delete it, so leave it to come back (and be seen in the server's own metrics).
+            tracing::warn!("received a message without id or receipt handle; skipped");
+            continue;
+        };
+        if let Some(expected) = &m.md5_of_body {
+            let actual = Md5::digest(m.body.as_bytes());
+            if !hex_eq(expected, &actual) {
+                tracing::warn!(message_id, "message body does not match its MD5OfBody; not processed, SQS will redeliver it");
+                metrics::counter!(MD5_MISMATCHES).increment(1);
+                continue;
+            }
+        }
+        if !seen.insert(message_id.clone()) {
+            continue;
+        }
+        // Asked for on every receive. Without it create_date is unknown; that is the server's
+        // fault, not the message's, so stop rather than quarantine valid logins.
+        let Some(sent_timestamp) = m.sent_timestamp.and_then(|t| t.parse::<i64>().ok()) else {
+            return Err(SourceError::new(
+                SourceErrorKind::Permanent,
+                "ReceiveMessage",
+                format!(
+                    "message {message_id} came without a numeric SentTimestamp attribute; this SQS server does not support it"
+                ),
+            ));
+        };
+        let sent_timestamp = match (&m.replay_ledger_id, m.replay_sent_timestamp) {
+            (Some(_), Some(original)) => original.parse().unwrap_or(sent_timestamp),
+            _ => sent_timestamp,
+        };
+        messages.push(Received {
+            ledger_id: m.replay_ledger_id.unwrap_or_else(|| message_id.clone()),
+            ack: AckHandle {
+                message_id,
+                receipt_handle,
+            },
+            body: m.body,
+            sent_timestamp,
+            receive_count: m.receive_count.and_then(|c| c.parse().ok()).unwrap_or(1),
+            received_at,
+        });
+    }
+    Ok(messages)
+}
+
+/// Case-insensitive comparison of a hex string with bytes, without allocating.
+fn hex_eq(hex: &str, bytes: &[u8]) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    hex.len() == bytes.len() * 2
+        && hex.as_bytes().chunks(2).zip(bytes).all(|(pair, b)| {
+            pair[0].to_ascii_lowercase() == DIGITS[usize::from(b >> 4)]
+                && pair[1].to_ascii_lowercase() == DIGITS[usize::from(b & 15)]
+        })
 }
 
 /// The calls the pipeline makes on a queue.
@@ -119,4 +294,88 @@ pub trait MessageSource: Send + Sync + 'static {
         acks: &[AckHandle],
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<AckHandle>, SourceError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(id: &str, body: &str, md5: Option<&str>) -> WireMessage {
+        WireMessage {
+            message_id: Some(id.into()),
+            receipt_handle: Some(format!("rh-{id}")),
+            body: body.into(),
+            md5_of_body: md5.map(str::to_owned),
+            sent_timestamp: Some("1700000000000".into()),
+            receive_count: Some("2".into()),
+            ..WireMessage::default()
+        }
+    }
+
+    #[test]
+    fn bodies_must_match_their_md5_and_repeats_in_one_answer_are_dropped() {
+        // md5("hello") = 5d41402abc4b2a76b9719d911017c592
+        let recorder = crate::telemetry::metrics::testing::Counters::default();
+        let got = metrics::with_local_recorder(&recorder, || accept(vec![
+            wire("a", "hello", Some("5d41402abc4b2a76b9719d911017c592")),
+            wire("b", "hello", Some("5D41402ABC4B2A76B9719D911017C592")),
+            wire("c", "hellO", Some("5d41402abc4b2a76b9719d911017c592")),
+            wire("a", "hello", Some("5d41402abc4b2a76b9719d911017c592")),
+            wire("d", "no md5 sent", None),
+        ]))
+        .unwrap();
+        assert_eq!(
+            recorder.snapshot().get(&format!("{MD5_MISMATCHES}{{}}")),
+            Some(&1),
+            "the mismatch is counted"
+        );
+        let ids: Vec<&str> = got.iter().map(|m| m.ack.message_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "d"]);
+        assert_eq!(got[0].receive_count, 2);
+        assert_eq!(got[0].sent_timestamp, 1_700_000_000_000);
+        assert_eq!(got[0].ledger_id, "a");
+    }
+
+    #[test]
+    fn a_replay_keeps_its_ledger_id_and_original_send_time() {
+        let mut m = wire("new-id", "x", None);
+        m.replay_ledger_id = Some("old-id#1".into());
+        m.replay_sent_timestamp = Some("1600000000000".into());
+        let got = accept(vec![m]).unwrap();
+        assert_eq!(got[0].ledger_id, "old-id#1");
+        assert_eq!(got[0].sent_timestamp, 1_600_000_000_000);
+        assert_eq!(got[0].ack.message_id, "new-id");
+    }
+
+    #[test]
+    fn a_message_without_sent_timestamp_stops_the_run() {
+        let mut m = wire("a", "x", None);
+        m.sent_timestamp = None;
+        let err = accept(vec![m]).unwrap_err();
+        assert_eq!(err.kind, SourceErrorKind::Permanent);
+        assert!(err.message.contains("SentTimestamp"), "{err}");
+    }
+
+    #[test]
+    fn errors_are_classified_by_status_and_code() {
+        let e = |status, code: Option<&str>| {
+            SourceError::answered("X", status, code.map(str::to_owned), String::new())
+        };
+        assert_eq!(
+            e(500, Some("InternalError")).kind,
+            SourceErrorKind::Transient
+        );
+        assert_eq!(
+            e(400, Some("RequestThrottled")).kind,
+            SourceErrorKind::Transient
+        );
+        assert_eq!(e(429, None).kind, SourceErrorKind::Transient);
+        assert_eq!(
+            e(403, Some("SignatureDoesNotMatch")).kind,
+            SourceErrorKind::Permanent
+        );
+        assert!(e(500, None).looks_query_only());
+        assert!(!e(500, Some("InternalError")).looks_query_only());
+        assert!(!SourceError::new(SourceErrorKind::Transient, "X", "refused").looks_query_only());
+    }
 }

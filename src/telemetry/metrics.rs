@@ -35,8 +35,9 @@ pub fn record_load_retry() {
     metrics::counter!(LOAD_RETRIES).increment(1);
 }
 
+/// A recorder for unit tests that keeps counters by `name{label=value,...}`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
@@ -45,11 +46,20 @@ mod tests {
         Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
     };
 
-    use super::*;
-
-    /// A recorder that keeps counters by `name{label=value,...}`.
     #[derive(Default)]
-    struct Counters(Mutex<BTreeMap<String, Arc<Value>>>);
+    pub(crate) struct Counters(Mutex<BTreeMap<String, Arc<Value>>>);
+
+    impl Counters {
+        /// Every counter so far, by `name{labels}`.
+        pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.load(Ordering::Relaxed)))
+                .collect()
+        }
+    }
 
     #[derive(Default)]
     struct Value(AtomicU64);
@@ -83,6 +93,14 @@ mod tests {
             Histogram::noop()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::testing::Counters;
+    use super::*;
 
     #[test]
     fn a_batch_is_counted_by_reason() {
@@ -96,13 +114,7 @@ mod tests {
             record_batch(11, &report, 1);
             record_load_retry();
         });
-        let got: BTreeMap<String, u64> = recorder
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.load(Ordering::Relaxed)))
-            .collect();
+        let got = recorder.snapshot();
         let want: BTreeMap<String, u64> = [
             ("sqs2pg_duplicates_skipped_total{}", 1),
             ("sqs2pg_load_retries_total{}", 1),

@@ -1,9 +1,12 @@
 //! Real servers for the integration tests: one PostgreSQL cluster and one moto SQS server per
-//! test process, on free loopback ports, started on first use; a fresh database and a fresh
-//! queue for each test. A watchdog process stops both servers when the test process exits.
+//! test process, on free loopback ports, started on first use, and LocalStack 0.14.3 (the
+//! exercise's own, query-only SQS) when a test asks for it; a fresh database and a fresh queue
+//! for each test. A watchdog process stops the servers when the test process exits.
 //!
 //! Overrides: `SQS2PG_TEST_PG_BINDIR` (PostgreSQL's bin directory, default the newest under
-//! /usr/lib/postgresql) and `SQS2PG_TEST_MOTO` (the moto_server command).
+//! /usr/lib/postgresql), `SQS2PG_TEST_MOTO` (the moto_server command) and
+//! `SQS2PG_TEST_LOCALSTACK` (LocalStack 0.14.3's `localstack` command, default the one
+//! `scripts/install-deps.sh` installs).
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -13,8 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqs2pg::sqs::sdk::SqsSettings;
-use sqs2pg::sqs::SdkQueue;
+use sqs2pg::sqs::queue::SqsSettings;
+use sqs2pg::sqs::{Protocol, Queue};
 
 pub struct Servers {
     pub pg_port: u16,
@@ -243,6 +246,76 @@ fn start_servers() -> Servers {
     }
 }
 
+static LOCALSTACK_014: OnceLock<String> = OnceLock::new();
+
+/// The endpoint of LocalStack 0.14.3, started on first call (about 5 s) with its own watchdog.
+pub fn localstack_014() -> &'static str {
+    LOCALSTACK_014.get_or_init(start_localstack_014)
+}
+
+// The server and its watchdog outlive this process by design; the watchdog reaps them.
+#[allow(clippy::zombie_processes)]
+fn start_localstack_014() -> String {
+    use std::os::unix::process::CommandExt;
+    let command = std::env::var("SQS2PG_TEST_LOCALSTACK").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/sqs2pg/localstack-0.14.3-venv/bin/localstack",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        Path::new(&command).exists(),
+        "LocalStack 0.14.3 not found at {command}: run scripts/install-deps.sh, or set SQS2PG_TEST_LOCALSTACK"
+    );
+    let root = std::env::temp_dir().join(unique("sqs2pg-ls014"));
+    std::fs::create_dir_all(&root).unwrap();
+    let port = free_port();
+    let log_path = root.join("localstack.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let server = Command::new(&command)
+        .args(["start", "--host", "--no-banner"])
+        .envs([
+            ("SERVICES", "sqs"),
+            ("EDGE_PORT", &port.to_string()),
+            ("EDGE_BIND_HOST", "127.0.0.1"),
+            ("HOSTNAME_EXTERNAL", "127.0.0.1"),
+            ("LOCALSTACK_HOSTNAME", "127.0.0.1"),
+            ("DISABLE_EVENTS", "1"),
+            ("SKIP_SSL_CERT_DOWNLOAD", "1"),
+            ("DNS_ADDRESS", "0"),
+            ("EAGER_SERVICE_LOADING", "1"),
+        ])
+        .env("TMPDIR", &root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+    // It can take 15 s to stop on TERM, and once ignored it: TERM the group, then KILL.
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill -TERM -{ls} 2>/dev/null; \
+         for i in $(seq 1 15); do kill -0 {ls} 2>/dev/null || break; sleep 1; done; \
+         kill -KILL -{ls} 2>/dev/null; rm -rf {root}",
+        pid = std::process::id(),
+        ls = server.id(),
+        root = root.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("watchdog");
+    // "Ready." is logged once SQS is loaded (eager loading); the port alone opens earlier.
+    wait_for("LocalStack 0.14.3 to be ready", Duration::from_secs(120), || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.lines().any(|l| l.trim() == "Ready."))
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
 /// A throwaway CA and a server certificate for `localhost` (not for 127.0.0.1, so host name
 /// checks can be seen to fail) signed by it (openssl CLI).
 fn make_certificates(root: &Path, as_postgres: bool) -> PathBuf {
@@ -333,27 +406,64 @@ async fn connect_url(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A fresh queue on the shared moto server.
+/// The SQS servers (and protocols) the tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sqs {
+    /// moto, spoken to in JSON (the official SDK).
+    MotoJson,
+    /// moto, spoken to in the query protocol (our own client).
+    MotoQuery,
+    /// LocalStack 0.14.3, the exercise's own SQS, which speaks only query; reached with
+    /// `--sqs-protocol auto`, as a user with no flags would.
+    LocalStack014,
+}
+
+impl Sqs {
+    pub fn endpoint(self) -> String {
+        match self {
+            Sqs::MotoJson | Sqs::MotoQuery => servers().sqs_endpoint.clone(),
+            Sqs::LocalStack014 => localstack_014().to_owned(),
+        }
+    }
+
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Sqs::MotoJson => Protocol::Json,
+            Sqs::MotoQuery => Protocol::Query,
+            Sqs::LocalStack014 => Protocol::Auto,
+        }
+    }
+}
+
+/// A fresh queue on one of the SQS servers.
 pub struct TestQueue {
     pub url: String,
-    pub queue: Arc<SdkQueue>,
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub queue: Arc<Queue>,
 }
 
 impl TestQueue {
+    /// A fresh queue on moto, in JSON.
     pub async fn new() -> Self {
-        let s = servers();
+        Self::on(Sqs::MotoJson).await
+    }
+
+    /// A fresh queue on the given server.
+    pub async fn on(sqs: Sqs) -> Self {
+        servers();
+        let endpoint = sqs.endpoint();
         let settings = SqsSettings {
-            queue_url: format!(
-                "{}/000000000000/{}",
-                s.sqs_endpoint,
-                unique("q").replace('_', "-")
-            ),
-            endpoint_url: Some(s.sqs_endpoint.clone()),
+            queue_url: format!("{endpoint}/000000000000/{}", unique("q").replace('_', "-")),
+            endpoint_url: Some(endpoint.clone()),
+            protocol: sqs.protocol(),
         };
-        let mut queue = SdkQueue::connect(&settings).await.unwrap();
+        let mut queue = Queue::connect(&settings).await.unwrap();
         queue.create_queue().await.unwrap();
         Self {
             url: queue.queue_url().to_owned(),
+            endpoint,
+            protocol: sqs.protocol(),
             queue: Arc::new(queue),
         }
     }

@@ -14,7 +14,7 @@ use sqs2pg::postgres::{Database, TableName};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{DeleteFault, FailingLoader, FaultySource};
-use crate::harness::{key_file, sample_bodies, TestDb, TestQueue};
+use crate::harness::{key_file, sample_bodies, Sqs, TestDb, TestQueue};
 
 /// Drain arguments as a user would give them, with short waits for tests.
 pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
@@ -25,7 +25,8 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         },
         queue: QueueArgs {
             queue_url: Some(queue.url.clone()),
-            endpoint_url: Some(crate::harness::servers().sqs_endpoint.clone()),
+            endpoint_url: Some(queue.endpoint.clone()),
+            sqs_protocol: queue.protocol,
         },
         key: KeyArgs {
             mask_key: None,
@@ -43,11 +44,42 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
     }
 }
 
-/// A fresh database (set up) and a fresh queue.
+/// A fresh database (set up) and a fresh queue on moto, spoken to in JSON.
 pub async fn fixture() -> (TestDb, TestQueue) {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    fixture_on(Sqs::MotoJson).await
+}
+
+/// A fresh database (set up) and a fresh queue on the given SQS server.
+pub async fn fixture_on(sqs: Sqs) -> (TestDb, TestQueue) {
+    let (db, queue) = (TestDb::new().await, TestQueue::on(sqs).await);
     setup(&db).await;
     (db, queue)
+}
+
+/// Runs the core test `$case(sqs: Sqs)` against every SQS server and protocol, as tests
+/// `$case::moto_json`, `$case::moto_query` and `$case::localstack_0_14` (query-only, reached
+/// with `auto`).
+macro_rules! on_every_sqs {
+    ($case:ident) => {
+        mod $case {
+            use crate::harness::Sqs;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn moto_json() {
+                super::$case(Sqs::MotoJson).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn moto_query() {
+                super::$case(Sqs::MotoQuery).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn localstack_0_14() {
+                super::$case(Sqs::LocalStack014).await
+            }
+        }
+    };
 }
 
 /// Drain arguments with a freshly generated masking key.
@@ -73,9 +105,13 @@ pub async fn drain(args: &PipelineArgs) -> Summary {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs() {
-    let (db, queue) = fixture().await;
+on_every_sqs!(sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs);
+async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs(sqs: Sqs) {
+    let (db, queue) = fixture_on(sqs).await;
+    if sqs == Sqs::LocalStack014 {
+        // `auto` found out, on creating the queue, that this server speaks only query.
+        assert_eq!(queue.queue.protocol_in_use(), sqs2pg::sqs::Protocol::Query);
+    }
     let bodies = sample_bodies();
     assert_eq!(bodies.len(), 100);
     let day_before = time::OffsetDateTime::now_utc().date();
@@ -182,9 +218,9 @@ async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs
     assert!(!text.contains(&key), "the key reached the logs");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_after_a_lost_delete_adds_no_second_row() {
-    let (db, queue) = fixture().await;
+on_every_sqs!(redelivery_after_a_lost_delete_adds_no_second_row);
+async fn redelivery_after_a_lost_delete_adds_no_second_row(sqs: Sqs) {
+    let (db, queue) = fixture_on(sqs).await;
     queue.send(&sample_bodies()).await;
     let mut a = fresh_args(&db, &queue);
     a.visibility_timeout_secs = Some(1);
@@ -635,9 +671,9 @@ fn bad_corpus(good: &str) -> Vec<(String, &'static str)> {
     corpus
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_class_of_bad_message_is_quarantined_with_its_code_among_good_ones() {
-    let (db, queue) = fixture().await;
+on_every_sqs!(every_class_of_bad_message_is_quarantined_with_its_code_among_good_ones);
+async fn every_class_of_bad_message_is_quarantined_with_its_code_among_good_ones(sqs: Sqs) {
+    let (db, queue) = fixture_on(sqs).await;
     let sample = sample_bodies();
     let corpus = bad_corpus(&sample[0]);
     let mut expected = std::collections::HashMap::new();

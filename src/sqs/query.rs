@@ -1,0 +1,540 @@
+//! [`MessageSource`] on the SQS **query protocol**: form-encoded POSTs with `Action=...`, XML
+//! answers. Old LocalStack (0.14, the exercise's own image) speaks nothing else, and the
+//! official Rust SDK speaks only JSON, so this small client is our own: no crate offers the
+//! query protocol for SQS. It covers exactly the calls the pipeline, `send` and replay make.
+//!
+//! Requests are signed with SigV4 by the official `aws-sigv4` crate, with credentials from the
+//! same provider chain the SDK uses (so it works against real SQS too); answers are read with
+//! quick-xml ([`super::xml`]), including error answers and per-entry batch failures. HTTP is
+//! hyper with rustls on ring, the stack the SDK itself runs on.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderValue, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::xml::Element;
+use super::{
+    accept, AckHandle, DeleteOutcome, MessageSource, Outgoing, Received, SourceError,
+    SourceErrorKind, WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
+};
+
+/// The SQS API version every query request names.
+const API_VERSION: &str = "2012-11-05";
+/// Longest a call may take, answer included; well above the longest long poll (20 s), like the
+/// SDK client's attempt timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Credentials with an expiry are fetched again this long before it.
+const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// An SQS queue reached through the query protocol.
+pub struct QueryQueue {
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Where requests go: the endpoint's root.
+    endpoint: Uri,
+    host: HeaderValue,
+    queue_url: String,
+    region: String,
+    provider: Option<SharedCredentialsProvider>,
+    /// The provider's last answer (the SDK caches in its own runtime; we cache here).
+    cached: tokio::sync::Mutex<Option<Credentials>>,
+}
+
+impl std::fmt::Debug for QueryQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryQueue")
+            .field("endpoint", &self.endpoint)
+            .field("queue_url", &self.queue_url)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueryQueue {
+    /// A client that POSTs to `endpoint` (`scheme://host[:port]`), signing for `region`.
+    pub fn new(
+        endpoint: &str,
+        region: String,
+        provider: Option<SharedCredentialsProvider>,
+        queue_url: String,
+    ) -> Result<Self, String> {
+        let endpoint: Uri = format!("{}/", endpoint.trim_end_matches('/'))
+            .parse()
+            .map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
+        let host = endpoint
+            .authority()
+            .ok_or_else(|| format!("endpoint {endpoint} has no host"))?
+            .as_str()
+            .parse::<HeaderValue>()
+            .map_err(|e| format!("endpoint {endpoint}: {e}"))?;
+        let provider_ring = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(provider_ring)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        Ok(Self {
+            http,
+            endpoint,
+            host,
+            queue_url,
+            region,
+            provider,
+            cached: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Points this client at another queue URL.
+    pub fn set_queue_url(&mut self, url: String) {
+        self.queue_url = url;
+    }
+
+    /// `CreateQueue` (idempotent): the URL of the queue named `name`.
+    pub async fn create_queue(&self, name: &str) -> Result<String, SourceError> {
+        self.queue_url_call("CreateQueue", name).await
+    }
+
+    /// `GetQueueUrl`: the URL of the queue named `name`.
+    pub async fn get_queue_url(&self, name: &str) -> Result<String, SourceError> {
+        self.queue_url_call("GetQueueUrl", name).await
+    }
+
+    async fn queue_url_call(
+        &self,
+        action: &'static str,
+        name: &str,
+    ) -> Result<String, SourceError> {
+        let result = self
+            .call(action, vec![("QueueName".into(), name.into())], false)
+            .await?;
+        result
+            .text_of("QueueUrl")
+            .map(str::to_owned)
+            .ok_or_else(|| unreadable(action, "no QueueUrl in the answer"))
+    }
+
+    /// The queue's own `VisibilityTimeout`.
+    pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
+        let attrs = self.attributes(&["VisibilityTimeout"]).await?;
+        let secs = attrs
+            .iter()
+            .find(|(name, _)| name == "VisibilityTimeout")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(30);
+        Ok(Duration::from_secs(secs))
+    }
+
+    /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
+    pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
+        let attrs = self
+            .attributes(&[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+            ])
+            .await?;
+        let get = |wanted: &str| -> u64 {
+            attrs
+                .iter()
+                .find(|(name, _)| name == wanted)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((
+            get("ApproximateNumberOfMessages"),
+            get("ApproximateNumberOfMessagesNotVisible"),
+        ))
+    }
+
+    async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
+        let params = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (format!("AttributeName.{}", i + 1), (*name).to_owned()))
+            .collect();
+        let result = self.call("GetQueueAttributes", params, true).await?;
+        Ok(result
+            .name_values("Attribute")
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect())
+    }
+
+    /// Sends up to 10 bodies in one `SendMessageBatch`; returns the bodies SQS refused with a
+    /// retryable error (the caller retries them), or an error for a permanent refusal.
+    pub async fn send_batch(&self, messages: &[Outgoing]) -> Result<Vec<Outgoing>, SourceError> {
+        debug_assert!(messages.len() <= SQS_BATCH_LIMIT);
+        let mut params = Vec::with_capacity(messages.len() * 2);
+        for (i, m) in messages.iter().enumerate() {
+            let entry = format!("SendMessageBatchRequestEntry.{}", i + 1);
+            params.push((format!("{entry}.Id"), i.to_string()));
+            params.push((format!("{entry}.MessageBody"), m.body.clone()));
+            if let Some(tag) = &m.replay {
+                let mut attributes = vec![(LEDGER_ID_ATTRIBUTE, "String", tag.ledger_id.clone())];
+                if let Some(ts) = tag.sent_timestamp {
+                    attributes.push((SENT_TIMESTAMP_ATTRIBUTE, "Number", ts.to_string()));
+                }
+                for (j, (name, data_type, value)) in attributes.into_iter().enumerate() {
+                    let attribute = format!("{entry}.MessageAttribute.{}", j + 1);
+                    params.push((format!("{attribute}.Name"), name.to_owned()));
+                    params.push((format!("{attribute}.Value.DataType"), data_type.to_owned()));
+                    params.push((format!("{attribute}.Value.StringValue"), value));
+                }
+            }
+        }
+        let result = self.call("SendMessageBatch", params, true).await?;
+        let mut retry = Vec::new();
+        for failure in failures(&result) {
+            if failure.sender_fault {
+                return Err(SourceError::new(
+                    SourceErrorKind::Permanent,
+                    "SendMessageBatch",
+                    format!("entry refused: {}", failure.code),
+                ));
+            }
+            if let Some(m) = entry(messages, failure.id) {
+                retry.push(m.clone());
+            }
+        }
+        Ok(retry)
+    }
+
+    /// One signed call; returns the `{Action}Result` element of a successful answer.
+    async fn call(
+        &self,
+        action: &'static str,
+        params: Vec<(String, String)>,
+        with_queue_url: bool,
+    ) -> Result<Element, SourceError> {
+        let body = {
+            // The serializer is not `Send`: built and finished before any await.
+            let mut form = form_urlencoded::Serializer::new(String::with_capacity(256));
+            form.append_pair("Action", action);
+            form.append_pair("Version", API_VERSION);
+            if with_queue_url {
+                form.append_pair("QueueUrl", &self.queue_url);
+            }
+            for (name, value) in &params {
+                form.append_pair(name, value);
+            }
+            form.finish()
+        };
+        let mut request = http::Request::post(self.endpoint.clone())
+            .header(HOST, self.host.clone())
+            .header(
+                CONTENT_TYPE,
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(())
+            .map_err(|e| SourceError::new(SourceErrorKind::Permanent, action, e.to_string()))?;
+        self.sign(action, &mut request, body.as_bytes()).await?;
+        let request = request.map(|()| Full::new(Bytes::from(body)));
+
+        let exchange = async {
+            let response = self.http.request(request).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, bytes))
+        };
+        let (status, bytes) = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                return Err(SourceError::new(
+                    SourceErrorKind::Transient,
+                    action,
+                    format!("{}: {}", self.endpoint, chain(e.as_ref())),
+                ))
+            }
+            Err(_) => {
+                return Err(SourceError::new(
+                    SourceErrorKind::Transient,
+                    action,
+                    format!("no answer from {} within {CALL_TIMEOUT:?}", self.endpoint),
+                ))
+            }
+        };
+        let status = status.as_u16();
+        let root = Element::parse(&bytes);
+        if (200..300).contains(&status) {
+            let root = root.map_err(|e| unreadable(action, &format!("answer is not XML: {e}")))?;
+            let result_name = format!("{action}Result");
+            // An action without a result element (none of ours) would answer with metadata only.
+            return Ok(root.child(&result_name).cloned().unwrap_or_default());
+        }
+        // <ErrorResponse><Error><Type/><Code/><Message/></Error>...</ErrorResponse>
+        let error = root.ok().and_then(|r| {
+            let e = r.child("Error")?;
+            Some((
+                e.text_of("Code")?.to_owned(),
+                e.text_of("Message").unwrap_or("").to_owned(),
+            ))
+        });
+        Err(match error {
+            Some((code, text)) => SourceError::answered(
+                action,
+                status,
+                Some(code.clone()),
+                format!("{code} (HTTP {status}): {text}"),
+            ),
+            None => SourceError::answered(
+                action,
+                status,
+                None,
+                format!("HTTP {status} with no SQS error in the answer"),
+            ),
+        })
+    }
+
+    /// Adds the SigV4 headers (`Authorization`, `X-Amz-Date`, and the session token if any).
+    async fn sign(
+        &self,
+        action: &'static str,
+        request: &mut http::Request<()>,
+        body: &[u8],
+    ) -> Result<(), SourceError> {
+        let credentials = self.credentials(action).await?;
+        let identity = credentials.into();
+        let failed = |e: &dyn std::fmt::Display| {
+            SourceError::new(SourceErrorKind::Permanent, action, format!("signing: {e}"))
+        };
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("sqs")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| failed(&e))?
+            .into();
+        let instructions = {
+            let uri = request.uri().to_string();
+            let headers = request
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+            let signable = SignableRequest::new("POST", uri, headers, SignableBody::Bytes(body))
+                .map_err(|e| failed(&e))?;
+            sign(signable, &params)
+                .map_err(|e| failed(&e))?
+                .into_parts()
+                .0
+        };
+        instructions.apply_to_request_http1x(request);
+        Ok(())
+    }
+
+    async fn credentials(&self, action: &'static str) -> Result<Credentials, SourceError> {
+        let Some(provider) = &self.provider else {
+            return Err(no_credentials(action));
+        };
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref() {
+            let fresh_until = SystemTime::now() + CREDENTIALS_REFRESH_MARGIN;
+            if c.expiry().is_none_or(|expiry| expiry > fresh_until) {
+                return Ok(c.clone());
+            }
+        }
+        let credentials = provider.provide_credentials().await.map_err(|e| match e {
+            CredentialsError::CredentialsNotLoaded(_) => no_credentials(action),
+            CredentialsError::InvalidConfiguration(_) => SourceError::new(
+                SourceErrorKind::Permanent,
+                action,
+                format!("AWS credentials: {}", chain(&e)),
+            ),
+            _ => SourceError::new(
+                SourceErrorKind::Transient,
+                action,
+                format!("AWS credentials: {}", chain(&e)),
+            ),
+        })?;
+        *cached = Some(credentials.clone());
+        Ok(credentials)
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        debug_assert!(acks.len() <= SQS_BATCH_LIMIT);
+        let mut params = Vec::with_capacity(acks.len() * 3);
+        for (i, ack) in acks.iter().enumerate() {
+            let entry = format!("ChangeMessageVisibilityBatchRequestEntry.{}", i + 1);
+            params.push((format!("{entry}.Id"), i.to_string()));
+            params.push((format!("{entry}.ReceiptHandle"), ack.receipt_handle.clone()));
+            params.push((
+                format!("{entry}.VisibilityTimeout"),
+                timeout.as_secs().to_string(),
+            ));
+        }
+        let result = self
+            .call("ChangeMessageVisibilityBatch", params, true)
+            .await?;
+        Ok(failures(&result)
+            .filter_map(|f| entry(acks, f.id).cloned())
+            .collect())
+    }
+}
+
+impl MessageSource for QueryQueue {
+    async fn receive(
+        &self,
+        max_messages: i32,
+        wait: Duration,
+        visibility_timeout: Option<Duration>,
+    ) -> Result<Vec<Received>, SourceError> {
+        let mut params = vec![
+            ("MaxNumberOfMessages".into(), max_messages.to_string()),
+            ("WaitTimeSeconds".into(), wait.as_secs().to_string()),
+            ("AttributeName.1".into(), "SentTimestamp".into()),
+            ("AttributeName.2".into(), "ApproximateReceiveCount".into()),
+            ("MessageAttributeName.1".into(), LEDGER_ID_ATTRIBUTE.into()),
+            (
+                "MessageAttributeName.2".into(),
+                SENT_TIMESTAMP_ATTRIBUTE.into(),
+            ),
+        ];
+        if let Some(v) = visibility_timeout {
+            params.push(("VisibilityTimeout".into(), v.as_secs().to_string()));
+        }
+        let result = self.call("ReceiveMessage", params, true).await?;
+        let wire = result
+            .children("Message")
+            .map(|m| {
+                let attribute = |wanted: &str| {
+                    m.name_values("Attribute")
+                        .find(|(name, _)| *name == wanted)
+                        .map(|(_, v)| v.to_owned())
+                };
+                let custom = |wanted: &str| {
+                    m.children("MessageAttribute")
+                        .find(|a| a.text_of("Name") == Some(wanted))
+                        .and_then(|a| a.child("Value")?.text_of("StringValue"))
+                        .map(str::to_owned)
+                };
+                WireMessage {
+                    message_id: m.text_of("MessageId").map(str::to_owned),
+                    receipt_handle: m.text_of("ReceiptHandle").map(str::to_owned),
+                    body: m.text_of("Body").unwrap_or_default().to_owned(),
+                    md5_of_body: m.text_of("MD5OfBody").map(str::to_owned),
+                    sent_timestamp: attribute("SentTimestamp"),
+                    receive_count: attribute("ApproximateReceiveCount"),
+                    replay_ledger_id: custom(LEDGER_ID_ATTRIBUTE),
+                    replay_sent_timestamp: custom(SENT_TIMESTAMP_ATTRIBUTE),
+                }
+            })
+            .collect();
+        accept(wire)
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+        debug_assert!(acks.len() <= SQS_BATCH_LIMIT);
+        let mut params = Vec::with_capacity(acks.len() * 2);
+        for (i, ack) in acks.iter().enumerate() {
+            let entry = format!("DeleteMessageBatchRequestEntry.{}", i + 1);
+            params.push((format!("{entry}.Id"), i.to_string()));
+            params.push((format!("{entry}.ReceiptHandle"), ack.receipt_handle.clone()));
+        }
+        let result = self.call("DeleteMessageBatch", params, true).await?;
+        let mut outcome = DeleteOutcome {
+            deleted: result.children("DeleteMessageBatchResultEntry").count(),
+            ..DeleteOutcome::default()
+        };
+        for failure in failures(&result) {
+            match entry(acks, failure.id) {
+                Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
+                _ => {
+                    tracing::warn!(code = %failure.code, "delete refused by sqs; the message will come back and be deleted as a duplicate");
+                    outcome.failed += 1;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        self.change_visibility_batch(acks, timeout).await
+    }
+}
+
+/// One `BatchResultErrorEntry`.
+struct Failure<'a> {
+    id: &'a str,
+    code: &'a str,
+    sender_fault: bool,
+}
+
+fn failures(result: &Element) -> impl Iterator<Item = Failure<'_>> {
+    result.children("BatchResultErrorEntry").map(|e| Failure {
+        id: e.text_of("Id").unwrap_or(""),
+        code: e.text_of("Code").unwrap_or("unknown"),
+        sender_fault: e
+            .text_of("SenderFault")
+            .is_some_and(|f| f.trim().eq_ignore_ascii_case("true")),
+    })
+}
+
+/// The request item a batch result entry names: entries are sent with their index as id.
+fn entry<'a, T>(items: &'a [T], id: &str) -> Option<&'a T> {
+    id.parse::<usize>().ok().and_then(|i| items.get(i))
+}
+
+/// A 2xx answer we cannot read: the server is not speaking SQS's query protocol.
+fn unreadable(action: &'static str, why: &str) -> SourceError {
+    SourceError::new(
+        SourceErrorKind::Permanent,
+        action,
+        format!("the server's answer is not an SQS query-protocol answer ({why})"),
+    )
+}
+
+fn no_credentials(action: &'static str) -> SourceError {
+    SourceError::new(
+        SourceErrorKind::Permanent,
+        action,
+        "no AWS credentials could be loaded: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+         (any values for LocalStack or moto), or AWS_PROFILE, or run with an IAM role",
+    )
+}
+
+/// An error and its causes, joined: hyper's own message alone is often just "client error".
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}

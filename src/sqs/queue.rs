@@ -1,0 +1,390 @@
+//! [`Queue`], the client the commands use: where the queue is (any URL spelling users paste,
+//! or just a name), the AWS configuration both protocols share (credentials chain, region,
+//! endpoint, TLS), and which protocol to speak. In `auto` mode it speaks JSON until the server
+//! answers like a query-only one, then re-asks in query and, if the server answers that, speaks
+//! query for the rest of the run (logged once).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
+use aws_sdk_sqs::config::Region;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+use crate::config::ConfigError;
+
+use super::query::QueryQueue;
+use super::sdk::SdkQueue;
+use super::{
+    AckHandle, DeleteOutcome, MessageSource, Outgoing, Protocol, Received, SourceError,
+    SourceErrorKind,
+};
+
+/// Region used for a local SQS server (LocalStack, moto) when none is configured: they accept
+/// any region, and the exercise's instructions set none.
+pub const LOCAL_DEFAULT_REGION: &str = "us-east-1";
+
+/// Where and how to reach the queue.
+#[derive(Debug, Clone)]
+pub struct SqsSettings {
+    /// The queue's URL, or just its name (then resolved with `GetQueueUrl`).
+    pub queue_url: String,
+    /// Endpoint override (`AWS_ENDPOINT_URL`); when unset and the queue URL is not an AWS one,
+    /// the queue URL's origin is used, so `http://localhost:4566/000000000000/q` just works.
+    pub endpoint_url: Option<String>,
+    pub protocol: Protocol,
+}
+
+/// An SQS queue, reached over JSON or query (see the module docs).
+#[derive(Debug)]
+pub struct Queue {
+    json: SdkQueue,
+    query: QueryQueue,
+    protocol: Protocol,
+    /// Set once `auto` found a query-only server (or `query` was asked for).
+    on_query: AtomicBool,
+    queue_url: String,
+}
+
+/// Runs one call on the client the protocol choice says, switching `auto` to query when the
+/// server turns out to speak only that. Both clients have the same method names.
+macro_rules! over {
+    ($self:ident, $client:ident => $call:expr) => {{
+        if $self.on_query.load(Ordering::Relaxed) {
+            let $client = &$self.query;
+            $call.await
+        } else {
+            let first = {
+                let $client = &$self.json;
+                $call.await
+            };
+            match first {
+                Err(e) if e.looks_query_only() => {
+                    if $self.protocol == Protocol::Auto {
+                        let $client = &$self.query;
+                        let second = $call.await;
+                        $self.settle(e, second)
+                    } else {
+                        Err($self.explain(e))
+                    }
+                }
+                other => other,
+            }
+        }
+    }};
+}
+
+impl Queue {
+    /// Builds both clients from the standard AWS configuration chain. No network call yet;
+    /// a queue given by name is resolved by [`Queue::locate`].
+    pub async fn connect(settings: &SqsSettings) -> Result<Self, ConfigError> {
+        let endpoint = settings
+            .endpoint_url
+            .clone()
+            .or_else(|| local_origin(&settings.queue_url));
+        let config = aws_config(endpoint.as_deref(), &settings.queue_url).await?;
+        let region = config
+            .region()
+            .map(|r| r.as_ref().to_owned())
+            .expect("aws_config sets a region");
+        let query_endpoint =
+            endpoint.unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
+        let query = QueryQueue::new(
+            &query_endpoint,
+            region,
+            config.credentials_provider(),
+            settings.queue_url.clone(),
+        )
+        .map_err(|e| ConfigError(format!("AWS_ENDPOINT_URL (--endpoint-url): {e}")))?;
+        Ok(Self {
+            json: SdkQueue::new(&config, settings.queue_url.clone()),
+            query,
+            protocol: settings.protocol,
+            on_query: AtomicBool::new(settings.protocol == Protocol::Query),
+            queue_url: settings.queue_url.clone(),
+        })
+    }
+
+    /// The queue's URL (after [`Queue::locate`] or [`Queue::create_queue`], the one SQS gave).
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// The protocol in use now: `query` once `auto` has switched.
+    pub fn protocol_in_use(&self) -> Protocol {
+        if self.on_query.load(Ordering::Relaxed) {
+            Protocol::Query
+        } else {
+            Protocol::Json
+        }
+    }
+
+    /// Resolves a queue given by name to its URL with `GetQueueUrl`; a URL is kept as given.
+    pub async fn locate(&mut self) -> Result<(), SourceError> {
+        if is_url(&self.queue_url) {
+            return Ok(());
+        }
+        let name = self.queue_url.clone();
+        let url = over!(self, c => c.get_queue_url(&name))?;
+        self.point_at(url);
+        Ok(())
+    }
+
+    /// Creates the queue named by the URL's last path segment (or the name given) if it does
+    /// not exist (`CreateQueue` is idempotent) and points this client at the URL SQS returns.
+    pub async fn create_queue(&mut self) -> Result<(), SourceError> {
+        let name = queue_name(&self.queue_url)
+            .ok_or_else(|| {
+                SourceError::new(
+                    SourceErrorKind::Permanent,
+                    "CreateQueue",
+                    "the queue URL does not end in a queue name",
+                )
+            })?
+            .to_owned();
+        let url = over!(self, c => c.create_queue(&name))?;
+        self.point_at(url);
+        Ok(())
+    }
+
+    fn point_at(&mut self, url: String) {
+        self.json.set_queue_url(url.clone());
+        self.query.set_queue_url(url.clone());
+        self.queue_url = url;
+    }
+
+    /// The queue's own `VisibilityTimeout`.
+    pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
+        over!(self, c => c.visibility_timeout())
+    }
+
+    /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
+    pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
+        over!(self, c => c.approximate_depth())
+    }
+
+    /// Sends up to 10 bodies in one `SendMessageBatch`; returns the ones to send again.
+    pub async fn send_batch(&self, messages: &[Outgoing]) -> Result<Vec<Outgoing>, SourceError> {
+        over!(self, c => c.send_batch(messages))
+    }
+
+    /// Decides `auto`'s second try: if the server answered the query request (success, or an
+    /// SQS error it could put in XML), it speaks query: switch for good. Otherwise the first
+    /// error stands.
+    fn settle<T>(
+        &self,
+        json_error: SourceError,
+        second: Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        let answered = match &second {
+            Ok(_) => true,
+            Err(e) => e.code.is_some(),
+        };
+        if !answered {
+            return Err(json_error);
+        }
+        if !self.on_query.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                json_answer = %json_error,
+                "this SQS server does not speak the JSON protocol (old LocalStack does not); \
+                 speaking the query protocol for the rest of the run. \
+                 Set --sqs-protocol query to skip this check"
+            );
+        }
+        second
+    }
+
+    /// With `--sqs-protocol json`, a query-only answer says what to change.
+    fn explain(&self, mut error: SourceError) -> SourceError {
+        error.message.push_str(
+            "; the server answered like a query-protocol-only SQS (LocalStack 0.14, as in the \
+             exercise's image): use --sqs-protocol auto or query (SQS2PG_SQS_PROTOCOL)",
+        );
+        error
+    }
+}
+
+impl MessageSource for Queue {
+    async fn receive(
+        &self,
+        max_messages: i32,
+        wait: Duration,
+        visibility_timeout: Option<Duration>,
+    ) -> Result<Vec<Received>, SourceError> {
+        over!(self, c => c.receive(max_messages, wait, visibility_timeout))
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+        over!(self, c => c.delete(acks))
+    }
+
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        over!(self, c => c.change_visibility(acks, timeout))
+    }
+}
+
+/// The AWS configuration: credentials and region from the standard chain (environment,
+/// profile, SSO, container and instance roles), the endpoint if given, bounded calls, TLS
+/// through rustls with ring (one crypto provider for SQS and PostgreSQL). The region falls back
+/// to the one in the queue URL, then, for a local server, to [`LOCAL_DEFAULT_REGION`].
+async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, ConfigError> {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    // Bounded calls: a connect that hangs, or a receive that never answers, fails and is
+    // retried instead of stalling a receiver; the attempt limit is well above the longest
+    // long poll (20 s).
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(60))
+        .build();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .timeout_config(timeouts);
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let config = loader.load().await;
+    if config.region().is_some() {
+        return Ok(config);
+    }
+    let region = match (region_of(queue), endpoint) {
+        (Some(region), _) => region,
+        (None, Some(endpoint)) if !is_aws_host(host_of(endpoint).unwrap_or("")) => {
+            LOCAL_DEFAULT_REGION.to_owned()
+        }
+        _ => {
+            return Err(ConfigError(
+                "no AWS region: set AWS_REGION (e.g. AWS_REGION=us-east-1), or use a queue URL of the form https://sqs.REGION.amazonaws.com/ACCOUNT/NAME".into(),
+            ))
+        }
+    };
+    Ok(config.into_builder().region(Region::new(region)).build())
+}
+
+fn is_url(queue: &str) -> bool {
+    queue.contains("://")
+}
+
+/// The host of `scheme://host[:port]/...`.
+fn host_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let host_port = rest.split('/').next()?;
+    Some(host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)).filter(|h| !h.is_empty())
+}
+
+fn is_aws_host(host: &str) -> bool {
+    host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
+}
+
+/// `scheme://host[:port]` of a queue URL that is not on AWS (LocalStack, moto, ...).
+pub fn local_origin(queue_url: &str) -> Option<String> {
+    let (scheme, rest) = queue_url.split_once("://")?;
+    let host_port = rest.split('/').next()?;
+    let host = host_of(queue_url)?;
+    (!is_aws_host(host)).then(|| format!("{scheme}://{host_port}"))
+}
+
+/// The region in `https://sqs.REGION.amazonaws.com/...`,
+/// `http://sqs.REGION.localhost.localstack.cloud:4566/...` or `https://REGION.queue.amazonaws.com/...`
+/// (the legacy spelling).
+pub fn region_of(queue_url: &str) -> Option<String> {
+    let host = host_of(queue_url)?;
+    let labels: Vec<&str> = host.split('.').collect();
+    let candidate = match labels.as_slice() {
+        ["sqs", region, ..] => region,
+        [region, "queue", "amazonaws", ..] => region,
+        _ => return None,
+    };
+    // Regions look like `us-east-1`, `eu-central-2`, `us-gov-west-1`.
+    (candidate.contains('-') && candidate.ends_with(|c: char| c.is_ascii_digit()))
+        .then(|| (*candidate).to_owned())
+}
+
+/// The queue name: the URL's last path segment, or the whole string when it is a name.
+pub fn queue_name(queue: &str) -> Option<&str> {
+    if !is_url(queue) {
+        return Some(queue).filter(|n| !n.is_empty());
+    }
+    let path = queue.split_once("://")?.1.split_once('/')?.1;
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+}
+
+/// True when `name` is a valid SQS queue name: 1 to 80 of `A-Za-z0-9_-`, with an optional
+/// `.fifo` suffix for FIFO queues.
+pub fn is_queue_name(name: &str) -> bool {
+    let stem = name.strip_suffix(".fifo").unwrap_or(name);
+    (1..=80).contains(&name.len())
+        && !stem.is_empty()
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_url_spelling_users_paste() {
+        let cases = [
+            // (queue, local origin, region, name)
+            (
+                "http://localhost:4566/000000000000/login-queue",
+                Some("http://localhost:4566"),
+                None,
+                Some("login-queue"),
+            ),
+            (
+                "http://sqs.us-east-1.localhost.localstack.cloud:4566/000000000000/login-queue",
+                Some("http://sqs.us-east-1.localhost.localstack.cloud:4566"),
+                Some("us-east-1"),
+                Some("login-queue"),
+            ),
+            (
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/login-queue",
+                None,
+                Some("eu-west-1"),
+                Some("login-queue"),
+            ),
+            (
+                "https://eu-central-1.queue.amazonaws.com/123456789012/q.fifo",
+                None,
+                Some("eu-central-1"),
+                Some("q.fifo"),
+            ),
+            (
+                "https://sqs.us-gov-west-1.amazonaws.com/1/q/",
+                None,
+                Some("us-gov-west-1"),
+                Some("q"),
+            ),
+            ("login-queue", None, None, Some("login-queue")),
+        ];
+        for (queue, origin, region, name) in cases {
+            assert_eq!(local_origin(queue).as_deref(), origin, "{queue}");
+            assert_eq!(region_of(queue).as_deref(), region, "{queue}");
+            assert_eq!(queue_name(queue), name, "{queue}");
+        }
+        assert_eq!(region_of("http://localhost:4566/0/q"), None);
+        assert_eq!(region_of("https://sqs.amazonaws.com/0/q"), None);
+    }
+
+    #[test]
+    fn queue_names_follow_sqs_rules() {
+        assert!(is_queue_name("login-queue"));
+        assert!(is_queue_name("a_b-9.fifo"));
+        assert!(!is_queue_name(".fifo"));
+        assert!(!is_queue_name("has space"));
+        assert!(!is_queue_name(&"x".repeat(81)));
+        assert!(!is_queue_name(""));
+    }
+}
