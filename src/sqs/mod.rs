@@ -158,7 +158,7 @@ impl SourceError {
     /// JSON request: an HTTP error with nothing in it that reads as a JSON SQS error (0.14
     /// answers 500 with a body of `{}`).
     pub fn looks_query_only(&self) -> bool {
-        self.status.is_some_and(|s| s >= 400) && self.code.is_none()
+        self.status.is_some_and(|s| (500..600).contains(&s)) && self.code.is_none()
     }
 }
 
@@ -316,13 +316,15 @@ mod tests {
     fn bodies_must_match_their_md5_and_repeats_in_one_answer_are_dropped() {
         // md5("hello") = 5d41402abc4b2a76b9719d911017c592
         let recorder = crate::telemetry::metrics::testing::Counters::default();
-        let got = metrics::with_local_recorder(&recorder, || accept(vec![
-            wire("a", "hello", Some("5d41402abc4b2a76b9719d911017c592")),
-            wire("b", "hello", Some("5D41402ABC4B2A76B9719D911017C592")),
-            wire("c", "hellO", Some("5d41402abc4b2a76b9719d911017c592")),
-            wire("a", "hello", Some("5d41402abc4b2a76b9719d911017c592")),
-            wire("d", "no md5 sent", None),
-        ]))
+        let got = metrics::with_local_recorder(&recorder, || {
+            accept(vec![
+                wire("a", "hello", Some("5d41402abc4b2a76b9719d911017c592")),
+                wire("b", "hello", Some("5D41402ABC4B2A76B9719D911017C592")),
+                wire("c", "hellO", Some("5d41402abc4b2a76b9719d911017c592")),
+                wire("a", "hello", Some("5d41402abc4b2a76b9719d911017c592")),
+                wire("d", "no md5 sent", None),
+            ])
+        })
         .unwrap();
         assert_eq!(
             recorder.snapshot().get(&format!("{MD5_MISMATCHES}{{}}")),
@@ -375,6 +377,7 @@ mod tests {
             SourceErrorKind::Permanent
         );
         assert!(e(500, None).looks_query_only());
+        assert!(!e(403, None).looks_query_only());
         assert!(!e(500, Some("InternalError")).looks_query_only());
         assert!(!SourceError::new(SourceErrorKind::Transient, "X", "refused").looks_query_only());
     }

@@ -289,11 +289,8 @@ impl QueryQueue {
         }
         // <ErrorResponse><Error><Type/><Code/><Message/></Error>...</ErrorResponse>
         let error = root.ok().and_then(|r| {
-            let e = r.child("Error")?;
-            Some((
-                e.text_of("Code")?.to_owned(),
-                e.text_of("Message").unwrap_or("").to_owned(),
-            ))
+            r.error_code()
+                .map(|(code, text)| (code.to_owned(), text.to_owned()))
         });
         Err(match error {
             Some((code, text)) => SourceError::answered(

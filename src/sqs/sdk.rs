@@ -330,9 +330,25 @@ where
             context(),
         ),
         SdkError::ServiceError(service) => {
-            let code = service.err().code().map(str::to_owned);
             let status = service.raw().status().as_u16();
-            let text = service.err().message().unwrap_or("");
+            // Some servers answer a JSON request's auth failure in XML (moto does); read it.
+            let xml = service
+                .raw()
+                .body()
+                .bytes()
+                .filter(|b| b.starts_with(b"<"))
+                .and_then(|b| super::xml::Element::parse(b).ok());
+            let xml_error = xml.as_ref().and_then(|x| x.error_code());
+            let code = service
+                .err()
+                .code()
+                .or(xml_error.map(|(code, _)| code))
+                .map(str::to_owned);
+            let text = service
+                .err()
+                .message()
+                .or(xml_error.map(|(_, text)| text))
+                .unwrap_or("");
             let message = format!(
                 "{} (HTTP {status}): {text}",
                 code.as_deref().unwrap_or("no error code")

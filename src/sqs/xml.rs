@@ -93,6 +93,18 @@ impl Element {
         self.child(name).map(|c| c.text.as_str())
     }
 
+    /// Code and message of an SQS error answer: `<ErrorResponse><Error>` (SQS) or
+    /// `<ErrorResponse><Errors><Error>` (moto's signature errors).
+    pub fn error_code(&self) -> Option<(&str, &str)> {
+        let error = self
+            .child("Error")
+            .or_else(|| self.child("Errors")?.child("Error"))?;
+        Some((
+            error.text_of("Code")?,
+            error.text_of("Message").unwrap_or(""),
+        ))
+    }
+
     /// The `Name`/`Value` pairs of the children named `name` (SQS's attribute lists).
     pub fn name_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
         self.children(name)
@@ -165,6 +177,22 @@ mod tests {
             pairs,
             [("SentTimestamp", "17"), ("ApproximateReceiveCount", "2")]
         );
+    }
+
+    #[test]
+    fn error_codes_in_both_shapes() {
+        let sqs = b"<ErrorResponse><Error><Type>Sender</Type><Code>AWS.SimpleQueueService.NonExistentQueue</Code>\
+            <Message>gone</Message></Error><RequestId>1</RequestId></ErrorResponse>";
+        let moto = b"<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code></Error></Errors></ErrorResponse>";
+        assert_eq!(
+            Element::parse(sqs).unwrap().error_code(),
+            Some(("AWS.SimpleQueueService.NonExistentQueue", "gone"))
+        );
+        assert_eq!(
+            Element::parse(moto).unwrap().error_code(),
+            Some(("SignatureDoesNotMatch", ""))
+        );
+        assert_eq!(Element::parse(b"<a/>").unwrap().error_code(), None);
     }
 
     #[test]

@@ -475,3 +475,41 @@ async fn three_processes_with_a_short_visibility_load_each_message_once() {
     );
     assert_eq!(queue.depth().await, 0);
 }
+
+#[test]
+fn requests_are_really_signed_and_a_wrong_secret_is_refused() {
+    let moto = crate::harness::SigningMoto::start();
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/login-queue-sample.jsonl"
+    );
+    let send = |protocol: &str, secret: &str| {
+        sqs2pg(
+            &["send", "--sqs-protocol", protocol, "--file", sample],
+            &[
+                ("SQS2PG_QUEUE_URL", moto.queue_url.as_str()),
+                ("AWS_ACCESS_KEY_ID", moto.access_key_id.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+            ],
+        )
+    };
+    // Our query client and the SDK both sign with the key moto's IAM knows.
+    for protocol in ["query", "json"] {
+        let ok = send(protocol, &moto.secret_access_key);
+        assert!(ok.status.success(), "{protocol}: {}", stderr(&ok));
+        assert!(
+            String::from_utf8_lossy(&ok.stdout).contains("sent 100 message(s)"),
+            "{protocol}: {ok:?}"
+        );
+    }
+    // A wrong secret gives a wrong signature, which moto refuses: a clear error, exit 1.
+    for protocol in ["query", "json"] {
+        let refused = send(protocol, "not-the-secret");
+        assert_eq!(refused.status.code(), Some(1), "{protocol}: {refused:?}");
+        let text = stderr(&refused);
+        assert!(
+            text.contains("SignatureDoesNotMatch") && text.contains("HTTP 403"),
+            "{protocol}: {text}"
+        );
+    }
+}
