@@ -2,10 +2,13 @@
 # sqs2pg quickstart: from a fresh Debian machine with the Rust toolchain to masked logins in
 # PostgreSQL, with throwaway local services.
 #
-#   scripts/quickstart.sh         install what is missing, build, start PostgreSQL and a moto SQS
-#                                 server on free loopback ports, send the 100 sample messages,
-#                                 run `sqs2pg setup` and `sqs2pg drain`, show some rows
-#   scripts/quickstart.sh stop    stop the services and remove their data
+#   scripts/quickstart.sh          install what is missing, build, start PostgreSQL and a moto SQS
+#                                  server on free loopback ports, send the 100 sample messages,
+#                                  run `sqs2pg setup` and `sqs2pg drain`, show some rows
+#   scripts/quickstart.sh --legacy the same on LocalStack 0.14.3 instead of moto: the exercise's
+#                                  own SQS, which speaks only the query protocol (sqs2pg notices
+#                                  and switches by itself; no flag needed)
+#   scripts/quickstart.sh stop     stop the services and remove their data
 #
 # Everything lives in .quickstart/ (git-ignored). Re-running starts from a clean database and
 # queue but keeps the masking key, so tokens stay comparable between runs.
@@ -22,23 +25,35 @@ stop() {
   if [ -f "$qs/pgdata/postmaster.pid" ]; then
     as_postgres "$(pg_bin)/pg_ctl" -D "$qs/pgdata" -m fast stop >/dev/null 2>&1 || true
   fi
-  if [ -f "$qs/moto.pid" ]; then
-    pid=$(cat "$qs/moto.pid")
-    kill "$pid" 2>/dev/null || true
+  if [ -f "$qs/sqs.pid" ]; then
+    # The SQS server runs in its own process group (LocalStack starts helpers).
+    pid=$(cat "$qs/sqs.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$qs/moto.pid"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$qs/sqs.pid"
   fi
-  rm -rf "$qs/pgdata" "$qs/env"
+  rm -rf "$qs/pgdata" "$qs/env" "$qs/localstack"
 }
 
-if [ "${1:-}" = "stop" ]; then
-  stop
-  echo "quickstart services stopped"
-  exit 0
-fi
+case "${1:-}" in
+  stop)
+    stop
+    echo "quickstart services stopped"
+    exit 0
+    ;;
+  --legacy) legacy=1 ;;
+  "") legacy="" ;;
+  *) echo "usage: scripts/quickstart.sh [--legacy | stop]" >&2; exit 2 ;;
+esac
 
-moto=$(scripts/install-deps.sh | tail -n 1)
+if [ -n "$legacy" ]; then
+  deps=$(scripts/install-deps.sh)
+else
+  deps=$(SQS2PG_SKIP_LOCALSTACK=1 scripts/install-deps.sh)
+fi
+moto=$(tail -n 2 <<<"$deps" | head -n 1)
+localstack=$(tail -n 1 <<<"$deps")
 echo "== building sqs2pg (release)"
 cargo build --release --locked --quiet
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/sqs2pg"
@@ -53,14 +68,26 @@ as_postgres "$(pg_bin)/initdb" -D "$qs/pgdata" -U postgres --auth=trust -E UTF8 
 as_postgres "$(pg_bin)/pg_ctl" -D "$qs/pgdata" -l "$qs/postgres.log" -w \
   -o "-p $pg_port -k $qs -c listen_addresses=127.0.0.1" start >/dev/null
 
-echo "== starting moto SQS server"
 sqs_port=$(free_port)
-MOTO_ACCOUNT_ID=000000000000 nohup "$moto" -H 127.0.0.1 -p "$sqs_port" >"$qs/moto.log" 2>&1 &
-echo $! >"$qs/moto.pid"
-for _ in $(seq 1 120); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$sqs_port") 2>/dev/null && break
-  sleep 0.5
-done
+if [ -n "$legacy" ]; then
+  echo "== starting LocalStack 0.14.3 (SQS, query protocol only)"
+  mkdir -p "$qs/localstack"
+  SERVICES=sqs EDGE_PORT=$sqs_port EDGE_BIND_HOST=127.0.0.1 HOSTNAME_EXTERNAL=127.0.0.1 \
+    LOCALSTACK_HOSTNAME=127.0.0.1 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 DNS_ADDRESS=0 \
+    EAGER_SERVICE_LOADING=1 TMPDIR="$qs/localstack" \
+    setsid "$localstack" start --host --no-banner >"$qs/localstack.log" 2>&1 &
+  echo $! >"$qs/sqs.pid"
+  for _ in $(seq 1 240); do grep -qx 'Ready.' "$qs/localstack.log" && break; sleep 0.5; done
+  grep -qx 'Ready.' "$qs/localstack.log" || { echo "LocalStack did not start; see $qs/localstack.log" >&2; exit 1; }
+else
+  echo "== starting moto SQS server"
+  MOTO_ACCOUNT_ID=000000000000 setsid "$moto" -H 127.0.0.1 -p "$sqs_port" >"$qs/moto.log" 2>&1 &
+  echo $! >"$qs/sqs.pid"
+  for _ in $(seq 1 120); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$sqs_port") 2>/dev/null && break
+    sleep 0.5
+  done
+fi
 
 if [ ! -s "$qs/mask.key" ]; then
   (umask 077 && "$bin" keygen >"$qs/mask.key")

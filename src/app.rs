@@ -15,7 +15,7 @@ use crate::login::{BodySealer, MaskKey, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
 use crate::postgres::{self as pg, quarantine, ConnectError, Database, LoginLoader, TableName};
-use crate::sqs::queue::SqsSettings;
+use crate::sqs::queue::{is_fifo, SqsSettings};
 use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 /// Why a command failed.
@@ -98,7 +98,7 @@ pub async fn open_queue(settings: &SqsSettings) -> Result<Queue, AppError> {
 /// Like [`process`] but with a given source and a hook around the loader: the seam where tests
 /// inject faults (a source that loses deletes, a loader that fails).
 pub async fn process_with<S, L, F>(
-    settings: Settings,
+    mut settings: Settings,
     source: Arc<S>,
     shutdown: CancellationToken,
     wrap_loader: F,
@@ -111,6 +111,16 @@ where
     let client = connect_with_retry(&settings.database, &settings.pipeline.load_retry).await?;
     pg::check_ready(&client, &settings.table).await?;
     drop(client);
+    if is_fifo(&settings.sqs.queue_url) && settings.pipeline.receivers > 1 {
+        // One receiver takes messages in the order SQS hands them out and the batcher keeps
+        // that order to COMMIT, so no two messages of a group are processed at once, even on a
+        // server that does not lock a group while part of it is in flight (LocalStack 0.14).
+        tracing::info!(
+            receivers = settings.pipeline.receivers,
+            "FIFO queue: receiving with one receiver to keep each message group's order"
+        );
+        settings.pipeline.receivers = 1;
+    }
     let masker = Masker::new(&settings.mask_key);
     let sealer = BodySealer::new(&settings.mask_key);
     tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
@@ -204,10 +214,7 @@ pub async fn send(
     for line in reader.lines() {
         let line = line.map_err(file_error)?;
         if !line.trim().is_empty() {
-            bodies.push(Outgoing {
-                body: line,
-                replay: None,
-            });
+            bodies.push(Outgoing::new(line));
         }
     }
     let mut queue = Queue::connect(settings).await?;
@@ -371,13 +378,13 @@ pub async fn rejects_replay(
             };
             match open_reject(&sealer, &c.sealed) {
                 Ok(body) => {
-                    outgoing.push(Outgoing {
+                    outgoing.push(Outgoing::replay(
                         body,
-                        replay: Some(ReplayTag {
+                        ReplayTag {
                             ledger_id: quarantine::replay_ledger_id(&id, n),
                             sent_timestamp: c.sent_timestamp,
-                        }),
-                    });
+                        },
+                    ));
                     ids.push(id);
                     counts.push(n);
                 }

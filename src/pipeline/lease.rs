@@ -39,6 +39,11 @@ impl Leases {
         }
     }
 
+    /// True when nothing is held: everything received was deleted or given up on.
+    pub fn is_empty(&self) -> bool {
+        self.held.lock().expect("lease lock").is_empty()
+    }
+
     /// Forgets messages that were deleted (or given up on).
     pub fn forget(&self, acks: &[AckHandle]) {
         let mut held = self.held.lock().expect("lease lock");

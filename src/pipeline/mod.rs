@@ -12,8 +12,10 @@
 //!   the loader commits it in one transaction, retrying transient failures with backoff.
 //! - Only after COMMIT are the batch's ack handles handed to the deleter, which deletes them
 //!   concurrently with the next load. A failed load deletes nothing.
-//! - Shutdown (a cancelled token, or a drained queue) stops the receivers; the loader flushes
-//!   what it holds, the deleter deletes what was committed, then the run returns its summary.
+//! - Shutdown (a cancelled token, or a drained queue: an empty long poll while the run holds
+//!   nothing, so a FIFO group blocked by our own in-flight messages is not taken for empty)
+//!   stops the receivers; the loader flushes what it holds, the deleter deletes what was
+//!   committed, then the run returns its summary.
 
 pub mod batch;
 pub mod lease;
@@ -182,8 +184,8 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     }
 }
 
-/// One receiver: long-poll, transform, hand over; stop on shutdown, or when the queue is empty
-/// in drain mode.
+/// One receiver: long-poll, transform, hand over; stop on shutdown, or in drain mode when a long
+/// poll comes back empty while the run holds nothing.
 async fn receive_loop<S: MessageSource>(
     id: usize,
     source: Arc<S>,
@@ -205,6 +207,7 @@ async fn receive_loop<S: MessageSource>(
             stop.cancelled().await;
             tokio::time::sleep(settings.wait_time + Duration::from_secs(5)).await;
         };
+        let held_before = !leases.is_empty();
         let received = tokio::select! {
             r = source.receive(SQS_BATCH_LIMIT as i32, settings.wait_time, settings.visibility_timeout) => r,
             _ = grace => return Ok(()),
@@ -238,10 +241,14 @@ async fn receive_loop<S: MessageSource>(
             return Ok(());
         }
         if messages.is_empty() {
-            if settings.mode == Mode::Drain {
+            // Drained: a whole long poll came back empty while this run held nothing. Messages
+            // we hold (in a batch, being deleted) can hide others: on a FIFO queue SQS hands
+            // out none of a group while part of it is in flight (and moto decides that once,
+            // when a poll starts), so only a poll started after they were deleted counts.
+            if settings.mode == Mode::Drain && !held_before && leases.is_empty() {
                 tracing::debug!(
                     receiver = id,
-                    "queue empty for one long poll; receiver done"
+                    "queue empty for one long poll with nothing held; receiver done"
                 );
                 return Ok(());
             }

@@ -37,6 +37,35 @@ pub const SENT_TIMESTAMP_ATTRIBUTE: &str = "sqs2pg-sent-timestamp";
 pub struct Outgoing {
     pub body: String,
     pub replay: Option<ReplayTag>,
+    /// Group and deduplication ids, set by [`Queue`] when the queue is a FIFO queue.
+    pub(crate) fifo: Option<FifoTag>,
+}
+
+impl Outgoing {
+    /// A plain message.
+    pub fn new(body: String) -> Self {
+        Self {
+            body,
+            replay: None,
+            fifo: None,
+        }
+    }
+
+    /// A replay of a rejected message.
+    pub fn replay(body: String, tag: ReplayTag) -> Self {
+        Self {
+            body,
+            replay: Some(tag),
+            fifo: None,
+        }
+    }
+}
+
+/// What a message sent to a FIFO queue must carry.
+#[derive(Debug, Clone)]
+pub(crate) struct FifoTag {
+    pub group_id: String,
+    pub deduplication_id: String,
 }
 
 /// What a replayed message carries besides its body.

@@ -25,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::queue::is_fifo;
 use super::xml::Element;
 use super::{
     accept, AckHandle, DeleteOutcome, MessageSource, Outgoing, Received, SourceError,
@@ -132,9 +133,12 @@ impl QueryQueue {
         action: &'static str,
         name: &str,
     ) -> Result<String, SourceError> {
-        let result = self
-            .call(action, vec![("QueueName".into(), name.into())], false)
-            .await?;
+        let mut params = vec![("QueueName".into(), name.into())];
+        if action == "CreateQueue" && is_fifo(name) {
+            params.push(("Attribute.1.Name".into(), "FifoQueue".into()));
+            params.push(("Attribute.1.Value".into(), "true".into()));
+        }
+        let result = self.call(action, params, false).await?;
         result
             .text_of("QueueUrl")
             .map(str::to_owned)
@@ -195,6 +199,13 @@ impl QueryQueue {
             let entry = format!("SendMessageBatchRequestEntry.{}", i + 1);
             params.push((format!("{entry}.Id"), i.to_string()));
             params.push((format!("{entry}.MessageBody"), m.body.clone()));
+            if let Some(fifo) = &m.fifo {
+                params.push((format!("{entry}.MessageGroupId"), fifo.group_id.clone()));
+                params.push((
+                    format!("{entry}.MessageDeduplicationId"),
+                    fifo.deduplication_id.clone(),
+                ));
+            }
             if let Some(tag) = &m.replay {
                 let mut attributes = vec![(LEDGER_ID_ATTRIBUTE, "String", tag.ledger_id.clone())];
                 if let Some(ts) = tag.sent_timestamp {
@@ -293,12 +304,14 @@ impl QueryQueue {
                 .map(|(code, text)| (code.to_owned(), text.to_owned()))
         });
         Err(match error {
-            Some((code, text)) => SourceError::answered(
-                action,
-                status,
-                Some(code.clone()),
-                format!("{code} (HTTP {status}): {text}"),
-            ),
+            Some((code, text)) => {
+                let mut message = format!("{code} (HTTP {status})");
+                if !text.is_empty() {
+                    message.push_str(": ");
+                    message.push_str(&text);
+                }
+                SourceError::answered(action, status, Some(code), message)
+            }
             None => SourceError::answered(
                 action,
                 status,

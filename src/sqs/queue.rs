@@ -17,9 +17,14 @@ use crate::config::ConfigError;
 use super::query::QueryQueue;
 use super::sdk::SdkQueue;
 use super::{
-    AckHandle, DeleteOutcome, MessageSource, Outgoing, Protocol, Received, SourceError,
+    AckHandle, DeleteOutcome, FifoTag, MessageSource, Outgoing, Protocol, Received, SourceError,
     SourceErrorKind,
 };
+use sha2::{Digest, Sha256};
+
+/// The message group `send` and replay use on a FIFO queue: one group, so the queue hands the
+/// messages out in the order they were sent.
+pub const FIFO_SEND_GROUP: &str = "sqs2pg";
 
 /// Region used for a local SQS server (LocalStack, moto) when none is configured: they accept
 /// any region, and the exercise's instructions set none.
@@ -164,9 +169,33 @@ impl Queue {
         over!(self, c => c.approximate_depth())
     }
 
-    /// Sends up to 10 bodies in one `SendMessageBatch`; returns the ones to send again.
+    /// Sends up to 10 bodies in one `SendMessageBatch`; returns the ones to send again. On a
+    /// FIFO queue every message goes to group [`FIFO_SEND_GROUP`], deduplicated by its replay
+    /// ledger id, or else by the SHA-256 of its body (as content-based deduplication would).
     pub async fn send_batch(&self, messages: &[Outgoing]) -> Result<Vec<Outgoing>, SourceError> {
-        over!(self, c => c.send_batch(messages))
+        if !is_fifo(&self.queue_url) || messages.iter().all(|m| m.fifo.is_some()) {
+            return over!(self, c => c.send_batch(messages));
+        }
+        let tagged: Vec<Outgoing> = messages
+            .iter()
+            .map(|m| {
+                let deduplication_id = match &m.replay {
+                    Some(tag) => tag.ledger_id.clone(),
+                    None => {
+                        let digest = Sha256::digest(m.body.as_bytes());
+                        digest.iter().map(|b| format!("{b:02x}")).collect()
+                    }
+                };
+                Outgoing {
+                    fifo: Some(FifoTag {
+                        group_id: FIFO_SEND_GROUP.to_owned(),
+                        deduplication_id,
+                    }),
+                    ..m.clone()
+                }
+            })
+            .collect();
+        over!(self, c => c.send_batch(&tagged))
     }
 
     /// Decides `auto`'s second try: if the server answered the query request (success, or an
@@ -318,6 +347,11 @@ pub fn queue_name(queue: &str) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// True for a FIFO queue (its name, or its URL's last segment, ends in `.fifo`).
+pub fn is_fifo(queue: &str) -> bool {
+    queue_name(queue).is_some_and(|n| n.ends_with(".fifo"))
+}
+
 /// True when `name` is a valid SQS queue name: 1 to 80 of `A-Za-z0-9_-`, with an optional
 /// `.fifo` suffix for FIFO queues.
 pub fn is_queue_name(name: &str) -> bool {
@@ -375,6 +409,9 @@ mod tests {
             assert_eq!(queue_name(queue), name, "{queue}");
         }
         assert_eq!(region_of("http://localhost:4566/0/q"), None);
+        assert!(is_fifo("https://sqs.eu-west-1.amazonaws.com/1/q.fifo"));
+        assert!(is_fifo("q.fifo"));
+        assert!(!is_fifo("http://localhost:4566/0/q"));
         assert_eq!(region_of("https://sqs.amazonaws.com/0/q"), None);
     }
 

@@ -14,6 +14,7 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 
+use super::queue::is_fifo;
 use super::{
     accept, AckHandle, DeleteOutcome, MessageSource, Outgoing, Received, SourceError,
     SourceErrorKind, WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
@@ -42,10 +43,11 @@ impl SdkQueue {
 
     /// `CreateQueue` (idempotent): the URL of the queue named `name`.
     pub async fn create_queue(&self, name: &str) -> Result<String, SourceError> {
-        let out = self
-            .client
-            .create_queue()
-            .queue_name(name)
+        let mut request = self.client.create_queue().queue_name(name);
+        if is_fifo(name) {
+            request = request.attributes(QueueAttributeName::FifoQueue, "true");
+        }
+        let out = request
             .send()
             .await
             .map_err(|e| classify("CreateQueue", e))?;
@@ -117,6 +119,11 @@ impl SdkQueue {
                 let mut entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(&m.body);
+                if let Some(fifo) = &m.fifo {
+                    entry = entry
+                        .message_group_id(&fifo.group_id)
+                        .message_deduplication_id(&fifo.deduplication_id);
+                }
                 if let Some(tag) = &m.replay {
                     entry = entry.message_attributes(
                         LEDGER_ID_ATTRIBUTE,
@@ -349,10 +356,14 @@ where
                 .message()
                 .or(xml_error.map(|(_, text)| text))
                 .unwrap_or("");
-            let message = format!(
-                "{} (HTTP {status}): {text}",
+            let mut message = format!(
+                "{} (HTTP {status})",
                 code.as_deref().unwrap_or("no error code")
             );
+            if !text.is_empty() {
+                message.push_str(": ");
+                message.push_str(text);
+            }
             SourceError::answered(operation, status, code, message)
         }
         _ => SourceError::new(SourceErrorKind::Permanent, operation, context()),

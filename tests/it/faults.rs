@@ -24,7 +24,8 @@ pub enum DeleteFault {
 }
 
 /// The real SQS client with faults injected at the pipeline's seam: deletes lost or refused,
-/// SentTimestamp rewritten. Counts delete calls and swallowed deletes either way.
+/// SentTimestamp rewritten. Counts delete calls and swallowed deletes, and records the bodies
+/// received in order, either way.
 pub struct FaultySource<S> {
     inner: Arc<S>,
     deletes: DeleteFault,
@@ -32,6 +33,8 @@ pub struct FaultySource<S> {
     pub delete_calls: AtomicU64,
     pub swallowed: AtomicU64,
     seen: Mutex<HashSet<String>>,
+    /// Every body received, in the order the receives returned them.
+    pub received_bodies: Mutex<Vec<String>>,
 }
 
 impl<S> FaultySource<S> {
@@ -44,6 +47,7 @@ impl<S> FaultySource<S> {
             delete_calls: AtomicU64::new(0),
             swallowed: AtomicU64::new(0),
             seen: Mutex::default(),
+            received_bodies: Mutex::default(),
         }
     }
 
@@ -67,6 +71,10 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
         visibility: Option<Duration>,
     ) -> Result<Vec<Received>, SourceError> {
         let mut messages = self.inner.receive(max, wait, visibility).await?;
+        self.received_bodies
+            .lock()
+            .unwrap()
+            .extend(messages.iter().map(|m| m.body.clone()));
         if let Some(ms) = self.sent_timestamp {
             for m in &mut messages {
                 m.sent_timestamp = ms;

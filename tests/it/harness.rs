@@ -552,10 +552,19 @@ impl TestQueue {
 
     /// A fresh queue on the given server.
     pub async fn on(sqs: Sqs) -> Self {
+        Self::named(sqs, &unique("q").replace('_', "-")).await
+    }
+
+    /// A fresh FIFO queue on the given server.
+    pub async fn fifo_on(sqs: Sqs) -> Self {
+        Self::named(sqs, &format!("{}.fifo", unique("q").replace('_', "-"))).await
+    }
+
+    async fn named(sqs: Sqs, name: &str) -> Self {
         servers();
         let endpoint = sqs.endpoint();
         let settings = SqsSettings {
-            queue_url: format!("{endpoint}/000000000000/{}", unique("q").replace('_', "-")),
+            queue_url: format!("{endpoint}/000000000000/{name}"),
             endpoint_url: Some(endpoint.clone()),
             protocol: sqs.protocol(),
         };
@@ -597,10 +606,7 @@ impl TestQueue {
         for chunk in bodies.chunks(10) {
             let messages: Vec<sqs2pg::sqs::Outgoing> = chunk
                 .iter()
-                .map(|body| sqs2pg::sqs::Outgoing {
-                    body: body.clone(),
-                    replay: None,
-                })
+                .map(|body| sqs2pg::sqs::Outgoing::new(body.clone()))
                 .collect();
             let refused = self.queue.send_batch(&messages).await.unwrap();
             assert!(refused.is_empty());

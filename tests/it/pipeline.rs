@@ -263,6 +263,35 @@ async fn redelivery_after_a_lost_delete_adds_no_second_row(sqs: Sqs) {
     assert_eq!(queue.distinct_ids(1, Duration::from_secs(3)).await.len(), 0);
 }
 
+on_every_sqs!(a_fifo_queue_is_loaded_once_in_send_order);
+async fn a_fifo_queue_is_loaded_once_in_send_order(sqs: Sqs) {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let queue = TestQueue::fifo_on(sqs).await;
+    let bodies = sample_bodies();
+    // One message group (what `send` does on a FIFO queue): SQS hands out the group's next
+    // messages only once the ones in flight are deleted, so receives see the send order.
+    queue.send(&bodies).await;
+    let recording = Arc::new(FaultySource::new(queue.queue.clone()));
+    let settings = config::pipeline(&fresh_args(&db, &queue), Mode::Drain).unwrap();
+    let summary = app::process_with(settings, recording.clone(), CancellationToken::new(), |l| l)
+        .await
+        .unwrap();
+    assert_eq!(summary.loaded, 99, "{summary:?}");
+    assert_eq!(summary.rejected_total(), 1, "{summary:?}");
+    assert_eq!(queue.depth().await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT user_id) FROM public.user_logins"
+        )
+        .await,
+        99
+    );
+    let received = recording.received_bodies.lock().unwrap().clone();
+    assert_eq!(received, bodies, "received in send order, each once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_date_is_the_utc_day_of_sent_timestamp() {
     let (db, queue) = fixture().await;
