@@ -53,7 +53,11 @@ if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}" ]; then
   if [ ! -x "$venv/bin/localstack" ] || ! cmp -s "$pins" "$venv/pins.txt"; then
     log "installing LocalStack 0.14.3 (pinned set) into $venv"
     rm -rf "$venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      apt_install python3-venv
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    fi
     "$venv/bin/pip" install -q 'setuptools<70' wheel
     "$venv/bin/pip" install -q --no-build-isolation -r "$pins"
     # Without this placeholder LocalStack downloads a Java jar at start, even for SQS alone.

@@ -292,6 +292,30 @@ async fn a_fifo_queue_is_loaded_once_in_send_order(sqs: Sqs) {
     assert_eq!(received, bodies, "received in send order, each once");
 }
 
+on_every_sqs!(a_queue_given_by_name_is_found_on_the_endpoint);
+async fn a_queue_given_by_name_is_found_on_the_endpoint(sqs: Sqs) {
+    let (db, queue) = fixture_on(sqs).await;
+    let bodies = sample_bodies();
+    queue.send(&bodies[..20]).await;
+    let name = queue.url.rsplit('/').next().unwrap().to_owned();
+    let mut a = fresh_args(&db, &queue);
+    a.queue.queue_url = Some(name.clone());
+    let summary = drain(&a).await;
+    assert_eq!(summary.loaded + summary.rejected_total(), 20, "{summary:?}");
+    assert_eq!(queue.depth().await, 0);
+    // A name the server does not know is a clear, permanent error.
+    a.queue.queue_url = Some(format!("{name}-missing"));
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let e = app::process(settings, CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("GetQueueUrl") && e.contains("NonExistentQueue"),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_date_is_the_utc_day_of_sent_timestamp() {
     let (db, queue) = fixture().await;
