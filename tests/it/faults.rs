@@ -35,6 +35,36 @@ pub struct FaultySource<S> {
     seen: Mutex<HashSet<String>>,
     /// Every body received, in the order the receives returned them.
     pub received_bodies: Mutex<Vec<String>>,
+    /// When set, receives wait until the gate is opened (see [`FaultySource::gated`]).
+    gate: Option<Gate>,
+}
+
+/// Holds receives back until opened, and tells when one is waiting.
+#[derive(Default)]
+pub struct Gate {
+    pub waiting: AtomicU64,
+    open: tokio::sync::Notify,
+    opened: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        self.opened.store(true, Ordering::SeqCst);
+        self.open.notify_waiters();
+    }
+
+    async fn pass(&self) {
+        if self.opened.load(Ordering::SeqCst) {
+            return;
+        }
+        let notified = self.open.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if !self.opened.load(Ordering::SeqCst) {
+            notified.await;
+        }
+    }
 }
 
 impl<S> FaultySource<S> {
@@ -48,12 +78,24 @@ impl<S> FaultySource<S> {
             swallowed: AtomicU64::new(0),
             seen: Mutex::default(),
             received_bodies: Mutex::default(),
+            gate: None,
         }
     }
 
     pub fn deletes(mut self, fault: DeleteFault) -> Self {
         self.deletes = fault;
         self
+    }
+
+    /// Receives wait until [`FaultySource::gate`]'s gate is opened.
+    pub fn gated(mut self) -> Self {
+        self.gate = Some(Gate::default());
+        self
+    }
+
+    /// The gate of a [`FaultySource::gated`] source.
+    pub fn gate(&self) -> &Gate {
+        self.gate.as_ref().expect("a gated source")
     }
 
     /// Every received message's SentTimestamp becomes `ms` (milliseconds since the epoch).
@@ -70,6 +112,9 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
         wait: Duration,
         visibility: Option<Duration>,
     ) -> Result<Vec<Received>, SourceError> {
+        if let Some(gate) = &self.gate {
+            gate.pass().await;
+        }
         let mut messages = self.inner.receive(max, wait, visibility).await?;
         self.received_bodies
             .lock()
@@ -118,6 +163,22 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
         };
         outcome.deleted += lost;
         Ok(outcome)
+    }
+}
+
+/// A loader that counts the loads that failed, and delegates.
+pub struct CountingLoader<L> {
+    pub inner: L,
+    pub failed: Arc<AtomicU64>,
+}
+
+impl<L: BatchLoader> BatchLoader for CountingLoader<L> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        let result = self.inner.load(batch).await;
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        result
     }
 }
 

@@ -232,6 +232,128 @@ fn start_servers() -> Servers {
     }
 }
 
+/// A PostgreSQL cluster of its own, for tests that stop and start the server. Stopped and
+/// removed when dropped (and by a watchdog if the test process dies).
+pub struct OwnPostgres {
+    bindir: PathBuf,
+    root: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl OwnPostgres {
+    // The watchdog outlives this process by design.
+    #[allow(clippy::zombie_processes)]
+    pub fn start() -> Self {
+        servers();
+        let root = std::env::temp_dir().join(unique("sqs2pg-ownpg"));
+        std::fs::create_dir_all(&root).unwrap();
+        let as_postgres = is_root();
+        if as_postgres {
+            let mut chown = Command::new("chown");
+            chown.arg("postgres:").arg(&root);
+            run_ok(chown, "chown own cluster dir");
+        }
+        let bindir = pg_bindir();
+        let data = root.join("pgdata");
+        let mut initdb = pg_command(&bindir, "initdb", as_postgres);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ]);
+        run_ok(initdb, "initdb (own cluster)");
+        let cluster = Self {
+            bindir,
+            root,
+            data,
+            port: free_port(),
+            as_postgres,
+        };
+        cluster.start_again();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {root}",
+            pid = std::process::id(),
+            stop = cluster.stop_command("immediate"),
+            root = cluster.root.display()
+        );
+        use std::os::unix::process::CommandExt;
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("watchdog");
+        cluster
+    }
+
+    /// A URL of the `postgres` database on this cluster.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Starts the server (again) on the same port and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let mut start = pg_command(&self.bindir, "pg_ctl", self.as_postgres);
+        start
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.root.join("postgres.log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.root.display()
+            ))
+            .arg("start");
+        run_ok(start, "pg_ctl start (own cluster)");
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut, as in a database restart).
+    pub fn stop(&self) {
+        let mut stop = pg_command(&self.bindir, "pg_ctl", self.as_postgres);
+        stop.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]);
+        run_ok(stop, "pg_ctl stop (own cluster)");
+    }
+
+    fn stop_command(&self, mode: &str) -> String {
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let runuser = if self.as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        format!(
+            "{runuser}{} -D {} -m {mode} stop",
+            pg_ctl.display(),
+            self.data.display()
+        )
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .args(["-c", &format!("{} >/dev/null 2>&1", self.stop_command("immediate"))])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 /// Starts a moto server on a free port with extra environment; its log goes under `dir`.
 fn spawn_moto(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, u16) {
     let port = free_port();
@@ -463,6 +585,19 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
         );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Polls `ready` (without blocking the runtime) until it holds or `timeout` passes (then panics
+/// naming `what`).
+pub async fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -13,8 +13,8 @@ use sqs2pg::pipeline::{Mode, PipelineError, Summary};
 use sqs2pg::postgres::{Database, TableName};
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::{DeleteFault, FailingLoader, FaultySource};
-use crate::harness::{key_file, sample_bodies, Sqs, TestDb, TestQueue};
+use crate::faults::{CountingLoader, DeleteFault, FailingLoader, FaultySource};
+use crate::harness::{key_file, sample_bodies, wait_until, OwnPostgres, Sqs, TestDb, TestQueue};
 
 /// Drain arguments as a user would give them, with short waits for tests.
 pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
@@ -314,6 +314,71 @@ async fn a_queue_given_by_name_is_found_on_the_endpoint(sqs: Sqs) {
         e.contains("GetQueueUrl") && e.contains("NonExistentQueue"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_mid_drain_loses_nothing_and_doubles_nothing() {
+    let pg = OwnPostgres::start();
+    let db = TestDb { url: pg.url() };
+    setup(&db).await;
+    let queue = TestQueue::new().await;
+    queue.send(&sample_bodies()).await;
+    let mut a = fresh_args(&db, &queue);
+    a.max_attempts = 40;
+    // The receivers wait at the gate until the database is down, so every load meets the outage.
+    let gated = Arc::new(FaultySource::new(queue.queue.clone()).gated());
+    let failed = Arc::new(AtomicU64::new(0));
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let counting = failed.clone();
+    let drain = app::process_with(
+        settings,
+        gated.clone(),
+        CancellationToken::new(),
+        move |inner| CountingLoader {
+            inner,
+            failed: counting,
+        },
+    );
+    let outage = async {
+        wait_until("the receivers to reach the gate", Duration::from_secs(30), || {
+            gated.gate().waiting.load(Ordering::SeqCst) > 0
+        })
+        .await;
+        tokio::task::block_in_place(|| pg.stop());
+        let down_at = std::time::Instant::now();
+        gated.gate().open();
+        // Down for at least three failed loads and three seconds.
+        wait_until("three failed loads", Duration::from_secs(60), || {
+            failed.load(Ordering::SeqCst) >= 3
+        })
+        .await;
+        tokio::time::sleep_until((down_at + Duration::from_secs(3)).into()).await;
+        tokio::task::block_in_place(|| pg.start_again());
+    };
+    let (summary, ()) = tokio::join!(drain, outage);
+    let summary = summary.unwrap();
+    assert_eq!(summary.loaded, 99, "{summary:?}");
+    assert_eq!(summary.rejected_total(), 1, "{summary:?}");
+    assert!(summary.load_retries >= 3, "{summary:?}");
+    assert_eq!(
+        summary.load_retries,
+        failed.load(Ordering::SeqCst),
+        "every failed load was retried"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT user_id) FROM public.user_logins").await,
+        99
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.processed_messages").await,
+        100
+    );
+    assert_eq!(queue.depth().await, 0);
+    assert!(crate::harness::captured_logs().contains("load failed; retrying"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
