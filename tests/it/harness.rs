@@ -348,7 +348,10 @@ impl OwnPostgres {
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         let _ = Command::new("sh")
-            .args(["-c", &format!("{} >/dev/null 2>&1", self.stop_command("immediate"))])
+            .args([
+                "-c",
+                &format!("{} >/dev/null 2>&1", self.stop_command("immediate")),
+            ])
             .status();
         let _ = std::fs::remove_dir_all(&self.root);
     }
@@ -377,6 +380,71 @@ fn wait_for_port(what: &str, port: u16) {
         Duration::from_secs(60),
         || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
     );
+}
+
+/// A moto server of its own, for tests that stop and restart it (on the same port; moto keeps
+/// its queues in memory, so a restart starts empty). Stopped when dropped.
+pub struct OwnMoto {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnMoto {
+    pub fn start() -> Self {
+        servers();
+        let dir = std::env::temp_dir().join(unique("sqs2pg-ownmoto"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (child, port) = spawn_moto(&dir, &[]);
+        wait_for_port("moto (own)", port);
+        Self {
+            child: Some(child),
+            dir,
+            port,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL) and waits until its port is closed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        wait_for("moto's port to close", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    /// Starts a fresh server on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        let command = std::env::var("SQS2PG_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
+        let log = std::fs::File::create(self.dir.join("moto-again.log")).unwrap();
+        let child = Command::new(&command)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .env("MOTO_ACCOUNT_ID", "000000000000")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port("moto (own, restarted)", self.port);
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A moto server of its own that checks signatures: the first few calls (setting up an IAM
@@ -688,6 +756,23 @@ impl TestQueue {
     /// A fresh queue on the given server.
     pub async fn on(sqs: Sqs) -> Self {
         Self::named(sqs, &unique("q").replace('_', "-")).await
+    }
+
+    /// A queue named `name` on the SQS server at `endpoint`, spoken to in JSON.
+    pub async fn at(endpoint: &str, name: &str) -> Self {
+        let settings = SqsSettings {
+            queue_url: format!("{endpoint}/000000000000/{name}"),
+            endpoint_url: Some(endpoint.to_owned()),
+            protocol: Protocol::Json,
+        };
+        let mut queue = Queue::connect(&settings).await.unwrap();
+        queue.create_queue().await.unwrap();
+        Self {
+            url: queue.queue_url().to_owned(),
+            endpoint: endpoint.to_owned(),
+            protocol: Protocol::Json,
+            queue: Arc::new(queue),
+        }
     }
 
     /// A fresh FIFO queue on the given server.

@@ -14,7 +14,9 @@ use sqs2pg::postgres::{Database, TableName};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{CountingLoader, DeleteFault, FailingLoader, FaultySource};
-use crate::harness::{key_file, sample_bodies, wait_until, OwnPostgres, Sqs, TestDb, TestQueue};
+use crate::harness::{
+    key_file, sample_bodies, wait_until, OwnMoto, OwnPostgres, Sqs, TestDb, TestQueue,
+};
 
 /// Drain arguments as a user would give them, with short waits for tests.
 pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
@@ -340,9 +342,11 @@ async fn postgres_stopped_mid_drain_loses_nothing_and_doubles_nothing() {
         },
     );
     let outage = async {
-        wait_until("the receivers to reach the gate", Duration::from_secs(30), || {
-            gated.gate().waiting.load(Ordering::SeqCst) > 0
-        })
+        wait_until(
+            "the receivers to reach the gate",
+            Duration::from_secs(30),
+            || gated.gate().waiting.load(Ordering::SeqCst) > 0,
+        )
         .await;
         tokio::task::block_in_place(|| pg.stop());
         let down_at = std::time::Instant::now();
@@ -370,7 +374,11 @@ async fn postgres_stopped_mid_drain_loses_nothing_and_doubles_nothing() {
         99
     );
     assert_eq!(
-        count(&db, "SELECT count(DISTINCT user_id) FROM public.user_logins").await,
+        count(
+            &db,
+            "SELECT count(DISTINCT user_id) FROM public.user_logins"
+        )
+        .await,
         99
     );
     assert_eq!(
@@ -379,6 +387,75 @@ async fn postgres_stopped_mid_drain_loses_nothing_and_doubles_nothing() {
     );
     assert_eq!(queue.depth().await, 0);
     assert!(crate::harness::captured_logs().contains("load failed; retrying"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_recovers_by_itself_when_the_sqs_server_restarts() {
+    let mut moto = OwnMoto::start();
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let queue = TestQueue::at(&moto.endpoint(), "restarted").await;
+    let bodies = sample_bodies();
+    let (first, second) = bodies.split_at(50);
+    queue.send(first).await;
+    let mut a = fresh_args(&db, &queue);
+    a.visibility_timeout_secs = Some(30);
+    let settings = config::pipeline(&a, Mode::Run).unwrap();
+    let shutdown = CancellationToken::new();
+    let service = app::process(settings, shutdown.clone());
+    let ledger = || count(&db, "SELECT count(*) FROM sqs2pg.processed_messages");
+    let script = async {
+        wait_until_async("the first half loaded", || async { ledger().await == 50 }).await;
+        wait_until_async("the first half deleted", || async {
+            queue.depth().await == 0
+        })
+        .await;
+        // The server dies (its queue with it) and stays away for three seconds.
+        tokio::task::block_in_place(|| moto.kill());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::task::block_in_place(|| moto.start_again());
+        let again = TestQueue::at(&moto.endpoint(), "restarted").await;
+        assert_eq!(again.url, queue.url, "the same queue URL after the restart");
+        again.send(second).await;
+        wait_until_async("the second half loaded after the restart", || async {
+            ledger().await == 100
+        })
+        .await;
+        wait_until_async("the second half deleted", || async {
+            again.depth().await == 0
+        })
+        .await;
+        shutdown.cancel();
+    };
+    let (summary, ()) = tokio::join!(service, script);
+    let summary = summary.unwrap();
+    assert_eq!(summary.loaded, 99, "{summary:?}");
+    assert_eq!(summary.rejected_total(), 1, "{summary:?}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT user_id) FROM public.user_logins"
+        )
+        .await,
+        99
+    );
+    assert!(crate::harness::captured_logs().contains("receive failed; retrying"));
+}
+
+/// Polls an async condition every 50 ms for up to 60 s.
+async fn wait_until_async<F, Fut>(what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
