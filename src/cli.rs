@@ -78,6 +78,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
     pub wait_time_secs: u64,
 
+    /// After SIGTERM/SIGINT, the longest the run takes to flush, commit, delete and release
+    /// before it exits anyway (keep it below the container's grace period).
+    #[arg(long, env = "SQS2PG_SHUTDOWN_TIMEOUT_SECS", default_value_t = crate::config::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
+    pub shutdown_timeout_secs: u64,
+
     /// Visibility timeout asked for on receive; the queue's own setting when not given.
     #[arg(long, env = "SQS2PG_VISIBILITY_TIMEOUT_SECS")]
     pub visibility_timeout_secs: Option<u64>,

@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 /// keeps the messages we hold from coming back, so a receive count this high means it failed
 /// (or its holder died) 25 times; generous, because a poisoned valid message costs a replay.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
+/// Docker and Kubernetes send SIGKILL 30 s after SIGTERM by default; 25 s leaves time to
+/// release what could not be committed (the last 5 s are kept for that) and to exit cleanly.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 25;
 /// Above the longest time SQS can still deliver a message id (14 days of retention, up to 14
 /// more after a FIFO dead-letter move, plus a 12-hour visibility timeout); see
 /// `postgres::ledger`.
@@ -239,6 +242,14 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         "a shorter horizon could forget a message SQS can still deliver: 14 days in the queue, up to 14 more after a FIFO dead-letter move, plus 12 hours of visibility",
     )?;
     range(
+        "shutdown-timeout-secs",
+        "SQS2PG_SHUTDOWN_TIMEOUT_SECS",
+        args.shutdown_timeout_secs,
+        1,
+        3_600,
+        "seconds from SIGTERM to exit; keep it below the container's grace period (30 s by default)",
+    )?;
+    range(
         "max-receive-count",
         "SQS2PG_MAX_RECEIVE_COUNT",
         u64::from(args.max_receive_count),
@@ -272,6 +283,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             delete_concurrency: DEFAULT_DELETE_CONCURRENCY,
             load_retry: retry,
             source_retry: retry,
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         },
     })
 }
@@ -321,6 +333,7 @@ mod tests {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
             ledger_retention_days: DEFAULT_LEDGER_RETENTION_DAYS,
+            shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
         };
         let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
         assert!(

@@ -20,8 +20,8 @@ use crate::sqs::{AckHandle, MessageSource, SQS_BATCH_LIMIT};
 
 /// ChangeMessageVisibilityBatch calls in flight at once (heartbeat and release).
 const CONCURRENT_CALLS: usize = 8;
-/// The longest the final release may take.
-const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest the final release may take when no shutdown deadline bounds it.
+pub const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The messages we hold, by receipt handle, with when their visibility was last set.
 #[derive(Debug, Default)]
@@ -131,8 +131,9 @@ pub async fn heartbeat<S: MessageSource>(
 
 /// Makes every message still held visible again at once (visibility 0), so that messages
 /// received but never committed are not stuck until their timeout. Best effort, within
-/// [`RELEASE_DEADLINE`]. Returns how many were released.
-pub async fn release_all<S: MessageSource>(source: &S, leases: &Leases) -> u64 {
+/// `bound` ([`RELEASE_DEADLINE`], or what a shutdown deadline leaves). Returns how many were
+/// released.
+pub async fn release_all<S: MessageSource>(source: &S, leases: &Leases, bound: Duration) -> u64 {
     let held = leases.take_all();
     let mut released = 0;
     let calls = stream::iter(held.chunks(SQS_BATCH_LIMIT))
@@ -149,7 +150,7 @@ pub async fn release_all<S: MessageSource>(source: &S, leases: &Leases) -> u64 {
             std::future::ready(())
         });
     // A dead SQS must not hold up the exit: what is not released comes back on its own.
-    if tokio::time::timeout(RELEASE_DEADLINE, calls).await.is_err() {
+    if tokio::time::timeout(bound, calls).await.is_err() {
         tracing::warn!("releasing held messages took too long; the rest come back after their visibility timeout");
     }
     released

@@ -62,6 +62,25 @@ pub struct PipelineSettings {
     pub delete_concurrency: usize,
     pub load_retry: RetryPolicy,
     pub source_retry: RetryPolicy,
+    /// After a shutdown request, the longest the run takes to flush, commit, delete and
+    /// release before it gives up on what is left (which SQS then redelivers).
+    pub shutdown_timeout: Duration,
+}
+
+impl PipelineSettings {
+    /// The last part of the shutdown budget, kept for releasing held messages.
+    fn release_reserve(&self) -> Duration {
+        (self.shutdown_timeout / 5).min(Duration::from_secs(5))
+    }
+
+    /// How long a receiver's in-flight long poll may run on after shutdown: its wait plus a
+    /// little, but at most half the time left for flushing, so an idle poll never holds up
+    /// the exit. (A poll dropped mid-flight on an idle queue brings nothing; on a busy one it
+    /// returns at once.)
+    fn receive_grace(&self) -> Duration {
+        let flushing = self.shutdown_timeout.saturating_sub(self.release_reserve());
+        (self.wait_time + Duration::from_secs(5)).min(flushing / 2)
+    }
 }
 
 /// Why a run could not finish. Whatever was not committed stays in SQS and is redelivered.
@@ -85,6 +104,8 @@ pub enum PipelineError {
         #[source]
         source: LoadError,
     },
+    #[error("the shutdown deadline ({} s) passed before everything was committed and deleted; uncommitted messages were released and will be redelivered, and committed ones not yet deleted will come back and be skipped as duplicates", .timeout.as_secs())]
+    ShutdownDeadline { timeout: Duration },
     #[error("PostgreSQL refused every one of the {rows} rows of a batch ({detail}): the table has a rule no row meets; fix the table (the refused rows were not quarantined, and nothing was deleted)")]
     TableRefusesEverything { rows: usize, detail: String },
     /// `drain` committed everything but could not delete some messages: they are back in the
@@ -145,35 +166,67 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         settings.clone(),
         stop.clone(),
     ));
+    let aborts: Vec<_> = receivers
+        .iter()
+        .map(tokio::task::JoinHandle::abort_handle)
+        .chain([deleter.abort_handle()])
+        .collect();
 
     let mut summary = Summary::default();
-    let loaded = batch_loop(item_rx, loader, ack_tx, &settings, &shutdown, &mut summary).await;
-    if loaded.is_err() {
-        stop.cancel();
-    }
-
-    let mut first_error = loaded.err();
-    for receiver in receivers {
-        if let Err(e) = receiver.await.expect("receiver task panicked") {
-            first_error.get_or_insert(e);
+    let graceful = async {
+        let loaded = batch_loop(item_rx, loader, ack_tx, &settings, &shutdown, &mut summary).await;
+        if loaded.is_err() {
+            stop.cancel();
         }
-    }
-    match deleter.await.expect("deleter task panicked") {
-        Ok((deleted, failures)) => {
-            summary.deleted = deleted;
-            summary.delete_failures = failures;
+        let mut first_error = loaded.err();
+        for receiver in receivers {
+            if let Err(e) = receiver.await.expect("receiver task panicked") {
+                first_error.get_or_insert(e);
+            }
         }
-        Err(e) => {
-            first_error.get_or_insert(e);
+        match deleter.await.expect("deleter task panicked") {
+            Ok((deleted, failures)) => {
+                summary.deleted = deleted;
+                summary.delete_failures = failures;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
-    }
+        first_error
+    };
+    // After a shutdown request the run has `shutdown_timeout`: flushing gets all of it but the
+    // release reserve; then whatever is still running is abandoned.
+    let deadline = async {
+        shutdown.cancelled().await;
+        let flushing = settings
+            .shutdown_timeout
+            .saturating_sub(settings.release_reserve());
+        tokio::time::sleep(flushing).await;
+    };
+    let first_error = tokio::select! {
+        first_error = graceful => first_error,
+        () = deadline => {
+            // Dropping `graceful` dropped the open load: its transaction never commits.
+            for abort in &aborts {
+                abort.abort();
+            }
+            tracing::warn!(timeout_secs = settings.shutdown_timeout.as_secs(), "shutdown deadline reached; abandoning what is not committed");
+            Some(PipelineError::ShutdownDeadline { timeout: settings.shutdown_timeout })
+        }
+    };
     heartbeat_done.cancel();
     if let Some(heartbeat) = heartbeat {
         summary.visibility_extended = heartbeat.await.expect("heartbeat task panicked");
     }
     // Whatever is still held was received but not committed (a failed or interrupted load):
     // make it visible now rather than after its timeout.
-    summary.released = lease::release_all(&*source, &leases).await;
+    let release_bound = if shutdown.is_cancelled() {
+        settings.release_reserve()
+    } else {
+        lease::RELEASE_DEADLINE
+    };
+    summary.released = lease::release_all(&*source, &leases, release_bound).await;
     summary.elapsed = started.elapsed();
     match first_error {
         Some(e) => Err(e),
@@ -201,11 +254,12 @@ async fn receive_loop<S: MessageSource>(
             return Ok(());
         }
         // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
-        // messages SQS handed out invisible until their timeout. It gets one long poll plus a
-        // few seconds to finish; what it brings is held, then released at the end of the run.
+        // messages SQS handed out invisible until their timeout. It gets the receive grace
+        // (one long poll plus a few seconds, within the shutdown budget) to finish; what it
+        // brings is held, then released at the end of the run.
         let grace = async {
             stop.cancelled().await;
-            tokio::time::sleep(settings.wait_time + Duration::from_secs(5)).await;
+            tokio::time::sleep(settings.receive_grace()).await;
         };
         let held_before = !leases.is_empty();
         let received = tokio::select! {
@@ -648,4 +702,221 @@ async fn delete_with_retry<S: MessageSource>(
         }
     }
     Ok((deleted, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shutdown deadline and the retry bounds, on tokio's paused clock: an in-memory source
+    //! and loaders at the pipeline's seams, no network, no sleeping for real.
+
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::login::MaskKey;
+    use crate::postgres::LoadReport;
+    use crate::sqs::{DeleteOutcome, Received, SourceErrorKind};
+
+    /// Hands out its messages, then answers every receive with an empty long poll. Records
+    /// deletes and releases (visibility 0).
+    #[derive(Default)]
+    struct Scripted {
+        messages: Mutex<Vec<Received>>,
+        /// Every receive fails transiently instead.
+        failing: bool,
+        receives: Mutex<u32>,
+        deleted: Mutex<Vec<String>>,
+        released: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn with(n: usize) -> Self {
+            let body = r#"{"user_id": "u", "app_version": "2.3.0", "device_type": "android", "ip": "10.0.0.1", "locale": null, "device_id": "593-47-5928"}"#;
+            let messages = (0..n)
+                .map(|i| Received {
+                    ack: AckHandle {
+                        message_id: format!("m{i}"),
+                        receipt_handle: format!("r{i}"),
+                    },
+                    ledger_id: format!("m{i}"),
+                    body: body.to_owned(),
+                    sent_timestamp: 1_700_000_000_000,
+                    receive_count: 1,
+                    received_at: SystemTime::now(),
+                })
+                .collect();
+            Self {
+                messages: Mutex::new(messages),
+                ..Self::default()
+            }
+        }
+    }
+
+    impl MessageSource for Scripted {
+        async fn receive(
+            &self,
+            max: i32,
+            wait: Duration,
+            _visibility: Option<Duration>,
+        ) -> Result<Vec<Received>, SourceError> {
+            *self.receives.lock().unwrap() += 1;
+            if self.failing {
+                return Err(SourceError::new(
+                    SourceErrorKind::Transient,
+                    "ReceiveMessage",
+                    "connection refused",
+                ));
+            }
+            let batch: Vec<Received> = {
+                let mut messages = self.messages.lock().unwrap();
+                let n = messages.len().min(max as usize);
+                messages.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(batch)
+        }
+
+        async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+            let mut deleted = self.deleted.lock().unwrap();
+            deleted.extend(acks.iter().map(|a| a.message_id.clone()));
+            Ok(DeleteOutcome {
+                deleted: acks.len(),
+                ..DeleteOutcome::default()
+            })
+        }
+
+        async fn change_visibility(
+            &self,
+            acks: &[AckHandle],
+            timeout: Duration,
+        ) -> Result<Vec<AckHandle>, SourceError> {
+            if timeout.is_zero() {
+                let mut released = self.released.lock().unwrap();
+                released.extend(acks.iter().map(|a| a.message_id.clone()));
+            }
+            Ok(Vec::new())
+        }
+    }
+
+    /// Commits every batch at once.
+    struct Committing;
+    impl BatchLoader for Committing {
+        async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+            Ok(LoadReport {
+                loaded: batch.rows.len() as u64,
+                ..LoadReport::default()
+            })
+        }
+    }
+
+    /// A COPY that never finishes.
+    struct Hanging;
+    impl BatchLoader for Hanging {
+        async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadError> {
+            std::future::pending().await
+        }
+    }
+
+    fn settings(mode: Mode) -> PipelineSettings {
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_attempts: Some(4),
+        };
+        PipelineSettings {
+            mode,
+            receivers: 2,
+            wait_time: Duration::from_secs(20),
+            visibility_timeout: Some(Duration::from_secs(120)),
+            batch_max_rows: 1000,
+            batch_max_age: Duration::from_millis(100),
+            max_body_bytes: 1 << 16,
+            max_receive_count: 25,
+            delete_concurrency: 2,
+            load_retry: retry,
+            source_retry: retry,
+            shutdown_timeout: Duration::from_secs(25),
+        }
+    }
+
+    async fn run_until_signal<L: BatchLoader>(
+        source: Arc<Scripted>,
+        loader: L,
+        mode: Mode,
+        signal_after: Option<Duration>,
+    ) -> (Result<Summary, PipelineError>, Duration) {
+        let key = MaskKey::from_base64(&"A".repeat(44)).unwrap();
+        let shutdown = CancellationToken::new();
+        if let Some(after) = signal_after {
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                token.cancel();
+            });
+        }
+        let started = Instant::now();
+        let result = run(
+            source,
+            loader,
+            Masker::new(&key),
+            BodySealer::new(&key),
+            settings(mode),
+            shutdown,
+        )
+        .await;
+        (result, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_load_that_never_ends_is_abandoned_at_the_shutdown_deadline() {
+        let source = Arc::new(Scripted::with(3));
+        let signal = Duration::from_secs(1);
+        let (result, elapsed) =
+            run_until_signal(source.clone(), Hanging, Mode::Run, Some(signal)).await;
+        assert!(
+            matches!(result, Err(PipelineError::ShutdownDeadline { .. })),
+            "{result:?}"
+        );
+        // Flushing gets the budget minus the 5 s release reserve; the release is immediate.
+        assert_eq!(elapsed, signal + Duration::from_secs(20), "{elapsed:?}");
+        let mut released = source.released.lock().unwrap().clone();
+        released.sort();
+        assert_eq!(released, ["m0", "m1", "m2"], "held messages are released");
+        assert!(
+            source.deleted.lock().unwrap().is_empty(),
+            "nothing uncommitted is deleted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_long_poll_does_not_hold_up_a_clean_shutdown() {
+        let source = Arc::new(Scripted::with(3));
+        let signal = Duration::from_secs(1);
+        let (result, elapsed) =
+            run_until_signal(source.clone(), Committing, Mode::Run, Some(signal)).await;
+        let summary = result.unwrap();
+        assert_eq!((summary.loaded, summary.deleted), (3, 3), "{summary:?}");
+        // The receivers' 20 s polls are cut after half the 20 s flushing budget.
+        assert!(elapsed <= signal + Duration::from_secs(10), "{elapsed:?}");
+        assert!(source.released.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_receive_backs_off_within_its_caps_and_drain_gives_up() {
+        let source = Arc::new(Scripted {
+            failing: true,
+            ..Scripted::default()
+        });
+        let (result, elapsed) =
+            run_until_signal(source.clone(), Committing, Mode::Drain, None).await;
+        assert!(
+            matches!(result, Err(PipelineError::Source { attempts: 4, .. })),
+            "{result:?}"
+        );
+        // Two receivers, four attempts each; delays of at most 0.1, 0.2 and 0.4 s between them.
+        assert!(*source.receives.lock().unwrap() <= 8);
+        assert!(elapsed <= Duration::from_millis(700), "{elapsed:?}");
+    }
 }

@@ -219,6 +219,7 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
             ("SQS2PG_WAIT_TIME_SECS", "1"),
             // Batches close only on shutdown: the rows can only come from the final flush.
             ("SQS2PG_BATCH_MAX_AGE_MS", "600000"),
+            ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "10"),
         ],
     );
     c.stdout(std::process::Stdio::piped())
@@ -248,9 +249,10 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
         .unwrap();
     assert!(kill.success());
     let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let out = tokio::time::timeout(std::time::Duration::from_secs(30), exited)
+    // Within its 10 s shutdown deadline (plus slack for a loaded machine).
+    let out = tokio::time::timeout(std::time::Duration::from_secs(15), exited)
         .await
-        .expect("run did not exit within 30 s of SIGTERM")
+        .expect("run did not exit within its shutdown deadline")
         .unwrap()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -269,6 +271,65 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
     );
     let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_cannot_commit_by_the_shutdown_deadline_is_released_for_redelivery() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    crate::pipeline::setup(&db).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let mut c = command(
+        &["run"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+            ("SQS2PG_MASK_KEY", key.as_str()),
+            ("SQS2PG_WAIT_TIME_SECS", "1"),
+            ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "300"),
+            ("SQS2PG_BATCH_MAX_AGE_MS", "600000"),
+            ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "10"),
+        ],
+    );
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    queue.send(&crate::harness::sample_bodies()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while queue.queue.approximate_depth().await.unwrap() != (0, 100) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not receive the sample"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The table is locked, so the final flush cannot commit: the deadline must cut it off.
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE public.user_logins IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(15), exited)
+        .await
+        .expect("run did not exit within its shutdown deadline")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("shutdown deadline"),
+        "{}",
+        stderr(&out)
+    );
+    // Every message is visible again at once (not after the 300 s timeout), none committed.
+    assert_eq!(queue.queue.approximate_depth().await.unwrap(), (100, 0));
+    lock.rollback().await.unwrap();
+    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
+    assert_eq!(rows, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         max_attempts: 3,
         max_receive_count: 25,
         ledger_retention_days: 30,
+        shutdown_timeout_secs: 25,
     }
 }
 
