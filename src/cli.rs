@@ -78,6 +78,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
     pub wait_time_secs: u64,
 
+    /// Body bytes received and not yet committed, at most: receiving pauses at this budget
+    /// (while the database is slow or down), so memory stays bounded.
+    #[arg(long, env = "SQS2PG_MAX_IN_FLIGHT_BYTES", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES)]
+    pub max_in_flight_bytes: usize,
+
     /// After SIGTERM/SIGINT, the longest the run takes to flush, commit, delete and release
     /// before it exits anyway (keep it below the container's grace period).
     #[arg(long, env = "SQS2PG_SHUTDOWN_TIMEOUT_SECS", default_value_t = crate::config::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]

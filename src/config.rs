@@ -35,6 +35,10 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
 /// Docker and Kubernetes send SIGKILL 30 s after SIGTERM by default; 25 s leaves time to
 /// release what could not be committed (the last 5 s are kept for that) and to exit cleanly.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 25;
+/// 64 MiB of bodies in flight: about 400,000 logins of 160 bytes, far more than a batch of
+/// 1,000 needs to keep the database busy, yet small next to any machine this runs on; at the
+/// 256 KiB SQS maximum it still holds 256 bodies.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Above the longest time SQS can still deliver a message id (14 days of retention, up to 14
 /// more after a FIFO dead-letter move, plus a 12-hour visibility timeout); see
 /// `postgres::ledger`.
@@ -242,6 +246,14 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         "a shorter horizon could forget a message SQS can still deliver: 14 days in the queue, up to 14 more after a FIFO dead-letter move, plus 12 hours of visibility",
     )?;
     range(
+        "max-in-flight-bytes",
+        "SQS2PG_MAX_IN_FLIGHT_BYTES",
+        args.max_in_flight_bytes as u64,
+        args.max_body_bytes as u64,
+        u64::from(u32::MAX),
+        "body bytes held at once; at least --max-body-bytes, so the largest message fits",
+    )?;
+    range(
         "shutdown-timeout-secs",
         "SQS2PG_SHUTDOWN_TIMEOUT_SECS",
         args.shutdown_timeout_secs,
@@ -284,6 +296,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             load_retry: retry,
             source_retry: retry,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+            max_in_flight_bytes: args.max_in_flight_bytes,
         },
     })
 }
@@ -334,6 +347,7 @@ mod tests {
             max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
             ledger_retention_days: DEFAULT_LEDGER_RETENTION_DAYS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
         };
         let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
         assert!(

@@ -54,6 +54,8 @@ pub struct Processed {
     pub outcome: Result<MaskedLogin, Rejection>,
     pub evidence: Evidence,
     pub unknown_fields: u32,
+    /// The message's share of the in-flight byte budget, given back when its batch is done.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Rows, rejections and the ack handles of every message in them. One message id appears at
@@ -67,13 +69,21 @@ pub struct Batch {
     pub duplicates_in_batch: u64,
     /// Unknown JSON fields seen in this batch's bodies.
     pub unknown_fields: u64,
+    /// Body bytes of the messages in the batch (as counted against the in-flight budget).
+    pub bytes: usize,
     ids: HashSet<String>,
+    /// In-flight budget held by the batch's messages; released when the batch is dropped.
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Batch {
     /// Adds one processed message.
-    pub fn push(&mut self, p: Processed) {
+    pub fn push(&mut self, mut p: Processed) {
         self.unknown_fields += u64::from(p.unknown_fields);
+        if let Some(permit) = p.permit.take() {
+            self.bytes += permit.num_permits();
+            self.permits.push(permit);
+        }
         if !self.ids.insert(p.ledger_id.clone()) {
             self.duplicates_in_batch += 1;
             self.acks.push(p.ack);

@@ -65,6 +65,10 @@ pub struct PipelineSettings {
     /// After a shutdown request, the longest the run takes to flush, commit, delete and
     /// release before it gives up on what is left (which SQS then redelivers).
     pub shutdown_timeout: Duration,
+    /// Body bytes received and not yet committed, at most (plus one receive per receiver):
+    /// receiving pauses at this budget, so memory stays bounded however deep the queue is.
+    /// A batch is cut at half of it, so one batch can load while the next fills.
+    pub max_in_flight_bytes: usize,
 }
 
 impl PipelineSettings {
@@ -130,6 +134,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     let (item_tx, item_rx) = mpsc::channel::<Processed>(settings.batch_max_rows.max(10) * 2);
     let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckHandle>>(4);
     let leases = Arc::new(Leases::default());
+    let budget = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes));
     // The heartbeat runs until every delete is done; it needs to know the visibility timeout.
     let heartbeat_done = CancellationToken::new();
     let heartbeat = settings.visibility_timeout.map(|visibility| {
@@ -152,6 +157,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
                 id,
                 source.clone(),
                 leases.clone(),
+                budget.clone(),
                 item_tx.clone(),
                 stage.clone(),
                 stop.clone(),
@@ -243,6 +249,7 @@ async fn receive_loop<S: MessageSource>(
     id: usize,
     source: Arc<S>,
     leases: Arc<Leases>,
+    budget: Arc<tokio::sync::Semaphore>,
     items: mpsc::Sender<Processed>,
     stage: Arc<Stage>,
     stop: CancellationToken,
@@ -317,7 +324,19 @@ async fn receive_loop<S: MessageSource>(
         }
         tracing::trace!(receiver = id, count = messages.len(), "received");
         for m in messages {
-            if items.send(stage.process(m)).await.is_err() {
+            // Backpressure: wait for this body's share of the in-flight budget. While the
+            // database is slow or down the budget stays spent and receiving pauses here; what
+            // we hold meanwhile is kept invisible by the heartbeat.
+            let bytes = m.body.len().clamp(1, settings.max_in_flight_bytes) as u32;
+            let permit = tokio::select! {
+                permit = budget.clone().acquire_many_owned(bytes) => {
+                    permit.expect("the budget is never closed")
+                }
+                _ = stop.cancelled() => return Ok(()),
+            };
+            let mut processed = stage.process(m);
+            processed.permit = Some(permit);
+            if items.send(processed).await.is_err() {
                 // The loader has stopped; what we hold was not committed and is released.
                 return Ok(());
             }
@@ -369,6 +388,7 @@ impl Stage {
             outcome: t.outcome,
             evidence,
             unknown_fields: t.unknown_fields,
+            permit: None,
         }
     }
 }
@@ -397,6 +417,7 @@ async fn batch_loop<L: BatchLoader>(
                     }
                     batch.push(p);
                     batch.len() >= settings.batch_max_rows
+                        || batch.bytes >= settings.max_in_flight_bytes / 2
                 }
                 None => {
                     if !batch.is_empty() {
@@ -838,6 +859,7 @@ mod tests {
             load_retry: retry,
             source_retry: retry,
             shutdown_timeout: Duration::from_secs(25),
+            max_in_flight_bytes: 64 << 20,
         }
     }
 
@@ -845,6 +867,15 @@ mod tests {
         source: Arc<Scripted>,
         loader: L,
         mode: Mode,
+        signal_after: Option<Duration>,
+    ) -> (Result<Summary, PipelineError>, Duration) {
+        run_with(source, loader, settings(mode), signal_after).await
+    }
+
+    async fn run_with<L: BatchLoader>(
+        source: Arc<Scripted>,
+        loader: L,
+        settings: PipelineSettings,
         signal_after: Option<Duration>,
     ) -> (Result<Summary, PipelineError>, Duration) {
         let key = MaskKey::from_base64(&"A".repeat(44)).unwrap();
@@ -862,7 +893,7 @@ mod tests {
             loader,
             Masker::new(&key),
             BodySealer::new(&key),
-            settings(mode),
+            settings,
             shutdown,
         )
         .await;
@@ -901,6 +932,34 @@ mod tests {
         // The receivers' 20 s polls are cut after half the 20 s flushing budget.
         assert!(elapsed <= signal + Duration::from_secs(10), "{elapsed:?}");
         assert!(source.released.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receiving_pauses_when_the_in_flight_byte_budget_is_spent() {
+        let source = Arc::new(Scripted::with(2000));
+        let body = source.messages.lock().unwrap()[0].body.len();
+        let budget = 100 * body;
+        let settings = PipelineSettings {
+            max_in_flight_bytes: budget,
+            ..settings(Mode::Run)
+        };
+        // The loader never finishes, so nothing is ever given back: after a minute, what was
+        // received is what the budget allowed, plus at most one receive per receiver.
+        let (result, _) = run_with(
+            source.clone(),
+            Hanging,
+            settings.clone(),
+            Some(Duration::from_secs(60)),
+        )
+        .await;
+        assert!(matches!(
+            result,
+            Err(PipelineError::ShutdownDeadline { .. })
+        ));
+        let taken = 2000 - source.messages.lock().unwrap().len();
+        let bound = budget / body + settings.receivers * SQS_BATCH_LIMIT;
+        assert!(taken >= budget / body, "the budget was used: {taken}");
+        assert!(taken <= bound, "{taken} received, bound {bound}");
     }
 
     #[tokio::test(start_paused = true)]
