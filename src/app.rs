@@ -227,9 +227,16 @@ pub async fn send(
         .chunks(SQS_BATCH_LIMIT)
         .map(<[Outgoing]>::to_vec)
         .collect();
+    // A FIFO queue keeps the order messages arrive in: one call at a time, each chunk (and
+    // its retries) done before the next.
+    let concurrency = if is_fifo(queue.queue_url()) {
+        1
+    } else {
+        concurrency.max(1)
+    };
     let results: Vec<Result<u64, SourceError>> = stream::iter(chunks)
         .map(|chunk| send_chunk(&queue, chunk))
-        .buffer_unordered(concurrency.max(1))
+        .buffered(concurrency)
         .collect()
         .await;
     let mut sent = 0;

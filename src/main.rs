@@ -75,9 +75,9 @@ async fn run(command: Command) -> Result<(), AppError> {
                     print!("{summary}");
                     Ok(())
                 }
-                Err(AppError::Pipeline(PipelineError::Undeleted(summary))) => {
+                Err(AppError::Pipeline(PipelineError::Incomplete(summary))) => {
                     print!("{summary}");
-                    Err(AppError::Pipeline(PipelineError::Undeleted(summary)))
+                    Err(AppError::Pipeline(PipelineError::Incomplete(summary)))
                 }
                 Err(e) => Err(e),
             }

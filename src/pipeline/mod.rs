@@ -112,10 +112,12 @@ pub enum PipelineError {
     ShutdownDeadline { timeout: Duration },
     #[error("PostgreSQL refused every one of the {rows} rows of a batch ({detail}): the table has a rule no row meets; fix the table (the refused rows were not quarantined, and nothing was deleted)")]
     TableRefusesEverything { rows: usize, detail: String },
-    /// `drain` committed everything but could not delete some messages: they are back in the
-    /// queue and the next run deletes them as duplicates (the ledger keeps them out of the table).
-    #[error("{} committed message(s) could not be deleted from SQS; they will come back and be skipped as duplicates on the next run", .0.delete_failures)]
-    Undeleted(Box<Summary>),
+    /// `drain` committed everything it could, but left messages behind: some could not be
+    /// deleted (they come back and the next run deletes them as duplicates; the ledger keeps
+    /// them out of the table), or some failed their MD5 check (they come back and are processed
+    /// by a later run).
+    #[error("{}", incomplete(.0))]
+    Incomplete(Box<Summary>),
 }
 
 /// Runs the pipeline until the queue is drained (`Mode::Drain`) or `shutdown` is cancelled.
@@ -134,7 +136,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     let (item_tx, item_rx) = mpsc::channel::<Processed>(settings.batch_max_rows.max(10) * 2);
     let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckHandle>>(4);
     let leases = Arc::new(Leases::default());
-    let budget = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes));
+
     // The heartbeat runs until every delete is done; it needs to know the visibility timeout.
     let heartbeat_done = CancellationToken::new();
     let heartbeat = settings.visibility_timeout.map(|visibility| {
@@ -150,6 +152,8 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         masker,
         sealer,
         settings: settings.clone(),
+        budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
+        md5_mismatches: std::sync::atomic::AtomicU64::new(0),
     });
     let receivers: Vec<_> = (0..settings.receivers.max(1))
         .map(|id| {
@@ -157,7 +161,6 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
                 id,
                 source.clone(),
                 leases.clone(),
-                budget.clone(),
                 item_tx.clone(),
                 stage.clone(),
                 stop.clone(),
@@ -233,14 +236,37 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         lease::RELEASE_DEADLINE
     };
     summary.released = lease::release_all(&*source, &leases, release_bound).await;
+    summary.md5_mismatches = stage
+        .md5_mismatches
+        .load(std::sync::atomic::Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     match first_error {
         Some(e) => Err(e),
-        None if settings.mode == Mode::Drain && summary.delete_failures > 0 => {
-            Err(PipelineError::Undeleted(Box::new(summary)))
+        None if settings.mode == Mode::Drain
+            && (summary.delete_failures > 0 || summary.md5_mismatches > 0) =>
+        {
+            Err(PipelineError::Incomplete(Box::new(summary)))
         }
         None => Ok(summary),
     }
+}
+
+/// What `drain` left behind, in words.
+fn incomplete(summary: &Summary) -> String {
+    let mut parts = Vec::new();
+    if summary.delete_failures > 0 {
+        parts.push(format!(
+            "{} committed message(s) could not be deleted from SQS; they will come back and be skipped as duplicates on the next run",
+            summary.delete_failures
+        ));
+    }
+    if summary.md5_mismatches > 0 {
+        parts.push(format!(
+            "{} message(s) failed their MD5 check and were not processed; SQS redelivers them after their visibility timeout",
+            summary.md5_mismatches
+        ));
+    }
+    parts.join("; ")
 }
 
 /// One receiver: long-poll, transform, hand over; stop on shutdown, or in drain mode when a long
@@ -249,13 +275,15 @@ async fn receive_loop<S: MessageSource>(
     id: usize,
     source: Arc<S>,
     leases: Arc<Leases>,
-    budget: Arc<tokio::sync::Semaphore>,
     items: mpsc::Sender<Processed>,
     stage: Arc<Stage>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
     let settings = &stage.settings;
     let mut failures = 0u32;
+    // In drain mode, after an empty poll that does not count (it started while we held
+    // messages), the next one only confirms: a short wait is enough to see a queue is empty.
+    let mut confirming = false;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -269,8 +297,13 @@ async fn receive_loop<S: MessageSource>(
             tokio::time::sleep(settings.receive_grace()).await;
         };
         let held_before = !leases.is_empty();
+        let wait = if confirming {
+            settings.wait_time.min(Duration::from_secs(1))
+        } else {
+            settings.wait_time
+        };
         let received = tokio::select! {
-            r = source.receive(SQS_BATCH_LIMIT as i32, settings.wait_time, settings.visibility_timeout) => r,
+            r = source.receive(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout) => r,
             _ = grace => return Ok(()),
         };
         let messages = match received {
@@ -297,9 +330,25 @@ async fn receive_loop<S: MessageSource>(
                 });
             }
         };
+        // A body that failed its MD5 check is not processed: not held (so not kept invisible
+        // by the heartbeat), just counted; SQS delivers it again after its visibility timeout.
+        // Only once it has come back too often is it passed on, to be quarantined as poison.
+        let (corrupted, messages): (Vec<Received>, Vec<Received>) = messages
+            .into_iter()
+            .partition(|m| m.md5_mismatch && m.receive_count <= settings.max_receive_count);
+        if !corrupted.is_empty() {
+            stage
+                .md5_mismatches
+                .fetch_add(corrupted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        let corrupted_only = messages.is_empty() && !corrupted.is_empty();
         leases.hold(messages.iter().map(|m| &m.ack));
         if stop.is_cancelled() {
             return Ok(());
+        }
+        if corrupted_only {
+            // Not an empty queue: poll on.
+            continue;
         }
         if messages.is_empty() {
             // Drained: a whole long poll came back empty while this run held nothing. Messages
@@ -313,6 +362,7 @@ async fn receive_loop<S: MessageSource>(
                 );
                 return Ok(());
             }
+            confirming = settings.mode == Mode::Drain;
             if settings.wait_time.is_zero() {
                 // Short polling on an empty queue would spin (and SQS bills per request).
                 tokio::select! {
@@ -322,6 +372,7 @@ async fn receive_loop<S: MessageSource>(
             }
             continue;
         }
+        confirming = false;
         tracing::trace!(receiver = id, count = messages.len(), "received");
         for m in messages {
             // Backpressure: wait for this body's share of the in-flight budget. While the
@@ -329,7 +380,7 @@ async fn receive_loop<S: MessageSource>(
             // we hold meanwhile is kept invisible by the heartbeat.
             let bytes = m.body.len().clamp(1, settings.max_in_flight_bytes) as u32;
             let permit = tokio::select! {
-                permit = budget.clone().acquire_many_owned(bytes) => {
+                permit = stage.budget.clone().acquire_many_owned(bytes) => {
                     permit.expect("the budget is never closed")
                 }
                 _ = stop.cancelled() => return Ok(()),
@@ -344,11 +395,15 @@ async fn receive_loop<S: MessageSource>(
     }
 }
 
-/// What the receivers share to turn a received message into a [`Processed`] one.
+/// What the receivers share: what turns a received message into a [`Processed`] one, the
+/// in-flight byte budget, and the count of bodies that failed their MD5 check.
 struct Stage {
     masker: Masker,
     sealer: BodySealer,
     settings: Arc<PipelineSettings>,
+    /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
+    budget: Arc<tokio::sync::Semaphore>,
+    md5_mismatches: std::sync::atomic::AtomicU64,
 }
 
 impl Stage {
@@ -359,7 +414,14 @@ impl Stage {
             Transformed {
                 outcome: Err(Rejection::with_detail(
                     Reason::PoisonReceiveCount,
-                    format!("received {} times, limit {limit}", m.receive_count),
+                    if m.md5_mismatch {
+                        format!(
+                            "received {} times, limit {limit}; its body fails its MD5 check",
+                            m.receive_count
+                        )
+                    } else {
+                        format!("received {} times, limit {limit}", m.receive_count)
+                    },
                 )),
                 unknown_fields: 0,
             }
@@ -764,6 +826,7 @@ mod tests {
                     sent_timestamp: 1_700_000_000_000,
                     receive_count: 1,
                     received_at: SystemTime::now(),
+                    md5_mismatch: false,
                 })
                 .collect();
             Self {
@@ -960,6 +1023,19 @@ mod tests {
         let bound = budget / body + settings.receivers * SQS_BATCH_LIMIT;
         assert!(taken >= budget / body, "the budget was used: {taken}");
         assert!(taken <= bound, "{taken} received, bound {bound}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_confirms_an_empty_queue_with_a_short_poll() {
+        let source = Arc::new(Scripted::with(3));
+        let (result, elapsed) =
+            run_until_signal(source.clone(), Committing, Mode::Drain, None).await;
+        let summary = result.unwrap();
+        assert_eq!((summary.loaded, summary.deleted), (3, 3), "{summary:?}");
+        // The polls that started while the three were held do not count; the 1 s confirming
+        // poll after them does, instead of another 20 s one.
+        assert!(elapsed <= Duration::from_secs(22), "{elapsed:?}");
+        assert!(elapsed >= Duration::from_secs(20), "{elapsed:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,8 @@ pub struct Summary {
     pub visibility_extended: u64,
     /// Messages received but not committed, made visible again at the end of the run.
     pub released: u64,
+    /// Deliveries whose body did not match its MD5: not processed, left for SQS to redeliver.
+    pub md5_mismatches: u64,
     pub elapsed: Duration,
 }
 
@@ -64,6 +66,7 @@ impl fmt::Display for Summary {
         row(f, "duplicates skipped", self.duplicates)?;
         row(f, "deleted from queue", self.deleted)?;
         row(f, "delete failures", self.delete_failures)?;
+        row(f, "MD5 mismatches", self.md5_mismatches)?;
         row(f, "unknown fields", self.unknown_fields)?;
         row(f, "batches", self.batches)?;
         row(f, "load retries", self.load_retries)?;

@@ -87,6 +87,9 @@ pub struct Received {
     /// `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: i32,
     pub received_at: SystemTime,
+    /// The body does not match the MD5 the server sent with it (corrupted on the way): the
+    /// pipeline does not process it (see `pipeline`).
+    pub md5_mismatch: bool,
 }
 
 impl std::fmt::Debug for Received {
@@ -138,6 +141,9 @@ pub struct SourceError {
     pub status: Option<u16>,
     /// SQS's error code, when the server answered with an error we could read.
     pub code: Option<String>,
+    /// The answer to a JSON request looked like a query-protocol-only server's (see
+    /// [`sdk`]): `auto` checks whether the server speaks query.
+    pub query_only_hint: bool,
 }
 
 impl SourceError {
@@ -149,6 +155,7 @@ impl SourceError {
             message: message.into(),
             status: None,
             code: None,
+            query_only_hint: false,
         }
     }
 
@@ -180,14 +187,8 @@ impl SourceError {
             message,
             status: Some(status),
             code,
+            query_only_hint: false,
         }
-    }
-
-    /// The answer a query-protocol-only server (LocalStack 0.14, the exercise's image) gives a
-    /// JSON request: an HTTP error with nothing in it that reads as a JSON SQS error (0.14
-    /// answers 500 with a body of `{}`).
-    pub fn looks_query_only(&self) -> bool {
-        self.status.is_some_and(|s| (500..600).contains(&s)) && self.code.is_none()
     }
 }
 
@@ -230,13 +231,14 @@ pub(crate) struct WireMessage {
     pub replay_sent_timestamp: Option<String>,
 }
 
-/// Messages whose body did not match the MD5 the server sent with it: not processed, counted
-/// in this metric and logged by message id; SQS redelivers them after their visibility timeout.
+/// Messages whose body did not match the MD5 the server sent with it: counted in this metric,
+/// logged by message id, and flagged for the pipeline, which leaves them to SQS to redeliver.
 pub const MD5_MISMATCHES: &str = "sqs2pg_sqs_md5_mismatches_total";
 
-/// Turns one receive answer into held messages: checks each body against its MD5, keeps one
-/// delivery per message id (old LocalStack can repeat a message within one answer), reads the
-/// attributes the pipeline needs, and dates and ledgers a replay by its original.
+/// Turns one receive answer into held messages: checks each body against its MD5 (a mismatch
+/// is flagged, counted and logged), keeps one delivery per message id (old LocalStack can
+/// repeat a message within one answer), reads the attributes the pipeline needs, and dates and
+/// ledgers a replay by its original.
 pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceError> {
     let received_at = SystemTime::now();
     let mut seen = HashSet::with_capacity(wire.len());
@@ -248,16 +250,19 @@ pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceErro
             tracing::warn!("received a message without id or receipt handle; skipped");
             continue;
         };
-        if let Some(expected) = &m.md5_of_body {
-            let actual = Md5::digest(m.body.as_bytes());
-            if !hex_eq(expected, &actual) {
-                tracing::warn!(message_id, "message body does not match its MD5OfBody; not processed, SQS will redeliver it");
-                metrics::counter!(MD5_MISMATCHES).increment(1);
-                continue;
-            }
-        }
         if !seen.insert(message_id.clone()) {
             continue;
+        }
+        let md5_mismatch = m.md5_of_body.as_deref().is_some_and(|expected| {
+            let actual = Md5::digest(m.body.as_bytes());
+            !hex_eq(expected, &actual)
+        });
+        if md5_mismatch {
+            tracing::warn!(
+                message_id,
+                "message body does not match its MD5OfBody (corrupted on the way)"
+            );
+            metrics::counter!(MD5_MISMATCHES).increment(1);
         }
         // Asked for on every receive. Without it create_date is unknown; that is the server's
         // fault, not the message's, so stop rather than quarantine valid logins.
@@ -284,6 +289,7 @@ pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceErro
             sent_timestamp,
             receive_count: m.receive_count.and_then(|c| c.parse().ok()).unwrap_or(1),
             received_at,
+            md5_mismatch,
         });
     }
     Ok(messages)
@@ -361,7 +367,9 @@ mod tests {
             "the mismatch is counted"
         );
         let ids: Vec<&str> = got.iter().map(|m| m.ack.message_id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "d"]);
+        assert_eq!(ids, ["a", "b", "c", "d"], "one delivery per id");
+        let flagged: Vec<bool> = got.iter().map(|m| m.md5_mismatch).collect();
+        assert_eq!(flagged, [false, false, true, false]);
         assert_eq!(got[0].receive_count, 2);
         assert_eq!(got[0].sent_timestamp, 1_700_000_000_000);
         assert_eq!(got[0].ledger_id, "a");
@@ -405,9 +413,5 @@ mod tests {
             e(403, Some("SignatureDoesNotMatch")).kind,
             SourceErrorKind::Permanent
         );
-        assert!(e(500, None).looks_query_only());
-        assert!(!e(403, None).looks_query_only());
-        assert!(!e(500, Some("InternalError")).looks_query_only());
-        assert!(!SourceError::new(SourceErrorKind::Transient, "X", "refused").looks_query_only());
     }
 }

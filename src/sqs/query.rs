@@ -145,6 +145,18 @@ impl QueryQueue {
             .ok_or_else(|| unreadable(action, "no QueueUrl in the answer"))
     }
 
+    /// A harmless call that any query-protocol SQS answers: `ListQueues` for this queue's name.
+    pub async fn probe(&self) -> Result<(), SourceError> {
+        let prefix = super::queue::queue_name(&self.queue_url).unwrap_or("sqs2pg");
+        self.call(
+            "ListQueues",
+            vec![("QueueNamePrefix".into(), prefix.to_owned())],
+            false,
+        )
+        .await
+        .map(drop)
+    }
+
     /// The queue's own `VisibilityTimeout`.
     pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
         let attrs = self.attributes(&["VisibilityTimeout"]).await?;

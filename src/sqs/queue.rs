@@ -49,6 +49,12 @@ pub struct Queue {
     protocol: Protocol,
     /// Set once `auto` found a query-only server (or `query` was asked for).
     on_query: AtomicBool,
+    /// Set once a JSON call succeeded: from then on the server speaks JSON, and an odd error
+    /// (a proxy's 502, say) is just an error, never a reason to switch.
+    json_worked: AtomicBool,
+    /// Set once any call on the queue succeeded: if the queue then "does not exist", the SQS
+    /// server lost it (a LocalStack or moto restart), and it is waited for, not given up on.
+    queue_seen: AtomicBool,
     queue_url: String,
 }
 
@@ -56,7 +62,7 @@ pub struct Queue {
 /// server turns out to speak only that. Both clients have the same method names.
 macro_rules! over {
     ($self:ident, $client:ident => $call:expr) => {{
-        if $self.on_query.load(Ordering::Relaxed) {
+        let result = if $self.on_query.load(Ordering::Relaxed) {
             let $client = &$self.query;
             $call.await
         } else {
@@ -65,18 +71,25 @@ macro_rules! over {
                 $call.await
             };
             match first {
-                Err(e) if e.looks_query_only() => {
-                    if $self.protocol == Protocol::Auto {
-                        let $client = &$self.query;
-                        let second = $call.await;
-                        $self.settle(e, second)
-                    } else {
-                        Err($self.explain(e))
-                    }
+                Ok(answer) => {
+                    $self.json_worked.store(true, Ordering::Relaxed);
+                    Ok(answer)
                 }
-                other => other,
+                Err(e) if e.query_only_hint && $self.protocol == Protocol::Json => {
+                    Err($self.explain(e))
+                }
+                Err(e)
+                    if e.query_only_hint
+                        && !$self.json_worked.load(Ordering::Relaxed)
+                        && $self.speaks_query(&e).await =>
+                {
+                    let $client = &$self.query;
+                    $call.await
+                }
+                Err(e) => Err(e),
             }
-        }
+        };
+        $self.observe(result)
     }};
 }
 
@@ -93,8 +106,11 @@ impl Queue {
             .region()
             .map(|r| r.as_ref().to_owned())
             .expect("aws_config sets a region");
-        let query_endpoint =
-            endpoint.unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
+        // Query requests go to the endpoint, else to the queue URL's own host (which is right
+        // for every AWS partition), else, for a bare name, to the region's SQS.
+        let query_endpoint = endpoint
+            .or_else(|| origin(&settings.queue_url))
+            .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
         let query = QueryQueue::new(
             &query_endpoint,
             region,
@@ -107,6 +123,8 @@ impl Queue {
             query,
             protocol: settings.protocol,
             on_query: AtomicBool::new(settings.protocol == Protocol::Query),
+            json_worked: AtomicBool::new(false),
+            queue_seen: AtomicBool::new(false),
             queue_url: settings.queue_url.clone(),
         })
     }
@@ -198,20 +216,17 @@ impl Queue {
         over!(self, c => c.send_batch(&tagged))
     }
 
-    /// Decides `auto`'s second try: if the server answered the query request (success, or an
-    /// SQS error it could put in XML), it speaks query: switch for good. Otherwise the first
-    /// error stands.
-    fn settle<T>(
-        &self,
-        json_error: SourceError,
-        second: Result<T, SourceError>,
-    ) -> Result<T, SourceError> {
-        let answered = match &second {
-            Ok(_) => true,
-            Err(e) => e.code.is_some(),
-        };
-        if !answered {
-            return Err(json_error);
+    /// `auto`'s check, after a JSON answer that looked like a query-only server's: asks the
+    /// server a harmless question (`ListQueues`) in query. If it answers (a result, or an SQS
+    /// error it could put in XML), it speaks query: switch for good, log once, and let the
+    /// caller ask its real question again in query. The real call is never the probe, so a
+    /// batch is never sent twice by the switch.
+    async fn speaks_query(&self, json_error: &SourceError) -> bool {
+        if self.on_query.load(Ordering::Relaxed) {
+            return true;
+        }
+        if !answered(&self.query.probe().await) {
+            return false;
         }
         if !self.on_query.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -221,7 +236,31 @@ impl Queue {
                  Set --sqs-protocol query to skip this check"
             );
         }
-        second
+        true
+    }
+
+    /// Notes a success; turns "queue does not exist" into a retryable error once the queue has
+    /// been seen in this run (an emulator restarted without its state: infrastructure tends to
+    /// create the queue again). At start-up it stays a configuration error.
+    fn observe<T>(&self, result: Result<T, SourceError>) -> Result<T, SourceError> {
+        match result {
+            Ok(answer) => {
+                self.queue_seen.store(true, Ordering::Relaxed);
+                Ok(answer)
+            }
+            Err(mut e)
+                if self.queue_seen.load(Ordering::Relaxed)
+                    && e.code.as_deref().is_some_and(is_missing_queue) =>
+            {
+                e.kind = SourceErrorKind::Transient;
+                e.message.push_str(
+                    "; the queue existed earlier in this run (was the SQS server restarted?): \
+                     waiting for it to come back",
+                );
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// With `--sqs-protocol json`, a query-only answer says what to change.
@@ -259,8 +298,8 @@ impl MessageSource for Queue {
 
 /// The AWS configuration: credentials and region from the standard chain (environment,
 /// profile, SSO, container and instance roles), the endpoint if given, bounded calls, TLS
-/// through rustls with ring (one crypto provider for SQS and PostgreSQL). The region falls back
-/// to the one in the queue URL, then, for a local server, to [`LOCAL_DEFAULT_REGION`].
+/// through rustls with ring (one crypto provider for SQS and PostgreSQL). A region in the queue
+/// URL overrides the chain's; for a local server with none anywhere, [`LOCAL_DEFAULT_REGION`].
 async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, ConfigError> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
@@ -278,13 +317,16 @@ async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, Co
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
+    // A region in the queue URL wins: the queue lives there, whatever AWS_REGION says.
+    if let Some(region) = region_of(queue) {
+        loader = loader.region(Region::new(region));
+    }
     let config = loader.load().await;
     if config.region().is_some() {
         return Ok(config);
     }
-    let region = match (region_of(queue), endpoint) {
-        (Some(region), _) => region,
-        (None, Some(endpoint)) if !is_aws_host(host_of(endpoint).unwrap_or("")) => {
+    let region = match endpoint {
+        Some(endpoint) if !is_aws_host(host_of(endpoint).unwrap_or("")) => {
             LOCAL_DEFAULT_REGION.to_owned()
         }
         _ => {
@@ -294,6 +336,22 @@ async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, Co
         }
     };
     Ok(config.into_builder().region(Region::new(region)).build())
+}
+
+/// Whether a call reached a server that speaks query: it answered, or refused in SQS's XML.
+fn answered<T>(result: &Result<T, SourceError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => e.code.is_some(),
+    }
+}
+
+/// SQS's error codes for a queue that does not exist (query and JSON spellings).
+fn is_missing_queue(code: &str) -> bool {
+    matches!(
+        code,
+        "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" | "NonExistentQueue"
+    )
 }
 
 fn is_url(queue: &str) -> bool {
@@ -311,12 +369,17 @@ fn is_aws_host(host: &str) -> bool {
     host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
 }
 
+/// `scheme://host[:port]` of a URL.
+fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host_port = rest.split('/').next()?;
+    host_of(url)?;
+    Some(format!("{scheme}://{host_port}"))
+}
+
 /// `scheme://host[:port]` of a queue URL that is not on AWS (LocalStack, moto, ...).
 pub fn local_origin(queue_url: &str) -> Option<String> {
-    let (scheme, rest) = queue_url.split_once("://")?;
-    let host_port = rest.split('/').next()?;
-    let host = host_of(queue_url)?;
-    (!is_aws_host(host)).then(|| format!("{scheme}://{host_port}"))
+    origin(queue_url).filter(|_| host_of(queue_url).is_some_and(|h| !is_aws_host(h)))
 }
 
 /// The region in `https://sqs.REGION.amazonaws.com/...`,
@@ -413,6 +476,25 @@ mod tests {
         assert!(is_fifo("q.fifo"));
         assert!(!is_fifo("http://localhost:4566/0/q"));
         assert_eq!(region_of("https://sqs.amazonaws.com/0/q"), None);
+    }
+
+    #[test]
+    fn only_an_answer_in_query_counts_as_speaking_query() {
+        let refused = |code: Option<&str>| -> Result<(), SourceError> {
+            Err(SourceError {
+                code: code.map(str::to_owned),
+                ..SourceError::answered("ListQueues", 500, None, String::new())
+            })
+        };
+        assert!(answered(&Ok::<(), SourceError>(())));
+        assert!(answered(&refused(Some("AccessDenied"))));
+        assert!(!answered(&refused(None)));
+        let unreachable: Result<(), SourceError> = Err(SourceError::new(
+            SourceErrorKind::Transient,
+            "ListQueues",
+            "connection refused",
+        ));
+        assert!(!answered(&unreachable));
     }
 
     #[test]

@@ -315,9 +315,19 @@ where
         SdkError::TimeoutError(_) => {
             SourceError::new(SourceErrorKind::Transient, operation, context())
         }
-        // An answer we could not read as a JSON SQS answer.
+        // An answer we could not read as a JSON SQS answer. Described by its status and the
+        // parse error only: the SDK's own rendering prints the raw answer, which can hold
+        // message bodies (personal data).
         SdkError::ResponseError(response) => {
-            SourceError::answered(operation, response.raw().status().as_u16(), None, context())
+            let status = response.raw().status().as_u16();
+            let mut error = SourceError::answered(
+                operation,
+                status,
+                None,
+                format!("unreadable answer (HTTP {status}): {}", causes(&err)),
+            );
+            error.query_only_hint = query_only_hint(status, None, false);
+            error
         }
         // Connection refused/reset and timeouts come back; "other" dispatch failures are ours
         // (no credentials could be loaded, a bad endpoint) and do not.
@@ -356,6 +366,11 @@ where
                 .message()
                 .or(xml_error.map(|(_, text)| text))
                 .unwrap_or("");
+            let hint = query_only_hint(
+                status,
+                code.as_deref(),
+                service.err().code().is_none() && xml_error.is_some(),
+            );
             let mut message = format!(
                 "{} (HTTP {status})",
                 code.as_deref().unwrap_or("no error code")
@@ -364,7 +379,9 @@ where
                 message.push_str(": ");
                 message.push_str(text);
             }
-            SourceError::answered(operation, status, code, message)
+            let mut error = SourceError::answered(operation, status, code, message);
+            error.query_only_hint = hint;
+            error
         }
         _ => SourceError::new(SourceErrorKind::Permanent, operation, context()),
     }
@@ -376,6 +393,40 @@ fn missing(operation: &'static str, what: &str) -> SourceError {
         operation,
         format!("the answer has no {what}"),
     )
+}
+
+/// Whether an error answer to a JSON request looks like a query-protocol-only server's:
+/// LocalStack 0.14 (the exercise's image) answers 5xx with `{}`, no error code; other old
+/// servers answer with an XML error (`InvalidAction`, `MissingAction`, ...). An XML
+/// authentication error is not a sign: moto answers those in XML whatever the protocol.
+fn query_only_hint(status: u16, code: Option<&str>, code_from_xml: bool) -> bool {
+    const AUTH_CODES: [&str; 6] = [
+        "SignatureDoesNotMatch",
+        "InvalidClientTokenId",
+        "AccessDenied",
+        "AccessDeniedException",
+        "ExpiredToken",
+        "IncompleteSignature",
+    ];
+    match code {
+        None => (500..600).contains(&status),
+        Some(code) => code_from_xml && !AUTH_CODES.contains(&code),
+    }
+}
+
+/// The causes of an error, joined, without its own (possibly verbose) rendering.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        parts.push(e.to_string());
+        cause = e.source();
+    }
+    if parts.is_empty() {
+        "no detail".to_owned()
+    } else {
+        parts.join(": ")
+    }
 }
 
 /// True when the credentials chain found nothing (somewhere in the error's cause chain).
@@ -390,4 +441,26 @@ fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_looks_like_a_query_only_server() {
+        // LocalStack 0.14: HTTP 500, body `{}`.
+        assert!(query_only_hint(500, None, false));
+        // An XML error to a JSON request, from a server that wants `Action=`.
+        assert!(query_only_hint(400, Some("InvalidAction"), true));
+        // moto's XML signature errors, and ordinary errors, are not.
+        assert!(!query_only_hint(403, Some("SignatureDoesNotMatch"), true));
+        assert!(!query_only_hint(403, None, false));
+        assert!(!query_only_hint(500, Some("InternalError"), false));
+        assert!(!query_only_hint(
+            400,
+            Some("AWS.SimpleQueueService.NonExistentQueue"),
+            false
+        ));
+    }
 }

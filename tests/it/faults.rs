@@ -37,6 +37,9 @@ pub struct FaultySource<S> {
     pub received_bodies: Mutex<Vec<String>>,
     /// When set, receives wait until the gate is opened (see [`FaultySource::gated`]).
     gate: Option<Gate>,
+    /// The first delivery of a body containing this is reported as failing its MD5 check.
+    corrupt_once: Option<String>,
+    corrupted: Mutex<HashSet<String>>,
 }
 
 /// Holds receives back until opened, and tells when one is waiting.
@@ -79,11 +82,20 @@ impl<S> FaultySource<S> {
             seen: Mutex::default(),
             received_bodies: Mutex::default(),
             gate: None,
+            corrupt_once: None,
+            corrupted: Mutex::default(),
         }
     }
 
     pub fn deletes(mut self, fault: DeleteFault) -> Self {
         self.deletes = fault;
+        self
+    }
+
+    /// The first delivery of the message whose body contains `marker` arrives "corrupted":
+    /// flagged as failing its MD5 check, as the real client flags it.
+    pub fn corrupt_once(mut self, marker: &str) -> Self {
+        self.corrupt_once = Some(marker.to_owned());
         self
     }
 
@@ -120,6 +132,14 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
             .lock()
             .unwrap()
             .extend(messages.iter().map(|m| m.body.clone()));
+        if let Some(marker) = &self.corrupt_once {
+            let mut corrupted = self.corrupted.lock().unwrap();
+            for m in &mut messages {
+                if m.body.contains(marker.as_str()) && corrupted.insert(m.ack.message_id.clone()) {
+                    m.md5_mismatch = true;
+                }
+            }
+        }
         if let Some(ms) = self.sent_timestamp {
             for m in &mut messages {
                 m.sent_timestamp = ms;

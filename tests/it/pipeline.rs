@@ -461,6 +461,57 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_its_md5_check_is_left_for_redelivery_and_loaded_later() {
+    let (db, queue) = fixture().await;
+    let bodies = sample_bodies();
+    queue.send(&bodies).await;
+    let marked: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    let user_id = marked["user_id"].as_str().unwrap().to_owned();
+    let mut a = fresh_args(&db, &queue);
+    a.visibility_timeout_secs = Some(2);
+    let source = Arc::new(FaultySource::new(queue.queue.clone()).corrupt_once(&user_id));
+    let run = |a: &PipelineArgs| {
+        let settings = config::pipeline(a, Mode::Drain).unwrap();
+        app::process_with(settings, source.clone(), CancellationToken::new(), |l| l)
+    };
+    // The corrupted delivery is not processed: counted, reported, not loaded, not deleted.
+    let err = run(&a).await.unwrap_err();
+    let AppError::Pipeline(PipelineError::Incomplete(summary)) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(summary.md5_mismatches, 1, "{summary:?}");
+    assert_eq!(summary.loaded, 98, "{summary:?}");
+    assert!(err.to_string().contains("MD5"), "{err}");
+    let rows_of = |id: String| {
+        let db = &db;
+        async move {
+            db.client()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM public.user_logins WHERE user_id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(rows_of(user_id.clone()).await, 0);
+    // SQS delivers it again after its visibility timeout, intact this time: loaded once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rows_of(user_id.clone()).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "never loaded");
+        run(&a).await.unwrap();
+    }
+    assert_eq!(rows_of(user_id).await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+    assert_eq!(queue.depth().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_date_is_the_utc_day_of_sent_timestamp() {
     let (db, queue) = fixture().await;
     queue.send(&sample_bodies()).await;
@@ -491,7 +542,7 @@ async fn drain_reports_messages_it_could_not_delete() {
     let err = app::process_with(settings, refusing, CancellationToken::new(), |l| l)
         .await
         .expect_err("drain must not report success with undeleted messages");
-    let AppError::Pipeline(PipelineError::Undeleted(summary)) = &err else {
+    let AppError::Pipeline(PipelineError::Incomplete(summary)) = &err else {
         panic!("unexpected error: {err}");
     };
     assert_eq!(summary.loaded, 99);
