@@ -109,7 +109,7 @@ fn refused_by_table(err: &tokio_postgres::Error) -> bool {
 }
 
 /// True when a rustls error is anywhere in the cause chain (tokio-rustls wraps it in io::Error).
-fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(err);
     while let Some(e) = cause {
         let inner = e

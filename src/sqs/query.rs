@@ -83,7 +83,11 @@ impl QueryQueue {
             .parse::<HeaderValue>()
             .map_err(|e| format!("endpoint {endpoint}: {e}"))?;
         let provider_ring = Arc::new(rustls::crypto::ring::default_provider());
+        // The operating system's roots (as the SDK client uses), and Mozilla's as a fallback
+        // for minimal images without a CA bundle.
         let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = rustls::ClientConfig::builder_with_provider(provider_ring)
             .with_safe_default_protocol_versions()
@@ -288,11 +292,18 @@ impl QueryQueue {
         let (status, bytes) = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
+                // A certificate that fails its check does not fix itself; anything else on the
+                // way (refused, reset, DNS) does.
+                let kind = if crate::error::is_tls_failure(e.as_ref()) {
+                    SourceErrorKind::Permanent
+                } else {
+                    SourceErrorKind::Transient
+                };
                 return Err(SourceError::new(
-                    SourceErrorKind::Transient,
+                    kind,
                     action,
                     format!("{}: {}", self.endpoint, chain(e.as_ref())),
-                ))
+                ));
             }
             Err(_) => {
                 return Err(SourceError::new(
@@ -307,8 +318,12 @@ impl QueryQueue {
         if (200..300).contains(&status) {
             let root = root.map_err(|e| unreadable(action, &format!("answer is not XML: {e}")))?;
             let result_name = format!("{action}Result");
-            // An action without a result element (none of ours) would answer with metadata only.
-            return Ok(root.child(&result_name).cloned().unwrap_or_default());
+            // Every action we call answers with its result element, even when empty; an answer
+            // without one is not from SQS (and must not pass for an empty queue).
+            return root
+                .child(&result_name)
+                .cloned()
+                .ok_or_else(|| unreadable(action, &format!("no <{result_name}> in the answer")));
         }
         // <ErrorResponse><Error><Type/><Code/><Message/></Error>...</ErrorResponse>
         let error = root.ok().and_then(|r| {
@@ -317,6 +332,13 @@ impl QueryQueue {
         });
         Err(match error {
             Some((code, text)) => {
+                if matches!(
+                    code.as_str(),
+                    "ExpiredToken" | "InvalidClientTokenId" | "RequestExpired"
+                ) {
+                    // Fetch credentials afresh next time (a rotated or expired session).
+                    *self.cached.lock().await = None;
+                }
                 let mut message = format!("{code} (HTTP {status})");
                 if !text.is_empty() {
                     message.push_str(": ");
@@ -446,33 +468,7 @@ impl MessageSource for QueryQueue {
             params.push(("VisibilityTimeout".into(), v.as_secs().to_string()));
         }
         let result = self.call("ReceiveMessage", params, true).await?;
-        let wire = result
-            .children("Message")
-            .map(|m| {
-                let attribute = |wanted: &str| {
-                    m.name_values("Attribute")
-                        .find(|(name, _)| *name == wanted)
-                        .map(|(_, v)| v.to_owned())
-                };
-                let custom = |wanted: &str| {
-                    m.children("MessageAttribute")
-                        .find(|a| a.text_of("Name") == Some(wanted))
-                        .and_then(|a| a.child("Value")?.text_of("StringValue"))
-                        .map(str::to_owned)
-                };
-                WireMessage {
-                    message_id: m.text_of("MessageId").map(str::to_owned),
-                    receipt_handle: m.text_of("ReceiptHandle").map(str::to_owned),
-                    body: m.text_of("Body").unwrap_or_default().to_owned(),
-                    md5_of_body: m.text_of("MD5OfBody").map(str::to_owned),
-                    sent_timestamp: attribute("SentTimestamp"),
-                    receive_count: attribute("ApproximateReceiveCount"),
-                    replay_ledger_id: custom(LEDGER_ID_ATTRIBUTE),
-                    replay_sent_timestamp: custom(SENT_TIMESTAMP_ATTRIBUTE),
-                }
-            })
-            .collect();
-        accept(wire)
+        accept(messages_of(&result))
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
@@ -507,6 +503,36 @@ impl MessageSource for QueryQueue {
     ) -> Result<Vec<AckHandle>, SourceError> {
         self.change_visibility_batch(acks, timeout).await
     }
+}
+
+/// The messages of a `ReceiveMessageResult`.
+fn messages_of(result: &Element) -> Vec<WireMessage> {
+    result
+        .children("Message")
+        .map(|m| {
+            let attribute = |wanted: &str| {
+                m.name_values("Attribute")
+                    .find(|(name, _)| *name == wanted)
+                    .map(|(_, v)| v.to_owned())
+            };
+            let custom = |wanted: &str| {
+                m.children("MessageAttribute")
+                    .find(|a| a.text_of("Name") == Some(wanted))
+                    .and_then(|a| a.child("Value")?.text_of("StringValue"))
+                    .map(str::to_owned)
+            };
+            WireMessage {
+                message_id: m.text_of("MessageId").map(str::to_owned),
+                receipt_handle: m.text_of("ReceiptHandle").map(str::to_owned),
+                body: m.text_of("Body").unwrap_or_default().to_owned(),
+                md5_of_body: m.text_of("MD5OfBody").map(str::to_owned),
+                sent_timestamp: attribute("SentTimestamp"),
+                receive_count: attribute("ApproximateReceiveCount"),
+                replay_ledger_id: custom(LEDGER_ID_ATTRIBUTE),
+                replay_sent_timestamp: custom(SENT_TIMESTAMP_ATTRIBUTE),
+            }
+        })
+        .collect()
 }
 
 /// One `BatchResultErrorEntry`.
@@ -559,4 +585,62 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         cause = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receive_answer_reads_into_messages() {
+        let xml = br#"<?xml version="1.0"?>
+<ReceiveMessageResponse xmlns="http://queue.amazonaws.com/doc/2012-11-05/"><ReceiveMessageResult>
+<Message><MessageId>id-1</MessageId><ReceiptHandle>rh-1</ReceiptHandle>
+<MD5OfBody>abc</MD5OfBody><Body>{&quot;a&quot;: 1}&#xD;</Body>
+<Attribute><Name>SentTimestamp</Name><Value>1700000000</Value></Attribute>
+<Attribute><Name>ApproximateReceiveCount</Name><Value>3</Value></Attribute>
+<MessageAttribute><Name>sqs2pg-ledger-id</Name><Value><StringValue>old#replay1</StringValue><DataType>String</DataType></Value></MessageAttribute>
+<MessageAttribute><Name>sqs2pg-sent-timestamp</Name><Value><StringValue>1583020799999</StringValue><DataType>Number</DataType></Value></MessageAttribute>
+</Message>
+<Message><MessageId>id-2</MessageId><ReceiptHandle>rh-2</ReceiptHandle><Body></Body></Message>
+</ReceiveMessageResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></ReceiveMessageResponse>"#;
+        let root = Element::parse(xml).unwrap();
+        let messages = messages_of(root.child("ReceiveMessageResult").unwrap());
+        assert_eq!(messages.len(), 2);
+        let m = &messages[0];
+        assert_eq!(m.message_id.as_deref(), Some("id-1"));
+        assert_eq!(m.receipt_handle.as_deref(), Some("rh-1"));
+        assert_eq!(m.body, "{\"a\": 1}\r");
+        assert_eq!(m.md5_of_body.as_deref(), Some("abc"));
+        assert_eq!(m.sent_timestamp.as_deref(), Some("1700000000"));
+        assert_eq!(m.receive_count.as_deref(), Some("3"));
+        assert_eq!(m.replay_ledger_id.as_deref(), Some("old#replay1"));
+        assert_eq!(m.replay_sent_timestamp.as_deref(), Some("1583020799999"));
+        let empty = &messages[1];
+        assert_eq!(empty.body, "");
+        assert_eq!(empty.md5_of_body, None);
+        assert_eq!(empty.sent_timestamp, None);
+    }
+
+    #[test]
+    fn batch_failures_name_their_entries() {
+        let xml = b"<DeleteMessageBatchResult>\
+            <DeleteMessageBatchResultEntry><Id>0</Id></DeleteMessageBatchResultEntry>\
+            <BatchResultErrorEntry><Id>1</Id><Code>ReceiptHandleIsInvalid</Code><SenderFault>true</SenderFault></BatchResultErrorEntry>\
+            <BatchResultErrorEntry><Id>2</Id><Code>InternalError</Code><SenderFault>false</SenderFault></BatchResultErrorEntry>\
+            </DeleteMessageBatchResult>";
+        let result = Element::parse(xml).unwrap();
+        let failures: Vec<(&str, &str, bool)> = failures(&result)
+            .map(|f| (f.id, f.code, f.sender_fault))
+            .collect();
+        assert_eq!(
+            failures,
+            [
+                ("1", "ReceiptHandleIsInvalid", true),
+                ("2", "InternalError", false)
+            ]
+        );
+        assert_eq!(entry(&["a", "b", "c"], "2"), Some(&"c"));
+        assert_eq!(entry(&["a"], "x"), None);
+    }
 }

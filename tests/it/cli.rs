@@ -364,9 +364,9 @@ async fn missing_aws_credentials_stop_the_run_with_a_hint() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejects_list_show_and_replay() {
-    let (db, queue) = crate::pipeline::fixture().await;
+on_every_sqs!(rejects_list_show_and_replay);
+async fn rejects_list_show_and_replay(sqs: crate::harness::Sqs) {
+    let (db, queue) = crate::pipeline::fixture_on(sqs).await;
     let client = db.client().await;
     client
         .batch_execute(
@@ -380,11 +380,13 @@ async fn rejects_list_show_and_replay() {
     let summary = crate::pipeline::drain(&crate::pipeline::args(&db, &queue, key_file(&key))).await;
     let refused = summary.rejected["rejected_by_database"];
     assert!(refused > 0);
+    let protocol = queue.protocol.to_string();
     let env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),
         ("SQS2PG_MASK_KEY", &key),
         ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ("SQS2PG_SQS_PROTOCOL", &protocol),
     ];
 
     // list: counts by reason and ids, never values.

@@ -710,6 +710,32 @@ async fn connect_url(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Runs the core test `$case(sqs: Sqs)` against every SQS server and protocol, as tests
+/// `$case::moto_json`, `$case::moto_query` and `$case::localstack_0_14` (query-only, reached
+/// with `auto`).
+macro_rules! on_every_sqs {
+    ($case:ident) => {
+        mod $case {
+            use crate::harness::Sqs;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn moto_json() {
+                super::$case(Sqs::MotoJson).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn moto_query() {
+                super::$case(Sqs::MotoQuery).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn localstack_0_14() {
+                super::$case(Sqs::LocalStack014).await
+            }
+        }
+    };
+}
+
 /// The SQS servers (and protocols) the tests run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sqs {

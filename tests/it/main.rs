@@ -2,8 +2,9 @@
 //! `harness`. Fault injection happens only at the pipeline's seams (`MessageSource`,
 //! `BatchLoader`), never at the network boundary.
 
+#[macro_use]
+mod harness;
 mod cli;
 mod faults;
-mod harness;
 mod pipeline;
 mod schema;

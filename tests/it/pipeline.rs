@@ -60,32 +60,6 @@ pub async fn fixture_on(sqs: Sqs) -> (TestDb, TestQueue) {
     (db, queue)
 }
 
-/// Runs the core test `$case(sqs: Sqs)` against every SQS server and protocol, as tests
-/// `$case::moto_json`, `$case::moto_query` and `$case::localstack_0_14` (query-only, reached
-/// with `auto`).
-macro_rules! on_every_sqs {
-    ($case:ident) => {
-        mod $case {
-            use crate::harness::Sqs;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn moto_json() {
-                super::$case(Sqs::MotoJson).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn moto_query() {
-                super::$case(Sqs::MotoQuery).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn localstack_0_14() {
-                super::$case(Sqs::LocalStack014).await
-            }
-        }
-    };
-}
-
 /// Drain arguments with a freshly generated masking key.
 fn fresh_args(db: &TestDb, queue: &TestQueue) -> PipelineArgs {
     args(db, queue, key_file(&MaskKey::generate_base64().unwrap()))
@@ -509,6 +483,26 @@ async fn a_body_that_fails_its_md5_check_is_left_for_redelivery_and_loaded_later
         99
     );
     assert_eq!(queue.depth().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_only_against_the_exercises_localstack_says_what_to_change() {
+    let (db, queue) = fixture_on(Sqs::LocalStack014).await;
+    queue.send(&sample_bodies()[..10]).await;
+    let mut a = fresh_args(&db, &queue);
+    a.queue.sqs_protocol = sqs2pg::sqs::Protocol::Json;
+    a.max_attempts = 2;
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let e = app::process(settings, CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("query-protocol-only") && e.contains("--sqs-protocol auto or query"),
+        "{e}"
+    );
+    // Nothing was taken from the queue.
+    assert_eq!(queue.depth().await, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
