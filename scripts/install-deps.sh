@@ -5,10 +5,14 @@
 #   - python3 (for moto) and openssl (the tests make a throwaway CA for TLS tests)
 #   - LocalStack 0.14.3, the exercise's own query-protocol-only SQS, in its own virtualenv from
 #     the pinned package set in scripts/pins (a plain `pip install localstack==0.14.3` does not run)
-# Idempotent and quick when everything is present. Prints the moto_server command on the
-# second-to-last line and the LocalStack 0.14.3 `localstack` command on the last (callers
-# export them as SQS2PG_TEST_MOTO and SQS2PG_TEST_LOCALSTACK). SQS2PG_SKIP_LOCALSTACK=1 skips
-# LocalStack and prints an empty last line.
+#   - LocalStack 4.0.3, for the volume tests (pinned set in scripts/pins)
+# Idempotent and quick when everything is present. Prints, on stdout, shell lines that export
+# the commands the tests use (callers run `eval "$(scripts/install-deps.sh)"`):
+#   SQS2PG_TEST_MOTO         moto_server
+#   SQS2PG_TEST_LOCALSTACK   LocalStack 0.14.3's `localstack`
+#   SQS2PG_TEST_LOCALSTACK4  LocalStack 4.0.3's `python` (run as `python -m localstack.runtime.main`)
+# SQS2PG_SKIP_LOCALSTACK=1 skips both LocalStacks, SQS2PG_SKIP_LOCALSTACK4=1 only 4.0.3 (skipped
+# ones print empty variables).
 set -euo pipefail
 
 MOTO_VERSION=5.2.1
@@ -44,7 +48,19 @@ else
   fi
   moto="$venv/bin/moto_server"
 fi
-echo "$moto"
+printf 'export SQS2PG_TEST_MOTO=%q\n' "$moto"
+
+# A virtualenv from a pin file, rebuilt when the pins change.
+venv_from_pins() {
+  local venv=$1 pins=$2
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    apt_install python3-venv
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q 'setuptools<70' wheel
+  "$venv/bin/pip" install -q --no-build-isolation -r "$pins"
+}
 
 localstack=""
 if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}" ]; then
@@ -53,13 +69,7 @@ if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}" ]; then
   if [ ! -x "$venv/bin/localstack" ] || ! cmp -s "$pins" "$venv/pins.txt"; then
     log "installing LocalStack 0.14.3 (pinned set) into $venv"
     rm -rf "$venv"
-    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-      apt_install python3-venv
-      rm -rf "$venv"
-      python3 -m venv "$venv"
-    fi
-    "$venv/bin/pip" install -q 'setuptools<70' wheel
-    "$venv/bin/pip" install -q --no-build-isolation -r "$pins"
+    venv_from_pins "$venv" "$pins"
     # Without this placeholder LocalStack downloads a Java jar at start, even for SQS alone.
     site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     mkdir -p "$site/localstack/infra"
@@ -68,4 +78,18 @@ if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}" ]; then
   fi
   localstack="$venv/bin/localstack"
 fi
-echo "$localstack"
+printf 'export SQS2PG_TEST_LOCALSTACK=%q\n' "$localstack"
+
+localstack4=""
+if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}${SQS2PG_SKIP_LOCALSTACK4:-}" ]; then
+  venv="${SQS2PG_TOOLS_DIR:-$HOME/.cache/sqs2pg}/localstack-4.0.3-venv"
+  pins="$(cd "$(dirname "$0")" && pwd)/pins/localstack-4.0.3-requirements.txt"
+  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$pins" "$venv/pins.txt"; then
+    log "installing LocalStack 4.0.3 (pinned set) into $venv"
+    rm -rf "$venv"
+    venv_from_pins "$venv" "$pins"
+    cp "$pins" "$venv/pins.txt"
+  fi
+  localstack4="$venv/bin/python"
+fi
+printf 'export SQS2PG_TEST_LOCALSTACK4=%q\n' "$localstack4"

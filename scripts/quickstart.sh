@@ -48,12 +48,13 @@ case "${1:-}" in
 esac
 
 if [ -n "$legacy" ]; then
-  deps=$(scripts/install-deps.sh)
+  deps=$(SQS2PG_SKIP_LOCALSTACK4=1 scripts/install-deps.sh)
 else
   deps=$(SQS2PG_SKIP_LOCALSTACK=1 scripts/install-deps.sh)
 fi
-moto=$(tail -n 2 <<<"$deps" | head -n 1)
-localstack=$(tail -n 1 <<<"$deps")
+eval "$deps"
+moto=$SQS2PG_TEST_MOTO
+localstack=$SQS2PG_TEST_LOCALSTACK
 echo "== building sqs2pg (release)"
 cargo build --release --locked --quiet
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/sqs2pg"

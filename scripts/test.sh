@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, then every test (unit, property and integration). The
-# integration tests start their own PostgreSQL cluster, moto SQS server and LocalStack 0.14.3
-# (the exercise's query-only SQS) on free loopback ports (tests/it/harness.rs); this script
-# only makes sure they are installed.
+# integration tests start their own PostgreSQL cluster, moto SQS server, LocalStack 0.14.3 (the
+# exercise's query-only SQS) and LocalStack 4.0.3 (volume tests) on free loopback ports
+# (tests/it/harness.rs); this script only makes sure they are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deps=$(scripts/install-deps.sh)
-SQS2PG_TEST_MOTO=$(tail -n 2 <<<"$deps" | head -n 1)
-SQS2PG_TEST_LOCALSTACK=$(tail -n 1 <<<"$deps")
-export SQS2PG_TEST_MOTO SQS2PG_TEST_LOCALSTACK
+eval "$deps"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -387,6 +387,9 @@ async fn rejects_list_show_and_replay(sqs: crate::harness::Sqs) {
         ("SQS2PG_MASK_KEY", &key),
         ("SQS2PG_WAIT_TIME_SECS", "1"),
         ("SQS2PG_SQS_PROTOCOL", &protocol),
+        // LocalStack 4 hands out sqs.REGION.localhost.localstack.cloud URLs, which need public
+        // DNS; the endpoint says where the server really is.
+        ("AWS_ENDPOINT_URL", &queue.endpoint),
     ];
 
     // list: counts by reason and ids, never values.

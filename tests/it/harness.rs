@@ -532,6 +532,37 @@ fn xml_text(xml: &str, name: &str) -> String {
     xml[start..end].to_owned()
 }
 
+static LOCALSTACK_4: OnceLock<String> = OnceLock::new();
+
+/// The endpoint of LocalStack 4.0.3, started on first call with its own watchdog.
+pub fn localstack_4() -> &'static str {
+    LOCALSTACK_4.get_or_init(|| {
+        let python = std::env::var("SQS2PG_TEST_LOCALSTACK4")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}/.cache/sqs2pg/localstack-4.0.3-venv/bin/python",
+                    std::env::var("HOME").unwrap_or_default()
+                )
+            });
+        let port = free_port();
+        start_localstack(
+            "LocalStack 4.0.3",
+            &python,
+            &["-m", "localstack.runtime.main"],
+            &[
+                ("GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
+                // Without it the gateway ignores the bind address.
+                ("GATEWAY_SERVER", "hypercorn".into()),
+                ("SERVICES", "sqs".into()),
+                ("EAGER_SERVICE_LOADING", "1".into()),
+            ],
+            port,
+        )
+    })
+}
+
 static LOCALSTACK_014: OnceLock<String> = OnceLock::new();
 
 /// The endpoint of LocalStack 0.14.3, started on first call (about 5 s) with its own watchdog.
@@ -539,45 +570,66 @@ pub fn localstack_014() -> &'static str {
     LOCALSTACK_014.get_or_init(start_localstack_014)
 }
 
+fn start_localstack_014() -> String {
+    let command = std::env::var("SQS2PG_TEST_LOCALSTACK")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "{}/.cache/sqs2pg/localstack-0.14.3-venv/bin/localstack",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+    let port = free_port();
+    start_localstack(
+        "LocalStack 0.14.3",
+        &command,
+        &["start", "--host", "--no-banner"],
+        &[
+            ("SERVICES", "sqs".into()),
+            ("EDGE_PORT", port.to_string()),
+            ("EDGE_BIND_HOST", "127.0.0.1".into()),
+            ("HOSTNAME_EXTERNAL", "127.0.0.1".into()),
+            ("LOCALSTACK_HOSTNAME", "127.0.0.1".into()),
+            ("DISABLE_EVENTS", "1".into()),
+            ("SKIP_SSL_CERT_DOWNLOAD", "1".into()),
+            ("DNS_ADDRESS", "0".into()),
+            ("EAGER_SERVICE_LOADING", "1".into()),
+        ],
+        port,
+    )
+}
+
+/// Starts a LocalStack in its own process group with a watchdog, waits until it logs
+/// "Ready." and returns its endpoint.
 // The server and its watchdog outlive this process by design; the watchdog reaps them.
 #[allow(clippy::zombie_processes)]
-fn start_localstack_014() -> String {
+fn start_localstack(
+    what: &str,
+    command: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    port: u16,
+) -> String {
     use std::os::unix::process::CommandExt;
-    let command = std::env::var("SQS2PG_TEST_LOCALSTACK").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/sqs2pg/localstack-0.14.3-venv/bin/localstack",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
     assert!(
-        Path::new(&command).exists(),
-        "LocalStack 0.14.3 not found at {command}: run scripts/install-deps.sh, or set SQS2PG_TEST_LOCALSTACK"
+        Path::new(command).exists(),
+        "{what} not found at {command}: run scripts/install-deps.sh (see its header for the variable that overrides the path)"
     );
-    let root = std::env::temp_dir().join(unique("sqs2pg-ls014"));
+    let root = std::env::temp_dir().join(unique("sqs2pg-localstack"));
     std::fs::create_dir_all(&root).unwrap();
-    let port = free_port();
     let log_path = root.join("localstack.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let server = Command::new(&command)
-        .args(["start", "--host", "--no-banner"])
-        .envs([
-            ("SERVICES", "sqs"),
-            ("EDGE_PORT", &port.to_string()),
-            ("EDGE_BIND_HOST", "127.0.0.1"),
-            ("HOSTNAME_EXTERNAL", "127.0.0.1"),
-            ("LOCALSTACK_HOSTNAME", "127.0.0.1"),
-            ("DISABLE_EVENTS", "1"),
-            ("SKIP_SSL_CERT_DOWNLOAD", "1"),
-            ("DNS_ADDRESS", "0"),
-            ("EAGER_SERVICE_LOADING", "1"),
-        ])
+    let server = Command::new(command)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("TMPDIR", &root)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .process_group(0)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {what} ({command}): {e}"));
     // It can take 15 s to stop on TERM, and once ignored it: TERM the group, then KILL.
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill -TERM -{ls} 2>/dev/null; \
@@ -597,7 +649,7 @@ fn start_localstack_014() -> String {
         .expect("watchdog");
     // "Ready." is logged once SQS is loaded (eager loading); the port alone opens earlier.
     wait_for(
-        "LocalStack 0.14.3 to be ready",
+        &format!("{what} to be ready"),
         Duration::from_secs(120),
         || {
             std::fs::read_to_string(&log_path)
@@ -711,8 +763,8 @@ async fn connect_url(url: &str) -> tokio_postgres::Client {
 }
 
 /// Runs the core test `$case(sqs: Sqs)` against every SQS server and protocol, as tests
-/// `$case::moto_json`, `$case::moto_query` and `$case::localstack_0_14` (query-only, reached
-/// with `auto`).
+/// `$case::moto_json`, `$case::moto_query`, `$case::localstack_0_14` (query-only, reached
+/// with `auto`) and `$case::localstack_4` (JSON, with `auto`).
 macro_rules! on_every_sqs {
     ($case:ident) => {
         mod $case {
@@ -732,6 +784,11 @@ macro_rules! on_every_sqs {
             async fn localstack_0_14() {
                 super::$case(Sqs::LocalStack014).await
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn localstack_4() {
+                super::$case(Sqs::LocalStack4).await
+            }
         }
     };
 }
@@ -746,6 +803,9 @@ pub enum Sqs {
     /// LocalStack 0.14.3, the exercise's own SQS, which speaks only query; reached with
     /// `--sqs-protocol auto`, as a user with no flags would.
     LocalStack014,
+    /// LocalStack 4.0.3, a modern emulator that holds thousands of messages; `auto` (which
+    /// must stay on JSON there).
+    LocalStack4,
 }
 
 impl Sqs {
@@ -753,6 +813,7 @@ impl Sqs {
         match self {
             Sqs::MotoJson | Sqs::MotoQuery => servers().sqs_endpoint.clone(),
             Sqs::LocalStack014 => localstack_014().to_owned(),
+            Sqs::LocalStack4 => localstack_4().to_owned(),
         }
     }
 
@@ -760,7 +821,7 @@ impl Sqs {
         match self {
             Sqs::MotoJson => Protocol::Json,
             Sqs::MotoQuery => Protocol::Query,
-            Sqs::LocalStack014 => Protocol::Auto,
+            Sqs::LocalStack014 | Sqs::LocalStack4 => Protocol::Auto,
         }
     }
 }
