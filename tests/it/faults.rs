@@ -37,9 +37,9 @@ pub struct FaultySource<S> {
     pub received_bodies: Mutex<Vec<String>>,
     /// When set, receives wait until the gate is opened (see [`FaultySource::gated`]).
     gate: Option<Gate>,
-    /// The first delivery of a body containing this is reported as failing its MD5 check.
-    corrupt_once: Option<String>,
-    corrupted: Mutex<HashSet<String>>,
+    /// Deliveries of a body containing this are reported as failing their MD5 check, until
+    /// [`FaultySource::stop_corrupting`].
+    corrupt: Mutex<Option<String>>,
 }
 
 /// Holds receives back until opened, and tells when one is waiting.
@@ -82,8 +82,7 @@ impl<S> FaultySource<S> {
             seen: Mutex::default(),
             received_bodies: Mutex::default(),
             gate: None,
-            corrupt_once: None,
-            corrupted: Mutex::default(),
+            corrupt: Mutex::default(),
         }
     }
 
@@ -92,11 +91,15 @@ impl<S> FaultySource<S> {
         self
     }
 
-    /// The first delivery of the message whose body contains `marker` arrives "corrupted":
-    /// flagged as failing its MD5 check, as the real client flags it.
-    pub fn corrupt_once(mut self, marker: &str) -> Self {
-        self.corrupt_once = Some(marker.to_owned());
+    /// Every delivery of the message whose body contains `marker` arrives "corrupted" (flagged
+    /// as failing its MD5 check, as the real client flags it) until `stop_corrupting`.
+    pub fn corrupting(self, marker: &str) -> Self {
+        *self.corrupt.lock().unwrap() = Some(marker.to_owned());
         self
+    }
+
+    pub fn stop_corrupting(&self) {
+        *self.corrupt.lock().unwrap() = None;
     }
 
     /// Receives wait until [`FaultySource::gate`]'s gate is opened.
@@ -132,10 +135,9 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
             .lock()
             .unwrap()
             .extend(messages.iter().map(|m| m.body.clone()));
-        if let Some(marker) = &self.corrupt_once {
-            let mut corrupted = self.corrupted.lock().unwrap();
+        if let Some(marker) = self.corrupt.lock().unwrap().as_deref() {
             for m in &mut messages {
-                if m.body.contains(marker.as_str()) && corrupted.insert(m.ack.message_id.clone()) {
+                if m.body.contains(marker) {
                     m.md5_mismatch = true;
                 }
             }

@@ -448,7 +448,7 @@ async fn a_body_that_fails_its_md5_check_is_left_for_redelivery_and_loaded_later
     let user_id = marked["user_id"].as_str().unwrap().to_owned();
     let mut a = fresh_args(&db, &queue);
     a.visibility_timeout_secs = Some(2);
-    let source = Arc::new(FaultySource::new(queue.queue.clone()).corrupt_once(&user_id));
+    let source = Arc::new(FaultySource::new(queue.queue.clone()).corrupting(&user_id));
     let run = |a: &PipelineArgs| {
         let settings = config::pipeline(a, Mode::Drain).unwrap();
         app::process_with(settings, source.clone(), CancellationToken::new(), |l| l)
@@ -458,7 +458,8 @@ async fn a_body_that_fails_its_md5_check_is_left_for_redelivery_and_loaded_later
     let AppError::Pipeline(PipelineError::Incomplete(summary)) = &err else {
         panic!("{err}");
     };
-    assert_eq!(summary.md5_mismatches, 1, "{summary:?}");
+    // (It can come back within the run, corrupted again: counted each time.)
+    assert!(summary.md5_mismatches >= 1, "{summary:?}");
     assert_eq!(summary.loaded, 98, "{summary:?}");
     assert!(err.to_string().contains("MD5"), "{err}");
     let rows_of = |id: String| {
@@ -477,6 +478,7 @@ async fn a_body_that_fails_its_md5_check_is_left_for_redelivery_and_loaded_later
     };
     assert_eq!(rows_of(user_id.clone()).await, 0);
     // SQS delivers it again after its visibility timeout, intact this time: loaded once.
+    source.stop_corrupting();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while rows_of(user_id.clone()).await == 0 {
         assert!(std::time::Instant::now() < deadline, "never loaded");
