@@ -669,3 +669,60 @@ async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exercises_localstack_needs_no_protocol_flag_and_no_region() {
+    let db = TestDb::new().await;
+    let endpoint = crate::harness::localstack_014();
+    let queue_url = format!(
+        "{endpoint}/000000000000/{}",
+        crate::harness::unique("login-queue").replace('_', "-")
+    );
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/login-queue-sample.jsonl"
+    );
+    // What a user of the exercise sets: the database, the queue URL, a key. No protocol, no
+    // endpoint, no region.
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue_url),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+    ];
+    let run = |args: &[&str]| {
+        command(args, &env)
+            .env_remove("AWS_REGION")
+            .output()
+            .unwrap()
+    };
+    let switched = |o: &Output| {
+        stderr(o)
+            .matches("speaking the query protocol for the rest of the run")
+            .count()
+    };
+    assert!(run(&["setup"]).status.success());
+    let send = run(&["send", "--create-queue", "--file", sample]);
+    assert!(send.status.success(), "{}", stderr(&send));
+    assert_eq!(switched(&send), 1, "logged once: {}", stderr(&send));
+    let drain = run(&["drain"]);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(switched(&drain), 1, "logged once: {}", stderr(&drain));
+    assert_no_personal_data(&stderr(&drain));
+    let count = |sql| crate::pipeline::count(&db, sql);
+    assert_eq!(count("SELECT count(*) FROM public.user_logins").await, 99);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM public.user_logins WHERE create_date
+               BETWEEN (now() AT TIME ZONE 'UTC')::date - 1 AND (now() AT TIME ZONE 'UTC')::date"
+        )
+        .await,
+        99,
+        "SentTimestamp in seconds still gives today's date"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        1
+    );
+}
