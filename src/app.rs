@@ -66,7 +66,11 @@ pub async fn process(
     mut settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<Summary, AppError> {
-    let queue = open_queue(&settings.sqs).await?;
+    let queue = Arc::new(open_queue(&settings.sqs).await?);
+    let endpoint = match settings.metrics_addr {
+        Some(addr) => Some(start_endpoint(addr, &settings, queue.clone(), shutdown.clone()).await?),
+        None => None,
+    };
     if settings.pipeline.visibility_timeout.is_none() {
         // The heartbeat needs the timeout the queue gives messages.
         let retry = settings.pipeline.source_retry;
@@ -85,7 +89,72 @@ pub async fn process(
             }
         };
     }
-    process_with(settings, Arc::new(queue), shutdown, |loader| loader).await
+    let result = process_with(settings, queue, shutdown, |loader| loader).await;
+    if let Some(endpoint) = endpoint {
+        endpoint.cancel();
+    }
+    result
+}
+
+/// Starts the `/metrics`, `/healthz`, `/readyz` endpoint and the queue-depth poller; returns
+/// the token that stops both.
+async fn start_endpoint(
+    addr: std::net::SocketAddr,
+    settings: &Settings,
+    queue: Arc<Queue>,
+    shutdown: CancellationToken,
+) -> Result<CancellationToken, AppError> {
+    use crate::telemetry::http;
+    let listener = http::bind(addr).await.map_err(|e| {
+        ConfigError(format!(
+            "--metrics-addr (SQS2PG_METRICS_ADDR) {addr} cannot be listened on: {e}; pick a free port"
+        ))
+    })?;
+    let handle = http::install_recorder()
+        .map_err(|e| ConfigError(format!("--metrics-addr (SQS2PG_METRICS_ADDR): {e}")))?;
+    let ready: http::ReadyCheck = {
+        let (database, queue) = (settings.database.clone(), queue.clone());
+        Arc::new(move || {
+            let (database, queue) = (database.clone(), queue.clone());
+            Box::pin(async move {
+                let client = database
+                    .connect()
+                    .await
+                    .map_err(|e| format!("PostgreSQL: {e}"))?;
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| format!("PostgreSQL: {}", pg::describe(&e)))?;
+                queue
+                    .approximate_depth()
+                    .await
+                    .map_err(|e| format!("SQS: {e}"))?;
+                Ok(())
+            })
+        })
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(http::serve(listener, handle, ready, shutdown, stop.clone()));
+    tokio::spawn(poll_queue_depth(queue, stop.clone()));
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    Ok(stop)
+}
+
+/// Publishes the queue's approximate depth every 15 s until `stop`.
+async fn poll_queue_depth(queue: Arc<Queue>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match queue.approximate_depth().await {
+            Ok((visible, in_flight)) => {
+                crate::telemetry::metrics::record_queue_depth(visible, in_flight)
+            }
+            Err(error) => tracing::debug!(%error, "queue depth not polled"),
+        }
+    }
 }
 
 /// Connects to the queue and resolves a queue given by name to its URL.

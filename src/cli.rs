@@ -78,6 +78,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
     pub wait_time_secs: u64,
 
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address (IP:PORT), e.g.
+    /// 127.0.0.1:9187; off when not given.
+    #[arg(long, env = "SQS2PG_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Body bytes received and not yet committed, at most: receiving pauses at this budget
     /// (while the database is slow or down), so memory stays bounded.
     #[arg(long, env = "SQS2PG_MAX_IN_FLIGHT_BYTES", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES)]

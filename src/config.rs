@@ -64,6 +64,8 @@ pub struct Settings {
     /// Ledger entries older than this are pruned in the background.
     pub ledger_retention: Duration,
     pub pipeline: PipelineSettings,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when unset.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Database connection target and table, checked.
@@ -277,7 +279,20 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             Mode::Run => None,
         },
     };
+    let metrics_addr = args
+        .metrics_addr
+        .as_deref()
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| {
+            a.trim().parse().map_err(|_| {
+                ConfigError(format!(
+                    "--metrics-addr (SQS2PG_METRICS_ADDR) {a:?} is not an address to listen on: give IP:PORT, e.g. 127.0.0.1:9187 or 0.0.0.0:9187"
+                ))
+            })
+        })
+        .transpose()?;
     Ok(Settings {
+        metrics_addr,
         database,
         table,
         sqs,
@@ -348,6 +363,7 @@ mod tests {
             ledger_retention_days: DEFAULT_LEDGER_RETENTION_DAYS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            metrics_addr: None,
         };
         let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
         assert!(

@@ -96,16 +96,21 @@ pub fn validate(mut event: LoginEvent<'_>, sent_timestamp: i64) -> Result<ValidL
     })
 }
 
-/// The UTC day of a `SentTimestamp`. SQS sends milliseconds since the epoch; LocalStack 0.14
+/// A `SentTimestamp` in milliseconds since the epoch. SQS sends milliseconds; LocalStack 0.14
 /// sends seconds. Any millisecond value after 1973-03-03 is above 10^11 and any second value
 /// before the year 5138 is below it, so the magnitude tells the two apart unambiguously.
-fn sent_date(ts: i64) -> Result<Date, Rejection> {
+pub fn sent_millis(ts: i64) -> i128 {
     const SECONDS_BELOW: i64 = 100_000_000_000;
-    let nanos = if ts.abs() < SECONDS_BELOW {
-        i128::from(ts) * 1_000_000_000
+    if ts.abs() < SECONDS_BELOW {
+        i128::from(ts) * 1_000
     } else {
-        i128::from(ts) * 1_000_000
-    };
+        i128::from(ts)
+    }
+}
+
+/// The UTC day of a `SentTimestamp` (see [`sent_millis`]).
+fn sent_date(ts: i64) -> Result<Date, Rejection> {
+    let nanos = sent_millis(ts) * 1_000_000;
     OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .map(|t| t.date())
         .map_err(|_| {

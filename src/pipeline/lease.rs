@@ -37,6 +37,7 @@ impl Leases {
         for ack in acks {
             held.insert(ack.receipt_handle.clone(), (ack.clone(), now));
         }
+        crate::telemetry::metrics::record_in_flight(held.len());
     }
 
     /// True when nothing is held: everything received was deleted or given up on.
@@ -50,6 +51,7 @@ impl Leases {
         for ack in acks {
             held.remove(&ack.receipt_handle);
         }
+        crate::telemetry::metrics::record_in_flight(held.len());
     }
 
     /// Leases last set before `before`.
@@ -72,6 +74,7 @@ impl Leases {
 
     fn take_all(&self) -> Vec<AckHandle> {
         let mut held = self.held.lock().expect("lease lock");
+        crate::telemetry::metrics::record_in_flight(0);
         held.drain().map(|(_, (ack, _))| ack).collect()
     }
 }

@@ -317,6 +317,7 @@ async fn receive_loop<S: MessageSource>(
                     && settings.source_retry.allows(failures)
                 {
                     tracing::warn!(receiver = id, attempt = failures, %error, "receive failed; retrying");
+                    crate::telemetry::metrics::record_receive_retry();
                     let delay = settings.source_retry.delay(failures);
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
@@ -522,6 +523,13 @@ async fn load_batch<L: BatchLoader>(
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
     let messages = batch.len();
+    let oldest_sent_ms = batch
+        .rows
+        .iter()
+        .map(|r| r.evidence.sent_timestamp)
+        .chain(batch.rejects.iter().map(|r| r.evidence.sent_timestamp))
+        .map(crate::login::validate::sent_millis)
+        .min();
     let whole = Batch::part(
         std::mem::take(&mut batch.rows),
         std::mem::take(&mut batch.rejects),
@@ -551,6 +559,8 @@ async fn load_batch<L: BatchLoader>(
         messages as u64,
         &report,
         report.duplicates + batch.duplicates_in_batch,
+        started.elapsed(),
+        oldest_sent_ms,
     );
     summary.batches += 1;
     summary.loaded += report.loaded;
@@ -760,6 +770,7 @@ async fn delete_with_retry<S: MessageSource>(
             Ok(outcome) => {
                 deleted += outcome.deleted as u64;
                 failed += outcome.failed as u64;
+                crate::telemetry::metrics::record_delete_failures(outcome.failed as u64);
                 pending = outcome.retryable;
             }
             Err(error) if fate(Outcome::Sqs(&error)) == Fate::Retry => {
@@ -779,6 +790,7 @@ async fn delete_with_retry<S: MessageSource>(
                     "giving up deleting; they will come back and be skipped as duplicates"
                 );
                 failed += pending.len() as u64;
+                crate::telemetry::metrics::record_delete_failures(pending.len() as u64);
                 break;
             }
             tokio::time::sleep(retry.delay(attempts)).await;

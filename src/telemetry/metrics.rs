@@ -1,8 +1,11 @@
-//! Metric names, in one place, and the one function that records a committed batch.
+//! Metric names, in one place, and the functions that record them.
 //!
-//! Counters go through the `metrics` facade; they cost nothing until a recorder is installed
-//! (the Prometheus endpoint of issue 9). Labels are low-cardinality by construction: `reason`
-//! is a reason code from a fixed set, never a value from a message.
+//! Everything goes through the `metrics` facade; it costs nothing until a recorder is
+//! installed (`--metrics-addr` installs the Prometheus one, see [`super::http`]). Labels are
+//! low-cardinality by construction: `reason` is a reason code from a fixed set and `state` is
+//! `visible` or `in_flight`; never a value from a message.
+
+use std::time::{Duration, SystemTime};
 
 use crate::postgres::LoadReport;
 
@@ -18,10 +21,47 @@ pub const DUPLICATES_SKIPPED: &str = "sqs2pg_duplicates_skipped_total";
 pub const LOAD_RETRIES: &str = "sqs2pg_load_retries_total";
 /// Label of [`MESSAGES_REJECTED`].
 pub const REASON_LABEL: &str = "reason";
+/// Failed receive calls that were retried.
+pub const RECEIVE_RETRIES: &str = "sqs2pg_receive_retries_total";
+/// Committed messages whose delete failed for good (they come back as duplicates).
+pub const DELETE_FAILURES: &str = "sqs2pg_delete_failures_total";
+/// Histogram: messages per committed batch.
+pub const BATCH_MESSAGES: &str = "sqs2pg_batch_messages";
+/// Histogram: seconds from a batch's first load attempt to its COMMIT, retries included.
+pub const LOAD_SECONDS: &str = "sqs2pg_load_duration_seconds";
+/// Gauge: messages received and not yet deleted or released.
+pub const MESSAGES_IN_FLIGHT: &str = "sqs2pg_messages_in_flight";
+/// Gauge: the queue's approximate depth, labelled `state` = `visible` / `in_flight` (polled).
+pub const QUEUE_MESSAGES: &str = "sqs2pg_queue_messages";
+/// Label of [`QUEUE_MESSAGES`].
+pub const STATE_LABEL: &str = "state";
+/// Gauge: at the last COMMIT, seconds since the oldest message of the batch was sent (now minus
+/// its SentTimestamp): how far behind the queue the pipeline runs.
+pub const OLDEST_MESSAGE_AGE_SECONDS: &str = "sqs2pg_oldest_message_age_seconds";
+/// Bucket bounds of [`BATCH_MESSAGES`].
+pub const BATCH_MESSAGES_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+/// Bucket bounds of [`LOAD_SECONDS`].
+pub const LOAD_SECONDS_BUCKETS: [f64; 10] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
 /// Counts one committed batch: `received` deliveries, the report's rows and rejections, and
-/// `duplicates` skipped (by the ledger or within the batch).
-pub fn record_batch(received: u64, report: &LoadReport, duplicates: u64) {
+/// `duplicates` skipped (by the ledger or within the batch); its size, how long it took to
+/// commit and, when known, the send time (milliseconds since the epoch) of its oldest message.
+pub fn record_batch(
+    received: u64,
+    report: &LoadReport,
+    duplicates: u64,
+    took: Duration,
+    oldest_sent_ms: Option<i128>,
+) {
+    metrics::histogram!(BATCH_MESSAGES).record(received as f64);
+    metrics::histogram!(LOAD_SECONDS).record(took.as_secs_f64());
+    if let Some(sent) = oldest_sent_ms {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i128);
+        metrics::gauge!(OLDEST_MESSAGE_AGE_SECONDS).set((now_ms - sent).max(0) as f64 / 1000.0);
+    }
     metrics::counter!(MESSAGES_RECEIVED).increment(received);
     metrics::counter!(ROWS_LOADED).increment(report.loaded);
     metrics::counter!(DUPLICATES_SKIPPED).increment(duplicates);
@@ -33,6 +73,27 @@ pub fn record_batch(received: u64, report: &LoadReport, duplicates: u64) {
 /// Counts one retried load attempt.
 pub fn record_load_retry() {
     metrics::counter!(LOAD_RETRIES).increment(1);
+}
+
+/// Counts one retried receive.
+pub fn record_receive_retry() {
+    metrics::counter!(RECEIVE_RETRIES).increment(1);
+}
+
+/// Counts deletes that failed for good.
+pub fn record_delete_failures(n: u64) {
+    metrics::counter!(DELETE_FAILURES).increment(n);
+}
+
+/// Sets the number of messages held.
+pub fn record_in_flight(n: usize) {
+    metrics::gauge!(MESSAGES_IN_FLIGHT).set(n as f64);
+}
+
+/// Sets the queue's depth as last polled.
+pub fn record_queue_depth(visible: u64, in_flight: u64) {
+    metrics::gauge!(QUEUE_MESSAGES, STATE_LABEL => "visible").set(visible as f64);
+    metrics::gauge!(QUEUE_MESSAGES, STATE_LABEL => "in_flight").set(in_flight as f64);
 }
 
 /// A recorder for unit tests that keeps counters by `name{label=value,...}`.
@@ -111,7 +172,7 @@ mod tests {
             duplicates: 1,
         };
         metrics::with_local_recorder(&recorder, || {
-            record_batch(11, &report, 1);
+            record_batch(11, &report, 1, Duration::from_millis(20), None);
             record_load_retry();
         });
         let got = recorder.snapshot();

@@ -6,6 +6,7 @@
 //! `RUST_LOG=aws_smithy_runtime=trace`) can make those crates log wire content; do that only
 //! against test data.
 
+pub mod http;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

@@ -726,3 +726,112 @@ async fn the_exercises_localstack_needs_no_protocol_flag_and_no_region() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_during_a_run() {
+    use crate::harness::{free_port, http_get, wait_until, OwnPostgres};
+    let pg = OwnPostgres::start();
+    let db = TestDb { url: pg.url() };
+    crate::pipeline::setup(&db).await;
+    let queue = TestQueue::new().await;
+    queue.send(&crate::harness::sample_bodies()).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = command(
+        &["run"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+            ("SQS2PG_MASK_KEY", key.as_str()),
+            ("SQS2PG_WAIT_TIME_SECS", "1"),
+            ("SQS2PG_METRICS_ADDR", addr.as_str()),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+
+    // Scrape until the sample is in, then read the counts back.
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    };
+    let scrape = || {
+        http_get(port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the sample to be loaded",
+        std::time::Duration::from_secs(60),
+        || metric(&scrape(), "sqs2pg_rows_loaded_total") == Some(99.0),
+    )
+    .await;
+    let text = scrape();
+    assert!(
+        metric(&text, "sqs2pg_messages_received_total").unwrap() >= 100.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sqs2pg_messages_rejected_total{reason=\"missing_field:user_id\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sqs2pg_batch_messages_count").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sqs2pg_load_duration_seconds_count").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sqs2pg_oldest_message_age_seconds").is_some(),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sqs2pg_messages_in_flight").is_some(),
+        "{text}"
+    );
+    assert_no_personal_data(&text);
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(port, "/readyz").unwrap().0, 200);
+
+    // PostgreSQL stops: not ready (and says why); it comes back: ready again.
+    tokio::task::block_in_place(|| pg.stop());
+    wait_until(
+        "/readyz to turn 503",
+        std::time::Duration::from_secs(30),
+        || {
+            http_get(port, "/readyz")
+                .is_some_and(|(s, body)| s == 503 && body.contains("PostgreSQL"))
+        },
+    )
+    .await;
+    assert_eq!(
+        http_get(port, "/healthz").unwrap().0,
+        200,
+        "alive all the same"
+    );
+    tokio::task::block_in_place(|| pg.start_again());
+    wait_until(
+        "/readyz to turn 200",
+        std::time::Duration::from_secs(30),
+        || http_get(port, "/readyz").is_some_and(|(s, _)| s == 200),
+    )
+    .await;
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -45,6 +45,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         ledger_retention_days: 30,
         shutdown_timeout_secs: 25,
         max_in_flight_bytes: 64 << 20,
+        metrics_addr: None,
     }
 }
 
