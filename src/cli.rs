@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sqs2pg", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, global = true, env = "SQS2PG_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    sqs2pg::telemetry::init();
+    sqs2pg::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

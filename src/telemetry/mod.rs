@@ -19,12 +19,26 @@ pub fn filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
 }
 
-/// Installs the global subscriber (human-readable, stderr). Call once, from `main`.
-pub fn init() {
-    tracing_subscriber::fmt()
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, message and fields.
+    Json,
+}
+
+/// Installs the global subscriber on stderr. Call once, from `main`.
+pub fn init(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }

@@ -835,3 +835,33 @@ async fn metrics_health_and_readiness_during_a_run() {
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let out = sqs2pg(
+        &["--log-format", "json", "drain"],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/x?sslmode=disable",
+            ),
+            ("SQS2PG_QUEUE_URL", "http://127.0.0.1:1/000000000000/q"),
+            ("SQS2PG_MASK_KEY", &key),
+            ("SQS2PG_MAX_ATTEMPTS", "2"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let retry = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "cannot read the queue's visibility timeout; retrying")
+        .unwrap_or_else(|| panic!("no retry event in {text}"));
+    assert_eq!(retry["level"], "WARN");
+    assert_eq!(retry["fields"]["attempt"], 1);
+}
