@@ -26,6 +26,9 @@ pub enum Command {
     Drain(PipelineArgs),
     /// Process as a long-running service until SIGINT or SIGTERM.
     Run(PipelineArgs),
+    /// Check, without processing anything, that the queue, the database, the table and the key
+    /// are all usable; print a pass/fail list; exit 0 only if everything passes.
+    Check(PipelineArgs),
     /// Print a new random masking key (base64 of 32 bytes) for SQS2PG_MASK_KEY.
     Keygen,
     /// Send one message per line of a file to the queue (SendMessageBatch, 10 per call).

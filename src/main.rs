@@ -90,6 +90,21 @@ async fn run(command: Command) -> Result<(), AppError> {
             print!("{summary}");
             Ok(())
         }
+        Command::Check(args) => {
+            let settings = config::pipeline(&args, Mode::Run)?;
+            let items = app::check(&settings).await;
+            for item in &items {
+                let mark = if item.ok { " ok " } else { "FAIL" };
+                println!("[{mark}] {:<17} {}", item.name, item.detail);
+            }
+            let failed = items.iter().filter(|i| !i.ok).count();
+            if failed == 0 {
+                println!("all {} checks passed", items.len());
+                Ok(())
+            } else {
+                Err(AppError::Check(failed))
+            }
+        }
         Command::Rejects(args) => rejects(args.command).await,
         Command::Send(args) => {
             let sqs = config::queue(&args.queue)?;

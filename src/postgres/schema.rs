@@ -224,6 +224,32 @@ pub enum NotReady {
     Database(#[from] tokio_postgres::Error),
 }
 
+/// The privileges a run needs that the current user lacks, as readable phrases: INSERT (and
+/// SELECT, for the ledger's conflict check) on the target table and the bookkeeping tables,
+/// and TEMP on the database for the staging table. Objects that do not exist are left to
+/// [`check_ready`].
+pub async fn missing_privileges(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT object || ': ' || privilege
+               FROM (VALUES ($1::text, 'INSERT'),
+                            ('sqs2pg.processed_messages', 'INSERT'),
+                            ('sqs2pg.processed_messages', 'SELECT'),
+                            ('sqs2pg.rejected_messages', 'INSERT')) AS needed(object, privilege)
+              WHERE to_regclass(object) IS NOT NULL
+                AND NOT has_table_privilege(object, privilege)
+             UNION ALL
+             SELECT 'database ' || current_database() || ': TEMP'
+              WHERE NOT has_database_privilege(current_database(), 'TEMP')",
+            &[&table.quoted()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Checks that the bookkeeping schema is at the version this build expects.
 pub async fn check_ready_schema(client: &Client) -> Result<(), NotReady> {
     let has_migrations: bool = client

@@ -193,7 +193,8 @@ impl QueryQueue {
         ))
     }
 
-    async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
+    /// `GetQueueAttributes` for `names` (`All` for every one), as name/value pairs.
+    pub async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
         let params = names
             .iter()
             .enumerate()

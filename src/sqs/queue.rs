@@ -182,6 +182,11 @@ impl Queue {
         over!(self, c => c.visibility_timeout())
     }
 
+    /// `GetQueueAttributes` for `names` (`All` for every one), as name/value pairs.
+    pub async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
+        over!(self, c => c.attributes(names))
+    }
+
     /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
     pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
         over!(self, c => c.approximate_depth())

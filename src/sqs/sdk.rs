@@ -87,6 +87,26 @@ impl SdkQueue {
         Ok(Duration::from_secs(secs))
     }
 
+    /// `GetQueueAttributes` for `names` (`All` for every one), as name/value pairs.
+    pub async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .set_attribute_names(Some(
+                names.iter().map(|n| QueueAttributeName::from(*n)).collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        Ok(out
+            .attributes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v))
+            .collect())
+    }
+
     /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
     pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
         let out = self

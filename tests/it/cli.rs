@@ -865,3 +865,77 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(retry["level"], "WARN");
     assert_eq!(retry["fields"]["attempt"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_good_setup_and_names_each_problem() {
+    let (db, queue) = crate::pipeline::fixture().await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let check = |database: &str, queue_url: &str| {
+        sqs2pg(
+            &["check"],
+            &[
+                ("DATABASE_URL", database),
+                ("SQS2PG_QUEUE_URL", queue_url),
+                ("SQS2PG_MASK_KEY", &key),
+            ],
+        )
+    };
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    let good = check(&db.url, &queue.url);
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&good),
+        stderr(&good)
+    );
+    let text = stdout(&good);
+    assert!(text.contains("all 5 checks passed"), "{text}");
+    assert!(text.contains("visibility timeout 30 s"), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+
+    // A missing queue.
+    let missing = format!("{}-missing", queue.url);
+    let out = check(&db.url, &missing);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("[FAIL] SQS queue") && text.contains("NonExistentQueue"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[ ok ] schema and table"),
+        "the other checks still ran: {text}"
+    );
+
+    // One column of another type.
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE public.user_logins ALTER COLUMN app_version TYPE bigint")
+        .await
+        .unwrap();
+    let out = check(&db.url, &queue.url);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("[FAIL] schema and table")
+            && text.contains("column app_version is bigint, expected integer"),
+        "{text}"
+    );
+
+    // A wrong password.
+    let pg = crate::harness::OwnPostgres::start_with_password("right-password");
+    let out = check(&pg.url_with_password("wrong-password"), &queue.url);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("[FAIL] PostgreSQL") && text.contains("password authentication failed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("wrong-password"),
+        "the password is never printed: {text}"
+    );
+    assert!(text.contains("[ ok ] SQS queue"), "{text}");
+}

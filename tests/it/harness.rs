@@ -243,9 +243,18 @@ pub struct OwnPostgres {
 }
 
 impl OwnPostgres {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A cluster where TCP connections need `password` (SCRAM) for user `postgres`.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(Some(password))
+    }
+
     // The watchdog outlives this process by design.
     #[allow(clippy::zombie_processes)]
-    pub fn start() -> Self {
+    fn start_with(password: Option<&str>) -> Self {
         servers();
         let root = std::env::temp_dir().join(unique("sqs2pg-ownpg"));
         std::fs::create_dir_all(&root).unwrap();
@@ -261,12 +270,28 @@ impl OwnPostgres {
         initdb.arg("-D").arg(&data).args([
             "-U",
             "postgres",
-            "--auth=trust",
             "-E",
             "UTF8",
             "--no-sync",
             "--no-instructions",
         ]);
+        match password {
+            None => {
+                initdb.arg("--auth=trust");
+            }
+            Some(password) => {
+                let file = root.join("pwfile");
+                std::fs::write(&file, password).unwrap();
+                if as_postgres {
+                    let mut chown = Command::new("chown");
+                    chown.arg("postgres:").arg(&file);
+                    run_ok(chown, "chown pwfile");
+                }
+                initdb
+                    .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+                    .arg(format!("--pwfile={}", file.display()));
+            }
+        }
         run_ok(initdb, "initdb (own cluster)");
         let cluster = Self {
             bindir,
@@ -298,6 +323,14 @@ impl OwnPostgres {
     pub fn url(&self) -> String {
         format!(
             "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// The same with a password.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/postgres?sslmode=disable",
             self.port
         )
     }
