@@ -10,6 +10,11 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sqs2pg", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// A TOML configuration file whose values are the defaults of the flags (environment
+    /// variables and flags override it); see examples/sqs2pg.example.toml.
+    #[arg(long, global = true, env = "SQS2PG_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Log format on stderr: `text` for people, `json` (one object per line) for log shippers.
     #[arg(long, global = true, env = "SQS2PG_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
@@ -35,6 +40,21 @@ pub enum Command {
     Send(SendArgs),
     /// Inspect and replay quarantined messages.
     Rejects(RejectsArgs),
+    /// Show the configuration.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings (file, environment and flags applied) as TOML, with the
+    /// database password and the masking key hidden.
+    Print(PipelineArgs),
 }
 
 #[derive(Debug, Args, Clone)]

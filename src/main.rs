@@ -3,18 +3,23 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use sqs2pg::app::{self, AppError};
-use sqs2pg::cli::{Cli, Command, QueueArgs, RejectsCommand};
+use sqs2pg::cli::{Cli, Command, ConfigArgs, ConfigCommand, QueueArgs, RejectsCommand};
 use sqs2pg::config;
 use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, PipelineError};
 use sqs2pg::postgres::quarantine::ReplaySelection;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Command::Keygen = cli.command {
         return match MaskKey::generate_base64() {
             Ok(key) => {
@@ -45,6 +50,19 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Parses the command line with the configuration file's values (if any) as defaults.
+fn parse_command_line() -> Result<Cli, config::ConfigError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    if let Some(path) = config::file::path_from(&args) {
+        let file = config::file::FileSettings::load(&path)?;
+        command = config::file::apply(command, &file.defaults());
+    }
+    let matches = command.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 async fn run(command: Command) -> Result<(), AppError> {
@@ -106,6 +124,12 @@ async fn run(command: Command) -> Result<(), AppError> {
             }
         }
         Command::Rejects(args) => rejects(args.command).await,
+        Command::Config(ConfigArgs {
+            command: ConfigCommand::Print(args),
+        }) => {
+            print!("{}", config::file::effective(&args));
+            Ok(())
+        }
         Command::Send(args) => {
             let sqs = config::queue(&args.queue)?;
             let sent = app::send(&sqs, &args.file, args.create_queue, args.concurrency).await?;

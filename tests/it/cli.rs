@@ -939,3 +939,65 @@ async fn check_passes_on_a_good_setup_and_names_each_problem() {
     );
     assert!(text.contains("[ ok ] SQS queue"), "{text}");
 }
+
+#[test]
+fn a_config_file_is_overridden_by_environment_and_flags() {
+    let dir = std::env::temp_dir().join(crate::harness::unique("config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sqs2pg.toml");
+    std::fs::write(
+        &file,
+        "[database]\nurl = \"postgres://u:s3cret@db.example/x\"\n[pipeline]\nreceivers = 3\nbatch_max_rows = 200\n",
+    )
+    .unwrap();
+    let print = |env: &[(&str, &str)], flags: &[&str]| {
+        let mut args = vec!["--config", file.to_str().unwrap(), "config", "print"];
+        args.extend_from_slice(flags);
+        let out = sqs2pg(&args, env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let from_file = print(&[], &[]);
+    assert!(
+        from_file.contains("receivers = 3\n") && from_file.contains("batch_max_rows = 200\n"),
+        "{from_file}"
+    );
+    assert!(
+        from_file.contains("postgres://u:****@db.example/x"),
+        "{from_file}"
+    );
+    assert!(
+        !from_file.contains("s3cret"),
+        "the password is never printed"
+    );
+    let from_env = print(&[("SQS2PG_RECEIVERS", "5")], &[]);
+    assert!(
+        from_env.contains("receivers = 5\n") && from_env.contains("batch_max_rows = 200\n"),
+        "{from_env}"
+    );
+    let from_flag = print(&[("SQS2PG_RECEIVERS", "5")], &["--receivers", "7"]);
+    assert!(from_flag.contains("receivers = 7\n"), "{from_flag}");
+    // The printed settings are a valid file themselves.
+    std::fs::write(dir.join("printed.toml"), &from_flag).unwrap();
+    let again = sqs2pg(
+        &[
+            "--config",
+            dir.join("printed.toml").to_str().unwrap(),
+            "config",
+            "print",
+        ],
+        &[],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+
+    // An unknown key stops everything at start, naming the key and the file.
+    std::fs::write(&file, "[pipeline]\nrecievers = 3\n").unwrap();
+    let out = sqs2pg(&["--config", file.to_str().unwrap(), "drain"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("recievers") && stderr(&out).contains("sqs2pg.toml"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,8 @@
 //! Checked settings. Raw CLI/env arguments (`cli`) become these types in one step that fails
 //! with a message naming the setting and the fix, before any message is touched.
 
+pub mod file;
+
 use std::path::Path;
 use std::time::Duration;
 
