@@ -91,7 +91,28 @@ pub async fn process(
             }
         };
     }
+    let progress_done = CancellationToken::new();
+    let mut progress_line = None;
+    if settings.show_progress {
+        let (progress, queue) = (settings.pipeline.progress.clone(), queue.clone());
+        progress_line = Some(tokio::spawn(crate::telemetry::progress::show(
+            progress,
+            move || {
+                let queue = queue.clone();
+                async move {
+                    let (visible, in_flight) = queue.approximate_depth().await.ok()?;
+                    Some(visible + in_flight)
+                }
+            },
+            progress_done.clone(),
+        )));
+    }
     let result = process_with(settings, queue, shutdown, |loader| loader).await;
+    progress_done.cancel();
+    if let Some(line) = progress_line {
+        // Cleared before the summary is printed.
+        let _ = line.await;
+    }
     if let Some(endpoint) = endpoint {
         endpoint.cancel();
     }

@@ -68,6 +68,8 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; off when unset.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Draw a live progress line on stderr (`drain` on a terminal).
+    pub show_progress: bool,
 }
 
 /// Database connection target and table, checked.
@@ -294,6 +296,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         })
         .transpose()?;
     Ok(Settings {
+        show_progress: mode == Mode::Drain && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         metrics_addr,
         database,
         table,
@@ -314,6 +317,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             source_retry: retry,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
             max_in_flight_bytes: args.max_in_flight_bytes,
+            progress: Default::default(),
         },
     })
 }

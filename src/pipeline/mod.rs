@@ -38,7 +38,7 @@ use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::{AckHandle, MessageSource, Received, SourceError, SQS_BATCH_LIMIT};
 use batch::{Batch, Evidence, Processed, Reject};
 use lease::Leases;
-pub use summary::Summary;
+pub use summary::{Progress, Summary};
 
 /// Whether the pipeline stops when the queue is empty (`drain`) or runs until shut down (`run`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub struct PipelineSettings {
     /// receiving pauses at this budget, so memory stays bounded however deep the queue is.
     /// A batch is cut at half of it, so one batch can load while the next fills.
     pub max_in_flight_bytes: usize,
+    /// Live counts, for whoever wants to show progress.
+    pub progress: Arc<Progress>,
 }
 
 impl PipelineSettings {
@@ -563,6 +565,12 @@ async fn load_batch<L: BatchLoader>(
         oldest_sent_ms,
     );
     summary.batches += 1;
+    settings.progress.add(
+        messages as u64,
+        report.loaded,
+        report.rejected.len() as u64,
+        report.duplicates + batch.duplicates_in_batch,
+    );
     summary.loaded += report.loaded;
     summary.duplicates += report.duplicates + batch.duplicates_in_batch;
     summary.unknown_fields += batch.unknown_fields;
@@ -935,6 +943,7 @@ mod tests {
             source_retry: retry,
             shutdown_timeout: Duration::from_secs(25),
             max_in_flight_bytes: 64 << 20,
+            progress: Arc::default(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod progress;
 
 use tracing_subscriber::EnvFilter;
 

@@ -183,6 +183,11 @@ async fn setup_send_drain_as_processes() {
 
     let out = sqs2pg(&["drain"], &env);
     assert_no_personal_data(&stderr(&out));
+    assert!(
+        !stderr(&out).contains("msg/s"),
+        "no progress line when stderr is not a terminal: {}",
+        stderr(&out)
+    );
     assert_no_personal_data(&String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
