@@ -78,7 +78,11 @@ pub async fn process(
         let retry = settings.pipeline.source_retry;
         let mut attempts = 0;
         settings.pipeline.visibility_timeout = loop {
-            match queue.visibility_timeout().await {
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+                answer = queue.visibility_timeout() => answer,
+            };
+            match answer {
                 Ok(timeout) => break Some(timeout),
                 Err(e) => {
                     attempts += 1;
@@ -86,7 +90,10 @@ pub async fn process(
                         return Err(e.into());
                     }
                     tracing::warn!(attempt = attempts, error = %e, "cannot read the queue's visibility timeout; retrying");
-                    tokio::time::sleep(retry.delay(attempts)).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+                        _ = tokio::time::sleep(retry.delay(attempts)) => {}
+                    }
                 }
             }
         };
@@ -200,7 +207,11 @@ where
     L: pg::BatchLoader,
     F: FnOnce(LoginLoader) -> L,
 {
-    let client = connect_with_retry(&settings.database, &settings.pipeline.load_retry).await?;
+    // A signal while waiting for the database ends the run: nothing was received yet.
+    let client = tokio::select! {
+        client = connect_with_retry(&settings.database, &settings.pipeline.load_retry) => client?,
+        _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+    };
     pg::check_ready(&client, &settings.table).await?;
     drop(client);
     if is_fifo(&settings.sqs.queue_url) && settings.pipeline.receivers > 1 {
@@ -346,6 +357,12 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
         },
     );
     items
+}
+
+/// The summary of a run stopped by a signal before it received anything.
+fn stopped_before_start() -> Summary {
+    tracing::info!("shutdown requested before the run started; nothing was received");
+    Summary::default()
 }
 
 /// Prunes the ledger at start and then hourly, on its own connection, until `done`. Failures

@@ -111,7 +111,14 @@ pub async fn heartbeat<S: MessageSource>(
                 }
             })
             .buffer_unordered(CONCURRENT_CALLS);
-        while let Some((chunk, result)) = calls.next().await {
+        loop {
+            // Stop at once when told, even mid-round: a call to an unreachable SQS can take a
+            // minute, and a shutdown deadline must not wait for it.
+            let next = tokio::select! {
+                _ = done.cancelled() => return extended,
+                next = calls.next() => next,
+            };
+            let Some((chunk, result)) = next else { break };
             match result {
                 Ok(refused) => {
                     // Refused entries (usually deleted meanwhile) are tried again next tick;

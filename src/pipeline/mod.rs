@@ -104,12 +104,6 @@ pub enum PipelineError {
         #[source]
         source: SourceError,
     },
-    #[error("shut down while retrying a load; {messages} uncommitted message(s) will be redelivered by SQS: {source}")]
-    ShutdownWhileRetrying {
-        messages: usize,
-        #[source]
-        source: LoadError,
-    },
     #[error("the shutdown deadline ({} s) passed before everything was committed and deleted; uncommitted messages were released and will be redelivered, and committed ones not yet deleted will come back and be skipped as duplicates", .timeout.as_secs())]
     ShutdownDeadline { timeout: Duration },
     #[error("PostgreSQL refused every one of the {rows} rows of a batch ({detail}): the table has a rule no row meets; fix the table (the refused rows were not quarantined, and nothing was deleted)")]
@@ -218,10 +212,19 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     let first_error = tokio::select! {
         first_error = graceful => first_error,
         () = deadline => {
-            // Dropping `graceful` dropped the open load: its transaction never commits.
+            // Dropping `graceful` dropped the open load: unless its COMMIT was already on the
+            // wire, it never commits (and if it was, the ledger makes the redelivery harmless).
             for abort in &aborts {
                 abort.abort();
             }
+            // Abort takes effect at the tasks' next await; wait for that (briefly), so no
+            // receiver records a lease after the release below has collected them.
+            let settled = async {
+                while !aborts.iter().all(tokio::task::AbortHandle::is_finished) {
+                    tokio::task::yield_now().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), settled).await;
             tracing::warn!(timeout_secs = settings.shutdown_timeout.as_secs(), "shutdown deadline reached; abandoning what is not committed");
             Some(PipelineError::ShutdownDeadline { timeout: settings.shutdown_timeout })
         }
@@ -469,11 +472,18 @@ async fn batch_loop<L: BatchLoader>(
 ) -> Result<(), PipelineError> {
     let mut batch = Batch::default();
     let mut deadline: Option<Instant> = None;
+    let mut flushed_at_shutdown = false;
     loop {
         let flush = tokio::select! {
             biased;
             // Age first: a batch never waits longer than batch_max_age however busy the input.
             _ = sleep_until_some(deadline) => true,
+            // On shutdown the open batch is committed at once, not after the receivers' last
+            // polls; what those bring is committed when they are done.
+            _ = shutdown.cancelled(), if !flushed_at_shutdown && !batch.is_empty() => {
+                flushed_at_shutdown = true;
+                true
+            }
             item = items.recv() => match item {
                 Some(p) => {
                     summary.received += 1;
@@ -486,7 +496,7 @@ async fn batch_loop<L: BatchLoader>(
                 }
                 None => {
                     if !batch.is_empty() {
-                        load_batch(&mut loader, std::mem::take(&mut batch), &acks, settings, shutdown, summary).await?;
+                        load_batch(&mut loader, std::mem::take(&mut batch), &acks, settings, summary).await?;
                     }
                     return Ok(());
                 }
@@ -499,7 +509,6 @@ async fn batch_loop<L: BatchLoader>(
                 std::mem::take(&mut batch),
                 &acks,
                 settings,
-                shutdown,
                 summary,
             )
             .await?;
@@ -520,7 +529,6 @@ async fn load_batch<L: BatchLoader>(
     mut batch: Batch,
     acks: &mpsc::Sender<Vec<AckHandle>>,
     settings: &PipelineSettings,
-    shutdown: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
@@ -538,8 +546,7 @@ async fn load_batch<L: BatchLoader>(
     );
     let rows = whole.rows.len();
     let mut refused = Vec::new();
-    let mut report =
-        load_isolating(loader, whole, &mut refused, settings, shutdown, summary).await?;
+    let mut report = load_isolating(loader, whole, &mut refused, settings, summary).await?;
     if !refused.is_empty() {
         if rows > 1 && refused.len() == rows {
             // Not one row passes: the table is the problem (a trigger or constraint nothing
@@ -555,7 +562,7 @@ async fn load_batch<L: BatchLoader>(
             "quarantining rows refused by the database"
         );
         let rejects = Batch::part(Vec::new(), refused);
-        report.merge(load_with_retry(loader, &rejects, settings, shutdown, summary).await?);
+        report.merge(load_with_retry(loader, &rejects, settings, summary).await?);
     }
     crate::telemetry::metrics::record_batch(
         messages as u64,
@@ -603,11 +610,10 @@ fn load_isolating<'a, L: BatchLoader>(
     part: Batch,
     refused: &'a mut Vec<Reject>,
     settings: &'a PipelineSettings,
-    shutdown: &'a CancellationToken,
     summary: &'a mut Summary,
 ) -> Pin<Box<dyn Future<Output = Result<LoadReport, PipelineError>> + Send + 'a>> {
     Box::pin(async move {
-        let error = match load_with_retry(loader, &part, settings, shutdown, summary).await {
+        let error = match load_with_retry(loader, &part, settings, summary).await {
             Ok(report) => return Ok(report),
             Err(error) => error,
         };
@@ -633,7 +639,7 @@ fn load_isolating<'a, L: BatchLoader>(
                 Batch::part(Vec::new(), rejects),
                 Batch::part(rows, Vec::new()),
             ] {
-                let r = load_isolating(loader, part, refused, settings, shutdown, summary).await?;
+                let r = load_isolating(loader, part, refused, settings, summary).await?;
                 report.merge(r);
             }
         } else if rows.len() == 1 {
@@ -646,7 +652,7 @@ fn load_isolating<'a, L: BatchLoader>(
             let second = rows.split_off(rows.len() / 2);
             for half in [rows, second] {
                 let half = Batch::part(half, Vec::new());
-                let r = load_isolating(loader, half, refused, settings, shutdown, summary).await?;
+                let r = load_isolating(loader, half, refused, settings, summary).await?;
                 report.merge(r);
             }
         }
@@ -678,7 +684,6 @@ async fn load_with_retry<L: BatchLoader>(
     loader: &mut L,
     part: &Batch,
     settings: &PipelineSettings,
-    shutdown: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<LoadReport, PipelineError> {
     let mut attempts = 0u32;
@@ -698,13 +703,9 @@ async fn load_with_retry<L: BatchLoader>(
         summary.load_retries += 1;
         crate::telemetry::metrics::record_load_retry();
         tracing::warn!(attempt = attempts, messages = part.len(), %error, "load failed; retrying");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(PipelineError::ShutdownWhileRetrying {
-                messages: part.len(),
-                source: error,
-            }),
-            _ = tokio::time::sleep(settings.load_retry.delay(attempts)) => {}
-        }
+        // Also during a shutdown: the open batch is worth committing until the deadline,
+        // which abandons it if the database does not come back in time.
+        tokio::time::sleep(settings.load_retry.delay(attempts)).await;
     }
 }
 
@@ -827,6 +828,8 @@ mod tests {
         messages: Mutex<Vec<Received>>,
         /// Every receive fails transiently instead.
         failing: bool,
+        /// Visibility extensions never answer (an SQS that stopped answering).
+        hanging_heartbeat: bool,
         receives: Mutex<u32>,
         deleted: Mutex<Vec<String>>,
         released: Mutex<Vec<String>>,
@@ -899,6 +902,8 @@ mod tests {
             if timeout.is_zero() {
                 let mut released = self.released.lock().unwrap();
                 released.extend(acks.iter().map(|a| a.message_id.clone()));
+            } else if self.hanging_heartbeat {
+                std::future::pending::<()>().await;
             }
             Ok(Vec::new())
         }
@@ -912,6 +917,20 @@ mod tests {
                 loaded: batch.rows.len() as u64,
                 ..LoadReport::default()
             })
+        }
+    }
+
+    /// Fails its first `failures` loads (transiently), then commits.
+    struct FailingFirst {
+        failures: u32,
+    }
+    impl BatchLoader for FailingFirst {
+        async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(LoadError::Injected("connection reset".into()));
+            }
+            Committing.load(batch).await
         }
     }
 
@@ -1071,8 +1090,54 @@ mod tests {
             matches!(result, Err(PipelineError::Source { attempts: 4, .. })),
             "{result:?}"
         );
-        // Two receivers, four attempts each; delays of at most 0.1, 0.2 and 0.4 s between them.
+        // Two receivers, four attempts each; delays of at most 0.1, 0.2 and 0.4 s between them,
+        // and not none (a retry loop without backoff would take no time at all).
         assert!(*source.receives.lock().unwrap() <= 8);
         assert!(elapsed <= Duration::from_millis(700), "{elapsed:?}");
+        assert!(elapsed > Duration::ZERO, "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_loads_back_off_and_the_batch_commits_once_the_database_is_back() {
+        let source = Arc::new(Scripted::with(3));
+        let (result, elapsed) = run_until_signal(
+            source.clone(),
+            FailingFirst { failures: 3 },
+            Mode::Drain,
+            None,
+        )
+        .await;
+        let summary = result.unwrap();
+        assert_eq!(
+            (summary.loaded, summary.load_retries),
+            (3, 3),
+            "{summary:?}"
+        );
+        assert_eq!(source.deleted.lock().unwrap().len(), 3);
+        // Some backoff (0 to 0.1 + 0.2 + 0.4 s) came on top of the polls.
+        assert!(elapsed > Duration::from_secs(20), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_stuck_on_a_dead_sqs_does_not_hold_up_the_deadline() {
+        let source = Arc::new(Scripted {
+            hanging_heartbeat: true,
+            ..Scripted::with(3)
+        });
+        let settings = PipelineSettings {
+            visibility_timeout: Some(Duration::from_secs(4)),
+            ..settings(Mode::Run)
+        };
+        let signal = Duration::from_secs(5);
+        let run = run_with(source.clone(), Hanging, settings, Some(signal));
+        let (result, elapsed) = tokio::time::timeout(Duration::from_secs(600), run)
+            .await
+            .expect("the run hung on its heartbeat");
+        assert!(
+            matches!(result, Err(PipelineError::ShutdownDeadline { .. })),
+            "{result:?}"
+        );
+        assert_eq!(elapsed, signal + Duration::from_secs(20), "{elapsed:?}");
+        assert_eq!(source.released.lock().unwrap().len(), 3);
     }
 }

@@ -255,7 +255,7 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
     assert!(kill.success());
     let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
     // Within its 10 s shutdown deadline (plus slack for a loaded machine).
-    let out = tokio::time::timeout(std::time::Duration::from_secs(15), exited)
+    let out = tokio::time::timeout(std::time::Duration::from_secs(12), exited)
         .await
         .expect("run did not exit within its shutdown deadline")
         .unwrap()
@@ -319,7 +319,7 @@ async fn a_batch_that_cannot_commit_by_the_shutdown_deadline_is_released_for_red
         .unwrap();
     assert!(kill.success());
     let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let out = tokio::time::timeout(std::time::Duration::from_secs(15), exited)
+    let out = tokio::time::timeout(std::time::Duration::from_secs(12), exited)
         .await
         .expect("run did not exit within its shutdown deadline")
         .unwrap()
@@ -824,11 +824,32 @@ async fn metrics_health_and_readiness_during_a_run() {
         200,
         "alive all the same"
     );
+    // What arrives meanwhile fails to load and is retried, which the metrics show.
+    let late: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                r#"{{"user_id": "late-{i}", "app_version": "1.0", "device_type": "ios", "ip": "10.0.0.{i}", "locale": null, "device_id": "111-22-333{i}"}}"#
+            )
+        })
+        .collect();
+    queue.send(&late).await;
+    wait_until(
+        "failed loads to be retried",
+        std::time::Duration::from_secs(60),
+        || metric(&scrape(), "sqs2pg_load_retries_total").is_some_and(|n| n >= 1.0),
+    )
+    .await;
     tokio::task::block_in_place(|| pg.start_again());
     wait_until(
         "/readyz to turn 200",
         std::time::Duration::from_secs(30),
         || http_get(port, "/readyz").is_some_and(|(s, _)| s == 200),
+    )
+    .await;
+    wait_until(
+        "the late messages to be loaded",
+        std::time::Duration::from_secs(60),
+        || metric(&scrape(), "sqs2pg_rows_loaded_total") == Some(109.0),
     )
     .await;
 
@@ -1005,4 +1026,63 @@ fn a_config_file_is_overridden_by_environment_and_flags() {
         stderr(&out)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_waiting_for_the_database_at_start_exits_cleanly() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let queue = TestQueue::new().await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let mut child = command(
+        &["run"],
+        &[
+            // Nothing listens there: `run` waits for the database, retrying forever.
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/x?sslmode=disable",
+            ),
+            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+            ("SQS2PG_MASK_KEY", key.as_str()),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // A reader thread watches stderr for the first retry (and keeps draining the pipe).
+    let retrying = std::sync::Arc::new(AtomicBool::new(false));
+    let stderr_pipe = child.stderr.take().unwrap();
+    let seen = retrying.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("cannot reach PostgreSQL; retrying") {
+                seen.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    crate::harness::wait_until(
+        "run to wait for the database",
+        std::time::Duration::from_secs(30),
+        || retrying.load(Ordering::SeqCst),
+    )
+    .await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("a signal at start-up is not ignored")
+    .unwrap()
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
