@@ -5,6 +5,7 @@
 #[macro_use]
 mod harness;
 mod cli;
+mod deploy;
 mod faults;
 mod pipeline;
 mod schema;
