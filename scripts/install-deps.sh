@@ -3,6 +3,7 @@
 #   - a PostgreSQL server (Debian's `postgresql` package: initdb, pg_ctl, postgres, psql)
 #   - moto's SQS server (`moto[server]` from PyPI), the SQS implementation the tests talk to
 #   - python3 (for moto) and openssl (the tests make a throwaway CA for TLS tests)
+#   - chromium (Debian's package), headless, to render the HTML report in a test
 #   - LocalStack 0.14.3, the exercise's own query-protocol-only SQS, in its own virtualenv from
 #     the pinned package set in scripts/pins (a plain `pip install localstack==0.14.3` does not run)
 #   - LocalStack 4.0.3, for the volume tests (pinned set in scripts/pins)
@@ -31,6 +32,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install postgresql
 fi
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+# Headless Chromium renders the HTML report in its test.
+command -v chromium >/dev/null 2>&1 || { log "installing chromium"; apt_install chromium; }
 
 moto=""
 if command -v moto_server >/dev/null 2>&1; then

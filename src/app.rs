@@ -244,6 +244,17 @@ where
     Ok(result?)
 }
 
+/// `sqs2pg report`: the table's aggregates.
+pub async fn report(
+    database: &Database,
+    table: &TableName,
+) -> Result<crate::report::Report, AppError> {
+    let client = database.connect().await?;
+    crate::report::build(&client, table)
+        .await
+        .map_err(AppError::Query)
+}
+
 /// One line of `sqs2pg check`.
 #[derive(Debug, Clone)]
 pub struct CheckItem {

@@ -42,6 +42,19 @@ pub enum Command {
     Rejects(RejectsArgs),
     /// Show the configuration.
     Config(ConfigArgs),
+    /// What the analysts' table holds, in aggregates: rows per day and device type, distinct
+    /// and repeated masked values, rejections by reason.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Also write the report as a self-contained HTML page with charts to this file.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -39,5 +39,6 @@ pub mod error;
 pub mod login;
 pub mod pipeline;
 pub mod postgres;
+pub mod report;
 pub mod sqs;
 pub mod telemetry;

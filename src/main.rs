@@ -124,6 +124,21 @@ async fn run(command: Command) -> Result<(), AppError> {
             }
         }
         Command::Rejects(args) => rejects(args.command).await,
+        Command::Report(args) => {
+            let (database, table) = config::database(&args.database)?;
+            let report = app::report(&database, &table).await?;
+            print!("{}", report.to_text());
+            if let Some(path) = &args.html {
+                std::fs::write(path, sqs2pg::report::html::render(&report)).map_err(|error| {
+                    AppError::File {
+                        path: path.display().to_string(),
+                        error,
+                    }
+                })?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Config(ConfigArgs {
             command: ConfigCommand::Print(args),
         }) => {

@@ -1086,3 +1086,97 @@ async fn a_signal_while_waiting_for_the_database_at_start_exits_cleanly() {
     .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_what_was_loaded_and_its_page_renders_in_chromium() {
+    let (db, queue) = crate::pipeline::fixture().await;
+    let bodies = crate::harness::sample_bodies();
+    queue.send(&bodies).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    crate::pipeline::drain(&crate::pipeline::args(&db, &queue, key_file(&key))).await;
+
+    // What the report must say, worked out from the bodies themselves.
+    let logins: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .filter(|v| v["user_id"].is_string())
+        .collect();
+    let mut per_device = std::collections::BTreeMap::<String, i64>::new();
+    let mut ips = std::collections::HashMap::<String, i64>::new();
+    for v in &logins {
+        *per_device
+            .entry(v["device_type"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        *ips.entry(v["ip"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let repeated_ips = ips.values().filter(|n| **n > 1).count();
+
+    let dir = std::env::temp_dir().join(crate::harness::unique("report"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("report.html");
+    let out = sqs2pg(
+        &["report", "--html", page.to_str().unwrap()],
+        &[("DATABASE_URL", db.url.as_str())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("public.user_logins: 99 rows"), "{text}");
+    assert!(
+        text.contains(&format!("distinct masked ips      {:>10}", ips.len())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("seen more than once {repeated_ips:>8}")),
+        "{text}"
+    );
+    assert!(text.contains("missing_field:user_id"), "{text}");
+    assert_no_personal_data(&text);
+
+    // The page, rendered by headless Chromium: the script ran and drew every number.
+    let chromium =
+        std::env::var("SQS2PG_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let profile = dir.join("profile");
+    let dom = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("{chromium} (apt-get install chromium): {e}"));
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(
+        dom.contains("data-rendered=\"yes\""),
+        "the page's script did not run: {dom:.400}"
+    );
+    let svg = dom
+        .split("<svg id=\"per-device\"")
+        .nth(1)
+        .and_then(|s| s.split("</svg>").next())
+        .expect("the device chart");
+    // Pairs of (label, value) as drawn.
+    let texts: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split("</text>").next())
+        .collect();
+    let drawn: std::collections::BTreeMap<String, i64> = texts
+        .chunks(2)
+        .map(|pair| (pair[0].to_owned(), pair[1].parse().unwrap()))
+        .collect();
+    assert_eq!(drawn, per_device);
+    assert!(
+        dom.contains("<td>missing_field:user_id</td><td class=\"n\">1</td>"),
+        "{dom:.2000}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
