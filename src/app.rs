@@ -224,7 +224,7 @@ where
         );
         settings.pipeline.receivers = 1;
     }
-    let masker = Masker::new(&settings.mask_key);
+    let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
     let sealer = BodySealer::new(&settings.mask_key);
     tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
     let pruning = CancellationToken::new();

@@ -42,9 +42,21 @@ pub enum Command {
     Rejects(RejectsArgs),
     /// Show the configuration.
     Config(ConfigArgs),
+    /// Print the values behind `siv` tokens, for key holders. The output is personal data.
+    Unmask(UnmaskArgs),
     /// What the analysts' table holds, in aggregates: rows per day and device type, distinct
     /// and repeated masked values, rejections by reason.
     Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnmaskArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    /// Tokens as stored in masked_ip / masked_device_id.
+    #[arg(required = true)]
+    pub tokens: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +129,15 @@ pub struct PipelineArgs {
     /// Long-poll wait per receive, 0 to 20 seconds.
     #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
     pub wait_time_secs: u64,
+
+    /// How `ip` is masked: `hmac` (one-way) or `siv` (deterministic encryption: key holders can
+    /// recover it with `sqs2pg unmask`).
+    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
+    pub ip_mask: crate::login::MaskMode,
+
+    /// How `device_id` is masked: `hmac` (one-way) or `siv` (recoverable by key holders).
+    #[arg(long, env = "SQS2PG_DEVICE_ID_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
+    pub device_id_mask: crate::login::MaskMode,
 
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address (IP:PORT), e.g.
     /// 127.0.0.1:9187; off when not given.

@@ -124,6 +124,28 @@ async fn run(command: Command) -> Result<(), AppError> {
             }
         }
         Command::Rejects(args) => rejects(args.command).await,
+        Command::Unmask(args) => {
+            let key = config::key(&args.key)?;
+            let unmasker = sqs2pg::login::Unmasker::new(&key);
+            eprintln!("warning: the values below are personal data (ip, device_id)");
+            let mut failed = 0;
+            for token in &args.tokens {
+                match unmasker.unmask(token) {
+                    Ok(value) => println!("{token}\t{value}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{token}: {e}");
+                    }
+                }
+            }
+            if failed == 0 {
+                Ok(())
+            } else {
+                Err(AppError::Quarantine(format!(
+                    "{failed} token(s) could not be unmasked"
+                )))
+            }
+        }
         Command::Report(args) => {
             let (database, table) = config::database(&args.database)?;
             let report = app::report(&database, &table).await?;

@@ -50,6 +50,8 @@ struct DatabaseSection {
 struct MaskingSection {
     /// The key itself never goes in this file: only the path of a file holding it.
     key_file: Option<PathBuf>,
+    ip_mask: Option<String>,
+    device_id_mask: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +110,8 @@ impl FileSettings {
         text("table", &self.database.table);
         text("metrics_addr", &self.telemetry.metrics_addr);
         text("log_format", &self.telemetry.log_format);
+        text("ip_mask", &self.masking.ip_mask);
+        text("device_id_mask", &self.masking.device_id_mask);
         if let Some(path) = &self.masking.key_file {
             out.push(("mask_key_file", path.into()));
         }
@@ -204,6 +208,12 @@ pub fn effective(args: &crate::cli::PipelineArgs) -> String {
     if args.key.mask_key.as_deref().is_some_and(|k| !k.is_empty()) {
         let _ = writeln!(out, "# the key itself is set in SQS2PG_MASK_KEY (hidden)");
     }
+    setting(&mut out, "ip_mask", Some(&args.ip_mask.to_string()));
+    setting(
+        &mut out,
+        "device_id_mask",
+        Some(&args.device_id_mask.to_string()),
+    );
     let _ = writeln!(out, "\n[pipeline]");
     for (name, value) in [
         ("receivers", Some(args.receivers as u64)),
@@ -292,6 +302,8 @@ mod tests {
             "shutdown_timeout_secs",
             "metrics_addr",
             "log_format",
+            "ip_mask",
+            "device_id_mask",
         ] {
             assert!(ids.contains(&id), "the example does not set {id}");
         }

@@ -70,6 +70,8 @@ pub struct Settings {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Draw a live progress line on stderr (`drain` on a terminal).
     pub show_progress: bool,
+    /// How each personal field is masked.
+    pub mask_modes: crate::login::MaskModes,
 }
 
 /// Database connection target and table, checked.
@@ -296,6 +298,10 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         })
         .transpose()?;
     Ok(Settings {
+        mask_modes: crate::login::MaskModes {
+            ip: args.ip_mask,
+            device_id: args.device_id_mask,
+        },
         show_progress: mode == Mode::Drain && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         metrics_addr,
         database,
@@ -370,6 +376,8 @@ mod tests {
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             metrics_addr: None,
+            ip_mask: crate::login::MaskMode::Hmac,
+            device_id_mask: crate::login::MaskMode::Hmac,
         };
         let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
         assert!(

@@ -11,6 +11,15 @@
 //! `key_id` is 8 base64url characters derived from the key (not secret: it only says which key
 //! wrote a row, so keys can be rotated later) and `h` names the mode (HMAC, one-way).
 //!
+//! Modes, chosen per field ([`MaskModes`]):
+//! - `hmac` (default, `h`): HMAC-SHA-256, one-way. Nobody can recover the value, key holders
+//!   included; they can only check a known value against a token.
+//! - `siv` (`s`): deterministic authenticated encryption, AES-256-SIV (RustCrypto `aes-siv`), so
+//!   key holders can recover the value (`sqs2pg unmask`) while equal values still give equal
+//!   tokens. The field name is the associated data, so a token from one column does not open as
+//!   the other. Token: `{key_id}.s.{base64url(tag || ciphertext)}`; to fit `varchar(256)` the
+//!   value may be at most [`SIV_MAX_VALUE_BYTES`] bytes (an IP is at most 16).
+//!
 //! IP canonicalisation: the address is parsed, an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) is
 //! turned into its IPv4 address, and the token is computed over the address bytes (4 for IPv4,
 //! 16 for IPv6). So every spelling of one address (`::FFFF:1.2.3.4`, `0:0:0:0:0:ffff:102:304`,
@@ -19,6 +28,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
+use aes_siv::siv::Aes256Siv;
+use aes_siv::KeyInit;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -106,12 +119,54 @@ impl fmt::Debug for MaskedToken {
     }
 }
 
+/// How a field is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MaskMode {
+    /// One-way HMAC-SHA-256: duplicates stay visible, nobody can recover the value.
+    #[default]
+    Hmac,
+    /// Deterministic AES-256-SIV: duplicates stay visible, key holders can recover the value.
+    Siv,
+}
+
+impl fmt::Display for MaskMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MaskMode::Hmac => "hmac",
+            MaskMode::Siv => "siv",
+        })
+    }
+}
+
+/// The mode of each masked field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaskModes {
+    pub ip: MaskMode,
+    pub device_id: MaskMode,
+}
+
+/// The longest value `siv` can encrypt into a token that fits `varchar(256)`: 8 (key id) + 3
+/// + base64url of (16-byte tag + value) <= 256.
+pub const SIV_MAX_VALUE_BYTES: usize = 167;
+
+/// A value too long for `siv` mode (see [`SIV_MAX_VALUE_BYTES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} bytes; siv mode fits at most {SIV_MAX_VALUE_BYTES} bytes into varchar(256)")]
+pub struct TooLongToEncrypt(pub usize);
+
+/// One field's masking: an HMAC, or the 512-bit AES-SIV key.
+#[derive(Clone)]
+enum FieldMask {
+    Hmac(HmacSha256),
+    Siv(Arc<Zeroizing<[u8; 64]>>),
+}
+
 /// Turns personal values into tokens under one key. Cheap to clone and share between tasks.
 #[derive(Clone)]
 pub struct Masker {
     key_id: String,
-    ip: HmacSha256,
-    device_id: HmacSha256,
+    ip: FieldMask,
+    device_id: FieldMask,
 }
 
 impl fmt::Debug for Masker {
@@ -122,23 +177,43 @@ impl fmt::Debug for Masker {
     }
 }
 
-/// Which column a subkey is for; part of the HKDF `info`, so subkeys never coincide.
+/// Which column (and mode) a subkey is for; part of the HKDF `info`, so subkeys never coincide.
 const INFO_IP: &[u8] = b"sqs2pg/v1/hmac/ip";
 const INFO_DEVICE_ID: &[u8] = b"sqs2pg/v1/hmac/device_id";
+const INFO_SIV_IP: &[u8] = b"sqs2pg/v1/siv/ip";
+const INFO_SIV_DEVICE_ID: &[u8] = b"sqs2pg/v1/siv/device_id";
+/// Associated data of `siv` tokens: the field they belong to.
+const AD_IP: &[u8] = b"ip";
+const AD_DEVICE_ID: &[u8] = b"device_id";
 const INFO_KEY_ID: &[u8] = b"sqs2pg/v1/key-id";
 
 impl Masker {
-    /// Derives the per-field subkeys and the key id from the operator's key.
+    /// Derives the per-field subkeys and the key id from the operator's key; `hmac` for both.
     pub fn new(key: &MaskKey) -> Self {
-        let subkey = |info: &[u8]| {
-            let mut okm = Zeroizing::new([0u8; 32]);
-            key.derive(info, okm.as_mut_slice());
-            HmacSha256::new_from_slice(okm.as_slice()).expect("HMAC takes any key length")
+        Self::with_modes(key, MaskModes::default())
+    }
+
+    /// Like [`Masker::new`], with the given mode per field.
+    pub fn with_modes(key: &MaskKey, modes: MaskModes) -> Self {
+        let field = |mode, hmac_info: &[u8], siv_info: &[u8]| match mode {
+            MaskMode::Hmac => {
+                let mut okm = Zeroizing::new([0u8; 32]);
+                key.derive(hmac_info, okm.as_mut_slice());
+                FieldMask::Hmac(
+                    <HmacSha256 as Mac>::new_from_slice(okm.as_slice())
+                        .expect("HMAC takes any key length"),
+                )
+            }
+            MaskMode::Siv => {
+                let mut okm = Zeroizing::new([0u8; 64]);
+                key.derive(siv_info, okm.as_mut_slice());
+                FieldMask::Siv(Arc::new(okm))
+            }
         };
         Self {
             key_id: key.key_id(),
-            ip: subkey(INFO_IP),
-            device_id: subkey(INFO_DEVICE_ID),
+            ip: field(modes.ip, INFO_IP, INFO_SIV_IP),
+            device_id: field(modes.device_id, INFO_DEVICE_ID, INFO_SIV_DEVICE_ID),
         }
     }
 
@@ -149,26 +224,146 @@ impl Masker {
 
     /// Masks an IP address after canonicalising it (see the module docs).
     pub fn mask_ip(&self, ip: IpAddr) -> MaskedToken {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => self.token(&self.ip, &v4.octets()),
-            IpAddr::V6(v6) => self.token(&self.ip, &v6.octets()),
+        let token = match ip.to_canonical() {
+            IpAddr::V4(v4) => self.token(&self.ip, AD_IP, &v4.octets()),
+            IpAddr::V6(v6) => self.token(&self.ip, AD_IP, &v6.octets()),
+        };
+        token.expect("an IP address is at most 16 bytes")
+    }
+
+    /// Masks a device id exactly as sent (no normalisation: ids are opaque strings). Fails only
+    /// in `siv` mode, for an id longer than [`SIV_MAX_VALUE_BYTES`].
+    pub fn mask_device_id(&self, device_id: &str) -> Result<MaskedToken, TooLongToEncrypt> {
+        self.token(&self.device_id, AD_DEVICE_ID, device_id.as_bytes())
+    }
+
+    fn token(
+        &self,
+        field: &FieldMask,
+        ad: &[u8],
+        value: &[u8],
+    ) -> Result<MaskedToken, TooLongToEncrypt> {
+        let mut text = String::with_capacity(self.key_id.len() + 3 + 43);
+        text.push_str(&self.key_id);
+        match field {
+            FieldMask::Hmac(mac) => {
+                let mut mac = mac.clone();
+                mac.update(value);
+                text.push_str(".h.");
+                URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut text);
+            }
+            FieldMask::Siv(key) => {
+                if value.len() > SIV_MAX_VALUE_BYTES {
+                    return Err(TooLongToEncrypt(value.len()));
+                }
+                // The cipher is not `Clone` and needs `&mut`: one per call (a key schedule).
+                let sealed = Aes256Siv::new(key.as_slice().into())
+                    .encrypt([ad], value)
+                    .expect("AES-SIV encrypts any length");
+                text.push_str(".s.");
+                URL_SAFE_NO_PAD.encode_string(sealed, &mut text);
+            }
+        }
+        Ok(MaskedToken(text))
+    }
+}
+
+/// A value recovered from a `siv` token.
+#[derive(PartialEq, Eq)]
+pub enum Unmasked {
+    Ip(IpAddr),
+    DeviceId(String),
+}
+
+impl fmt::Display for Unmasked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unmasked::Ip(ip) => write!(f, "ip {ip}"),
+            Unmasked::DeviceId(id) => write!(f, "device_id {id}"),
+        }
+    }
+}
+
+impl fmt::Debug for Unmasked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Personal data: not even in debug output.
+        f.write_str("Unmasked(..)")
+    }
+}
+
+/// Why a token could not be unmasked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnmaskError {
+    #[error("not a sqs2pg token (KEYID.MODE.VALUE)")]
+    NotAToken,
+    #[error("written under key {token}, but the key given is {given}")]
+    OtherKey { token: String, given: String },
+    #[error("an hmac token is one-way: the value cannot be recovered by anyone, key holders included; to check a guess, mask the known value under the same key and compare")]
+    OneWay,
+    #[error("unknown mode {0:?}")]
+    UnknownMode(String),
+    #[error("does not open under this key (damaged, or made for another purpose)")]
+    Rejected,
+}
+
+/// Recovers values from `siv` tokens, for key holders (`sqs2pg unmask`).
+pub struct Unmasker {
+    key_id: String,
+    ip: Zeroizing<[u8; 64]>,
+    device_id: Zeroizing<[u8; 64]>,
+}
+
+impl Unmasker {
+    pub fn new(key: &MaskKey) -> Self {
+        let mut ip = Zeroizing::new([0u8; 64]);
+        key.derive(INFO_SIV_IP, ip.as_mut_slice());
+        let mut device_id = Zeroizing::new([0u8; 64]);
+        key.derive(INFO_SIV_DEVICE_ID, device_id.as_mut_slice());
+        Self {
+            key_id: key.key_id(),
+            ip,
+            device_id,
         }
     }
 
-    /// Masks a device id exactly as sent (no normalisation: ids are opaque strings).
-    pub fn mask_device_id(&self, device_id: &str) -> MaskedToken {
-        self.token(&self.device_id, device_id.as_bytes())
-    }
-
-    fn token(&self, mac: &HmacSha256, value: &[u8]) -> MaskedToken {
-        let mut mac = mac.clone();
-        mac.update(value);
-        let digest = mac.finalize().into_bytes();
-        let mut text = String::with_capacity(self.key_id.len() + 3 + 43);
-        text.push_str(&self.key_id);
-        text.push_str(".h.");
-        URL_SAFE_NO_PAD.encode_string(digest, &mut text);
-        MaskedToken(text)
+    /// The value behind a token, and which field it belongs to.
+    pub fn unmask(&self, token: &str) -> Result<Unmasked, UnmaskError> {
+        let mut parts = token.trim().splitn(3, '.');
+        let (Some(key_id), Some(mode), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(UnmaskError::NotAToken);
+        };
+        if key_id != self.key_id {
+            return Err(UnmaskError::OtherKey {
+                token: key_id.to_owned(),
+                given: self.key_id.clone(),
+            });
+        }
+        match mode {
+            "s" => {}
+            "h" => return Err(UnmaskError::OneWay),
+            other => return Err(UnmaskError::UnknownMode(other.to_owned())),
+        }
+        let sealed = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| UnmaskError::NotAToken)?;
+        let open = |key: &[u8; 64], ad: &[u8]| {
+            Aes256Siv::new(key.as_slice().into())
+                .decrypt([ad], &sealed)
+                .ok()
+        };
+        if let Some(bytes) = open(&self.ip, AD_IP) {
+            let ip = match bytes.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).expect("4 bytes")),
+                16 => IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).expect("16 bytes")),
+                _ => return Err(UnmaskError::Rejected),
+            };
+            return Ok(Unmasked::Ip(ip));
+        }
+        let bytes = open(&self.device_id, AD_DEVICE_ID).ok_or(UnmaskError::Rejected)?;
+        String::from_utf8(bytes)
+            .map(Unmasked::DeviceId)
+            .map_err(|_| UnmaskError::Rejected)
     }
 }
 
@@ -211,7 +406,7 @@ mod tests {
                 "199.172.111.135",
                 m.mask_ip("199.172.111.135".parse().unwrap()),
             ),
-            ("593-47-5928", m.mask_device_id("593-47-5928")),
+            ("593-47-5928", m.mask_device_id("593-47-5928").unwrap()),
         ] {
             let t = token.as_str();
             assert!(!t.contains(value));
@@ -256,8 +451,68 @@ mod tests {
         let ip: IpAddr = "1.2.3.4".parse().unwrap();
         assert_ne!(
             m.mask_ip(ip).as_str().rsplit('.').next(),
-            m.mask_device_id("1.2.3.4").as_str().rsplit('.').next()
+            m.mask_device_id("1.2.3.4")
+                .unwrap()
+                .as_str()
+                .rsplit('.')
+                .next()
         );
+    }
+
+    #[test]
+    fn siv_tokens_open_for_key_holders_only_and_keep_duplicates_equal() {
+        let modes = MaskModes {
+            ip: MaskMode::Siv,
+            device_id: MaskMode::Siv,
+        };
+        let m = Masker::with_modes(&key(5), modes);
+        let unmasker = Unmasker::new(&key(5));
+        for ip in ["199.172.111.135", "2001:db8::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let token = m.mask_ip(ip);
+            assert!(token.as_str().starts_with(&format!("{}.s.", m.key_id())));
+            assert!(!token.as_str().contains(&ip.to_string()));
+            assert_eq!(token, m.mask_ip(ip), "deterministic");
+            assert!(unmasker.unmask(token.as_str()) == Ok(Unmasked::Ip(ip)));
+        }
+        // Every spelling of an address opens as its canonical form.
+        let mapped = m.mask_ip("::ffff:1.2.3.4".parse().unwrap());
+        assert!(unmasker.unmask(mapped.as_str()) == Ok(Unmasked::Ip("1.2.3.4".parse().unwrap())));
+        let device = m.mask_device_id("593-47-5928").unwrap();
+        assert!(unmasker.unmask(device.as_str()) == Ok(Unmasked::DeviceId("593-47-5928".into())));
+        assert_ne!(device, m.mask_device_id("593-47-5929").unwrap());
+        // The longest value that fits still fits varchar(256); one more byte is refused.
+        let longest = "x".repeat(SIV_MAX_VALUE_BYTES);
+        assert!(m.mask_device_id(&longest).unwrap().as_str().len() <= 256);
+        assert_eq!(
+            m.mask_device_id(&format!("{longest}x")),
+            Err(TooLongToEncrypt(SIV_MAX_VALUE_BYTES + 1))
+        );
+        // Another key cannot open them, and says so by key id.
+        assert!(matches!(
+            Unmasker::new(&key(6)).unmask(device.as_str()),
+            Err(UnmaskError::OtherKey { .. })
+        ));
+        // A token moved to the other field's subkey does not open (the field is bound in).
+        let body = device.as_str().rsplit('.').next().unwrap();
+        let sealed = URL_SAFE_NO_PAD.decode(body).unwrap();
+        let mut wrong_field = Zeroizing::new([0u8; 64]);
+        key(5).derive(INFO_SIV_IP, wrong_field.as_mut_slice());
+        assert!(Aes256Siv::new(wrong_field.as_slice().into())
+            .decrypt([AD_DEVICE_ID], &sealed)
+            .is_err());
+        // hmac tokens are one-way, and say so.
+        let hmac = Masker::new(&key(5)).mask_device_id("593-47-5928").unwrap();
+        assert_eq!(unmasker.unmask(hmac.as_str()), Err(UnmaskError::OneWay));
+        assert_eq!(unmasker.unmask("garbage"), Err(UnmaskError::NotAToken));
+        let mut tampered = device.as_str().to_owned();
+        tampered.pop();
+        tampered.push(if device.as_str().ends_with('A') {
+            'B'
+        } else {
+            'A'
+        });
+        assert_eq!(unmasker.unmask(&tampered), Err(UnmaskError::Rejected));
     }
 
     #[test]

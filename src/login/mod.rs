@@ -20,7 +20,7 @@ pub mod wire;
 use time::Date;
 
 pub use app_version::AppVersion;
-pub use mask::{MaskKey, MaskedToken, Masker};
+pub use mask::{MaskKey, MaskMode, MaskModes, MaskedToken, Masker, Unmasker};
 pub use reject::{Field, Reason, Rejection};
 pub use seal::{BodySealer, SealedBody};
 pub use validate::{validate, ValidLogin};
@@ -39,17 +39,21 @@ pub struct MaskedLogin {
 }
 
 impl ValidLogin {
-    /// Replaces `ip` and `device_id` by their tokens; the raw values are dropped here.
-    pub fn mask(self, masker: &Masker) -> MaskedLogin {
-        MaskedLogin {
+    /// Replaces `ip` and `device_id` by their tokens; the raw values are dropped here. Fails
+    /// only for a device id too long for `siv` mode.
+    pub fn mask(self, masker: &Masker) -> Result<MaskedLogin, Rejection> {
+        let masked_device_id = masker
+            .mask_device_id(&self.device_id.0)
+            .map_err(|e| Rejection::with_detail(Reason::TooLong(Field::DeviceId), e.to_string()))?;
+        Ok(MaskedLogin {
             masked_ip: masker.mask_ip(self.ip.0),
-            masked_device_id: masker.mask_device_id(&self.device_id.0),
+            masked_device_id,
             user_id: self.user_id,
             device_type: self.device_type,
             locale: self.locale,
             app_version: self.app_version.encode(),
             create_date: self.create_date,
-        }
+        })
     }
 }
 
@@ -84,7 +88,7 @@ pub fn transform(
         Ok(event) => {
             let unknown_fields = event.unknown_fields;
             Transformed {
-                outcome: validate(event, sent_timestamp).map(|v| v.mask(masker)),
+                outcome: validate(event, sent_timestamp).and_then(|v| v.mask(masker)),
                 unknown_fields,
             }
         }
@@ -141,7 +145,10 @@ mod tests {
             row.masked_ip,
             masker().mask_ip("199.172.111.135".parse().unwrap())
         );
-        assert_eq!(row.masked_device_id, masker().mask_device_id("593-47-5928"));
+        assert_eq!(
+            row.masked_device_id,
+            masker().mask_device_id("593-47-5928").unwrap()
+        );
         assert_eq!(t.unknown_fields, 0);
     }
 

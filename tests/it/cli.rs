@@ -1180,3 +1180,82 @@ async fn the_report_counts_what_was_loaded_and_its_page_renders_in_chromium() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siv_masked_rows_unmask_for_key_holders_only() {
+    let (db, queue) = crate::pipeline::fixture().await;
+    let bodies = crate::harness::sample_bodies();
+    queue.send(&bodies).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let mut args = crate::pipeline::args(&db, &queue, key_file(&key));
+    args.ip_mask = sqs2pg::login::MaskMode::Siv;
+    args.device_id_mask = sqs2pg::login::MaskMode::Siv;
+    let summary = crate::pipeline::drain(&args).await;
+    assert_eq!(summary.loaded, 99);
+
+    let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT masked_ip, masked_device_id FROM public.user_logins WHERE user_id = $1",
+            &[&first["user_id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    let (ip_token, device_token): (String, String) = (row.get(0), row.get(1));
+    assert!(ip_token.contains(".s.") && !ip_token.contains(first["ip"].as_str().unwrap()));
+    // Duplicates stay visible: the same device id gives the same token in every row.
+    let same_device = crate::pipeline::count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM public.user_logins WHERE masked_device_id = '{device_token}'"
+        ),
+    )
+    .await;
+    let expected = bodies
+        .iter()
+        .filter(|b| b.contains(first["device_id"].as_str().unwrap()))
+        .count() as i64;
+    assert_eq!(same_device, expected);
+
+    let out = sqs2pg(
+        &["unmask", &ip_token, &device_token],
+        &[("SQS2PG_MASK_KEY", key.as_str())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&format!("{ip_token}\tip {}", first["ip"].as_str().unwrap())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{device_token}\tdevice_id {}",
+            first["device_id"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("personal data"));
+
+    // Another key: refused, naming the key ids; an hmac token: refused as one-way.
+    let other = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let out = sqs2pg(
+        &["unmask", &ip_token],
+        &[("SQS2PG_MASK_KEY", other.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("written under key"),
+        "{}",
+        stderr(&out)
+    );
+    let masker = sqs2pg::login::Masker::new(&sqs2pg::login::MaskKey::from_base64(&key).unwrap());
+    let hmac = masker.mask_device_id("593-47-5928").unwrap();
+    let out = sqs2pg(
+        &["unmask", hmac.as_str()],
+        &[("SQS2PG_MASK_KEY", key.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("one-way"), "{}", stderr(&out));
+}

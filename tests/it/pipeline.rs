@@ -46,6 +46,8 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         shutdown_timeout_secs: 25,
         max_in_flight_bytes: 64 << 20,
         metrics_addr: None,
+        ip_mask: sqs2pg::login::MaskMode::Hmac,
+        device_id_mask: sqs2pg::login::MaskMode::Hmac,
     }
 }
 
@@ -174,7 +176,7 @@ async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs
         );
         assert_eq!(
             row.get::<_, String>(1),
-            masker.mask_device_id(device_id).as_str()
+            masker.mask_device_id(device_id).unwrap().as_str()
         );
         assert!(!row.get::<_, String>(0).contains(ip));
         let version = v["app_version"].as_str().unwrap();
