@@ -244,6 +244,54 @@ where
     Ok(result?)
 }
 
+/// `sqs2pg unmask --query`: runs a read-only query and returns its rows as tab-separated lines
+/// (a header first), every value that is a `siv` token of this key replaced by what it hides.
+/// Other values are shown as they are; an `hmac` token stays a token.
+pub async fn unmask_query(
+    database: &Database,
+    unmasker: &crate::login::Unmasker,
+    query: &str,
+) -> Result<Vec<String>, AppError> {
+    let mut client = database.connect().await?;
+    // Read-only, so a query given here can never change the table.
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(AppError::Query)?;
+    let messages = tx.simple_query(query).await.map_err(AppError::Query)?;
+    let mut lines = Vec::new();
+    for message in messages {
+        match message {
+            tokio_postgres::SimpleQueryMessage::RowDescription(columns) => {
+                lines.push(
+                    columns
+                        .iter()
+                        .map(|c| c.name())
+                        .collect::<Vec<_>>()
+                        .join("\t"),
+                );
+            }
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                let cells: Vec<String> = (0..row.len())
+                    .map(|i| match row.get(i) {
+                        None => "NULL".to_owned(),
+                        Some(value) => match unmasker.unmask(value) {
+                            Ok(unmasked) => unmasked.value(),
+                            Err(_) => value.to_owned(),
+                        },
+                    })
+                    .collect();
+                lines.push(cells.join("\t"));
+            }
+            _ => {}
+        }
+    }
+    tx.rollback().await.map_err(AppError::Query)?;
+    Ok(lines)
+}
+
 /// `sqs2pg report`: the table's aggregates.
 pub async fn report(
     database: &Database,

@@ -55,8 +55,17 @@ pub struct UnmaskArgs {
     pub key: KeyArgs,
 
     /// Tokens as stored in masked_ip / masked_device_id.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "query", conflicts_with = "query")]
     pub tokens: Vec<String>,
+
+    /// A query whose result is printed with every token column unmasked, e.g. "SELECT user_id,
+    /// masked_ip FROM user_logins WHERE create_date = '2026-11-25'" (needs DATABASE_URL).
+    #[arg(long)]
+    pub query: Option<String>,
+
+    /// The database for --query.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

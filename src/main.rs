@@ -129,6 +129,16 @@ async fn run(command: Command) -> Result<(), AppError> {
             let unmasker = sqs2pg::login::Unmasker::new(&key);
             eprintln!("warning: the values below are personal data (ip, device_id)");
             let mut failed = 0;
+            if let Some(query) = &args.query {
+                let url = args.database_url.as_deref().ok_or_else(|| {
+                    config::ConfigError("unmask --query needs DATABASE_URL (--database-url)".into())
+                })?;
+                let database = sqs2pg::postgres::Database::parse(url)
+                    .map_err(|e| config::ConfigError(e.to_string()))?;
+                for line in app::unmask_query(&database, &unmasker, query).await? {
+                    println!("{line}");
+                }
+            }
             for token in &args.tokens {
                 match unmasker.unmask(token) {
                     Ok(value) => println!("{token}\t{value}"),

@@ -275,6 +275,16 @@ pub enum Unmasked {
     DeviceId(String),
 }
 
+impl Unmasked {
+    /// The value alone, as text.
+    pub fn value(&self) -> String {
+        match self {
+            Unmasked::Ip(ip) => ip.to_string(),
+            Unmasked::DeviceId(id) => id.clone(),
+        }
+    }
+}
+
 impl fmt::Display for Unmasked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1238,6 +1238,37 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
     );
     assert!(stderr(&out).contains("personal data"));
 
+    // A query's result, unmasked.
+    let user_id = first["user_id"].as_str().unwrap();
+    let query = format!(
+        "SELECT user_id, masked_ip, masked_device_id FROM public.user_logins WHERE user_id = '{user_id}'"
+    );
+    let env = [
+        ("SQS2PG_MASK_KEY", key.as_str()),
+        ("DATABASE_URL", db.url.as_str()),
+    ];
+    let out = sqs2pg(&["unmask", "--query", &query], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "user_id\tmasked_ip\tmasked_device_id\n{user_id}\t{}\t{}\n",
+            first["ip"].as_str().unwrap(),
+            first["device_id"].as_str().unwrap()
+        )
+    );
+    // ...and only ever read.
+    let out = sqs2pg(
+        &["unmask", "--query", "DELETE FROM public.user_logins"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    assert_eq!(
+        crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+
     // Another key: refused, naming the key ids; an hmac token: refused as one-way.
     let other = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let out = sqs2pg(
