@@ -213,7 +213,35 @@ where
         _ = shutdown.cancelled() => return Ok(stopped_before_start()),
     };
     pg::check_ready(&client, &settings.table).await?;
+    let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
+    let (ip_mode, device_mode) = (
+        settings.mask_modes.ip.to_string(),
+        settings.mask_modes.device_id.to_string(),
+    );
+    let change = pg::schema::record_mask_key(&client, masker.key_id(), &ip_mode, &device_mode)
+        .await
+        .map_err(AppError::Query)?;
     drop(client);
+    if let Some(change) = change {
+        let (previous_ip, previous_device) = &change.previous_modes;
+        if settings.key_rotation_intended {
+            tracing::info!(
+                previous_key_id = %change.previous_key_id,
+                key_id = masker.key_id(),
+                "masking key or mode changed, as intended: tokens written from now on do not match earlier ones"
+            );
+        } else {
+            tracing::warn!(
+                previous_key_id = %change.previous_key_id,
+                previous_ip_mode = %previous_ip,
+                previous_device_id_mode = %previous_device,
+                key_id = masker.key_id(),
+                ip_mode = %ip_mode,
+                device_id_mode = %device_mode,
+                "MASKING KEY OR MODE CHANGED since the last run: new tokens will not match the ones already in the table, so duplicates across the change go unseen. If this is a rotation, say so with --key-rotation-intended; if not, stop and use the previous key"
+            );
+        }
+    }
     if is_fifo(&settings.sqs.queue_url) && settings.pipeline.receivers > 1 {
         // One receiver takes messages in the order SQS hands them out and the batcher keeps
         // that order to COMMIT, so no two messages of a group are processed at once, even on a
@@ -224,7 +252,6 @@ where
         );
         settings.pipeline.receivers = 1;
     }
-    let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
     let sealer = BodySealer::new(&settings.mask_key);
     tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
     let pruning = CancellationToken::new();

@@ -148,6 +148,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_DEVICE_ID_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
     pub device_id_mask: crate::login::MaskMode,
 
+    /// Say that a masking key or mode other than the last run's is on purpose (a rotation):
+    /// the start-up warning about tokens that no longer match becomes a note.
+    #[arg(long, env = "SQS2PG_KEY_ROTATION_INTENDED")]
+    pub key_rotation_intended: bool,
+
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address (IP:PORT), e.g.
     /// 127.0.0.1:9187; off when not given.
     #[arg(long, env = "SQS2PG_METRICS_ADDR")]

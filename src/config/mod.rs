@@ -72,6 +72,8 @@ pub struct Settings {
     pub show_progress: bool,
     /// How each personal field is masked.
     pub mask_modes: crate::login::MaskModes,
+    /// A key or mode change since the last run is on purpose.
+    pub key_rotation_intended: bool,
 }
 
 /// Database connection target and table, checked.
@@ -298,6 +300,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         })
         .transpose()?;
     Ok(Settings {
+        key_rotation_intended: args.key_rotation_intended,
         mask_modes: crate::login::MaskModes {
             ip: args.ip_mask,
             device_id: args.device_id_mask,
@@ -378,6 +381,7 @@ mod tests {
             metrics_addr: None,
             ip_mask: crate::login::MaskMode::Hmac,
             device_id_mask: crate::login::MaskMode::Hmac,
+            key_rotation_intended: false,
         };
         let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
         assert!(

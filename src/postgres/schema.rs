@@ -81,7 +81,62 @@ COMMENT ON COLUMN sqs2pg.rejected_messages.replay_count IS
     'Replay ids issued so far; replay N is ledgered as message_id || ''#replay'' || N.';
 "#,
     ),
+    (
+        5,
+        "masking keys in use",
+        r#"
+CREATE TABLE sqs2pg.mask_keys (
+    key_id         text        PRIMARY KEY,
+    ip_mode        text        NOT NULL,
+    device_id_mode text        NOT NULL,
+    first_used     timestamptz NOT NULL DEFAULT now(),
+    last_used      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE sqs2pg.mask_keys IS
+    'Key ids (never keys) and masking modes that runs have written tokens with; a run under another key or mode than the last one warns, since tokens then stop matching.';
+"#,
+    ),
 ];
+
+/// What the last run before this one masked with, when it differs from this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    pub previous_key_id: String,
+    pub previous_modes: (String, String),
+}
+
+/// Records that a run masks with `key_id` and these modes, and returns what the most recent
+/// other run used if that differs (another key, or other modes).
+pub async fn record_mask_key(
+    client: &Client,
+    key_id: &str,
+    ip_mode: &str,
+    device_id_mode: &str,
+) -> Result<Option<KeyChange>, tokio_postgres::Error> {
+    let last = client
+        .query_opt(
+            "SELECT key_id, ip_mode, device_id_mode FROM sqs2pg.mask_keys
+              ORDER BY last_used DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO sqs2pg.mask_keys (key_id, ip_mode, device_id_mode) VALUES ($1, $2, $3)
+             ON CONFLICT (key_id) DO UPDATE
+                SET ip_mode = EXCLUDED.ip_mode, device_id_mode = EXCLUDED.device_id_mode,
+                    last_used = now()",
+            &[&key_id, &ip_mode, &device_id_mode],
+        )
+        .await?;
+    Ok(last.and_then(|row| {
+        let (id, ip, device): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        (id != key_id || ip != ip_mode || device != device_id_mode).then_some(KeyChange {
+            previous_key_id: id,
+            previous_modes: (ip, device),
+        })
+    }))
+}
 
 /// The schema version this build expects.
 pub fn latest_version() -> i32 {

@@ -48,6 +48,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         metrics_addr: None,
         ip_mask: sqs2pg::login::MaskMode::Hmac,
         device_id_mask: sqs2pg::login::MaskMode::Hmac,
+        key_rotation_intended: false,
     }
 }
 
@@ -1162,5 +1163,60 @@ async fn messages_held_by_a_failed_run_are_released_at_once() {
         back.len(),
         100,
         "released messages are visible again at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_under_another_key_than_the_last_warns_unless_the_rotation_is_intended() {
+    let (db, queue) = fixture().await;
+    let bodies = sample_bodies();
+    let (key_a, key_b) = (
+        MaskKey::generate_base64().unwrap(),
+        MaskKey::generate_base64().unwrap(),
+    );
+    let id = |k: &str| MaskKey::from_base64(k).unwrap().key_id();
+    let warning = |from: &str, to: &str| {
+        crate::harness::captured_logs().lines().any(|l| {
+            l.contains("MASKING KEY OR MODE CHANGED")
+                && l.contains(&format!("previous_key_id={from}"))
+                && l.contains(&format!("key_id=\"{to}\""))
+        })
+    };
+    queue.send(&bodies[..10]).await;
+    drain(&args(&db, &queue, key_file(&key_a))).await;
+    queue.send(&bodies[10..20]).await;
+    drain(&args(&db, &queue, key_file(&key_b))).await;
+    assert!(warning(&id(&key_a), &id(&key_b)), "a key change warns");
+
+    // Back to A, on purpose: a note, not a warning.
+    queue.send(&bodies[20..30]).await;
+    let mut intended = args(&db, &queue, key_file(&key_a));
+    intended.key_rotation_intended = true;
+    drain(&intended).await;
+    assert!(!warning(&id(&key_b), &id(&key_a)));
+    assert!(crate::harness::captured_logs().lines().any(
+        |l| l.contains("as intended") && l.contains(&format!("previous_key_id={}", id(&key_b)))
+    ));
+
+    // A mode change under the same key warns too.
+    queue.send(&bodies[30..40]).await;
+    let mut siv = args(&db, &queue, key_file(&key_a));
+    siv.ip_mask = sqs2pg::login::MaskMode::Siv;
+    drain(&siv).await;
+    assert!(warning(&id(&key_a), &id(&key_a)), "a mode change warns");
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT key_id, ip_mode FROM sqs2pg.mask_keys ORDER BY key_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "one row per key id, never the key");
+    let logs = crate::harness::captured_logs();
+    assert!(
+        !logs.contains(&key_a) && !logs.contains(&key_b),
+        "no key in the logs"
     );
 }
