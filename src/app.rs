@@ -319,6 +319,113 @@ pub async fn unmask_query(
     Ok(lines)
 }
 
+/// What `sqs2pg rekey` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    pub rows: u64,
+    pub tokens: u64,
+    /// Tokens of the old key that are one-way (`hmac`) and stay as they are.
+    pub one_way_left: i64,
+}
+
+/// `sqs2pg rekey`: every `siv` token written under `from` is re-encrypted under `to`, in
+/// batches of `batch_rows`, each batch one transaction. Resumable: a batch that committed is
+/// done (its tokens carry the new key id), and a rerun picks up what is left.
+pub async fn rekey(
+    database: &Database,
+    table: &TableName,
+    from: &MaskKey,
+    to: &MaskKey,
+    batch_rows: i64,
+) -> Result<RekeyReport, AppError> {
+    let unmasker = crate::login::Unmasker::new(from);
+    let masker = Masker::with_modes(
+        to,
+        crate::login::MaskModes {
+            ip: crate::login::MaskMode::Siv,
+            device_id: crate::login::MaskMode::Siv,
+        },
+    );
+    if unmasker.key_id() == masker.key_id() {
+        return Err(ConfigError(
+            "rekey: the old and the new key are the same key; give the new one as SQS2PG_MASK_KEY(_FILE)".into(),
+        )
+        .into());
+    }
+    let t = table.quoted();
+    // Compared as prefixes, not with LIKE: key ids are base64url, and `_` is a LIKE wildcard.
+    let old = format!("{}.s.", unmasker.key_id());
+    let mut client = database.connect().await?;
+    let mut report = RekeyReport::default();
+    loop {
+        let tx = client.transaction().await.map_err(AppError::Query)?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT ctid::text, masked_ip, masked_device_id FROM {t}
+                      WHERE starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1)
+                      LIMIT $2 FOR UPDATE SKIP LOCKED"
+                ),
+                &[&old, &batch_rows],
+            )
+            .await
+            .map_err(AppError::Query)?;
+        if rows.is_empty() {
+            tx.commit().await.map_err(AppError::Query)?;
+            break;
+        }
+        let (mut ids, mut ips, mut devices) = (Vec::new(), Vec::new(), Vec::new());
+        for row in &rows {
+            let mut again = |token: Option<String>| -> Result<Option<String>, AppError> {
+                match token {
+                    Some(t) if t.starts_with(&old) => {
+                        report.tokens += 1;
+                        crate::login::mask::rekey_token(&unmasker, &masker, &t)
+                            .map(|m| Some(m.as_str().to_owned()))
+                            .map_err(|e| {
+                                AppError::Quarantine(format!("a token does not re-key: {e}"))
+                            })
+                    }
+                    other => Ok(other),
+                }
+            };
+            ids.push(row.get::<_, String>(0));
+            ips.push(again(row.get(1))?);
+            devices.push(again(row.get(2))?);
+        }
+        tx.execute(
+            &format!(
+                "UPDATE {t} AS t SET masked_ip = u.ip, masked_device_id = u.device
+                   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, ip, device)
+                  WHERE t.ctid = u.id::tid"
+            ),
+            &[&ids, &ips, &devices],
+        )
+        .await
+        .map_err(AppError::Query)?;
+        tx.commit().await.map_err(AppError::Query)?;
+        report.rows += rows.len() as u64;
+        tracing::info!(
+            rows = report.rows,
+            tokens = report.tokens,
+            "rekey: batch committed"
+        );
+    }
+    let one_way = format!("{}.h.", unmasker.key_id());
+    report.one_way_left = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {t}
+                  WHERE starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1)"
+            ),
+            &[&one_way],
+        )
+        .await
+        .map_err(AppError::Query)?
+        .get(0);
+    Ok(report)
+}
+
 /// `sqs2pg report`: the table's aggregates.
 pub async fn report(
     database: &Database,

@@ -44,6 +44,9 @@ pub enum Command {
     Config(ConfigArgs),
     /// Print the values behind `siv` tokens, for key holders. The output is personal data.
     Unmask(UnmaskArgs),
+    /// Re-encrypt the `siv` tokens written under an old key with the current key, in place, in
+    /// batches; resumable. `hmac` tokens cannot be re-keyed (see the README).
+    Rekey(RekeyArgs),
     /// What the analysts' table holds, in aggregates: rows per day and device type, distinct
     /// and repeated masked values, rejections by reason.
     Report(ReportArgs),
@@ -66,6 +69,24 @@ pub struct UnmaskArgs {
     /// The database for --query.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The new key (becomes the tokens' key).
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    /// File holding the old base64 key (mode 600), whose `siv` tokens are re-encrypted.
+    #[arg(long)]
+    pub from_key_file: std::path::PathBuf,
+
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_rows: i64,
 }
 
 #[derive(Debug, Args)]

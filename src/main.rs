@@ -156,6 +156,25 @@ async fn run(command: Command) -> Result<(), AppError> {
                 )))
             }
         }
+        Command::Rekey(args) => {
+            let (database, table) = config::database(&args.database)?;
+            let to = config::key(&args.key)?;
+            let from = config::mask_key(None, Some(&args.from_key_file))?;
+            let report = app::rekey(&database, &table, &from, &to, args.batch_rows.max(1)).await?;
+            println!(
+                "rekey done: {} token(s) in {} row(s) re-encrypted under key {}",
+                report.tokens,
+                report.rows,
+                sqs2pg::login::Masker::new(&to).key_id()
+            );
+            if report.one_way_left > 0 {
+                println!(
+                    "{} row(s) hold hmac tokens of the old key: one-way tokens cannot be re-keyed (nobody can recover their values); keep the old key for comparisons across the change, or let those rows age out",
+                    report.one_way_left
+                );
+            }
+            Ok(())
+        }
         Command::Report(args) => {
             let (database, table) = config::database(&args.database)?;
             let report = app::report(&database, &table).await?;

@@ -316,6 +316,14 @@ pub enum UnmaskError {
     Rejected,
 }
 
+/// Re-encrypts a `siv` token under another key (for `sqs2pg rekey`): same field, same value.
+pub fn rekey_token(from: &Unmasker, to: &Masker, token: &str) -> Result<MaskedToken, UnmaskError> {
+    match from.unmask(token)? {
+        Unmasked::Ip(ip) => Ok(to.mask_ip(ip)),
+        Unmasked::DeviceId(id) => to.mask_device_id(&id).map_err(|_| UnmaskError::Rejected),
+    }
+}
+
 /// Recovers values from `siv` tokens, for key holders (`sqs2pg unmask`).
 pub struct Unmasker {
     key_id: String,
@@ -334,6 +342,11 @@ impl Unmasker {
             ip,
             device_id,
         }
+    }
+
+    /// The id of the key this unmasker opens.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// The value behind a token, and which field it belongs to.
