@@ -61,6 +61,11 @@ pub struct UnmaskArgs {
     #[arg(required_unless_present = "query", conflicts_with = "query")]
     pub tokens: Vec<String>,
 
+    /// The mode `ip` was masked with, needed for the ipcrypt modes (whose tokens are bare
+    /// addresses); the same setting as for `run`.
+    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
+    pub ip_mask: crate::login::MaskMode,
+
     /// A query whose result is printed with every token column unmasked, e.g. "SELECT user_id,
     /// masked_ip FROM user_logins WHERE create_date = '2026-11-25'" (needs DATABASE_URL).
     #[arg(long)]
@@ -160,8 +165,9 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
     pub wait_time_secs: u64,
 
-    /// How `ip` is masked: `hmac` (one-way) or `siv` (deterministic encryption: key holders can
-    /// recover it with `sqs2pg unmask`).
+    /// How `ip` is masked: `hmac` (one-way), `siv` (deterministic encryption: key holders can
+    /// recover it with `sqs2pg unmask`), `ipcrypt` (format-preserving: still an IP address) or
+    /// `ipcrypt-pfx` (prefix-preserving: subnets stay subnets).
     #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
     pub ip_mask: crate::login::MaskMode,
 

@@ -126,7 +126,7 @@ async fn run(command: Command) -> Result<(), AppError> {
         Command::Rejects(args) => rejects(args.command).await,
         Command::Unmask(args) => {
             let key = config::key(&args.key)?;
-            let unmasker = sqs2pg::login::Unmasker::new(&key);
+            let unmasker = sqs2pg::login::Unmasker::with_ip_mode(&key, args.ip_mask);
             eprintln!("warning: the values below are personal data (ip, device_id)");
             let mut failed = 0;
             if let Some(query) = &args.query {

@@ -287,6 +287,12 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             Mode::Run => None,
         },
     };
+    if args.device_id_mask.is_ip_only() {
+        return Err(ConfigError(format!(
+            "--device-id-mask (SQS2PG_DEVICE_ID_MASK) {}: the ipcrypt modes encrypt IP addresses only; use hmac or siv for device_id",
+            args.device_id_mask
+        )));
+    }
     let metrics_addr = args
         .metrics_addr
         .as_deref()

@@ -19,6 +19,14 @@
 //!   tokens. The field name is the associated data, so a token from one column does not open as
 //!   the other. Token: `{key_id}.s.{base64url(tag || ciphertext)}`; to fit `varchar(256)` the
 //!   value may be at most [`SIV_MAX_VALUE_BYTES`] bytes (an IP is at most 16).
+//! - `ipcrypt` (`ip` only): the IETF ipcrypt draft's deterministic format-preserving encryption
+//!   (crate `ipcrypt-rs`, AES-128 on the 16-byte address): `masked_ip` is still a valid IP
+//!   address (an IPv4 address usually becomes an IPv6 one) for tools that expect one, and key
+//!   holders can recover it. The token carries no key id (it must stay an address); the key id
+//!   and mode of every run are kept in `sqs2pg.mask_keys`.
+//! - `ipcrypt-pfx` (`ip` only): prefix-preserving: addresses that share a prefix share the
+//!   encrypted prefix, so subnets can be analysed. That is also what it gives away: an
+//!   attacker learns which addresses are in the same subnet.
 //!
 //! IP canonicalisation: the address is parsed, an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) is
 //! turned into its IPv4 address, and the token is computed over the address bytes (4 for IPv4,
@@ -127,6 +135,17 @@ pub enum MaskMode {
     Hmac,
     /// Deterministic AES-256-SIV: duplicates stay visible, key holders can recover the value.
     Siv,
+    /// `ip` only: format-preserving encryption (ipcrypt deterministic): still an IP address.
+    Ipcrypt,
+    /// `ip` only: prefix-preserving encryption (ipcrypt-pfx): subnets stay subnets.
+    IpcryptPfx,
+}
+
+impl MaskMode {
+    /// True for the modes whose tokens are IP addresses (`ip` only).
+    pub fn is_ip_only(self) -> bool {
+        matches!(self, MaskMode::Ipcrypt | MaskMode::IpcryptPfx)
+    }
 }
 
 impl fmt::Display for MaskMode {
@@ -134,6 +153,8 @@ impl fmt::Display for MaskMode {
         f.write_str(match self {
             MaskMode::Hmac => "hmac",
             MaskMode::Siv => "siv",
+            MaskMode::Ipcrypt => "ipcrypt",
+            MaskMode::IpcryptPfx => "ipcrypt-pfx",
         })
     }
 }
@@ -154,11 +175,25 @@ pub const SIV_MAX_VALUE_BYTES: usize = 167;
 #[error("{0} bytes; siv mode fits at most {SIV_MAX_VALUE_BYTES} bytes into varchar(256)")]
 pub struct TooLongToEncrypt(pub usize);
 
-/// One field's masking: an HMAC, or the 512-bit AES-SIV key.
+/// One field's masking: an HMAC, the 512-bit AES-SIV key, or an ipcrypt cipher.
 #[derive(Clone)]
 enum FieldMask {
     Hmac(HmacSha256),
     Siv(Arc<Zeroizing<[u8; 64]>>),
+    Ipcrypt(Arc<ipcrypt_rs::Ipcrypt>),
+    IpcryptPfx(Arc<ipcrypt_rs::IpcryptPfx>),
+}
+
+/// The ipcrypt ciphers for `ip`, from their own HKDF subkeys.
+fn ipcrypt_ciphers(key: &MaskKey) -> (ipcrypt_rs::Ipcrypt, ipcrypt_rs::IpcryptPfx) {
+    let mut k16 = Zeroizing::new([0u8; 16]);
+    key.derive(INFO_IPCRYPT_IP, k16.as_mut_slice());
+    let mut k32 = Zeroizing::new([0u8; 32]);
+    key.derive(INFO_IPCRYPT_PFX_IP, k32.as_mut_slice());
+    (
+        ipcrypt_rs::Ipcrypt::new(*k16),
+        ipcrypt_rs::IpcryptPfx::new(*k32),
+    )
 }
 
 /// Turns personal values into tokens under one key. Cheap to clone and share between tasks.
@@ -182,6 +217,8 @@ const INFO_IP: &[u8] = b"sqs2pg/v1/hmac/ip";
 const INFO_DEVICE_ID: &[u8] = b"sqs2pg/v1/hmac/device_id";
 const INFO_SIV_IP: &[u8] = b"sqs2pg/v1/siv/ip";
 const INFO_SIV_DEVICE_ID: &[u8] = b"sqs2pg/v1/siv/device_id";
+const INFO_IPCRYPT_IP: &[u8] = b"sqs2pg/v1/ipcrypt/ip";
+const INFO_IPCRYPT_PFX_IP: &[u8] = b"sqs2pg/v1/ipcrypt-pfx/ip";
 /// Associated data of `siv` tokens: the field they belong to.
 const AD_IP: &[u8] = b"ip";
 const AD_DEVICE_ID: &[u8] = b"device_id";
@@ -193,8 +230,13 @@ impl Masker {
         Self::with_modes(key, MaskModes::default())
     }
 
-    /// Like [`Masker::new`], with the given mode per field.
+    /// Like [`Masker::new`], with the given mode per field. The ipcrypt modes are for `ip` only
+    /// (configuration refuses them for `device_id`; here that is a programming error).
     pub fn with_modes(key: &MaskKey, modes: MaskModes) -> Self {
+        assert!(
+            !modes.device_id.is_ip_only(),
+            "ipcrypt modes are for ip only"
+        );
         let field = |mode, hmac_info: &[u8], siv_info: &[u8]| match mode {
             MaskMode::Hmac => {
                 let mut okm = Zeroizing::new([0u8; 32]);
@@ -209,6 +251,9 @@ impl Masker {
                 key.derive(siv_info, okm.as_mut_slice());
                 FieldMask::Siv(Arc::new(okm))
             }
+            // Configuration refuses these for device_id; `mask_device_id` would refuse too.
+            MaskMode::Ipcrypt => FieldMask::Ipcrypt(Arc::new(ipcrypt_ciphers(key).0)),
+            MaskMode::IpcryptPfx => FieldMask::IpcryptPfx(Arc::new(ipcrypt_ciphers(key).1)),
         };
         Self {
             key_id: key.key_id(),
@@ -224,6 +269,15 @@ impl Masker {
 
     /// Masks an IP address after canonicalising it (see the module docs).
     pub fn mask_ip(&self, ip: IpAddr) -> MaskedToken {
+        match &self.ip {
+            FieldMask::Ipcrypt(cipher) => {
+                return MaskedToken(cipher.encrypt_ipaddr(ip.to_canonical()).to_string())
+            }
+            FieldMask::IpcryptPfx(cipher) => {
+                return MaskedToken(cipher.encrypt_ipaddr(ip.to_canonical()).to_string())
+            }
+            FieldMask::Hmac(_) | FieldMask::Siv(_) => {}
+        }
         let token = match ip.to_canonical() {
             IpAddr::V4(v4) => self.token(&self.ip, AD_IP, &v4.octets()),
             IpAddr::V6(v6) => self.token(&self.ip, AD_IP, &v6.octets()),
@@ -262,6 +316,9 @@ impl Masker {
                     .expect("AES-SIV encrypts any length");
                 text.push_str(".s.");
                 URL_SAFE_NO_PAD.encode_string(sealed, &mut text);
+            }
+            FieldMask::Ipcrypt(_) | FieldMask::IpcryptPfx(_) => {
+                unreachable!("ipcrypt modes are for ip only; configuration refuses them elsewhere")
             }
         }
         Ok(MaskedToken(text))
@@ -314,6 +371,8 @@ pub enum UnmaskError {
     UnknownMode(String),
     #[error("does not open under this key (damaged, or made for another purpose)")]
     Rejected,
+    #[error("an address as token comes from an ipcrypt mode: say which with --ip-mask ipcrypt or --ip-mask ipcrypt-pfx")]
+    AddressNeedsMode,
 }
 
 /// Re-encrypts a `siv` token under another key (for `sqs2pg rekey`): same field, same value.
@@ -324,15 +383,25 @@ pub fn rekey_token(from: &Unmasker, to: &Masker, token: &str) -> Result<MaskedTo
     }
 }
 
-/// Recovers values from `siv` tokens, for key holders (`sqs2pg unmask`).
+/// Recovers values from `siv` tokens (and, told the mode, from `ipcrypt` addresses), for key
+/// holders (`sqs2pg unmask`).
 pub struct Unmasker {
     key_id: String,
     ip: Zeroizing<[u8; 64]>,
     device_id: Zeroizing<[u8; 64]>,
+    /// The mode `ip` was masked with, for tokens that are bare addresses.
+    ip_mode: MaskMode,
+    ipcrypt: (ipcrypt_rs::Ipcrypt, ipcrypt_rs::IpcryptPfx),
 }
 
 impl Unmasker {
     pub fn new(key: &MaskKey) -> Self {
+        Self::with_ip_mode(key, MaskMode::Siv)
+    }
+
+    /// Like [`Unmasker::new`]; addresses (tokens of the ipcrypt modes) are decrypted with
+    /// `ip_mode`.
+    pub fn with_ip_mode(key: &MaskKey, ip_mode: MaskMode) -> Self {
         let mut ip = Zeroizing::new([0u8; 64]);
         key.derive(INFO_SIV_IP, ip.as_mut_slice());
         let mut device_id = Zeroizing::new([0u8; 64]);
@@ -341,6 +410,8 @@ impl Unmasker {
             key_id: key.key_id(),
             ip,
             device_id,
+            ip_mode,
+            ipcrypt: ipcrypt_ciphers(key),
         }
     }
 
@@ -351,6 +422,17 @@ impl Unmasker {
 
     /// The value behind a token, and which field it belongs to.
     pub fn unmask(&self, token: &str) -> Result<Unmasked, UnmaskError> {
+        if let Ok(address) = token.trim().parse::<IpAddr>() {
+            return match self.ip_mode {
+                MaskMode::Ipcrypt => Ok(Unmasked::Ip(
+                    self.ipcrypt.0.decrypt_ipaddr(address).to_canonical(),
+                )),
+                MaskMode::IpcryptPfx => Ok(Unmasked::Ip(
+                    self.ipcrypt.1.decrypt_ipaddr(address).to_canonical(),
+                )),
+                MaskMode::Hmac | MaskMode::Siv => Err(UnmaskError::AddressNeedsMode),
+            };
+        }
         let mut parts = token.trim().splitn(3, '.');
         let (Some(key_id), Some(mode), Some(body)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -536,6 +618,54 @@ mod tests {
             'A'
         });
         assert_eq!(unmasker.unmask(&tampered), Err(UnmaskError::Rejected));
+    }
+
+    #[test]
+    fn ipcrypt_tokens_are_addresses_that_key_holders_can_decrypt() {
+        for mode in [MaskMode::Ipcrypt, MaskMode::IpcryptPfx] {
+            let m = Masker::with_modes(
+                &key(8),
+                MaskModes {
+                    ip: mode,
+                    device_id: MaskMode::Hmac,
+                },
+            );
+            let unmasker = Unmasker::with_ip_mode(&key(8), mode);
+            for ip in ["199.172.111.135", "10.0.0.1", "2001:db8::1"] {
+                let ip: IpAddr = ip.parse().unwrap();
+                let token = m.mask_ip(ip);
+                let as_address: IpAddr = token.as_str().parse().expect("still an IP address");
+                assert_ne!(as_address, ip, "{mode}");
+                assert_eq!(m.mask_ip(ip), token, "deterministic");
+                assert!(
+                    unmasker.unmask(token.as_str()) == Ok(Unmasked::Ip(ip)),
+                    "{mode}"
+                );
+            }
+            // Another key decrypts to something else (there is no tag to refuse it).
+            let other = Unmasker::with_ip_mode(&key(9), mode);
+            let token = m.mask_ip("10.0.0.1".parse().unwrap());
+            assert!(other.unmask(token.as_str()) != Ok(Unmasked::Ip("10.0.0.1".parse().unwrap())));
+        }
+        // Prefix preservation: two addresses of one /24 share their encrypted /24 prefix.
+        let pfx = Masker::with_modes(
+            &key(8),
+            MaskModes {
+                ip: MaskMode::IpcryptPfx,
+                device_id: MaskMode::Hmac,
+            },
+        );
+        let (a, b) = (
+            pfx.mask_ip("192.0.2.10".parse().unwrap()),
+            pfx.mask_ip("192.0.2.200".parse().unwrap()),
+        );
+        let prefix = |t: &MaskedToken| t.as_str().rsplit_once('.').unwrap().0.to_owned();
+        assert_eq!(prefix(&a), prefix(&b));
+        // Without the mode, an address token is not guessed at.
+        assert_eq!(
+            Unmasker::new(&key(8)).unmask(a.as_str()),
+            Err(UnmaskError::AddressNeedsMode)
+        );
     }
 
     #[test]

@@ -1397,3 +1397,62 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
     let again = rekey("1000");
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 token(s) in 0 row(s)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipcrypt_masked_ips_are_addresses_in_the_table_and_unmask_with_the_mode() {
+    for mode in [
+        sqs2pg::login::MaskMode::Ipcrypt,
+        sqs2pg::login::MaskMode::IpcryptPfx,
+    ] {
+        let (db, queue) = crate::pipeline::fixture().await;
+        let bodies = crate::harness::sample_bodies();
+        queue.send(&bodies[..20]).await;
+        let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+        let mut args = crate::pipeline::args(&db, &queue, key_file(&key));
+        args.ip_mask = mode;
+        crate::pipeline::drain(&args).await;
+        let rows = db
+            .client()
+            .await
+            .query("SELECT user_id, masked_ip FROM public.user_logins", &[])
+            .await
+            .unwrap();
+        assert!(rows.len() >= 19, "{mode}");
+        let originals: std::collections::HashMap<String, String> = bodies[..20]
+            .iter()
+            .filter_map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).ok()?;
+                Some((
+                    v["user_id"].as_str()?.to_owned(),
+                    v["ip"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        let tokens: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+        for token in &tokens {
+            assert!(
+                token.parse::<std::net::IpAddr>().is_ok(),
+                "{mode}: {token} is an address"
+            );
+        }
+        let out = sqs2pg(
+            &["unmask", "--ip-mask", &mode.to_string(), &tokens[0]],
+            &[("SQS2PG_MASK_KEY", key.as_str())],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let user: String = rows[0].get(0);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("ip {}", originals[&user])),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ip_mode: String = db
+            .client()
+            .await
+            .query_one("SELECT ip_mode FROM sqs2pg.mask_keys", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ip_mode, mode.to_string(), "the mode is on record");
+    }
+}
