@@ -8,6 +8,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
+COPY benches ./benches
 RUN cargo build --release --locked --bin sqs2pg
 
 FROM debian:bookworm-slim
