@@ -3,7 +3,7 @@
 #   docker build -t sqs2pg .
 #   docker run --rm sqs2pg --help
 
-FROM rust:1.85-bookworm AS build
+FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
