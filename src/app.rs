@@ -271,52 +271,85 @@ where
     Ok(result?)
 }
 
-/// `sqs2pg unmask --query`: runs a read-only query and returns its rows as tab-separated lines
-/// (a header first), every value that is a `siv` token of this key replaced by what it hides.
-/// Other values are shown as they are; an `hmac` token stays a token.
+/// `sqs2pg unmask --query`: runs one read-only SELECT and returns its rows as tab-separated
+/// lines (a header first). Values in `masked_ip` / `masked_device_id` columns that are tokens of
+/// this key, for that column's field, are replaced by what they hide; everything else is shown
+/// as it is (an `hmac` token stays a token).
+///
+/// The query runs as one statement of the extended protocol (which refuses several statements
+/// in one string), wrapped as a subquery (so it must be a SELECT), in a read-only transaction
+/// with a statement timeout: it cannot change the database. Prefer a SELECT-only role anyway.
 pub async fn unmask_query(
     database: &Database,
     unmasker: &crate::login::Unmasker,
     query: &str,
 ) -> Result<Vec<String>, AppError> {
     let mut client = database.connect().await?;
-    // Read-only, so a query given here can never change the table.
     let tx = client
         .build_transaction()
         .read_only(true)
         .start()
         .await
         .map_err(AppError::Query)?;
-    let messages = tx.simple_query(query).await.map_err(AppError::Query)?;
-    let mut lines = Vec::new();
-    for message in messages {
-        match message {
-            tokio_postgres::SimpleQueryMessage::RowDescription(columns) => {
-                lines.push(
-                    columns
-                        .iter()
-                        .map(|c| c.name())
-                        .collect::<Vec<_>>()
-                        .join("\t"),
-                );
-            }
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                let cells: Vec<String> = (0..row.len())
-                    .map(|i| match row.get(i) {
-                        None => "NULL".to_owned(),
-                        Some(value) => match unmasker.unmask(value) {
-                            Ok(unmasked) => unmasked.value(),
-                            Err(_) => value.to_owned(),
-                        },
-                    })
-                    .collect();
-                lines.push(cells.join("\t"));
-            }
-            _ => {}
+    tx.batch_execute("SET LOCAL statement_timeout = '60s'")
+        .await
+        .map_err(AppError::Query)?;
+    let query = query.trim().trim_end_matches(';');
+    let inner = format!("SELECT * FROM ({query}) AS q");
+    let statement = tx.prepare(&inner).await.map_err(AppError::Query)?;
+    let names: Vec<String> = statement
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    // Every value as text, in column order, row by row, whatever the column types.
+    let cells = tx
+        .query(
+            &format!(
+                "SELECT r.n, j.value FROM
+                   (SELECT row_number() OVER () AS n, row_to_json(q) AS doc FROM ({query}) AS q) AS r,
+                   LATERAL json_each_text(r.doc) WITH ORDINALITY AS j(key, value, k)
+                 ORDER BY r.n, j.k"
+            ),
+            &[],
+        )
+        .await
+        .map_err(AppError::Query)?;
+    let mut lines = vec![names.join("\t")];
+    let mut row: Vec<String> = Vec::with_capacity(names.len());
+    let mut current = None;
+    let flush = |row: &mut Vec<String>, lines: &mut Vec<String>| {
+        if !row.is_empty() {
+            lines.push(row.join("\t"));
+            row.clear();
         }
+    };
+    for cell in &cells {
+        let n: i64 = cell.get(0);
+        if current != Some(n) {
+            flush(&mut row, &mut lines);
+            current = Some(n);
+        }
+        let column = names.get(row.len()).map_or("", String::as_str);
+        let value: Option<String> = cell.get(1);
+        row.push(match value {
+            None => "NULL".to_owned(),
+            Some(value) => unmask_cell(unmasker, column, value),
+        });
     }
+    flush(&mut row, &mut lines);
     tx.rollback().await.map_err(AppError::Query)?;
     Ok(lines)
+}
+
+/// A cell of `unmask --query`: unmasked only in a token column, and only to that column's field.
+fn unmask_cell(unmasker: &crate::login::Unmasker, column: &str, value: String) -> String {
+    use crate::login::mask::Unmasked;
+    match (column, unmasker.unmask(&value)) {
+        ("masked_ip", Ok(Unmasked::Ip(ip))) => ip.to_string(),
+        ("masked_device_id", Ok(Unmasked::DeviceId(id))) => id,
+        _ => value,
+    }
 }
 
 /// What `sqs2pg rekey` did.

@@ -1257,13 +1257,18 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
             first["device_id"].as_str().unwrap()
         )
     );
-    // ...and only ever read.
-    let out = sqs2pg(
-        &["unmask", "--query", "DELETE FROM public.user_logins"],
-        &env,
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    // ...and only ever read: neither a write, nor a second statement, nor a way out of the
+    // read-only transaction gets through.
+    for attack in [
+        "DELETE FROM public.user_logins",
+        "COMMIT; DELETE FROM public.user_logins",
+        "SET TRANSACTION READ WRITE; DELETE FROM public.user_logins",
+        "SELECT 1) AS x; COMMIT; DELETE FROM public.user_logins; SELECT * FROM (SELECT 1",
+        "WITH d AS (DELETE FROM public.user_logins RETURNING 1) SELECT * FROM d",
+    ] {
+        let out = sqs2pg(&["unmask", "--query", attack], &env);
+        assert_eq!(out.status.code(), Some(1), "{attack}: {}", stderr(&out));
+    }
     assert_eq!(
         crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await,
         99
