@@ -390,16 +390,20 @@ pub async fn rekey(
     let old = format!("{}.s.", unmasker.key_id());
     let mut client = database.connect().await?;
     let mut report = RekeyReport::default();
+    // Rows whose token does not re-key (damaged, or another field's token in this column):
+    // left as they are, skipped by later batches, and reported.
+    let mut stuck: Vec<String> = Vec::new();
     loop {
         let tx = client.transaction().await.map_err(AppError::Query)?;
         let rows = tx
             .query(
                 &format!(
                     "SELECT ctid::text, masked_ip, masked_device_id FROM {t}
-                      WHERE starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1)
+                      WHERE (starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1))
+                        AND NOT (ctid::text = ANY($3))
                       LIMIT $2 FOR UPDATE SKIP LOCKED"
                 ),
-                &[&old, &batch_rows],
+                &[&old, &batch_rows, &stuck],
             )
             .await
             .map_err(AppError::Query)?;
@@ -409,22 +413,30 @@ pub async fn rekey(
         }
         let (mut ids, mut ips, mut devices) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
-            let mut again = |token: Option<String>| -> Result<Option<String>, AppError> {
-                match token {
-                    Some(t) if t.starts_with(&old) => {
-                        report.tokens += 1;
-                        crate::login::mask::rekey_token(&unmasker, &masker, &t)
-                            .map(|m| Some(m.as_str().to_owned()))
-                            .map_err(|e| {
-                                AppError::Quarantine(format!("a token does not re-key: {e}"))
-                            })
-                    }
-                    other => Ok(other),
+            let id: String = row.get(0);
+            let again = |token: Option<String>, field: crate::login::Field| match token {
+                Some(t) if t.starts_with(&old) => {
+                    crate::login::mask::rekey_token(&unmasker, &masker, &t, field)
+                        .map(|m| (Some(m.as_str().to_owned()), 1))
+                        .ok()
                 }
+                other => Some((other, 0)),
             };
-            ids.push(row.get::<_, String>(0));
-            ips.push(again(row.get(1))?);
-            devices.push(again(row.get(2))?);
+            match (
+                again(row.get(1), crate::login::Field::Ip),
+                again(row.get(2), crate::login::Field::DeviceId),
+            ) {
+                (Some((ip, a)), Some((device, b))) => {
+                    report.tokens += a + b;
+                    ids.push(id);
+                    ips.push(ip);
+                    devices.push(device);
+                }
+                _ => {
+                    tracing::warn!(row = %id, "rekey: a token of this row does not re-key (damaged, or in the wrong column); left as it is");
+                    stuck.push(id);
+                }
+            }
         }
         tx.execute(
             &format!(
@@ -443,6 +455,41 @@ pub async fn rekey(
             tokens = report.tokens,
             "rekey: batch committed"
         );
+    }
+    // Rows locked by someone else were skipped: whatever of the old key is left is an error.
+    let left: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {t}
+                  WHERE starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1)"
+            ),
+            &[&old],
+        )
+        .await
+        .map_err(AppError::Query)?
+        .get(0);
+    if left > 0 {
+        return Err(AppError::Quarantine(format!(
+            "{} row(s) still hold siv tokens of key {} ({} that do not re-key, the rest locked by another session or written meanwhile by a run still using the old key): stop such runs and run rekey again",
+            left,
+            unmasker.key_id(),
+            stuck.len()
+        )));
+    }
+    // The new key takes over the old key's record, so the next run does not warn.
+    let modes = client
+        .query_opt(
+            "SELECT ip_mode, device_id_mode FROM sqs2pg.mask_keys WHERE key_id = $1",
+            &[&unmasker.key_id()],
+        )
+        .await
+        .ok()
+        .flatten();
+    if let Some(modes) = modes {
+        let (ip_mode, device_mode): (String, String) = (modes.get(0), modes.get(1));
+        pg::schema::record_mask_key(&client, masker.key_id(), &ip_mode, &device_mode)
+            .await
+            .map_err(AppError::Query)?;
     }
     let one_way = format!("{}.h.", unmasker.key_id());
     report.one_way_left = client

@@ -375,11 +375,21 @@ pub enum UnmaskError {
     AddressNeedsMode,
 }
 
-/// Re-encrypts a `siv` token under another key (for `sqs2pg rekey`): same field, same value.
-pub fn rekey_token(from: &Unmasker, to: &Masker, token: &str) -> Result<MaskedToken, UnmaskError> {
-    match from.unmask(token)? {
-        Unmasked::Ip(ip) => Ok(to.mask_ip(ip)),
-        Unmasked::DeviceId(id) => to.mask_device_id(&id).map_err(|_| UnmaskError::Rejected),
+/// Re-encrypts a `siv` token of `field`'s column under another key (for `sqs2pg rekey`): same
+/// field, same value.
+pub fn rekey_token(
+    from: &Unmasker,
+    to: &Masker,
+    token: &str,
+    field: super::Field,
+) -> Result<MaskedToken, UnmaskError> {
+    match (from.unmask(token)?, field) {
+        (Unmasked::Ip(ip), super::Field::Ip) => Ok(to.mask_ip(ip)),
+        (Unmasked::DeviceId(id), super::Field::DeviceId) => {
+            to.mask_device_id(&id).map_err(|_| UnmaskError::Rejected)
+        }
+        // A token of the other field, copied into this column: refused.
+        _ => Err(UnmaskError::Rejected),
     }
 }
 

@@ -1340,10 +1340,58 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
             ],
         )
     };
+    // One row holds its device token in masked_ip too (a bad copy): that row does not re-key,
+    // the rest does, and rekey says so and fails.
+    let first: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    let first_user = first["user_id"].as_str().unwrap();
+    let client = db.client().await;
+    let good_ip: String = client
+        .query_one(
+            "SELECT masked_ip FROM public.user_logins WHERE user_id = $1",
+            &[&first_user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "UPDATE public.user_logins SET masked_ip = masked_device_id WHERE user_id = $1",
+            &[&first_user],
+        )
+        .await
+        .unwrap();
+    let out = rekey("7");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("1 row(s) still hold siv tokens")
+            && stderr(&out).contains("1 that do not re-key"),
+        "{}",
+        stderr(&out)
+    );
+    // Put the right token back: the rerun does just that row.
+    client
+        .execute(
+            "UPDATE public.user_logins SET masked_ip = $2 WHERE user_id = $1",
+            &[&first_user, &good_ip],
+        )
+        .await
+        .unwrap();
     let out = rekey("7");
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("198 token(s) in 99 row(s)"), "{text}");
+    assert!(text.contains("2 token(s) in 1 row(s)"), "{text}");
+    // The new key took over the old key's record (no false warning on the next run).
+    let new_id_recorded = crate::pipeline::count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM sqs2pg.mask_keys WHERE key_id = '{}'",
+            sqs2pg::login::MaskKey::from_base64(&new_key)
+                .unwrap()
+                .key_id()
+        ),
+    )
+    .await;
+    assert_eq!(new_id_recorded, 1);
     assert!(
         text.contains("10 row(s) hold hmac tokens") && text.contains("cannot be re-keyed"),
         "{text}"
