@@ -457,17 +457,7 @@ pub async fn rekey(
         );
     }
     // Rows locked by someone else were skipped: whatever of the old key is left is an error.
-    let left: i64 = client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {t}
-                  WHERE starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1)"
-            ),
-            &[&old],
-        )
-        .await
-        .map_err(AppError::Query)?
-        .get(0);
+    let left = rows_with_token_prefix(&client, &t, &old).await?;
     if left > 0 {
         return Err(AppError::Quarantine(format!(
             "{} row(s) still hold siv tokens of key {} ({} that do not re-key, the rest locked by another session or written meanwhile by a run still using the old key): stop such runs and run rekey again",
@@ -492,18 +482,27 @@ pub async fn rekey(
             .map_err(AppError::Query)?;
     }
     let one_way = format!("{}.h.", unmasker.key_id());
-    report.one_way_left = client
+    report.one_way_left = rows_with_token_prefix(&client, &t, &one_way).await?;
+    Ok(report)
+}
+
+/// Rows of `table` (quoted) with a masked column starting with `prefix` (a key id and mode).
+async fn rows_with_token_prefix(
+    client: &tokio_postgres::Client,
+    table: &str,
+    prefix: &str,
+) -> Result<i64, AppError> {
+    Ok(client
         .query_one(
             &format!(
-                "SELECT count(*) FROM {t}
+                "SELECT count(*) FROM {table}
                   WHERE starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1)"
             ),
-            &[&one_way],
+            &[&prefix],
         )
         .await
         .map_err(AppError::Query)?
-        .get(0);
-    Ok(report)
+        .get(0))
 }
 
 /// `sqs2pg report`: the table's aggregates.

@@ -121,6 +121,71 @@ pub struct DeleteOutcome {
     pub failed: usize,
 }
 
+/// One entry a batch call refused, as either protocol reports it.
+pub(crate) struct BatchFailure<'a> {
+    pub id: &'a str,
+    pub code: &'a str,
+    pub sender_fault: bool,
+}
+
+/// The request item a batch result entry names: entries are sent with their index as id.
+pub(crate) fn batch_entry<'a, T>(items: &'a [T], id: &str) -> Option<&'a T> {
+    id.parse::<usize>().ok().and_then(|i| items.get(i))
+}
+
+/// A `DeleteMessageBatch` answer: refusals that are not the sender's fault are worth another
+/// try; the rest failed for good (the message comes back and is deleted as a duplicate).
+pub(crate) fn delete_outcome<'a>(
+    acks: &[AckHandle],
+    deleted: usize,
+    failures: impl IntoIterator<Item = BatchFailure<'a>>,
+) -> DeleteOutcome {
+    let mut outcome = DeleteOutcome {
+        deleted,
+        ..DeleteOutcome::default()
+    };
+    for failure in failures {
+        match batch_entry(acks, failure.id) {
+            Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
+            _ => {
+                tracing::warn!(code = %failure.code, "delete refused by sqs; the message will come back and be deleted as a duplicate");
+                outcome.failed += 1;
+            }
+        }
+    }
+    outcome
+}
+
+/// A `SendMessageBatch` answer: the messages to send again, or an error for a refusal that is
+/// the sender's fault.
+pub(crate) fn send_retries<'a>(
+    messages: &[Outgoing],
+    failures: impl IntoIterator<Item = BatchFailure<'a>>,
+) -> Result<Vec<Outgoing>, SourceError> {
+    let mut retry = Vec::new();
+    for failure in failures {
+        if failure.sender_fault {
+            return Err(SourceError::new(
+                SourceErrorKind::Permanent,
+                "SendMessageBatch",
+                format!("entry refused: {}", failure.code),
+            ));
+        }
+        retry.extend(batch_entry(messages, failure.id).cloned());
+    }
+    Ok(retry)
+}
+
+/// The credentials chain found nothing: what to set.
+pub(crate) fn no_credentials(operation: &'static str) -> SourceError {
+    SourceError::new(
+        SourceErrorKind::Permanent,
+        operation,
+        "no AWS credentials could be loaded: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+         (any values for LocalStack or moto), or AWS_PROFILE, or run with an IAM role",
+    )
+}
+
 /// Whether an SQS error is worth retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceErrorKind {

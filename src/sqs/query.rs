@@ -28,8 +28,9 @@ use hyper_util::rt::TokioExecutor;
 use super::queue::is_fifo;
 use super::xml::Element;
 use super::{
-    accept, AckHandle, DeleteOutcome, MessageSource, Outgoing, Received, SourceError,
-    SourceErrorKind, WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
+    accept, batch_entry, delete_outcome, no_credentials, send_retries, AckHandle, BatchFailure,
+    DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind, WireMessage,
+    LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
 };
 
 /// The SQS API version every query request names.
@@ -161,38 +162,6 @@ impl QueryQueue {
         .map(drop)
     }
 
-    /// The queue's own `VisibilityTimeout`.
-    pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
-        let attrs = self.attributes(&["VisibilityTimeout"]).await?;
-        let secs = attrs
-            .iter()
-            .find(|(name, _)| name == "VisibilityTimeout")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(30);
-        Ok(Duration::from_secs(secs))
-    }
-
-    /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
-    pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
-        let attrs = self
-            .attributes(&[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ])
-            .await?;
-        let get = |wanted: &str| -> u64 {
-            attrs
-                .iter()
-                .find(|(name, _)| name == wanted)
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((
-            get("ApproximateNumberOfMessages"),
-            get("ApproximateNumberOfMessagesNotVisible"),
-        ))
-    }
-
     /// `GetQueueAttributes` for `names` (`All` for every one), as name/value pairs.
     pub async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
         let params = names
@@ -237,20 +206,7 @@ impl QueryQueue {
             }
         }
         let result = self.call("SendMessageBatch", params, true).await?;
-        let mut retry = Vec::new();
-        for failure in failures(&result) {
-            if failure.sender_fault {
-                return Err(SourceError::new(
-                    SourceErrorKind::Permanent,
-                    "SendMessageBatch",
-                    format!("entry refused: {}", failure.code),
-                ));
-            }
-            if let Some(m) = entry(messages, failure.id) {
-                retry.push(m.clone());
-            }
-        }
-        Ok(retry)
+        send_retries(messages, failures(&result))
     }
 
     /// One signed call; returns the `{Action}Result` element of a successful answer.
@@ -442,7 +398,7 @@ impl QueryQueue {
             .call("ChangeMessageVisibilityBatch", params, true)
             .await?;
         Ok(failures(&result)
-            .filter_map(|f| entry(acks, f.id).cloned())
+            .filter_map(|f| batch_entry(acks, f.id).cloned())
             .collect())
     }
 }
@@ -481,20 +437,11 @@ impl MessageSource for QueryQueue {
             params.push((format!("{entry}.ReceiptHandle"), ack.receipt_handle.clone()));
         }
         let result = self.call("DeleteMessageBatch", params, true).await?;
-        let mut outcome = DeleteOutcome {
-            deleted: result.children("DeleteMessageBatchResultEntry").count(),
-            ..DeleteOutcome::default()
-        };
-        for failure in failures(&result) {
-            match entry(acks, failure.id) {
-                Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
-                _ => {
-                    tracing::warn!(code = %failure.code, "delete refused by sqs; the message will come back and be deleted as a duplicate");
-                    outcome.failed += 1;
-                }
-            }
-        }
-        Ok(outcome)
+        Ok(delete_outcome(
+            acks,
+            result.children("DeleteMessageBatchResultEntry").count(),
+            failures(&result),
+        ))
     }
 
     async fn change_visibility(
@@ -536,26 +483,17 @@ fn messages_of(result: &Element) -> Vec<WireMessage> {
         .collect()
 }
 
-/// One `BatchResultErrorEntry`.
-struct Failure<'a> {
-    id: &'a str,
-    code: &'a str,
-    sender_fault: bool,
-}
-
-fn failures(result: &Element) -> impl Iterator<Item = Failure<'_>> {
-    result.children("BatchResultErrorEntry").map(|e| Failure {
-        id: e.text_of("Id").unwrap_or(""),
-        code: e.text_of("Code").unwrap_or("unknown"),
-        sender_fault: e
-            .text_of("SenderFault")
-            .is_some_and(|f| f.trim().eq_ignore_ascii_case("true")),
-    })
-}
-
-/// The request item a batch result entry names: entries are sent with their index as id.
-fn entry<'a, T>(items: &'a [T], id: &str) -> Option<&'a T> {
-    id.parse::<usize>().ok().and_then(|i| items.get(i))
+/// The `BatchResultErrorEntry` elements of a batch result.
+fn failures(result: &Element) -> impl Iterator<Item = BatchFailure<'_>> {
+    result
+        .children("BatchResultErrorEntry")
+        .map(|e| BatchFailure {
+            id: e.text_of("Id").unwrap_or(""),
+            code: e.text_of("Code").unwrap_or("unknown"),
+            sender_fault: e
+                .text_of("SenderFault")
+                .is_some_and(|f| f.trim().eq_ignore_ascii_case("true")),
+        })
 }
 
 /// A 2xx answer we cannot read: the server is not speaking SQS's query protocol.
@@ -564,15 +502,6 @@ fn unreadable(action: &'static str, why: &str) -> SourceError {
         SourceErrorKind::Permanent,
         action,
         format!("the server's answer is not an SQS query-protocol answer ({why})"),
-    )
-}
-
-fn no_credentials(action: &'static str) -> SourceError {
-    SourceError::new(
-        SourceErrorKind::Permanent,
-        action,
-        "no AWS credentials could be loaded: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-         (any values for LocalStack or moto), or AWS_PROFILE, or run with an IAM role",
     )
 }
 
@@ -641,7 +570,7 @@ mod tests {
                 ("2", "InternalError", false)
             ]
         );
-        assert_eq!(entry(&["a", "b", "c"], "2"), Some(&"c"));
-        assert_eq!(entry(&["a"], "x"), None);
+        assert_eq!(batch_entry(&["a", "b", "c"], "2"), Some(&"c"));
+        assert_eq!(batch_entry(&["a"], "x"), None);
     }
 }

@@ -179,7 +179,10 @@ impl Queue {
 
     /// The queue's own `VisibilityTimeout`.
     pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
-        over!(self, c => c.visibility_timeout())
+        let attrs = self.attributes(&["VisibilityTimeout"]).await?;
+        Ok(Duration::from_secs(
+            number(&attrs, "VisibilityTimeout").unwrap_or(30),
+        ))
     }
 
     /// `GetQueueAttributes` for `names` (`All` for every one), as name/value pairs.
@@ -189,7 +192,13 @@ impl Queue {
 
     /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
     pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
-        over!(self, c => c.approximate_depth())
+        const VISIBLE: &str = "ApproximateNumberOfMessages";
+        const IN_FLIGHT: &str = "ApproximateNumberOfMessagesNotVisible";
+        let attrs = self.attributes(&[VISIBLE, IN_FLIGHT]).await?;
+        Ok((
+            number(&attrs, VISIBLE).unwrap_or(0),
+            number(&attrs, IN_FLIGHT).unwrap_or(0),
+        ))
     }
 
     /// Sends up to 10 bodies in one `SendMessageBatch`; returns the ones to send again. On a
@@ -341,6 +350,14 @@ async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, Co
         }
     };
     Ok(config.into_builder().region(Region::new(region)).build())
+}
+
+/// The numeric queue attribute `name` among `attrs`.
+fn number(attrs: &[(String, String)], name: &str) -> Option<u64> {
+    attrs
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Whether a call reached a server that speaks query: it answered, or refused in SQS's XML.

@@ -16,8 +16,9 @@ use aws_sdk_sqs::Client;
 
 use super::queue::is_fifo;
 use super::{
-    accept, AckHandle, DeleteOutcome, MessageSource, Outgoing, Received, SourceError,
-    SourceErrorKind, WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
+    accept, batch_entry, delete_outcome, no_credentials, send_retries, AckHandle, BatchFailure,
+    DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind, WireMessage,
+    LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
 };
 
 /// An SQS queue reached through the AWS SDK (JSON protocol).
@@ -68,25 +69,6 @@ impl SdkQueue {
             .ok_or_else(|| missing("GetQueueUrl", "QueueUrl"))
     }
 
-    /// The queue's own `VisibilityTimeout`.
-    pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.queue_url)
-            .attribute_names(QueueAttributeName::VisibilityTimeout)
-            .send()
-            .await
-            .map_err(|e| classify("GetQueueAttributes", e))?;
-        let secs = out
-            .attributes
-            .unwrap_or_default()
-            .get(&QueueAttributeName::VisibilityTimeout)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30);
-        Ok(Duration::from_secs(secs))
-    }
-
     /// `GetQueueAttributes` for `names` (`All` for every one), as name/value pairs.
     pub async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
         let out = self
@@ -105,27 +87,6 @@ impl SdkQueue {
             .into_iter()
             .map(|(k, v)| (k.as_str().to_owned(), v))
             .collect())
-    }
-
-    /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
-    pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .map_err(|e| classify("GetQueueAttributes", e))?;
-        let attrs = out.attributes.unwrap_or_default();
-        let get = |name: &QueueAttributeName| -> u64 {
-            attrs.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
-        };
-        Ok((
-            get(&QueueAttributeName::ApproximateNumberOfMessages),
-            get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        ))
     }
 
     /// Sends up to 10 bodies in one `SendMessageBatch`; returns the bodies SQS refused with a
@@ -167,20 +128,7 @@ impl SdkQueue {
             .send()
             .await
             .map_err(|e| classify("SendMessageBatch", e))?;
-        let mut retry = Vec::new();
-        for failure in out.failed {
-            if failure.sender_fault {
-                return Err(SourceError::new(
-                    SourceErrorKind::Permanent,
-                    "SendMessageBatch",
-                    format!("entry refused: {}", failure.code),
-                ));
-            }
-            if let Some(m) = entry(messages, &failure.id) {
-                retry.push(m.clone());
-            }
-        }
-        Ok(retry)
+        send_retries(messages, out.failed.iter().map(failure))
     }
 }
 
@@ -258,21 +206,11 @@ impl MessageSource for SdkQueue {
             .send()
             .await
             .map_err(|e| classify("DeleteMessageBatch", e))?;
-        let mut outcome = DeleteOutcome {
-            deleted: out.successful.len(),
-            ..DeleteOutcome::default()
-        };
-        for failure in out.failed {
-            let ack = entry(acks, &failure.id);
-            match ack {
-                Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
-                _ => {
-                    tracing::warn!(code = %failure.code, "delete refused by sqs; the message will come back and be deleted as a duplicate");
-                    outcome.failed += 1;
-                }
-            }
-        }
-        Ok(outcome)
+        Ok(delete_outcome(
+            acks,
+            out.successful.len(),
+            out.failed.iter().map(failure),
+        ))
     }
 }
 
@@ -306,14 +244,18 @@ impl SdkQueue {
         Ok(out
             .failed
             .iter()
-            .filter_map(|f| entry(acks, &f.id).cloned())
+            .filter_map(|f| batch_entry(acks, &f.id).cloned())
             .collect())
     }
 }
 
-/// The request item a batch result entry names: entries are sent with their index as id.
-fn entry<'a, T>(items: &'a [T], id: &str) -> Option<&'a T> {
-    id.parse::<usize>().ok().and_then(|i| items.get(i))
+/// The SDK's batch failure entry, as both clients read one.
+fn failure(entry: &aws_sdk_sqs::types::BatchResultErrorEntry) -> BatchFailure<'_> {
+    BatchFailure {
+        id: &entry.id,
+        code: &entry.code,
+        sender_fault: entry.sender_fault,
+    }
 }
 
 fn string_attribute(value: &str, data_type: &str) -> MessageAttributeValue {
@@ -351,12 +293,7 @@ where
         }
         // Connection refused/reset and timeouts come back; "other" dispatch failures are ours
         // (no credentials could be loaded, a bad endpoint) and do not.
-        SdkError::DispatchFailure(_) if lacks_credentials(&err) => SourceError::new(
-            SourceErrorKind::Permanent,
-            operation,
-            "no AWS credentials could be loaded: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-             (any values for LocalStack or moto), or AWS_PROFILE, or run with an IAM role",
-        ),
+        SdkError::DispatchFailure(_) if lacks_credentials(&err) => no_credentials(operation),
         SdkError::DispatchFailure(failure) => SourceError::new(
             if failure.is_io() || failure.is_timeout() {
                 SourceErrorKind::Transient
