@@ -53,9 +53,13 @@ else
 fi
 printf 'export SQS2PG_TEST_MOTO=%q\n' "$moto"
 
-# A virtualenv from a pin file, rebuilt when the pins change.
+# A virtualenv at $2 from the pin file $3 (for the log: $1), built when missing or when the pins
+# changed since it was built.
 venv_from_pins() {
-  local venv=$1 pins=$2
+  local what=$1 venv=$2 pins=$3
+  if [ -x "$venv/bin/python" ] && cmp -s "$pins" "$venv/pins.txt"; then return; fi
+  log "installing $what (pinned set) into $venv"
+  rm -rf "$venv"
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     apt_install python3-venv
     rm -rf "$venv"
@@ -63,36 +67,27 @@ venv_from_pins() {
   fi
   "$venv/bin/pip" install -q 'setuptools<70' wheel
   "$venv/bin/pip" install -q --no-build-isolation -r "$pins"
+  cp "$pins" "$venv/pins.txt"
 }
+tools="${SQS2PG_TOOLS_DIR:-$HOME/.cache/sqs2pg}"
+pin_dir="$(cd "$(dirname "$0")" && pwd)/pins"
 
 localstack=""
 if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}" ]; then
-  venv="${SQS2PG_TOOLS_DIR:-$HOME/.cache/sqs2pg}/localstack-0.14.3-venv"
-  pins="$(cd "$(dirname "$0")" && pwd)/pins/localstack-0.14.3-requirements.txt"
-  if [ ! -x "$venv/bin/localstack" ] || ! cmp -s "$pins" "$venv/pins.txt"; then
-    log "installing LocalStack 0.14.3 (pinned set) into $venv"
-    rm -rf "$venv"
-    venv_from_pins "$venv" "$pins"
-    # Without this placeholder LocalStack downloads a Java jar at start, even for SQS alone.
-    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    mkdir -p "$site/localstack/infra"
-    touch "$site/localstack/infra/localstack-utils-fat.jar"
-    cp "$pins" "$venv/pins.txt"
-  fi
+  venv="$tools/localstack-0.14.3-venv"
+  venv_from_pins "LocalStack 0.14.3" "$venv" "$pin_dir/localstack-0.14.3-requirements.txt"
+  # Without this placeholder LocalStack downloads a Java jar at start, even for SQS alone.
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p "$site/localstack/infra"
+  touch "$site/localstack/infra/localstack-utils-fat.jar"
   localstack="$venv/bin/localstack"
 fi
 printf 'export SQS2PG_TEST_LOCALSTACK=%q\n' "$localstack"
 
 localstack4=""
 if [ -z "${SQS2PG_SKIP_LOCALSTACK:-}${SQS2PG_SKIP_LOCALSTACK4:-}" ]; then
-  venv="${SQS2PG_TOOLS_DIR:-$HOME/.cache/sqs2pg}/localstack-4.0.3-venv"
-  pins="$(cd "$(dirname "$0")" && pwd)/pins/localstack-4.0.3-requirements.txt"
-  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$pins" "$venv/pins.txt"; then
-    log "installing LocalStack 4.0.3 (pinned set) into $venv"
-    rm -rf "$venv"
-    venv_from_pins "$venv" "$pins"
-    cp "$pins" "$venv/pins.txt"
-  fi
+  venv="$tools/localstack-4.0.3-venv"
+  venv_from_pins "LocalStack 4.0.3" "$venv" "$pin_dir/localstack-4.0.3-requirements.txt"
   localstack4="$venv/bin/python"
 fi
 printf 'export SQS2PG_TEST_LOCALSTACK4=%q\n' "$localstack4"

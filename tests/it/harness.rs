@@ -213,15 +213,7 @@ fn start_servers() -> Servers {
         moto = moto.id(),
         root = root.display()
     );
-    use std::os::unix::process::CommandExt;
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("watchdog");
+    spawn_watchdog(&script);
 
     let sqs_endpoint = format!("http://127.0.0.1:{moto_port}");
     wait_for_port("moto", moto_port);
@@ -307,15 +299,7 @@ impl OwnPostgres {
             stop = cluster.stop_command("immediate"),
             root = cluster.root.display()
         );
-        use std::os::unix::process::CommandExt;
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("watchdog");
+        spawn_watchdog(&script);
         cluster
     }
 
@@ -388,6 +372,22 @@ impl Drop for OwnPostgres {
             .status();
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// Runs a shell `script` that cleans up after this test process (it waits for the process to
+/// end first), in its own process group so it outlives the process.
+// The watchdog outlives this process by design.
+#[allow(clippy::zombie_processes)]
+fn spawn_watchdog(script: &str) {
+    use std::os::unix::process::CommandExt;
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("watchdog");
 }
 
 /// Starts a moto server on a free port with extra environment; its log goes under `dir`.
@@ -691,14 +691,7 @@ fn start_localstack(
         ls = server.id(),
         root = root.display()
     );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("watchdog");
+    spawn_watchdog(&script);
     // "Ready." is logged once SQS is loaded (eager loading); the port alone opens earlier.
     wait_for(
         &format!("{what} to be ready"),
