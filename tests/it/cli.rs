@@ -210,34 +210,38 @@ async fn setup_send_drain_as_processes() {
     assert_eq!(rows, 99);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_serves_until_sigterm_then_exits_cleanly() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    crate::pipeline::setup(&db).await;
+/// `sqs2pg run` (10 s shutdown deadline) holding the whole sample in its open batch: batches
+/// close only on shutdown, so every row can only come from the final flush.
+// The caller waits for the child ([`terminate`]).
+#[allow(clippy::zombie_processes)]
+async fn run_holding_the_sample(
+    db: &TestDb,
+    queue: &TestQueue,
+    extra_env: &[(&str, &str)],
+) -> std::process::Child {
+    crate::pipeline::setup(db).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let mut c = command(
-        &["run"],
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
-            ("SQS2PG_MASK_KEY", key.as_str()),
-            ("SQS2PG_WAIT_TIME_SECS", "1"),
-            // Batches close only on shutdown: the rows can only come from the final flush.
-            ("SQS2PG_BATCH_MAX_AGE_MS", "600000"),
-            ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "10"),
-        ],
-    );
-    c.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = c.spawn().unwrap();
-
+    let mut env = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+        ("SQS2PG_MASK_KEY", key.as_str()),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ("SQS2PG_BATCH_MAX_AGE_MS", "600000"),
+        ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "10"),
+    ];
+    env.extend_from_slice(extra_env);
+    let child = command(&["run"], &env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // The service picks up messages sent while it runs and holds them in its open batch.
     queue.send(&crate::harness::sample_bodies()).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (visible, in_flight) = queue.queue.approximate_depth().await.unwrap();
         if visible == 0 && in_flight >= 100 {
-            break;
+            return child;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -245,21 +249,32 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
-    assert_eq!(rows, 0, "nothing is committed before the batch closes");
+}
 
+/// SIGTERM, then the process's output, which must come within its 10 s shutdown deadline
+/// (plus slack for a loaded machine).
+async fn terminate(child: std::process::Child) -> Output {
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
     let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
-    // Within its 10 s shutdown deadline (plus slack for a loaded machine).
-    let out = tokio::time::timeout(std::time::Duration::from_secs(12), exited)
+    tokio::time::timeout(std::time::Duration::from_secs(12), exited)
         .await
         .expect("run did not exit within its shutdown deadline")
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_until_sigterm_then_exits_cleanly() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    let child = run_holding_the_sample(&db, &queue, &[]).await;
+    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
+    assert_eq!(rows, 0, "nothing is committed before the batch closes");
+
+    let out = terminate(child).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("shutdown requested"),
@@ -281,49 +296,15 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_cannot_commit_by_the_shutdown_deadline_is_released_for_redelivery() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    crate::pipeline::setup(&db).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let mut c = command(
-        &["run"],
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
-            ("SQS2PG_MASK_KEY", key.as_str()),
-            ("SQS2PG_WAIT_TIME_SECS", "1"),
-            ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "300"),
-            ("SQS2PG_BATCH_MAX_AGE_MS", "600000"),
-            ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "10"),
-        ],
-    );
-    c.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = c.spawn().unwrap();
-    queue.send(&crate::harness::sample_bodies()).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while queue.queue.approximate_depth().await.unwrap() != (0, 100) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "run did not receive the sample"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let child =
+        run_holding_the_sample(&db, &queue, &[("SQS2PG_VISIBILITY_TIMEOUT_SECS", "300")]).await;
     // The table is locked, so the final flush cannot commit: the deadline must cut it off.
     let mut locker = db.client().await;
     let lock = locker.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE public.user_logins IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let out = tokio::time::timeout(std::time::Duration::from_secs(12), exited)
-        .await
-        .expect("run did not exit within its shutdown deadline")
-        .unwrap()
-        .unwrap();
+    let out = terminate(child).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("shutdown deadline"),
