@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
-use crate::login::{BodySealer, MaskKey, Masker};
+use crate::login::{BodySealer, KeyRing, MaskKey, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
 use crate::postgres::{self as pg, quarantine, ConnectError, Database, LoginLoader, TableName};
@@ -352,6 +352,63 @@ fn unmask_cell(unmasker: &crate::login::Unmasker, column: &str, value: String) -
     }
 }
 
+/// `sqs2pg keygen --ring FILE [--activate]`: adds a new random key to the ring file (created
+/// with mode 600 if missing) and returns its id. Existing keys and comments are kept; the new
+/// file is written beside the old one (`FILE.new`, mode 600, which also keeps two keygens from
+/// writing at once) and renamed over it, so a crash leaves the old ring or the new one.
+pub fn keygen_ring(path: &Path, activate: bool) -> Result<String, AppError> {
+    use std::io::Write as _;
+    let shown = path.display().to_string();
+    let file_error = |path: &str, error| AppError::File {
+        path: path.to_owned(),
+        error,
+    };
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            crate::config::check_key_file_mode(path, &format!("key ring {shown}"))?;
+            Some(zeroize::Zeroizing::new(text))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(file_error(&shown, e)),
+    };
+    let key_text = zeroize::Zeroizing::new(
+        MaskKey::generate_base64().map_err(|e| file_error("the OS random source", e))?,
+    );
+    let key = MaskKey::from_base64(&key_text).expect("a fresh key decodes");
+    let created = rfc3339(std::time::SystemTime::now());
+    let (text, id) = crate::login::keyring::add_key(
+        existing.as_deref().map(String::as_str),
+        &key,
+        &key_text,
+        &created,
+        activate,
+    )
+    .map_err(|e| ConfigError(format!("key ring {shown}: {e}")))?;
+    let temp = format!("{shown}.new");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            AppError::Quarantine(format!(
+                "{temp} exists: another keygen is writing this ring, or one was interrupted (then remove {temp})"
+            ))
+        } else {
+            file_error(&temp, e)
+        }
+    })?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(file_error(&shown, e));
+    }
+    Ok(id)
+}
+
 /// What `sqs2pg rekey` did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RekeyReport {
@@ -359,11 +416,121 @@ pub struct RekeyReport {
     pub tokens: u64,
     /// Tokens of the old key that are one-way (`hmac`) and stay as they are.
     pub one_way_left: i64,
+    /// Rows whose `masked_ip` (an address: `ipcrypt` / `ipcrypt-pfx`) was re-encrypted.
+    pub address_rows: u64,
+}
+
+/// The `ip_mode` recorded for a key whose addresses `rekey` moved to another key: its
+/// addresses are gone from the table, so a later rekey must not decrypt them again.
+fn rekeyed_mode(mode: &str, to: &str) -> String {
+    format!("{mode} (re-keyed to {to})")
+}
+
+/// `rekey` of the addresses that the `ipcrypt` modes write into `masked_ip`. They carry no key
+/// id, so which key wrote them comes from `sqs2pg.mask_keys`, and a table with addresses from
+/// more than one key is refused (they cannot be told apart). Everything happens in one
+/// transaction that locks out writers (readers go on): the UPDATE maps each old address to its
+/// new one in a single pass, and the old key is marked as re-keyed in the same transaction, so
+/// the work is done exactly once, or not at all and a rerun does it.
+async fn rekey_addresses(
+    client: &mut tokio_postgres::Client,
+    table: &str,
+    from: &MaskKey,
+    to: &MaskKey,
+) -> Result<u64, AppError> {
+    use crate::login::{mask::Unmasked, MaskMode, MaskModes, Unmasker};
+    let (from_id, to_id) = (from.key_id(), to.key_id());
+    let tx = client.transaction().await.map_err(AppError::Query)?;
+    tx.batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
+        .await
+        .map_err(AppError::Query)?;
+    let writers = tx
+        .query(
+            "SELECT key_id, ip_mode FROM sqs2pg.mask_keys
+              WHERE ip_mode IN ('ipcrypt', 'ipcrypt-pfx') ORDER BY key_id",
+            &[],
+        )
+        .await
+        .map_err(AppError::Query)?;
+    let writers: Vec<(String, String)> = writers.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let Some((_, mode_name)) = writers.iter().find(|(id, _)| *id == from_id) else {
+        return Ok(0);
+    };
+    if writers.len() > 1 {
+        let ids: Vec<&str> = writers.iter().map(|(id, _)| id.as_str()).collect();
+        return Err(AppError::Quarantine(format!(
+            "masked_ip holds ipcrypt addresses written under more than one key ({}, per sqs2pg.mask_keys); addresses carry no key id, so they cannot be told apart: rekey leaves them alone",
+            ids.join(", ")
+        )));
+    }
+    let mode = if mode_name == "ipcrypt" {
+        MaskMode::Ipcrypt
+    } else {
+        MaskMode::IpcryptPfx
+    };
+    let unmasker = Unmasker::with_ip_mode(from, mode);
+    let masker = Masker::with_modes(
+        to,
+        MaskModes {
+            ip: mode,
+            device_id: MaskMode::Hmac,
+        },
+    );
+    // Only addresses: every other token holds a key id and `.h.` or `.s.`.
+    let distinct = tx
+        .query(
+            &format!("SELECT DISTINCT masked_ip FROM {table} WHERE masked_ip ~ '^[0-9A-Fa-f:.]+$'"),
+            &[],
+        )
+        .await
+        .map_err(AppError::Query)?;
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    for row in &distinct {
+        let address: String = row.get(0);
+        if let Ok(Unmasked::Ip(ip)) = unmasker.unmask(&address) {
+            new.push(masker.mask_ip(ip).as_str().to_owned());
+            old.push(address);
+        }
+    }
+    // One statement: each row is matched on its value before the update, so an address that
+    // is both an old and a new value is never moved twice.
+    let rows = tx
+        .execute(
+            &format!(
+                "UPDATE {table} AS t SET masked_ip = u.new
+                   FROM unnest($1::text[], $2::text[]) AS u(old, new)
+                  WHERE t.masked_ip = u.old"
+            ),
+            &[&old, &new],
+        )
+        .await
+        .map_err(AppError::Query)?;
+    tx.execute(
+        "UPDATE sqs2pg.mask_keys SET ip_mode = $2 WHERE key_id = $1",
+        &[&from_id, &rekeyed_mode(mode_name, &to_id)],
+    )
+    .await
+    .map_err(AppError::Query)?;
+    tx.execute(
+        "INSERT INTO sqs2pg.mask_keys (key_id, ip_mode, device_id_mode) VALUES ($1, $2, 'hmac')
+         ON CONFLICT (key_id) DO UPDATE SET ip_mode = EXCLUDED.ip_mode, last_used = now()",
+        &[&to_id, &mode_name],
+    )
+    .await
+    .map_err(AppError::Query)?;
+    tx.commit().await.map_err(AppError::Query)?;
+    tracing::info!(
+        rows,
+        addresses = old.len(),
+        "rekey: ipcrypt addresses re-encrypted"
+    );
+    Ok(rows)
 }
 
 /// `sqs2pg rekey`: every `siv` token written under `from` is re-encrypted under `to`, in
 /// batches of `batch_rows`, each batch one transaction. Resumable: a batch that committed is
-/// done (its tokens carry the new key id), and a rerun picks up what is left.
+/// done (its tokens carry the new key id), and a rerun picks up what is left. Addresses of the
+/// `ipcrypt` modes go first, in one transaction of their own (see [`rekey_addresses`]).
 pub async fn rekey(
     database: &Database,
     table: &TableName,
@@ -389,7 +556,10 @@ pub async fn rekey(
     // Compared as prefixes, not with LIKE: key ids are base64url, and `_` is a LIKE wildcard.
     let old = format!("{}.s.", unmasker.key_id());
     let mut client = database.connect().await?;
-    let mut report = RekeyReport::default();
+    let mut report = RekeyReport {
+        address_rows: rekey_addresses(&mut client, &t, from, to).await?,
+        ..RekeyReport::default()
+    };
     // Rows whose token does not re-key (damaged, or another field's token in this column):
     // left as they are, skipped by later batches, and reported.
     let mut stuck: Vec<String> = Vec::new();
@@ -477,7 +647,9 @@ pub async fn rekey(
         .flatten();
     if let Some(modes) = modes {
         let (ip_mode, device_mode): (String, String) = (modes.get(0), modes.get(1));
-        pg::schema::record_mask_key(&client, masker.key_id(), &ip_mode, &device_mode)
+        // An ipcrypt mode marked as re-keyed is the plain mode for the new key.
+        let ip_mode = ip_mode.split(" (re-keyed").next().unwrap_or(&ip_mode);
+        pg::schema::record_mask_key(&client, masker.key_id(), ip_mode, &device_mode)
             .await
             .map_err(AppError::Query)?;
     }
@@ -814,7 +986,7 @@ pub async fn rejects_list(database: &Database, limit: i64) -> Result<String, App
 /// `sqs2pg rejects show ID`: the decrypted body of one rejected message.
 pub async fn rejects_show(
     database: &Database,
-    key: &MaskKey,
+    keys: &KeyRing,
     message_id: &str,
 ) -> Result<String, AppError> {
     let client = database.connect().await?;
@@ -823,7 +995,7 @@ pub async fn rejects_show(
         .await
         .map_err(AppError::Query)?
         .ok_or_else(|| AppError::Quarantine(format!("no rejected message with id {message_id}")))?;
-    open_reject(&BodySealer::new(key), &reject)
+    open_reject(&Sealers::new(keys), &reject)
 }
 
 /// What `rejects replay` did.
@@ -844,11 +1016,11 @@ pub struct ReplayReport {
 /// replay was loaded is skipped.
 pub async fn rejects_replay(
     database: &Database,
-    key: &MaskKey,
+    keys: &KeyRing,
     to: &SqsSettings,
     selection: &quarantine::ReplaySelection,
 ) -> Result<ReplayReport, AppError> {
-    let sealer = BodySealer::new(key);
+    let sealer = Sealers::new(keys);
     let mut client = database.connect().await?;
     pg::check_ready_schema(&client).await?;
     let queue = open_queue(to).await?;
@@ -904,21 +1076,48 @@ pub async fn rejects_replay(
     }
 }
 
-fn open_reject(sealer: &BodySealer, reject: &quarantine::SealedReject) -> Result<String, AppError> {
+/// A body sealer per key of the ring, to open bodies sealed under any of them.
+struct Sealers {
+    sealers: Vec<BodySealer>,
+    active: usize,
+}
+
+impl Sealers {
+    fn new(keys: &KeyRing) -> Self {
+        let sealers: Vec<BodySealer> = keys
+            .keys()
+            .iter()
+            .map(|k| BodySealer::new(&k.key))
+            .collect();
+        let active = sealers
+            .iter()
+            .position(|s| s.key_id() == keys.active_id())
+            .unwrap_or(0);
+        Self { sealers, active }
+    }
+}
+
+fn open_reject(sealers: &Sealers, reject: &quarantine::SealedReject) -> Result<String, AppError> {
     let id = &reject.message_id;
     let sealed = reject.body_sealed.as_deref().ok_or_else(|| {
         AppError::Quarantine(format!("rejected message {id} was stored without its body"))
     })?;
-    if let Some(kid) = reject
-        .seal_key_id
-        .as_deref()
-        .filter(|k| *k != sealer.key_id())
-    {
-        return Err(AppError::Quarantine(format!(
-            "rejected message {id} was sealed under key {kid}, but the key given is {}",
-            sealer.key_id()
-        )));
-    }
+    // Rows from before key ids were recorded were sealed under the key of that time: try the
+    // active one.
+    let sealer = match reject.seal_key_id.as_deref() {
+        None => &sealers.sealers[sealers.active],
+        Some(kid) => sealers
+            .sealers
+            .iter()
+            .find(|s| s.key_id() == kid)
+            .ok_or_else(|| {
+                let given: Vec<&str> = sealers.sealers.iter().map(|s| s.key_id()).collect();
+                AppError::Quarantine(format!(
+                    "rejected message {id} was sealed under key {kid}, which is not among the keys given ({})",
+                    given.join(", ")
+                ))
+            })?,
+    };
     sealer
         .open(id, sealed)
         .map_err(|e| AppError::Quarantine(format!("rejected message {id}: {e}")))

@@ -34,8 +34,9 @@ pub enum Command {
     /// Check, without processing anything, that the queue, the database, the table and the key
     /// are all usable; print a pass/fail list; exit 0 only if everything passes.
     Check(PipelineArgs),
-    /// Print a new random masking key (base64 of 32 bytes) for SQS2PG_MASK_KEY.
-    Keygen,
+    /// Make a new random masking key (32 bytes): print it as base64 for SQS2PG_MASK_KEY, or add
+    /// it to a key ring file with --ring (existing keys are never overwritten).
+    Keygen(KeygenArgs),
     /// Send one message per line of a file to the queue (SendMessageBatch, 10 per call).
     Send(SendArgs),
     /// Inspect and replay quarantined messages.
@@ -66,6 +67,11 @@ pub struct UnmaskArgs {
     #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
     pub ip_mask: crate::login::MaskMode,
 
+    /// For tokens that are bare addresses (ipcrypt modes, which carry no key id): the ring key
+    /// they were written under; the active key if not given.
+    #[arg(long, value_name = "KEY_ID")]
+    pub key_id: Option<String>,
+
     /// A query whose result is printed with every token column unmasked, e.g. "SELECT user_id,
     /// masked_ip FROM user_logins WHERE create_date = '2026-11-25'" (needs DATABASE_URL).
     #[arg(long)]
@@ -77,6 +83,18 @@ pub struct UnmaskArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Add the key to this ring file (created with mode 600 if missing) instead of printing it;
+    /// prints the new key's id.
+    #[arg(long, value_name = "FILE")]
+    pub ring: Option<std::path::PathBuf>,
+
+    /// Make the new key the ring's active key (a new ring's first key always is).
+    #[arg(long, requires = "ring")]
+    pub activate: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct RekeyArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -85,9 +103,18 @@ pub struct RekeyArgs {
     #[command(flatten)]
     pub key: KeyArgs,
 
-    /// File holding the old base64 key (mode 600), whose `siv` tokens are re-encrypted.
+    /// The id of the old key, in the key ring (SQS2PG_MASK_KEY_RING), whose tokens are
+    /// re-encrypted.
+    #[arg(long, value_name = "KEY_ID", conflicts_with = "from_key_file")]
+    pub from: Option<String>,
+
+    /// File holding the old base64 key (mode 600), when the keys are single keys, not a ring.
     #[arg(long)]
-    pub from_key_file: std::path::PathBuf,
+    pub from_key_file: Option<std::path::PathBuf>,
+
+    /// The id of the new key in the ring; the ring's active key if not given.
+    #[arg(long, value_name = "KEY_ID")]
+    pub to: Option<String>,
 
     /// Rows per transaction.
     #[arg(long, default_value_t = 1000)]
@@ -234,11 +261,17 @@ pub struct KeyArgs {
         hide_env_values = true,
         value_name = "BASE64"
     )]
-    pub mask_key: Option<String>,
+    pub mask_key: Option<crate::login::KeyText>,
 
     /// File holding the base64 masking key (mode 600); instead of SQS2PG_MASK_KEY.
     #[arg(long, env = "SQS2PG_MASK_KEY_FILE")]
     pub mask_key_file: Option<PathBuf>,
+
+    /// Key ring file (TOML, mode 600, written by `sqs2pg keygen --ring`): several keys, one
+    /// active; instead of SQS2PG_MASK_KEY(_FILE). Runs use the active key; unmask, rejects and
+    /// rekey also read tokens and bodies of the others.
+    #[arg(long, env = "SQS2PG_MASK_KEY_RING")]
+    pub mask_key_ring: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

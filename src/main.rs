@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use sqs2pg::app::{self, AppError};
-use sqs2pg::cli::{Cli, Command, ConfigArgs, ConfigCommand, QueueArgs, RejectsCommand};
+use sqs2pg::cli::{Cli, Command, ConfigArgs, ConfigCommand, KeygenArgs, QueueArgs, RejectsCommand};
 use sqs2pg::config;
 use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, PipelineError};
@@ -20,17 +20,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Keygen = cli.command {
-        return match MaskKey::generate_base64() {
-            Ok(key) => {
-                println!("{key}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: no randomness from the operating system: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Command::Keygen(args) = &cli.command {
+        return keygen(args);
     }
     sqs2pg::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -67,7 +58,7 @@ fn parse_command_line() -> Result<Cli, config::ConfigError> {
 
 async fn run(command: Command) -> Result<(), AppError> {
     match command {
-        Command::Keygen => unreachable!("handled before the runtime starts"),
+        Command::Keygen(_) => unreachable!("handled before the runtime starts"),
         Command::Setup(args) => {
             let (database, table) = config::database(&args)?;
             let report = app::setup(&database, &table).await?;
@@ -125,8 +116,15 @@ async fn run(command: Command) -> Result<(), AppError> {
         }
         Command::Rejects(args) => rejects(args.command).await,
         Command::Unmask(args) => {
-            let key = config::key(&args.key)?;
-            let unmasker = sqs2pg::login::Unmasker::with_ip_mode(&key, args.ip_mask);
+            let ring = config::key_ring(&args.key)?;
+            let unmasker =
+                sqs2pg::login::Unmasker::for_ring(&ring, args.ip_mask, args.key_id.as_deref())
+                    .ok_or_else(|| {
+                        config::ConfigError(format!(
+                            "unmask --key-id: no such key in the ring (ids: {})",
+                            ring.ids()
+                        ))
+                    })?;
             eprintln!("warning: the values below are personal data (ip, device_id)");
             let mut failed = 0;
             if let Some(query) = &args.query {
@@ -158,9 +156,36 @@ async fn run(command: Command) -> Result<(), AppError> {
         }
         Command::Rekey(args) => {
             let (database, table) = config::database(&args.database)?;
-            let to = config::key(&args.key)?;
-            let from = config::mask_key(None, Some(&args.from_key_file))?;
+            let ring = config::key_ring(&args.key)?;
+            let in_ring = |id: &str, flag: &str| {
+                ring.get(id).cloned().ok_or_else(|| {
+                    config::ConfigError(format!(
+                        "rekey {flag} {id}: no such key in the ring (ids: {})",
+                        ring.ids()
+                    ))
+                })
+            };
+            let to = match &args.to {
+                Some(id) => in_ring(id, "--to")?,
+                None => ring.active().clone(),
+            };
+            let from = match (&args.from, &args.from_key_file) {
+                (Some(id), _) => in_ring(id, "--from")?,
+                (None, Some(file)) => config::mask_key(None, Some(file))?,
+                (None, None) => {
+                    return Err(config::ConfigError(
+                        "rekey: say which key the tokens were written under: --from KEY_ID (a key of the ring in SQS2PG_MASK_KEY_RING) or --from-key-file FILE".into(),
+                    )
+                    .into())
+                }
+            };
             let report = app::rekey(&database, &table, &from, &to, args.batch_rows.max(1)).await?;
+            if report.address_rows > 0 {
+                println!(
+                    "rekey: {} row(s) with ipcrypt addresses re-encrypted",
+                    report.address_rows
+                );
+            }
             println!(
                 "rekey done: {} token(s) in {} row(s) re-encrypted under key {}",
                 report.tokens,
@@ -217,8 +242,8 @@ async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
             message_id,
         } => {
             let (database, _) = config::database(&database)?;
-            let key = config::key(&key)?;
-            let body = app::rejects_show(&database, &key, &message_id).await?;
+            let keys = config::key_ring(&key)?;
+            let body = app::rejects_show(&database, &keys, &message_id).await?;
             eprintln!("warning: the body below is the raw message and may hold personal data (ip, device_id)");
             println!("{body}");
         }
@@ -233,7 +258,7 @@ async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
             all,
         } => {
             let (database, _) = config::database(&database)?;
-            let key = config::key(&key)?;
+            let keys = config::key_ring(&key)?;
             let target = config::queue(&QueueArgs {
                 queue_url: to.or(queue.queue_url),
                 endpoint_url: queue.endpoint_url,
@@ -247,7 +272,7 @@ async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
                 .into());
             }
             let selection = ReplaySelection { reason, ids, again };
-            let report = app::rejects_replay(&database, &key, &target, &selection).await?;
+            let report = app::rejects_replay(&database, &keys, &target, &selection).await?;
             for skipped in &report.skipped {
                 eprintln!("skipped {skipped}");
             }
@@ -258,6 +283,38 @@ async fn rejects(command: RejectsCommand) -> Result<(), AppError> {
         }
     }
     Ok(())
+}
+
+/// `sqs2pg keygen`: a new key printed, or added to a ring (then only its id is printed).
+fn keygen(args: &KeygenArgs) -> ExitCode {
+    match &args.ring {
+        Some(path) => match app::keygen_ring(path, args.activate) {
+            Ok(id) => {
+                let active = if args.activate {
+                    " and made it active"
+                } else {
+                    ""
+                };
+                println!("added key {id} to {}{active}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        None => match MaskKey::generate_base64() {
+            Ok(key) => {
+                println!("{}", key.as_str());
+                drop(zeroize::Zeroizing::new(key));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: no randomness from the operating system: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits at once (whatever was

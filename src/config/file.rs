@@ -50,6 +50,8 @@ struct DatabaseSection {
 struct MaskingSection {
     /// The key itself never goes in this file: only the path of a file holding it.
     key_file: Option<PathBuf>,
+    /// Or the path of a key ring file (`sqs2pg keygen --ring`).
+    key_ring: Option<PathBuf>,
     ip_mask: Option<String>,
     device_id_mask: Option<String>,
 }
@@ -114,6 +116,9 @@ impl FileSettings {
         text("device_id_mask", &self.masking.device_id_mask);
         if let Some(path) = &self.masking.key_file {
             out.push(("mask_key_file", path.into()));
+        }
+        if let Some(path) = &self.masking.key_ring {
+            out.push(("mask_key_ring", path.into()));
         }
         let p = &self.pipeline;
         for (id, v) in [
@@ -205,7 +210,18 @@ pub fn effective(args: &crate::cli::PipelineArgs) -> String {
         .as_ref()
         .map(|p| p.display().to_string());
     setting(&mut out, "key_file", key_file.as_deref());
-    if args.key.mask_key.as_deref().is_some_and(|k| !k.is_empty()) {
+    let ring = args
+        .key
+        .mask_key_ring
+        .as_ref()
+        .map(|p| p.display().to_string());
+    setting(&mut out, "key_ring", ring.as_deref());
+    if args
+        .key
+        .mask_key
+        .as_ref()
+        .is_some_and(|k| !k.expose().is_empty())
+    {
         let _ = writeln!(out, "# the key itself is set in SQS2PG_MASK_KEY (hidden)");
     }
     setting(&mut out, "ip_mask", Some(&args.ip_mask.to_string()));

@@ -9,9 +9,11 @@ use std::time::Duration;
 use crate::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use crate::error::RetryPolicy;
 use crate::login::mask::{KeyError, MaskKey};
+use crate::login::{KeyRing, KeyText};
 use crate::pipeline::{Mode, PipelineSettings};
 use crate::postgres::{Database, TableName};
 use crate::sqs::queue::{is_queue_name, SqsSettings};
+use zeroize::Zeroizing;
 
 /// Four receivers keep a few long polls in flight, enough to saturate one loader against real
 /// SQS (each call returns at most 10 messages in tens of milliseconds) without idle cost.
@@ -123,9 +125,43 @@ pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
     })
 }
 
-/// The masking key from the key arguments.
+/// The key runs mask and seal with: the only key, or the ring's active key.
 pub fn key(args: &KeyArgs) -> Result<MaskKey, ConfigError> {
-    mask_key(args.mask_key.as_deref(), args.mask_key_file.as_deref())
+    Ok(key_ring(args)?.active().clone())
+}
+
+/// Every key the operator gave: a ring from `SQS2PG_MASK_KEY_RING`, or a ring of the one key
+/// from `SQS2PG_MASK_KEY` / `SQS2PG_MASK_KEY_FILE`. Exactly one of the three must be set.
+pub fn key_ring(args: &KeyArgs) -> Result<KeyRing, ConfigError> {
+    let Some(path) = &args.mask_key_ring else {
+        return mask_key(
+            args.mask_key.as_ref().map(KeyText::expose),
+            args.mask_key_file.as_deref(),
+        )
+        .map(KeyRing::single);
+    };
+    if args
+        .mask_key
+        .as_ref()
+        .is_some_and(|k| !k.expose().is_empty())
+        || args.mask_key_file.is_some()
+    {
+        return Err(ConfigError(format!(
+            "SQS2PG_MASK_KEY_RING (--mask-key-ring) is set together with {MASK_KEY_ENV} or SQS2PG_MASK_KEY_FILE: keep only one source of keys"
+        )));
+    }
+    let shown = format!("SQS2PG_MASK_KEY_RING (--mask-key-ring) {}", path.display());
+    check_key_file_mode(path, &shown)?;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{shown} cannot be read: {e}")))?,
+    );
+    KeyRing::parse(&text).map_err(|e| {
+        ConfigError(format!(
+            "{shown}: {e} (add keys with `sqs2pg keygen --ring {}`)",
+            path.display()
+        ))
+    })
 }
 
 /// The masking key from `SQS2PG_MASK_KEY` or `--mask-key-file` / `SQS2PG_MASK_KEY_FILE`.
@@ -138,28 +174,31 @@ pub fn mask_key(from_env: Option<&str>, file: Option<&Path>) -> Result<MaskKey, 
         (Some(text), None) => MaskKey::from_base64(text).map_err(|e| explain(MASK_KEY_ENV, e)),
         (None, Some(path)) => {
             let shown = path.display();
-            check_key_file_mode(path)?;
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            check_key_file_mode(
+                path,
+                &format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown}"),
+            )?;
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                 ConfigError(format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown} cannot be read: {e}"))
-            })?;
+            })?);
             MaskKey::from_base64(&text)
                 .map_err(|e| explain(&format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown}"), e))
         }
         (None, None) => Err(ConfigError(format!(
-            "no masking key: set {MASK_KEY_ENV} to a base64 key of at least 32 bytes, or SQS2PG_MASK_KEY_FILE to a file holding one; make one with `sqs2pg keygen`"
+            "no masking key: set {MASK_KEY_ENV} to a base64 key of at least 32 bytes, SQS2PG_MASK_KEY_FILE to a file holding one, or SQS2PG_MASK_KEY_RING to a key ring; make one with `sqs2pg keygen` (or `sqs2pg keygen --ring FILE`)"
         ))),
     }
 }
 
+/// Refuses a key file that group or others can read or write; `shown` names the setting.
 #[cfg(unix)]
-fn check_key_file_mode(path: &Path) -> Result<(), ConfigError> {
+pub fn check_key_file_mode(path: &Path, shown: &str) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(ConfigError(format!(
-                "SQS2PG_MASK_KEY_FILE (--mask-key-file) {} is readable by group or others (mode {:o}): run `chmod 600 {}`",
-                path.display(),
+                "{shown} is readable by group or others (mode {:o}): run `chmod 600 {}`",
                 mode & 0o777,
                 path.display()
             )));
@@ -169,7 +208,7 @@ fn check_key_file_mode(path: &Path) -> Result<(), ConfigError> {
 }
 
 #[cfg(not(unix))]
-fn check_key_file_mode(_: &Path) -> Result<(), ConfigError> {
+pub fn check_key_file_mode(_: &Path, _: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
@@ -370,8 +409,9 @@ mod tests {
                 sqs_protocol: crate::sqs::Protocol::Auto,
             },
             key: KeyArgs {
-                mask_key: Some("A".repeat(44)),
+                mask_key: Some("A".repeat(44).parse().unwrap()),
                 mask_key_file: None,
+                mask_key_ring: None,
             },
             receivers: DEFAULT_RECEIVERS,
             wait_time_secs: 0,

@@ -11,6 +11,7 @@
 //! only the [`Masker`] can make: unmasked data cannot reach PostgreSQL by construction.
 
 pub mod app_version;
+pub mod keyring;
 pub mod mask;
 pub mod reject;
 pub mod seal;
@@ -20,6 +21,7 @@ pub mod wire;
 use time::Date;
 
 pub use app_version::AppVersion;
+pub use keyring::{KeyRing, KeyText};
 pub use mask::{MaskKey, MaskMode, MaskModes, MaskedToken, Masker, Unmasker};
 pub use reject::{Field, Reason, Rejection};
 pub use seal::{BodySealer, SealedBody};

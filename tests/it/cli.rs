@@ -1490,3 +1490,206 @@ async fn ipcrypt_masked_ips_are_addresses_in_the_table_and_unmask_with_the_mode(
         assert_eq!(ip_mode, mode.to_string(), "the mode is on record");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresses() {
+    use sqs2pg::login::{KeyRing, MaskMode, Unmasker};
+    use std::os::unix::fs::PermissionsExt;
+    let (db, queue) = crate::pipeline::fixture().await;
+    let bodies = crate::harness::sample_bodies();
+    queue.send(&bodies).await;
+    let dir = std::env::temp_dir().join(crate::harness::unique("sqs2pg-ring"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ring = dir.join("ring.toml");
+    let ring_path = ring.to_str().unwrap();
+    let read_ring = || KeyRing::parse(&std::fs::read_to_string(&ring).unwrap()).unwrap();
+
+    // keygen --ring makes the ring (mode 600) with its first key active, and prints only the id.
+    let out = sqs2pg(&["keygen", "--ring", ring_path], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let k1 = read_ring().active_id().to_owned();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("added key {k1} to {ring_path}")
+    );
+    let k1_text = read_ring().keys()[0].key.clone();
+    assert_eq!(
+        std::fs::metadata(&ring).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Runs under K1: ip as ipcrypt addresses, device_id as siv tokens.
+    let mut args = crate::pipeline::args(&db, &queue, dir.join("unused"));
+    args.key.mask_key_file = None;
+    args.key.mask_key_ring = Some(ring.clone());
+    args.ip_mask = MaskMode::Ipcrypt;
+    args.device_id_mask = MaskMode::Siv;
+    assert_eq!(crate::pipeline::drain(&args).await.loaded, 99);
+    let snapshot = || async {
+        let rows = db
+            .client()
+            .await
+            .query(
+                "SELECT user_id, masked_ip, masked_device_id FROM public.user_logins ORDER BY user_id",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect::<Vec<(String, String, String)>>()
+    };
+    let before = snapshot().await;
+
+    // A second key, made active; K1 stays in the ring, so its tokens still unmask.
+    let out = sqs2pg(&["keygen", "--ring", ring_path, "--activate"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let k2 = read_ring().active_id().to_owned();
+    assert_ne!(k1, k2);
+    assert!(read_ring().get(&k1).is_some(), "K1 kept");
+    let ring_env = [("SQS2PG_MASK_KEY_RING", ring_path)];
+    let (_, ip1, device1) = &before[0];
+    let out = sqs2pg(
+        &[
+            "unmask",
+            "--ip-mask",
+            "ipcrypt",
+            "--key-id",
+            &k1,
+            ip1,
+            device1,
+        ],
+        &ring_env,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first_user = &before[0].0;
+    let original: serde_json::Value = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .find(|v| v["user_id"].as_str() == Some(first_user))
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&format!("{ip1}\tip {}", original["ip"].as_str().unwrap()))
+            && text.contains(&format!(
+                "{device1}\tdevice_id {}",
+                original["device_id"].as_str().unwrap()
+            )),
+        "{text}"
+    );
+
+    // rekey --from K1 moves both the siv tokens and the addresses to the active key (K2).
+    let env = [
+        ("SQS2PG_MASK_KEY_RING", ring_path),
+        ("DATABASE_URL", db.url.as_str()),
+    ];
+    let out = sqs2pg(&["rekey", "--from", &k1, "--batch-rows", "40"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("99 row(s) with ipcrypt addresses re-encrypted")
+            && text.contains("99 token(s) in 99 row(s)"),
+        "{text}"
+    );
+    let after = snapshot().await;
+    assert_eq!(after.len(), before.len());
+    let k2_only = Unmasker::for_ring(
+        &KeyRing::single(read_ring().get(&k2).unwrap().clone()),
+        MaskMode::Ipcrypt,
+        None,
+    )
+    .unwrap();
+    let k1_only = Unmasker::with_ip_mode(&k1_text, MaskMode::Ipcrypt);
+    for ((user, old_ip, old_device), (same_user, ip, device)) in before.iter().zip(&after) {
+        assert_eq!(user, same_user);
+        assert_ne!(old_ip, ip, "every address changed");
+        assert!(device.starts_with(&format!("{k2}.s.")), "{device}");
+        assert_eq!(
+            k2_only.unmask(ip).unwrap().value(),
+            k1_only.unmask(old_ip).unwrap().value()
+        );
+        assert_eq!(
+            k2_only.unmask(device).unwrap().value(),
+            k1_only.unmask(old_device).unwrap().value()
+        );
+    }
+    let distinct = |rows: &[(String, String, String)]| {
+        let ips: std::collections::HashSet<&String> = rows.iter().map(|r| &r.1).collect();
+        let devices: std::collections::HashSet<&String> = rows.iter().map(|r| &r.2).collect();
+        (ips.len(), devices.len())
+    };
+    assert_eq!(distinct(&before), distinct(&after), "duplicates are kept");
+    let modes = db
+        .client()
+        .await
+        .query(
+            "SELECT key_id, ip_mode FROM sqs2pg.mask_keys ORDER BY key_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let modes: std::collections::HashMap<String, String> =
+        modes.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(modes[&k2], "ipcrypt");
+    assert_eq!(modes[&k1], format!("ipcrypt (re-keyed to {k2})"));
+
+    // Done exactly once: a rerun (as after a crash) re-encrypts nothing a second time.
+    let out = sqs2pg(&["rekey", "--from", &k1], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 token(s) in 0 row(s)")
+            && !String::from_utf8_lossy(&out.stdout).contains("addresses"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(snapshot().await, after);
+
+    // Addresses from two keys cannot be told apart: rekey refuses and changes nothing.
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO sqs2pg.mask_keys (key_id, ip_mode, device_id_mode) VALUES ('other-k', 'ipcrypt', 'hmac')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = sqs2pg(&["rekey", "--from", &k2, "--to", &k1], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("more than one key") && stderr(&out).contains("other-k"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot().await, after);
+
+    // The malformed sample body was sealed under K1; with K2 active the ring still opens it.
+    let rejected: String = db
+        .client()
+        .await
+        .query_one("SELECT message_id FROM sqs2pg.rejected_messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let out = sqs2pg(&["rejects", "show", &rejected], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(bodies.contains(&shown), "{shown}");
+
+    // A ring others can read is refused by every command, naming the fix.
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o640)).unwrap();
+    for command in [
+        vec!["keygen", "--ring", ring_path],
+        vec!["unmask", device1.as_str()],
+    ] {
+        let out = sqs2pg(&command, &ring_env);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    }
+    // No key material in anything printed.
+    let ring_text = std::fs::read_to_string(&ring).unwrap();
+    for line in ring_text.lines().filter(|l| l.starts_with("key = ")) {
+        let key = line.trim_start_matches("key = ").trim_matches('"');
+        assert!(!text.contains(key) && !stderr(&out).contains(key));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

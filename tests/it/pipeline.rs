@@ -33,6 +33,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         key: KeyArgs {
             mask_key: None,
             mask_key_file: Some(key),
+            mask_key_ring: None,
         },
         receivers: 4,
         wait_time_secs: 1,
