@@ -208,7 +208,7 @@ where
     F: FnOnce(LoginLoader) -> L,
 {
     // A signal while waiting for the database ends the run: nothing was received yet.
-    let client = tokio::select! {
+    let mut client = tokio::select! {
         client = connect_with_retry(&settings.database, &settings.pipeline.load_retry) => client?,
         _ = shutdown.cancelled() => return Ok(stopped_before_start()),
     };
@@ -218,9 +218,15 @@ where
         settings.mask_modes.ip.to_string(),
         settings.mask_modes.device_id.to_string(),
     );
-    let change = pg::schema::record_mask_key(&client, masker.key_id(), &ip_mode, &device_mode)
-        .await
-        .map_err(AppError::Query)?;
+    let change = pg::schema::record_mask_key(
+        &mut client,
+        &settings.table.to_string(),
+        masker.key_id(),
+        &ip_mode,
+        &device_mode,
+    )
+    .await
+    .map_err(AppError::Query)?;
     drop(client);
     if let Some(change) = change {
         let (previous_ip, previous_device) = &change.previous_modes;
@@ -434,12 +440,13 @@ fn rekeyed_mode(mode: &str, to: &str) -> String {
 /// the work is done exactly once, or not at all and a rerun does it.
 async fn rekey_addresses(
     client: &mut tokio_postgres::Client,
-    table: &str,
+    table: &TableName,
     from: &MaskKey,
     to: &MaskKey,
 ) -> Result<u64, AppError> {
     use crate::login::{mask::Unmasked, MaskMode, MaskModes, Unmasker};
     let (from_id, to_id) = (from.key_id(), to.key_id());
+    let (name, table) = (table.to_string(), table.quoted());
     let tx = client.transaction().await.map_err(AppError::Query)?;
     tx.batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
         .await
@@ -447,8 +454,8 @@ async fn rekey_addresses(
     let writers = tx
         .query(
             "SELECT key_id, ip_mode FROM sqs2pg.mask_keys
-              WHERE ip_mode IN ('ipcrypt', 'ipcrypt-pfx') ORDER BY key_id",
-            &[],
+              WHERE table_name = $1 AND ip_mode IN ('ipcrypt', 'ipcrypt-pfx') ORDER BY key_id",
+            &[&name],
         )
         .await
         .map_err(AppError::Query)?;
@@ -506,15 +513,17 @@ async fn rekey_addresses(
         .await
         .map_err(AppError::Query)?;
     tx.execute(
-        "UPDATE sqs2pg.mask_keys SET ip_mode = $2 WHERE key_id = $1",
-        &[&from_id, &rekeyed_mode(mode_name, &to_id)],
+        "UPDATE sqs2pg.mask_keys SET ip_mode = $3 WHERE table_name = $1 AND key_id = $2",
+        &[&name, &from_id, &rekeyed_mode(mode_name, &to_id)],
     )
     .await
     .map_err(AppError::Query)?;
     tx.execute(
-        "INSERT INTO sqs2pg.mask_keys (key_id, ip_mode, device_id_mode) VALUES ($1, $2, 'hmac')
-         ON CONFLICT (key_id) DO UPDATE SET ip_mode = EXCLUDED.ip_mode, last_used = now()",
-        &[&to_id, &mode_name],
+        "INSERT INTO sqs2pg.mask_keys (table_name, key_id, ip_mode, device_id_mode)
+         VALUES ($1, $2, $3, 'hmac')
+         ON CONFLICT (table_name, key_id) DO UPDATE
+            SET ip_mode = EXCLUDED.ip_mode, last_used = clock_timestamp()",
+        &[&name, &to_id, &mode_name],
     )
     .await
     .map_err(AppError::Query)?;
@@ -557,7 +566,7 @@ pub async fn rekey(
     let old = format!("{}.s.", unmasker.key_id());
     let mut client = database.connect().await?;
     let mut report = RekeyReport {
-        address_rows: rekey_addresses(&mut client, &t, from, to).await?,
+        address_rows: rekey_addresses(&mut client, table, from, to).await?,
         ..RekeyReport::default()
     };
     // Rows whose token does not re-key (damaged, or another field's token in this column):
@@ -639,8 +648,9 @@ pub async fn rekey(
     // The new key takes over the old key's record, so the next run does not warn.
     let modes = client
         .query_opt(
-            "SELECT ip_mode, device_id_mode FROM sqs2pg.mask_keys WHERE key_id = $1",
-            &[&unmasker.key_id()],
+            "SELECT ip_mode, device_id_mode FROM sqs2pg.mask_keys
+              WHERE table_name = $1 AND key_id = $2",
+            &[&table.to_string(), &unmasker.key_id()],
         )
         .await
         .ok()
@@ -649,9 +659,15 @@ pub async fn rekey(
         let (ip_mode, device_mode): (String, String) = (modes.get(0), modes.get(1));
         // An ipcrypt mode marked as re-keyed is the plain mode for the new key.
         let ip_mode = ip_mode.split(" (re-keyed").next().unwrap_or(&ip_mode);
-        pg::schema::record_mask_key(&client, masker.key_id(), ip_mode, &device_mode)
-            .await
-            .map_err(AppError::Query)?;
+        pg::schema::record_mask_key(
+            &mut client,
+            &table.to_string(),
+            masker.key_id(),
+            ip_mode,
+            &device_mode,
+        )
+        .await
+        .map_err(AppError::Query)?;
     }
     let one_way = format!("{}.h.", unmasker.key_id());
     report.one_way_left = rows_with_token_prefix(&client, &t, &one_way).await?;

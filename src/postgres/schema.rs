@@ -96,6 +96,19 @@ COMMENT ON TABLE sqs2pg.mask_keys IS
     'Key ids (never keys) and masking modes that runs have written tokens with; a run under another key or mode than the last one warns, since tokens then stop matching.';
 "#,
     ),
+    (
+        6,
+        "masking keys per table",
+        r#"
+-- Rows from before this migration are taken to be the default table's.
+ALTER TABLE sqs2pg.mask_keys ADD COLUMN table_name text NOT NULL DEFAULT 'public.user_logins';
+ALTER TABLE sqs2pg.mask_keys ALTER COLUMN table_name DROP DEFAULT;
+ALTER TABLE sqs2pg.mask_keys DROP CONSTRAINT mask_keys_pkey;
+ALTER TABLE sqs2pg.mask_keys ADD PRIMARY KEY (table_name, key_id);
+COMMENT ON COLUMN sqs2pg.mask_keys.table_name IS
+    'The table (schema.table) the tokens were written to: the key guard compares within one table.';
+"#,
+    ),
 ];
 
 /// What the last run before this one masked with, when it differs from this run.
@@ -105,30 +118,40 @@ pub struct KeyChange {
     pub previous_modes: (String, String),
 }
 
-/// Records that a run masks with `key_id` and these modes, and returns what the most recent
-/// other run used if that differs (another key, or other modes).
+/// Records that a run masks `table` with `key_id` and these modes, and returns what the most
+/// recent other run on that table used if that differs (another key, or other modes). Runs
+/// starting at once (replicas) take turns under a transaction-scoped advisory lock, so each
+/// compares against the one before it and a change is never missed.
 pub async fn record_mask_key(
-    client: &Client,
+    client: &mut Client,
+    table: &str,
     key_id: &str,
     ip_mode: &str,
     device_id_mode: &str,
 ) -> Result<Option<KeyChange>, tokio_postgres::Error> {
-    let last = client
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('sqs2pg.mask_keys'))",
+        &[],
+    )
+    .await?;
+    let last = tx
         .query_opt(
             "SELECT key_id, ip_mode, device_id_mode FROM sqs2pg.mask_keys
-              ORDER BY last_used DESC LIMIT 1",
-            &[],
+              WHERE table_name = $1 ORDER BY last_used DESC LIMIT 1",
+            &[&table],
         )
         .await?;
-    client
-        .execute(
-            "INSERT INTO sqs2pg.mask_keys (key_id, ip_mode, device_id_mode) VALUES ($1, $2, $3)
-             ON CONFLICT (key_id) DO UPDATE
-                SET ip_mode = EXCLUDED.ip_mode, device_id_mode = EXCLUDED.device_id_mode,
-                    last_used = now()",
-            &[&key_id, &ip_mode, &device_id_mode],
-        )
-        .await?;
+    tx.execute(
+        "INSERT INTO sqs2pg.mask_keys (table_name, key_id, ip_mode, device_id_mode)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (table_name, key_id) DO UPDATE
+            SET ip_mode = EXCLUDED.ip_mode, device_id_mode = EXCLUDED.device_id_mode,
+                last_used = clock_timestamp()",
+        &[&table, &key_id, &ip_mode, &device_id_mode],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(last.and_then(|row| {
         let (id, ip, device): (String, String, String) = (row.get(0), row.get(1), row.get(2));
         (id != key_id || ip != ip_mode || device != device_id_mode).then_some(KeyChange {

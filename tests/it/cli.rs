@@ -1648,7 +1648,8 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
     db.client()
         .await
         .execute(
-            "INSERT INTO sqs2pg.mask_keys (key_id, ip_mode, device_id_mode) VALUES ('other-k', 'ipcrypt', 'hmac')",
+            "INSERT INTO sqs2pg.mask_keys (table_name, key_id, ip_mode, device_id_mode)
+             VALUES ('public.user_logins', 'other-k', 'ipcrypt', 'hmac')",
             &[],
         )
         .await

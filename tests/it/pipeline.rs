@@ -1215,6 +1215,32 @@ async fn a_run_under_another_key_than_the_last_warns_unless_the_rotation_is_inte
         .await
         .unwrap();
     assert_eq!(rows.len(), 2, "one row per key id, never the key");
+
+    // The guard is per table: a third key on a new table is no change; on this table it is.
+    let key_c = MaskKey::generate_base64().unwrap();
+    let (database, other) = sqs2pg::config::database(&DatabaseArgs {
+        database_url: Some(db.url.clone()),
+        table: "public.other_logins".into(),
+    })
+    .unwrap();
+    sqs2pg::app::setup(&database, &other).await.unwrap();
+    queue.send(&bodies[40..50]).await;
+    let mut elsewhere = args(&db, &queue, key_file(&key_c));
+    elsewhere.database.table = "public.other_logins".into();
+    assert_eq!(drain(&elsewhere).await.loaded, 10);
+    assert!(
+        !crate::harness::captured_logs()
+            .lines()
+            .any(|l| l.contains("MASKING KEY OR MODE CHANGED")
+                && l.contains(&format!("key_id=\"{}\"", id(&key_c)))),
+        "a new table has no key to differ from"
+    );
+    queue.send(&bodies[50..60]).await;
+    drain(&args(&db, &queue, key_file(&key_c))).await;
+    assert!(
+        warning(&id(&key_a), &id(&key_c)),
+        "this table's last key was A"
+    );
     let logs = crate::harness::captured_logs();
     assert!(
         !logs.contains(&key_a) && !logs.contains(&key_b),
