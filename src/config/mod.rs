@@ -151,11 +151,7 @@ pub fn key_ring(args: &KeyArgs) -> Result<KeyRing, ConfigError> {
         )));
     }
     let shown = format!("SQS2PG_MASK_KEY_RING (--mask-key-ring) {}", path.display());
-    check_key_file_mode(path, &shown)?;
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{shown} cannot be read: {e}")))?,
-    );
+    let text = read_key_file(path, &shown)?;
     KeyRing::parse(&text).map_err(|e| {
         ConfigError(format!(
             "{shown}: {e} (add keys with `sqs2pg keygen --ring {}`)",
@@ -174,13 +170,10 @@ pub fn mask_key(from_env: Option<&str>, file: Option<&Path>) -> Result<MaskKey, 
         (Some(text), None) => MaskKey::from_base64(text).map_err(|e| explain(MASK_KEY_ENV, e)),
         (None, Some(path)) => {
             let shown = path.display();
-            check_key_file_mode(
+            let text = read_key_file(
                 path,
                 &format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown}"),
             )?;
-            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                ConfigError(format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown} cannot be read: {e}"))
-            })?);
             MaskKey::from_base64(&text)
                 .map_err(|e| explain(&format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown}"), e))
         }
@@ -190,12 +183,21 @@ pub fn mask_key(from_env: Option<&str>, file: Option<&Path>) -> Result<MaskKey, 
     }
 }
 
-/// Refuses a key file that group or others can read or write; `shown` names the setting.
-#[cfg(unix)]
-pub fn check_key_file_mode(path: &Path, shown: &str) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
+/// Reads a key or key ring file into a wiped-on-drop buffer, refusing one that group or others
+/// can read or write (checked on the opened file, so it cannot be swapped between the check
+/// and the read); `shown` names the setting in messages.
+pub fn read_key_file(path: &Path, shown: &str) -> Result<Zeroizing<String>, ConfigError> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| ConfigError(format!("{shown} cannot be read: {e}")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file
+            .metadata()
+            .map_err(|e| ConfigError(format!("{shown} cannot be read: {e}")))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(ConfigError(format!(
                 "{shown} is readable by group or others (mode {:o}): run `chmod 600 {}`",
@@ -204,12 +206,10 @@ pub fn check_key_file_mode(path: &Path, shown: &str) -> Result<(), ConfigError> 
             )));
         }
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-pub fn check_key_file_mode(_: &Path, _: &str) -> Result<(), ConfigError> {
-    Ok(())
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text)
+        .map_err(|e| ConfigError(format!("{shown} cannot be read: {e}")))?;
+    Ok(text)
 }
 
 /// All settings for `drain` (`Mode::Drain`) or `run` (`Mode::Run`).

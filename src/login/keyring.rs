@@ -122,15 +122,16 @@ impl KeyRing {
 
     /// Reads a ring file's text.
     pub fn parse(text: &str) -> Result<Self, RingError> {
-        // toml's own error text quotes the offending line, which may be a key: not shown.
+        // toml's own error text quotes the offending line and serde's quotes the value, either
+        // of which may be a key: only the line and the message with quoted text removed.
         let file: RingFile = toml::from_str(text).map_err(|e| {
+            let message = redact_quoted(e.message());
             RingError::Format(match e.span() {
                 Some(span) => format!(
-                    "invalid TOML or unknown field at line {} ({})",
+                    "at line {}: {message}",
                     text[..span.start].lines().count().max(1),
-                    e.message()
                 ),
-                None => e.message().to_owned(),
+                None => message,
             })
         })?;
         let mut keys: Vec<RingKey> = Vec::with_capacity(file.keys.len());
@@ -191,6 +192,17 @@ impl KeyRing {
     }
 }
 
+/// `text` with everything between double quotes replaced by `"…"`.
+fn redact_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.split('"').enumerate() {
+        out.push_str(if i % 2 == 1 { "…" } else { part });
+        out.push('"');
+    }
+    out.pop();
+    out
+}
+
 fn ids(keys: &[RingKey]) -> String {
     let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
     ids.join(", ")
@@ -213,11 +225,15 @@ pub fn add_key(
     activate: bool,
 ) -> Result<(Zeroizing<String>, String), RingError> {
     let id = key.key_id();
-    let entry =
-        format!("\n[[keys]]\nid = \"{id}\"\ncreated = \"{created}\"\nkey = \"{key_base64}\"\n");
+    let entry = Zeroizing::new(format!(
+        "\n[[keys]]\nid = \"{id}\"\ncreated = \"{created}\"\nkey = \"{key_base64}\"\n"
+    ));
     let (text, before) = match existing {
         None => (
-            Zeroizing::new(format!("{RING_HEADER}active = \"{id}\"\n{entry}")),
+            Zeroizing::new(format!(
+                "{RING_HEADER}active = \"{id}\"\n{}",
+                entry.as_str()
+            )),
             None,
         ),
         Some(old) => {
@@ -343,7 +359,10 @@ mod tests {
             }
         ));
         let typo = format!("active = \"a\"\n[[keys]]\nid = \"a\"\nkee = \"{t1}\"\n");
-        for text in [wrong_id, typo] {
+        let wrong_type = format!("active = \"a\"\nkeys = \"{t1}\"\n");
+        let e = KeyRing::parse(&wrong_type).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        for text in [wrong_id, typo, wrong_type] {
             let e = KeyRing::parse(&text).unwrap_err().to_string();
             assert!(!e.contains(&t1) && !e.contains(&t2), "{e}");
         }

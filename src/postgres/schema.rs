@@ -103,10 +103,13 @@ COMMENT ON TABLE sqs2pg.mask_keys IS
 -- Rows from before this migration are taken to be the default table's.
 ALTER TABLE sqs2pg.mask_keys ADD COLUMN table_name text NOT NULL DEFAULT 'public.user_logins';
 ALTER TABLE sqs2pg.mask_keys ALTER COLUMN table_name DROP DEFAULT;
+ALTER TABLE sqs2pg.mask_keys ADD COLUMN retired_to text;
 ALTER TABLE sqs2pg.mask_keys DROP CONSTRAINT mask_keys_pkey;
-ALTER TABLE sqs2pg.mask_keys ADD PRIMARY KEY (table_name, key_id);
-COMMENT ON COLUMN sqs2pg.mask_keys.table_name IS
-    'The table (schema.table) the tokens were written to: the key guard compares within one table.';
+ALTER TABLE sqs2pg.mask_keys ADD PRIMARY KEY (table_name, key_id, ip_mode, device_id_mode);
+COMMENT ON TABLE sqs2pg.mask_keys IS
+    'Per table, every key id (never a key) and pair of masking modes that runs have written tokens with. A run under another key or modes than the last one warns; rekey reads which keys wrote ipcrypt addresses from here.';
+COMMENT ON COLUMN sqs2pg.mask_keys.retired_to IS
+    'Set by rekey: this key''s tokens in the table were re-keyed to that key, so runs refuse to start under this one.';
 "#,
     ),
 ];
@@ -118,23 +121,50 @@ pub struct KeyChange {
     pub previous_modes: (String, String),
 }
 
-/// Records that a run masks `table` with `key_id` and these modes, and returns what the most
-/// recent other run on that table used if that differs (another key, or other modes). Runs
-/// starting at once (replicas) take turns under a transaction-scoped advisory lock, so each
-/// compares against the one before it and a change is never missed.
+/// What [`record_mask_key`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The same key and modes as the table's last run (or the table's first run).
+    Unchanged,
+    /// Another key or other modes than the table's last run.
+    Changed(KeyChange),
+    /// `rekey` moved this key's tokens in the table to the key named: writing under it again
+    /// would mix keys (nothing was recorded).
+    Retired { to: String },
+}
+
+/// The advisory lock id of "runs writing to `table`": runs hold it shared while they run,
+/// `rekey` takes it exclusively.
+pub fn writers_lock_sql(function: &str) -> String {
+    format!("SELECT {function}(hashtext('sqs2pg.writers:' || $1))")
+}
+
+/// Records that a run masks `table` with `key_id` and these modes, and says whether that
+/// differs from the table's most recent run. Runs starting at once (replicas) take turns under
+/// a transaction-scoped advisory lock, so each compares against the one before it.
 pub async fn record_mask_key(
     client: &mut Client,
     table: &str,
     key_id: &str,
     ip_mode: &str,
     device_id_mode: &str,
-) -> Result<Option<KeyChange>, tokio_postgres::Error> {
+) -> Result<KeyCheck, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('sqs2pg.mask_keys'))",
         &[],
     )
     .await?;
+    let retired = tx
+        .query_opt(
+            "SELECT retired_to FROM sqs2pg.mask_keys
+              WHERE table_name = $1 AND key_id = $2 AND retired_to IS NOT NULL LIMIT 1",
+            &[&table, &key_id],
+        )
+        .await?;
+    if let Some(row) = retired {
+        return Ok(KeyCheck::Retired { to: row.get(0) });
+    }
     let last = tx
         .query_opt(
             "SELECT key_id, ip_mode, device_id_mode FROM sqs2pg.mask_keys
@@ -145,20 +175,26 @@ pub async fn record_mask_key(
     tx.execute(
         "INSERT INTO sqs2pg.mask_keys (table_name, key_id, ip_mode, device_id_mode)
          VALUES ($1, $2, $3, $4)
-         ON CONFLICT (table_name, key_id) DO UPDATE
-            SET ip_mode = EXCLUDED.ip_mode, device_id_mode = EXCLUDED.device_id_mode,
-                last_used = clock_timestamp()",
+         ON CONFLICT (table_name, key_id, ip_mode, device_id_mode) DO UPDATE
+            SET last_used = clock_timestamp()",
         &[&table, &key_id, &ip_mode, &device_id_mode],
     )
     .await?;
     tx.commit().await?;
-    Ok(last.and_then(|row| {
-        let (id, ip, device): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        (id != key_id || ip != ip_mode || device != device_id_mode).then_some(KeyChange {
-            previous_key_id: id,
-            previous_modes: (ip, device),
-        })
-    }))
+    Ok(match last {
+        Some(row) => {
+            let (id, ip, device): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            if id != key_id || ip != ip_mode || device != device_id_mode {
+                KeyCheck::Changed(KeyChange {
+                    previous_key_id: id,
+                    previous_modes: (ip, device),
+                })
+            } else {
+                KeyCheck::Unchanged
+            }
+        }
+        None => KeyCheck::Unchanged,
+    })
 }
 
 /// The schema version this build expects.

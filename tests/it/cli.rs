@@ -1530,7 +1530,7 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
             .client()
             .await
             .query(
-                "SELECT user_id, masked_ip, masked_device_id FROM public.user_logins ORDER BY user_id",
+                "SELECT user_id, masked_ip, masked_device_id FROM public.user_logins ORDER BY user_id, masked_ip, masked_device_id",
                 &[],
             )
             .await
@@ -1619,19 +1619,73 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
         (ips.len(), devices.len())
     };
     assert_eq!(distinct(&before), distinct(&after), "duplicates are kept");
-    let modes = db
+    let records = db
         .client()
         .await
         .query(
-            "SELECT key_id, ip_mode FROM sqs2pg.mask_keys ORDER BY key_id",
+            "SELECT key_id, ip_mode, device_id_mode, coalesce(retired_to, '-') FROM sqs2pg.mask_keys ORDER BY key_id",
             &[],
         )
         .await
         .unwrap();
-    let modes: std::collections::HashMap<String, String> =
-        modes.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(modes[&k2], "ipcrypt");
-    assert_eq!(modes[&k1], format!("ipcrypt (re-keyed to {k2})"));
+    let records: std::collections::HashMap<String, (String, String, String)> = records
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    assert_eq!(
+        records[&k2],
+        ("ipcrypt".into(), "siv".into(), "-".into()),
+        "K2 takes over K1's modes"
+    );
+    assert_eq!(records[&k1], ("ipcrypt".into(), "siv".into(), k2.clone()));
+
+    // K1 is retired on this table: a run under it again is refused before it touches a
+    // message, naming the key to use.
+    let k1_file = {
+        let text = std::fs::read_to_string(&ring).unwrap();
+        let line = text
+            .lines()
+            .filter(|l| l.starts_with("key = "))
+            .next()
+            .unwrap()
+            .to_owned();
+        key_file(line.trim_start_matches("key = ").trim_matches('"'))
+    };
+    queue.send(&bodies[..1]).await;
+    let mut old_key_run = crate::pipeline::args(&db, &queue, k1_file);
+    old_key_run.ip_mask = MaskMode::Ipcrypt;
+    old_key_run.device_id_mask = MaskMode::Siv;
+    let settings = sqs2pg::config::pipeline(&old_key_run, sqs2pg::pipeline::Mode::Drain).unwrap();
+    let e = sqs2pg::app::process(settings, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("{k1} was retired")) && e.contains(&format!("run with key {k2}")),
+        "{e}"
+    );
+    assert_eq!(
+        snapshot().await,
+        after,
+        "nothing written under the retired key"
+    );
+
+    // While a run writes to the table (it holds the writers lock shared), rekey refuses.
+    let run = db.client().await;
+    run.execute(
+        "SELECT pg_advisory_lock_shared(hashtext('sqs2pg.writers:' || 'public.user_logins'))",
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = sqs2pg(&["rekey", "--from", &k2, "--to", &k1], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("runs are writing"),
+        "{}",
+        stderr(&out)
+    );
+    drop(run);
 
     // Done exactly once: a rerun (as after a crash) re-encrypts nothing a second time.
     let out = sqs2pg(&["rekey", "--from", &k1], &env);
@@ -1644,24 +1698,33 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
     );
     assert_eq!(snapshot().await, after);
 
-    // Addresses from two keys cannot be told apart: rekey refuses and changes nothing.
-    db.client()
-        .await
-        .execute(
-            "INSERT INTO sqs2pg.mask_keys (table_name, key_id, ip_mode, device_id_mode)
-             VALUES ('public.user_logins', 'other-k', 'ipcrypt', 'hmac')",
-            &[],
-        )
-        .await
-        .unwrap();
+    // Addresses written under two modes (or keys) cannot be told apart: once K2 has also
+    // written ipcrypt-pfx addresses, rekey refuses, says the order to rotate in, and changes
+    // nothing.
+    queue.send(&bodies[1..2]).await;
+    let mut pfx = args.clone();
+    pfx.ip_mask = MaskMode::IpcryptPfx;
+    crate::pipeline::drain(&pfx).await;
+    let after = snapshot().await;
     let out = sqs2pg(&["rekey", "--from", &k2, "--to", &k1], &env);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("more than one key") && stderr(&out).contains("other-k"),
+        stderr(&out).contains("more than one key or mode")
+            && stderr(&out).contains(&format!("{k2} (ipcrypt-pfx)"))
+            && stderr(&out).contains("stop the runs, rekey, then start"),
         "{}",
         stderr(&out)
     );
     assert_eq!(snapshot().await, after);
+
+    // keygen refuses while another keygen's FILE.new exists, and keeps the ring as it was.
+    let pending = dir.join("ring.toml.new");
+    std::fs::write(&pending, "").unwrap();
+    let out = sqs2pg(&["keygen", "--ring", ring_path], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("another keygen"), "{}", stderr(&out));
+    assert_eq!(read_ring().keys().len(), 2);
+    std::fs::remove_file(&pending).unwrap();
 
     // The malformed sample body was sealed under K1; with K2 active the ring still opens it.
     let rejected: String = db

@@ -1214,7 +1214,19 @@ async fn a_run_under_another_key_than_the_last_warns_unless_the_rotation_is_inte
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 2, "one row per key id, never the key");
+    let recorded: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut expected = vec![
+        (id(&key_a), "hmac".to_owned()),
+        (id(&key_a), "siv".to_owned()),
+        (id(&key_b), "hmac".to_owned()),
+    ];
+    expected.sort();
+    let mut recorded_sorted = recorded.clone();
+    recorded_sorted.sort();
+    assert_eq!(
+        recorded_sorted, expected,
+        "one row per key id and modes, never the key"
+    );
 
     // The guard is per table: a third key on a new table is no change; on this table it is.
     let key_c = MaskKey::generate_base64().unwrap();

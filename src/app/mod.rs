@@ -11,12 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
-use crate::login::{BodySealer, KeyRing, MaskKey, Masker};
+use crate::login::{BodySealer, KeyRing, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
 use crate::postgres::{self as pg, quarantine, ConnectError, Database, LoginLoader, TableName};
 use crate::sqs::queue::{is_fifo, SqsSettings};
 use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
+
+mod keys;
+pub use keys::{keygen_ring, rekey, RekeyReport};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -218,17 +221,36 @@ where
         settings.mask_modes.ip.to_string(),
         settings.mask_modes.device_id.to_string(),
     );
-    let change = pg::schema::record_mask_key(
+    // This connection holds "a run writes to this table" (a shared advisory lock) until the
+    // run ends, so `rekey` (which takes it exclusively) never re-keys under a running writer;
+    // a run starting during a rekey waits for it.
+    let table_name = settings.table.to_string();
+    let lock_sql = pg::schema::writers_lock_sql("pg_advisory_lock_shared");
+    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&table_name];
+    tokio::select! {
+        locked = client.execute(&lock_sql, &lock_params) => {
+            locked.map_err(AppError::Query)?;
+        }
+        _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+    }
+    let check = pg::schema::record_mask_key(
         &mut client,
-        &settings.table.to_string(),
+        &table_name,
         masker.key_id(),
         &ip_mode,
         &device_mode,
     )
     .await
     .map_err(AppError::Query)?;
-    drop(client);
-    if let Some(change) = change {
+    let writers_lock = client;
+    if let pg::schema::KeyCheck::Retired { to } = &check {
+        return Err(ConfigError(format!(
+            "masking key {} was retired on {table_name} by `sqs2pg rekey`: its tokens there now belong to key {to}, and writing under it again would mix keys; run with key {to} (the ring's active key, or SQS2PG_MASK_KEY)",
+            masker.key_id()
+        ))
+        .into());
+    }
+    if let pg::schema::KeyCheck::Changed(change) = check {
         let (previous_ip, previous_device) = &change.previous_modes;
         if settings.key_rotation_intended {
             tracing::info!(
@@ -272,6 +294,7 @@ where
         sealer.key_id().to_owned(),
     ));
     let result = pipeline::run(source, loader, masker, sealer, settings.pipeline, shutdown).await;
+    drop(writers_lock);
     pruning.cancel();
     let _ = pruner.await;
     Ok(result?)
@@ -356,341 +379,6 @@ fn unmask_cell(unmasker: &crate::login::Unmasker, column: &str, value: String) -
         ("masked_device_id", Ok(Unmasked::DeviceId(id))) => id,
         _ => value,
     }
-}
-
-/// `sqs2pg keygen --ring FILE [--activate]`: adds a new random key to the ring file (created
-/// with mode 600 if missing) and returns its id. Existing keys and comments are kept; the new
-/// file is written beside the old one (`FILE.new`, mode 600, which also keeps two keygens from
-/// writing at once) and renamed over it, so a crash leaves the old ring or the new one.
-pub fn keygen_ring(path: &Path, activate: bool) -> Result<String, AppError> {
-    use std::io::Write as _;
-    let shown = path.display().to_string();
-    let file_error = |path: &str, error| AppError::File {
-        path: path.to_owned(),
-        error,
-    };
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            crate::config::check_key_file_mode(path, &format!("key ring {shown}"))?;
-            Some(zeroize::Zeroizing::new(text))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(file_error(&shown, e)),
-    };
-    let key_text = zeroize::Zeroizing::new(
-        MaskKey::generate_base64().map_err(|e| file_error("the OS random source", e))?,
-    );
-    let key = MaskKey::from_base64(&key_text).expect("a fresh key decodes");
-    let created = rfc3339(std::time::SystemTime::now());
-    let (text, id) = crate::login::keyring::add_key(
-        existing.as_deref().map(String::as_str),
-        &key,
-        &key_text,
-        &created,
-        activate,
-    )
-    .map_err(|e| ConfigError(format!("key ring {shown}: {e}")))?;
-    let temp = format!("{shown}.new");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temp).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            AppError::Quarantine(format!(
-                "{temp} exists: another keygen is writing this ring, or one was interrupted (then remove {temp})"
-            ))
-        } else {
-            file_error(&temp, e)
-        }
-    })?;
-    let written = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&temp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(file_error(&shown, e));
-    }
-    Ok(id)
-}
-
-/// What `sqs2pg rekey` did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct RekeyReport {
-    pub rows: u64,
-    pub tokens: u64,
-    /// Tokens of the old key that are one-way (`hmac`) and stay as they are.
-    pub one_way_left: i64,
-    /// Rows whose `masked_ip` (an address: `ipcrypt` / `ipcrypt-pfx`) was re-encrypted.
-    pub address_rows: u64,
-}
-
-/// The `ip_mode` recorded for a key whose addresses `rekey` moved to another key: its
-/// addresses are gone from the table, so a later rekey must not decrypt them again.
-fn rekeyed_mode(mode: &str, to: &str) -> String {
-    format!("{mode} (re-keyed to {to})")
-}
-
-/// `rekey` of the addresses that the `ipcrypt` modes write into `masked_ip`. They carry no key
-/// id, so which key wrote them comes from `sqs2pg.mask_keys`, and a table with addresses from
-/// more than one key is refused (they cannot be told apart). Everything happens in one
-/// transaction that locks out writers (readers go on): the UPDATE maps each old address to its
-/// new one in a single pass, and the old key is marked as re-keyed in the same transaction, so
-/// the work is done exactly once, or not at all and a rerun does it.
-async fn rekey_addresses(
-    client: &mut tokio_postgres::Client,
-    table: &TableName,
-    from: &MaskKey,
-    to: &MaskKey,
-) -> Result<u64, AppError> {
-    use crate::login::{mask::Unmasked, MaskMode, MaskModes, Unmasker};
-    let (from_id, to_id) = (from.key_id(), to.key_id());
-    let (name, table) = (table.to_string(), table.quoted());
-    let tx = client.transaction().await.map_err(AppError::Query)?;
-    tx.batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
-        .await
-        .map_err(AppError::Query)?;
-    let writers = tx
-        .query(
-            "SELECT key_id, ip_mode FROM sqs2pg.mask_keys
-              WHERE table_name = $1 AND ip_mode IN ('ipcrypt', 'ipcrypt-pfx') ORDER BY key_id",
-            &[&name],
-        )
-        .await
-        .map_err(AppError::Query)?;
-    let writers: Vec<(String, String)> = writers.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let Some((_, mode_name)) = writers.iter().find(|(id, _)| *id == from_id) else {
-        return Ok(0);
-    };
-    if writers.len() > 1 {
-        let ids: Vec<&str> = writers.iter().map(|(id, _)| id.as_str()).collect();
-        return Err(AppError::Quarantine(format!(
-            "masked_ip holds ipcrypt addresses written under more than one key ({}, per sqs2pg.mask_keys); addresses carry no key id, so they cannot be told apart: rekey leaves them alone",
-            ids.join(", ")
-        )));
-    }
-    let mode = if mode_name == "ipcrypt" {
-        MaskMode::Ipcrypt
-    } else {
-        MaskMode::IpcryptPfx
-    };
-    let unmasker = Unmasker::with_ip_mode(from, mode);
-    let masker = Masker::with_modes(
-        to,
-        MaskModes {
-            ip: mode,
-            device_id: MaskMode::Hmac,
-        },
-    );
-    // Only addresses: every other token holds a key id and `.h.` or `.s.`.
-    let distinct = tx
-        .query(
-            &format!("SELECT DISTINCT masked_ip FROM {table} WHERE masked_ip ~ '^[0-9A-Fa-f:.]+$'"),
-            &[],
-        )
-        .await
-        .map_err(AppError::Query)?;
-    let (mut old, mut new) = (Vec::new(), Vec::new());
-    for row in &distinct {
-        let address: String = row.get(0);
-        if let Ok(Unmasked::Ip(ip)) = unmasker.unmask(&address) {
-            new.push(masker.mask_ip(ip).as_str().to_owned());
-            old.push(address);
-        }
-    }
-    // One statement: each row is matched on its value before the update, so an address that
-    // is both an old and a new value is never moved twice.
-    let rows = tx
-        .execute(
-            &format!(
-                "UPDATE {table} AS t SET masked_ip = u.new
-                   FROM unnest($1::text[], $2::text[]) AS u(old, new)
-                  WHERE t.masked_ip = u.old"
-            ),
-            &[&old, &new],
-        )
-        .await
-        .map_err(AppError::Query)?;
-    tx.execute(
-        "UPDATE sqs2pg.mask_keys SET ip_mode = $3 WHERE table_name = $1 AND key_id = $2",
-        &[&name, &from_id, &rekeyed_mode(mode_name, &to_id)],
-    )
-    .await
-    .map_err(AppError::Query)?;
-    tx.execute(
-        "INSERT INTO sqs2pg.mask_keys (table_name, key_id, ip_mode, device_id_mode)
-         VALUES ($1, $2, $3, 'hmac')
-         ON CONFLICT (table_name, key_id) DO UPDATE
-            SET ip_mode = EXCLUDED.ip_mode, last_used = clock_timestamp()",
-        &[&name, &to_id, &mode_name],
-    )
-    .await
-    .map_err(AppError::Query)?;
-    tx.commit().await.map_err(AppError::Query)?;
-    tracing::info!(
-        rows,
-        addresses = old.len(),
-        "rekey: ipcrypt addresses re-encrypted"
-    );
-    Ok(rows)
-}
-
-/// `sqs2pg rekey`: every `siv` token written under `from` is re-encrypted under `to`, in
-/// batches of `batch_rows`, each batch one transaction. Resumable: a batch that committed is
-/// done (its tokens carry the new key id), and a rerun picks up what is left. Addresses of the
-/// `ipcrypt` modes go first, in one transaction of their own (see [`rekey_addresses`]).
-pub async fn rekey(
-    database: &Database,
-    table: &TableName,
-    from: &MaskKey,
-    to: &MaskKey,
-    batch_rows: i64,
-) -> Result<RekeyReport, AppError> {
-    let unmasker = crate::login::Unmasker::new(from);
-    let masker = Masker::with_modes(
-        to,
-        crate::login::MaskModes {
-            ip: crate::login::MaskMode::Siv,
-            device_id: crate::login::MaskMode::Siv,
-        },
-    );
-    if unmasker.key_id() == masker.key_id() {
-        return Err(ConfigError(
-            "rekey: the old and the new key are the same key; give the new one as SQS2PG_MASK_KEY(_FILE)".into(),
-        )
-        .into());
-    }
-    let t = table.quoted();
-    // Compared as prefixes, not with LIKE: key ids are base64url, and `_` is a LIKE wildcard.
-    let old = format!("{}.s.", unmasker.key_id());
-    let mut client = database.connect().await?;
-    let mut report = RekeyReport {
-        address_rows: rekey_addresses(&mut client, table, from, to).await?,
-        ..RekeyReport::default()
-    };
-    // Rows whose token does not re-key (damaged, or another field's token in this column):
-    // left as they are, skipped by later batches, and reported.
-    let mut stuck: Vec<String> = Vec::new();
-    loop {
-        let tx = client.transaction().await.map_err(AppError::Query)?;
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT ctid::text, masked_ip, masked_device_id FROM {t}
-                      WHERE (starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1))
-                        AND NOT (ctid::text = ANY($3))
-                      LIMIT $2 FOR UPDATE SKIP LOCKED"
-                ),
-                &[&old, &batch_rows, &stuck],
-            )
-            .await
-            .map_err(AppError::Query)?;
-        if rows.is_empty() {
-            tx.commit().await.map_err(AppError::Query)?;
-            break;
-        }
-        let (mut ids, mut ips, mut devices) = (Vec::new(), Vec::new(), Vec::new());
-        for row in &rows {
-            let id: String = row.get(0);
-            let again = |token: Option<String>, field: crate::login::Field| match token {
-                Some(t) if t.starts_with(&old) => {
-                    crate::login::mask::rekey_token(&unmasker, &masker, &t, field)
-                        .map(|m| (Some(m.as_str().to_owned()), 1))
-                        .ok()
-                }
-                other => Some((other, 0)),
-            };
-            match (
-                again(row.get(1), crate::login::Field::Ip),
-                again(row.get(2), crate::login::Field::DeviceId),
-            ) {
-                (Some((ip, a)), Some((device, b))) => {
-                    report.tokens += a + b;
-                    ids.push(id);
-                    ips.push(ip);
-                    devices.push(device);
-                }
-                _ => {
-                    tracing::warn!(row = %id, "rekey: a token of this row does not re-key (damaged, or in the wrong column); left as it is");
-                    stuck.push(id);
-                }
-            }
-        }
-        tx.execute(
-            &format!(
-                "UPDATE {t} AS t SET masked_ip = u.ip, masked_device_id = u.device
-                   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, ip, device)
-                  WHERE t.ctid = u.id::tid"
-            ),
-            &[&ids, &ips, &devices],
-        )
-        .await
-        .map_err(AppError::Query)?;
-        tx.commit().await.map_err(AppError::Query)?;
-        report.rows += rows.len() as u64;
-        tracing::info!(
-            rows = report.rows,
-            tokens = report.tokens,
-            "rekey: batch committed"
-        );
-    }
-    // Rows locked by someone else were skipped: whatever of the old key is left is an error.
-    let left = rows_with_token_prefix(&client, &t, &old).await?;
-    if left > 0 {
-        return Err(AppError::Quarantine(format!(
-            "{} row(s) still hold siv tokens of key {} ({} that do not re-key, the rest locked by another session or written meanwhile by a run still using the old key): stop such runs and run rekey again",
-            left,
-            unmasker.key_id(),
-            stuck.len()
-        )));
-    }
-    // The new key takes over the old key's record, so the next run does not warn.
-    let modes = client
-        .query_opt(
-            "SELECT ip_mode, device_id_mode FROM sqs2pg.mask_keys
-              WHERE table_name = $1 AND key_id = $2",
-            &[&table.to_string(), &unmasker.key_id()],
-        )
-        .await
-        .ok()
-        .flatten();
-    if let Some(modes) = modes {
-        let (ip_mode, device_mode): (String, String) = (modes.get(0), modes.get(1));
-        // An ipcrypt mode marked as re-keyed is the plain mode for the new key.
-        let ip_mode = ip_mode.split(" (re-keyed").next().unwrap_or(&ip_mode);
-        pg::schema::record_mask_key(
-            &mut client,
-            &table.to_string(),
-            masker.key_id(),
-            ip_mode,
-            &device_mode,
-        )
-        .await
-        .map_err(AppError::Query)?;
-    }
-    let one_way = format!("{}.h.", unmasker.key_id());
-    report.one_way_left = rows_with_token_prefix(&client, &t, &one_way).await?;
-    Ok(report)
-}
-
-/// Rows of `table` (quoted) with a masked column starting with `prefix` (a key id and mode).
-async fn rows_with_token_prefix(
-    client: &tokio_postgres::Client,
-    table: &str,
-    prefix: &str,
-) -> Result<i64, AppError> {
-    Ok(client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {table}
-                  WHERE starts_with(masked_ip, $1) OR starts_with(masked_device_id, $1)"
-            ),
-            &[&prefix],
-        )
-        .await
-        .map_err(AppError::Query)?
-        .get(0))
 }
 
 /// `sqs2pg report`: the table's aggregates.
