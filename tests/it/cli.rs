@@ -1645,8 +1645,7 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
         let text = std::fs::read_to_string(&ring).unwrap();
         let line = text
             .lines()
-            .filter(|l| l.starts_with("key = "))
-            .next()
+            .find(|l| l.starts_with("key = "))
             .unwrap()
             .to_owned();
         key_file(line.trim_start_matches("key = ").trim_matches('"'))
