@@ -1,34 +1,49 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: drain N synthetic messages from LocalStack 4.0.3 into PostgreSQL.
+"""Benchmarks of sqs2pg against the limits and the obvious alternative, each in one run.
 
-    scripts/bench.py [--messages 50000] [--runs 3] [--receivers 4]
+    scripts/bench.py sqs     [--messages 50000] [--runs 3]   # 1 and 2: SQS side, CPU per message
+    scripts/bench.py loader  [--messages 1000000] [--runs 3] # 3: loader alone against psql \\copy
+    scripts/bench.py latency [--messages 3000] [--runs 3]    # 5: 20 ms each way, 1..64 receivers
+    scripts/bench.py memory  [--messages 50000] [--lock-secs 20]  # 6: RSS with PostgreSQL stalled
 
-Starts its own PostgreSQL cluster (default settings, fsync on) and LocalStack 4.0.3 (installed
-into .bench/ls4 on first use) on free loopback ports. For each run it creates a fresh database
-and queue, sends the messages with `sqs2pg send`, drains them with `sqs2pg drain`, and records
-wall time and the drain process's user+sys CPU. Prints a Markdown report with every run and the
-medians. moto cannot hold a queue this deep (see the SQS servers notes), hence LocalStack.
+(4, the transform alone, is `cargo bench --bench transform`.)
+
+Every subcommand starts its own PostgreSQL cluster (default settings, fsync on) and, where it
+needs one, LocalStack 4.0.3 (installed into .bench/ls4 on first use) on free loopback ports; the
+Python baseline gets its own virtualenv (.bench/py: boto3, psycopg2). Every figure is printed
+per run with the medians, as Markdown, for BENCHMARKS.md. CPU and peak RSS of a process come
+from wait4(2) on that process alone.
 """
 import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
 LS_PACKAGES = [
     "localstack-core[base-runtime]==4.0.3", "cbor2<6", "psutil<7", "moto-ext==5.0.22.post1",
     "pyopenssl==24.2.1", "cryptography<44", "service_identity<24.3",
 ]
+PY_PACKAGES = ["boto3==1.35.99", "psycopg2-binary==2.9.10"]
+RECEIVER_COUNTS = [1, 2, 4, 8, 16, 32, 64]
+CEILING_CONCURRENCY = [4, 8, 16, 32]
+NETNS = "sqs2pg-bench"
+
+
+def log(text):
+    print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -54,14 +69,14 @@ def wait_until(what, ready, timeout=120.0):
         time.sleep(0.25)
 
 
-def ensure_localstack() -> Path:
-    venv = WORK / "ls4"
-    if not (venv / "bin" / "python").exists() or subprocess.run(
-        [venv / "bin" / "python", "-c", "import localstack"], capture_output=True).returncode:
-        print("bench: installing LocalStack 4.0.3 into .bench/ls4", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([venv / "bin" / "pip", "install", "-q", *LS_PACKAGES], check=True)
-    return venv
+def venv(name, packages, probe):
+    path = WORK / name
+    python = path / "bin" / "python"
+    if not python.exists() or subprocess.run([python, "-c", probe], capture_output=True).returncode:
+        log(f"installing {' '.join(packages[:2])} into .bench/{name}")
+        subprocess.run([sys.executable, "-m", "venv", path], check=True)
+        subprocess.run([path / "bin" / "pip", "install", "-q", *packages], check=True)
+    return python
 
 
 def start_postgres(root: Path):
@@ -78,17 +93,20 @@ def start_postgres(root: Path):
                                          capture_output=True)
 
 
-def start_localstack(venv: Path, root: Path):
+def start_localstack(python: Path, root: Path, host="127.0.0.1", netns=None):
     port = free_port()
-    env = {**os.environ, "GATEWAY_LISTEN": f"127.0.0.1:{port}", "GATEWAY_SERVER": "hypercorn",
+    env = {**os.environ, "GATEWAY_LISTEN": f"{host}:{port}", "GATEWAY_SERVER": "hypercorn",
            "SERVICES": "sqs", "EAGER_SERVICE_LOADING": "1", "TMPDIR": str(root)}
-    log = open(root / "localstack.log", "w")
-    proc = subprocess.Popen([venv / "bin" / "python", "-m", "localstack.runtime.main"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [python, "-m", "localstack.runtime.main"]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *map(str, cmd)]
+    log_file = open(root / "localstack.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
     def healthy():
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_localstack/health", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{host}:{port}/_localstack/health", timeout=2) as r:
                 return json.load(r).get("services", {}).get("sqs") in ("available", "running")
         except OSError:
             return False
@@ -96,24 +114,50 @@ def start_localstack(venv: Path, root: Path):
     wait_until("LocalStack", healthy)
 
     def stop():
-        proc.terminate()
+        os.killpg(proc.pid, 15)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-    return port, stop
+            os.killpg(proc.pid, 9)
+    return f"http://{host}:{port}", stop
 
 
-def run_timed(cmd, env):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+class Measured:
+    """A finished process: its output, wall time, user+sys CPU and peak RSS (wait4)."""
+
+    def __init__(self, stdout, wall, cpu, max_rss_mib, rss_samples):
+        self.stdout, self.wall, self.cpu = stdout, wall, cpu
+        self.max_rss_mib, self.rss_samples = max_rss_mib, rss_samples
+
+
+def run_measured(cmd, env, sample_every=None) -> Measured:
+    """Runs `cmd`; with `sample_every` (seconds) also samples its RSS as (t, MiB) pairs."""
+    out = tempfile.TemporaryFile(mode="w+")
+    err = tempfile.TemporaryFile(mode="w+")
     t0 = time.monotonic()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=out, stderr=err)
+    samples = []
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if sample_every:
+            try:
+                status_text = Path(f"/proc/{proc.pid}/status").read_text()
+                rss = int(re.search(r"VmRSS:\s+(\d+)", status_text).group(1)) / 1024
+                samples.append((time.monotonic() - t0, rss))
+            except (OSError, AttributeError):
+                pass
+        time.sleep(sample_every or 0.02)
     wall = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode:
-        sys.exit(f"bench: {cmd[1]} failed:\n{out.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return out.stdout, wall, cpu
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    stdout = out.read()
+    if proc.returncode:
+        sys.exit(f"bench: {Path(str(cmd[0])).name} {cmd[1] if len(cmd) > 1 else ''} failed "
+                 f"({proc.returncode}):\n{err.read()[-3000:]}")
+    return Measured(stdout, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, samples)
 
 
 def summary_value(text, label):
@@ -121,66 +165,275 @@ def summary_value(text, label):
     return float(m.group(1)) if m else float("nan")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=50_000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--receivers", type=int, default=4)
-    args = ap.parse_args()
+def psql(url, sql):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
+                   capture_output=True)
 
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=REPO, check=True)
-    binary = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "sqs2pg"
-    WORK.mkdir(exist_ok=True)
-    venv = ensure_localstack()
-    root = WORK / f"run-{os.getpid()}"
-    root.mkdir()
-    data = root / "synthetic.jsonl"
-    with open(data, "w") as f:
-        subprocess.run([sys.executable, REPO / "scripts" / "gen_synthetic.py", str(args.messages)],
-                       stdout=f, check=True)
-    pg_port, stop_pg = start_postgres(root)
-    ls_port, stop_ls = start_localstack(venv, root)
-    key = subprocess.run([binary, "keygen"], capture_output=True, text=True, check=True).stdout.strip()
+
+def median(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def spread(rows, key):
+    values = [r[key] for r in rows]
+    return f"{min(values):.0f}–{max(values):.0f}"
+
+
+class Bench:
+    """One PostgreSQL cluster (and optionally LocalStack) for the whole run."""
+
+    def __init__(self, need_sqs=True, netns=None):
+        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "sqs2pg",
+                        "--example", "sqs_ceiling", "--example", "loader_bench"], cwd=REPO, check=True)
+        self.binary = TARGET / "sqs2pg"
+        WORK.mkdir(exist_ok=True)
+        self.root = WORK / f"run-{os.getpid()}"
+        self.root.mkdir()
+        os.chmod(self.root, 0o755)
+        self.stops = []
+        self.pg_port, stop_pg = start_postgres(self.root)
+        self.stops.append(stop_pg)
+        self.endpoint = None
+        if need_sqs:
+            ls = venv("ls4", LS_PACKAGES, "import localstack")
+            host = "10.200.0.2" if netns else "127.0.0.1"
+            self.endpoint, stop_ls = start_localstack(ls, self.root, host=host, netns=netns)
+            self.stops.append(stop_ls)
+        self.key = subprocess.run([self.binary, "keygen"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        self.serial = 0
+
+    def close(self):
+        for stop in reversed(self.stops):
+            stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def data(self, messages):
+        path = self.root / f"synthetic-{messages}.jsonl"
+        if not path.exists():
+            with open(path, "w") as f:
+                subprocess.run([sys.executable, REPO / "scripts" / "gen_synthetic.py", str(messages)],
+                               stdout=f, check=True)
+        return path
+
+    def fresh(self):
+        """A new database (set up) and a new queue name; the environment for sqs2pg."""
+        self.serial += 1
+        db = f"bench_{self.serial}"
+        psql(f"postgres://postgres@127.0.0.1:{self.pg_port}/postgres", f"CREATE DATABASE {db}")
+        url = f"postgres://postgres@127.0.0.1:{self.pg_port}/{db}?sslmode=disable"
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+               "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+               "DATABASE_URL": url, "SQS2PG_MASK_KEY": self.key, "RUST_LOG": "warn"}
+        if self.endpoint:
+            env["SQS2PG_QUEUE_URL"] = f"{self.endpoint}/000000000000/bench-{os.getpid()}-{self.serial}"
+        subprocess.run([self.binary, "setup"], env=env, check=True, capture_output=True)
+        return env
+
+    def fill(self, env, messages, queue_url=None):
+        if queue_url:
+            env = {**env, "SQS2PG_QUEUE_URL": queue_url}
+        m = run_measured([self.binary, "send", "--create-queue", "--file", self.data(messages)], env)
+        return messages / m.wall
+
+
+def bench_sqs(args):
+    """1 and 2: sqs2pg against the server's own ceiling and the Python script, same data."""
+    b = Bench()
+    py = venv("py", PY_PACKAGES, "import boto3, psycopg2")
+    ceiling = TARGET / "examples" / "sqs_ceiling"
     rows = []
     try:
+        # How concurrent the ceiling program must be: the best of a few, on a smaller queue.
+        calibration = {}
+        for c in CEILING_CONCURRENCY:
+            env = b.fresh()
+            n = min(args.messages, 10_000)
+            b.fill(env, n)
+            m = run_measured([ceiling, "--queue-url", env["SQS2PG_QUEUE_URL"], "--concurrency", c], env)
+            calibration[c] = n / m.wall
+            log(f"ceiling calibration: concurrency {c}: {calibration[c]:.0f} msg/s")
+        best = max(calibration, key=calibration.get)
         for i in range(args.runs):
-            db = f"bench_{i}"
-            subprocess.run(["psql", "-q", f"postgres://postgres@127.0.0.1:{pg_port}/postgres",
-                            "-c", f"CREATE DATABASE {db}"], check=True, capture_output=True)
-            env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                   "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                   "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pg_port}/{db}?sslmode=disable",
-                   "SQS2PG_QUEUE_URL": f"http://127.0.0.1:{ls_port}/000000000000/bench-{os.getpid()}-{i}",
-                   "SQS2PG_MASK_KEY": key, "RUST_LOG": "warn"}
-            subprocess.run([binary, "setup"], env=env, check=True, capture_output=True)
-            _, send_wall, _ = run_timed([binary, "send", "--create-queue", "--file", str(data)], env)
-            out, drain_wall, drain_cpu = run_timed(
-                [binary, "drain", "--wait-time-secs", "1", "--receivers", str(args.receivers)], env)
-            loaded = summary_value(out, "loaded")
-            rejected = summary_value(out, "rejected")
-            received = summary_value(out, "received")
-            rows.append({
-                "run": i + 1, "send_rate": args.messages / send_wall, "drain_wall": drain_wall,
-                "drain_rate": received / drain_wall, "cpu": drain_cpu,
-                "cpu_per_100k": drain_cpu * 100_000 / received, "loaded": loaded, "rejected": rejected,
-            })
-            print(f"run {i + 1}: send {rows[-1]['send_rate']:.0f} msg/s, drain {rows[-1]['drain_rate']:.0f} msg/s, "
-                  f"cpu {drain_cpu:.2f} s, loaded {loaded:.0f}, rejected {rejected:.0f}", file=sys.stderr)
+            r = {"run": i + 1}
+            env = b.fresh()
+            r["send"] = b.fill(env, args.messages)
+            m = run_measured([b.binary, "drain", "--wait-time-secs", "1",
+                              *(["--receivers", str(args.receivers)] if args.receivers else [])], env)
+            received = summary_value(m.stdout, "received")
+            r.update(ours=received / m.wall, ours_cpu=m.cpu * 100_000 / received, ours_rss=m.max_rss_mib,
+                     loaded=summary_value(m.stdout, "loaded"), rejected=summary_value(m.stdout, "rejected"))
+            env = b.fresh()
+            b.fill(env, args.messages)
+            m = run_measured([ceiling, "--queue-url", env["SQS2PG_QUEUE_URL"], "--concurrency", best], env)
+            r.update(ceiling=int(m.stdout.split()[1]) / m.wall, ceiling_rss=m.max_rss_mib)
+            env = b.fresh()
+            b.fill(env, args.messages)
+            m = run_measured([py, REPO / "benches" / "baseline.py", env["SQS2PG_QUEUE_URL"],
+                              env["DATABASE_URL"].split("?")[0], "public.user_logins"], env)
+            py_received = int(m.stdout.split()[1])
+            r.update(python=py_received / m.wall, python_cpu=m.cpu * 100_000 / py_received,
+                     python_rss=m.max_rss_mib)
+            r["ratio"] = r["ours"] / r["ceiling"]
+            r["cpu_ratio"] = r["python_cpu"] / r["ours_cpu"]
+            rows.append(r)
+            log(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "run"))
     finally:
-        stop_ls()
-        stop_pg()
-        shutil.rmtree(root, ignore_errors=True)
-
-    print(f"| run | send msg/s | drain msg/s | drain wall s | sqs2pg CPU s | CPU s per 100k | loaded | rejected |")
-    print("|---|---|---|---|---|---|---|---|")
+        b.close()
+    print(f"Ceiling calibration ({min(args.messages, 10_000)} messages each): " +
+          ", ".join(f"concurrency {c}: {v:.0f} msg/s" for c, v in calibration.items()) +
+          f"; the runs use {best}.\n")
+    print("| run | send msg/s | sqs2pg msg/s | ceiling msg/s | sqs2pg / ceiling | Python msg/s "
+          "| sqs2pg CPU s/100k | Python CPU s/100k | Python / sqs2pg CPU | sqs2pg peak RSS MiB | loaded | rejected |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['send_rate']:.0f} | {r['drain_rate']:.0f} | {r['drain_wall']:.1f} | "
-              f"{r['cpu']:.2f} | {r['cpu_per_100k']:.2f} | {r['loaded']:.0f} | {r['rejected']:.0f} |")
-    med = lambda k: statistics.median(r[k] for r in rows)
-    print(f"| **median** | {med('send_rate'):.0f} | {med('drain_rate'):.0f} | {med('drain_wall'):.1f} | "
-          f"{med('cpu'):.2f} | {med('cpu_per_100k'):.2f} | | |")
-    print(f"\ndrain / send throughput (median of per-run ratios): "
-          f"{statistics.median(r['drain_rate'] / r['send_rate'] for r in rows):.2f}")
+        print(f"| {r['run']} | {r['send']:.0f} | {r['ours']:.0f} | {r['ceiling']:.0f} | {r['ratio']:.2f} | "
+              f"{r['python']:.0f} | {r['ours_cpu']:.2f} | {r['python_cpu']:.1f} | {r['cpu_ratio']:.1f} | "
+              f"{r['ours_rss']:.1f} | {r['loaded']:.0f} | {r['rejected']:.0f} |")
+    print(f"| **median** | {median(rows, 'send'):.0f} | {median(rows, 'ours'):.0f} | {median(rows, 'ceiling'):.0f} "
+          f"| {median(rows, 'ratio'):.2f} | {median(rows, 'python'):.0f} | {median(rows, 'ours_cpu'):.2f} "
+          f"| {median(rows, 'python_cpu'):.1f} | {median(rows, 'cpu_ratio'):.1f} | {median(rows, 'ours_rss'):.1f} | | |")
+    print(f"\nSpreads (min–max): sqs2pg {spread(rows, 'ours')} msg/s, ceiling {spread(rows, 'ceiling')} msg/s, "
+          f"Python {spread(rows, 'python')} msg/s. Peak RSS of the ceiling program: "
+          f"{median(rows, 'ceiling_rss'):.1f} MiB; of the Python script: {median(rows, 'python_rss'):.1f} MiB.")
+
+
+def bench_loader(args):
+    """3: the real loader fed in-process, against psql's \\copy of the same rows from a file."""
+    b = Bench(need_sqs=False)
+    loader = TARGET / "examples" / "loader_bench"
+    rows = []
+    rows_file = b.root / "rows.copy"
+    try:
+        for i in range(args.runs):
+            env = b.fresh()
+            url = env["DATABASE_URL"]
+            m = run_measured([loader, str(args.messages)], env)
+            words = m.stdout.split()
+            loaded, seconds = int(words[1]), float(words[5])
+            r = {"run": i + 1, "rows": loaded, "ours": loaded / seconds, "ours_rss": m.max_rss_mib,
+                 "ours_cpu": m.cpu}
+            if not rows_file.exists():
+                subprocess.run(["psql", "-q", url, "-c",
+                                f"\\copy public.user_logins TO '{rows_file}'"], check=True)
+            plain = url.split("?")[0]
+            psql(plain, "CREATE TABLE copy_target (LIKE public.user_logins)")
+            m = run_measured(["psql", "-q", "-v", "ON_ERROR_STOP=1", plain, "-c",
+                              f"\\copy copy_target FROM '{rows_file}'"], env)
+            r["psql"] = loaded / m.wall
+            r["ratio"] = r["ours"] / r["psql"]
+            rows.append(r)
+            log(f"run {i + 1}: sqs2pg loader {r['ours']:.0f} rows/s, psql \\copy {r['psql']:.0f} rows/s")
+    finally:
+        b.close()
+    print("| run | rows | sqs2pg loader rows/s | psql \\copy rows/s | sqs2pg / psql | loader CPU s | loader peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['run']} | {r['rows']} | {r['ours']:.0f} | {r['psql']:.0f} | {r['ratio']:.2f} | "
+              f"{r['ours_cpu']:.1f} | {r['ours_rss']:.1f} |")
+    print(f"| **median** | | {median(rows, 'ours'):.0f} | {median(rows, 'psql'):.0f} | {median(rows, 'ratio'):.2f} "
+          f"| {median(rows, 'ours_cpu'):.1f} | {median(rows, 'ours_rss'):.1f} |")
+
+
+def netns_up():
+    cmds = [
+        f"ip netns add {NETNS}",
+        "ip link add sqs2pg-bh type veth peer name sqs2pg-bn",
+        f"ip link set sqs2pg-bn netns {NETNS}",
+        "ip addr add 10.200.0.1/24 dev sqs2pg-bh",
+        "ip link set sqs2pg-bh up",
+        f"ip netns exec {NETNS} ip addr add 10.200.0.2/24 dev sqs2pg-bn",
+        f"ip netns exec {NETNS} ip link set sqs2pg-bn up",
+        f"ip netns exec {NETNS} ip link set lo up",
+        "tc qdisc add dev sqs2pg-bh root netem delay 20ms limit 100000",
+        f"ip netns exec {NETNS} tc qdisc add dev sqs2pg-bn root netem delay 20ms limit 100000",
+    ]
+    for c in cmds:
+        subprocess.run(c.split(), check=True)
+
+
+def netns_down():
+    subprocess.run(["ip", "link", "del", "sqs2pg-bh"], capture_output=True)
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+
+
+def bench_latency(args):
+    """5: LocalStack behind a 20 ms each-way delay; throughput against the receiver count."""
+    netns_down()
+    netns_up()
+    rtt = subprocess.run(["ping", "-c", "3", "-q", "10.200.0.2"], capture_output=True, text=True).stdout
+    try:
+        b = Bench(netns=NETNS)
+        results = {n: [] for n in RECEIVER_COUNTS}
+        try:
+            for i in range(args.runs):
+                for n in RECEIVER_COUNTS:
+                    env = b.fresh()
+                    b.fill(env, args.messages)
+                    m = run_measured([b.binary, "drain", "--wait-time-secs", "1", "--receivers", str(n)], env)
+                    received = summary_value(m.stdout, "received")
+                    results[n].append((received / m.wall, m.cpu, m.max_rss_mib))
+                    log(f"run {i + 1}: {n} receivers: {received / m.wall:.0f} msg/s")
+        finally:
+            b.close()
+    finally:
+        netns_down()
+    print(f"Round trip to the SQS server (ping): {rtt.strip().splitlines()[-1]}\n")
+    print("| receivers | msg/s (median) | runs | msg/s per receiver | speed-up over 1 | peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    base = statistics.median(x[0] for x in results[1])
+    for n, xs in results.items():
+        rate = statistics.median(x[0] for x in xs)
+        print(f"| {n} | {rate:.0f} | {', '.join(f'{x[0]:.0f}' for x in xs)} | {rate / n:.0f} | "
+              f"{rate / base:.1f} | {statistics.median(x[2] for x in xs):.1f} |")
+
+
+def bench_memory(args):
+    """6: RSS while draining a deep queue with the table locked for a while."""
+    b = Bench()
+    try:
+        env = b.fresh()
+        b.fill(env, args.messages)
+        url = env["DATABASE_URL"].split("?")[0]
+        locker = subprocess.Popen(["psql", "-q", url], stdin=subprocess.PIPE, text=True)
+        locker.stdin.write(f"BEGIN; LOCK TABLE public.user_logins IN ACCESS EXCLUSIVE MODE; "
+                           f"SELECT pg_sleep({args.lock_secs}); COMMIT;\n")
+        locker.stdin.close()
+        m = run_measured([b.binary, "drain", "--wait-time-secs", "1"], env, sample_every=0.1)
+        locker.wait()
+    finally:
+        b.close()
+    received = summary_value(m.stdout, "received")
+    print(f"Drained {received:.0f} messages in {m.wall:.1f} s; the table was locked for the first "
+          f"{args.lock_secs} s. Peak RSS (wait4): {m.max_rss_mib:.1f} MiB.\n")
+    print("| seconds since start | RSS MiB |")
+    print("|---|---|")
+    step = max(1, len(m.rss_samples) // 15)
+    for t, rss in m.rss_samples[::step]:
+        print(f"| {t:.1f} | {rss:.1f} |")
+    locked = [rss for t, rss in m.rss_samples if 2 <= t <= args.lock_secs]
+    if locked:
+        print(f"\nWhile locked (2 s to {args.lock_secs} s): RSS {min(locked):.1f}–{max(locked):.1f} MiB.")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("sqs")
+    p.add_argument("--messages", type=int, default=50_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--receivers", type=int, default=None, help="sqs2pg's --receivers (its default if unset)")
+    p = sub.add_parser("loader")
+    p.add_argument("--messages", type=int, default=1_000_000)
+    p.add_argument("--runs", type=int, default=3)
+    p = sub.add_parser("latency")
+    p.add_argument("--messages", type=int, default=3_000)
+    p.add_argument("--runs", type=int, default=3)
+    p = sub.add_parser("memory")
+    p.add_argument("--messages", type=int, default=50_000)
+    p.add_argument("--lock-secs", type=int, default=20)
+    args = ap.parse_args()
+    {"sqs": bench_sqs, "loader": bench_loader, "latency": bench_latency, "memory": bench_memory}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,185 @@
+//! The loader alone, for `scripts/bench.py loader`: the real pipeline and PostgreSQL loader
+//! (transform, binary COPY into staging, ledger and table inserts, one transaction per batch)
+//! fed by an in-process source at the pipeline's seam (`app::process_with`), so no SQS server
+//! is in the way.
+//!
+//! ```text
+//! DATABASE_URL=... SQS2PG_MASK_KEY=... cargo run --release --example loader_bench -- 1000000
+//! ```
+//!
+//! The source makes synthetic login bodies on the fly (no memory held for them): users, ips and
+//! device ids repeat from pools of 5,000, 2,100 and 3,000 values, and 1 message in 100 is not
+//! a login. Deletes succeed at once. Prints `rows N rejected N seconds S`: S runs from the
+//! start (connection included) to the COMMIT that completes the last message, so the drain's
+//! closing empty polls (about 2 s) are not counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sqs2pg::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
+use sqs2pg::pipeline::Mode;
+use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
+
+struct Synthetic {
+    next: AtomicU64,
+    total: u64,
+    sent: i64,
+}
+
+impl Synthetic {
+    fn body(i: u64) -> String {
+        if i % 100 == 99 {
+            return r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#.to_owned();
+        }
+        let ip = i % 2_100;
+        let device = (i * 7) % 3_000;
+        let versions = ["2.3.0", "0.96", "3.7", "5.0.1"];
+        format!(
+            r#"{{"user_id": "{:08x}-user-{}", "app_version": "{}", "device_type": "{}", "ip": "10.{}.{}.{}", "locale": {}, "device_id": "{:03}-{:02}-{:04}"}}"#,
+            (i % 5_000) * 2_654_435_761 % (1 << 32),
+            i % 5_000,
+            versions[(i % 4) as usize],
+            if i % 3 == 0 { "ios" } else { "android" },
+            ip / 256,
+            ip % 256,
+            (ip * 13) % 256,
+            if i % 10 == 0 {
+                "null".to_owned()
+            } else {
+                format!("\"{}\"", ["RU", "US", "DE", "IN"][(i % 4) as usize])
+            },
+            device % 1_000,
+            device % 100,
+            device * 3 % 10_000,
+        )
+    }
+}
+
+impl MessageSource for Synthetic {
+    async fn receive(
+        &self,
+        max_messages: i32,
+        wait: Duration,
+        _visibility_timeout: Option<Duration>,
+    ) -> Result<Vec<Received>, SourceError> {
+        let start = self.next.fetch_add(max_messages as u64, Ordering::Relaxed);
+        if start >= self.total {
+            // An empty queue answers a long poll after the wait, as SQS does.
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
+        let end = (start + max_messages as u64).min(self.total);
+        Ok((start..end)
+            .map(|i| {
+                let id = format!("bench-{i}");
+                Received {
+                    ack: AckHandle {
+                        message_id: id.clone(),
+                        receipt_handle: id.clone(),
+                    },
+                    ledger_id: id,
+                    body: Self::body(i),
+                    sent_timestamp: self.sent,
+                    receive_count: 1,
+                    received_at: SystemTime::now(),
+                    md5_mismatch: false,
+                }
+            })
+            .collect())
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+        Ok(DeleteOutcome {
+            deleted: acks.len(),
+            ..DeleteOutcome::default()
+        })
+    }
+
+    async fn change_visibility(
+        &self,
+        _acks: &[AckHandle],
+        _timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let total: u64 = std::env::args()
+        .nth(1)
+        .map_or(1_000_000, |n| n.parse().expect("a message count"));
+    let args = PipelineArgs {
+        database: DatabaseArgs {
+            database_url: std::env::var("DATABASE_URL").ok(),
+            table: "public.user_logins".into(),
+        },
+        queue: QueueArgs {
+            queue_url: Some("http://127.0.0.1:9/000000000000/in-process".into()),
+            endpoint_url: None,
+            sqs_protocol: sqs2pg::sqs::Protocol::Json,
+        },
+        key: KeyArgs {
+            mask_key: std::env::var("SQS2PG_MASK_KEY")
+                .ok()
+                .map(|k| k.parse().expect("infallible")),
+            mask_key_file: None,
+            mask_key_ring: None,
+        },
+        receivers: 4,
+        wait_time_secs: 1,
+        visibility_timeout_secs: None,
+        batch_max_rows: std::env::var("SQS2PG_BATCH_MAX_ROWS")
+            .map_or(sqs2pg::config::DEFAULT_BATCH_MAX_ROWS, |v| {
+                v.parse().expect("SQS2PG_BATCH_MAX_ROWS: a number")
+            }),
+        batch_max_age_ms: sqs2pg::config::DEFAULT_BATCH_MAX_AGE_MS,
+        max_body_bytes: sqs2pg::config::DEFAULT_MAX_BODY_BYTES,
+        max_attempts: 3,
+        max_receive_count: 25,
+        ledger_retention_days: 30,
+        shutdown_timeout_secs: 25,
+        max_in_flight_bytes: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_BYTES,
+        metrics_addr: None,
+        ip_mask: sqs2pg::login::MaskMode::Hmac,
+        device_id_mask: sqs2pg::login::MaskMode::Hmac,
+        key_rotation_intended: false,
+    };
+    let settings = sqs2pg::config::pipeline(&args, Mode::Drain).expect("settings");
+    let sent = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    let source = Arc::new(Synthetic {
+        next: AtomicU64::new(0),
+        total,
+        sent,
+    });
+    let progress = settings.pipeline.progress.clone();
+    let started = Instant::now();
+    let watcher = tokio::spawn(async move {
+        loop {
+            let (_, loaded, rejected, duplicates) = progress.snapshot();
+            if loaded + rejected + duplicates >= total {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let summary = sqs2pg::app::process_with(
+        settings,
+        source,
+        tokio_util::sync::CancellationToken::new(),
+        |loader| loader,
+    )
+    .await
+    .expect("the run");
+    let done = watcher.await.expect("the watcher");
+    println!(
+        "rows {} rejected {} seconds {:.3}",
+        summary.loaded,
+        summary.rejected.values().sum::<u64>(),
+        done.as_secs_f64()
+    );
+}
