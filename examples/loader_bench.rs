@@ -56,6 +56,25 @@ impl Synthetic {
     }
 }
 
+/// A message id shaped like SQS's (a random-looking UUID, so ledger inserts land all over its
+/// index as real ones do), from the message's number (splitmix64).
+fn uuid_like(i: u64) -> String {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (a, b) = (mix(i.wrapping_add(0x9e37_79b9_7f4a_7c15)), mix(!i));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        (b >> 48) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 impl MessageSource for Synthetic {
     async fn receive(
         &self,
@@ -72,7 +91,7 @@ impl MessageSource for Synthetic {
         let end = (start + max_messages as u64).min(self.total);
         Ok((start..end)
             .map(|i| {
-                let id = format!("bench-{i}");
+                let id = uuid_like(i);
                 Received {
                     ack: AckHandle {
                         message_id: id.clone(),
@@ -105,8 +124,34 @@ impl MessageSource for Synthetic {
     }
 }
 
+/// With `SQS2PG_BENCH_NO_DATABASE` set: a loader that commits nothing, to measure the
+/// pipeline's own cost (receive, transform, batch, delete) without PostgreSQL.
+struct Discard;
+
+impl sqs2pg::postgres::BatchLoader for Discard {
+    async fn load(
+        &mut self,
+        batch: &sqs2pg::pipeline::batch::Batch,
+    ) -> Result<sqs2pg::postgres::LoadReport, sqs2pg::postgres::LoadError> {
+        Ok(sqs2pg::postgres::LoadReport {
+            loaded: batch.rows.len() as u64,
+            rejected: batch
+                .rejects
+                .iter()
+                .map(|r| r.rejection.reason.to_string())
+                .collect(),
+            duplicates: 0,
+        })
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        // As `scripts/bench.py` runs sqs2pg: warnings only (no line per rejected message).
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    sqs2pg::telemetry::init(sqs2pg::telemetry::LogFormat::Text);
     let total: u64 = std::env::args()
         .nth(1)
         .map_or(1_000_000, |n| n.parse().expect("a message count"));
@@ -128,6 +173,9 @@ async fn main() {
             mask_key_ring: None,
         },
         receivers: 4,
+        loaders: std::env::var("SQS2PG_LOADERS").map_or(sqs2pg::config::DEFAULT_LOADERS, |v| {
+            v.parse().expect("SQS2PG_LOADERS: a number")
+        }),
         wait_time_secs: 1,
         visibility_timeout_secs: None,
         batch_max_rows: std::env::var("SQS2PG_BATCH_MAX_ROWS")
@@ -167,13 +215,12 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let summary = sqs2pg::app::process_with(
-        settings,
-        source,
-        tokio_util::sync::CancellationToken::new(),
-        |loader| loader,
-    )
-    .await
+    let token = tokio_util::sync::CancellationToken::new();
+    let summary = if std::env::var_os("SQS2PG_BENCH_NO_DATABASE").is_some() {
+        sqs2pg::app::process_with(settings, source, token, |_| Discard).await
+    } else {
+        sqs2pg::app::process_with(settings, source, token, |loader| loader).await
+    }
     .expect("the run");
     let done = watcher.await.expect("the watcher");
     println!(

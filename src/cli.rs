@@ -188,6 +188,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_RECEIVERS", default_value_t = crate::config::DEFAULT_RECEIVERS)]
     pub receivers: usize,
 
+    /// Loader connections to PostgreSQL: a batch loads on each at once, so one commits while
+    /// the next is written (1 for a FIFO queue, whatever is set, to keep order to COMMIT).
+    #[arg(long, env = "SQS2PG_LOADERS", default_value_t = crate::config::DEFAULT_LOADERS)]
+    pub loaders: usize,
+
     /// Long-poll wait per receive, 0 to 20 seconds.
     #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
     pub wait_time_secs: u64,

@@ -279,6 +279,7 @@ where
             "FIFO queue: receiving with one receiver to keep each message group's order"
         );
         settings.pipeline.receivers = 1;
+        settings.pipeline.loaders = 1;
     }
     let sealer = BodySealer::new(&settings.mask_key);
     tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");

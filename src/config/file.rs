@@ -60,6 +60,7 @@ struct MaskingSection {
 #[serde(deny_unknown_fields)]
 struct PipelineSection {
     receivers: Option<u64>,
+    loaders: Option<u64>,
     wait_time_secs: Option<u64>,
     visibility_timeout_secs: Option<u64>,
     batch_max_rows: Option<u64>,
@@ -123,6 +124,7 @@ impl FileSettings {
         let p = &self.pipeline;
         for (id, v) in [
             ("receivers", p.receivers),
+            ("loaders", p.loaders),
             ("wait_time_secs", p.wait_time_secs),
             ("visibility_timeout_secs", p.visibility_timeout_secs),
             ("batch_max_rows", p.batch_max_rows),
@@ -233,6 +235,7 @@ pub fn effective(args: &crate::cli::PipelineArgs) -> String {
     let _ = writeln!(out, "\n[pipeline]");
     for (name, value) in [
         ("receivers", Some(args.receivers as u64)),
+        ("loaders", Some(args.loaders as u64)),
         ("wait_time_secs", Some(args.wait_time_secs)),
         ("visibility_timeout_secs", args.visibility_timeout_secs),
         ("batch_max_rows", Some(args.batch_max_rows as u64)),
@@ -306,6 +309,7 @@ mod tests {
             "table",
             "mask_key_file",
             "receivers",
+            "loaders",
             "wait_time_secs",
             "visibility_timeout_secs",
             "batch_max_rows",

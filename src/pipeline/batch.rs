@@ -4,8 +4,37 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use crate::login::{MaskedLogin, Rejection, SealedBody};
+use zeroize::Zeroizing;
+
+use crate::login::{BodySealer, MaskedLogin, Rejection, SealedBody};
 use crate::sqs::AckHandle;
+
+/// When and how a message was delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub received_at: SystemTime,
+    pub receive_count: i32,
+    /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
+    pub sent_timestamp: i64,
+}
+
+/// The raw body of a message whose row is not committed yet. It is kept (and wiped from memory
+/// when dropped) so that a row the database refuses can still be quarantined with its body,
+/// and sealed only then: sealing every body up front cost more than the whole transform
+/// (BENCHMARKS.md). Debug prints nothing of it.
+pub struct HeldBody(Zeroizing<String>);
+
+impl HeldBody {
+    pub fn new(body: String) -> Self {
+        Self(Zeroizing::new(body))
+    }
+}
+
+impl std::fmt::Debug for HeldBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeldBody({} bytes)", self.0.len())
+    }
+}
 
 /// What is kept of a message in case it is quarantined: delivery metadata and the body,
 /// sealed (encrypted) so only key holders can read it.
@@ -18,27 +47,42 @@ pub struct Evidence {
     pub sealed_body: SealedBody,
 }
 
+impl Evidence {
+    /// A delivery's evidence, with its sealed body.
+    pub fn new(delivery: Delivery, sealed_body: SealedBody) -> Self {
+        Self {
+            received_at: delivery.received_at,
+            receive_count: delivery.receive_count,
+            sent_timestamp: delivery.sent_timestamp,
+            sealed_body,
+        }
+    }
+}
+
 /// A masked row and the message it came from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Row {
     pub message_id: String,
     pub login: MaskedLogin,
-    pub evidence: Evidence,
+    pub delivery: Delivery,
+    pub body: HeldBody,
 }
 
 impl Row {
-    /// The row's message quarantined instead (the database refused the row).
-    pub fn into_reject(self, rejection: Rejection) -> Reject {
+    /// The row's message quarantined instead (the database refused the row): its body is
+    /// sealed now.
+    pub fn into_reject(self, rejection: Rejection, sealer: &BodySealer) -> Reject {
+        let sealed = sealer.seal(&self.message_id, &self.body.0);
         Reject {
+            evidence: Evidence::new(self.delivery, sealed),
             message_id: self.message_id,
             rejection,
-            evidence: self.evidence,
         }
     }
 }
 
 /// A quarantined message: its id, why, and its evidence. No field values in the clear.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Reject {
     pub message_id: String,
     pub rejection: Rejection,
@@ -51,8 +95,9 @@ pub struct Processed {
     pub ack: AckHandle,
     /// The id the ledger (and the rows and rejections) know the message by.
     pub ledger_id: String,
-    pub outcome: Result<MaskedLogin, Rejection>,
-    pub evidence: Evidence,
+    /// A row keeps its raw body until committed; a rejection's body is sealed at once.
+    pub outcome: Result<(MaskedLogin, HeldBody), (Rejection, SealedBody)>,
+    pub delivery: Delivery,
     pub unknown_fields: u32,
     /// The message's share of the in-flight byte budget, given back when its batch is done.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -77,6 +122,17 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for `rows` messages (no reallocation while it fills).
+    pub fn with_capacity(rows: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(rows),
+            acks: Vec::with_capacity(rows),
+            ids: HashSet::with_capacity(rows),
+            permits: Vec::with_capacity(rows),
+            ..Self::default()
+        }
+    }
+
     /// Adds one processed message.
     pub fn push(&mut self, mut p: Processed) {
         self.unknown_fields += u64::from(p.unknown_fields);
@@ -92,15 +148,16 @@ impl Batch {
         let message_id = p.ledger_id;
         self.acks.push(p.ack);
         match p.outcome {
-            Ok(login) => self.rows.push(Row {
+            Ok((login, body)) => self.rows.push(Row {
                 message_id,
                 login,
-                evidence: p.evidence,
+                delivery: p.delivery,
+                body,
             }),
-            Err(rejection) => self.rejects.push(Reject {
+            Err((rejection, sealed)) => self.rejects.push(Reject {
                 message_id,
                 rejection,
-                evidence: p.evidence,
+                evidence: Evidence::new(p.delivery, sealed),
             }),
         }
     }

@@ -36,7 +36,7 @@ use crate::error::{fate, Fate, Outcome, RetryPolicy};
 use crate::login::{transform, BodySealer, Masker, Reason, Rejection, Transformed};
 use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::{AckHandle, MessageSource, Received, SourceError, SQS_BATCH_LIMIT};
-use batch::{Batch, Evidence, Processed, Reject};
+use batch::{Batch, Delivery, HeldBody, Processed, Reject};
 use lease::Leases;
 pub use summary::{Progress, Summary};
 
@@ -52,6 +52,8 @@ pub enum Mode {
 pub struct PipelineSettings {
     pub mode: Mode,
     pub receivers: usize,
+    /// Batches loading at once, each over its own connection (see `BatchLoader::fork`).
+    pub loaders: usize,
     pub wait_time: Duration,
     pub visibility_timeout: Option<Duration>,
     pub batch_max_rows: usize,
@@ -179,7 +181,16 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
 
     let mut summary = Summary::default();
     let graceful = async {
-        let loaded = batch_loop(item_rx, loader, ack_tx, &settings, &shutdown, &mut summary).await;
+        let loaded = batch_loop(
+            item_rx,
+            loader,
+            ack_tx,
+            &settings,
+            &stage.sealer,
+            &shutdown,
+            &mut summary,
+        )
+        .await;
         if loaded.is_err() {
             stop.cancel();
         }
@@ -443,39 +454,68 @@ impl Stage {
             let fate = fate(Outcome::Rejected(rejection));
             tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");
         }
-        // Every body is sealed: a row the database refuses later is quarantined too.
-        let evidence = Evidence {
+        let delivery = Delivery {
             received_at: m.received_at,
             receive_count: m.receive_count,
             sent_timestamp: m.sent_timestamp,
-            sealed_body: self.sealer.seal(&m.ledger_id, &m.body),
+        };
+        // A rejection's body is sealed now; a row's is held, to be sealed only if the
+        // database refuses the row.
+        let outcome = match t.outcome {
+            Ok(login) => Ok((login, HeldBody::new(m.body))),
+            Err(rejection) => Err((rejection, self.sealer.seal(&m.ledger_id, &m.body))),
         };
         Processed {
             ack: m.ack,
             ledger_id: m.ledger_id,
-            outcome: t.outcome,
-            evidence,
+            outcome,
+            delivery,
             unknown_fields: t.unknown_fields,
             permit: None,
         }
     }
 }
 
-/// Cuts batches by size or age, loads each in one transaction, passes acks to the deleter.
+/// Cuts batches by size or age and loads each in one transaction, up to `loaders` at once
+/// (each on its own connection, see [`BatchLoader::fork`]); each batch's acks go to the
+/// deleter when it has committed. When every loader is busy the next batch waits, and so,
+/// through the bounded channel, do the receivers.
 async fn batch_loop<L: BatchLoader>(
     mut items: mpsc::Receiver<Processed>,
-    mut loader: L,
+    loader: L,
     acks: mpsc::Sender<Vec<AckHandle>>,
     settings: &PipelineSettings,
+    sealer: &BodySealer,
     shutdown: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
-    let mut batch = Batch::default();
+    let mut idle = vec![loader];
+    while idle.len() < settings.loaders.max(1) {
+        match idle[0].fork() {
+            Some(more) => idle.push(more),
+            None => break,
+        }
+    }
+    let acks = &acks;
+    let mut loading = futures_util::stream::FuturesUnordered::new();
+    let mut failed: Option<PipelineError> = None;
+    let capacity = settings.batch_max_rows.min(10_000);
+    let mut batch = Batch::with_capacity(capacity);
     let mut deadline: Option<Instant> = None;
     let mut flushed_at_shutdown = false;
-    loop {
+    let mut input_done = false;
+    while !(input_done && batch.is_empty()) && failed.is_none() {
         let flush = tokio::select! {
             biased;
+            // A finished load gives its connection back (and its counts).
+            Some((loader, part, result)) = loading.next(), if !loading.is_empty() => {
+                idle.push(loader);
+                summary.absorb_load(part);
+                if let Err(e) = result {
+                    failed = Some(e);
+                }
+                continue;
+            }
             // Age first: a batch never waits longer than batch_max_age however busy the input.
             _ = sleep_until_some(deadline) => true,
             // On shutdown the open batch is committed at once, not after the receivers' last
@@ -484,7 +524,7 @@ async fn batch_loop<L: BatchLoader>(
                 flushed_at_shutdown = true;
                 true
             }
-            item = items.recv() => match item {
+            item = items.recv(), if !input_done => match item {
                 Some(p) => {
                     summary.received += 1;
                     if batch.is_empty() {
@@ -495,25 +535,44 @@ async fn batch_loop<L: BatchLoader>(
                         || batch.bytes >= settings.max_in_flight_bytes / 2
                 }
                 None => {
-                    if !batch.is_empty() {
-                        load_batch(&mut loader, std::mem::take(&mut batch), &acks, settings, summary).await?;
-                    }
-                    return Ok(());
+                    input_done = true;
+                    true
                 }
             },
         };
-        if flush {
-            deadline = None;
-            load_batch(
-                &mut loader,
-                std::mem::take(&mut batch),
-                &acks,
-                settings,
-                summary,
-            )
-            .await?;
+        if !flush || batch.is_empty() {
+            continue;
+        }
+        deadline = None;
+        // Every connection busy: this batch waits for one (the receivers meanwhile fill the
+        // channel and then wait too).
+        while idle.is_empty() {
+            let (loader, part, result) = loading.next().await.expect("a load is running");
+            idle.push(loader);
+            summary.absorb_load(part);
+            if let Err(e) = result {
+                failed = Some(e);
+            }
+        }
+        if failed.is_some() {
+            break;
+        }
+        let mut loader = idle.pop().expect("an idle loader");
+        let batch = std::mem::replace(&mut batch, Batch::with_capacity(capacity));
+        loading.push(async move {
+            let mut part = Summary::default();
+            let result = load_batch(&mut loader, batch, acks, settings, sealer, &mut part).await;
+            (loader, part, result)
+        });
+    }
+    // Whatever is loading still commits (and is deleted) or fails, before the run goes on.
+    while let Some((_, part, result)) = loading.next().await {
+        summary.absorb_load(part);
+        if let Err(e) = result {
+            failed.get_or_insert(e);
         }
     }
+    failed.map_or(Ok(()), Err)
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {
@@ -529,6 +588,7 @@ async fn load_batch<L: BatchLoader>(
     mut batch: Batch,
     acks: &mpsc::Sender<Vec<AckHandle>>,
     settings: &PipelineSettings,
+    sealer: &BodySealer,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
@@ -536,7 +596,7 @@ async fn load_batch<L: BatchLoader>(
     let oldest_sent_ms = batch
         .rows
         .iter()
-        .map(|r| r.evidence.sent_timestamp)
+        .map(|r| r.delivery.sent_timestamp)
         .chain(batch.rejects.iter().map(|r| r.evidence.sent_timestamp))
         .map(crate::login::validate::sent_millis)
         .min();
@@ -546,7 +606,7 @@ async fn load_batch<L: BatchLoader>(
     );
     let rows = whole.rows.len();
     let mut refused = Vec::new();
-    let mut report = load_isolating(loader, whole, &mut refused, settings, summary).await?;
+    let mut report = load_isolating(loader, whole, &mut refused, settings, sealer, summary).await?;
     if !refused.is_empty() {
         if rows > 1 && refused.len() == rows {
             // Not one row passes: the table is the problem (a trigger or constraint nothing
@@ -610,6 +670,7 @@ fn load_isolating<'a, L: BatchLoader>(
     part: Batch,
     refused: &'a mut Vec<Reject>,
     settings: &'a PipelineSettings,
+    sealer: &'a BodySealer,
     summary: &'a mut Summary,
 ) -> Pin<Box<dyn Future<Output = Result<LoadReport, PipelineError>> + Send + 'a>> {
     Box::pin(async move {
@@ -639,20 +700,22 @@ fn load_isolating<'a, L: BatchLoader>(
                 Batch::part(Vec::new(), rejects),
                 Batch::part(rows, Vec::new()),
             ] {
-                let r = load_isolating(loader, part, refused, settings, summary).await?;
+                let r = load_isolating(loader, part, refused, settings, sealer, summary).await?;
                 report.merge(r);
             }
         } else if rows.len() == 1 {
             // Found one; its rejection is loaded once the whole batch has been sorted out.
             let row = rows.pop().expect("one row");
             tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database");
-            refused
-                .push(row.into_reject(Rejection::with_detail(Reason::RejectedByDatabase, detail)));
+            refused.push(row.into_reject(
+                Rejection::with_detail(Reason::RejectedByDatabase, detail),
+                sealer,
+            ));
         } else {
             let second = rows.split_off(rows.len() / 2);
             for half in [rows, second] {
                 let half = Batch::part(half, Vec::new());
-                let r = load_isolating(loader, half, refused, settings, summary).await?;
+                let r = load_isolating(loader, half, refused, settings, sealer, summary).await?;
                 report.merge(r);
             }
         }
@@ -951,6 +1014,7 @@ mod tests {
         PipelineSettings {
             mode,
             receivers: 2,
+            loaders: 1,
             wait_time: Duration::from_secs(20),
             visibility_timeout: Some(Duration::from_secs(120)),
             batch_max_rows: 1000,

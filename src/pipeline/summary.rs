@@ -65,6 +65,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Adds what one batch's load counted (see `pipeline::load_batch`) to this summary.
+    pub(crate) fn absorb_load(&mut self, part: Summary) {
+        self.loaded += part.loaded;
+        self.duplicates += part.duplicates;
+        self.unknown_fields += part.unknown_fields;
+        self.batches += part.batches;
+        self.load_retries += part.load_retries;
+        for (reason, n) in part.rejected {
+            *self.rejected.entry(reason).or_default() += n;
+        }
+    }
+
     /// Total rejections over all reasons.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()

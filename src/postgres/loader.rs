@@ -1,25 +1,28 @@
 //! The loader: one batch, one transaction.
 //!
-//! 1. binary `COPY` of the batch's rows into a temporary staging table (per connection,
-//!    `ON COMMIT DELETE ROWS`, the contract's column types; `check_ready` made sure the target
-//!    has the same);
-//! 2. one statement that inserts the staged message ids into the ledger
-//!    `sqs2pg.processed_messages` with `ON CONFLICT DO NOTHING` and inserts into the target table
-//!    only the rows whose ids were new;
-//! 3. the same for rejections into `sqs2pg.rejected_messages`;
+//! 1. one statement claims the batch's message ids in the ledger `sqs2pg.processed_messages`
+//!    (`INSERT ... ON CONFLICT DO NOTHING RETURNING`), which says which ids are new;
+//! 2. binary `COPY` of the new ids' rows straight into the target table (the contract's column
+//!    types; `check_ready` made sure the table has them);
+//! 3. the same claim-then-insert for rejections into `sqs2pg.rejected_messages`;
 //! 4. `COMMIT`.
 //!
 //! So a message already committed (a redelivery, a crash between COMMIT and delete, another
 //! replica) is skipped inside the same transaction, and a concurrent duplicate waits on the
-//! ledger's primary key until the first transaction ends, then skips.
+//! ledger's primary key until the first transaction ends, then skips. Ids are claimed in
+//! sorted order, so two loaders claiming overlapping batches wait for each other instead of
+//! deadlocking. The statements are
+//! prepared once per connection. The ledger's unique index is the price of "never a second
+//! row": it is most of the database's work per message (see BENCHMARKS.md, loader alone).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
 use std::time::SystemTime;
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::connect::{ConnectError, Database};
 use super::schema::TableName;
@@ -72,11 +75,20 @@ impl LoadError {
 pub trait BatchLoader: Send + 'static {
     fn load(&mut self, batch: &Batch)
         -> impl Future<Output = Result<LoadReport, LoadError>> + Send;
+
+    /// Another loader to the same sink, over its own connection, so batches can load at once;
+    /// `None` (the default) if this loader cannot be duplicated (test doubles at the seam).
+    fn fork(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
-const STAGING_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date";
-const STAGING_TYPES: [Type; 8] = [
-    Type::TEXT,
+const TARGET_COLUMNS: &str =
+    "user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date";
+const TARGET_TYPES: [Type; 7] = [
     Type::VARCHAR,
     Type::VARCHAR,
     Type::VARCHAR,
@@ -86,6 +98,11 @@ const STAGING_TYPES: [Type; 8] = [
     Type::DATE,
 ];
 
+const CLAIM_ROWS: &str = "INSERT INTO sqs2pg.processed_messages (message_id, outcome)
+SELECT id, 'loaded' FROM unnest($1::text[]) AS t(id) ORDER BY id
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id";
+
 const INSERT_REJECTS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[],
@@ -93,7 +110,7 @@ WITH input AS (
         AS t(message_id, reason, detail, received_at, receive_count, body_sealed, sent_timestamp)
 ), fresh AS (
     INSERT INTO sqs2pg.processed_messages (message_id, outcome)
-    SELECT message_id, 'rejected' FROM input
+    SELECT message_id, 'rejected' FROM input ORDER BY message_id
     ON CONFLICT (message_id) DO NOTHING
     RETURNING message_id
 )
@@ -108,94 +125,121 @@ RETURNING reason";
 /// Loads batches into the target table over one connection, reconnecting when it drops.
 pub struct LoginLoader {
     database: Database,
-    client: Option<Client>,
-    insert_rows: String,
+    connection: Option<Connection>,
+    copy_rows: String,
     seal_key_id: String,
+}
+
+impl Clone for LoginLoader {
+    /// The same sink, not yet connected.
+    fn clone(&self) -> Self {
+        Self {
+            database: self.database.clone(),
+            connection: None,
+            copy_rows: self.copy_rows.clone(),
+            seal_key_id: self.seal_key_id.clone(),
+        }
+    }
+}
+
+/// An open connection and its prepared statements.
+struct Connection {
+    client: Client,
+    claim_rows: Statement,
+    copy_rows: Statement,
+    insert_rejects: Statement,
 }
 
 impl LoginLoader {
     /// A loader for `table`; connects on first use. `seal_key_id` names the key that sealed the
     /// bodies of the rejections it stores.
     pub fn new(database: Database, table: TableName, seal_key_id: String) -> Self {
-        let insert_rows = format!(
-            "WITH fresh AS (
-                INSERT INTO sqs2pg.processed_messages (message_id, outcome)
-                SELECT message_id, 'loaded' FROM pg_temp.sqs2pg_staging
-                ON CONFLICT (message_id) DO NOTHING
-                RETURNING message_id
-            )
-            INSERT INTO {} (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
-            SELECT s.user_id, s.device_type, s.masked_ip, s.masked_device_id, s.locale, s.app_version, s.create_date
-              FROM pg_temp.sqs2pg_staging s JOIN fresh USING (message_id)",
-            table.quoted()
-        );
         Self {
             database,
-            client: None,
-            insert_rows,
+            connection: None,
+            copy_rows: format!(
+                "COPY {} ({TARGET_COLUMNS}) FROM STDIN (FORMAT binary)",
+                table.quoted()
+            ),
             seal_key_id,
         }
     }
 }
 
-/// The open connection in `slot`, (re)connecting and creating the staging table when there is
+/// The open connection in `slot`, (re)connecting and preparing the statements when there is
 /// none or it was closed.
 async fn connected<'a>(
-    slot: &'a mut Option<Client>,
+    slot: &'a mut Option<Connection>,
     database: &Database,
-) -> Result<&'a mut Client, LoadError> {
-    if slot.as_ref().is_some_and(Client::is_closed) {
+    copy_rows: &str,
+) -> Result<&'a mut Connection, LoadError> {
+    if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
         *slot = None;
     }
     if slot.is_none() {
         let client = database.connect().await?;
-        client
-            .batch_execute(
-                "CREATE TEMP TABLE IF NOT EXISTS sqs2pg_staging (
-                     message_id text NOT NULL, user_id varchar(128), device_type varchar(32),
-                     masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32),
-                     app_version integer, create_date date)
-                 ON COMMIT DELETE ROWS",
-            )
-            .await?;
-        *slot = Some(client);
+        let (claim_rows, copy_rows, insert_rejects) = tokio::try_join!(
+            client.prepare(CLAIM_ROWS),
+            client.prepare(copy_rows),
+            client.prepare(INSERT_REJECTS),
+        )?;
+        *slot = Some(Connection {
+            client,
+            claim_rows,
+            copy_rows,
+            insert_rejects,
+        });
     }
     Ok(slot.as_mut().expect("connected above"))
 }
 
 impl BatchLoader for LoginLoader {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        let client = connected(&mut self.client, &self.database).await?;
-        let result = load_in_transaction(client, &self.insert_rows, &self.seal_key_id, batch).await;
-        if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
+        let connection = connected(&mut self.connection, &self.database, &self.copy_rows).await?;
+        let result = load_in_transaction(connection, &self.seal_key_id, batch).await;
+        if result.is_err()
+            && self
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.client.is_closed())
+        {
+            self.connection = None;
         }
         result
+    }
+
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
     }
 }
 
 async fn load_in_transaction(
-    client: &mut Client,
-    insert_rows: &str,
+    connection: &mut Connection,
     seal_key_id: &str,
     batch: &Batch,
 ) -> Result<LoadReport, LoadError> {
-    let tx = client.transaction().await?;
+    let tx = connection.client.transaction().await?;
     let mut report = LoadReport::default();
     if !batch.rows.is_empty() {
-        let sink = tx
-            .copy_in(&format!(
-                "COPY pg_temp.sqs2pg_staging ({STAGING_COLUMNS}) FROM STDIN (FORMAT binary)"
-            ))
-            .await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &STAGING_TYPES));
+        let ids: Vec<&str> = batch.rows.iter().map(|r| r.message_id.as_str()).collect();
+        let claimed = tx.query(&connection.claim_rows, &[&ids]).await?;
+        // Usually every id is new; otherwise only the rows of the ids this claim won.
+        let fresh: Option<HashSet<&str>> = (claimed.len() < ids.len())
+            .then(|| claimed.iter().map(|r| r.get::<_, &str>(0)).collect());
+        let sink = tx.copy_in(&connection.copy_rows).await?;
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, &TARGET_TYPES));
         for row in &batch.rows {
+            if fresh
+                .as_ref()
+                .is_some_and(|f| !f.contains(row.message_id.as_str()))
+            {
+                continue;
+            }
             let l = &row.login;
             writer
                 .as_mut()
                 .write(&[
-                    &row.message_id as &(dyn ToSql + Sync),
-                    &l.user_id,
+                    &l.user_id as &(dyn ToSql + Sync),
                     &l.device_type,
                     &l.masked_ip.as_str(),
                     &l.masked_device_id.as_str(),
@@ -205,8 +249,7 @@ async fn load_in_transaction(
                 ])
                 .await?;
         }
-        writer.finish().await?;
-        report.loaded = tx.execute(insert_rows, &[]).await?;
+        report.loaded = writer.finish().await?;
     }
     if !batch.rejects.is_empty() {
         let ids: Vec<&str> = batch
@@ -246,7 +289,7 @@ async fn load_in_transaction(
             .collect();
         let rows = tx
             .query(
-                INSERT_REJECTS,
+                &connection.insert_rejects,
                 &[
                     &ids,
                     &reasons,

@@ -36,6 +36,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
             mask_key_ring: None,
         },
         receivers: 4,
+        loaders: 2,
         wait_time_secs: 1,
         visibility_timeout_secs: None,
         batch_max_rows: 1000,
