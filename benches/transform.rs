@@ -1,5 +1,5 @@
 //! The transform alone, one core: parse + validate + mask per message, as the receivers run it
-//! (`cargo bench --bench transform`; divan reports the time per message). The bodies are the
+//! (`cargo bench --bench transform`; divan reports the time and the allocations per message). The bodies are the
 //! 99 logins and the one bad message of the sample, cycled, so ips and device ids repeat and
 //! 1 in 100 is invalid, as in the end-to-end benchmark.
 //!
@@ -9,6 +9,10 @@
 use std::hint::black_box;
 
 use sqs2pg::login::{transform, BodySealer, MaskKey, MaskMode, MaskModes, Masker};
+
+/// Counts allocations per message too (divan's allocation profiler).
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
 
 fn main() {
     divan::main();

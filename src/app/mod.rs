@@ -270,14 +270,17 @@ where
             );
         }
     }
-    if is_fifo(&settings.sqs.queue_url) && settings.pipeline.receivers > 1 {
-        // One receiver takes messages in the order SQS hands them out and the batcher keeps
+    if is_fifo(&settings.sqs.queue_url) {
+        // One receiver takes messages in the order SQS hands them out and one loader keeps
         // that order to COMMIT, so no two messages of a group are processed at once, even on a
         // server that does not lock a group while part of it is in flight (LocalStack 0.14).
-        tracing::info!(
-            receivers = settings.pipeline.receivers,
-            "FIFO queue: receiving with one receiver to keep each message group's order"
-        );
+        if settings.pipeline.receivers > 1 || settings.pipeline.loaders > 1 {
+            tracing::info!(
+                receivers = settings.pipeline.receivers,
+                loaders = settings.pipeline.loaders,
+                "FIFO queue: one receiver and one loader, to keep each message group's order"
+            );
+        }
         settings.pipeline.receivers = 1;
         settings.pipeline.loaders = 1;
     }

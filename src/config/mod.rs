@@ -26,7 +26,7 @@ pub const DEFAULT_LOADERS: usize = 2;
 /// after one wait this long with nothing to receive.
 pub const DEFAULT_WAIT_TIME_SECS: u64 = 20;
 /// Each transaction has a fixed cost (a commit, a few round trips, statement start-up); with two
-/// loaders, 5,000 rows per transaction loads a deep queue about 35% faster than 1,000
+/// loaders, 5,000 rows per transaction loads a deep queue about a third faster than 1,000
 /// (BENCHMARKS.md, loader alone), while a batch stays small enough to retry or bisect
 /// quickly. A trickle is cut by age long before this.
 pub const DEFAULT_BATCH_MAX_ROWS: usize = 5_000;
@@ -53,7 +53,9 @@ pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// more after a FIFO dead-letter move, plus a 12-hour visibility timeout); see
 /// `postgres::ledger`.
 pub const DEFAULT_LEDGER_RETENTION_DAYS: u64 = 30;
-/// DeleteMessageBatch calls in flight at once.
+/// DeleteMessageBatch calls in flight at once, at least; a run with more receivers deletes with
+/// as many calls at once as it has receivers, since each receive of 10 needs one delete of 10
+/// and, against a distant SQS, a delete takes a round trip as long as a receive.
 pub const DEFAULT_DELETE_CONCURRENCY: usize = 4;
 
 /// The environment variable holding the base64 masking key itself.
@@ -381,7 +383,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             batch_max_age: Duration::from_millis(args.batch_max_age_ms),
             max_receive_count: args.max_receive_count as i32,
             max_body_bytes: args.max_body_bytes,
-            delete_concurrency: DEFAULT_DELETE_CONCURRENCY,
+            delete_concurrency: DEFAULT_DELETE_CONCURRENCY.max(args.receivers),
             load_retry: retry,
             source_retry: retry,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),

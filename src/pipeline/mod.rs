@@ -497,9 +497,14 @@ async fn batch_loop<L: BatchLoader>(
         }
     }
     let acks = &acks;
+    // Cancelled at the first failed load: the others stop retrying, so the run ends and
+    // reports instead of waiting on them.
+    let abandon = CancellationToken::new();
+    let abandon = &abandon;
     let mut loading = futures_util::stream::FuturesUnordered::new();
     let mut failed: Option<PipelineError> = None;
-    let capacity = settings.batch_max_rows.min(10_000);
+    // Room for a typical batch; a full one grows past it once.
+    let capacity = settings.batch_max_rows.min(1_000);
     let mut batch = Batch::with_capacity(capacity);
     let mut deadline: Option<Instant> = None;
     let mut flushed_at_shutdown = false;
@@ -512,6 +517,7 @@ async fn batch_loop<L: BatchLoader>(
                 idle.push(loader);
                 summary.absorb_load(part);
                 if let Err(e) = result {
+                    abandon.cancel();
                     failed = Some(e);
                 }
                 continue;
@@ -551,6 +557,7 @@ async fn batch_loop<L: BatchLoader>(
             idle.push(loader);
             summary.absorb_load(part);
             if let Err(e) = result {
+                abandon.cancel();
                 failed = Some(e);
             }
         }
@@ -561,7 +568,16 @@ async fn batch_loop<L: BatchLoader>(
         let batch = std::mem::replace(&mut batch, Batch::with_capacity(capacity));
         loading.push(async move {
             let mut part = Summary::default();
-            let result = load_batch(&mut loader, batch, acks, settings, sealer, &mut part).await;
+            let result = load_batch(
+                &mut loader,
+                batch,
+                acks,
+                settings,
+                sealer,
+                abandon,
+                &mut part,
+            )
+            .await;
             (loader, part, result)
         });
     }
@@ -589,6 +605,7 @@ async fn load_batch<L: BatchLoader>(
     acks: &mpsc::Sender<Vec<AckHandle>>,
     settings: &PipelineSettings,
     sealer: &BodySealer,
+    abandon: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
@@ -606,7 +623,16 @@ async fn load_batch<L: BatchLoader>(
     );
     let rows = whole.rows.len();
     let mut refused = Vec::new();
-    let mut report = load_isolating(loader, whole, &mut refused, settings, sealer, summary).await?;
+    let mut report = load_isolating(
+        loader,
+        whole,
+        &mut refused,
+        settings,
+        sealer,
+        abandon,
+        summary,
+    )
+    .await?;
     if !refused.is_empty() {
         if rows > 1 && refused.len() == rows {
             // Not one row passes: the table is the problem (a trigger or constraint nothing
@@ -622,7 +648,7 @@ async fn load_batch<L: BatchLoader>(
             "quarantining rows refused by the database"
         );
         let rejects = Batch::part(Vec::new(), refused);
-        report.merge(load_with_retry(loader, &rejects, settings, summary).await?);
+        report.merge(load_with_retry(loader, &rejects, settings, abandon, summary).await?);
     }
     crate::telemetry::metrics::record_batch(
         messages as u64,
@@ -671,10 +697,11 @@ fn load_isolating<'a, L: BatchLoader>(
     refused: &'a mut Vec<Reject>,
     settings: &'a PipelineSettings,
     sealer: &'a BodySealer,
+    abandon: &'a CancellationToken,
     summary: &'a mut Summary,
 ) -> Pin<Box<dyn Future<Output = Result<LoadReport, PipelineError>> + Send + 'a>> {
     Box::pin(async move {
-        let error = match load_with_retry(loader, &part, settings, summary).await {
+        let error = match load_with_retry(loader, &part, settings, abandon, summary).await {
             Ok(report) => return Ok(report),
             Err(error) => error,
         };
@@ -700,7 +727,8 @@ fn load_isolating<'a, L: BatchLoader>(
                 Batch::part(Vec::new(), rejects),
                 Batch::part(rows, Vec::new()),
             ] {
-                let r = load_isolating(loader, part, refused, settings, sealer, summary).await?;
+                let r = load_isolating(loader, part, refused, settings, sealer, abandon, summary)
+                    .await?;
                 report.merge(r);
             }
         } else if rows.len() == 1 {
@@ -715,7 +743,8 @@ fn load_isolating<'a, L: BatchLoader>(
             let second = rows.split_off(rows.len() / 2);
             for half in [rows, second] {
                 let half = Batch::part(half, Vec::new());
-                let r = load_isolating(loader, half, refused, settings, sealer, summary).await?;
+                let r = load_isolating(loader, half, refused, settings, sealer, abandon, summary)
+                    .await?;
                 report.merge(r);
             }
         }
@@ -747,6 +776,7 @@ async fn load_with_retry<L: BatchLoader>(
     loader: &mut L,
     part: &Batch,
     settings: &PipelineSettings,
+    abandon: &CancellationToken,
     summary: &mut Summary,
 ) -> Result<LoadReport, PipelineError> {
     let mut attempts = 0u32;
@@ -756,7 +786,9 @@ async fn load_with_retry<L: BatchLoader>(
             Err(error) => error,
         };
         attempts += 1;
-        if fate(Outcome::LoadFailed(&error)) != Fate::Retry || !settings.load_retry.allows(attempts)
+        if fate(Outcome::LoadFailed(&error)) != Fate::Retry
+            || !settings.load_retry.allows(attempts)
+            || abandon.is_cancelled()
         {
             return Err(PipelineError::Load {
                 attempts,
@@ -767,8 +799,12 @@ async fn load_with_retry<L: BatchLoader>(
         crate::telemetry::metrics::record_load_retry();
         tracing::warn!(attempt = attempts, messages = part.len(), %error, "load failed; retrying");
         // Also during a shutdown: the open batch is worth committing until the deadline,
-        // which abandons it if the database does not come back in time.
-        tokio::time::sleep(settings.load_retry.delay(attempts)).await;
+        // which abandons it if the database does not come back in time. Not once another
+        // load has failed for good: the run is ending.
+        tokio::select! {
+            _ = tokio::time::sleep(settings.load_retry.delay(attempts)) => {}
+            _ = abandon.cancelled() => {}
+        }
     }
 }
 

@@ -10,8 +10,9 @@
 //! So a message already committed (a redelivery, a crash between COMMIT and delete, another
 //! replica) is skipped inside the same transaction, and a concurrent duplicate waits on the
 //! ledger's primary key until the first transaction ends, then skips. Ids are claimed in
-//! sorted order, so two loaders claiming overlapping batches wait for each other instead of
-//! deadlocking. The statements are
+//! sorted order, so two loaders whose rows overlap wait for each other instead of deadlocking
+//! (one batch's row being another's rejection can still deadlock, very rarely: PostgreSQL
+//! breaks it and the load is retried). The statements are
 //! prepared once per connection. The ledger's unique index is the price of "never a second
 //! row": it is most of the database's work per message (see BENCHMARKS.md, loader alone).
 

@@ -116,13 +116,12 @@ COMMENT ON COLUMN sqs2pg.mask_keys.retired_to IS
         7,
         "a cheaper ledger index",
         r#"
--- Message ids are compared byte by byte (no locale rules: they are opaque ASCII), and the
--- time index is a BRIN (entries arrive in time order): the ledger insert is most of the
--- database's work per message (BENCHMARKS.md, loader alone).
+-- Message ids are compared byte by byte (no locale rules: they are opaque ASCII): the ledger
+-- insert is most of the database's work per message (BENCHMARKS.md, loader alone). This
+-- rebuilds the primary key under an exclusive lock: on a large ledger, run setup in a quiet
+-- moment; it gives up rather than queue behind long transactions.
+SET LOCAL lock_timeout = '60s';
 ALTER TABLE sqs2pg.processed_messages ALTER COLUMN message_id TYPE text COLLATE "C";
-DROP INDEX sqs2pg.processed_messages_processed_at;
-CREATE INDEX processed_messages_processed_at ON sqs2pg.processed_messages
-    USING brin (processed_at);
 "#,
     ),
 ];
