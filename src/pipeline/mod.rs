@@ -1033,6 +1033,24 @@ mod tests {
         }
     }
 
+    /// The first connection fails for good (a configuration error); its forks fail
+    /// transiently, forever.
+    struct OneFailsForGood {
+        fork: bool,
+    }
+    impl BatchLoader for OneFailsForGood {
+        async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadError> {
+            Err(if self.fork {
+                LoadError::Injected("connection reset".into())
+            } else {
+                LoadError::Connect(crate::postgres::ConnectError::BadUrl("test".into()))
+            })
+        }
+        fn fork(&self) -> Option<Self> {
+            Some(Self { fork: true })
+        }
+    }
+
     /// A COPY that never finishes.
     struct Hanging;
     impl BatchLoader for Hanging {
@@ -1216,6 +1234,30 @@ mod tests {
         assert_eq!(source.deleted.lock().unwrap().len(), 3);
         // Some backoff (0 to 0.1 + 0.2 + 0.4 s) came on top of the polls.
         assert!(elapsed > Duration::from_secs(20), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_load_that_fails_for_good_stops_the_other_loaders_retrying() {
+        let source = Arc::new(Scripted::with(3));
+        let mut s = settings(Mode::Run);
+        // One message per batch, so both loaders hold one; retries without limit, as in `run`.
+        s.loaders = 2;
+        s.batch_max_rows = 1;
+        s.load_retry.max_attempts = None;
+        let (result, _) = tokio::time::timeout(
+            Duration::from_secs(3600),
+            run_with(source.clone(), OneFailsForGood { fork: false }, s, None),
+        )
+        .await
+        .expect("the run ends instead of retrying forever");
+        assert!(
+            matches!(result, Err(PipelineError::Load { .. })),
+            "{result:?}"
+        );
+        assert!(
+            source.deleted.lock().unwrap().is_empty(),
+            "nothing committed"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -202,6 +202,14 @@ impl<L: BatchLoader> BatchLoader for CountingLoader<L> {
         }
         result
     }
+
+    /// Every connection counts into the same total.
+    fn fork(&self) -> Option<Self> {
+        Some(Self {
+            inner: self.inner.fork()?,
+            failed: self.failed.clone(),
+        })
+    }
 }
 
 /// A loader that fails its first `failures` loads (transiently), then delegates.
@@ -219,21 +227,38 @@ impl<L: BatchLoader> BatchLoader for FailingLoader<L> {
         }
         self.inner.load(batch).await
     }
+
+    /// The first `failures` loads over all connections fail.
+    fn fork(&self) -> Option<Self> {
+        Some(Self {
+            inner: self.inner.fork()?,
+            failures: self.failures,
+            attempts: self.attempts.clone(),
+        })
+    }
 }
 
-/// A loader whose first load takes `delay` longer (a slow COPY, a database under load).
+/// A loader whose first load (over all its connections) takes `delay` longer (a slow COPY, a
+/// database under load).
 pub struct SlowFirstLoad<L> {
     pub inner: L,
     pub delay: Duration,
-    pub slowed: bool,
+    pub slowed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<L: BatchLoader> BatchLoader for SlowFirstLoad<L> {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        if !self.slowed {
-            self.slowed = true;
+        if !self.slowed.swap(true, Ordering::SeqCst) {
             tokio::time::sleep(self.delay).await;
         }
         self.inner.load(batch).await
+    }
+
+    fn fork(&self) -> Option<Self> {
+        Some(Self {
+            inner: self.inner.fork()?,
+            delay: self.delay,
+            slowed: self.slowed.clone(),
+        })
     }
 }

@@ -1111,7 +1111,7 @@ async fn the_heartbeat_keeps_held_messages_from_coming_back() {
         |inner| crate::faults::SlowFirstLoad {
             inner,
             delay: Duration::from_secs(6),
-            slowed: false,
+            slowed: Arc::default(),
         },
     )
     .await
