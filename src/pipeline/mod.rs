@@ -5,7 +5,8 @@
 //!  (long poll, transform)      (rows|bytes|age, one tx)        (DeleteMessageBatch x10)
 //! ```
 //!
-//! - Receivers long-poll SQS (10 per call), run the pure transform (parse, validate, mask) and
+//! - Receivers long-poll SQS (10 per call; in `run`, only as many as full receives call for,
+//!   see `Active`), run the pure transform (parse, validate, mask) and
 //!   send each result into a bounded channel: when the loader is slow, receivers wait, so memory
 //!   stays bounded however deep the queue is.
 //! - The batcher cuts a batch at `batch_max_rows` or `batch_max_age`, whichever comes first, and
@@ -152,6 +153,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         settings: settings.clone(),
         budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
         md5_mismatches: std::sync::atomic::AtomicU64::new(0),
+        active: Active::new(settings.receivers.max(1)),
     });
     let receivers: Vec<_> = (0..settings.receivers.max(1))
         .map(|id| {
@@ -304,6 +306,17 @@ async fn receive_loop<S: MessageSource>(
         if stop.is_cancelled() {
             return Ok(());
         }
+        // In `run`, a receiver beyond the active count waits until receives come back full.
+        if settings.mode == Mode::Run && !stage.active.admits(id) {
+            let more = stage.active.more.notified();
+            if !stage.active.admits(id) {
+                tokio::select! {
+                    _ = more => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
+            continue;
+        }
         // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
         // messages SQS handed out invisible until their timeout. It gets the receive grace
         // (one long poll plus a few seconds, within the shutdown budget) to finish; what it
@@ -359,6 +372,7 @@ async fn receive_loop<S: MessageSource>(
                 .fetch_add(corrupted.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let corrupted_only = messages.is_empty() && !corrupted.is_empty();
+        stage.active.observe(messages.len() + corrupted.len());
         leases.hold(messages.iter().map(|m| &m.ack));
         if stop.is_cancelled() {
             return Ok(());
@@ -421,6 +435,50 @@ struct Stage {
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,
     md5_mismatches: std::sync::atomic::AtomicU64,
+    /// How many receivers poll now (`run` only; `drain` always polls with all of them).
+    active: Active,
+}
+
+/// Adaptive receive concurrency for `run`: a full receive (10 messages) lets one more receiver
+/// poll, an empty one sends one back to wait, never below one. A busy queue gets every
+/// receiver; an idle one is long-polled by one, since SQS bills per request.
+struct Active {
+    receivers: std::sync::atomic::AtomicUsize,
+    max: usize,
+    more: tokio::sync::Notify,
+}
+
+impl Active {
+    fn new(max: usize) -> Self {
+        Self {
+            receivers: std::sync::atomic::AtomicUsize::new(max),
+            max,
+            more: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// True while receiver `id` may poll.
+    fn admits(&self, id: usize) -> bool {
+        id < self.receivers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adjusts to what a receive brought.
+    fn observe(&self, received: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if received >= SQS_BATCH_LIMIT {
+            let grew = self
+                .receivers
+                .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+                .is_ok();
+            if grew {
+                self.more.notify_waiters();
+            }
+        } else if received == 0 {
+            let _ = self
+                .receivers
+                .fetch_update(Relaxed, Relaxed, |n| (n > 1).then_some(n - 1));
+        }
+    }
 }
 
 impl Stage {
@@ -1234,6 +1292,59 @@ mod tests {
         assert_eq!(source.deleted.lock().unwrap().len(), 3);
         // Some backoff (0 to 0.1 + 0.2 + 0.4 s) came on top of the polls.
         assert!(elapsed > Duration::from_secs(20), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_queue_is_long_polled_by_one_receiver_and_a_busy_one_by_all() {
+        // Idle: 4 receivers, 20 s polls, 10 minutes. Without adapting that is 4 x 30 polls.
+        let idle = Arc::new(Scripted::with(0));
+        let mut s = settings(Mode::Run);
+        s.receivers = 4;
+        let (result, _) =
+            run_with(idle.clone(), Committing, s, Some(Duration::from_secs(600))).await;
+        result.unwrap();
+        let polls = *idle.receives.lock().unwrap();
+        assert!((30..=36).contains(&polls), "{polls} receives");
+        // Busy: every message is received and committed, and the receivers that were sent
+        // back to wait are called up again (more than one poll at a time while it is full).
+        let busy = Arc::new(Scripted::with(500));
+        let mut s = settings(Mode::Run);
+        s.receivers = 4;
+        let (result, _) =
+            run_with(busy.clone(), Committing, s, Some(Duration::from_secs(60))).await;
+        assert_eq!(result.unwrap().loaded, 500);
+        assert_eq!(busy.deleted.lock().unwrap().len(), 500);
+    }
+
+    #[tokio::test]
+    async fn full_receives_call_waiting_receivers_back_and_empty_ones_send_them_away() {
+        let active = Arc::new(Active::new(4));
+        for _ in 0..10 {
+            active.observe(0);
+        }
+        assert!(active.admits(0) && !active.admits(1), "never below one");
+        let waiting = {
+            let active = active.clone();
+            tokio::spawn(async move {
+                let more = active.more.notified();
+                if !active.admits(1) {
+                    more.await;
+                }
+                active.admits(1)
+            })
+        };
+        tokio::task::yield_now().await;
+        active.observe(7);
+        assert!(!active.admits(1), "a partial receive changes nothing");
+        active.observe(10);
+        assert!(waiting.await.unwrap(), "a full receive calls one more back");
+        for _ in 0..10 {
+            active.observe(10);
+        }
+        assert!(
+            active.admits(3) && !active.admits(4),
+            "never above the configured count"
+        );
     }
 
     #[tokio::test(start_paused = true)]
