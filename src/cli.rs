@@ -58,7 +58,8 @@ pub struct UnmaskArgs {
     #[command(flatten)]
     pub key: KeyArgs,
 
-    /// Tokens as stored in masked_ip / masked_device_id.
+    /// Tokens as stored in masked_ip / masked_device_id. A token can start with `-` (key ids
+    /// are base64url): put `--` before the tokens.
     #[arg(required_unless_present = "query", conflicts_with = "query")]
     pub tokens: Vec<String>,
 
@@ -69,7 +70,7 @@ pub struct UnmaskArgs {
 
     /// For tokens that are bare addresses (ipcrypt modes, which carry no key id): the ring key
     /// they were written under; the active key if not given.
-    #[arg(long, value_name = "KEY_ID")]
+    #[arg(long, value_name = "KEY_ID", allow_hyphen_values = true)]
     pub key_id: Option<String>,
 
     /// A query whose result is printed with every token column unmasked, e.g. "SELECT user_id,
@@ -105,7 +106,12 @@ pub struct RekeyArgs {
 
     /// The id of the old key, in the key ring (SQS2PG_MASK_KEY_RING), whose tokens are
     /// re-encrypted.
-    #[arg(long, value_name = "KEY_ID", conflicts_with = "from_key_file")]
+    #[arg(
+        long,
+        value_name = "KEY_ID",
+        conflicts_with = "from_key_file",
+        allow_hyphen_values = true
+    )]
     pub from: Option<String>,
 
     /// File holding the old base64 key (mode 600), when the keys are single keys, not a ring.
@@ -113,7 +119,7 @@ pub struct RekeyArgs {
     pub from_key_file: Option<std::path::PathBuf>,
 
     /// The id of the new key in the ring; the ring's active key if not given.
-    #[arg(long, value_name = "KEY_ID")]
+    #[arg(long, value_name = "KEY_ID", allow_hyphen_values = true)]
     pub to: Option<String>,
 
     /// Rows per transaction.
@@ -346,4 +352,32 @@ pub struct SendArgs {
     /// SendMessageBatch calls in flight at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn key_ids_and_tokens_that_start_with_a_hyphen_are_values() {
+        // Key ids are base64url, so one in 64 starts with `-`.
+        let cli =
+            Cli::try_parse_from(["sqs2pg", "rekey", "--from", "-AbC12_x", "--to", "-zz"]).unwrap();
+        let Command::Rekey(args) = cli.command else {
+            panic!("a rekey")
+        };
+        assert_eq!(
+            (args.from.as_deref(), args.to.as_deref()),
+            (Some("-AbC12_x"), Some("-zz"))
+        );
+        let cli =
+            Cli::try_parse_from(["sqs2pg", "unmask", "--key-id", "-k", "--", "-t.s.x"]).unwrap();
+        let Command::Unmask(args) = cli.command else {
+            panic!("an unmask")
+        };
+        assert_eq!(args.key_id.as_deref(), Some("-k"));
+        assert_eq!(args.tokens, ["-t.s.x"]);
+    }
 }

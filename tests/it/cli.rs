@@ -1201,7 +1201,7 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
     assert_eq!(same_device, expected);
 
     let out = sqs2pg(
-        &["unmask", &ip_token, &device_token],
+        &["unmask", "--", &ip_token, &device_token],
         &[("SQS2PG_MASK_KEY", key.as_str())],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1258,7 +1258,7 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
     // Another key: refused, naming the key ids; an hmac token: refused as one-way.
     let other = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let out = sqs2pg(
-        &["unmask", &ip_token],
+        &["unmask", "--", &ip_token],
         &[("SQS2PG_MASK_KEY", other.as_str())],
     );
     assert_eq!(out.status.code(), Some(1));
@@ -1270,7 +1270,7 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
     let masker = sqs2pg::login::Masker::new(&sqs2pg::login::MaskKey::from_base64(&key).unwrap());
     let hmac = masker.mask_device_id("593-47-5928").unwrap();
     let out = sqs2pg(
-        &["unmask", hmac.as_str()],
+        &["unmask", "--", hmac.as_str()],
         &[("SQS2PG_MASK_KEY", key.as_str())],
     );
     assert_eq!(out.status.code(), Some(1));
@@ -1470,7 +1470,7 @@ async fn ipcrypt_masked_ips_are_addresses_in_the_table_and_unmask_with_the_mode(
             );
         }
         let out = sqs2pg(
-            &["unmask", "--ip-mask", &mode.to_string(), &tokens[0]],
+            &["unmask", "--ip-mask", &mode.to_string(), "--", &tokens[0]],
             &[("SQS2PG_MASK_KEY", key.as_str())],
         );
         assert!(out.status.success(), "{}", stderr(&out));
@@ -1556,6 +1556,7 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
             "ipcrypt",
             "--key-id",
             &k1,
+            "--",
             ip1,
             device1,
         ],
@@ -1742,7 +1743,7 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
     std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o640)).unwrap();
     for command in [
         vec!["keygen", "--ring", ring_path],
-        vec!["unmask", device1.as_str()],
+        vec!["unmask", "--", device1.as_str()],
     ] {
         let out = sqs2pg(&command, &ring_env);
         assert_eq!(out.status.code(), Some(2), "{command:?}: {}", stderr(&out));
