@@ -612,6 +612,9 @@ async fn a_failing_loader_deletes_nothing_and_drain_fails() {
     queue.send(&sample_bodies()).await;
     let mut a = fresh_args(&db, &queue);
     a.visibility_timeout_secs = Some(1);
+    // One loader, so the attempts counted are one batch's (with two, a second batch's load
+    // may be tried once or twice before the first one's failure stops it).
+    a.loaders = 1;
     let counting = Arc::new(FaultySource::new(queue.queue.clone()));
     let attempts = Arc::new(AtomicU64::new(0));
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
