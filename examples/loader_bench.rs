@@ -57,14 +57,10 @@ impl Synthetic {
 }
 
 /// A message id shaped like SQS's (a random-looking UUID, so ledger inserts land all over its
-/// index as real ones do), from the message's number (splitmix64).
+/// index as real ones do), the same for the same message number.
 fn uuid_like(i: u64) -> String {
-    let mix = |mut z: u64| {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let (a, b) = (mix(i.wrapping_add(0x9e37_79b9_7f4a_7c15)), mix(!i));
+    let mut rng = fastrand::Rng::with_seed(i);
+    let (a, b) = (rng.u64(..), rng.u64(..));
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         a >> 32,

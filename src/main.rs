@@ -305,8 +305,8 @@ fn keygen(args: &KeygenArgs) -> ExitCode {
         },
         None => match MaskKey::generate_base64() {
             Ok(key) => {
+                let key = zeroize::Zeroizing::new(key);
                 println!("{}", key.as_str());
-                drop(zeroize::Zeroizing::new(key));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -90,6 +90,10 @@ pub struct RekeyReport {
     pub address_rows: u64,
 }
 
+/// Retires key $2 on table $1 in favour of key $3: runs refuse to start under it there.
+const RETIRE_KEY: &str =
+    "UPDATE sqs2pg.mask_keys SET retired_to = $3 WHERE table_name = $1 AND key_id = $2";
+
 /// Distinct addresses mapped per round trip while re-keying ipcrypt addresses.
 const ADDRESS_CHUNK: i64 = 10_000;
 
@@ -150,12 +154,9 @@ pub async fn rekey(
     // The old key is retired on this table, and the new key takes over its latest modes, so
     // the next run under it does not warn.
     let tx = client.transaction().await.map_err(AppError::Query)?;
-    tx.execute(
-        "UPDATE sqs2pg.mask_keys SET retired_to = $3 WHERE table_name = $1 AND key_id = $2",
-        &[&name, &from_id, &to_id],
-    )
-    .await
-    .map_err(AppError::Query)?;
+    tx.execute(RETIRE_KEY, &[&name, &from_id, &to_id])
+        .await
+        .map_err(AppError::Query)?;
     tx.execute(
         "UPDATE sqs2pg.mask_keys SET retired_to = NULL WHERE table_name = $1 AND key_id = $2",
         &[&name, &to_id],
@@ -280,12 +281,9 @@ async fn rekey_addresses(
         )
         .await
         .map_err(AppError::Query)?;
-    tx.execute(
-        "UPDATE sqs2pg.mask_keys SET retired_to = $3 WHERE table_name = $1 AND key_id = $2",
-        &[&name, &from_id, &to_id],
-    )
-    .await
-    .map_err(AppError::Query)?;
+    tx.execute(RETIRE_KEY, &[&name, &from_id, &to_id])
+        .await
+        .map_err(AppError::Query)?;
     tx.commit().await.map_err(AppError::Query)?;
     tracing::info!(
         rows,

@@ -571,13 +571,8 @@ async fn batch_loop<L: BatchLoader>(
         let flush = tokio::select! {
             biased;
             // A finished load gives its connection back (and its counts).
-            Some((loader, part, result)) = loading.next(), if !loading.is_empty() => {
-                idle.push(loader);
-                summary.absorb_load(part);
-                if let Err(e) = result {
-                    abandon.cancel();
-                    failed = Some(e);
-                }
+            Some(done) = loading.next(), if !loading.is_empty() => {
+                finish_load(done, &mut idle, summary, &mut failed, abandon);
                 continue;
             }
             // Age first: a batch never waits longer than batch_max_age however busy the input.
@@ -611,13 +606,8 @@ async fn batch_loop<L: BatchLoader>(
         // Every connection busy: this batch waits for one (the receivers meanwhile fill the
         // channel and then wait too).
         while idle.is_empty() {
-            let (loader, part, result) = loading.next().await.expect("a load is running");
-            idle.push(loader);
-            summary.absorb_load(part);
-            if let Err(e) = result {
-                abandon.cancel();
-                failed = Some(e);
-            }
+            let done = loading.next().await.expect("a load is running");
+            finish_load(done, &mut idle, summary, &mut failed, abandon);
         }
         if failed.is_some() {
             break;
@@ -640,13 +630,27 @@ async fn batch_loop<L: BatchLoader>(
         });
     }
     // Whatever is loading still commits (and is deleted) or fails, before the run goes on.
-    while let Some((_, part, result)) = loading.next().await {
-        summary.absorb_load(part);
-        if let Err(e) = result {
-            failed.get_or_insert(e);
-        }
+    while let Some(done) = loading.next().await {
+        finish_load(done, &mut idle, summary, &mut failed, abandon);
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// A finished load: its connection goes back to `idle` and its counts into `summary`; the
+/// first failure is kept, and tells the other loads to stop retrying.
+fn finish_load<L>(
+    (loader, part, result): (L, Summary, Result<(), PipelineError>),
+    idle: &mut Vec<L>,
+    summary: &mut Summary,
+    failed: &mut Option<PipelineError>,
+    abandon: &CancellationToken,
+) {
+    idle.push(loader);
+    summary.absorb_load(part);
+    if let Err(e) = result {
+        abandon.cancel();
+        failed.get_or_insert(e);
+    }
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

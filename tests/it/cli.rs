@@ -149,10 +149,7 @@ fn keygen_prints_a_fresh_32_byte_base64_key() {
 async fn setup_send_drain_as_processes() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let sample = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/login-queue-sample.jsonl"
-    );
+    let sample = crate::harness::SAMPLE;
     let env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),
@@ -531,10 +528,7 @@ async fn three_processes_with_a_short_visibility_load_each_message_once() {
 #[test]
 fn requests_are_really_signed_and_a_wrong_secret_is_refused() {
     let moto = crate::harness::SigningMoto::start();
-    let sample = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/login-queue-sample.jsonl"
-    );
+    let sample = crate::harness::SAMPLE;
     let send = |protocol: &str, secret: &str| {
         sqs2pg(
             &["send", "--sqs-protocol", protocol, "--file", sample],
@@ -665,10 +659,7 @@ async fn the_exercises_localstack_needs_no_protocol_flag_and_no_region() {
         crate::harness::unique("login-queue").replace('_', "-")
     );
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let sample = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/login-queue-sample.jsonl"
-    );
+    let sample = crate::harness::SAMPLE;
     // What a user of the exercise sets: the database, the queue URL, a key. No protocol, no
     // endpoint, no region.
     let env: Vec<(&str, &str)> = vec![

@@ -584,20 +584,29 @@ fn xml_text(xml: &str, name: &str) -> String {
     xml[start..end].to_owned()
 }
 
+/// The command in `var`, or else where `scripts/install-deps.sh` installs it under
+/// `~/.cache/sqs2pg/`.
+fn installed(var: &str, under_cache: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "{}/.cache/sqs2pg/{under_cache}",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        })
+}
+
 static LOCALSTACK_4: OnceLock<String> = OnceLock::new();
 
 /// The endpoint of LocalStack 4.0.3, started on first call with its own watchdog.
 pub fn localstack_4() -> &'static str {
     LOCALSTACK_4.get_or_init(|| {
-        let python = std::env::var("SQS2PG_TEST_LOCALSTACK4")
-            .ok()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| {
-                format!(
-                    "{}/.cache/sqs2pg/localstack-4.0.3-venv/bin/python",
-                    std::env::var("HOME").unwrap_or_default()
-                )
-            });
+        let python = installed(
+            "SQS2PG_TEST_LOCALSTACK4",
+            "localstack-4.0.3-venv/bin/python",
+        );
         let port = free_port();
         start_localstack(
             "LocalStack 4.0.3",
@@ -623,15 +632,10 @@ pub fn localstack_014() -> &'static str {
 }
 
 fn start_localstack_014() -> String {
-    let command = std::env::var("SQS2PG_TEST_LOCALSTACK")
-        .ok()
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| {
-            format!(
-                "{}/.cache/sqs2pg/localstack-0.14.3-venv/bin/localstack",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
+    let command = installed(
+        "SQS2PG_TEST_LOCALSTACK",
+        "localstack-0.14.3-venv/bin/localstack",
+    );
     let port = free_port();
     start_localstack(
         "LocalStack 0.14.3",
@@ -966,13 +970,15 @@ impl TestQueue {
     }
 }
 
+/// The sample file shipped in the repo: 99 logins and one malformed message.
+pub const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/login-queue-sample.jsonl"
+);
+
 /// The 100 sample bodies shipped in the repo.
 pub fn sample_bodies() -> Vec<String> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/login-queue-sample.jsonl"
-    ))
-    .unwrap();
+    let text = std::fs::read_to_string(SAMPLE).unwrap();
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(str::to_owned)
