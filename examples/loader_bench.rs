@@ -1,5 +1,5 @@
 //! The loader alone, for `scripts/bench.py loader`: the real pipeline and PostgreSQL loader
-//! (transform, binary COPY into staging, ledger and table inserts, one transaction per batch)
+//! (transform, ledger and binary COPY into the table, one transaction per batch)
 //! fed by an in-process source at the pipeline's seam (`app::process_with`), so no SQS server
 //! is in the way.
 //!
@@ -9,9 +9,10 @@
 //!
 //! The source makes synthetic login bodies on the fly (no memory held for them): users, ips and
 //! device ids repeat from pools of 5,000, 2,100 and 3,000 values, and 1 message in 100 is not
-//! a login. Deletes succeed at once. Prints `rows N rejected N seconds S`: S runs from the
-//! start (connection included) to the COMMIT that completes the last message, so the drain's
-//! closing empty polls (about 2 s) are not counted.
+//! a login. Message ids are random UUIDs, sent 10 per millisecond. Deletes succeed at once.
+//! Prints `rows N rejected N seconds S`: S runs from the start (connection included) to the
+//! COMMIT that completes the last message, so the drain's closing empty polls (about 2 s) are
+//! not counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 use sqs2pg::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use sqs2pg::pipeline::Mode;
 use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
+
+/// The queue was filled at 10,000 messages a second (10 per millisecond of SentTimestamp), and
+/// is received in send order, as a backlog roughly is.
+const SENT_PER_MS: u64 = 10;
 
 struct Synthetic {
     next: AtomicU64,
@@ -56,8 +61,7 @@ impl Synthetic {
     }
 }
 
-/// A message id shaped like SQS's (a random-looking UUID, so ledger inserts land all over its
-/// index as real ones do), the same for the same message number.
+/// A message id shaped like SQS's (a random-looking UUID), the same for the same message number.
 fn uuid_like(i: u64) -> String {
     let mut rng = fastrand::Rng::with_seed(i);
     let (a, b) = (rng.u64(..), rng.u64(..));
@@ -95,7 +99,7 @@ impl MessageSource for Synthetic {
                     },
                     ledger_id: id,
                     body: Self::body(i),
-                    sent_timestamp: self.sent,
+                    sent_timestamp: self.sent + (i / SENT_PER_MS) as i64,
                     receive_count: 1,
                     received_at: SystemTime::now(),
                     md5_mismatch: false,
@@ -194,7 +198,8 @@ async fn main() {
     let sent = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("after 1970")
-        .as_millis() as i64;
+        .as_millis() as i64
+        - (total / SENT_PER_MS) as i64;
     let source = Arc::new(Synthetic {
         next: AtomicU64::new(0),
         total,

@@ -319,7 +319,7 @@ def bench_loader(args):
             plain = url.split("?")[0]
             if not rows_file.exists():
                 psql(plain, f"\\copy public.user_logins TO '{rows_file}'")
-                psql(plain, f"\\copy (SELECT message_id, outcome FROM sqs2pg.processed_messages) TO '{ids_file}'")
+                psql(plain, f"\\copy (SELECT sent_ms, message_id, outcome FROM sqs2pg.ledger) TO '{ids_file}'")
             psql(plain, "CREATE TABLE copy_target (LIKE public.user_logins)")
             m = run_measured(["psql", "-q", "-v", "ON_ERROR_STOP=1", plain, "-c",
                               f"\\copy copy_target FROM '{rows_file}'"], env)
@@ -328,10 +328,10 @@ def bench_loader(args):
             # The same durable work as sqs2pg: the rows, and every message id into a ledger
             # with the same unique index (the ids of the rejections included).
             psql(plain, "CREATE TABLE copy_target2 (LIKE public.user_logins); "
-                        "CREATE TABLE ledger_target (LIKE sqs2pg.processed_messages INCLUDING ALL)")
+                        "CREATE TABLE ledger_target (LIKE sqs2pg.ledger INCLUDING ALL)")
             script = b.root / "copy2.sql"
             script.write_text(f"\\copy copy_target2 FROM '{rows_file}'\n"
-                              f"\\copy ledger_target (message_id, outcome) FROM '{ids_file}'\n")
+                              f"\\copy ledger_target (sent_ms, message_id, outcome) FROM '{ids_file}'\n")
             m = run_measured(["psql", "-q", "-v", "ON_ERROR_STOP=1", plain, "-f", script], env)
             r["psql_ledger"] = loaded / m.wall
             r["ratio_ledger"] = r["ours"] / r["psql_ledger"]

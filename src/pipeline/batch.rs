@@ -16,6 +16,20 @@ pub struct Delivery {
     pub receive_count: i32,
     /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
     pub sent_timestamp: i64,
+    /// The time half of the message's ledger key (see [`ledger_ms`]).
+    pub ledger_ms: i64,
+}
+
+/// The time half of a message's ledger key, `sqs2pg.ledger (sent_ms, message_id)`: its
+/// SentTimestamp in milliseconds, which every delivery of the message carries unchanged; for a
+/// replay (whose ledger id differs from its SQS message id) 0, as replays are kept apart and
+/// never pruned, and a replay sent twice carries two SentTimestamps.
+pub fn ledger_ms(sent_timestamp: i64, is_replay: bool) -> i64 {
+    if is_replay {
+        0
+    } else {
+        i64::try_from(crate::login::validate::sent_millis(sent_timestamp)).unwrap_or(i64::MAX)
+    }
 }
 
 /// The raw body of a message whose row is not committed yet. It is kept (and wiped from memory
@@ -44,6 +58,8 @@ pub struct Evidence {
     pub receive_count: i32,
     /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
     pub sent_timestamp: i64,
+    /// The time half of the message's ledger key (see [`ledger_ms`]).
+    pub ledger_ms: i64,
     pub sealed_body: SealedBody,
 }
 
@@ -54,6 +70,7 @@ impl Evidence {
             received_at: delivery.received_at,
             receive_count: delivery.receive_count,
             sent_timestamp: delivery.sent_timestamp,
+            ledger_ms: delivery.ledger_ms,
             sealed_body,
         }
     }

@@ -516,6 +516,7 @@ impl Stage {
             received_at: m.received_at,
             receive_count: m.receive_count,
             sent_timestamp: m.sent_timestamp,
+            ledger_ms: batch::ledger_ms(m.sent_timestamp, m.ledger_id != m.ack.message_id),
         };
         // A rejection's body is sealed now; a row's is held, to be sealed only if the
         // database refuses the row.

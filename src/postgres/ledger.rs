@@ -1,20 +1,54 @@
-//! Ledger retention: pruning `sqs2pg.processed_messages` so it does not grow without bound.
+//! Ledger retention: pruning `sqs2pg.ledger` (and the retired `sqs2pg.processed_messages`) so
+//! they do not grow without bound.
 //!
-//! Why a horizon is safe: the ledger only has to recognise a message id while SQS can still
-//! deliver that message. SQS keeps a message at most 14 days (`MessageRetentionPeriod`); a move
-//! to a FIFO dead-letter queue restarts that clock for up to 14 more; and a received message is
-//! back at most 12 hours later (the longest visibility timeout). So an id older than about 28.5
-//! days can never be delivered again: the horizon may not be set below 29 days (default 30).
-//! Replay ids (`...#replayN`) are kept forever: `rejects replay --again` consults them to never
-//! load a replayed login twice, and there is one per replay, so they stay few.
+//! Why a horizon is safe: the ledger only has to recognise a message while SQS can still
+//! deliver it. SQS keeps a message at most 14 days from when it was sent
+//! (`MessageRetentionPeriod`); a move to a FIFO dead-letter queue restarts that clock for up to
+//! 14 more; and a received message is back at most 12 hours later (the longest visibility
+//! timeout). So a message sent more than about 28.5 days ago can never be delivered again: the
+//! horizon may not be set below 29 days (default 30). The ledger's key leads with the send
+//! time, so pruning walks the front of its primary key. The retired ledger has no send times
+//! and is pruned by processing time, which is later. Replays (`...#replayN`, at send time 0) are
+//! kept forever: `rejects replay --again` consults them to never load a replayed login twice,
+//! and there is one per replay, so they stay few.
 
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
-/// Deletes ledger entries older than `horizon`, `batch` rows per statement (short transactions,
-/// little lock time), until none are left. Returns how many were deleted.
+/// Deletes ledger entries of messages sent longer than `horizon` ago, `batch` rows per
+/// statement (short transactions, little lock time), until none are left, then the same of the
+/// retired ledger. Returns how many were deleted.
 pub async fn prune(
+    client: &Client,
+    horizon: Duration,
+    batch: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let horizon_ms = i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX);
+    let mut total = 0;
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM sqs2pg.ledger
+                  WHERE (sent_ms, message_id) IN (
+                        SELECT sent_ms, message_id FROM sqs2pg.ledger
+                         WHERE sent_ms > 0
+                           AND sent_ms < (extract(epoch FROM now()) * 1000)::bigint - $1
+                         ORDER BY sent_ms
+                         LIMIT $2)",
+                &[&horizon_ms, &batch],
+            )
+            .await?;
+        total += deleted;
+        if deleted < batch as u64 {
+            break;
+        }
+    }
+    Ok(total + prune_retired(client, horizon, batch).await?)
+}
+
+/// The retired ledger's share of [`prune`]: by processing time, as it has no send times.
+async fn prune_retired(
     client: &Client,
     horizon: Duration,
     batch: i64,

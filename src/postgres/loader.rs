@@ -1,27 +1,38 @@
 //! The loader: one batch, one transaction.
 //!
-//! 1. one statement claims the batch's message ids in the ledger `sqs2pg.processed_messages`
-//!    (`INSERT ... ON CONFLICT DO NOTHING RETURNING`), which says which ids are new;
-//! 2. binary `COPY` of the new ids' rows straight into the target table (the contract's column
+//! 1. the batch's rows are recorded in the ledger `sqs2pg.ledger`, keyed by (send time, message
+//!    id), which says which of them are new;
+//! 2. binary `COPY` of the new rows straight into the target table (the contract's column
 //!    types; `check_ready` made sure the table has them);
-//! 3. the same claim-then-insert for rejections into `sqs2pg.rejected_messages`;
+//! 3. the same for rejections into `sqs2pg.rejected_messages`;
 //! 4. `COMMIT`.
 //!
-//! So a message already committed (a redelivery, a crash between COMMIT and delete, another
-//! replica) is skipped inside the same transaction, and a concurrent duplicate waits on the
-//! ledger's primary key until the first transaction ends, then skips. Ids are claimed in
-//! sorted order, so two loaders whose rows overlap wait for each other instead of deadlocking
-//! (one batch's row being another's rejection can still deadlock, very rarely: PostgreSQL
-//! breaks it and the load is retried). The statements are
-//! prepared once per connection. The ledger's unique index is the price of "never a second
-//! row": it is most of the database's work per message (see BENCHMARKS.md, loader alone).
+//! Step 1 has two ways. Usually every id is new, so the ids go into the ledger by binary `COPY`,
+//! sorted by key: the cheapest insert PostgreSQL has. If one is already there (a redelivery,
+//! a crash between COMMIT and delete, another replica) the COPY fails on the ledger's primary
+//! key, nothing of the transaction stays, and the batch is loaded again the careful way: one
+//! statement claims the ids (`INSERT ... ON CONFLICT DO NOTHING RETURNING`) and only the rows of
+//! the ids it won are copied. The loader keeps claiming until a batch claims every id again, so
+//! a stream of redeliveries costs one failed COPY, not one per batch. Rejections (few) are
+//! always claimed. While the retired ledger `sqs2pg.processed_messages` still holds ids (from
+//! before schema version 8, until pruning empties it), every load claims, and the claim also
+//! skips the ids found there.
+//!
+//! So a message already committed is skipped inside the same transaction, and a concurrent
+//! duplicate waits on the ledger's primary key until the first transaction ends, then skips.
+//! Keys are written in sorted order, so two loaders whose rows overlap wait for each other
+//! instead of deadlocking (one batch's row being another's rejection can still deadlock, very
+//! rarely: PostgreSQL breaks it and the load is retried). The statements are prepared once per
+//! connection. The ledger's unique index is the price of "never a second row": it is most of
+//! the database's work per message (see BENCHMARKS.md, loader alone).
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
@@ -99,20 +110,33 @@ const TARGET_TYPES: [Type; 7] = [
     Type::DATE,
 ];
 
-const CLAIM_ROWS: &str = "INSERT INTO sqs2pg.processed_messages (message_id, outcome)
-SELECT id, 'loaded' FROM unnest($1::text[]) AS t(id) ORDER BY id
-ON CONFLICT (message_id) DO NOTHING
+const LEDGER_TYPES: [Type; 2] = [Type::INT8, Type::TEXT];
+
+/// The primary key of `sqs2pg.ledger`, whose violation sends a batch the careful way.
+const LEDGER_KEY: &str = "ledger_pkey";
+
+const COPY_LEDGER: &str = "COPY sqs2pg.ledger (sent_ms, message_id) FROM STDIN (FORMAT binary)";
+
+const CLAIM_ROWS: &str = "INSERT INTO sqs2pg.ledger (sent_ms, message_id)
+SELECT ms, id FROM unnest($1::int8[], $2::text[]) AS t(ms, id)
+ WHERE NOT EXISTS (SELECT 1 FROM sqs2pg.processed_messages p WHERE p.message_id = t.id)
+ ORDER BY ms, id
+ON CONFLICT (sent_ms, message_id) DO NOTHING
 RETURNING message_id";
 
 const INSERT_REJECTS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[],
-                         $6::bytea[], $8::int8[])
-        AS t(message_id, reason, detail, received_at, receive_count, body_sealed, sent_timestamp)
+                         $6::bytea[], $8::int8[], $9::int8[])
+        AS t(message_id, reason, detail, received_at, receive_count, body_sealed, sent_timestamp,
+             ledger_ms)
 ), fresh AS (
-    INSERT INTO sqs2pg.processed_messages (message_id, outcome)
-    SELECT message_id, 'rejected' FROM input ORDER BY message_id
-    ON CONFLICT (message_id) DO NOTHING
+    INSERT INTO sqs2pg.ledger (sent_ms, message_id, outcome)
+    SELECT ledger_ms, message_id, 'rejected' FROM input i
+     WHERE NOT EXISTS (SELECT 1 FROM sqs2pg.processed_messages p
+                        WHERE p.message_id = i.message_id)
+     ORDER BY ledger_ms, message_id
+    ON CONFLICT (sent_ms, message_id) DO NOTHING
     RETURNING message_id
 )
 INSERT INTO sqs2pg.rejected_messages
@@ -123,12 +147,19 @@ SELECT i.message_id, i.reason, i.detail, i.received_at, i.receive_count, i.body_
   FROM input i JOIN fresh USING (message_id)
 RETURNING reason";
 
+/// Whether the retired ledger still holds ids, asked again this often (pruning empties it
+/// within the retention horizon; until then every load claims).
+const RETIRED_LEDGER_RECHECK: Duration = Duration::from_secs(600);
+
 /// Loads batches into the target table over one connection, reconnecting when it drops.
 pub struct LoginLoader {
     database: Database,
     connection: Option<Connection>,
     copy_rows: String,
     seal_key_id: String,
+    /// Put the next batch's ids into the ledger by COPY (every id new), not by claiming them;
+    /// off after a COPY met an id already there, on again when a claim finds none.
+    copy_ledger: bool,
 }
 
 impl Clone for LoginLoader {
@@ -139,6 +170,7 @@ impl Clone for LoginLoader {
             connection: None,
             copy_rows: self.copy_rows.clone(),
             seal_key_id: self.seal_key_id.clone(),
+            copy_ledger: true,
         }
     }
 }
@@ -146,9 +178,12 @@ impl Clone for LoginLoader {
 /// An open connection and its prepared statements.
 struct Connection {
     client: Client,
+    copy_ledger: Statement,
     claim_rows: Statement,
     copy_rows: Statement,
     insert_rejects: Statement,
+    /// The retired ledger held ids when last asked, at that time.
+    retired_ledger: (bool, Instant),
 }
 
 impl LoginLoader {
@@ -163,7 +198,14 @@ impl LoginLoader {
                 table.quoted()
             ),
             seal_key_id,
+            copy_ledger: true,
         }
+    }
+
+    /// Whether the next batch's ids go into the ledger by COPY (see the module docs): false
+    /// after a COPY met an id already there, and while the retired ledger still holds ids.
+    pub fn copies_ledger(&self) -> bool {
+        self.copy_ledger && !self.connection.as_ref().is_some_and(|c| c.retired_ledger.0)
     }
 }
 
@@ -179,25 +221,80 @@ async fn connected<'a>(
     }
     if slot.is_none() {
         let client = database.connect().await?;
-        let (claim_rows, copy_rows, insert_rejects) = tokio::try_join!(
+        let (copy_ledger, claim_rows, copy_rows, insert_rejects, retired) = tokio::try_join!(
+            client.prepare(COPY_LEDGER),
             client.prepare(CLAIM_ROWS),
             client.prepare(copy_rows),
             client.prepare(INSERT_REJECTS),
+            retired_ledger_in_use(&client),
         )?;
         *slot = Some(Connection {
             client,
+            copy_ledger,
             claim_rows,
             copy_rows,
             insert_rejects,
+            retired_ledger: (retired, Instant::now()),
         });
     }
-    Ok(slot.as_mut().expect("connected above"))
+    let connection = slot.as_mut().expect("connected above");
+    if connection.retired_ledger.0 && connection.retired_ledger.1.elapsed() > RETIRED_LEDGER_RECHECK
+    {
+        connection.retired_ledger = (
+            retired_ledger_in_use(&connection.client).await?,
+            Instant::now(),
+        );
+    }
+    Ok(connection)
+}
+
+/// Whether the retired ledger `sqs2pg.processed_messages` still holds ids loads must skip.
+async fn retired_ledger_in_use(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM sqs2pg.processed_messages)",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// How a load puts its rows' ids into the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ledgering {
+    /// By COPY: fails on the ledger's key if any id is already there.
+    Copy,
+    /// By a claim that skips ids already there.
+    Claim,
+}
+
+/// The load failed because an id was already in the ledger (the COPY way only).
+fn ledger_conflict(e: &LoadError) -> bool {
+    e.postgres().and_then(|e| e.as_db_error()).is_some_and(|e| {
+        *e.code() == SqlState::UNIQUE_VIOLATION && e.constraint() == Some(LEDGER_KEY)
+    })
 }
 
 impl BatchLoader for LoginLoader {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
         let connection = connected(&mut self.connection, &self.database, &self.copy_rows).await?;
-        let result = load_in_transaction(connection, &self.seal_key_id, batch).await;
+        let mut ledgering = if self.copy_ledger && !connection.retired_ledger.0 {
+            Ledgering::Copy
+        } else {
+            Ledgering::Claim
+        };
+        let mut result = load_in_transaction(connection, &self.seal_key_id, batch, ledgering).await;
+        if ledgering == Ledgering::Copy && result.as_ref().is_err_and(ledger_conflict) {
+            tracing::debug!("a message of the batch is in the ledger already: claiming its ids");
+            self.copy_ledger = false;
+            ledgering = Ledgering::Claim;
+            result = load_in_transaction(connection, &self.seal_key_id, batch, ledgering).await;
+        }
+        if ledgering == Ledgering::Claim {
+            if let Ok(report) = &result {
+                self.copy_ledger = report.loaded == batch.rows.len() as u64;
+            }
+        }
         if result.is_err()
             && self
                 .connection
@@ -218,15 +315,39 @@ async fn load_in_transaction(
     connection: &mut Connection,
     seal_key_id: &str,
     batch: &Batch,
+    ledgering: Ledgering,
 ) -> Result<LoadReport, LoadError> {
     let tx = connection.client.transaction().await?;
     let mut report = LoadReport::default();
     if !batch.rows.is_empty() {
-        let ids: Vec<&str> = batch.rows.iter().map(|r| r.message_id.as_str()).collect();
-        let claimed = tx.query(&connection.claim_rows, &[&ids]).await?;
-        // Usually every id is new; otherwise only the rows of the ids this claim won.
-        let fresh: Option<HashSet<&str>> = (claimed.len() < ids.len())
-            .then(|| claimed.iter().map(|r| r.get::<_, &str>(0)).collect());
+        let mut keys: Vec<(i64, &str)> = batch
+            .rows
+            .iter()
+            .map(|r| (r.delivery.ledger_ms, r.message_id.as_str()))
+            .collect();
+        // The ledger's key order (bigint, then bytes: the column is COLLATE "C").
+        keys.sort_unstable();
+        // None: every row is new; otherwise only the rows of the ids the claim won.
+        let fresh: Option<HashSet<String>> = match ledgering {
+            Ledgering::Copy => {
+                let sink = tx.copy_in(&connection.copy_ledger).await?;
+                let mut writer = pin!(BinaryCopyInWriter::new(sink, &LEDGER_TYPES));
+                for (ms, id) in &keys {
+                    writer
+                        .as_mut()
+                        .write(&[ms as &(dyn ToSql + Sync), id])
+                        .await?;
+                }
+                writer.finish().await?;
+                None
+            }
+            Ledgering::Claim => {
+                let (ms, ids): (Vec<i64>, Vec<&str>) = keys.iter().copied().unzip();
+                let claimed = tx.query(&connection.claim_rows, &[&ms, &ids]).await?;
+                (claimed.len() < ids.len())
+                    .then(|| claimed.iter().map(|r| r.get::<_, String>(0)).collect())
+            }
+        };
         let sink = tx.copy_in(&connection.copy_rows).await?;
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &TARGET_TYPES));
         for row in &batch.rows {
@@ -288,6 +409,7 @@ async fn load_in_transaction(
             .iter()
             .map(|r| r.evidence.sealed_body.as_bytes())
             .collect();
+        let ledger_ms: Vec<i64> = batch.rejects.iter().map(|r| r.evidence.ledger_ms).collect();
         let rows = tx
             .query(
                 &connection.insert_rejects,
@@ -300,6 +422,7 @@ async fn load_in_transaction(
                     &bodies,
                     &seal_key_id,
                     &sent,
+                    &ledger_ms,
                 ],
             )
             .await?;

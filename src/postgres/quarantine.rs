@@ -122,8 +122,8 @@ pub async fn lock_for_replay(
             "SELECT r.message_id, r.reason, r.body_sealed, r.seal_key_id, r.sent_timestamp,
                     r.replay_count, p.outcome
                FROM sqs2pg.rejected_messages r
-               LEFT JOIN sqs2pg.processed_messages p
-                      ON p.message_id = r.message_id || '#replay' || r.replay_count
+               LEFT JOIN sqs2pg.ledger p
+                      ON p.sent_ms = 0 AND p.message_id = r.message_id || '#replay' || r.replay_count
               WHERE ($1::text IS NULL OR r.reason = $1)
                 AND (cardinality($2::text[]) = 0 OR r.message_id = ANY($2))
                 AND ($3 OR r.replayed_at IS NULL)

@@ -124,6 +124,42 @@ SET LOCAL lock_timeout = '60s';
 ALTER TABLE sqs2pg.processed_messages ALTER COLUMN message_id TYPE text COLLATE "C";
 "#,
     ),
+    (
+        8,
+        "a ledger keyed by send time",
+        r#"
+-- The ledger's key leads with the message's SentTimestamp (milliseconds; SQS fixes it when the
+-- message is first sent, so every delivery of a message carries the same one). Ids then arrive
+-- in roughly key order: inserts land on the right edge of the index instead of all over it, so
+-- its working set stays small however long the history, and pruning walks the key. Replays
+-- (ids `...#replayN`) are kept at sent_ms 0, outside the time order, and never pruned.
+CREATE TABLE sqs2pg.ledger (
+    sent_ms      bigint      NOT NULL,
+    message_id   text        COLLATE "C" NOT NULL,
+    outcome      text        NOT NULL DEFAULT 'loaded' CHECK (outcome IN ('loaded', 'rejected')),
+    processed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sent_ms, message_id)
+);
+COMMENT ON TABLE sqs2pg.ledger IS
+    'Ledger of SQS messages whose fate was committed, keyed by (SentTimestamp in ms, message id); makes redelivery idempotent. Replays are at sent_ms 0.';
+INSERT INTO sqs2pg.ledger (sent_ms, message_id, outcome, processed_at)
+SELECT 0, message_id, outcome, processed_at FROM sqs2pg.processed_messages
+ WHERE message_id LIKE '%#replay%';
+DELETE FROM sqs2pg.processed_messages WHERE message_id LIKE '%#replay%';
+-- The old ledger keeps the ids of messages processed before this migration (with no send time
+-- to key them by): loads still check it until pruning has emptied it. Nothing may add to it: a
+-- run of an older sqs2pg still going would otherwise miss the new ledger's ids.
+CREATE FUNCTION sqs2pg.refuse_legacy_ledger() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    RAISE EXCEPTION 'sqs2pg.processed_messages was replaced by sqs2pg.ledger (schema version 8): stop this older sqs2pg and run the current one';
+END
+$f$;
+CREATE TRIGGER processed_messages_retired BEFORE INSERT OR UPDATE ON sqs2pg.processed_messages
+    FOR EACH STATEMENT EXECUTE FUNCTION sqs2pg.refuse_legacy_ledger();
+COMMENT ON TABLE sqs2pg.processed_messages IS
+    'Retired ledger (schema version 8): ids processed before sqs2pg.ledger existed, checked by loads until pruned away.';
+"#,
+    ),
 ];
 
 /// What the last run before this one masked with, when it differs from this run.
@@ -288,6 +324,16 @@ pub async fn setup(
     client: &mut Client,
     table: &TableName,
 ) -> Result<SetupReport, tokio_postgres::Error> {
+    setup_up_to(client, table, latest_version()).await
+}
+
+/// [`setup`] with the migrations up to version `last` only: an older build's schema, for
+/// upgrade tests.
+pub async fn setup_up_to(
+    client: &mut Client,
+    table: &TableName,
+    last: i32,
+) -> Result<SetupReport, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
@@ -307,7 +353,7 @@ pub async fn setup(
         .await?
         .get(0);
     let mut report = SetupReport::default();
-    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current && m.0 <= last) {
         tx.batch_execute(sql).await?;
         tx.execute(
             "INSERT INTO sqs2pg.schema_migrations (version, description) VALUES ($1, $2)",
@@ -362,7 +408,8 @@ pub async fn missing_privileges(
         .query(
             "SELECT object || ': ' || privilege
                FROM (VALUES ($1::text, 'INSERT'),
-                            ('sqs2pg.processed_messages', 'INSERT'),
+                            ('sqs2pg.ledger', 'INSERT'),
+                            ('sqs2pg.ledger', 'SELECT'),
                             ('sqs2pg.processed_messages', 'SELECT'),
                             ('sqs2pg.rejected_messages', 'INSERT')) AS needed(object, privilege)
               WHERE to_regclass(object) IS NOT NULL

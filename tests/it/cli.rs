@@ -595,7 +595,7 @@ async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_
     let sent = sqs2pg(&["send", "--file", file.to_str().unwrap()], &env);
     assert!(sent.status.success(), "{}", stderr(&sent));
     let _ = std::fs::remove_file(&file);
-    let ledger = || crate::pipeline::count(&db, "SELECT count(*) FROM sqs2pg.processed_messages");
+    let ledger = || crate::pipeline::count(&db, "SELECT count(*) FROM sqs2pg.ledger");
 
     // Start, let it commit some more, kill -9 (mid-batch, mid-delete, wherever it is), again.
     for _ in 0..KILLS {

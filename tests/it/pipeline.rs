@@ -132,10 +132,7 @@ async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs
         .await,
         29
     );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM sqs2pg.processed_messages").await,
-        100
-    );
+    assert_eq!(count(&db, "SELECT count(*) FROM sqs2pg.ledger").await, 100);
     let reject = client
         .query_one(
             "SELECT reason, receive_count FROM sqs2pg.rejected_messages",
@@ -244,12 +241,179 @@ async fn redelivery_after_a_lost_delete_adds_no_second_row(sqs: Sqs) {
         count(&db, "SELECT count(*) FROM sqs2pg.rejected_messages").await,
         1
     );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM sqs2pg.processed_messages").await,
-        100
-    );
+    assert_eq!(count(&db, "SELECT count(*) FROM sqs2pg.ledger").await, 100);
     // The redeliveries were deleted for real.
     assert_eq!(queue.distinct_ids(1, Duration::from_secs(3)).await.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_ledger_upgrade_ids_in_the_retired_ledger_are_not_loaded_again() {
+    use sqs2pg::sqs::MessageSource;
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    let mut client = db.client().await;
+    let table = TableName::parse("public.user_logins").unwrap();
+    // The schema as a build before version 8 left it...
+    sqs2pg::postgres::schema::setup_up_to(&mut client, &table, 7)
+        .await
+        .unwrap();
+    let logins: Vec<String> = sample_bodies()
+        .into_iter()
+        .filter(|b| b.contains("device_id"))
+        .take(3)
+        .collect();
+    queue.send(&logins).await;
+    let mut held = Vec::new();
+    while held.len() < 3 {
+        held.extend(
+            queue
+                .queue
+                .receive(10, Duration::from_secs(1), Some(Duration::from_secs(60)))
+                .await
+                .unwrap(),
+        );
+    }
+    // ...with two of these messages committed by it (their deletes lost) and a replay loaded.
+    let (done, fresh): (Vec<_>, Vec<_>) = held
+        .iter()
+        .partition(|m| m.ack.message_id != held[2].ack.message_id);
+    let done_ids: Vec<String> = done.iter().map(|m| m.ack.message_id.clone()).collect();
+    client
+        .execute(
+            "INSERT INTO sqs2pg.processed_messages (message_id, outcome)
+             SELECT unnest($1::text[]), 'loaded' UNION ALL SELECT 'x#replay1', 'loaded'",
+            &[&done_ids],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fresh.len(), 1);
+    let acks: Vec<_> = held.iter().map(|m| m.ack.clone()).collect();
+    queue
+        .queue
+        .change_visibility(&acks, Duration::ZERO)
+        .await
+        .unwrap();
+
+    setup(&db).await;
+    // The replay moved to the new ledger (at send time 0); the other ids stay where they were.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqs2pg.ledger WHERE sent_ms = 0 AND message_id = 'x#replay1'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.processed_messages").await,
+        2
+    );
+    // An older build still running cannot add to the retired ledger.
+    let refused = client
+        .execute(
+            "INSERT INTO sqs2pg.processed_messages (message_id, outcome) VALUES ('late', 'loaded')",
+            &[],
+        )
+        .await
+        .expect_err("the retired ledger takes no new ids");
+    assert!(
+        sqs2pg::postgres::describe(&refused).contains("schema version 8"),
+        "{refused:?}"
+    );
+
+    let summary = drain(&fresh_args(&db, &queue)).await;
+    assert_eq!((summary.loaded, summary.duplicates), (1, 2), "{summary:?}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.ledger WHERE sent_ms > 0").await,
+        1
+    );
+    assert_eq!(queue.distinct_ids(1, Duration::from_secs(3)).await.len(), 0);
+}
+
+/// A batch of the sample's logins under the given ledger ids, sent at millisecond `i` of each.
+fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
+    use sqs2pg::pipeline::batch::{Batch, Delivery, HeldBody, Row};
+    let masker = Masker::new(&MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap());
+    let body = sample_bodies()
+        .into_iter()
+        .find(|b| b.contains("device_id"))
+        .unwrap();
+    let rows = ids
+        .iter()
+        .map(|id| Row {
+            message_id: (*id).to_owned(),
+            login: sqs2pg::login::transform(&masker, 1 << 20, &body, sent_ms)
+                .outcome
+                .unwrap(),
+            delivery: Delivery {
+                received_at: std::time::SystemTime::now(),
+                receive_count: 1,
+                sent_timestamp: sent_ms,
+                ledger_ms: sent_ms,
+            },
+            body: HeldBody::new(body.clone()),
+        })
+        .collect();
+    Batch::part(rows, Vec::new())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_copies_new_ids_and_claims_them_after_meeting_a_known_one() {
+    use sqs2pg::postgres::{BatchLoader, LoginLoader};
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let table = TableName::parse("public.user_logins").unwrap();
+    let mut loader = LoginLoader::new(Database::parse(&db.url).unwrap(), table, "k".into());
+    let sent = 1_700_000_000_000;
+    assert!(loader.copies_ledger());
+    let report = loader
+        .load(&login_batch(&["a", "b", "c"], sent))
+        .await
+        .unwrap();
+    assert_eq!((report.loaded, report.duplicates), (3, 0));
+    assert!(loader.copies_ledger(), "every id was new");
+
+    // "c" again: the COPY fails on the ledger's key, and the batch is claimed instead.
+    let report = loader.load(&login_batch(&["c", "d"], sent)).await.unwrap();
+    assert_eq!((report.loaded, report.duplicates), (1, 1));
+    assert!(!loader.copies_ledger(), "it met a known id");
+    // Claimed while ids repeat...
+    let report = loader.load(&login_batch(&["d", "e"], sent)).await.unwrap();
+    assert_eq!((report.loaded, report.duplicates), (1, 1));
+    assert!(!loader.copies_ledger());
+    // ...and copied again after a batch of new ids only.
+    let report = loader.load(&login_batch(&["f"], sent)).await.unwrap();
+    assert_eq!((report.loaded, report.duplicates), (1, 0));
+    assert!(loader.copies_ledger());
+    // The same message id sent at another time is another message (SQS never does this).
+    let report = loader.load(&login_batch(&["a"], sent + 1)).await.unwrap();
+    assert_eq!((report.loaded, report.duplicates), (1, 0));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        7
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM sqs2pg.ledger").await, 7);
+
+    // While the retired ledger holds ids, every load claims, skipping those ids too.
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE sqs2pg.processed_messages DISABLE TRIGGER processed_messages_retired;
+             INSERT INTO sqs2pg.processed_messages (message_id, outcome) VALUES ('old', 'loaded');
+             ALTER TABLE sqs2pg.processed_messages ENABLE TRIGGER processed_messages_retired;",
+        )
+        .await
+        .unwrap();
+    let mut loader = loader.fork().unwrap();
+    let report = loader
+        .load(&login_batch(&["old", "g"], sent))
+        .await
+        .unwrap();
+    assert_eq!((report.loaded, report.duplicates), (1, 1));
+    assert!(!loader.copies_ledger(), "the retired ledger holds ids");
 }
 
 on_every_sqs!(a_fifo_queue_is_loaded_once_in_send_order);
@@ -368,10 +532,7 @@ async fn postgres_stopped_mid_drain_loses_nothing_and_doubles_nothing() {
         .await,
         99
     );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM sqs2pg.processed_messages").await,
-        100
-    );
+    assert_eq!(count(&db, "SELECT count(*) FROM sqs2pg.ledger").await, 100);
     assert_eq!(queue.depth().await, 0);
     assert!(crate::harness::captured_logs().contains("load failed; retrying"));
 }
@@ -390,7 +551,7 @@ async fn the_service_recovers_by_itself_when_the_sqs_server_restarts() {
     let settings = config::pipeline(&a, Mode::Run).unwrap();
     let shutdown = CancellationToken::new();
     let service = app::process(settings, shutdown.clone());
-    let ledger = || count(&db, "SELECT count(*) FROM sqs2pg.processed_messages");
+    let ledger = || count(&db, "SELECT count(*) FROM sqs2pg.ledger");
     let script = async {
         wait_until_async("the first half loaded", || async { ledger().await == 50 }).await;
         wait_until_async("the first half deleted", || async {
@@ -595,7 +756,7 @@ async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing()
     );
     for table in [
         "public.user_logins",
-        "sqs2pg.processed_messages",
+        "sqs2pg.ledger",
         "sqs2pg.rejected_messages",
     ] {
         assert_eq!(

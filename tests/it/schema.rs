@@ -199,33 +199,53 @@ async fn the_ledger_is_pruned_past_its_horizon_but_replay_ids_are_kept() {
         .await
         .unwrap();
     let client = db.client().await;
+    // The ledger by send time; the retired ledger (written before schema version 8, which now
+    // refuses writes: the trigger is set aside to fill it) by processing time.
     client
         .batch_execute(
-            "INSERT INTO sqs2pg.processed_messages (message_id, outcome, processed_at)
-             SELECT 'old-' || i, 'loaded', now() - interval '31 days' FROM generate_series(1, 25) i;
-             INSERT INTO sqs2pg.processed_messages (message_id, outcome, processed_at) VALUES
-                 ('recent', 'loaded', now() - interval '29 days'),
-                 ('m#replay1', 'loaded', now() - interval '400 days');",
+            "INSERT INTO sqs2pg.ledger (sent_ms, message_id)
+             SELECT (extract(epoch FROM now() - interval '31 days') * 1000)::bigint + i,
+                    'old-' || i
+               FROM generate_series(1, 25) i;
+             INSERT INTO sqs2pg.ledger (sent_ms, message_id) VALUES
+                 ((extract(epoch FROM now() - interval '29 days') * 1000)::bigint, 'recent'),
+                 (0, 'm#replay1');
+             ALTER TABLE sqs2pg.processed_messages DISABLE TRIGGER processed_messages_retired;
+             INSERT INTO sqs2pg.processed_messages (message_id, outcome, processed_at)
+             SELECT 'retired-' || i, 'loaded', now() - interval '31 days'
+               FROM generate_series(1, 12) i;
+             INSERT INTO sqs2pg.processed_messages (message_id, outcome, processed_at)
+                 VALUES ('retired-recent', 'loaded', now() - interval '29 days');
+             ALTER TABLE sqs2pg.processed_messages ENABLE TRIGGER processed_messages_retired;",
         )
         .await
         .unwrap();
     let thirty_days = std::time::Duration::from_secs(30 * 86_400);
-    // Small statements: 25 old rows in batches of 10.
+    // Small statements: 25 + 12 old rows in batches of 10.
     let pruned = sqs2pg::postgres::ledger::prune(&client, thirty_days, 10)
         .await
         .unwrap();
-    assert_eq!(pruned, 25);
-    let left: Vec<String> = client
-        .query(
-            "SELECT message_id FROM sqs2pg.processed_messages ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(left, ["m#replay1", "recent"]);
+    assert_eq!(pruned, 37);
+    let left = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(
+        left("SELECT message_id FROM sqs2pg.ledger ORDER BY 1").await,
+        ["m#replay1", "recent"]
+    );
+    assert_eq!(
+        left("SELECT message_id FROM sqs2pg.processed_messages ORDER BY 1").await,
+        ["retired-recent"]
+    );
     assert_eq!(
         sqs2pg::postgres::ledger::prune(&client, thirty_days, 10)
             .await
