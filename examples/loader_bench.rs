@@ -26,6 +26,10 @@ use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError
 /// is received in send order, as a backlog roughly is.
 const SENT_PER_MS: u64 = 10;
 
+/// The same allocator as the sqs2pg binary (mimalloc; see the note in Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Synthetic {
     next: AtomicU64,
     total: u64,

@@ -19,6 +19,10 @@ use std::time::Instant;
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+/// The same allocator as the sqs2pg binary (mimalloc; see the note in Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn flag(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()

@@ -12,6 +12,11 @@ use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, PipelineError};
 use sqs2pg::postgres::quarantine::ReplaySelection;
 
+/// mimalloc, not glibc's malloc: the pipeline allocates a few small strings per message (see
+/// the note in Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match parse_command_line() {
         Ok(cli) => cli,

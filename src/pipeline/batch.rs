@@ -133,7 +133,8 @@ pub struct Batch {
     pub unknown_fields: u64,
     /// Body bytes of the messages in the batch (as counted against the in-flight budget).
     pub bytes: usize,
-    ids: HashSet<String>,
+    /// Ledger ids in the batch (foldhash: ids come from SQS or from replays we sent).
+    ids: HashSet<String, foldhash::fast::RandomState>,
     /// In-flight budget held by the batch's messages; released when the batch is dropped.
     permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -144,7 +145,7 @@ impl Batch {
         Self {
             rows: Vec::with_capacity(rows),
             acks: Vec::with_capacity(rows),
-            ids: HashSet::with_capacity(rows),
+            ids: HashSet::with_capacity_and_hasher(rows, Default::default()),
             permits: Vec::with_capacity(rows),
             ..Self::default()
         }

@@ -23,10 +23,36 @@ const CONCURRENT_CALLS: usize = 8;
 /// The longest the final release may take when no shutdown deadline bounds it.
 pub const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The messages we hold, by receipt handle, with when their visibility was last set.
+/// A held message, known by its receipt handle (so the map keeps one copy of each handle).
+#[derive(Debug)]
+struct Held(AckHandle);
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.receipt_handle == other.0.receipt_handle
+    }
+}
+
+impl Eq for Held {}
+
+impl std::hash::Hash for Held {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.receipt_handle.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Held {
+    fn borrow(&self) -> &str {
+        &self.0.receipt_handle
+    }
+}
+
+/// The messages we hold, by receipt handle, with when their visibility was last set. Every
+/// message passes through here twice (held, then forgotten), so the map hashes with foldhash
+/// (receipt handles come from SQS, not from message senders).
 #[derive(Debug, Default)]
 pub struct Leases {
-    held: Mutex<HashMap<String, (AckHandle, Instant)>>,
+    held: Mutex<HashMap<Held, Instant, foldhash::fast::RandomState>>,
 }
 
 impl Leases {
@@ -35,7 +61,7 @@ impl Leases {
         let now = Instant::now();
         let mut held = self.held.lock().expect("lease lock");
         for ack in acks {
-            held.insert(ack.receipt_handle.clone(), (ack.clone(), now));
+            held.insert(Held(ack.clone()), now);
         }
         crate::telemetry::metrics::record_in_flight(held.len());
     }
@@ -49,7 +75,7 @@ impl Leases {
     pub fn forget(&self, acks: &[AckHandle]) {
         let mut held = self.held.lock().expect("lease lock");
         for ack in acks {
-            held.remove(&ack.receipt_handle);
+            held.remove(ack.receipt_handle.as_str());
         }
         crate::telemetry::metrics::record_in_flight(held.len());
     }
@@ -57,17 +83,17 @@ impl Leases {
     /// Leases last set before `before`.
     fn due(&self, before: Instant) -> Vec<AckHandle> {
         let held = self.held.lock().expect("lease lock");
-        held.values()
-            .filter(|(_, at)| *at < before)
-            .map(|(ack, _)| ack.clone())
+        held.iter()
+            .filter(|(_, at)| **at < before)
+            .map(|(lease, _)| lease.0.clone())
             .collect()
     }
 
     fn extended(&self, acks: &[AckHandle], at: Instant) {
         let mut held = self.held.lock().expect("lease lock");
         for ack in acks {
-            if let Some(lease) = held.get_mut(&ack.receipt_handle) {
-                lease.1 = at;
+            if let Some(last_set) = held.get_mut(ack.receipt_handle.as_str()) {
+                *last_set = at;
             }
         }
     }
@@ -75,7 +101,7 @@ impl Leases {
     fn take_all(&self) -> Vec<AckHandle> {
         let mut held = self.held.lock().expect("lease lock");
         crate::telemetry::metrics::record_in_flight(0);
-        held.drain().map(|(_, (ack, _))| ack).collect()
+        held.drain().map(|(lease, _)| lease.0).collect()
     }
 }
 
