@@ -17,7 +17,7 @@
 //! # Delivery guarantee
 //!
 //! A message is deleted from SQS only after its row or its rejection is committed. The ledger
-//! (`sqs2pg.processed_messages`, keyed by SQS message id) is written in the same transaction, so
+//! (`sqs2pg.ledger`, keyed by send time and SQS message id) is written in the same transaction, so
 //! a redelivery, a crash between COMMIT and delete, or a second replica never adds a second row.
 //! Whatever is not committed stays in SQS and comes back after its visibility timeout.
 //!

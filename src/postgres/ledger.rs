@@ -17,9 +17,21 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 /// Deletes ledger entries of messages sent longer than `horizon` ago, `batch` rows per
-/// statement (short transactions, little lock time), until none are left, then the same of the
-/// retired ledger. Returns how many were deleted.
+/// statement (short transactions, little lock time), until none are left, and the same of the
+/// retired ledger, even if the first part failed (until the retired ledger is empty, every load
+/// claims its ids). Returns how many were deleted.
 pub async fn prune(
+    client: &Client,
+    horizon: Duration,
+    batch: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let current = prune_current(client, horizon, batch).await;
+    let retired = prune_retired(client, horizon, batch).await;
+    Ok(current? + retired?)
+}
+
+/// The ledger's share of [`prune`]: by send time, walking the front of the primary key.
+async fn prune_current(
     client: &Client,
     horizon: Duration,
     batch: i64,
@@ -41,10 +53,9 @@ pub async fn prune(
             .await?;
         total += deleted;
         if deleted < batch as u64 {
-            break;
+            return Ok(total);
         }
     }
-    Ok(total + prune_retired(client, horizon, batch).await?)
 }
 
 /// The retired ledger's share of [`prune`]: by processing time, as it has no send times.

@@ -120,7 +120,7 @@ const COPY_LEDGER: &str = "COPY sqs2pg.ledger (sent_ms, message_id) FROM STDIN (
 const CLAIM_ROWS: &str = "INSERT INTO sqs2pg.ledger (sent_ms, message_id)
 SELECT ms, id FROM unnest($1::int8[], $2::text[]) AS t(ms, id)
  WHERE NOT EXISTS (SELECT 1 FROM sqs2pg.processed_messages p WHERE p.message_id = t.id)
- ORDER BY ms, id
+ ORDER BY ms, id COLLATE \"C\"
 ON CONFLICT (sent_ms, message_id) DO NOTHING
 RETURNING message_id";
 
@@ -135,7 +135,7 @@ WITH input AS (
     SELECT ledger_ms, message_id, 'rejected' FROM input i
      WHERE NOT EXISTS (SELECT 1 FROM sqs2pg.processed_messages p
                         WHERE p.message_id = i.message_id)
-     ORDER BY ledger_ms, message_id
+     ORDER BY ledger_ms, message_id COLLATE \"C\"
     ON CONFLICT (sent_ms, message_id) DO NOTHING
     RETURNING message_id
 )
@@ -271,7 +271,10 @@ enum Ledgering {
 /// The load failed because an id was already in the ledger (the COPY way only).
 fn ledger_conflict(e: &LoadError) -> bool {
     e.postgres().and_then(|e| e.as_db_error()).is_some_and(|e| {
-        *e.code() == SqlState::UNIQUE_VIOLATION && e.constraint() == Some(LEDGER_KEY)
+        *e.code() == SqlState::UNIQUE_VIOLATION
+            && e.schema() == Some("sqs2pg")
+            && e.table() == Some("ledger")
+            && e.constraint() == Some(LEDGER_KEY)
     })
 }
 

@@ -133,6 +133,9 @@ ALTER TABLE sqs2pg.processed_messages ALTER COLUMN message_id TYPE text COLLATE 
 -- in roughly key order: inserts land on the right edge of the index instead of all over it, so
 -- its working set stays small however long the history, and pruning walks the key. Replays
 -- (ids `...#replayN`) are kept at sent_ms 0, outside the time order, and never pruned.
+-- An older sqs2pg still running must not add to the old ledger while its replay ids move:
+SET LOCAL lock_timeout = '60s';
+LOCK TABLE sqs2pg.processed_messages IN SHARE ROW EXCLUSIVE MODE;
 CREATE TABLE sqs2pg.ledger (
     sent_ms      bigint      NOT NULL,
     message_id   text        COLLATE "C" NOT NULL,
@@ -396,9 +399,9 @@ pub enum NotReady {
     Database(#[from] tokio_postgres::Error),
 }
 
-/// The privileges a run needs that the current user lacks, as readable phrases: INSERT (and
-/// SELECT, for the ledger's conflict check) on the target table and the bookkeeping tables,
-/// and TEMP on the database for the staging table. Objects that do not exist are left to
+/// The privileges a run needs that the current user lacks, as readable phrases: INSERT on the
+/// target table and the bookkeeping tables, SELECT and DELETE (pruning) on the ledgers, and
+/// TEMP on the database (rekey's address map). Objects that do not exist are left to
 /// [`check_ready`].
 pub async fn missing_privileges(
     client: &Client,
@@ -410,7 +413,9 @@ pub async fn missing_privileges(
                FROM (VALUES ($1::text, 'INSERT'),
                             ('sqs2pg.ledger', 'INSERT'),
                             ('sqs2pg.ledger', 'SELECT'),
+                            ('sqs2pg.ledger', 'DELETE'),
                             ('sqs2pg.processed_messages', 'SELECT'),
+                            ('sqs2pg.processed_messages', 'DELETE'),
                             ('sqs2pg.rejected_messages', 'INSERT')) AS needed(object, privilege)
               WHERE to_regclass(object) IS NOT NULL
                 AND NOT has_table_privilege(object, privilege)
