@@ -49,7 +49,8 @@ async fn main() {
         .region(aws_config::Region::new("us-east-1"))
         .load()
         .await;
-    let client = aws_sdk_sqs::Client::new(&config);
+    // The same client as sqs2pg's, keep-alive request header included.
+    let client = sqs2pg::sqs::sdk::client(&config);
     let (received, deleted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)

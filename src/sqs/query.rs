@@ -17,7 +17,7 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -238,6 +238,11 @@ impl QueryQueue {
             .body(())
             .map_err(|e| SourceError::new(SourceErrorKind::Permanent, action, e.to_string()))?;
         self.sign(action, &mut request, body.as_bytes()).await?;
+        // After signing, as in the SDK client (see `sdk::KeepAlive`): LocalStack closes every
+        // connection unless asked not to.
+        request
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
         let request = request.map(|()| Full::new(Bytes::from(body)));
 
         let exchange = async {

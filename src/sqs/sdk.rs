@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_sqs::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_sqs::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
@@ -21,6 +23,42 @@ use super::{
     LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
 };
 
+/// Asks every SQS response to keep the connection open (`Connection: keep-alive`). HTTP/1.1
+/// keeps connections open by default, and real SQS does; LocalStack's gateway closes each one
+/// after its response unless the request asks for keep-alive in so many words, which makes every
+/// call open a new TCP connection (BENCHMARKS.md, run 2). Added after signing: it is a
+/// hop-by-hop header, not part of the request SigV4 signs.
+#[derive(Debug)]
+pub struct KeepAlive;
+
+impl Intercept for KeepAlive {
+    fn name(&self) -> &'static str {
+        "KeepAlive"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        context
+            .request_mut()
+            .headers_mut()
+            .insert("connection", "keep-alive");
+        Ok(())
+    }
+}
+
+/// An SQS client on `config` that asks for connections to be kept open ([`KeepAlive`]).
+pub fn client(config: &aws_config::SdkConfig) -> Client {
+    Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(config)
+            .interceptor(KeepAlive)
+            .build(),
+    )
+}
+
 /// An SQS queue reached through the AWS SDK (JSON protocol).
 #[derive(Clone, Debug)]
 pub struct SdkQueue {
@@ -32,7 +70,7 @@ impl SdkQueue {
     /// A client on the shared AWS configuration (see [`super::queue`]).
     pub fn new(config: &aws_config::SdkConfig, queue_url: String) -> Self {
         Self {
-            client: Client::new(config),
+            client: client(config),
             queue_url,
         }
     }
@@ -402,6 +440,68 @@ fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// The SDK's HTTP seam: records each request's `Connection` header, answers `{}`.
+    #[derive(Debug, Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>);
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for Capture {
+        fn call(
+            &self,
+            request: aws_sdk_sqs::config::http::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            let connection = request.headers().get("connection").map(str::to_owned);
+            self.0.lock().unwrap().push(connection);
+            let response = HttpResponse::new(
+                200.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::from("{}"),
+            );
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(response))
+        }
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpClient for Capture {
+        fn http_connector(
+            &self,
+            _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+            _: &RuntimeComponents,
+        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_call_asks_to_keep_the_connection_open() {
+        let capture = Capture::default();
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::for_tests(),
+                ),
+            )
+            .endpoint_url("http://127.0.0.1:1")
+            .http_client(capture.clone())
+            .build();
+        let sqs = client(&config);
+        let _ = sqs.get_queue_url().queue_name("q").send().await;
+        let _ = sqs
+            .delete_message_batch()
+            .queue_url("http://127.0.0.1:1/000000000000/q")
+            .send()
+            .await;
+        let seen = capture.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen.iter().all(|c| c.as_deref() == Some("keep-alive")),
+            "{seen:?}"
+        );
+        // Without the interceptor, the SDK asks nothing (and LocalStack closes).
+        let plain = Client::new(&config);
+        let _ = plain.get_queue_url().queue_name("q").send().await;
+        assert_eq!(capture.0.lock().unwrap().last(), Some(&None));
+    }
+
     use super::*;
 
     #[test]
