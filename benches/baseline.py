@@ -12,6 +12,10 @@ messages are counted and deleted. It stops at the first empty receive and prints
 
 It is single-threaded and straightforward on purpose: the benchmark measures what sqs2pg saves
 against it, not a tuned rewrite. The key comes from SQS2PG_MASK_KEY, as for sqs2pg.
+
+With BASELINE_KEEP_ALIVE=1 every request also asks for `Connection: keep-alive`, as sqs2pg's
+do: LocalStack closes each connection after its response unless asked, real SQS never does, so
+this variant costs what the script would cost against real SQS.
 """
 import base64
 import datetime
@@ -30,6 +34,11 @@ queue_url, database_url, table = sys.argv[1], sys.argv[2], sys.argv[3]
 key = base64.b64decode(os.environ["SQS2PG_MASK_KEY"])
 endpoint = "/".join(queue_url.split("/")[:3])
 sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+if os.environ.get("BASELINE_KEEP_ALIVE") == "1":
+    def keep_alive(request, **_):
+        request.headers["Connection"] = "keep-alive"
+
+    sqs.meta.events.register("before-send.sqs.*", keep_alive)
 db = psycopg2.connect(database_url)
 cur = db.cursor()
 

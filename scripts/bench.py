@@ -276,8 +276,17 @@ def bench_sqs(args):
             py_received = int(m.stdout.split()[1])
             r.update(python=py_received / m.wall, python_cpu=m.cpu * 100_000 / py_received,
                      python_rss=m.max_rss_mib)
+            # The same script asking for keep-alive, as sqs2pg does (what it costs on real SQS).
+            env = b.fresh()
+            b.fill(env, args.messages)
+            m = run_measured([py, REPO / "benches" / "baseline.py", env["SQS2PG_QUEUE_URL"],
+                              env["DATABASE_URL"].split("?")[0], "public.user_logins"],
+                             {**env, "BASELINE_KEEP_ALIVE": "1"})
+            py_received = int(m.stdout.split()[1])
+            r.update(python_ka=py_received / m.wall, python_ka_cpu=m.cpu * 100_000 / py_received)
             r["ratio"] = r["ours"] / r["ceiling"]
             r["cpu_ratio"] = r["python_cpu"] / r["ours_cpu"]
+            r["cpu_ratio_ka"] = r["python_ka_cpu"] / r["ours_cpu"]
             rows.append(r)
             log(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "run"))
     finally:
@@ -286,15 +295,20 @@ def bench_sqs(args):
           ", ".join(f"concurrency {c}: {v:.0f} msg/s" for c, v in calibration.items()) +
           f"; the runs use {best}.\n")
     print("| run | send msg/s | sqs2pg msg/s | ceiling msg/s | sqs2pg / ceiling | Python msg/s "
-          "| sqs2pg CPU s/100k | Python CPU s/100k | Python / sqs2pg CPU | sqs2pg peak RSS MiB | loaded | rejected |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| sqs2pg CPU s/100k | Python CPU s/100k | Python / sqs2pg CPU "
+          "| Python keep-alive msg/s | Python keep-alive CPU s/100k | that / sqs2pg CPU "
+          "| sqs2pg peak RSS MiB | loaded | rejected |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['run']} | {r['send']:.0f} | {r['ours']:.0f} | {r['ceiling']:.0f} | {r['ratio']:.2f} | "
               f"{r['python']:.0f} | {r['ours_cpu']:.2f} | {r['python_cpu']:.1f} | {r['cpu_ratio']:.1f} | "
+              f"{r['python_ka']:.0f} | {r['python_ka_cpu']:.1f} | {r['cpu_ratio_ka']:.1f} | "
               f"{r['ours_rss']:.1f} | {r['loaded']:.0f} | {r['rejected']:.0f} |")
     print(f"| **median** | {median(rows, 'send'):.0f} | {median(rows, 'ours'):.0f} | {median(rows, 'ceiling'):.0f} "
           f"| {median(rows, 'ratio'):.2f} | {median(rows, 'python'):.0f} | {median(rows, 'ours_cpu'):.2f} "
-          f"| {median(rows, 'python_cpu'):.1f} | {median(rows, 'cpu_ratio'):.1f} | {median(rows, 'ours_rss'):.1f} | | |")
+          f"| {median(rows, 'python_cpu'):.1f} | {median(rows, 'cpu_ratio'):.1f} "
+          f"| {median(rows, 'python_ka'):.0f} | {median(rows, 'python_ka_cpu'):.1f} | {median(rows, 'cpu_ratio_ka'):.1f} "
+          f"| {median(rows, 'ours_rss'):.1f} | | |")
     print(f"\nSpreads (min–max): sqs2pg {spread(rows, 'ours')} msg/s, ceiling {spread(rows, 'ceiling')} msg/s, "
           f"Python {spread(rows, 'python')} msg/s. CPU of the ceiling program (SQS calls only, same SDK): "
           f"{median(rows, 'ceiling_cpu'):.2f} s per 100k. Peak RSS of the ceiling program: "
