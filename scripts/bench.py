@@ -259,7 +259,7 @@ def bench_sqs(args):
             env = b.fresh()
             r["send"] = b.fill(env, args.messages)
             m = run_measured([b.binary, "drain", "--wait-time-secs", "1",
-                              *(["--receivers", str(args.receivers)] if args.receivers else [])], env)
+                              "--receivers", str(args.receivers or best)], env)
             received = summary_value(m.stdout, "received")
             r.update(ours=received / m.wall, ours_cpu=m.cpu * 100_000 / received, ours_rss=m.max_rss_mib,
                      loaded=summary_value(m.stdout, "loaded"), rejected=summary_value(m.stdout, "rejected"))
@@ -510,7 +510,8 @@ def main():
     p = sub.add_parser("sqs")
     p.add_argument("--messages", type=int, default=50_000)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--receivers", type=int, default=None, help="sqs2pg's --receivers (its default if unset)")
+    p.add_argument("--receivers", type=int, default=None,
+                   help="sqs2pg's --receivers (if unset, the ceiling's calibrated concurrency)")
     p = sub.add_parser("loader")
     p.add_argument("--messages", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=3)
