@@ -3,8 +3,8 @@
 
     scripts/bench.py sqs     [--messages 50000] [--runs 3]   # 1 and 2: SQS side, CPU per message
     scripts/bench.py loader  [--messages 1000000] [--runs 3] # 3: loader alone against psql \\copy
-    scripts/bench.py latency [--messages 3000] [--runs 3]    # 5: 20 ms each way, 1..64 receivers
-    scripts/bench.py memory  [--messages 50000] [--lock-secs 20]  # 6: RSS with PostgreSQL stalled
+    scripts/bench.py latency [--messages 3000] [--runs 3]    # 5: 20 ms each way, 1..64 receivers, ceiling
+    scripts/bench.py memory  [--messages 50000] [--lock-secs 20] [--runs 3]  # 6: RSS, PostgreSQL stalled
 
 (4, the transform alone, is `cargo bench --bench transform`.)
 
@@ -433,7 +433,9 @@ def bench_latency(args):
     upstream = int(b.endpoint.rsplit(":", 1)[1])
     proxy = DelayProxy(upstream, args.delay_ms / 1000)
     results = {n: [] for n in RECEIVER_COUNTS}
+    ceilings = []
     tails = []
+    ceiling = TARGET / "examples" / "sqs_ceiling"
     empty = b.root / "empty.jsonl"
     empty.write_text("")
     try:
@@ -459,6 +461,18 @@ def bench_latency(args):
                 results[n].append((received / m.wall, received / (m.wall - tails[-1]), m.max_rss_mib))
                 log(f"run {i + 1}: {n} receivers: {received / m.wall:.0f} msg/s, "
                     f"net of the {tails[-1]:.2f} s drain tail {received / (m.wall - tails[-1]):.0f} msg/s")
+            # What the server itself gives through the same delay: the bare receive + delete
+            # program with as many tasks as the most receivers, on as deep a queue.
+            env = b.fresh()
+            direct = env["SQS2PG_QUEUE_URL"]
+            n = RECEIVER_COUNTS[-1]
+            b.fill(env, max(args.messages, 500 * n), queue_url=direct)
+            through = direct.replace(f":{upstream}/", f":{proxy.port}/")
+            m = run_measured([ceiling, "--queue-url", through, "--concurrency", str(n)], env)
+            received = int(m.stdout.split()[1])
+            ceilings.append(received / (m.wall - tails[-1]))
+            log(f"run {i + 1}: ceiling program, {n} tasks, through the delay: "
+                f"net {ceilings[-1]:.0f} msg/s")
     finally:
         b.close()
     print(f"Added delay: {args.delay_ms} ms each way ({2 * args.delay_ms} ms per round trip); "
@@ -473,35 +487,46 @@ def bench_latency(args):
         net = statistics.median(x[1] for x in xs)
         print(f"| {n} | {rate:.0f} | {', '.join(f'{x[0]:.0f}' for x in xs)} | {net:.0f} | {net / n:.0f} | "
               f"{net / base:.1f} | {statistics.median(x[2] for x in xs):.1f} |")
+    print(f"\nThe bare receive + delete program ({RECEIVER_COUNTS[-1]} tasks) through the same delay, "
+          f"net of the same tail: {', '.join(f'{c:.0f}' for c in ceilings)} msg/s "
+          f"(median {statistics.median(ceilings):.0f}).")
 
 
 def bench_memory(args):
     """6: RSS while draining a deep queue with the table locked for a while."""
     b = Bench()
+    runs = []
     try:
-        env = b.fresh()
-        b.fill(env, args.messages)
-        url = env["DATABASE_URL"].split("?")[0]
-        locker = subprocess.Popen(["psql", "-q", url], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  text=True)
-        locker.stdin.write(f"BEGIN; LOCK TABLE public.user_logins IN ACCESS EXCLUSIVE MODE; "
-                           f"SELECT pg_sleep({args.lock_secs}); COMMIT;\n")
-        locker.stdin.close()
-        m = run_measured([b.binary, "drain", "--wait-time-secs", "1"], env, sample_every=0.1)
-        locker.wait()
+        for _ in range(args.runs):
+            env = b.fresh()
+            b.fill(env, args.messages)
+            url = env["DATABASE_URL"].split("?")[0]
+            locker = subprocess.Popen(["psql", "-q", url], stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, text=True)
+            locker.stdin.write(f"BEGIN; LOCK TABLE public.user_logins IN ACCESS EXCLUSIVE MODE; "
+                               f"SELECT pg_sleep({args.lock_secs}); COMMIT;\n")
+            locker.stdin.close()
+            runs.append(run_measured([b.binary, "drain", "--wait-time-secs", "1"], env,
+                                     sample_every=0.1))
+            locker.wait()
     finally:
         b.close()
-    received = summary_value(m.stdout, "received")
-    print(f"Drained {received:.0f} messages in {m.wall:.1f} s; the table was locked for the first "
-          f"{args.lock_secs} s. Peak RSS (VmHWM): {m.max_rss_mib:.1f} MiB.\n")
+    print(f"{args.messages} messages per run; the table locked for the first {args.lock_secs} s.\n")
+    print("| run | drained in s | peak RSS (VmHWM) MiB | RSS while locked (6 s to "
+          f"{args.lock_secs} s), min–max MiB |")
+    print("|---|---|---|---|")
+    for i, m in enumerate(runs):
+        locked = [rss for t, rss in m.rss_samples if 6 <= t <= args.lock_secs]
+        print(f"| {i + 1} | {m.wall:.1f} | {m.max_rss_mib:.1f} | {min(locked):.1f}–{max(locked):.1f} |")
+    print(f"| **median** | {statistics.median(m.wall for m in runs):.1f} | "
+          f"{statistics.median(m.max_rss_mib for m in runs):.1f} | |")
+    m = runs[0]
+    print("\nRSS over time in run 1:\n")
     print("| seconds since start | RSS MiB |")
     print("|---|---|")
     step = max(1, len(m.rss_samples) // 15)
     for t, rss in m.rss_samples[::step]:
         print(f"| {t:.1f} | {rss:.1f} |")
-    locked = [rss for t, rss in m.rss_samples if 2 <= t <= args.lock_secs]
-    if locked:
-        print(f"\nWhile locked (2 s to {args.lock_secs} s): RSS {min(locked):.1f}–{max(locked):.1f} MiB.")
 
 
 def main():
@@ -522,6 +547,7 @@ def main():
     p = sub.add_parser("memory")
     p.add_argument("--messages", type=int, default=50_000)
     p.add_argument("--lock-secs", type=int, default=20)
+    p.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     {"sqs": bench_sqs, "loader": bench_loader, "latency": bench_latency, "memory": bench_memory}[args.what](args)
 
