@@ -15,8 +15,9 @@ use crate::postgres::{Database, TableName};
 use crate::sqs::queue::{is_queue_name, SqsSettings};
 use zeroize::Zeroizing;
 
-/// Four receivers keep a few long polls in flight, enough to saturate one loader against real
-/// SQS (each call returns at most 10 messages in tens of milliseconds) without idle cost.
+/// Four receivers keep a few long polls in flight: against a nearby SQS each returns up to 10
+/// messages in tens of milliseconds, and `run` drops to one while the queue is idle. Against a
+/// distant region, 16 to 32 pay off (BENCHMARKS.md, run 5).
 pub const DEFAULT_RECEIVERS: usize = 4;
 /// Two loader connections: while one waits for PostgreSQL to claim ids and COMMIT, the other
 /// writes its batch, so the database's work and ours overlap (measured in BENCHMARKS.md); more
@@ -45,9 +46,9 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
 /// Docker and Kubernetes send SIGKILL 30 s after SIGTERM by default; 25 s leaves time to
 /// release what could not be committed (the last 5 s are kept for that) and to exit cleanly.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 25;
-/// 64 MiB of bodies in flight: about 400,000 logins of 160 bytes, far more than a batch of
-/// 1,000 needs to keep the database busy, yet small next to any machine this runs on; at the
-/// 256 KiB SQS maximum it still holds 256 bodies.
+/// 64 MiB of bodies in flight: about 400,000 logins of 160 bytes, far more than two loaders'
+/// batches of 5,000 need to keep the database busy, yet small next to any machine this runs on;
+/// at the 256 KiB SQS maximum it still holds 256 bodies. A batch is also cut at half of it.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Above the longest time SQS can still deliver a message id (14 days of retention, up to 14
 /// more after a FIFO dead-letter move, plus a 12-hour visibility timeout); see
