@@ -206,18 +206,17 @@ pub fn effective(args: &crate::cli::PipelineArgs) -> String {
     setting(&mut out, "url", url.as_deref());
     setting(&mut out, "table", Some(&args.database.table));
     let _ = writeln!(out, "\n[masking]");
-    let key_file = args
-        .key
-        .mask_key_file
-        .as_ref()
-        .map(|p| p.display().to_string());
-    setting(&mut out, "key_file", key_file.as_deref());
-    let ring = args
-        .key
-        .mask_key_ring
-        .as_ref()
-        .map(|p| p.display().to_string());
-    setting(&mut out, "key_ring", ring.as_deref());
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    setting(
+        &mut out,
+        "key_file",
+        path(&args.key.mask_key_file).as_deref(),
+    );
+    setting(
+        &mut out,
+        "key_ring",
+        path(&args.key.mask_key_ring).as_deref(),
+    );
     if args
         .key
         .mask_key

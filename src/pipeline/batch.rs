@@ -50,32 +50,6 @@ impl std::fmt::Debug for HeldBody {
     }
 }
 
-/// What is kept of a message in case it is quarantined: delivery metadata and the body,
-/// sealed (encrypted) so only key holders can read it.
-#[derive(Debug, Clone)]
-pub struct Evidence {
-    pub received_at: SystemTime,
-    pub receive_count: i32,
-    /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
-    pub sent_timestamp: i64,
-    /// The time half of the message's ledger key (see [`ledger_ms`]).
-    pub ledger_ms: i64,
-    pub sealed_body: SealedBody,
-}
-
-impl Evidence {
-    /// A delivery's evidence, with its sealed body.
-    pub fn new(delivery: Delivery, sealed_body: SealedBody) -> Self {
-        Self {
-            received_at: delivery.received_at,
-            receive_count: delivery.receive_count,
-            sent_timestamp: delivery.sent_timestamp,
-            ledger_ms: delivery.ledger_ms,
-            sealed_body,
-        }
-    }
-}
-
 /// A masked row and the message it came from.
 #[derive(Debug)]
 pub struct Row {
@@ -89,21 +63,23 @@ impl Row {
     /// The row's message quarantined instead (the database refused the row): its body is
     /// sealed now.
     pub fn into_reject(self, rejection: Rejection, sealer: &BodySealer) -> Reject {
-        let sealed = sealer.seal(&self.message_id, &self.body.0);
         Reject {
-            evidence: Evidence::new(self.delivery, sealed),
+            sealed_body: sealer.seal(&self.message_id, &self.body.0),
             message_id: self.message_id,
             rejection,
+            delivery: self.delivery,
         }
     }
 }
 
-/// A quarantined message: its id, why, and its evidence. No field values in the clear.
+/// A quarantined message: its id, why, how it was delivered, and its body sealed (encrypted)
+/// so only key holders can read it. No field values in the clear.
 #[derive(Debug)]
 pub struct Reject {
     pub message_id: String,
     pub rejection: Rejection,
-    pub evidence: Evidence,
+    pub delivery: Delivery,
+    pub sealed_body: SealedBody,
 }
 
 /// What one received message became, on its way to the batcher.
@@ -175,7 +151,8 @@ impl Batch {
             Err((rejection, sealed)) => self.rejects.push(Reject {
                 message_id,
                 rejection,
-                evidence: Evidence::new(p.delivery, sealed),
+                delivery: p.delivery,
+                sealed_body: sealed,
             }),
         }
     }

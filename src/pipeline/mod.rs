@@ -560,6 +560,11 @@ async fn batch_loop<L: BatchLoader>(
     // reports instead of waiting on them.
     let abandon = CancellationToken::new();
     let abandon = &abandon;
+    let context = LoadContext {
+        settings,
+        sealer,
+        abandon,
+    };
     let mut loading = futures_util::stream::FuturesUnordered::new();
     let mut failed: Option<PipelineError> = None;
     // Room for a typical batch; a full one grows past it once.
@@ -617,16 +622,7 @@ async fn batch_loop<L: BatchLoader>(
         let batch = std::mem::replace(&mut batch, Batch::with_capacity(capacity));
         loading.push(async move {
             let mut part = Summary::default();
-            let result = load_batch(
-                &mut loader,
-                batch,
-                acks,
-                settings,
-                sealer,
-                abandon,
-                &mut part,
-            )
-            .await;
+            let result = load_batch(&mut loader, batch, acks, context, &mut part).await;
             (loader, part, result)
         });
     }
@@ -654,6 +650,15 @@ fn finish_load<L>(
     }
 }
 
+/// What every load of a run shares: the settings, the sealer for bodies of rows the table
+/// refuses, and the signal that another load has failed for good.
+#[derive(Clone, Copy)]
+struct LoadContext<'a> {
+    settings: &'a PipelineSettings,
+    sealer: &'a BodySealer,
+    abandon: &'a CancellationToken,
+}
+
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -666,9 +671,7 @@ async fn load_batch<L: BatchLoader>(
     loader: &mut L,
     mut batch: Batch,
     acks: &mpsc::Sender<Vec<AckHandle>>,
-    settings: &PipelineSettings,
-    sealer: &BodySealer,
-    abandon: &CancellationToken,
+    context: LoadContext<'_>,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
@@ -677,7 +680,7 @@ async fn load_batch<L: BatchLoader>(
         .rows
         .iter()
         .map(|r| r.delivery.sent_timestamp)
-        .chain(batch.rejects.iter().map(|r| r.evidence.sent_timestamp))
+        .chain(batch.rejects.iter().map(|r| r.delivery.sent_timestamp))
         .map(crate::login::validate::sent_millis)
         .min();
     let whole = Batch::part(
@@ -686,16 +689,7 @@ async fn load_batch<L: BatchLoader>(
     );
     let rows = whole.rows.len();
     let mut refused = Vec::new();
-    let mut report = load_isolating(
-        loader,
-        whole,
-        &mut refused,
-        settings,
-        sealer,
-        abandon,
-        summary,
-    )
-    .await?;
+    let mut report = load_isolating(loader, whole, &mut refused, context, summary).await?;
     if !refused.is_empty() {
         if rows > 1 && refused.len() == rows {
             // Not one row passes: the table is the problem (a trigger or constraint nothing
@@ -711,7 +705,7 @@ async fn load_batch<L: BatchLoader>(
             "quarantining rows refused by the database"
         );
         let rejects = Batch::part(Vec::new(), refused);
-        report.merge(load_with_retry(loader, &rejects, settings, abandon, summary).await?);
+        report.merge(load_with_retry(loader, &rejects, context, summary).await?);
     }
     crate::telemetry::metrics::record_batch(
         messages as u64,
@@ -721,7 +715,7 @@ async fn load_batch<L: BatchLoader>(
         oldest_sent_ms,
     );
     summary.batches += 1;
-    settings.progress.add(
+    context.settings.progress.add(
         messages as u64,
         report.loaded,
         report.rejected.len() as u64,
@@ -758,13 +752,11 @@ fn load_isolating<'a, L: BatchLoader>(
     loader: &'a mut L,
     part: Batch,
     refused: &'a mut Vec<Reject>,
-    settings: &'a PipelineSettings,
-    sealer: &'a BodySealer,
-    abandon: &'a CancellationToken,
+    context: LoadContext<'a>,
     summary: &'a mut Summary,
 ) -> Pin<Box<dyn Future<Output = Result<LoadReport, PipelineError>> + Send + 'a>> {
     Box::pin(async move {
-        let error = match load_with_retry(loader, &part, settings, abandon, summary).await {
+        let error = match load_with_retry(loader, &part, context, summary).await {
             Ok(report) => return Ok(report),
             Err(error) => error,
         };
@@ -790,8 +782,7 @@ fn load_isolating<'a, L: BatchLoader>(
                 Batch::part(Vec::new(), rejects),
                 Batch::part(rows, Vec::new()),
             ] {
-                let r = load_isolating(loader, part, refused, settings, sealer, abandon, summary)
-                    .await?;
+                let r = load_isolating(loader, part, refused, context, summary).await?;
                 report.merge(r);
             }
         } else if rows.len() == 1 {
@@ -800,14 +791,13 @@ fn load_isolating<'a, L: BatchLoader>(
             tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database");
             refused.push(row.into_reject(
                 Rejection::with_detail(Reason::RejectedByDatabase, detail),
-                sealer,
+                context.sealer,
             ));
         } else {
             let second = rows.split_off(rows.len() / 2);
             for half in [rows, second] {
                 let half = Batch::part(half, Vec::new());
-                let r = load_isolating(loader, half, refused, settings, sealer, abandon, summary)
-                    .await?;
+                let r = load_isolating(loader, half, refused, context, summary).await?;
                 report.merge(r);
             }
         }
@@ -838,8 +828,9 @@ fn refusal_detail(err: &LoadError) -> String {
 async fn load_with_retry<L: BatchLoader>(
     loader: &mut L,
     part: &Batch,
-    settings: &PipelineSettings,
-    abandon: &CancellationToken,
+    LoadContext {
+        settings, abandon, ..
+    }: LoadContext<'_>,
     summary: &mut Summary,
 ) -> Result<LoadReport, PipelineError> {
     let mut attempts = 0u32;

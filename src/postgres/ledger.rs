@@ -25,59 +25,40 @@ pub async fn prune(
     horizon: Duration,
     batch: i64,
 ) -> Result<u64, tokio_postgres::Error> {
-    let current = prune_current(client, horizon, batch).await;
-    let retired = prune_retired(client, horizon, batch).await;
+    let current = delete_in_batches(client, PRUNE_LEDGER, horizon, batch).await;
+    let retired = delete_in_batches(client, PRUNE_RETIRED_LEDGER, horizon, batch).await;
     Ok(current? + retired?)
 }
 
 /// The ledger's share of [`prune`]: by send time, walking the front of the primary key.
-async fn prune_current(
-    client: &Client,
-    horizon: Duration,
-    batch: i64,
-) -> Result<u64, tokio_postgres::Error> {
-    let horizon_ms = i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX);
-    let mut total = 0;
-    loop {
-        let deleted = client
-            .execute(
-                "DELETE FROM sqs2pg.ledger
-                  WHERE (sent_ms, message_id) IN (
-                        SELECT sent_ms, message_id FROM sqs2pg.ledger
-                         WHERE sent_ms > 0
-                           AND sent_ms < (extract(epoch FROM now()) * 1000)::bigint - $1
-                         ORDER BY sent_ms
-                         LIMIT $2)",
-                &[&horizon_ms, &batch],
-            )
-            .await?;
-        total += deleted;
-        if deleted < batch as u64 {
-            return Ok(total);
-        }
-    }
-}
+/// `$1` is the horizon in seconds, `$2` the rows per statement.
+const PRUNE_LEDGER: &str = "DELETE FROM sqs2pg.ledger
+  WHERE (sent_ms, message_id) IN (
+        SELECT sent_ms, message_id FROM sqs2pg.ledger
+         WHERE sent_ms > 0
+           AND sent_ms < (extract(epoch FROM now() - make_interval(secs => $1)) * 1000)::bigint
+         ORDER BY sent_ms
+         LIMIT $2)";
 
 /// The retired ledger's share of [`prune`]: by processing time, as it has no send times.
-async fn prune_retired(
+const PRUNE_RETIRED_LEDGER: &str = "DELETE FROM sqs2pg.processed_messages
+  WHERE message_id IN (
+        SELECT message_id FROM sqs2pg.processed_messages
+         WHERE processed_at < now() - make_interval(secs => $1)
+           AND message_id NOT LIKE '%#replay%'
+         LIMIT $2)";
+
+/// Runs one of the statements above until it deletes fewer than `batch` rows.
+async fn delete_in_batches(
     client: &Client,
+    statement: &str,
     horizon: Duration,
     batch: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let horizon_secs = horizon.as_secs_f64();
     let mut total = 0;
     loop {
-        let deleted = client
-            .execute(
-                "DELETE FROM sqs2pg.processed_messages
-                  WHERE message_id IN (
-                        SELECT message_id FROM sqs2pg.processed_messages
-                         WHERE processed_at < now() - make_interval(secs => $1)
-                           AND message_id NOT LIKE '%#replay%'
-                         LIMIT $2)",
-                &[&horizon_secs, &batch],
-            )
-            .await?;
+        let deleted = client.execute(statement, &[&horizon_secs, &batch]).await?;
         total += deleted;
         if deleted < batch as u64 {
             return Ok(total);

@@ -280,12 +280,13 @@ fn ledger_conflict(e: &LoadError) -> bool {
 
 impl BatchLoader for LoginLoader {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        let connection = connected(&mut self.connection, &self.database, &self.copy_rows).await?;
-        let mut ledgering = if self.copy_ledger && !connection.retired_ledger.0 {
+        connected(&mut self.connection, &self.database, &self.copy_rows).await?;
+        let mut ledgering = if self.copies_ledger() {
             Ledgering::Copy
         } else {
             Ledgering::Claim
         };
+        let connection = self.connection.as_mut().expect("connected above");
         let mut result = load_in_transaction(connection, &self.seal_key_id, batch, ledgering).await;
         if ledgering == Ledgering::Copy && result.as_ref().is_err_and(ledger_conflict) {
             tracing::debug!("a message of the batch is in the ledger already: claiming its ids");
@@ -298,14 +299,7 @@ impl BatchLoader for LoginLoader {
                 self.copy_ledger = report.loaded == batch.rows.len() as u64;
             }
         }
-        if result.is_err()
-            && self
-                .connection
-                .as_ref()
-                .is_some_and(|c| c.client.is_closed())
-        {
-            self.connection = None;
-        }
+        // A connection that died in the load is replaced by `connected` on the next one.
         result
     }
 
@@ -395,24 +389,24 @@ async fn load_in_transaction(
         let received: Vec<SystemTime> = batch
             .rejects
             .iter()
-            .map(|r| r.evidence.received_at)
+            .map(|r| r.delivery.received_at)
             .collect();
         let counts: Vec<i32> = batch
             .rejects
             .iter()
-            .map(|r| r.evidence.receive_count)
+            .map(|r| r.delivery.receive_count)
             .collect();
         let sent: Vec<i64> = batch
             .rejects
             .iter()
-            .map(|r| r.evidence.sent_timestamp)
+            .map(|r| r.delivery.sent_timestamp)
             .collect();
         let bodies: Vec<&[u8]> = batch
             .rejects
             .iter()
-            .map(|r| r.evidence.sealed_body.as_bytes())
+            .map(|r| r.sealed_body.as_bytes())
             .collect();
-        let ledger_ms: Vec<i64> = batch.rejects.iter().map(|r| r.evidence.ledger_ms).collect();
+        let ledger_ms: Vec<i64> = batch.rejects.iter().map(|r| r.delivery.ledger_ms).collect();
         let rows = tx
             .query(
                 &connection.insert_rejects,

@@ -1471,13 +1471,8 @@ async fn ipcrypt_masked_ips_are_addresses_in_the_table_and_unmask_with_the_mode(
             "{mode}: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let ip_mode: String = db
-            .client()
-            .await
-            .query_one("SELECT ip_mode FROM sqs2pg.mask_keys", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let ip_mode: String =
+            crate::pipeline::one(&db, "SELECT ip_mode FROM sqs2pg.mask_keys").await;
         assert_eq!(ip_mode, mode.to_string(), "the mode is on record");
     }
 }
@@ -1718,13 +1713,8 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
     std::fs::remove_file(&pending).unwrap();
 
     // The malformed sample body was sealed under K1; with K2 active the ring still opens it.
-    let rejected: String = db
-        .client()
-        .await
-        .query_one("SELECT message_id FROM sqs2pg.rejected_messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rejected: String =
+        crate::pipeline::one(&db, "SELECT message_id FROM sqs2pg.rejected_messages").await;
     let out = sqs2pg(&["rejects", "show", &rejected], &env);
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = String::from_utf8_lossy(&out.stdout).trim().to_owned();

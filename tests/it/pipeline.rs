@@ -79,6 +79,11 @@ pub async fn setup(db: &TestDb) {
 }
 
 pub async fn count(db: &TestDb, sql: &str) -> i64 {
+    one(db, sql).await
+}
+
+/// The one value a query returns.
+pub async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(db: &TestDb, sql: &str) -> T {
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
@@ -1204,13 +1209,7 @@ async fn a_message_received_too_often_is_quarantined_as_poison() {
     }
     assert_eq!(summary.rejected.get("poison:receive_count"), Some(&1));
     assert_eq!(summary.loaded, 0);
-    let detail: String = db
-        .client()
-        .await
-        .query_one("SELECT detail FROM sqs2pg.rejected_messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let detail: String = one(&db, "SELECT detail FROM sqs2pg.rejected_messages").await;
     assert!(detail.contains("limit 1"), "{detail}");
     assert_eq!(queue.depth().await, 0);
 }
