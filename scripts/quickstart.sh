@@ -12,19 +12,41 @@
 #
 # Everything lives in .quickstart/ (git-ignored). Re-running starts from a clean database and
 # queue but keeps the masking key, so tokens stay comparable between runs.
+#
+# PostgreSQL refuses to run as root, so for root the server runs as the `postgres` user, which
+# cannot enter a clone under /root (mode 700) or under any directory others cannot traverse.
+# Its cluster then lives in a directory of its own under /tmp (named in .quickstart/pgroot, and
+# removed by `stop`); for any other user it lives in .quickstart/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 qs="$repo/.quickstart"
 
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+is_root() { [ "$(id -u)" = 0 ]; }
+# From /, which the postgres user can enter (this clone may not be).
+as_postgres() { if is_root; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Where this clone's cluster lives (data, socket, log): see the note at the top.
+pg_root() {
+  if [ -s "$qs/pgroot" ]; then cat "$qs/pgroot"; elif is_root; then echo ""; else echo "$qs/pg"; fi
+}
+
 stop() {
+  local root
+  root=$(pg_root)
+  # A cluster started by an older version of this script, inside the clone.
   if [ -f "$qs/pgdata/postmaster.pid" ]; then
     as_postgres "$(pg_bin)/pg_ctl" -D "$qs/pgdata" -m fast stop >/dev/null 2>&1 || true
   fi
+  if [ -n "$root" ] && [ -f "$root/data/postmaster.pid" ]; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$root/data" -m fast stop >/dev/null 2>&1 || true
+  fi
+  # Only a directory this script made (its name says so) is removed.
+  case "$root" in
+    */sqs2pg-quickstart.*|"$qs/pg") rm -rf "$root" ;;
+  esac
   if [ -f "$qs/sqs.pid" ]; then
     # The SQS server runs in its own process group (LocalStack starts helpers).
     pid=$(cat "$qs/sqs.pid")
@@ -33,7 +55,7 @@ stop() {
     kill -KILL -- "-$pid" 2>/dev/null || true
     rm -f "$qs/sqs.pid"
   fi
-  rm -rf "$qs/pgdata" "$qs/env" "$qs/localstack"
+  rm -rf "$qs/pgroot" "$qs/pgdata" "$qs/env" "$qs/localstack"
 }
 
 case "${1:-}" in
@@ -61,13 +83,22 @@ bin="${CARGO_TARGET_DIR:-$repo/target}/release/sqs2pg"
 
 stop
 mkdir -p "$qs"
-if [ "$(id -u)" = 0 ]; then chown postgres: "$qs"; fi
+if is_root; then
+  # A directory the postgres user owns, wherever this clone is.
+  pg=$(mktemp -d "${TMPDIR:-/tmp}/sqs2pg-quickstart.XXXXXX")
+  chmod 700 "$pg"
+  chown postgres: "$pg"
+else
+  pg="$qs/pg"
+  mkdir -p "$pg"
+fi
+echo "$pg" >"$qs/pgroot"
 
-echo "== starting PostgreSQL"
+echo "== starting PostgreSQL (cluster in $pg)"
 pg_port=$(free_port)
-as_postgres "$(pg_bin)/initdb" -D "$qs/pgdata" -U postgres --auth=trust -E UTF8 --no-instructions >/dev/null
-as_postgres "$(pg_bin)/pg_ctl" -D "$qs/pgdata" -l "$qs/postgres.log" -w \
-  -o "-p $pg_port -k $qs -c listen_addresses=127.0.0.1" start >/dev/null
+as_postgres "$(pg_bin)/initdb" -D "$pg/data" -U postgres --auth=trust -E UTF8 --no-instructions >/dev/null
+as_postgres "$(pg_bin)/pg_ctl" -D "$pg/data" -l "$pg/postgres.log" -w \
+  -o "-p $pg_port -k $pg -c listen_addresses=127.0.0.1" start >/dev/null
 
 sqs_port=$(free_port)
 if [ -n "$legacy" ]; then

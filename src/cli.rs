@@ -223,6 +223,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
 
+    /// Messages held at most (received and not yet deleted): the ceiling of the window, which
+    /// adapts below it to what the run commits within the visibility timeout.
+    #[arg(long, env = "SQS2PG_MAX_IN_FLIGHT_MESSAGES", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES)]
+    pub max_in_flight_messages: usize,
+
     /// Body bytes received and not yet committed, at most: receiving pauses at this budget
     /// (while the database is slow or down), so memory stays bounded.
     #[arg(long, env = "SQS2PG_MAX_IN_FLIGHT_BYTES", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES)]

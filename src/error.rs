@@ -8,6 +8,13 @@
 //! | quarantine | the message itself is bad, or the table refuses its row | commit a rejection with its reason, then delete |
 //! | retry      | the world is bad (database down, network, throttling)   | back off with jitter and try again; never drop |
 //! | stop       | our configuration is bad (password, missing table, TLS) | stop with a clear message; nothing is deleted  |
+//!
+//! Poison is a quarantine with evidence: a message received more often than
+//! `--max-receive-count` is only a suspect (leases lapse on a slow server, and each lapse is a
+//! delivery). It is loaded alone, and quarantined as `poison:receive_count` once loading it has
+//! failed [`SUSPECT_ATTEMPTS`] times, each right after the database committed an empty
+//! transaction ([`Outcome::FailedAlone`]). Below the limit such a message is left for SQS to
+//! redeliver, so one that fails every time reaches the limit.
 
 use std::time::Duration;
 
@@ -43,7 +50,19 @@ pub enum Outcome<'a> {
     Postgres(&'a tokio_postgres::Error),
     /// An SQS call failed.
     Sqs(&'a SourceError),
+    /// Loading one message alone failed `failures` times, each right after an empty
+    /// transaction on the same connection committed (so the database works); the message was
+    /// received more often than `--max-receive-count` or not.
+    FailedAlone {
+        failures: u32,
+        over_receive_limit: bool,
+    },
 }
+
+/// Failures of a suspect's lone load, each while the database committed other work, that make
+/// it poison. Three: one failure can be bad luck, three in a row with the database working in
+/// between are the message.
+pub const SUSPECT_ATTEMPTS: u32 = 3;
 
 /// The one decision table.
 pub fn fate(outcome: Outcome<'_>) -> Fate {
@@ -51,7 +70,7 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
         Outcome::Committed => Fate::Ack,
         // A bad message is always kept as a rejection, never retried and never dropped.
         Outcome::Rejected(_) => Fate::Quarantine,
-        Outcome::LoadFailed(LoadError::Injected(_)) => Fate::Retry,
+        Outcome::LoadFailed(LoadError::Injected(_) | LoadError::TimedOut(_)) => Fate::Retry,
         Outcome::LoadFailed(err) => match err.postgres() {
             // The table refused a row for reasons of its own: find that row (the pipeline
             // bisects the batch) and quarantine it; the rest of the batch loads.
@@ -65,6 +84,18 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
             SourceErrorKind::Transient => Fate::Retry,
             SourceErrorKind::Permanent => Fate::Stop,
         },
+        // Retry here means: leave it for SQS to redeliver (or try it alone again, when it is
+        // over the limit and short of the attempts).
+        Outcome::FailedAlone {
+            failures,
+            over_receive_limit,
+        } => {
+            if over_receive_limit && failures >= SUSPECT_ATTEMPTS {
+                Fate::Quarantine
+            } else {
+                Fate::Retry
+            }
+        }
     }
 }
 

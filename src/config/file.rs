@@ -67,6 +67,7 @@ struct PipelineSection {
     batch_max_age_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     max_in_flight_bytes: Option<u64>,
+    max_in_flight_messages: Option<u64>,
     max_attempts: Option<u64>,
     max_receive_count: Option<u64>,
     ledger_retention_days: Option<u64>,
@@ -131,6 +132,7 @@ impl FileSettings {
             ("batch_max_age_ms", p.batch_max_age_ms),
             ("max_body_bytes", p.max_body_bytes),
             ("max_in_flight_bytes", p.max_in_flight_bytes),
+            ("max_in_flight_messages", p.max_in_flight_messages),
             ("max_attempts", p.max_attempts),
             ("max_receive_count", p.max_receive_count),
             ("ledger_retention_days", p.ledger_retention_days),
@@ -165,12 +167,17 @@ pub fn path_from(args: &[OsString]) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// Makes the file's values the defaults of the matching arguments, in every subcommand.
+/// Makes the file's values the defaults of the matching arguments, in every subcommand. A
+/// secret setting (one whose environment value is hidden, such as `DATABASE_URL`, which can hold
+/// a password) gets its default hidden too, so `--help` never shows what the file holds.
 pub fn apply(mut command: clap::Command, defaults: &[(&'static str, OsString)]) -> clap::Command {
     for (id, value) in defaults {
         if command.get_arguments().any(|a| a.get_id() == *id) {
             let value: &'static std::ffi::OsStr = Box::leak(value.clone().into_boxed_os_str());
-            command = command.mut_arg(*id, |a| a.default_value(value));
+            command = command.mut_arg(*id, |a| {
+                let secret = a.is_hide_env_values_set();
+                a.default_value(value).hide_default_value(secret)
+            });
         }
     }
     let names: Vec<String> = command
@@ -241,6 +248,10 @@ pub fn effective(args: &crate::cli::PipelineArgs) -> String {
         ("batch_max_age_ms", Some(args.batch_max_age_ms)),
         ("max_body_bytes", Some(args.max_body_bytes as u64)),
         ("max_in_flight_bytes", Some(args.max_in_flight_bytes as u64)),
+        (
+            "max_in_flight_messages",
+            Some(args.max_in_flight_messages as u64),
+        ),
         ("max_attempts", Some(u64::from(args.max_attempts))),
         ("max_receive_count", Some(u64::from(args.max_receive_count))),
         ("ledger_retention_days", Some(args.ledger_retention_days)),
@@ -315,6 +326,7 @@ mod tests {
             "batch_max_age_ms",
             "max_body_bytes",
             "max_in_flight_bytes",
+            "max_in_flight_messages",
             "max_attempts",
             "max_receive_count",
             "ledger_retention_days",

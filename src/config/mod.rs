@@ -50,6 +50,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 25;
 /// batches of 5,000 need to keep the database busy, yet small next to any machine this runs on;
 /// at the 256 KiB SQS maximum it still holds 256 bodies. A batch is also cut at half of it.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+/// The window's ceiling: two batches of 5,000, one loading while the next fills. A nearby SQS
+/// hands out a few thousand messages a second and a batch is cut after half a second, so a
+/// fast run holds far fewer; the window (see `pipeline::window`) stays lower still when the
+/// run cannot commit what it holds within the visibility timeout.
+pub const DEFAULT_MAX_IN_FLIGHT_MESSAGES: usize = 10_000;
 /// Above the longest time SQS can still deliver a message id (14 days of retention, up to 14
 /// more after a FIFO dead-letter move, plus a 12-hour visibility timeout); see
 /// `postgres::ledger`.
@@ -320,6 +325,14 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         "body bytes held at once; at least --max-body-bytes, so the largest message fits",
     )?;
     range(
+        "max-in-flight-messages",
+        "SQS2PG_MAX_IN_FLIGHT_MESSAGES",
+        args.max_in_flight_messages as u64,
+        crate::sqs::SQS_BATCH_LIMIT as u64,
+        1_000_000,
+        "messages held at once; at least one receive of 10",
+    )?;
+    range(
         "shutdown-timeout-secs",
         "SQS2PG_SHUTDOWN_TIMEOUT_SECS",
         args.shutdown_timeout_secs,
@@ -389,6 +402,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             source_retry: retry,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
             max_in_flight_bytes: args.max_in_flight_bytes,
+            max_in_flight_messages: args.max_in_flight_messages,
             progress: Default::default(),
         },
     })
@@ -443,6 +457,7 @@ mod tests {
             ledger_retention_days: DEFAULT_LEDGER_RETENTION_DAYS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            max_in_flight_messages: DEFAULT_MAX_IN_FLIGHT_MESSAGES,
             metrics_addr: None,
             ip_mask: crate::login::MaskMode::Hmac,
             device_id_mask: crate::login::MaskMode::Hmac,

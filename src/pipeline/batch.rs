@@ -57,6 +57,9 @@ pub struct Row {
     pub login: MaskedLogin,
     pub delivery: Delivery,
     pub body: HeldBody,
+    /// Where the row's delivery is in its batch's `acks` (so a row left for redelivery keeps
+    /// its message in SQS).
+    pub ack_index: usize,
 }
 
 impl Row {
@@ -94,6 +97,18 @@ pub struct Processed {
     pub unknown_fields: u32,
     /// The message's share of the in-flight byte budget, given back when its batch is done.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When the run took its lease (the receive's answer).
+    pub held_since: tokio::time::Instant,
+    /// Received more often than `--max-receive-count`: a valid one is loaded alone, where the
+    /// poison verdict is made (see `pipeline::load`).
+    pub suspect: bool,
+}
+
+impl Processed {
+    /// A valid message received too often: loaded alone.
+    pub fn is_suspect_row(&self) -> bool {
+        self.suspect && self.outcome.is_ok()
+    }
 }
 
 /// Rows, rejections and the ack handles of every message in them. One message id appears at
@@ -113,6 +128,8 @@ pub struct Batch {
     ids: HashSet<String, foldhash::fast::RandomState>,
     /// In-flight budget held by the batch's messages; released when the batch is dropped.
     permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// When the run took the lease of the batch's first message.
+    pub first_held: Option<tokio::time::Instant>,
 }
 
 impl Batch {
@@ -130,6 +147,10 @@ impl Batch {
     /// Adds one processed message.
     pub fn push(&mut self, mut p: Processed) {
         self.unknown_fields += u64::from(p.unknown_fields);
+        self.first_held = Some(
+            self.first_held
+                .map_or(p.held_since, |t| t.min(p.held_since)),
+        );
         if let Some(permit) = p.permit.take() {
             self.bytes += permit.num_permits();
             self.permits.push(permit);
@@ -140,6 +161,7 @@ impl Batch {
             return;
         }
         let message_id = p.ledger_id;
+        let ack_index = self.acks.len();
         self.acks.push(p.ack);
         match p.outcome {
             Ok((login, body)) => self.rows.push(Row {
@@ -147,6 +169,7 @@ impl Batch {
                 login,
                 delivery: p.delivery,
                 body,
+                ack_index,
             }),
             Err((rejection, sealed)) => self.rejects.push(Reject {
                 message_id,

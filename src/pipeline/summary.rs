@@ -61,7 +61,14 @@ pub struct Summary {
     pub released: u64,
     /// Deliveries whose body did not match its MD5: not processed, left for SQS to redeliver.
     pub md5_mismatches: u64,
+    /// Deliveries of a message the run already held (a lapsed lease, or a server handing it
+    /// out twice): they renewed its lease and went no further.
+    pub redelivered_while_held: u64,
+    /// Requests sent to SQS, by action: the run's SQS bill.
+    pub requests: super::Requests,
     pub elapsed: Duration,
+    /// From the last delete to the end of the run (how long a drain idles at its end).
+    pub after_last_delete: Option<Duration>,
 }
 
 impl Summary {
@@ -80,6 +87,12 @@ impl Summary {
     /// Total rejections over all reasons.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
+    }
+
+    /// SQS requests per message committed (loaded or quarantined).
+    pub fn requests_per_message(&self) -> Option<f64> {
+        let messages = self.loaded + self.rejected_total();
+        (messages > 0).then(|| self.requests.total() as f64 / messages as f64)
     }
 
     /// Received deliveries per second of elapsed time.
@@ -114,12 +127,35 @@ impl fmt::Display for Summary {
         row(f, "load retries", self.load_retries)?;
         row(f, "visibility extended", self.visibility_extended)?;
         row(f, "released uncommitted", self.released)?;
+        row(f, "redelivered while held", self.redelivered_while_held)?;
+        row(f, "SQS requests", self.requests.total())?;
+        writeln!(
+            f,
+            "    {:<24}{:>6}\n    {:<24}{:>6}\n    {:<24}{:>6}",
+            "receive",
+            self.requests.receive,
+            "delete",
+            self.requests.delete,
+            "change visibility",
+            self.requests.change_visibility
+        )?;
+        if let Some(per) = self.requests_per_message() {
+            writeln!(f, "  {:<22}{:>10.3}", "requests per message", per)?;
+        }
         writeln!(
             f,
             "  {:<22}{:>10.2} s",
             "elapsed",
             self.elapsed.as_secs_f64()
         )?;
+        if let Some(after) = self.after_last_delete {
+            writeln!(
+                f,
+                "  {:<22}{:>10.2} s",
+                "after last delete",
+                after.as_secs_f64()
+            )?;
+        }
         writeln!(
             f,
             "  {:<22}{:>10.1} msg/s",

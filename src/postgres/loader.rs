@@ -70,6 +70,9 @@ pub enum LoadError {
     /// A fault injected by a test double at the loader seam.
     #[error("injected fault: {0}")]
     Injected(String),
+    /// The load did not finish in the time the pipeline gave it (its connection is dropped).
+    #[error("the load did not finish within {} s", .0.as_secs())]
+    TimedOut(Duration),
 }
 
 impl LoadError {
@@ -78,7 +81,7 @@ impl LoadError {
         match self {
             LoadError::Postgres(e) => Some(e),
             LoadError::Connect(e) => e.postgres(),
-            LoadError::Injected(_) => None,
+            LoadError::Injected(_) | LoadError::TimedOut(_) => None,
         }
     }
 }
@@ -96,6 +99,10 @@ pub trait BatchLoader: Send + 'static {
     {
         None
     }
+
+    /// Drops the connection after a load that was abandoned midway (it stalled), so the next
+    /// load starts on a fresh one; the server rolls the abandoned transaction back.
+    fn reset(&mut self) {}
 }
 
 const TARGET_COLUMNS: &str =
@@ -294,7 +301,7 @@ impl BatchLoader for LoginLoader {
             ledgering = Ledgering::Claim;
             result = load_in_transaction(connection, &self.seal_key_id, batch, ledgering).await;
         }
-        if ledgering == Ledgering::Claim {
+        if ledgering == Ledgering::Claim && !batch.rows.is_empty() {
             if let Ok(report) = &result {
                 self.copy_ledger = report.loaded == batch.rows.len() as u64;
             }
@@ -305,6 +312,10 @@ impl BatchLoader for LoginLoader {
 
     fn fork(&self) -> Option<Self> {
         Some(self.clone())
+    }
+
+    fn reset(&mut self) {
+        self.connection = None;
     }
 }
 

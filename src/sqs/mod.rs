@@ -148,7 +148,8 @@ pub(crate) fn delete_outcome<'a>(
         match batch_entry(acks, failure.id) {
             Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
             _ => {
-                tracing::warn!(code = %failure.code, "delete refused by sqs; the message will come back and be deleted as a duplicate");
+                // Logged by the caller, who knows whether the handle mattered.
+                tracing::debug!(code = %failure.code, "delete refused by sqs");
                 outcome.failed += 1;
             }
         }
@@ -176,14 +177,37 @@ pub(crate) fn send_retries<'a>(
     Ok(retry)
 }
 
-/// The credentials chain found nothing: what to set.
-pub(crate) fn no_credentials(operation: &'static str) -> SourceError {
+/// The credentials chain found nothing usable: what to set. `why` is what the chain said, in
+/// words (see [`in_words`]), when it said more than "nothing found".
+pub(crate) fn no_credentials(operation: &'static str, why: Option<String>) -> SourceError {
+    let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
     SourceError::new(
         SourceErrorKind::Permanent,
         operation,
-        "no AWS credentials could be loaded: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-         (any values for LocalStack or moto), or AWS_PROFILE, or run with an IAM role",
+        format!(
+            "no AWS credentials could be loaded{why}: set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY (any values for LocalStack or moto), or AWS_PROFILE, or run \
+             with an IAM role"
+        ),
     )
+}
+
+/// An error and its causes in words: each one's `Display`, joined with ": ", leaving out a
+/// cause whose text its parent already says (SDK errors often repeat themselves down the
+/// chain). Never `Debug`: the SDK's debug form is a dump of nested structs and HTTP headers,
+/// kept for `RUST_LOG=debug`.
+pub(crate) fn in_words(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// Whether an SQS error is worth retrying.
@@ -296,10 +320,6 @@ pub(crate) struct WireMessage {
     pub replay_sent_timestamp: Option<String>,
 }
 
-/// Messages whose body did not match the MD5 the server sent with it: counted in this metric,
-/// logged by message id, and flagged for the pipeline, which leaves them to SQS to redeliver.
-pub const MD5_MISMATCHES: &str = "sqs2pg_sqs_md5_mismatches_total";
-
 /// Turns one receive answer into held messages: checks each body against its MD5 (a mismatch
 /// is flagged, counted and logged), keeps one delivery per message id (old LocalStack can
 /// repeat a message within one answer), reads the attributes the pipeline needs, and dates and
@@ -327,7 +347,7 @@ pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceErro
                 message_id,
                 "message body does not match its MD5OfBody (corrupted on the way)"
             );
-            metrics::counter!(MD5_MISMATCHES).increment(1);
+            crate::telemetry::metrics::record_md5_mismatch();
         }
         // Asked for on every receive. Without it create_date is unknown; that is the server's
         // fault, not the message's, so stop rather than quarantine valid logins.
@@ -427,7 +447,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            recorder.snapshot().get(&format!("{MD5_MISMATCHES}{{}}")),
+            recorder.snapshot().get(&format!(
+                "{}{{}}",
+                crate::telemetry::metrics::MD5_MISMATCHES
+            )),
             Some(&1),
             "the mismatch is counted"
         );

@@ -28,9 +28,9 @@ use hyper_util::rt::TokioExecutor;
 use super::queue::is_fifo;
 use super::xml::Element;
 use super::{
-    accept, batch_entry, delete_outcome, no_credentials, send_retries, AckHandle, BatchFailure,
-    DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind, WireMessage,
-    LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
+    accept, batch_entry, delete_outcome, in_words, no_credentials, send_retries, AckHandle,
+    BatchFailure, DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind,
+    WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
 };
 
 /// The SQS API version every query request names.
@@ -264,7 +264,7 @@ impl QueryQueue {
                 return Err(SourceError::new(
                     kind,
                     action,
-                    format!("{}: {}", self.endpoint, chain(e.as_ref())),
+                    format!("{}: {}", self.endpoint, in_words(e.as_ref())),
                 ));
             }
             Err(_) => {
@@ -357,7 +357,7 @@ impl QueryQueue {
 
     async fn credentials(&self, action: &'static str) -> Result<Credentials, SourceError> {
         let Some(provider) = &self.provider else {
-            return Err(no_credentials(action));
+            return Err(no_credentials(action, None));
         };
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref() {
@@ -367,16 +367,16 @@ impl QueryQueue {
             }
         }
         let credentials = provider.provide_credentials().await.map_err(|e| match e {
-            CredentialsError::CredentialsNotLoaded(_) => no_credentials(action),
+            CredentialsError::CredentialsNotLoaded(_) => no_credentials(action, None),
             CredentialsError::InvalidConfiguration(_) => SourceError::new(
                 SourceErrorKind::Permanent,
                 action,
-                format!("AWS credentials: {}", chain(&e)),
+                format!("AWS credentials: {}", in_words(&e)),
             ),
             _ => SourceError::new(
                 SourceErrorKind::Transient,
                 action,
-                format!("AWS credentials: {}", chain(&e)),
+                format!("AWS credentials: {}", in_words(&e)),
             ),
         })?;
         *cached = Some(credentials.clone());
@@ -508,18 +508,6 @@ fn unreadable(action: &'static str, why: &str) -> SourceError {
         action,
         format!("the server's answer is not an SQS query-protocol answer ({why})"),
     )
-}
-
-/// An error and its causes, joined: hyper's own message alone is often just "client error".
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

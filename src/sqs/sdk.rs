@@ -18,9 +18,9 @@ use aws_sdk_sqs::Client;
 
 use super::queue::is_fifo;
 use super::{
-    accept, batch_entry, delete_outcome, no_credentials, send_retries, AckHandle, BatchFailure,
-    DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind, WireMessage,
-    LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
+    accept, batch_entry, delete_outcome, in_words, no_credentials, send_retries, AckHandle,
+    BatchFailure, DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind,
+    WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
 };
 
 /// Asks every SQS response to keep the connection open (`Connection: keep-alive`). HTTP/1.1
@@ -310,7 +310,10 @@ fn classify<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Sourc
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let context = || aws_sdk_sqs::error::DisplayErrorContext(&err).to_string();
+    // The SDK's own detail (nested structs, HTTP headers) is for RUST_LOG=debug only; the error
+    // says what happened in words.
+    tracing::debug!(operation, error = ?err, "sqs call failed");
+    let context = || in_words(&err);
     match &err {
         SdkError::TimeoutError(_) => {
             SourceError::new(SourceErrorKind::Transient, operation, context())
@@ -331,7 +334,16 @@ where
         }
         // Connection refused/reset and timeouts come back; "other" dispatch failures are ours
         // (no credentials could be loaded, a bad endpoint) and do not.
-        SdkError::DispatchFailure(_) if lacks_credentials(&err) => no_credentials(operation),
+        SdkError::DispatchFailure(_) if credentials_error(&err).is_some() => {
+            let why = credentials_error(&err).map(|e| {
+                // The chain's own text lists every provider it tried, one per line; the first
+                // line says what matters.
+                let text = in_words(e);
+                let first = text.lines().next().unwrap_or_default();
+                first.trim_end_matches("Attempted:").trim_end().to_owned()
+            });
+            no_credentials(operation, why)
+        }
         SdkError::DispatchFailure(failure) => SourceError::new(
             if failure.is_io() || failure.is_timeout() {
                 SourceErrorKind::Transient
@@ -424,18 +436,19 @@ fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-/// True when the credentials chain found nothing (somewhere in the error's cause chain).
-fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+/// The credentials chain's error (it found nothing, or a provider failed), when one is in the
+/// error's cause chain.
+fn credentials_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a (dyn std::error::Error + 'static)> {
     let mut cause = Some(err);
     while let Some(e) = cause {
-        if let Some(CredentialsError::CredentialsNotLoaded(_)) =
-            e.downcast_ref::<CredentialsError>()
-        {
-            return true;
+        if e.downcast_ref::<CredentialsError>().is_some() {
+            return Some(e);
         }
         cause = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())
+        .inspect(|_| super::metrics::describe())
 }
 
 /// Binds the endpoint's address (at start-up, so a taken or wrong address fails early).

@@ -7,8 +7,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::postgres::LoadReport;
-
 /// Deliveries received from SQS.
 pub const MESSAGES_RECEIVED: &str = "sqs2pg_messages_received_total";
 /// Rows committed to the target table.
@@ -38,6 +36,53 @@ pub const STATE_LABEL: &str = "state";
 /// Gauge: at the last COMMIT, seconds since the oldest message of the batch was sent (now minus
 /// its SentTimestamp): how far behind the queue the pipeline runs.
 pub const OLDEST_MESSAGE_AGE_SECONDS: &str = "sqs2pg_oldest_message_age_seconds";
+/// Deliveries whose body did not match the MD5 the server sent with it (see `sqs::accept`).
+pub const MD5_MISMATCHES: &str = "sqs2pg_sqs_md5_mismatches_total";
+/// SQS requests sent by the pipeline, labelled `action` = `receive` / `delete` /
+/// `change_visibility`: SQS bills per request, so this over rows loaded is the bill per row.
+pub const SQS_REQUESTS: &str = "sqs2pg_sqs_requests_total";
+/// Label of [`SQS_REQUESTS`].
+pub const ACTION_LABEL: &str = "action";
+/// Gauge: the most messages the run may hold now (the adaptive window, see `pipeline::window`).
+pub const WINDOW_MESSAGES: &str = "sqs2pg_window_messages";
+/// Held messages whose visibility timeout ran out before the heartbeat extended it.
+pub const LEASES_LAPSED: &str = "sqs2pg_leases_lapsed_total";
+
+/// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
+pub const DESCRIPTIONS: [(&str, &str); 16] = [
+    (MESSAGES_RECEIVED, "Deliveries received from SQS and committed (as rows, rejections or duplicates)."),
+    (ROWS_LOADED, "Rows committed to the target table."),
+    (MESSAGES_REJECTED, "Messages quarantined in sqs2pg.rejected_messages, by reason code."),
+    (DUPLICATES_SKIPPED, "Deliveries skipped because their message was already committed."),
+    (LOAD_RETRIES, "Failed load attempts that were retried."),
+    (RECEIVE_RETRIES, "Failed receive calls that were retried."),
+    (DELETE_FAILURES, "Committed messages whose delete failed for good (they come back and are skipped as duplicates)."),
+    (BATCH_MESSAGES, "Messages per committed batch."),
+    (LOAD_SECONDS, "Seconds from a batch's first load attempt to its COMMIT, retries included."),
+    (MESSAGES_IN_FLIGHT, "Messages received and not yet deleted or released."),
+    (QUEUE_MESSAGES, "The queue's approximate depth by state (visible, in_flight), polled every 15 s."),
+    (OLDEST_MESSAGE_AGE_SECONDS, "At the last COMMIT, seconds since the oldest message of the batch was sent."),
+    (MD5_MISMATCHES, "Deliveries whose body did not match its MD5 (left for SQS to redeliver)."),
+    (SQS_REQUESTS, "SQS requests sent by the pipeline, by action (receive, delete, change_visibility)."),
+    (WINDOW_MESSAGES, "The most messages the run may hold now (adapts to what commits within the visibility timeout)."),
+    (LEASES_LAPSED, "Held messages whose visibility timeout ran out before the heartbeat extended it."),
+];
+
+/// Gives every metric its help text; call once, after installing a recorder.
+pub fn describe() {
+    for (name, help) in DESCRIPTIONS {
+        // The kind only decides which describe call the recorder gets; Prometheus's exporter
+        // keeps one description per name whatever the kind.
+        match name {
+            BATCH_MESSAGES | LOAD_SECONDS => metrics::describe_histogram!(name, help),
+            MESSAGES_IN_FLIGHT | QUEUE_MESSAGES | OLDEST_MESSAGE_AGE_SECONDS | WINDOW_MESSAGES => {
+                metrics::describe_gauge!(name, help)
+            }
+            _ => metrics::describe_counter!(name, help),
+        }
+    }
+}
+
 /// Bucket bounds of [`BATCH_MESSAGES`].
 pub const BATCH_MESSAGES_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 /// Bucket bounds of [`LOAD_SECONDS`].
@@ -49,7 +94,8 @@ pub const LOAD_SECONDS_BUCKETS: [f64; 10] =
 /// commit and, when known, the send time (milliseconds since the epoch) of its oldest message.
 pub fn record_batch(
     received: u64,
-    report: &LoadReport,
+    loaded: u64,
+    rejected: &[String],
     duplicates: u64,
     took: Duration,
     oldest_sent_ms: Option<i128>,
@@ -63,9 +109,9 @@ pub fn record_batch(
         metrics::gauge!(OLDEST_MESSAGE_AGE_SECONDS).set((now_ms - sent).max(0) as f64 / 1000.0);
     }
     metrics::counter!(MESSAGES_RECEIVED).increment(received);
-    metrics::counter!(ROWS_LOADED).increment(report.loaded);
+    metrics::counter!(ROWS_LOADED).increment(loaded);
     metrics::counter!(DUPLICATES_SKIPPED).increment(duplicates);
-    for reason in &report.rejected {
+    for reason in rejected {
         metrics::counter!(MESSAGES_REJECTED, REASON_LABEL => reason.clone()).increment(1);
     }
 }
@@ -83,6 +129,26 @@ pub fn record_receive_retry() {
 /// Counts deletes that failed for good.
 pub fn record_delete_failures(n: u64) {
     metrics::counter!(DELETE_FAILURES).increment(n);
+}
+
+/// Counts one body that failed its MD5 check.
+pub fn record_md5_mismatch() {
+    metrics::counter!(MD5_MISMATCHES).increment(1);
+}
+
+/// Counts SQS requests of one action (`receive`, `delete`, `change_visibility`).
+pub fn record_sqs_requests(action: &'static str, n: u64) {
+    metrics::counter!(SQS_REQUESTS, ACTION_LABEL => action).increment(n);
+}
+
+/// Sets the adaptive window.
+pub fn record_window(n: usize) {
+    metrics::gauge!(WINDOW_MESSAGES).set(n as f64);
+}
+
+/// Counts leases that lapsed.
+pub fn record_lapsed(n: u64) {
+    metrics::counter!(LEASES_LAPSED).increment(n);
 }
 
 /// Sets the number of messages held.
@@ -166,13 +232,9 @@ mod tests {
     #[test]
     fn a_batch_is_counted_by_reason() {
         let recorder = Counters::default();
-        let report = LoadReport {
-            loaded: 7,
-            rejected: vec!["not_json".into(), "invalid_ip".into(), "not_json".into()],
-            duplicates: 1,
-        };
+        let rejected = ["not_json".into(), "invalid_ip".into(), "not_json".into()];
         metrics::with_local_recorder(&recorder, || {
-            record_batch(11, &report, 1, Duration::from_millis(20), None);
+            record_batch(11, 7, &rejected, 1, Duration::from_millis(20), None);
             record_load_retry();
         });
         let got = recorder.snapshot();

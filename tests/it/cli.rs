@@ -345,6 +345,39 @@ async fn missing_aws_credentials_stop_the_run_with_a_hint() {
         "not retried: {}",
         stderr(&out)
     );
+
+    // `check` says the same in words: the cause and the hint, no dump of the SDK's structs or
+    // HTTP headers, no warning from inside the credentials chain (which, with instance metadata
+    // not turned off, also asks it, as on a fresh machine).
+    let out = command(
+        &["check"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+            ("SQS2PG_MASK_KEY", key.as_str()),
+        ],
+    )
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_SECRET_ACCESS_KEY")
+    .env_remove("AWS_EC2_METADATA_DISABLED")
+    .env("HOME", "/nonexistent")
+    .output()
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("SQS queue"))
+        .unwrap_or_else(|| panic!("no queue line: {text}"));
+    assert!(
+        line.contains("FAIL") && line.contains("no AWS credentials could be loaded"),
+        "{text}"
+    );
+    assert!(line.contains("AWS_ACCESS_KEY_ID"), "the hint: {text}");
+    for dump in ["DispatchFailure(", "ConnectorError {", "Some(", "headers"] {
+        assert!(!text.contains(dump), "{dump} in: {text}");
+    }
+    assert!(!text.contains("WARN"), "{text}");
 }
 
 on_every_sqs!(rejects_list_show_and_replay);
@@ -997,6 +1030,72 @@ fn a_config_file_is_overridden_by_environment_and_flags() {
         "{}",
         stderr(&out)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn no_command_prints_the_database_password() {
+    // The password in the URL's user part (from the file) and as a parameter (from the
+    // environment); nothing listens on the port, so every command that connects fails.
+    let port = crate::harness::free_port();
+    let dir = std::env::temp_dir().join(crate::harness::unique("secret"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sqs2pg.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[database]\nurl = \"postgres://app:Fi1e-pa55word@127.0.0.1:{port}/db?sslmode=disable\"\n"
+        ),
+    )
+    .unwrap();
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let config = file.to_str().unwrap();
+    let in_env =
+        format!("postgres://app@127.0.0.1:{port}/db?sslmode=disable&password=Env-pa55word");
+    let base: Vec<(&str, &str)> = vec![
+        ("SQS2PG_QUEUE_URL", "http://127.0.0.1:9/000000000000/q"),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_MAX_ATTEMPTS", "1"),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+    ];
+    let with_url: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .chain([("DATABASE_URL", in_env.as_str())])
+        .collect();
+    let mut commands: Vec<Vec<&str>> = ["drain", "run", "check", "setup", "report", "rekey"]
+        .iter()
+        .map(|c| vec!["--config", config, c, "--help"])
+        .collect();
+    commands.push(vec!["--config", config, "--help"]);
+    commands.push(vec!["--config", config, "rejects", "list", "--help"]);
+    commands.push(vec!["--config", config, "config", "print"]);
+    for failing in ["setup", "check", "drain", "report"] {
+        commands.push(vec!["--config", config, failing]);
+    }
+    for env in [&base, &with_url] {
+        for args in &commands {
+            let out = sqs2pg(args, env);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!text.is_empty(), "{args:?} printed nothing");
+            for password in ["Fi1e-pa55word", "Env-pa55word"] {
+                assert!(
+                    !text.contains(password),
+                    "{args:?} printed a password:\n{text}"
+                );
+            }
+        }
+    }
+    // The failing commands did fail (so their errors were seen), and help still says where
+    // the setting comes from.
+    let out = sqs2pg(&["--config", config, "setup"], &base);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let help = sqs2pg(&["--config", config, "drain", "--help"], &base);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--database-url"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -211,4 +211,29 @@ fn the_image_is_multi_stage_and_runs_as_a_user() {
         services["sqs2pg-setup"]["command"][0].as_str(),
         Some("setup")
     );
+    // Compose brings the services up in order on the first try: each dependency carries the
+    // condition that makes the dependant wait, and a service waited on for health has a
+    // healthcheck to report it.
+    for (service, dependency, condition) in [
+        ("sqs2pg-setup", "postgres", "service_healthy"),
+        ("sqs2pg", "postgres", "service_healthy"),
+        ("sqs2pg", "localstack", "service_healthy"),
+        ("sqs2pg", "sqs2pg-setup", "service_completed_successfully"),
+    ] {
+        assert_eq!(
+            services[service]["depends_on"][dependency]["condition"].as_str(),
+            Some(condition),
+            "{service} waits for {dependency}"
+        );
+        if condition == "service_healthy" {
+            assert!(
+                !services[dependency]["healthcheck"]["test"].is_badvalue(),
+                "{dependency} has no healthcheck"
+            );
+        }
+    }
+    assert!(
+        services["sqs2pg-setup"]["restart"].is_badvalue(),
+        "setup must not depend on restarts to wait for PostgreSQL"
+    );
 }

@@ -212,7 +212,9 @@ impl<L: BatchLoader> BatchLoader for CountingLoader<L> {
     }
 }
 
-/// A loader that fails its first `failures` loads (transiently), then delegates.
+/// A loader that fails its first `failures` loads (transiently), then delegates: a database
+/// that is down for a while. An empty transaction (the pipeline's check whether the database
+/// takes other work) fails too while it is, without counting as one of the loads.
 pub struct FailingLoader<L> {
     pub inner: L,
     pub failures: u32,
@@ -221,6 +223,12 @@ pub struct FailingLoader<L> {
 
 impl<L: BatchLoader> BatchLoader for FailingLoader<L> {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        if batch.is_empty() {
+            if self.attempts.load(Ordering::SeqCst) < u64::from(self.failures) {
+                return Err(LoadError::Injected("the database is down".into()));
+            }
+            return self.inner.load(batch).await;
+        }
         let n = self.attempts.fetch_add(1, Ordering::SeqCst);
         if n < u64::from(self.failures) {
             return Err(LoadError::Injected(format!("load {n} fails")));

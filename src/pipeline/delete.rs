@@ -1,0 +1,152 @@
+//! The deleter: deletes committed messages from SQS, 10 per call, several calls at once, and
+//! forgets their leases.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::Leases;
+use super::{PipelineError, PipelineSettings};
+use crate::error::{fate, Fate, Outcome, RetryPolicy};
+use crate::sqs::{AckHandle, MessageSource, SQS_BATCH_LIMIT};
+
+/// What the deleter did.
+#[derive(Debug, Default)]
+pub(super) struct Deleted {
+    pub deleted: u64,
+    /// Committed messages whose delete failed for good.
+    pub failed: u64,
+    /// When the last delete call answered.
+    pub last_at: Option<Instant>,
+}
+
+/// Deletes committed messages, 10 per call, several calls at once; retries what SQS refuses
+/// transiently. Each message's latest receipt handle is the one that counts; handles of earlier
+/// deliveries while it was held are deleted too, best effort (SQS may have retired them).
+pub(super) async fn delete_loop<S: MessageSource>(
+    source: Arc<S>,
+    leases: Arc<Leases>,
+    mut batches: mpsc::Receiver<Vec<AckHandle>>,
+    settings: Arc<PipelineSettings>,
+    stop: CancellationToken,
+) -> Result<Deleted, PipelineError> {
+    let mut done = Deleted::default();
+    while let Some(acks) = batches.recv().await {
+        let (latest, older) = leases.deleting(&acks);
+        let mut seen = HashSet::with_capacity(latest.len() + older.len());
+        let mut chunks = |acks: Vec<AckHandle>| {
+            let mut chunks: Vec<Vec<AckHandle>> =
+                Vec::with_capacity(acks.len() / SQS_BATCH_LIMIT + 1);
+            for ack in acks {
+                if !seen.insert(ack.receipt_handle.clone()) {
+                    continue;
+                }
+                match chunks.last_mut() {
+                    Some(chunk) if chunk.len() < SQS_BATCH_LIMIT => chunk.push(ack),
+                    _ => chunks.push(vec![ack]),
+                }
+            }
+            chunks
+        };
+        let (counted, best_effort) = (chunks(latest), chunks(older));
+        let retry = settings.source_retry;
+        let calls = counted
+            .into_iter()
+            .map(|chunk| (chunk, true))
+            .chain(best_effort.into_iter().map(|chunk| (chunk, false)));
+        let mut results = stream::iter(calls)
+            .map(|(chunk, counts)| {
+                delete_chunk(source.clone(), leases.clone(), chunk, retry, counts)
+            })
+            .buffer_unordered(settings.delete_concurrency.max(1));
+        while let Some(result) = results.next().await {
+            match result {
+                Ok((d, f)) => {
+                    done.deleted += d;
+                    done.failed += f;
+                    done.last_at = Some(Instant::now());
+                }
+                Err(e) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Deletes one chunk; when it `counts` (latest handles), forgets their leases after and
+/// returns (deleted, failed for good); an earlier delivery's handle counts for nothing either
+/// way.
+async fn delete_chunk<S: MessageSource>(
+    source: Arc<S>,
+    leases: Arc<Leases>,
+    chunk: Vec<AckHandle>,
+    retry: RetryPolicy,
+    counts: bool,
+) -> Result<(u64, u64), PipelineError> {
+    if !counts {
+        let _ = source.delete(&chunk).await;
+        return Ok((0, 0));
+    }
+    let result = delete_with_retry(&*source, chunk.clone(), retry).await;
+    // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
+    leases.forget(&chunk);
+    result
+}
+
+async fn delete_with_retry<S: MessageSource>(
+    source: &S,
+    mut pending: Vec<AckHandle>,
+    retry: RetryPolicy,
+) -> Result<(u64, u64), PipelineError> {
+    let (mut deleted, mut failed) = (0u64, 0u64);
+    let mut attempts = 0u32;
+    // Deletes are retried a bounded number of times even when receives retry forever: a message
+    // whose delete is lost comes back and is deleted as a duplicate, never loaded twice.
+    let max_attempts = retry.max_attempts.unwrap_or(u32::MAX).min(5);
+    while !pending.is_empty() {
+        attempts += 1;
+        match source.delete(&pending).await {
+            Ok(outcome) => {
+                deleted += outcome.deleted as u64;
+                failed += outcome.failed as u64;
+                if outcome.failed > 0 {
+                    tracing::warn!(
+                        messages = outcome.failed,
+                        "delete refused by sqs; they will come back and be deleted as duplicates"
+                    );
+                }
+                crate::telemetry::metrics::record_delete_failures(outcome.failed as u64);
+                pending = outcome.retryable;
+            }
+            Err(error) if fate(Outcome::Sqs(&error)) == Fate::Retry => {
+                tracing::warn!(attempt = attempts, %error, "delete failed; retrying");
+            }
+            Err(error) => {
+                return Err(PipelineError::Source {
+                    attempts,
+                    source: error,
+                })
+            }
+        }
+        if !pending.is_empty() {
+            if attempts >= max_attempts {
+                tracing::warn!(
+                    messages = pending.len(),
+                    "giving up deleting; they will come back and be skipped as duplicates"
+                );
+                failed += pending.len() as u64;
+                crate::telemetry::metrics::record_delete_failures(pending.len() as u64);
+                break;
+            }
+            tokio::time::sleep(retry.delay(attempts)).await;
+        }
+    }
+    Ok((deleted, failed))
+}

@@ -1,0 +1,84 @@
+//! The SQS bill: every request the pipeline sends, counted by action at its seam to SQS, for
+//! the summary and `/metrics` (SQS bills per request, so requests per message is the cost).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
+
+/// Requests sent, by action.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Requests {
+    pub receive: u64,
+    pub delete: u64,
+    pub change_visibility: u64,
+}
+
+impl Requests {
+    /// All requests.
+    pub fn total(&self) -> u64 {
+        self.receive + self.delete + self.change_visibility
+    }
+}
+
+/// A source that counts the requests it passes on (a failed request is billed too).
+pub(super) struct Metered<S> {
+    inner: Arc<S>,
+    receive: AtomicU64,
+    delete: AtomicU64,
+    change_visibility: AtomicU64,
+}
+
+impl<S> Metered<S> {
+    pub(super) fn new(inner: Arc<S>) -> Self {
+        Self {
+            inner,
+            receive: AtomicU64::new(0),
+            delete: AtomicU64::new(0),
+            change_visibility: AtomicU64::new(0),
+        }
+    }
+
+    /// What was sent so far.
+    pub(super) fn requests(&self) -> Requests {
+        Requests {
+            receive: self.receive.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+            change_visibility: self.change_visibility.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn count(counter: &AtomicU64, action: &'static str) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::metrics::record_sqs_requests(action, 1);
+}
+
+impl<S: MessageSource> MessageSource for Metered<S> {
+    async fn receive(
+        &self,
+        max_messages: i32,
+        wait: Duration,
+        visibility_timeout: Option<Duration>,
+    ) -> Result<Vec<Received>, SourceError> {
+        count(&self.receive, "receive");
+        self.inner
+            .receive(max_messages, wait, visibility_timeout)
+            .await
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+        count(&self.delete, "delete");
+        self.inner.delete(acks).await
+    }
+
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        count(&self.change_visibility, "change_visibility");
+        self.inner.change_visibility(acks, timeout).await
+    }
+}

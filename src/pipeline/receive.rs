@@ -1,0 +1,390 @@
+//! The receivers: wait for room in the window, long-poll SQS, run the pure transform on each
+//! message, and hand the result to the batcher through a bounded channel; in `run`, only as
+//! many poll as full receives call for ([`Active`]); in `drain`, they decide when the queue is
+//! drained.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{self, Delivery, HeldBody, Processed};
+use super::lease::Leases;
+use super::{Mode, PipelineError, PipelineSettings};
+use crate::error::{fate, Fate, Outcome};
+use crate::login::{transform, BodySealer, Masker, Reason, Rejection, Transformed};
+use crate::sqs::{MessageSource, Received, SQS_BATCH_LIMIT};
+
+/// The long-poll wait of every `drain` poll but the first: long enough to be a long poll
+/// (which, unlike a short one, asks every SQS server, so an empty answer means an empty
+/// queue), short enough that a drain ends about a second after its last delete.
+pub const DRAIN_CONFIRM_WAIT: Duration = Duration::from_secs(1);
+
+/// One receiver: wait for room in the window, long-poll, transform, hand over; stop on
+/// shutdown, or in drain mode when a long poll started while the run held nothing comes back
+/// empty.
+///
+/// In `drain`, receiver 0 polls first, alone, with the full `--wait-time-secs` (a drain of an
+/// empty queue waits that long for messages to arrive); every later poll waits
+/// [`DRAIN_CONFIRM_WAIT`]. A poll that comes back empty while the run holds messages does not
+/// count (on a FIFO queue our own in-flight messages hide the rest of their group): the
+/// receiver waits until the run holds nothing, then confirms with one more poll.
+pub(super) async fn receive_loop<S: MessageSource>(
+    id: usize,
+    source: Arc<S>,
+    leases: Arc<Leases>,
+    items: mpsc::Sender<Processed>,
+    stage: Arc<Stage>,
+    stop: CancellationToken,
+) -> Result<(), PipelineError> {
+    let settings = &stage.settings;
+    let drain = settings.mode == Mode::Drain;
+    let mut failures = 0u32;
+    if drain && id > 0 {
+        tokio::select! {
+            _ = stage.first_poll_done.cancelled() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        if drain && stage.drained.is_cancelled() && leases.is_empty() {
+            return Ok(());
+        }
+        // In `run`, a receiver beyond the active count waits until receives come back full.
+        if !drain && !stage.active.admits(id) {
+            let more = stage.active.more.notified();
+            if !stage.active.admits(id) {
+                tokio::select! {
+                    _ = more => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
+            continue;
+        }
+        // Room for what this receive may bring, within the window.
+        let admission = tokio::select! {
+            admission = leases.admit(SQS_BATCH_LIMIT) => admission,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
+        // messages SQS handed out invisible until their timeout. It gets the receive grace
+        // (one long poll plus a few seconds, within the shutdown budget) to finish; what it
+        // brings is held, then released at the end of the run.
+        let grace = async {
+            stop.cancelled().await;
+            tokio::time::sleep(settings.receive_grace()).await;
+        };
+        let held_before = !leases.is_empty();
+        let first = drain && !stage.first_poll_done.is_cancelled();
+        let wait = if drain && !first {
+            settings.wait_time.min(DRAIN_CONFIRM_WAIT)
+        } else {
+            settings.wait_time
+        };
+        let received = tokio::select! {
+            r = source.receive(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout) => r,
+            _ = grace => return Ok(()),
+        };
+        if first {
+            stage.first_poll_done.cancel();
+        }
+        let messages = match received {
+            Ok(messages) => {
+                failures = 0;
+                messages
+            }
+            Err(error) => {
+                drop(admission);
+                failures += 1;
+                if fate(Outcome::Sqs(&error)) == Fate::Retry
+                    && settings.source_retry.allows(failures)
+                {
+                    tracing::warn!(receiver = id, attempt = failures, %error, "receive failed; retrying");
+                    crate::telemetry::metrics::record_receive_retry();
+                    let delay = settings.source_retry.delay(failures);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+                stop.cancel();
+                return Err(PipelineError::Source {
+                    attempts: failures,
+                    source: error,
+                });
+            }
+        };
+        // A body that failed its MD5 check is not processed: not held (so not kept invisible
+        // by the heartbeat), just counted; SQS delivers it again after its visibility timeout.
+        // Only once it has come back too often is it passed on, to be quarantined as poison.
+        let (corrupted, messages): (Vec<Received>, Vec<Received>) = messages
+            .into_iter()
+            .partition(|m| m.md5_mismatch && m.receive_count <= settings.max_receive_count);
+        if !corrupted.is_empty() {
+            stage
+                .md5_mismatches
+                .fetch_add(corrupted.len() as u64, Ordering::Relaxed);
+        }
+        let corrupted_only = messages.is_empty() && !corrupted.is_empty();
+        stage.active.observe(messages.len() + corrupted.len());
+        // One lease per message: a delivery of a message already held only renews its lease.
+        let fresh = admission.hold(&messages);
+        let joined = fresh.iter().filter(|new| !**new).count();
+        if joined > 0 {
+            stage
+                .redelivered_while_held
+                .fetch_add(joined as u64, Ordering::Relaxed);
+            tracing::debug!(
+                receiver = id,
+                messages = joined,
+                "redelivered while held; lease renewed"
+            );
+        }
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        if corrupted_only {
+            // Not an empty queue: poll on.
+            continue;
+        }
+        if messages.is_empty() {
+            if drain {
+                if !held_before && leases.is_empty() {
+                    tracing::debug!(
+                        receiver = id,
+                        "queue empty for one long poll with nothing held; receiver done"
+                    );
+                    stage.drained.cancel();
+                    return Ok(());
+                }
+                // Messages we hold can hide others: on a FIFO queue SQS hands out none of a
+                // group while part of it is in flight (and moto decides that once, when a poll
+                // starts), so only a poll started after they were deleted counts.
+                tokio::select! {
+                    () = leases.emptied() => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            } else if settings.wait_time.is_zero() {
+                // Short polling on an empty queue would spin (and SQS bills per request).
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            continue;
+        }
+        tracing::trace!(receiver = id, count = messages.len(), "received");
+        let held_since = Instant::now();
+        for (m, new) in messages.into_iter().zip(fresh) {
+            if !new {
+                continue;
+            }
+            // Backpressure: wait for this body's share of the in-flight budget. While the
+            // database is slow or down the budget stays spent and receiving pauses here; what
+            // we hold meanwhile is kept invisible by the heartbeat.
+            let bytes = m.body.len().clamp(1, settings.max_in_flight_bytes) as u32;
+            let permit = tokio::select! {
+                permit = stage.budget.clone().acquire_many_owned(bytes) => {
+                    permit.expect("the budget is never closed")
+                }
+                _ = stop.cancelled() => return Ok(()),
+            };
+            let mut processed = stage.process(m, held_since);
+            processed.permit = Some(permit);
+            if items.send(processed).await.is_err() {
+                // The loader has stopped; what we hold was not committed and is released.
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What the receivers share: what turns a received message into a [`Processed`] one, the
+/// in-flight byte budget, and the count of bodies that failed their MD5 check.
+pub(super) struct Stage {
+    masker: Masker,
+    pub(super) sealer: BodySealer,
+    settings: Arc<PipelineSettings>,
+    /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
+    budget: Arc<tokio::sync::Semaphore>,
+    pub(super) md5_mismatches: AtomicU64,
+    /// Deliveries of messages already held, which renewed their lease and went no further.
+    pub(super) redelivered_while_held: AtomicU64,
+    /// How many receivers poll now (`run` only; `drain` always polls with all of them).
+    active: Active,
+    /// `drain`: the first, full-length poll has come back; the other receivers start.
+    first_poll_done: CancellationToken,
+    /// `drain`: a receiver saw the queue empty with nothing held; the others stop polling
+    /// once they hold nothing.
+    drained: CancellationToken,
+}
+
+/// Adaptive receive concurrency for `run`: a full receive (10 messages) lets one more receiver
+/// poll, an empty one sends one back to wait, never below one. A busy queue gets every
+/// receiver; an idle one is long-polled by one, since SQS bills per request.
+pub(super) struct Active {
+    receivers: std::sync::atomic::AtomicUsize,
+    max: usize,
+    more: tokio::sync::Notify,
+}
+
+impl Active {
+    fn new(max: usize) -> Self {
+        Self {
+            receivers: std::sync::atomic::AtomicUsize::new(max),
+            max,
+            more: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// True while receiver `id` may poll.
+    fn admits(&self, id: usize) -> bool {
+        id < self.receivers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adjusts to what a receive brought.
+    fn observe(&self, received: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if received >= SQS_BATCH_LIMIT {
+            let grew = self
+                .receivers
+                .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+                .is_ok();
+            if grew {
+                self.more.notify_waiters();
+            }
+        } else if received == 0 {
+            let _ = self
+                .receivers
+                .fetch_update(Relaxed, Relaxed, |n| (n > 1).then_some(n - 1));
+        }
+    }
+}
+
+impl Stage {
+    pub(super) fn new(masker: Masker, sealer: BodySealer, settings: Arc<PipelineSettings>) -> Self {
+        Self {
+            masker,
+            sealer,
+            budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
+            md5_mismatches: AtomicU64::new(0),
+            redelivered_while_held: AtomicU64::new(0),
+            active: Active::new(settings.receivers.max(1)),
+            first_poll_done: CancellationToken::new(),
+            drained: CancellationToken::new(),
+            settings,
+        }
+    }
+
+    /// The pure transform, the poison check, and the evidence (sealed body) kept for
+    /// quarantine.
+    ///
+    /// A message received more often than `--max-receive-count` is a suspect, not poison: it
+    /// may only have come back because leases lapsed. It is transformed like any other (a
+    /// panic in the transform is caught and makes it poison), and a valid one is loaded alone
+    /// (see `load::load_suspect`), where the verdict is made. Only a body that fails its MD5
+    /// check every time is poison by its receive count alone.
+    pub(super) fn process(&self, m: Received, held_since: Instant) -> Processed {
+        let limit = self.settings.max_receive_count;
+        let suspect = m.receive_count > limit;
+        let poison = |detail: String| Transformed {
+            outcome: Err(Rejection::with_detail(Reason::PoisonReceiveCount, detail)),
+            unknown_fields: 0,
+        };
+        let transformed = || {
+            transform(
+                &self.masker,
+                self.settings.max_body_bytes,
+                &m.body,
+                m.sent_timestamp,
+            )
+        };
+        let t = if suspect && m.md5_mismatch {
+            poison(format!(
+                "received {} times, limit {limit}; its body fails its MD5 check",
+                m.receive_count
+            ))
+        } else if suspect {
+            // The transform is pure and fuzzed; a body that still makes it panic every time
+            // would otherwise stop every run that receives it.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(transformed)).unwrap_or_else(
+                |_| {
+                    poison(format!(
+                        "received {} times, limit {limit}; processing it panicked",
+                        m.receive_count
+                    ))
+                },
+            )
+        } else {
+            transformed()
+        };
+        if let Err(rejection) = &t.outcome {
+            let fate = fate(Outcome::Rejected(rejection));
+            tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");
+        }
+        let delivery = Delivery {
+            received_at: m.received_at,
+            receive_count: m.receive_count,
+            sent_timestamp: m.sent_timestamp,
+            ledger_ms: batch::ledger_ms(m.sent_timestamp, m.ledger_id != m.ack.message_id),
+        };
+        // A rejection's body is sealed now; a row's is held, to be sealed only if the
+        // database refuses the row.
+        let outcome = match t.outcome {
+            Ok(login) => Ok((login, HeldBody::new(m.body))),
+            Err(rejection) => Err((rejection, self.sealer.seal(&m.ledger_id, &m.body))),
+        };
+        Processed {
+            ack: m.ack,
+            ledger_id: m.ledger_id,
+            outcome,
+            delivery,
+            unknown_fields: t.unknown_fields,
+            permit: None,
+            held_since,
+            suspect,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_receives_call_waiting_receivers_back_and_empty_ones_send_them_away() {
+        let active = Arc::new(Active::new(4));
+        for _ in 0..10 {
+            active.observe(0);
+        }
+        assert!(active.admits(0) && !active.admits(1), "never below one");
+        let waiting = {
+            let active = active.clone();
+            tokio::spawn(async move {
+                let more = active.more.notified();
+                if !active.admits(1) {
+                    more.await;
+                }
+                active.admits(1)
+            })
+        };
+        tokio::task::yield_now().await;
+        active.observe(7);
+        assert!(!active.admits(1), "a partial receive changes nothing");
+        active.observe(10);
+        assert!(waiting.await.unwrap(), "a full receive calls one more back");
+        for _ in 0..10 {
+            active.observe(10);
+        }
+        assert!(
+            active.admits(3) && !active.admits(4),
+            "never above the configured count"
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! The shutdown deadline and the retry bounds, on tokio's paused clock: an in-memory source
+//! and loaders at the pipeline's seams, no network, no sleeping for real.
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use super::batch::Batch;
+use super::receive::DRAIN_CONFIRM_WAIT;
+use super::*;
+use crate::login::MaskKey;
+use crate::postgres::LoadReport;
+use crate::sqs::SQS_BATCH_LIMIT;
+use crate::sqs::{DeleteOutcome, Received, SourceErrorKind};
+
+/// Hands out its messages, then answers every receive with an empty long poll. Records
+/// deletes and releases (visibility 0).
+#[derive(Default)]
+struct Scripted {
+    messages: Mutex<Vec<Received>>,
+    /// Every receive fails transiently instead.
+    failing: bool,
+    /// Visibility extensions never answer (an SQS that stopped answering).
+    hanging_heartbeat: bool,
+    receives: Mutex<u32>,
+    deleted: Mutex<Vec<String>>,
+    released: Mutex<Vec<String>>,
+}
+
+impl Scripted {
+    fn with(n: usize) -> Self {
+        let body = r#"{"user_id": "u", "app_version": "2.3.0", "device_type": "android", "ip": "10.0.0.1", "locale": null, "device_id": "593-47-5928"}"#;
+        let messages = (0..n)
+            .map(|i| Received {
+                ack: AckHandle {
+                    message_id: format!("m{i}"),
+                    receipt_handle: format!("r{i}"),
+                },
+                ledger_id: format!("m{i}"),
+                body: body.to_owned(),
+                sent_timestamp: 1_700_000_000_000,
+                receive_count: 1,
+                received_at: SystemTime::now(),
+                md5_mismatch: false,
+            })
+            .collect();
+        Self {
+            messages: Mutex::new(messages),
+            ..Self::default()
+        }
+    }
+}
+
+impl MessageSource for Scripted {
+    async fn receive(
+        &self,
+        max: i32,
+        wait: Duration,
+        _visibility: Option<Duration>,
+    ) -> Result<Vec<Received>, SourceError> {
+        *self.receives.lock().unwrap() += 1;
+        if self.failing {
+            return Err(SourceError::new(
+                SourceErrorKind::Transient,
+                "ReceiveMessage",
+                "connection refused",
+            ));
+        }
+        let batch: Vec<Received> = {
+            let mut messages = self.messages.lock().unwrap();
+            let n = messages.len().min(max as usize);
+            messages.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(batch)
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+        let mut deleted = self.deleted.lock().unwrap();
+        deleted.extend(acks.iter().map(|a| a.message_id.clone()));
+        Ok(DeleteOutcome {
+            deleted: acks.len(),
+            ..DeleteOutcome::default()
+        })
+    }
+
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        timeout: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        if timeout.is_zero() {
+            let mut released = self.released.lock().unwrap();
+            released.extend(acks.iter().map(|a| a.message_id.clone()));
+        } else if self.hanging_heartbeat {
+            std::future::pending::<()>().await;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Commits every batch at once.
+struct Committing;
+impl BatchLoader for Committing {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        Ok(LoadReport {
+            loaded: batch.rows.len() as u64,
+            ..LoadReport::default()
+        })
+    }
+}
+
+/// Fails its first `failures` loads (transiently), then commits.
+/// (A database that is down: an empty transaction fails too while it is, without counting.)
+struct FailingFirst {
+    failures: u32,
+}
+impl BatchLoader for FailingFirst {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        if self.failures > 0 {
+            if !batch.is_empty() {
+                self.failures -= 1;
+            }
+            return Err(LoadError::Injected("connection reset".into()));
+        }
+        Committing.load(batch).await
+    }
+}
+
+/// The first connection fails for good (a configuration error); its forks fail
+/// transiently, forever.
+struct OneFailsForGood {
+    fork: bool,
+}
+impl BatchLoader for OneFailsForGood {
+    async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadError> {
+        Err(if self.fork {
+            LoadError::Injected("connection reset".into())
+        } else {
+            LoadError::Connect(crate::postgres::ConnectError::BadUrl("test".into()))
+        })
+    }
+    fn fork(&self) -> Option<Self> {
+        Some(Self { fork: true })
+    }
+}
+
+/// A COPY that never finishes.
+struct Hanging;
+impl BatchLoader for Hanging {
+    async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadError> {
+        std::future::pending().await
+    }
+}
+
+fn settings(mode: Mode) -> PipelineSettings {
+    let retry = RetryPolicy {
+        initial: Duration::from_millis(100),
+        max_delay: Duration::from_secs(10),
+        max_attempts: Some(4),
+    };
+    PipelineSettings {
+        mode,
+        receivers: 2,
+        loaders: 1,
+        wait_time: Duration::from_secs(20),
+        visibility_timeout: Some(Duration::from_secs(120)),
+        batch_max_rows: 1000,
+        batch_max_age: Duration::from_millis(100),
+        max_body_bytes: 1 << 16,
+        max_receive_count: 25,
+        delete_concurrency: 2,
+        load_retry: retry,
+        source_retry: retry,
+        shutdown_timeout: Duration::from_secs(25),
+        max_in_flight_bytes: 64 << 20,
+        max_in_flight_messages: 10_000,
+        progress: Arc::default(),
+    }
+}
+
+async fn run_until_signal<L: BatchLoader>(
+    source: Arc<Scripted>,
+    loader: L,
+    mode: Mode,
+    signal_after: Option<Duration>,
+) -> (Result<Summary, PipelineError>, Duration) {
+    run_with(source, loader, settings(mode), signal_after).await
+}
+
+async fn run_with<L: BatchLoader>(
+    source: Arc<Scripted>,
+    loader: L,
+    settings: PipelineSettings,
+    signal_after: Option<Duration>,
+) -> (Result<Summary, PipelineError>, Duration) {
+    let key = MaskKey::from_base64(&"A".repeat(44)).unwrap();
+    let shutdown = CancellationToken::new();
+    if let Some(after) = signal_after {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            token.cancel();
+        });
+    }
+    let started = Instant::now();
+    let result = run(
+        source,
+        loader,
+        Masker::new(&key),
+        BodySealer::new(&key),
+        settings,
+        shutdown,
+    )
+    .await;
+    (result, started.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_never_ends_is_abandoned_at_the_shutdown_deadline() {
+    let source = Arc::new(Scripted::with(3));
+    let signal = Duration::from_secs(1);
+    let (result, elapsed) =
+        run_until_signal(source.clone(), Hanging, Mode::Run, Some(signal)).await;
+    assert!(
+        matches!(result, Err(PipelineError::ShutdownDeadline { .. })),
+        "{result:?}"
+    );
+    // Flushing gets the budget minus the 5 s release reserve; the release is immediate.
+    assert_eq!(elapsed, signal + Duration::from_secs(20), "{elapsed:?}");
+    let mut released = source.released.lock().unwrap().clone();
+    released.sort();
+    assert_eq!(released, ["m0", "m1", "m2"], "held messages are released");
+    assert!(
+        source.deleted.lock().unwrap().is_empty(),
+        "nothing uncommitted is deleted"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_long_poll_does_not_hold_up_a_clean_shutdown() {
+    let source = Arc::new(Scripted::with(3));
+    let signal = Duration::from_secs(1);
+    let (result, elapsed) =
+        run_until_signal(source.clone(), Committing, Mode::Run, Some(signal)).await;
+    let summary = result.unwrap();
+    assert_eq!((summary.loaded, summary.deleted), (3, 3), "{summary:?}");
+    // The receivers' 20 s polls are cut after half the 20 s flushing budget.
+    assert!(elapsed <= signal + Duration::from_secs(10), "{elapsed:?}");
+    assert!(source.released.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn receiving_pauses_when_the_in_flight_byte_budget_is_spent() {
+    let source = Arc::new(Scripted::with(2000));
+    let body = source.messages.lock().unwrap()[0].body.len();
+    let budget = 100 * body;
+    let settings = PipelineSettings {
+        max_in_flight_bytes: budget,
+        ..settings(Mode::Run)
+    };
+    // The loader never finishes, so nothing is ever given back: after a minute, what was
+    // received is what the budget allowed, plus at most one receive per receiver.
+    let (result, _) = run_with(
+        source.clone(),
+        Hanging,
+        settings.clone(),
+        Some(Duration::from_secs(60)),
+    )
+    .await;
+    assert!(matches!(
+        result,
+        Err(PipelineError::ShutdownDeadline { .. })
+    ));
+    let taken = 2000 - source.messages.lock().unwrap().len();
+    let bound = budget / body + settings.receivers * SQS_BATCH_LIMIT;
+    assert!(taken >= budget / body, "the budget was used: {taken}");
+    assert!(taken <= bound, "{taken} received, bound {bound}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_ends_about_a_second_after_its_last_delete() {
+    let source = Arc::new(Scripted::with(3));
+    let (result, elapsed) = run_until_signal(source.clone(), Committing, Mode::Drain, None).await;
+    let summary = result.unwrap();
+    assert_eq!((summary.loaded, summary.deleted), (3, 3), "{summary:?}");
+    // The first poll brings the three; the polls that start while they are held do not count;
+    // one 1 s poll started after their delete does. Not another 20 s long poll.
+    let tail = summary.after_last_delete.expect("a delete");
+    assert!(tail >= DRAIN_CONFIRM_WAIT, "{tail:?}");
+    assert!(tail <= 2 * DRAIN_CONFIRM_WAIT, "{tail:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_of_an_empty_queue_waits_one_full_long_poll() {
+    let source = Arc::new(Scripted::with(0));
+    let (result, elapsed) = run_until_signal(source.clone(), Committing, Mode::Drain, None).await;
+    assert_eq!(result.unwrap().received, 0);
+    // One receiver polls for the whole 20 s wait; the others then confirm with 1 s polls.
+    assert!(elapsed >= Duration::from_secs(20), "{elapsed:?}");
+    assert!(elapsed <= Duration::from_secs(22), "{elapsed:?}");
+    assert!(*source.receives.lock().unwrap() <= 2, "one poll each");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_receive_backs_off_within_its_caps_and_drain_gives_up() {
+    let source = Arc::new(Scripted {
+        failing: true,
+        ..Scripted::default()
+    });
+    let (result, elapsed) = run_until_signal(source.clone(), Committing, Mode::Drain, None).await;
+    assert!(
+        matches!(result, Err(PipelineError::Source { attempts: 4, .. })),
+        "{result:?}"
+    );
+    // Two receivers, four attempts each; delays of at most 0.1, 0.2 and 0.4 s between them,
+    // and not none (a retry loop without backoff would take no time at all).
+    assert!(*source.receives.lock().unwrap() <= 8);
+    assert!(elapsed <= Duration::from_millis(700), "{elapsed:?}");
+    assert!(elapsed > Duration::ZERO, "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_loads_back_off_and_the_batch_commits_once_the_database_is_back() {
+    let source = Arc::new(Scripted::with(3));
+    let (result, elapsed) = run_until_signal(
+        source.clone(),
+        FailingFirst { failures: 3 },
+        Mode::Drain,
+        None,
+    )
+    .await;
+    let summary = result.unwrap();
+    assert_eq!(
+        (summary.loaded, summary.load_retries),
+        (3, 3),
+        "{summary:?}"
+    );
+    assert_eq!(source.deleted.lock().unwrap().len(), 3);
+    // The backoff stays within its caps (0.1 + 0.2 + 0.4 s) on top of a prompt drain.
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_queue_is_long_polled_by_one_receiver_and_a_busy_one_by_all() {
+    // Idle: 4 receivers, 20 s polls, 10 minutes. Without adapting that is 4 x 30 polls.
+    let idle = Arc::new(Scripted::with(0));
+    let mut s = settings(Mode::Run);
+    s.receivers = 4;
+    let (result, _) = run_with(idle.clone(), Committing, s, Some(Duration::from_secs(600))).await;
+    result.unwrap();
+    let polls = *idle.receives.lock().unwrap();
+    assert!((30..=36).contains(&polls), "{polls} receives");
+    // Busy: every message is received and committed, and the receivers that were sent
+    // back to wait are called up again (more than one poll at a time while it is full).
+    let busy = Arc::new(Scripted::with(500));
+    let mut s = settings(Mode::Run);
+    s.receivers = 4;
+    let (result, _) = run_with(busy.clone(), Committing, s, Some(Duration::from_secs(60))).await;
+    assert_eq!(result.unwrap().loaded, 500);
+    assert_eq!(busy.deleted.lock().unwrap().len(), 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_fails_for_good_stops_the_other_loaders_retrying() {
+    let source = Arc::new(Scripted::with(3));
+    let mut s = settings(Mode::Run);
+    // One message per batch, so both loaders hold one; retries without limit, as in `run`.
+    s.loaders = 2;
+    s.batch_max_rows = 1;
+    s.load_retry.max_attempts = None;
+    let (result, _) = tokio::time::timeout(
+        Duration::from_secs(3600),
+        run_with(source.clone(), OneFailsForGood { fork: false }, s, None),
+    )
+    .await
+    .expect("the run ends instead of retrying forever");
+    assert!(
+        matches!(result, Err(PipelineError::Load { .. })),
+        "{result:?}"
+    );
+    assert!(
+        source.deleted.lock().unwrap().is_empty(),
+        "nothing committed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_stuck_on_a_dead_sqs_does_not_hold_up_the_deadline() {
+    let source = Arc::new(Scripted {
+        hanging_heartbeat: true,
+        ..Scripted::with(3)
+    });
+    let settings = PipelineSettings {
+        visibility_timeout: Some(Duration::from_secs(4)),
+        ..settings(Mode::Run)
+    };
+    let signal = Duration::from_secs(5);
+    let run = run_with(source.clone(), Hanging, settings, Some(signal));
+    let (result, elapsed) = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("the run hung on its heartbeat");
+    assert!(
+        matches!(result, Err(PipelineError::ShutdownDeadline { .. })),
+        "{result:?}"
+    );
+    assert_eq!(elapsed, signal + Duration::from_secs(20), "{elapsed:?}");
+    assert_eq!(source.released.lock().unwrap().len(), 3);
+}
