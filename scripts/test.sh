@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then every test (unit, property and integration). The
-# integration tests start their own PostgreSQL cluster, moto SQS server, LocalStack 0.14.3 (the
-# exercise's query-only SQS) and LocalStack 4.0.3 (volume tests) on free loopback ports
-# (tests/it/harness.rs); this script only makes sure they are installed.
+# The test command: formatting, lints, then every test (unit, property and integration, then
+# the slow volume tier). The integration tests start their own PostgreSQL cluster, moto SQS
+# server, LocalStack 0.14.3 (the exercise's query-only SQS) and LocalStack 4.0.3 (volume
+# tests) on free loopback ports (tests/it/harness.rs); this script only makes sure they are
+# installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,3 +16,10 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
+# The slow tier: the volume tests (20,000 messages, several processes, a rate-limited server;
+# tests/it/scale.rs), one at a time, since they compare timings. SQS2PG_SKIP_SLOW=1 skips it
+# while iterating; CI always runs it.
+if [ -z "${SQS2PG_SKIP_SLOW:-}" ]; then
+  echo "== cargo test, slow tier"
+  cargo test --test it --locked -- --ignored --test-threads=1
+fi

@@ -239,6 +239,7 @@ async fn load_batch<L: BatchLoader>(
         }
     }
     if !left.is_empty() {
+        summary.left_for_redelivery += left.len() as u64;
         // Their messages stay in SQS: not deleted, no longer extended, back after the
         // visibility timeout with one receive more.
         let left: HashSet<String> = left
@@ -520,13 +521,15 @@ async fn load_with_retry<L: BatchLoader>(
         if database_works {
             return Err(Failure::Blamed(error));
         }
-        if attempts >= BLAME_AFTER
-            && !part.is_empty()
-            && attempt(loader, &Batch::default(), stall).await.is_ok()
-        {
-            // The database takes work without this part: try the part once more, now.
-            database_works = true;
-            continue;
+        if attempts >= BLAME_AFTER && !part.is_empty() {
+            if attempt(loader, &Batch::default(), stall).await.is_ok() {
+                // The database takes work without this part: try the part once more, now.
+                database_works = true;
+                continue;
+            }
+            // The empty transaction failed too, and is retried with the part: the database.
+            summary.load_retries += 1;
+            crate::telemetry::metrics::record_load_retry();
         }
         if !settings.load_retry.allows(attempts) || abandon.is_cancelled() {
             return Err(Failure::Fatal(PipelineError::Load {

@@ -121,8 +121,8 @@ pub enum PipelineError {
     TableRefusesEverything { rows: usize, detail: String },
     /// `drain` committed everything it could, but left messages behind: some could not be
     /// deleted (they come back and the next run deletes them as duplicates; the ledger keeps
-    /// them out of the table), or some failed their MD5 check (they come back and are processed
-    /// by a later run).
+    /// them out of the table), some failed their MD5 check, or some failed to load while the
+    /// database took other work (they come back and are processed by a later run).
     #[error("{}", incomplete(.0))]
     Incomplete(Box<Summary>),
 }
@@ -274,7 +274,9 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     match first_error {
         Some(e) => Err(e),
         None if settings.mode == Mode::Drain
-            && (summary.delete_failures > 0 || summary.md5_mismatches > 0) =>
+            && (summary.delete_failures > 0
+                || summary.md5_mismatches > 0
+                || summary.left_for_redelivery > 0) =>
         {
             Err(PipelineError::Incomplete(Box::new(summary)))
         }
@@ -295,6 +297,12 @@ fn incomplete(summary: &Summary) -> String {
         parts.push(format!(
             "{} message(s) failed their MD5 check and were not processed; SQS redelivers them after their visibility timeout",
             summary.md5_mismatches
+        ));
+    }
+    if summary.left_for_redelivery > 0 {
+        parts.push(format!(
+            "{} message(s) failed to load while the database took other work and were left in the queue; they come back to a later run, and one that keeps failing is quarantined as poison:receive_count",
+            summary.left_for_redelivery
         ));
     }
     parts.join("; ")

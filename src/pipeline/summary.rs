@@ -61,6 +61,9 @@ pub struct Summary {
     pub released: u64,
     /// Deliveries whose body did not match its MD5: not processed, left for SQS to redeliver.
     pub md5_mismatches: u64,
+    /// Messages whose load failed while the database took other work, left for SQS to
+    /// redeliver (not deleted): they come back with one receive more (see `pipeline::load`).
+    pub left_for_redelivery: u64,
     /// Deliveries of a message the run already held (a lapsed lease, or a server handing it
     /// out twice): they renewed its lease and went no further.
     pub redelivered_while_held: u64,
@@ -79,6 +82,7 @@ impl Summary {
         self.unknown_fields += part.unknown_fields;
         self.batches += part.batches;
         self.load_retries += part.load_retries;
+        self.left_for_redelivery += part.left_for_redelivery;
         for (reason, n) in part.rejected {
             *self.rejected.entry(reason).or_default() += n;
         }
@@ -127,6 +131,7 @@ impl fmt::Display for Summary {
         row(f, "load retries", self.load_retries)?;
         row(f, "visibility extended", self.visibility_extended)?;
         row(f, "released uncommitted", self.released)?;
+        row(f, "left for redelivery", self.left_for_redelivery)?;
         row(f, "redelivered while held", self.redelivered_while_held)?;
         row(f, "SQS requests", self.requests.total())?;
         writeln!(

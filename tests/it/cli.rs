@@ -4,30 +4,7 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 
-use crate::harness::{key_file, TestDb, TestQueue};
-
-/// The binary with a clean environment: PATH, HOME, test AWS credentials and region, then `env`.
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sqs2pg"));
-    c.args(args).env_clear();
-    for var in ["PATH", "HOME"] {
-        if let Ok(v) = std::env::var(var) {
-            c.env(var, v);
-        }
-    }
-    c.envs([
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ]);
-    c.envs(env.iter().copied());
-    c
-}
-
-fn sqs2pg(args: &[&str], env: &[(&str, &str)]) -> Output {
-    command(args, env).output().unwrap()
-}
+use crate::harness::{command, key_file, sqs2pg, stderr, TestDb, TestQueue};
 
 /// No body, ip or device_id of the sample appears in `text`.
 fn assert_no_personal_data(text: &str) {
@@ -40,10 +17,6 @@ fn assert_no_personal_data(text: &str) {
             }
         }
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -594,27 +567,12 @@ fn requests_are_really_signed_and_a_wrong_secret_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier: scripts/test.sh runs it"]
 async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_nothing() {
     const TOTAL: usize = 20_000;
     const KILLS: usize = 5;
     let (db, queue) = crate::pipeline::fixture_on(crate::harness::Sqs::LocalStack4).await;
-    // Synthetic logins, each with its own user_id; ips and devices repeat, as in real traffic.
-    let bodies: String = (0..TOTAL)
-        .map(|i| {
-            format!(
-                "{{\"user_id\": \"user-{i:05}\", \"app_version\": \"2.{}.{}\", \"device_type\": \"android\", \"ip\": \"10.0.{}.{}\", \"locale\": \"RU\", \"device_id\": \"{:03}-45-6789\"}}\n",
-                i % 7,
-                i % 11,
-                i % 250,
-                i % 200,
-                i % 997
-            )
-        })
-        .collect();
-    let file = std::env::temp_dir()
-        .join(crate::harness::unique("volume"))
-        .with_extension("jsonl");
-    std::fs::write(&file, bodies).unwrap();
+    let file = crate::harness::synthetic_logins(TOTAL);
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),

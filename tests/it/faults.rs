@@ -40,6 +40,8 @@ pub struct FaultySource<S> {
     /// Deliveries of a body containing this are reported as failing their MD5 check, until
     /// [`FaultySource::stop_corrupting`].
     corrupt: Mutex<Option<String>>,
+    /// Visibility extensions are answered as done but never sent: leases lapse.
+    lose_extensions: bool,
 }
 
 /// Holds receives back until opened, and tells when one is waiting.
@@ -83,7 +85,15 @@ impl<S> FaultySource<S> {
             received_bodies: Mutex::default(),
             gate: None,
             corrupt: Mutex::default(),
+            lose_extensions: false,
         }
+    }
+
+    /// Every visibility extension is reported as done but not sent, so every message held
+    /// longer than its visibility timeout comes back (a heartbeat that cannot keep up).
+    pub fn losing_extensions(mut self) -> Self {
+        self.lose_extensions = true;
+        self
     }
 
     pub fn deletes(mut self, fault: DeleteFault) -> Self {
@@ -155,6 +165,9 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
         acks: &[AckHandle],
         timeout: Duration,
     ) -> Result<Vec<AckHandle>, SourceError> {
+        if self.lose_extensions && !timeout.is_zero() {
+            return Ok(Vec::new());
+        }
         self.inner.change_visibility(acks, timeout).await
     }
 
@@ -246,17 +259,33 @@ impl<L: BatchLoader> BatchLoader for FailingLoader<L> {
     }
 }
 
-/// A loader whose first load (over all its connections) takes `delay` longer (a slow COPY, a
-/// database under load).
-pub struct SlowFirstLoad<L> {
+/// A loader whose first loads (over all its connections) each take `delay` longer: a slow
+/// COPY, a database under load.
+pub struct SlowLoads<L> {
     pub inner: L,
     pub delay: Duration,
-    pub slowed: Arc<std::sync::atomic::AtomicBool>,
+    /// Loads still to slow down.
+    pub remaining: Arc<AtomicU64>,
 }
 
-impl<L: BatchLoader> BatchLoader for SlowFirstLoad<L> {
+impl<L> SlowLoads<L> {
+    /// The first `count` loads are slow.
+    pub fn first(inner: L, count: u64, delay: Duration) -> Self {
+        Self {
+            inner,
+            delay,
+            remaining: Arc::new(AtomicU64::new(count)),
+        }
+    }
+}
+
+impl<L: BatchLoader> BatchLoader for SlowLoads<L> {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        if !self.slowed.swap(true, Ordering::SeqCst) {
+        let slow = self
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if slow {
             tokio::time::sleep(self.delay).await;
         }
         self.inner.load(batch).await
@@ -266,7 +295,34 @@ impl<L: BatchLoader> BatchLoader for SlowFirstLoad<L> {
         Some(Self {
             inner: self.inner.fork()?,
             delay: self.delay,
-            slowed: self.slowed.clone(),
+            remaining: self.remaining.clone(),
+        })
+    }
+}
+
+/// A loader that fails (transiently, as a crash in a trigger or an extension might look) every
+/// load holding the login of user `user_id`, and delegates the rest: a poison message.
+pub struct PoisonLoader<L> {
+    pub inner: L,
+    pub user_id: String,
+    /// Loads that failed.
+    pub failed: Arc<AtomicU64>,
+}
+
+impl<L: BatchLoader> BatchLoader for PoisonLoader<L> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        if batch.rows.iter().any(|r| r.login.user_id == self.user_id) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(LoadError::Injected("the server process crashed".into()));
+        }
+        self.inner.load(batch).await
+    }
+
+    fn fork(&self) -> Option<Self> {
+        Some(Self {
+            inner: self.inner.fork()?,
+            user_id: self.user_id.clone(),
+            failed: self.failed.clone(),
         })
     }
 }

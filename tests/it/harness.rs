@@ -995,3 +995,54 @@ pub fn key_file(key_b64: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
+
+/// `n` synthetic logins, one per line, each with its own user_id (`user-00000`, ...); ips and
+/// devices repeat, as in real traffic. Written to a fresh file, whose path is returned.
+pub fn synthetic_logins(n: usize) -> PathBuf {
+    let bodies: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"user_id\": \"user-{i:05}\", \"app_version\": \"2.{}.{}\", \"device_type\": \"android\", \"ip\": \"10.0.{}.{}\", \"locale\": \"RU\", \"device_id\": \"{:03}-45-6789\"}}\n",
+                i % 7,
+                i % 11,
+                i % 250,
+                i % 200,
+                i % 997
+            )
+        })
+        .collect();
+    let file = std::env::temp_dir()
+        .join(unique("logins"))
+        .with_extension("jsonl");
+    std::fs::write(&file, bodies).unwrap();
+    file
+}
+
+/// The binary with a clean environment: PATH, HOME, test AWS credentials and region, then `env`.
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sqs2pg"));
+    c.args(args).env_clear();
+    for var in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(var) {
+            c.env(var, v);
+        }
+    }
+    c.envs([
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]);
+    c.envs(env.iter().copied());
+    c
+}
+
+/// Runs the binary (see [`command`]) to its end.
+pub fn sqs2pg(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    command(args, env).output().unwrap()
+}
+
+/// A finished process's stderr, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

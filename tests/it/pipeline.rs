@@ -1282,11 +1282,7 @@ async fn the_heartbeat_keeps_held_messages_from_coming_back() {
         settings,
         queue.queue.clone(),
         CancellationToken::new(),
-        |inner| crate::faults::SlowFirstLoad {
-            inner,
-            delay: Duration::from_secs(6),
-            slowed: Arc::default(),
-        },
+        |inner| crate::faults::SlowLoads::first(inner, 1, Duration::from_secs(6)),
     )
     .await
     .unwrap();
