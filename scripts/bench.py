@@ -5,6 +5,8 @@
     scripts/bench.py loader  [--messages 1000000] [--runs 3] # 3: loader alone against psql \\copy
     scripts/bench.py latency [--messages 3000] [--runs 3]    # 5: 20 ms each way, 1..64 receivers, ceiling
     scripts/bench.py memory  [--messages 50000] [--lock-secs 20] [--runs 3]  # 6: RSS, PostgreSQL stalled
+    scripts/bench.py drain   [--sizes 100,20000,50000] [--runs 3]  # 7: default drain against the Python consumer, tail
+    scripts/bench.py scale   [--messages 20000] [--runs 3] [--rate N] [--before BINARY]  # 8: replicas, requests per message
 
 (4, the transform alone, is `cargo bench --bench transform`.)
 
@@ -529,6 +531,185 @@ def bench_memory(args):
         print(f"| {t:.1f} | {rss:.1f} |")
 
 
+class RateLimitProxy:
+    """An HTTP/1.1 proxy on loopback that lets at most `rate` requests a second through to the
+    server behind it, over all connections (a throttled or busy SQS). Requests are framed by
+    their Content-Length, which every SQS client sends."""
+
+    def __init__(self, upstream_port: int, rate: float):
+        import asyncio
+        self.port, self.upstream, self.gap = free_port(), upstream_port, 1.0 / rate
+        self.loop = asyncio.new_event_loop()
+        self.next = 0.0
+        ready = threading.Event()
+
+        async def requests_to(reader, writer):
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    buf += data
+                head_end = buf.index(b"\r\n\r\n") + 4
+                length = 0
+                for line in buf[:head_end].decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                while len(buf) < head_end + length:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    buf += data
+                now = self.loop.time()
+                slot = max(now, self.next)
+                self.next = slot + self.gap
+                await asyncio.sleep(slot - now)
+                writer.write(buf[:head_end + length])
+                await writer.drain()
+                buf = buf[head_end + length:]
+
+        async def answers_to(reader, writer):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        async def handle(client_reader, client_writer):
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+            except OSError:
+                client_writer.close()
+                return
+            try:
+                await asyncio.gather(requests_to(client_reader, up_writer),
+                                     answers_to(up_reader, client_writer))
+            except (ConnectionError, OSError):
+                pass
+            for w in (client_writer, up_writer):
+                w.close()
+
+        async def serve():
+            server = await asyncio.start_server(handle, "127.0.0.1", self.port, backlog=1024)
+            ready.set()
+            async with server:
+                await server.serve_forever()
+
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+
+def bench_drain(args):
+    """7: `sqs2pg drain` with its defaults against the plain Python consumer, start to exit,
+    and how long the drain runs on after its last delete."""
+    b = Bench()
+    py = venv("py", PY_PACKAGES, "import boto3, psycopg2")
+    rows = []
+    try:
+        for size in args.sizes:
+            for i in range(args.runs):
+                env = b.fresh()
+                b.fill(env, size)
+                m = run_measured([b.binary, "drain"], env)
+                r = {"size": size, "run": i + 1, "ours": m.wall, "ours_cpu": m.cpu,
+                     "tail": summary_value(m.stdout, "after last delete"),
+                     "loaded": summary_value(m.stdout, "loaded"),
+                     "per_message": summary_value(m.stdout, "requests per message")}
+                env = b.fresh()
+                b.fill(env, size)
+                m = run_measured([py, REPO / "benches" / "baseline.py", env["SQS2PG_QUEUE_URL"],
+                                  env["DATABASE_URL"].split("?")[0], "public.user_logins"], env)
+                r.update(python=m.wall, python_cpu=m.cpu, ratio=r["ours"] / m.wall)
+                rows.append(r)
+                log(f"{size} messages, run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()
+                                                                 if k not in ("size", "run")))
+    finally:
+        b.close()
+    print("| messages | run | sqs2pg start to exit s | after last delete s | Python start to exit s "
+          "| sqs2pg / Python wall | sqs2pg CPU s | Python CPU s | requests per message | loaded |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        mine = [r for r in rows if r["size"] == size]
+        for r in mine:
+            print(f"| {size} | {r['run']} | {r['ours']:.2f} | {r['tail']:.2f} | {r['python']:.2f} | "
+                  f"{r['ratio']:.2f} | {r['ours_cpu']:.2f} | {r['python_cpu']:.2f} | {r['per_message']:.3f} | "
+                  f"{r['loaded']:.0f} |")
+        print(f"| {size} | **median** | {median(mine, 'ours'):.2f} | {median(mine, 'tail'):.2f} | "
+              f"{median(mine, 'python'):.2f} | {median(mine, 'ratio'):.2f} | {median(mine, 'ours_cpu'):.2f} | "
+              f"{median(mine, 'python_cpu'):.2f} | {median(mine, 'per_message'):.3f} | |")
+
+
+def bench_scale(args):
+    """8: one and three `drain` processes on one queue at visibility 30 s and 2 s: wall time and
+    SQS requests per message, optionally behind a proxy capping the server's request rate, and
+    optionally the same with another (earlier) binary."""
+    b = Bench()
+    upstream = int(b.endpoint.rsplit(":", 1)[1])
+    proxy = RateLimitProxy(upstream, args.rate) if args.rate else None
+    binaries = [("now", b.binary)] + ([("before", Path(args.before))] if args.before else [])
+    rows = []
+    try:
+        for label, binary in binaries:
+            for visibility in args.visibility:
+                for processes in args.processes:
+                    for i in range(args.runs):
+                        env = b.fresh()
+                        b.fill(env, args.messages)
+                        env["SQS2PG_VISIBILITY_TIMEOUT_SECS"] = str(visibility)
+                        if proxy:
+                            env["SQS2PG_QUEUE_URL"] = env["SQS2PG_QUEUE_URL"].replace(
+                                f":{upstream}/", f":{proxy.port}/")
+                        t0 = time.monotonic()
+                        procs = [subprocess.Popen([binary, "drain"], env=env, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE, text=True)
+                                 for _ in range(processes)]
+                        try:
+                            outs = [p.communicate(timeout=args.timeout) for p in procs]
+                            wall = time.monotonic() - t0
+                        except subprocess.TimeoutExpired:
+                            for p in procs:
+                                p.kill()
+                            outs = [p.communicate() for p in procs]
+                            wall = float("nan")
+                        codes = [p.returncode for p in procs]
+                        url = env["DATABASE_URL"].split("?")[0]
+                        loaded = int(subprocess.run(["psql", "-tA", url, "-c", "SELECT count(*) FROM public.user_logins"],
+                                                    capture_output=True, text=True, check=True).stdout)
+                        rejected = int(subprocess.run(["psql", "-tA", url, "-c", "SELECT count(*) FROM sqs2pg.rejected_messages"],
+                                                      capture_output=True, text=True, check=True).stdout)
+                        total = lambda label_: sum(summary_value(o[0], label_) for o in outs)  # noqa: E731
+                        per = {k: total(k) / max(loaded, 1) for k in ("receive", "delete", "change visibility")}
+                        r = {"binary": label, "visibility": visibility, "processes": processes,
+                             "run": i + 1, "wall": wall, "loaded": loaded, "rejected": rejected,
+                             "exit": ",".join(map(str, codes)), **per,
+                             "total": sum(per.values())}
+                        rows.append(r)
+                        log(f"{label}, visibility {visibility} s, {processes} process(es), run {i + 1}: {r}")
+    finally:
+        b.close()
+    print(f"{args.messages} messages per run"
+          + (f"; the server behind a proxy letting {args.rate} requests a second through" if args.rate else "")
+          + ".\n")
+    print("| binary | visibility s | processes | run | start to exit s | loaded | rejected | exit codes "
+          "| receive / msg | delete / msg | change visibility / msg | requests / msg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['binary']} | {r['visibility']} | {r['processes']} | {r['run']} | {r['wall']:.1f} | "
+              f"{r['loaded']} | {r['rejected']} | {r['exit']} | {r['receive']:.3f} | {r['delete']:.3f} | "
+              f"{r['change visibility']:.3f} | {r['total']:.3f} |")
+    for label, _ in binaries:
+        for visibility in args.visibility:
+            for processes in args.processes:
+                mine = [r for r in rows if (r["binary"], r["visibility"], r["processes"]) == (label, visibility, processes)]
+                print(f"| {label} | {visibility} | {processes} | **median** | {median(mine, 'wall'):.1f} | | | | "
+                      f"{median(mine, 'receive'):.3f} | {median(mine, 'delete'):.3f} | "
+                      f"{median(mine, 'change visibility'):.3f} | {median(mine, 'total'):.3f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -548,8 +729,20 @@ def main():
     p.add_argument("--messages", type=int, default=50_000)
     p.add_argument("--lock-secs", type=int, default=20)
     p.add_argument("--runs", type=int, default=3)
+    p = sub.add_parser("drain")
+    p.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[100, 20_000, 50_000])
+    p.add_argument("--runs", type=int, default=3)
+    p = sub.add_parser("scale")
+    p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--processes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 3])
+    p.add_argument("--visibility", type=lambda t: [int(x) for x in t.split(",")], default=[30, 2])
+    p.add_argument("--rate", type=float, default=None, help="cap the server at this many requests/s")
+    p.add_argument("--before", default=None, help="another sqs2pg binary to run the same way")
+    p.add_argument("--timeout", type=float, default=900, help="kill a run's processes after this")
     args = ap.parse_args()
-    {"sqs": bench_sqs, "loader": bench_loader, "latency": bench_latency, "memory": bench_memory}[args.what](args)
+    {"sqs": bench_sqs, "loader": bench_loader, "latency": bench_latency, "memory": bench_memory,
+     "drain": bench_drain, "scale": bench_scale}[args.what](args)
 
 
 if __name__ == "__main__":

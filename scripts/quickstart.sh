@@ -139,7 +139,7 @@ echo "== sqs2pg send (100 sample messages)"
 echo "== sqs2pg setup"
 "$bin" setup
 echo "== sqs2pg drain"
-"$bin" drain --wait-time-secs 2
+"$bin" drain
 
 echo "== a few rows of public.user_logins"
 psql "$DATABASE_URL" -c "SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,

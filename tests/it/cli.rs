@@ -767,6 +767,20 @@ async fn metrics_health_and_readiness_during_a_run() {
         metric(&text, "sqs2pg_messages_in_flight").is_some(),
         "{text}"
     );
+    // The SQS bill: receives and deletes were counted by action.
+    for action in ["receive", "delete"] {
+        let line = format!("sqs2pg_sqs_requests_total{{action=\"{action}\"}}");
+        assert!(metric(&text, &line).unwrap_or(0.0) >= 1.0, "{text}");
+    }
+    // Every metric of ours says what it is.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE sqs2pg_")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} ")) && l.len() > name.len() + 10),
+            "no # HELP for {name}:\n{text}"
+        );
+    }
     assert_no_personal_data(&text);
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
     assert_eq!(http_get(port, "/readyz").unwrap().0, 200);

@@ -236,10 +236,10 @@ pub struct FailingLoader<L> {
 
 impl<L: BatchLoader> BatchLoader for FailingLoader<L> {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        if batch.is_empty() && self.attempts.load(Ordering::SeqCst) < u64::from(self.failures) {
+            return Err(LoadError::Injected("the database is down".into()));
+        }
         if batch.is_empty() {
-            if self.attempts.load(Ordering::SeqCst) < u64::from(self.failures) {
-                return Err(LoadError::Injected("the database is down".into()));
-            }
             return self.inner.load(batch).await;
         }
         let n = self.attempts.fetch_add(1, Ordering::SeqCst);
