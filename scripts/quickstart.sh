@@ -85,7 +85,8 @@ stop
 mkdir -p "$qs"
 if is_root; then
   # A directory the postgres user owns, wherever this clone is.
-  pg=$(mktemp -d "${TMPDIR:-/tmp}/sqs2pg-quickstart.XXXXXX")
+  # /tmp, not $TMPDIR: that could be under /root too.
+  pg=$(mktemp -d /tmp/sqs2pg-quickstart.XXXXXX)
   chmod 700 "$pg"
   chown postgres: "$pg"
 else

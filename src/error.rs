@@ -99,6 +99,16 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
     }
 }
 
+/// Whether a transient load failure could be the fault of the rows loaded, so that the
+/// pipeline may look for one (see `pipeline::load`): anything but waiting for a lock, which
+/// says someone else holds the table or a row (another replica loading the same message), not
+/// that a message is bad.
+pub fn may_blame_rows(err: &LoadError) -> bool {
+    !err.postgres()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|state| *state == SqlState::LOCK_NOT_AVAILABLE)
+}
+
 /// PostgreSQL errors by SQLSTATE: connection trouble, restarts, serialization failures and
 /// resource shortages are transient; anything else (authentication, missing objects,
 /// privileges) needs an operator. (Rows the table refuses are sorted out before this, in

@@ -36,7 +36,7 @@ pub(super) async fn delete_loop<S: MessageSource>(
 ) -> Result<Deleted, PipelineError> {
     let mut done = Deleted::default();
     while let Some(acks) = batches.recv().await {
-        let (latest, older) = leases.deleting(&acks);
+        let (latest, older) = leases.deleting(acks);
         let mut seen = HashSet::with_capacity(latest.len() + older.len());
         let mut chunks = |acks: Vec<AckHandle>| {
             let mut chunks: Vec<Vec<AckHandle>> =
@@ -96,7 +96,11 @@ async fn delete_chunk<S: MessageSource>(
     }
     let result = delete_with_retry(&*source, chunk.clone(), retry).await;
     // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
-    leases.forget(&chunk);
+    let late = leases.forget(&chunk);
+    for part in late.chunks(SQS_BATCH_LIMIT) {
+        // Deliveries that arrived during the delete: best effort, as older handles are.
+        let _ = source.delete(part).await;
+    }
     result
 }
 

@@ -50,6 +50,9 @@ struct Lease {
     /// SQS refused to extend it: another consumer holds the message now (our copy is still
     /// loaded; the ledger keeps one row). Not extended again unless delivered to us anew.
     lost: bool,
+    /// Handles of deliveries that arrived while it was being deleted, after the deleter had
+    /// taken its handles: deleted once that delete is done (see [`Leases::forget`]).
+    late: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -76,6 +79,8 @@ pub struct Leases {
     limit: AtomicUsize,
     /// The queue's visibility timeout, when known.
     visibility: Option<Duration>,
+    /// Receives that brought messages so far (see [`Leases::receives`]).
+    receives: std::sync::atomic::AtomicU64,
 }
 
 /// What a heartbeat round finds to do.
@@ -94,6 +99,7 @@ impl Leases {
     /// `max_messages` at once.
     pub fn new(visibility: Option<Duration>, max_messages: usize) -> Self {
         let window = Window::new(max_messages);
+        crate::telemetry::metrics::record_window(window.limit());
         Self {
             limit: AtomicUsize::new(window.limit()),
             state: Mutex::new(State {
@@ -105,6 +111,7 @@ impl Leases {
             room: Notify::new(),
             emptied: Notify::new(),
             visibility,
+            receives: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -150,6 +157,12 @@ impl Leases {
             }
             notified.await;
         }
+    }
+
+    /// How many receives have brought messages so far: a receiver that sees it unchanged over
+    /// its own poll knows no other receive brought (and hid) anything meanwhile.
+    pub fn receives(&self) -> u64 {
+        self.receives.load(Ordering::SeqCst)
     }
 
     /// The most messages to hold now (the window).
@@ -207,35 +220,38 @@ impl Leases {
     }
 
     /// Marks committed messages as being deleted (no longer extended) and returns their
-    /// receipt handles: the latest of each, and those of earlier deliveries while held.
-    pub fn deleting(&self, acks: &[AckHandle]) -> (Vec<AckHandle>, Vec<AckHandle>) {
-        let mut latest = Vec::with_capacity(acks.len());
+    /// receipt handles: the latest of each (in `acks`, updated in place), and those of earlier
+    /// deliveries while held.
+    pub fn deleting(&self, mut acks: Vec<AckHandle>) -> (Vec<AckHandle>, Vec<AckHandle>) {
         let mut older = Vec::new();
         let mut state = self.lock();
-        for ack in acks {
-            match state.held.get_mut(&ack.message_id) {
-                Some(lease) => {
-                    lease.deleting = true;
-                    latest.push(AckHandle {
-                        message_id: ack.message_id.clone(),
-                        receipt_handle: lease.latest.clone(),
-                    });
-                    older.extend(lease.older.iter().map(|handle| AckHandle {
-                        message_id: ack.message_id.clone(),
-                        receipt_handle: handle.clone(),
-                    }));
+        for ack in &mut acks {
+            if let Some(lease) = state.held.get_mut(&ack.message_id) {
+                lease.deleting = true;
+                if lease.latest != ack.receipt_handle {
+                    ack.receipt_handle.clone_from(&lease.latest);
                 }
-                None => latest.push(ack.clone()),
+                older.extend(lease.older.iter().map(|handle| AckHandle {
+                    message_id: ack.message_id.clone(),
+                    receipt_handle: handle.clone(),
+                }));
             }
         }
-        (latest, older)
+        (acks, older)
     }
 
-    /// Forgets messages that were deleted (or given up on).
-    pub fn forget(&self, acks: &[AckHandle]) {
+    /// Forgets messages that were deleted (or given up on). Returns the handles of deliveries
+    /// that arrived while they were being deleted, which are to be deleted too.
+    pub fn forget(&self, acks: &[AckHandle]) -> Vec<AckHandle> {
+        let mut late = Vec::new();
         let mut state = self.lock();
         for ack in acks {
-            state.held.remove(&ack.message_id);
+            if let Some(lease) = state.held.remove(&ack.message_id) {
+                late.extend(lease.late.into_iter().map(|receipt_handle| AckHandle {
+                    message_id: ack.message_id.clone(),
+                    receipt_handle,
+                }));
+            }
         }
         let (held, empty) = (state.held.len(), state.held.is_empty());
         drop(state);
@@ -244,6 +260,7 @@ impl Leases {
         if empty {
             self.emptied.notify_waiters();
         }
+        late
     }
 
     /// What the heartbeat round starting at `now` has to do.
@@ -334,8 +351,17 @@ impl Admission<'_> {
         let leases = self.leases;
         let mut state = leases.lock();
         state.reserved -= self.reserved;
+        if !messages.is_empty() {
+            leases.receives.fetch_add(1, Ordering::SeqCst);
+        }
         for m in messages {
             match state.held.get_mut(&m.ack.message_id) {
+                Some(lease) if lease.deleting => {
+                    // Committed, and its delete is under way with the handles it had: this one
+                    // is deleted after it.
+                    lease.late.push(m.ack.receipt_handle.clone());
+                    fresh.push(false);
+                }
                 Some(lease) => {
                     let earlier =
                         std::mem::replace(&mut lease.latest, m.ack.receipt_handle.clone());
@@ -355,6 +381,7 @@ impl Admission<'_> {
                             set_at: now,
                             deleting: false,
                             lost: false,
+                            late: Vec::new(),
                         },
                     );
                     fresh.push(true);
@@ -554,7 +581,7 @@ mod tests {
         extend.sort_unstable();
         assert_eq!(extend, ["r1-again", "r2"]);
         // After COMMIT both handles of m1 are deleted, the newest as the one that counts.
-        let (latest, older) = leases.deleting(&[ack(1, "r1")]);
+        let (latest, older) = leases.deleting(vec![ack(1, "r1")]);
         assert_eq!(latest, [ack(1, "r1-again")]);
         assert_eq!(older, [ack(1, "r1")]);
         // Being deleted, it is no longer extended.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{Batch, Processed, Reject, Row};
 use super::lease::Leases;
 use super::{PipelineError, PipelineSettings, Summary};
-use crate::error::{fate, Fate, Outcome};
+use crate::error::{fate, may_blame_rows, Fate, Outcome};
 use crate::login::{BodySealer, Reason, Rejection};
 use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::AckHandle;
@@ -88,6 +88,7 @@ pub(super) async fn batch_loop<L: BatchLoader>(
             item = items.recv(), if !input_done => match item {
                 Some(p) if p.is_suspect_row() => {
                     summary.received += 1;
+                    summary.suspects += 1;
                     let mut alone = Batch::with_capacity(1);
                     alone.push(p);
                     Next::Alone(alone)
@@ -113,17 +114,14 @@ pub(super) async fn batch_loop<L: BatchLoader>(
                 }
             },
         };
-        let (to_load, alone) = match next {
+        let to_load = match next {
             Next::Wait => continue,
             Next::Cut if batch.is_empty() => continue,
             Next::Cut => {
                 deadline = None;
-                (
-                    std::mem::replace(&mut batch, Batch::with_capacity(capacity)),
-                    false,
-                )
+                std::mem::replace(&mut batch, Batch::with_capacity(capacity))
             }
-            Next::Alone(one) => (one, true),
+            Next::Alone(one) => one,
         };
         // Every connection busy: this batch waits for one (the receivers meanwhile fill the
         // channel and then wait too).
@@ -137,7 +135,7 @@ pub(super) async fn batch_loop<L: BatchLoader>(
         let mut loader = idle.pop().expect("an idle loader");
         loading.push(async move {
             let mut part = Summary::default();
-            let result = load_batch(&mut loader, to_load, alone, acks, context, &mut part).await;
+            let result = load_batch(&mut loader, to_load, acks, context, &mut part).await;
             (loader, part, result)
         });
     }
@@ -184,12 +182,11 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// Loads one batch (isolating rows that fail; a suspect `alone`, see [`load_isolating`]),
+/// Loads one batch (isolating rows that fail, see [`load_isolating`]),
 /// then tells the window and hands the batch's acks to the deleter.
 async fn load_batch<L: BatchLoader>(
     loader: &mut L,
     mut batch: Batch,
-    alone: bool,
     acks: &mpsc::Sender<Vec<AckHandle>>,
     context: LoadContext<'_>,
     summary: &mut Summary,
@@ -209,25 +206,22 @@ async fn load_batch<L: BatchLoader>(
     );
     let rows = whole.rows.len();
     let mut not_loaded = NotLoaded::default();
-    let mut report =
-        load_isolating(loader, whole, alone, &mut not_loaded, context, summary).await?;
+    let mut report = load_isolating(loader, whole, &mut not_loaded, context, summary).await?;
     let NotLoaded { refused, left } = not_loaded;
-    if rows > 1 && refused.len() + left.len() == rows {
+    if rows > 1 && refused.len() == rows {
         // Not one row passes: the table is the problem (a trigger or constraint nothing
         // meets), not the messages. Quarantining them all would empty the queue into the
-        // reject table; stop instead, and leave them in SQS.
+        // reject table; stop instead, and leave them in SQS. (Rows left for redelivery are
+        // not quarantined, so they do not count here.)
         return Err(PipelineError::TableRefusesEverything {
             rows,
-            detail: refused
-                .first()
-                .and_then(|r| r.rejection.detail.clone())
-                .unwrap_or_else(|| "every row fails while the database takes other work".into()),
+            detail: refused[0].rejection.detail.clone().unwrap_or_default(),
         });
     }
     if !refused.is_empty() {
         tracing::warn!(rows = refused.len(), "quarantining refused rows");
         let rejects = Batch::part(Vec::new(), refused);
-        match load_with_retry(loader, &rejects, None, context, summary).await {
+        match load_with_retry(loader, &rejects, context, summary).await {
             Ok(r) => report.merge(r),
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Refused(source) | Failure::Blamed(source)) => {
@@ -292,10 +286,11 @@ async fn load_batch<L: BatchLoader>(
     Ok(())
 }
 
-/// The longest one attempt at loading a suspect alone may take before it counts as stalled.
-/// Generous: a table locked for a while (a migration, a long `VACUUM FULL`) stalls every load,
-/// and must not make a valid message look like poison.
-const SUSPECT_STALL: Duration = Duration::from_secs(60);
+/// The longest one load attempt (or check of the database) may take before it counts as a
+/// transient failure and its connection is dropped: a body that stalls the database is then
+/// found like one that fails it. Generous, since a slow database stalls every load; a table
+/// held locked meanwhile makes the check fail too, so no row is blamed for it.
+const STALL: Duration = Duration::from_secs(60);
 
 /// Failed attempts at a part before the loader asks whether the database takes other work.
 const BLAME_AFTER: u32 = 2;
@@ -324,7 +319,9 @@ struct NotLoaded {
 /// while the database takes other work), splits it until the failing rows are alone and loads
 /// the rest. Rejections are loaded apart from rows first, so a failure of the rejections
 /// themselves stops the run instead of blaming a row. Each part is its own transaction; the
-/// acks wait until all have committed. Cost: about 2 log2(n) extra transactions per bad row.
+/// acks wait until all have committed. Cost per bad row: about 2 log2(n) extra transactions
+/// for a refused one; for one that fails while the database works, at each halving about three
+/// failed attempts, one check and a backoff.
 ///
 /// A row that fails alone:
 /// - refused by the table: quarantined as `rejected_by_database`;
@@ -338,14 +335,12 @@ struct NotLoaded {
 fn load_isolating<'a, L: BatchLoader>(
     loader: &'a mut L,
     part: Batch,
-    alone: bool,
     not_loaded: &'a mut NotLoaded,
     context: LoadContext<'a>,
     summary: &'a mut Summary,
 ) -> Pin<Box<dyn Future<Output = Result<LoadReport, PipelineError>> + Send + 'a>> {
     Box::pin(async move {
-        let stall = alone.then_some(SUSPECT_STALL);
-        let failure = match load_with_retry(loader, &part, stall, context, summary).await {
+        let failure = match load_with_retry(loader, &part, context, summary).await {
             Ok(report) => return Ok(report),
             Err(Failure::Fatal(error)) => return Err(error),
             Err(failure) => failure,
@@ -369,7 +364,7 @@ fn load_isolating<'a, L: BatchLoader>(
                 Batch::part(Vec::new(), rejects),
                 Batch::part(rows, Vec::new()),
             ] {
-                let r = load_isolating(loader, part, alone, not_loaded, context, summary).await?;
+                let r = load_isolating(loader, part, not_loaded, context, summary).await?;
                 report.merge(r);
             }
         } else if rows.len() == 1 {
@@ -393,7 +388,7 @@ fn load_isolating<'a, L: BatchLoader>(
             let second = rows.split_off(rows.len() / 2);
             for half in [rows, second] {
                 let half = Batch::part(half, Vec::new());
-                let r = load_isolating(loader, half, alone, not_loaded, context, summary).await?;
+                let r = load_isolating(loader, half, not_loaded, context, summary).await?;
                 report.merge(r);
             }
         }
@@ -430,7 +425,8 @@ async fn blame_alone<L: BatchLoader>(
                     Rejection::with_detail(
                         Reason::PoisonReceiveCount,
                         format!(
-                            "received {count} times, limit {limit}; loading it alone failed {failures} times, each right after the database committed other work; last: {error}"
+                            "received {count} times, limit {limit}; loading it alone failed {failures} times, each right after the database showed it takes writes; last: {}",
+                            refusal_detail(&error)
                         ),
                     ),
                     context.sealer,
@@ -445,7 +441,7 @@ async fn blame_alone<L: BatchLoader>(
             }
             _ => {}
         }
-        match load_with_retry(loader, &one, Some(SUSPECT_STALL), context, summary).await {
+        match load_with_retry(loader, &one, context, summary).await {
             Ok(report) => return Ok(report),
             Err(Failure::Blamed(again)) => {
                 failures += 1;
@@ -487,12 +483,11 @@ fn refusal_detail(err: &LoadError) -> String {
 /// One part, one transaction, retried with backoff while the failure is transient. After
 /// [`BLAME_AFTER`] failures the loader commits an empty transaction on the same connection:
 /// if that works, the part is tried once more at once, and if it fails again the part is
-/// blamed ([`Failure::Blamed`]). Each attempt may take at most `stall`, when given (then the
-/// connection is dropped and the attempt counts as a transient failure).
+/// blamed ([`Failure::Blamed`]). Each attempt may take at most [`STALL`] (then its connection
+/// is dropped and the attempt counts as a transient failure).
 async fn load_with_retry<L: BatchLoader>(
     loader: &mut L,
     part: &Batch,
-    stall: Option<Duration>,
     LoadContext {
         settings, abandon, ..
     }: LoadContext<'_>,
@@ -501,7 +496,7 @@ async fn load_with_retry<L: BatchLoader>(
     let mut attempts = 0u32;
     let mut database_works = false;
     loop {
-        let error = match attempt(loader, part, stall).await {
+        let error = match attempt(loader, part).await {
             Ok(report) => return Ok(report),
             Err(error) => error,
         };
@@ -521,13 +516,13 @@ async fn load_with_retry<L: BatchLoader>(
         if database_works {
             return Err(Failure::Blamed(error));
         }
-        if attempts >= BLAME_AFTER && !part.is_empty() {
-            if attempt(loader, &Batch::default(), stall).await.is_ok() {
-                // The database takes work without this part: try the part once more, now.
+        if attempts >= BLAME_AFTER && !part.is_empty() && may_blame_rows(&error) {
+            if probe(loader).await.is_ok() {
+                // The database takes writes without this part: try the part once more, now.
                 database_works = true;
                 continue;
             }
-            // The empty transaction failed too, and is retried with the part: the database.
+            // The check failed too, and is tried again with the part: the database.
             summary.load_retries += 1;
             crate::telemetry::metrics::record_load_retry();
         }
@@ -548,20 +543,24 @@ async fn load_with_retry<L: BatchLoader>(
     }
 }
 
-/// One load of `part`, within `stall` when given.
-async fn attempt<L: BatchLoader>(
-    loader: &mut L,
-    part: &Batch,
-    stall: Option<Duration>,
-) -> Result<LoadReport, LoadError> {
-    let Some(limit) = stall else {
-        return loader.load(part).await;
-    };
-    match tokio::time::timeout(limit, loader.load(part)).await {
+/// [`BatchLoader::probe`], within [`STALL`].
+async fn probe<L: BatchLoader>(loader: &mut L) -> Result<(), LoadError> {
+    match tokio::time::timeout(STALL, loader.probe()).await {
         Ok(result) => result,
         Err(_) => {
             loader.reset();
-            Err(LoadError::TimedOut(limit))
+            Err(LoadError::TimedOut(STALL))
+        }
+    }
+}
+
+/// One load of `part`, within [`STALL`].
+async fn attempt<L: BatchLoader>(loader: &mut L, part: &Batch) -> Result<LoadReport, LoadError> {
+    match tokio::time::timeout(STALL, loader.load(part)).await {
+        Ok(result) => result,
+        Err(_) => {
+            loader.reset();
+            Err(LoadError::TimedOut(STALL))
         }
     }
 }

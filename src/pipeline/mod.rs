@@ -65,7 +65,8 @@ pub struct PipelineSettings {
     pub batch_max_rows: usize,
     pub batch_max_age: Duration,
     pub max_body_bytes: usize,
-    /// Messages received more often than this are quarantined as `poison:receive_count`.
+    /// Messages received more often than this are suspects: loaded alone, and quarantined as
+    /// `poison:receive_count` only if that keeps failing (see `load`).
     pub max_receive_count: i32,
     pub delete_concurrency: usize,
     pub load_retry: RetryPolicy,

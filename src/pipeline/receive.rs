@@ -29,9 +29,10 @@ pub const DRAIN_CONFIRM_WAIT: Duration = Duration::from_secs(1);
 ///
 /// In `drain`, receiver 0 polls first, alone, with the full `--wait-time-secs` (a drain of an
 /// empty queue waits that long for messages to arrive); every later poll waits
-/// [`DRAIN_CONFIRM_WAIT`]. A poll that comes back empty while the run holds messages does not
-/// count (on a FIFO queue our own in-flight messages hide the rest of their group): the
-/// receiver waits until the run holds nothing, then confirms with one more poll.
+/// [`DRAIN_CONFIRM_WAIT`]. A poll that comes back empty does not count if the run held
+/// messages at any time during it (on a FIFO queue our own in-flight messages hide the rest of
+/// their group): the receiver waits until the run holds nothing, then confirms with one more
+/// poll. The first receiver to see the queue empty that way ends the drain for all.
 pub(super) async fn receive_loop<S: MessageSource>(
     id: usize,
     source: Arc<S>,
@@ -81,6 +82,7 @@ pub(super) async fn receive_loop<S: MessageSource>(
             tokio::time::sleep(settings.receive_grace()).await;
         };
         let held_before = !leases.is_empty();
+        let receives_before = leases.receives();
         let first = drain && !stage.first_poll_done.is_cancelled();
         let wait = if drain && !first {
             settings.wait_time.min(DRAIN_CONFIRM_WAIT)
@@ -155,7 +157,11 @@ pub(super) async fn receive_loop<S: MessageSource>(
         }
         if messages.is_empty() {
             if drain {
-                if !held_before && leases.is_empty() {
+                // Counts only if the run held nothing all through the poll: nothing when it
+                // started, nothing when it ended, and no other receive brought anything in
+                // between (whose messages could have hidden the rest of a FIFO group and been
+                // deleted before this poll ended).
+                if !held_before && leases.is_empty() && leases.receives() == receives_before {
                     tracing::debug!(
                         receiver = id,
                         "queue empty for one long poll with nothing held; receiver done"
@@ -288,7 +294,7 @@ impl Stage {
     /// A message received more often than `--max-receive-count` is a suspect, not poison: it
     /// may only have come back because leases lapsed. It is transformed like any other (a
     /// panic in the transform is caught and makes it poison), and a valid one is loaded alone
-    /// (see `load::load_suspect`), where the verdict is made. Only a body that fails its MD5
+    /// (see `load::load_isolating`), where the verdict is made. Only a body that fails its MD5
     /// check every time is poison by its receive count alone.
     pub(super) fn process(&self, m: Received, held_since: Instant) -> Processed {
         let limit = self.settings.max_receive_count;

@@ -37,7 +37,8 @@ impl Progress {
 /// What a `drain` or `run` did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
-    /// Deliveries received from SQS (a message delivered twice counts twice).
+    /// Deliveries received from SQS (a message delivered twice counts twice, unless the second
+    /// delivery joined the lease of the first: see `redelivered_while_held`).
     pub received: u64,
     /// Rows committed to the target table.
     pub loaded: u64,
@@ -61,6 +62,9 @@ pub struct Summary {
     pub released: u64,
     /// Deliveries whose body did not match its MD5: not processed, left for SQS to redeliver.
     pub md5_mismatches: u64,
+    /// Valid messages received more often than `--max-receive-count`, loaded alone (a high
+    /// receive count alone is no poison).
+    pub suspects: u64,
     /// Messages whose load failed while the database took other work, left for SQS to
     /// redeliver (not deleted): they come back with one receive more (see `pipeline::load`).
     pub left_for_redelivery: u64,
@@ -131,6 +135,7 @@ impl fmt::Display for Summary {
         row(f, "load retries", self.load_retries)?;
         row(f, "visibility extended", self.visibility_extended)?;
         row(f, "released uncommitted", self.released)?;
+        row(f, "suspects loaded alone", self.suspects)?;
         row(f, "left for redelivery", self.left_for_redelivery)?;
         row(f, "redelivered while held", self.redelivered_while_held)?;
         row(f, "SQS requests", self.requests.total())?;

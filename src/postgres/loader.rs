@@ -103,6 +103,16 @@ pub trait BatchLoader: Send + 'static {
     /// Drops the connection after a load that was abandoned midway (it stalled), so the next
     /// load starts on a fresh one; the server rolls the abandoned transaction back.
     fn reset(&mut self) {}
+
+    /// Whether the sink takes writes now, without writing anything: the pipeline asks when a
+    /// part of a batch keeps failing, to tell a bad message from a bad database. By default an
+    /// empty load.
+    fn probe(&mut self) -> impl Future<Output = Result<(), LoadError>> + Send {
+        async {
+            self.load(&Batch::default()).await?;
+            Ok(())
+        }
+    }
 }
 
 const TARGET_COLUMNS: &str =
@@ -163,6 +173,8 @@ pub struct LoginLoader {
     database: Database,
     connection: Option<Connection>,
     copy_rows: String,
+    /// Takes, without waiting, the locks a load takes (see [`BatchLoader::probe`]).
+    probe: String,
     seal_key_id: String,
     /// Put the next batch's ids into the ledger by COPY (every id new), not by claiming them;
     /// off after a COPY met an id already there, on again when a claim finds none.
@@ -176,6 +188,7 @@ impl Clone for LoginLoader {
             database: self.database.clone(),
             connection: None,
             copy_rows: self.copy_rows.clone(),
+            probe: self.probe.clone(),
             seal_key_id: self.seal_key_id.clone(),
             copy_ledger: true,
         }
@@ -202,6 +215,10 @@ impl LoginLoader {
             connection: None,
             copy_rows: format!(
                 "COPY {} ({TARGET_COLUMNS}) FROM STDIN (FORMAT binary)",
+                table.quoted()
+            ),
+            probe: format!(
+                "LOCK TABLE {}, sqs2pg.ledger, sqs2pg.rejected_messages IN ROW EXCLUSIVE MODE NOWAIT",
                 table.quoted()
             ),
             seal_key_id,
@@ -316,6 +333,17 @@ impl BatchLoader for LoginLoader {
 
     fn reset(&mut self) {
         self.connection = None;
+    }
+
+    /// A transaction that takes the locks a load takes (`ROW EXCLUSIVE` on the table, the
+    /// ledger and the reject table) without waiting, then ends: it fails while the database is
+    /// down and while someone holds the table locked, and works when a load could.
+    async fn probe(&mut self) -> Result<(), LoadError> {
+        let connection = connected(&mut self.connection, &self.database, &self.copy_rows).await?;
+        let tx = connection.client.transaction().await?;
+        tx.batch_execute(&self.probe).await?;
+        tx.rollback().await?;
+        Ok(())
     }
 }
 

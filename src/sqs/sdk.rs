@@ -188,6 +188,8 @@ impl MessageSource for SdkQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_attribute_names(LEDGER_ID_ATTRIBUTE)
             .message_attribute_names(SENT_TIMESTAMP_ATTRIBUTE)
+            .customize()
+            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| classify("ReceiveMessage", e))?;
@@ -241,6 +243,8 @@ impl MessageSource for SdkQueue {
             .delete_message_batch()
             .queue_url(&self.queue_url)
             .set_entries(Some(entries))
+            .customize()
+            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| classify("DeleteMessageBatch", e))?;
@@ -276,6 +280,8 @@ impl SdkQueue {
             .change_message_visibility_batch()
             .queue_url(&self.queue_url)
             .set_entries(Some(entries))
+            .customize()
+            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| classify("ChangeMessageVisibilityBatch", e))?;
@@ -285,6 +291,15 @@ impl SdkQueue {
             .filter_map(|f| batch_entry(acks, &f.id).cloned())
             .collect())
     }
+}
+
+/// The pipeline's own calls (receive, delete, change visibility) are sent once by the SDK:
+/// the pipeline retries them under its own policy (`error::fate`, with backoff), so there is
+/// one retry policy, not two stacked, and every request sent is one it counts (the SQS bill,
+/// `pipeline::metered`). The query client never retries by itself either.
+fn one_attempt() -> aws_sdk_sqs::config::Builder {
+    aws_sdk_sqs::config::Builder::default()
+        .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
 }
 
 /// The SDK's batch failure entry, as both clients read one.
@@ -335,14 +350,26 @@ where
         // Connection refused/reset and timeouts come back; "other" dispatch failures are ours
         // (no credentials could be loaded, a bad endpoint) and do not.
         SdkError::DispatchFailure(_) if credentials_error(&err).is_some() => {
-            let why = credentials_error(&err).map(|e| {
-                // The chain's own text lists every provider it tried, one per line; the first
-                // line says what matters.
-                let text = in_words(e);
-                let first = text.lines().next().unwrap_or_default();
-                first.trim_end_matches("Attempted:").trim_end().to_owned()
-            });
-            no_credentials(operation, why)
+            let chain_error = credentials_error(&err).expect("checked above");
+            // The chain's own text lists every provider it tried, one per line; the first line
+            // says what matters.
+            let text = in_words(chain_error);
+            let why = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches("Attempted:")
+                .trim_end()
+                .to_owned();
+            match chain_error.downcast_ref::<CredentialsError>() {
+                // A provider that did not answer in time (instance metadata, STS) may next time.
+                Some(CredentialsError::ProviderTimedOut(_)) => SourceError::new(
+                    SourceErrorKind::Transient,
+                    operation,
+                    format!("AWS credentials: {why}"),
+                ),
+                _ => no_credentials(operation, Some(why)),
+            }
         }
         SdkError::DispatchFailure(failure) => SourceError::new(
             if failure.is_io() || failure.is_timeout() {

@@ -50,7 +50,7 @@ pub const LEASES_LAPSED: &str = "sqs2pg_leases_lapsed_total";
 
 /// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
 pub const DESCRIPTIONS: [(&str, &str); 16] = [
-    (MESSAGES_RECEIVED, "Deliveries received from SQS and committed (as rows, rejections or duplicates)."),
+    (MESSAGES_RECEIVED, "Deliveries received from SQS, counted when their batch is done (loaded, quarantined, skipped as duplicates or left for redelivery)."),
     (ROWS_LOADED, "Rows committed to the target table."),
     (MESSAGES_REJECTED, "Messages quarantined in sqs2pg.rejected_messages, by reason code."),
     (DUPLICATES_SKIPPED, "Deliveries skipped because their message was already committed."),

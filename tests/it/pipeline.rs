@@ -1270,22 +1270,43 @@ async fn the_heartbeat_keeps_held_messages_from_coming_back() {
     queue.send(&sample_bodies()).await;
     let mut a = fresh_args(&db, &queue);
     a.visibility_timeout_secs = Some(2);
-    // One receiver (moto can hand one message to two concurrent receivers), and any redelivery
-    // would be quarantined as poison: so a single redelivery fails this test.
+    // One receiver (moto can hand one message to two concurrent receivers).
     a.receivers = 1;
     a.max_receive_count = 1;
-    // The receiver keeps polling all through the slow load, so without the heartbeat it would
-    // receive the lapsed messages again (and quarantine them as poison).
     a.wait_time_secs = 8;
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
-    let summary = app::process_with(
-        settings,
-        queue.queue.clone(),
-        CancellationToken::new(),
-        |inner| crate::faults::SlowLoads::first(inner, 1, Duration::from_secs(6)),
-    )
-    .await
-    .unwrap();
+    // While the first load takes 6 s, three times the visibility timeout, the queue is watched:
+    // once the messages are taken, none may become visible again before the drain ends.
+    let done = CancellationToken::new();
+    let drain = async {
+        let summary = app::process_with(
+            settings,
+            queue.queue.clone(),
+            CancellationToken::new(),
+            |inner| crate::faults::SlowLoads::first(inner, 1, Duration::from_secs(6)),
+        )
+        .await;
+        done.cancel();
+        summary
+    };
+    let watch = async {
+        let (mut taken, mut came_back) = (false, 0);
+        while !done.is_cancelled() {
+            let (visible, _) = queue.queue.approximate_depth().await.unwrap();
+            if visible == 0 {
+                taken = true;
+            } else if taken {
+                came_back = came_back.max(visible);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (taken, came_back)
+    };
+    let (summary, (taken, came_back)) = tokio::join!(drain, watch);
+    let summary = summary.unwrap();
+    assert!(taken, "the messages were received");
+    assert_eq!(came_back, 0, "messages became visible again while held");
+    assert_eq!(summary.redelivered_while_held, 0, "{summary:?}");
     assert_eq!(summary.loaded, 99, "{summary:?}");
     assert_eq!(
         summary.rejected.get("poison:receive_count"),

@@ -89,8 +89,14 @@ async fn relay(
     loop {
         // One whole request: the head, then Content-Length bytes of body.
         let request_len = loop {
-            if let Some(len) = request_length(&pending) {
-                break len;
+            match request_length(&pending) {
+                Ok(Some(len)) => break len,
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("rate-limiting proxy: {e}; connection dropped");
+                    answers.abort();
+                    return Ok(());
+                }
             }
             let n = client_in.read(&mut buf).await?;
             if n == 0 {
@@ -122,32 +128,42 @@ async fn relay(
 }
 
 /// The length of the first request in `bytes`, head and body, once its head is complete.
-fn request_length(bytes: &[u8]) -> Option<usize> {
-    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&bytes[..head_end]).expect("an HTTP head");
+fn request_length(bytes: &[u8]) -> Result<Option<usize>, String> {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head_end = head_end + 4;
+    let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| "a head that is not text")?;
     let mut body = 0;
     for line in head.split("\r\n") {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
         if name.eq_ignore_ascii_case("transfer-encoding") {
-            panic!("the rate-limiting proxy does not relay chunked requests");
+            return Err("a chunked request, which this proxy does not relay".into());
         }
         if name.eq_ignore_ascii_case("content-length") {
-            body = value.trim().parse().expect("a numeric Content-Length");
+            body = value
+                .trim()
+                .parse()
+                .map_err(|_| "a Content-Length that is not a number")?;
         }
     }
-    Some(head_end + body)
+    Ok(Some(head_end + body))
 }
 
 #[test]
 fn requests_are_framed_by_their_content_length() {
     let two = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n";
-    let first = request_length(two).unwrap();
+    let first = request_length(two).unwrap().unwrap();
     assert_eq!(&two[first - 3..first], b"abc");
-    assert_eq!(request_length(&two[first..]), Some(two.len() - first));
     assert_eq!(
-        request_length(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n"),
+        request_length(&two[first..]).unwrap(),
+        Some(two.len() - first)
+    );
+    assert_eq!(
+        request_length(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n").unwrap(),
         None
     );
+    assert!(request_length(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
 }
