@@ -15,6 +15,7 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
+use aws_smithy_types::retry::ErrorKind;
 
 use super::queue::is_fifo;
 use super::{
@@ -371,8 +372,21 @@ where
                 _ => no_credentials(operation, Some(why)),
             }
         }
+        // A connector error the client itself calls transient (a connection closed mid-request,
+        // as by a restarting server) comes back too: the SDK's retries, which used to hide it,
+        // are off for the pipeline's calls (see `one_attempt`).
         SdkError::DispatchFailure(failure) => SourceError::new(
-            if failure.is_io() || failure.is_timeout() {
+            if failure.is_io()
+                || failure.is_timeout()
+                || failure.as_other().is_some_and(|kind| {
+                    matches!(
+                        kind,
+                        ErrorKind::TransientError
+                            | ErrorKind::ServerError
+                            | ErrorKind::ThrottlingError
+                    )
+                })
+            {
                 SourceErrorKind::Transient
             } else {
                 SourceErrorKind::Permanent
