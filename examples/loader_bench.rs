@@ -193,7 +193,10 @@ async fn main() {
         ledger_retention_days: 30,
         shutdown_timeout_secs: 25,
         max_in_flight_bytes: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_BYTES,
-        max_in_flight_messages: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES,
+        max_in_flight_messages: std::env::var("SQS2PG_MAX_IN_FLIGHT_MESSAGES")
+            .map_or(sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES, |v| {
+                v.parse().expect("SQS2PG_MAX_IN_FLIGHT_MESSAGES: a number")
+            }),
         metrics_addr: None,
         ip_mask: sqs2pg::login::MaskMode::Hmac,
         device_id_mask: sqs2pg::login::MaskMode::Hmac,
