@@ -367,6 +367,38 @@ def bench_loader(args):
           f"| {median(rows, 'ours_cpu'):.1f} | {median(rows, 'ours_rss'):.1f} |")
 
 
+def serve_proxy(loop, port, upstream, to_server, to_client):
+    """Serves a TCP proxy on loopback `port` in front of `upstream` on a thread of its own:
+    each client connection gets one to the upstream, `to_server(client_reader, upstream_writer)`
+    and `to_client(upstream_reader, client_writer)` move the bytes. Returns once it listens."""
+    import asyncio
+    ready = threading.Event()
+
+    async def handle(client_reader, client_writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        except OSError:
+            client_writer.close()
+            return
+        try:
+            await asyncio.gather(to_server(client_reader, up_writer), to_client(up_reader, client_writer))
+        except (ConnectionError, OSError):
+            pass
+        for w in (client_writer, up_writer):
+            w.close()
+
+    async def serve():
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    thread.start()
+    ready.wait(10)
+    return thread
+
+
 class DelayProxy:
     """A TCP proxy on loopback that holds every chunk for `delay` seconds in each direction,
     keeping order: a round trip through it costs 2 x delay, as to a distant SQS.
@@ -378,7 +410,6 @@ class DelayProxy:
         import asyncio
         self.port, self.delay, self.upstream = free_port(), delay, upstream_port
         self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
 
         async def pump(reader, writer):
             queue = asyncio.Queue()
@@ -408,25 +439,7 @@ class DelayProxy:
             except (ConnectionError, OSError):
                 pass
 
-        async def handle(client_reader, client_writer):
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-            except OSError:
-                client_writer.close()
-                return
-            await asyncio.gather(pump(client_reader, up_writer), pump(up_reader, client_writer))
-            for w in (client_writer, up_writer):
-                w.close()
-
-        async def serve():
-            server = await asyncio.start_server(handle, "127.0.0.1", self.port, backlog=1024)
-            ready.set()
-            async with server:
-                await server.serve_forever()
-
-        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True)
-        self.thread.start()
-        ready.wait(10)
+        self.thread = serve_proxy(self.loop, self.port, self.upstream, pump, pump)
 
 
 def bench_latency(args):
@@ -541,7 +554,6 @@ class RateLimitProxy:
         self.port, self.upstream, self.gap = free_port(), upstream_port, 1.0 / rate
         self.loop = asyncio.new_event_loop()
         self.next = 0.0
-        ready = threading.Event()
 
         async def requests_to(reader, writer):
             buf = b""
@@ -578,29 +590,7 @@ class RateLimitProxy:
                 writer.write(data)
                 await writer.drain()
 
-        async def handle(client_reader, client_writer):
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-            except OSError:
-                client_writer.close()
-                return
-            try:
-                await asyncio.gather(requests_to(client_reader, up_writer),
-                                     answers_to(up_reader, client_writer))
-            except (ConnectionError, OSError):
-                pass
-            for w in (client_writer, up_writer):
-                w.close()
-
-        async def serve():
-            server = await asyncio.start_server(handle, "127.0.0.1", self.port, backlog=1024)
-            ready.set()
-            async with server:
-                await server.serve_forever()
-
-        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True)
-        self.thread.start()
-        ready.wait(10)
+        self.thread = serve_proxy(self.loop, self.port, self.upstream, requests_to, answers_to)
 
 
 def bench_drain(args):

@@ -224,7 +224,7 @@ pub struct PipelineArgs {
     pub metrics_addr: Option<String>,
 
     /// Messages held at most (received and not yet deleted): the ceiling of the window, which
-    /// adapts below it to what the run commits within the visibility timeout.
+    /// adapts below it to what the run commits and deletes within the visibility timeout.
     #[arg(long, env = "SQS2PG_MAX_IN_FLIGHT_MESSAGES", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES)]
     pub max_in_flight_messages: usize,
 

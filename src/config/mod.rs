@@ -50,11 +50,13 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 25;
 /// batches of 5,000 need to keep the database busy, yet small next to any machine this runs on;
 /// at the 256 KiB SQS maximum it still holds 256 bodies. A batch is also cut at half of it.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
-/// The window's ceiling: two batches of 5,000, one loading while the next fills. A nearby SQS
-/// hands out a few thousand messages a second and a batch is cut after half a second, so a
-/// fast run holds far fewer; the window (see `pipeline::window`) stays lower still when the
-/// run cannot commit what it holds within the visibility timeout.
-pub const DEFAULT_MAX_IN_FLIGHT_MESSAGES: usize = 10_000;
+/// The window's ceiling: four batches of 5,000, two loading while two fill, about what the
+/// bounded channel let a run hold before the window existed, so a deep backlog on a fast
+/// database loads as fast as before (BENCHMARKS.md, run 3). A nearby SQS hands out a few
+/// thousand messages a second and a batch is cut after half a second, so a fast run holds far
+/// fewer; the window (see `pipeline::window`) stays lower still when the run cannot commit what
+/// it holds within the visibility timeout.
+pub const DEFAULT_MAX_IN_FLIGHT_MESSAGES: usize = 20_000;
 /// Above the longest time SQS can still deliver a message id (14 days of retention, up to 14
 /// more after a FIFO dead-letter move, plus a 12-hour visibility timeout); see
 /// `postgres::ledger`.

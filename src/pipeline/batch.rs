@@ -200,3 +200,12 @@ impl Batch {
         self.len() == 0
     }
 }
+
+/// A committed batch's messages, on their way to be deleted.
+#[derive(Debug)]
+pub struct Committed {
+    pub acks: Vec<AckHandle>,
+    /// When the run took the lease of the first of them (the window learns from how long the
+    /// batch took to settle).
+    pub first_held: Option<tokio::time::Instant>,
+}

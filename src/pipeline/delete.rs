@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::Committed;
 use super::lease::Leases;
 use super::{PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
@@ -30,12 +31,13 @@ pub(super) struct Deleted {
 pub(super) async fn delete_loop<S: MessageSource>(
     source: Arc<S>,
     leases: Arc<Leases>,
-    mut batches: mpsc::Receiver<Vec<AckHandle>>,
+    mut batches: mpsc::Receiver<Committed>,
     settings: Arc<PipelineSettings>,
     stop: CancellationToken,
 ) -> Result<Deleted, PipelineError> {
     let mut done = Deleted::default();
-    while let Some(acks) = batches.recv().await {
+    while let Some(Committed { acks, first_held }) = batches.recv().await {
+        let messages = acks.len();
         let (latest, older) = leases.deleting(acks);
         let mut seen = HashSet::with_capacity(latest.len() + older.len());
         let mut chunks = |acks: Vec<AckHandle>| {
@@ -75,6 +77,9 @@ pub(super) async fn delete_loop<S: MessageSource>(
                     return Err(e);
                 }
             }
+        }
+        if let Some(first_held) = first_held {
+            leases.settled(messages, first_held);
         }
     }
     Ok(done)

@@ -170,19 +170,26 @@ impl Leases {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// A batch of `messages` committed, the first of them received at `first_received`: in
-    /// time (within half the visibility timeout, so none needed an extension) it grows the
-    /// window.
-    pub fn committed(&self, messages: usize, first_received: Instant) {
+    /// A batch of `messages` committed and deleted, the first of them received at
+    /// `first_received`: in time (within half the visibility timeout, so none needed an
+    /// extension) it grows the window; later, it is a sign of congestion (held any longer, the
+    /// run would start paying for extensions, which on a busy server slow everything further).
+    /// Counted at the delete, not at COMMIT: a message is held until it is deleted, and on a
+    /// slow server the delete is what takes the time.
+    pub fn settled(&self, messages: usize, first_received: Instant) {
         let in_time = self
             .visibility
             .is_none_or(|v| first_received.elapsed() < v / 2);
-        if !in_time || messages == 0 {
+        if !in_time {
+            self.congested(Congestion::SettledLate);
+            return;
+        }
+        if messages == 0 {
             return;
         }
         let mut state = self.lock();
         let before = state.window.limit();
-        state.window.committed_in_time(messages);
+        state.window.settled_in_time(messages);
         let after = state.window.limit();
         drop(state);
         if after != before {
@@ -191,7 +198,7 @@ impl Leases {
         }
     }
 
-    /// A congestion signal: the window is halved (unless it was just cut).
+    /// A congestion signal: the window is cut (unless it was just cut).
     fn congested(&self, why: Congestion) {
         let quiet = self.visibility.unwrap_or(DEFAULT_QUIET);
         let mut state = self.lock();
@@ -446,7 +453,10 @@ pub async fn heartbeat<S: MessageSource>(
                 }
             })
             .buffer_unordered(CONCURRENT_CALLS);
-        let overrun = tokio::time::sleep_until(now + period);
+        // Overrun: the round is still going when the leases it started with could lapse (a
+        // lease due at half its timeout, extended only after two more ticks, has a quarter
+        // left). Receiving pauses at once (the heartbeat is behind) and the window is cut.
+        let overrun = tokio::time::sleep_until(now + 2 * period);
         tokio::pin!(overrun);
         let mut overran = false;
         loop {
@@ -616,9 +626,10 @@ mod tests {
         assert!(blocked.is_err(), "no receive while the heartbeat is behind");
         leases.set_behind(false);
         drop(leases.admit(1).await);
-        // A lapse halves the window; the lease it was is lost when an extension is refused.
+        // A lapse cuts the window (to 70% of 20: 14); the lease it was is lost when an
+        // extension is refused.
         leases.congested(Congestion::Lapsed);
-        assert_eq!(leases.limit(), 10);
+        assert_eq!(leases.limit(), 14);
         assert_eq!(leases.refused(&[ack(1, "r1")]), 1);
         assert!(leases
             .due(

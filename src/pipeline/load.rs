@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Batch, Processed, Reject, Row};
+use super::batch::{Batch, Committed, Processed, Reject, Row};
 use super::lease::Leases;
 use super::{PipelineError, PipelineSettings, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
@@ -36,13 +36,13 @@ enum Next {
 /// through the bounded channel, do the receivers.
 ///
 /// A batch is cut at `batch_max_rows`, at half the in-flight bytes or half the window (so one
-/// loads while the next fills), or when its first message has waited `batch_max_age` or a
-/// quarter of the visibility timeout, whichever is first: a message is committed and deleted
+/// loads while the next fills), or when its first message has waited `batch_max_age` or an
+/// eighth of the visibility timeout, whichever is first: a message is committed and deleted
 /// before it needs its lease extended.
 pub(super) async fn batch_loop<L: BatchLoader>(
     mut items: mpsc::Receiver<Processed>,
     loader: L,
-    acks: mpsc::Sender<Vec<AckHandle>>,
+    acks: mpsc::Sender<Committed>,
     context: LoadContext<'_>,
     shutdown: &CancellationToken,
     summary: &mut Summary,
@@ -58,7 +58,7 @@ pub(super) async fn batch_loop<L: BatchLoader>(
     let acks = &acks;
     let abandon = context.abandon;
     let max_age = match settings.visibility_timeout {
-        Some(visibility) => settings.batch_max_age.min(visibility / 4),
+        Some(visibility) => settings.batch_max_age.min(visibility / 8),
         None => settings.batch_max_age,
     };
     let mut loading = futures_util::stream::FuturesUnordered::new();
@@ -187,7 +187,7 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 async fn load_batch<L: BatchLoader>(
     loader: &mut L,
     mut batch: Batch,
-    acks: &mpsc::Sender<Vec<AckHandle>>,
+    acks: &mpsc::Sender<Committed>,
     context: LoadContext<'_>,
     summary: &mut Summary,
 ) -> Result<(), PipelineError> {
@@ -255,9 +255,6 @@ async fn load_batch<L: BatchLoader>(
         oldest_sent_ms,
     );
     summary.batches += 1;
-    if let Some(first_held) = batch.first_held {
-        context.leases.committed(messages, first_held);
-    }
     context.settings.progress.add(
         messages as u64,
         report.loaded,
@@ -278,7 +275,11 @@ async fn load_batch<L: BatchLoader>(
         "batch committed"
     );
     // Only now, after every part has committed, may the batch's messages be deleted.
-    if acks.send(batch.acks).await.is_err() {
+    let committed = Committed {
+        acks: batch.acks,
+        first_held: batch.first_held,
+    };
+    if acks.send(committed).await.is_err() {
         tracing::warn!(
             "deleter stopped; committed messages will come back and be skipped as duplicates"
         );

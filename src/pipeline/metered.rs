@@ -1,11 +1,13 @@
 //! The SQS bill: every request the pipeline sends, counted by action at its seam to SQS, for
-//! the summary and `/metrics` (SQS bills per request, so requests per message is the cost).
+//! the summary and `/metrics` (SQS bills per request, so requests per message is the cost);
+//! and each call bounded in time, so one request that gets no answer (a black-holed
+//! connection, a stuck server) costs seconds, not the client's whole attempt timeout.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
+use crate::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError, SourceErrorKind};
 
 /// Requests sent, by action.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +52,28 @@ impl<S> Metered<S> {
     }
 }
 
+/// How long a delete or a visibility change may take: they answer in milliseconds, so this
+/// is a lost request, which is then retried like any transient failure.
+const CALL_LIMIT: Duration = Duration::from_secs(15);
+
 fn count(counter: &AtomicU64, action: &'static str) {
     counter.fetch_add(1, Ordering::Relaxed);
     crate::telemetry::metrics::record_sqs_requests(action, 1);
+}
+
+/// `call`, or a transient error once it has taken `limit`.
+async fn bounded<T>(
+    operation: &'static str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, SourceError>>,
+) -> Result<T, SourceError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(SourceError::new(
+            SourceErrorKind::Transient,
+            operation,
+            format!("no answer within {} s", limit.as_secs()),
+        ))
+    })
 }
 
 impl<S: MessageSource> MessageSource for Metered<S> {
@@ -63,14 +84,18 @@ impl<S: MessageSource> MessageSource for Metered<S> {
         visibility_timeout: Option<Duration>,
     ) -> Result<Vec<Received>, SourceError> {
         count(&self.receive, "receive");
-        self.inner
-            .receive(max_messages, wait, visibility_timeout)
-            .await
+        // A long poll answers within its wait; the limit leaves room for a slow answer.
+        bounded(
+            "ReceiveMessage",
+            wait + CALL_LIMIT,
+            self.inner.receive(max_messages, wait, visibility_timeout),
+        )
+        .await
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
         count(&self.delete, "delete");
-        self.inner.delete(acks).await
+        bounded("DeleteMessageBatch", CALL_LIMIT, self.inner.delete(acks)).await
     }
 
     async fn change_visibility(
@@ -79,6 +104,11 @@ impl<S: MessageSource> MessageSource for Metered<S> {
         timeout: Duration,
     ) -> Result<Vec<AckHandle>, SourceError> {
         count(&self.change_visibility, "change_visibility");
-        self.inner.change_visibility(acks, timeout).await
+        bounded(
+            "ChangeMessageVisibilityBatch",
+            CALL_LIMIT,
+            self.inner.change_visibility(acks, timeout),
+        )
+        .await
     }
 }

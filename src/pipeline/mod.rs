@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::RetryPolicy;
 use crate::login::{BodySealer, Masker};
 use crate::postgres::{BatchLoader, LoadError};
-use crate::sqs::{AckHandle, MessageSource, SourceError};
+use crate::sqs::{MessageSource, SourceError};
 use batch::Processed;
 use lease::Leases;
 pub use metered::Requests;
@@ -144,7 +144,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     // Every request to SQS is counted here, the run's SQS bill.
     let source = Arc::new(metered::Metered::new(source));
     let (item_tx, item_rx) = mpsc::channel::<Processed>(settings.batch_max_rows.max(10) * 2);
-    let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckHandle>>(4);
+    let (ack_tx, ack_rx) = mpsc::channel::<batch::Committed>(4);
     let leases = Arc::new(Leases::new(
         settings.visibility_timeout,
         settings.max_in_flight_messages,

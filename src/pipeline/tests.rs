@@ -9,7 +9,7 @@ use super::receive::DRAIN_CONFIRM_WAIT;
 use super::*;
 use crate::login::MaskKey;
 use crate::postgres::LoadReport;
-use crate::sqs::SQS_BATCH_LIMIT;
+use crate::sqs::{AckHandle, SQS_BATCH_LIMIT};
 use crate::sqs::{DeleteOutcome, Received, SourceErrorKind};
 
 /// Hands out its messages, then answers every receive with an empty long poll. Records

@@ -47,7 +47,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         ledger_retention_days: 30,
         shutdown_timeout_secs: 25,
         max_in_flight_bytes: 64 << 20,
-        max_in_flight_messages: 10_000,
+        max_in_flight_messages: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES,
         metrics_addr: None,
         ip_mask: sqs2pg::login::MaskMode::Hmac,
         device_id_mask: sqs2pg::login::MaskMode::Hmac,
