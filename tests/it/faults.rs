@@ -1,7 +1,7 @@
 //! Test doubles at the pipeline's seams: wrappers around the real SQS client and the real
 //! loader that lose or refuse deletes, rewrite timestamps, count calls, or fail or slow loads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +42,11 @@ pub struct FaultySource<S> {
     corrupt: Mutex<Option<String>>,
     /// Visibility extensions are answered as done but never sent: leases lapse.
     lose_extensions: bool,
+    /// Deliveries of messages whose id ends with this, up to this receive count, are taken
+    /// from the server and never handed on (see [`FaultySource::losing_deliveries`]).
+    lose_deliveries: Option<(char, i32)>,
+    /// Messages whose every delivery up to that count was lost, by id.
+    pub lost: Mutex<HashMap<String, i32>>,
 }
 
 /// Holds receives back until opened, and tells when one is waiting.
@@ -86,6 +91,8 @@ impl<S> FaultySource<S> {
             gate: None,
             corrupt: Mutex::default(),
             lose_extensions: false,
+            lose_deliveries: None,
+            lost: Mutex::default(),
         }
     }
 
@@ -93,6 +100,15 @@ impl<S> FaultySource<S> {
     /// longer than its visibility timeout comes back (a heartbeat that cannot keep up).
     pub fn losing_extensions(mut self) -> Self {
         self.lose_extensions = true;
+        self
+    }
+
+    /// The first `times` deliveries of every message whose id ends with `suffix` are lost on
+    /// their way (the server counted a receive; the pipeline never sees it), as when another
+    /// replica received it and let its lease lapse: it comes back after its visibility timeout
+    /// with a receive count of `times + 1`.
+    pub fn losing_deliveries(mut self, suffix: char, times: i32) -> Self {
+        self.lose_deliveries = Some((suffix, times));
         self
     }
 
@@ -141,6 +157,16 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
             gate.pass().await;
         }
         let mut messages = self.inner.receive(max, wait, visibility).await?;
+        if let Some((suffix, times)) = self.lose_deliveries {
+            let mut lost = self.lost.lock().unwrap();
+            messages.retain(|m| {
+                let losing = m.ack.message_id.ends_with(suffix) && m.receive_count <= times;
+                if losing {
+                    lost.insert(m.ack.message_id.clone(), m.receive_count);
+                }
+                !losing
+            });
+        }
         self.received_bodies
             .lock()
             .unwrap()
