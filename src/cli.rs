@@ -51,6 +51,37 @@ pub enum Command {
     /// What the analysts' table holds, in aggregates: rows per day and device type, distinct
     /// and repeated masked values, rejections by reason.
     Report(ReportArgs),
+    /// Check a declarative mapping and try it on sample bodies, offline (no SQS, no
+    /// PostgreSQL). See examples/mappings/.
+    Mapping(MappingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MappingArgs {
+    #[command(subcommand)]
+    pub command: MappingCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Check a mapping file: every mistake names its line or column and key.
+    Check {
+        /// The mapping file (TOML).
+        file: PathBuf,
+    },
+    /// Map sample bodies (one per line) and print, per line, each row as it would be stored,
+    /// masked, or the rejection with its reason, as JSON lines. Without a key, tokens are made
+    /// under a throwaway key.
+    Preview {
+        /// The mapping file (TOML).
+        #[arg(long, env = "SQS2PG_MAPPING")]
+        mapping: PathBuf,
+        /// File with one message body per line (blank lines are skipped).
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
 }
 
 #[derive(Debug, Args)]

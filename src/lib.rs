@@ -25,6 +25,7 @@
 //!
 //! - [`cli`], [`config`]: flags and environment, turned into checked settings.
 //! - [`login`]: the domain, pure: parse, validate, encode `app_version`, mask.
+//! - [`mapping`]: declarative mappings of any JSON message to rows, pure; offline for now.
 //! - [`sqs`]: the source (receive, delete, send).
 //! - [`postgres`]: the sink (schema, readiness, loader).
 //! - [`pipeline`]: receivers, batcher/loader and deleter tasks; the run summary.
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod login;
+pub mod mapping;
 pub mod pipeline;
 pub mod postgres;
 pub mod report;

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use sqs2pg::app::{self, AppError};
-use sqs2pg::cli::{Cli, Command, ConfigArgs, ConfigCommand, KeygenArgs, QueueArgs, RejectsCommand};
+use sqs2pg::cli::{
+    Cli, Command, ConfigArgs, ConfigCommand, KeygenArgs, MappingArgs, MappingCommand, QueueArgs,
+    RejectsCommand,
+};
 use sqs2pg::config;
 use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, PipelineError};
@@ -226,10 +229,49 @@ async fn run(command: Command) -> Result<(), AppError> {
             print!("{}", config::file::effective(&args));
             Ok(())
         }
+        Command::Mapping(MappingArgs { command }) => mapping(command),
         Command::Send(args) => {
             let sqs = config::queue(&args.queue)?;
             let sent = app::send(&sqs, &args.file, args.create_queue, args.concurrency).await?;
             println!("sent {sent} message(s) to {}", sqs.queue_url);
+            Ok(())
+        }
+    }
+}
+
+fn mapping(command: MappingCommand) -> Result<(), AppError> {
+    match command {
+        MappingCommand::Check { file } => {
+            let mapping = app::load_mapping(&file)?;
+            println!(
+                "{}: table {}, {} column(s), {} masked",
+                file.display(),
+                mapping.table,
+                mapping.columns.len(),
+                mapping.masked().count()
+            );
+            Ok(())
+        }
+        MappingCommand::Preview { mapping, file, key } => {
+            let mapping = app::load_mapping(&mapping)?;
+            let given = key.mask_key.is_some()
+                || key.mask_key_file.is_some()
+                || key.mask_key_ring.is_some();
+            let key = if given {
+                config::key(&key)?
+            } else {
+                eprintln!("no key given: tokens are made under a throwaway key");
+                let text = MaskKey::generate_base64().map_err(|error| AppError::File {
+                    path: "the system's random source".into(),
+                    error,
+                })?;
+                MaskKey::from_base64(&text).expect("a generated key")
+            };
+            let seen = app::preview(&mapping, &key, &file, &mut std::io::stdout().lock())?;
+            eprintln!(
+                "{} message(s): {} row(s), {} rejected",
+                seen.messages, seen.rows, seen.rejected
+            );
             Ok(())
         }
     }

@@ -19,7 +19,9 @@ use crate::sqs::queue::{is_fifo, SqsSettings};
 use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 mod keys;
+mod mapping;
 pub use keys::{keygen_ring, rekey, RekeyReport};
+pub use mapping::{load_mapping, preview, Preview};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use time::Date;
 
 pub use app_version::AppVersion;
 pub use keyring::{KeyRing, KeyText};
-pub use mask::{MaskKey, MaskMode, MaskModes, MaskedToken, Masker, Unmasker};
+pub use mask::{ColumnMask, MaskKey, MaskMode, MaskModes, MaskedToken, Masker, Unmasker};
 pub use reject::{Field, Reason, Rejection};
 pub use seal::{BodySealer, SealedBody};
 pub use validate::{validate, ValidLogin};

@@ -1,0 +1,112 @@
+//! `sqs2pg mapping check` and `sqs2pg mapping preview`: a mapping file checked, and tried on
+//! sample bodies, offline (no SQS, no PostgreSQL).
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use serde_json::{json, Value as Json};
+
+use super::AppError;
+use crate::login::MaskKey;
+use crate::mapping::{Mapping, Masks, Message};
+
+/// Reads and checks a mapping file.
+pub fn load_mapping(path: &Path) -> Result<Mapping, AppError> {
+    let text = std::fs::read_to_string(path).map_err(|error| AppError::File {
+        path: path.display().to_string(),
+        error,
+    })?;
+    Mapping::parse(&text).map_err(|e| {
+        AppError::Config(crate::config::ConfigError(format!(
+            "mapping {}: {e}",
+            path.display()
+        )))
+    })
+}
+
+/// What a preview saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Preview {
+    pub messages: u64,
+    pub rows: u64,
+    pub rejected: u64,
+}
+
+/// Maps every non-blank line of `bodies` as one message and writes, per line, a JSON object:
+/// `{"line": N, "row": {column: value, ...}}` for each row (values as PostgreSQL's text input
+/// takes them, masked columns as their tokens, NULL as null), or `{"line": N, "rejected":
+/// reason, "detail": ...}`. SQS's attributes are stand-ins: message id `preview-N`, sent now,
+/// received once, no group, no message attributes.
+pub fn preview(
+    mapping: &Mapping,
+    key: &MaskKey,
+    bodies: &Path,
+    out: &mut impl Write,
+) -> Result<Preview, AppError> {
+    let file_error = |error| AppError::File {
+        path: bodies.display().to_string(),
+        error,
+    };
+    let file = std::fs::File::open(bodies).map_err(file_error)?;
+    let masks = Masks::new(mapping, key);
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let mut seen = Preview::default();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(file_error)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        seen.messages += 1;
+        let id = format!("preview-{}", i + 1);
+        let message = Message {
+            body: &line,
+            message_id: &id,
+            sent_timestamp_ms: now_ms,
+            receive_count: 1,
+            group_id: None,
+            attributes: &[],
+        };
+        let printed = match mapping.apply(&masks, &message) {
+            Ok(rows) => {
+                seen.rows += rows.len() as u64;
+                rows.iter()
+                    .map(|row| {
+                        // By hand, to keep the columns in the mapping's order.
+                        let values: Vec<String> = mapping
+                            .columns
+                            .iter()
+                            .zip(row.values())
+                            .map(|(c, v)| {
+                                format!(
+                                    "{}:{}",
+                                    Json::from(c.name.as_str()),
+                                    v.to_text().map_or(Json::Null, Json::from)
+                                )
+                            })
+                            .collect();
+                        format!("{{\"line\":{},\"row\":{{{}}}}}", i + 1, values.join(","))
+                    })
+                    .collect::<Vec<_>>()
+            }
+            Err(rejection) => {
+                seen.rejected += 1;
+                vec![json!({"line": i + 1, "rejected": rejection.reason, "detail": rejection.detail})
+                    .to_string()]
+            }
+        };
+        for object in printed {
+            match writeln!(out, "{object}") {
+                Ok(()) => {}
+                // The reader has seen enough (`| head`).
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(seen),
+                Err(error) => {
+                    return Err(AppError::File {
+                        path: "standard output".into(),
+                        error,
+                    })
+                }
+            }
+        }
+    }
+    Ok(seen)
+}

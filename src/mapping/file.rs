@@ -1,0 +1,492 @@
+//! The mapping file: its TOML shape, and its compilation into a checked [`Mapping`] whose every
+//! mistake is found before a message is touched, named by line and key.
+//!
+//! ```toml
+//! table = "public.orders"
+//! envelope = "sns"                       # none (default) | sns | eventbridge | s3
+//!
+//! [[columns]]
+//! name = "order_id"
+//! from = "/order/id"                     # a JSON pointer (RFC 6901) into the message
+//! type = "uuid"
+//! required = true
+//! ```
+//!
+//! Per column: `name`, `type` (as PostgreSQL spells it) and either `from` or `value` (a
+//! constant); then, all optional, `required` (absent or null is refused instead of stored as
+//! NULL), `max_length` (characters of the value as sent; a `varchar(n)` also bounds what is
+//! stored), `allowed` (the values it may take), `pattern` (a regular expression the whole value
+//! must match), `min` / `max` (numbers), `convert` and `mask` with `mask_scope`.
+//!
+//! `from` is a JSON pointer (`/order/id`, `""` is the whole message), `body` (the whole message
+//! as sent), `rest` (the top-level fields no pointer starts with, as an object), `sqs:MessageId`,
+//! `sqs:SentTimestamp` (milliseconds), `sqs:ApproximateReceiveCount`, `sqs:MessageGroupId`,
+//! `attr:NAME` (a message attribute), and the envelope's own fields: `sns:MessageId`,
+//! `sns:Timestamp`, `sns:TopicArn`, `sns:Subject`; `eventbridge:id`, `eventbridge:source`,
+//! `eventbridge:detail-type`, `eventbridge:time`, `eventbridge:account`, `eventbridge:region`.
+//!
+//! `convert`: `version` ("2.3.0" to the order-preserving integer of `login::app_version`),
+//! `epoch_ms` / `epoch_s` (a number of milliseconds or seconds since 1970 to a date or a
+//! timestamp, in UTC; implied for `sqs:SentTimestamp` into a date or timestamp), `ip` (an IP
+//! address, canonical: a masked address gets one token however it is spelled).
+//!
+//! `mask`: `hmac`, `siv`, `ipcrypt`, `ipcrypt-pfx` (IP addresses only: `convert = "ip"` or an
+//! `inet` column) or `redact` (store NULL, keep nothing). Tokens are keyed per *scope*, which
+//! is the column's name unless `mask_scope` says otherwise: columns (in one table or several)
+//! with one scope give one token for one value, so they can be joined; different scopes never
+//! do. The login columns use the scopes `ip` and `device_id`.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+
+use super::column::ColumnType;
+use crate::login::MaskMode;
+
+/// What the message is wrapped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// The body is the message.
+    #[default]
+    None,
+    /// An SNS notification (raw delivery off): the message is the JSON text in `Message`.
+    Sns,
+    /// An EventBridge event: the message is `detail`.
+    Eventbridge,
+    /// An S3 event notification: one message per entry of `Records`; `s3:TestEvent` is
+    /// acknowledged and gives no row.
+    S3,
+}
+
+/// Where a column's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A JSON pointer into the (unwrapped) message.
+    Pointer(String),
+    /// The whole message as sent (after unwrapping).
+    Body,
+    /// The top-level fields no column's pointer starts with.
+    Rest,
+    /// An SQS system attribute.
+    Sqs(SqsAttribute),
+    /// A message attribute, by name.
+    Attribute(String),
+    /// A field of the envelope (`MessageId` of an SNS notification, ...).
+    Envelope(String),
+    /// A constant.
+    Constant(serde_json::Value),
+}
+
+/// The SQS system attributes a column can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqsAttribute {
+    MessageId,
+    SentTimestamp,
+    ApproximateReceiveCount,
+    MessageGroupId,
+}
+
+/// A conversion applied to the value before its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Convert {
+    Version,
+    EpochMs,
+    EpochS,
+    Ip,
+}
+
+/// How a column's value is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    Token(MaskMode),
+    Redact,
+}
+
+/// One checked column.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub source: Source,
+    pub column_type: ColumnType,
+    pub required: bool,
+    pub max_length: Option<u32>,
+    pub allowed: Option<Vec<String>>,
+    /// Anchored: the whole value must match.
+    pub pattern: Option<regex_lite::Regex>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub convert: Option<Convert>,
+    pub mask: Option<Mask>,
+    pub mask_scope: String,
+}
+
+/// A checked mapping: the target table and its columns, in the file's order.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// `schema.table` or `table`, as written.
+    pub table: String,
+    pub envelope: Envelope,
+    pub columns: Vec<Column>,
+    /// Top-level keys some pointer starts with (what `rest` leaves out).
+    pub(super) taken: HashSet<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    table: String,
+    #[serde(default)]
+    envelope: Envelope,
+    columns: Vec<RawColumn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    name: String,
+    #[serde(rename = "type")]
+    column_type: String,
+    from: Option<String>,
+    value: Option<toml::Value>,
+    #[serde(default)]
+    required: bool,
+    max_length: Option<u32>,
+    allowed: Option<Vec<String>>,
+    pattern: Option<String>,
+    min: Option<f64>,
+    max: Option<f64>,
+    convert: Option<Convert>,
+    mask: Option<String>,
+    mask_scope: Option<String>,
+}
+
+/// A mistake in a mapping file: where, and what to do about it. Never holds a value from a
+/// message (a mapping holds none), only the file's own text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MappingError(pub String);
+
+/// PostgreSQL's longest identifier, in bytes.
+const MAX_IDENTIFIER: usize = 63;
+
+fn identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IDENTIFIER
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+impl Mapping {
+    /// Parses and checks a mapping file's text.
+    pub fn parse(text: &str) -> Result<Mapping, MappingError> {
+        let raw: RawMapping = toml::from_str(text).map_err(|e| MappingError(located(text, &e)))?;
+        let table_ok = match raw.table.split_once('.') {
+            Some((schema, table)) => identifier(schema) && identifier(table),
+            None => identifier(&raw.table),
+        };
+        if !table_ok {
+            return Err(MappingError(format!(
+                "key `table`: `{}` is not a table name sqs2pg writes to; use lower-case letters, \
+                 digits and `_`, as `schema.table` or `table`",
+                raw.table
+            )));
+        }
+        if raw.columns.is_empty() {
+            return Err(MappingError(
+                "key `columns`: a mapping needs at least one column".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut columns = Vec::with_capacity(raw.columns.len());
+        for (i, c) in raw.columns.into_iter().enumerate() {
+            let at = format!("column {} (`{}`)", i + 1, c.name);
+            let fail = |what: String| MappingError(format!("{at}: {what}"));
+            if !identifier(&c.name) {
+                return Err(fail(
+                    "key `name`: use lower-case letters, digits and `_` (at most 63 bytes), \
+                     starting with a letter or `_`"
+                        .into(),
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err(fail("key `name`: this column is mapped twice".into()));
+            }
+            let column_type =
+                ColumnType::parse(&c.column_type).map_err(|e| fail(format!("key `type`: {e}")))?;
+            let source = match (&c.from, &c.value) {
+                (Some(from), None) => source(from).map_err(|e| fail(format!("key `from`: {e}")))?,
+                (None, Some(value)) => Source::Constant(
+                    serde_json::to_value(value).map_err(|e| fail(format!("key `value`: {e}")))?,
+                ),
+                _ => {
+                    return Err(fail(
+                        "give either `from` (where the value comes from) or `value` (a constant)"
+                            .into(),
+                    ))
+                }
+            };
+            let mask = match c.mask.as_deref() {
+                None => None,
+                Some("redact") => Some(Mask::Redact),
+                Some("hmac") => Some(Mask::Token(MaskMode::Hmac)),
+                Some("siv") => Some(Mask::Token(MaskMode::Siv)),
+                Some("ipcrypt") => Some(Mask::Token(MaskMode::Ipcrypt)),
+                Some("ipcrypt-pfx") => Some(Mask::Token(MaskMode::IpcryptPfx)),
+                Some(other) => {
+                    return Err(fail(format!(
+                        "key `mask`: `{other}` is not a mask; one of hmac, siv, ipcrypt, \
+                         ipcrypt-pfx, redact"
+                    )))
+                }
+            };
+            let is_ip = c.convert == Some(Convert::Ip) || column_type == ColumnType::Inet;
+            match mask {
+                Some(Mask::Token(mode)) if mode.is_ip_only() => {
+                    if !is_ip {
+                        return Err(fail(format!(
+                            "key `mask`: {mode} encrypts IP addresses only; add \
+                             `convert = \"ip\"` or use hmac or siv"
+                        )));
+                    }
+                    if !(column_type.is_text() || column_type == ColumnType::Inet) {
+                        return Err(fail(format!(
+                            "key `type`: {mode} tokens are addresses: use inet, text or varchar"
+                        )));
+                    }
+                }
+                Some(Mask::Token(mode)) if !column_type.is_text() => {
+                    return Err(fail(format!(
+                        "key `type`: {mode} tokens are text: use text or varchar(256)"
+                    )));
+                }
+                Some(Mask::Token(_)) => {
+                    if let ColumnType::Varchar(n) = column_type {
+                        if n < 256 {
+                            return Err(fail(format!(
+                                "key `type`: tokens take up to 256 characters; varchar({n}) \
+                                 would refuse some, use varchar(256) or text"
+                            )));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if (c.min.is_some() || c.max.is_some())
+                && !column_type.is_numeric()
+                && c.convert != Some(Convert::Version)
+            {
+                return Err(fail(format!(
+                    "keys `min` / `max` bound numbers; {column_type} is not a number type"
+                )));
+            }
+            if let (Some(min), Some(max)) = (c.min, c.max) {
+                if min > max {
+                    return Err(fail("`min` is above `max`".into()));
+                }
+            }
+            let pattern = match &c.pattern {
+                None => None,
+                Some(p) => Some(
+                    regex_lite::Regex::new(&format!("^(?:{p})$"))
+                        .map_err(|e| fail(format!("key `pattern`: {e}")))?,
+                ),
+            };
+            if let Some(Convert::EpochMs | Convert::EpochS) = c.convert {
+                if !matches!(
+                    column_type,
+                    ColumnType::Date | ColumnType::Timestamptz | ColumnType::Timestamp
+                ) {
+                    return Err(fail(
+                        "key `convert`: epoch_ms and epoch_s make dates and timestamps; \
+                         use date, timestamptz or timestamp"
+                            .into(),
+                    ));
+                }
+            }
+            if c.convert == Some(Convert::Version)
+                && !matches!(column_type, ColumnType::Integer | ColumnType::BigInt)
+            {
+                return Err(fail(
+                    "key `convert`: version makes an integer; use integer or bigint".into(),
+                ));
+            }
+            if c.mask_scope.is_some() && !matches!(mask, Some(Mask::Token(_))) {
+                return Err(fail(
+                    "key `mask_scope` needs a `mask` that makes tokens".into(),
+                ));
+            }
+            let mask_scope = c.mask_scope.unwrap_or_else(|| c.name.clone());
+            columns.push(Column {
+                name: c.name,
+                source,
+                column_type,
+                required: c.required,
+                max_length: c.max_length,
+                allowed: c.allowed,
+                pattern,
+                min: c.min,
+                max: c.max,
+                convert: c.convert,
+                mask,
+                mask_scope,
+            });
+        }
+        let taken = columns
+            .iter()
+            .filter_map(|c| match &c.source {
+                Source::Pointer(p) => first_token(p),
+                _ => None,
+            })
+            .collect();
+        Ok(Mapping {
+            table: raw.table,
+            envelope: raw.envelope,
+            columns,
+            taken,
+        })
+    }
+
+    /// The masked columns and their scopes (what the key bookkeeping records).
+    pub fn masked(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| c.mask.is_some())
+    }
+}
+
+/// The first reference token of a pointer, unescaped (`/a~1b/c` gives `a/b`).
+fn first_token(pointer: &str) -> Option<String> {
+    let rest = pointer.strip_prefix('/')?;
+    let token = rest.split('/').next().unwrap_or(rest);
+    Some(token.replace("~1", "/").replace("~0", "~"))
+}
+
+fn source(from: &str) -> Result<Source, String> {
+    if from.is_empty() || from.starts_with('/') {
+        let mut escapes = from.split('~').skip(1);
+        if escapes.any(|after| !after.starts_with(['0', '1'])) {
+            return Err(format!(
+                "`{from}` is not a JSON pointer: `~` must be followed by 0 or 1"
+            ));
+        }
+        return Ok(Source::Pointer(from.to_owned()));
+    }
+    match from {
+        "body" => return Ok(Source::Body),
+        "rest" => return Ok(Source::Rest),
+        "sqs:MessageId" => return Ok(Source::Sqs(SqsAttribute::MessageId)),
+        "sqs:SentTimestamp" => return Ok(Source::Sqs(SqsAttribute::SentTimestamp)),
+        "sqs:ApproximateReceiveCount" => {
+            return Ok(Source::Sqs(SqsAttribute::ApproximateReceiveCount))
+        }
+        "sqs:MessageGroupId" => return Ok(Source::Sqs(SqsAttribute::MessageGroupId)),
+        _ => {}
+    }
+    if let Some(name) = from.strip_prefix("attr:").filter(|n| !n.is_empty()) {
+        return Ok(Source::Attribute(name.to_owned()));
+    }
+    const SNS: [&str; 4] = ["MessageId", "Timestamp", "TopicArn", "Subject"];
+    const EVENTBRIDGE: [&str; 6] = ["id", "source", "detail-type", "time", "account", "region"];
+    if let Some(field) = from.strip_prefix("sns:").filter(|f| SNS.contains(f)) {
+        return Ok(Source::Envelope(format!("sns:{field}")));
+    }
+    if let Some(field) = from
+        .strip_prefix("eventbridge:")
+        .filter(|f| EVENTBRIDGE.contains(f))
+    {
+        return Ok(Source::Envelope(format!("eventbridge:{field}")));
+    }
+    Err(format!(
+        "`{from}` is not a source; a JSON pointer (`/order/id`), `body`, `rest`, \
+         `sqs:MessageId`, `sqs:SentTimestamp`, `sqs:ApproximateReceiveCount`, \
+         `sqs:MessageGroupId`, `attr:NAME`, `sns:{{{}}}` or `eventbridge:{{{}}}`",
+        SNS.join(","),
+        EVENTBRIDGE.join(","),
+    ))
+}
+
+/// A TOML error as "line N, key `K`: what is wrong".
+fn located(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    match text.lines().nth(line - 1).and_then(|l| l.split_once('=')) {
+        Some((key, _)) => format!("line {line}, key `{}`: {message}", key.trim()),
+        None => format!("line {line}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        Mapping::parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn a_small_mapping_compiles_with_its_defaults() {
+        let m = Mapping::parse(
+            r#"
+table = "public.orders"
+envelope = "sns"
+columns = [
+  { name = "order_id", from = "/order/id", type = "uuid", required = true },
+  { name = "email_token", from = "/customer/email", type = "varchar(256)", mask = "hmac" },
+  { name = "amount", from = "/order/amount", type = "numeric(12,2)", min = 0 },
+  { name = "sent_at", from = "sqs:SentTimestamp", type = "timestamptz" },
+  { name = "extra", from = "rest", type = "jsonb" },
+  { name = "origin", value = "shop", type = "text" },
+]
+"#,
+        )
+        .unwrap();
+        assert_eq!(m.envelope, Envelope::Sns);
+        assert_eq!(m.columns.len(), 6);
+        assert_eq!(m.columns[1].mask, Some(Mask::Token(MaskMode::Hmac)));
+        assert_eq!(m.columns[1].mask_scope, "email_token");
+        assert_eq!(m.columns[5].source, Source::Constant("shop".into()));
+        assert!(m.taken.contains("order") && m.taken.contains("customer"));
+        assert_eq!(m.masked().count(), 1);
+    }
+
+    #[test]
+    fn mistakes_name_the_line_or_the_column_and_the_key() {
+        let e = error("table = \"t\"\ncolumns = [\n { name = \"a\", from = \"/a\", type = \"text\", colour = 1 },\n]\n");
+        assert!(e.starts_with("line 3") && e.contains("colour"), "{e}");
+        let e =
+            error("table = \"t\"\n[[columns]]\nname = \"a\"\nfrom = \"/a\"\ntype = \"money\"\n");
+        assert!(
+            e.contains("column 1 (`a`): key `type`") && e.contains("money"),
+            "{e}"
+        );
+        let e = error("table = \"t\"\n[[columns]]\nname = \"a\"\nfrom = \"a\"\ntype = \"text\"\n");
+        assert!(
+            e.contains("key `from`") && e.contains("JSON pointer"),
+            "{e}"
+        );
+        let e = error("table = \"t\"\n[[columns]]\nname = \"a\"\nfrom = \"/a\"\ntype = \"varchar(64)\"\nmask = \"siv\"\n");
+        assert!(e.contains("varchar(256)"), "{e}");
+        let e = error("table = \"t\"\n[[columns]]\nname = \"a\"\nfrom = \"/a\"\ntype = \"text\"\nmask = \"ipcrypt\"\n");
+        assert!(
+            e.contains("convert = \\\"ip\\\"") || e.contains("convert = \"ip\""),
+            "{e}"
+        );
+        let e = error(
+            "table = \"t\"\n[[columns]]\nname = \"a\"\nfrom = \"/a\"\ntype = \"text\"\nmin = 1\n",
+        );
+        assert!(e.contains("`min` / `max`"), "{e}");
+        let e = error("table = \"t\"\n[[columns]]\nname = \"a\"\nfrom = \"/a\"\ntype = \"text\"\npattern = \"(\"\n");
+        assert!(e.contains("key `pattern`"), "{e}");
+        let e = error("table = \"Orders; DROP\"\ncolumns = [{ name = \"a\", from = \"/a\", type = \"text\" }]\n");
+        assert!(e.starts_with("key `table`"), "{e}");
+        let e = error("table = \"t\"\ncolumns = [{ name = \"a\", from = \"/a\", type = \"text\" }, { name = \"a\", from = \"/b\", type = \"text\" }]\n");
+        assert!(e.contains("mapped twice"), "{e}");
+        let e = error("table = \"t\"\ncolumns = [{ name = \"a\", type = \"text\" }]\n");
+        assert!(e.contains("either `from`"), "{e}");
+    }
+}
