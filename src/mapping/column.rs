@@ -358,7 +358,8 @@ fn numeric(value: &Json, spec: Option<(u16, u16)>) -> Result<String, Fault> {
     let Some((precision, scale)) = spec else {
         let int = int.trim_start_matches('0');
         let int = if int.is_empty() { "0" } else { int };
-        let sign = if negative { "-" } else { "" };
+        let zero = int == "0" && frac.bytes().all(|b| b == b'0');
+        let sign = if negative && !zero { "-" } else { "" };
         return Ok(match frac.is_empty() {
             true => format!("{sign}{int}"),
             false => format!("{sign}{int}.{frac}"),
@@ -422,9 +423,16 @@ fn date(value: &Json) -> Result<Date, Fault> {
     Date::parse(&s, format).map_err(|_| Fault::Invalid("not a date (YYYY-MM-DD)".into()))
 }
 
+/// PostgreSQL keeps microseconds; finer digits are cut, as its binary input does.
+fn to_micros(nanosecond: u32) -> u32 {
+    nanosecond / 1_000 * 1_000
+}
+
 fn timestamptz(value: &Json) -> Result<OffsetDateTime, Fault> {
     let s = text(value, None)?;
-    OffsetDateTime::parse(&s, &Rfc3339)
+    let t = OffsetDateTime::parse(&s, &Rfc3339)
+        .map_err(|_| Fault::Invalid("not an RFC 3339 timestamp with an offset".into()))?;
+    t.replace_nanosecond(to_micros(t.nanosecond()))
         .map_err(|_| Fault::Invalid("not an RFC 3339 timestamp with an offset".into()))
 }
 
@@ -438,9 +446,12 @@ fn timestamp(value: &Json) -> Result<PrimitiveDateTime, Fault> {
         version = 2,
         "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]"
     );
-    PrimitiveDateTime::parse(&s, with_t)
+    let invalid = || Fault::Invalid("not a timestamp (YYYY-MM-DDTHH:MM:SS)".into());
+    let t = PrimitiveDateTime::parse(&s, with_t)
         .or_else(|_| PrimitiveDateTime::parse(&s, with_space))
-        .map_err(|_| Fault::Invalid("not a timestamp (YYYY-MM-DDTHH:MM:SS)".into()))
+        .map_err(|_| invalid())?;
+    t.replace_nanosecond(to_micros(t.nanosecond()))
+        .map_err(|_| invalid())
 }
 
 /// Converts a JSON value (never null: the caller handles absence) to the column's type.
@@ -614,6 +625,7 @@ mod tests {
             (json!("-0.001"), "numeric(4,2)", "0.00"),
             (json!(7), "numeric(4,2)", "7.00"),
             (json!("0012.5000"), "numeric", "12.5000"),
+            (json!("-0.000"), "numeric", "0.000"),
             (
                 json!("123456789012345678901234567890.5"),
                 "numeric",

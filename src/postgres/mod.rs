@@ -5,6 +5,7 @@
 pub mod connect;
 pub mod ledger;
 pub mod loader;
+pub mod mapped;
 pub mod quarantine;
 pub mod schema;
 
