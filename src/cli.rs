@@ -69,6 +69,20 @@ pub enum MappingCommand {
         /// The mapping file (TOML).
         file: PathBuf,
     },
+    /// Write a first mapping from sample bodies (one per line): columns, types, nullability
+    /// and lengths inferred, masks proposed for values that look personal, each with a comment
+    /// saying why. SNS, EventBridge and S3 envelopes are recognised by their shape.
+    Draft {
+        /// File with one message body per line (blank lines are skipped).
+        #[arg(long)]
+        file: PathBuf,
+        /// The table the mapping writes to.
+        #[arg(long, default_value = "public.messages")]
+        table: String,
+        /// Write the mapping here instead of to standard output (never over an existing file).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Map sample bodies (one per line) and print, per line, each row as it would be stored,
     /// masked, or the rejection with its reason, as JSON lines. Without a key, tokens are made
     /// under a throwaway key.

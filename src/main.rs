@@ -252,6 +252,21 @@ fn mapping(command: MappingCommand) -> Result<(), AppError> {
             );
             Ok(())
         }
+        MappingCommand::Draft {
+            file,
+            table,
+            output,
+        } => {
+            let text = app::draft_mapping(&file, &table)?;
+            match output {
+                None => print!("{text}"),
+                Some(path) => {
+                    app::write_new_file(&path, &text)?;
+                    println!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
         MappingCommand::Preview { mapping, file, key } => {
             let mapping = app::load_mapping(&mapping)?;
             let given = key.mask_key.is_some()

@@ -1,5 +1,5 @@
-//! `sqs2pg mapping check` and `sqs2pg mapping preview`: a mapping file checked, and tried on
-//! sample bodies, offline (no SQS, no PostgreSQL).
+//! `sqs2pg mapping check`, `mapping draft` and `mapping preview`: a mapping file checked,
+//! drafted from sample bodies, and tried on them, offline (no SQS, no PostgreSQL).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -109,4 +109,34 @@ pub fn preview(
         }
     }
     Ok(seen)
+}
+
+/// Drafts a mapping for `table` from the bodies in `path` (one per line).
+pub fn draft_mapping(path: &Path, table: &str) -> Result<String, AppError> {
+    let text = std::fs::read_to_string(path).map_err(|error| AppError::File {
+        path: path.display().to_string(),
+        error,
+    })?;
+    crate::mapping::draft::draft(table, text.lines().filter(|l| !l.trim().is_empty())).map_err(
+        |e| {
+            AppError::Config(crate::config::ConfigError(format!(
+                "mapping draft from {}: {e}",
+                path.display()
+            )))
+        },
+    )
+}
+
+/// Writes `text` to a file that must not exist yet.
+pub fn write_new_file(path: &Path, text: &str) -> Result<(), AppError> {
+    let file_error = |error| AppError::File {
+        path: path.display().to_string(),
+        error,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(file_error)?;
+    file.write_all(text.as_bytes()).map_err(file_error)
 }

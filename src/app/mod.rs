@@ -21,7 +21,7 @@ use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_B
 mod keys;
 mod mapping;
 pub use keys::{keygen_ring, rekey, RekeyReport};
-pub use mapping::{load_mapping, preview, Preview};
+pub use mapping::{draft_mapping, load_mapping, preview, write_new_file, Preview};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

@@ -351,3 +351,56 @@ async fn every_type_round_trips_through_binary_copy_into_postgresql() {
         );
     }
 }
+
+#[test]
+fn a_draft_written_to_a_file_previews_as_it_stands_and_is_never_written_over() {
+    let dir = std::env::temp_dir().join(crate::harness::unique("sqs2pg-draft"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("orders.toml");
+    let draft = |path: &std::path::Path| {
+        sqs2pg(
+            &[
+                "mapping",
+                "draft",
+                "--file",
+                "examples/mappings/orders-sns.jsonl",
+                "--table",
+                "public.orders",
+                "--output",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let o = draft(&out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("envelope = \"sns\"") && text.contains("# Masked:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ada@example.com"),
+        "no sample value in the draft"
+    );
+    let o = sqs2pg(
+        &[
+            "mapping",
+            "preview",
+            "--mapping",
+            out.to_str().unwrap(),
+            "--file",
+            "examples/mappings/orders-sns.jsonl",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("5 message(s): 5 row(s), 0 rejected"),
+        "{}",
+        stderr(&o)
+    );
+    let again = draft(&out);
+    assert!(!again.status.success(), "an existing file is kept");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+}

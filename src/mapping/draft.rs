@@ -1,0 +1,524 @@
+//! A first mapping drafted from sample bodies: the envelope recognised by its shape, one
+//! column per leaf field with its type, nullability and length inferred, and a mask proposed
+//! for fields whose values look personal, with a comment saying why. The draft is a valid
+//! mapping as it stands (a test compiles and previews every draft it makes).
+//!
+//! What it reads from the samples: a field present and non-null in every sample is required;
+//! strings that all parse as one thing (UUID, RFC 3339 timestamp, ISO date) get that type;
+//! whole numbers are `integer` or `bigint` by their range, other numbers `double precision`;
+//! arrays of strings are `text[]`; anything mixed or deeper is `jsonb`. Personal-looking:
+//! IP addresses, e-mail addresses, phone numbers, card numbers (Luhn), `ddd-dd-dddd` ids, and
+//! string fields named `email`, `phone`, `ip`, `ssn`, `iban`, `address`, `name`, `device_id`
+//! and the like.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde_json::{Map, Value as Json};
+
+/// What the samples showed of one field.
+#[derive(Default)]
+struct Seen {
+    present: usize,
+    nulls: usize,
+    strings: usize,
+    booleans: usize,
+    integers: usize,
+    numbers: usize,
+    string_arrays: usize,
+    others: usize,
+    max_chars: usize,
+    min_int: i64,
+    max_int: i64,
+    /// Of the strings: how many parse as each thing.
+    uuids: usize,
+    timestamps: usize,
+    dates: usize,
+    ips: usize,
+    emails: usize,
+    phones: usize,
+    cards: usize,
+    id_numbers: usize,
+}
+
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !s.contains(' ')
+}
+
+fn digits_of(s: &str) -> Option<String> {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '+' | '(' | ')' | '.'))
+    {
+        return None;
+    }
+    Some(s.chars().filter(char::is_ascii_digit).collect())
+}
+
+fn luhn(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            match i % 2 {
+                1 if d * 2 > 9 => d * 2 - 9,
+                1 => d * 2,
+                _ => d,
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+fn is_card(s: &str) -> bool {
+    digits_of(s).is_some_and(|d| (13..=19).contains(&d.len()) && luhn(&d) && !s.contains('+'))
+}
+
+fn is_phone(s: &str) -> bool {
+    digits_of(s).is_some_and(|d| (7..=15).contains(&d.len()))
+        && (s.starts_with('+') || s.contains(' ') || s.contains('('))
+}
+
+/// `ddd-dd-dddd`, as a US social security number (and the exercise's device ids) are written.
+fn is_id_number(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 11
+        && b[3] == b'-'
+        && b[6] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 3 || i == 6 || c.is_ascii_digit())
+}
+
+impl Seen {
+    fn add(&mut self, value: &Json) {
+        self.present += 1;
+        match value {
+            Json::Null => self.nulls += 1,
+            Json::Bool(_) => self.booleans += 1,
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => {
+                    if self.integers == 0 {
+                        (self.min_int, self.max_int) = (i, i);
+                    }
+                    self.integers += 1;
+                    self.min_int = self.min_int.min(i);
+                    self.max_int = self.max_int.max(i);
+                }
+                None => self.numbers += 1,
+            },
+            Json::String(s) => {
+                self.strings += 1;
+                self.max_chars = self.max_chars.max(s.chars().count());
+                self.uuids += usize::from(uuid::Uuid::try_parse(s).is_ok());
+                let rfc3339 =
+                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339);
+                self.timestamps += usize::from(rfc3339.is_ok());
+                let date =
+                    time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"));
+                self.dates += usize::from(date.is_ok());
+                self.ips += usize::from(s.parse::<IpAddr>().is_ok());
+                self.emails += usize::from(is_email(s));
+                self.phones += usize::from(is_phone(s));
+                self.cards += usize::from(is_card(s));
+                self.id_numbers += usize::from(is_id_number(s));
+            }
+            Json::Array(items) if items.iter().all(Json::is_string) => self.string_arrays += 1,
+            _ => self.others += 1,
+        }
+    }
+
+    fn values(&self) -> usize {
+        self.present - self.nulls
+    }
+
+    /// The type to store, and whether the values are IP addresses.
+    fn column_type(&self) -> (String, bool) {
+        let n = self.values();
+        if n == 0 || self.others > 0 {
+            return ("jsonb".into(), false);
+        }
+        if self.strings == n {
+            if self.uuids == n {
+                return ("uuid".into(), false);
+            }
+            if self.timestamps == n {
+                return ("timestamptz".into(), false);
+            }
+            if self.dates == n {
+                return ("date".into(), false);
+            }
+            if self.ips == n {
+                return ("inet".into(), true);
+            }
+            // Room to grow: twice the longest seen, in steps, or text past 256.
+            let room = (self.max_chars * 2).max(16);
+            return match [32, 64, 128, 256].into_iter().find(|&c| c >= room) {
+                Some(c) => (format!("varchar({c})"), false),
+                None => ("text".into(), false),
+            };
+        }
+        if self.booleans == n {
+            return ("boolean".into(), false);
+        }
+        if self.integers == n {
+            let fits = i32::try_from(self.min_int).is_ok() && i32::try_from(self.max_int).is_ok();
+            return (if fits { "integer" } else { "bigint" }.into(), false);
+        }
+        if self.integers + self.numbers == n {
+            return ("double precision".into(), false);
+        }
+        if self.string_arrays == n {
+            return ("text[]".into(), false);
+        }
+        ("jsonb".into(), false)
+    }
+
+    /// Why the values look personal, if they do.
+    fn personal(&self, name: &str) -> Option<&'static str> {
+        let n = self.values();
+        if n == 0 || self.strings != n {
+            return None;
+        }
+        let most = |count: usize| count * 10 >= n * 9;
+        if most(self.ips) {
+            return Some("the values are IP addresses");
+        }
+        if most(self.emails) {
+            return Some("the values are e-mail addresses");
+        }
+        if most(self.cards) {
+            return Some("the values are card numbers (they pass the Luhn check)");
+        }
+        if most(self.phones) {
+            return Some("the values look like phone numbers");
+        }
+        if most(self.id_numbers) {
+            return Some(
+                "the values are ddd-dd-dddd numbers, as social security numbers are written",
+            );
+        }
+        // The field's own name (the pointer's last part), whole.
+        let last = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
+        let last = last.replace('-', "_");
+        const NAMES: [&str; 16] = [
+            "email",
+            "e_mail",
+            "phone",
+            "phone_number",
+            "mobile",
+            "ip",
+            "ip_address",
+            "ssn",
+            "card_number",
+            "iban",
+            "address",
+            "street",
+            "name",
+            "first_name",
+            "last_name",
+            "device_id",
+        ];
+        NAMES
+            .contains(&last.as_str())
+            .then_some("its name says it may identify a person")
+    }
+}
+
+/// The envelope the samples are in, recognised by shape (every sample must agree).
+fn envelope_of(body: &Json) -> &'static str {
+    let Json::Object(o) = body else {
+        return "none";
+    };
+    if o.get("Type").and_then(Json::as_str) == Some("Notification")
+        && o.get("Message").is_some_and(Json::is_string)
+        && o.contains_key("TopicArn")
+    {
+        return "sns";
+    }
+    if o.contains_key("detail") && o.contains_key("detail-type") && o.contains_key("source") {
+        return "eventbridge";
+    }
+    if o.get("Records").is_some_and(|r| {
+        r.as_array().is_some_and(|items| {
+            items
+                .iter()
+                .all(|i| i.get("eventSource").and_then(Json::as_str) == Some("aws:s3"))
+        })
+    }) {
+        return "s3";
+    }
+    "none"
+}
+
+fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// Walks an object, recording each leaf by pointer; objects nest, everything else is a leaf.
+fn walk(prefix: &str, object: &Map<String, Json>, fields: &mut BTreeMap<String, Seen>) {
+    for (key, value) in object {
+        let pointer = format!("{prefix}/{}", escape(key));
+        match value {
+            Json::Object(inner) if !inner.is_empty() && prefix.matches('/').count() < 4 => {
+                walk(&pointer, inner, fields)
+            }
+            _ => fields.entry(pointer).or_default().add(value),
+        }
+    }
+}
+
+/// A column name from a pointer: lower case, `_` between parts and for anything else.
+fn column_name(pointer: &str) -> String {
+    let mut name: String = pointer
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .collect();
+    if name.is_empty() || name.as_bytes()[0].is_ascii_digit() {
+        name.insert(0, '_');
+    }
+    name.truncate(55);
+    name
+}
+
+/// Why no draft could be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DraftError {
+    #[error("no sample body to learn from")]
+    Empty,
+    /// Line numbers (1-based) only: never the body.
+    #[error("line {0} is not JSON")]
+    NotJson(usize),
+    #[error("the samples are in different envelopes (line 1: {first}, line {line}: {other})")]
+    MixedEnvelopes {
+        first: &'static str,
+        line: usize,
+        other: &'static str,
+    },
+}
+
+/// Drafts a mapping for `table` from sample bodies.
+pub fn draft<'a>(
+    table: &str,
+    bodies: impl IntoIterator<Item = &'a str>,
+) -> Result<String, DraftError> {
+    let mut fields: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut envelope = None;
+    let mut documents = 0;
+    for (i, body) in bodies.into_iter().enumerate() {
+        let parsed: Json = serde_json::from_str(body).map_err(|_| DraftError::NotJson(i + 1))?;
+        let kind = envelope_of(&parsed);
+        match envelope {
+            None => envelope = Some(kind),
+            Some(first) if first != kind => {
+                return Err(DraftError::MixedEnvelopes {
+                    first,
+                    line: i + 1,
+                    other: kind,
+                })
+            }
+            Some(_) => {}
+        }
+        let inner: Vec<Json> = match (kind, parsed) {
+            ("sns", Json::Object(mut o)) => {
+                let text = o.remove("Message").unwrap_or_default();
+                vec![serde_json::from_str(text.as_str().unwrap_or_default())
+                    .map_err(|_| DraftError::NotJson(i + 1))?]
+            }
+            ("eventbridge", Json::Object(mut o)) => vec![o.remove("detail").unwrap_or_default()],
+            ("s3", Json::Object(mut o)) => match o.remove("Records") {
+                Some(Json::Array(records)) => records,
+                _ => Vec::new(),
+            },
+            (_, other) => vec![other],
+        };
+        for doc in inner {
+            documents += 1;
+            if let Json::Object(o) = &doc {
+                walk("", o, &mut fields);
+            }
+        }
+    }
+    let envelope = envelope.ok_or(DraftError::Empty)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Drafted by `sqs2pg mapping draft` from {documents} sample message(s). Read it through:\n\
+         # types, lengths and `required` come from the samples only; try it with\n\
+         # `sqs2pg mapping preview`.\n\
+         table = \"{table}\"\n\
+         envelope = \"{envelope}\""
+    );
+    let mut names = std::collections::HashSet::new();
+    for (pointer, seen) in &fields {
+        let (column_type, is_ip) = seen.column_type();
+        let personal = seen.personal(pointer);
+        let base = column_name(pointer);
+        let mut name = match personal {
+            Some(_) => format!("masked_{base}"),
+            None => base,
+        };
+        while !names.insert(name.clone()) {
+            name.push('_');
+        }
+        let required = seen.present == documents && seen.nulls == 0;
+        out.push('\n');
+        if let Some(why) = personal {
+            let _ = writeln!(out, "# Masked: {why}.");
+        }
+        let _ = writeln!(out, "[[columns]]\nname = \"{name}\"");
+        let _ = writeln!(out, "from = {}", toml_string(pointer));
+        match personal {
+            Some(_) => {
+                let _ = writeln!(out, "type = \"varchar(256)\"");
+                if is_ip {
+                    let _ = writeln!(out, "convert = \"ip\"");
+                }
+                let _ = writeln!(out, "mask = \"hmac\"");
+            }
+            None => {
+                let _ = writeln!(out, "type = \"{column_type}\"");
+            }
+        }
+        if required {
+            let _ = writeln!(out, "required = true");
+        }
+    }
+    let mut sent = "sent_at".to_owned();
+    while names.contains(&sent) {
+        sent.push('_');
+    }
+    let _ = writeln!(
+        out,
+        "\n# When SQS received the message.\n[[columns]]\nname = \"{sent}\"\nfrom = \"sqs:SentTimestamp\"\ntype = \"timestamptz\""
+    );
+    Ok(out)
+}
+
+/// A TOML basic string: JSON's escapes are TOML's, except that TOML also escapes DEL.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s)
+        .expect("a string serialises")
+        .replace('\u{7f}', "\\u007F")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{Mapping, Masks, Message};
+
+    fn preview(mapping: &str, bodies: &[&str]) -> (usize, usize) {
+        let m = Mapping::parse(mapping).unwrap_or_else(|e| panic!("{e}\n{mapping}"));
+        let key =
+            crate::login::MaskKey::from_base64(&crate::login::MaskKey::generate_base64().unwrap())
+                .unwrap();
+        let masks = Masks::new(&m, &key);
+        let (mut rows, mut rejected) = (0, 0);
+        for body in bodies {
+            let message = Message {
+                body,
+                message_id: "m",
+                sent_timestamp_ms: 1_700_000_000_000,
+                receive_count: 1,
+                group_id: None,
+                attributes: &[],
+            };
+            match m.apply(&masks, &message) {
+                Ok(r) => rows += r.len(),
+                Err(_) => rejected += 1,
+            }
+        }
+        (rows, rejected)
+    }
+
+    #[test]
+    fn a_draft_of_the_login_sample_masks_ip_and_device_id_and_maps_every_sample() {
+        let sample: Vec<&str> = include_str!("../../examples/login-queue-sample.jsonl")
+            .lines()
+            .collect();
+        let text = draft("public.logins", sample.iter().copied()).unwrap();
+        let m = Mapping::parse(&text).unwrap();
+        let masked: Vec<&str> = m.masked().map(|c| c.name.as_str()).collect();
+        assert_eq!(masked, ["masked_device_id", "masked_ip"], "{text}");
+        assert!(text.contains("# Masked: the values are IP addresses."));
+        assert!(text.contains("social security"));
+        let user_id = m.columns.iter().find(|c| c.name == "user_id").unwrap();
+        assert!(!user_id.required, "one sample lacks it");
+        assert_eq!(user_id.column_type.to_string(), "uuid");
+        // One sample is another kind of message (`foo`, `bar`): nothing is in every sample.
+        assert!(m.columns.iter().all(|c| !c.required), "{text}");
+        let logins: Vec<&str> = sample
+            .iter()
+            .copied()
+            .filter(|b| b.contains("user_id"))
+            .collect();
+        let m = Mapping::parse(&draft("public.logins", logins.iter().copied()).unwrap()).unwrap();
+        let required: Vec<&str> = m
+            .columns
+            .iter()
+            .filter(|c| c.required)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            required,
+            [
+                "app_version",
+                "masked_device_id",
+                "device_type",
+                "masked_ip",
+                "user_id"
+            ],
+            "locale is null in some"
+        );
+        // As it stands, the draft takes every sample.
+        assert_eq!(preview(&text, &sample), (100, 0));
+    }
+
+    #[test]
+    fn envelopes_are_recognised_and_personal_fields_proposed_for_masking() {
+        let sample: Vec<&str> = include_str!("../../examples/mappings/orders-sns.jsonl")
+            .lines()
+            .collect();
+        let text = draft("public.orders", sample.iter().copied()).unwrap();
+        assert!(text.contains("envelope = \"sns\""), "{text}");
+        let m = Mapping::parse(&text).unwrap();
+        let masked: Vec<&str> = m.masked().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            masked,
+            ["masked_customer_email", "masked_customer_ip"],
+            "{text}"
+        );
+        let ty = |n: &str| {
+            m.columns
+                .iter()
+                .find(|c| c.name == n)
+                .unwrap_or_else(|| panic!("{n} in {text}"))
+                .column_type
+                .to_string()
+        };
+        assert_eq!(ty("order_placed_at"), "timestamptz");
+        assert_eq!(ty("order_amount"), "jsonb", "numbers and strings mixed");
+        assert_eq!(preview(&text, &sample).0, sample.len());
+        let cards = [
+            r#"{"card": "4111 1111 1111 1111", "phone": "+44 20 7946 0958", "note": "hello"}"#,
+            r#"{"card": "5500-0000-0000-0004", "phone": "+1 (555) 010-9999", "note": "bye"}"#,
+        ];
+        let text = draft("t", cards).unwrap();
+        let m = Mapping::parse(&text).unwrap();
+        let masked: Vec<&str> = m.masked().map(|c| c.name.as_str()).collect();
+        assert_eq!(masked, ["masked_card", "masked_phone"], "{text}");
+        assert_eq!(draft("t", ["{", "{}"]), Err(DraftError::NotJson(1)));
+        assert_eq!(draft("t", Vec::<&str>::new()), Err(DraftError::Empty));
+    }
+}
