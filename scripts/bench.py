@@ -380,10 +380,17 @@ def serve_proxy(loop, port, upstream, to_server, to_client):
         except OSError:
             client_writer.close()
             return
+        # When either side is done, so is the connection: a client that hung up (say, on a
+        # timed-out request) must not leave its upstream connection open, or the server
+        # collects idle connections until it stops answering new ones.
+        tasks = [asyncio.ensure_future(to_server(client_reader, up_writer)),
+                 asyncio.ensure_future(to_client(up_reader, client_writer))]
         try:
-            await asyncio.gather(to_server(client_reader, up_writer), to_client(up_reader, client_writer))
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         except (ConnectionError, OSError):
             pass
+        for t in tasks:
+            t.cancel()
         for w in (client_writer, up_writer):
             w.close()
 
