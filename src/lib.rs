@@ -44,3 +44,4 @@ pub mod postgres;
 pub mod report;
 pub mod sqs;
 pub mod telemetry;
+pub mod toml_error;

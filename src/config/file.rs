@@ -97,7 +97,7 @@ impl FileSettings {
     /// Parses file content; the error names the line and the key, never a value (toml's own
     /// rendering quotes the offending line, which can hold a password).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| describe_error(text, &e))
+        toml::from_str(text).map_err(|e| crate::toml_error::describe(text, &e))
     }
 
     /// The file's values by the id of the command-line setting they stand for.
@@ -144,35 +144,6 @@ impl FileSettings {
             }
         }
         out
-    }
-}
-
-/// A TOML error as "line N, key `K`: what is wrong", with every quoted value in the message
-/// replaced by `"…"`.
-fn describe_error(text: &str, error: &toml::de::Error) -> String {
-    let mut message = String::with_capacity(error.message().len());
-    let mut quoted = false;
-    for c in error.message().trim_end().chars() {
-        match (c, quoted) {
-            ('"', false) => {
-                message.push_str("\"…");
-                quoted = true;
-            }
-            ('"', true) => {
-                message.push('"');
-                quoted = false;
-            }
-            (_, true) => {}
-            (c, false) => message.push(if c == '\n' { ' ' } else { c }),
-        }
-    }
-    let Some(span) = error.span() else {
-        return message;
-    };
-    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    match text.lines().nth(line - 1).and_then(|l| l.split_once('=')) {
-        Some((key, _)) => format!("line {line}, key `{}`: {message}", key.trim()),
-        None => format!("line {line}: {message}"),
     }
 }
 

@@ -211,8 +211,8 @@ impl Value {
             Value::Double(x) => x.to_string(),
             Value::Date(d) => d.to_string(),
             Value::Timestamptz(t) => t
-                .to_offset(time::UtcOffset::UTC)
-                .format(&Rfc3339)
+                .checked_to_offset(time::UtcOffset::UTC)
+                .and_then(|t| t.format(&Rfc3339).ok())
                 .unwrap_or_default(),
             Value::Timestamp(t) => t
                 .format(time::macros::format_description!(
@@ -306,6 +306,14 @@ fn bounded<T: TryFrom<i128>>(n: i128, type_name: &str) -> Result<T, Fault> {
 }
 
 fn float(value: &Json) -> Result<f64, Fault> {
+    let x = finite_or_not(value)?;
+    if !x.is_finite() {
+        return Err(Fault::OutOfRange("beyond double precision".into()));
+    }
+    Ok(x)
+}
+
+fn finite_or_not(value: &Json) -> Result<f64, Fault> {
     match value {
         Json::Number(n) => n
             .as_f64()
@@ -355,6 +363,10 @@ fn numeric(value: &Json, spec: Option<(u16, u16)>) -> Result<String, Fault> {
     let Some((negative, int, frac)) = decimal_parts(&written) else {
         return Err(Fault::Invalid("not a plain decimal number".into()));
     };
+    // PostgreSQL's own limits for numeric.
+    if int.len() > 131_072 || frac.len() > 16_383 {
+        return Err(Fault::OutOfRange("more digits than numeric holds".into()));
+    }
     let Some((precision, scale)) = spec else {
         let int = int.trim_start_matches('0');
         let int = if int.is_empty() { "0" } else { int };
@@ -420,7 +432,13 @@ fn numeric(value: &Json, spec: Option<(u16, u16)>) -> Result<String, Fault> {
 fn date(value: &Json) -> Result<Date, Fault> {
     let s = text(value, None)?;
     let format = time::macros::format_description!("[year]-[month]-[day]");
-    Date::parse(&s, format).map_err(|_| Fault::Invalid("not a date (YYYY-MM-DD)".into()))
+    let d =
+        Date::parse(&s, format).map_err(|_| Fault::Invalid("not a date (YYYY-MM-DD)".into()))?;
+    if s.starts_with(['-', '+']) {
+        return Err(Fault::Invalid("not a date (YYYY-MM-DD)".into()));
+    }
+    in_years(d.year())?;
+    Ok(d)
 }
 
 /// PostgreSQL keeps microseconds; finer digits are cut, as its binary input does.
@@ -432,8 +450,25 @@ fn timestamptz(value: &Json) -> Result<OffsetDateTime, Fault> {
     let s = text(value, None)?;
     let t = OffsetDateTime::parse(&s, &Rfc3339)
         .map_err(|_| Fault::Invalid("not an RFC 3339 timestamp with an offset".into()))?;
-    t.replace_nanosecond(to_micros(t.nanosecond()))
+    let utc = t
+        .checked_to_offset(time::UtcOffset::UTC)
+        .ok_or_else(out_of_years)?;
+    in_years(utc.year())?;
+    utc.replace_nanosecond(to_micros(utc.nanosecond()))
         .map_err(|_| Fault::Invalid("not an RFC 3339 timestamp with an offset".into()))
+}
+
+fn out_of_years() -> Fault {
+    Fault::OutOfRange("outside the years 1 to 9999".into())
+}
+
+/// Years 1 to 9999: what every type here and PostgreSQL agree on (no BC dates, whose text
+/// forms differ).
+pub fn in_years(year: i32) -> Result<(), Fault> {
+    match (1..=9999).contains(&year) {
+        true => Ok(()),
+        false => Err(out_of_years()),
+    }
 }
 
 fn timestamp(value: &Json) -> Result<PrimitiveDateTime, Fault> {
@@ -450,8 +485,22 @@ fn timestamp(value: &Json) -> Result<PrimitiveDateTime, Fault> {
     let t = PrimitiveDateTime::parse(&s, with_t)
         .or_else(|_| PrimitiveDateTime::parse(&s, with_space))
         .map_err(|_| invalid())?;
+    if s.starts_with(['-', '+']) {
+        return Err(invalid());
+    }
+    in_years(t.year())?;
     t.replace_nanosecond(to_micros(t.nanosecond()))
         .map_err(|_| invalid())
+}
+
+/// True if a string or key anywhere in `value` holds U+0000 (which jsonb cannot store).
+fn holds_nul(value: &Json) -> bool {
+    match value {
+        Json::String(s) => s.contains('\0'),
+        Json::Array(items) => items.iter().any(holds_nul),
+        Json::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// Converts a JSON value (never null: the caller handles absence) to the column's type.
@@ -488,11 +537,10 @@ pub fn convert(value: &Json, column: ColumnType) -> Result<Value, Fault> {
                 .map_err(|_| Fault::Invalid("not an IP address".into()))?,
         ),
         ColumnType::Jsonb => {
-            let text = value.to_string();
-            if text.contains("\\u0000") {
+            if holds_nul(value) {
                 return Err(Fault::NulCharacter);
             }
-            Value::Jsonb(text)
+            Value::Jsonb(value.to_string())
         }
         ColumnType::TextArray => match value {
             Json::Array(items) => Value::TextArray(
@@ -613,6 +661,32 @@ mod tests {
             Ok(Some(r#"["a","b"]"#.into()))
         );
         assert!(to_text(json!(["a", 1]), "text[]").is_err());
+        assert_eq!(
+            to_text(json!({"k": "back\\u0000slash"}), "jsonb"),
+            Ok(Some(r#"{"k":"back\\u0000slash"}"#.into())),
+            "a backslash is not a NUL"
+        );
+        assert_eq!(
+            to_text(json!({"k": "a\u{0}"}), "jsonb"),
+            Err(Fault::NulCharacter)
+        );
+        for (late, column) in [
+            ("9999-12-31T23:00:00-05:00", "timestamptz"),
+            ("0000-01-01T00:00:00Z", "timestamptz"),
+            ("-0001-01-01", "date"),
+        ] {
+            assert!(
+                matches!(
+                    to_text(json!(late), column),
+                    Err(Fault::OutOfRange(_) | Fault::Invalid(_))
+                ),
+                "{late}"
+            );
+        }
+        assert!(matches!(
+            to_text(json!("9".repeat(400)), "double precision"),
+            Err(Fault::OutOfRange(_))
+        ));
     }
 
     #[test]

@@ -183,10 +183,11 @@ impl Seen {
     /// Why the values look personal, if they do.
     fn personal(&self, name: &str) -> Option<&'static str> {
         let n = self.values();
+        let most = |count: usize| n > 0 && count * 10 >= n * 9;
         if n == 0 || self.strings != n {
-            return None;
+            // Not all text: only the name can tell (and such a value is redacted, not tokenised).
+            return Self::personal_name(name);
         }
-        let most = |count: usize| count * 10 >= n * 9;
         if most(self.ips) {
             return Some("the values are IP addresses");
         }
@@ -204,7 +205,11 @@ impl Seen {
                 "the values are ddd-dd-dddd numbers, as social security numbers are written",
             );
         }
-        // The field's own name (the pointer's last part), whole.
+        Self::personal_name(name)
+    }
+
+    /// Whether the field's own name (the pointer's last part, whole) says it is personal.
+    fn personal_name(name: &str) -> Option<&'static str> {
         let last = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
         let last = last.replace('-', "_");
         const NAMES: [&str; 16] = [
@@ -266,12 +271,31 @@ fn walk(prefix: &str, object: &Map<String, Json>, fields: &mut BTreeMap<String, 
     for (key, value) in object {
         let pointer = format!("{prefix}/{}", escape(key));
         match value {
-            Json::Object(inner) if !inner.is_empty() && prefix.matches('/').count() < 4 => {
+            // An object whose keys are data (ids, addresses, numbers) is one jsonb leaf: its
+            // keys must not become column names, which the draft prints.
+            Json::Object(inner)
+                if !inner.is_empty()
+                    && prefix.matches('/').count() < 4
+                    && !inner.keys().any(|k| key_is_data(k)) =>
+            {
                 walk(&pointer, inner, fields)
             }
             _ => fields.entry(pointer).or_default().add(value),
         }
     }
+}
+
+/// A key that is a value rather than a name: an address, an id, a number, or long.
+fn key_is_data(key: &str) -> bool {
+    key.len() > 40
+        || key.parse::<IpAddr>().is_ok()
+        || is_email(key)
+        || uuid::Uuid::try_parse(key).is_ok()
+        || key.bytes().any(|b| b.is_ascii_digit())
+            && key.bytes().filter(u8::is_ascii_digit).count() * 2 >= key.len()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b' '))
 }
 
 /// A column name from a pointer: lower case, `_` between parts and for anything else.
@@ -379,13 +403,19 @@ pub fn draft<'a>(
         }
         let _ = writeln!(out, "[[columns]]\nname = \"{name}\"");
         let _ = writeln!(out, "from = {}", toml_string(pointer));
+        let text = seen.values() > 0 && seen.strings == seen.values();
         match personal {
-            Some(_) => {
+            Some(_) if text => {
                 let _ = writeln!(out, "type = \"varchar(256)\"");
                 if is_ip {
                     let _ = writeln!(out, "convert = \"ip\"");
                 }
                 let _ = writeln!(out, "mask = \"hmac\"");
+            }
+            Some(_) => {
+                // Not text: a token would depend on how the value is spelled; keep nothing.
+                let _ = writeln!(out, "type = \"{column_type}\"");
+                let _ = writeln!(out, "mask = \"redact\"");
             }
             None => {
                 let _ = writeln!(out, "type = \"{column_type}\"");
@@ -518,6 +548,26 @@ mod tests {
         let m = Mapping::parse(&text).unwrap();
         let masked: Vec<&str> = m.masked().map(|c| c.name.as_str()).collect();
         assert_eq!(masked, ["masked_card", "masked_phone"], "{text}");
+        // Keys that are values stay inside one jsonb column; a personal name with values
+        // that are not text is redacted.
+        let keyed = [
+            r#"{"visits": {"ada@example.com": 3, "10.0.0.1": 1}, "phone": 4420794609, "email": null}"#,
+        ];
+        let text = draft("t", keyed).unwrap();
+        assert!(
+            !text.contains("example") && !text.contains("10_0_0_1"),
+            "{text}"
+        );
+        let m = Mapping::parse(&text).unwrap();
+        let visits = m.columns.iter().find(|c| c.name == "visits").unwrap();
+        assert_eq!(visits.column_type.to_string(), "jsonb");
+        let phone = m.columns.iter().find(|c| c.name == "masked_phone").unwrap();
+        assert_eq!(
+            phone.mask,
+            Some(crate::mapping::file::Mask::Redact),
+            "{text}"
+        );
+        assert!(m.columns.iter().any(|c| c.name == "masked_email"), "{text}");
         assert_eq!(draft("t", ["{", "{}"]), Err(DraftError::NotJson(1)));
         assert_eq!(draft("t", Vec::<&str>::new()), Err(DraftError::Empty));
     }

@@ -183,7 +183,8 @@ fn identifier(name: &str) -> bool {
 impl Mapping {
     /// Parses and checks a mapping file's text.
     pub fn parse(text: &str) -> Result<Mapping, MappingError> {
-        let raw: RawMapping = toml::from_str(text).map_err(|e| MappingError(located(text, &e)))?;
+        let raw: RawMapping = toml::from_str(text)
+            .map_err(|e| MappingError(crate::toml_error::describe(text, &e)))?;
         let table_ok = match raw.table.split_once('.') {
             Some((schema, table)) => identifier(schema) && identifier(table),
             None => identifier(&raw.table),
@@ -314,6 +315,32 @@ impl Mapping {
                     "key `convert`: version makes an integer; use integer or bigint".into(),
                 ));
             }
+            if let Some(scope) = &c.mask_scope {
+                let ok = !scope.is_empty()
+                    && scope.len() <= 63
+                    && scope.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-')
+                    });
+                if !ok {
+                    return Err(fail(
+                        "key `mask_scope`: use lower-case letters, digits, `_` and `-` (at most 63)"
+                            .into(),
+                    ));
+                }
+            }
+            if let Source::Envelope(field) = &source {
+                let wanted = field.split(':').next().unwrap_or_default();
+                let given = match raw.envelope {
+                    Envelope::Sns => "sns",
+                    Envelope::Eventbridge => "eventbridge",
+                    Envelope::S3 | Envelope::None => "",
+                };
+                if wanted != given {
+                    return Err(fail(format!(
+                        "key `from`: `{field}` is a field of the {wanted} envelope; set                          `envelope = \"{wanted}\"` or take another source"
+                    )));
+                }
+            }
             if c.mask_scope.is_some() && !matches!(mask, Some(Mask::Token(_))) {
                 return Err(fail(
                     "key `mask_scope` needs a `mask` that makes tokens".into(),
@@ -334,6 +361,30 @@ impl Mapping {
                 mask,
                 mask_scope,
             });
+        }
+        // No unmasked column may hold what a masked one masks: the whole body, or a parent
+        // of the masked field.
+        for masked in columns.iter().filter(|c| c.mask.is_some()) {
+            let Source::Pointer(inner) = &masked.source else {
+                continue;
+            };
+            for other in columns.iter().filter(|c| c.mask.is_none()) {
+                let holds = match &other.source {
+                    Source::Body => true,
+                    Source::Pointer(outer) => {
+                        outer.is_empty()
+                            || inner == outer
+                            || inner.starts_with(&format!("{outer}/"))
+                    }
+                    _ => false,
+                };
+                if holds {
+                    return Err(MappingError(format!(
+                        "column `{}`: key `from` would store, unmasked, what column `{}` masks;                          point below it, or mask this column too",
+                        other.name, masked.name
+                    )));
+                }
+            }
         }
         let taken = columns
             .iter()
@@ -407,19 +458,6 @@ fn source(from: &str) -> Result<Source, String> {
     ))
 }
 
-/// A TOML error as "line N, key `K`: what is wrong".
-fn located(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim_end().replace('\n', " ");
-    let Some(span) = error.span() else {
-        return message;
-    };
-    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    match text.lines().nth(line - 1).and_then(|l| l.split_once('=')) {
-        Some((key, _)) => format!("line {line}, key `{}`: {message}", key.trim()),
-        None => format!("line {line}: {message}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,5 +526,12 @@ columns = [
         assert!(e.contains("mapped twice"), "{e}");
         let e = error("table = \"t\"\ncolumns = [{ name = \"a\", type = \"text\" }]\n");
         assert!(e.contains("either `from`"), "{e}");
+        let e = error("table = \"t\"\ncolumns = [{ name = \"a\", from = \"/c/email\", type = \"text\", mask = \"hmac\" }, { name = \"b\", from = \"/c\", type = \"jsonb\" }]\n");
+        assert!(e.contains("column `b`") && e.contains("unmasked"), "{e}");
+        let e = error("table = \"t\"\ncolumns = [{ name = \"a\", from = \"sns:MessageId\", type = \"text\" }]\n");
+        assert!(
+            e.contains("envelope = \\\"sns\\\"") || e.contains("sns envelope"),
+            "{e}"
+        );
     }
 }

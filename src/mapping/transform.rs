@@ -161,7 +161,30 @@ impl Mapping {
             .collect()
     }
 
+    /// [`Mapping::convert_column`], and what it makes checked against a `varchar(n)` (an
+    /// address written as text, a token) as PostgreSQL would.
     fn value(
+        &self,
+        column: &Column,
+        mask: Option<&ColumnMask>,
+        doc: &Json,
+        fields: &EnvelopeFields,
+        message: &Message<'_>,
+    ) -> Result<Value, Rejection> {
+        let value = self.convert_column(column, mask, doc, fields, message)?;
+        if let (ColumnType::Varchar(max), Value::Text(text)) = (column.column_type, &value) {
+            let chars = text.chars().count();
+            if chars > max as usize {
+                return Err(Rejection::new(
+                    format!("too_long:{}", column.name),
+                    format!("{chars} characters, limit {max}"),
+                ));
+            }
+        }
+        Ok(value)
+    }
+
+    fn convert_column(
         &self,
         column: &Column,
         mask: Option<&ColumnMask>,
@@ -210,6 +233,8 @@ impl Mapping {
                 })
             }
             None | Some(Json::Null) => return Ok(Value::Null),
+            // Redacted: nothing of the value is kept, whatever the column would make of it.
+            Some(_) if column.mask == Some(Mask::Redact) => return Ok(Value::Null),
             Some(v) => v,
         };
         let fault = |f: Fault| match f {
@@ -284,7 +309,8 @@ impl Mapping {
                 .and_then(|ms| {
                     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
                 })
-                .ok_or_else(|| fault(Fault::OutOfRange("beyond the dates we can store".into())))?;
+                .filter(|at| crate::mapping::column::in_years(at.year()).is_ok())
+                .ok_or_else(|| fault(Fault::OutOfRange("outside the years 1 to 9999".into())))?;
             return Ok(match column.column_type {
                 ColumnType::Date => Value::Date(at.date()),
                 ColumnType::Timestamp => {

@@ -104,9 +104,16 @@ impl<S: MessageSource> MessageSource for Metered<S> {
         timeout: Duration,
     ) -> Result<Vec<AckHandle>, SourceError> {
         count(&self.change_visibility, "change_visibility");
+        // An extension answered after half the new timeout is too late to count on (the
+        // heartbeat waits for its round, and the leases it extends could lapse meanwhile): it
+        // is retried as a failure. Releases (timeout 0) get the usual limit.
+        let limit = match timeout.is_zero() {
+            true => CALL_LIMIT,
+            false => (timeout / 2).clamp(Duration::from_secs(1), CALL_LIMIT),
+        };
         bounded(
             "ChangeMessageVisibilityBatch",
-            CALL_LIMIT,
+            limit,
             self.inner.change_visibility(acks, timeout),
         )
         .await

@@ -18,6 +18,10 @@ use crate::error::{fate, Fate, Outcome};
 use crate::login::{transform, BodySealer, Masker, Reason, Rejection, Transformed};
 use crate::sqs::{MessageSource, Received, SQS_BATCH_LIMIT};
 
+/// SQS's default visibility timeout, for a run that was given none (the pipeline is normally
+/// given the queue's own).
+const DEFAULT_QUEUE_VISIBILITY: Duration = Duration::from_secs(30);
+
 /// The long-poll wait of every `drain` poll but the first: long enough to be a long poll
 /// (which, unlike a short one, asks every SQS server, so an empty answer means an empty
 /// queue), short enough that a drain ends about a second after its last delete.
@@ -103,6 +107,7 @@ pub(super) async fn receive_loop<S: MessageSource>(
             }
             Err(error) => {
                 drop(admission);
+                *stage.receive_failed_at.lock().expect("not poisoned") = Some(Instant::now());
                 failures += 1;
                 if fate(Outcome::Sqs(&error)) == Fate::Retry
                     && settings.source_retry.allows(failures)
@@ -161,6 +166,19 @@ pub(super) async fn receive_loop<S: MessageSource>(
                 // started, nothing when it ended, and no other receive brought anything in
                 // between (whose messages could have hidden the rest of a FIFO group and been
                 // deleted before this poll ended).
+                if let Some(until) = stage.lost_messages_hidden_until() {
+                    // A failed receive may have been served: wait until what it took is
+                    // visible again, then poll on.
+                    tracing::debug!(
+                        receiver = id,
+                        "queue looks empty, but a failed receive may hide messages; waiting"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                    continue;
+                }
                 if !held_before && leases.is_empty() && leases.receives() == receives_before {
                     tracing::debug!(
                         receiver = id,
@@ -229,6 +247,10 @@ pub(super) struct Stage {
     /// `drain`: a receiver saw the queue empty with nothing held; the others stop polling
     /// once they hold nothing.
     drained: CancellationToken,
+    /// When the last receive failed. A receive that failed (say, it got no answer in time)
+    /// may still have been served: its messages are invisible and nobody holds them, so an
+    /// empty poll proves nothing until they are visible again.
+    receive_failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Adaptive receive concurrency for `run`: a full receive (10 messages) lets one more receiver
@@ -284,8 +306,20 @@ impl Stage {
             active: Active::new(settings.receivers.max(1)),
             first_poll_done: CancellationToken::new(),
             drained: CancellationToken::new(),
+            receive_failed_at: std::sync::Mutex::new(None),
             settings,
         }
+    }
+
+    /// Until when an empty poll cannot count as the end of a drain: one visibility timeout
+    /// after the last failed receive (whose messages, if it was served, are hidden till then).
+    fn lost_messages_hidden_until(&self) -> Option<Instant> {
+        let failed = (*self.receive_failed_at.lock().expect("not poisoned"))?;
+        let visibility = self
+            .settings
+            .visibility_timeout
+            .unwrap_or(DEFAULT_QUEUE_VISIBILITY);
+        Some(failed + visibility).filter(|until| *until > Instant::now())
     }
 
     /// The pure transform, the poison check, and the evidence (sealed body) kept for
