@@ -745,7 +745,12 @@ async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing()
         .await
         .unwrap();
     queue.send(&sample_bodies()).await;
-    let a = fresh_args(&db, &queue);
+    let mut a = fresh_args(&db, &queue);
+    // One batch of all 100, cut when the last arrives: a batch cut earlier by age would
+    // commit (and delete) rows without the rejection that fails.
+    a.batch_max_rows = 100;
+    a.batch_max_age_ms = 60_000;
+    a.visibility_timeout_secs = Some(300);
     let counting = Arc::new(FaultySource::new(queue.queue.clone()));
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
     let err = app::process_with(settings, counting.clone(), CancellationToken::new(), |l| l)
