@@ -77,10 +77,12 @@ fn transform_and_seal(bencher: divan::Bencher) {
 /// values), for the price of generality.
 #[divan::bench]
 fn mapping_login(bencher: divan::Bencher) {
-    use sqs2pg::mapping::{Mapping, Masks, Message};
+    use sqs2pg::mapping::{Mapper, Mapping, Message};
     let bodies = bodies();
-    let mapping = Mapping::parse(include_str!("../examples/mappings/login.toml")).expect("valid");
-    let masks = Masks::new(&mapping, &key());
+    let mapper = Mapper::new(
+        Mapping::parse(include_str!("../examples/mappings/login.toml")).expect("valid"),
+        &key(),
+    );
     let mut i = 0usize;
     bencher.bench_local(|| {
         i = (i + 1) % bodies.len();
@@ -92,7 +94,7 @@ fn mapping_login(bencher: divan::Bencher) {
             group_id: None,
             attributes: &[],
         };
-        black_box(mapping.apply(&masks, &message))
+        black_box(mapper.apply(&message))
     });
 }
 
@@ -100,7 +102,7 @@ fn mapping_login(bencher: divan::Bencher) {
 /// jsonb overflow, text[], two masks), one message of about 600 bytes.
 #[divan::bench]
 fn mapping_wide(bencher: divan::Bencher) {
-    use sqs2pg::mapping::{Mapping, Masks, Message};
+    use sqs2pg::mapping::{Mapper, Mapping, Message};
     let mapping = Mapping::parse(
         r#"
 table = "wide"
@@ -130,7 +132,7 @@ columns = [
     )
     .expect("valid");
     let body = r#"{"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff", "kind": "b", "user": {"id": "u-42", "email": "ada@example.com", "ip": "203.0.113.7", "country": "GB"}, "amount": "1234.567", "qty": 3, "big": 9007199254740993, "ratio": 0.25, "flag": true, "at": "2026-12-04T10:00:00.123456+01:00", "day": "2026-12-04", "local": "2026-12-04 10:00:00", "host": "2001:db8::1", "tags": ["x", "y", "z"], "version": "2.3.1", "code": "ABC-123", "note": "free text", "meta": {"a": 1, "b": [1, 2]}}"#;
-    let masks = Masks::new(&mapping, &key());
+    let mapper = Mapper::new(mapping, &key());
     bencher.bench_local(|| {
         let message = Message {
             body: black_box(body),
@@ -140,6 +142,6 @@ columns = [
             group_id: None,
             attributes: &[],
         };
-        black_box(mapping.apply(&masks, &message))
+        black_box(mapper.apply(&message))
     });
 }

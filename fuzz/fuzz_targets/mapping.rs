@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sqs2pg::login::MaskKey;
-use sqs2pg::mapping::{ColumnType, Mapping, Masks, Message, Value};
+use sqs2pg::mapping::{ColumnType, Mapper, Mapping, Message, Value};
 
 const MAPPINGS: [&str; 3] = [
     include_str!("../../examples/mappings/login.toml"),
@@ -41,7 +41,7 @@ columns = [
 "#,
 ];
 
-static READY: OnceLock<Vec<(Mapping, Masks)>> = OnceLock::new();
+static READY: OnceLock<Vec<Mapper>> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {
@@ -54,14 +54,11 @@ fuzz_target!(|data: &[u8]| {
         let key = MaskKey::from_base64(&"A".repeat(44)).expect("valid key");
         MAPPINGS
             .iter()
-            .map(|text| {
-                let m = Mapping::parse(text).expect("the mappings are valid");
-                let masks = Masks::new(&m, &key);
-                (m, masks)
-            })
+            .map(|text| Mapper::new(Mapping::parse(text).expect("the mappings are valid"), &key))
             .collect()
     });
-    let (mapping, masks) = &ready[usize::from(pick) % ready.len()];
+    let mapper = &ready[usize::from(pick) % ready.len()];
+    let mapping = mapper.mapping();
     let message = Message {
         body,
         message_id: "fuzz",
@@ -70,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         group_id: None,
         attributes: &[],
     };
-    if let Ok(rows) = mapping.apply(masks, &message) {
+    if let Ok(rows) = mapper.apply(&message) {
         for row in rows {
             for (column, value) in mapping.columns.iter().zip(row.values()) {
                 if let (ColumnType::Varchar(n), Value::Text(s)) = (column.column_type, value) {
@@ -82,6 +79,14 @@ fuzz_target!(|data: &[u8]| {
                 if column.required {
                     assert!(*value != Value::Null, "{}", column.name);
                 }
+                // What preview prints and what COPY sends must not panic either.
+                let _ = value.to_text();
+                let mut out = bytes::BytesMut::new();
+                let _ = tokio_postgres::types::ToSql::to_sql(
+                    value,
+                    &sqs2pg::postgres::mapped::wire_type(column.column_type),
+                    &mut out,
+                );
             }
         }
     }

@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::AppError;
 use crate::login::MaskKey;
-use crate::mapping::{Mapping, Masks, Message};
+use crate::mapping::{Mapper, Mapping, Message};
 
 /// Reads and checks a mapping file.
 pub fn load_mapping(path: &Path) -> Result<Mapping, AppError> {
@@ -48,7 +48,7 @@ pub fn preview(
         error,
     };
     let file = std::fs::File::open(bodies).map_err(file_error)?;
-    let masks = Masks::new(mapping, key);
+    let mapper = Mapper::new(mapping.clone(), key);
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let mut seen = Preview::default();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -66,7 +66,7 @@ pub fn preview(
             group_id: None,
             attributes: &[],
         };
-        let printed = match mapping.apply(&masks, &message) {
+        let printed = match mapper.apply(&message) {
             Ok(rows) => {
                 seen.rows += rows.len() as u64;
                 rows.iter()

@@ -446,14 +446,14 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::{Mapping, Masks, Message};
+    use crate::mapping::{Mapper, Mapping, Message};
 
     fn preview(mapping: &str, bodies: &[&str]) -> (usize, usize) {
         let m = Mapping::parse(mapping).unwrap_or_else(|e| panic!("{e}\n{mapping}"));
         let key =
             crate::login::MaskKey::from_base64(&crate::login::MaskKey::generate_base64().unwrap())
                 .unwrap();
-        let masks = Masks::new(&m, &key);
+        let m = Mapper::new(m, &key);
         let (mut rows, mut rejected) = (0, 0);
         for body in bodies {
             let message = Message {
@@ -464,7 +464,7 @@ mod tests {
                 group_id: None,
                 attributes: &[],
             };
-            match m.apply(&masks, &message) {
+            match m.apply(&message) {
                 Ok(r) => rows += r.len(),
                 Err(_) => rejected += 1,
             }

@@ -337,7 +337,7 @@ impl Mapping {
                 };
                 if wanted != given {
                     return Err(fail(format!(
-                        "key `from`: `{field}` is a field of the {wanted} envelope; set                          `envelope = \"{wanted}\"` or take another source"
+                        "key `from`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or take another source"
                     )));
                 }
             }
@@ -380,7 +380,7 @@ impl Mapping {
                 };
                 if holds {
                     return Err(MappingError(format!(
-                        "column `{}`: key `from` would store, unmasked, what column `{}` masks;                          point below it, or mask this column too",
+                        "column `{}`: key `from` would store, unmasked, what column `{}` masks; point below it, or mask this column too",
                         other.name, masked.name
                     )));
                 }

@@ -16,4 +16,4 @@ pub mod transform;
 
 pub use column::{ColumnType, Value};
 pub use file::{Envelope, Mapping, MappingError};
-pub use transform::{MappedRow, Masks, Message, Rejection};
+pub use transform::{MappedRow, Mapper, Message, Rejection};
