@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 deps=$(scripts/install-deps.sh)
 eval "$deps"
 
+echo "== module graph: no new cycle between top-level modules"
+python3 scripts/module_graph.py --check
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""The dependency graph between src/'s top-level modules, read from `crate::MODULE` paths.
+
+    scripts/module_graph.py           print each module's dependencies and the cycles
+    scripts/module_graph.py --check   exit 1 if an edge outside scripts/module_graph.allowed
+                                      closes a cycle (the cycles known today are listed there
+                                      and are to be removed, not added to; issue 19)
+
+A module is a file `src/NAME.rs` or a directory `src/NAME/`; `main.rs` and `lib.rs` are the
+crate's roots, not modules. An edge A -> B means some file of A names `crate::B`.
+"""
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+ALLOWED = Path(__file__).with_suffix(".allowed")
+
+
+def modules() -> dict[str, list[Path]]:
+    found = {}
+    for entry in sorted(SRC.iterdir()):
+        if entry.is_dir():
+            found[entry.name] = sorted(entry.rglob("*.rs"))
+        elif entry.suffix == ".rs" and entry.stem not in ("main", "lib"):
+            found[entry.stem] = [entry]
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    edges = {m: set() for m in mods}
+    for m, files in mods.items():
+        for f in files:
+            text = f.read_text()
+            # `crate::x` and `use crate::{x, y::z}`
+            for name in re.findall(r"crate::(\w+)", text):
+                if name in mods and name != m:
+                    edges[m].add(name)
+            for group in re.findall(r"crate::\{([^}]*)\}", text):
+                for name in re.findall(r"(?:^|,)\s*(\w+)", group):
+                    if name in mods and name != m:
+                        edges[m].add(name)
+    return edges
+
+
+def cyclic_edges(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Edges A -> B with a path back from B to A."""
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            n = todo.pop()
+            if n == goal:
+                return True
+            if n not in seen:
+                seen.add(n)
+                todo.extend(edges[n])
+        return False
+
+    return {(a, b) for a in edges for b in edges[a] if reaches(b, a)}
+
+
+def main() -> int:
+    edges = graph()
+    cycles = cyclic_edges(edges)
+    if "--check" not in sys.argv:
+        for m in sorted(edges):
+            print(f"{m} -> {', '.join(sorted(edges[m])) or '(nothing)'}")
+        print(f"\n{len(cycles)} edge(s) on a cycle:")
+        for a, b in sorted(cycles):
+            print(f"  {a} -> {b}")
+        return 0
+    allowed = set()
+    for line in ALLOWED.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            a, b = (p.strip() for p in line.split("->"))
+            allowed.add((a, b))
+    new = sorted(cycles - allowed)
+    if new:
+        print("module_graph: new edge(s) closing a cycle between top-level modules:", file=sys.stderr)
+        for a, b in new:
+            print(f"  {a} -> {b}", file=sys.stderr)
+        print("Make the dependency one-way (see ARCHITECTURE.md); scripts/module_graph.py "
+              "prints the graph.", file=sys.stderr)
+        return 1
+    gone = sorted(allowed - cycles)
+    print(f"module_graph: no new cycle ({len(cycles)} known cycle edge(s) left"
+          + (f"; no longer cyclic, remove from {ALLOWED.name}: "
+             + ", ".join(f"{a} -> {b}" for a, b in gone) if gone else "") + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
