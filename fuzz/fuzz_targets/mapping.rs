@@ -59,14 +59,7 @@ fuzz_target!(|data: &[u8]| {
     });
     let mapper = &ready[usize::from(pick) % ready.len()];
     let mapping = mapper.mapping();
-    let message = Message {
-        body,
-        message_id: "fuzz",
-        sent_timestamp_ms: 1_700_000_000_000,
-        receive_count: 1,
-        group_id: None,
-        attributes: &[],
-    };
+    let message = Message::new(body, "fuzz", 1_700_000_000_000);
     if let Ok(rows) = mapper.apply(&message) {
         for row in rows {
             for (column, value) in mapping.columns.iter().zip(row.values()) {

@@ -58,14 +58,7 @@ pub fn preview(
         }
         seen.messages += 1;
         let id = format!("preview-{}", i + 1);
-        let message = Message {
-            body: &line,
-            message_id: &id,
-            sent_timestamp_ms: now_ms,
-            receive_count: 1,
-            group_id: None,
-            attributes: &[],
-        };
+        let message = Message::new(&line, &id, now_ms);
         let printed = match mapper.apply(&message) {
             Ok(rows) => {
                 seen.rows += rows.len() as u64;

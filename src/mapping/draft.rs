@@ -456,14 +456,7 @@ mod tests {
         let m = Mapper::new(m, &key);
         let (mut rows, mut rejected) = (0, 0);
         for body in bodies {
-            let message = Message {
-                body,
-                message_id: "m",
-                sent_timestamp_ms: 1_700_000_000_000,
-                receive_count: 1,
-                group_id: None,
-                attributes: &[],
-            };
+            let message = Message::new(body, "m", 1_700_000_000_000);
             match m.apply(&message) {
                 Ok(r) => rows += r.len(),
                 Err(_) => rejected += 1,

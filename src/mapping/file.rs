@@ -59,6 +59,12 @@ pub enum Envelope {
     S3,
 }
 
+/// The fields of an SNS notification a column can take (`sns:NAME`).
+pub(super) const SNS_FIELDS: [&str; 4] = ["MessageId", "Timestamp", "TopicArn", "Subject"];
+/// The fields of an EventBridge event a column can take (`eventbridge:NAME`).
+pub(super) const EVENTBRIDGE_FIELDS: [&str; 6] =
+    ["id", "source", "detail-type", "time", "account", "region"];
+
 /// Where a column's value comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
@@ -438,14 +444,12 @@ fn source(from: &str) -> Result<Source, String> {
     if let Some(name) = from.strip_prefix("attr:").filter(|n| !n.is_empty()) {
         return Ok(Source::Attribute(name.to_owned()));
     }
-    const SNS: [&str; 4] = ["MessageId", "Timestamp", "TopicArn", "Subject"];
-    const EVENTBRIDGE: [&str; 6] = ["id", "source", "detail-type", "time", "account", "region"];
-    if let Some(field) = from.strip_prefix("sns:").filter(|f| SNS.contains(f)) {
+    if let Some(field) = from.strip_prefix("sns:").filter(|f| SNS_FIELDS.contains(f)) {
         return Ok(Source::Envelope(format!("sns:{field}")));
     }
     if let Some(field) = from
         .strip_prefix("eventbridge:")
-        .filter(|f| EVENTBRIDGE.contains(f))
+        .filter(|f| EVENTBRIDGE_FIELDS.contains(f))
     {
         return Ok(Source::Envelope(format!("eventbridge:{field}")));
     }
@@ -453,8 +457,8 @@ fn source(from: &str) -> Result<Source, String> {
         "`{from}` is not a source; a JSON pointer (`/order/id`), `body`, `rest`, \
          `sqs:MessageId`, `sqs:SentTimestamp`, `sqs:ApproximateReceiveCount`, \
          `sqs:MessageGroupId`, `attr:NAME`, `sns:{{{}}}` or `eventbridge:{{{}}}`",
-        SNS.join(","),
-        EVENTBRIDGE.join(","),
+        SNS_FIELDS.join(","),
+        EVENTBRIDGE_FIELDS.join(","),
     ))
 }
 

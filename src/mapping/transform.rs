@@ -13,7 +13,9 @@ use serde_json::{Map, Value as Json};
 use time::OffsetDateTime;
 
 use super::column::{convert, kind, ColumnType, Fault, Value};
-use super::file::{Column, Convert, Envelope, Mapping, Mask, Source, SqsAttribute};
+use super::file::{
+    Column, Convert, Envelope, Mapping, Mask, Source, SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
+};
 use crate::login::app_version::AppVersionError;
 use crate::login::{AppVersion, ColumnMask, MaskKey};
 
@@ -28,6 +30,21 @@ pub struct Message<'a> {
     pub group_id: Option<&'a str>,
     /// Message attributes with a string value, by name.
     pub attributes: &'a [(String, String)],
+}
+
+impl<'a> Message<'a> {
+    /// A first delivery with no group and no message attributes (what `mapping preview`,
+    /// the benchmarks and the tests map).
+    pub fn new(body: &'a str, message_id: &'a str, sent_timestamp_ms: i64) -> Self {
+        Self {
+            body,
+            message_id,
+            sent_timestamp_ms,
+            receive_count: 1,
+            group_id: None,
+            attributes: &[],
+        }
+    }
 }
 
 /// A mapping compiled under one key: what runs it (`mapping preview` now, the pipeline next).
@@ -96,6 +113,14 @@ impl Rejection {
 /// What the envelope contributes besides the documents to map.
 type EnvelopeFields = Map<String, Json>;
 
+/// The envelope's own fields, as `{kind}:{name}` sources.
+fn take_fields(outer: &mut Map<String, Json>, kind: &str, names: &[&str]) -> EnvelopeFields {
+    names
+        .iter()
+        .filter_map(|k| outer.remove(*k).map(|v| (format!("{kind}:{k}"), v)))
+        .collect()
+}
+
 fn unwrap(envelope: Envelope, body: Json) -> Result<(Vec<Json>, EnvelopeFields), Rejection> {
     let not = |what: &str, detail: &str| Rejection::new(format!("not_an_envelope:{what}"), detail);
     match envelope {
@@ -117,11 +142,7 @@ fn unwrap(envelope: Envelope, body: Json) -> Result<(Vec<Json>, EnvelopeFields),
                     ),
                 )
             })?;
-            let fields = ["MessageId", "Timestamp", "TopicArn", "Subject"]
-                .into_iter()
-                .filter_map(|k| outer.remove(k).map(|v| (format!("sns:{k}"), v)))
-                .collect();
-            Ok((vec![inner], fields))
+            Ok((vec![inner], take_fields(&mut outer, "sns", &SNS_FIELDS)))
         }
         Envelope::Eventbridge => {
             let Json::Object(mut outer) = body else {
@@ -130,11 +151,10 @@ fn unwrap(envelope: Envelope, body: Json) -> Result<(Vec<Json>, EnvelopeFields),
             let Some(detail) = outer.remove("detail") else {
                 return Err(not("eventbridge", "no `detail`"));
             };
-            let fields = ["id", "source", "detail-type", "time", "account", "region"]
-                .into_iter()
-                .filter_map(|k| outer.remove(k).map(|v| (format!("eventbridge:{k}"), v)))
-                .collect();
-            Ok((vec![detail], fields))
+            Ok((
+                vec![detail],
+                take_fields(&mut outer, "eventbridge", &EVENTBRIDGE_FIELDS),
+            ))
         }
         Envelope::S3 => {
             let Json::Object(mut outer) = body else {
@@ -454,14 +474,7 @@ mod tests {
     }
 
     fn message(body: &str) -> Message<'_> {
-        Message {
-            body,
-            message_id: "m-1",
-            sent_timestamp_ms: 1_700_000_000_000,
-            receive_count: 1,
-            group_id: None,
-            attributes: &[],
-        }
+        Message::new(body, "m-1", 1_700_000_000_000)
     }
 
     fn apply(mapping: &str, body: &str) -> Result<Vec<Vec<Option<String>>>, Rejection> {

@@ -84,7 +84,6 @@ impl Window {
         }
         // One receive more per batch settled in time: with a small window (a busy server) a
         // batch is about half of it, so the window grows by about two receives per round trip.
-        let _ = messages;
         self.limit = (self.limit + SQS_BATCH_LIMIT).min(self.max);
     }
 

@@ -462,14 +462,7 @@ columns = [
     ];
     let mut rows = Vec::new();
     for (i, body) in bodies.iter().enumerate() {
-        let message = Message {
-            body,
-            message_id: "m",
-            sent_timestamp_ms: 1_700_000_000_000 + i as i64 * 86_400_000,
-            receive_count: 1,
-            group_id: None,
-            attributes: &[],
-        };
+        let message = Message::new(body, "m", 1_700_000_000_000 + i as i64 * 86_400_000);
         rows.extend(
             mapper
                 .apply(&message)
