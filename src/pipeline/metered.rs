@@ -104,16 +104,12 @@ impl<S: MessageSource> MessageSource for Metered<S> {
         timeout: Duration,
     ) -> Result<Vec<AckHandle>, SourceError> {
         count(&self.change_visibility, "change_visibility");
-        // An extension answered after half the new timeout is too late to count on (the
-        // heartbeat waits for its round, and the leases it extends could lapse meanwhile): it
-        // is retried as a failure. Releases (timeout 0) get the usual limit.
-        let limit = match timeout.is_zero() {
-            true => CALL_LIMIT,
-            false => (timeout / 2).clamp(Duration::from_secs(1), CALL_LIMIT),
-        };
+        // Not cut at a fraction of the timeout: on a slow server an extension that answers
+        // late still holds its messages, and cutting it sent more calls to a server already
+        // behind (3 replicas on LocalStack 0.14 took 1.9 times one, against 1.3 without).
         bounded(
             "ChangeMessageVisibilityBatch",
-            limit,
+            CALL_LIMIT,
             self.inner.change_visibility(acks, timeout),
         )
         .await
