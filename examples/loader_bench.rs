@@ -139,10 +139,11 @@ impl sqs2pg::postgres::BatchLoader for Discard {
     ) -> Result<sqs2pg::postgres::LoadReport, sqs2pg::postgres::LoadError> {
         Ok(sqs2pg::postgres::LoadReport {
             loaded: batch.rows.len() as u64,
+            rows: batch.rows.iter().map(|r| u64::from(r.rows.rows())).sum(),
             rejected: batch
                 .rejects
                 .iter()
-                .map(|r| r.rejection.reason.to_string())
+                .map(|r| r.rejection.reason.clone())
                 .collect(),
             duplicates: 0,
         })
@@ -163,6 +164,7 @@ async fn main() {
         database: DatabaseArgs {
             database_url: std::env::var("DATABASE_URL").ok(),
             table: "public.user_logins".into(),
+            mapping: None,
         },
         queue: QueueArgs {
             queue_url: Some("http://127.0.0.1:9/000000000000/in-process".into()),

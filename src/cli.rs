@@ -202,8 +202,13 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 
     /// Target table, `table` or `schema.table`; each part is quoted as an identifier.
-    #[arg(long, env = "SQS2PG_TABLE", default_value = "public.user_logins")]
+    #[arg(long, env = "SQS2PG_TABLE", default_value = crate::config::DEFAULT_TABLE)]
     pub table: String,
+
+    /// A mapping file (see `sqs2pg mapping`): the table it names, and how each message becomes
+    /// its rows. Without one, the built-in login pipeline writes to --table.
+    #[arg(long, env = "SQS2PG_MAPPING")]
+    pub mapping: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

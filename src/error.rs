@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::login::Rejection;
+use crate::kind::Rejection;
 use crate::postgres::LoadError;
 use crate::sqs::{SourceError, SourceErrorKind};
 
@@ -229,7 +229,7 @@ mod tests {
         let injected = LoadError::Injected("x".into());
         assert_eq!(fate(Outcome::LoadFailed(&injected)), Fate::Retry);
         assert_eq!(fate(Outcome::Committed), Fate::Ack);
-        let bad = Rejection::new(crate::login::Reason::NotJson);
+        let bad = Rejection::bare("not_json");
         assert_eq!(fate(Outcome::Rejected(&bad)), Fate::Quarantine);
         let tls = std::io::Error::new(
             std::io::ErrorKind::InvalidData,

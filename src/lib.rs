@@ -10,7 +10,7 @@
 //!   -> login::ValidLogin      every field checked; app_version encoded; create_date set
 //!   -> login::MaskedLogin     ip and device_id replaced by keyed tokens
 //!   -> pipeline::batch::Batch rows + rejections + the ack handles that ride with them
-//!   -> postgres::LoginLoader  one transaction: rows, rejections, ledger of message ids; COMMIT
+//!   -> postgres::TableLoader  one transaction: rows, rejections, ledger of message ids; COMMIT
 //!   -> sqs DeleteMessageBatch only now, 10 per call
 //! ```
 //!
@@ -37,6 +37,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod kind;
 pub mod login;
 pub mod mapping;
 pub mod pipeline;

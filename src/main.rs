@@ -68,8 +68,9 @@ async fn run(command: Command) -> Result<(), AppError> {
     match command {
         Command::Keygen(_) => unreachable!("handled before the runtime starts"),
         Command::Setup(args) => {
-            let (database, table) = config::database(&args)?;
-            let report = app::setup(&database, &table).await?;
+            let (database, table, mapping) = config::target(&args)?;
+            let shape = app::mapping::shape(mapping.as_ref());
+            let report = app::setup_for(&database, &table, &shape).await?;
             let applied = if report.applied.is_empty() {
                 "schema sqs2pg already current".to_owned()
             } else {

@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
                 let mut out = bytes::BytesMut::new();
                 let _ = tokio_postgres::types::ToSql::to_sql(
                     value,
-                    &sqs2pg::postgres::mapped::wire_type(column.column_type),
+                    &sqs2pg::mapping::encode::wire_type(column.column_type),
                     &mut out,
                 );
             }

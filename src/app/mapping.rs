@@ -1,5 +1,6 @@
 //! `sqs2pg mapping check`, `mapping draft` and `mapping preview`: a mapping file checked,
-//! drafted from sample bodies, and tried on them, offline (no SQS, no PostgreSQL).
+//! drafted from sample bodies, and tried on them, offline (no SQS, no PostgreSQL); and what a
+//! run, `setup` and `check` take from a mapping: its table's shape and its masks' record.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -9,6 +10,41 @@ use serde_json::{json, Value as Json};
 use super::AppError;
 use crate::login::MaskKey;
 use crate::mapping::{Mapper, Mapping, Message};
+
+/// The columns a run writes: the mapping's (a required one is created NOT NULL), or the
+/// analysts' login table when there is no mapping.
+pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
+    use crate::postgres::schema::{ShapeColumn, TableShape};
+    match mapping {
+        None => TableShape::login(),
+        Some(m) => TableShape {
+            columns: m
+                .columns
+                .iter()
+                .map(|c| ShapeColumn {
+                    name: c.name.clone(),
+                    catalog_type: c.column_type.catalog_name(),
+                    not_null: c.required,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// How a mapping masks, as `sqs2pg.mask_keys` records it until masks are recorded per column:
+/// `column:mode` for each column that makes tokens, so a run that changes a column's mode
+/// warns like a login run that changes `--ip-mask`.
+pub fn mask_record(mapping: &Mapping) -> String {
+    mapping
+        .columns
+        .iter()
+        .filter_map(|c| match c.mask {
+            Some(crate::mapping::file::Mask::Token(mode)) => Some(format!("{}:{mode}", c.name)),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// Reads and checks a mapping file.
 pub fn load_mapping(path: &Path) -> Result<Mapping, AppError> {

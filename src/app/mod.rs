@@ -11,15 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::error::{fate, Fate, Outcome, RetryPolicy};
+use crate::kind::MessageKind;
 use crate::login::{BodySealer, KeyRing, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
-use crate::postgres::{self as pg, quarantine, ConnectError, Database, LoginLoader, TableName};
+use crate::postgres::{self as pg, quarantine, ConnectError, Database, TableLoader, TableName};
 use crate::sqs::queue::{is_fifo, SqsSettings};
 use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 mod keys;
-mod mapping;
+pub mod mapping;
 pub use keys::{keygen_ring, rekey, RekeyReport};
 pub use mapping::{draft_mapping, load_mapping, preview, write_new_file, Preview};
 
@@ -64,8 +65,19 @@ impl AppError {
 
 /// `sqs2pg setup`.
 pub async fn setup(database: &Database, table: &TableName) -> Result<SetupReport, AppError> {
+    setup_for(database, table, &pg::schema::TableShape::login()).await
+}
+
+/// `sqs2pg setup` for a table of the given shape (a mapping's).
+pub async fn setup_for(
+    database: &Database,
+    table: &TableName,
+    shape: &pg::schema::TableShape,
+) -> Result<SetupReport, AppError> {
     let mut client = database.connect().await?;
-    pg::setup(&mut client, table).await.map_err(AppError::Setup)
+    pg::setup(&mut client, table, shape)
+        .await
+        .map_err(AppError::Setup)
 }
 
 /// `sqs2pg drain` / `sqs2pg run`: checks the database, connects to the queue, runs the pipeline.
@@ -210,19 +222,28 @@ pub async fn process_with<S, L, F>(
 where
     S: crate::sqs::MessageSource,
     L: pg::BatchLoader,
-    F: FnOnce(LoginLoader) -> L,
+    F: FnOnce(TableLoader) -> L,
 {
     // A signal while waiting for the database ends the run: nothing was received yet.
     let mut client = tokio::select! {
         client = connect_with_retry(&settings.database, &settings.pipeline.load_retry) => client?,
         _ = shutdown.cancelled() => return Ok(stopped_before_start()),
     };
-    pg::check_ready(&client, &settings.table).await?;
+    pg::check_shape(
+        &client,
+        &settings.table,
+        &mapping::shape(settings.mapping.as_ref()),
+    )
+    .await?;
     let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
-    let (ip_mode, device_mode) = (
-        settings.mask_modes.ip.to_string(),
-        settings.mask_modes.device_id.to_string(),
-    );
+    // A mapping's masks are recorded as one text until per-column records exist.
+    let (ip_mode, device_mode) = match &settings.mapping {
+        None => (
+            settings.mask_modes.ip.to_string(),
+            settings.mask_modes.device_id.to_string(),
+        ),
+        Some(m) => ("mapping".to_owned(), mapping::mask_record(m)),
+    };
     // This connection holds "a run writes to this table" (a shared advisory lock) until the
     // run ends, so `rekey` (which takes it exclusively) never re-keys under a running writer;
     // a run starting during a rekey waits for it.
@@ -287,19 +308,24 @@ where
         settings.pipeline.loaders = 1;
     }
     let sealer = BodySealer::new(&settings.mask_key);
-    tracing::info!(key_id = masker.key_id(), table = %settings.table, mode = ?settings.pipeline.mode, "starting");
+    tracing::info!(key_id = masker.key_id(), table = %settings.table, mapping = settings.mapping.is_some(), mode = ?settings.pipeline.mode, "starting");
     let pruning = CancellationToken::new();
     let pruner = tokio::spawn(prune_ledger(
         settings.database.clone(),
         settings.ledger_retention,
         pruning.clone(),
     ));
-    let loader = wrap_loader(LoginLoader::new(
+    let kind: Box<dyn MessageKind> = match settings.mapping.take() {
+        None => Box::new(crate::login::LoginKind::new(masker)),
+        Some(m) => Box::new(crate::mapping::Mapper::new(m, &settings.mask_key)),
+    };
+    let loader = wrap_loader(TableLoader::new(
         settings.database,
         settings.table,
+        &kind.columns(),
         sealer.key_id().to_owned(),
     ));
-    let result = pipeline::run(source, loader, masker, sealer, settings.pipeline, shutdown).await;
+    let result = pipeline::run(source, loader, kind, sealer, settings.pipeline, shutdown).await;
     drop(writers_lock);
     pruning.cancel();
     let _ = pruner.await;
@@ -484,17 +510,27 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
             Err(e) => format!("connected ({})", pg::describe(&e)),
         },
     )];
-    items.push(match pg::check_ready(&client, &settings.table).await {
-        Ok(()) => item(
-            "schema and table",
-            true,
-            format!(
-                "sqs2pg schema current; {} matches the analysts' DDL",
-                settings.table
+    let shape = mapping::shape(settings.mapping.as_ref());
+    items.push(
+        match pg::check_shape(&client, &settings.table, &shape).await {
+            Ok(()) => item(
+                "schema and table",
+                true,
+                if settings.mapping.is_some() {
+                    format!(
+                        "sqs2pg schema current; {} has the mapping's columns",
+                        settings.table
+                    )
+                } else {
+                    format!(
+                        "sqs2pg schema current; {} matches the analysts' DDL",
+                        settings.table
+                    )
+                },
             ),
-        ),
-        Err(e) => item("schema and table", false, e.to_string()),
-    });
+            Err(e) => item("schema and table", false, e.to_string()),
+        },
+    );
     items.push(
         match pg::schema::missing_privileges(&client, &settings.table).await {
             Ok(missing) if missing.is_empty() => item(

@@ -28,6 +28,16 @@ pub struct FileSettings {
     pipeline: PipelineSection,
     #[serde(default)]
     telemetry: TelemetrySection,
+    #[serde(default)]
+    mapping: MappingSection,
+}
+
+/// `[mapping] file = "orders.toml"`: the mapping is its own file, so `sqs2pg mapping check`
+/// and `preview` work on exactly what runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingSection {
+    file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +132,9 @@ impl FileSettings {
         }
         if let Some(path) = &self.masking.key_ring {
             out.push(("mask_key_ring", path.into()));
+        }
+        if let Some(path) = &self.mapping.file {
+            out.push(("mapping", path.into()));
         }
         let p = &self.pipeline;
         for (id, v) in [
@@ -239,6 +252,8 @@ pub fn effective(args: &crate::cli::PipelineArgs) -> String {
         "device_id_mask",
         Some(&args.device_id_mask.to_string()),
     );
+    let _ = writeln!(out, "\n[mapping]");
+    setting(&mut out, "file", path(&args.database.mapping).as_deref());
     let _ = writeln!(out, "\n[pipeline]");
     for (name, value) in [
         ("receivers", Some(args.receivers as u64)),

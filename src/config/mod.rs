@@ -92,10 +92,57 @@ pub struct Settings {
     pub mask_modes: crate::login::MaskModes,
     /// A key or mode change since the last run is on purpose.
     pub key_rotation_intended: bool,
+    /// How messages become rows; the built-in login pipeline when `None`.
+    pub mapping: Option<crate::mapping::Mapping>,
 }
 
-/// Database connection target and table, checked.
+/// Database connection target and table, checked (with a mapping, the mapping's table).
 pub fn database(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError> {
+    let (database, table, _) = target(args)?;
+    Ok((database, table))
+}
+
+/// The table `--table` names when it is not given.
+pub const DEFAULT_TABLE: &str = "public.user_logins";
+
+/// Database connection target, table and mapping, checked: the mapping file is read and
+/// checked here, so a bad one stops the run before anything is touched, and its table is the
+/// target (a `--table` naming another one is refused rather than silently overridden).
+pub fn target(
+    args: &DatabaseArgs,
+) -> Result<(Database, TableName, Option<crate::mapping::Mapping>), ConfigError> {
+    let (database, table) = connection(args)?;
+    let Some(path) = &args.mapping else {
+        return Ok((database, table, None));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "--mapping (SQS2PG_MAPPING) {} cannot be read: {e}; give the path of a mapping file (`sqs2pg mapping draft` writes a first one)",
+            path.display()
+        ))
+    })?;
+    let mapping = crate::mapping::Mapping::parse(&text).map_err(|e| {
+        ConfigError(format!(
+            "--mapping (SQS2PG_MAPPING) {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mapped = TableName::parse(&mapping.table).map_err(|e| {
+        ConfigError(format!(
+            "--mapping (SQS2PG_MAPPING) {}: `table`: {e}",
+            path.display()
+        ))
+    })?;
+    if args.table != DEFAULT_TABLE && TableName::parse(&args.table).ok().as_ref() != Some(&mapped) {
+        return Err(ConfigError(format!(
+            "--table (SQS2PG_TABLE) names {table} but the mapping {} writes to {mapped}: drop --table (a mapping names its own table) or change the mapping's `table`",
+            path.display()
+        )));
+    }
+    Ok((database, mapped, Some(mapping)))
+}
+
+fn connection(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError> {
     let url = args.database_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
         ConfigError(
             "DATABASE_URL (--database-url) is not set: set it to a PostgreSQL URL, e.g. postgres://user:password@localhost:5432/db".into(),
@@ -230,7 +277,7 @@ pub fn read_key_file(path: &Path, shown: &str) -> Result<Zeroizing<String>, Conf
 
 /// All settings for `drain` (`Mode::Drain`) or `run` (`Mode::Run`).
 pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError> {
-    let (database, table) = database(&args.database)?;
+    let (database, table, mapping) = target(&args.database)?;
     let sqs = queue(&args.queue)?;
     let mask_key = key(&args.key)?;
     let range = |name: &str, env: &str, value: u64, lo: u64, hi: u64, why: &str| {
@@ -377,6 +424,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         })
         .transpose()?;
     Ok(Settings {
+        mapping,
         key_rotation_intended: args.key_rotation_intended,
         mask_modes: crate::login::MaskModes {
             ip: args.ip_mask,
@@ -436,6 +484,7 @@ mod tests {
             database: DatabaseArgs {
                 database_url: Some("postgres://u@localhost/db".into()),
                 table: "user_logins".into(),
+                mapping: None,
             },
             queue: QueueArgs {
                 queue_url: Some("http://localhost:4566/000000000000/q".into()),

@@ -12,6 +12,7 @@
 
 pub mod app_version;
 pub mod keyring;
+pub mod kind;
 pub mod mask;
 pub mod reject;
 pub mod seal;
@@ -22,6 +23,7 @@ use time::Date;
 
 pub use app_version::AppVersion;
 pub use keyring::{KeyRing, KeyText};
+pub use kind::LoginKind;
 pub use mask::{ColumnMask, MaskKey, MaskMode, MaskModes, MaskedToken, Masker, Unmasker};
 pub use reject::{Field, Reason, Rejection};
 pub use seal::{BodySealer, SealedBody};

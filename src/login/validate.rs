@@ -96,17 +96,7 @@ pub fn validate(mut event: LoginEvent<'_>, sent_timestamp: i64) -> Result<ValidL
     })
 }
 
-/// A `SentTimestamp` in milliseconds since the epoch. SQS sends milliseconds; LocalStack 0.14
-/// sends seconds. Any millisecond value after 1973-03-03 is above 10^11 and any second value
-/// before the year 5138 is below it, so the magnitude tells the two apart unambiguously.
-pub fn sent_millis(ts: i64) -> i128 {
-    const SECONDS_BELOW: i64 = 100_000_000_000;
-    if ts.abs() < SECONDS_BELOW {
-        i128::from(ts) * 1_000
-    } else {
-        i128::from(ts)
-    }
-}
+pub use crate::kind::sent_millis;
 
 /// The UTC day of a `SentTimestamp` (see [`sent_millis`]).
 fn sent_date(ts: i64) -> Result<Date, Rejection> {

@@ -120,6 +120,17 @@ impl ColumnType {
         )
     }
 
+    /// The type as PostgreSQL's `format_type` spells it (what `check` compares a table's
+    /// columns to; also valid in `CREATE TABLE`).
+    pub fn catalog_name(self) -> String {
+        match self {
+            ColumnType::Varchar(n) => format!("character varying({n})"),
+            ColumnType::Timestamptz => "timestamp with time zone".into(),
+            ColumnType::Timestamp => "timestamp without time zone".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// True for the types whose values are text (where lengths, patterns and masks apply).
     pub fn is_text(self) -> bool {
         matches!(self, ColumnType::Text | ColumnType::Varchar(_))

@@ -4,16 +4,17 @@
 //! This module owns the mapping file (`file`: its shape and its checks), the column types and
 //! the conversion of JSON values to them (`column`), and the transform of one message into
 //! masked rows or a rejection (`transform`), and the first draft of a mapping from sample
-//! bodies (`draft`). It is pure, like `login`: no I/O, no clock, no
-//! SQS or PostgreSQL types; `sqs2pg mapping check` and `sqs2pg mapping preview` run it
-//! offline. Loading mapped rows (binary COPY per type, the ledger with several rows per
-//! message) comes next; until then `drain` and `run` serve the built-in login pipeline.
+//! bodies (`draft`), and each value's binary COPY encoding (`encode`). It is pure, like
+//! `login`: no I/O, no clock, no SQS; `sqs2pg mapping check` and `sqs2pg mapping preview` run
+//! it offline, and a [`Mapper`] is a message kind (`kind::MessageKind`) the pipeline runs.
 
 pub mod column;
 pub mod draft;
+pub mod encode;
 pub mod file;
 pub mod transform;
 
+pub use crate::kind::{Message, Rejection};
 pub use column::{ColumnType, Value};
 pub use file::{Envelope, Mapping, MappingError};
-pub use transform::{MappedRow, Mapper, Message, Rejection};
+pub use transform::{MappedRow, Mapper};

@@ -16,36 +16,9 @@ use super::column::{convert, kind, ColumnType, Fault, Value};
 use super::file::{
     Column, Convert, Envelope, Mapping, Mask, Source, SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
+use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
 use crate::login::app_version::AppVersionError;
 use crate::login::{AppVersion, ColumnMask, MaskKey};
-
-/// One received message as the mapping sees it.
-#[derive(Clone, Copy)]
-pub struct Message<'a> {
-    pub body: &'a str,
-    pub message_id: &'a str,
-    /// Milliseconds since 1970.
-    pub sent_timestamp_ms: i64,
-    pub receive_count: i32,
-    pub group_id: Option<&'a str>,
-    /// Message attributes with a string value, by name.
-    pub attributes: &'a [(String, String)],
-}
-
-impl<'a> Message<'a> {
-    /// A first delivery with no group and no message attributes (what `mapping preview`,
-    /// the benchmarks and the tests map).
-    pub fn new(body: &'a str, message_id: &'a str, sent_timestamp_ms: i64) -> Self {
-        Self {
-            body,
-            message_id,
-            sent_timestamp_ms,
-            receive_count: 1,
-            group_id: None,
-            attributes: &[],
-        }
-    }
-}
 
 /// A mapping compiled under one key: what runs it (`mapping preview` now, the pipeline next).
 /// The mapping and its column masks live together, so masks cannot belong to another mapping.
@@ -54,6 +27,8 @@ pub struct Mapper {
     mapping: Mapping,
     /// In column order; one per column that makes tokens.
     masks: Vec<Option<ColumnMask>>,
+    /// In column order: each column's wire type for COPY.
+    types: Vec<tokio_postgres::types::Type>,
 }
 
 impl Mapper {
@@ -67,7 +42,16 @@ impl Mapper {
                 _ => None,
             })
             .collect();
-        Self { mapping, masks }
+        let types = mapping
+            .columns
+            .iter()
+            .map(|c| super::encode::wire_type(c.column_type))
+            .collect();
+        Self {
+            mapping,
+            masks,
+            types,
+        }
     }
 
     /// The mapping it runs.
@@ -82,6 +66,39 @@ impl Mapper {
     }
 }
 
+impl MessageKind for Mapper {
+    fn columns(&self) -> Vec<String> {
+        self.mapping
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+            .collect()
+    }
+
+    fn transform(&self, message: &Message<'_>) -> Transformed {
+        let outcome = self.apply(message).and_then(|rows| {
+            let mut copy = CopyRows::with_capacity(rows.len() * 32 * self.types.len());
+            for row in &rows {
+                let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
+                    .values()
+                    .iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                copy.push(&values, &self.types).map_err(|e| {
+                    // The conversions make only values their column's type takes; this is a
+                    // bug, kept as a rejection rather than a panic.
+                    Rejection::new("invalid_value", format!("encoding failed: {e}"))
+                })?;
+            }
+            Ok(copy)
+        });
+        Transformed {
+            outcome,
+            unknown_fields: 0,
+        }
+    }
+}
+
 /// A row ready to store: every personal column masked. Only [`Mapper::apply`] makes one.
 /// Debug shows the value kinds only.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,22 +108,6 @@ impl MappedRow {
     /// The values, in the mapping's column order.
     pub fn values(&self) -> &[Value] {
         &self.0
-    }
-}
-
-/// Why a message gives no row: a stable code and a value-free detail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: String,
-    pub detail: Option<String>,
-}
-
-impl Rejection {
-    fn new(reason: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-            detail: Some(detail.into()),
-        }
     }
 }
 

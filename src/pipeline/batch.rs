@@ -1,12 +1,14 @@
-//! The batch: masked rows and rejections that are committed together, with the ack handles that
-//! ride along and are deleted from SQS only after that commit.
+//! The batch: each message's rows (as its kind encoded them) and rejections, committed
+//! together, with the ack handles that ride along and are deleted from SQS only after that
+//! commit.
 
 use std::collections::HashSet;
 use std::time::SystemTime;
 
 use zeroize::Zeroizing;
 
-use crate::login::{BodySealer, MaskedLogin, Rejection, SealedBody};
+use crate::kind::{CopyRows, Rejection};
+use crate::login::{BodySealer, SealedBody};
 use crate::sqs::AckHandle;
 
 /// When and how a message was delivered.
@@ -28,7 +30,7 @@ pub fn ledger_ms(sent_timestamp: i64, is_replay: bool) -> i64 {
     if is_replay {
         0
     } else {
-        i64::try_from(crate::login::validate::sent_millis(sent_timestamp)).unwrap_or(i64::MAX)
+        i64::try_from(crate::kind::sent_millis(sent_timestamp)).unwrap_or(i64::MAX)
     }
 }
 
@@ -50,11 +52,12 @@ impl std::fmt::Debug for HeldBody {
     }
 }
 
-/// A masked row and the message it came from.
+/// The rows of one message (none, one or several), masked and encoded by its kind, and the
+/// message they came from. The ledger records the message once, with all of them.
 #[derive(Debug)]
 pub struct Row {
     pub message_id: String,
-    pub login: MaskedLogin,
+    pub rows: CopyRows,
     pub delivery: Delivery,
     pub body: HeldBody,
     /// Where the row's delivery is in its batch's `acks` (so a row left for redelivery keeps
@@ -92,7 +95,7 @@ pub struct Processed {
     /// The id the ledger (and the rows and rejections) know the message by.
     pub ledger_id: String,
     /// A row keeps its raw body until committed; a rejection's body is sealed at once.
-    pub outcome: Result<(MaskedLogin, HeldBody), (Rejection, SealedBody)>,
+    pub outcome: Result<(CopyRows, HeldBody), (Rejection, SealedBody)>,
     pub delivery: Delivery,
     pub unknown_fields: u32,
     /// The message's share of the in-flight byte budget, given back when its batch is done.
@@ -164,9 +167,9 @@ impl Batch {
         let ack_index = self.acks.len();
         self.acks.push(p.ack);
         match p.outcome {
-            Ok((login, body)) => self.rows.push(Row {
+            Ok((rows, body)) => self.rows.push(Row {
                 message_id,
-                login,
+                rows,
                 delivery: p.delivery,
                 body,
                 ack_index,

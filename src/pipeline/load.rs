@@ -16,7 +16,8 @@ use super::batch::{Batch, Committed, Processed, Reject, Row};
 use super::lease::Leases;
 use super::{PipelineError, PipelineSettings, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
-use crate::login::{BodySealer, Reason, Rejection};
+use crate::kind::Rejection;
+use crate::login::BodySealer;
 use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::AckHandle;
 
@@ -198,7 +199,6 @@ async fn load_batch<L: BatchLoader>(
         .iter()
         .map(|r| r.delivery.sent_timestamp)
         .chain(batch.rejects.iter().map(|r| r.delivery.sent_timestamp))
-        .map(crate::login::validate::sent_millis)
         .min();
     let whole = Batch::part(
         std::mem::take(&mut batch.rows),
@@ -262,6 +262,7 @@ async fn load_batch<L: BatchLoader>(
         report.duplicates + batch.duplicates_in_batch,
     );
     summary.loaded += report.loaded;
+    summary.rows += report.rows;
     summary.duplicates += report.duplicates + batch.duplicates_in_batch;
     summary.unknown_fields += batch.unknown_fields;
     for reason in report.rejected {
@@ -375,10 +376,9 @@ fn load_isolating<'a, L: BatchLoader>(
                 Failure::Refused(error) => {
                     let detail = refusal_detail(&error);
                     tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database");
-                    not_loaded.refused.push(row.into_reject(
-                        Rejection::with_detail(Reason::RejectedByDatabase, detail),
-                        context.sealer,
-                    ));
+                    not_loaded.refused.push(
+                        row.into_reject(Rejection::rejected_by_database(detail), context.sealer),
+                    );
                 }
                 Failure::Blamed(error) => {
                     return blame_alone(loader, row, error, not_loaded, context, summary).await;
@@ -423,8 +423,7 @@ async fn blame_alone<L: BatchLoader>(
                 let row = one.rows.into_iter().next().expect("one row");
                 tracing::warn!(message_id = %row.message_id, receive_count = count, %error, "loading the message alone keeps failing while the database takes other work: poison");
                 not_loaded.refused.push(row.into_reject(
-                    Rejection::with_detail(
-                        Reason::PoisonReceiveCount,
+                    Rejection::poison(
                         format!(
                             "received {count} times, limit {limit}; loading it alone failed {failures} times, each right after the database showed it takes writes; last: {}",
                             refusal_detail(&error)
@@ -451,10 +450,9 @@ async fn blame_alone<L: BatchLoader>(
             Err(Failure::Refused(refusal)) => {
                 let row = one.rows.into_iter().next().expect("one row");
                 let detail = refusal_detail(&refusal);
-                not_loaded.refused.push(row.into_reject(
-                    Rejection::with_detail(Reason::RejectedByDatabase, detail),
-                    context.sealer,
-                ));
+                not_loaded
+                    .refused
+                    .push(row.into_reject(Rejection::rejected_by_database(detail), context.sealer));
                 return Ok(LoadReport::default());
             }
             Err(Failure::Fatal(fatal)) => return Err(fatal),

@@ -37,7 +37,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RetryPolicy;
-use crate::login::{BodySealer, Masker};
+use crate::kind::MessageKind;
+use crate::login::BodySealer;
 use crate::postgres::{BatchLoader, LoadError};
 use crate::sqs::{MessageSource, SourceError};
 use batch::Processed;
@@ -132,7 +133,7 @@ pub enum PipelineError {
 pub async fn run<S: MessageSource, L: BatchLoader>(
     source: Arc<S>,
     loader: L,
-    masker: Masker,
+    kind: impl MessageKind,
     sealer: BodySealer,
     settings: PipelineSettings,
     shutdown: CancellationToken,
@@ -161,7 +162,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         ))
     });
 
-    let stage = Arc::new(Stage::new(masker, sealer, settings.clone()));
+    let stage = Arc::new(Stage::new(Box::new(kind), sealer, settings.clone()));
     let receivers: Vec<_> = (0..settings.receivers.max(1))
         .map(|id| {
             tokio::spawn(receive::receive_loop(

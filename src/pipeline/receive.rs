@@ -15,7 +15,8 @@ use super::batch::{self, Delivery, HeldBody, Processed};
 use super::lease::Leases;
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
-use crate::login::{transform, BodySealer, Masker, Reason, Rejection, Transformed};
+use crate::kind::{Message, MessageKind, Rejection, Transformed};
+use crate::login::BodySealer;
 use crate::sqs::{MessageSource, Received, SQS_BATCH_LIMIT};
 
 /// SQS's default visibility timeout, for a run that was given none (the pipeline is normally
@@ -232,7 +233,7 @@ pub(super) async fn receive_loop<S: MessageSource>(
 /// What the receivers share: what turns a received message into a [`Processed`] one, the
 /// in-flight byte budget, and the count of bodies that failed their MD5 check.
 pub(super) struct Stage {
-    masker: Masker,
+    kind: Box<dyn MessageKind>,
     pub(super) sealer: BodySealer,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
@@ -296,9 +297,13 @@ impl Active {
 }
 
 impl Stage {
-    pub(super) fn new(masker: Masker, sealer: BodySealer, settings: Arc<PipelineSettings>) -> Self {
+    pub(super) fn new(
+        kind: Box<dyn MessageKind>,
+        sealer: BodySealer,
+        settings: Arc<PipelineSettings>,
+    ) -> Self {
         Self {
-            masker,
+            kind,
             sealer,
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
@@ -334,16 +339,26 @@ impl Stage {
         let limit = self.settings.max_receive_count;
         let suspect = m.receive_count > limit;
         let poison = |detail: String| Transformed {
-            outcome: Err(Rejection::with_detail(Reason::PoisonReceiveCount, detail)),
+            outcome: Err(Rejection::poison(detail)),
             unknown_fields: 0,
         };
+        let max_body_bytes = self.settings.max_body_bytes;
         let transformed = || {
-            transform(
-                &self.masker,
-                self.settings.max_body_bytes,
-                &m.body,
-                m.sent_timestamp,
-            )
+            if m.body.len() > max_body_bytes {
+                return Transformed {
+                    outcome: Err(Rejection::body_too_large(m.body.len(), max_body_bytes)),
+                    unknown_fields: 0,
+                };
+            }
+            self.kind.transform(&Message {
+                body: &m.body,
+                // The id the ledger knows it by: a replay maps as the message it replays.
+                message_id: &m.ledger_id,
+                sent_timestamp_ms: m.sent_timestamp,
+                receive_count: m.receive_count,
+                group_id: None,
+                attributes: &[],
+            })
         };
         let t = if suspect && m.md5_mismatch {
             poison(format!(
@@ -377,7 +392,7 @@ impl Stage {
         // A rejection's body is sealed now; a row's is held, to be sealed only if the
         // database refuses the row.
         let outcome = match t.outcome {
-            Ok(login) => Ok((login, HeldBody::new(m.body))),
+            Ok(rows) => Ok((rows, HeldBody::new(m.body))),
             Err(rejection) => Err((rejection, self.sealer.seal(&m.ledger_id, &m.body))),
         };
         Processed {

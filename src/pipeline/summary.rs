@@ -40,8 +40,11 @@ pub struct Summary {
     /// Deliveries received from SQS (a message delivered twice counts twice, unless the second
     /// delivery joined the lease of the first: see `redelivered_while_held`).
     pub received: u64,
-    /// Rows committed to the target table.
+    /// Messages whose rows were committed to the target table.
     pub loaded: u64,
+    /// Rows committed to the target table: as many as `loaded` for logins; for a mapping, a
+    /// message may give none (an S3 test event) or several (an S3 notification's records).
+    pub rows: u64,
     /// Rejections committed, by reason code.
     pub rejected: BTreeMap<String, u64>,
     /// Deliveries skipped because their message was already committed (ledger or same batch).
@@ -82,6 +85,7 @@ impl Summary {
     /// Adds what one batch's load counted (see `pipeline::load_batch`) to this summary.
     pub(crate) fn absorb_load(&mut self, part: Summary) {
         self.loaded += part.loaded;
+        self.rows += part.rows;
         self.duplicates += part.duplicates;
         self.unknown_fields += part.unknown_fields;
         self.batches += part.batches;
@@ -122,6 +126,9 @@ impl fmt::Display for Summary {
         writeln!(f, "sqs2pg summary")?;
         row(f, "received", self.received)?;
         row(f, "loaded", self.loaded)?;
+        if self.rows != self.loaded {
+            row(f, "rows written", self.rows)?;
+        }
         row(f, "rejected", self.rejected_total())?;
         for (reason, count) in &self.rejected {
             writeln!(f, "    {reason:<24}{count:>6}")?;

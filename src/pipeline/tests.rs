@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use super::batch::Batch;
 use super::receive::DRAIN_CONFIRM_WAIT;
 use super::*;
-use crate::login::MaskKey;
+use crate::login::{LoginKind, MaskKey, Masker};
 use crate::postgres::LoadReport;
 use crate::sqs::{AckHandle, SQS_BATCH_LIMIT};
 use crate::sqs::{DeleteOutcome, Received, SourceErrorKind};
@@ -106,10 +106,11 @@ impl BatchLoader for Committing {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
         Ok(LoadReport {
             loaded: batch.rows.len() as u64,
+            rows: batch.rows.iter().map(|r| u64::from(r.rows.rows())).sum(),
             rejected: batch
                 .rejects
                 .iter()
-                .map(|r| r.rejection.reason.to_string())
+                .map(|r| r.rejection.reason.clone())
                 .collect(),
             ..LoadReport::default()
         })
@@ -210,7 +211,7 @@ async fn run_with<L: BatchLoader>(
     let result = run(
         source,
         loader,
-        Masker::new(&key),
+        LoginKind::new(Masker::new(&key)),
         BodySealer::new(&key),
         settings,
         shutdown,

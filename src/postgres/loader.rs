@@ -2,8 +2,9 @@
 //!
 //! 1. the batch's rows are recorded in the ledger `sqs2pg.ledger`, keyed by (send time, message
 //!    id), which says which of them are new;
-//! 2. binary `COPY` of the new rows straight into the target table (the contract's column
-//!    types; `check_ready` made sure the table has them);
+//! 2. binary `COPY` of the new messages' rows straight into the target table: the rows come
+//!    encoded by their message kind (`kind::CopyRows`, none or several per message), so this
+//!    only frames and streams them (`check_ready` made sure the table has the kind's columns);
 //! 3. the same for rejections into `sqs2pg.rejected_messages`;
 //! 4. `COMMIT`.
 //!
@@ -31,6 +32,8 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::{BufMut, BytesMut};
+use futures_util::SinkExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -43,8 +46,11 @@ use crate::pipeline::batch::Batch;
 /// What a committed batch (or part of one) did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadReport {
-    /// Rows inserted into the target table.
+    /// Messages whose rows were inserted into the target table (each recorded in the ledger).
     pub loaded: u64,
+    /// Rows inserted into the target table: one per loaded message for logins; none or several
+    /// for a mapping (an S3 test event, an S3 notification's records).
+    pub rows: u64,
     /// Reason codes of the rejections inserted (one entry per rejected message).
     pub rejected: Vec<String>,
     /// Messages skipped because the ledger already held their id.
@@ -55,6 +61,7 @@ impl LoadReport {
     /// Adds another part's report to this one.
     pub fn merge(&mut self, other: LoadReport) {
         self.loaded += other.loaded;
+        self.rows += other.rows;
         self.rejected.extend(other.rejected);
         self.duplicates += other.duplicates;
     }
@@ -115,19 +122,10 @@ pub trait BatchLoader: Send + 'static {
     }
 }
 
-const TARGET_COLUMNS: &str =
-    "user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date";
-const TARGET_TYPES: [Type; 7] = [
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::INT4,
-    Type::DATE,
-];
-
 const LEDGER_TYPES: [Type; 2] = [Type::INT8, Type::TEXT];
+
+/// Bytes of rows sent to COPY at a time.
+const COPY_CHUNK: usize = 64 * 1024;
 
 /// The primary key of `sqs2pg.ledger`, whose violation sends a batch the careful way.
 const LEDGER_KEY: &str = "ledger_pkey";
@@ -169,7 +167,7 @@ RETURNING reason";
 const RETIRED_LEDGER_RECHECK: Duration = Duration::from_secs(600);
 
 /// Loads batches into the target table over one connection, reconnecting when it drops.
-pub struct LoginLoader {
+pub struct TableLoader {
     database: Database,
     connection: Option<Connection>,
     copy_rows: String,
@@ -181,7 +179,7 @@ pub struct LoginLoader {
     copy_ledger: bool,
 }
 
-impl Clone for LoginLoader {
+impl Clone for TableLoader {
     /// The same sink, not yet connected.
     fn clone(&self) -> Self {
         Self {
@@ -206,16 +204,23 @@ struct Connection {
     retired_ledger: (bool, Instant),
 }
 
-impl LoginLoader {
-    /// A loader for `table`; connects on first use. `seal_key_id` names the key that sealed the
-    /// bodies of the rejections it stores.
-    pub fn new(database: Database, table: TableName, seal_key_id: String) -> Self {
+impl TableLoader {
+    /// A loader for `columns` of `table` (as the message kind encodes its rows, see
+    /// `kind::MessageKind::columns`); connects on first use. `seal_key_id` names the key that
+    /// sealed the bodies of the rejections it stores.
+    pub fn new(
+        database: Database,
+        table: TableName,
+        columns: &[String],
+        seal_key_id: String,
+    ) -> Self {
         Self {
             database,
             connection: None,
             copy_rows: format!(
-                "COPY {} ({TARGET_COLUMNS}) FROM STDIN (FORMAT binary)",
-                table.quoted()
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                table.quoted(),
+                columns.join(", ")
             ),
             probe: format!(
                 "LOCK TABLE {}, sqs2pg.ledger, sqs2pg.rejected_messages IN ROW EXCLUSIVE MODE NOWAIT",
@@ -302,7 +307,7 @@ fn ledger_conflict(e: &LoadError) -> bool {
     })
 }
 
-impl BatchLoader for LoginLoader {
+impl BatchLoader for TableLoader {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
         connected(&mut self.connection, &self.database, &self.copy_rows).await?;
         let mut ledgering = if self.copies_ledger() {
@@ -384,8 +389,14 @@ async fn load_in_transaction(
                     .then(|| claimed.iter().map(|r| r.get::<_, String>(0)).collect())
             }
         };
-        let sink = tx.copy_in(&connection.copy_rows).await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &TARGET_TYPES));
+        let mut sink = pin!(tx.copy_in::<_, bytes::Bytes>(&connection.copy_rows).await?);
+        // COPY's binary framing around the rows their kind encoded: the signature, no flags, no
+        // header extension; the tuples; -1 as the trailer. (tokio-postgres's BinaryCopyInWriter
+        // encodes values as it writes them; ours come encoded, so the framing is done here.)
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0);
+        buf.put_i32(0);
         for row in &batch.rows {
             if fresh
                 .as_ref()
@@ -393,21 +404,15 @@ async fn load_in_transaction(
             {
                 continue;
             }
-            let l = &row.login;
-            writer
-                .as_mut()
-                .write(&[
-                    &l.user_id as &(dyn ToSql + Sync),
-                    &l.device_type,
-                    &l.masked_ip.as_str(),
-                    &l.masked_device_id.as_str(),
-                    &l.locale,
-                    &l.app_version,
-                    &l.create_date,
-                ])
-                .await?;
+            report.loaded += 1;
+            buf.put_slice(row.rows.encoded());
+            if buf.len() >= COPY_CHUNK {
+                sink.send(buf.split().freeze()).await?;
+            }
         }
-        report.loaded = writer.finish().await?;
+        buf.put_i16(-1);
+        sink.send(buf.freeze()).await?;
+        report.rows = sink.as_mut().finish().await?;
     }
     if !batch.rejects.is_empty() {
         let ids: Vec<&str> = batch

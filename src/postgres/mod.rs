@@ -5,13 +5,12 @@
 pub mod connect;
 pub mod ledger;
 pub mod loader;
-pub mod mapped;
 pub mod quarantine;
 pub mod schema;
 
 pub use connect::{connect, ConnectError, Database};
-pub use loader::{BatchLoader, LoadError, LoadReport, LoginLoader};
-pub use schema::{check_ready, check_ready_schema, setup, TableName};
+pub use loader::{BatchLoader, LoadError, LoadReport, TableLoader};
+pub use schema::{check_ready, check_ready_schema, check_shape, setup, TableName};
 
 /// A PostgreSQL error as one line for logs and messages: the server's message and SQLSTATE, or
 /// the client-side cause chain (`tokio_postgres::Error` alone displays only "db error"). The

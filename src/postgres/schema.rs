@@ -264,6 +264,59 @@ pub const EXPECTED_COLUMNS: [(&str, &str); 7] = [
     ("create_date", "date"),
 ];
 
+/// One column a message kind writes: its name, its type as `format_type` spells it (what
+/// `check` compares), and whether `setup` creates it NOT NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeColumn {
+    pub name: String,
+    pub catalog_type: String,
+    pub not_null: bool,
+}
+
+/// The columns a message kind writes into its table (`check` compares a table to it, `setup`
+/// creates a missing table from it). Other columns of the table get their default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableShape {
+    pub columns: Vec<ShapeColumn>,
+}
+
+impl TableShape {
+    /// The analysts' login table.
+    pub fn login() -> Self {
+        Self {
+            columns: EXPECTED_COLUMNS
+                .iter()
+                .map(|(name, ty)| ShapeColumn {
+                    name: (*name).to_owned(),
+                    catalog_type: (*ty).to_owned(),
+                    not_null: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for it (`format_type` spellings are valid DDL).
+    pub fn ddl(&self, table: &TableName) -> String {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}{}",
+                    quote_ident(&c.name),
+                    c.catalog_type,
+                    if c.not_null { " NOT NULL" } else { "" }
+                )
+            })
+            .collect();
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            table.quoted(),
+            columns.join(", ")
+        )
+    }
+}
+
 /// A schema-qualified table name, always quoted as identifiers when put into SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableName {
@@ -304,16 +357,6 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The analysts' DDL for a table name.
-pub fn target_ddl(table: &TableName) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {}(user_id varchar(128), device_type varchar(32), \
-         masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), \
-         app_version integer, create_date date)",
-        table.quoted()
-    )
-}
-
 /// What `setup` did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SetupReport {
@@ -326,8 +369,9 @@ pub struct SetupReport {
 pub async fn setup(
     client: &mut Client,
     table: &TableName,
+    shape: &TableShape,
 ) -> Result<SetupReport, tokio_postgres::Error> {
-    setup_up_to(client, table, latest_version()).await
+    setup_up_to(client, table, shape, latest_version()).await
 }
 
 /// [`setup`] with the migrations up to version `last` only: an older build's schema, for
@@ -335,6 +379,7 @@ pub async fn setup(
 pub async fn setup_up_to(
     client: &mut Client,
     table: &TableName,
+    shape: &TableShape,
     last: i32,
 ) -> Result<SetupReport, tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -366,7 +411,9 @@ pub async fn setup_up_to(
         report.applied.push(*version);
     }
     let existed = table_exists(&tx, table).await?;
-    tx.batch_execute(&target_ddl(table)).await?;
+    if !existed {
+        tx.batch_execute(&shape.ddl(table)).await?;
+    }
     report.table_created = !existed;
     tx.commit().await?;
     Ok(report)
@@ -393,7 +440,7 @@ pub enum NotReady {
         "table {0} does not exist: run `sqs2pg setup` to create it, or pass the right --table"
     )]
     NoTable(String),
-    #[error("table {table} does not match the analysts' DDL: {differences}")]
+    #[error("table {table} does not have the columns sqs2pg writes (the analysts' DDL, or the mapping's): {differences}")]
     WrongColumns { table: String, differences: String },
     #[error("{}", super::describe(.0))]
     Database(#[from] tokio_postgres::Error),
@@ -462,6 +509,16 @@ pub async fn check_ready_schema(client: &Client) -> Result<(), NotReady> {
 /// Checks, before any message is touched, that migrations are current and the target table has
 /// the analysts' columns with their types (extra columns are allowed: they stay NULL/default).
 pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotReady> {
+    check_shape(client, table, &TableShape::login()).await
+}
+
+/// [`check_ready`] for the columns of any message kind: each must be there with its type, and
+/// no other column may need a value the rows never give.
+pub async fn check_shape(
+    client: &Client,
+    table: &TableName,
+    shape: &TableShape,
+) -> Result<(), NotReady> {
     check_ready_schema(client).await?;
     if !table_exists(client, table).await? {
         return Err(NotReady::NoTable(table.to_string()));
@@ -479,22 +536,24 @@ pub async fn check_ready(client: &Client, table: &TableName) -> Result<(), NotRe
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let mut differences: Vec<String> = EXPECTED_COLUMNS
+    let mut differences: Vec<String> = shape
+        .columns
         .iter()
-        .filter_map(
-            |(name, ty)| match actual.iter().find(|(n, _, _)| n == name) {
+        .filter_map(|c| {
+            let (name, ty) = (&c.name, &c.catalog_type);
+            match actual.iter().find(|(n, _, _)| n == name) {
                 None => Some(format!("column {name} is missing")),
                 Some((_, t, _)) if t != ty => Some(format!("column {name} is {t}, expected {ty}")),
                 Some(_) => None,
-            },
-        )
+            }
+        })
         .collect();
     // Extra columns are fine (they get their default), unless they need a value we never give.
     differences.extend(
         actual
             .iter()
             .filter(|(n, _, needs_value)| {
-                *needs_value && !EXPECTED_COLUMNS.iter().any(|(e, _)| e == n)
+                *needs_value && !shape.columns.iter().any(|c| &c.name == n)
             })
             .map(|(n, _, _)| {
                 format!(

@@ -82,7 +82,8 @@ pub struct Received {
     /// was replayed under.
     pub ledger_id: String,
     pub body: String,
-    /// `SentTimestamp` attribute as sent (milliseconds on SQS; see `login::validate`).
+    /// `SentTimestamp` in milliseconds (LocalStack 0.14's seconds converted on receipt; a
+    /// replay's is its original message's).
     pub sent_timestamp: i64,
     /// `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: i32,
@@ -364,6 +365,9 @@ pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceErro
             (Some(_), Some(original)) => original.parse().unwrap_or(sent_timestamp),
             _ => sent_timestamp,
         };
+        // Milliseconds from here on, whatever unit the server sent (see `kind::sent_millis`).
+        let sent_timestamp =
+            i64::try_from(crate::kind::sent_millis(sent_timestamp)).unwrap_or(i64::MAX);
         messages.push(Received {
             ledger_id: m.replay_ledger_id.unwrap_or_else(|| message_id.clone()),
             ack: AckHandle {

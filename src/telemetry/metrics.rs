@@ -98,7 +98,7 @@ pub fn record_batch(
     rejected: &[String],
     duplicates: u64,
     took: Duration,
-    oldest_sent_ms: Option<i128>,
+    oldest_sent_ms: Option<i64>,
 ) {
     metrics::histogram!(BATCH_MESSAGES).record(received as f64);
     metrics::histogram!(LOAD_SECONDS).record(took.as_secs_f64());
@@ -106,7 +106,8 @@ pub fn record_batch(
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i128);
-        metrics::gauge!(OLDEST_MESSAGE_AGE_SECONDS).set((now_ms - sent).max(0) as f64 / 1000.0);
+        metrics::gauge!(OLDEST_MESSAGE_AGE_SECONDS)
+            .set((now_ms - i128::from(sent)).max(0) as f64 / 1000.0);
     }
     metrics::counter!(MESSAGES_RECEIVED).increment(received);
     metrics::counter!(ROWS_LOADED).increment(loaded);

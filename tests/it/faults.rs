@@ -337,7 +337,14 @@ pub struct PoisonLoader<L> {
 
 impl<L: BatchLoader> BatchLoader for PoisonLoader<L> {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        if batch.rows.iter().any(|r| r.login.user_id == self.user_id) {
+        // The row holds the user id as encoded for COPY: its bytes, verbatim.
+        let user_id = self.user_id.as_bytes();
+        if batch.rows.iter().any(|r| {
+            r.rows
+                .encoded()
+                .windows(user_id.len())
+                .any(|w| w == user_id)
+        }) {
             self.failed.fetch_add(1, Ordering::SeqCst);
             return Err(LoadError::Injected("the server process crashed".into()));
         }

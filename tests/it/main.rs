@@ -9,6 +9,7 @@ mod harness;
 mod cli;
 mod deploy;
 mod faults;
+mod mapped;
 mod mapping;
 mod pipeline;
 mod proxy;

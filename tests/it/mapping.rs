@@ -295,7 +295,7 @@ async fn every_type_round_trips_through_binary_copy_into_postgresql() {
             .unwrap();
         let types = [
             tokio_postgres::types::Type::INT4,
-            sqs2pg::postgres::mapped::wire_type(column_type),
+            sqs2pg::mapping::encode::wire_type(column_type),
         ];
         let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
         for (n, value) in stored.iter().enumerate() {
@@ -496,7 +496,7 @@ columns = [
     types.extend(
         columns
             .iter()
-            .map(|c| sqs2pg::postgres::mapped::wire_type(c.column_type)),
+            .map(|c| sqs2pg::mapping::encode::wire_type(c.column_type)),
     );
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
     for (n, row) in rows.iter().enumerate() {

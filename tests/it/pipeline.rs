@@ -24,6 +24,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         database: DatabaseArgs {
             database_url: Some(db.url.clone()),
             table: "public.user_logins".into(),
+            mapping: None,
         },
         queue: QueueArgs {
             queue_url: Some(queue.url.clone()),
@@ -271,9 +272,14 @@ async fn after_the_ledger_upgrade_ids_in_the_retired_ledger_are_not_loaded_again
     let mut client = db.client().await;
     let table = TableName::parse("public.user_logins").unwrap();
     // The schema as a build before version 8 left it...
-    sqs2pg::postgres::schema::setup_up_to(&mut client, &table, 7)
-        .await
-        .unwrap();
+    sqs2pg::postgres::schema::setup_up_to(
+        &mut client,
+        &table,
+        &sqs2pg::postgres::schema::TableShape::login(),
+        7,
+    )
+    .await
+    .unwrap();
     let logins: Vec<String> = sample_bodies()
         .into_iter()
         .filter(|b| b.contains("device_id"))
@@ -365,9 +371,10 @@ fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
         .map(|(ack_index, id)| Row {
             ack_index,
             message_id: (*id).to_owned(),
-            login: sqs2pg::login::transform(&masker, 1 << 20, &body, sent_ms)
+            rows: sqs2pg::login::transform(&masker, 1 << 20, &body, sent_ms)
                 .outcome
-                .unwrap(),
+                .unwrap()
+                .encode(),
             delivery: Delivery {
                 received_at: std::time::SystemTime::now(),
                 receive_count: 1,
@@ -382,11 +389,20 @@ fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loader_copies_new_ids_and_claims_them_after_meeting_a_known_one() {
-    use sqs2pg::postgres::{BatchLoader, LoginLoader};
+    use sqs2pg::postgres::{BatchLoader, TableLoader};
     let db = TestDb::new().await;
     setup(&db).await;
     let table = TableName::parse("public.user_logins").unwrap();
-    let mut loader = LoginLoader::new(Database::parse(&db.url).unwrap(), table, "k".into());
+    let columns: Vec<String> = sqs2pg::login::kind::COLUMNS
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    let mut loader = TableLoader::new(
+        Database::parse(&db.url).unwrap(),
+        table,
+        &columns,
+        "k".into(),
+    );
     let sent = 1_700_000_000_000;
     assert!(loader.copies_ledger());
     let report = loader
@@ -1442,6 +1458,7 @@ async fn a_run_under_another_key_than_the_last_warns_unless_the_rotation_is_inte
     let (database, other) = sqs2pg::config::database(&DatabaseArgs {
         database_url: Some(db.url.clone()),
         table: "public.other_logins".into(),
+        mapping: None,
     })
     .unwrap();
     sqs2pg::app::setup(&database, &other).await.unwrap();

@@ -8,7 +8,7 @@ use std::error::Error;
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use crate::mapping::{ColumnType, Value};
+use super::{ColumnType, Value};
 
 /// The wire type a column of `column_type` is copied as.
 pub fn wire_type(column_type: ColumnType) -> Type {

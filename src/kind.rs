@@ -1,0 +1,240 @@
+//! The seam between the pipeline and what a message means: a [`MessageKind`] turns one
+//! received [`Message`] into rows ready for the table ([`CopyRows`], already in PostgreSQL's
+//! binary COPY form) or into a [`Rejection`] with a stable reason code. The pipeline, the batch,
+//! the ledger and the loader know only these types; the login pipeline (`login::LoginKind`) and
+//! declarative mappings (`mapping::Mapper`) are kinds.
+//!
+//! Rows are encoded where messages are transformed (the receivers, in parallel), so a kind owns
+//! its table's columns and their encoding, and the loader only streams bytes. Only a kind's own
+//! masked row types are encoded, so an unmasked value has no way into the table.
+
+use std::fmt;
+
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::types::{IsNull, ToSql, Type};
+
+/// One received message as a kind sees it. `sent_timestamp_ms` is normalised where messages
+/// are received (LocalStack 0.14 sends seconds, SQS milliseconds).
+#[derive(Clone, Copy)]
+pub struct Message<'a> {
+    pub body: &'a str,
+    pub message_id: &'a str,
+    /// Milliseconds since 1970.
+    pub sent_timestamp_ms: i64,
+    pub receive_count: i32,
+    pub group_id: Option<&'a str>,
+    /// Message attributes with a string value, by name.
+    pub attributes: &'a [(String, String)],
+}
+
+impl<'a> Message<'a> {
+    /// A first delivery with no group and no message attributes (what `mapping preview`,
+    /// the benchmarks and the tests map).
+    pub fn new(body: &'a str, message_id: &'a str, sent_timestamp_ms: i64) -> Self {
+        Self {
+            body,
+            message_id,
+            sent_timestamp_ms,
+            receive_count: 1,
+            group_id: None,
+            attributes: &[],
+        }
+    }
+}
+
+/// A `SentTimestamp` in milliseconds since the epoch. SQS sends milliseconds; LocalStack 0.14
+/// sends seconds. Any millisecond value after 1973-03-03 is above 10^11 and any second value
+/// before the year 5138 is below it, so the magnitude tells the two apart unambiguously.
+pub fn sent_millis(ts: i64) -> i128 {
+    const SECONDS_BELOW: i64 = 100_000_000_000;
+    if ts.abs() < SECONDS_BELOW {
+        i128::from(ts) * 1_000
+    } else {
+        i128::from(ts)
+    }
+}
+
+/// Why a message gives no row: a stable code (`missing_field:COL`, `not_json`, ...) and a
+/// detail that names kinds, lengths and positions, never a value from the message, so it is
+/// safe to log and to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: String,
+    pub detail: Option<String>,
+}
+
+impl Rejection {
+    /// A rejection with a value-free detail.
+    pub fn new(reason: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            detail: Some(detail.into()),
+        }
+    }
+
+    /// A rejection without detail.
+    pub fn bare(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            detail: None,
+        }
+    }
+
+    /// The body is longer than `--max-body-bytes` (decided before any kind sees it).
+    pub fn body_too_large(bytes: usize, limit: usize) -> Self {
+        Self::new("body_too_large", format!("{bytes} bytes, limit {limit}"))
+    }
+
+    /// Received more often than the limit and still failing somewhere: kept aside.
+    pub fn poison(detail: String) -> Self {
+        Self::new("poison:receive_count", detail)
+    }
+
+    /// PostgreSQL refused the row for reasons of its own; `detail` names the SQLSTATE and
+    /// constraint.
+    pub fn rejected_by_database(detail: String) -> Self {
+        Self::new("rejected_by_database", detail)
+    }
+}
+
+/// The rows one message gives (none, one, or several: an S3 notification has a row per
+/// record), each already in PostgreSQL's binary COPY tuple form. Debug shows counts only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct CopyRows {
+    bytes: BytesMut,
+    rows: u32,
+}
+
+/// Why a value could not be encoded for its column.
+pub type EncodeError = Box<dyn std::error::Error + Sync + Send>;
+
+impl CopyRows {
+    /// Room for about `bytes` bytes of rows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: BytesMut::with_capacity(bytes),
+            rows: 0,
+        }
+    }
+
+    /// Appends one row: each value encoded as its column's `types` entry, as tokio-postgres's
+    /// `BinaryCopyInWriter` does (we encode here, ahead of the COPY, so the framing is ours:
+    /// a field count, then per field its length, -1 for NULL, and its bytes).
+    pub fn push(
+        &mut self,
+        values: &[&(dyn ToSql + Sync)],
+        types: &[Type],
+    ) -> Result<(), EncodeError> {
+        assert_eq!(values.len(), types.len(), "one type per value");
+        let start = self.bytes.len();
+        let fields = i16::try_from(values.len()).map_err(|_| "too many columns")?;
+        self.bytes.put_i16(fields);
+        for (value, ty) in values.iter().zip(types) {
+            let at = self.bytes.len();
+            self.bytes.put_i32(0);
+            match value.to_sql_checked(ty, &mut self.bytes) {
+                Ok(IsNull::Yes) => {
+                    self.bytes[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes());
+                }
+                Ok(IsNull::No) => {
+                    let len = i32::try_from(self.bytes.len() - at - 4)
+                        .map_err(|_| "a value over 2 GiB")?;
+                    self.bytes[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+                Err(e) => {
+                    self.bytes.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// How many rows.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// The encoded tuples, back to back: what the loader writes between COPY's header and
+    /// trailer.
+    pub fn encoded(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for CopyRows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CopyRows({} rows, {} bytes)",
+            self.rows,
+            self.bytes.len()
+        )
+    }
+}
+
+/// What a kind made of one message, and how many of its fields it did not know (a hint that
+/// producers send more than the table keeps).
+#[derive(Debug)]
+pub struct Transformed {
+    pub outcome: Result<CopyRows, Rejection>,
+    pub unknown_fields: u32,
+}
+
+/// A message kind: a pure transform (no I/O, no clock) from a received message to rows of one
+/// table, or a rejection; and that table's columns, in the order the rows are encoded.
+pub trait MessageKind: Send + Sync + 'static {
+    /// The columns the rows fill, as they go into `COPY table (...)`: quoted where needed.
+    fn columns(&self) -> Vec<String>;
+
+    /// Transforms one message. Never panics on any body (fuzzed); the pipeline catches a
+    /// panic anyway for a message that keeps coming back.
+    fn transform(&self, message: &Message<'_>) -> Transformed;
+}
+
+impl MessageKind for Box<dyn MessageKind> {
+    fn columns(&self) -> Vec<String> {
+        (**self).columns()
+    }
+
+    fn transform(&self, message: &Message<'_>) -> Transformed {
+        (**self).transform(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_framed_as_binary_copy_tuples_with_nulls_as_minus_one() {
+        let mut rows = CopyRows::default();
+        rows.push(
+            &[&"ab", &None::<i32>, &7i32],
+            &[Type::TEXT, Type::INT4, Type::INT4],
+        )
+        .unwrap();
+        assert_eq!(rows.rows(), 1);
+        assert_eq!(
+            rows.encoded(),
+            [
+                &3i16.to_be_bytes()[..],
+                &2i32.to_be_bytes(),
+                b"ab",
+                &(-1i32).to_be_bytes(),
+                &4i32.to_be_bytes(),
+                &7i32.to_be_bytes(),
+            ]
+            .concat()
+        );
+        // A value its type refuses leaves nothing half-written.
+        let before = rows.encoded().to_vec();
+        assert!(rows
+            .push(&[&"x", &"not an int"], &[Type::TEXT, Type::INT4])
+            .is_err());
+        assert_eq!(rows.encoded(), before);
+        assert_eq!(rows.rows(), 1);
+        assert_eq!(format!("{rows:?}"), "CopyRows(1 rows, 20 bytes)");
+    }
+}

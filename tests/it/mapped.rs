@@ -1,0 +1,356 @@
+//! Mappings end to end: each example mapping in `examples/mappings/` set up, drained, its bad
+//! bodies quarantined under their reasons and a refused row replayed, against real PostgreSQL
+//! and a real SQS server; S3 fan-out exactly once across a lost delete; and the login mapping
+//! giving the same table as the built-in login pipeline.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqs2pg::app;
+use sqs2pg::config;
+use sqs2pg::pipeline::{Mode, Summary};
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::{DeleteFault, FaultySource};
+use crate::harness::{key_file, sqs2pg, stderr, unique, Sqs, TestDb, TestQueue};
+use crate::pipeline::{count, fixture_on};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mappings");
+
+fn example(name: &str) -> PathBuf {
+    Path::new(EXAMPLES).join(name)
+}
+
+fn bodies(name: &str) -> Vec<String> {
+    std::fs::read_to_string(example(name))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The environment a user gives the binary for one mapping.
+fn env<'a>(
+    db: &'a TestDb,
+    queue: &'a TestQueue,
+    key: &'a str,
+    protocol: &'a str,
+    mapping: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("SQS2PG_MASK_KEY", key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ("SQS2PG_SQS_PROTOCOL", protocol),
+        ("AWS_ENDPOINT_URL", &queue.endpoint),
+        ("SQS2PG_MAPPING", mapping),
+    ]
+}
+
+/// Reasons of the quarantined messages, sorted.
+async fn reasons(db: &TestDb) -> Vec<String> {
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT reason FROM sqs2pg.rejected_messages ORDER BY reason",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// One example's run: `setup` (or the table made by hand), `check`, `drain`, then a row the
+/// table refused replayed once the table takes it.
+struct Case {
+    mapping: &'static str,
+    bodies: &'static str,
+    table: &'static str,
+    /// DDL run before `setup` (a partitioned table `setup` does not make).
+    ddl: Option<&'static str>,
+    /// A CHECK that refuses exactly one valid message at first.
+    refuse: &'static str,
+    /// Rows in the end.
+    rows: i64,
+    /// Rows of the refused message.
+    refused_rows: i64,
+    reasons: &'static [&'static str],
+    /// Text of the bodies that must not reach the table or the output.
+    personal: &'static [&'static str],
+}
+
+async fn drains_end_to_end(case: Case) {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let mapping = example(case.mapping).display().to_string();
+    let env = env(&db, &queue, &key, &protocol, &mapping);
+    let client = db.client().await;
+    if let Some(ddl) = case.ddl {
+        client.batch_execute(ddl).await.unwrap();
+    }
+    let setup = sqs2pg(&["setup"], &env);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    let made = if case.ddl.is_some() {
+        "exists, left unchanged"
+    } else {
+        "created"
+    };
+    assert!(
+        stdout(&setup).contains(&format!("table {} {made}", case.table)),
+        "{}",
+        stdout(&setup)
+    );
+    let check = sqs2pg(&["check"], &env);
+    assert!(
+        stdout(&check).contains("has the mapping's columns"),
+        "{}\n{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    client.batch_execute(case.refuse).await.unwrap();
+
+    queue.send(&bodies(case.bodies)).await;
+    let drain = sqs2pg(&["drain"], &env);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    let table_rows = format!("SELECT count(*) FROM {}", case.table);
+    assert_eq!(count(&db, &table_rows).await, case.rows - case.refused_rows);
+    let mut expected: Vec<String> = case.reasons.iter().map(|r| (*r).to_owned()).collect();
+    expected.push("rejected_by_database".into());
+    expected.sort();
+    assert_eq!(reasons(&db).await, expected);
+    let messages = case.bodies_count();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.ledger").await,
+        messages,
+        "every message is in the ledger once, rows or not"
+    );
+    for output in [&setup, &check, &drain] {
+        for value in case.personal {
+            assert!(!stdout(output).contains(value) && !stderr(output).contains(value));
+        }
+    }
+    let table_text = format!("SELECT string_agg(t::text, ' ') FROM {} t", case.table);
+    let stored: String = crate::pipeline::one(&db, &table_text).await;
+    for value in case.personal {
+        assert!(!stored.contains(value), "a raw value reached the table");
+    }
+
+    // The operator lets the refused row in and replays it: it loads, once.
+    let constraint = case.refuse.split_whitespace().nth(5).unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {} DROP CONSTRAINT {constraint}",
+            case.table
+        ))
+        .await
+        .unwrap();
+    let replay = sqs2pg(
+        &["rejects", "replay", "--reason", "rejected_by_database"],
+        &env,
+    );
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert!(
+        stdout(&replay).contains("replayed 1 message(s)"),
+        "{}",
+        stdout(&replay)
+    );
+    let again = sqs2pg(&["drain"], &env);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(count(&db, &table_rows).await, case.rows);
+    assert_eq!(queue.depth().await, 0);
+}
+
+impl Case {
+    fn bodies_count(&self) -> i64 {
+        bodies(self.bodies).len() as i64
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_wrapped_orders_drain_into_their_table_with_reasons_and_replay() {
+    drains_end_to_end(Case {
+        mapping: "orders-sns.toml",
+        bodies: "orders-sns.jsonl",
+        table: "public.orders",
+        ddl: None,
+        refuse: "ALTER TABLE public.orders ADD CONSTRAINT small_orders CHECK (amount < 50)",
+        rows: 2,
+        refused_rows: 1,
+        reasons: &[
+            "invalid_value:order_id",
+            "not_allowed:currency",
+            "out_of_range:amount",
+        ],
+        personal: &["@example.com"],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventbridge_signups_drain_into_their_table_with_reasons_and_replay() {
+    drains_end_to_end(Case {
+        mapping: "signups-eventbridge.toml",
+        bodies: "signups-eventbridge.jsonl",
+        table: "public.signups",
+        ddl: None,
+        refuse: "ALTER TABLE public.signups ADD CONSTRAINT no_free_plans CHECK (plan <> 'free')",
+        rows: 2,
+        refused_rows: 1,
+        reasons: &[
+            "missing_field:user_id",
+            "not_allowed:plan",
+            "not_an_envelope:eventbridge",
+        ],
+        personal: &["@example.com", "+44 20"],
+    })
+    .await;
+}
+
+/// The S3 example's partitioned table.
+const S3_DDL: &str = "CREATE TABLE public.s3_objects (
+       event_time timestamptz NOT NULL, event_name varchar(64) NOT NULL, bucket text NOT NULL,
+       object_key text NOT NULL, size bigint, source_ip inet, sqs_message_id text
+   ) PARTITION BY RANGE (event_time);
+   CREATE TABLE public.s3_objects_2026_12 PARTITION OF public.s3_objects
+       FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');
+   CREATE TABLE public.s3_objects_other PARTITION OF public.s3_objects DEFAULT;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_notifications_fan_out_into_a_partitioned_table_with_reasons_and_replay() {
+    drains_end_to_end(Case {
+        mapping: "s3-objects.toml",
+        bodies: "s3-objects.jsonl",
+        table: "public.s3_objects",
+        ddl: Some(S3_DDL),
+        // The 5-record message is refused whole (all its rows or none), then replayed.
+        refuse: "ALTER TABLE public.s3_objects ADD CONSTRAINT no_photos CHECK (object_key NOT LIKE 'photos/%')",
+        rows: 5,
+        refused_rows: 5,
+        reasons: &["not_an_envelope:s3", "out_of_range:size"],
+        personal: &["203.0.113."],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_message_of_five_records_redelivered_after_a_lost_delete_still_gives_five_rows() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    db.client().await.batch_execute(S3_DDL).await.unwrap();
+    let five = bodies("s3-objects.jsonl").remove(0);
+    assert_eq!(five.matches("ObjectCreated").count(), 5);
+    queue.send(&[five]).await;
+    let mut a = crate::pipeline::args(
+        &db,
+        &queue,
+        key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
+    );
+    a.database.mapping = Some(example("s3-objects.toml"));
+    a.visibility_timeout_secs = Some(1);
+    // The first delete is lost (a crash between COMMIT and delete): SQS hands the message out
+    // again after its 1 s visibility timeout.
+    let lossy = Arc::new(FaultySource::new(queue.queue.clone()).deletes(DeleteFault::LoseFirst));
+    let mut total = Summary::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let settings = config::pipeline(&a, Mode::Drain).unwrap();
+        let s = app::process_with(settings, lossy.clone(), CancellationToken::new(), |l| l)
+            .await
+            .unwrap();
+        total.loaded += s.loaded;
+        total.rows += s.rows;
+        total.duplicates += s.duplicates;
+        total.redelivered_while_held += s.redelivered_while_held;
+        if queue.depth().await == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the redelivery never came: {total:?}"
+        );
+    }
+    assert_eq!(lossy.swallowed.load(Ordering::SeqCst), 1);
+    assert_eq!((total.loaded, total.rows), (1, 5), "{total:?}");
+    assert!(
+        total.duplicates + total.redelivered_while_held >= 1,
+        "the message came back: {total:?}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.s3_objects").await,
+        5
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT object_key) FROM public.s3_objects"
+        )
+        .await,
+        5
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM sqs2pg.ledger").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_mapping_file_gives_the_same_table_as_the_built_in_pipeline() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    // The example, pointed at a second table.
+    let text = std::fs::read_to_string(example("login.toml")).unwrap();
+    assert!(text.contains("table = \"public.user_logins\""));
+    let dir = std::env::temp_dir().join(unique("sqs2pg-login-mapping"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("login.toml");
+    std::fs::write(
+        &file,
+        text.replace("public.user_logins", "public.user_logins_mapped"),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+
+    let samples = crate::harness::sample_bodies();
+    queue.send(&samples).await;
+    let mut built_in = env(&db, &queue, &key, &protocol, "");
+    built_in.pop();
+    let out = sqs2pg(&["drain"], &built_in);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let client = db.client().await;
+    // The same messages again, as the same SentTimestamps and ids cannot be sent twice: the
+    // mapped copy is compared on everything but create_date's source, which is the send day.
+    client
+        .batch_execute("DELETE FROM sqs2pg.ledger; DELETE FROM sqs2pg.rejected_messages")
+        .await
+        .unwrap();
+    let mapped = env(&db, &queue, &key, &protocol, &file);
+    let setup = sqs2pg(&["setup"], &mapped);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    queue.send(&samples).await;
+    let out = sqs2pg(&["drain"], &mapped);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins_mapped").await,
+        99
+    );
+    let differ = count(
+        &db,
+        "SELECT count(*) FROM (
+             (SELECT * FROM public.user_logins EXCEPT ALL SELECT * FROM public.user_logins_mapped)
+             UNION ALL
+             (SELECT * FROM public.user_logins_mapped EXCEPT ALL SELECT * FROM public.user_logins)
+         ) d",
+    )
+    .await;
+    assert_eq!(differ, 0, "the same rows, tokens byte for byte");
+    assert_eq!(reasons(&db).await, ["missing_field:user_id"]);
+}
