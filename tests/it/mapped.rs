@@ -140,7 +140,10 @@ async fn drains_end_to_end(case: Case) {
             assert!(!stdout(output).contains(value) && !stderr(output).contains(value));
         }
     }
-    let table_text = format!("SELECT string_agg(t::text, ' ') FROM {} t", case.table);
+    let table_text = format!(
+        "SELECT coalesce(string_agg(t::text, ' '), '') FROM {} t",
+        case.table
+    );
     let stored: String = crate::pipeline::one(&db, &table_text).await;
     for value in case.personal {
         assert!(!stored.contains(value), "a raw value reached the table");
