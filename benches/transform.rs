@@ -91,43 +91,54 @@ fn mapping_login(bencher: divan::Bencher) {
     });
 }
 
+/// The wide mapping's one message of about 600 bytes (`benches/wide.toml`).
+const WIDE_BODY: &str = r#"{"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff", "kind": "b", "user": {"id": "u-42", "email": "ada@example.com", "ip": "203.0.113.7", "country": "GB"}, "amount": "1234.567", "qty": 3, "big": 9007199254740993, "ratio": 0.25, "flag": true, "at": "2026-12-04T10:00:00.123456+01:00", "day": "2026-12-04", "local": "2026-12-04 10:00:00", "host": "2001:db8::1", "tags": ["x", "y", "z"], "version": "2.3.1", "code": "ABC-123", "note": "free text", "meta": {"a": 1, "b": [1, 2]}}"#;
+
+fn wide_mapper() -> sqs2pg::mapping::Mapper {
+    use sqs2pg::mapping::{Mapper, Mapping};
+    Mapper::new(
+        Mapping::parse(include_str!("wide.toml")).expect("valid"),
+        &key(),
+    )
+}
+
 /// A wide mapping: 20 columns of every kind (text, numbers, numeric, timestamps, uuid, inet,
 /// jsonb overflow, text[], two masks), one message of about 600 bytes.
 #[divan::bench]
 fn mapping_wide(bencher: divan::Bencher) {
-    use sqs2pg::mapping::{Mapper, Mapping, Message};
-    let mapping = Mapping::parse(
-        r#"
-table = "wide"
-columns = [
-  { name = "id", from = "/id", type = "uuid", required = true },
-  { name = "kind", from = "/kind", type = "varchar(32)", allowed = ["a", "b", "c"] },
-  { name = "user", from = "/user/id", type = "text", required = true },
-  { name = "email", from = "/user/email", type = "varchar(256)", mask = "hmac" },
-  { name = "ip", from = "/user/ip", type = "varchar(256)", convert = "ip", mask = "hmac" },
-  { name = "country", from = "/user/country", type = "varchar(2)" },
-  { name = "amount", from = "/amount", type = "numeric(12,2)", min = 0 },
-  { name = "qty", from = "/qty", type = "integer" },
-  { name = "big", from = "/big", type = "bigint" },
-  { name = "ratio", from = "/ratio", type = "double precision" },
-  { name = "flag", from = "/flag", type = "boolean" },
-  { name = "at", from = "/at", type = "timestamptz", required = true },
-  { name = "day", from = "/day", type = "date" },
-  { name = "local", from = "/local", type = "timestamp" },
-  { name = "host", from = "/host", type = "inet" },
-  { name = "tags", from = "/tags", type = "text[]" },
-  { name = "version", from = "/version", type = "integer", convert = "version" },
-  { name = "code", from = "/code", type = "text", pattern = "[A-Z]{3}-[0-9]+" },
-  { name = "sent", from = "sqs:SentTimestamp", type = "timestamptz" },
-  { name = "extra", from = "rest", type = "jsonb" },
-]
-"#,
-    )
-    .expect("valid");
-    let body = r#"{"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff", "kind": "b", "user": {"id": "u-42", "email": "ada@example.com", "ip": "203.0.113.7", "country": "GB"}, "amount": "1234.567", "qty": 3, "big": 9007199254740993, "ratio": 0.25, "flag": true, "at": "2026-12-04T10:00:00.123456+01:00", "day": "2026-12-04", "local": "2026-12-04 10:00:00", "host": "2001:db8::1", "tags": ["x", "y", "z"], "version": "2.3.1", "code": "ABC-123", "note": "free text", "meta": {"a": 1, "b": [1, 2]}}"#;
-    let mapper = Mapper::new(mapping, &key());
+    use sqs2pg::mapping::Message;
+    let mapper = wide_mapper();
     bencher.bench_local(|| {
-        let message = Message::new(black_box(body), "0a1b2c3d-message-id", SENT_MS);
+        let message = Message::new(black_box(WIDE_BODY), "0a1b2c3d-message-id", SENT_MS);
         black_box(mapper.apply(&message))
+    });
+}
+
+/// What the receivers run per message since the pipeline is generic over message kinds
+/// (`kind::MessageKind::transform`): the transform and the row's binary COPY encoding, which
+/// the loader did before. `login` is `transform_one(Hmac)` plus the encoding.
+#[divan::bench(args = ["login", "mapping_login", "mapping_wide"])]
+fn kind_transform(bencher: divan::Bencher, kind: &str) {
+    use sqs2pg::kind::{Message, MessageKind};
+    use sqs2pg::mapping::{Mapper, Mapping};
+    let (bodies, kind): (Vec<String>, Box<dyn MessageKind>) = match kind {
+        "login" => (
+            bodies(),
+            Box::new(sqs2pg::login::LoginKind::new(masker(MaskMode::Hmac))),
+        ),
+        "mapping_login" => (
+            bodies(),
+            Box::new(Mapper::new(
+                Mapping::parse(include_str!("../examples/mappings/login.toml")).expect("valid"),
+                &key(),
+            )),
+        ),
+        _ => (vec![WIDE_BODY.to_owned()], Box::new(wide_mapper())),
+    };
+    let mut i = 0usize;
+    bencher.bench_local(|| {
+        i = (i + 1) % bodies.len();
+        let message = Message::new(black_box(&bodies[i]), "0a1b2c3d-message-id", SENT_MS);
+        black_box(kind.transform(&message))
     });
 }

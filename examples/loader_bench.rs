@@ -13,6 +13,10 @@
 //! Prints `rows N rejected N seconds S`: S runs from the start (connection included) to the
 //! COMMIT that completes the last message, so the drain's closing empty polls (about 2 s) are
 //! not counted.
+//!
+//! With `SQS2PG_BENCH_WIDE=1` the messages are wide events of about 600 bytes loaded through
+//! the mapping `benches/wide.toml` (20 columns, jsonb and timestamptz among them) into
+//! `public.wide_events`, which the bench creates; 1 in 100 has a kind the mapping refuses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,10 +38,45 @@ struct Synthetic {
     next: AtomicU64,
     total: u64,
     sent: i64,
+    wide: bool,
 }
 
 impl Synthetic {
-    fn body(i: u64) -> String {
+    fn body(&self, i: u64) -> String {
+        if self.wide {
+            return Self::wide_body(i);
+        }
+        Self::login_body(i)
+    }
+
+    /// A wide event for `benches/wide.toml`.
+    fn wide_body(i: u64) -> String {
+        let kind = if i % 100 == 99 {
+            "z"
+        } else {
+            ["a", "b", "c"][(i % 3) as usize]
+        };
+        format!(
+            r#"{{"id": "{}", "kind": "{kind}", "user": {{"id": "u-{}", "email": "user{}@example.com", "ip": "10.{}.{}.{}", "country": "GB"}}, "amount": "{}.{:02}", "qty": {}, "big": {}, "ratio": 0.25, "flag": {}, "at": "2026-12-04T10:{:02}:{:02}.123456+01:00", "day": "2026-12-04", "local": "2026-12-04 10:00:00", "host": "2001:db8::{:x}", "tags": ["x", "y", "z"], "version": "2.3.{}", "code": "ABC-{i}", "note": "free text", "meta": {{"a": {i}, "b": [1, 2]}}}}"#,
+            uuid_like(i ^ 0x5eed),
+            i % 5_000,
+            i % 5_000,
+            (i / 65_536) % 256,
+            (i / 256) % 256,
+            i % 256,
+            i % 10_000,
+            i % 100,
+            i % 7,
+            i * 1_000_003,
+            i % 2 == 0,
+            (i / 60) % 60,
+            i % 60,
+            i % 65_536,
+            i % 10,
+        )
+    }
+
+    fn login_body(i: u64) -> String {
         if i % 100 == 99 {
             return r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#.to_owned();
         }
@@ -102,9 +141,11 @@ impl MessageSource for Synthetic {
                         receipt_handle: id.clone(),
                     },
                     ledger_id: id,
-                    body: Self::body(i),
+                    body: self.body(i),
                     sent_timestamp: self.sent + (i / SENT_PER_MS) as i64,
                     receive_count: 1,
+                    group_id: None,
+                    attributes: Vec::new(),
                     received_at: SystemTime::now(),
                     md5_mismatch: false,
                 }
@@ -157,6 +198,7 @@ async fn main() {
         std::env::set_var("RUST_LOG", "warn");
     }
     sqs2pg::telemetry::init(sqs2pg::telemetry::LogFormat::Text);
+    let wide = std::env::var_os("SQS2PG_BENCH_WIDE").is_some();
     let total: u64 = std::env::args()
         .nth(1)
         .map_or(1_000_000, |n| n.parse().expect("a message count"));
@@ -164,7 +206,7 @@ async fn main() {
         database: DatabaseArgs {
             database_url: std::env::var("DATABASE_URL").ok(),
             table: "public.user_logins".into(),
-            mapping: None,
+            mapping: wide.then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wide.toml").into()),
         },
         queue: QueueArgs {
             queue_url: Some("http://127.0.0.1:9/000000000000/in-process".into()),
@@ -205,6 +247,12 @@ async fn main() {
         key_rotation_intended: false,
     };
     let settings = sqs2pg::config::pipeline(&args, Mode::Drain).expect("settings");
+    if wide {
+        let shape = sqs2pg::app::mapping::shape(settings.mapping.as_ref());
+        sqs2pg::app::setup_for(&settings.database, &settings.table, &shape)
+            .await
+            .expect("the wide table");
+    }
     let sent = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("after 1970")
@@ -214,6 +262,7 @@ async fn main() {
         next: AtomicU64::new(0),
         total,
         sent,
+        wide,
     });
     let progress = settings.pipeline.progress.clone();
     let started = Instant::now();

@@ -318,32 +318,45 @@ def bench_sqs(args):
 
 
 def bench_loader(args):
-    """3: the real loader fed in-process, against psql's \\copy of the same rows from a file."""
+    """3: the real loader fed in-process, against psql's \\copy of the same rows from a file;
+    with --before, a baseline loader_bench binary too, on a fresh database in the same run."""
     b = Bench(need_sqs=False)
     loader = TARGET / "examples" / "loader_bench"
+    table = "public.wide_events" if args.wide else "public.user_logins"
     rows = []
     rows_file, ids_file = b.root / "rows.copy", b.root / "ids.copy"
+
+    def measure(binary):
+        env = b.fresh()
+        if args.wide:
+            env["SQS2PG_BENCH_WIDE"] = "1"
+        m = run_measured([binary, str(args.messages)], env)
+        words = m.stdout.split()
+        return env, m, int(words[1]), float(words[5])
+
     try:
         for i in range(args.runs):
-            env = b.fresh()
+            r = {"run": i + 1}
+            if args.before:
+                _, m, loaded, seconds = measure(args.before)
+                r.update(before=loaded / seconds, before_cpu=m.cpu, before_rss=m.max_rss_mib)
+            env, m, loaded, seconds = measure(loader)
             url = env["DATABASE_URL"]
-            m = run_measured([loader, str(args.messages)], env)
-            words = m.stdout.split()
-            loaded, seconds = int(words[1]), float(words[5])
-            r = {"run": i + 1, "rows": loaded, "ours": loaded / seconds, "ours_rss": m.max_rss_mib,
-                 "ours_cpu": m.cpu}
+            r.update(rows=loaded, ours=loaded / seconds, ours_rss=m.max_rss_mib, ours_cpu=m.cpu)
+            if args.before:
+                r["vs_before"] = r["ours"] / r["before"]
             plain = url.split("?")[0]
             if not rows_file.exists():
-                psql(plain, f"\\copy public.user_logins TO '{rows_file}'")
+                psql(plain, f"\\copy {table} TO '{rows_file}'")
                 psql(plain, f"\\copy (SELECT sent_ms, message_id, outcome FROM sqs2pg.ledger) TO '{ids_file}'")
-            psql(plain, "CREATE TABLE copy_target (LIKE public.user_logins)")
+            psql(plain, f"CREATE TABLE copy_target (LIKE {table})")
             m = run_measured(["psql", "-q", "-v", "ON_ERROR_STOP=1", plain, "-c",
                               f"\\copy copy_target FROM '{rows_file}'"], env)
             r["psql"] = loaded / m.wall
             r["ratio"] = r["ours"] / r["psql"]
             # The same durable work as sqs2pg: the rows, and every message id into a ledger
             # with the same unique index (the ids of the rejections included).
-            psql(plain, "CREATE TABLE copy_target2 (LIKE public.user_logins); "
+            psql(plain, f"CREATE TABLE copy_target2 (LIKE {table}); "
                         "CREATE TABLE ledger_target (LIKE sqs2pg.ledger INCLUDING ALL)")
             script = b.root / "copy2.sql"
             script.write_text(f"\\copy copy_target2 FROM '{rows_file}'\n"
@@ -353,7 +366,8 @@ def bench_loader(args):
             r["ratio_ledger"] = r["ours"] / r["psql_ledger"]
             rows.append(r)
             log(f"run {i + 1}: sqs2pg loader {r['ours']:.0f} rows/s, psql \\copy {r['psql']:.0f} rows/s, "
-                f"with ledger ids {r['psql_ledger']:.0f} rows/s")
+                f"with ledger ids {r['psql_ledger']:.0f} rows/s"
+                + (f", before {r['before']:.0f} rows/s" if args.before else ""))
     finally:
         b.close()
     print("| run | rows | sqs2pg loader rows/s | psql \\copy rows/s | sqs2pg / psql | psql \\copy rows + ledger ids, rows/s "
@@ -365,6 +379,16 @@ def bench_loader(args):
     print(f"| **median** | | {median(rows, 'ours'):.0f} | {median(rows, 'psql'):.0f} | {median(rows, 'ratio'):.2f} "
           f"| {median(rows, 'psql_ledger'):.0f} | {median(rows, 'ratio_ledger'):.2f} "
           f"| {median(rows, 'ours_cpu'):.1f} | {median(rows, 'ours_rss'):.1f} |")
+    if args.before:
+        print()
+        print("| run | before rows/s | after rows/s | after / before | CPU s before / after | peak RSS MiB before / after |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['run']} | {r['before']:.0f} | {r['ours']:.0f} | {r['vs_before']:.2f} | "
+                  f"{r['before_cpu']:.1f} / {r['ours_cpu']:.1f} | {r['before_rss']:.1f} / {r['ours_rss']:.1f} |")
+        print(f"| **median** | {median(rows, 'before'):.0f} | {median(rows, 'ours'):.0f} | "
+              f"{median(rows, 'vs_before'):.2f} | {median(rows, 'before_cpu'):.1f} / {median(rows, 'ours_cpu'):.1f} "
+              f"| {median(rows, 'before_rss'):.1f} / {median(rows, 'ours_rss'):.1f} |")
 
 
 def serve_proxy(loop, port, upstream, to_server, to_client):
@@ -718,6 +742,10 @@ def main():
     p = sub.add_parser("loader")
     p.add_argument("--messages", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--wide", action="store_true",
+                   help="wide events through benches/wide.toml (20 columns) instead of logins")
+    p.add_argument("--before", default=None,
+                   help="another loader_bench binary, run the same way in each run (a baseline)")
     p = sub.add_parser("latency")
     p.add_argument("--messages", type=int, default=3_000)
     p.add_argument("--runs", type=int, default=3)

@@ -1,14 +1,14 @@
-//! sqs2pg moves JSON login messages from an Amazon SQS queue into PostgreSQL, masking personal
-//! data on the way.
+//! sqs2pg moves JSON messages from an Amazon SQS queue into PostgreSQL, masking personal data on
+//! the way: the exercise's login messages by default, any other shape through a declarative
+//! mapping.
 //!
 //! # Data flow
 //!
 //! ```text
-//! SQS message (id, receipt handle, body, SentTimestamp, ApproximateReceiveCount)
-//!   -> sqs::Received          one message we hold a lease on
-//!   -> login::LoginEvent      the body in its wire shape, unvalidated
-//!   -> login::ValidLogin      every field checked; app_version encoded; create_date set
-//!   -> login::MaskedLogin     ip and device_id replaced by keyed tokens
+//! SQS message (id, receipt handle, body, SentTimestamp, ApproximateReceiveCount, attributes)
+//!   -> sqs::Received          one message we hold a lease on; SentTimestamp in milliseconds
+//!   -> kind::MessageKind      login::LoginKind (parse, validate, mask) or mapping::Mapper
+//!   -> kind::CopyRows         the message's masked rows, encoded for binary COPY (or a Rejection)
 //!   -> pipeline::batch::Batch rows + rejections + the ack handles that ride with them
 //!   -> postgres::TableLoader  one transaction: rows, rejections, ledger of message ids; COMMIT
 //!   -> sqs DeleteMessageBatch only now, 10 per call
@@ -25,7 +25,8 @@
 //!
 //! - [`cli`], [`config`]: flags and environment, turned into checked settings.
 //! - [`login`]: the domain, pure: parse, validate, encode `app_version`, mask.
-//! - [`mapping`]: declarative mappings of any JSON message to rows, pure; offline for now.
+//! - [`kind`]: the seam between the pipeline and what a message means.
+//! - [`mapping`]: declarative mappings of any JSON message to rows, pure; a message kind.
 //! - [`sqs`]: the source (receive, delete, send).
 //! - [`postgres`]: the sink (schema, readiness, loader).
 //! - [`pipeline`]: receivers, batcher/loader and deleter tasks; the run summary.

@@ -538,6 +538,8 @@ mod tests {
             body: String::new(),
             sent_timestamp: 0,
             receive_count: 1,
+            group_id: None,
+            attributes: Vec::new(),
             received_at: SystemTime::now(),
             md5_mismatch: false,
         }

@@ -356,8 +356,8 @@ impl Stage {
                 message_id: &m.ledger_id,
                 sent_timestamp_ms: m.sent_timestamp,
                 receive_count: m.receive_count,
-                group_id: None,
-                attributes: &[],
+                group_id: m.group_id.as_deref(),
+                attributes: &m.attributes,
             })
         };
         let t = if suspect && m.md5_mismatch {

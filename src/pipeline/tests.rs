@@ -39,6 +39,8 @@ impl Scripted {
                 body: body.to_owned(),
                 sent_timestamp: 1_700_000_000_000,
                 receive_count: 1,
+                group_id: None,
+                attributes: Vec::new(),
                 received_at: SystemTime::now(),
                 md5_mismatch: false,
             })

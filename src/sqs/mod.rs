@@ -37,6 +37,8 @@ pub const SENT_TIMESTAMP_ATTRIBUTE: &str = "sqs2pg-sent-timestamp";
 pub struct Outgoing {
     pub body: String,
     pub replay: Option<ReplayTag>,
+    /// Message attributes to send, as `String` attributes (name, value).
+    pub attributes: Vec<(String, String)>,
     /// Group and deduplication ids, set by [`Queue`] when the queue is a FIFO queue.
     pub(crate) fifo: Option<FifoTag>,
 }
@@ -47,6 +49,7 @@ impl Outgoing {
         Self {
             body,
             replay: None,
+            attributes: Vec::new(),
             fifo: None,
         }
     }
@@ -56,6 +59,7 @@ impl Outgoing {
         Self {
             body,
             replay: Some(tag),
+            attributes: Vec::new(),
             fifo: None,
         }
     }
@@ -87,6 +91,11 @@ pub struct Received {
     pub sent_timestamp: i64,
     /// `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: i32,
+    /// `MessageGroupId` (FIFO queues only).
+    pub group_id: Option<String>,
+    /// The message attributes with a string value, by name (ours, for replays, left out):
+    /// what a mapping's `attr:NAME` columns take.
+    pub attributes: Vec<(String, String)>,
     pub received_at: SystemTime,
     /// The body does not match the MD5 the server sent with it (corrupted on the way): the
     /// pipeline does not process it (see `pipeline`).
@@ -319,6 +328,10 @@ pub(crate) struct WireMessage {
     /// Our replay attributes ([`LEDGER_ID_ATTRIBUTE`], [`SENT_TIMESTAMP_ATTRIBUTE`]).
     pub replay_ledger_id: Option<String>,
     pub replay_sent_timestamp: Option<String>,
+    /// System attribute `MessageGroupId`.
+    pub group_id: Option<String>,
+    /// The other message attributes with a string value (`String` and `Number` types).
+    pub attributes: Vec<(String, String)>,
 }
 
 /// Turns one receive answer into held messages: checks each body against its MD5 (a mismatch
@@ -377,6 +390,8 @@ pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceErro
             body: m.body,
             sent_timestamp,
             receive_count: m.receive_count.and_then(|c| c.parse().ok()).unwrap_or(1),
+            group_id: m.group_id,
+            attributes: m.attributes,
             received_at,
             md5_mismatch,
         });

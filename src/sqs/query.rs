@@ -192,17 +192,22 @@ impl QueryQueue {
                     fifo.deduplication_id.clone(),
                 ));
             }
+            let mut attributes: Vec<(&str, &str, String)> = m
+                .attributes
+                .iter()
+                .map(|(name, value)| (name.as_str(), "String", value.clone()))
+                .collect();
             if let Some(tag) = &m.replay {
-                let mut attributes = vec![(LEDGER_ID_ATTRIBUTE, "String", tag.ledger_id.clone())];
+                attributes.push((LEDGER_ID_ATTRIBUTE, "String", tag.ledger_id.clone()));
                 if let Some(ts) = tag.sent_timestamp {
                     attributes.push((SENT_TIMESTAMP_ATTRIBUTE, "Number", ts.to_string()));
                 }
-                for (j, (name, data_type, value)) in attributes.into_iter().enumerate() {
-                    let attribute = format!("{entry}.MessageAttribute.{}", j + 1);
-                    params.push((format!("{attribute}.Name"), name.to_owned()));
-                    params.push((format!("{attribute}.Value.DataType"), data_type.to_owned()));
-                    params.push((format!("{attribute}.Value.StringValue"), value));
-                }
+            }
+            for (j, (name, data_type, value)) in attributes.into_iter().enumerate() {
+                let attribute = format!("{entry}.MessageAttribute.{}", j + 1);
+                params.push((format!("{attribute}.Name"), name.to_owned()));
+                params.push((format!("{attribute}.Value.DataType"), data_type.to_owned()));
+                params.push((format!("{attribute}.Value.StringValue"), value));
             }
         }
         let result = self.call("SendMessageBatch", params, true).await?;
@@ -420,11 +425,9 @@ impl MessageSource for QueryQueue {
             ("WaitTimeSeconds".into(), wait.as_secs().to_string()),
             ("AttributeName.1".into(), "SentTimestamp".into()),
             ("AttributeName.2".into(), "ApproximateReceiveCount".into()),
-            ("MessageAttributeName.1".into(), LEDGER_ID_ATTRIBUTE.into()),
-            (
-                "MessageAttributeName.2".into(),
-                SENT_TIMESTAMP_ATTRIBUTE.into(),
-            ),
+            ("AttributeName.3".into(), "MessageGroupId".into()),
+            // Ours (for replays) and any a mapping takes (`attr:NAME`).
+            ("MessageAttributeName.1".into(), "All".into()),
         ];
         if let Some(v) = visibility_timeout {
             params.push(("VisibilityTimeout".into(), v.as_secs().to_string()));
@@ -468,12 +471,21 @@ fn messages_of(result: &Element) -> Vec<WireMessage> {
                     .find(|(name, _)| *name == wanted)
                     .map(|(_, v)| v.to_owned())
             };
-            let custom = |wanted: &str| {
-                m.children("MessageAttribute")
-                    .find(|a| a.text_of("Name") == Some(wanted))
-                    .and_then(|a| a.child("Value")?.text_of("StringValue"))
-                    .map(str::to_owned)
-            };
+            let mut replay = (None, None);
+            let mut attributes = Vec::new();
+            for a in m.children("MessageAttribute") {
+                let (Some(name), Some(value)) = (
+                    a.text_of("Name"),
+                    a.child("Value").and_then(|v| v.text_of("StringValue")),
+                ) else {
+                    continue;
+                };
+                match name {
+                    LEDGER_ID_ATTRIBUTE => replay.0 = Some(value.to_owned()),
+                    SENT_TIMESTAMP_ATTRIBUTE => replay.1 = Some(value.to_owned()),
+                    _ => attributes.push((name.to_owned(), value.to_owned())),
+                }
+            }
             WireMessage {
                 message_id: m.text_of("MessageId").map(str::to_owned),
                 receipt_handle: m.text_of("ReceiptHandle").map(str::to_owned),
@@ -481,8 +493,10 @@ fn messages_of(result: &Element) -> Vec<WireMessage> {
                 md5_of_body: m.text_of("MD5OfBody").map(str::to_owned),
                 sent_timestamp: attribute("SentTimestamp"),
                 receive_count: attribute("ApproximateReceiveCount"),
-                replay_ledger_id: custom(LEDGER_ID_ATTRIBUTE),
-                replay_sent_timestamp: custom(SENT_TIMESTAMP_ATTRIBUTE),
+                group_id: attribute("MessageGroupId"),
+                replay_ledger_id: replay.0,
+                replay_sent_timestamp: replay.1,
+                attributes,
             }
         })
         .collect()

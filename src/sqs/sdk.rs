@@ -144,6 +144,9 @@ impl SdkQueue {
                         .message_group_id(&fifo.group_id)
                         .message_deduplication_id(&fifo.deduplication_id);
                 }
+                for (name, value) in &m.attributes {
+                    entry = entry.message_attributes(name, string_attribute(value, "String"));
+                }
                 if let Some(tag) = &m.replay {
                     entry = entry.message_attributes(
                         LEDGER_ID_ATTRIBUTE,
@@ -187,8 +190,9 @@ impl MessageSource for SdkQueue {
             .set_visibility_timeout(visibility_timeout.map(|v| v.as_secs() as i32))
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_attribute_names(LEDGER_ID_ATTRIBUTE)
-            .message_attribute_names(SENT_TIMESTAMP_ATTRIBUTE)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            // Ours (for replays) and any a mapping takes (`attr:NAME`).
+            .message_attribute_names("All")
             .customize()
             .config_override(one_attempt())
             .send()
@@ -202,9 +206,16 @@ impl MessageSource for SdkQueue {
                 let mut attrs = m.attributes.unwrap_or_default();
                 let mut custom = m.message_attributes.unwrap_or_default();
                 let mut text = |name: &str| custom.remove(name).and_then(|v| v.string_value);
+                let (replay_ledger_id, replay_sent_timestamp) =
+                    (text(LEDGER_ID_ATTRIBUTE), text(SENT_TIMESTAMP_ATTRIBUTE));
                 WireMessage {
-                    replay_ledger_id: text(LEDGER_ID_ATTRIBUTE),
-                    replay_sent_timestamp: text(SENT_TIMESTAMP_ATTRIBUTE),
+                    replay_ledger_id,
+                    replay_sent_timestamp,
+                    group_id: attrs.remove(&MessageSystemAttributeName::MessageGroupId),
+                    attributes: custom
+                        .into_iter()
+                        .filter_map(|(name, v)| Some((name, v.string_value?)))
+                        .collect(),
                     message_id: m.message_id,
                     receipt_handle: m.receipt_handle,
                     body: m.body.unwrap_or_default(),

@@ -357,3 +357,87 @@ async fn the_login_mapping_file_gives_the_same_table_as_the_built_in_pipeline() 
     assert_eq!(differ, 0, "the same rows, tokens byte for byte");
     assert_eq!(reasons(&db).await, ["missing_field:user_id"]);
 }
+
+/// Message attributes and the FIFO group id reach a mapping's `attr:` and `sqs:` columns, in
+/// both protocols; a message without a required attribute is quarantined, naming the column.
+async fn attributes_and_group_ids_reach_their_columns(sqs: Sqs) {
+    use sqs2pg::sqs::Outgoing;
+    let (db, queue) = (TestDb::new().await, TestQueue::fifo_on(sqs).await);
+    crate::pipeline::setup(&db).await;
+    let dir = std::env::temp_dir().join(unique("sqs2pg-attr-mapping"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenants.toml");
+    std::fs::write(
+        &file,
+        r#"table = "public.tenant_events"
+columns = [
+  { name = "id",       from = "/id",                         type = "integer", required = true },
+  { name = "tenant",   from = "attr:tenant",                 type = "text", required = true },
+  { name = "grp",      from = "sqs:MessageGroupId",          type = "text", required = true },
+  { name = "msg",      from = "sqs:MessageId",               type = "text", required = true },
+  { name = "receives", from = "sqs:ApproximateReceiveCount", type = "integer" },
+  { name = "sent",     from = "sqs:SentTimestamp",           type = "timestamptz" },
+]
+"#,
+    )
+    .unwrap();
+    let mut a = crate::pipeline::args(
+        &db,
+        &queue,
+        key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
+    );
+    a.database.mapping = Some(file);
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let shape = app::mapping::shape(settings.mapping.as_ref());
+    app::setup_for(&settings.database, &settings.table, &shape)
+        .await
+        .unwrap();
+    let mut messages: Vec<Outgoing> = (1..=3)
+        .map(|i| {
+            let mut m = Outgoing::new(format!(r#"{{"id": {i}}}"#));
+            m.attributes = vec![("tenant".into(), "acme".into())];
+            m
+        })
+        .collect();
+    messages.push(Outgoing::new(r#"{"id": 4}"#.into()));
+    assert!(queue.queue.send_batch(&messages).await.unwrap().is_empty());
+
+    let summary = app::process(settings, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(summary.loaded, 3, "{summary:?}");
+    assert_eq!(
+        summary.rejected.get("missing_field:tenant"),
+        Some(&1),
+        "{summary:?}"
+    );
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT id, tenant, grp, msg, receives, sent > now() - interval '1 hour'
+               FROM public.tenant_events ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.get::<_, i32>(0), i as i32 + 1);
+        assert_eq!(row.get::<_, String>(1), "acme");
+        assert_eq!(row.get::<_, String>(2), sqs2pg::sqs::queue::FIFO_SEND_GROUP);
+        assert!(!row.get::<_, String>(3).is_empty());
+        assert_eq!(row.get::<_, i32>(4), 1);
+        assert!(row.get::<_, bool>(5), "sent within the hour");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_and_group_ids_reach_their_columns_over_json() {
+    attributes_and_group_ids_reach_their_columns(Sqs::MotoJson).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_and_group_ids_reach_their_columns_over_query() {
+    attributes_and_group_ids_reach_their_columns(Sqs::MotoQuery).await;
+}
