@@ -7,6 +7,7 @@
 //! `out_of_range:COL`, `too_long:COL`, `nul_character:COL`, `not_allowed:COL`, `no_match:COL`.
 //! Details name kinds, lengths and bounds, never a value from the message.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value as Json};
@@ -232,30 +233,35 @@ impl Mapping {
     ) -> Result<Value, Rejection> {
         let name = &column.name;
         let code = |what: &str| format!("{what}:{name}");
-        let found: Option<Json> = match &column.source {
-            Source::Pointer(p) => doc.pointer(p).cloned(),
-            Source::Body => Some(doc.clone()),
-            Source::Rest => Some(Json::Object(match doc {
+        // Borrowed from the document where it can be: only what a column makes is allocated.
+        let found: Option<Cow<'_, Json>> = match &column.source {
+            Source::Pointer(p) => doc.pointer(p).map(Cow::Borrowed),
+            Source::Body => Some(Cow::Borrowed(doc)),
+            Source::Rest => Some(Cow::Owned(Json::Object(match doc {
                 Json::Object(map) => map
                     .iter()
                     .filter(|(k, _)| !self.taken.contains(k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 _ => Map::new(),
-            })),
-            Source::Sqs(SqsAttribute::MessageId) => Some(message.message_id.into()),
-            Source::Sqs(SqsAttribute::SentTimestamp) => Some(message.sent_timestamp_ms.into()),
-            Source::Sqs(SqsAttribute::ApproximateReceiveCount) => {
-                Some(message.receive_count.into())
+            }))),
+            Source::Sqs(SqsAttribute::MessageId) => Some(Cow::Owned(message.message_id.into())),
+            Source::Sqs(SqsAttribute::SentTimestamp) => {
+                Some(Cow::Owned(message.sent_timestamp_ms.into()))
             }
-            Source::Sqs(SqsAttribute::MessageGroupId) => message.group_id.map(Json::from),
+            Source::Sqs(SqsAttribute::ApproximateReceiveCount) => {
+                Some(Cow::Owned(message.receive_count.into()))
+            }
+            Source::Sqs(SqsAttribute::MessageGroupId) => {
+                message.group_id.map(|g| Cow::Owned(Json::from(g)))
+            }
             Source::Attribute(a) => message
                 .attributes
                 .iter()
                 .find(|(k, _)| k == a)
-                .map(|(_, v)| Json::from(v.as_str())),
-            Source::Envelope(f) => fields.get(f).cloned(),
-            Source::Constant(v) => Some(v.clone()),
+                .map(|(_, v)| Cow::Owned(Json::from(v.as_str()))),
+            Source::Envelope(f) => fields.get(f).map(Cow::Borrowed),
+            Source::Constant(v) => Some(Cow::Borrowed(v)),
         };
         let value = match found {
             None if column.required => {
@@ -264,17 +270,19 @@ impl Mapping {
                     detail: None,
                 })
             }
-            Some(Json::Null) if column.required => {
+            Some(v) if v.is_null() && column.required => {
                 return Err(Rejection {
                     reason: code("null_field"),
                     detail: None,
                 })
             }
-            None | Some(Json::Null) => return Ok(Value::Null),
+            None => return Ok(Value::Null),
+            Some(v) if v.is_null() => return Ok(Value::Null),
             // Redacted: nothing of the value is kept, whatever the column would make of it.
             Some(_) if column.mask == Some(Mask::Redact) => return Ok(Value::Null),
             Some(v) => v,
         };
+        let value: &Json = &value;
         let fault = |f: Fault| match f {
             Fault::WrongType { expected, got } => Rejection::new(
                 code("wrong_type"),
@@ -289,7 +297,7 @@ impl Mapping {
         };
         // The checks on the value as sent.
         if let Some(max) = column.max_length {
-            if let Json::String(s) = &value {
+            if let Json::String(s) = value {
                 let chars = s.chars().count();
                 if chars > max as usize {
                     return Err(fault(Fault::TooLong { chars, max }));
@@ -297,11 +305,11 @@ impl Mapping {
             }
         }
         if let Some(allowed) = &column.allowed {
-            let as_text = match &value {
-                Json::String(s) => s.clone(),
-                other => other.to_string(),
+            let found = match value {
+                Json::String(s) => allowed.iter().any(|a| a == s),
+                other => allowed.contains(&other.to_string()),
             };
-            if !allowed.contains(&as_text) {
+            if !found {
                 return Err(Rejection::new(
                     code("not_allowed"),
                     format!("not one of the {} allowed values", allowed.len()),
@@ -309,10 +317,10 @@ impl Mapping {
             }
         }
         if let Some(pattern) = &column.pattern {
-            let Json::String(s) = &value else {
+            let Json::String(s) = value else {
                 return Err(fault(Fault::WrongType {
                     expected: "string",
-                    got: kind(&value),
+                    got: kind(value),
                 }));
             };
             if !pattern.is_match(s) {
@@ -339,7 +347,7 @@ impl Mapping {
             let units = value.as_i64().ok_or_else(|| {
                 fault(Fault::WrongType {
                     expected: "whole number",
-                    got: kind(&value),
+                    got: kind(value),
                 })
             })?;
             let at = units
@@ -358,10 +366,10 @@ impl Mapping {
             });
         }
         if column.convert == Some(Convert::Version) {
-            let Json::String(s) = &value else {
+            let Json::String(s) = value else {
                 return Err(fault(Fault::WrongType {
                     expected: "string",
-                    got: kind(&value),
+                    got: kind(value),
                 }));
             };
             let encoded = AppVersion::parse(s)
@@ -384,10 +392,10 @@ impl Mapping {
         }
         let is_ip = column.convert == Some(Convert::Ip) || column.column_type == ColumnType::Inet;
         let ip = if is_ip {
-            let Json::String(s) = &value else {
+            let Json::String(s) = value else {
                 return Err(fault(Fault::WrongType {
                     expected: "string",
-                    got: kind(&value),
+                    got: kind(value),
                 }));
             };
             Some(
@@ -406,10 +414,10 @@ impl Mapping {
                     None => {
                         // Tokens are made of text as sent: another kind would have more than
                         // one spelling (1.0 and 1), hence more than one token.
-                        let Json::String(text) = &value else {
+                        let Json::String(text) = value else {
                             return Err(fault(Fault::WrongType {
                                 expected: "string",
-                                got: kind(&value),
+                                got: kind(value),
                             }));
                         };
                         mask.mask_bytes(text.as_bytes())
@@ -435,7 +443,7 @@ impl Mapping {
                 _ => Value::Text(ip.to_string()),
             });
         }
-        let converted = convert(&value, column.column_type).map_err(fault)?;
+        let converted = convert(value, column.column_type).map_err(fault)?;
         let number = match &converted {
             Value::SmallInt(n) => Some(f64::from(*n)),
             Value::Integer(n) => Some(f64::from(*n)),

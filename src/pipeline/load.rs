@@ -248,7 +248,7 @@ async fn load_batch<L: BatchLoader>(
     }
     crate::telemetry::metrics::record_batch(
         messages as u64,
-        report.loaded,
+        report.rows,
         &report.rejected,
         report.duplicates + batch.duplicates_in_batch,
         started.elapsed(),

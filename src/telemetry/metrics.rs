@@ -51,7 +51,7 @@ pub const LEASES_LAPSED: &str = "sqs2pg_leases_lapsed_total";
 /// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
 pub const DESCRIPTIONS: [(&str, &str); 16] = [
     (MESSAGES_RECEIVED, "Deliveries received from SQS, counted when their batch is done (loaded, quarantined, skipped as duplicates or left for redelivery)."),
-    (ROWS_LOADED, "Rows committed to the target table."),
+    (ROWS_LOADED, "Rows committed to the target table (a mapped message can give none or several)."),
     (MESSAGES_REJECTED, "Messages quarantined in sqs2pg.rejected_messages, by reason code."),
     (DUPLICATES_SKIPPED, "Deliveries skipped because their message was already committed."),
     (LOAD_RETRIES, "Failed load attempts that were retried."),
@@ -94,7 +94,7 @@ pub const LOAD_SECONDS_BUCKETS: [f64; 10] =
 /// commit and, when known, the send time (milliseconds since the epoch) of its oldest message.
 pub fn record_batch(
     received: u64,
-    loaded: u64,
+    rows: u64,
     rejected: &[String],
     duplicates: u64,
     took: Duration,
@@ -110,7 +110,7 @@ pub fn record_batch(
             .set((now_ms - i128::from(sent)).max(0) as f64 / 1000.0);
     }
     metrics::counter!(MESSAGES_RECEIVED).increment(received);
-    metrics::counter!(ROWS_LOADED).increment(loaded);
+    metrics::counter!(ROWS_LOADED).increment(rows);
     metrics::counter!(DUPLICATES_SKIPPED).increment(duplicates);
     for reason in rejected {
         metrics::counter!(MESSAGES_REJECTED, REASON_LABEL => reason.clone()).increment(1);

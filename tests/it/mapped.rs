@@ -441,3 +441,63 @@ async fn attributes_and_group_ids_reach_their_columns_over_json() {
 async fn attributes_and_group_ids_reach_their_columns_over_query() {
     attributes_and_group_ids_reach_their_columns(Sqs::MotoQuery).await;
 }
+
+/// The newcomer's path of the README's "Your own messages": a draft from sample bodies, used
+/// unedited, creates its table with `setup` and loads every sample it was drafted from, with
+/// the values it found personal masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_used_unedited_sets_up_its_table_and_loads_its_samples() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let dir = std::env::temp_dir().join(unique("sqs2pg-draft"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("orders.toml");
+    let samples = example("orders-sns.jsonl").display().to_string();
+    let draft = sqs2pg(
+        &[
+            "mapping",
+            "draft",
+            "--file",
+            &samples,
+            "--table",
+            "public.drafted_orders",
+            "--output",
+            &file.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(draft.status.success(), "{}", stderr(&draft));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("envelope = \"sns\""), "{text}");
+    assert!(text.contains("mask = "), "a mask is proposed: {text}");
+
+    let file = file.display().to_string();
+    let env = env(&db, &queue, &key, &protocol, &file);
+    let setup = sqs2pg(&["setup"], &env);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    assert!(
+        stdout(&setup).contains("table public.drafted_orders created"),
+        "{}",
+        stdout(&setup)
+    );
+    let bodies = bodies("orders-sns.jsonl");
+    queue.send(&bodies).await;
+    let drain = sqs2pg(&["drain"], &env);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.drafted_orders").await,
+        bodies.len() as i64,
+        "every sample loads under the draft made from it"
+    );
+    assert!(reasons(&db).await.is_empty());
+    let stored: String = crate::pipeline::one(
+        &db,
+        "SELECT coalesce(string_agg(t::text, ' '), '') FROM public.drafted_orders t",
+    )
+    .await;
+    assert!(
+        !stored.contains("@example.com"),
+        "e-mail addresses are masked"
+    );
+}
