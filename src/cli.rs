@@ -126,6 +126,11 @@ pub struct UnmaskArgs {
     /// The database for --query.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// With --query: unmask the reversible token columns of this mapping (`siv`, `ipcrypt`,
+    /// `ipcrypt-pfx`) instead of the login table's masked_ip and masked_device_id.
+    #[arg(long, env = "SQS2PG_MAPPING")]
+    pub mapping: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

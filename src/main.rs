@@ -124,6 +124,38 @@ async fn run(command: Command) -> Result<(), AppError> {
             }
         }
         Command::Rejects(args) => rejects(args.command).await,
+        Command::Unmask(args) if args.mapping.is_some() => {
+            let ring = config::key_ring(&args.key)?;
+            let path = args.mapping.as_deref().expect("matched above");
+            let mapping = config::mapping_file(path)?;
+            let unmasker =
+                app::mapping::MappedUnmasker::new(&mapping, &ring, args.key_id.as_deref())
+                    .ok_or_else(|| {
+                        config::ConfigError(format!(
+                            "unmask --key-id: no such key in the ring (ids: {})",
+                            ring.ids()
+                        ))
+                    })?;
+            let (Some(query), true) = (&args.query, args.tokens.is_empty()) else {
+                return Err(config::ConfigError(
+                    "unmask --mapping works on --query: a token alone does not say which column (so which scope and mode) it belongs to".into(),
+                )
+                .into());
+            };
+            if unmasker.is_empty() {
+                eprintln!("note: the mapping has no reversible token column (siv, ipcrypt, ipcrypt-pfx); hmac tokens are one-way");
+            }
+            let url = args.database_url.as_deref().ok_or_else(|| {
+                config::ConfigError("unmask --query needs DATABASE_URL (--database-url)".into())
+            })?;
+            let database = sqs2pg::postgres::Database::parse(url)
+                .map_err(|e| config::ConfigError(e.to_string()))?;
+            eprintln!("warning: the values below are personal data (the mapping's token columns)");
+            for line in app::query_unmasked(&database, query, |c, v| unmasker.cell(c, v)).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Unmask(args) => {
             let ring = config::key_ring(&args.key)?;
             let unmasker =

@@ -123,6 +123,25 @@ pub async fn rekey(
     let mut client = database.connect().await?;
     pg::check_ready(&client, table).await?;
     let name = table.to_string();
+    // Token columns a mapping wrote besides the login pair (or under other scopes): rekey does
+    // not know them, and retiring the key would strand their tokens.
+    let others: Option<String> = client
+        .query_one(
+            "SELECT string_agg(DISTINCT column_name || ' (scope ' || scope || ')', ', ')
+               FROM sqs2pg.mask_columns
+              WHERE table_name = $1
+                AND NOT ((column_name = 'masked_ip' AND scope = 'ip')
+                      OR (column_name = 'masked_device_id' AND scope = 'device_id'))",
+            &[&name],
+        )
+        .await
+        .map_err(AppError::Query)?
+        .get(0);
+    if let Some(others) = others {
+        return Err(AppError::Quarantine(format!(
+            "rekey serves the login table's masked_ip and masked_device_id, and {name} also has token columns a mapping wrote: {others}; rekey changed nothing (re-keying a mapping's columns is not supported yet)"
+        )));
+    }
     let locked: bool = client
         .query_one(
             &pg::schema::writers_lock_sql("pg_try_advisory_lock"),
@@ -173,6 +192,18 @@ pub async fn rekey(
     )
     .await
     .map_err(AppError::Query)?;
+    tx.execute(
+        "INSERT INTO sqs2pg.mask_columns (table_name, column_name, scope, mode, key_id)
+         SELECT DISTINCT ON (column_name) table_name, column_name, scope, mode, $3
+           FROM sqs2pg.mask_columns
+          WHERE table_name = $1 AND key_id = $2
+          ORDER BY column_name, last_used DESC
+         ON CONFLICT (table_name, column_name, key_id, mode, scope) DO UPDATE
+            SET last_used = clock_timestamp()",
+        &[&name, &from_id, &to_id],
+    )
+    .await
+    .map_err(AppError::Query)?;
     tx.commit().await.map_err(AppError::Query)?;
     report.one_way_left = rows_with_token_prefix(&client, &t, &format!("{from_id}.h.")).await?;
     Ok(report)
@@ -206,10 +237,13 @@ async fn rekey_addresses(
     .map_err(AppError::Query)?;
     let writers = tx
         .query(
-            "SELECT DISTINCT key_id, ip_mode FROM sqs2pg.mask_keys
-              WHERE table_name = $1 AND retired_to IS NULL
-                AND ip_mode IN ('ipcrypt', 'ipcrypt-pfx')
-              ORDER BY key_id, ip_mode",
+            "SELECT DISTINCT c.key_id, c.mode FROM sqs2pg.mask_columns c
+              WHERE c.table_name = $1 AND c.column_name = 'masked_ip' AND c.scope = 'ip'
+                AND c.mode IN ('ipcrypt', 'ipcrypt-pfx')
+                AND NOT EXISTS (SELECT 1 FROM sqs2pg.mask_keys k
+                                 WHERE k.table_name = c.table_name AND k.key_id = c.key_id
+                                   AND k.retired_to IS NOT NULL)
+              ORDER BY 1, 2",
             &[&name],
         )
         .await

@@ -24,26 +24,135 @@ pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
                 .map(|c| ShapeColumn {
                     name: c.name.clone(),
                     catalog_type: c.column_type.catalog_name(),
-                    not_null: c.required,
+                    // A redacted column always stores NULL, required or not.
+                    not_null: c.required && c.mask != Some(crate::mapping::file::Mask::Redact),
                 })
                 .collect(),
         },
     }
 }
 
-/// How a mapping masks, as `sqs2pg.mask_keys` records it until masks are recorded per column:
-/// `column:mode` for each column that makes tokens, so a run that changes a column's mode
-/// warns like a login run that changes `--ip-mask`.
-pub fn mask_record(mapping: &Mapping) -> String {
-    mapping
-        .columns
-        .iter()
-        .filter_map(|c| match c.mask {
-            Some(crate::mapping::file::Mask::Token(mode)) => Some(format!("{}:{mode}", c.name)),
-            _ => None,
+/// The run record of `sqs2pg.mask_keys` (its `ip_mode` and `device_id_mode`) for these token
+/// columns: the login pair's modes when they are exactly the login table's two columns under
+/// their scopes (the built-in pipeline and `login.toml` record alike, so switching between them
+/// does not warn); otherwise `mapping` and `column:mode` for each, so a change of any column's
+/// mode warns like a login run that changes `--ip-mask`.
+pub fn mask_record(columns: &[crate::postgres::schema::MaskedColumn]) -> (String, String) {
+    let mode = |name: &str, scope: &str| {
+        columns
+            .iter()
+            .find(|c| c.column == name && c.scope == scope)
+            .map(|c| c.mode.clone())
+    };
+    match (
+        mode("masked_ip", "ip"),
+        mode("masked_device_id", "device_id"),
+    ) {
+        (Some(ip), Some(device)) if columns.len() == 2 => (ip, device),
+        _ => (
+            "mapping".to_owned(),
+            columns
+                .iter()
+                .map(|c| format!("{}:{}", c.column, c.mode))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    }
+}
+
+/// The columns a run writes tokens into, with their scopes and modes: the login table's two,
+/// or a mapping's token columns (`redact` keeps nothing, so it is not a token column).
+pub fn masked_columns(
+    mapping: Option<&Mapping>,
+    modes: crate::login::MaskModes,
+) -> Vec<crate::postgres::schema::MaskedColumn> {
+    use crate::postgres::schema::MaskedColumn;
+    let column = |column: &str, scope: &str, mode: crate::login::MaskMode| MaskedColumn {
+        column: column.to_owned(),
+        scope: scope.to_owned(),
+        mode: mode.to_string(),
+    };
+    match mapping {
+        None => vec![
+            column("masked_ip", "ip", modes.ip),
+            column("masked_device_id", "device_id", modes.device_id),
+        ],
+        Some(m) => m
+            .columns
+            .iter()
+            .filter_map(|c| match c.mask {
+                Some(crate::mapping::file::Mask::Token(mode)) => {
+                    Some(column(&c.name, &c.mask_scope, mode))
+                }
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// Recovers the values behind a mapping's reversible token columns (`siv`, `ipcrypt`,
+/// `ipcrypt-pfx`) for `sqs2pg unmask --query --mapping`, under every key of a ring: a `siv`
+/// token names its key; addresses (the ipcrypt modes) carry none and are decrypted under one
+/// key. A cell of any other column, an `hmac` token, or a token that does not open is shown as
+/// it is.
+pub struct MappedUnmasker {
+    /// Per reversible token column: its name, its mask under each key, and whether its values
+    /// are addresses.
+    columns: Vec<(String, Vec<crate::login::ColumnMask>, bool)>,
+    /// Which key of each column's masks decrypts addresses.
+    address_key: usize,
+}
+
+impl MappedUnmasker {
+    /// `None` if the ring has no key `address_key` (the ring's active key when not given).
+    pub fn new(
+        mapping: &Mapping,
+        ring: &crate::login::KeyRing,
+        address_key: Option<&str>,
+    ) -> Option<Self> {
+        use crate::login::{ColumnMask, MaskMode};
+        use crate::mapping::column::ColumnType;
+        use crate::mapping::file::{Convert, Mask};
+        let wanted = address_key.unwrap_or(ring.active_id());
+        let address_key = ring.keys().iter().position(|k| k.key.key_id() == wanted)?;
+        let columns = mapping
+            .columns
+            .iter()
+            .filter_map(|c| match c.mask {
+                Some(Mask::Token(mode)) if mode != MaskMode::Hmac => Some((
+                    c.name.clone(),
+                    ring.keys()
+                        .iter()
+                        .map(|k| ColumnMask::new(&k.key, mode, &c.mask_scope))
+                        .collect(),
+                    c.convert == Some(Convert::Ip) || c.column_type == ColumnType::Inet,
+                )),
+                _ => None,
+            })
+            .collect();
+        Some(Self {
+            columns,
+            address_key,
         })
-        .collect::<Vec<_>>()
-        .join(",")
+    }
+
+    /// True when the mapping has no reversible token column.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// One cell of a query's result.
+    pub fn cell(&self, column: &str, value: String) -> String {
+        let Some((_, masks, ip)) = self.columns.iter().find(|(name, _, _)| name == column) else {
+            return value;
+        };
+        let opened = if value.trim().parse::<std::net::IpAddr>().is_ok() {
+            masks[self.address_key].unmask(&value, *ip).ok()
+        } else {
+            masks.iter().find_map(|m| m.unmask(&value, *ip).ok())
+        };
+        opened.unwrap_or(value)
+    }
 }
 
 /// Reads and checks a mapping file.
@@ -168,4 +277,59 @@ pub fn write_new_file(path: &Path, text: &str) -> Result<(), AppError> {
         .open(path)
         .map_err(file_error)?;
     file.write_all(text.as_bytes()).map_err(file_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_makes_required_columns_not_null_unless_they_are_redacted() {
+        let mapping = Mapping::parse(
+            r#"table = "t"
+columns = [
+  { name = "id",    from = "/id",    type = "integer", required = true },
+  { name = "phone", from = "/phone", type = "text", required = true, mask = "redact" },
+  { name = "note",  from = "/note",  type = "varchar(8)" },
+]
+"#,
+        )
+        .unwrap();
+        let shape = shape(Some(&mapping));
+        let got: Vec<(&str, &str, bool)> = shape
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.catalog_type.as_str(), c.not_null))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("id", "integer", true),
+                // Always NULL: a NOT NULL column would refuse every row.
+                ("phone", "text", false),
+                ("note", "character varying(8)", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_login_mapping_records_its_masks_as_the_built_in_pipeline_does() {
+        let login = Mapping::parse(include_str!("../../examples/mappings/login.toml")).unwrap();
+        let modes = crate::login::MaskModes {
+            ip: crate::login::MaskMode::Hmac,
+            device_id: crate::login::MaskMode::Hmac,
+        };
+        let built_in = masked_columns(None, modes);
+        assert_eq!(masked_columns(Some(&login), modes), built_in);
+        assert_eq!(mask_record(&built_in), ("hmac".into(), "hmac".into()));
+        let orders =
+            Mapping::parse(include_str!("../../examples/mappings/orders-sns.toml")).unwrap();
+        assert_eq!(
+            mask_record(&masked_columns(Some(&orders), modes)),
+            (
+                "mapping".into(),
+                "email_token:hmac,client_ip:ipcrypt-pfx".into()
+            )
+        );
+    }
 }

@@ -236,14 +236,8 @@ where
     )
     .await?;
     let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
-    // A mapping's masks are recorded as one text until per-column records exist.
-    let (ip_mode, device_mode) = match &settings.mapping {
-        None => (
-            settings.mask_modes.ip.to_string(),
-            settings.mask_modes.device_id.to_string(),
-        ),
-        Some(m) => ("mapping".to_owned(), mapping::mask_record(m)),
-    };
+    let masked_columns = mapping::masked_columns(settings.mapping.as_ref(), settings.mask_modes);
+    let (ip_mode, device_mode) = mapping::mask_record(&masked_columns);
     // This connection holds "a run writes to this table" (a shared advisory lock) until the
     // run ends, so `rekey` (which takes it exclusively) never re-keys under a running writer;
     // a run starting during a rekey waits for it.
@@ -262,6 +256,7 @@ where
         masker.key_id(),
         &ip_mode,
         &device_mode,
+        &masked_columns,
     )
     .await
     .map_err(AppError::Query)?;
@@ -345,6 +340,19 @@ pub async fn unmask_query(
     unmasker: &crate::login::Unmasker,
     query: &str,
 ) -> Result<Vec<String>, AppError> {
+    query_unmasked(database, query, |column, value| {
+        unmask_cell(unmasker, column, value)
+    })
+    .await
+}
+
+/// Runs `query` as [`unmask_query`] does, each non-NULL cell through
+/// `unmask_cell(column, value)`.
+pub async fn query_unmasked(
+    database: &Database,
+    query: &str,
+    unmask_cell: impl Fn(&str, String) -> String,
+) -> Result<Vec<String>, AppError> {
     let mut client = database.connect().await?;
     let tx = client
         .build_transaction()
@@ -395,7 +403,7 @@ pub async fn unmask_query(
         let value: Option<String> = cell.get(1);
         row.push(match value {
             None => "NULL".to_owned(),
-            Some(value) => unmask_cell(unmasker, column, value),
+            Some(value) => unmask_cell(column, value),
         });
     }
     flush(&mut row, &mut lines);

@@ -96,10 +96,10 @@ pub struct Settings {
     pub mapping: Option<crate::mapping::Mapping>,
 }
 
-/// Database connection target and table, checked (with a mapping, the mapping's table).
+/// Database connection target and `--table`, checked, for the commands that serve the login
+/// table only (`report`, `rekey`) or no table (`rejects`): a mapping is not read.
 pub fn database(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError> {
-    let (database, table, _) = target(args)?;
-    Ok((database, table))
+    connection(args)
 }
 
 /// The table `--table` names when it is not given.
@@ -115,18 +115,7 @@ pub fn target(
     let Some(path) = &args.mapping else {
         return Ok((database, table, None));
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!(
-            "--mapping (SQS2PG_MAPPING) {} cannot be read: {e}; give the path of a mapping file (`sqs2pg mapping draft` writes a first one)",
-            path.display()
-        ))
-    })?;
-    let mapping = crate::mapping::Mapping::parse(&text).map_err(|e| {
-        ConfigError(format!(
-            "--mapping (SQS2PG_MAPPING) {}: {e}",
-            path.display()
-        ))
-    })?;
+    let mapping = mapping_file(path)?;
     let mapped = TableName::parse(&mapping.table).map_err(|e| {
         ConfigError(format!(
             "--mapping (SQS2PG_MAPPING) {}: `table`: {e}",
@@ -140,6 +129,22 @@ pub fn target(
         )));
     }
     Ok((database, mapped, Some(mapping)))
+}
+
+/// Reads and checks the mapping file `--mapping` names.
+pub fn mapping_file(path: &std::path::Path) -> Result<crate::mapping::Mapping, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "--mapping (SQS2PG_MAPPING) {} cannot be read: {e}; give the path of a mapping file (`sqs2pg mapping draft` writes a first one)",
+            path.display()
+        ))
+    })?;
+    crate::mapping::Mapping::parse(&text).map_err(|e| {
+        ConfigError(format!(
+            "--mapping (SQS2PG_MAPPING) {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 fn connection(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError> {

@@ -406,6 +406,71 @@ impl ColumnMask {
         ip_token(&self.key_id, &self.field, &self.ad, ip)
     }
 
+    /// The value behind one of this column's tokens, for key holders (`sqs2pg unmask
+    /// --mapping`): an `ipcrypt` address decrypted, or a `siv` token opened under this key and
+    /// scope (`ip` says the column masked addresses, whose tokens hold their bytes). An `hmac`
+    /// token is one-way; a token of another key, scope or column does not open.
+    pub fn unmask(&self, token: &str, ip: bool) -> Result<String, UnmaskError> {
+        let token = token.trim();
+        match &self.field {
+            FieldMask::Ipcrypt(cipher) => {
+                let address: IpAddr = token.parse().map_err(|_| UnmaskError::NotAToken)?;
+                return Ok(cipher.decrypt_ipaddr(address).to_canonical().to_string());
+            }
+            FieldMask::IpcryptPfx(cipher) => {
+                let address: IpAddr = token.parse().map_err(|_| UnmaskError::NotAToken)?;
+                return Ok(cipher.decrypt_ipaddr(address).to_canonical().to_string());
+            }
+            FieldMask::Hmac(_) | FieldMask::Siv(_) => {}
+        }
+        let mut parts = token.splitn(3, '.');
+        let (Some(key_id), Some(mode), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(UnmaskError::NotAToken);
+        };
+        if key_id != self.key_id {
+            return Err(UnmaskError::OtherKey {
+                token: key_id.to_owned(),
+                given: self.key_id.clone(),
+            });
+        }
+        let FieldMask::Siv(key) = &self.field else {
+            return Err(UnmaskError::OneWay);
+        };
+        if mode != "s" {
+            return Err(if mode == "h" {
+                UnmaskError::OneWay
+            } else {
+                UnmaskError::UnknownMode(mode.to_owned())
+            });
+        }
+        let sealed = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| UnmaskError::NotAToken)?;
+        let bytes = Aes256Siv::new(key.as_slice().into())
+            .decrypt([&self.ad[..]], &sealed)
+            .map_err(|_| UnmaskError::Rejected)?;
+        if ip {
+            return match bytes.len() {
+                4 => Ok(
+                    IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).expect("4 bytes"))
+                        .to_string(),
+                ),
+                16 => Ok(
+                    IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).expect("16 bytes"))
+                        .to_string(),
+                ),
+                _ => Err(UnmaskError::Rejected),
+            };
+        }
+        String::from_utf8(bytes).map_err(|_| UnmaskError::Rejected)
+    }
+
+    /// The id of the key the column masks under.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
     /// Masks a value exactly as given. Fails in `siv` mode for a value longer than
     /// [`SIV_MAX_VALUE_BYTES`]; the ipcrypt modes take addresses only (the mapping refuses them
     /// for other columns), so they are a programming error here.
@@ -704,6 +769,48 @@ mod tests {
             );
             assert!(ColumnMask::new(&k, mode, "ip").mask_ip(ip) == login.mask_ip(ip));
         }
+    }
+
+    #[test]
+    fn a_column_mask_unmasks_its_own_reversible_tokens_only() {
+        let (k, other) = (key(1), key(2));
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        for mode in [MaskMode::Siv, MaskMode::Ipcrypt, MaskMode::IpcryptPfx] {
+            let column = ColumnMask::new(&k, mode, "client_ip");
+            let token = column.mask_ip(ip);
+            assert_eq!(
+                column.unmask(token.as_str(), true).unwrap(),
+                "10.1.2.3",
+                "{mode}"
+            );
+        }
+        let email = ColumnMask::new(&k, MaskMode::Siv, "email");
+        let token = email.mask_bytes(b"ada@example.com").unwrap();
+        assert_eq!(
+            email.unmask(token.as_str(), false).unwrap(),
+            "ada@example.com"
+        );
+        // Another scope, another key, or a one-way token: nothing comes out.
+        let phone = ColumnMask::new(&k, MaskMode::Siv, "phone");
+        assert!(matches!(
+            phone.unmask(token.as_str(), false),
+            Err(UnmaskError::Rejected)
+        ));
+        let elsewhere = ColumnMask::new(&other, MaskMode::Siv, "email");
+        assert!(matches!(
+            elsewhere.unmask(token.as_str(), false),
+            Err(UnmaskError::OtherKey { .. })
+        ));
+        let hmac = ColumnMask::new(&k, MaskMode::Hmac, "email");
+        let one_way = hmac.mask_bytes(b"ada@example.com").unwrap();
+        assert!(matches!(
+            hmac.unmask(one_way.as_str(), false),
+            Err(UnmaskError::OneWay)
+        ));
+        assert!(matches!(
+            email.unmask("plain text", false),
+            Err(UnmaskError::NotAToken)
+        ));
     }
 
     #[test]

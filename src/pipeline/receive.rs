@@ -352,8 +352,8 @@ impl Stage {
             }
             self.kind.transform(&Message {
                 body: &m.body,
-                // The id the ledger knows it by: a replay maps as the message it replays.
-                message_id: &m.ledger_id,
+                // A replay (ledger id `ID#replayN`) maps as the message it replays.
+                message_id: original_id(&m.ledger_id),
                 sent_timestamp_ms: m.sent_timestamp,
                 receive_count: m.receive_count,
                 group_id: m.group_id.as_deref(),
@@ -408,9 +408,22 @@ impl Stage {
     }
 }
 
+/// The SQS message id behind a ledger id: a replay's (`ID#replayN`) is its original's.
+fn original_id(ledger_id: &str) -> &str {
+    ledger_id
+        .split_once("#replay")
+        .map_or(ledger_id, |(id, _)| id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_is_mapped_under_the_id_of_the_message_it_replays() {
+        assert_eq!(original_id("6f1c#replay2"), "6f1c");
+        assert_eq!(original_id("6f1c"), "6f1c");
+    }
 
     #[tokio::test]
     async fn full_receives_call_waiting_receivers_back_and_empty_ones_send_them_away() {

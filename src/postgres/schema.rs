@@ -163,7 +163,45 @@ COMMENT ON TABLE sqs2pg.processed_messages IS
     'Retired ledger (schema version 8): ids processed before sqs2pg.ledger existed, checked by loads until pruned away.';
 "#,
     ),
+    (
+        9,
+        "masks recorded per column",
+        r#"
+-- Which key and mode wrote each masked column, under which scope: the login table's two
+-- columns as before, and any mapping's token columns. The login table's records are carried
+-- over from mask_keys (masked_ip under scope ip, masked_device_id under scope device_id).
+CREATE TABLE sqs2pg.mask_columns (
+    table_name  text        NOT NULL,
+    column_name text        NOT NULL,
+    scope       text        NOT NULL,
+    mode        text        NOT NULL,
+    key_id      text        NOT NULL,
+    first_used  timestamptz NOT NULL DEFAULT now(),
+    last_used   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, column_name, key_id, mode, scope)
+);
+INSERT INTO sqs2pg.mask_columns
+       (table_name, column_name, scope, mode, key_id, first_used, last_used)
+SELECT table_name, 'masked_ip', 'ip', ip_mode, key_id, min(first_used), max(last_used)
+  FROM sqs2pg.mask_keys GROUP BY table_name, ip_mode, key_id
+UNION ALL
+SELECT table_name, 'masked_device_id', 'device_id', device_id_mode, key_id, min(first_used),
+       max(last_used)
+  FROM sqs2pg.mask_keys GROUP BY table_name, device_id_mode, key_id;
+COMMENT ON TABLE sqs2pg.mask_columns IS
+    'Per table and masked column: every key id (never a key), mode and scope that runs have written tokens with. Columns with one scope give equal tokens for equal values under one key.';
+"#,
+    ),
 ];
+
+/// A column a run writes tokens into: its name, the scope its subkeys are derived for, and
+/// its mode (`hmac`, `siv`, `ipcrypt`, `ipcrypt-pfx`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedColumn {
+    pub column: String,
+    pub scope: String,
+    pub mode: String,
+}
 
 /// What the last run before this one masked with, when it differs from this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +228,9 @@ pub fn writers_lock_sql(function: &str) -> String {
     format!("SELECT {function}(hashtext('sqs2pg.writers:' || $1))")
 }
 
-/// Records that a run masks `table` with `key_id` and these modes, and says whether that
-/// differs from the table's most recent run. Runs starting at once (replicas) take turns under
+/// Records that a run masks `table` with `key_id` and these modes (and, per column, mode and
+/// scope in `sqs2pg.mask_columns`), and says whether that differs from the table's most recent
+/// run. Runs starting at once (replicas) take turns under
 /// a transaction-scoped advisory lock, so each compares against the one before it.
 pub async fn record_mask_key(
     client: &mut Client,
@@ -199,6 +238,7 @@ pub async fn record_mask_key(
     key_id: &str,
     ip_mode: &str,
     device_id_mode: &str,
+    columns: &[MaskedColumn],
 ) -> Result<KeyCheck, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute(
@@ -231,6 +271,16 @@ pub async fn record_mask_key(
         &[&table, &key_id, &ip_mode, &device_id_mode],
     )
     .await?;
+    for c in columns {
+        tx.execute(
+            "INSERT INTO sqs2pg.mask_columns (table_name, column_name, scope, mode, key_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (table_name, column_name, key_id, mode, scope) DO UPDATE
+                SET last_used = clock_timestamp()",
+            &[&table, &c.column, &c.scope, &c.mode, &key_id],
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(match last {
         Some(row) => {
@@ -437,7 +487,7 @@ pub enum NotReady {
     #[error("the sqs2pg schema is at version {found}, newer than this build ({expected}): upgrade sqs2pg")]
     SchemaAhead { found: i32, expected: i32 },
     #[error(
-        "table {0} does not exist: run `sqs2pg setup` to create it, or pass the right --table"
+        "table {0} does not exist: run `sqs2pg setup` to create it, or name the right one (--table, or the mapping's `table`)"
     )]
     NoTable(String),
     #[error("table {table} does not have the columns sqs2pg writes (the analysts' DDL, or the mapping's): {differences}")]

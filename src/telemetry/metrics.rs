@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 pub const MESSAGES_RECEIVED: &str = "sqs2pg_messages_received_total";
 /// Rows committed to the target table.
 pub const ROWS_LOADED: &str = "sqs2pg_rows_loaded_total";
+/// Messages whose rows were committed (one row each for logins).
+pub const MESSAGES_LOADED: &str = "sqs2pg_messages_loaded_total";
 /// Rejections committed, labelled by `reason` code.
 pub const MESSAGES_REJECTED: &str = "sqs2pg_messages_rejected_total";
 /// Deliveries skipped because their message was already committed.
@@ -49,9 +51,10 @@ pub const WINDOW_MESSAGES: &str = "sqs2pg_window_messages";
 pub const LEASES_LAPSED: &str = "sqs2pg_leases_lapsed_total";
 
 /// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
-pub const DESCRIPTIONS: [(&str, &str); 16] = [
+pub const DESCRIPTIONS: [(&str, &str); 17] = [
     (MESSAGES_RECEIVED, "Deliveries received from SQS, counted when their batch is done (loaded, quarantined, skipped as duplicates or left for redelivery)."),
     (ROWS_LOADED, "Rows committed to the target table (a mapped message can give none or several)."),
+    (MESSAGES_LOADED, "Messages whose rows were committed (received = loaded + rejected + duplicates + left for redelivery)."),
     (MESSAGES_REJECTED, "Messages quarantined in sqs2pg.rejected_messages, by reason code."),
     (DUPLICATES_SKIPPED, "Deliveries skipped because their message was already committed."),
     (LOAD_RETRIES, "Failed load attempts that were retried."),
@@ -89,11 +92,13 @@ pub const BATCH_MESSAGES_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500
 pub const LOAD_SECONDS_BUCKETS: [f64; 10] =
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
-/// Counts one committed batch: `received` deliveries, the report's rows and rejections, and
+/// Counts one committed batch: `received` deliveries, the messages `loaded` and the `rows` they
+/// gave, the report's rejections, and
 /// `duplicates` skipped (by the ledger or within the batch); its size, how long it took to
 /// commit and, when known, the send time (milliseconds since the epoch) of its oldest message.
 pub fn record_batch(
     received: u64,
+    loaded: u64,
     rows: u64,
     rejected: &[String],
     duplicates: u64,
@@ -111,6 +116,7 @@ pub fn record_batch(
     }
     metrics::counter!(MESSAGES_RECEIVED).increment(received);
     metrics::counter!(ROWS_LOADED).increment(rows);
+    metrics::counter!(MESSAGES_LOADED).increment(loaded);
     metrics::counter!(DUPLICATES_SKIPPED).increment(duplicates);
     for reason in rejected {
         metrics::counter!(MESSAGES_REJECTED, REASON_LABEL => reason.clone()).increment(1);
@@ -235,17 +241,19 @@ mod tests {
         let recorder = Counters::default();
         let rejected = ["not_json".into(), "invalid_ip".into(), "not_json".into()];
         metrics::with_local_recorder(&recorder, || {
-            record_batch(11, 7, &rejected, 1, Duration::from_millis(20), None);
+            // 7 messages loaded, giving 9 rows (a mapping can fan out).
+            record_batch(11, 7, 9, &rejected, 1, Duration::from_millis(20), None);
             record_load_retry();
         });
         let got = recorder.snapshot();
         let want: BTreeMap<String, u64> = [
             ("sqs2pg_duplicates_skipped_total{}", 1),
             ("sqs2pg_load_retries_total{}", 1),
+            ("sqs2pg_messages_loaded_total{}", 7),
             ("sqs2pg_messages_received_total{}", 11),
             ("sqs2pg_messages_rejected_total{reason=invalid_ip}", 1),
             ("sqs2pg_messages_rejected_total{reason=not_json}", 2),
-            ("sqs2pg_rows_loaded_total{}", 7),
+            ("sqs2pg_rows_loaded_total{}", 9),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -87,9 +87,12 @@ struct Case {
     reasons: &'static [&'static str],
     /// Text of the bodies that must not reach the table or the output.
     personal: &'static [&'static str],
+    /// A query `unmask --mapping` runs after the drain, and what its output must show: a raw
+    /// value behind a reversible token column.
+    unmask: Option<(&'static str, &'static str)>,
 }
 
-async fn drains_end_to_end(case: Case) {
+async fn drains_end_to_end(case: Case) -> TestDb {
     let (db, queue) = fixture_on(Sqs::MotoJson).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let protocol = queue.protocol.to_string();
@@ -172,6 +175,23 @@ async fn drains_end_to_end(case: Case) {
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(count(&db, &table_rows).await, case.rows);
     assert_eq!(queue.depth().await, 0);
+
+    // Key holders recover what the mapping's reversible columns hide, and only those.
+    if let Some((query, shown)) = case.unmask {
+        let unmask = sqs2pg(&["unmask", "--query", query], &env);
+        assert!(unmask.status.success(), "{}", stderr(&unmask));
+        assert!(stdout(&unmask).contains(shown), "{}", stdout(&unmask));
+        assert!(stderr(&unmask).contains("personal data"));
+        for value in case.personal.iter().filter(|p| !shown.contains(**p)) {
+            assert!(
+                !stdout(&unmask).contains(value),
+                "a one-way token was opened"
+            );
+        }
+        let before: String = crate::pipeline::one(&db, &table_text).await;
+        assert!(!before.contains(shown), "the table itself holds tokens");
+    }
+    db
 }
 
 impl Case {
@@ -182,7 +202,7 @@ impl Case {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_wrapped_orders_drain_into_their_table_with_reasons_and_replay() {
-    drains_end_to_end(Case {
+    let db = drains_end_to_end(Case {
         mapping: "orders-sns.toml",
         bodies: "orders-sns.jsonl",
         table: "public.orders",
@@ -196,8 +216,34 @@ async fn sns_wrapped_orders_drain_into_their_table_with_reasons_and_replay() {
             "out_of_range:amount",
         ],
         personal: &["@example.com"],
+        unmask: Some((
+            "SELECT order_id, client_ip, email_token FROM public.orders",
+            "203.0.113.7",
+        )),
     })
     .await;
+    // Each token column is recorded with its scope and mode (redacted columns keep nothing).
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT column_name, scope, mode FROM sqs2pg.mask_columns
+              WHERE table_name = 'public.orders' ORDER BY column_name",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("client_ip".into(), "client_ip".into(), "ipcrypt-pfx".into()),
+            ("email_token".into(), "email".into(), "hmac".into()),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,6 +262,7 @@ async fn eventbridge_signups_drain_into_their_table_with_reasons_and_replay() {
             "not_an_envelope:eventbridge",
         ],
         personal: &["@example.com", "+44 20"],
+        unmask: None,
     })
     .await;
 }
@@ -231,7 +278,7 @@ const S3_DDL: &str = "CREATE TABLE public.s3_objects (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_notifications_fan_out_into_a_partitioned_table_with_reasons_and_replay() {
-    drains_end_to_end(Case {
+    let db = drains_end_to_end(Case {
         mapping: "s3-objects.toml",
         bodies: "s3-objects.jsonl",
         table: "public.s3_objects",
@@ -242,8 +289,28 @@ async fn s3_notifications_fan_out_into_a_partitioned_table_with_reasons_and_repl
         refused_rows: 5,
         reasons: &["not_an_envelope:s3", "out_of_range:size"],
         personal: &["203.0.113."],
+        unmask: Some(("SELECT object_key, source_ip FROM public.s3_objects", "203.0.113.10")),
     })
     .await;
+    // The replayed message's rows carry the id of the message it replays, not the replay's.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(DISTINCT sqs_message_id) FROM public.s3_objects"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.s3_objects s JOIN sqs2pg.ledger l
+                ON l.message_id = s.sqs_message_id"
+        )
+        .await,
+        5,
+        "the rows name the original message, which the ledger knows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,5 +566,38 @@ async fn a_draft_used_unedited_sets_up_its_table_and_loads_its_samples() {
     assert!(
         !stored.contains("@example.com"),
         "e-mail addresses are masked"
+    );
+}
+
+/// `rekey` serves the login table's two token columns; a table that also holds token columns
+/// a mapping wrote is refused, and nothing is retired, rather than stranding their tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_refuses_a_table_with_token_columns_it_does_not_know() {
+    use sqs2pg::login::MaskKey;
+    let (db, _queue) = fixture_on(Sqs::MotoJson).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO sqs2pg.mask_columns (table_name, column_name, scope, mode, key_id)
+             VALUES ('public.user_logins', 'email_token', 'email', 'siv', 'k')",
+        )
+        .await
+        .unwrap();
+    let from = MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap();
+    let to = MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap();
+    let database = sqs2pg::postgres::Database::parse(&db.url).unwrap();
+    let table = sqs2pg::postgres::TableName::parse("public.user_logins").unwrap();
+    let refused = app::rekey(&database, &table, &from, &to, 1000)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("email_token (scope email)"), "{refused}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqs2pg.mask_keys WHERE retired_to IS NOT NULL"
+        )
+        .await,
+        0
     );
 }

@@ -253,3 +253,56 @@ async fn the_ledger_is_pruned_past_its_horizon_but_replay_ids_are_kept() {
         0
     );
 }
+
+/// Migration 9 turns each run record of `sqs2pg.mask_keys` (a key and the two login modes)
+/// into one record per masked column, with the scope its tokens are keyed under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_tables_key_records_become_per_column_records() {
+    use sqs2pg::postgres::schema::{setup_up_to, TableShape};
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    let table = TableName::parse("public.user_logins").unwrap();
+    setup_up_to(&mut client, &table, &TableShape::login(), 8)
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO sqs2pg.mask_keys (table_name, key_id, ip_mode, device_id_mode)
+             VALUES ('public.user_logins', 'k1', 'ipcrypt', 'siv'),
+                    ('public.user_logins', 'k1', 'hmac', 'siv'),
+                    ('public.other', 'k2', 'hmac', 'hmac')",
+        )
+        .await
+        .unwrap();
+    let report = setup_up_to(&mut client, &table, &TableShape::login(), 9)
+        .await
+        .unwrap();
+    assert_eq!(report.applied, [9]);
+    let rows = client
+        .query(
+            "SELECT table_name, column_name, scope, mode, key_id FROM sqs2pg.mask_columns
+              ORDER BY 1, 2, 4",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            (0..5)
+                .map(|i| r.get::<_, String>(i))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "public.other masked_device_id device_id hmac k2",
+            "public.other masked_ip ip hmac k2",
+            "public.user_logins masked_device_id device_id siv k1",
+            "public.user_logins masked_ip ip hmac k1",
+            "public.user_logins masked_ip ip ipcrypt k1",
+        ]
+    );
+}
