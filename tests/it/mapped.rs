@@ -73,6 +73,7 @@ async fn reasons(db: &TestDb) -> Vec<String> {
 /// One example's run: `setup` (or the table made by hand), `check`, `drain`, then a row the
 /// table refused replayed once the table takes it.
 struct Case {
+    sqs: Sqs,
     mapping: &'static str,
     bodies: &'static str,
     table: &'static str,
@@ -93,7 +94,7 @@ struct Case {
 }
 
 async fn drains_end_to_end(case: Case) -> TestDb {
-    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let (db, queue) = fixture_on(case.sqs).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let protocol = queue.protocol.to_string();
     let mapping = example(case.mapping).display().to_string();
@@ -200,9 +201,9 @@ impl Case {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sns_wrapped_orders_drain_into_their_table_with_reasons_and_replay() {
-    let db = drains_end_to_end(Case {
+fn orders(sqs: Sqs) -> Case {
+    Case {
+        sqs,
         mapping: "orders-sns.toml",
         bodies: "orders-sns.jsonl",
         table: "public.orders",
@@ -220,8 +221,34 @@ async fn sns_wrapped_orders_drain_into_their_table_with_reasons_and_replay() {
             "SELECT order_id, client_ip, email_token FROM public.orders",
             "203.0.113.7",
         )),
-    })
-    .await;
+    }
+}
+
+/// The SentTimestamp of every row, as the column `sent_at` holds it, is the send time: within
+/// the last hour (LocalStack 0.14 sends seconds, SQS milliseconds; both are made milliseconds
+/// where messages are received).
+async fn sent_just_now(db: &TestDb) {
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM public.orders
+              WHERE sent_at NOT BETWEEN now() - interval '1 hour' AND now() + interval '1 minute'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_wrapped_orders_from_the_exercises_localstack_drain_with_reasons_and_replay() {
+    let db = drains_end_to_end(orders(Sqs::LocalStack014)).await;
+    sent_just_now(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_wrapped_orders_drain_into_their_table_with_reasons_and_replay() {
+    let db = drains_end_to_end(orders(Sqs::MotoJson)).await;
+    sent_just_now(&db).await;
     // Each token column is recorded with its scope and mode (redacted columns keep nothing).
     let rows = db
         .client()
@@ -249,6 +276,7 @@ async fn sns_wrapped_orders_drain_into_their_table_with_reasons_and_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventbridge_signups_drain_into_their_table_with_reasons_and_replay() {
     drains_end_to_end(Case {
+        sqs: Sqs::MotoJson,
         mapping: "signups-eventbridge.toml",
         bodies: "signups-eventbridge.jsonl",
         table: "public.signups",
@@ -279,6 +307,7 @@ const S3_DDL: &str = "CREATE TABLE public.s3_objects (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_notifications_fan_out_into_a_partitioned_table_with_reasons_and_replay() {
     let db = drains_end_to_end(Case {
+        sqs: Sqs::LocalStack4,
         mapping: "s3-objects.toml",
         bodies: "s3-objects.jsonl",
         table: "public.s3_objects",
