@@ -241,6 +241,19 @@ async fn run(command: Command) -> Result<(), AppError> {
             }
             Ok(())
         }
+        Command::Report(args) if args.database.mapping.is_some() => {
+            let (database, table, mapping) = config::target(&args.database)?;
+            if args.html.is_some() {
+                return Err(config::ConfigError(
+                    "report --html draws the login table's charts; for a mapping's table, drop --html (the text report covers it)".into(),
+                )
+                .into());
+            }
+            let mapping = mapping.expect("--mapping is set");
+            let report = app::mapping::report(&database, &table, &mapping).await?;
+            print!("{}", report.to_text());
+            Ok(())
+        }
         Command::Report(args) => {
             let (database, table) = config::database(&args.database)?;
             let report = app::report(&database, &table).await?;

@@ -155,6 +155,37 @@ impl MappedUnmasker {
     }
 }
 
+/// `sqs2pg report` for a mapping's table: by day of its first date or time column, and per
+/// token column.
+pub async fn report(
+    database: &crate::postgres::Database,
+    table: &crate::postgres::TableName,
+    mapping: &Mapping,
+) -> Result<crate::report::mapped::MappedReport, AppError> {
+    use crate::mapping::column::ColumnType;
+    use crate::mapping::file::Mask;
+    let client = database.connect().await?;
+    let day = mapping
+        .columns
+        .iter()
+        .find(|c| {
+            matches!(
+                c.column_type,
+                ColumnType::Date | ColumnType::Timestamptz | ColumnType::Timestamp
+            )
+        })
+        .map(|c| (c.name.as_str(), c.column_type == ColumnType::Timestamptz));
+    let tokens: Vec<String> = mapping
+        .columns
+        .iter()
+        .filter(|c| matches!(c.mask, Some(Mask::Token(_))))
+        .map(|c| c.name.clone())
+        .collect();
+    crate::report::mapped::build(&client, table, day, &tokens)
+        .await
+        .map_err(AppError::Query)
+}
+
 /// Reads and checks a mapping file.
 pub fn load_mapping(path: &Path) -> Result<Mapping, AppError> {
     let text = std::fs::read_to_string(path).map_err(|error| AppError::File {

@@ -5,6 +5,7 @@
 //! types and reason codes only.
 
 pub mod html;
+pub mod mapped;
 
 use std::fmt::Write as _;
 
@@ -77,27 +78,7 @@ pub async fn build(client: &Client, table: &TableName) -> Result<Report, tokio_p
             )
             .await?,
     );
-    let has_rejects: bool = client
-        .query_one(
-            "SELECT to_regclass('sqs2pg.rejected_messages') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    let rejected = if has_rejects {
-        client
-            .query(
-                "SELECT reason, count(*) FROM sqs2pg.rejected_messages
-                  GROUP BY reason ORDER BY count(*) DESC, reason",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let rejected = rejections(client).await?;
     Ok(Report {
         table: table.to_string(),
         rows: totals.get(0),
@@ -111,6 +92,30 @@ pub async fn build(client: &Client, table: &TableName) -> Result<Report, tokio_p
         rows_with_repeated_device: devices.get(1),
         rejected,
     })
+}
+
+/// Quarantined messages by reason, most first; none when the bookkeeping schema is missing.
+async fn rejections(client: &Client) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+    let has_rejects: bool = client
+        .query_one(
+            "SELECT to_regclass('sqs2pg.rejected_messages') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !has_rejects {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(
+            "SELECT reason, count(*) FROM sqs2pg.rejected_messages
+              GROUP BY reason ORDER BY count(*) DESC, reason",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 impl Report {

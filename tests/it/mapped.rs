@@ -91,6 +91,8 @@ struct Case {
     /// A query `unmask --mapping` runs after the drain, and what its output must show: a raw
     /// value behind a reversible token column.
     unmask: Option<(&'static str, &'static str)>,
+    /// Lines `report` prints at the end, besides the row count.
+    report: &'static [&'static str],
 }
 
 async fn drains_end_to_end(case: Case) -> TestDb {
@@ -177,6 +179,21 @@ async fn drains_end_to_end(case: Case) -> TestDb {
     assert_eq!(count(&db, &table_rows).await, case.rows);
     assert_eq!(queue.depth().await, 0);
 
+    // The report counts rows, days and tokens, and shows no value.
+    let report = sqs2pg(&["report"], &env);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let text = stdout(&report);
+    assert!(
+        text.contains(&format!("{}: {} rows", case.table, case.rows)),
+        "{text}"
+    );
+    for line in case.report {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    for value in case.personal {
+        assert!(!text.contains(value), "{text}");
+    }
+
     // Key holders recover what the mapping's reversible columns hide, and only those.
     if let Some((query, shown)) = case.unmask {
         let unmask = sqs2pg(&["unmask", "--query", query], &env);
@@ -221,6 +238,11 @@ fn orders(sqs: Sqs) -> Case {
             "SELECT order_id, client_ip, email_token FROM public.orders",
             "203.0.113.7",
         )),
+        report: &[
+            "distinct email_token",
+            "rows per day of placed_at",
+            "2026-12-01",
+        ],
     }
 }
 
@@ -291,6 +313,11 @@ async fn eventbridge_signups_drain_into_their_table_with_reasons_and_replay() {
         ],
         personal: &["@example.com", "+44 20"],
         unmask: None,
+        report: &[
+            "distinct email_token",
+            "rows per day of occurred_at",
+            "2026-12-01",
+        ],
     })
     .await;
 }
@@ -319,6 +346,7 @@ async fn s3_notifications_fan_out_into_a_partitioned_table_with_reasons_and_repl
         reasons: &["not_an_envelope:s3", "out_of_range:size"],
         personal: &["203.0.113."],
         unmask: Some(("SELECT object_key, source_ip FROM public.s3_objects", "203.0.113.10")),
+        report: &["distinct source_ip", "rows per day of event_time"],
     })
     .await;
     // The replayed message's rows carry the id of the message it replays, not the replay's.
