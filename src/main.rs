@@ -196,7 +196,8 @@ async fn run(command: Command) -> Result<(), AppError> {
             }
         }
         Command::Rekey(args) => {
-            let (database, table) = config::database(&args.database)?;
+            // With a mapping, its table (rekey finds the token columns in the bookkeeping).
+            let (database, table, _) = config::target(&args.database)?;
             let ring = config::key_ring(&args.key)?;
             let in_ring = |id: &str, flag: &str| {
                 ring.get(id).cloned().ok_or_else(|| {

@@ -21,8 +21,10 @@ use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_B
 
 mod keys;
 pub mod mapping;
-pub use keys::{keygen_ring, rekey, RekeyReport};
+mod rekey;
+pub use keys::keygen_ring;
 pub use mapping::{draft_mapping, load_mapping, preview, write_new_file, Preview};
+pub use rekey::{rekey, RekeyReport};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

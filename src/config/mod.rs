@@ -97,7 +97,7 @@ pub struct Settings {
 }
 
 /// Database connection target and `--table`, checked, for the commands that serve the login
-/// table only (`report`, `rekey`) or no table (`rejects`): a mapping is not read.
+/// table only (`report` without a mapping) or no table (`rejects`): a mapping is not read.
 pub fn database(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError> {
     connection(args)
 }

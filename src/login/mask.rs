@@ -411,45 +411,10 @@ impl ColumnMask {
     /// scope (`ip` says the column masked addresses, whose tokens hold their bytes). An `hmac`
     /// token is one-way; a token of another key, scope or column does not open.
     pub fn unmask(&self, token: &str, ip: bool) -> Result<String, UnmaskError> {
-        let token = token.trim();
-        match &self.field {
-            FieldMask::Ipcrypt(cipher) => {
-                let address: IpAddr = token.parse().map_err(|_| UnmaskError::NotAToken)?;
-                return Ok(cipher.decrypt_ipaddr(address).to_canonical().to_string());
-            }
-            FieldMask::IpcryptPfx(cipher) => {
-                let address: IpAddr = token.parse().map_err(|_| UnmaskError::NotAToken)?;
-                return Ok(cipher.decrypt_ipaddr(address).to_canonical().to_string());
-            }
-            FieldMask::Hmac(_) | FieldMask::Siv(_) => {}
+        if let Some(address) = self.open_address(token)? {
+            return Ok(address.to_string());
         }
-        let mut parts = token.splitn(3, '.');
-        let (Some(key_id), Some(mode), Some(body)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(UnmaskError::NotAToken);
-        };
-        if key_id != self.key_id {
-            return Err(UnmaskError::OtherKey {
-                token: key_id.to_owned(),
-                given: self.key_id.clone(),
-            });
-        }
-        let FieldMask::Siv(key) = &self.field else {
-            return Err(UnmaskError::OneWay);
-        };
-        if mode != "s" {
-            return Err(if mode == "h" {
-                UnmaskError::OneWay
-            } else {
-                UnmaskError::UnknownMode(mode.to_owned())
-            });
-        }
-        let sealed = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| UnmaskError::NotAToken)?;
-        let bytes = Aes256Siv::new(key.as_slice().into())
-            .decrypt([&self.ad[..]], &sealed)
-            .map_err(|_| UnmaskError::Rejected)?;
+        let bytes = self.open(token)?;
         if ip {
             return match bytes.len() {
                 4 => Ok(
@@ -464,6 +429,60 @@ impl ColumnMask {
             };
         }
         String::from_utf8(bytes).map_err(|_| UnmaskError::Rejected)
+    }
+
+    /// The same value's token under `to` (the same column's mask under another key, for
+    /// `sqs2pg rekey`): an address re-encrypted, or a `siv` token's bytes sealed again. The
+    /// value is never interpreted, so a column's tokens re-key whatever they hold.
+    pub fn rekey(&self, to: &ColumnMask, token: &str) -> Result<MaskedToken, UnmaskError> {
+        if let Some(address) = self.open_address(token)? {
+            return Ok(to.mask_ip(address));
+        }
+        let bytes = Zeroizing::new(self.open(token)?);
+        to.mask_bytes(&bytes).map_err(|_| UnmaskError::Rejected)
+    }
+
+    /// An ipcrypt mode's address, decrypted; `None` for the other modes.
+    fn open_address(&self, token: &str) -> Result<Option<IpAddr>, UnmaskError> {
+        let decrypt = |f: &dyn Fn(IpAddr) -> IpAddr| -> Result<Option<IpAddr>, UnmaskError> {
+            let address: IpAddr = token.trim().parse().map_err(|_| UnmaskError::NotAToken)?;
+            Ok(Some(f(address).to_canonical()))
+        };
+        match &self.field {
+            FieldMask::Ipcrypt(cipher) => decrypt(&|a| cipher.decrypt_ipaddr(a)),
+            FieldMask::IpcryptPfx(cipher) => decrypt(&|a| cipher.decrypt_ipaddr(a)),
+            FieldMask::Hmac(_) | FieldMask::Siv(_) => Ok(None),
+        }
+    }
+
+    /// The bytes a `siv` token of this key and scope seals.
+    fn open(&self, token: &str) -> Result<Vec<u8>, UnmaskError> {
+        let mut parts = token.trim().splitn(3, '.');
+        let (Some(key_id), Some(mode), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(UnmaskError::NotAToken);
+        };
+        if key_id != self.key_id {
+            return Err(UnmaskError::OtherKey {
+                token: key_id.to_owned(),
+                given: self.key_id.clone(),
+            });
+        }
+        match mode {
+            "s" => {}
+            "h" => return Err(UnmaskError::OneWay),
+            other => return Err(UnmaskError::UnknownMode(other.to_owned())),
+        }
+        let FieldMask::Siv(key) = &self.field else {
+            // A siv token, but this column masks with another mode.
+            return Err(UnmaskError::Rejected);
+        };
+        let sealed = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| UnmaskError::NotAToken)?;
+        Aes256Siv::new(key.as_slice().into())
+            .decrypt([&self.ad[..]], &sealed)
+            .map_err(|_| UnmaskError::Rejected)
     }
 
     /// The id of the key the column masks under.
@@ -810,6 +829,39 @@ mod tests {
         assert!(matches!(
             email.unmask("plain text", false),
             Err(UnmaskError::NotAToken)
+        ));
+    }
+
+    #[test]
+    fn a_column_mask_re_keys_its_tokens_as_the_new_key_would_make_them() {
+        let (k, other) = (key(1), key(2));
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        for mode in [MaskMode::Siv, MaskMode::Ipcrypt, MaskMode::IpcryptPfx] {
+            let (from, to) = (
+                ColumnMask::new(&k, mode, "ip"),
+                ColumnMask::new(&other, mode, "ip"),
+            );
+            assert!(from.rekey(&to, from.mask_ip(ip).as_str()).unwrap() == to.mask_ip(ip));
+        }
+        // The login pipeline's siv tokens re-key under their scopes, byte for byte.
+        let siv = MaskModes {
+            ip: MaskMode::Siv,
+            device_id: MaskMode::Siv,
+        };
+        let (old, new) = (Masker::with_modes(&k, siv), Masker::with_modes(&other, siv));
+        let (from, to) = (
+            ColumnMask::new(&k, MaskMode::Siv, "device_id"),
+            ColumnMask::new(&other, MaskMode::Siv, "device_id"),
+        );
+        let token = old.mask_device_id("593-47-5928").unwrap();
+        assert!(
+            from.rekey(&to, token.as_str()).unwrap() == new.mask_device_id("593-47-5928").unwrap()
+        );
+        // A token of another scope does not re-key.
+        let ip_token = old.mask_ip(ip);
+        assert!(matches!(
+            from.rekey(&to, ip_token.as_str()),
+            Err(UnmaskError::Rejected)
         ));
     }
 

@@ -626,35 +626,98 @@ async fn a_draft_used_unedited_sets_up_its_table_and_loads_its_samples() {
     );
 }
 
-/// `rekey` serves the login table's two token columns; a table that also holds token columns
-/// a mapping wrote is refused, and nothing is retired, rather than stranding their tokens.
+/// `rekey` re-encrypts a mapping's reversible columns under the new key, each under its own
+/// scope: `siv` tokens in a text column and `ipcrypt-pfx` addresses in an inet column give back
+/// the same values under the new key, and the old key is retired on the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rekey_refuses_a_table_with_token_columns_it_does_not_know() {
-    use sqs2pg::login::MaskKey;
-    let (db, _queue) = fixture_on(Sqs::MotoJson).await;
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "INSERT INTO sqs2pg.mask_columns (table_name, column_name, scope, mode, key_id)
-             VALUES ('public.user_logins', 'email_token', 'email', 'siv', 'k')",
+async fn rekey_moves_a_mappings_siv_and_ipcrypt_columns_to_the_new_key() {
+    use sqs2pg::login::{ColumnMask, MaskKey, MaskMode};
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let (old_text, new_text) = (
+        MaskKey::generate_base64().unwrap(),
+        MaskKey::generate_base64().unwrap(),
+    );
+    let (old, new) = (
+        MaskKey::from_base64(&old_text).unwrap(),
+        MaskKey::from_base64(&new_text).unwrap(),
+    );
+    let protocol = queue.protocol.to_string();
+    let text = std::fs::read_to_string(example("orders-sns.toml")).unwrap();
+    let siv = text.replace(
+        r#"mask = "hmac", mask_scope = "email""#,
+        r#"mask = "siv", mask_scope = "email""#,
+    );
+    assert_ne!(siv, text);
+    let dir = std::env::temp_dir().join(unique("sqs2pg-rekey-mapping"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("orders.toml");
+    std::fs::write(&file, siv).unwrap();
+    let file = file.display().to_string();
+    let env = env(&db, &queue, &old_text, &protocol, &file);
+    assert!(sqs2pg(&["setup"], &env).status.success());
+    queue.send(&bodies("orders-sns.jsonl")).await;
+    let drain = sqs2pg(&["drain"], &env);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+
+    let values = |key: &MaskKey| {
+        (
+            ColumnMask::new(key, MaskMode::Siv, "email"),
+            ColumnMask::new(key, MaskMode::IpcryptPfx, "client_ip"),
         )
+    };
+    let read = || async {
+        db.client()
+            .await
+            .query(
+                "SELECT email_token, host(client_ip) FROM public.orders ORDER BY order_id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let open = |key: &MaskKey, rows: &[(String, String)]| {
+        let (email, ip) = values(key);
+        rows.iter()
+            .map(|(e, i)| (email.unmask(e, false).unwrap(), ip.unmask(i, true).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let before = read().await;
+    assert_eq!(before.len(), 2);
+    let plain = open(&old, &before);
+
+    let database = sqs2pg::postgres::Database::parse(&db.url).unwrap();
+    let table = sqs2pg::postgres::TableName::parse("public.orders").unwrap();
+    let report = app::rekey(&database, &table, &old, &new, 1000)
         .await
         .unwrap();
-    let from = MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap();
-    let to = MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap();
-    let database = sqs2pg::postgres::Database::parse(&db.url).unwrap();
-    let table = sqs2pg::postgres::TableName::parse("public.user_logins").unwrap();
-    let refused = app::rekey(&database, &table, &from, &to, 1000)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(refused.contains("email_token (scope email)"), "{refused}");
+    assert_eq!((report.rows, report.tokens, report.address_rows), (2, 2, 2));
+    let after = read().await;
+    assert!(after
+        .iter()
+        .all(|(e, _)| e.starts_with(&format!("{}.s.", new.key_id()))));
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a.1 != b.1),
+        "addresses moved"
+    );
+    assert_eq!(
+        open(&new, &after),
+        plain,
+        "the same values under the new key"
+    );
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM sqs2pg.mask_keys WHERE retired_to IS NOT NULL"
+            "SELECT count(*) FROM sqs2pg.mask_keys
+              WHERE table_name = 'public.orders' AND retired_to IS NOT NULL"
         )
         .await,
-        0
+        1
     );
+    // A run under the old key now refuses to start.
+    let refused = sqs2pg(&["drain"], &env);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("retired"), "{}", stderr(&refused));
 }
