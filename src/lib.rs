@@ -25,6 +25,7 @@
 //!
 //! - [`cli`], [`config`]: flags and environment, turned into checked settings.
 //! - [`login`]: the domain, pure: parse, validate, encode `app_version`, mask.
+//! - [`keys`]: the masking key, key rings and the sealing of quarantined bodies.
 //! - [`kind`]: the seam between the pipeline and what a message means.
 //! - [`mapping`]: declarative mappings of any JSON message to rows, pure; a message kind.
 //! - [`sqs`]: the source (receive, delete, send).
@@ -38,6 +39,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod kind;
 pub mod login;
 pub mod mapping;

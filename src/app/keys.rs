@@ -49,7 +49,7 @@ pub fn keygen_ring(path: &Path, activate: bool) -> Result<String, AppError> {
         );
         let key = MaskKey::from_base64(&key_text).expect("a fresh key decodes");
         let created = rfc3339(std::time::SystemTime::now());
-        let (text, id) = crate::login::keyring::add_key(
+        let (text, id) = crate::keys::ring::add_key(
             existing.as_deref().map(String::as_str),
             &key,
             &key_text,

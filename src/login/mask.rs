@@ -40,74 +40,15 @@ use std::sync::Arc;
 
 use aes_siv::siv::Aes256Siv;
 use aes_siv::KeyInit;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The shortest key we accept, in bytes (256 bits, HMAC-SHA-256's security level).
-pub const MIN_KEY_BYTES: usize = 32;
-
-/// Why a key could not be loaded. Never carries key material.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum KeyError {
-    /// Not valid standard base64.
-    #[error("the key is not valid base64 (make one with `sqs2pg keygen`)")]
-    NotBase64,
-    /// Decoded, but shorter than [`MIN_KEY_BYTES`].
-    #[error("the key is {0} bytes long; at least {MIN_KEY_BYTES} are needed (make one with `sqs2pg keygen`)")]
-    TooShort(usize),
-}
-
-/// The operator's masking key. Debug prints nothing of it; it is wiped from memory on drop.
-#[derive(Clone)]
-pub struct MaskKey(Zeroizing<Vec<u8>>);
-
-impl MaskKey {
-    /// Decodes a base64 key (surrounding whitespace, e.g. a file's trailing newline, is ignored).
-    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        let bytes = STANDARD
-            .decode(text.trim())
-            .map_err(|_| KeyError::NotBase64)?;
-        if bytes.len() < MIN_KEY_BYTES {
-            return Err(KeyError::TooShort(bytes.len()));
-        }
-        Ok(Self(Zeroizing::new(bytes)))
-    }
-
-    /// Fills `out` with the HKDF-SHA-256 subkey for `info`. Every use of the key goes through
-    /// here with its own `info`, so no two purposes ever share key material.
-    pub(crate) fn derive(&self, info: &[u8], out: &mut [u8]) {
-        hkdf::Hkdf::<Sha256>::new(None, self.0.as_slice())
-            .expand(info, out)
-            .expect("subkeys are far below HKDF-SHA-256's output limit");
-    }
-
-    /// The short, public identifier of the key (8 base64url characters), derived from it.
-    pub fn key_id(&self) -> String {
-        let mut id_bytes = [0u8; 6];
-        self.derive(INFO_KEY_ID, &mut id_bytes);
-        URL_SAFE_NO_PAD.encode(id_bytes)
-    }
-
-    /// A fresh random key from the operating system, as base64 (what `sqs2pg keygen` prints).
-    pub fn generate_base64() -> std::io::Result<String> {
-        let mut bytes = [0u8; MIN_KEY_BYTES];
-        getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let text = STANDARD.encode(bytes);
-        bytes.zeroize();
-        Ok(text)
-    }
-}
-
-impl fmt::Debug for MaskKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MaskKey(<redacted>)")
-    }
-}
+pub use crate::keys::{KeyError, MaskKey, MIN_KEY_BYTES};
 
 /// A masked value as it goes into the database. Only [`Masker`] makes one.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -222,7 +163,6 @@ const INFO_IPCRYPT_PFX_IP: &[u8] = b"sqs2pg/v1/ipcrypt-pfx/ip";
 /// Associated data of `siv` tokens: the field they belong to.
 const AD_IP: &[u8] = b"ip";
 const AD_DEVICE_ID: &[u8] = b"device_id";
-const INFO_KEY_ID: &[u8] = b"sqs2pg/v1/key-id";
 
 impl Masker {
     /// Derives the per-field subkeys and the key id from the operator's key; `hmac` for both.
@@ -697,6 +637,7 @@ impl Unmasker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
     use sha2::Digest;
 
     fn key(byte: u8) -> MaskKey {
@@ -1082,6 +1023,7 @@ mod vectors {
     use proptest::prelude::*;
 
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
 
     fn key() -> MaskKey {
         MaskKey::from_base64(&STANDARD.encode((0u8..32).collect::<Vec<u8>>())).unwrap()

@@ -11,22 +11,22 @@
 //! only the [`Masker`] can make: unmasked data cannot reach PostgreSQL by construction.
 
 pub mod app_version;
-pub mod keyring;
 pub mod kind;
 pub mod mask;
 pub mod reject;
-pub mod seal;
 pub mod validate;
 pub mod wire;
 
 use time::Date;
 
 pub use app_version::AppVersion;
-pub use keyring::{KeyRing, KeyText};
+// The keys are the machinery's (`crate::keys`); kept under their old paths too.
+pub use crate::keys::{ring as keyring, seal};
+pub use crate::keys::{BodySealer, SealedBody};
+pub use crate::keys::{KeyRing, KeyText};
 pub use kind::LoginKind;
 pub use mask::{ColumnMask, MaskKey, MaskMode, MaskModes, MaskedToken, Masker, Unmasker};
 pub use reject::{Field, Reason, Rejection};
-pub use seal::{BodySealer, SealedBody};
 pub use validate::{validate, ValidLogin};
 pub use wire::LoginEvent;
 

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use zeroize::Zeroizing;
 
+use crate::keys::{BodySealer, SealedBody};
 use crate::kind::{CopyRows, Rejection};
-use crate::login::{BodySealer, SealedBody};
 use crate::sqs::AckHandle;
 
 /// When and how a message was delivered.

@@ -16,8 +16,8 @@ use super::batch::{Batch, Committed, Processed, Reject, Row};
 use super::lease::Leases;
 use super::{PipelineError, PipelineSettings, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
+use crate::keys::BodySealer;
 use crate::kind::Rejection;
-use crate::login::BodySealer;
 use crate::postgres::{BatchLoader, LoadError, LoadReport};
 use crate::sqs::AckHandle;
 

@@ -37,8 +37,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RetryPolicy;
+use crate::keys::BodySealer;
 use crate::kind::MessageKind;
-use crate::login::BodySealer;
 use crate::postgres::{BatchLoader, LoadError};
 use crate::sqs::{MessageSource, SourceError};
 use batch::Processed;

@@ -15,8 +15,8 @@ use super::batch::{self, Delivery, HeldBody, Processed};
 use super::lease::Leases;
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
+use crate::keys::BodySealer;
 use crate::kind::{Message, MessageKind, Rejection, Transformed};
-use crate::login::BodySealer;
 use crate::sqs::{MessageSource, Received, SQS_BATCH_LIMIT};
 
 /// SQS's default visibility timeout, for a run that was given none (the pipeline is normally

@@ -257,7 +257,8 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
     assert_eq!(
         queue.depth().await,
         0,
-        "the flushed batch was deleted before exit"
+        "the flushed batch was deleted before exit; the run said:\n{stdout}\n{}",
+        stderr(&out)
     );
     let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99);

@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use zeroize::Zeroizing;
 
-use super::mask::{KeyError, MaskKey};
+use super::{KeyError, MaskKey};
 
 /// Secret text from the command line or the environment (the base64 key of `SQS2PG_MASK_KEY`):
 /// wiped from memory when dropped, and printed as `<redacted>`.

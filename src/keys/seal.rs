@@ -17,7 +17,7 @@ use aes_siv::aead::{Aead, KeyInit, Payload};
 use aes_siv::{Aes256SivAead, Nonce};
 use zeroize::Zeroizing;
 
-use super::mask::MaskKey;
+use super::MaskKey;
 
 const INFO_SEAL_BODY: &[u8] = b"sqs2pg/v1/seal/body";
 const VERSION: u8 = 1;
