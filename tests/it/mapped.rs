@@ -480,6 +480,48 @@ async fn the_login_mapping_file_gives_the_same_table_as_the_built_in_pipeline() 
     .await;
     assert_eq!(differ, 0, "the same rows, tokens byte for byte");
     assert_eq!(reasons(&db).await, ["missing_field:user_id"]);
+
+    // Through the mapping, a login the table refuses is quarantined and replayed like any.
+    let more: Vec<String> = samples
+        .iter()
+        .filter(|b| b.contains("device_id"))
+        .take(10)
+        .cloned()
+        .collect();
+    let first: serde_json::Value = serde_json::from_str(&more[0]).unwrap();
+    let user = first["user_id"].as_str().unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE public.user_logins_mapped
+               ADD CONSTRAINT not_this_one CHECK (user_id <> '{user}') NOT VALID"
+        ))
+        .await
+        .unwrap();
+    queue.send(&more).await;
+    let out = sqs2pg(&["drain"], &mapped);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = count(
+        &db,
+        "SELECT count(*) FROM sqs2pg.rejected_messages WHERE reason = 'rejected_by_database'",
+    )
+    .await;
+    let rows_of_user = more.iter().filter(|b| b.contains(user)).count() as i64;
+    assert_eq!(refused, rows_of_user);
+    client
+        .batch_execute("ALTER TABLE public.user_logins_mapped DROP CONSTRAINT not_this_one")
+        .await
+        .unwrap();
+    let replay = sqs2pg(
+        &["rejects", "replay", "--reason", "rejected_by_database"],
+        &mapped,
+    );
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let out = sqs2pg(&["drain"], &mapped);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins_mapped").await,
+        99 + more.len() as i64
+    );
 }
 
 /// Message attributes and the FIFO group id reach a mapping's `attr:` and `sqs:` columns, in
@@ -720,4 +762,38 @@ async fn rekey_moves_a_mappings_siv_and_ipcrypt_columns_to_the_new_key() {
     let refused = sqs2pg(&["drain"], &env);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("retired"), "{}", stderr(&refused));
+}
+
+/// `check` and the runs refuse a table with a NOT NULL column, without a default, that the
+/// mapping leaves out (no row could be inserted), and a column of another type; both named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_column_the_mapping_cannot_fill_and_one_of_another_type() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let mapping = example("orders-sns.toml").display().to_string();
+    let env = env(&db, &queue, &key, &protocol, &mapping);
+    assert!(sqs2pg(&["setup"], &env).status.success());
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE public.orders ADD COLUMN region text NOT NULL;
+             ALTER TABLE public.orders ALTER COLUMN currency TYPE text",
+        )
+        .await
+        .unwrap();
+    let check = sqs2pg(&["check"], &env);
+    assert!(!check.status.success());
+    let text = stdout(&check);
+    assert!(
+        text.contains("extra column region is NOT NULL without a default"),
+        "{text}"
+    );
+    assert!(
+        text.contains("column currency is text, expected character varying(3)"),
+        "{text}"
+    );
+    let drain = sqs2pg(&["drain"], &env);
+    assert_eq!(drain.status.code(), Some(1), "{}", stderr(&drain));
+    assert!(stderr(&drain).contains("region"), "{}", stderr(&drain));
 }
