@@ -16,6 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo doc, warnings denied"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --all-targets --locked
 # The slow tier: the volume tests (20,000 messages, several processes, a rate-limited server;

@@ -218,6 +218,8 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct QueueArgs {
+    // The text is `--help`'s, where URLs are plain text: not links.
+    #[allow(rustdoc::bare_urls)]
     /// The queue's URL, e.g. http://localhost:4566/000000000000/login-queue or
     /// https://sqs.us-east-1.amazonaws.com/123456789012/login-queue; or just its name (resolved
     /// with GetQueueUrl on --endpoint-url, or on the region's SQS).

@@ -93,7 +93,7 @@ async fn token_columns(
 ///
 /// - It holds the table's writers lock exclusively, so it refuses while a run writes to the
 ///   table (runs hold the lock shared), and runs starting meanwhile wait for it.
-/// - `ipcrypt` addresses first (see [`rekey_addresses`]), in one transaction.
+/// - `ipcrypt` addresses first (see `rekey_addresses`), in one transaction.
 /// - Then every `siv` token, in batches of about `batch_rows` rows, each one transaction,
 ///   walking the table's blocks once: a committed batch is done (its tokens carry the new key
 ///   id), and a rerun does what is left. `hmac` tokens are one-way and stay, counted.

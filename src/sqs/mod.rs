@@ -5,7 +5,7 @@
 //! The real client is [`Queue`] ([`queue`]): it speaks the JSON protocol through the official
 //! SDK ([`sdk`]) or the query protocol through our own small client ([`query`]; old LocalStack,
 //! the exercise's own image, speaks nothing else), and in `auto` mode picks the one the server
-//! answers. What both clients hand over goes through the same checks here ([`accept`]): MD5 of
+//! answers. What both clients hand over goes through the same checks here (`accept`): MD5 of
 //! the body, the attributes the pipeline needs, one delivery per message id per answer.
 
 pub mod query;

@@ -5,7 +5,7 @@
 //!
 //! Requests are signed with SigV4 by the official `aws-sigv4` crate, with credentials from the
 //! same provider chain the SDK uses (so it works against real SQS too); answers are read with
-//! quick-xml ([`super::xml`]), including error answers and per-entry batch failures. HTTP is
+//! quick-xml (`super::xml`), including error answers and per-entry batch failures. HTTP is
 //! hyper with rustls on ring, the stack the SDK itself runs on.
 
 use std::sync::Arc;
