@@ -185,22 +185,12 @@ pub struct Transformed {
 /// A message kind: a pure transform (no I/O, no clock) from a received message to rows of one
 /// table, or a rejection; and that table's columns, in the order the rows are encoded.
 pub trait MessageKind: Send + Sync + 'static {
-    /// The columns the rows fill, as they go into `COPY table (...)`: quoted where needed.
+    /// The columns the rows fill, in order, as named in the table (the loader quotes them).
     fn columns(&self) -> Vec<String>;
 
     /// Transforms one message. Never panics on any body (fuzzed); the pipeline catches a
     /// panic anyway for a message that keeps coming back.
     fn transform(&self, message: &Message<'_>) -> Transformed;
-}
-
-impl MessageKind for Box<dyn MessageKind> {
-    fn columns(&self) -> Vec<String> {
-        (**self).columns()
-    }
-
-    fn transform(&self, message: &Message<'_>) -> Transformed {
-        (**self).transform(message)
-    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,14 @@ fn parse_command_line() -> Result<Cli, config::ConfigError> {
     Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
+/// The database `unmask --query` reads.
+fn unmask_database(url: Option<&str>) -> Result<sqs2pg::postgres::Database, config::ConfigError> {
+    let url = url.ok_or_else(|| {
+        config::ConfigError("unmask --query needs DATABASE_URL (--database-url)".into())
+    })?;
+    sqs2pg::postgres::Database::parse(url).map_err(|e| config::ConfigError(e.to_string()))
+}
+
 async fn run(command: Command) -> Result<(), AppError> {
     match command {
         Command::Keygen(_) => unreachable!("handled before the runtime starts"),
@@ -145,11 +153,7 @@ async fn run(command: Command) -> Result<(), AppError> {
             if unmasker.is_empty() {
                 eprintln!("note: the mapping has no reversible token column (siv, ipcrypt, ipcrypt-pfx); hmac tokens are one-way");
             }
-            let url = args.database_url.as_deref().ok_or_else(|| {
-                config::ConfigError("unmask --query needs DATABASE_URL (--database-url)".into())
-            })?;
-            let database = sqs2pg::postgres::Database::parse(url)
-                .map_err(|e| config::ConfigError(e.to_string()))?;
+            let database = unmask_database(args.database_url.as_deref())?;
             eprintln!("warning: the values below are personal data (the mapping's token columns)");
             for line in app::query_unmasked(&database, query, |c, v| unmasker.cell(c, v)).await? {
                 println!("{line}");
@@ -169,11 +173,7 @@ async fn run(command: Command) -> Result<(), AppError> {
             eprintln!("warning: the values below are personal data (ip, device_id)");
             let mut failed = 0;
             if let Some(query) = &args.query {
-                let url = args.database_url.as_deref().ok_or_else(|| {
-                    config::ConfigError("unmask --query needs DATABASE_URL (--database-url)".into())
-                })?;
-                let database = sqs2pg::postgres::Database::parse(url)
-                    .map_err(|e| config::ConfigError(e.to_string()))?;
+                let database = unmask_database(args.database_url.as_deref())?;
                 for line in app::unmask_query(&database, &unmasker, query).await? {
                     println!("{line}");
                 }

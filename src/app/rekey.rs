@@ -79,7 +79,7 @@ async fn token_columns(
             )));
         };
         columns.push(TokenColumn {
-            quoted: format!("\"{}\"", name.replace('"', "\"\"")),
+            quoted: pg::schema::quote_ident(&name),
             name,
             scopes: row.get(1),
             sql_type,
@@ -113,12 +113,10 @@ pub async fn rekey(
     }
     let mut client = database.connect().await?;
     pg::check_ready_schema(&client).await?;
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+    if !pg::schema::table_exists(&client, table)
         .await
         .map_err(AppError::Query)?
-        .get(0);
-    if !exists {
+    {
         return Err(pg::schema::NotReady::NoTable(table.to_string()).into());
     }
     let name = table.to_string();

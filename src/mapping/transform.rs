@@ -72,7 +72,7 @@ impl MessageKind for Mapper {
         self.mapping
             .columns
             .iter()
-            .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+            .map(|c| c.name.clone())
             .collect()
     }
 

@@ -27,10 +27,11 @@ pub struct Delivery {
 /// replay (whose ledger id differs from its SQS message id) 0, as replays are kept apart and
 /// never pruned, and a replay sent twice carries two SentTimestamps.
 pub fn ledger_ms(sent_timestamp: i64, is_replay: bool) -> i64 {
+    // Already milliseconds: `sqs::accept` normalised it where the message was received.
     if is_replay {
         0
     } else {
-        i64::try_from(crate::kind::sent_millis(sent_timestamp)).unwrap_or(i64::MAX)
+        sent_timestamp
     }
 }
 

@@ -133,7 +133,7 @@ pub enum PipelineError {
 pub async fn run<S: MessageSource, L: BatchLoader>(
     source: Arc<S>,
     loader: L,
-    kind: impl MessageKind,
+    kind: Box<dyn MessageKind>,
     sealer: BodySealer,
     settings: PipelineSettings,
     shutdown: CancellationToken,
@@ -162,7 +162,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         ))
     });
 
-    let stage = Arc::new(Stage::new(Box::new(kind), sealer, settings.clone()));
+    let stage = Arc::new(Stage::new(kind, sealer, settings.clone()));
     let receivers: Vec<_> = (0..settings.receivers.max(1))
         .map(|id| {
             tokio::spawn(receive::receive_loop(

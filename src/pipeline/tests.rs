@@ -213,7 +213,7 @@ async fn run_with<L: BatchLoader>(
     let result = run(
         source,
         loader,
-        LoginKind::new(Masker::new(&key)),
+        Box::new(LoginKind::new(Masker::new(&key))),
         BodySealer::new(&key),
         settings,
         shutdown,

@@ -206,7 +206,7 @@ struct Connection {
 
 impl TableLoader {
     /// A loader for `columns` of `table` (as the message kind encodes its rows, see
-    /// `kind::MessageKind::columns`); connects on first use. `seal_key_id` names the key that
+    /// `kind::MessageKind::columns`; quoted here); connects on first use. `seal_key_id` names the key that
     /// sealed the bodies of the rejections it stores.
     pub fn new(
         database: Database,
@@ -220,7 +220,11 @@ impl TableLoader {
             copy_rows: format!(
                 "COPY {} ({}) FROM STDIN (FORMAT binary)",
                 table.quoted(),
-                columns.join(", ")
+                columns
+                    .iter()
+                    .map(|c| super::schema::quote_ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             probe: format!(
                 "LOCK TABLE {}, sqs2pg.ledger, sqs2pg.rejected_messages IN ROW EXCLUSIVE MODE NOWAIT",

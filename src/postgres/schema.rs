@@ -403,7 +403,8 @@ impl fmt::Display for TableName {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+/// `s` as a quoted SQL identifier.
+pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -469,7 +470,8 @@ pub async fn setup_up_to(
     Ok(report)
 }
 
-async fn table_exists(
+/// Whether `table` exists (a plain or a partitioned table, or any relation of that name).
+pub async fn table_exists(
     client: &impl tokio_postgres::GenericClient,
     table: &TableName,
 ) -> Result<bool, tokio_postgres::Error> {

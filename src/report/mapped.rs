@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::postgres::schema::quote_ident;
 use crate::postgres::TableName;
 
 /// One token column's counts.
@@ -34,10 +35,6 @@ pub struct MappedReport {
     pub rejected: Vec<(String, i64)>,
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Reads the aggregates of `table`: by day of `day_column` (its name, and whether it is a
 /// timestamptz, whose day is taken in UTC), and for each of `token_columns`.
 pub async fn build(
@@ -54,7 +51,7 @@ pub async fn build(
     let per_day = match day_column {
         None => Vec::new(),
         Some((column, with_time_zone)) => {
-            let c = quote(column);
+            let c = quote_ident(column);
             let day = if with_time_zone {
                 format!("({c} AT TIME ZONE 'UTC')::date")
             } else {
@@ -76,7 +73,7 @@ pub async fn build(
     };
     let mut tokens = Vec::with_capacity(token_columns.len());
     for name in token_columns {
-        let c = quote(name);
+        let c = quote_ident(name);
         let row = client
             .query_one(
                 &format!(

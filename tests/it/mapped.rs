@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqs2pg::app;
 use sqs2pg::config;
-use sqs2pg::pipeline::{Mode, Summary};
+use sqs2pg::pipeline::Mode;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{DeleteFault, FaultySource};
@@ -54,6 +53,16 @@ fn env<'a>(
         ("AWS_ENDPOINT_URL", &queue.endpoint),
         ("SQS2PG_MAPPING", mapping),
     ]
+}
+
+/// `rejects replay --reason rejected_by_database`, which must succeed.
+fn replay_refused(env: &[(&str, &str)]) -> Output {
+    let replay = sqs2pg(
+        &["rejects", "replay", "--reason", "rejected_by_database"],
+        env,
+    );
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    replay
 }
 
 /// Reasons of the quarantined messages, sorted.
@@ -164,11 +173,7 @@ async fn drains_end_to_end(case: Case) -> TestDb {
         ))
         .await
         .unwrap();
-    let replay = sqs2pg(
-        &["rejects", "replay", "--reason", "rejected_by_database"],
-        &env,
-    );
-    assert!(replay.status.success(), "{}", stderr(&replay));
+    let replay = replay_refused(&env);
     assert!(
         stdout(&replay).contains("replayed 1 message(s)"),
         "{}",
@@ -387,25 +392,7 @@ async fn an_s3_message_of_five_records_redelivered_after_a_lost_delete_still_giv
     // The first delete is lost (a crash between COMMIT and delete): SQS hands the message out
     // again after its 1 s visibility timeout.
     let lossy = Arc::new(FaultySource::new(queue.queue.clone()).deletes(DeleteFault::LoseFirst));
-    let mut total = Summary::default();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let settings = config::pipeline(&a, Mode::Drain).unwrap();
-        let s = app::process_with(settings, lossy.clone(), CancellationToken::new(), |l| l)
-            .await
-            .unwrap();
-        total.loaded += s.loaded;
-        total.rows += s.rows;
-        total.duplicates += s.duplicates;
-        total.redelivered_while_held += s.redelivered_while_held;
-        if queue.depth().await == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the redelivery never came: {total:?}"
-        );
-    }
+    let total = crate::pipeline::drain_until_empty(&a, &lossy, &queue).await;
     assert_eq!(lossy.swallowed.load(Ordering::SeqCst), 1);
     assert_eq!((total.loaded, total.rows), (1, 5), "{total:?}");
     assert!(
@@ -511,11 +498,7 @@ async fn the_login_mapping_file_gives_the_same_table_as_the_built_in_pipeline() 
         .batch_execute("ALTER TABLE public.user_logins_mapped DROP CONSTRAINT not_this_one")
         .await
         .unwrap();
-    let replay = sqs2pg(
-        &["rejects", "replay", "--reason", "rejected_by_database"],
-        &mapped,
-    );
-    assert!(replay.status.success(), "{}", stderr(&replay));
+    replay_refused(&mapped);
     let out = sqs2pg(&["drain"], &mapped);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(

@@ -89,6 +89,35 @@ pub async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(db: &TestDb, sql
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// Drains through `source` until the queue holds nothing, visible or in flight, in as many
+/// runs as that takes (bounded); their counts added up.
+pub async fn drain_until_empty<S: sqs2pg::sqs::MessageSource>(
+    args: &PipelineArgs,
+    source: &Arc<S>,
+    queue: &TestQueue,
+) -> Summary {
+    let mut total = Summary::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let settings = config::pipeline(args, Mode::Drain).unwrap();
+        let s = app::process_with(settings, source.clone(), CancellationToken::new(), |l| l)
+            .await
+            .unwrap();
+        total.loaded += s.loaded;
+        total.rows += s.rows;
+        total.duplicates += s.duplicates;
+        total.redelivered_while_held += s.redelivered_while_held;
+        total.rejected.extend(s.rejected);
+        if queue.depth().await == 0 {
+            return total;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redeliveries not all seen: {total:?}"
+        );
+    }
+}
+
 pub async fn drain(args: &PipelineArgs) -> Summary {
     let settings = config::pipeline(args, Mode::Drain).unwrap();
     app::process(settings, CancellationToken::new())
@@ -222,25 +251,7 @@ async fn redelivery_after_a_lost_delete_adds_no_second_row(sqs: Sqs) {
     // 1 s visibility timeout SQS redelivers them. Drain until the queue holds nothing, visible
     // or in flight, in as many runs as that takes (bounded).
     let lossy = Arc::new(FaultySource::new(queue.queue.clone()).deletes(DeleteFault::LoseFirst));
-    let mut total = Summary::default();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let settings = config::pipeline(&a, Mode::Drain).unwrap();
-        let s = app::process_with(settings, lossy.clone(), CancellationToken::new(), |l| l)
-            .await
-            .unwrap();
-        total.loaded += s.loaded;
-        total.duplicates += s.duplicates;
-        total.redelivered_while_held += s.redelivered_while_held;
-        total.rejected.extend(s.rejected);
-        if queue.depth().await == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redeliveries not all seen: {total:?}"
-        );
-    }
+    let total = drain_until_empty(&a, &lossy, &queue).await;
     assert!(lossy.swallowed.load(Ordering::SeqCst) >= 100);
     // Each message whose delete was lost came back and was skipped as a duplicate, unless it
     // came back while still held (a slow server at a 1 s timeout): then its older receipt
