@@ -173,7 +173,7 @@ impl MessageSource for Synthetic {
 /// pipeline's own cost (receive, transform, batch, delete) without PostgreSQL.
 struct Discard;
 
-impl sqs2pg::postgres::BatchLoader for Discard {
+impl sqs2pg::pipeline::BatchLoader for Discard {
     async fn load(
         &mut self,
         batch: &sqs2pg::pipeline::batch::Batch,

@@ -1,10 +1,14 @@
-//! Subcommands and flags (clap derive). Every flag can also come from the environment variable
-//! named beside it; those names are part of the contract. Raw arguments are turned into checked
-//! `config::Settings` in a second step (`config`), never used directly.
+//! The command line: the subcommands and their command-specific flags (clap derive). The
+//! settings they share (database, queue, key, pipeline tuning) are declared once, in
+//! `config::args`, and flattened in here. Every flag can also come from the environment
+//! variable named beside it; those names are part of the contract. Raw arguments are turned
+//! into checked `config::Settings` in a second step (`config`), never used directly.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+pub use crate::config::args::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 
 /// Moves JSON login messages from an SQS queue into PostgreSQL, masking ip and device_id.
 #[derive(Debug, Parser)]
@@ -201,153 +205,6 @@ pub enum ConfigCommand {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct DatabaseArgs {
-    /// libpq-style URL, e.g. postgres://user:password@localhost:5432/db?sslmode=require.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-
-    /// Target table, `table` or `schema.table`; each part is quoted as an identifier.
-    #[arg(long, env = "SQS2PG_TABLE", default_value = crate::config::DEFAULT_TABLE)]
-    pub table: String,
-
-    /// A mapping file (see `sqs2pg mapping`): the table it names, and how each message becomes
-    /// its rows. Without one, the built-in login pipeline writes to --table.
-    #[arg(long, env = "SQS2PG_MAPPING")]
-    pub mapping: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct QueueArgs {
-    // The text is `--help`'s, where URLs are plain text: not links.
-    #[allow(rustdoc::bare_urls)]
-    /// The queue's URL, e.g. http://localhost:4566/000000000000/login-queue or
-    /// https://sqs.us-east-1.amazonaws.com/123456789012/login-queue; or just its name (resolved
-    /// with GetQueueUrl on --endpoint-url, or on the region's SQS).
-    #[arg(long, env = "SQS2PG_QUEUE_URL")]
-    pub queue_url: Option<String>,
-
-    /// SQS endpoint override. Defaults to the queue URL's origin when that is not an AWS host.
-    #[arg(long, env = "AWS_ENDPOINT_URL")]
-    pub endpoint_url: Option<String>,
-
-    /// SQS wire protocol: `auto` speaks JSON and switches to query if the server speaks only
-    /// that (LocalStack 0.14, the exercise's image); `json`; `query`.
-    #[arg(long, env = "SQS2PG_SQS_PROTOCOL", value_enum, default_value_t = crate::sqs::Protocol::Auto)]
-    pub sqs_protocol: crate::sqs::Protocol,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct PipelineArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
-    pub queue: QueueArgs,
-
-    #[command(flatten)]
-    pub key: KeyArgs,
-
-    /// Concurrent long-polling receivers.
-    #[arg(long, env = "SQS2PG_RECEIVERS", default_value_t = crate::config::DEFAULT_RECEIVERS)]
-    pub receivers: usize,
-
-    /// Loader connections to PostgreSQL: a batch loads on each at once, so one commits while
-    /// the next is written (1 for a FIFO queue, whatever is set, to keep order to COMMIT).
-    #[arg(long, env = "SQS2PG_LOADERS", default_value_t = crate::config::DEFAULT_LOADERS)]
-    pub loaders: usize,
-
-    /// Long-poll wait per receive, 0 to 20 seconds.
-    #[arg(long, env = "SQS2PG_WAIT_TIME_SECS", default_value_t = crate::config::DEFAULT_WAIT_TIME_SECS)]
-    pub wait_time_secs: u64,
-
-    /// How `ip` is masked: `hmac` (one-way), `siv` (deterministic encryption: key holders can
-    /// recover it with `sqs2pg unmask`), `ipcrypt` (format-preserving: still an IP address) or
-    /// `ipcrypt-pfx` (prefix-preserving: subnets stay subnets).
-    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
-    pub ip_mask: crate::login::MaskMode,
-
-    /// How `device_id` is masked: `hmac` (one-way) or `siv` (recoverable by key holders).
-    #[arg(long, env = "SQS2PG_DEVICE_ID_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
-    pub device_id_mask: crate::login::MaskMode,
-
-    /// Say that a masking key or mode other than the last run's is on purpose (a rotation):
-    /// the start-up warning about tokens that no longer match becomes a note.
-    #[arg(long, env = "SQS2PG_KEY_ROTATION_INTENDED")]
-    pub key_rotation_intended: bool,
-
-    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address (IP:PORT), e.g.
-    /// 127.0.0.1:9187; off when not given.
-    #[arg(long, env = "SQS2PG_METRICS_ADDR")]
-    pub metrics_addr: Option<String>,
-
-    /// Messages held at most (received and not yet deleted): the ceiling of the window, which
-    /// adapts below it to what the run commits and deletes within the visibility timeout.
-    #[arg(long, env = "SQS2PG_MAX_IN_FLIGHT_MESSAGES", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES)]
-    pub max_in_flight_messages: usize,
-
-    /// Body bytes received and not yet committed, at most: receiving pauses at this budget
-    /// (while the database is slow or down), so memory stays bounded.
-    #[arg(long, env = "SQS2PG_MAX_IN_FLIGHT_BYTES", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_BYTES)]
-    pub max_in_flight_bytes: usize,
-
-    /// After SIGTERM/SIGINT, the longest the run takes to flush, commit, delete and release
-    /// before it exits anyway (keep it below the container's grace period).
-    #[arg(long, env = "SQS2PG_SHUTDOWN_TIMEOUT_SECS", default_value_t = crate::config::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
-    pub shutdown_timeout_secs: u64,
-
-    /// Visibility timeout asked for on receive; the queue's own setting when not given.
-    #[arg(long, env = "SQS2PG_VISIBILITY_TIMEOUT_SECS")]
-    pub visibility_timeout_secs: Option<u64>,
-
-    /// Most messages per load transaction.
-    #[arg(long, env = "SQS2PG_BATCH_MAX_ROWS", default_value_t = crate::config::DEFAULT_BATCH_MAX_ROWS)]
-    pub batch_max_rows: usize,
-
-    /// Longest a message waits in an open batch before it is loaded, in milliseconds.
-    #[arg(long, env = "SQS2PG_BATCH_MAX_AGE_MS", default_value_t = crate::config::DEFAULT_BATCH_MAX_AGE_MS)]
-    pub batch_max_age_ms: u64,
-
-    /// Bodies longer than this many bytes are rejected as body_too_large.
-    #[arg(long, env = "SQS2PG_MAX_BODY_BYTES", default_value_t = crate::config::DEFAULT_MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
-
-    /// Attempts for a failing load or receive before `drain` gives up (`run` retries forever).
-    #[arg(long, env = "SQS2PG_MAX_ATTEMPTS", default_value_t = crate::config::DEFAULT_MAX_ATTEMPTS)]
-    pub max_attempts: u32,
-
-    /// Ledger entries older than this many days are pruned (must exceed SQS's 14-day retention).
-    #[arg(long, env = "SQS2PG_LEDGER_RETENTION_DAYS", default_value_t = crate::config::DEFAULT_LEDGER_RETENTION_DAYS)]
-    pub ledger_retention_days: u64,
-
-    /// A message received more often than this is quarantined as poison:receive_count.
-    #[arg(long, env = "SQS2PG_MAX_RECEIVE_COUNT", default_value_t = crate::config::DEFAULT_MAX_RECEIVE_COUNT)]
-    pub max_receive_count: u32,
-}
-
-#[derive(Debug, Args, Clone, Default)]
-pub struct KeyArgs {
-    /// The base64 masking key (at least 32 bytes). Prefer the environment variable: command-line
-    /// arguments are visible to other users of the machine.
-    #[arg(
-        long,
-        env = "SQS2PG_MASK_KEY",
-        hide_env_values = true,
-        value_name = "BASE64"
-    )]
-    pub mask_key: Option<crate::login::KeyText>,
-
-    /// File holding the base64 masking key (mode 600); instead of SQS2PG_MASK_KEY.
-    #[arg(long, env = "SQS2PG_MASK_KEY_FILE")]
-    pub mask_key_file: Option<PathBuf>,
-
-    /// Key ring file (TOML, mode 600, written by `sqs2pg keygen --ring`): several keys, one
-    /// active; instead of SQS2PG_MASK_KEY(_FILE). Runs use the active key; unmask, rejects and
-    /// rekey also read tokens and bodies of the others.
-    #[arg(long, env = "SQS2PG_MASK_KEY_RING")]
-    pub mask_key_ring: Option<PathBuf>,
-}
-
-#[derive(Debug, Args, Clone)]
 pub struct RejectsArgs {
     #[command(subcommand)]
     pub command: RejectsCommand,
@@ -441,5 +298,23 @@ mod tests {
         };
         assert_eq!(args.key_id.as_deref(), Some("-k"));
         assert_eq!(args.tokens, ["-t.s.x"]);
+    }
+
+    #[test]
+    fn every_key_the_configuration_file_can_set_is_a_setting_of_some_command() {
+        let example = include_str!("../examples/sqs2pg.example.toml");
+        let file = crate::config::file::FileSettings::parse(example).unwrap();
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let mut known: Vec<String> = command
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for sub in command.get_subcommands() {
+            known.extend(sub.get_arguments().map(|a| a.get_id().to_string()));
+        }
+        for (id, _) in file.defaults() {
+            assert!(known.iter().any(|k| k == id), "{id} is no setting");
+        }
     }
 }

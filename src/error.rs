@@ -1,13 +1,29 @@
 //! The fate policy: for every outcome of a message or a call (committed, rejected, a failed
 //! load, a failed SQS call), one decision, made in [`fate`] and nowhere else. The pipeline,
-//! the start-up checks and `send` all ask it instead of deciding for themselves.
+//! the start-up checks and `send` all ask it instead of deciding for themselves. The adapters
+//! classify their own errors (`sqs::SourceErrorKind`, `postgres::ErrorClass`); this table says
+//! what each class does to the messages.
 //!
 //! | fate       | when                                                    | what happens                                   |
 //! |------------|---------------------------------------------------------|------------------------------------------------|
 //! | ack        | row committed, or duplicate of a committed message      | delete from SQS                                |
 //! | quarantine | the message itself is bad, or the table refuses its row | commit a rejection with its reason, then delete |
 //! | retry      | the world is bad (database down, network, throttling)   | back off with jitter and try again; never drop |
+//! | redeliver  | trying again now cannot help, later can                 | let go without deleting: SQS delivers it again |
 //! | stop       | our configuration is bad (password, missing table, TLS) | stop with a clear message; nothing is deleted  |
+//!
+//! The decisions beyond the error classes, each a row of [`fate`]:
+//!
+//! - A body that fails its MD5 check is redelivered (a copy can arrive intact) until it has
+//!   come back more often than `--max-receive-count`; then it is quarantined as poison.
+//! - When the table refuses every row of a batch of two or more messages with rows, the table
+//!   is the problem (a trigger or constraint nothing meets): stop, rather than empty the queue
+//!   into the reject table.
+//! - A delete that fails transiently is retried at most [`DELETE_ATTEMPTS`] times, then the
+//!   messages are redelivered: SQS delivers them again and they are deleted as duplicates.
+//! - The SQS adapter classifies a queue that disappears after this run has seen it as
+//!   transient (an emulator restarted without its state), and a message without a
+//!   SentTimestamp as permanent (the server lacks what dating rows needs).
 //!
 //! Poison is a quarantine with evidence: a message received more often than
 //! `--max-receive-count` is only a suspect (leases lapse on a slow server, and each lapse is a
@@ -16,12 +32,8 @@
 //! transaction ([`Outcome::FailedAlone`]). Below the limit such a message is left for SQS to
 //! redeliver, so one that fails every time reaches the limit.
 
-use std::time::Duration;
-
-use tokio_postgres::error::SqlState;
-
 use crate::kind::Rejection;
-use crate::postgres::LoadError;
+use crate::postgres::{ErrorClass, LoadError};
 use crate::sqs::{SourceError, SourceErrorKind};
 
 /// What happens to the messages affected by an outcome.
@@ -33,6 +45,9 @@ pub enum Fate {
     Quarantine,
     /// Keep the messages, back off, try again; SQS redelivers whatever is not deleted.
     Retry,
+    /// Let the messages go without deleting them: SQS delivers them again after their
+    /// visibility timeout, when they load (or are skipped as duplicates).
+    Redeliver,
     /// Give up the run: retrying cannot help until an operator changes something.
     Stop,
 }
@@ -57,7 +72,23 @@ pub enum Outcome<'a> {
         failures: u32,
         over_receive_limit: bool,
     },
+    /// A received body does not match its MD5 (corrupted on the way); the message was received
+    /// more often than `--max-receive-count` or not.
+    CorruptBody { over_receive_limit: bool },
+    /// The table refused `refused` of the `with_rows` messages with rows in a batch (each
+    /// found alone, by bisection).
+    RowsRefused { refused: usize, with_rows: usize },
+    /// A DeleteMessageBatch call failed (`error`), or SQS refused some of its entries
+    /// transiently (`None`), for the `attempts`th time.
+    DeleteFailed {
+        error: Option<&'a SourceError>,
+        attempts: u32,
+    },
 }
+
+/// Calls a failing delete gets, at most, even in `run`: a message whose delete is lost is
+/// redelivered and skipped as a duplicate, so holding on to it longer only delays the run.
+pub const DELETE_ATTEMPTS: u32 = 5;
 
 /// Failures of a suspect's lone load, each while the database committed other work, that make
 /// it poison. Three: one failure can be bad luck, three in a row with the database working in
@@ -70,16 +101,23 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
         Outcome::Committed => Fate::Ack,
         // A bad message is always kept as a rejection, never retried and never dropped.
         Outcome::Rejected(_) => Fate::Quarantine,
-        Outcome::LoadFailed(LoadError::Injected(_) | LoadError::TimedOut(_)) => Fate::Retry,
-        Outcome::LoadFailed(err) => match err.postgres() {
+        Outcome::LoadFailed(LoadError::TimedOut(_)) => Fate::Retry,
+        #[cfg(any(test, feature = "test-support"))]
+        Outcome::LoadFailed(LoadError::Injected(_)) => Fate::Retry,
+        Outcome::LoadFailed(err) => match err.postgres().map(crate::postgres::classify) {
             // The table refused a row for reasons of its own: find that row (the pipeline
             // bisects the batch) and quarantine it; the rest of the batch loads.
-            Some(pg) if refused_by_table(pg) => Fate::Quarantine,
-            Some(pg) => fate_of_postgres(pg),
+            Some(ErrorClass::RowRefused) => Fate::Quarantine,
+            Some(ErrorClass::LockWait | ErrorClass::Transient) => Fate::Retry,
+            Some(ErrorClass::Permanent) => Fate::Stop,
             // A malformed URL or an unreadable certificate does not fix itself.
             None => Fate::Stop,
         },
-        Outcome::Postgres(pg) => fate_of_postgres(pg),
+        Outcome::Postgres(pg) => match crate::postgres::classify(pg) {
+            ErrorClass::LockWait | ErrorClass::Transient => Fate::Retry,
+            // Outside a load no row is to blame: a refusal there is our own statement's.
+            ErrorClass::RowRefused | ErrorClass::Permanent => Fate::Stop,
+        },
         Outcome::Sqs(err) => match err.kind {
             SourceErrorKind::Transient => Fate::Retry,
             SourceErrorKind::Permanent => Fate::Stop,
@@ -96,6 +134,28 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
                 Fate::Retry
             }
         }
+        // A copy can arrive intact; one that never does is poison once over the limit.
+        Outcome::CorruptBody { over_receive_limit } => {
+            if over_receive_limit {
+                Fate::Quarantine
+            } else {
+                Fate::Redeliver
+            }
+        }
+        // Not one row passes: the table is the problem, not the messages. (One message alone
+        // proves nothing about the table.)
+        Outcome::RowsRefused { refused, with_rows } => {
+            if with_rows > 1 && refused == with_rows {
+                Fate::Stop
+            } else {
+                Fate::Quarantine
+            }
+        }
+        Outcome::DeleteFailed { error, attempts } => match error.map(|e| e.kind) {
+            Some(SourceErrorKind::Permanent) => Fate::Stop,
+            _ if attempts < DELETE_ATTEMPTS => Fate::Retry,
+            _ => Fate::Redeliver,
+        },
     }
 }
 
@@ -104,116 +164,12 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
 /// says someone else holds the table or a row (another replica loading the same message), not
 /// that a message is bad.
 pub fn may_blame_rows(err: &LoadError) -> bool {
-    !err.postgres()
-        .and_then(tokio_postgres::Error::code)
-        .is_some_and(|state| *state == SqlState::LOCK_NOT_AVAILABLE)
-}
-
-/// PostgreSQL errors by SQLSTATE: connection trouble, restarts, serialization failures and
-/// resource shortages are transient; anything else (authentication, missing objects,
-/// privileges) needs an operator. (Rows the table refuses are sorted out before this, in
-/// [`fate`].) Without a SQLSTATE the error is on
-/// the way to the server: a TLS failure (untrusted certificate, wrong host name) is
-/// configuration; anything else (refused, reset, timed out) is transient.
-fn fate_of_postgres(err: &tokio_postgres::Error) -> Fate {
-    let Some(state) = err.code() else {
-        return if is_tls_failure(err) {
-            Fate::Stop
-        } else {
-            Fate::Retry
-        };
-    };
-    let code = state.code();
-    let transient = code.starts_with("08") // connection exception
-        || code.starts_with("53") // insufficient resources
-        || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
-        || *state == SqlState::T_R_SERIALIZATION_FAILURE
-        || *state == SqlState::T_R_DEADLOCK_DETECTED
-        || *state == SqlState::LOCK_NOT_AVAILABLE
-        || *state == SqlState::QUERY_CANCELED;
-    if transient {
-        Fate::Retry
-    } else {
-        Fate::Stop
-    }
-}
-
-/// SQLSTATE classes that mean "this row is not acceptable": data exceptions (22: value out of
-/// range, bad encoding), integrity constraints (23: CHECK, foreign key, unique), triggered data
-/// change (27), WITH CHECK OPTION (44), and errors raised by trigger code (P0, 39).
-fn refused_by_table(err: &tokio_postgres::Error) -> bool {
-    err.code().is_some_and(|state| {
-        ["22", "23", "27", "44", "P0", "39"]
-            .iter()
-            .any(|class| state.code().starts_with(class))
-    })
-}
-
-/// True when a rustls error is anywhere in the cause chain (tokio-rustls wraps it in io::Error).
-pub(crate) fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        let inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if e.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
-/// Exponential backoff with full jitter, capped; `max_attempts: None` retries forever.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub initial: Duration,
-    pub max_delay: Duration,
-    pub max_attempts: Option<u32>,
-}
-
-impl RetryPolicy {
-    /// The delay before retry number `attempt` (1-based): uniformly random in
-    /// `[0, min(max_delay, initial * 2^(attempt-1))]`, so many replicas do not retry in step.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.max_delay);
-        cap.mul_f64(fastrand::f64())
-    }
-
-    /// Whether another attempt is allowed after `attempts` failures.
-    pub fn allows(&self, attempts: u32) -> bool {
-        self.max_attempts.is_none_or(|max| attempts < max)
-    }
+    err.postgres().map(crate::postgres::classify) != Some(ErrorClass::LockWait)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_bounded() {
-        let p = RetryPolicy {
-            initial: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
-            max_attempts: Some(3),
-        };
-        for attempt in 1..40 {
-            let d = p.delay(attempt);
-            assert!(d <= Duration::from_secs(5));
-            assert!(d <= Duration::from_millis(100) * 2u32.pow(attempt.min(20) - 1));
-        }
-        assert!(p.allows(2));
-        assert!(!p.allows(3));
-        assert!(RetryPolicy {
-            max_attempts: None,
-            ..p
-        }
-        .allows(u32::MAX));
-    }
 
     #[test]
     fn outcomes_map_to_fates() {
@@ -231,12 +187,23 @@ mod tests {
         assert_eq!(fate(Outcome::Committed), Fate::Ack);
         let bad = Rejection::bare("not_json");
         assert_eq!(fate(Outcome::Rejected(&bad)), Fate::Quarantine);
-        let tls = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        let over = |over_receive_limit| fate(Outcome::CorruptBody { over_receive_limit });
+        assert_eq!(
+            (over(false), over(true)),
+            (Fate::Redeliver, Fate::Quarantine)
         );
-        assert!(is_tls_failure(&tls));
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(!is_tls_failure(&refused));
+        let refused = |refused, with_rows| fate(Outcome::RowsRefused { refused, with_rows });
+        assert_eq!(refused(2, 2), Fate::Stop);
+        assert_eq!(refused(1, 1), Fate::Quarantine);
+        assert_eq!(refused(1, 2), Fate::Quarantine);
+        let transient = e(SourceErrorKind::Transient);
+        let delete = |attempts| {
+            fate(Outcome::DeleteFailed {
+                error: Some(&transient),
+                attempts,
+            })
+        };
+        assert_eq!(delete(DELETE_ATTEMPTS - 1), Fate::Retry);
+        assert_eq!(delete(DELETE_ATTEMPTS), Fate::Redeliver);
     }
 }

@@ -46,6 +46,8 @@ pub mod mapping;
 pub mod pipeline;
 pub mod postgres;
 pub mod report;
+pub mod retry;
 pub mod sqs;
 pub mod telemetry;
+pub mod tls;
 pub mod toml_error;

@@ -10,12 +10,13 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
-use crate::error::{fate, Fate, Outcome, RetryPolicy};
+use crate::error::{fate, Fate, Outcome};
 use crate::kind::MessageKind;
 use crate::login::{BodySealer, KeyRing, Masker};
 use crate::pipeline::{self, PipelineError, Summary};
 use crate::postgres::schema::{NotReady, SetupReport};
 use crate::postgres::{self as pg, quarantine, ConnectError, Database, TableLoader, TableName};
+use crate::retry::RetryPolicy;
 use crate::sqs::queue::{is_fifo, SqsSettings};
 use crate::sqs::{Outgoing, Queue, ReplayTag, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
@@ -208,7 +209,7 @@ async fn poll_queue_depth(queue: Arc<Queue>, stop: CancellationToken) {
 
 /// Connects to the queue and resolves a queue given by name to its URL.
 pub async fn open_queue(settings: &SqsSettings) -> Result<Queue, AppError> {
-    let mut queue = Queue::connect(settings).await?;
+    let mut queue = Queue::connect(settings).await.map_err(ConfigError::from)?;
     queue.locate().await?;
     Ok(queue)
 }
@@ -223,7 +224,7 @@ pub async fn process_with<S, L, F>(
 ) -> Result<Summary, AppError>
 where
     S: crate::sqs::MessageSource,
-    L: pg::BatchLoader,
+    L: crate::pipeline::BatchLoader,
     F: FnOnce(TableLoader) -> L,
 {
     // A signal while waiting for the database ends the run: nothing was received yet.
@@ -641,7 +642,7 @@ pub async fn send(
             bodies.push(Outgoing::new(line));
         }
     }
-    let mut queue = Queue::connect(settings).await?;
+    let mut queue = Queue::connect(settings).await.map_err(ConfigError::from)?;
     if create_queue {
         queue.create_queue().await?;
     } else {

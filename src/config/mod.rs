@@ -1,18 +1,19 @@
 //! Checked settings. Raw CLI/env arguments (`cli`) become these types in one step that fails
 //! with a message naming the setting and the fix, before any message is touched.
 
+pub mod args;
 pub mod file;
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
-use crate::error::RetryPolicy;
 use crate::login::mask::{KeyError, MaskKey};
 use crate::login::{KeyRing, KeyText};
 use crate::pipeline::{Mode, PipelineSettings};
 use crate::postgres::{Database, TableName};
+use crate::retry::RetryPolicy;
 use crate::sqs::queue::{is_queue_name, SqsSettings};
+use args::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use zeroize::Zeroizing;
 
 /// Four receivers keep a few long polls in flight: against a nearby SQS each returns up to 10
@@ -73,6 +74,12 @@ pub const MASK_KEY_ENV: &str = "SQS2PG_MASK_KEY";
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
+
+impl From<crate::sqs::queue::SettingsError> for ConfigError {
+    fn from(e: crate::sqs::queue::SettingsError) -> Self {
+        Self(e.0)
+    }
+}
 
 /// Everything `drain` and `run` need, checked.
 #[derive(Debug)]
@@ -484,7 +491,7 @@ mod tests {
 
     #[test]
     fn drain_needs_a_long_poll() {
-        use crate::cli::DatabaseArgs;
+        use super::args::DatabaseArgs;
         let args = PipelineArgs {
             database: DatabaseArgs {
                 database_url: Some("postgres://u@localhost/db".into()),

@@ -3,24 +3,13 @@
 //! commit.
 
 use std::collections::HashSet;
-use std::time::SystemTime;
 
 use zeroize::Zeroizing;
 
 use crate::keys::{BodySealer, SealedBody};
 use crate::kind::{CopyRows, Rejection};
+pub use crate::postgres::{Delivery, Reject};
 use crate::sqs::AckHandle;
-
-/// When and how a message was delivered.
-#[derive(Debug, Clone, Copy)]
-pub struct Delivery {
-    pub received_at: SystemTime,
-    pub receive_count: i32,
-    /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
-    pub sent_timestamp: i64,
-    /// The time half of the message's ledger key (see [`ledger_ms`]).
-    pub ledger_ms: i64,
-}
 
 /// The time half of a message's ledger key, `sqs2pg.ledger (sent_ms, message_id)`: its
 /// SentTimestamp in milliseconds, which every delivery of the message carries unchanged; for a
@@ -77,16 +66,6 @@ impl Row {
             delivery: self.delivery,
         }
     }
-}
-
-/// A quarantined message: its id, why, how it was delivered, and its body sealed (encrypted)
-/// so only key holders can read it. No field values in the clear.
-#[derive(Debug)]
-pub struct Reject {
-    pub message_id: String,
-    pub rejection: Rejection,
-    pub delivery: Delivery,
-    pub sealed_body: SealedBody,
 }
 
 /// What one received message became, on its way to the batcher.

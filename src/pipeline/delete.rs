@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::batch::Committed;
 use super::lease::Leases;
 use super::{PipelineError, PipelineSettings};
-use crate::error::{fate, Fate, Outcome, RetryPolicy};
+use crate::error::{fate, Fate, Outcome};
+use crate::retry::RetryPolicy;
 use crate::sqs::{AckHandle, MessageSource, SQS_BATCH_LIMIT};
 
 /// What the deleter did.
@@ -25,64 +26,79 @@ pub(super) struct Deleted {
     pub last_at: Option<Instant>,
 }
 
-/// Deletes committed messages, 10 per call, several calls at once; retries what SQS refuses
-/// transiently. Each message's latest receipt handle is the one that counts; handles of earlier
-/// deliveries while it was held are deleted too, best effort (SQS may have retired them).
-pub(super) async fn delete_loop<S: MessageSource>(
-    source: Arc<S>,
-    leases: Arc<Leases>,
-    mut batches: mpsc::Receiver<Committed>,
-    settings: Arc<PipelineSettings>,
-    stop: CancellationToken,
-) -> Result<Deleted, PipelineError> {
-    let mut done = Deleted::default();
-    while let Some(Committed { acks, first_held }) = batches.recv().await {
-        let messages = acks.len();
-        let (latest, older) = leases.deleting(acks);
-        let mut seen = HashSet::with_capacity(latest.len() + older.len());
-        let mut chunks = |acks: Vec<AckHandle>| {
-            let mut chunks: Vec<Vec<AckHandle>> =
-                Vec::with_capacity(acks.len() / SQS_BATCH_LIMIT + 1);
-            for ack in acks {
-                if !seen.insert(ack.receipt_handle.clone()) {
-                    continue;
+/// The deleter's task: deletes committed messages, 10 per call, several calls at once;
+/// retries what SQS refuses transiently. Each message's latest receipt handle is the one that
+/// counts; handles of earlier deliveries while it was held are deleted too, best effort (SQS may
+/// have retired them).
+pub(super) struct Deleter<S> {
+    pub source: Arc<S>,
+    /// Forgotten once deleted (or given up on).
+    pub leases: Arc<Leases>,
+    /// Committed batches' ack handles, from the loaders.
+    pub batches: mpsc::Receiver<Committed>,
+    pub settings: Arc<PipelineSettings>,
+    /// Cancelled when a delete fails for good, to stop the run.
+    pub stop: CancellationToken,
+}
+
+impl<S: MessageSource> Deleter<S> {
+    pub(super) async fn run(self) -> Result<Deleted, PipelineError> {
+        let Deleter {
+            source,
+            leases,
+            mut batches,
+            settings,
+            stop,
+        } = self;
+        let mut done = Deleted::default();
+        while let Some(Committed { acks, first_held }) = batches.recv().await {
+            let messages = acks.len();
+            let (latest, older) = leases.deleting(acks);
+            let mut seen = HashSet::with_capacity(latest.len() + older.len());
+            let mut chunks = |acks: Vec<AckHandle>| {
+                let mut chunks: Vec<Vec<AckHandle>> =
+                    Vec::with_capacity(acks.len() / SQS_BATCH_LIMIT + 1);
+                for ack in acks {
+                    if !seen.insert(ack.receipt_handle.clone()) {
+                        continue;
+                    }
+                    match chunks.last_mut() {
+                        Some(chunk) if chunk.len() < SQS_BATCH_LIMIT => chunk.push(ack),
+                        _ => chunks.push(vec![ack]),
+                    }
                 }
-                match chunks.last_mut() {
-                    Some(chunk) if chunk.len() < SQS_BATCH_LIMIT => chunk.push(ack),
-                    _ => chunks.push(vec![ack]),
+                chunks
+            };
+            let (counted, best_effort) = (chunks(latest), chunks(older));
+            let retry = settings.source_retry;
+            let calls = counted
+                .into_iter()
+                .map(|chunk| (chunk, true))
+                .chain(best_effort.into_iter().map(|chunk| (chunk, false)));
+            let mut results = stream::iter(calls)
+                .map(|(chunk, counts)| {
+                    delete_chunk(source.clone(), leases.clone(), chunk, retry, counts)
+                })
+                .buffer_unordered(settings.delete_concurrency.max(1));
+            while let Some(result) = results.next().await {
+                match result {
+                    Ok((d, f)) => {
+                        done.deleted += d;
+                        done.failed += f;
+                        done.last_at = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        stop.cancel();
+                        return Err(e);
+                    }
                 }
             }
-            chunks
-        };
-        let (counted, best_effort) = (chunks(latest), chunks(older));
-        let retry = settings.source_retry;
-        let calls = counted
-            .into_iter()
-            .map(|chunk| (chunk, true))
-            .chain(best_effort.into_iter().map(|chunk| (chunk, false)));
-        let mut results = stream::iter(calls)
-            .map(|(chunk, counts)| {
-                delete_chunk(source.clone(), leases.clone(), chunk, retry, counts)
-            })
-            .buffer_unordered(settings.delete_concurrency.max(1));
-        while let Some(result) = results.next().await {
-            match result {
-                Ok((d, f)) => {
-                    done.deleted += d;
-                    done.failed += f;
-                    done.last_at = Some(Instant::now());
-                }
-                Err(e) => {
-                    stop.cancel();
-                    return Err(e);
-                }
+            if let Some(first_held) = first_held {
+                leases.settled(messages, first_held);
             }
         }
-        if let Some(first_held) = first_held {
-            leases.settled(messages, first_held);
-        }
+        Ok(done)
     }
-    Ok(done)
 }
 
 /// Deletes one chunk; when it `counts` (latest handles), forgets their leases after and
@@ -115,13 +131,9 @@ async fn delete_with_retry<S: MessageSource>(
     retry: RetryPolicy,
 ) -> Result<(u64, u64), PipelineError> {
     let (mut deleted, mut failed) = (0u64, 0u64);
-    let mut attempts = 0u32;
-    // Deletes are retried a bounded number of times even when receives retry forever: a message
-    // whose delete is lost comes back and is deleted as a duplicate, never loaded twice.
-    let max_attempts = retry.max_attempts.unwrap_or(u32::MAX).min(5);
+    let mut backoff = retry.backoff();
     while !pending.is_empty() {
-        attempts += 1;
-        match source.delete(&pending).await {
+        let error = match source.delete(&pending).await {
             Ok(outcome) => {
                 deleted += outcome.deleted as u64;
                 failed += outcome.failed as u64;
@@ -133,19 +145,33 @@ async fn delete_with_retry<S: MessageSource>(
                 }
                 crate::telemetry::metrics::record_delete_failures(outcome.failed as u64);
                 pending = outcome.retryable;
+                None
             }
-            Err(error) if fate(Outcome::Sqs(&error)) == Fate::Retry => {
-                tracing::warn!(attempt = attempts, %error, "delete failed; retrying");
-            }
-            Err(error) => {
+            Err(error) => Some(error),
+        };
+        if pending.is_empty() {
+            break;
+        }
+        let delay = backoff.failed();
+        let attempts = backoff.attempts();
+        let fate = fate(Outcome::DeleteFailed {
+            error: error.as_ref(),
+            attempts,
+        });
+        match (fate, error) {
+            (Fate::Stop, Some(error)) => {
                 return Err(PipelineError::Source {
                     attempts,
                     source: error,
                 })
             }
-        }
-        if !pending.is_empty() {
-            if attempts >= max_attempts {
+            (Fate::Retry, error) if delay.is_some() => {
+                if let Some(error) = error {
+                    tracing::warn!(attempt = attempts, %error, "delete failed; retrying");
+                }
+                tokio::time::sleep(delay.unwrap_or_default()).await;
+            }
+            _ => {
                 tracing::warn!(
                     messages = pending.len(),
                     "giving up deleting; they will come back and be skipped as duplicates"
@@ -154,7 +180,6 @@ async fn delete_with_retry<S: MessageSource>(
                 crate::telemetry::metrics::record_delete_failures(pending.len() as u64);
                 break;
             }
-            tokio::time::sleep(retry.delay(attempts)).await;
         }
     }
     Ok((deleted, failed))

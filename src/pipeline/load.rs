@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batch, Committed, Processed, Reject, Row};
 use super::lease::Leases;
+use super::sink::BatchLoader;
 use super::{PipelineError, PipelineSettings, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
 use crate::keys::BodySealer;
 use crate::kind::Rejection;
-use crate::postgres::{BatchLoader, LoadError, LoadReport};
+use crate::postgres::{LoadError, LoadReport};
 use crate::sqs::AckHandle;
 
 /// What the batcher does next.
@@ -209,7 +210,11 @@ async fn load_batch<L: BatchLoader>(
     let mut not_loaded = NotLoaded::default();
     let mut report = load_isolating(loader, whole, &mut not_loaded, context, summary).await?;
     let NotLoaded { refused, left } = not_loaded;
-    if rows > 1 && refused.len() == rows {
+    let verdict = fate(Outcome::RowsRefused {
+        refused: refused.len(),
+        with_rows: rows,
+    });
+    if verdict == Fate::Stop {
         // Not one row passes: the table is the problem (a trigger or constraint nothing
         // meets), not the messages. Quarantining them all would empty the queue into the
         // reject table; stop instead, and leave them in SQS. (Rows left for redelivery are

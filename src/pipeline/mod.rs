@@ -24,6 +24,7 @@ pub mod lease;
 mod load;
 mod metered;
 mod receive;
+mod sink;
 pub mod summary;
 #[cfg(test)]
 mod tests;
@@ -35,17 +36,20 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::error::RetryPolicy;
 use crate::keys::BodySealer;
 use crate::kind::MessageKind;
-use crate::postgres::{BatchLoader, LoadError};
+use crate::postgres::LoadError;
+use crate::retry::RetryPolicy;
 use crate::sqs::{MessageSource, SourceError};
+pub use crate::telemetry::progress::Progress;
 use batch::Processed;
 use lease::Leases;
 pub use metered::Requests;
 use receive::Stage;
-pub use summary::{Progress, Summary};
+pub use sink::BatchLoader;
+pub use summary::Summary;
 
 /// Whether the pipeline stops when the queue is empty (`drain`) or runs until shut down (`run`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,26 +167,35 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     });
 
     let stage = Arc::new(Stage::new(kind, sealer, settings.clone()));
+    // Every task the run spawns besides the loaders, so a deadline can wait for them to end.
+    let tasks = TaskTracker::new();
     let receivers: Vec<_> = (0..settings.receivers.max(1))
         .map(|id| {
-            tokio::spawn(receive::receive_loop(
-                id,
-                source.clone(),
-                leases.clone(),
-                item_tx.clone(),
-                stage.clone(),
-                stop.clone(),
-            ))
+            tasks.spawn(
+                receive::Receiver {
+                    id,
+                    source: source.clone(),
+                    leases: leases.clone(),
+                    items: item_tx.clone(),
+                    stage: stage.clone(),
+                    stop: stop.clone(),
+                }
+                .run(),
+            )
         })
         .collect();
     drop(item_tx);
-    let deleter = tokio::spawn(delete::delete_loop(
-        source.clone(),
-        leases.clone(),
-        ack_rx,
-        settings.clone(),
-        stop.clone(),
-    ));
+    let deleter = tasks.spawn(
+        delete::Deleter {
+            source: source.clone(),
+            leases: leases.clone(),
+            batches: ack_rx,
+            settings: settings.clone(),
+            stop: stop.clone(),
+        }
+        .run(),
+    );
+    tasks.close();
     let aborts: Vec<_> = receivers
         .iter()
         .map(tokio::task::JoinHandle::abort_handle)
@@ -242,12 +255,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             }
             // Abort takes effect at the tasks' next await; wait for that (briefly), so no
             // receiver records a lease after the release below has collected them.
-            let settled = async {
-                while !aborts.iter().all(tokio::task::AbortHandle::is_finished) {
-                    tokio::task::yield_now().await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), settled).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
             tracing::warn!(timeout_secs = settings.shutdown_timeout.as_secs(), "shutdown deadline reached; abandoning what is not committed");
             Some(PipelineError::ShutdownDeadline { timeout: settings.shutdown_timeout })
         }

@@ -28,7 +28,7 @@ const DEFAULT_QUEUE_VISIBILITY: Duration = Duration::from_secs(30);
 /// queue), short enough that a drain ends about a second after its last delete.
 pub const DRAIN_CONFIRM_WAIT: Duration = Duration::from_secs(1);
 
-/// One receiver: wait for room in the window, long-poll, transform, hand over; stop on
+/// One receiver's task: wait for room in the window, long-poll, transform, hand over; stop on
 /// shutdown, or in drain mode when a long poll started while the run held nothing comes back
 /// empty.
 ///
@@ -38,193 +38,211 @@ pub const DRAIN_CONFIRM_WAIT: Duration = Duration::from_secs(1);
 /// messages at any time during it (on a FIFO queue our own in-flight messages hide the rest of
 /// their group): the receiver waits until the run holds nothing, then confirms with one more
 /// poll. The first receiver to see the queue empty that way ends the drain for all.
-pub(super) async fn receive_loop<S: MessageSource>(
-    id: usize,
-    source: Arc<S>,
-    leases: Arc<Leases>,
-    items: mpsc::Sender<Processed>,
-    stage: Arc<Stage>,
-    stop: CancellationToken,
-) -> Result<(), PipelineError> {
-    let settings = &stage.settings;
-    let drain = settings.mode == Mode::Drain;
-    let mut failures = 0u32;
-    if drain && id > 0 {
-        tokio::select! {
-            _ = stage.first_poll_done.cancelled() => {}
-            _ = stop.cancelled() => return Ok(()),
-        }
-    }
-    loop {
-        if stop.is_cancelled() {
-            return Ok(());
-        }
-        if drain && stage.drained.is_cancelled() && leases.is_empty() {
-            return Ok(());
-        }
-        // In `run`, a receiver beyond the active count waits until receives come back full.
-        if !drain && !stage.active.admits(id) {
-            let more = stage.active.more.notified();
-            if !stage.active.admits(id) {
-                tokio::select! {
-                    _ = more => {}
-                    _ = stop.cancelled() => return Ok(()),
-                }
+pub(super) struct Receiver<S> {
+    /// Which receiver this is (receiver 0 polls first in `drain`).
+    pub id: usize,
+    pub source: Arc<S>,
+    /// Where what is received is held, and the window that admits receives.
+    pub leases: Arc<Leases>,
+    /// To the batcher.
+    pub items: mpsc::Sender<Processed>,
+    /// What every receiver shares: the kind, the sealer, the settings and the counters.
+    pub stage: Arc<Stage>,
+    /// Cancelled on shutdown and by any task that must stop the run.
+    pub stop: CancellationToken,
+}
+
+impl<S: MessageSource> Receiver<S> {
+    pub(super) async fn run(self) -> Result<(), PipelineError> {
+        let Receiver {
+            id,
+            source,
+            leases,
+            items,
+            stage,
+            stop,
+        } = self;
+        let settings = &stage.settings;
+        let drain = settings.mode == Mode::Drain;
+        let mut failures = settings.source_retry.backoff();
+        if drain && id > 0 {
+            tokio::select! {
+                _ = stage.first_poll_done.cancelled() => {}
+                _ = stop.cancelled() => return Ok(()),
             }
-            continue;
         }
-        // Room for what this receive may bring, within the window.
-        let admission = tokio::select! {
-            admission = leases.admit(SQS_BATCH_LIMIT) => admission,
-            _ = stop.cancelled() => return Ok(()),
-        };
-        // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
-        // messages SQS handed out invisible until their timeout. It gets the receive grace
-        // (one long poll plus a few seconds, within the shutdown budget) to finish; what it
-        // brings is held, then released at the end of the run.
-        let grace = async {
-            stop.cancelled().await;
-            tokio::time::sleep(settings.receive_grace()).await;
-        };
-        let held_before = !leases.is_empty();
-        let receives_before = leases.receives();
-        let first = drain && !stage.first_poll_done.is_cancelled();
-        let wait = if drain && !first {
-            settings.wait_time.min(DRAIN_CONFIRM_WAIT)
-        } else {
-            settings.wait_time
-        };
-        let received = tokio::select! {
-            r = source.receive(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout) => r,
-            _ = grace => return Ok(()),
-        };
-        if first {
-            stage.first_poll_done.cancel();
-        }
-        let messages = match received {
-            Ok(messages) => {
-                failures = 0;
-                messages
+        loop {
+            if stop.is_cancelled() {
+                return Ok(());
             }
-            Err(error) => {
-                drop(admission);
-                *stage.receive_failed_at.lock().expect("not poisoned") = Some(Instant::now());
-                failures += 1;
-                if fate(Outcome::Sqs(&error)) == Fate::Retry
-                    && settings.source_retry.allows(failures)
-                {
-                    tracing::warn!(receiver = id, attempt = failures, %error, "receive failed; retrying");
-                    crate::telemetry::metrics::record_receive_retry();
-                    let delay = settings.source_retry.delay(failures);
+            if drain && stage.drained.is_cancelled() && leases.is_empty() {
+                return Ok(());
+            }
+            // In `run`, a receiver beyond the active count waits until receives come back full.
+            if !drain && !stage.active.admits(id) {
+                let more = stage.active.more.notified();
+                if !stage.active.admits(id) {
                     tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => continue,
-                    }
-                }
-                stop.cancel();
-                return Err(PipelineError::Source {
-                    attempts: failures,
-                    source: error,
-                });
-            }
-        };
-        // A body that failed its MD5 check is not processed: not held (so not kept invisible
-        // by the heartbeat), just counted; SQS delivers it again after its visibility timeout.
-        // Only once it has come back too often is it passed on, to be quarantined as poison.
-        let (corrupted, messages): (Vec<Received>, Vec<Received>) = messages
-            .into_iter()
-            .partition(|m| m.md5_mismatch && m.receive_count <= settings.max_receive_count);
-        if !corrupted.is_empty() {
-            stage
-                .md5_mismatches
-                .fetch_add(corrupted.len() as u64, Ordering::Relaxed);
-        }
-        let corrupted_only = messages.is_empty() && !corrupted.is_empty();
-        stage.active.observe(messages.len() + corrupted.len());
-        // One lease per message: a delivery of a message already held only renews its lease.
-        let fresh = admission.hold(&messages);
-        let joined = fresh.iter().filter(|new| !**new).count();
-        if joined > 0 {
-            stage
-                .redelivered_while_held
-                .fetch_add(joined as u64, Ordering::Relaxed);
-            tracing::debug!(
-                receiver = id,
-                messages = joined,
-                "redelivered while held; lease renewed"
-            );
-        }
-        if stop.is_cancelled() {
-            return Ok(());
-        }
-        if corrupted_only {
-            // Not an empty queue: poll on.
-            continue;
-        }
-        if messages.is_empty() {
-            if drain {
-                // Counts only if the run held nothing all through the poll: nothing when it
-                // started, nothing when it ended, and no other receive brought anything in
-                // between (whose messages could have hidden the rest of a FIFO group and been
-                // deleted before this poll ended).
-                if let Some(until) = stage.lost_messages_hidden_until() {
-                    // A failed receive may have been served: wait until what it took is
-                    // visible again, then poll on.
-                    tracing::debug!(
-                        receiver = id,
-                        "queue looks empty, but a failed receive may hide messages; waiting"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep_until(until) => {}
+                        _ = more => {}
                         _ = stop.cancelled() => return Ok(()),
                     }
-                    continue;
                 }
-                if !held_before && leases.is_empty() && leases.receives() == receives_before {
-                    tracing::debug!(
-                        receiver = id,
-                        "queue empty for one long poll with nothing held; receiver done"
-                    );
-                    stage.drained.cancel();
-                    return Ok(());
-                }
-                // Messages we hold can hide others: on a FIFO queue SQS hands out none of a
-                // group while part of it is in flight (and moto decides that once, when a poll
-                // starts), so only a poll started after they were deleted counts.
-                tokio::select! {
-                    () = leases.emptied() => {}
-                    _ = stop.cancelled() => return Ok(()),
-                }
-            } else if settings.wait_time.is_zero() {
-                // Short polling on an empty queue would spin (and SQS bills per request).
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            continue;
-        }
-        tracing::trace!(receiver = id, count = messages.len(), "received");
-        let held_since = Instant::now();
-        for (m, new) in messages.into_iter().zip(fresh) {
-            if !new {
                 continue;
             }
-            // Backpressure: wait for this body's share of the in-flight budget. While the
-            // database is slow or down the budget stays spent and receiving pauses here; what
-            // we hold meanwhile is kept invisible by the heartbeat.
-            let bytes = m.body.len().clamp(1, settings.max_in_flight_bytes) as u32;
-            let permit = tokio::select! {
-                permit = stage.budget.clone().acquire_many_owned(bytes) => {
-                    permit.expect("the budget is never closed")
-                }
+            // Room for what this receive may bring, within the window.
+            let admission = tokio::select! {
+                admission = leases.admit(SQS_BATCH_LIMIT) => admission,
                 _ = stop.cancelled() => return Ok(()),
             };
-            let mut processed = stage.process(m, held_since);
-            processed.permit = Some(permit);
-            if items.send(processed).await.is_err() {
-                // The loader has stopped; what we hold was not committed and is released.
+            // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
+            // messages SQS handed out invisible until their timeout. It gets the receive grace
+            // (one long poll plus a few seconds, within the shutdown budget) to finish; what it
+            // brings is held, then released at the end of the run.
+            let grace = async {
+                stop.cancelled().await;
+                tokio::time::sleep(settings.receive_grace()).await;
+            };
+            let held_before = !leases.is_empty();
+            let receives_before = leases.receives();
+            let first = drain && !stage.first_poll_done.is_cancelled();
+            let wait = if drain && !first {
+                settings.wait_time.min(DRAIN_CONFIRM_WAIT)
+            } else {
+                settings.wait_time
+            };
+            let received = tokio::select! {
+                r = source.receive(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout) => r,
+                _ = grace => return Ok(()),
+            };
+            if first {
+                stage.first_poll_done.cancel();
+            }
+            let messages = match received {
+                Ok(messages) => {
+                    failures.reset();
+                    messages
+                }
+                Err(error) => {
+                    drop(admission);
+                    *stage.receive_failed_at.lock().expect("not poisoned") = Some(Instant::now());
+                    let delay = failures.failed();
+                    if let (Fate::Retry, Some(delay)) = (fate(Outcome::Sqs(&error)), delay) {
+                        tracing::warn!(receiver = id, attempt = failures.attempts(), %error, "receive failed; retrying");
+                        crate::telemetry::metrics::record_receive_retry();
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                    stop.cancel();
+                    return Err(PipelineError::Source {
+                        attempts: failures.attempts(),
+                        source: error,
+                    });
+                }
+            };
+            // A body that failed its MD5 check is not processed: not held (so not kept invisible
+            // by the heartbeat), just counted; SQS delivers it again after its visibility timeout.
+            // Only once it has come back too often is it passed on, to be quarantined as poison.
+            let (corrupted, messages): (Vec<Received>, Vec<Received>) =
+                messages.into_iter().partition(|m| {
+                    m.md5_mismatch
+                        && fate(Outcome::CorruptBody {
+                            over_receive_limit: m.receive_count > settings.max_receive_count,
+                        }) == Fate::Redeliver
+                });
+            if !corrupted.is_empty() {
+                stage
+                    .md5_mismatches
+                    .fetch_add(corrupted.len() as u64, Ordering::Relaxed);
+            }
+            let corrupted_only = messages.is_empty() && !corrupted.is_empty();
+            stage.active.observe(messages.len() + corrupted.len());
+            // One lease per message: a delivery of a message already held only renews its lease.
+            let fresh = admission.hold(&messages);
+            let joined = fresh.iter().filter(|new| !**new).count();
+            if joined > 0 {
+                stage
+                    .redelivered_while_held
+                    .fetch_add(joined as u64, Ordering::Relaxed);
+                tracing::debug!(
+                    receiver = id,
+                    messages = joined,
+                    "redelivered while held; lease renewed"
+                );
+            }
+            if stop.is_cancelled() {
                 return Ok(());
+            }
+            if corrupted_only {
+                // Not an empty queue: poll on.
+                continue;
+            }
+            if messages.is_empty() {
+                if drain {
+                    // Counts only if the run held nothing all through the poll: nothing when it
+                    // started, nothing when it ended, and no other receive brought anything in
+                    // between (whose messages could have hidden the rest of a FIFO group and been
+                    // deleted before this poll ended).
+                    if let Some(until) = stage.lost_messages_hidden_until() {
+                        // A failed receive may have been served: wait until what it took is
+                        // visible again, then poll on.
+                        tracing::debug!(
+                            receiver = id,
+                            "queue looks empty, but a failed receive may hide messages; waiting"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep_until(until) => {}
+                            _ = stop.cancelled() => return Ok(()),
+                        }
+                        continue;
+                    }
+                    if !held_before && leases.is_empty() && leases.receives() == receives_before {
+                        tracing::debug!(
+                            receiver = id,
+                            "queue empty for one long poll with nothing held; receiver done"
+                        );
+                        stage.drained.cancel();
+                        return Ok(());
+                    }
+                    // Messages we hold can hide others: on a FIFO queue SQS hands out none of a
+                    // group while part of it is in flight (and moto decides that once, when a poll
+                    // starts), so only a poll started after they were deleted counts.
+                    tokio::select! {
+                        () = leases.emptied() => {}
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                } else if settings.wait_time.is_zero() {
+                    // Short polling on an empty queue would spin (and SQS bills per request).
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                continue;
+            }
+            tracing::trace!(receiver = id, count = messages.len(), "received");
+            let held_since = Instant::now();
+            for (m, new) in messages.into_iter().zip(fresh) {
+                if !new {
+                    continue;
+                }
+                // Backpressure: wait for this body's share of the in-flight budget. While the
+                // database is slow or down the budget stays spent and receiving pauses here; what
+                // we hold meanwhile is kept invisible by the heartbeat.
+                let bytes = m.body.len().clamp(1, settings.max_in_flight_bytes) as u32;
+                let permit = tokio::select! {
+                    permit = stage.budget.clone().acquire_many_owned(bytes) => {
+                        permit.expect("the budget is never closed")
+                    }
+                    _ = stop.cancelled() => return Ok(()),
+                };
+                let mut processed = stage.process(m, held_since);
+                processed.permit = Some(permit);
+                if items.send(processed).await.is_err() {
+                    // The loader has stopped; what we hold was not committed and is released.
+                    return Ok(());
+                }
             }
         }
     }

@@ -2,37 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// Live counts of a run, for a progress display; updated at every COMMIT.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub received: AtomicU64,
-    pub loaded: AtomicU64,
-    pub rejected: AtomicU64,
-    pub duplicates: AtomicU64,
-}
-
-impl Progress {
-    /// (received, loaded, rejected, duplicates) now.
-    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        (
-            get(&self.received),
-            get(&self.loaded),
-            get(&self.rejected),
-            get(&self.duplicates),
-        )
-    }
-
-    pub(crate) fn add(&self, received: u64, loaded: u64, rejected: u64, duplicates: u64) {
-        self.received.fetch_add(received, Ordering::Relaxed);
-        self.loaded.fetch_add(loaded, Ordering::Relaxed);
-        self.rejected.fetch_add(rejected, Ordering::Relaxed);
-        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-    }
-}
 
 /// What a `drain` or `run` did.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -28,7 +28,6 @@
 //! the database's work per message (see BENCHMARKS.md, loader alone).
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::pin::pin;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,7 +40,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::connect::{ConnectError, Database};
 use super::schema::TableName;
-use crate::pipeline::batch::Batch;
+use crate::keys::SealedBody;
+use crate::kind::{CopyRows, Rejection};
 
 /// What a committed batch (or part of one) did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -74,7 +74,8 @@ pub enum LoadError {
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// A fault injected by a test double at the loader seam.
+    /// A fault injected by a test double at the loader seam (test support only).
+    #[cfg(any(test, feature = "test-support"))]
     #[error("injected fault: {0}")]
     Injected(String),
     /// The load did not finish in the time the pipeline gave it (its connection is dropped).
@@ -88,38 +89,44 @@ impl LoadError {
         match self {
             LoadError::Postgres(e) => Some(e),
             LoadError::Connect(e) => e.postgres(),
-            LoadError::Injected(_) | LoadError::TimedOut(_) => None,
+            LoadError::TimedOut(_) => None,
+            #[cfg(any(test, feature = "test-support"))]
+            LoadError::Injected(_) => None,
         }
     }
 }
 
-/// The pipeline's seam to the sink: commit a batch or fail without committing any of it.
-pub trait BatchLoader: Send + 'static {
-    fn load(&mut self, batch: &Batch)
-        -> impl Future<Output = Result<LoadReport, LoadError>> + Send;
+/// One message's rows as the loader writes them: the ledger key it is recorded under and its
+/// rows, already encoded for binary COPY by its kind. (The pipeline's batch row implements it;
+/// the loader needs nothing else of it.)
+pub trait LedgeredRows {
+    /// The id the ledger knows the message by.
+    fn message_id(&self) -> &str;
+    /// The time half of the ledger key (see `pipeline::batch::ledger_ms`).
+    fn ledger_ms(&self) -> i64;
+    /// The message's rows (zero or more COPY tuples).
+    fn rows(&self) -> &CopyRows;
+}
 
-    /// Another loader to the same sink, over its own connection, so batches can load at once;
-    /// `None` (the default) if this loader cannot be duplicated (test doubles at the seam).
-    fn fork(&self) -> Option<Self>
-    where
-        Self: Sized,
-    {
-        None
-    }
+/// When and how a message was delivered, as a rejection records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub received_at: SystemTime,
+    pub receive_count: i32,
+    /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
+    pub sent_timestamp: i64,
+    /// The time half of the message's ledger key (see `pipeline::batch::ledger_ms`).
+    pub ledger_ms: i64,
+}
 
-    /// Drops the connection after a load that was abandoned midway (it stalled), so the next
-    /// load starts on a fresh one; the server rolls the abandoned transaction back.
-    fn reset(&mut self) {}
-
-    /// Whether the sink takes writes now, without writing anything: the pipeline asks when a
-    /// part of a batch keeps failing, to tell a bad message from a bad database. By default an
-    /// empty load.
-    fn probe(&mut self) -> impl Future<Output = Result<(), LoadError>> + Send {
-        async {
-            self.load(&Batch::default()).await?;
-            Ok(())
-        }
-    }
+/// A quarantined message: its id, why, how it was delivered, and its body sealed (encrypted)
+/// so only key holders can read it. No field values in the clear.
+#[derive(Debug)]
+pub struct Reject {
+    pub message_id: String,
+    pub rejection: Rejection,
+    pub delivery: Delivery,
+    pub sealed_body: SealedBody,
 }
 
 const LEDGER_TYPES: [Type; 2] = [Type::INT8, Type::TEXT];
@@ -171,7 +178,7 @@ pub struct TableLoader {
     database: Database,
     connection: Option<Connection>,
     copy_rows: String,
-    /// Takes, without waiting, the locks a load takes (see [`BatchLoader::probe`]).
+    /// Takes, without waiting, the locks a load takes (see [`TableLoader::check_writable`]).
     probe: String,
     seal_key_id: String,
     /// Put the next batch's ids into the ledger by COPY (every id new), not by claiming them;
@@ -311,8 +318,14 @@ fn ledger_conflict(e: &LoadError) -> bool {
     })
 }
 
-impl BatchLoader for TableLoader {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+impl TableLoader {
+    /// Commits `rows` and `rejects` in one transaction (see the module docs), or fails without
+    /// committing any of them.
+    pub async fn commit<R: LedgeredRows>(
+        &mut self,
+        rows: &[R],
+        rejects: &[Reject],
+    ) -> Result<LoadReport, LoadError> {
         connected(&mut self.connection, &self.database, &self.copy_rows).await?;
         let mut ledgering = if self.copies_ledger() {
             Ledgering::Copy
@@ -320,34 +333,34 @@ impl BatchLoader for TableLoader {
             Ledgering::Claim
         };
         let connection = self.connection.as_mut().expect("connected above");
-        let mut result = load_in_transaction(connection, &self.seal_key_id, batch, ledgering).await;
+        let mut result =
+            load_in_transaction(connection, &self.seal_key_id, rows, rejects, ledgering).await;
         if ledgering == Ledgering::Copy && result.as_ref().is_err_and(ledger_conflict) {
             tracing::debug!("a message of the batch is in the ledger already: claiming its ids");
             self.copy_ledger = false;
             ledgering = Ledgering::Claim;
-            result = load_in_transaction(connection, &self.seal_key_id, batch, ledgering).await;
+            result =
+                load_in_transaction(connection, &self.seal_key_id, rows, rejects, ledgering).await;
         }
-        if ledgering == Ledgering::Claim && !batch.rows.is_empty() {
+        if ledgering == Ledgering::Claim && !rows.is_empty() {
             if let Ok(report) = &result {
-                self.copy_ledger = report.loaded == batch.rows.len() as u64;
+                self.copy_ledger = report.loaded == rows.len() as u64;
             }
         }
         // A connection that died in the load is replaced by `connected` on the next one.
         result
     }
 
-    fn fork(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-
-    fn reset(&mut self) {
+    /// Drops the connection after a load that was abandoned midway (it stalled), so the next
+    /// load starts on a fresh one; the server rolls the abandoned transaction back.
+    pub fn drop_connection(&mut self) {
         self.connection = None;
     }
 
     /// A transaction that takes the locks a load takes (`ROW EXCLUSIVE` on the table, the
     /// ledger and the reject table) without waiting, then ends: it fails while the database is
     /// down and while someone holds the table locked, and works when a load could.
-    async fn probe(&mut self) -> Result<(), LoadError> {
+    pub async fn check_writable(&mut self) -> Result<(), LoadError> {
         let connection = connected(&mut self.connection, &self.database, &self.copy_rows).await?;
         let tx = connection.client.transaction().await?;
         tx.batch_execute(&self.probe).await?;
@@ -356,19 +369,19 @@ impl BatchLoader for TableLoader {
     }
 }
 
-async fn load_in_transaction(
+async fn load_in_transaction<R: LedgeredRows>(
     connection: &mut Connection,
     seal_key_id: &str,
-    batch: &Batch,
+    rows: &[R],
+    rejects: &[Reject],
     ledgering: Ledgering,
 ) -> Result<LoadReport, LoadError> {
     let tx = connection.client.transaction().await?;
     let mut report = LoadReport::default();
-    if !batch.rows.is_empty() {
-        let mut keys: Vec<(i64, &str)> = batch
-            .rows
+    if !rows.is_empty() {
+        let mut keys: Vec<(i64, &str)> = rows
             .iter()
-            .map(|r| (r.delivery.ledger_ms, r.message_id.as_str()))
+            .map(|r| (r.ledger_ms(), r.message_id()))
             .collect();
         // The ledger's key order (bigint, then bytes: the column is COLLATE "C").
         keys.sort_unstable();
@@ -401,15 +414,15 @@ async fn load_in_transaction(
         buf.put_slice(b"PGCOPY\n\xff\r\n\0");
         buf.put_i32(0);
         buf.put_i32(0);
-        for row in &batch.rows {
+        for row in rows {
             if fresh
                 .as_ref()
-                .is_some_and(|f| !f.contains(row.message_id.as_str()))
+                .is_some_and(|f| !f.contains(row.message_id()))
             {
                 continue;
             }
             report.loaded += 1;
-            buf.put_slice(row.rows.encoded());
+            buf.put_slice(row.rows().encoded());
             if buf.len() >= COPY_CHUNK {
                 sink.send(buf.split().freeze()).await?;
             }
@@ -418,43 +431,21 @@ async fn load_in_transaction(
         sink.send(buf.freeze()).await?;
         report.rows = sink.as_mut().finish().await?;
     }
-    if !batch.rejects.is_empty() {
-        let ids: Vec<&str> = batch
-            .rejects
-            .iter()
-            .map(|r| r.message_id.as_str())
-            .collect();
-        let reasons: Vec<String> = batch
-            .rejects
+    if !rejects.is_empty() {
+        let ids: Vec<&str> = rejects.iter().map(|r| r.message_id.as_str()).collect();
+        let reasons: Vec<String> = rejects
             .iter()
             .map(|r| r.rejection.reason.to_string())
             .collect();
-        let details: Vec<Option<&str>> = batch
-            .rejects
+        let details: Vec<Option<&str>> = rejects
             .iter()
             .map(|r| r.rejection.detail.as_deref())
             .collect();
-        let received: Vec<SystemTime> = batch
-            .rejects
-            .iter()
-            .map(|r| r.delivery.received_at)
-            .collect();
-        let counts: Vec<i32> = batch
-            .rejects
-            .iter()
-            .map(|r| r.delivery.receive_count)
-            .collect();
-        let sent: Vec<i64> = batch
-            .rejects
-            .iter()
-            .map(|r| r.delivery.sent_timestamp)
-            .collect();
-        let bodies: Vec<&[u8]> = batch
-            .rejects
-            .iter()
-            .map(|r| r.sealed_body.as_bytes())
-            .collect();
-        let ledger_ms: Vec<i64> = batch.rejects.iter().map(|r| r.delivery.ledger_ms).collect();
+        let received: Vec<SystemTime> = rejects.iter().map(|r| r.delivery.received_at).collect();
+        let counts: Vec<i32> = rejects.iter().map(|r| r.delivery.receive_count).collect();
+        let sent: Vec<i64> = rejects.iter().map(|r| r.delivery.sent_timestamp).collect();
+        let bodies: Vec<&[u8]> = rejects.iter().map(|r| r.sealed_body.as_bytes()).collect();
+        let ledger_ms: Vec<i64> = rejects.iter().map(|r| r.delivery.ledger_ms).collect();
         let rows = tx
             .query(
                 &connection.insert_rejects,
@@ -475,6 +466,6 @@ async fn load_in_transaction(
     }
     tx.commit().await?;
     let fresh = report.loaded + report.rejected.len() as u64;
-    report.duplicates = (batch.rows.len() + batch.rejects.len()) as u64 - fresh;
+    report.duplicates = (rows.len() + rejects.len()) as u64 - fresh;
     Ok(report)
 }

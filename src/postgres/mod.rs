@@ -3,13 +3,15 @@
 //! transaction, and the quarantine queries behind the `rejects` commands.
 
 pub mod connect;
+pub mod failure;
 pub mod ledger;
 pub mod loader;
 pub mod quarantine;
 pub mod schema;
 
 pub use connect::{connect, ConnectError, Database};
-pub use loader::{BatchLoader, LoadError, LoadReport, TableLoader};
+pub use failure::{classify, ErrorClass};
+pub use loader::{Delivery, LedgeredRows, LoadError, LoadReport, Reject, TableLoader};
 pub use schema::{check_ready, check_ready_schema, check_shape, setup, TableName};
 
 /// A PostgreSQL error as one line for logs and messages: the server's message and SQLSTATE, or

@@ -422,12 +422,24 @@ pub async fn setup(
     table: &TableName,
     shape: &TableShape,
 ) -> Result<SetupReport, tokio_postgres::Error> {
-    setup_up_to(client, table, shape, latest_version()).await
+    migrate(client, table, shape, latest_version()).await
 }
 
 /// [`setup`] with the migrations up to version `last` only: an older build's schema, for
-/// upgrade tests.
+/// upgrade tests (test support only).
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
 pub async fn setup_up_to(
+    client: &mut Client,
+    table: &TableName,
+    shape: &TableShape,
+    last: i32,
+) -> Result<SetupReport, tokio_postgres::Error> {
+    migrate(client, table, shape, last).await
+}
+
+/// The migrations up to version `last`, then the target table if missing.
+async fn migrate(
     client: &mut Client,
     table: &TableName,
     shape: &TableShape,

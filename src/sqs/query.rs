@@ -261,7 +261,7 @@ impl QueryQueue {
             Ok(Err(e)) => {
                 // A certificate that fails its check does not fix itself; anything else on the
                 // way (refused, reset, DNS) does.
-                let kind = if crate::error::is_tls_failure(e.as_ref()) {
+                let kind = if crate::tls::is_tls_failure(e.as_ref()) {
                     SourceErrorKind::Permanent
                 } else {
                     SourceErrorKind::Transient

@@ -12,8 +12,6 @@ use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::config::Region;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
-use crate::config::ConfigError;
-
 use super::query::QueryQueue;
 use super::sdk::SdkQueue;
 use super::{
@@ -21,6 +19,12 @@ use super::{
     SourceErrorKind,
 };
 use sha2::{Digest, Sha256};
+
+/// A setting the SQS client cannot use (an endpoint or region it cannot work with); the
+/// message names the setting and the fix. (`config` turns it into its own error.)
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct SettingsError(pub String);
 
 /// The message group `send` and replay use on a FIFO queue: one group, so the queue hands the
 /// messages out in the order they were sent.
@@ -96,7 +100,7 @@ macro_rules! over {
 impl Queue {
     /// Builds both clients from the standard AWS configuration chain. No network call yet;
     /// a queue given by name is resolved by [`Queue::locate`].
-    pub async fn connect(settings: &SqsSettings) -> Result<Self, ConfigError> {
+    pub async fn connect(settings: &SqsSettings) -> Result<Self, SettingsError> {
         let endpoint = settings
             .endpoint_url
             .clone()
@@ -117,7 +121,7 @@ impl Queue {
             config.credentials_provider(),
             settings.queue_url.clone(),
         )
-        .map_err(|e| ConfigError(format!("AWS_ENDPOINT_URL (--endpoint-url): {e}")))?;
+        .map_err(|e| SettingsError(format!("AWS_ENDPOINT_URL (--endpoint-url): {e}")))?;
         Ok(Self {
             json: SdkQueue::new(&config, settings.queue_url.clone()),
             query,
@@ -314,7 +318,7 @@ impl MessageSource for Queue {
 /// profile, SSO, container and instance roles), the endpoint if given, bounded calls, TLS
 /// through rustls with ring (one crypto provider for SQS and PostgreSQL). A region in the queue
 /// URL overrides the chain's; for a local server with none anywhere, [`LOCAL_DEFAULT_REGION`].
-async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, ConfigError> {
+async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, SettingsError> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
@@ -344,7 +348,7 @@ async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, Co
             LOCAL_DEFAULT_REGION.to_owned()
         }
         _ => {
-            return Err(ConfigError(
+            return Err(SettingsError(
                 "no AWS region: set AWS_REGION (e.g. AWS_REGION=us-east-1), or use a queue URL of the form https://sqs.REGION.amazonaws.com/ACCOUNT/NAME".into(),
             ))
         }

@@ -1,14 +1,43 @@
 //! The live progress line `drain` shows on a terminal: loaded, rejected, rate, what is left in
 //! the queue and an ETA, redrawn a few times a second on stderr (indicatif). Nothing is drawn
-//! when stderr is not a terminal.
+//! when stderr is not a terminal. The run updates the live counts ([`Progress`]) at every
+//! COMMIT.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::Progress;
+/// Live counts of a run, for a progress display; updated at every COMMIT.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub received: AtomicU64,
+    pub loaded: AtomicU64,
+    pub rejected: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+impl Progress {
+    /// (received, loaded, rejected, duplicates) now.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            get(&self.received),
+            get(&self.loaded),
+            get(&self.rejected),
+            get(&self.duplicates),
+        )
+    }
+
+    pub(crate) fn add(&self, received: u64, loaded: u64, rejected: u64, duplicates: u64) {
+        self.received.fetch_add(received, Ordering::Relaxed);
+        self.loaded.fetch_add(loaded, Ordering::Relaxed);
+        self.rejected.fetch_add(rejected, Ordering::Relaxed);
+        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+    }
+}
 
 /// How often the line is redrawn.
 const REDRAW_EVERY: Duration = Duration::from_millis(250);

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqs2pg::pipeline::batch::Batch;
-use sqs2pg::postgres::{BatchLoader, LoadError, LoadReport};
+use sqs2pg::pipeline::BatchLoader;
+use sqs2pg::postgres::{LoadError, LoadReport};
 use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
 
 /// What [`FaultySource`] does to deletes.

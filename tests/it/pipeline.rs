@@ -400,7 +400,8 @@ fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loader_copies_new_ids_and_claims_them_after_meeting_a_known_one() {
-    use sqs2pg::postgres::{BatchLoader, TableLoader};
+    use sqs2pg::pipeline::BatchLoader;
+    use sqs2pg::postgres::TableLoader;
     let db = TestDb::new().await;
     setup(&db).await;
     let table = TableName::parse("public.user_logins").unwrap();
