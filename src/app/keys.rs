@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use super::{rfc3339, AppError};
+use super::rejects::rfc3339;
+use super::AppError;
+use crate::cli::KeygenArgs;
 use crate::config::ConfigError;
 use crate::login::MaskKey;
 
@@ -74,4 +76,28 @@ pub fn keygen_ring(path: &Path, activate: bool) -> Result<String, AppError> {
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+/// `sqs2pg keygen`: a new key printed, or added to a ring (then only its id is printed). Needs
+/// no async runtime, so `main` runs it before starting one.
+pub fn keygen(args: &KeygenArgs) -> Result<(), AppError> {
+    match &args.ring {
+        Some(path) => {
+            let id = keygen_ring(path, args.activate)?;
+            let active = if args.activate {
+                " and made it active"
+            } else {
+                ""
+            };
+            println!("added key {id} to {}{active}", path.display());
+        }
+        None => {
+            let key = MaskKey::generate_base64().map_err(|e| {
+                AppError::Quarantine(format!("no randomness from the operating system: {e}"))
+            })?;
+            let key = zeroize::Zeroizing::new(key);
+            println!("{}", key.as_str());
+        }
+    }
+    Ok(())
 }

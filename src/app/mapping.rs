@@ -310,6 +310,60 @@ pub fn write_new_file(path: &Path, text: &str) -> Result<(), AppError> {
     file.write_all(text.as_bytes()).map_err(file_error)
 }
 
+/// `sqs2pg mapping ...`, as the command line runs it (offline: no SQS, no PostgreSQL).
+pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
+    match command {
+        crate::cli::MappingCommand::Check { file } => {
+            let mapping = load_mapping(&file)?;
+            println!(
+                "{}: table {}, {} column(s), {} masked",
+                file.display(),
+                mapping.table,
+                mapping.columns.len(),
+                mapping.masked().count()
+            );
+            Ok(())
+        }
+        crate::cli::MappingCommand::Draft {
+            file,
+            table,
+            output,
+        } => {
+            let text = draft_mapping(&file, &table)?;
+            match output {
+                None => print!("{text}"),
+                Some(path) => {
+                    write_new_file(&path, &text)?;
+                    println!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        crate::cli::MappingCommand::Preview { mapping, file, key } => {
+            let mapping = load_mapping(&mapping)?;
+            let given = key.mask_key.is_some()
+                || key.mask_key_file.is_some()
+                || key.mask_key_ring.is_some();
+            let key = if given {
+                crate::config::key(&key)?
+            } else {
+                eprintln!("no key given: tokens are made under a throwaway key");
+                let text = MaskKey::generate_base64().map_err(|error| AppError::File {
+                    path: "the system's random source".into(),
+                    error,
+                })?;
+                MaskKey::from_base64(&text).expect("a generated key")
+            };
+            let seen = preview(&mapping, &key, &file, &mut std::io::stdout().lock())?;
+            eprintln!(
+                "{} message(s): {} row(s), {} rejected",
+                seen.messages, seen.rows, seen.rejected
+            );
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

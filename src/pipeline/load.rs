@@ -499,14 +499,15 @@ async fn load_with_retry<L: BatchLoader>(
     }: LoadContext<'_>,
     summary: &mut Summary,
 ) -> Result<LoadReport, Failure> {
-    let mut attempts = 0u32;
+    let mut backoff = settings.load_retry.backoff();
     let mut database_works = false;
     loop {
         let error = match attempt(loader, part).await {
             Ok(report) => return Ok(report),
             Err(error) => error,
         };
-        attempts += 1;
+        let delay = backoff.failed();
+        let attempts = backoff.attempts();
         match fate(Outcome::LoadFailed(&error)) {
             Fate::Retry => {}
             Fate::Quarantine => return Err(Failure::Refused(error)),
@@ -532,18 +533,18 @@ async fn load_with_retry<L: BatchLoader>(
             summary.load_retries += 1;
             crate::telemetry::metrics::record_load_retry();
         }
-        if !settings.load_retry.allows(attempts) || abandon.is_cancelled() {
+        let (Some(delay), false) = (delay, abandon.is_cancelled()) else {
             return Err(Failure::Fatal(PipelineError::Load {
                 attempts,
                 source: error,
             }));
-        }
+        };
         tracing::warn!(attempt = attempts, messages = part.len(), %error, "load failed; retrying");
         // Also during a shutdown: the open batch is worth committing until the deadline,
         // which abandons it if the database does not come back in time. Not once another
         // load has failed for good: the run is ending.
         tokio::select! {
-            _ = tokio::time::sleep(settings.load_retry.delay(attempts)) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = abandon.cancelled() => {}
         }
     }

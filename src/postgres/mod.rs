@@ -2,11 +2,14 @@
 //! readiness check of the analysts' table, the loader that commits each batch in one
 //! transaction, and the quarantine queries behind the `rejects` commands.
 
+pub mod aggregates;
 pub mod connect;
 pub mod failure;
+pub mod inspect;
 pub mod ledger;
 pub mod loader;
 pub mod quarantine;
+pub mod rekey;
 pub mod schema;
 
 pub use connect::{connect, ConnectError, Database};

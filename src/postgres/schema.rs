@@ -228,6 +228,18 @@ pub fn writers_lock_sql(function: &str) -> String {
     format!("SELECT {function}(hashtext('sqs2pg.writers:' || $1))")
 }
 
+/// Takes `table`'s writers lock shared, for the session (waiting while a `rekey` holds it):
+/// a run holds it while it writes to the table.
+pub async fn lock_writers_shared(
+    client: &Client,
+    table: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(&writers_lock_sql("pg_advisory_lock_shared"), &[&table])
+        .await
+        .map(drop)
+}
+
 /// Records that a run masks `table` with `key_id` and these modes (and, per column, mode and
 /// scope in `sqs2pg.mask_columns`), and says whether that differs from the table's most recent
 /// run. Runs starting at once (replicas) take turns under

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::postgres::schema::quote_ident;
+use crate::postgres::aggregates::{self, Group};
 use crate::postgres::TableName;
 
 /// One token column's counts.
@@ -43,53 +43,21 @@ pub async fn build(
     day_column: Option<(&str, bool)>,
     token_columns: &[String],
 ) -> Result<MappedReport, tokio_postgres::Error> {
-    let t = table.quoted();
-    let rows: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await?
-        .get(0);
+    let (rows, _) = aggregates::totals(client, table, &[]).await?;
     let per_day = match day_column {
         None => Vec::new(),
-        Some((column, with_time_zone)) => {
-            let c = quote_ident(column);
-            let day = if with_time_zone {
-                format!("({c} AT TIME ZONE 'UTC')::date")
-            } else {
-                format!("{c}::date")
-            };
-            client
-                .query(
-                    &format!(
-                        "SELECT to_char({day}, 'YYYY-MM-DD') AS day, count(*)
-                           FROM {t} GROUP BY day ORDER BY day NULLS LAST"
-                    ),
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect()
-        }
+        Some((column, true)) => aggregates::per_group(client, table, Group::DayUtc(column)).await?,
+        Some((column, false)) => aggregates::per_group(client, table, Group::Day(column)).await?,
     };
     let mut tokens = Vec::with_capacity(token_columns.len());
     for name in token_columns {
-        let c = quote_ident(name);
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT (SELECT count(DISTINCT {c}) FROM {t}), count(*),
-                            coalesce(sum(n), 0)::bigint
-                       FROM (SELECT count(*) AS n FROM {t} WHERE {c} IS NOT NULL
-                              GROUP BY {c} HAVING count(*) > 1) repeated"
-                ),
-                &[],
-            )
-            .await?;
+        let (_, distinct) = aggregates::totals(client, table, &[name]).await?;
+        let (repeated, rows_with_repeated) = aggregates::repeated(client, table, name).await?;
         tokens.push(TokenColumn {
             name: name.clone(),
-            distinct: row.get(0),
-            repeated: row.get(1),
-            rows_with_repeated: row.get(2),
+            distinct: distinct[0],
+            repeated,
+            rows_with_repeated,
         });
     }
     Ok(MappedReport {
@@ -98,7 +66,7 @@ pub async fn build(
         day_column: day_column.map(|(c, _)| c.to_owned()),
         per_day,
         tokens,
-        rejected: super::rejections(client).await?,
+        rejected: aggregates::rejections_by_reason(client).await?,
     })
 }
 

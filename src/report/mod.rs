@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::postgres::aggregates::{self, Group};
 use crate::postgres::TableName;
 
 /// The aggregates.
@@ -36,86 +37,25 @@ pub struct Report {
 
 /// Reads the aggregates from `table` (and the reject table, when `sqs2pg setup` has run).
 pub async fn build(client: &Client, table: &TableName) -> Result<Report, tokio_postgres::Error> {
-    let t = table.quoted();
-    let one = |sql: String| async move { client.query_one(&sql, &[]).await };
-    let totals = one(format!(
-        "SELECT count(*), count(DISTINCT masked_ip), count(DISTINCT masked_device_id) FROM {t}"
-    ))
-    .await?;
-    let repeats = |column: &'static str| {
-        format!(
-            "SELECT count(*), coalesce(sum(n), 0)::bigint FROM
-               (SELECT count(*) AS n FROM {t} WHERE {column} IS NOT NULL
-                 GROUP BY {column} HAVING count(*) > 1) repeated"
-        )
-    };
-    let ips = one(repeats("masked_ip")).await?;
-    let devices = one(repeats("masked_device_id")).await?;
-    let pairs = |rows: Vec<tokio_postgres::Row>| {
-        rows.iter()
-            .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, i64>(1)))
-            .collect::<Vec<_>>()
-    };
-    let per_day = pairs(
-        client
-            .query(
-                &format!(
-                    "SELECT to_char(create_date, 'YYYY-MM-DD'), count(*) FROM {t}
-                      GROUP BY create_date ORDER BY create_date NULLS LAST"
-                ),
-                &[],
-            )
-            .await?,
-    );
-    let per_device_type = pairs(
-        client
-            .query(
-                &format!(
-                    "SELECT device_type::text, count(*) FROM {t}
-                      GROUP BY device_type ORDER BY count(*) DESC, device_type"
-                ),
-                &[],
-            )
-            .await?,
-    );
-    let rejected = rejections(client).await?;
+    let (rows, distinct) =
+        aggregates::totals(client, table, &["masked_ip", "masked_device_id"]).await?;
+    let ips = aggregates::repeated(client, table, "masked_ip").await?;
+    let devices = aggregates::repeated(client, table, "masked_device_id").await?;
+    let per_day = aggregates::per_group(client, table, Group::Day("create_date")).await?;
+    let per_device_type = aggregates::per_group(client, table, Group::Value("device_type")).await?;
     Ok(Report {
         table: table.to_string(),
-        rows: totals.get(0),
+        rows,
         per_day,
         per_device_type,
-        distinct_masked_ips: totals.get(1),
-        distinct_masked_devices: totals.get(2),
-        repeated_ips: ips.get(0),
-        rows_with_repeated_ip: ips.get(1),
-        repeated_devices: devices.get(0),
-        rows_with_repeated_device: devices.get(1),
-        rejected,
+        distinct_masked_ips: distinct[0],
+        distinct_masked_devices: distinct[1],
+        repeated_ips: ips.0,
+        rows_with_repeated_ip: ips.1,
+        repeated_devices: devices.0,
+        rows_with_repeated_device: devices.1,
+        rejected: aggregates::rejections_by_reason(client).await?,
     })
-}
-
-/// Quarantined messages by reason, most first; none when the bookkeeping schema is missing.
-async fn rejections(client: &Client) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
-    let has_rejects: bool = client
-        .query_one(
-            "SELECT to_regclass('sqs2pg.rejected_messages') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !has_rejects {
-        return Ok(Vec::new());
-    }
-    Ok(client
-        .query(
-            "SELECT reason, count(*) FROM sqs2pg.rejected_messages
-              GROUP BY reason ORDER BY count(*) DESC, reason",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
 }
 
 impl Report {

@@ -1,0 +1,145 @@
+//! `sqs2pg check`: every dependency of a run (key, queue, database, table, privileges), checked
+//! without processing anything.
+
+use super::{mapping, open_queue, AppError};
+use crate::config::args::PipelineArgs;
+use crate::config::Settings;
+use crate::login::Masker;
+use crate::pipeline::Mode;
+use crate::postgres as pg;
+use crate::sqs::queue::SqsSettings;
+
+/// `sqs2pg check`, as the command line runs it: the pass/fail list; fails if any check failed.
+pub async fn command(args: PipelineArgs) -> Result<(), AppError> {
+    let settings = crate::config::pipeline(&args, Mode::Run)?;
+    let items = check(&settings).await;
+    for item in &items {
+        let mark = if item.ok { " ok " } else { "FAIL" };
+        println!("[{mark}] {:<17} {}", item.name, item.detail);
+    }
+    let failed = items.iter().filter(|i| !i.ok).count();
+    if failed == 0 {
+        println!("all {} checks passed", items.len());
+        Ok(())
+    } else {
+        Err(AppError::Check(failed))
+    }
+}
+
+/// One line of `sqs2pg check`.
+#[derive(Debug, Clone)]
+pub struct CheckItem {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// `sqs2pg check`: every dependency of a run, checked without processing anything. Each check
+/// runs whatever the others found, so one run shows everything that needs fixing.
+pub async fn check(settings: &Settings) -> Vec<CheckItem> {
+    let mut items = vec![CheckItem {
+        name: "masking key",
+        ok: true,
+        detail: format!(
+            "loads; key id {} (tokens written now start with it)",
+            Masker::new(&settings.mask_key).key_id()
+        ),
+    }];
+    items.push(check_queue(&settings.sqs).await);
+    items.extend(check_database(settings).await);
+    items
+}
+
+async fn check_queue(sqs: &SqsSettings) -> CheckItem {
+    let item = |ok, detail| CheckItem {
+        name: "SQS queue",
+        ok,
+        detail,
+    };
+    let queue = match open_queue(sqs).await {
+        Ok(queue) => queue,
+        Err(e) => return item(false, e.to_string()),
+    };
+    let attrs = match queue.attributes(&["All"]).await {
+        Ok(attrs) => attrs,
+        Err(e) => return item(false, e.to_string()),
+    };
+    let get = |name: &str| {
+        attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("?", |(_, v)| v.as_str())
+    };
+    let redrive = match attrs.iter().find(|(n, _)| n == "RedrivePolicy") {
+        Some((_, policy)) => format!("redrive policy {policy}"),
+        None => {
+            "no redrive policy (poison messages are quarantined after --max-receive-count)".into()
+        }
+    };
+    item(
+        true,
+        format!(
+            "{} readable over {}: {} visible, {} in flight; visibility timeout {} s; {redrive}",
+            queue.queue_url(),
+            queue.protocol_in_use(),
+            get("ApproximateNumberOfMessages"),
+            get("ApproximateNumberOfMessagesNotVisible"),
+            get("VisibilityTimeout"),
+        ),
+    )
+}
+
+async fn check_database(settings: &Settings) -> Vec<CheckItem> {
+    let item = |name, ok, detail| CheckItem { name, ok, detail };
+    let client = match settings.database.connect().await {
+        Ok(client) => client,
+        Err(e) => {
+            return vec![item("PostgreSQL", false, e.to_string())];
+        }
+    };
+    let mut items = vec![item(
+        "PostgreSQL",
+        true,
+        match pg::inspect::identity(&client).await {
+            Ok((user, version)) => format!("connected as {user}: {version}"),
+            Err(e) => format!("connected ({})", pg::describe(&e)),
+        },
+    )];
+    let shape = mapping::shape(settings.mapping.as_ref());
+    items.push(
+        match pg::check_shape(&client, &settings.table, &shape).await {
+            Ok(()) => item(
+                "schema and table",
+                true,
+                if settings.mapping.is_some() {
+                    format!(
+                        "sqs2pg schema current; {} has the mapping's columns",
+                        settings.table
+                    )
+                } else {
+                    format!(
+                        "sqs2pg schema current; {} matches the analysts' DDL",
+                        settings.table
+                    )
+                },
+            ),
+            Err(e) => item("schema and table", false, e.to_string()),
+        },
+    );
+    items.push(
+        match pg::schema::missing_privileges(&client, &settings.table).await {
+            Ok(missing) if missing.is_empty() => item(
+                "privileges",
+                true,
+                "INSERT on the table, the ledger and the reject table; TEMP on the database".into(),
+            ),
+            Ok(missing) => item(
+                "privileges",
+                false,
+                format!("missing: {}; GRANT them to this user", missing.join(", ")),
+            ),
+            Err(e) => item("privileges", false, pg::describe(&e)),
+        },
+    );
+    items
+}

@@ -1,0 +1,371 @@
+//! `sqs2pg drain` and `sqs2pg run`: the one place that wires the source, the message kind, the
+//! loader and the pipeline together, with the database checks, the key record, the metrics
+//! endpoint, ledger pruning and the signals around a run.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{mapping, open_queue, AppError};
+use crate::config::args::PipelineArgs;
+use crate::config::{ConfigError, Settings};
+use crate::error::{fate, Fate, Outcome};
+use crate::kind::MessageKind;
+use crate::login::{BodySealer, Masker};
+use crate::pipeline::{self, Mode, PipelineError, Summary};
+use crate::postgres::{self as pg, ConnectError, Database, TableLoader};
+use crate::retry::RetryPolicy;
+use crate::sqs::queue::is_fifo;
+use crate::sqs::Queue;
+
+/// `sqs2pg drain`, as the command line runs it: the summary is printed, also when the run
+/// left messages behind.
+pub async fn drain(args: PipelineArgs) -> Result<(), AppError> {
+    let settings = crate::config::pipeline(&args, Mode::Drain)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match process(settings, shutdown).await {
+        Ok(summary) => {
+            print!("{summary}");
+            Ok(())
+        }
+        Err(AppError::Pipeline(PipelineError::Incomplete(summary))) => {
+            print!("{summary}");
+            Err(AppError::Pipeline(PipelineError::Incomplete(summary)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `sqs2pg run`, as the command line runs it: until SIGINT or SIGTERM, then the summary.
+pub async fn run(args: PipelineArgs) -> Result<(), AppError> {
+    let settings = crate::config::pipeline(&args, Mode::Run)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let summary = process(settings, shutdown).await?;
+    print!("{summary}");
+    Ok(())
+}
+
+/// `sqs2pg drain` / `sqs2pg run`: checks the database, connects to the queue, runs the pipeline.
+pub async fn process(
+    mut settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<Summary, AppError> {
+    let queue = Arc::new(open_queue(&settings.sqs).await?);
+    let endpoint = match settings.metrics_addr {
+        Some(addr) => Some(start_endpoint(addr, &settings, queue.clone(), shutdown.clone()).await?),
+        None => None,
+    };
+    if settings.pipeline.visibility_timeout.is_none() {
+        // The heartbeat needs the timeout the queue gives messages.
+        let mut backoff = settings.pipeline.source_retry.backoff();
+        settings.pipeline.visibility_timeout = loop {
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+                answer = queue.visibility_timeout() => answer,
+            };
+            let e = match answer {
+                Ok(timeout) => break Some(timeout),
+                Err(e) => e,
+            };
+            let delay = backoff.failed();
+            let (Fate::Retry, Some(delay)) = (fate(Outcome::Sqs(&e)), delay) else {
+                return Err(e.into());
+            };
+            tracing::warn!(attempt = backoff.attempts(), error = %e, "cannot read the queue's visibility timeout; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        };
+    }
+    let progress_done = CancellationToken::new();
+    let mut progress_line = None;
+    if settings.show_progress {
+        let (progress, queue) = (settings.pipeline.progress.clone(), queue.clone());
+        progress_line = Some(tokio::spawn(crate::telemetry::progress::show(
+            progress,
+            move || {
+                let queue = queue.clone();
+                async move {
+                    let (visible, in_flight) = queue.approximate_depth().await.ok()?;
+                    Some(visible + in_flight)
+                }
+            },
+            progress_done.clone(),
+        )));
+    }
+    let result = process_with(settings, queue, shutdown, |loader| loader).await;
+    progress_done.cancel();
+    if let Some(line) = progress_line {
+        // Cleared before the summary is printed.
+        let _ = line.await;
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.cancel();
+    }
+    result
+}
+
+/// Starts the `/metrics`, `/healthz`, `/readyz` endpoint and the queue-depth poller; returns
+/// the token that stops both.
+async fn start_endpoint(
+    addr: std::net::SocketAddr,
+    settings: &Settings,
+    queue: Arc<Queue>,
+    shutdown: CancellationToken,
+) -> Result<CancellationToken, AppError> {
+    use crate::telemetry::http;
+    let listener = http::bind(addr).await.map_err(|e| {
+        ConfigError(format!(
+            "--metrics-addr (SQS2PG_METRICS_ADDR) {addr} cannot be listened on: {e}; pick a free port"
+        ))
+    })?;
+    let handle = http::install_recorder()
+        .map_err(|e| ConfigError(format!("--metrics-addr (SQS2PG_METRICS_ADDR): {e}")))?;
+    let ready: http::ReadyCheck = {
+        let (database, queue) = (settings.database.clone(), queue.clone());
+        Arc::new(move || {
+            let (database, queue) = (database.clone(), queue.clone());
+            Box::pin(async move {
+                let client = database
+                    .connect()
+                    .await
+                    .map_err(|e| format!("PostgreSQL: {e}"))?;
+                pg::inspect::ping(&client)
+                    .await
+                    .map_err(|e| format!("PostgreSQL: {}", pg::describe(&e)))?;
+                queue
+                    .approximate_depth()
+                    .await
+                    .map_err(|e| format!("SQS: {e}"))?;
+                Ok(())
+            })
+        })
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(http::serve(listener, handle, ready, shutdown, stop.clone()));
+    tokio::spawn(poll_queue_depth(queue, stop.clone()));
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    Ok(stop)
+}
+
+/// Publishes the queue's approximate depth every 15 s until `stop`.
+async fn poll_queue_depth(queue: Arc<Queue>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match queue.approximate_depth().await {
+            Ok((visible, in_flight)) => {
+                crate::telemetry::metrics::record_queue_depth(visible, in_flight)
+            }
+            Err(error) => tracing::debug!(%error, "queue depth not polled"),
+        }
+    }
+}
+
+/// Like [`process`] but with a given source and a hook around the loader: the seam where tests
+/// inject faults (a source that loses deletes, a loader that fails).
+pub async fn process_with<S, L, F>(
+    mut settings: Settings,
+    source: Arc<S>,
+    shutdown: CancellationToken,
+    wrap_loader: F,
+) -> Result<Summary, AppError>
+where
+    S: crate::sqs::MessageSource,
+    L: crate::pipeline::BatchLoader,
+    F: FnOnce(TableLoader) -> L,
+{
+    // A signal while waiting for the database ends the run: nothing was received yet.
+    let mut client = tokio::select! {
+        client = connect_with_retry(&settings.database, &settings.pipeline.load_retry) => client?,
+        _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+    };
+    pg::check_shape(
+        &client,
+        &settings.table,
+        &mapping::shape(settings.mapping.as_ref()),
+    )
+    .await?;
+    let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
+    let masked_columns = mapping::masked_columns(settings.mapping.as_ref(), settings.mask_modes);
+    let (ip_mode, device_mode) = mapping::mask_record(&masked_columns);
+    // This connection holds "a run writes to this table" (a shared advisory lock) until the
+    // run ends, so `rekey` (which takes it exclusively) never re-keys under a running writer;
+    // a run starting during a rekey waits for it.
+    let table_name = settings.table.to_string();
+    tokio::select! {
+        locked = pg::schema::lock_writers_shared(&client, &table_name) => {
+            locked.map_err(AppError::Query)?;
+        }
+        _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+    }
+    let check = pg::schema::record_mask_key(
+        &mut client,
+        &table_name,
+        masker.key_id(),
+        &ip_mode,
+        &device_mode,
+        &masked_columns,
+    )
+    .await
+    .map_err(AppError::Query)?;
+    let writers_lock = client;
+    if let pg::schema::KeyCheck::Retired { to } = &check {
+        return Err(ConfigError(format!(
+            "masking key {} was retired on {table_name} by `sqs2pg rekey`: its tokens there now belong to key {to}, and writing under it again would mix keys; run with key {to} (the ring's active key, or SQS2PG_MASK_KEY)",
+            masker.key_id()
+        ))
+        .into());
+    }
+    if let pg::schema::KeyCheck::Changed(change) = check {
+        let (previous_ip, previous_device) = &change.previous_modes;
+        if settings.key_rotation_intended {
+            tracing::info!(
+                previous_key_id = %change.previous_key_id,
+                key_id = masker.key_id(),
+                "masking key or mode changed, as intended: tokens written from now on do not match earlier ones"
+            );
+        } else {
+            tracing::warn!(
+                previous_key_id = %change.previous_key_id,
+                previous_ip_mode = %previous_ip,
+                previous_device_id_mode = %previous_device,
+                key_id = masker.key_id(),
+                ip_mode = %ip_mode,
+                device_id_mode = %device_mode,
+                "MASKING KEY OR MODE CHANGED since the last run: new tokens will not match the ones already in the table, so duplicates across the change go unseen. If this is a rotation, say so with --key-rotation-intended; if not, stop and use the previous key"
+            );
+        }
+    }
+    if is_fifo(&settings.sqs.queue_url) {
+        // One receiver takes messages in the order SQS hands them out and one loader keeps
+        // that order to COMMIT, so no two messages of a group are processed at once, even on a
+        // server that does not lock a group while part of it is in flight (LocalStack 0.14).
+        if settings.pipeline.receivers > 1 || settings.pipeline.loaders > 1 {
+            tracing::info!(
+                receivers = settings.pipeline.receivers,
+                loaders = settings.pipeline.loaders,
+                "FIFO queue: one receiver and one loader, to keep each message group's order"
+            );
+        }
+        settings.pipeline.receivers = 1;
+        settings.pipeline.loaders = 1;
+    }
+    let sealer = BodySealer::new(&settings.mask_key);
+    tracing::info!(key_id = masker.key_id(), table = %settings.table, mapping = settings.mapping.is_some(), mode = ?settings.pipeline.mode, "starting");
+    let pruning = CancellationToken::new();
+    let pruner = tokio::spawn(prune_ledger(
+        settings.database.clone(),
+        settings.ledger_retention,
+        pruning.clone(),
+    ));
+    let kind: Box<dyn MessageKind> = match settings.mapping.take() {
+        None => Box::new(crate::login::LoginKind::new(masker)),
+        Some(m) => Box::new(crate::mapping::Mapper::new(m, &settings.mask_key)),
+    };
+    let loader = wrap_loader(TableLoader::new(
+        settings.database,
+        settings.table,
+        &kind.columns(),
+        sealer.key_id().to_owned(),
+    ));
+    let result = pipeline::run(source, loader, kind, sealer, settings.pipeline, shutdown).await;
+    drop(writers_lock);
+    pruning.cancel();
+    let _ = pruner.await;
+    Ok(result?)
+}
+
+/// The summary of a run stopped by a signal before it received anything.
+fn stopped_before_start() -> Summary {
+    tracing::info!("shutdown requested before the run started; nothing was received");
+    Summary::default()
+}
+
+/// Prunes the ledger at start and then hourly, on its own connection, until `done`. Failures
+/// are logged and tried again next hour: pruning is housekeeping, never a reason to stop.
+async fn prune_ledger(database: Database, horizon: std::time::Duration, done: CancellationToken) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+    const ROWS_PER_STATEMENT: i64 = 10_000;
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let prune = async {
+            match database.connect().await {
+                Ok(client) => pg::ledger::prune(&client, horizon, ROWS_PER_STATEMENT)
+                    .await
+                    .map_err(|e| pg::describe(&e)),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        // Housekeeping never holds up a shutdown; an interrupted prune resumes next time.
+        let pruned = tokio::select! {
+            _ = done.cancelled() => return,
+            pruned = prune => pruned,
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "pruned old ledger entries"),
+            Err(error) => tracing::warn!(%error, "ledger pruning failed; trying again in an hour"),
+        }
+    }
+}
+
+/// Connects, retrying transient failures (server down or restarting) per the retry policy, so
+/// `run` waits for a database that is not up yet and `drain` gives up after its attempts.
+async fn connect_with_retry(
+    database: &Database,
+    retry: &RetryPolicy,
+) -> Result<tokio_postgres::Client, ConnectError> {
+    let mut backoff = retry.backoff();
+    loop {
+        let error = match database.connect().await {
+            Ok(client) => return Ok(client),
+            Err(error) => error,
+        };
+        let transient = error
+            .postgres()
+            .is_some_and(|pg| fate(Outcome::Postgres(pg)) == Fate::Retry);
+        let delay = backoff.failed();
+        let (true, Some(delay)) = (transient, delay) else {
+            return Err(error);
+        };
+        tracing::warn!(attempt = backoff.attempts(), %error, "cannot reach PostgreSQL; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits at once (whatever was
+/// not committed comes back from SQS after its visibility timeout).
+async fn cancel_on_signal(token: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("shutdown requested; finishing the open batch (signal again to exit at once)");
+    token.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal; exiting now");
+    std::process::exit(130);
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
