@@ -9,6 +9,7 @@
 //! it offline, and a [`Mapper`] is a message kind (`kind::MessageKind`) the pipeline runs.
 
 pub mod column;
+pub mod convert;
 pub mod draft;
 pub mod encode;
 pub mod file;

@@ -1,7 +1,7 @@
-//! Leases: every message received and not yet deleted or released, one lease per message; the
-//! window that bounds how many the run holds ([`super::window`]); the heartbeat that keeps them
-//! invisible while they wait (in the channel, in an open batch, in a slow COPY, in a retry);
-//! and their release at the end of a run.
+//! Leases: every message received and not yet deleted or released, one lease per message, and
+//! the window that bounds how many the run holds ([`super::window`]). The heartbeat that keeps
+//! them invisible while they wait (in the channel, in an open batch, in a slow COPY, in a
+//! retry) and their release at the end of a run are in [`super::heartbeat`].
 //!
 //! Without a heartbeat, a message held longer than its visibility timeout reappears and is
 //! processed again elsewhere: no second row (the ledger sees to that), but wasted work and a
@@ -18,21 +18,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::window::{Congestion, Window};
-use crate::sqs::{AckHandle, MessageSource, Received, SQS_BATCH_LIMIT};
+use crate::sqs::{AckHandle, Received};
 
 /// ChangeMessageVisibilityBatch calls in flight at once (heartbeat and release).
-const CONCURRENT_CALLS: usize = 8;
-/// The longest the final release may take when no shutdown deadline bounds it.
-pub const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
+pub(super) const CONCURRENT_CALLS: usize = 8;
 /// Quiet time after a window cut when the visibility timeout is not known.
 const DEFAULT_QUIET: Duration = Duration::from_secs(30);
 
@@ -85,13 +81,13 @@ pub struct Leases {
 
 /// What a heartbeat round finds to do.
 #[derive(Debug, Default)]
-struct Due {
+pub(super) struct Due {
     /// Latest handles of the leases to extend.
-    extend: Vec<AckHandle>,
+    pub extend: Vec<AckHandle>,
     /// Leases whose visibility already ran out.
-    lapsed: usize,
+    pub lapsed: usize,
     /// Leases past 3/4 of their timeout: the last round did not reach them in time.
-    overdue: usize,
+    pub overdue: usize,
 }
 
 impl Leases {
@@ -199,7 +195,7 @@ impl Leases {
     }
 
     /// A congestion signal: the window is cut (unless it was just cut).
-    fn congested(&self, why: Congestion) {
+    pub(super) fn congested(&self, why: Congestion) {
         let quiet = self.visibility.unwrap_or(DEFAULT_QUIET);
         let mut state = self.lock();
         if state.window.congested(Instant::now(), quiet) {
@@ -216,7 +212,7 @@ impl Leases {
         crate::telemetry::metrics::record_window(limit);
     }
 
-    fn set_behind(&self, behind: bool) {
+    pub(super) fn set_behind(&self, behind: bool) {
         let mut state = self.lock();
         let changed = state.behind != behind;
         state.behind = behind;
@@ -271,7 +267,7 @@ impl Leases {
     }
 
     /// What the heartbeat round starting at `now` has to do.
-    fn due(&self, now: Instant, visibility: Duration) -> Due {
+    pub(super) fn due(&self, now: Instant, visibility: Duration) -> Due {
         let state = self.lock();
         let mut due = Due::default();
         for (message_id, lease) in &state.held {
@@ -295,7 +291,7 @@ impl Leases {
         due
     }
 
-    fn extended(&self, acks: &[AckHandle], at: Instant) {
+    pub(super) fn extended(&self, acks: &[AckHandle], at: Instant) {
         let mut state = self.lock();
         for ack in acks {
             if let Some(lease) = state.held.get_mut(&ack.message_id) {
@@ -308,7 +304,7 @@ impl Leases {
 
     /// Extensions SQS refused. Those of messages still held, with the same handle and not
     /// being deleted, are lost to another consumer; returns how many.
-    fn refused(&self, acks: &[AckHandle]) -> usize {
+    pub(super) fn refused(&self, acks: &[AckHandle]) -> usize {
         let mut state = self.lock();
         let mut lost = 0;
         for ack in acks {
@@ -322,7 +318,7 @@ impl Leases {
         lost
     }
 
-    fn take_all(&self) -> Vec<AckHandle> {
+    pub(super) fn take_all(&self) -> Vec<AckHandle> {
         let mut state = self.lock();
         let taken: Vec<AckHandle> = state
             .held
@@ -411,234 +407,5 @@ impl Drop for Admission<'_> {
     }
 }
 
-/// Extends held leases until `done` is cancelled, and tells the window what it sees. Failures
-/// are logged and tried again on the next tick; a message whose lease lapses anyway comes
-/// back, joins its lease if we still hold it, or is skipped by the ledger.
-pub async fn heartbeat<S: MessageSource>(
-    source: Arc<S>,
-    leases: Arc<Leases>,
-    visibility: Duration,
-    done: CancellationToken,
-) -> u64 {
-    let mut extended = 0u64;
-    let period = (visibility / 4).max(Duration::from_millis(250));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return extended,
-            _ = tick.tick() => {}
-        }
-        let now = Instant::now();
-        let due = leases.due(now, visibility);
-        if due.lapsed > 0 {
-            crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
-            tracing::debug!(messages = due.lapsed, "leases lapsed");
-            leases.congested(Congestion::Lapsed);
-        }
-        // The last round did not reach some leases in time: receive nothing more until this
-        // one has.
-        leases.set_behind(due.lapsed + due.overdue > 0);
-        let chunks: Vec<Vec<AckHandle>> = due
-            .extend
-            .chunks(SQS_BATCH_LIMIT)
-            .map(<[_]>::to_vec)
-            .collect();
-        let mut calls = stream::iter(chunks)
-            .map(|chunk| {
-                let source = source.clone();
-                async move {
-                    let result = source.change_visibility(&chunk, visibility).await;
-                    (chunk, result)
-                }
-            })
-            .buffer_unordered(CONCURRENT_CALLS);
-        // Overrun: the round is still going when the leases it started with could lapse (a
-        // lease due at half its timeout, extended only after two more ticks, has a quarter
-        // left). Receiving pauses at once (the heartbeat is behind) and the window is cut.
-        let overrun = tokio::time::sleep_until(now + 2 * period);
-        tokio::pin!(overrun);
-        let mut overran = false;
-        loop {
-            // Stop at once when told, even mid-round: a call to an unreachable SQS can take a
-            // minute, and a shutdown deadline must not wait for it.
-            let next = tokio::select! {
-                _ = done.cancelled() => return extended,
-                () = &mut overrun, if !overran => {
-                    overran = true;
-                    leases.set_behind(true);
-                    leases.congested(Congestion::HeartbeatOverran);
-                    continue;
-                }
-                next = calls.next() => next,
-            };
-            let Some((chunk, result)) = next else { break };
-            match result {
-                Ok(refused) => {
-                    let ok: Vec<AckHandle> =
-                        chunk.into_iter().filter(|a| !refused.contains(a)).collect();
-                    extended += ok.len() as u64;
-                    leases.extended(&ok, now);
-                    if leases.refused(&refused) > 0 {
-                        leases.congested(Congestion::ExtensionRefused);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
-                }
-            }
-        }
-        leases.set_behind(false);
-        if !due.extend.is_empty() {
-            tracing::debug!(messages = due.extend.len(), "visibility extended");
-        }
-    }
-}
-
-/// Makes every message still held visible again at once (visibility 0), so that messages
-/// received but never committed are not stuck until their timeout. Best effort, within
-/// `bound` ([`RELEASE_DEADLINE`], or what a shutdown deadline leaves). Returns how many were
-/// released.
-pub async fn release_all<S: MessageSource>(source: &S, leases: &Leases, bound: Duration) -> u64 {
-    let held = leases.take_all();
-    let mut released = 0;
-    let calls = stream::iter(held.chunks(SQS_BATCH_LIMIT))
-        .map(|chunk| async move {
-            let result = source.change_visibility(chunk, Duration::ZERO).await;
-            (chunk.len(), result)
-        })
-        .buffer_unordered(CONCURRENT_CALLS)
-        .for_each(|(n, result)| {
-            match result {
-                Ok(refused) => released += (n - refused.len()) as u64,
-                Err(error) => tracing::warn!(%error, messages = n, "could not release messages; they come back after their visibility timeout"),
-            }
-            std::future::ready(())
-        });
-    // A dead SQS must not hold up the exit: what is not released comes back on its own.
-    if tokio::time::timeout(bound, calls).await.is_err() {
-        tracing::warn!("releasing held messages took too long; the rest come back after their visibility timeout");
-    }
-    released
-}
-
 #[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    use super::*;
-
-    fn received(id: u32, handle: &str) -> Received {
-        Received {
-            ack: AckHandle {
-                message_id: format!("m{id}"),
-                receipt_handle: handle.to_owned(),
-            },
-            ledger_id: format!("m{id}"),
-            body: String::new(),
-            sent_timestamp: 0,
-            receive_count: 1,
-            group_id: None,
-            attributes: Vec::new(),
-            received_at: SystemTime::now(),
-            md5_mismatch: false,
-        }
-    }
-
-    fn ack(id: u32, handle: &str) -> AckHandle {
-        received(id, handle).ack
-    }
-
-    async fn hold(leases: &Leases, messages: &[Received]) -> Vec<bool> {
-        leases.admit(messages.len()).await.hold(messages)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn leases_fall_due_after_half_the_timeout_and_lapse_after_all_of_it() {
-        let visibility = Duration::from_secs(30);
-        let leases = Leases::new(Some(visibility), 100);
-        hold(&leases, &[received(1, "r1"), received(2, "r2")]).await;
-        assert!(leases.due(Instant::now(), visibility).extend.is_empty());
-        tokio::time::advance(Duration::from_secs(16)).await;
-        let due = leases.due(Instant::now(), visibility);
-        assert_eq!((due.extend.len(), due.lapsed, due.overdue), (2, 0, 0));
-        leases.extended(&[ack(1, "r1")], Instant::now());
-        tokio::time::advance(Duration::from_secs(7)).await;
-        let due = leases.due(Instant::now(), visibility);
-        assert_eq!(due.extend, vec![ack(2, "r2")]);
-        assert_eq!(due.overdue, 1, "23 s of 30: past three quarters");
-        tokio::time::advance(Duration::from_secs(8)).await;
-        assert_eq!(leases.due(Instant::now(), visibility).lapsed, 1);
-        leases.forget(&[ack(2, "r2")]);
-        assert_eq!(leases.take_all(), vec![ack(1, "r1")]);
-        assert!(leases.take_all().is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_second_delivery_joins_its_lease_and_every_handle_is_deleted() {
-        let leases = Leases::new(Some(Duration::from_secs(2)), 100);
-        assert_eq!(hold(&leases, &[received(1, "r1")]).await, [true]);
-        assert_eq!(
-            hold(&leases, &[received(1, "r1-again"), received(2, "r2")]).await,
-            [false, true]
-        );
-        // The newest handle is the one extended.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let due = leases.due(Instant::now(), Duration::from_secs(2));
-        let mut extend: Vec<&str> = due
-            .extend
-            .iter()
-            .map(|a| a.receipt_handle.as_str())
-            .collect();
-        extend.sort_unstable();
-        assert_eq!(extend, ["r1-again", "r2"]);
-        // After COMMIT both handles of m1 are deleted, the newest as the one that counts.
-        let (latest, older) = leases.deleting(vec![ack(1, "r1")]);
-        assert_eq!(latest, [ack(1, "r1-again")]);
-        assert_eq!(older, [ack(1, "r1")]);
-        // Being deleted, it is no longer extended.
-        let due = leases.due(Instant::now(), Duration::from_secs(2));
-        assert_eq!(due.extend, [ack(2, "r2")]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn receiving_waits_for_room_in_the_window_and_for_the_heartbeat() {
-        let leases = Arc::new(Leases::new(Some(Duration::from_secs(30)), 20));
-        assert_eq!(leases.limit(), 20);
-        let first = leases.admit(10).await;
-        let second = leases.admit(10).await;
-        let third = tokio::spawn({
-            let leases = leases.clone();
-            async move {
-                let admission = leases.admit(10).await;
-                drop(admission);
-            }
-        });
-        tokio::task::yield_now().await;
-        assert!(!third.is_finished(), "the window is full");
-        drop(second);
-        first.hold(&[received(1, "r1")]);
-        // 1 held + 10 reserved by the third: room, once it was given back.
-        tokio::time::timeout(Duration::from_secs(1), third)
-            .await
-            .expect("room came back")
-            .unwrap();
-        leases.set_behind(true);
-        let blocked = tokio::time::timeout(Duration::from_secs(1), leases.admit(1)).await;
-        assert!(blocked.is_err(), "no receive while the heartbeat is behind");
-        leases.set_behind(false);
-        drop(leases.admit(1).await);
-        // A lapse cuts the window (to 70% of 20: 14); the lease it was is lost when an
-        // extension is refused.
-        leases.congested(Congestion::Lapsed);
-        assert_eq!(leases.limit(), 14);
-        assert_eq!(leases.refused(&[ack(1, "r1")]), 1);
-        assert!(leases
-            .due(
-                Instant::now() + Duration::from_secs(20),
-                Duration::from_secs(30)
-            )
-            .extend
-            .is_empty());
-    }
-}
+mod tests;

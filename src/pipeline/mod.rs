@@ -20,6 +20,8 @@
 
 pub mod batch;
 mod delete;
+pub mod heartbeat;
+mod isolate;
 pub mod lease;
 mod load;
 mod metered;
@@ -158,7 +160,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     // The heartbeat runs until every delete is done; it needs to know the visibility timeout.
     let heartbeat_done = CancellationToken::new();
     let heartbeat = settings.visibility_timeout.map(|visibility| {
-        tokio::spawn(lease::heartbeat(
+        tokio::spawn(heartbeat::heartbeat(
             source.clone(),
             leases.clone(),
             visibility,
@@ -269,9 +271,9 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     let release_bound = if shutdown.is_cancelled() {
         settings.release_reserve()
     } else {
-        lease::RELEASE_DEADLINE
+        heartbeat::RELEASE_DEADLINE
     };
-    summary.released = lease::release_all(&*source, &leases, release_bound).await;
+    summary.released = heartbeat::release_all(&*source, &leases, release_bound).await;
     summary.md5_mismatches = stage
         .md5_mismatches
         .load(std::sync::atomic::Ordering::Relaxed);

@@ -8,6 +8,8 @@ pub mod failure;
 pub mod inspect;
 pub mod ledger;
 pub mod loader;
+pub mod mask_record;
+mod migrations;
 pub mod quarantine;
 pub mod rekey;
 pub mod schema;

@@ -1,0 +1,117 @@
+//! Unit tests of `config`.
+
+use super::*;
+
+#[test]
+fn key_sources_are_exclusive_and_named() {
+    let e = mask_key(None, None).unwrap_err().to_string();
+    assert!(e.contains("SQS2PG_MASK_KEY") && e.contains("keygen"), "{e}");
+    let e = mask_key(Some("x"), Some(Path::new("/k")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("keep only one"), "{e}");
+    let e = mask_key(Some("c2hvcnQ="), None).unwrap_err().to_string();
+    assert!(
+        e.contains("SQS2PG_MASK_KEY") && e.contains("5 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn drain_needs_a_long_poll() {
+    use super::args::DatabaseArgs;
+    let args = PipelineArgs {
+        database: DatabaseArgs {
+            database_url: Some("postgres://u@localhost/db".into()),
+            table: "user_logins".into(),
+            mapping: None,
+        },
+        queue: QueueArgs {
+            queue_url: Some("http://localhost:4566/000000000000/q".into()),
+            endpoint_url: None,
+            sqs_protocol: crate::sqs::Protocol::Auto,
+        },
+        key: KeyArgs {
+            mask_key: Some("A".repeat(44).parse().unwrap()),
+            mask_key_file: None,
+            mask_key_ring: None,
+        },
+        receivers: DEFAULT_RECEIVERS,
+        loaders: DEFAULT_LOADERS,
+        wait_time_secs: 0,
+        visibility_timeout_secs: None,
+        batch_max_rows: DEFAULT_BATCH_MAX_ROWS,
+        batch_max_age_ms: DEFAULT_BATCH_MAX_AGE_MS,
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        max_attempts: DEFAULT_MAX_ATTEMPTS,
+        max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
+        ledger_retention_days: DEFAULT_LEDGER_RETENTION_DAYS,
+        shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+        max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+        max_in_flight_messages: DEFAULT_MAX_IN_FLIGHT_MESSAGES,
+        metrics_addr: None,
+        ip_mask: crate::login::MaskMode::Hmac,
+        device_id_mask: crate::login::MaskMode::Hmac,
+        key_rotation_intended: false,
+    };
+    let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();
+    assert!(
+        e.contains("--wait-time-secs (SQS2PG_WAIT_TIME_SECS)"),
+        "{e}"
+    );
+    let run = pipeline(&args, Mode::Run).unwrap();
+    assert_eq!(
+        run.pipeline.load_retry.max_attempts, None,
+        "run retries forever"
+    );
+    let short_ledger = PipelineArgs {
+        wait_time_secs: 1,
+        ledger_retention_days: 28,
+        ..args.clone()
+    };
+    let e = pipeline(&short_ledger, Mode::Run).unwrap_err().to_string();
+    assert!(
+        e.contains("--ledger-retention-days (SQS2PG_LEDGER_RETENTION_DAYS)"),
+        "{e}"
+    );
+    let drain = pipeline(
+        &PipelineArgs {
+            wait_time_secs: 1,
+            ..args
+        },
+        Mode::Drain,
+    )
+    .unwrap();
+    assert_eq!(
+        drain.pipeline.load_retry.max_attempts,
+        Some(DEFAULT_MAX_ATTEMPTS)
+    );
+    assert_eq!(drain.ledger_retention, Duration::from_secs(30 * 86_400));
+}
+
+#[test]
+fn queue_url_is_checked() {
+    let args = |u: &str| QueueArgs {
+        queue_url: Some(u.into()),
+        endpoint_url: None,
+        sqs_protocol: crate::sqs::Protocol::Query,
+    };
+    let ok = queue(&args("http://localhost:4566/000000000000/login-queue")).unwrap();
+    assert_eq!(ok.protocol, crate::sqs::Protocol::Query);
+    assert_eq!(
+        queue(&args("login-queue")).unwrap().queue_url,
+        "login-queue"
+    );
+    for bad in ["login queue", "ftp://x/y", "http://localhost:4566", "q/x"] {
+        let e = queue(&args(bad)).unwrap_err().to_string();
+        assert!(e.contains("SQS2PG_QUEUE_URL"), "{bad}: {e}");
+    }
+    let e = queue(&QueueArgs {
+        queue_url: None,
+        endpoint_url: None,
+        sqs_protocol: crate::sqs::Protocol::Auto,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("is not set"), "{e}");
+}

@@ -1,0 +1,173 @@
+//! Unit tests of `mapping::column`.
+
+use serde_json::Value as Json;
+
+use super::*;
+use serde_json::json;
+
+fn to_text(value: Json, column: &str) -> Result<Option<String>, Fault> {
+    convert(&value, ColumnType::parse(column).unwrap()).map(|v| v.to_text())
+}
+
+#[test]
+fn types_parse_as_postgresql_spells_them() {
+    for (text, parsed) in [
+        ("varchar(32)", ColumnType::Varchar(32)),
+        ("Character Varying ( 8 )", ColumnType::Varchar(8)),
+        ("numeric(12, 2)", ColumnType::Numeric(Some((12, 2)))),
+        ("numeric(5)", ColumnType::Numeric(Some((5, 0)))),
+        ("timestamp with time zone", ColumnType::Timestamptz),
+        ("double   precision", ColumnType::Double),
+        ("text[]", ColumnType::TextArray),
+    ] {
+        assert_eq!(ColumnType::parse(text), Ok(parsed), "{text}");
+        assert_eq!(ColumnType::parse(&parsed.to_string()), Ok(parsed));
+    }
+    for bad in [
+        "varchar",
+        "varchar(0)",
+        "numeric(2,3)",
+        "integer(4)",
+        "money",
+    ] {
+        assert!(ColumnType::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn values_convert_to_their_types_or_fail_with_a_fault() {
+    assert_eq!(
+        to_text(json!("héllo"), "varchar(5)"),
+        Ok(Some("héllo".into()))
+    );
+    assert_eq!(
+        to_text(json!("héllo!"), "varchar(5)"),
+        Err(Fault::TooLong { chars: 6, max: 5 })
+    );
+    assert_eq!(to_text(json!("a\u{0}b"), "text"), Err(Fault::NulCharacter));
+    assert_eq!(
+        to_text(json!(5), "text"),
+        Err(Fault::WrongType {
+            expected: "string",
+            got: "number"
+        })
+    );
+    assert_eq!(to_text(json!("-42"), "smallint"), Ok(Some("-42".into())));
+    assert!(matches!(
+        to_text(json!(40000), "smallint"),
+        Err(Fault::OutOfRange(_))
+    ));
+    assert!(matches!(
+        to_text(json!(1.5), "integer"),
+        Err(Fault::Invalid(_))
+    ));
+    assert!(matches!(
+        to_text(json!("1e3"), "bigint"),
+        Err(Fault::Invalid(_))
+    ));
+    assert_eq!(
+        to_text(json!(9_007_199_254_740_993_i64), "bigint"),
+        Ok(Some("9007199254740993".into()))
+    );
+    assert_eq!(to_text(json!(true), "boolean"), Ok(Some("true".into())));
+    assert_eq!(
+        to_text(json!("2026-12-04"), "date"),
+        Ok(Some("2026-12-04".into()))
+    );
+    assert!(matches!(
+        to_text(json!("04/12/2026"), "date"),
+        Err(Fault::Invalid(_))
+    ));
+    assert_eq!(
+        to_text(json!("2026-12-04T10:00:00+02:00"), "timestamptz"),
+        Ok(Some("2026-12-04T08:00:00Z".into()))
+    );
+    assert!(matches!(
+        to_text(json!("2026-12-04T10:00:00"), "timestamptz"),
+        Err(Fault::Invalid(_))
+    ));
+    assert_eq!(
+        to_text(json!("2026-12-04 10:00:00.25"), "timestamp"),
+        Ok(Some("2026-12-04 10:00:00.25".into()))
+    );
+    assert_eq!(
+        to_text(json!("6F9619FF-8B86-D011-B42D-00C04FC964FF"), "uuid"),
+        Ok(Some("6f9619ff-8b86-d011-b42d-00c04fc964ff".into()))
+    );
+    assert_eq!(
+        to_text(json!("2001:DB8::1"), "inet"),
+        Ok(Some("2001:db8::1".into()))
+    );
+    assert_eq!(
+        to_text(json!({"a": [1, "x"]}), "jsonb"),
+        Ok(Some(r#"{"a":[1,"x"]}"#.into()))
+    );
+    assert_eq!(
+        to_text(json!(["a", "b"]), "text[]"),
+        Ok(Some(r#"["a","b"]"#.into()))
+    );
+    assert!(to_text(json!(["a", 1]), "text[]").is_err());
+    assert_eq!(
+        to_text(json!({"k": "back\\u0000slash"}), "jsonb"),
+        Ok(Some(r#"{"k":"back\\u0000slash"}"#.into())),
+        "a backslash is not a NUL"
+    );
+    assert_eq!(
+        to_text(json!({"k": "a\u{0}"}), "jsonb"),
+        Err(Fault::NulCharacter)
+    );
+    for (late, column) in [
+        ("9999-12-31T23:00:00-05:00", "timestamptz"),
+        ("0000-01-01T00:00:00Z", "timestamptz"),
+        ("-0001-01-01", "date"),
+    ] {
+        assert!(
+            matches!(
+                to_text(json!(late), column),
+                Err(Fault::OutOfRange(_) | Fault::Invalid(_))
+            ),
+            "{late}"
+        );
+    }
+    assert!(matches!(
+        to_text(json!("9".repeat(400)), "double precision"),
+        Err(Fault::OutOfRange(_))
+    ));
+}
+
+#[test]
+fn numerics_round_half_away_from_zero_to_their_scale_and_keep_their_precision() {
+    for (input, column, want) in [
+        (json!("12.345"), "numeric(12,2)", "12.35"),
+        (json!("-12.345"), "numeric(12,2)", "-12.35"),
+        (json!("99.995"), "numeric(5,2)", "100.00"),
+        (json!(12.5), "numeric(12,0)", "13"),
+        (json!("-0.001"), "numeric(4,2)", "0.00"),
+        (json!(7), "numeric(4,2)", "7.00"),
+        (json!("0012.5000"), "numeric", "12.5000"),
+        (json!("-0.000"), "numeric", "0.000"),
+        (
+            json!("123456789012345678901234567890.5"),
+            "numeric",
+            "123456789012345678901234567890.5",
+        ),
+    ] {
+        assert_eq!(
+            to_text(input, column),
+            Ok(Some(want.into())),
+            "{column} {want}"
+        );
+    }
+    assert!(matches!(
+        to_text(json!("999.995"), "numeric(5,2)"),
+        Err(Fault::OutOfRange(_))
+    ));
+    assert!(matches!(
+        to_text(json!("1e3"), "numeric"),
+        Err(Fault::Invalid(_))
+    ));
+    assert!(matches!(
+        to_text(json!("."), "numeric"),
+        Err(Fault::Invalid(_))
+    ));
+}

@@ -1,0 +1,121 @@
+//! Unit tests of `mapping::draft`.
+
+use super::*;
+use crate::mapping::{Mapper, Mapping, Message};
+
+fn preview(mapping: &str, bodies: &[&str]) -> (usize, usize) {
+    let m = Mapping::parse(mapping).unwrap_or_else(|e| panic!("{e}\n{mapping}"));
+    let key =
+        crate::login::MaskKey::from_base64(&crate::login::MaskKey::generate_base64().unwrap())
+            .unwrap();
+    let m = Mapper::new(m, &key);
+    let (mut rows, mut rejected) = (0, 0);
+    for body in bodies {
+        let message = Message::new(body, "m", 1_700_000_000_000);
+        match m.apply(&message) {
+            Ok(r) => rows += r.len(),
+            Err(_) => rejected += 1,
+        }
+    }
+    (rows, rejected)
+}
+
+#[test]
+fn a_draft_of_the_login_sample_masks_ip_and_device_id_and_maps_every_sample() {
+    let sample: Vec<&str> = include_str!("../../../examples/login-queue-sample.jsonl")
+        .lines()
+        .collect();
+    let text = draft("public.logins", sample.iter().copied()).unwrap();
+    let m = Mapping::parse(&text).unwrap();
+    let masked: Vec<&str> = m.masked().map(|c| c.name.as_str()).collect();
+    assert_eq!(masked, ["masked_device_id", "masked_ip"], "{text}");
+    assert!(text.contains("# Masked: the values are IP addresses."));
+    assert!(text.contains("social security"));
+    let user_id = m.columns.iter().find(|c| c.name == "user_id").unwrap();
+    assert!(!user_id.required, "one sample lacks it");
+    assert_eq!(user_id.column_type.to_string(), "uuid");
+    // One sample is another kind of message (`foo`, `bar`): nothing is in every sample.
+    assert!(m.columns.iter().all(|c| !c.required), "{text}");
+    let logins: Vec<&str> = sample
+        .iter()
+        .copied()
+        .filter(|b| b.contains("user_id"))
+        .collect();
+    let m = Mapping::parse(&draft("public.logins", logins.iter().copied()).unwrap()).unwrap();
+    let required: Vec<&str> = m
+        .columns
+        .iter()
+        .filter(|c| c.required)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        required,
+        [
+            "app_version",
+            "masked_device_id",
+            "device_type",
+            "masked_ip",
+            "user_id"
+        ],
+        "locale is null in some"
+    );
+    // As it stands, the draft takes every sample.
+    assert_eq!(preview(&text, &sample), (100, 0));
+}
+
+#[test]
+fn envelopes_are_recognised_and_personal_fields_proposed_for_masking() {
+    let sample: Vec<&str> = include_str!("../../../examples/mappings/orders-sns.jsonl")
+        .lines()
+        .collect();
+    let text = draft("public.orders", sample.iter().copied()).unwrap();
+    assert!(text.contains("envelope = \"sns\""), "{text}");
+    let m = Mapping::parse(&text).unwrap();
+    let masked: Vec<&str> = m.masked().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        masked,
+        ["masked_customer_email", "masked_customer_ip"],
+        "{text}"
+    );
+    let ty = |n: &str| {
+        m.columns
+            .iter()
+            .find(|c| c.name == n)
+            .unwrap_or_else(|| panic!("{n} in {text}"))
+            .column_type
+            .to_string()
+    };
+    assert_eq!(ty("order_placed_at"), "timestamptz");
+    assert_eq!(ty("order_amount"), "jsonb", "numbers and strings mixed");
+    assert_eq!(preview(&text, &sample).0, sample.len());
+    let cards = [
+        r#"{"card": "4111 1111 1111 1111", "phone": "+44 20 7946 0958", "note": "hello"}"#,
+        r#"{"card": "5500-0000-0000-0004", "phone": "+1 (555) 010-9999", "note": "bye"}"#,
+    ];
+    let text = draft("t", cards).unwrap();
+    let m = Mapping::parse(&text).unwrap();
+    let masked: Vec<&str> = m.masked().map(|c| c.name.as_str()).collect();
+    assert_eq!(masked, ["masked_card", "masked_phone"], "{text}");
+    // Keys that are values stay inside one jsonb column; a personal name with values
+    // that are not text is redacted.
+    let keyed = [
+        r#"{"visits": {"ada@example.com": 3, "10.0.0.1": 1}, "phone": 4420794609, "email": null}"#,
+    ];
+    let text = draft("t", keyed).unwrap();
+    assert!(
+        !text.contains("example") && !text.contains("10_0_0_1"),
+        "{text}"
+    );
+    let m = Mapping::parse(&text).unwrap();
+    let visits = m.columns.iter().find(|c| c.name == "visits").unwrap();
+    assert_eq!(visits.column_type.to_string(), "jsonb");
+    let phone = m.columns.iter().find(|c| c.name == "masked_phone").unwrap();
+    assert_eq!(
+        phone.mask,
+        Some(crate::mapping::file::Mask::Redact),
+        "{text}"
+    );
+    assert!(m.columns.iter().any(|c| c.name == "masked_email"), "{text}");
+    assert_eq!(draft("t", ["{", "{}"]), Err(DraftError::NotJson(1)));
+    assert_eq!(draft("t", Vec::<&str>::new()), Err(DraftError::Empty));
+}

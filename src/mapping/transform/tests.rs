@@ -1,0 +1,224 @@
+//! Unit tests of `mapping::transform`.
+
+use super::*;
+use crate::login::{MaskMode, MaskModes, Masker};
+
+fn key() -> MaskKey {
+    MaskKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()
+}
+
+fn message(body: &str) -> Message<'_> {
+    Message::new(body, "m-1", 1_700_000_000_000)
+}
+
+fn apply(mapping: &str, body: &str) -> Result<Vec<Vec<Option<String>>>, Rejection> {
+    let m = Mapper::new(Mapping::parse(mapping).unwrap(), &key());
+    let rows = m.apply(&message(body))?;
+    Ok(rows
+        .iter()
+        .map(|r| r.values().iter().map(Value::to_text).collect())
+        .collect())
+}
+
+const ORDERS: &str = r#"
+table = "public.orders"
+envelope = "sns"
+columns = [
+  { name = "order_id", from = "/order/id", type = "uuid", required = true },
+  { name = "email_token", from = "/customer/email", type = "varchar(256)", mask = "hmac" },
+  { name = "amount", from = "/order/amount", type = "numeric(12,2)", min = 0 },
+  { name = "status", from = "/status", type = "text", allowed = ["new", "paid"] },
+  { name = "sent_at", from = "sqs:SentTimestamp", type = "timestamptz" },
+  { name = "topic", from = "sns:TopicArn", type = "text" },
+  { name = "extra", from = "rest", type = "jsonb" },
+]
+"#;
+
+fn sns(inner: &str) -> String {
+    serde_json::json!({
+        "Type": "Notification",
+        "MessageId": "sns-1",
+        "TopicArn": "arn:aws:sns:eu-west-1:1:orders",
+        "Message": inner,
+    })
+    .to_string()
+}
+
+#[test]
+fn an_sns_wrapped_order_maps_to_one_masked_row() {
+    let body = sns(
+        r#"{"order": {"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff", "amount": 12.345}, "customer": {"email": "a@example.com"}, "status": "paid", "coupon": "X1"}"#,
+    );
+    let rows = apply(ORDERS, &body).unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(
+        row[0].as_deref(),
+        Some("6f9619ff-8b86-d011-b42d-00c04fc964ff")
+    );
+    let token = row[1].clone().unwrap();
+    assert!(
+        token.contains(".h.") && !token.contains("example"),
+        "a token"
+    );
+    assert_eq!(row[2].as_deref(), Some("12.35"));
+    assert_eq!(row[3].as_deref(), Some("paid"));
+    assert_eq!(row[4].as_deref(), Some("2023-11-14T22:13:20Z"));
+    assert_eq!(row[5].as_deref(), Some("arn:aws:sns:eu-west-1:1:orders"));
+    assert_eq!(
+        row[6].as_deref(),
+        Some(r#"{"coupon":"X1"}"#),
+        "what no column took"
+    );
+}
+
+#[test]
+fn each_bad_value_is_rejected_with_its_column_and_never_its_value() {
+    let cases = [
+        (r#"{"order": {"amount": 1}}"#, "missing_field:order_id"),
+        (r#"{"order": {"id": null}}"#, "null_field:order_id"),
+        (r#"{"order": {"id": "nope"}}"#, "invalid_value:order_id"),
+        (r#"{"order": {"id": 7}}"#, "wrong_type:order_id"),
+        (
+            r#"{"order": {"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff", "amount": -1}}"#,
+            "out_of_range:amount",
+        ),
+        (
+            r#"{"order": {"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff"}, "status": "secret-status"}"#,
+            "not_allowed:status",
+        ),
+    ];
+    for (inner, reason) in cases {
+        let rejection = apply(ORDERS, &sns(inner)).unwrap_err();
+        assert_eq!(rejection.reason, reason, "{inner}");
+        let detail = rejection.detail.unwrap_or_default();
+        assert!(
+            !detail.contains("nope") && !detail.contains("secret"),
+            "{detail}"
+        );
+    }
+    assert_eq!(apply(ORDERS, "{").unwrap_err().reason, "not_json");
+    assert_eq!(
+        apply(ORDERS, r#"{"Type": "Notification"}"#)
+            .unwrap_err()
+            .reason,
+        "not_an_envelope:sns"
+    );
+    assert_eq!(
+        apply(ORDERS, &serde_json::json!({"Message": "{"}).to_string())
+            .unwrap_err()
+            .reason,
+        "not_json"
+    );
+}
+
+#[test]
+fn s3_notifications_give_a_row_per_record_and_a_test_event_none() {
+    let mapping = r#"
+table = "s3_objects"
+envelope = "s3"
+columns = [
+  { name = "bucket", from = "/s3/bucket/name", type = "text", required = true },
+  { name = "object_key", from = "/s3/object/key", type = "text", required = true },
+  { name = "size", from = "/s3/object/size", type = "bigint" },
+  { name = "event_time", from = "/eventTime", type = "timestamptz" },
+]
+"#;
+    let record = |k: &str| serde_json::json!({"eventTime": "2026-12-04T10:00:00.000Z", "s3": {"bucket": {"name": "b"}, "object": {"key": k, "size": 5}}});
+    let body = serde_json::json!({"Records": [record("a"), record("b"), record("c")]}).to_string();
+    let rows = apply(mapping, &body).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2][1].as_deref(), Some("c"));
+    assert_eq!(rows[0][3].as_deref(), Some("2026-12-04T10:00:00Z"));
+    let test_event = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#;
+    assert_eq!(apply(mapping, test_event).unwrap().len(), 0);
+    // One bad record rejects the message: all rows or none.
+    let bad = serde_json::json!({"Records": [record("a"), {"s3": {}}]}).to_string();
+    assert_eq!(
+        apply(mapping, &bad).unwrap_err().reason,
+        "missing_field:bucket"
+    );
+}
+
+#[test]
+fn eventbridge_detail_and_envelope_fields() {
+    let mapping = r#"
+table = "signups"
+envelope = "eventbridge"
+columns = [
+  { name = "user_id", from = "/userId", type = "text", required = true, pattern = "u-[0-9]+" },
+  { name = "kind", from = "eventbridge:detail-type", type = "text" },
+  { name = "at", from = "eventbridge:time", type = "timestamptz" },
+  { name = "ip", from = "/ip", type = "text", mask = "redact" },
+]
+"#;
+    let event = |user: &str| {
+        serde_json::json!({"id": "e-1", "detail-type": "Signup", "source": "app", "time": "2026-12-04T10:00:00Z", "detail": {"userId": user, "ip": "10.0.0.1"}}).to_string()
+    };
+    let rows = apply(mapping, &event("u-12")).unwrap();
+    assert_eq!(
+        rows[0],
+        vec![
+            Some("u-12".into()),
+            Some("Signup".into()),
+            Some("2026-12-04T10:00:00Z".into()),
+            None
+        ]
+    );
+    assert_eq!(
+        apply(mapping, &event("x-12")).unwrap_err().reason,
+        "no_match:user_id"
+    );
+}
+
+/// The login columns as a mapping give the login pipeline's values, tokens included, for
+/// every valid message of the sample, under every mode.
+#[test]
+fn the_login_mapping_gives_the_login_pipelines_rows_for_the_sample() {
+    let file = include_str!("../../../examples/mappings/login.toml");
+    let sample = include_str!("../../../examples/login-queue-sample.jsonl");
+    for mode in [MaskMode::Hmac, MaskMode::Siv] {
+        let text = file.replace("mask = \"hmac\"", &format!("mask = \"{mode}\""));
+        let m = Mapper::new(Mapping::parse(&text).unwrap(), &key());
+        let masker = Masker::with_modes(
+            &key(),
+            MaskModes {
+                ip: mode,
+                device_id: mode,
+            },
+        );
+        let (mut same, mut both_rejected) = (0, 0);
+        for body in sample.lines() {
+            let login = crate::login::transform(&masker, 1 << 18, body, 1_700_000_000_000);
+            let mapped = m.apply(&message(body));
+            match (login.outcome, mapped) {
+                (Ok(row), Ok(rows)) => {
+                    let values: Vec<Option<String>> =
+                        rows[0].values().iter().map(Value::to_text).collect();
+                    let want = vec![
+                        Some(row.user_id),
+                        Some(row.device_type),
+                        Some(row.masked_ip.as_str().to_owned()),
+                        Some(row.masked_device_id.as_str().to_owned()),
+                        row.locale,
+                        Some(row.app_version.to_string()),
+                        Some(row.create_date.to_string()),
+                    ];
+                    assert_eq!(values, want, "{mode}");
+                    same += 1;
+                }
+                (Err(login), Err(mapped)) => {
+                    // The sample's one bad message lacks user_id: the same code either way.
+                    assert_eq!(login.reason.to_string(), mapped.reason);
+                    both_rejected += 1;
+                }
+                (login, mapped) => panic!(
+                    "login {:?}, mapping {:?}",
+                    login.map(|_| ()).map_err(|r| r.reason.to_string()),
+                    mapped.map(|_| ()).map_err(|r| r.reason)
+                ),
+            }
+        }
+        assert_eq!((same, both_rejected), (99, 1), "{mode}");
+    }
+}

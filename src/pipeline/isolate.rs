@@ -1,0 +1,293 @@
+//! One batch's load, made safe against its rows: each part retried with backoff while the
+//! failure is transient, and a part that fails for the sake of some row split until that row
+//! is alone, to be quarantined (the table refuses it), found to be poison, or left for
+//! redelivery, while the rest loads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::batch::{Batch, Reject, Row};
+use super::load::LoadContext;
+use super::sink::BatchLoader;
+use super::{PipelineError, Summary};
+use crate::error::{fate, may_blame_rows, Fate, Outcome};
+use crate::kind::Rejection;
+use crate::postgres::{LoadError, LoadReport};
+
+/// The longest one load attempt (or check of the database) may take before it counts as a
+/// transient failure and its connection is dropped: a body that stalls the database is then
+/// found like one that fails it. Generous, since a slow database stalls every load; a table
+/// held locked meanwhile makes the check fail too, so no row is blamed for it.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Failed attempts at a part before the loader asks whether the database takes other work.
+const BLAME_AFTER: u32 = 2;
+
+/// Why a part did not commit.
+pub(super) enum Failure {
+    /// The table refuses it for the sake of some row (fate: quarantine).
+    Refused(LoadError),
+    /// It failed again right after the database committed an empty transaction on the same
+    /// connection: something in the part, not the database, is at fault.
+    Blamed(LoadError),
+    /// The run cannot go on.
+    Fatal(PipelineError),
+}
+
+/// What became of the rows of a batch that did not load.
+#[derive(Default)]
+pub(super) struct NotLoaded {
+    /// Quarantined instead: refused by the table, or poison.
+    pub refused: Vec<Reject>,
+    /// Left for SQS to redeliver: the `ack_index` of each (its message is not deleted).
+    pub left: Vec<usize>,
+}
+
+/// Loads `part`; when it fails for the sake of some row (the table refuses it, or it fails
+/// while the database takes other work), splits it until the failing rows are alone and loads
+/// the rest. Rejections are loaded apart from rows first, so a failure of the rejections
+/// themselves stops the run instead of blaming a row. Each part is its own transaction; the
+/// acks wait until all have committed. Cost per bad row: about 2 log2(n) extra transactions
+/// for a refused one; for one that fails while the database works, at each halving about three
+/// failed attempts, one check and a backoff.
+///
+/// A row that fails alone:
+/// - refused by the table: quarantined as `rejected_by_database`;
+/// - failing while the database works, received more often than `--max-receive-count`: tried
+///   alone until it has failed so [`crate::error::SUSPECT_ATTEMPTS`] times, then quarantined as
+///   `poison:receive_count` (the policy's `Outcome::FailedAlone`);
+/// - failing while the database works, not received that often yet: left for redelivery. Its
+///   lease is dropped, so SQS hands it out again after the visibility timeout, one receive
+///   more; a message that fails every time thus reaches the limit and is quarantined, while
+///   one that failed by bad luck loads next time.
+pub(super) fn load_isolating<'a, L: BatchLoader>(
+    loader: &'a mut L,
+    part: Batch,
+    not_loaded: &'a mut NotLoaded,
+    context: LoadContext<'a>,
+    summary: &'a mut Summary,
+) -> Pin<Box<dyn Future<Output = Result<LoadReport, PipelineError>> + Send + 'a>> {
+    Box::pin(async move {
+        let failure = match load_with_retry(loader, &part, context, summary).await {
+            Ok(report) => return Ok(report),
+            Err(Failure::Fatal(error)) => return Err(error),
+            Err(failure) => failure,
+        };
+        let Batch {
+            mut rows, rejects, ..
+        } = part;
+        if rows.is_empty() {
+            // The rejections themselves fail: nothing to blame on a message.
+            let (Failure::Refused(source) | Failure::Blamed(source)) = failure else {
+                unreachable!("fatal failures returned above")
+            };
+            return Err(PipelineError::Load {
+                attempts: 1,
+                source,
+            });
+        }
+        let mut report = LoadReport::default();
+        if !rejects.is_empty() {
+            for part in [
+                Batch::part(Vec::new(), rejects),
+                Batch::part(rows, Vec::new()),
+            ] {
+                let r = load_isolating(loader, part, not_loaded, context, summary).await?;
+                report.merge(r);
+            }
+        } else if rows.len() == 1 {
+            // Found one; its rejection is loaded once the whole batch has been sorted out.
+            let row = rows.pop().expect("one row");
+            match failure {
+                Failure::Refused(error) => {
+                    let detail = refusal_detail(&error);
+                    tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database");
+                    not_loaded.refused.push(
+                        row.into_reject(Rejection::rejected_by_database(detail), context.sealer),
+                    );
+                }
+                Failure::Blamed(error) => {
+                    return blame_alone(loader, row, error, not_loaded, context, summary).await;
+                }
+                Failure::Fatal(_) => unreachable!("fatal failures returned above"),
+            }
+        } else {
+            let second = rows.split_off(rows.len() / 2);
+            for half in [rows, second] {
+                let half = Batch::part(half, Vec::new());
+                let r = load_isolating(loader, half, not_loaded, context, summary).await?;
+                report.merge(r);
+            }
+        }
+        Ok(report)
+    })
+}
+
+/// A row that failed alone while the database took other work: poison if it was received
+/// too often and keeps failing, otherwise left for redelivery (see [`load_isolating`]).
+async fn blame_alone<L: BatchLoader>(
+    loader: &mut L,
+    row: Row,
+    mut error: LoadError,
+    not_loaded: &mut NotLoaded,
+    context: LoadContext<'_>,
+    summary: &mut Summary,
+) -> Result<LoadReport, PipelineError> {
+    let (count, limit) = (
+        row.delivery.receive_count,
+        context.settings.max_receive_count,
+    );
+    let over_limit = count > limit;
+    let mut failures = 1;
+    let one = Batch::part(vec![row], Vec::new());
+    loop {
+        match fate(Outcome::FailedAlone {
+            failures,
+            over_receive_limit: over_limit,
+        }) {
+            Fate::Quarantine => {
+                let row = one.rows.into_iter().next().expect("one row");
+                tracing::warn!(message_id = %row.message_id, receive_count = count, %error, "loading the message alone keeps failing while the database takes other work: poison");
+                not_loaded.refused.push(row.into_reject(
+                    Rejection::poison(
+                        format!(
+                            "received {count} times, limit {limit}; loading it alone failed {failures} times, each right after the database showed it takes writes; last: {}",
+                            refusal_detail(&error)
+                        ),
+                    ),
+                    context.sealer,
+                ));
+                return Ok(LoadReport::default());
+            }
+            _ if !over_limit => {
+                let row = &one.rows[0];
+                tracing::warn!(message_id = %row.message_id, receive_count = count, %error, "loading the message fails while the database takes other work; leaving it for redelivery");
+                not_loaded.left.push(row.ack_index);
+                return Ok(LoadReport::default());
+            }
+            _ => {}
+        }
+        match load_with_retry(loader, &one, context, summary).await {
+            Ok(report) => return Ok(report),
+            Err(Failure::Blamed(again)) => {
+                failures += 1;
+                error = again;
+            }
+            Err(Failure::Refused(refusal)) => {
+                let row = one.rows.into_iter().next().expect("one row");
+                let detail = refusal_detail(&refusal);
+                not_loaded
+                    .refused
+                    .push(row.into_reject(Rejection::rejected_by_database(detail), context.sealer));
+                return Ok(LoadReport::default());
+            }
+            Err(Failure::Fatal(fatal)) => return Err(fatal),
+        }
+    }
+}
+
+/// The SQLSTATE and, where PostgreSQL names them, the constraint, table and column. Not the
+/// server's message or DETAIL: those can quote row values.
+fn refusal_detail(err: &LoadError) -> String {
+    let Some(db) = err.postgres().and_then(|pg| pg.as_db_error()) else {
+        return err.to_string();
+    };
+    let mut detail = format!("SQLSTATE {}", db.code().code());
+    for (label, value) in [
+        ("constraint", db.constraint()),
+        ("table", db.table()),
+        ("column", db.column()),
+    ] {
+        if let Some(value) = value {
+            detail.push_str(&format!(", {label} {value}"));
+        }
+    }
+    detail
+}
+
+/// One part, one transaction, retried with backoff while the failure is transient. After
+/// [`BLAME_AFTER`] failures the loader commits an empty transaction on the same connection:
+/// if that works, the part is tried once more at once, and if it fails again the part is
+/// blamed ([`Failure::Blamed`]). Each attempt may take at most [`STALL`] (then its connection
+/// is dropped and the attempt counts as a transient failure).
+pub(super) async fn load_with_retry<L: BatchLoader>(
+    loader: &mut L,
+    part: &Batch,
+    LoadContext {
+        settings, abandon, ..
+    }: LoadContext<'_>,
+    summary: &mut Summary,
+) -> Result<LoadReport, Failure> {
+    let mut backoff = settings.load_retry.backoff();
+    let mut database_works = false;
+    loop {
+        let error = match attempt(loader, part).await {
+            Ok(report) => return Ok(report),
+            Err(error) => error,
+        };
+        let delay = backoff.failed();
+        let attempts = backoff.attempts();
+        match fate(Outcome::LoadFailed(&error)) {
+            Fate::Retry => {}
+            Fate::Quarantine => return Err(Failure::Refused(error)),
+            _ => {
+                return Err(Failure::Fatal(PipelineError::Load {
+                    attempts,
+                    source: error,
+                }))
+            }
+        }
+        summary.load_retries += 1;
+        crate::telemetry::metrics::record_load_retry();
+        if database_works {
+            return Err(Failure::Blamed(error));
+        }
+        if attempts >= BLAME_AFTER && !part.is_empty() && may_blame_rows(&error) {
+            if probe(loader).await.is_ok() {
+                // The database takes writes without this part: try the part once more, now.
+                database_works = true;
+                continue;
+            }
+            // The check failed too, and is tried again with the part: the database.
+            summary.load_retries += 1;
+            crate::telemetry::metrics::record_load_retry();
+        }
+        let (Some(delay), false) = (delay, abandon.is_cancelled()) else {
+            return Err(Failure::Fatal(PipelineError::Load {
+                attempts,
+                source: error,
+            }));
+        };
+        tracing::warn!(attempt = attempts, messages = part.len(), %error, "load failed; retrying");
+        // Also during a shutdown: the open batch is worth committing until the deadline,
+        // which abandons it if the database does not come back in time. Not once another
+        // load has failed for good: the run is ending.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = abandon.cancelled() => {}
+        }
+    }
+}
+
+/// [`BatchLoader::probe`], within [`STALL`].
+async fn probe<L: BatchLoader>(loader: &mut L) -> Result<(), LoadError> {
+    match tokio::time::timeout(STALL, loader.probe()).await {
+        Ok(result) => result,
+        Err(_) => {
+            loader.reset();
+            Err(LoadError::TimedOut(STALL))
+        }
+    }
+}
+
+/// One load of `part`, within [`STALL`].
+async fn attempt<L: BatchLoader>(loader: &mut L, part: &Batch) -> Result<LoadReport, LoadError> {
+    match tokio::time::timeout(STALL, loader.load(part)).await {
+        Ok(result) => result,
+        Err(_) => {
+            loader.reset();
+            Err(LoadError::TimedOut(STALL))
+        }
+    }
+}
