@@ -335,6 +335,18 @@ async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, Se
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
+    #[cfg(any(test, feature = "test-support"))]
+    if TEST_CREDENTIALS.get().is_some() {
+        loader = loader
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "sqs2pg-tests",
+            ))
+            .region(Region::new(LOCAL_DEFAULT_REGION));
+    }
     // A region in the queue URL wins: the queue lives there, whatever AWS_REGION says.
     if let Some(region) = region_of(queue) {
         loader = loader.region(Region::new(region));
@@ -354,6 +366,19 @@ async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, Se
         }
     };
     Ok(config.into_builder().region(Region::new(region)).build())
+}
+
+/// Set by [`use_test_credentials`].
+#[cfg(any(test, feature = "test-support"))]
+static TEST_CREDENTIALS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Test support: every queue this process connects from now on signs with static test
+/// credentials in the local default region instead of the environment's provider chain, so
+/// the tests need not change the process environment while other test threads may read it.
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub fn use_test_credentials() {
+    let _ = TEST_CREDENTIALS.set(());
 }
 
 /// The numeric queue attribute `name` among `attrs`.

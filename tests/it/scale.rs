@@ -368,3 +368,78 @@ async fn a_message_the_loader_always_fails_is_poison_and_the_20000_around_it_loa
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier: scripts/test.sh runs it"]
+async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_nothing() {
+    const TOTAL: usize = 20_000;
+    const KILLS: usize = 5;
+    let (db, queue) = crate::pipeline::fixture_on(crate::harness::Sqs::LocalStack4).await;
+    let file = crate::harness::synthetic_logins(TOTAL);
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("AWS_ENDPOINT_URL", &queue.endpoint),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+        // Short: what a killed process held comes back within seconds.
+        ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "5"),
+    ];
+    let sent = sqs2pg(&["send", "--file", file.to_str().unwrap()], &env);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let _ = std::fs::remove_file(&file);
+    let ledger = || crate::pipeline::count(&db, "SELECT count(*) FROM sqs2pg.ledger");
+
+    // Start, let it commit some more, kill -9 (mid-batch, mid-delete, wherever it is), again.
+    for _ in 0..KILLS {
+        let before = ledger().await;
+        let mut child = command(&["run"], &env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while ledger().await < (before + 1_500).min(TOTAL as i64) {
+            assert!(std::time::Instant::now() < deadline, "no progress");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Then drain to the end: runs until every message is in and the queue is empty (messages
+    // the killed processes held come back after their visibility timeout).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let (mut drains, mut redelivered) = (0, 0u64);
+    loop {
+        let out = sqs2pg(&["drain"], &env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        drains += 1;
+        redelivered += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("duplicates skipped"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if ledger().await == TOTAL as i64 && queue.depth().await == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never drained");
+    }
+    // For the record (cargo test -- --nocapture): what the kills left to clean up.
+    println!(
+        "{KILLS} kills, then {drains} drain(s); {redelivered} committed-but-undeleted deliveries skipped by the ledger"
+    );
+    let count = |sql| crate::pipeline::count(&db, sql);
+    assert_eq!(
+        count("SELECT count(*) FROM public.user_logins").await,
+        TOTAL as i64
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT user_id) FROM public.user_logins").await,
+        TOTAL as i64
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        0
+    );
+}
