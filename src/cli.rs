@@ -8,20 +8,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use crate::config::args::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
+pub use crate::config::args::{DatabaseArgs, GlobalArgs, KeyArgs, PipelineArgs, QueueArgs};
 
 /// Moves JSON login messages from an SQS queue into PostgreSQL, masking ip and device_id.
 #[derive(Debug, Parser)]
 #[command(name = "sqs2pg", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// A TOML configuration file whose values are the defaults of the flags (environment
-    /// variables and flags override it); see examples/sqs2pg.example.toml.
-    #[arg(long, global = true, env = "SQS2PG_CONFIG")]
-    pub config: Option<std::path::PathBuf>,
-
-    /// Log format on stderr: `text` for people, `json` (one object per line) for log shippers.
-    #[arg(long, global = true, env = "SQS2PG_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
-    pub log_format: crate::telemetry::LogFormat,
+    #[command(flatten)]
+    pub global: GlobalArgs,
 
     #[command(subcommand)]
     pub command: Command,

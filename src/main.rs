@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     if let Command::Keygen(args) = &cli.command {
         return exit_code(app::keygen(args));
     }
-    sqs2pg::telemetry::init(cli.log_format);
+    sqs2pg::telemetry::init(cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,92 +4,26 @@
 //! beats the file, which beats the built-in default. Unknown keys and ill-typed values are
 //! errors that name the key. `examples/sqs2pg.example.toml` documents every key.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
+use super::setting::{FileKind, FileSetting, FileText};
 use super::ConfigError;
 
 /// Where the file's path can come from besides `--config`.
 pub const CONFIG_ENV: &str = "SQS2PG_CONFIG";
 
-/// The file, as written. Every key is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The file's values, by the id of the command-line setting each stands for. Every key is
+/// optional; which keys exist, in which section, and of which kind comes from the settings'
+/// declarations ([`super::args::file_keys`]).
+#[derive(Debug, Default)]
 pub struct FileSettings {
-    #[serde(default)]
-    sqs: SqsSection,
-    #[serde(default)]
-    database: DatabaseSection,
-    #[serde(default)]
-    masking: MaskingSection,
-    #[serde(default)]
-    pipeline: PipelineSection,
-    #[serde(default)]
-    telemetry: TelemetrySection,
-    #[serde(default)]
-    mapping: MappingSection,
+    values: Vec<(&'static str, OsString)>,
 }
 
-/// `[mapping] file = "orders.toml"`: the mapping is its own file, so `sqs2pg mapping check`
-/// and `preview` work on exactly what runs.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MappingSection {
-    file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SqsSection {
-    queue_url: Option<String>,
-    endpoint_url: Option<String>,
-    protocol: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DatabaseSection {
-    url: Option<String>,
-    table: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MaskingSection {
-    /// The key itself never goes in this file: only the path of a file holding it.
-    key_file: Option<PathBuf>,
-    /// Or the path of a key ring file (`sqs2pg keygen --ring`).
-    key_ring: Option<PathBuf>,
-    ip_mask: Option<String>,
-    device_id_mask: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PipelineSection {
-    receivers: Option<u64>,
-    loaders: Option<u64>,
-    wait_time_secs: Option<u64>,
-    visibility_timeout_secs: Option<u64>,
-    batch_max_rows: Option<u64>,
-    batch_max_age_ms: Option<u64>,
-    max_body_bytes: Option<u64>,
-    max_in_flight_bytes: Option<u64>,
-    max_in_flight_messages: Option<u64>,
-    max_attempts: Option<u64>,
-    max_receive_count: Option<u64>,
-    ledger_retention_days: Option<u64>,
-    shutdown_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TelemetrySection {
-    metrics_addr: Option<String>,
-    log_format: Option<String>,
-}
+/// The file as TOML: sections of keys, each value with where it stands in the text.
+type Sections = BTreeMap<String, BTreeMap<String, toml::Spanned<toml::Value>>>;
 
 impl FileSettings {
     /// Reads and checks the file.
@@ -107,57 +41,69 @@ impl FileSettings {
     /// Parses file content; the error names the line and the key, never a value (toml's own
     /// rendering quotes the offending line, which can hold a password).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| crate::toml_error::describe(text, &e))
+        let sections: Sections =
+            toml::from_str(text).map_err(|e| crate::toml_error::describe(text, &e))?;
+        let line = |span: std::ops::Range<usize>| {
+            text[..span.start.min(text.len())].matches('\n').count() + 1
+        };
+        let mut values = Vec::new();
+        for (section, keys) in &sections {
+            if !super::args::file_keys().any(|k| k.section == section) {
+                return Err(format!(
+                    "unknown section [{section}]; the sections are {}",
+                    known_sections().join(", ")
+                ));
+            }
+            for (key, value) in keys {
+                let at = line(value.span());
+                let Some(known) =
+                    super::args::file_keys().find(|k| k.section == section && k.key == key)
+                else {
+                    return Err(format!(
+                        "line {at}: unknown key `{key}` in [{section}]; its keys are {}",
+                        super::args::file_keys()
+                            .filter(|k| k.section == section)
+                            .map(|k| k.key)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                };
+                let text = match (known.kind, value.get_ref()) {
+                    (FileKind::Text, toml::Value::String(v)) => v.clone(),
+                    (FileKind::Count, toml::Value::Integer(n)) if *n >= 0 => n.to_string(),
+                    (FileKind::Flag, toml::Value::Boolean(b)) => b.to_string(),
+                    (kind, _) => {
+                        let expected = match kind {
+                            FileKind::Text => "a string (in quotes)",
+                            FileKind::Count => "a whole number, 0 or more",
+                            FileKind::Flag => "true or false",
+                        };
+                        return Err(format!(
+                            "line {at}, key `{key}` in [{section}]: expected {expected}"
+                        ));
+                    }
+                };
+                values.push((known.id, text.into()));
+            }
+        }
+        Ok(Self { values })
     }
 
     /// The file's values by the id of the command-line setting they stand for.
     pub fn defaults(&self) -> Vec<(&'static str, OsString)> {
-        let mut out: Vec<(&'static str, OsString)> = Vec::new();
-        let mut text = |id: &'static str, v: &Option<String>| {
-            if let Some(v) = v {
-                out.push((id, v.into()));
-            }
-        };
-        text("queue_url", &self.sqs.queue_url);
-        text("endpoint_url", &self.sqs.endpoint_url);
-        text("sqs_protocol", &self.sqs.protocol);
-        text("database_url", &self.database.url);
-        text("table", &self.database.table);
-        text("metrics_addr", &self.telemetry.metrics_addr);
-        text("log_format", &self.telemetry.log_format);
-        text("ip_mask", &self.masking.ip_mask);
-        text("device_id_mask", &self.masking.device_id_mask);
-        if let Some(path) = &self.masking.key_file {
-            out.push(("mask_key_file", path.into()));
-        }
-        if let Some(path) = &self.masking.key_ring {
-            out.push(("mask_key_ring", path.into()));
-        }
-        if let Some(path) = &self.mapping.file {
-            out.push(("mapping", path.into()));
-        }
-        let p = &self.pipeline;
-        for (id, v) in [
-            ("receivers", p.receivers),
-            ("loaders", p.loaders),
-            ("wait_time_secs", p.wait_time_secs),
-            ("visibility_timeout_secs", p.visibility_timeout_secs),
-            ("batch_max_rows", p.batch_max_rows),
-            ("batch_max_age_ms", p.batch_max_age_ms),
-            ("max_body_bytes", p.max_body_bytes),
-            ("max_in_flight_bytes", p.max_in_flight_bytes),
-            ("max_in_flight_messages", p.max_in_flight_messages),
-            ("max_attempts", p.max_attempts),
-            ("max_receive_count", p.max_receive_count),
-            ("ledger_retention_days", p.ledger_retention_days),
-            ("shutdown_timeout_secs", p.shutdown_timeout_secs),
-        ] {
-            if let Some(v) = v {
-                out.push((id, v.to_string().into()));
-            }
-        }
-        out
+        self.values.clone()
     }
+}
+
+/// The sections the file can have, in the order `config print` shows them.
+fn known_sections() -> Vec<&'static str> {
+    let mut sections: Vec<&'static str> = Vec::new();
+    for key in super::args::file_keys() {
+        if !sections.contains(&key.section) {
+            sections.push(key.section);
+        }
+    }
+    sections
 }
 
 /// The `--config` path from the raw arguments (`--config F` or `--config=F`), else
@@ -205,91 +151,58 @@ pub fn apply(mut command: clap::Command, defaults: &[(&'static str, OsString)]) 
 }
 
 /// The effective settings of a run as TOML, in the file's shape: what `sqs2pg config print`
-/// shows. The database password and the masking key are never printed.
+/// shows, every setting the file can hold for a run from its declaration. The database
+/// password and the masking key are never printed.
 pub fn effective(args: &super::args::PipelineArgs) -> String {
     use std::fmt::Write as _;
-    // A JSON string is a valid TOML basic string (same escapes, \uXXXX included).
-    let quoted = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    let settings: Vec<FileSetting> = [
+        args.queue.file_settings(),
+        args.database.file_settings(),
+        args.key.file_settings(),
+        args.file_settings(),
+    ]
+    .concat();
     let mut out = String::new();
-    let setting = |out: &mut String, name: &str, v: Option<&str>| {
-        let _ = match v {
-            Some(v) => writeln!(out, "{name} = {}", quoted(v)),
-            None => writeln!(out, "# {name} (not set)"),
-        };
-    };
-    let q = &args.queue;
-    let _ = writeln!(out, "[sqs]");
-    setting(&mut out, "queue_url", q.queue_url.as_deref());
-    setting(&mut out, "endpoint_url", q.endpoint_url.as_deref());
-    setting(&mut out, "protocol", Some(&q.sqs_protocol.to_string()));
-    let _ = writeln!(out, "\n[database]");
-    let url = args.database.database_url.as_deref().map(redact_password);
-    setting(&mut out, "url", url.as_deref());
-    setting(&mut out, "table", Some(&args.database.table));
-    let _ = writeln!(out, "\n[masking]");
-    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
-    setting(
-        &mut out,
-        "key_file",
-        path(&args.key.mask_key_file).as_deref(),
-    );
-    setting(
-        &mut out,
-        "key_ring",
-        path(&args.key.mask_key_ring).as_deref(),
-    );
-    if args
-        .key
-        .mask_key
-        .as_ref()
-        .is_some_and(|k| !k.expose().is_empty())
-    {
-        let _ = writeln!(out, "# the key itself is set in SQS2PG_MASK_KEY (hidden)");
-    }
-    setting(&mut out, "ip_mask", Some(&args.ip_mask.to_string()));
-    setting(
-        &mut out,
-        "device_id_mask",
-        Some(&args.device_id_mask.to_string()),
-    );
-    let _ = writeln!(out, "\n[mapping]");
-    setting(&mut out, "file", path(&args.database.mapping).as_deref());
-    let _ = writeln!(out, "\n[pipeline]");
-    for (name, value) in [
-        ("receivers", Some(args.receivers as u64)),
-        ("loaders", Some(args.loaders as u64)),
-        ("wait_time_secs", Some(args.wait_time_secs)),
-        ("visibility_timeout_secs", args.visibility_timeout_secs),
-        ("batch_max_rows", Some(args.batch_max_rows as u64)),
-        ("batch_max_age_ms", Some(args.batch_max_age_ms)),
-        ("max_body_bytes", Some(args.max_body_bytes as u64)),
-        ("max_in_flight_bytes", Some(args.max_in_flight_bytes as u64)),
-        (
-            "max_in_flight_messages",
-            Some(args.max_in_flight_messages as u64),
-        ),
-        ("max_attempts", Some(u64::from(args.max_attempts))),
-        ("max_receive_count", Some(u64::from(args.max_receive_count))),
-        ("ledger_retention_days", Some(args.ledger_retention_days)),
-        ("shutdown_timeout_secs", Some(args.shutdown_timeout_secs)),
-    ] {
-        match value {
-            Some(v) => {
-                let _ = writeln!(out, "{name} = {v}");
-            }
-            None => {
-                let _ = writeln!(out, "# {name} (not set)");
-            }
+    let mut first = true;
+    for section in known_sections() {
+        let here: Vec<&FileSetting> = settings
+            .iter()
+            .filter(|s| s.key.section == section)
+            .collect();
+        if here.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{}[{section}]", if first { "" } else { "\n" });
+        first = false;
+        if section == "masking"
+            && args
+                .key
+                .mask_key
+                .as_ref()
+                .is_some_and(|k| !k.expose().is_empty())
+        {
+            let _ = writeln!(out, "# the key itself is set in SQS2PG_MASK_KEY (hidden)");
+        }
+        for setting in here {
+            let name = setting.key.key;
+            let _ = match &setting.value {
+                // A JSON string is a valid TOML basic string (same escapes, \uXXXX included).
+                Some(FileText::Quoted(v)) => writeln!(
+                    out,
+                    "{name} = {}",
+                    serde_json::to_string(v).unwrap_or_default()
+                ),
+                Some(FileText::Bare(v)) => writeln!(out, "{name} = {v}"),
+                None => writeln!(out, "# {name} (not set)"),
+            };
         }
     }
-    let _ = writeln!(out, "\n[telemetry]");
-    setting(&mut out, "metrics_addr", args.metrics_addr.as_deref());
     out
 }
 
 /// A libpq URL with its password replaced by `****` (in the user-info part and in a
 /// `password=` parameter).
-fn redact_password(url: &str) -> String {
+pub fn redact_password(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod file;
+pub mod setting;
 
 use std::path::Path;
 use std::time::Duration;

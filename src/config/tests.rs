@@ -115,3 +115,53 @@ fn queue_url_is_checked() {
     .to_string();
     assert!(e.contains("is not set"), "{e}");
 }
+
+#[test]
+fn every_declared_file_key_has_its_value_and_secrets_are_hidden() {
+    use clap::Parser;
+    #[derive(Debug, Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: PipelineArgs,
+    }
+    let run = Run::try_parse_from([
+        "run",
+        "--database-url",
+        "postgres://u:s3cret@h/db",
+        "--receivers",
+        "7",
+        "--mask-key-file",
+        "/k",
+    ])
+    .unwrap();
+    let settings = run.args.file_settings();
+    assert_eq!(settings.len(), PipelineArgs::FILE_KEYS.len());
+    let value = |group: &[setting::FileSetting], key: &str| {
+        group
+            .iter()
+            .find(|s| s.key.key == key)
+            .map(|s| s.value.clone())
+    };
+    use setting::FileText::{Bare, Quoted};
+    assert_eq!(value(&settings, "receivers"), Some(Some(Bare("7".into()))));
+    assert_eq!(
+        value(&settings, "ip_mask"),
+        Some(Some(Quoted("hmac".into())))
+    );
+    assert_eq!(value(&settings, "visibility_timeout_secs"), Some(None));
+    let database = run.args.database.file_settings();
+    assert_eq!(
+        value(&database, "url"),
+        Some(Some(Quoted("postgres://u:****@h/db".into())))
+    );
+    let key = run.args.key.file_settings();
+    assert_eq!(value(&key, "key_file"), Some(Some(Quoted("/k".into()))));
+    // The key itself has no file key, so it can never be printed from the file's settings.
+    assert!(args::file_keys().all(|k| k.id != "mask_key"));
+    // Every file key names a real setting, once.
+    let mut ids: Vec<&str> = args::file_keys().map(|k| k.id).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before);
+}
