@@ -2,7 +2,7 @@
 # The test command: formatting, lints, then every test (unit, property and integration, then
 # the slow volume tier). The integration tests start their own PostgreSQL cluster, moto SQS
 # server, LocalStack 0.14.3 (the exercise's query-only SQS) and LocalStack 4.0.3 (volume
-# tests) on free loopback ports (tests/it/harness.rs); this script only makes sure they are
+# tests) on free loopback ports (tests/it/harness/); this script only makes sure they are
 # installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
