@@ -35,6 +35,9 @@ def graph() -> dict[str, set[str]]:
         for f in files:
             text = f.read_text()
             # `crate::x` and `use crate::{x, y::z}`
+            # The `settings!` declaration macro expands to paths into `config`.
+            if re.search(r"\bsettings!\s*\{", text) and "config" in mods and m != "config":
+                edges[m].add("config")
             for name in re.findall(r"crate::(\w+)", text):
                 if name in mods and name != m:
                     edges[m].add(name)

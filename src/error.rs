@@ -72,6 +72,9 @@ pub enum Outcome<'a> {
         failures: u32,
         over_receive_limit: bool,
     },
+    /// Transforming a message received more often than `--max-receive-count` panicked (the
+    /// transform is pure and fuzzed, so this is the message's doing).
+    TransformPanicked,
     /// A received body does not match its MD5 (corrupted on the way); the message was received
     /// more often than `--max-receive-count` or not.
     CorruptBody { over_receive_limit: bool },
@@ -122,18 +125,23 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
             SourceErrorKind::Transient => Fate::Retry,
             SourceErrorKind::Permanent => Fate::Stop,
         },
-        // Retry here means: leave it for SQS to redeliver (or try it alone again, when it is
-        // over the limit and short of the attempts).
+        // Below the limit: leave it for SQS to redeliver (one receive more); over it and short
+        // of the attempts: try it alone again.
         Outcome::FailedAlone {
             failures,
             over_receive_limit,
         } => {
-            if over_receive_limit && failures >= SUSPECT_ATTEMPTS {
+            if !over_receive_limit {
+                Fate::Redeliver
+            } else if failures >= SUSPECT_ATTEMPTS {
                 Fate::Quarantine
             } else {
                 Fate::Retry
             }
         }
+        // A suspect (over the limit) whose transform panics every time would stop every run
+        // that receives it: poison.
+        Outcome::TransformPanicked => Fate::Quarantine,
         // A copy can arrive intact; one that never does is poison once over the limit.
         Outcome::CorruptBody { over_receive_limit } => {
             if over_receive_limit {

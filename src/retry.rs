@@ -17,11 +17,7 @@ impl RetryPolicy {
     /// The delay before retry number `attempt` (1-based): uniformly random in
     /// `[0, min(max_delay, initial * 2^(attempt-1))]`, so many replicas do not retry in step.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.max_delay);
-        cap.mul_f64(fastrand::f64())
+        self.full_delay(attempt).mul_f64(fastrand::f64())
     }
 
     /// Whether another attempt is allowed after `attempts` failures.
@@ -29,21 +25,30 @@ impl RetryPolicy {
         self.max_attempts.is_none_or(|max| attempts < max)
     }
 
-    /// The same policy with at most `cap` attempts (a delete is not retried forever, even in
-    /// `run`: a message whose delete is lost comes back and is skipped as a duplicate).
-    pub fn capped(self, cap: u32) -> Self {
-        Self {
-            max_attempts: Some(self.max_attempts.map_or(cap, |max| max.min(cap))),
-            ..self
-        }
-    }
-
     /// A counter of failed attempts under this policy.
     pub fn backoff(self) -> Backoff {
         Backoff {
             policy: self,
             attempts: 0,
+            jitter: true,
         }
+    }
+
+    /// A counter that waits the full delay each time, without jitter (`send`, one caller,
+    /// where nothing retries in step with it).
+    pub fn steady_backoff(self) -> Backoff {
+        Backoff {
+            jitter: false,
+            ..self.backoff()
+        }
+    }
+
+    /// The delay before retry number `attempt` without jitter: `min(max_delay, initial *
+    /// 2^(attempt-1))`.
+    fn full_delay(&self, attempt: u32) -> Duration {
+        self.initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max_delay)
     }
 }
 
@@ -53,6 +58,7 @@ impl RetryPolicy {
 pub struct Backoff {
     policy: RetryPolicy,
     attempts: u32,
+    jitter: bool,
 }
 
 impl Backoff {
@@ -60,9 +66,14 @@ impl Backoff {
     /// attempts are spent.
     pub fn failed(&mut self) -> Option<Duration> {
         self.attempts += 1;
-        self.policy
-            .allows(self.attempts)
-            .then(|| self.policy.delay(self.attempts))
+        let attempt = self.attempts;
+        self.policy.allows(attempt).then(|| {
+            if self.jitter {
+                self.policy.delay(attempt)
+            } else {
+                self.policy.full_delay(attempt)
+            }
+        })
     }
 
     /// Failed attempts so far.
@@ -115,11 +126,9 @@ mod tests {
         assert_eq!(b.attempts(), 3);
         b.reset();
         assert!(b.failed().is_some());
-        let forever = RetryPolicy {
-            max_attempts: None,
-            ..p
-        };
-        assert_eq!(forever.capped(5).max_attempts, Some(5));
-        assert_eq!(p.capped(5).max_attempts, Some(3));
+        let mut steady = p.steady_backoff();
+        assert_eq!(steady.failed(), Some(Duration::from_millis(100)));
+        assert_eq!(steady.failed(), Some(Duration::from_millis(200)));
+        assert_eq!(steady.failed(), None);
     }
 }

@@ -73,7 +73,7 @@ pub async fn send(
     Ok(sent)
 }
 
-/// Attempts a batch of sends gets: 200 ms doubling, with jitter, to 1.6 s between them.
+/// Attempts a batch of sends gets: 200, 400, 800 and 1,600 ms between them.
 const SEND_RETRY: RetryPolicy = RetryPolicy {
     initial: Duration::from_millis(200),
     max_delay: Duration::from_millis(1600),
@@ -86,7 +86,7 @@ pub(super) async fn send_chunk(
     mut chunk: Vec<Outgoing>,
 ) -> Result<u64, SourceError> {
     let total = chunk.len() as u64;
-    let mut backoff = SEND_RETRY.backoff();
+    let mut backoff = SEND_RETRY.steady_backoff();
     loop {
         let error = match queue.send_batch(&chunk).await {
             Ok(refused) if refused.is_empty() => return Ok(total),

@@ -95,9 +95,18 @@ impl FileSettings {
     }
 }
 
-/// The sections the file can have, in the order `config print` shows them.
+/// The sections the file can have, in the order `config print` shows them (within one, the
+/// keys come in the order they are declared, which is also `--help`'s).
 fn known_sections() -> Vec<&'static str> {
-    let mut sections: Vec<&'static str> = Vec::new();
+    const ORDER: [&str; 6] = [
+        "sqs",
+        "database",
+        "masking",
+        "mapping",
+        "pipeline",
+        "telemetry",
+    ];
+    let mut sections: Vec<&'static str> = ORDER.to_vec();
     for key in super::args::file_keys() {
         if !sections.contains(&key.section) {
             sections.push(key.section);
@@ -162,6 +171,11 @@ pub fn effective(args: &super::args::PipelineArgs) -> String {
         args.file_settings(),
     ]
     .concat();
+    let key_in_environment = args
+        .key
+        .mask_key
+        .as_ref()
+        .is_some_and(|k| !k.expose().is_empty());
     let mut out = String::new();
     let mut first = true;
     for section in known_sections() {
@@ -174,15 +188,6 @@ pub fn effective(args: &super::args::PipelineArgs) -> String {
         }
         let _ = writeln!(out, "{}[{section}]", if first { "" } else { "\n" });
         first = false;
-        if section == "masking"
-            && args
-                .key
-                .mask_key
-                .as_ref()
-                .is_some_and(|k| !k.expose().is_empty())
-        {
-            let _ = writeln!(out, "# the key itself is set in SQS2PG_MASK_KEY (hidden)");
-        }
         for setting in here {
             let name = setting.key.key;
             let _ = match &setting.value {
@@ -195,6 +200,9 @@ pub fn effective(args: &super::args::PipelineArgs) -> String {
                 Some(FileText::Bare(v)) => writeln!(out, "{name} = {v}"),
                 None => writeln!(out, "# {name} (not set)"),
             };
+            if setting.key.id == "mask_key_ring" && key_in_environment {
+                let _ = writeln!(out, "# the key itself is set in SQS2PG_MASK_KEY (hidden)");
+            }
         }
     }
     out

@@ -160,7 +160,7 @@ async fn blame_alone<L: BatchLoader>(
                 ));
                 return Ok(LoadReport::default());
             }
-            _ if !over_limit => {
+            Fate::Redeliver => {
                 let row = &one.rows[0];
                 tracing::warn!(message_id = %row.message_id, receive_count = count, %error, "loading the message fails while the database takes other work; leaving it for redelivery");
                 not_loaded.left.push(row.ack_index);

@@ -28,8 +28,9 @@ enum Next {
     Alone(Batch),
 }
 
-/// Cuts batches by size, window or age and loads each in one transaction, up to `loaders` at
-/// once (each on its own connection, see [`BatchLoader::fork`]); each batch's acks go to the
+/// The batcher and loaders' task: cuts batches by size, window or age and loads each in one
+/// transaction, up to `loaders` at once (each on its own connection, see
+/// [`BatchLoader::fork`]); each batch's acks go to the
 /// deleter when it has committed. When every loader is busy the next batch waits, and so,
 /// through the bounded channel, do the receivers.
 ///
@@ -37,111 +38,125 @@ enum Next {
 /// loads while the next fills), or when its first message has waited `batch_max_age` or an
 /// eighth of the visibility timeout, whichever is first: a message is committed and deleted
 /// before it needs its lease extended.
-pub(super) async fn batch_loop<L: BatchLoader>(
-    mut items: mpsc::Receiver<Processed>,
-    loader: L,
-    acks: mpsc::Sender<Committed>,
-    context: LoadContext<'_>,
-    shutdown: &CancellationToken,
-    summary: &mut Summary,
-) -> Result<(), PipelineError> {
-    let settings = context.settings;
-    let mut idle = vec![loader];
-    while idle.len() < settings.loaders.max(1) {
-        match idle[0].fork() {
-            Some(more) => idle.push(more),
-            None => break,
+pub(super) struct Batcher<'a, L> {
+    /// From the receivers.
+    pub items: mpsc::Receiver<Processed>,
+    /// The first loader; forked into `loaders` connections.
+    pub loader: L,
+    /// Committed batches' acks, to the deleter.
+    pub acks: mpsc::Sender<Committed>,
+    pub context: LoadContext<'a>,
+    /// The run's shutdown request: the open batch is cut and loaded at once.
+    pub shutdown: &'a CancellationToken,
+}
+
+impl<L: BatchLoader> Batcher<'_, L> {
+    pub(super) async fn run(self, summary: &mut Summary) -> Result<(), PipelineError> {
+        let Batcher {
+            mut items,
+            loader,
+            acks,
+            context,
+            shutdown,
+        } = self;
+        let settings = context.settings;
+        let mut idle = vec![loader];
+        while idle.len() < settings.loaders.max(1) {
+            match idle[0].fork() {
+                Some(more) => idle.push(more),
+                None => break,
+            }
         }
-    }
-    let acks = &acks;
-    let abandon = context.abandon;
-    let max_age = match settings.visibility_timeout {
-        Some(visibility) => settings.batch_max_age.min(visibility / 8),
-        None => settings.batch_max_age,
-    };
-    let mut loading = futures_util::stream::FuturesUnordered::new();
-    let mut failed: Option<PipelineError> = None;
-    // Room for a typical batch; a full one grows past it once.
-    let capacity = settings.batch_max_rows.min(1_000);
-    let mut batch = Batch::with_capacity(capacity);
-    let mut deadline: Option<Instant> = None;
-    let mut flushed_at_shutdown = false;
-    let mut input_done = false;
-    while !(input_done && batch.is_empty()) && failed.is_none() {
-        let next = tokio::select! {
-            biased;
-            // A finished load gives its connection back (and its counts).
-            Some(done) = loading.next(), if !loading.is_empty() => {
-                finish_load(done, &mut idle, summary, &mut failed, abandon);
-                continue;
-            }
-            // Age first: a batch never waits longer than its age limit however busy the input.
-            _ = sleep_until_some(deadline) => Next::Cut,
-            // On shutdown the open batch is committed at once, not after the receivers' last
-            // polls; what those bring is committed when they are done.
-            _ = shutdown.cancelled(), if !flushed_at_shutdown && !batch.is_empty() => {
-                flushed_at_shutdown = true;
-                Next::Cut
-            }
-            item = items.recv(), if !input_done => match item {
-                Some(p) if p.is_suspect_row() => {
-                    summary.received += 1;
-                    summary.suspects += 1;
-                    let mut alone = Batch::with_capacity(1);
-                    alone.push(p);
-                    Next::Alone(alone)
+        let acks = &acks;
+        let abandon = context.abandon;
+        let max_age = match settings.visibility_timeout {
+            Some(visibility) => settings.batch_max_age.min(visibility / 8),
+            None => settings.batch_max_age,
+        };
+        let mut loading = futures_util::stream::FuturesUnordered::new();
+        let mut failed: Option<PipelineError> = None;
+        // Room for a typical batch; a full one grows past it once.
+        let capacity = settings.batch_max_rows.min(1_000);
+        let mut batch = Batch::with_capacity(capacity);
+        let mut deadline: Option<Instant> = None;
+        let mut flushed_at_shutdown = false;
+        let mut input_done = false;
+        while !(input_done && batch.is_empty()) && failed.is_none() {
+            let next = tokio::select! {
+                biased;
+                // A finished load gives its connection back (and its counts).
+                Some(done) = loading.next(), if !loading.is_empty() => {
+                    finish_load(done, &mut idle, summary, &mut failed, abandon);
+                    continue;
                 }
-                Some(p) => {
-                    summary.received += 1;
-                    if batch.is_empty() {
-                        deadline = Some(Instant::now() + max_age);
-                    }
-                    batch.push(p);
-                    if batch.len() >= settings.batch_max_rows
-                        || batch.bytes >= settings.max_in_flight_bytes / 2
-                        || batch.len() >= (context.leases.limit() / 2).max(1)
-                    {
-                        Next::Cut
-                    } else {
-                        Next::Wait
-                    }
-                }
-                None => {
-                    input_done = true;
+                // Age first: a batch never waits longer than its age limit however busy the input.
+                _ = sleep_until_some(deadline) => Next::Cut,
+                // On shutdown the open batch is committed at once, not after the receivers' last
+                // polls; what those bring is committed when they are done.
+                _ = shutdown.cancelled(), if !flushed_at_shutdown && !batch.is_empty() => {
+                    flushed_at_shutdown = true;
                     Next::Cut
                 }
-            },
-        };
-        let to_load = match next {
-            Next::Wait => continue,
-            Next::Cut if batch.is_empty() => continue,
-            Next::Cut => {
-                deadline = None;
-                std::mem::replace(&mut batch, Batch::with_capacity(capacity))
+                item = items.recv(), if !input_done => match item {
+                    Some(p) if p.is_suspect_row() => {
+                        summary.received += 1;
+                        summary.suspects += 1;
+                        let mut alone = Batch::with_capacity(1);
+                        alone.push(p);
+                        Next::Alone(alone)
+                    }
+                    Some(p) => {
+                        summary.received += 1;
+                        if batch.is_empty() {
+                            deadline = Some(Instant::now() + max_age);
+                        }
+                        batch.push(p);
+                        if batch.len() >= settings.batch_max_rows
+                            || batch.bytes >= settings.max_in_flight_bytes / 2
+                            || batch.len() >= (context.leases.limit() / 2).max(1)
+                        {
+                            Next::Cut
+                        } else {
+                            Next::Wait
+                        }
+                    }
+                    None => {
+                        input_done = true;
+                        Next::Cut
+                    }
+                },
+            };
+            let to_load = match next {
+                Next::Wait => continue,
+                Next::Cut if batch.is_empty() => continue,
+                Next::Cut => {
+                    deadline = None;
+                    std::mem::replace(&mut batch, Batch::with_capacity(capacity))
+                }
+                Next::Alone(one) => one,
+            };
+            // Every connection busy: this batch waits for one (the receivers meanwhile fill the
+            // channel and then wait too).
+            while idle.is_empty() {
+                let done = loading.next().await.expect("a load is running");
+                finish_load(done, &mut idle, summary, &mut failed, abandon);
             }
-            Next::Alone(one) => one,
-        };
-        // Every connection busy: this batch waits for one (the receivers meanwhile fill the
-        // channel and then wait too).
-        while idle.is_empty() {
-            let done = loading.next().await.expect("a load is running");
+            if failed.is_some() {
+                break;
+            }
+            let mut loader = idle.pop().expect("an idle loader");
+            loading.push(async move {
+                let mut part = Summary::default();
+                let result = load_batch(&mut loader, to_load, acks, context, &mut part).await;
+                (loader, part, result)
+            });
+        }
+        // Whatever is loading still commits (and is deleted) or fails, before the run goes on.
+        while let Some(done) = loading.next().await {
             finish_load(done, &mut idle, summary, &mut failed, abandon);
         }
-        if failed.is_some() {
-            break;
-        }
-        let mut loader = idle.pop().expect("an idle loader");
-        loading.push(async move {
-            let mut part = Summary::default();
-            let result = load_batch(&mut loader, to_load, acks, context, &mut part).await;
-            (loader, part, result)
-        });
+        failed.map_or(Ok(()), Err)
     }
-    // Whatever is loading still commits (and is deleted) or fails, before the run goes on.
-    while let Some(done) = loading.next().await {
-        finish_load(done, &mut idle, summary, &mut failed, abandon);
-    }
-    failed.map_or(Ok(()), Err)
 }
 
 /// A finished load: its connection goes back to `idle` and its counts into `summary`; the

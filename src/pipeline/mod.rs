@@ -160,12 +160,15 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     // The heartbeat runs until every delete is done; it needs to know the visibility timeout.
     let heartbeat_done = CancellationToken::new();
     let heartbeat = settings.visibility_timeout.map(|visibility| {
-        tokio::spawn(heartbeat::heartbeat(
-            source.clone(),
-            leases.clone(),
-            visibility,
-            heartbeat_done.clone(),
-        ))
+        tokio::spawn(
+            heartbeat::Heartbeat {
+                source: source.clone(),
+                leases: leases.clone(),
+                visibility,
+                done: heartbeat_done.clone(),
+            }
+            .run(),
+        )
     });
 
     let stage = Arc::new(Stage::new(kind, sealer, settings.clone()));
@@ -215,8 +218,15 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             leases: &leases,
             abandon: &abandon,
         };
-        let loaded =
-            load::batch_loop(item_rx, loader, ack_tx, context, &shutdown, &mut summary).await;
+        let loaded = load::Batcher {
+            items: item_rx,
+            loader,
+            acks: ack_tx,
+            context,
+            shutdown: &shutdown,
+        }
+        .run(&mut summary)
+        .await;
         if loaded.is_err() {
             stop.cancel();
         }

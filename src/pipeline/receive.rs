@@ -378,20 +378,23 @@ impl Stage {
                 attributes: &m.attributes,
             })
         };
-        let t = if suspect && m.md5_mismatch {
+        let corrupt_poison = m.md5_mismatch
+            && fate(Outcome::CorruptBody {
+                over_receive_limit: suspect,
+            }) == Fate::Quarantine;
+        let t = if corrupt_poison {
             poison(format!(
                 "received {} times, limit {limit}; its body fails its MD5 check",
                 m.receive_count
             ))
         } else if suspect {
-            // The transform is pure and fuzzed; a body that still makes it panic every time
-            // would otherwise stop every run that receives it.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(transformed)).unwrap_or_else(
-                |_| {
-                    poison(format!(
+                |panic| match fate(Outcome::TransformPanicked) {
+                    Fate::Quarantine => poison(format!(
                         "received {} times, limit {limit}; processing it panicked",
                         m.receive_count
-                    ))
+                    )),
+                    _ => std::panic::resume_unwind(panic),
                 },
             )
         } else {

@@ -50,6 +50,28 @@ pub async fn repeated(
     Ok((row.get(0), row.get(1)))
 }
 
+/// A token column's counts, in one statement (one snapshot): distinct values, values that
+/// appear in more than one row, and the rows those account for.
+pub async fn token_counts(
+    client: &Client,
+    table: &TableName,
+    column: &str,
+) -> Result<(i64, i64, i64), tokio_postgres::Error> {
+    let (t, c) = (table.quoted(), quote_ident(column));
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(DISTINCT {c}) FROM {t}), count(*),
+                        coalesce(sum(n), 0)::bigint
+                   FROM (SELECT count(*) AS n FROM {t} WHERE {c} IS NOT NULL
+                          GROUP BY {c} HAVING count(*) > 1) repeated"
+            ),
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
 /// What rows are counted by in [`per_group`].
 #[derive(Debug, Clone, Copy)]
 pub enum Group<'a> {

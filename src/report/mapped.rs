@@ -51,11 +51,11 @@ pub async fn build(
     };
     let mut tokens = Vec::with_capacity(token_columns.len());
     for name in token_columns {
-        let (_, distinct) = aggregates::totals(client, table, &[name]).await?;
-        let (repeated, rows_with_repeated) = aggregates::repeated(client, table, name).await?;
+        let (distinct, repeated, rows_with_repeated) =
+            aggregates::token_counts(client, table, name).await?;
         tokens.push(TokenColumn {
             name: name.clone(),
-            distinct: distinct[0],
+            distinct,
             repeated,
             rows_with_repeated,
         });

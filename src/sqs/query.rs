@@ -7,6 +7,9 @@
 //! same provider chain the SDK uses (so it works against real SQS too); answers are read with
 //! quick-xml (`super::xml`), including error answers and per-entry batch failures. HTTP is
 //! hyper with rustls on ring, the stack the SDK itself runs on.
+//!
+//! One job, one file of about 500 lines: the client (transport, signing, credentials) and the
+//! calls it makes, each a few lines over the shared request path.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -10,8 +10,8 @@ use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, Summary};
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::{args, count, drain, fixture, fixture_on, fresh_args};
 use crate::harness::{key_file, sample_bodies, Sqs};
-use crate::pipeline::{args, count, drain, fixture, fixture_on, fresh_args};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_the_table_refuses_are_quarantined_and_the_rest_load() {

@@ -14,8 +14,8 @@ use sqs2pg::postgres::{Database, TableName};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{DeleteFault, FaultySource};
+use crate::harness::{count, drain, drain_until_empty, fixture, fixture_on, fresh_args, setup};
 use crate::harness::{sample_bodies, Sqs, TestDb, TestQueue};
-use crate::pipeline::{count, drain, drain_until_empty, fixture, fixture_on, fresh_args, setup};
 
 on_every_sqs!(redelivery_after_a_lost_delete_adds_no_second_row);
 async fn redelivery_after_a_lost_delete_adds_no_second_row(sqs: Sqs) {

@@ -64,7 +64,7 @@ async fn setup_send_drain_as_processes() {
     assert_eq!(line("loaded"), "99");
     assert_eq!(line("missing_field:user_id"), "1");
     assert_eq!(queue.depth().await, 0);
-    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
+    let rows = crate::harness::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99);
 }
 
@@ -77,7 +77,7 @@ async fn run_holding_the_sample(
     queue: &TestQueue,
     extra_env: &[(&str, &str)],
 ) -> std::process::Child {
-    crate::pipeline::setup(db).await;
+    crate::harness::setup(db).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let mut env = vec![
         ("DATABASE_URL", db.url.as_str()),
@@ -129,7 +129,7 @@ async fn terminate(child: std::process::Child) -> Output {
 async fn run_serves_until_sigterm_then_exits_cleanly() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     let child = run_holding_the_sample(&db, &queue, &[]).await;
-    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
+    let rows = crate::harness::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 0, "nothing is committed before the batch closes");
 
     let out = terminate(child).await;
@@ -148,7 +148,7 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
         "the flushed batch was deleted before exit; the run said:\n{stdout}\n{}",
         stderr(&out)
     );
-    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
+    let rows = crate::harness::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99);
 }
 
@@ -173,7 +173,7 @@ async fn a_batch_that_cannot_commit_by_the_shutdown_deadline_is_released_for_red
     // Every message is visible again at once (not after the 300 s timeout), none committed.
     assert_eq!(queue.queue.approximate_depth().await.unwrap(), (100, 0));
     lock.rollback().await.unwrap();
-    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
+    let rows = crate::harness::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 0);
 }
 
@@ -238,7 +238,7 @@ async fn a_signal_while_waiting_for_the_database_at_start_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_with_a_short_visibility_load_each_message_once() {
-    let (db, queue) = crate::pipeline::fixture().await;
+    let (db, queue) = crate::harness::fixture().await;
     queue.send(&crate::harness::sample_bodies()).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let env: Vec<(&str, &str)> = vec![
@@ -258,7 +258,7 @@ async fn three_processes_with_a_short_visibility_load_each_message_once() {
         assert!(out.status.success(), "{}", stderr(out));
         assert_no_personal_data(&stderr(out));
     }
-    let count = |sql| crate::pipeline::count(&db, sql);
+    let count = |sql| crate::harness::count(&db, sql);
     assert_eq!(count("SELECT count(*) FROM public.user_logins").await, 99);
     assert_eq!(
         count("SELECT count(DISTINCT user_id) FROM public.user_logins").await,

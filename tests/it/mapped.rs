@@ -14,8 +14,8 @@ use sqs2pg::pipeline::Mode;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{DeleteFault, FaultySource};
+use crate::harness::{count, fixture_on};
 use crate::harness::{key_file, sqs2pg, stderr, unique, Sqs, TestDb, TestQueue};
-use crate::pipeline::{count, fixture_on};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mappings");
 
@@ -159,7 +159,7 @@ async fn drains_end_to_end(case: Case) -> TestDb {
         "SELECT coalesce(string_agg(t::text, ' '), '') FROM {} t",
         case.table
     );
-    let stored: String = crate::pipeline::one(&db, &table_text).await;
+    let stored: String = crate::harness::one(&db, &table_text).await;
     for value in case.personal {
         assert!(!stored.contains(value), "a raw value reached the table");
     }
@@ -211,7 +211,7 @@ async fn drains_end_to_end(case: Case) -> TestDb {
                 "a one-way token was opened"
             );
         }
-        let before: String = crate::pipeline::one(&db, &table_text).await;
+        let before: String = crate::harness::one(&db, &table_text).await;
         assert!(!before.contains(shown), "the table itself holds tokens");
     }
     db
@@ -382,7 +382,7 @@ async fn an_s3_message_of_five_records_redelivered_after_a_lost_delete_still_giv
     let five = bodies("s3-objects.jsonl").remove(0);
     assert_eq!(five.matches("ObjectCreated").count(), 5);
     queue.send(&[five]).await;
-    let mut a = crate::pipeline::args(
+    let mut a = crate::harness::args(
         &db,
         &queue,
         key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
@@ -392,7 +392,7 @@ async fn an_s3_message_of_five_records_redelivered_after_a_lost_delete_still_giv
     // The first delete is lost (a crash between COMMIT and delete): SQS hands the message out
     // again after its 1 s visibility timeout.
     let lossy = Arc::new(FaultySource::new(queue.queue.clone()).deletes(DeleteFault::LoseFirst));
-    let total = crate::pipeline::drain_until_empty(&a, &lossy, &queue).await;
+    let total = crate::harness::drain_until_empty(&a, &lossy, &queue).await;
     assert_eq!(lossy.swallowed.load(Ordering::SeqCst), 1);
     assert_eq!((total.loaded, total.rows), (1, 5), "{total:?}");
     assert!(
@@ -512,7 +512,7 @@ async fn the_login_mapping_file_gives_the_same_table_as_the_built_in_pipeline() 
 async fn attributes_and_group_ids_reach_their_columns(sqs: Sqs) {
     use sqs2pg::sqs::Outgoing;
     let (db, queue) = (TestDb::new().await, TestQueue::fifo_on(sqs).await);
-    crate::pipeline::setup(&db).await;
+    crate::harness::setup(&db).await;
     let dir = std::env::temp_dir().join(unique("sqs2pg-attr-mapping"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("tenants.toml");
@@ -530,7 +530,7 @@ columns = [
 "#,
     )
     .unwrap();
-    let mut a = crate::pipeline::args(
+    let mut a = crate::harness::args(
         &db,
         &queue,
         key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
@@ -640,7 +640,7 @@ async fn a_draft_used_unedited_sets_up_its_table_and_loads_its_samples() {
         "every sample loads under the draft made from it"
     );
     assert!(reasons(&db).await.is_empty());
-    let stored: String = crate::pipeline::one(
+    let stored: String = crate::harness::one(
         &db,
         "SELECT coalesce(string_agg(t::text, ' '), '') FROM public.drafted_orders t",
     )

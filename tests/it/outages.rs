@@ -12,10 +12,10 @@ use sqs2pg::pipeline::{Mode, PipelineError};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{CountingLoader, FailingLoader, FaultySource};
+use crate::harness::{count, fixture, fresh_args, setup};
 use crate::harness::{
     sample_bodies, wait_until, wait_until_async, OwnMoto, OwnPostgres, TestDb, TestQueue,
 };
-use crate::pipeline::{count, fixture, fresh_args, setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_mid_drain_loses_nothing_and_doubles_nothing() {

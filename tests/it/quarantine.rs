@@ -7,7 +7,7 @@ use crate::harness::{assert_no_personal_data, key_file, sqs2pg, stderr};
 
 on_every_sqs!(rejects_list_show_and_replay);
 async fn rejects_list_show_and_replay(sqs: crate::harness::Sqs) {
-    let (db, queue) = crate::pipeline::fixture_on(sqs).await;
+    let (db, queue) = crate::harness::fixture_on(sqs).await;
     let client = db.client().await;
     client
         .batch_execute(
@@ -18,7 +18,7 @@ async fn rejects_list_show_and_replay(sqs: crate::harness::Sqs) {
         .unwrap();
     queue.send(&crate::harness::sample_bodies()).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let summary = crate::pipeline::drain(&crate::pipeline::args(&db, &queue, key_file(&key))).await;
+    let summary = crate::harness::drain(&crate::harness::args(&db, &queue, key_file(&key))).await;
     let refused = summary.rejected["rejected_by_database"];
     assert!(refused > 0);
     let protocol = queue.protocol.to_string();
@@ -120,9 +120,9 @@ async fn rejects_list_show_and_replay(sqs: crate::harness::Sqs) {
     );
     let out = sqs2pg(&["drain"], &env);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = crate::pipeline::count(&db, "SELECT count(*) FROM public.user_logins").await;
+    let rows = crate::harness::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 99, "every refused login is in after the replay, once");
-    let leap = crate::pipeline::count(
+    let leap = crate::harness::count(
         &db,
         "SELECT count(*) FROM public.user_logins WHERE create_date = '2020-02-29'",
     )

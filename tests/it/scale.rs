@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::{args, count, setup};
 use crate::harness::{command, sqs2pg, stderr, Sqs, TestDb, TestQueue};
-use crate::pipeline::{args, count, setup};
 use sqs2pg::app;
 use sqs2pg::config;
 use sqs2pg::pipeline::Mode;
@@ -374,7 +374,7 @@ async fn a_message_the_loader_always_fails_is_poison_and_the_20000_around_it_loa
 async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_nothing() {
     const TOTAL: usize = 20_000;
     const KILLS: usize = 5;
-    let (db, queue) = crate::pipeline::fixture_on(crate::harness::Sqs::LocalStack4).await;
+    let (db, queue) = crate::harness::fixture_on(crate::harness::Sqs::LocalStack4).await;
     let file = crate::harness::synthetic_logins(TOTAL);
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let env: Vec<(&str, &str)> = vec![
@@ -389,7 +389,7 @@ async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_
     let sent = sqs2pg(&["send", "--file", file.to_str().unwrap()], &env);
     assert!(sent.status.success(), "{}", stderr(&sent));
     let _ = std::fs::remove_file(&file);
-    let ledger = || crate::pipeline::count(&db, "SELECT count(*) FROM sqs2pg.ledger");
+    let ledger = || crate::harness::count(&db, "SELECT count(*) FROM sqs2pg.ledger");
 
     // Start, let it commit some more, kill -9 (mid-batch, mid-delete, wherever it is), again.
     for _ in 0..KILLS {
@@ -429,7 +429,7 @@ async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_
     println!(
         "{KILLS} kills, then {drains} drain(s); {redelivered} committed-but-undeleted deliveries skipped by the ledger"
     );
-    let count = |sql| crate::pipeline::count(&db, sql);
+    let count = |sql| crate::harness::count(&db, sql);
     assert_eq!(
         count("SELECT count(*) FROM public.user_logins").await,
         TOTAL as i64

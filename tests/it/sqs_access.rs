@@ -8,7 +8,7 @@ use crate::harness::{assert_no_personal_data, command, sqs2pg, stderr, TestDb, T
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_aws_credentials_stop_the_run_with_a_hint() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    crate::pipeline::setup(&db).await;
+    crate::harness::setup(&db).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let out = command(
         &["drain"],
@@ -142,7 +142,7 @@ async fn the_exercises_localstack_needs_no_protocol_flag_and_no_region() {
     assert!(drain.status.success(), "{}", stderr(&drain));
     assert_eq!(switched(&drain), 1, "logged once: {}", stderr(&drain));
     assert_no_personal_data(&stderr(&drain));
-    let count = |sql| crate::pipeline::count(&db, sql);
+    let count = |sql| crate::harness::count(&db, sql);
     assert_eq!(count("SELECT count(*) FROM public.user_logins").await, 99);
     assert_eq!(
         count(

@@ -8,7 +8,8 @@
 //! `SQS2PG_TEST_LOCALSTACK` (LocalStack 0.14.3's `localstack` command, default the one
 //! `scripts/install-deps.sh` installs).
 //!
-//! One concern per file: `binary`, `data`, `localstack`, `logs`, `moto`, `postgres`, `queue`, `servers`, `wait`.
+//! One concern per file: `binary`, `data`, `localstack`, `logs`, `moto`, `postgres`, `queue`,
+//! `run`, `servers`, `wait`.
 
 mod binary;
 mod data;
@@ -17,6 +18,7 @@ mod logs;
 mod moto;
 mod postgres;
 mod queue;
+mod run;
 mod servers;
 mod wait;
 
@@ -27,6 +29,7 @@ pub use logs::*;
 pub use moto::*;
 pub use postgres::*;
 pub use queue::*;
+pub use run::*;
 pub use servers::*;
 pub use wait::*;
 

@@ -1,128 +1,18 @@
 //! The login pipeline end to end on real servers: the sample on every SQS server, a queue
-//! given by name, create_date, masks per key, a key change; and the fixtures the other
-//! pipeline tests share (`exactly_once`, `outages`, `bad_messages`, ...).
+//! given by name, create_date, masks per key, a key change.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqs2pg::app::{self};
-use sqs2pg::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
+use sqs2pg::cli::DatabaseArgs;
 use sqs2pg::config;
 use sqs2pg::login::{MaskKey, Masker};
-use sqs2pg::pipeline::{Mode, Summary};
-use sqs2pg::postgres::{Database, TableName};
+use sqs2pg::pipeline::Mode;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::FaultySource;
-use crate::harness::{key_file, sample_bodies, Sqs, TestDb, TestQueue};
-
-/// Drain arguments as a user would give them, with short waits for tests.
-pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
-    PipelineArgs {
-        database: DatabaseArgs {
-            database_url: Some(db.url.clone()),
-            table: "public.user_logins".into(),
-            mapping: None,
-        },
-        queue: QueueArgs {
-            queue_url: Some(queue.url.clone()),
-            endpoint_url: Some(queue.endpoint.clone()),
-            sqs_protocol: queue.protocol,
-        },
-        key: KeyArgs {
-            mask_key: None,
-            mask_key_file: Some(key),
-            mask_key_ring: None,
-        },
-        receivers: 4,
-        loaders: 2,
-        wait_time_secs: 1,
-        visibility_timeout_secs: None,
-        batch_max_rows: 1000,
-        batch_max_age_ms: 200,
-        max_body_bytes: 256 * 1024,
-        max_attempts: 3,
-        max_receive_count: 25,
-        ledger_retention_days: 30,
-        shutdown_timeout_secs: 25,
-        max_in_flight_bytes: 64 << 20,
-        max_in_flight_messages: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES,
-        metrics_addr: None,
-        ip_mask: sqs2pg::login::MaskMode::Hmac,
-        device_id_mask: sqs2pg::login::MaskMode::Hmac,
-        key_rotation_intended: false,
-    }
-}
-
-/// A fresh database (set up) and a fresh queue on moto, spoken to in JSON.
-pub async fn fixture() -> (TestDb, TestQueue) {
-    fixture_on(Sqs::MotoJson).await
-}
-
-/// A fresh database (set up) and a fresh queue on the given SQS server.
-pub async fn fixture_on(sqs: Sqs) -> (TestDb, TestQueue) {
-    let (db, queue) = (TestDb::new().await, TestQueue::on(sqs).await);
-    setup(&db).await;
-    (db, queue)
-}
-
-/// Drain arguments with a freshly generated masking key.
-pub fn fresh_args(db: &TestDb, queue: &TestQueue) -> PipelineArgs {
-    args(db, queue, key_file(&MaskKey::generate_base64().unwrap()))
-}
-
-pub async fn setup(db: &TestDb) {
-    let database = Database::parse(&db.url).unwrap();
-    app::setup(&database, &TableName::parse("public.user_logins").unwrap())
-        .await
-        .unwrap();
-}
-
-pub async fn count(db: &TestDb, sql: &str) -> i64 {
-    one(db, sql).await
-}
-
-/// The one value a query returns.
-pub async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(db: &TestDb, sql: &str) -> T {
-    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// Drains through `source` until the queue holds nothing, visible or in flight, in as many
-/// runs as that takes (bounded); their counts added up.
-pub async fn drain_until_empty<S: sqs2pg::sqs::MessageSource>(
-    args: &PipelineArgs,
-    source: &Arc<S>,
-    queue: &TestQueue,
-) -> Summary {
-    let mut total = Summary::default();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let settings = config::pipeline(args, Mode::Drain).unwrap();
-        let s = app::process_with(settings, source.clone(), CancellationToken::new(), |l| l)
-            .await
-            .unwrap();
-        total.loaded += s.loaded;
-        total.rows += s.rows;
-        total.duplicates += s.duplicates;
-        total.redelivered_while_held += s.redelivered_while_held;
-        total.rejected.extend(s.rejected);
-        if queue.depth().await == 0 {
-            return total;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redeliveries not all seen: {total:?}"
-        );
-    }
-}
-
-pub async fn drain(args: &PipelineArgs) -> Summary {
-    let settings = config::pipeline(args, Mode::Drain).unwrap();
-    app::process(settings, CancellationToken::new())
-        .await
-        .unwrap()
-}
+use crate::harness::{args, count, drain, fixture, fixture_on, fresh_args};
+use crate::harness::{key_file, sample_bodies, Sqs};
 
 on_every_sqs!(sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs);
 async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs(sqs: Sqs) {
