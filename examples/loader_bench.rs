@@ -204,9 +204,14 @@ async fn main() {
         .map_or(1_000_000, |n| n.parse().expect("a message count"));
     let args = PipelineArgs {
         database: DatabaseArgs {
-            database_url: std::env::var("DATABASE_URL").ok(),
+            connection: sqs2pg::cli::ConnectionArgs {
+                database_url: std::env::var("DATABASE_URL").ok(),
+            },
             table: "public.user_logins".into(),
-            mapping: wide.then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wide.toml").into()),
+            mapping_file: sqs2pg::cli::MappingFileArgs {
+                mapping: wide
+                    .then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wide.toml").into()),
+            },
         },
         queue: QueueArgs {
             queue_url: Some("http://127.0.0.1:9/000000000000/in-process".into()),
@@ -242,7 +247,9 @@ async fn main() {
                 v.parse().expect("SQS2PG_MAX_IN_FLIGHT_MESSAGES: a number")
             }),
         metrics_addr: None,
-        ip_mask: sqs2pg::login::MaskMode::Hmac,
+        ip: sqs2pg::cli::IpMaskArgs {
+            ip_mask: sqs2pg::login::MaskMode::Hmac,
+        },
         device_id_mask: sqs2pg::login::MaskMode::Hmac,
         key_rotation_intended: false,
     };

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use crate::config::args::{DatabaseArgs, GlobalArgs, KeyArgs, PipelineArgs, QueueArgs};
+pub use crate::config::args::{
+    ConnectionArgs, DatabaseArgs, GlobalArgs, IpMaskArgs, KeyArgs, MappingFileArgs, PipelineArgs,
+    QueueArgs,
+};
 
 /// Moves JSON login messages from an SQS queue into PostgreSQL, masking ip and device_id.
 #[derive(Debug, Parser)]
@@ -85,9 +88,9 @@ pub enum MappingCommand {
     /// masked, or the rejection with its reason, as JSON lines. Without a key, tokens are made
     /// under a throwaway key.
     Preview {
-        /// The mapping file (TOML).
-        #[arg(long, env = "SQS2PG_MAPPING")]
-        mapping: PathBuf,
+        /// The mapping to try (required here).
+        #[command(flatten)]
+        mapping: MappingFileArgs,
         /// File with one message body per line (blank lines are skipped).
         #[arg(long)]
         file: PathBuf,
@@ -107,9 +110,9 @@ pub struct UnmaskArgs {
     pub tokens: Vec<String>,
 
     /// The mode `ip` was masked with, needed for the ipcrypt modes (whose tokens are bare
-    /// addresses); the same setting as for `run`.
-    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
-    pub ip_mask: crate::login::MaskMode,
+    /// addresses): the same setting as for `run`.
+    #[command(flatten)]
+    pub ip: IpMaskArgs,
 
     /// For tokens that are bare addresses (ipcrypt modes, which carry no key id): the ring key
     /// they were written under; the active key if not given.
@@ -122,13 +125,13 @@ pub struct UnmaskArgs {
     pub query: Option<String>,
 
     /// The database for --query.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 
-    /// With --query: unmask the reversible token columns of this mapping (`siv`, `ipcrypt`,
-    /// `ipcrypt-pfx`) instead of the login table's masked_ip and masked_device_id.
-    #[arg(long, env = "SQS2PG_MAPPING")]
-    pub mapping: Option<std::path::PathBuf>,
+    /// With --query and a mapping: unmask the reversible token columns of the mapping (`siv`,
+    /// `ipcrypt`, `ipcrypt-pfx`) instead of the login table's masked_ip and masked_device_id.
+    #[command(flatten)]
+    pub mapping: MappingFileArgs,
 }
 
 #[derive(Debug, Args)]

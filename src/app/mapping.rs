@@ -340,7 +340,13 @@ pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
             Ok(())
         }
         crate::cli::MappingCommand::Preview { mapping, file, key } => {
-            let mapping = load_mapping(&mapping)?;
+            let path = mapping.mapping.ok_or_else(|| {
+                crate::config::ConfigError(format!(
+                    "mapping preview: say which mapping to try with {}",
+                    crate::config::args::flag("mapping")
+                ))
+            })?;
+            let mapping = load_mapping(&path)?;
             let given = key.mask_key.is_some()
                 || key.mask_key_file.is_some()
                 || key.mask_key_ring.is_some();

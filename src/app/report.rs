@@ -7,7 +7,7 @@ use crate::postgres::{Database, TableName};
 
 /// `sqs2pg report`, as the command line runs it.
 pub async fn command(args: ReportArgs) -> Result<(), AppError> {
-    if args.database.mapping.is_some() {
+    if args.database.mapping_file.mapping.is_some() {
         mapped(args).await
     } else {
         login(args).await

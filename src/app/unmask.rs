@@ -7,7 +7,7 @@ use crate::postgres::{self as pg, Database};
 
 /// `sqs2pg unmask`, as the command line runs it.
 pub async fn command(args: UnmaskArgs) -> Result<(), AppError> {
-    if args.mapping.is_some() {
+    if args.mapping.mapping.is_some() {
         mapped(args).await
     } else {
         login(args).await
@@ -17,7 +17,7 @@ pub async fn command(args: UnmaskArgs) -> Result<(), AppError> {
 /// With `--mapping`: a query's result, the mapping's reversible token columns unmasked.
 async fn mapped(args: UnmaskArgs) -> Result<(), AppError> {
     let ring = crate::config::key_ring(&args.key)?;
-    let path = args.mapping.as_deref().expect("matched above");
+    let path = args.mapping.mapping.as_deref().expect("matched above");
     let mapping = crate::config::mapping_file(path)?;
     let unmasker = super::mapping::MappedUnmasker::new(&mapping, &ring, args.key_id.as_deref())
         .ok_or_else(|| {
@@ -35,7 +35,7 @@ async fn mapped(args: UnmaskArgs) -> Result<(), AppError> {
     if unmasker.is_empty() {
         eprintln!("note: the mapping has no reversible token column (siv, ipcrypt, ipcrypt-pfx); hmac tokens are one-way");
     }
-    let database = unmask_database(args.database_url.as_deref())?;
+    let database = unmask_database(args.connection.database_url.as_deref())?;
     eprintln!("warning: the values below are personal data (the mapping's token columns)");
     for line in query_unmasked(&database, query, |c, v| unmasker.cell(c, v)).await? {
         println!("{line}");
@@ -46,7 +46,7 @@ async fn mapped(args: UnmaskArgs) -> Result<(), AppError> {
 /// The login table's tokens: given ones, or those in a query's result.
 async fn login(args: UnmaskArgs) -> Result<(), AppError> {
     let ring = crate::config::key_ring(&args.key)?;
-    let unmasker = crate::login::Unmasker::for_ring(&ring, args.ip_mask, args.key_id.as_deref())
+    let unmasker = crate::login::Unmasker::for_ring(&ring, args.ip.ip_mask, args.key_id.as_deref())
         .ok_or_else(|| {
             crate::config::ConfigError(format!(
                 "unmask --key-id: no such key in the ring (ids: {})",
@@ -56,7 +56,7 @@ async fn login(args: UnmaskArgs) -> Result<(), AppError> {
     eprintln!("warning: the values below are personal data (ip, device_id)");
     let mut failed = 0;
     if let Some(query) = &args.query {
-        let database = unmask_database(args.database_url.as_deref())?;
+        let database = unmask_database(args.connection.database_url.as_deref())?;
         for line in unmask_query(&database, &unmasker, query).await? {
             println!("{line}");
         }

@@ -10,23 +10,54 @@ use clap::Args;
 use crate::settings;
 
 settings! {
-#[derive(Debug, Args, Clone)]
-pub struct DatabaseArgs {
+/// Where the database is.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConnectionArgs {
     /// libpq-style URL, e.g. postgres://user:password@localhost:5432/db?sslmode=require.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     [file database.url, redacted]
     pub database_url: Option<String>,
+}
+}
+
+settings! {
+/// Which mapping, if any, says how messages become rows.
+#[derive(Debug, Args, Clone, Default)]
+pub struct MappingFileArgs {
+    /// A mapping file (see `sqs2pg mapping`): the table it names, and how each message becomes
+    /// its rows. Without one, the built-in login pipeline writes to --table.
+    #[arg(long, env = "SQS2PG_MAPPING")]
+    [file mapping.file]
+    pub mapping: Option<std::path::PathBuf>,
+}
+}
+
+settings! {
+/// How `ip` is masked (runs write with it; `unmask` needs it to open ipcrypt addresses).
+#[derive(Debug, Args, Clone)]
+pub struct IpMaskArgs {
+    /// How `ip` is masked: `hmac` (one-way), `siv` (deterministic encryption: key holders can
+    /// recover it with `sqs2pg unmask`), `ipcrypt` (format-preserving: still an IP address) or
+    /// `ipcrypt-pfx` (prefix-preserving: subnets stay subnets).
+    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
+    [file masking.ip_mask]
+    pub ip_mask: crate::login::MaskMode,
+}
+}
+
+settings! {
+#[derive(Debug, Args, Clone)]
+pub struct DatabaseArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 
     /// Target table, `table` or `schema.table`; each part is quoted as an identifier.
     #[arg(long, env = "SQS2PG_TABLE", default_value = super::DEFAULT_TABLE)]
     [file database.table]
     pub table: String,
 
-    /// A mapping file (see `sqs2pg mapping`): the table it names, and how each message becomes
-    /// its rows. Without one, the built-in login pipeline writes to --table.
-    #[arg(long, env = "SQS2PG_MAPPING")]
-    [file mapping.file]
-    pub mapping: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub mapping_file: MappingFileArgs,
 }
 }
 
@@ -83,12 +114,8 @@ pub struct PipelineArgs {
     [file pipeline.wait_time_secs]
     pub wait_time_secs: u64,
 
-    /// How `ip` is masked: `hmac` (one-way), `siv` (deterministic encryption: key holders can
-    /// recover it with `sqs2pg unmask`), `ipcrypt` (format-preserving: still an IP address) or
-    /// `ipcrypt-pfx` (prefix-preserving: subnets stay subnets).
-    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
-    [file masking.ip_mask]
-    pub ip_mask: crate::login::MaskMode,
+    #[command(flatten)]
+    pub ip: IpMaskArgs,
 
     /// How `device_id` is masked: `hmac` (one-way) or `siv` (recoverable by key holders).
     #[arg(long, env = "SQS2PG_DEVICE_ID_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
@@ -208,11 +235,43 @@ pub struct GlobalArgs {
 pub fn file_keys() -> impl Iterator<Item = &'static crate::config::setting::FileKey> {
     [
         QueueArgs::FILE_KEYS,
+        ConnectionArgs::FILE_KEYS,
         DatabaseArgs::FILE_KEYS,
+        MappingFileArgs::FILE_KEYS,
+        IpMaskArgs::FILE_KEYS,
         KeyArgs::FILE_KEYS,
         PipelineArgs::FILE_KEYS,
         GlobalArgs::FILE_KEYS,
     ]
     .into_iter()
     .flatten()
+}
+
+/// A setting as messages name it, from its declaration: `--flag (VARIABLE)`.
+pub fn flag(id: &str) -> String {
+    let (long, env) = spelling(id);
+    format!("--{long} ({env})")
+}
+
+/// A setting as messages name it when it is usually set in the environment: `VARIABLE
+/// (--flag)`.
+pub fn variable(id: &str) -> String {
+    let (long, env) = spelling(id);
+    format!("{env} (--{long})")
+}
+
+/// The flag and the environment variable of the setting `id`, as declared.
+fn spelling(id: &str) -> (String, String) {
+    use clap::Args as _;
+    let command =
+        GlobalArgs::augment_args(PipelineArgs::augment_args(clap::Command::new("sqs2pg")));
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_id() == id)
+        .unwrap_or_else(|| panic!("{id} is not a declared setting"));
+    let long = arg.get_long().unwrap_or(id).to_owned();
+    let env = arg
+        .get_env()
+        .map_or_else(String::new, |e| e.to_string_lossy().into_owned());
+    (long, env)
 }

@@ -166,8 +166,11 @@ pub fn effective(args: &super::args::PipelineArgs) -> String {
     use std::fmt::Write as _;
     let settings: Vec<FileSetting> = [
         args.queue.file_settings(),
+        args.database.connection.file_settings(),
         args.database.file_settings(),
+        args.database.mapping_file.file_settings(),
         args.key.file_settings(),
+        args.ip.file_settings(),
         args.file_settings(),
     ]
     .concat();

@@ -120,19 +120,21 @@ pub fn target(
     args: &DatabaseArgs,
 ) -> Result<(Database, TableName, Option<crate::mapping::Mapping>), ConfigError> {
     let (database, table) = connection(args)?;
-    let Some(path) = &args.mapping else {
+    let Some(path) = &args.mapping_file.mapping else {
         return Ok((database, table, None));
     };
     let mapping = mapping_file(path)?;
     let mapped = TableName::parse(&mapping.table).map_err(|e| {
         ConfigError(format!(
-            "--mapping (SQS2PG_MAPPING) {}: `table`: {e}",
+            "{} {}: `table`: {e}",
+            args::flag("mapping"),
             path.display()
         ))
     })?;
     if args.table != DEFAULT_TABLE && TableName::parse(&args.table).ok().as_ref() != Some(&mapped) {
         return Err(ConfigError(format!(
-            "--table (SQS2PG_TABLE) names {table} but the mapping {} writes to {mapped}: drop --table (a mapping names its own table) or change the mapping's `table`",
+            "{} names {table} but the mapping {} writes to {mapped}: drop --table (a mapping names its own table) or change the mapping's `table`",
+            args::flag("table"),
             path.display()
         )));
     }
@@ -143,23 +145,21 @@ pub fn target(
 pub fn mapping_file(path: &std::path::Path) -> Result<crate::mapping::Mapping, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError(format!(
-            "--mapping (SQS2PG_MAPPING) {} cannot be read: {e}; give the path of a mapping file (`sqs2pg mapping draft` writes a first one)",
+            "{} {} cannot be read: {e}; give the path of a mapping file (`sqs2pg mapping draft` writes a first one)",
+            args::flag("mapping"),
             path.display()
         ))
     })?;
-    crate::mapping::Mapping::parse(&text).map_err(|e| {
-        ConfigError(format!(
-            "--mapping (SQS2PG_MAPPING) {}: {e}",
-            path.display()
-        ))
-    })
+    crate::mapping::Mapping::parse(&text)
+        .map_err(|e| ConfigError(format!("{} {}: {e}", args::flag("mapping"), path.display())))
 }
 
 fn connection(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError> {
-    let url = args.database_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-        ConfigError(
-            "DATABASE_URL (--database-url) is not set: set it to a PostgreSQL URL, e.g. postgres://user:password@localhost:5432/db".into(),
-        )
+    let url = args.connection.database_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+        ConfigError(format!(
+            "{} is not set: set it to a PostgreSQL URL, e.g. postgres://user:password@localhost:5432/db",
+            args::variable("database_url")
+        ))
     })?;
     let database = Database::parse(url).map_err(|e| ConfigError(e.to_string()))?;
     let table = TableName::parse(&args.table).map_err(ConfigError)?;
@@ -169,9 +169,10 @@ fn connection(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigError>
 /// Queue URL (or name), endpoint and protocol, checked.
 pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
     let queue_url = args.queue_url.as_deref().map(str::trim).filter(|u| !u.is_empty()).ok_or_else(|| {
-        ConfigError(
-            "SQS2PG_QUEUE_URL (--queue-url) is not set: set it to the queue's URL, e.g. http://localhost:4566/000000000000/login-queue, or to its name".into(),
-        )
+        ConfigError(format!(
+            "{} is not set: set it to the queue's URL, e.g. http://localhost:4566/000000000000/login-queue, or to its name",
+            args::variable("queue_url")
+        ))
     })?;
     let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
     if queue_url.contains("://") {
@@ -181,17 +182,20 @@ pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
             .is_some_and(|(host, path)| !host.is_empty() && !path.is_empty());
         if !is_http(queue_url) || !has_path {
             return Err(ConfigError(format!(
-                "SQS2PG_QUEUE_URL (--queue-url) must be an http(s) URL ending in the queue name, e.g. http://localhost:4566/000000000000/login-queue, or a queue name; got {queue_url:?}"
+                "{} must be an http(s) URL ending in the queue name, e.g. http://localhost:4566/000000000000/login-queue, or a queue name; got {queue_url:?}",
+                args::variable("queue_url")
             )));
         }
     } else if !is_queue_name(queue_url) {
         return Err(ConfigError(format!(
-            "SQS2PG_QUEUE_URL (--queue-url) {queue_url:?} is neither a URL nor a queue name (1 to 80 letters, digits, '-' or '_', optionally ending in .fifo): give the queue's URL, e.g. http://localhost:4566/000000000000/login-queue"
+            "{} {queue_url:?} is neither a URL nor a queue name (1 to 80 letters, digits, '-' or '_', optionally ending in .fifo): give the queue's URL, e.g. http://localhost:4566/000000000000/login-queue",
+            args::variable("queue_url")
         )));
     }
     if let Some(endpoint) = args.endpoint_url.as_deref().filter(|e| !is_http(e)) {
         return Err(ConfigError(format!(
-            "AWS_ENDPOINT_URL (--endpoint-url) must be an http(s) URL, e.g. http://localhost:4566; got {endpoint:?}"
+            "{} must be an http(s) URL, e.g. http://localhost:4566; got {endpoint:?}",
+            args::variable("endpoint_url")
         )));
     }
     Ok(SqsSettings {
@@ -223,10 +227,11 @@ pub fn key_ring(args: &KeyArgs) -> Result<KeyRing, ConfigError> {
         || args.mask_key_file.is_some()
     {
         return Err(ConfigError(format!(
-            "SQS2PG_MASK_KEY_RING (--mask-key-ring) is set together with {MASK_KEY_ENV} or SQS2PG_MASK_KEY_FILE: keep only one source of keys"
+            "{} is set together with {MASK_KEY_ENV} or SQS2PG_MASK_KEY_FILE: keep only one source of keys",
+            args::variable("mask_key_ring")
         )));
     }
-    let shown = format!("SQS2PG_MASK_KEY_RING (--mask-key-ring) {}", path.display());
+    let shown = format!("{} {}", args::variable("mask_key_ring"), path.display());
     let text = read_key_file(path, &shown)?;
     KeyRing::parse(&text).map_err(|e| {
         ConfigError(format!(
@@ -241,17 +246,15 @@ pub fn mask_key(from_env: Option<&str>, file: Option<&Path>) -> Result<MaskKey, 
     let explain = |source: &str, e: KeyError| ConfigError(format!("{source}: {e}"));
     match (from_env.filter(|k| !k.is_empty()), file) {
         (Some(_), Some(_)) => Err(ConfigError(format!(
-            "both {MASK_KEY_ENV} and SQS2PG_MASK_KEY_FILE (--mask-key-file) are set: keep only one"
+            "both {MASK_KEY_ENV} and {} are set: keep only one",
+            args::variable("mask_key_file")
         ))),
         (Some(text), None) => MaskKey::from_base64(text).map_err(|e| explain(MASK_KEY_ENV, e)),
         (None, Some(path)) => {
             let shown = path.display();
-            let text = read_key_file(
-                path,
-                &format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown}"),
-            )?;
-            MaskKey::from_base64(&text)
-                .map_err(|e| explain(&format!("SQS2PG_MASK_KEY_FILE (--mask-key-file) {shown}"), e))
+            let source = format!("{} {shown}", args::variable("mask_key_file"));
+            let text = read_key_file(path, &source)?;
+            MaskKey::from_base64(&text).map_err(|e| explain(&source, e))
         }
         (None, None) => Err(ConfigError(format!(
             "no masking key: set {MASK_KEY_ENV} to a base64 key of at least 32 bytes, SQS2PG_MASK_KEY_FILE to a file holding one, or SQS2PG_MASK_KEY_RING to a key ring; make one with `sqs2pg keygen` (or `sqs2pg keygen --ring FILE`)"
@@ -293,18 +296,19 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
     let (database, table, mapping) = target(&args.database)?;
     let sqs = queue(&args.queue)?;
     let mask_key = key(&args.key)?;
-    let range = |name: &str, env: &str, value: u64, lo: u64, hi: u64, why: &str| {
+    // Each setting named as its declaration spells it (flag and variable).
+    let range = |id: &str, value: u64, lo: u64, hi: u64, why: &str| {
         if (lo..=hi).contains(&value) {
             Ok(())
         } else {
             Err(ConfigError(format!(
-                "--{name} ({env}) is {value}; it must be between {lo} and {hi} ({why})"
+                "{} is {value}; it must be between {lo} and {hi} ({why})",
+                args::flag(id)
             )))
         }
     };
     range(
         "receivers",
-        "SQS2PG_RECEIVERS",
         args.receivers as u64,
         1,
         64,
@@ -312,7 +316,6 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
     )?;
     range(
         "loaders",
-        "SQS2PG_LOADERS",
         args.loaders as u64,
         1,
         16,
@@ -321,8 +324,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
     // drain stops after one empty long poll; an empty *short* poll proves nothing.
     let min_wait = if mode == Mode::Drain { 1 } else { 0 };
     range(
-        "wait-time-secs",
-        "SQS2PG_WAIT_TIME_SECS",
+        "wait_time_secs",
         args.wait_time_secs,
         min_wait,
         20,
@@ -330,8 +332,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
     )?;
     if let Some(v) = args.visibility_timeout_secs {
         range(
-            "visibility-timeout-secs",
-            "SQS2PG_VISIBILITY_TIMEOUT_SECS",
+            "visibility_timeout_secs",
             v,
             1,
             43_200,
@@ -339,72 +340,63 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         )?;
     }
     range(
-        "batch-max-rows",
-        "SQS2PG_BATCH_MAX_ROWS",
+        "batch_max_rows",
         args.batch_max_rows as u64,
         1,
         100_000,
         "rows per transaction",
     )?;
     range(
-        "batch-max-age-ms",
-        "SQS2PG_BATCH_MAX_AGE_MS",
+        "batch_max_age_ms",
         args.batch_max_age_ms,
         1,
         600_000,
         "milliseconds",
     )?;
     range(
-        "max-body-bytes",
-        "SQS2PG_MAX_BODY_BYTES",
+        "max_body_bytes",
         args.max_body_bytes as u64,
         64,
         16 << 20,
         "bytes",
     )?;
     range(
-        "max-attempts",
-        "SQS2PG_MAX_ATTEMPTS",
+        "max_attempts",
         u64::from(args.max_attempts),
         1,
         1_000,
         "attempts",
     )?;
     range(
-        "ledger-retention-days",
-        "SQS2PG_LEDGER_RETENTION_DAYS",
+        "ledger_retention_days",
         args.ledger_retention_days,
         29,
         3650,
         "a shorter horizon could forget a message SQS can still deliver: 14 days in the queue, up to 14 more after a FIFO dead-letter move, plus 12 hours of visibility",
     )?;
     range(
-        "max-in-flight-bytes",
-        "SQS2PG_MAX_IN_FLIGHT_BYTES",
+        "max_in_flight_bytes",
         args.max_in_flight_bytes as u64,
         args.max_body_bytes as u64,
         u64::from(u32::MAX),
         "body bytes held at once; at least --max-body-bytes, so the largest message fits",
     )?;
     range(
-        "max-in-flight-messages",
-        "SQS2PG_MAX_IN_FLIGHT_MESSAGES",
+        "max_in_flight_messages",
         args.max_in_flight_messages as u64,
         crate::sqs::SQS_BATCH_LIMIT as u64,
         1_000_000,
         "messages held at once; at least one receive of 10",
     )?;
     range(
-        "shutdown-timeout-secs",
-        "SQS2PG_SHUTDOWN_TIMEOUT_SECS",
+        "shutdown_timeout_secs",
         args.shutdown_timeout_secs,
         1,
         3_600,
         "seconds from SIGTERM to exit; keep it below the container's grace period (30 s by default)",
     )?;
     range(
-        "max-receive-count",
-        "SQS2PG_MAX_RECEIVE_COUNT",
+        "max_receive_count",
         u64::from(args.max_receive_count),
         1,
         1_000,
@@ -420,7 +412,8 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
     };
     if args.device_id_mask.is_ip_only() {
         return Err(ConfigError(format!(
-            "--device-id-mask (SQS2PG_DEVICE_ID_MASK) {}: the ipcrypt modes encrypt IP addresses only; use hmac or siv for device_id",
+            "{} {}: the ipcrypt modes encrypt IP addresses only; use hmac or siv for device_id",
+            args::flag("device_id_mask"),
             args.device_id_mask
         )));
     }
@@ -431,7 +424,8 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         .map(|a| {
             a.trim().parse().map_err(|_| {
                 ConfigError(format!(
-                    "--metrics-addr (SQS2PG_METRICS_ADDR) {a:?} is not an address to listen on: give IP:PORT, e.g. 127.0.0.1:9187 or 0.0.0.0:9187"
+                    "{} {a:?} is not an address to listen on: give IP:PORT, e.g. 127.0.0.1:9187 or 0.0.0.0:9187",
+                    args::flag("metrics_addr")
                 ))
             })
         })
@@ -440,7 +434,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         mapping,
         key_rotation_intended: args.key_rotation_intended,
         mask_modes: crate::login::MaskModes {
-            ip: args.ip_mask,
+            ip: args.ip.ip_mask,
             device_id: args.device_id_mask,
         },
         show_progress: mode == Mode::Drain && std::io::IsTerminal::is_terminal(&std::io::stderr()),

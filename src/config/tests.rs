@@ -22,9 +22,11 @@ fn drain_needs_a_long_poll() {
     use super::args::DatabaseArgs;
     let args = PipelineArgs {
         database: DatabaseArgs {
-            database_url: Some("postgres://u@localhost/db".into()),
+            connection: crate::config::args::ConnectionArgs {
+                database_url: Some("postgres://u@localhost/db".into()),
+            },
             table: "user_logins".into(),
-            mapping: None,
+            mapping_file: crate::config::args::MappingFileArgs::default(),
         },
         queue: QueueArgs {
             queue_url: Some("http://localhost:4566/000000000000/q".into()),
@@ -50,7 +52,9 @@ fn drain_needs_a_long_poll() {
         max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
         max_in_flight_messages: DEFAULT_MAX_IN_FLIGHT_MESSAGES,
         metrics_addr: None,
-        ip_mask: crate::login::MaskMode::Hmac,
+        ip: crate::config::args::IpMaskArgs {
+            ip_mask: crate::login::MaskMode::Hmac,
+        },
         device_id_mask: crate::login::MaskMode::Hmac,
         key_rotation_intended: false,
     };
@@ -145,11 +149,11 @@ fn every_declared_file_key_has_its_value_and_secrets_are_hidden() {
     use setting::FileText::{Bare, Quoted};
     assert_eq!(value(&settings, "receivers"), Some(Some(Bare("7".into()))));
     assert_eq!(
-        value(&settings, "ip_mask"),
+        value(&run.args.ip.file_settings(), "ip_mask"),
         Some(Some(Quoted("hmac".into())))
     );
     assert_eq!(value(&settings, "visibility_timeout_secs"), Some(None));
-    let database = run.args.database.file_settings();
+    let database = run.args.database.connection.file_settings();
     assert_eq!(
         value(&database, "url"),
         Some(Some(Quoted("postgres://u:****@h/db".into())))
@@ -164,4 +168,43 @@ fn every_declared_file_key_has_its_value_and_secrets_are_hidden() {
     let before = ids.len();
     ids.dedup();
     assert_eq!(ids.len(), before);
+}
+
+#[test]
+fn every_setting_a_message_names_is_declared_and_named_as_declared() {
+    // The checks name settings by id (`args::flag("receivers")`, `range("receivers", ...)`);
+    // an id that is not declared would only panic on that error's path, so every one is
+    // resolved here.
+    let source = include_str!("mod.rs");
+    let mut ids = Vec::new();
+    for marker in ["args::flag(\"", "args::variable(\""] {
+        for part in source.split(marker).skip(1) {
+            ids.push(part.split('"').next().unwrap().to_owned());
+        }
+    }
+    for part in source.split("range(\n").skip(1) {
+        ids.push(
+            part.trim_start()
+                .trim_start_matches('"')
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(ids.len() >= 25, "{ids:?}");
+    for id in &ids {
+        let named = args::flag(id);
+        let (flag, variable) = named.split_once(" (").unwrap();
+        assert_eq!(flag, format!("--{}", id.replace('_', "-")), "{id}");
+        assert!(
+            variable.ends_with(')') && variable.len() > 2,
+            "{id}: {named}"
+        );
+    }
+    assert_eq!(args::flag("receivers"), "--receivers (SQS2PG_RECEIVERS)");
+    assert_eq!(
+        args::variable("database_url"),
+        "DATABASE_URL (--database-url)"
+    );
 }

@@ -28,7 +28,7 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
     queue.send(&bodies).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let mut args = crate::harness::args(&db, &queue, key_file(&key));
-    args.ip_mask = sqs2pg::login::MaskMode::Siv;
+    args.ip.ip_mask = sqs2pg::login::MaskMode::Siv;
     args.device_id_mask = sqs2pg::login::MaskMode::Siv;
     let summary = crate::harness::drain(&args).await;
     assert_eq!(summary.loaded, 99);
@@ -147,7 +147,7 @@ async fn ipcrypt_masked_ips_are_addresses_in_the_table_and_unmask_with_the_mode(
         queue.send(&bodies[..20]).await;
         let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
         let mut args = crate::harness::args(&db, &queue, key_file(&key));
-        args.ip_mask = mode;
+        args.ip.ip_mask = mode;
         crate::harness::drain(&args).await;
         let rows = db
             .client()

@@ -278,7 +278,7 @@ async fn a_run_under_another_key_than_the_last_warns_unless_the_rotation_is_inte
     // A mode change under the same key warns too.
     queue.send(&bodies[30..40]).await;
     let mut siv = args(&db, &queue, key_file(&key_a));
-    siv.ip_mask = sqs2pg::login::MaskMode::Siv;
+    siv.ip.ip_mask = sqs2pg::login::MaskMode::Siv;
     drain(&siv).await;
     assert!(warning(&id(&key_a), &id(&key_a)), "a mode change warns");
     let rows = db
@@ -307,9 +307,11 @@ async fn a_run_under_another_key_than_the_last_warns_unless_the_rotation_is_inte
     // The guard is per table: a third key on a new table is no change; on this table it is.
     let key_c = MaskKey::generate_base64().unwrap();
     let (database, other) = sqs2pg::config::database(&DatabaseArgs {
-        database_url: Some(db.url.clone()),
+        connection: sqs2pg::cli::ConnectionArgs {
+            database_url: Some(db.url.clone()),
+        },
         table: "public.other_logins".into(),
-        mapping: None,
+        mapping_file: sqs2pg::cli::MappingFileArgs::default(),
     })
     .unwrap();
     sqs2pg::app::setup(&database, &other).await.unwrap();

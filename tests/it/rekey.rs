@@ -12,7 +12,7 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
     let new_key = sqs2pg::login::MaskKey::generate_base64().unwrap();
     let old_file = key_file(&old_key);
     let mut args = crate::harness::args(&db, &queue, old_file.clone());
-    args.ip_mask = sqs2pg::login::MaskMode::Siv;
+    args.ip.ip_mask = sqs2pg::login::MaskMode::Siv;
     args.device_id_mask = sqs2pg::login::MaskMode::Siv;
     crate::harness::drain(&args).await;
     // Ten more rows under the old key in hmac mode: one-way, they cannot be re-keyed.
@@ -189,7 +189,7 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
     let mut args = crate::harness::args(&db, &queue, dir.join("unused"));
     args.key.mask_key_file = None;
     args.key.mask_key_ring = Some(ring.clone());
-    args.ip_mask = MaskMode::Ipcrypt;
+    args.ip.ip_mask = MaskMode::Ipcrypt;
     args.device_id_mask = MaskMode::Siv;
     assert_eq!(crate::harness::drain(&args).await.loaded, 99);
     let snapshot = || async {
@@ -320,7 +320,7 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
     };
     queue.send(&bodies[..1]).await;
     let mut old_key_run = crate::harness::args(&db, &queue, k1_file);
-    old_key_run.ip_mask = MaskMode::Ipcrypt;
+    old_key_run.ip.ip_mask = MaskMode::Ipcrypt;
     old_key_run.device_id_mask = MaskMode::Siv;
     let settings = sqs2pg::config::pipeline(&old_key_run, sqs2pg::pipeline::Mode::Drain).unwrap();
     let e = sqs2pg::app::process(settings, tokio_util::sync::CancellationToken::new())
@@ -370,7 +370,7 @@ async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresse
     // nothing.
     queue.send(&bodies[1..2]).await;
     let mut pfx = args.clone();
-    pfx.ip_mask = MaskMode::IpcryptPfx;
+    pfx.ip.ip_mask = MaskMode::IpcryptPfx;
     crate::harness::drain(&pfx).await;
     let after = snapshot().await;
     let out = sqs2pg(&["rekey", "--from", &k2, "--to", &k1], &env);

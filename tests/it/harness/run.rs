@@ -19,9 +19,11 @@ use crate::harness::{key_file, Sqs, TestDb, TestQueue};
 pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
     PipelineArgs {
         database: DatabaseArgs {
-            database_url: Some(db.url.clone()),
+            connection: sqs2pg::cli::ConnectionArgs {
+                database_url: Some(db.url.clone()),
+            },
             table: "public.user_logins".into(),
-            mapping: None,
+            mapping_file: sqs2pg::cli::MappingFileArgs::default(),
         },
         queue: QueueArgs {
             queue_url: Some(queue.url.clone()),
@@ -47,7 +49,9 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         max_in_flight_bytes: 64 << 20,
         max_in_flight_messages: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES,
         metrics_addr: None,
-        ip_mask: sqs2pg::login::MaskMode::Hmac,
+        ip: sqs2pg::cli::IpMaskArgs {
+            ip_mask: sqs2pg::login::MaskMode::Hmac,
+        },
         device_id_mask: sqs2pg::login::MaskMode::Hmac,
         key_rotation_intended: false,
     }
