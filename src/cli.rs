@@ -44,7 +44,8 @@ pub enum Command {
     Rejects(RejectsArgs),
     /// Show the configuration.
     Config(ConfigArgs),
-    /// Print the values behind `siv` tokens, for key holders. The output is personal data.
+    /// Print the values behind `siv` tokens, for key holders, or a query's result (--query) with
+    /// its token columns opened (a mapping's with --mapping). The output is personal data.
     Unmask(UnmaskArgs),
     /// Re-encrypt the `siv` tokens written under an old key with the current key, in place, in
     /// batches; resumable. `hmac` tokens cannot be re-keyed (see the README).
@@ -88,7 +89,7 @@ pub enum MappingCommand {
     /// masked, or the rejection with its reason, as JSON lines. Without a key, tokens are made
     /// under a throwaway key.
     Preview {
-        /// The mapping to try (required here).
+        // The mapping to try: required here (`app::mapping::command` says so when missing).
         #[command(flatten)]
         mapping: MappingFileArgs,
         /// File with one message body per line (blank lines are skipped).
@@ -109,8 +110,8 @@ pub struct UnmaskArgs {
     #[arg(required_unless_present = "query", conflicts_with = "query")]
     pub tokens: Vec<String>,
 
-    /// The mode `ip` was masked with, needed for the ipcrypt modes (whose tokens are bare
-    /// addresses): the same setting as for `run`.
+    // The mode `ip` was masked with, needed for the ipcrypt modes (whose tokens are bare
+    // addresses): the same setting as for `run`.
     #[command(flatten)]
     pub ip: IpMaskArgs,
 
@@ -124,12 +125,12 @@ pub struct UnmaskArgs {
     #[arg(long)]
     pub query: Option<String>,
 
-    /// The database for --query.
+    // The database for --query.
     #[command(flatten)]
     pub connection: ConnectionArgs,
 
-    /// With --query and a mapping: unmask the reversible token columns of the mapping (`siv`,
-    /// `ipcrypt`, `ipcrypt-pfx`) instead of the login table's masked_ip and masked_device_id.
+    // With --query and a mapping: unmask the reversible token columns of the mapping (`siv`,
+    // `ipcrypt`, `ipcrypt-pfx`) instead of the login table's masked_ip and masked_device_id.
     #[command(flatten)]
     pub mapping: MappingFileArgs,
 }

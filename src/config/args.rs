@@ -24,8 +24,9 @@ settings! {
 /// Which mapping, if any, says how messages become rows.
 #[derive(Debug, Args, Clone, Default)]
 pub struct MappingFileArgs {
-    /// A mapping file (see `sqs2pg mapping`): the table it names, and how each message becomes
-    /// its rows. Without one, the built-in login pipeline writes to --table.
+    /// A mapping file (see `sqs2pg mapping`): the table it names, how each message becomes its
+    /// rows, and which columns hold tokens. Without one: the built-in login pipeline and its
+    /// table (--table).
     #[arg(long, env = "SQS2PG_MAPPING")]
     [file mapping.file]
     pub mapping: Option<std::path::PathBuf>,
@@ -39,6 +40,7 @@ pub struct IpMaskArgs {
     /// How `ip` is masked: `hmac` (one-way), `siv` (deterministic encryption: key holders can
     /// recover it with `sqs2pg unmask`), `ipcrypt` (format-preserving: still an IP address) or
     /// `ipcrypt-pfx` (prefix-preserving: subnets stay subnets).
+    /// `unmask` needs the mode the tokens were written with.
     #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
     [file masking.ip_mask]
     pub ip_mask: crate::login::MaskMode,
@@ -231,15 +233,16 @@ pub struct GlobalArgs {
 }
 }
 
-/// Every setting the configuration file can hold, in the order `config print` shows them.
+/// Every setting the configuration file can hold, by group (the order of the keys within a
+/// section in `config print` and in error messages).
 pub fn file_keys() -> impl Iterator<Item = &'static crate::config::setting::FileKey> {
     [
         QueueArgs::FILE_KEYS,
         ConnectionArgs::FILE_KEYS,
         DatabaseArgs::FILE_KEYS,
         MappingFileArgs::FILE_KEYS,
-        IpMaskArgs::FILE_KEYS,
         KeyArgs::FILE_KEYS,
+        IpMaskArgs::FILE_KEYS,
         PipelineArgs::FILE_KEYS,
         GlobalArgs::FILE_KEYS,
     ]
