@@ -30,6 +30,12 @@ pub async fn totals(
     ))
 }
 
+/// The values of column `c` (quoted) of table `t` (quoted) that appear in more than one row,
+/// with `n`, the rows each accounts for.
+fn repeats_of(t: &str, c: &str) -> String {
+    format!("SELECT count(*) AS n FROM {t} WHERE {c} IS NOT NULL GROUP BY {c} HAVING count(*) > 1")
+}
+
 /// Values of `column` that appear in more than one row, and the rows they account for.
 pub async fn repeated(
     client: &Client,
@@ -37,13 +43,10 @@ pub async fn repeated(
     column: &str,
 ) -> Result<(i64, i64), tokio_postgres::Error> {
     let (t, c) = (table.quoted(), quote_ident(column));
+    let repeats = repeats_of(&t, &c);
     let row = client
         .query_one(
-            &format!(
-                "SELECT count(*), coalesce(sum(n), 0)::bigint FROM
-                   (SELECT count(*) AS n FROM {t} WHERE {c} IS NOT NULL
-                     GROUP BY {c} HAVING count(*) > 1) repeated"
-            ),
+            &format!("SELECT count(*), coalesce(sum(n), 0)::bigint FROM ({repeats}) repeated"),
             &[],
         )
         .await?;
@@ -58,13 +61,13 @@ pub async fn token_counts(
     column: &str,
 ) -> Result<(i64, i64, i64), tokio_postgres::Error> {
     let (t, c) = (table.quoted(), quote_ident(column));
+    let repeats = repeats_of(&t, &c);
     let row = client
         .query_one(
             &format!(
                 "SELECT (SELECT count(DISTINCT {c}) FROM {t}), count(*),
                         coalesce(sum(n), 0)::bigint
-                   FROM (SELECT count(*) AS n FROM {t} WHERE {c} IS NOT NULL
-                          GROUP BY {c} HAVING count(*) > 1) repeated"
+                   FROM ({repeats}) repeated"
             ),
             &[],
         )

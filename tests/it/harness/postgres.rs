@@ -75,25 +75,7 @@ impl OwnPostgres {
     #[allow(clippy::zombie_processes)]
     fn start_with(password: Option<&str>) -> Self {
         servers();
-        let root = std::env::temp_dir().join(unique("sqs2pg-ownpg"));
-        std::fs::create_dir_all(&root).unwrap();
-        let as_postgres = is_root();
-        if as_postgres {
-            let mut chown = Command::new("chown");
-            chown.arg("postgres:").arg(&root);
-            run_ok(chown, "chown own cluster dir");
-        }
-        let bindir = pg_bindir();
-        let data = root.join("pgdata");
-        let mut initdb = pg_command(&bindir, "initdb", as_postgres);
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "--no-instructions",
-        ]);
+        let (root, bindir, data, as_postgres, mut initdb) = new_cluster("sqs2pg-ownpg");
         match password {
             None => {
                 initdb.arg("--auth=trust");
@@ -199,6 +181,33 @@ impl Drop for OwnPostgres {
             .status();
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// A fresh directory (owned by `postgres` when we are root) and an `initdb` command for a
+/// cluster in it, user `postgres`, UTF8, not synced; the caller adds the authentication.
+/// Returns (directory, PostgreSQL's bin directory, data directory, whether commands run as
+/// `postgres`, the `initdb` command).
+pub fn new_cluster(prefix: &str) -> (PathBuf, PathBuf, PathBuf, bool, Command) {
+    let root = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&root).unwrap();
+    let as_postgres = is_root();
+    if as_postgres {
+        let mut chown = Command::new("chown");
+        chown.arg("postgres:").arg(&root);
+        run_ok(chown, "chown cluster dir");
+    }
+    let bindir = pg_bindir();
+    let data = root.join("pgdata");
+    let mut initdb = pg_command(&bindir, "initdb", as_postgres);
+    initdb.arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "--no-instructions",
+    ]);
+    (root, bindir, data, as_postgres, initdb)
 }
 
 /// A throwaway CA and a server certificate for `localhost` (not for 127.0.0.1, so host name

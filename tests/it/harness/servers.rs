@@ -53,31 +53,8 @@ pub fn free_port() -> u16 {
 // The servers and the watchdog outlive this process by design; the watchdog reaps them.
 #[allow(clippy::zombie_processes)]
 pub fn start_servers() -> Servers {
-    let root = std::env::temp_dir().join(unique("sqs2pg-it"));
-    std::fs::create_dir_all(&root).unwrap();
-    let as_postgres = is_root();
-    if as_postgres {
-        run_ok(
-            {
-                let mut c = Command::new("chown");
-                c.arg("postgres:").arg(&root);
-                c
-            },
-            "chown test dir",
-        );
-    }
-    let bindir = pg_bindir();
-    let data = root.join("pgdata");
-    let mut initdb = pg_command(&bindir, "initdb", as_postgres);
-    initdb.arg("-D").arg(&data).args([
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-        "--no-sync",
-        "--no-instructions",
-    ]);
+    let (root, bindir, data, as_postgres, mut initdb) = new_cluster("sqs2pg-it");
+    initdb.arg("--auth=trust");
     run_ok(initdb, "initdb");
 
     let pg_ca = make_certificates(&root, as_postgres);
