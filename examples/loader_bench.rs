@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sqs2pg::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use sqs2pg::pipeline::Mode;
-use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
+use sqs2pg::sqs::{
+    AckHandle, DeleteOutcome, MessageSource, QueueCounts, ReceiveRequest, Received, SourceError,
+};
 
 /// The queue was filled at 10,000 messages a second (10 per millisecond of SentTimestamp), and
 /// is received in send order, as a backlog roughly is.
@@ -119,12 +121,8 @@ fn uuid_like(i: u64) -> String {
 }
 
 impl MessageSource for Synthetic {
-    async fn receive(
-        &self,
-        max_messages: i32,
-        wait: Duration,
-        _visibility_timeout: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
+        let (max_messages, wait) = (request.max_messages, request.wait);
         let start = self.next.fetch_add(max_messages as u64, Ordering::Relaxed);
         if start >= self.total {
             // An empty queue answers a long poll after the wait, as SQS does.
@@ -151,6 +149,14 @@ impl MessageSource for Synthetic {
                 }
             })
             .collect())
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        let taken = self.next.load(Ordering::Relaxed);
+        Ok(QueueCounts {
+            visible: self.total.saturating_sub(taken),
+            ..QueueCounts::default()
+        })
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {

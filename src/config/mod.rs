@@ -35,9 +35,10 @@ pub const DEFAULT_WAIT_TIME_SECS: u64 = 20;
 pub const DEFAULT_BATCH_MAX_ROWS: usize = 5_000;
 /// A trickle of messages is still committed (and deleted) within half a second.
 pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 500;
-/// SQS's own message size limit is 256 KiB; a login body is about 200 bytes, so anything near
-/// that limit is not a login.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// SQS's own message size limit: 1 MiB since August 2025 (256 KiB before). A valid message
+/// of any size SQS accepts is loaded by default; memory stays bounded by
+/// [`DEFAULT_MAX_IN_FLIGHT_BYTES`], which receiving waits for.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// With 100 ms initial backoff doubling to a 10 s cap, eight attempts span about half a minute:
 /// long enough to ride out a database restart, short enough for `drain` to report failure.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
@@ -50,7 +51,7 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 25;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 25;
 /// 64 MiB of bodies in flight: about 400,000 logins of 160 bytes, far more than two loaders'
 /// batches of 5,000 need to keep the database busy, yet small next to any machine this runs on;
-/// at the 256 KiB SQS maximum it still holds 256 bodies. A batch is also cut at half of it.
+/// at the 1 MiB SQS maximum it still holds 64 bodies. A batch is also cut at half of it.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// The window's ceiling: four batches of 5,000, two loading while two fill, about what the
 /// bounded channel let a run hold before the window existed, so a deep backlog on a fast

@@ -1,20 +1,34 @@
 //! The heartbeat, which keeps held messages invisible while they wait, extending every lease
 //! older than half the visibility timeout (see [`super::lease`] for why and how it feeds the
 //! window), and the release of whatever is still held at the end of a run.
+//!
+//! Every extension call is in flight on its own: the heartbeat ticks on whatever the calls
+//! before it do. A call that gets no answer (a lost request, a connection a proxy holds) delays
+//! only the messages it carries, and those are sent again in a call of their own once they are
+//! at risk (past 3/4 of their timeout), not when the lost call gives up 15 s later.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{self, FuturesUnordered, StreamExt};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{Leases, CONCURRENT_CALLS};
 use super::window::Congestion;
-use crate::sqs::{AckHandle, MessageSource, SQS_BATCH_LIMIT};
+use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
 
 /// The longest the final release may take when no shutdown deadline bounds it.
 pub const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Extension calls in flight at once, hung ones included: a burst of due leases is sent a few
+/// calls at a time (as before calls were independent), while a handful of calls that get no
+/// answer cannot stop the others.
+const CALLS_IN_FLIGHT: usize = 4 * CONCURRENT_CALLS;
 
 /// The heartbeat's task: extends held leases until `done` is cancelled, and tells the window what it sees. Failures
 /// are logged and tried again on the next tick; a message whose lease lapses anyway comes
@@ -30,6 +44,108 @@ pub struct Heartbeat<S> {
     pub done: CancellationToken,
 }
 
+/// One extension call's answer: its number, the leases it carried and when it was sent.
+type Answer = (
+    u64,
+    Vec<AckHandle>,
+    Instant,
+    Result<Vec<AckHandle>, SourceError>,
+);
+
+/// The extension calls in flight, and for each message the call that carries it now.
+struct InFlight {
+    calls: FuturesUnordered<Pin<Box<dyn Future<Output = Answer> + Send>>>,
+    /// By message id: the latest call carrying it, and when that call was made.
+    carried: HashMap<String, (u64, Instant)>,
+    /// Calls made and not answered, with when they were made and whether they were already
+    /// counted as overrunning.
+    open: HashMap<u64, (Instant, bool)>,
+    next_call: u64,
+    permits: Arc<Semaphore>,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        Self {
+            calls: FuturesUnordered::new(),
+            carried: HashMap::new(),
+            open: HashMap::new(),
+            next_call: 0,
+            permits: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
+        }
+    }
+
+    /// Of the leases due at `now`, those to send: not carried by any call, or carried by one
+    /// that has had a full tick to answer while the lease is at risk.
+    fn to_send(
+        &self,
+        due: Vec<AckHandle>,
+        at_risk: &[bool],
+        now: Instant,
+        period: Duration,
+    ) -> Vec<AckHandle> {
+        due.into_iter()
+            .zip(at_risk)
+            .filter(|(ack, at_risk)| match self.carried.get(&ack.message_id) {
+                None => true,
+                Some((_, sent)) => **at_risk && now.saturating_duration_since(*sent) >= period,
+            })
+            .map(|(ack, _)| ack)
+            .collect()
+    }
+
+    /// Sends `acks` in calls of up to ten, each on its own.
+    fn send<S: MessageSource>(
+        &mut self,
+        source: &Arc<S>,
+        acks: Vec<AckHandle>,
+        visibility: Duration,
+        now: Instant,
+    ) {
+        for chunk in acks.chunks(SQS_BATCH_LIMIT) {
+            let call = self.next_call;
+            self.next_call += 1;
+            for ack in chunk {
+                self.carried.insert(ack.message_id.clone(), (call, now));
+            }
+            self.open.insert(call, (now, false));
+            let (source, permits, chunk) = (source.clone(), self.permits.clone(), chunk.to_vec());
+            self.calls.push(Box::pin(async move {
+                let _permit = permits.acquire_owned().await;
+                let result = source.change_visibility(&chunk, visibility).await;
+                (call, chunk, now, result)
+            }));
+        }
+    }
+
+    /// Forgets an answered call.
+    fn answered(&mut self, call: u64, chunk: &[AckHandle]) {
+        self.open.remove(&call);
+        for ack in chunk {
+            if self
+                .carried
+                .get(&ack.message_id)
+                .is_some_and(|(c, _)| *c == call)
+            {
+                self.carried.remove(&ack.message_id);
+            }
+        }
+    }
+
+    /// Calls unanswered for two ticks, not counted before: each is a sign the server is
+    /// behind (or lost the call).
+    fn newly_overrun(&mut self, now: Instant, period: Duration) -> usize {
+        let mut overrun = 0;
+        for (sent, counted) in self.open.values_mut() {
+            if !*counted && now.saturating_duration_since(*sent) >= 2 * period {
+                *counted = true;
+                overrun += 1;
+            }
+        }
+        overrun
+    }
+}
+
 impl<S: MessageSource> Heartbeat<S> {
     /// Runs until `done`; returns how many leases it extended.
     pub async fn run(self) -> u64 {
@@ -43,61 +159,23 @@ impl<S: MessageSource> Heartbeat<S> {
         let period = (visibility / 4).max(Duration::from_millis(250));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight = InFlight::new();
         loop {
-            tokio::select! {
+            // Stop at once when told, even with calls in flight: a call to an unreachable SQS
+            // can take a minute, and a shutdown deadline must not wait for it.
+            let answer = tokio::select! {
                 _ = done.cancelled() => return extended,
-                _ = tick.tick() => {}
-            }
-            let now = Instant::now();
-            let due = leases.due(now, visibility);
-            if due.lapsed > 0 {
-                crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
-                tracing::debug!(messages = due.lapsed, "leases lapsed");
-                leases.congested(Congestion::Lapsed);
-            }
-            // The last round did not reach some leases in time: receive nothing more until this
-            // one has.
-            leases.set_behind(due.lapsed + due.overdue > 0);
-            let chunks: Vec<Vec<AckHandle>> = due
-                .extend
-                .chunks(SQS_BATCH_LIMIT)
-                .map(<[_]>::to_vec)
-                .collect();
-            let mut calls = stream::iter(chunks)
-                .map(|chunk| {
-                    let source = source.clone();
-                    async move {
-                        let result = source.change_visibility(&chunk, visibility).await;
-                        (chunk, result)
-                    }
-                })
-                .buffer_unordered(CONCURRENT_CALLS);
-            // Overrun: the round is still going when the leases it started with could lapse (a
-            // lease due at half its timeout, extended only after two more ticks, has a quarter
-            // left). Receiving pauses at once (the heartbeat is behind) and the window is cut.
-            let overrun = tokio::time::sleep_until(now + 2 * period);
-            tokio::pin!(overrun);
-            let mut overran = false;
-            loop {
-                // Stop at once when told, even mid-round: a call to an unreachable SQS can take a
-                // minute, and a shutdown deadline must not wait for it.
-                let next = tokio::select! {
-                    _ = done.cancelled() => return extended,
-                    () = &mut overrun, if !overran => {
-                        overran = true;
-                        leases.set_behind(true);
-                        leases.congested(Congestion::HeartbeatOverran);
-                        continue;
-                    }
-                    next = calls.next() => next,
-                };
-                let Some((chunk, result)) = next else { break };
+                _ = tick.tick() => None,
+                Some(answer) = in_flight.calls.next(), if !in_flight.calls.is_empty() => Some(answer),
+            };
+            if let Some((call, chunk, sent, result)) = answer {
+                in_flight.answered(call, &chunk);
                 match result {
                     Ok(refused) => {
                         let ok: Vec<AckHandle> =
                             chunk.into_iter().filter(|a| !refused.contains(a)).collect();
                         extended += ok.len() as u64;
-                        leases.extended(&ok, now);
+                        leases.extended(&ok, sent);
                         if leases.refused(&refused) > 0 {
                             leases.congested(Congestion::ExtensionRefused);
                         }
@@ -106,10 +184,27 @@ impl<S: MessageSource> Heartbeat<S> {
                         tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
                     }
                 }
+                continue;
             }
-            leases.set_behind(false);
-            if !due.extend.is_empty() {
-                tracing::debug!(messages = due.extend.len(), "visibility extended");
+            let now = Instant::now();
+            let due = leases.due(now, visibility);
+            if due.lapsed > 0 {
+                crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
+                tracing::debug!(messages = due.lapsed, "leases lapsed");
+                leases.congested(Congestion::Lapsed);
+            }
+            if in_flight.newly_overrun(now, period) > 0 {
+                // A call still unanswered when the leases it carries could lapse (a lease due
+                // at half its timeout, unanswered two ticks later, has a quarter left): the
+                // window is cut.
+                leases.congested(Congestion::HeartbeatOverran);
+            }
+            // Leases at risk: receive nothing more until they are extended.
+            leases.set_behind(due.lapsed + due.overdue > 0);
+            let send = in_flight.to_send(due.extend, &due.at_risk, now, period);
+            if !send.is_empty() {
+                tracing::debug!(messages = send.len(), "extending visibility");
+                in_flight.send(&source, send, visibility, now);
             }
         }
     }
@@ -141,3 +236,6 @@ pub async fn release_all<S: MessageSource>(source: &S, leases: &Leases, bound: D
     }
     released
 }
+
+#[cfg(test)]
+mod tests;

@@ -84,6 +84,8 @@ pub struct Leases {
 pub(super) struct Due {
     /// Latest handles of the leases to extend.
     pub extend: Vec<AckHandle>,
+    /// For each of `extend`: past 3/4 of its timeout (or lapsed), so at risk.
+    pub at_risk: Vec<bool>,
     /// Leases whose visibility already ran out.
     pub lapsed: usize,
     /// Leases past 3/4 of their timeout: the last round did not reach them in time.
@@ -283,6 +285,7 @@ impl Leases {
             } else if age >= visibility * 3 / 4 {
                 due.overdue += 1;
             }
+            due.at_risk.push(age >= visibility * 3 / 4);
             due.extend.push(AckHandle {
                 message_id: message_id.clone(),
                 receipt_handle: lease.latest.clone(),

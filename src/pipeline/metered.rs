@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError, SourceErrorKind};
+use crate::sqs::{
+    AckHandle, DeleteOutcome, MessageSource, QueueCounts, ReceiveRequest, Received, SourceError,
+    SourceErrorKind,
+};
 
 /// Requests sent, by action.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -15,12 +18,14 @@ pub struct Requests {
     pub receive: u64,
     pub delete: u64,
     pub change_visibility: u64,
+    /// `GetQueueAttributes`: what `drain` reads before it calls the queue empty.
+    pub get_attributes: u64,
 }
 
 impl Requests {
     /// All requests.
     pub fn total(&self) -> u64 {
-        self.receive + self.delete + self.change_visibility
+        self.receive + self.delete + self.change_visibility + self.get_attributes
     }
 }
 
@@ -30,6 +35,7 @@ pub(super) struct Metered<S> {
     receive: AtomicU64,
     delete: AtomicU64,
     change_visibility: AtomicU64,
+    get_attributes: AtomicU64,
 }
 
 impl<S> Metered<S> {
@@ -39,6 +45,7 @@ impl<S> Metered<S> {
             receive: AtomicU64::new(0),
             delete: AtomicU64::new(0),
             change_visibility: AtomicU64::new(0),
+            get_attributes: AtomicU64::new(0),
         }
     }
 
@@ -48,6 +55,7 @@ impl<S> Metered<S> {
             receive: self.receive.load(Ordering::Relaxed),
             delete: self.delete.load(Ordering::Relaxed),
             change_visibility: self.change_visibility.load(Ordering::Relaxed),
+            get_attributes: self.get_attributes.load(Ordering::Relaxed),
         }
     }
 }
@@ -77,20 +85,20 @@ async fn bounded<T>(
 }
 
 impl<S: MessageSource> MessageSource for Metered<S> {
-    async fn receive(
-        &self,
-        max_messages: i32,
-        wait: Duration,
-        visibility_timeout: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
         count(&self.receive, "receive");
         // A long poll answers within its wait; the limit leaves room for a slow answer.
         bounded(
             "ReceiveMessage",
-            wait + CALL_LIMIT,
-            self.inner.receive(max_messages, wait, visibility_timeout),
+            request.wait + CALL_LIMIT,
+            self.inner.receive(request),
         )
         .await
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        count(&self.get_attributes, "get_queue_attributes");
+        bounded("GetQueueAttributes", CALL_LIMIT, self.inner.counts()).await
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {

@@ -17,7 +17,7 @@ use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
 use crate::kind::{Message, MessageKind, Rejection, Transformed};
-use crate::sqs::{MessageSource, Received, SQS_BATCH_LIMIT};
+use crate::sqs::{MessageSource, QueueCounts, ReceiveRequest, Received, SQS_BATCH_LIMIT};
 
 /// SQS's default visibility timeout, for a run that was given none (the pipeline is normally
 /// given the queue's own).
@@ -37,7 +37,10 @@ pub const DRAIN_CONFIRM_WAIT: Duration = Duration::from_secs(1);
 /// [`DRAIN_CONFIRM_WAIT`]. A poll that comes back empty does not count if the run held
 /// messages at any time during it (on a FIFO queue our own in-flight messages hide the rest of
 /// their group): the receiver waits until the run holds nothing, then confirms with one more
-/// poll. The first receiver to see the queue empty that way ends the drain for all.
+/// poll. Such a poll counts only if the queue's counts (visible, in flight, delayed), read as
+/// it starts and again when it ends, are all zero ([`Stage::confirms_empty`]): messages that
+/// another consumer holds are waited for, until they are deleted there or come back here. The
+/// first receiver to see the queue empty that way ends the drain for all.
 pub(super) struct Receiver<S> {
     /// Which receiver this is (receiver 0 polls first in `drain`).
     pub id: usize,
@@ -65,6 +68,12 @@ impl<S: MessageSource> Receiver<S> {
         let settings = &stage.settings;
         let drain = settings.mode == Mode::Drain;
         let mut failures = settings.source_retry.backoff();
+        // A receive whose answer was lost is retried as the same attempt (on FIFO queues, the
+        // same `ReceiveRequestAttemptId`), so SQS hands out what it took for it again.
+        let mut retrying: Option<ReceiveRequest> = None;
+        // `drain`: the queue's counts read last, and the receives this run had made by then. A
+        // read with nothing received since serves as the next poll's opening read.
+        let mut last_counts: Option<(QueueCounts, u64)> = None;
         if drain && id > 0 {
             tokio::select! {
                 _ = stage.first_poll_done.cancelled() => {}
@@ -110,8 +119,29 @@ impl<S: MessageSource> Receiver<S> {
             } else {
                 settings.wait_time
             };
-            let received = tokio::select! {
-                r = source.receive(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout) => r,
+            let request = retrying.take().unwrap_or_else(|| {
+                ReceiveRequest::new(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout)
+            });
+            // `drain`: a poll that starts with nothing held may end the drain; the queue's
+            // counts are read as it starts (or the last read is reused) and again when it ends.
+            let opening = (drain && !held_before).then(|| {
+                last_counts
+                    .filter(|(_, receives)| *receives == receives_before)
+                    .map(|(counts, _)| counts)
+            });
+            let call = async {
+                match opening {
+                    Some(None) => {
+                        let (received, counts) =
+                            tokio::join!(source.receive(&request), source.counts());
+                        (received, counts.ok())
+                    }
+                    Some(Some(counts)) => (source.receive(&request).await, Some(counts)),
+                    None => (source.receive(&request).await, None),
+                }
+            };
+            let (received, opening_counts) = tokio::select! {
+                r = call => r,
                 _ = grace => return Ok(()),
             };
             if first {
@@ -125,6 +155,7 @@ impl<S: MessageSource> Receiver<S> {
                 Err(error) => {
                     drop(admission);
                     *stage.receive_failed_at.lock().expect("not poisoned") = Some(Instant::now());
+                    retrying = Some(request);
                     let delay = failures.failed();
                     if let (Fate::Retry, Some(delay)) = (fate(Outcome::Sqs(&error)), delay) {
                         tracing::warn!(receiver = id, attempt = failures.attempts(), %error, "receive failed; retrying");
@@ -198,12 +229,23 @@ impl<S: MessageSource> Receiver<S> {
                         continue;
                     }
                     if !held_before && leases.is_empty() && leases.receives() == receives_before {
-                        tracing::debug!(
-                            receiver = id,
-                            "queue empty for one long poll with nothing held; receiver done"
-                        );
-                        stage.drained.cancel();
-                        return Ok(());
+                        // The poll saw nothing visible; the queue is empty only if nothing is
+                        // in flight elsewhere or delayed either, by two reads of its counts
+                        // (SQS updates them with some lag), one as the poll started and one
+                        // now.
+                        let closing = match source.counts().await {
+                            Ok(counts) => Some(counts),
+                            Err(error) => {
+                                tracing::debug!(receiver = id, %error, "queue counts not read");
+                                None
+                            }
+                        };
+                        last_counts = closing.map(|c| (c, receives_before));
+                        if stage.confirms_empty(id, opening_counts, closing) {
+                            stage.drained.cancel();
+                            return Ok(());
+                        }
+                        continue;
                     }
                     // Messages we hold can hide others: on a FIFO queue SQS hands out none of a
                     // group while part of it is in flight (and moto decides that once, when a poll
@@ -221,6 +263,7 @@ impl<S: MessageSource> Receiver<S> {
                 }
                 continue;
             }
+            stage.waiting_elsewhere(0);
             tracing::trace!(receiver = id, count = messages.len(), "received");
             let held_since = Instant::now();
             for (m, new) in messages.into_iter().zip(fresh) {
@@ -343,6 +386,53 @@ impl Stage {
             .visibility_timeout
             .unwrap_or(DEFAULT_QUEUE_VISIBILITY);
         Some(failed + visibility).filter(|until| *until > Instant::now())
+    }
+
+    /// `drain`: whether a poll that began and ended with nothing held, and came back empty,
+    /// ends the drain. It does when the queue's counts, read as the poll began (`opening`)
+    /// and after it ended (`closing`), both say nothing is visible, in flight or delayed.
+    /// Otherwise messages are held by another consumer (they are deleted there, or come back
+    /// here once their visibility timeout passes) or delayed (they appear here), and the
+    /// drain waits for them: the live line and the log say so.
+    fn confirms_empty(
+        &self,
+        receiver: usize,
+        opening: Option<QueueCounts>,
+        closing: Option<QueueCounts>,
+    ) -> bool {
+        match (opening, closing) {
+            (Some(opening), Some(closing)) if opening.is_empty() && closing.is_empty() => {
+                tracing::debug!(
+                    receiver,
+                    "queue empty for one long poll with nothing held anywhere; receiver done"
+                );
+                self.waiting_elsewhere(0);
+                true
+            }
+            (_, Some(closing)) if !closing.is_empty() => {
+                self.waiting_elsewhere(closing.in_flight + closing.delayed + closing.visible);
+                false
+            }
+            // Zero now but not (or not known) as the poll began: one more poll confirms.
+            _ => false,
+        }
+    }
+
+    /// Notes how many messages a drain waits for that it does not hold (0: none), for the
+    /// live line, and says so in the log when it starts waiting.
+    fn waiting_elsewhere(&self, messages: u64) {
+        let before = self
+            .settings
+            .progress
+            .waiting_elsewhere
+            .swap(messages, Ordering::Relaxed);
+        if before == 0 && messages > 0 {
+            tracing::info!(
+                messages,
+                "no message visible, but some are in flight under another consumer or delayed; \
+                 waiting until they are deleted there or come back"
+            );
+        }
     }
 
     /// The pure transform, the poison check, and the evidence (sealed body) kept for

@@ -118,13 +118,15 @@ impl fmt::Display for Summary {
         row(f, "SQS requests", self.requests.total())?;
         writeln!(
             f,
-            "    {:<24}{:>6}\n    {:<24}{:>6}\n    {:<24}{:>6}",
+            "    {:<24}{:>6}\n    {:<24}{:>6}\n    {:<24}{:>6}\n    {:<24}{:>6}",
             "receive",
             self.requests.receive,
             "delete",
             self.requests.delete,
             "change visibility",
-            self.requests.change_visibility
+            self.requests.change_visibility,
+            "queue attributes",
+            self.requests.get_attributes
         )?;
         if let Some(per) = self.requests_per_message() {
             writeln!(f, "  {:<22}{:>10.3}", "requests per message", per)?;

@@ -1,6 +1,7 @@
 //! The shutdown deadline and the retry bounds, on tokio's paused clock: an in-memory source
 //! and loaders at the pipeline's seams, no network, no sleeping for real.
 
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -9,7 +10,7 @@ use super::receive::DRAIN_CONFIRM_WAIT;
 use super::*;
 use crate::login::{LoginKind, MaskKey, Masker};
 use crate::postgres::LoadReport;
-use crate::sqs::{AckHandle, SQS_BATCH_LIMIT};
+use crate::sqs::{AckHandle, QueueCounts, ReceiveRequest, SQS_BATCH_LIMIT};
 use crate::sqs::{DeleteOutcome, Received, SourceErrorKind};
 
 /// Hands out its messages, then answers every receive with an empty long poll. Records
@@ -24,6 +25,9 @@ struct Scripted {
     receives: Mutex<u32>,
     deleted: Mutex<Vec<String>>,
     released: Mutex<Vec<String>>,
+    /// Messages another consumer holds: in flight until the instant given, then visible again
+    /// (that consumer died without deleting them).
+    elsewhere: Mutex<Vec<(Instant, Received)>>,
 }
 
 impl Scripted {
@@ -53,12 +57,8 @@ impl Scripted {
 }
 
 impl MessageSource for Scripted {
-    async fn receive(
-        &self,
-        max: i32,
-        wait: Duration,
-        _visibility: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
+        let (max, wait) = (request.max_messages, request.wait);
         *self.receives.lock().unwrap() += 1;
         if self.failing {
             return Err(SourceError::new(
@@ -69,6 +69,11 @@ impl MessageSource for Scripted {
         }
         let batch: Vec<Received> = {
             let mut messages = self.messages.lock().unwrap();
+            let mut elsewhere = self.elsewhere.lock().unwrap();
+            let now = Instant::now();
+            while let Some(i) = elsewhere.iter().position(|(back, _)| *back <= now) {
+                messages.push(elsewhere.remove(i).1);
+            }
             let n = messages.len().min(max as usize);
             messages.drain(..n).collect()
         };
@@ -76,6 +81,18 @@ impl MessageSource for Scripted {
             tokio::time::sleep(wait).await;
         }
         Ok(batch)
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        let now = Instant::now();
+        let elsewhere = self.elsewhere.lock().unwrap();
+        Ok(QueueCounts {
+            visible: (self.messages.lock().unwrap().len()
+                + elsewhere.iter().filter(|(back, _)| *back <= now).count())
+                as u64,
+            in_flight: elsewhere.iter().filter(|(back, _)| *back > now).count() as u64,
+            delayed: 0,
+        })
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
@@ -296,6 +313,45 @@ async fn drain_ends_about_a_second_after_its_last_delete() {
     assert!(tail >= DRAIN_CONFIRM_WAIT, "{tail:?}");
     assert!(tail <= 2 * DRAIN_CONFIRM_WAIT, "{tail:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_waits_for_messages_another_consumer_holds() {
+    let source = Arc::new(Scripted::with(8));
+    // Another consumer took three and died: they come back 30 s from now.
+    {
+        let mut messages = source.messages.lock().unwrap();
+        let back = Instant::now() + Duration::from_secs(30);
+        let taken: Vec<Received> = messages.drain(5..).collect();
+        source
+            .elsewhere
+            .lock()
+            .unwrap()
+            .extend(taken.into_iter().map(|m| (back, m)));
+    }
+    let settings = settings(Mode::Drain);
+    let progress = settings.progress.clone();
+    let waited = tokio::spawn(async move {
+        // The live line's count, seen while the drain waits.
+        loop {
+            let waiting = progress.waiting_elsewhere.load(Ordering::Relaxed);
+            if waiting > 0 {
+                return waiting;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (result, elapsed) = run_with(source.clone(), Committing, settings, None).await;
+    let summary = result.unwrap();
+    assert_eq!((summary.loaded, summary.deleted), (8, 8), "{summary:?}");
+    assert!(elapsed >= Duration::from_secs(30), "{elapsed:?}");
+    assert!(elapsed <= Duration::from_secs(33), "{elapsed:?}");
+    assert_eq!(
+        waited.await.unwrap(),
+        3,
+        "the live line says what it waits for"
+    );
+    assert!(source.elsewhere.lock().unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -409,15 +409,90 @@ fn hex_eq(hex: &str, bytes: &[u8]) -> bool {
         })
 }
 
+/// One `ReceiveMessage` call: how many, how long to wait, the visibility timeout to ask for,
+/// and the attempt it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiveRequest {
+    /// At most [`SQS_BATCH_LIMIT`].
+    pub max_messages: i32,
+    /// The long-poll wait (whole seconds, at most 20).
+    pub wait: Duration,
+    /// The visibility timeout to ask for; the queue's own when `None`.
+    pub visibility_timeout: Option<Duration>,
+    /// `ReceiveRequestAttemptId`, sent on FIFO queues only. A receive retried after its answer
+    /// was lost carries the same id, so SQS hands out the same messages and receipt handles
+    /// again instead of keeping them (and, on FIFO, their whole group) hidden for a
+    /// visibility timeout. A new receive gets a new id ([`ReceiveRequest::new`]).
+    pub attempt_id: String,
+}
+
+impl ReceiveRequest {
+    /// A new receive, with an attempt id of its own.
+    pub fn new(max_messages: i32, wait: Duration, visibility_timeout: Option<Duration>) -> Self {
+        // Unique, not secret: SQS accepts up to 128 characters of [A-Za-z0-9] and punctuation.
+        let attempt_id = format!("{:032x}", fastrand::u128(..));
+        Self {
+            max_messages,
+            wait,
+            visibility_timeout,
+            attempt_id,
+        }
+    }
+}
+
+/// A queue's approximate counts (`GetQueueAttributes`): what `drain` reads before it calls a
+/// queue empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// `ApproximateNumberOfMessages`: visible, waiting to be received.
+    pub visible: u64,
+    /// `ApproximateNumberOfMessagesNotVisible`: in flight, held by some consumer.
+    pub in_flight: u64,
+    /// `ApproximateNumberOfMessagesDelayed`: sent with a delay that has not passed yet.
+    pub delayed: u64,
+}
+
+impl QueueCounts {
+    /// Nothing visible, in flight or delayed.
+    pub fn is_empty(&self) -> bool {
+        self.visible == 0 && self.in_flight == 0 && self.delayed == 0
+    }
+
+    /// The three counts from `GetQueueAttributes` pairs (a count the server leaves out is 0).
+    pub fn from_attributes(attrs: &[(String, String)]) -> Self {
+        let number = |name: &str| {
+            attrs
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            visible: number(QueueCounts::ATTRIBUTES[0]),
+            in_flight: number(QueueCounts::ATTRIBUTES[1]),
+            delayed: number(QueueCounts::ATTRIBUTES[2]),
+        }
+    }
+
+    /// The attribute names to ask for.
+    pub const ATTRIBUTES: [&'static str; 3] = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ];
+}
+
 /// The calls the pipeline makes on a queue.
 pub trait MessageSource: Send + Sync + 'static {
-    /// One long-polling receive of up to `max_messages` (at most 10).
+    /// One long-polling receive of up to `request.max_messages` (at most 10).
     fn receive(
         &self,
-        max_messages: i32,
-        wait: Duration,
-        visibility_timeout: Option<Duration>,
+        request: &ReceiveRequest,
     ) -> impl Future<Output = Result<Vec<Received>, SourceError>> + Send;
+
+    /// The queue's approximate counts: visible, in flight (held by anyone, this run
+    /// included) and delayed.
+    fn counts(&self) -> impl Future<Output = Result<QueueCounts, SourceError>> + Send;
 
     /// Deletes up to 10 messages whose fate is committed. Entries must have distinct receipt
     /// handles.

@@ -32,8 +32,9 @@ use super::queue::is_fifo;
 use super::xml::Element;
 use super::{
     accept, batch_entry, delete_outcome, in_words, no_credentials, send_retries, AckHandle,
-    BatchFailure, DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind,
-    WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
+    BatchFailure, DeleteOutcome, MessageSource, Outgoing, QueueCounts, ReceiveRequest, Received,
+    SourceError, SourceErrorKind, WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE,
+    SQS_BATCH_LIMIT,
 };
 
 /// The SQS API version every query request names.
@@ -417,23 +418,24 @@ impl QueryQueue {
 }
 
 impl MessageSource for QueryQueue {
-    async fn receive(
-        &self,
-        max_messages: i32,
-        wait: Duration,
-        visibility_timeout: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
         let mut params = vec![
-            ("MaxNumberOfMessages".into(), max_messages.to_string()),
-            ("WaitTimeSeconds".into(), wait.as_secs().to_string()),
+            (
+                "MaxNumberOfMessages".into(),
+                request.max_messages.to_string(),
+            ),
+            ("WaitTimeSeconds".into(), request.wait.as_secs().to_string()),
             ("AttributeName.1".into(), "SentTimestamp".into()),
             ("AttributeName.2".into(), "ApproximateReceiveCount".into()),
             ("AttributeName.3".into(), "MessageGroupId".into()),
             // Ours (for replays) and any a mapping takes (`attr:NAME`).
             ("MessageAttributeName.1".into(), "All".into()),
         ];
-        if let Some(v) = visibility_timeout {
+        if let Some(v) = request.visibility_timeout {
             params.push(("VisibilityTimeout".into(), v.as_secs().to_string()));
+        }
+        if is_fifo(&self.queue_url) {
+            params.push(("ReceiveRequestAttemptId".into(), request.attempt_id.clone()));
         }
         let result = self.call("ReceiveMessage", params, true).await?;
         accept(messages_of(&result))
@@ -452,6 +454,12 @@ impl MessageSource for QueryQueue {
             acks,
             result.children("DeleteMessageBatchResultEntry").count(),
             failures(&result),
+        ))
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        Ok(QueueCounts::from_attributes(
+            &self.attributes(&QueueCounts::ATTRIBUTES).await?,
         ))
     }
 

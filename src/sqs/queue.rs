@@ -15,8 +15,8 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use super::query::QueryQueue;
 use super::sdk::SdkQueue;
 use super::{
-    AckHandle, DeleteOutcome, FifoTag, MessageSource, Outgoing, Protocol, Received, SourceError,
-    SourceErrorKind,
+    AckHandle, DeleteOutcome, FifoTag, MessageSource, Outgoing, Protocol, QueueCounts,
+    ReceiveRequest, Received, SourceError, SourceErrorKind,
 };
 use sha2::{Digest, Sha256};
 
@@ -292,13 +292,12 @@ impl Queue {
 }
 
 impl MessageSource for Queue {
-    async fn receive(
-        &self,
-        max_messages: i32,
-        wait: Duration,
-        visibility_timeout: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
-        over!(self, c => c.receive(max_messages, wait, visibility_timeout))
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
+        over!(self, c => c.receive(request))
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        over!(self, c => c.counts())
     }
 
     async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {

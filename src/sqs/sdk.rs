@@ -20,8 +20,9 @@ use aws_smithy_types::retry::ErrorKind;
 use super::queue::is_fifo;
 use super::{
     accept, batch_entry, delete_outcome, in_words, no_credentials, send_retries, AckHandle,
-    BatchFailure, DeleteOutcome, MessageSource, Outgoing, Received, SourceError, SourceErrorKind,
-    WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
+    BatchFailure, DeleteOutcome, MessageSource, Outgoing, QueueCounts, ReceiveRequest, Received,
+    SourceError, SourceErrorKind, WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE,
+    SQS_BATCH_LIMIT,
 };
 
 /// Asks every SQS response to keep the connection open (`Connection: keep-alive`). HTTP/1.1
@@ -175,19 +176,17 @@ impl SdkQueue {
 }
 
 impl MessageSource for SdkQueue {
-    async fn receive(
-        &self,
-        max_messages: i32,
-        wait: Duration,
-        visibility_timeout: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
         let out = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(max_messages)
-            .wait_time_seconds(wait.as_secs() as i32)
-            .set_visibility_timeout(visibility_timeout.map(|v| v.as_secs() as i32))
+            .max_number_of_messages(request.max_messages)
+            .wait_time_seconds(request.wait.as_secs() as i32)
+            .set_visibility_timeout(request.visibility_timeout.map(|v| v.as_secs() as i32))
+            .set_receive_request_attempt_id(
+                is_fifo(&self.queue_url).then(|| request.attempt_id.clone()),
+            )
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
@@ -227,6 +226,12 @@ impl MessageSource for SdkQueue {
             })
             .collect();
         accept(wire)
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        Ok(QueueCounts::from_attributes(
+            &self.attributes(&QueueCounts::ATTRIBUTES).await?,
+        ))
     }
 
     async fn change_visibility(
@@ -356,7 +361,14 @@ where
                 None,
                 format!("unreadable answer (HTTP {status}): {}", causes(&err)),
             );
-            error.query_only_hint = query_only_hint(status, None, false);
+            if cut_short(&err) {
+                // The answer was lost on the way (a reset or a timeout while its body was
+                // read: a load balancer, a NAT, a restarting server). The request may have
+                // been served; receive, delete and visibility calls are safe to repeat.
+                error.kind = SourceErrorKind::Transient;
+            } else {
+                error.query_only_hint = query_only_hint(status, None, false);
+            }
             error
         }
         // Connection refused/reset and timeouts come back; "other" dispatch failures are ours
@@ -486,6 +498,21 @@ fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     } else {
         parts.join(": ")
     }
+}
+
+/// Whether reading an answer failed on the way rather than in its content: an I/O error or
+/// an HTTP-level error (a reset, a closed connection, a body shorter than announced) anywhere
+/// in the cause chain. A complete answer that is not SQS's is something else, and not
+/// transient.
+fn cut_short(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<std::io::Error>() || e.is::<hyper::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The credentials chain's error (it found nothing, or a provider failed), when one is in the

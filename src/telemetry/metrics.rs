@@ -41,7 +41,7 @@ pub const OLDEST_MESSAGE_AGE_SECONDS: &str = "sqs2pg_oldest_message_age_seconds"
 /// Deliveries whose body did not match the MD5 the server sent with it (see `sqs::accept`).
 pub const MD5_MISMATCHES: &str = "sqs2pg_sqs_md5_mismatches_total";
 /// SQS requests sent by the pipeline, labelled `action` = `receive` / `delete` /
-/// `change_visibility`: SQS bills per request, so this over rows loaded is the bill per row.
+/// `change_visibility` / `get_queue_attributes`: SQS bills per request, so this over rows loaded is the bill per row.
 pub const SQS_REQUESTS: &str = "sqs2pg_sqs_requests_total";
 /// Label of [`SQS_REQUESTS`].
 pub const ACTION_LABEL: &str = "action";
@@ -66,7 +66,7 @@ pub const DESCRIPTIONS: [(&str, &str); 17] = [
     (QUEUE_MESSAGES, "The queue's approximate depth by state (visible, in_flight), polled every 15 s."),
     (OLDEST_MESSAGE_AGE_SECONDS, "At the last COMMIT, seconds since the oldest message of the batch was sent."),
     (MD5_MISMATCHES, "Deliveries whose body did not match its MD5 (left for SQS to redeliver)."),
-    (SQS_REQUESTS, "SQS requests sent by the pipeline, by action (receive, delete, change_visibility)."),
+    (SQS_REQUESTS, "SQS requests sent by the pipeline, by action (receive, delete, change_visibility, get_queue_attributes)."),
     (WINDOW_MESSAGES, "The most messages the run may hold now (adapts to what commits within the visibility timeout)."),
     (LEASES_LAPSED, "Held messages whose visibility timeout ran out before the heartbeat extended it."),
 ];
@@ -143,7 +143,8 @@ pub fn record_md5_mismatch() {
     metrics::counter!(MD5_MISMATCHES).increment(1);
 }
 
-/// Counts SQS requests of one action (`receive`, `delete`, `change_visibility`).
+/// Counts SQS requests of one action (`receive`, `delete`, `change_visibility`,
+/// `get_queue_attributes`).
 pub fn record_sqs_requests(action: &'static str, n: u64) {
     metrics::counter!(SQS_REQUESTS, ACTION_LABEL => action).increment(n);
 }

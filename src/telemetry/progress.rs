@@ -17,6 +17,9 @@ pub struct Progress {
     pub loaded: AtomicU64,
     pub rejected: AtomicU64,
     pub duplicates: AtomicU64,
+    /// `drain`: messages it waits for that it does not hold (in flight under another
+    /// consumer, or delayed); 0 when it waits for none.
+    pub waiting_elsewhere: AtomicU64,
 }
 
 impl Progress {
@@ -67,7 +70,12 @@ where
             left = depth().await.or(left);
         }
         let (received, loaded, rejected, _) = progress.snapshot();
-        bar.set_message(line(received, loaded, rejected, left, started.elapsed()));
+        let mut text = line(received, loaded, rejected, left, started.elapsed());
+        let waiting = progress.waiting_elsewhere.load(Ordering::Relaxed);
+        if waiting > 0 {
+            text.push_str(&waiting_line(waiting));
+        }
+        bar.set_message(text);
         bar.tick();
     }
     bar.finish_and_clear();
@@ -92,6 +100,11 @@ fn line(received: u64, loaded: u64, rejected: u64, left: Option<u64>, elapsed: D
     text
 }
 
+/// What a drain that found the queue empty of visible messages still waits for.
+fn waiting_line(waiting: u64) -> String {
+    format!(", waiting for ~{waiting} held by another consumer or delayed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +119,10 @@ mod tests {
         assert_eq!(
             line(0, 0, 0, None, Duration::ZERO),
             "0 loaded, 0 rejected, 0 msg/s"
+        );
+        assert_eq!(
+            waiting_line(10),
+            ", waiting for ~10 held by another consumer or delayed"
         );
     }
 }

@@ -8,6 +8,7 @@ use sqs2pg::app::{self};
 use sqs2pg::config;
 use sqs2pg::login::MaskKey;
 use sqs2pg::pipeline::{Mode, Summary};
+use sqs2pg::sqs::ReceiveRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{args, count, drain, fixture, fixture_on, fresh_args};
@@ -292,7 +293,11 @@ async fn a_valid_message_received_too_often_is_loaded_not_quarantined() {
     // count of 2, over the limit of 1.
     let first = queue
         .queue
-        .receive(10, Duration::from_secs(1), Some(Duration::from_secs(1)))
+        .receive(&ReceiveRequest::new(
+            10,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(1)),
+        ))
         .await
         .unwrap();
     assert_eq!(first.len(), 1);

@@ -11,6 +11,7 @@ use sqs2pg::config;
 use sqs2pg::login::{MaskKey, Masker};
 use sqs2pg::pipeline::{Mode, PipelineError};
 use sqs2pg::postgres::{Database, TableName};
+use sqs2pg::sqs::ReceiveRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::{DeleteFault, FaultySource};
@@ -79,7 +80,11 @@ async fn after_the_ledger_upgrade_ids_in_the_retired_ledger_are_not_loaded_again
         held.extend(
             queue
                 .queue
-                .receive(10, Duration::from_secs(1), Some(Duration::from_secs(60)))
+                .receive(&ReceiveRequest::new(
+                    10,
+                    Duration::from_secs(1),
+                    Some(Duration::from_secs(60)),
+                ))
                 .await
                 .unwrap(),
         );

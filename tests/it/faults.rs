@@ -9,7 +9,9 @@ use std::time::Duration;
 use sqs2pg::pipeline::batch::Batch;
 use sqs2pg::pipeline::BatchLoader;
 use sqs2pg::postgres::{LoadError, LoadReport};
-use sqs2pg::sqs::{AckHandle, DeleteOutcome, MessageSource, Received, SourceError};
+use sqs2pg::sqs::{
+    AckHandle, DeleteOutcome, MessageSource, QueueCounts, ReceiveRequest, Received, SourceError,
+};
 
 /// What [`FaultySource`] does to deletes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,16 +150,11 @@ impl<S> FaultySource<S> {
 }
 
 impl<S: MessageSource> MessageSource for FaultySource<S> {
-    async fn receive(
-        &self,
-        max: i32,
-        wait: Duration,
-        visibility: Option<Duration>,
-    ) -> Result<Vec<Received>, SourceError> {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
         if let Some(gate) = &self.gate {
             gate.pass().await;
         }
-        let mut messages = self.inner.receive(max, wait, visibility).await?;
+        let mut messages = self.inner.receive(request).await?;
         if let Some((suffix, times)) = self.lose_deliveries {
             let mut lost = self.lost.lock().unwrap();
             messages.retain(|m| {
@@ -185,6 +182,10 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
             }
         }
         Ok(messages)
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        self.inner.counts().await
     }
 
     async fn change_visibility(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqs2pg::sqs::queue::SqsSettings;
-use sqs2pg::sqs::{Protocol, Queue};
+use sqs2pg::sqs::{Protocol, Queue, ReceiveRequest};
 
 use super::*;
 
@@ -116,7 +116,11 @@ impl TestQueue {
         while ids.len() < expected && Instant::now() < deadline {
             let got = self
                 .queue
-                .receive(10, Duration::from_secs(1), Some(Duration::from_secs(60)))
+                .receive(&ReceiveRequest::new(
+                    10,
+                    Duration::from_secs(1),
+                    Some(Duration::from_secs(60)),
+                ))
                 .await
                 .unwrap();
             ids.extend(got.into_iter().map(|m| m.ack.message_id));

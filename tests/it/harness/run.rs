@@ -41,7 +41,7 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         visibility_timeout_secs: None,
         batch_max_rows: 1000,
         batch_max_age_ms: 200,
-        max_body_bytes: 256 * 1024,
+        max_body_bytes: sqs2pg::config::DEFAULT_MAX_BODY_BYTES,
         max_attempts: 3,
         max_receive_count: 25,
         ledger_retention_days: 30,
