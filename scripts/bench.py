@@ -5,7 +5,7 @@
     scripts/bench.py loader  [--messages 1000000] [--runs 3] # 3: loader alone against psql \\copy
     scripts/bench.py latency [--messages 3000] [--runs 3]    # 5: 20 ms each way, 1..64 receivers, ceiling
     scripts/bench.py memory  [--messages 50000] [--lock-secs 20] [--runs 3]  # 6: RSS, PostgreSQL stalled
-    scripts/bench.py drain   [--sizes 100,20000,50000] [--runs 3]  # 7: default drain against the Python consumer, tail
+    scripts/bench.py drain   [--sizes 100,20000,50000] [--runs 3] [--before BINARY]  # 7: default drain against the Python consumer, tail
     scripts/bench.py scale   [--messages 20000] [--runs 3] [--rate N] [--before BINARY]  # 8: replicas, requests per message
 
 (4, the transform alone, is `cargo bench --bench transform`.)
@@ -640,6 +640,11 @@ def bench_drain(args):
                      "tail": summary_value(m.stdout, "after last delete"),
                      "loaded": summary_value(m.stdout, "loaded"),
                      "per_message": summary_value(m.stdout, "requests per message")}
+                if args.before:
+                    env = b.fresh()
+                    b.fill(env, size)
+                    m = run_measured([args.before, "drain"], env)
+                    r.update(before=m.wall, before_tail=summary_value(m.stdout, "after last delete"))
                 env = b.fresh()
                 b.fill(env, size)
                 m = run_measured([py, REPO / "benches" / "baseline.py", env["SQS2PG_QUEUE_URL"],
@@ -662,6 +667,18 @@ def bench_drain(args):
         print(f"| {size} | **median** | {median(mine, 'ours'):.2f} | {median(mine, 'tail'):.2f} | "
               f"{median(mine, 'python'):.2f} | {median(mine, 'ratio'):.2f} | {median(mine, 'ours_cpu'):.2f} | "
               f"{median(mine, 'python_cpu'):.2f} | {median(mine, 'per_message'):.3f} | |")
+    if args.before:
+        print()
+        print("| messages | run | before: start to exit s | before: after last delete s "
+              "| now: start to exit s | now: after last delete s |")
+        print("|---|---|---|---|---|---|")
+        for size in args.sizes:
+            mine = [r for r in rows if r["size"] == size]
+            for r in mine:
+                print(f"| {size} | {r['run']} | {r['before']:.2f} | {r['before_tail']:.2f} | "
+                      f"{r['ours']:.2f} | {r['tail']:.2f} |")
+            print(f"| {size} | **median** | {median(mine, 'before'):.2f} | {median(mine, 'before_tail'):.2f} | "
+                  f"{median(mine, 'ours'):.2f} | {median(mine, 'tail'):.2f} |")
 
 
 def bench_scale(args):
@@ -757,6 +774,7 @@ def main():
     p = sub.add_parser("drain")
     p.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[100, 20_000, 50_000])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--before", default=None, help="another sqs2pg binary to drain the same way")
     p = sub.add_parser("scale")
     p.add_argument("--messages", type=int, default=20_000)
     p.add_argument("--runs", type=int, default=3)

@@ -118,6 +118,9 @@ async fn delete_chunk<S: MessageSource>(
     let result = delete_with_retry(&*source, chunk.clone(), retry).await;
     // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
     let late = leases.forget(&chunk);
+    if let Ok((_, failed)) = &result {
+        leases.let_go(*failed as usize);
+    }
     for part in late.chunks(SQS_BATCH_LIMIT) {
         // Deliveries that arrived during the delete: best effort, as older handles are.
         let _ = source.delete(part).await;

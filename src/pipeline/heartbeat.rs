@@ -4,8 +4,9 @@
 //!
 //! Every extension call is in flight on its own: the heartbeat ticks on whatever the calls
 //! before it do. A call that gets no answer (a lost request, a connection a proxy holds) delays
-//! only the messages it carries, and those are sent again in a call of their own once they are
-//! at risk (past 3/4 of their timeout), not when the lost call gives up 15 s later.
+//! only the messages it carries, and those are sent again in a call of their own once the call
+//! has gone unanswered for longer than calls take ([`Rto`]), not when the lost call gives up
+//! 15 s later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,14 +53,76 @@ type Answer = (
     Result<Vec<AckHandle>, SourceError>,
 );
 
+/// When an unanswered extension call counts as lost: TCP's retransmission timeout (RFC 6298:
+/// smoothed latency plus four times its variation), over the answers so far, kept between a
+/// twentieth and a quarter of the visibility timeout. A server that answers in milliseconds
+/// gets a lost call's leases sent again within a tenth of a second at a 2 s timeout, several
+/// tries before they lapse; a slow server's late answers are expected, not duplicated. Our own
+/// few lines: no crate offers the estimator alone.
+struct Rto {
+    smoothed: Option<Duration>,
+    variation: Duration,
+    floor: Duration,
+    ceiling: Duration,
+}
+
+impl Rto {
+    fn new(visibility: Duration) -> Self {
+        let floor = (visibility / 20).max(Duration::from_millis(50));
+        Self {
+            smoothed: None,
+            variation: Duration::ZERO,
+            floor,
+            ceiling: (visibility / 4).max(floor),
+        }
+    }
+
+    /// Takes in the latency of one answered call.
+    fn observe(&mut self, latency: Duration) {
+        match self.smoothed {
+            None => {
+                self.smoothed = Some(latency);
+                self.variation = latency / 2;
+            }
+            Some(smoothed) => {
+                let deviation = if latency > smoothed {
+                    latency - smoothed
+                } else {
+                    smoothed - latency
+                };
+                self.variation = self.variation * 3 / 4 + deviation / 4;
+                self.smoothed = Some(smoothed * 7 / 8 + latency / 8);
+            }
+        }
+    }
+
+    /// How long a call may go unanswered before its leases are sent again.
+    fn timeout(&self) -> Duration {
+        let estimate = match self.smoothed {
+            Some(smoothed) => smoothed + 4 * self.variation,
+            // Nothing answered yet: as patient as allowed.
+            None => self.ceiling,
+        };
+        estimate.clamp(self.floor, self.ceiling)
+    }
+}
+
+/// An extension call not answered yet.
+struct OpenCall {
+    sent: Instant,
+    /// Counted as overrunning two ticks.
+    overran: bool,
+    /// Late enough for its leases to be sent again, and looked at for that.
+    looked_at: bool,
+}
+
 /// The extension calls in flight, and for each message the call that carries it now.
 struct InFlight {
     calls: FuturesUnordered<Pin<Box<dyn Future<Output = Answer> + Send>>>,
     /// By message id: the latest call carrying it, and when that call was made.
     carried: HashMap<String, (u64, Instant)>,
-    /// Calls made and not answered, with when they were made and whether they were already
-    /// counted as overrunning.
-    open: HashMap<u64, (Instant, bool)>,
+    /// Calls made and not answered.
+    open: HashMap<u64, OpenCall>,
     next_call: u64,
     permits: Arc<Semaphore>,
 }
@@ -76,22 +139,33 @@ impl InFlight {
     }
 
     /// Of the leases due at `now`, those to send: not carried by any call, or carried by one
-    /// that has had a full tick to answer while the lease is at risk.
-    fn to_send(
-        &self,
-        due: Vec<AckHandle>,
-        at_risk: &[bool],
-        now: Instant,
-        period: Duration,
-    ) -> Vec<AckHandle> {
+    /// unanswered for `resend_after`.
+    fn to_send(&self, due: Vec<AckHandle>, now: Instant, resend_after: Duration) -> Vec<AckHandle> {
         due.into_iter()
-            .zip(at_risk)
-            .filter(|(ack, at_risk)| match self.carried.get(&ack.message_id) {
+            .filter(|ack| match self.carried.get(&ack.message_id) {
                 None => true,
-                Some((_, sent)) => **at_risk && now.saturating_duration_since(*sent) >= period,
+                Some((_, sent)) => now.saturating_duration_since(*sent) >= resend_after,
             })
-            .map(|(ack, _)| ack)
             .collect()
+    }
+
+    /// The next instant an unanswered call becomes late enough for its leases to be sent
+    /// again; calls looked at once are not looked at again.
+    fn next_resend(&self, resend_after: Duration) -> Option<Instant> {
+        self.open
+            .values()
+            .filter(|call| !call.looked_at)
+            .map(|call| call.sent + resend_after)
+            .min()
+    }
+
+    /// Marks the calls late at `now` as looked at.
+    fn looked_at(&mut self, now: Instant, resend_after: Duration) {
+        for call in self.open.values_mut() {
+            if call.sent + resend_after <= now {
+                call.looked_at = true;
+            }
+        }
     }
 
     /// Sends `acks` in calls of up to ten, each on its own.
@@ -108,7 +182,14 @@ impl InFlight {
             for ack in chunk {
                 self.carried.insert(ack.message_id.clone(), (call, now));
             }
-            self.open.insert(call, (now, false));
+            self.open.insert(
+                call,
+                OpenCall {
+                    sent: now,
+                    overran: false,
+                    looked_at: false,
+                },
+            );
             let (source, permits, chunk) = (source.clone(), self.permits.clone(), chunk.to_vec());
             self.calls.push(Box::pin(async move {
                 let _permit = permits.acquire_owned().await;
@@ -136,9 +217,9 @@ impl InFlight {
     /// behind (or lost the call).
     fn newly_overrun(&mut self, now: Instant, period: Duration) -> usize {
         let mut overrun = 0;
-        for (sent, counted) in self.open.values_mut() {
-            if !*counted && now.saturating_duration_since(*sent) >= 2 * period {
-                *counted = true;
+        for call in self.open.values_mut() {
+            if !call.overran && now.saturating_duration_since(call.sent) >= 2 * period {
+                call.overran = true;
                 overrun += 1;
             }
         }
@@ -160,18 +241,26 @@ impl<S: MessageSource> Heartbeat<S> {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_flight = InFlight::new();
+        // A call unanswered for the retransmission timeout is taken as lost for its leases,
+        // which go out again in a call of their own (the first stays in flight: a late answer
+        // still counts).
+        let mut rto = Rto::new(visibility);
         loop {
+            let resend_after = rto.timeout();
+            let resend = in_flight.next_resend(resend_after);
             // Stop at once when told, even with calls in flight: a call to an unreachable SQS
             // can take a minute, and a shutdown deadline must not wait for it.
-            let answer = tokio::select! {
+            let (answer, full_round) = tokio::select! {
                 _ = done.cancelled() => return extended,
-                _ = tick.tick() => None,
-                Some(answer) = in_flight.calls.next(), if !in_flight.calls.is_empty() => Some(answer),
+                _ = tick.tick() => (None, true),
+                () = tokio::time::sleep_until(resend.unwrap_or_else(Instant::now)), if resend.is_some() => (None, false),
+                Some(answer) = in_flight.calls.next(), if !in_flight.calls.is_empty() => (Some(answer), false),
             };
             if let Some((call, chunk, sent, result)) = answer {
                 in_flight.answered(call, &chunk);
                 match result {
                     Ok(refused) => {
+                        rto.observe(sent.elapsed());
                         let ok: Vec<AckHandle> =
                             chunk.into_iter().filter(|a| !refused.contains(a)).collect();
                         extended += ok.len() as u64;
@@ -188,20 +277,23 @@ impl<S: MessageSource> Heartbeat<S> {
             }
             let now = Instant::now();
             let due = leases.due(now, visibility);
-            if due.lapsed > 0 {
-                crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
-                tracing::debug!(messages = due.lapsed, "leases lapsed");
-                leases.congested(Congestion::Lapsed);
+            in_flight.looked_at(now, resend_after);
+            if full_round {
+                if due.lapsed > 0 {
+                    crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
+                    tracing::debug!(messages = due.lapsed, "leases lapsed");
+                    leases.congested(Congestion::Lapsed);
+                }
+                if in_flight.newly_overrun(now, period) > 0 {
+                    // A call still unanswered when the leases it carries could lapse (a lease
+                    // due at half its timeout, unanswered two ticks later, has a quarter
+                    // left): the window is cut.
+                    leases.congested(Congestion::HeartbeatOverran);
+                }
+                // Leases at risk: receive nothing more until they are extended.
+                leases.set_behind(due.lapsed + due.overdue > 0);
             }
-            if in_flight.newly_overrun(now, period) > 0 {
-                // A call still unanswered when the leases it carries could lapse (a lease due
-                // at half its timeout, unanswered two ticks later, has a quarter left): the
-                // window is cut.
-                leases.congested(Congestion::HeartbeatOverran);
-            }
-            // Leases at risk: receive nothing more until they are extended.
-            leases.set_behind(due.lapsed + due.overdue > 0);
-            let send = in_flight.to_send(due.extend, &due.at_risk, now, period);
+            let send = in_flight.to_send(due.extend, now, resend_after);
             if !send.is_empty() {
                 tracing::debug!(messages = send.len(), "extending visibility");
                 in_flight.send(&source, send, visibility, now);

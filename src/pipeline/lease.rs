@@ -60,6 +60,8 @@ struct State {
     reserved: usize,
     /// The heartbeat is behind: receiving waits.
     behind: bool,
+    /// Until when each message this run let go for redelivery stays invisible at SQS.
+    let_go: Vec<Instant>,
 }
 
 /// The messages a run holds, and the window that bounds them.
@@ -84,8 +86,6 @@ pub struct Leases {
 pub(super) struct Due {
     /// Latest handles of the leases to extend.
     pub extend: Vec<AckHandle>,
-    /// For each of `extend`: past 3/4 of its timeout (or lapsed), so at risk.
-    pub at_risk: Vec<bool>,
     /// Leases whose visibility already ran out.
     pub lapsed: usize,
     /// Leases past 3/4 of their timeout: the last round did not reach them in time.
@@ -105,6 +105,7 @@ impl Leases {
                 window,
                 reserved: 0,
                 behind: false,
+                let_go: Vec::new(),
             }),
             room: Notify::new(),
             emptied: Notify::new(),
@@ -159,6 +160,24 @@ impl Leases {
 
     /// How many receives have brought messages so far: a receiver that sees it unchanged over
     /// its own poll knows no other receive brought (and hid) anything meanwhile.
+    /// Notes `messages` this run let go without deleting them, for SQS to redeliver (a body
+    /// that failed its MD5 check, a message that failed alone): in flight at SQS until their
+    /// visibility timeout passes, yet held by nobody. A drain does not wait for them as it
+    /// waits for another consumer's.
+    pub fn let_go(&self, messages: usize) {
+        let until = Instant::now() + self.visibility.unwrap_or(DEFAULT_QUIET);
+        let mut state = self.lock();
+        state.let_go.retain(|at| *at > Instant::now());
+        state.let_go.extend(std::iter::repeat_n(until, messages));
+    }
+
+    /// How many messages this run let go are still invisible at SQS.
+    pub fn let_go_hidden(&self) -> u64 {
+        let mut state = self.lock();
+        state.let_go.retain(|at| *at > Instant::now());
+        state.let_go.len() as u64
+    }
+
     pub fn receives(&self) -> u64 {
         self.receives.load(Ordering::SeqCst)
     }
@@ -285,7 +304,6 @@ impl Leases {
             } else if age >= visibility * 3 / 4 {
                 due.overdue += 1;
             }
-            due.at_risk.push(age >= visibility * 3 / 4);
             due.extend.push(AckHandle {
                 message_id: message_id.clone(),
                 receipt_handle: lease.latest.clone(),

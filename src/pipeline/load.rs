@@ -261,6 +261,7 @@ async fn load_batch<L: BatchLoader>(
             .into_iter()
             .partition(|a| !left.contains(a.message_id.as_str()));
         context.leases.forget(&gone);
+        context.leases.let_go(left.len());
         batch.acks = kept;
     }
     crate::telemetry::metrics::record_batch(

@@ -186,6 +186,7 @@ impl<S: MessageSource> Receiver<S> {
                 stage
                     .md5_mismatches
                     .fetch_add(corrupted.len() as u64, Ordering::Relaxed);
+                leases.let_go(corrupted.len());
             }
             let corrupted_only = messages.is_empty() && !corrupted.is_empty();
             stage.active.observe(messages.len() + corrupted.len());
@@ -241,7 +242,8 @@ impl<S: MessageSource> Receiver<S> {
                             }
                         };
                         last_counts = closing.map(|c| (c, receives_before));
-                        if stage.confirms_empty(id, opening_counts, closing) {
+                        if stage.confirms_empty(id, opening_counts, closing, leases.let_go_hidden())
+                        {
                             stage.drained.cancel();
                             return Ok(());
                         }
@@ -390,17 +392,23 @@ impl Stage {
 
     /// `drain`: whether a poll that began and ended with nothing held, and came back empty,
     /// ends the drain. It does when the queue's counts, read as the poll began (`opening`)
-    /// and after it ended (`closing`), both say nothing is visible, in flight or delayed.
-    /// Otherwise messages are held by another consumer (they are deleted there, or come back
-    /// here once their visibility timeout passes) or delayed (they appear here), and the
-    /// drain waits for them: the live line and the log say so.
+    /// and after it ended (`closing`), both say nothing is visible, in flight or delayed,
+    /// but for the `ours` messages this run let go for redelivery (a drain reports those and
+    /// exits 1). Otherwise messages are held by another consumer (they are deleted there, or
+    /// come back here once their visibility timeout passes) or delayed (they appear here), and
+    /// the drain waits for them: the live line and the log say so.
     fn confirms_empty(
         &self,
         receiver: usize,
         opening: Option<QueueCounts>,
         closing: Option<QueueCounts>,
+        ours: u64,
     ) -> bool {
-        match (opening, closing) {
+        let others = |mut counts: QueueCounts| {
+            counts.in_flight = counts.in_flight.saturating_sub(ours);
+            counts
+        };
+        match (opening.map(others), closing.map(others)) {
             (Some(opening), Some(closing)) if opening.is_empty() && closing.is_empty() => {
                 tracing::debug!(
                     receiver,

@@ -20,6 +20,7 @@ mod outages;
 mod proxy;
 mod quarantine;
 mod rekey;
+mod resilience;
 mod scale;
 mod schema;
 mod settings;

@@ -66,11 +66,25 @@ fn drains(
                 .unwrap()
         })
         .collect();
-    let outputs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let (outputs, ended) = ended_apart(children);
+    LAST_SPREAD.store(ended.as_millis() as u64, Ordering::SeqCst);
     (outputs, started.elapsed())
+}
+
+/// The time between the first and the last exit of the last [`drains`], in milliseconds.
+static LAST_SPREAD: AtomicU64 = AtomicU64::new(0);
+
+/// Waits for every child, each on a thread of its own; their outputs and the time between
+/// the first exit and the last.
+fn ended_apart(children: Vec<std::process::Child>) -> (Vec<Output>, Duration) {
+    let waits: Vec<_> = children
+        .into_iter()
+        .map(|c| std::thread::spawn(move || (c.wait_with_output().unwrap(), Instant::now())))
+        .collect();
+    let ended: Vec<(Output, Instant)> = waits.into_iter().map(|w| w.join().unwrap()).collect();
+    let first = ended.iter().map(|(_, at)| *at).min().unwrap();
+    let last = ended.iter().map(|(_, at)| *at).max().unwrap();
+    (ended.into_iter().map(|(o, _)| o).collect(), last - first)
 }
 
 /// A number from a summary line such as `  loaded      20000`, summed over the outputs.
@@ -130,7 +144,15 @@ fn report(what: &str, outputs: &[Output], took: Duration) {
 /// load every message once, and the three take no longer than 1.5 times the one.
 async fn three_versus_one(sqs: Option<Sqs>, per_second: Option<u32>) {
     let server = sqs.unwrap_or(Sqs::LocalStack4);
-    let proxy = per_second.map(|rate| crate::proxy::RateLimited::start(&server.endpoint(), rate));
+    let proxy = per_second.map(|rate| {
+        crate::proxy::Proxy::start(
+            &server.endpoint(),
+            crate::proxy::Plan {
+                per_second: Some(rate),
+                ..Default::default()
+            },
+        )
+    });
     let mut took = Vec::new();
     for processes in [1, 3] {
         let (db, queue) = filled(TestQueue::on(server).await).await;
@@ -154,7 +176,7 @@ async fn three_versus_one(sqs: Option<Sqs>, per_second: Option<u32>) {
         if let Some(proxy) = &proxy {
             // Every request went through the proxy, at its pace.
             // (Besides the pipeline's, each process asks for the queue's attributes at start.)
-            let through = proxy.requests.swap(0, Ordering::SeqCst) as f64;
+            let through = proxy.counts.requests.swap(0, Ordering::SeqCst) as f64;
             let billed = summed(&outputs, "SQS requests");
             assert!(
                 through >= billed && through <= billed + 10.0 * processes as f64,
@@ -163,6 +185,14 @@ async fn three_versus_one(sqs: Option<Sqs>, per_second: Option<u32>) {
             println!("  {through} requests through the proxy");
         }
         assert_all_loaded_once(&outputs, &db, &queue).await;
+        // Drains end when the queue is empty, not when their own poll is: together, within
+        // about two tails (1 to 2 s each) and what a rate-limited server adds to them.
+        let spread = Duration::from_millis(LAST_SPREAD.load(Ordering::SeqCst));
+        println!("  the drains ended {:.1} s apart", spread.as_secs_f64());
+        assert!(
+            spread <= Duration::from_secs(5),
+            "drains ended {spread:?} apart"
+        );
         took.push(elapsed);
     }
     let (one, three) = (took[0], took[1]);
@@ -441,5 +471,172 @@ async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_
     assert_eq!(
         count("SELECT count(*) FROM sqs2pg.rejected_messages").await,
         0
+    );
+}
+
+/// The chaos soak (issue 30): three `sqs2pg run` replicas drain 30,000 valid logins and 30
+/// invalid bodies from LocalStack 4.0.3 at a 10 s visibility timeout, through a proxy that
+/// loses 3% of the answers after the server sent them; one replica is killed with SIGKILL and
+/// started again every 4 s, and every PostgreSQL backend of the database is terminated every
+/// 3 s. Every valid message gives exactly one row, only the invalid ones are quarantined, the
+/// queue ends empty, no replica exits by itself, and each exits 0 on SIGTERM at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier: scripts/test.sh runs it"]
+async fn chaos_soak_three_replicas_lossy_network_kills_and_terminated_backends() {
+    const VALID: usize = 30_000;
+    const INVALID: usize = 30;
+    let (db, queue) = crate::harness::fixture_on(Sqs::LocalStack4).await;
+    let file = crate::harness::synthetic_logins(VALID);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        for i in 0..INVALID {
+            writeln!(
+                f,
+                r#"{{"user_id": "bad-{i}", "app_version": "2.3.0", "device_type": "android", "ip": "not-an-ip", "locale": "RU", "device_id": "593-47-5928"}}"#
+            )
+            .unwrap();
+        }
+    }
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let direct: Vec<(&str, &str)> = vec![
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("AWS_ENDPOINT_URL", &queue.endpoint),
+    ];
+    let sent = sqs2pg(&["send", "--file", file.to_str().unwrap()], &direct);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let _ = std::fs::remove_file(&file);
+
+    let proxy = crate::proxy::Proxy::start(
+        &queue.endpoint,
+        crate::proxy::Plan {
+            reset: 0.03,
+            ..Default::default()
+        },
+    );
+    let endpoint = proxy.endpoint();
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("AWS_ENDPOINT_URL", &endpoint),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "5"),
+        ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "10"),
+    ];
+    let start = || {
+        command(&["run"], &env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut replicas: Vec<std::process::Child> = (0..3).map(|_| start()).collect();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    let (mut kills, mut terminated) = (0u64, 0u64);
+    let (mut next_kill, mut next_terminate) = (
+        started + Duration::from_secs(4),
+        started + Duration::from_secs(3),
+    );
+    let monitor = db.client().await;
+    let done = |ledger: i64, depth: u64| ledger == (VALID + INVALID) as i64 && depth == 0;
+    loop {
+        for (i, r) in replicas.iter_mut().enumerate() {
+            if let Some(status) = r.try_wait().unwrap() {
+                let out = std::mem::replace(r, start()).wait_with_output().unwrap();
+                panic!(
+                    "replica {i} exited by itself ({status}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let ledger: i64 = monitor
+            .query_one("SELECT count(*) FROM sqs2pg.ledger", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if done(ledger, queue.depth().await) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ledger} of {} messages in the ledger after 10 minutes",
+            VALID + INVALID
+        );
+        let now = Instant::now();
+        if now >= next_kill {
+            let victim = (kills % 3) as usize;
+            replicas[victim].kill().unwrap();
+            replicas[victim].wait().unwrap();
+            replicas[victim] = start();
+            kills += 1;
+            next_kill = now + Duration::from_secs(4);
+        }
+        if now >= next_terminate {
+            let rows = monitor
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            terminated += rows.len() as u64;
+            next_terminate = now + Duration::from_secs(3);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let drained_in = started.elapsed();
+    // SIGTERM to each: every one exits 0 within its shutdown deadline.
+    for r in &replicas {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &r.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    for (i, r) in replicas.into_iter().enumerate() {
+        let out = tokio::task::block_in_place(|| r.wait_with_output().unwrap());
+        assert!(
+            out.status.success(),
+            "replica {i} did not exit 0 on SIGTERM ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let count = |sql| crate::harness::count(&db, sql);
+    assert_eq!(
+        count("SELECT count(*) FROM public.user_logins").await,
+        VALID as i64,
+        "every valid message exactly one row"
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT user_id) FROM public.user_logins").await,
+        VALID as i64
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM public.user_logins WHERE user_id LIKE 'bad-%'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        INVALID as i64,
+        "only the invalid ones quarantined"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sqs2pg.rejected_messages WHERE reason LIKE 'poison%'").await,
+        0
+    );
+    assert_eq!(queue.depth().await, 0);
+    println!(
+        "chaos soak: {} messages in {:.1} s; {kills} SIGKILLs, {terminated} backends terminated, \
+         {} of {} answers lost on the way",
+        VALID + INVALID,
+        drained_in.as_secs_f64(),
+        proxy.resets(),
+        proxy.requests()
     );
 }

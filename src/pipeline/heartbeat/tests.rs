@@ -107,3 +107,35 @@ async fn an_extension_that_never_answers_holds_up_no_other_lease_nor_its_own() {
     // for 20 s.
     assert!(extended >= 25 * 13, "{extended}");
 }
+
+#[test]
+fn a_call_counts_as_lost_after_what_calls_take_within_bounds() {
+    let visibility = Duration::from_secs(2);
+    let mut rto = Rto::new(visibility);
+    assert_eq!(
+        rto.timeout(),
+        Duration::from_millis(500),
+        "nothing seen: a tick"
+    );
+    for _ in 0..20 {
+        rto.observe(Duration::from_millis(5));
+    }
+    assert_eq!(rto.timeout(), Duration::from_millis(100), "fast: the floor");
+    for _ in 0..20 {
+        rto.observe(Duration::from_millis(700));
+    }
+    assert_eq!(
+        rto.timeout(),
+        Duration::from_millis(500),
+        "slow: the ceiling"
+    );
+    let mut steady = Rto::new(Duration::from_secs(60));
+    for _ in 0..50 {
+        steady.observe(Duration::from_millis(4000));
+    }
+    let t = steady.timeout();
+    assert!(
+        t > Duration::from_millis(4000) && t < Duration::from_millis(4500),
+        "{t:?}"
+    );
+}
