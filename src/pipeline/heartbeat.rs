@@ -5,8 +5,8 @@
 //! Every extension call is in flight on its own: the heartbeat ticks on whatever the calls
 //! before it do. A call that gets no answer (a lost request, a connection a proxy holds) delays
 //! only the messages it carries, and those are sent again in a call of their own once the call
-//! has gone unanswered for longer than calls take ([`Rto`]), not when the lost call gives up
-//! 15 s later.
+//! has gone unanswered for longer than calls take (a retransmission timeout, `Rto`), not when
+//! the lost call gives up 15 s later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,8 +38,8 @@ pub struct Heartbeat<S> {
     pub source: Arc<S>,
     /// The leases it extends, and whose window it tells what it sees.
     pub leases: Arc<Leases>,
-    /// The queue's visibility timeout: leases older than half of it are extended, every
-    /// quarter of it.
+    /// The queue's visibility timeout: leases older than half of it are extended, looked at
+    /// every eighth of it.
     pub visibility: Duration,
     /// Cancelled once every delete is done.
     pub done: CancellationToken,
@@ -85,11 +85,7 @@ impl Rto {
                 self.variation = latency / 2;
             }
             Some(smoothed) => {
-                let deviation = if latency > smoothed {
-                    latency - smoothed
-                } else {
-                    smoothed - latency
-                };
+                let deviation = latency.abs_diff(smoothed);
                 self.variation = self.variation * 3 / 4 + deviation / 4;
                 self.smoothed = Some(smoothed * 7 / 8 + latency / 8);
             }
@@ -110,7 +106,7 @@ impl Rto {
 /// An extension call not answered yet.
 struct OpenCall {
     sent: Instant,
-    /// Counted as overrunning two ticks.
+    /// Counted as overrunning (unanswered for half the timeout).
     overran: bool,
     /// Late enough for its leases to be sent again, and looked at for that.
     looked_at: bool,
@@ -213,12 +209,12 @@ impl InFlight {
         }
     }
 
-    /// Calls unanswered for two ticks, not counted before: each is a sign the server is
+    /// Calls unanswered for `limit`, not counted before: each is a sign the server is
     /// behind (or lost the call).
-    fn newly_overrun(&mut self, now: Instant, period: Duration) -> usize {
+    fn newly_overrun(&mut self, now: Instant, limit: Duration) -> usize {
         let mut overrun = 0;
         for call in self.open.values_mut() {
-            if !call.overran && now.saturating_duration_since(call.sent) >= 2 * period {
+            if !call.overran && now.saturating_duration_since(call.sent) >= limit {
                 call.overran = true;
                 overrun += 1;
             }
@@ -237,7 +233,9 @@ impl<S: MessageSource> Heartbeat<S> {
             done,
         } = self;
         let mut extended = 0u64;
-        let period = (visibility / 4).max(Duration::from_millis(250));
+        // Every eighth of the timeout: a lease is first sent between 1/2 and 5/8 of the way to
+        // expiry, which leaves time for several more tries should its call be lost.
+        let period = (visibility / 8).max(Duration::from_millis(125));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_flight = InFlight::new();
@@ -284,10 +282,10 @@ impl<S: MessageSource> Heartbeat<S> {
                     tracing::debug!(messages = due.lapsed, "leases lapsed");
                     leases.congested(Congestion::Lapsed);
                 }
-                if in_flight.newly_overrun(now, period) > 0 {
+                if in_flight.newly_overrun(now, visibility / 2) > 0 {
                     // A call still unanswered when the leases it carries could lapse (a lease
-                    // due at half its timeout, unanswered two ticks later, has a quarter
-                    // left): the window is cut.
+                    // due at half its timeout, unanswered half a timeout later, has lapsed or
+                    // nearly): the window is cut.
                     leases.congested(Congestion::HeartbeatOverran);
                 }
                 // Leases at risk: receive nothing more until they are extended.

@@ -6,10 +6,12 @@
 //! Without a heartbeat, a message held longer than its visibility timeout reappears and is
 //! processed again elsewhere: no second row (the ledger sees to that), but wasted work and a
 //! rising receive count. The heartbeat extends every lease older than half the timeout with
-//! `ChangeMessageVisibilityBatch`; it ticks every quarter timeout, so a lease is extended between
-//! 1/2 and 3/4 of the way to expiry. What it sees feeds the window: a lease that lapsed, a round
-//! that overran its tick, an extension refused for a message still held. While a round is
-//! behind, receiving pauses (see [`Leases::admit`]).
+//! `ChangeMessageVisibilityBatch`; it ticks every eighth of the timeout, so a lease is first
+//! sent between 1/2 and 5/8 of the way to expiry. Each call is in flight on its own: one that
+//! gets no answer holds up only its own messages, which are sent again in a call of their own.
+//! What it sees feeds the window: a lease that lapsed, a call unanswered for half the timeout,
+//! an extension refused for a message still held. While leases are past 3/4 of their timeout,
+//! receiving pauses (see [`Leases::admit`]).
 //!
 //! A message delivered again while held (its lease lapsed, or the server handed it out twice)
 //! does not become a second lease: the new receipt handle joins the lease and becomes the one

@@ -134,7 +134,7 @@ impl<S: MessageSource> Receiver<S> {
                     Some(None) => {
                         let (received, counts) =
                             tokio::join!(source.receive(&request), source.counts());
-                        (received, counts.ok())
+                        (received, stage.counts_read(id, counts))
                     }
                     Some(Some(counts)) => (source.receive(&request).await, Some(counts)),
                     None => (source.receive(&request).await, None),
@@ -234,13 +234,7 @@ impl<S: MessageSource> Receiver<S> {
                         // in flight elsewhere or delayed either, by two reads of its counts
                         // (SQS updates them with some lag), one as the poll started and one
                         // now.
-                        let closing = match source.counts().await {
-                            Ok(counts) => Some(counts),
-                            Err(error) => {
-                                tracing::debug!(receiver = id, %error, "queue counts not read");
-                                None
-                            }
-                        };
+                        let closing = stage.counts_read(id, source.counts().await);
                         last_counts = closing.map(|c| (c, receives_before));
                         if stage.confirms_empty(id, opening_counts, closing, leases.let_go_hidden())
                         {
@@ -315,6 +309,8 @@ pub(super) struct Stage {
     /// may still have been served: its messages are invisible and nobody holds them, so an
     /// empty poll proves nothing until they are visible again.
     receive_failed_at: std::sync::Mutex<Option<Instant>>,
+    /// `drain`: the queue's counts were refused for good ([`Stage::counts_read`]).
+    counts_unreadable: std::sync::atomic::AtomicBool,
 }
 
 /// Adaptive receive concurrency for `run`: a full receive (10 messages) lets one more receiver
@@ -375,6 +371,7 @@ impl Stage {
             first_poll_done: CancellationToken::new(),
             drained: CancellationToken::new(),
             receive_failed_at: std::sync::Mutex::new(None),
+            counts_unreadable: std::sync::atomic::AtomicBool::new(false),
             settings,
         }
     }
@@ -404,6 +401,10 @@ impl Stage {
         closing: Option<QueueCounts>,
         ours: u64,
     ) -> bool {
+        if self.counts_unreadable.load(Ordering::Relaxed) {
+            // Denied for good (see `counts_read`): the empty poll alone ends the drain.
+            return true;
+        }
         let others = |mut counts: QueueCounts| {
             counts.in_flight = counts.in_flight.saturating_sub(ours);
             counts
@@ -423,6 +424,35 @@ impl Stage {
             }
             // Zero now but not (or not known) as the poll began: one more poll confirms.
             _ => false,
+        }
+    }
+
+    /// The counts a read gave, or `None`. A read refused for good (a policy without
+    /// `sqs:GetQueueAttributes`) makes the drain end at its first empty poll, as if the counts
+    /// said empty, with a warning: without counts it cannot see what others hold, and waiting
+    /// for a read that can never succeed would never end.
+    fn counts_read(
+        &self,
+        receiver: usize,
+        read: Result<QueueCounts, crate::sqs::SourceError>,
+    ) -> Option<QueueCounts> {
+        match read {
+            Ok(counts) => Some(counts),
+            Err(error) => {
+                if error.kind == crate::sqs::SourceErrorKind::Permanent
+                    && !self.counts_unreadable.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        %error,
+                        "cannot read the queue's counts: the drain ends at its first empty poll \
+                         and does not wait for messages another consumer holds \
+                         (allow sqs:GetQueueAttributes to have it wait)"
+                    );
+                } else {
+                    tracing::debug!(receiver, %error, "queue counts not read");
+                }
+                None
+            }
         }
     }
 

@@ -28,6 +28,8 @@ struct Scripted {
     /// Messages another consumer holds: in flight until the instant given, then visible again
     /// (that consumer died without deleting them).
     elsewhere: Mutex<Vec<(Instant, Received)>>,
+    /// Reading the queue's counts is denied (a policy without sqs:GetQueueAttributes).
+    counts_denied: bool,
 }
 
 impl Scripted {
@@ -84,6 +86,13 @@ impl MessageSource for Scripted {
     }
 
     async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        if self.counts_denied {
+            return Err(SourceError::new(
+                SourceErrorKind::Permanent,
+                "GetQueueAttributes",
+                "AccessDenied",
+            ));
+        }
         let now = Instant::now();
         let elsewhere = self.elsewhere.lock().unwrap();
         Ok(QueueCounts {
@@ -352,6 +361,22 @@ async fn drain_waits_for_messages_another_consumer_holds() {
         "the live line says what it waits for"
     );
     assert!(source.elsewhere.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_denied_the_queue_counts_ends_at_its_first_empty_poll() {
+    let source = Arc::new(Scripted {
+        counts_denied: true,
+        ..Scripted::with(3)
+    });
+    source.elsewhere.lock().unwrap().push((
+        Instant::now() + Duration::from_secs(30),
+        Scripted::with(1).messages.lock().unwrap().remove(0),
+    ));
+    let (result, elapsed) = run_until_signal(source.clone(), Committing, Mode::Drain, None).await;
+    let summary = result.unwrap();
+    assert_eq!(summary.loaded, 3, "{summary:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
 
 #[tokio::test(start_paused = true)]
