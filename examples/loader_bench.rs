@@ -245,6 +245,7 @@ async fn main() {
         max_body_bytes: sqs2pg::config::DEFAULT_MAX_BODY_BYTES,
         max_attempts: 3,
         max_receive_count: 25,
+        max_crashes: sqs2pg::config::DEFAULT_MAX_CRASHES,
         ledger_retention_days: 30,
         shutdown_timeout_secs: 25,
         max_in_flight_bytes: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_BYTES,

@@ -25,6 +25,10 @@
 //!   transient (an emulator restarted without its state), and a message without a
 //!   SentTimestamp as permanent (the server lacks what dating rows needs).
 //!
+//! - A suspect whose earlier attempts, recorded in the database before each, never finished
+//!   `--max-crashes` times (the process died processing it: an abort, an OOM kill) is
+//!   quarantined unparsed as `poison:crashed`.
+//!
 //! Poison is a quarantine with evidence: a message received more often than
 //! `--max-receive-count` is only a suspect (leases lapse on a slow server, and each lapse is a
 //! delivery). It is loaded alone, and quarantined as `poison:receive_count` once loading it has
@@ -75,6 +79,10 @@ pub enum Outcome<'a> {
     /// Transforming a message received more often than `--max-receive-count` panicked (the
     /// transform is pure and fuzzed, so this is the message's doing).
     TransformPanicked,
+    /// A suspect (received more often than `--max-receive-count`) is about to be processed;
+    /// `unfinished` earlier attempts at it, recorded in the database, never finished: the
+    /// process died while processing it. `limit` is `--max-crashes`.
+    UnfinishedAttempts { unfinished: u32, limit: u32 },
     /// A received body does not match its MD5 (corrupted on the way); the message was received
     /// more often than `--max-receive-count` or not.
     CorruptBody { over_receive_limit: bool },
@@ -142,6 +150,16 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
         // A suspect (over the limit) whose transform panics every time would stop every run
         // that receives it: poison.
         Outcome::TransformPanicked => Fate::Quarantine,
+        // A body that kills the process is poison once it has done so `limit` times: kept
+        // unparsed (parsing it is what kills). Below that, processing it again may work (the
+        // process may have died of something else).
+        Outcome::UnfinishedAttempts { unfinished, limit } => {
+            if unfinished >= limit {
+                Fate::Quarantine
+            } else {
+                Fate::Retry
+            }
+        }
         // A copy can arrive intact; one that never does is poison once over the limit.
         Outcome::CorruptBody { over_receive_limit } => {
             if over_receive_limit {
@@ -213,5 +231,15 @@ mod tests {
         };
         assert_eq!(delete(DELETE_ATTEMPTS - 1), Fate::Retry);
         assert_eq!(delete(DELETE_ATTEMPTS), Fate::Redeliver);
+        let crashed = |unfinished| {
+            fate(Outcome::UnfinishedAttempts {
+                unfinished,
+                limit: 3,
+            })
+        };
+        assert_eq!(
+            (crashed(0), crashed(2), crashed(3)),
+            (Fate::Retry, Fate::Retry, Fate::Quarantine)
+        );
     }
 }

@@ -90,6 +90,12 @@ impl Rejection {
         Self::new("poison:receive_count", detail)
     }
 
+    /// Processing it ended the process, again and again, before it could finish: kept aside
+    /// unparsed.
+    pub fn crashed(detail: String) -> Self {
+        Self::new("poison:crashed", detail)
+    }
+
     /// PostgreSQL refused the row for reasons of its own; `detail` names the SQLSTATE and
     /// constraint.
     pub fn rejected_by_database(detail: String) -> Self {

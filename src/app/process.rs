@@ -269,13 +269,26 @@ where
         None => Box::new(crate::login::LoginKind::new(masker)),
         Some(m) => Box::new(crate::mapping::Mapper::new(m, &settings.mask_key)),
     };
+    // Before the loader takes the settings: the record of attempts at suspects.
+    let attempts: Arc<dyn pipeline::AttemptLog> = Arc::new(pg::attempts::AttemptRecorder::new(
+        settings.database.clone(),
+    ));
     let loader = wrap_loader(TableLoader::new(
         settings.database,
         settings.table,
         &kind.columns(),
         sealer.key_id().to_owned(),
     ));
-    let result = pipeline::run(source, loader, kind, sealer, settings.pipeline, shutdown).await;
+    let result = pipeline::run(
+        source,
+        loader,
+        kind,
+        sealer,
+        Some(attempts),
+        settings.pipeline,
+        shutdown,
+    )
+    .await;
     drop(writers_lock);
     pruning.cancel();
     let _ = pruner.await;

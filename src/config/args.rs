@@ -187,6 +187,13 @@ pub struct PipelineArgs {
     #[arg(long, env = "SQS2PG_MAX_RECEIVE_COUNT", default_value_t = super::DEFAULT_MAX_RECEIVE_COUNT)]
     [file pipeline.max_receive_count]
     pub max_receive_count: u32,
+
+    /// A message received more often than --max-receive-count whose processing ended the
+    /// process this many times (attempts recorded in the database that never finished) is
+    /// quarantined unparsed as poison:crashed.
+    #[arg(long, env = "SQS2PG_MAX_CRASHES", default_value_t = super::DEFAULT_MAX_CRASHES)]
+    [file pipeline.max_crashes]
+    pub max_crashes: u32,
 }
 }
 

@@ -269,6 +269,7 @@ mod tests {
             "max_in_flight_messages",
             "max_attempts",
             "max_receive_count",
+            "max_crashes",
             "ledger_retention_days",
             "shutdown_timeout_secs",
             "metrics_addr",

@@ -39,6 +39,9 @@ pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 500;
 /// of any size SQS accepts is loaded by default; memory stays bounded by
 /// [`DEFAULT_MAX_IN_FLIGHT_BYTES`], which receiving waits for.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Three: one process death while a suspect was processed can be the machine's doing (an OOM
+/// kill of a busy process, a node drained), three in a row are the message's.
+pub const DEFAULT_MAX_CRASHES: u32 = 3;
 /// With 100 ms initial backoff doubling to a 10 s cap, eight attempts span about half a minute:
 /// long enough to ride out a database restart, short enough for `drain` to report failure.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
@@ -403,6 +406,13 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         1_000,
         "receives before a message counts as poison",
     )?;
+    range(
+        "max_crashes",
+        u64::from(args.max_crashes),
+        1,
+        1_000,
+        "process deaths while processing a message before it counts as poison",
+    )?;
     let retry = RetryPolicy {
         initial: Duration::from_millis(100),
         max_delay: Duration::from_secs(10),
@@ -454,6 +464,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             batch_max_rows: args.batch_max_rows,
             batch_max_age: Duration::from_millis(args.batch_max_age_ms),
             max_receive_count: args.max_receive_count as i32,
+            max_crashes: args.max_crashes,
             max_body_bytes: args.max_body_bytes,
             delete_concurrency: DEFAULT_DELETE_CONCURRENCY.max(args.receivers),
             load_retry: retry,

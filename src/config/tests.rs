@@ -47,6 +47,7 @@ fn drain_needs_a_long_poll() {
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         max_attempts: DEFAULT_MAX_ATTEMPTS,
         max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
+        max_crashes: DEFAULT_MAX_CRASHES,
         ledger_retention_days: DEFAULT_LEDGER_RETENTION_DAYS,
         shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
         max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,

@@ -50,7 +50,7 @@ use batch::Processed;
 use lease::Leases;
 pub use metered::Requests;
 use receive::Stage;
-pub use sink::BatchLoader;
+pub use sink::{AttemptLog, BatchLoader};
 pub use summary::Summary;
 
 /// Whether the pipeline stops when the queue is empty (`drain`) or runs until shut down (`run`).
@@ -75,6 +75,9 @@ pub struct PipelineSettings {
     /// Messages received more often than this are suspects: loaded alone, and quarantined as
     /// `poison:receive_count` only if that keeps failing (see `load`).
     pub max_receive_count: i32,
+    /// A suspect whose processing ended the process this many times (attempts recorded in the
+    /// database that never finished) is quarantined unparsed as `poison:crashed`.
+    pub max_crashes: u32,
     pub delete_concurrency: usize,
     pub load_retry: RetryPolicy,
     pub source_retry: RetryPolicy,
@@ -141,6 +144,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     loader: L,
     kind: Box<dyn MessageKind>,
     sealer: BodySealer,
+    attempts: Option<Arc<dyn AttemptLog>>,
     settings: PipelineSettings,
     shutdown: CancellationToken,
 ) -> Result<Summary, PipelineError> {
@@ -171,7 +175,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         )
     });
 
-    let stage = Arc::new(Stage::new(kind, sealer, settings.clone()));
+    let stage = Arc::new(Stage::new(kind, sealer, attempts, settings.clone()));
     // Every task the run spawns besides the loaders, so a deadline can wait for them to end.
     let tasks = TaskTracker::new();
     let receivers: Vec<_> = (0..settings.receivers.max(1))

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Delivery, HeldBody, Processed};
 use super::lease::Leases;
+use super::sink::AttemptLog;
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
@@ -276,7 +277,11 @@ impl<S: MessageSource> Receiver<S> {
                     }
                     _ = stop.cancelled() => return Ok(()),
                 };
-                let mut processed = stage.process(m, held_since);
+                let attempt = stage.begin_attempt(&m).await;
+                let mut processed = stage.process(m, held_since, attempt.crashed);
+                if attempt.recorded {
+                    stage.finish_attempt(&processed.ledger_id).await;
+                }
                 processed.permit = Some(permit);
                 if items.send(processed).await.is_err() {
                     // The loader has stopped; what we hold was not committed and is released.
@@ -287,11 +292,20 @@ impl<S: MessageSource> Receiver<S> {
     }
 }
 
+/// What [`Stage::begin_attempt`] found: whether an attempt was recorded (to be finished), and
+/// the attempts before it that never finished, when they make the message `poison:crashed`.
+struct Attempt {
+    recorded: bool,
+    crashed: Option<u32>,
+}
+
 /// What the receivers share: what turns a received message into a [`Processed`] one, the
 /// in-flight byte budget, and the count of bodies that failed their MD5 check.
 pub(super) struct Stage {
     kind: Box<dyn MessageKind>,
     pub(super) sealer: BodySealer,
+    /// The durable record of attempts at suspects, if the run keeps one.
+    attempts: Option<Arc<dyn AttemptLog>>,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,
@@ -359,11 +373,13 @@ impl Stage {
     pub(super) fn new(
         kind: Box<dyn MessageKind>,
         sealer: BodySealer,
+        attempts: Option<Arc<dyn AttemptLog>>,
         settings: Arc<PipelineSettings>,
     ) -> Self {
         Self {
             kind,
             sealer,
+            attempts,
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
             redelivered_while_held: AtomicU64::new(0),
@@ -473,6 +489,50 @@ impl Stage {
         }
     }
 
+    /// Before a suspect (received more often than `--max-receive-count`) is processed: its
+    /// attempt recorded in the database, and whether the attempts before it that never
+    /// finished (the process died processing it) make it poison. A record that cannot be made
+    /// (the database is away) is no verdict: the message is processed.
+    async fn begin_attempt(&self, m: &Received) -> Attempt {
+        let none = Attempt {
+            recorded: false,
+            crashed: None,
+        };
+        let Some(log) = &self.attempts else {
+            return none;
+        };
+        if m.receive_count <= self.settings.max_receive_count {
+            return none;
+        }
+        let ledger_ms = batch::ledger_ms(m.sent_timestamp, m.ledger_id != m.ack.message_id);
+        match log.begin(&m.ledger_id, ledger_ms).await {
+            Ok(Some(unfinished)) => {
+                let limit = self.settings.max_crashes;
+                let crashed = (fate(Outcome::UnfinishedAttempts { unfinished, limit })
+                    == Fate::Quarantine)
+                    .then_some(unfinished);
+                Attempt {
+                    recorded: true,
+                    crashed,
+                }
+            }
+            Ok(None) => none,
+            Err(error) => {
+                tracing::warn!(message_id = %m.ack.message_id, %error, "could not record an attempt at a suspect; processing it anyway");
+                none
+            }
+        }
+    }
+
+    /// After a suspect's processing returned: its attempt counted finished.
+    async fn finish_attempt(&self, ledger_id: &str) {
+        if let Some(log) = &self.attempts {
+            if let Err(error) = log.finish(ledger_id).await {
+                tracing::warn!(%error, "could not record a finished attempt at a suspect");
+            }
+        }
+    }
+
     /// The pure transform, the poison check, and the evidence (sealed body) kept for
     /// quarantine.
     ///
@@ -481,7 +541,15 @@ impl Stage {
     /// panic in the transform is caught and makes it poison), and a valid one is loaded alone
     /// (see `load::load_isolating`), where the verdict is made. Only a body that fails its MD5
     /// check every time is poison by its receive count alone.
-    pub(super) fn process(&self, m: Received, held_since: Instant) -> Processed {
+    ///
+    /// `crashed`: earlier attempts at it ended the process that many times; it is kept aside
+    /// as `poison:crashed` without being parsed.
+    pub(super) fn process(
+        &self,
+        m: Received,
+        held_since: Instant,
+        crashed: Option<u32>,
+    ) -> Processed {
         let limit = self.settings.max_receive_count;
         let suspect = m.receive_count > limit;
         let poison = |detail: String| Transformed {
@@ -496,6 +564,8 @@ impl Stage {
                     unknown_fields: 0,
                 };
             }
+            #[cfg(feature = "test-support")]
+            crash_if_told(&m.body);
             self.kind.transform(&Message {
                 body: &m.body,
                 // A replay (ledger id `ID#replayN`) maps as the message it replays.
@@ -510,7 +580,16 @@ impl Stage {
             && fate(Outcome::CorruptBody {
                 over_receive_limit: suspect,
             }) == Fate::Quarantine;
-        let t = if corrupt_poison {
+        let t = if let Some(unfinished) = crashed {
+            tracing::warn!(message_id = %m.ack.message_id, receive_count = m.receive_count, unfinished, "processing this message ended the process again and again: poison");
+            Transformed {
+                outcome: Err(Rejection::crashed(format!(
+                    "received {} times, limit {limit}; {unfinished} attempts at processing it never finished (the process ended), limit {}",
+                    m.receive_count, self.settings.max_crashes
+                ))),
+                unknown_fields: 0,
+            }
+        } else if corrupt_poison {
             poison(format!(
                 "received {} times, limit {limit}; its body fails its MD5 check",
                 m.receive_count
@@ -554,6 +633,22 @@ impl Stage {
             held_since,
             suspect,
         }
+    }
+}
+
+/// Test support: ends the process at once (an abort, as a crash in a dependency would) when
+/// a body contains the text in `SQS2PG_TEST_CRASH_ON`, so the tests can send a message that
+/// kills whatever processes it. Compiled only with the `test-support` feature.
+#[cfg(feature = "test-support")]
+fn crash_if_told(body: &str) {
+    static MARKER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let marker = MARKER.get_or_init(|| {
+        std::env::var("SQS2PG_TEST_CRASH_ON")
+            .ok()
+            .filter(|m| !m.is_empty())
+    });
+    if marker.as_deref().is_some_and(|m| body.contains(m)) {
+        std::process::abort();
     }
 }
 

@@ -1,10 +1,14 @@
-//! The pipeline's seam to the sink: [`BatchLoader`], which commits a batch or fails without
-//! committing any of it. The PostgreSQL loader is one; test doubles at this seam inject faults.
+//! The pipeline's seams to the database: [`BatchLoader`], which commits a batch or fails
+//! without committing any of it, and [`AttemptLog`], the durable record of attempts at
+//! suspects. The PostgreSQL loader and recorder are one each; test doubles at these seams
+//! inject faults.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use super::batch::{Batch, Row};
 use crate::kind::CopyRows;
+use crate::postgres::attempts::AttemptRecorder;
 use crate::postgres::{LedgeredRows, LoadError, LoadReport, TableLoader};
 
 /// Commits a batch, or fails without committing any of it.
@@ -33,6 +37,43 @@ pub trait BatchLoader: Send + 'static {
             self.load(&Batch::default()).await?;
             Ok(())
         }
+    }
+}
+
+/// The durable record of attempts at suspects (see `postgres::attempts`): one is begun before
+/// a suspect is processed and finished once its processing returned, so a body that kills the
+/// process leaves attempts that never finished. Object-safe (suspects are few, so a boxed
+/// future each costs nothing that matters).
+pub trait AttemptLog: Send + Sync + 'static {
+    /// Records an attempt: the earlier ones that never finished, or `None` if the message's
+    /// fate is already committed.
+    fn begin<'a>(
+        &'a self,
+        ledger_id: &'a str,
+        ledger_ms: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<u32>, String>> + Send + 'a>>;
+
+    /// Counts the attempt begun last as finished.
+    fn finish<'a>(
+        &'a self,
+        ledger_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+impl AttemptLog for AttemptRecorder {
+    fn begin<'a>(
+        &'a self,
+        ledger_id: &'a str,
+        ledger_ms: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<u32>, String>> + Send + 'a>> {
+        Box::pin(AttemptRecorder::begin(self, ledger_id, ledger_ms))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        ledger_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(AttemptRecorder::finish(self, ledger_id))
     }
 }
 

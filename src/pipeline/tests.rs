@@ -201,6 +201,7 @@ fn settings(mode: Mode) -> PipelineSettings {
         batch_max_age: Duration::from_millis(100),
         max_body_bytes: 1 << 16,
         max_receive_count: 25,
+        max_crashes: 3,
         delete_concurrency: 2,
         load_retry: retry,
         source_retry: retry,
@@ -241,6 +242,7 @@ async fn run_with<L: BatchLoader>(
         loader,
         Box::new(LoginKind::new(Masker::new(&key))),
         BodySealer::new(&key),
+        None,
         settings,
         shutdown,
     )
@@ -578,4 +580,77 @@ async fn a_valid_message_over_the_receive_limit_is_loaded() {
         "{summary:?}"
     );
     assert_eq!(summary.suspects, 1, "{summary:?}");
+}
+
+/// Says that `crashed` was begun `unfinished` times before without finishing; records every
+/// begin and finish.
+struct Attempts {
+    crashed: &'static str,
+    unfinished: u32,
+    begun: Mutex<Vec<String>>,
+    finished: Mutex<Vec<String>>,
+}
+
+impl AttemptLog for Attempts {
+    fn begin<'a>(
+        &'a self,
+        ledger_id: &'a str,
+        _: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<u32>, String>> + Send + 'a>>
+    {
+        self.begun.lock().unwrap().push(ledger_id.to_owned());
+        let unfinished = if ledger_id == self.crashed {
+            self.unfinished
+        } else {
+            0
+        };
+        Box::pin(async move { Ok(Some(unfinished)) })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        ledger_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        self.finished.lock().unwrap().push(ledger_id.to_owned());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_suspect_that_ended_the_process_too_often_is_quarantined_unparsed() {
+    let source = Arc::new(Scripted::with(4));
+    for m in source.messages.lock().unwrap().iter_mut().take(2) {
+        m.receive_count = 30;
+    }
+    let attempts = Arc::new(Attempts {
+        crashed: "m0",
+        unfinished: 3,
+        begun: Mutex::new(Vec::new()),
+        finished: Mutex::new(Vec::new()),
+    });
+    let key = MaskKey::from_base64(&"A".repeat(44)).unwrap();
+    let summary = run(
+        source.clone(),
+        Committing,
+        Box::new(LoginKind::new(Masker::new(&key))),
+        BodySealer::new(&key),
+        Some(attempts.clone()),
+        settings(Mode::Drain),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.loaded, 3, "{summary:?}");
+    assert_eq!(
+        summary.rejected.get("poison:crashed"),
+        Some(&1),
+        "{summary:?}"
+    );
+    // Only the suspects (received 30 times, limit 25) are recorded, each begun and finished.
+    let mut begun = attempts.begun.lock().unwrap().clone();
+    begun.sort();
+    assert_eq!(begun, ["m0", "m1"]);
+    let mut finished = attempts.finished.lock().unwrap().clone();
+    finished.sort();
+    assert_eq!(finished, ["m0", "m1"]);
 }

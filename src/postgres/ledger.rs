@@ -1,5 +1,5 @@
-//! Ledger retention: pruning `sqs2pg.ledger` (and the retired `sqs2pg.processed_messages`) so
-//! they do not grow without bound.
+//! Ledger retention: pruning `sqs2pg.ledger` (and the retired `sqs2pg.processed_messages`, and
+//! the attempts at suspects) so they do not grow without bound.
 //!
 //! Why a horizon is safe: the ledger only has to recognise a message while SQS can still
 //! deliver it. SQS keeps a message at most 14 days from when it was sent
@@ -27,8 +27,17 @@ pub async fn prune(
 ) -> Result<u64, tokio_postgres::Error> {
     let current = delete_in_batches(client, PRUNE_LEDGER, horizon, batch).await;
     let retired = delete_in_batches(client, PRUNE_RETIRED_LEDGER, horizon, batch).await;
-    Ok(current? + retired?)
+    let attempts = delete_in_batches(client, PRUNE_ATTEMPTS, horizon, batch).await;
+    Ok(current? + retired? + attempts?)
 }
+
+/// The attempts at suspects ([`super::attempts`]): by their last attempt, past the same
+/// horizon (a message that old can never be delivered again).
+const PRUNE_ATTEMPTS: &str = "DELETE FROM sqs2pg.attempts
+  WHERE message_id IN (
+        SELECT message_id FROM sqs2pg.attempts
+         WHERE last_at < now() - make_interval(secs => $1)
+         LIMIT $2)";
 
 /// The ledger's share of [`prune`]: by send time, walking the front of the primary key.
 /// `$1` is the horizon in seconds, `$2` the rows per statement.

@@ -3,6 +3,7 @@
 //! transaction, and the quarantine queries behind the `rejects` commands.
 
 pub mod aggregates;
+pub mod attempts;
 pub mod connect;
 pub mod failure;
 pub mod inspect;

@@ -223,7 +223,8 @@ pub enum NotReady {
 }
 
 /// The privileges a run needs that the current user lacks, as readable phrases: INSERT on the
-/// target table and the bookkeeping tables, SELECT and DELETE (pruning) on the ledgers, and
+/// target table and the bookkeeping tables, SELECT and DELETE (pruning) on the ledgers,
+/// INSERT, UPDATE and DELETE on the attempts at suspects, and
 /// TEMP on the database (rekey's address map). Objects that do not exist are left to
 /// [`check_ready`].
 pub async fn missing_privileges(
@@ -239,7 +240,10 @@ pub async fn missing_privileges(
                             ('sqs2pg.ledger', 'DELETE'),
                             ('sqs2pg.processed_messages', 'SELECT'),
                             ('sqs2pg.processed_messages', 'DELETE'),
-                            ('sqs2pg.rejected_messages', 'INSERT')) AS needed(object, privilege)
+                            ('sqs2pg.rejected_messages', 'INSERT'),
+                            ('sqs2pg.attempts', 'INSERT'),
+                            ('sqs2pg.attempts', 'UPDATE'),
+                            ('sqs2pg.attempts', 'DELETE')) AS needed(object, privilege)
               WHERE to_regclass(object) IS NOT NULL
                 AND NOT has_table_privilege(object, privilege)
              UNION ALL

@@ -330,3 +330,90 @@ async fn a_body_at_sqs_size_limit_loads_end_to_end() {
         1
     );
 }
+
+/// A body whose processing kills the process (an abort, injected at the transform through the
+/// test-support build's `SQS2PG_TEST_CRASH_ON`): each `sqs2pg drain` that meets it dies. Once
+/// it has come back more often than `--max-receive-count` its attempts are recorded in the
+/// database before each; after `--max-crashes` of them that never finished, it is quarantined
+/// unparsed as `poison:crashed` and deleted, so a later drain ends cleanly. `rejects show`
+/// gives its body back, and `rejects replay` sends it to the queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_kills_the_process_is_quarantined_after_a_few_deaths() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let mut bodies = logins(20);
+    let killer = r#"{"user_id": "kills-the-process", "app_version": "2.3.0", "device_type": "android", "ip": "10.9.9.9", "locale": "RU", "device_id": "593-47-0000"}"#;
+    bodies.push(killer.to_owned());
+    queue.send(&bodies).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("AWS_ENDPOINT_URL", &queue.endpoint),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "2"),
+        ("SQS2PG_MAX_RECEIVE_COUNT", "1"),
+        ("SQS2PG_MAX_CRASHES", "2"),
+    ];
+    let mut crashing = env.clone();
+    crashing.push(("SQS2PG_TEST_CRASH_ON", "kills-the-process"));
+    // Deliveries 1 to 3 end the process (1: not yet a suspect; 2 and 3: suspects, recorded);
+    // the 4th finds two attempts that never finished. Bounded: without the record, every
+    // drain dies.
+    let (mut deaths, mut clean) = (0, None);
+    for run in 0..8 {
+        let out = tokio::task::block_in_place(|| crate::harness::sqs2pg(&["drain"], &crashing));
+        if out.status.code().is_none() {
+            deaths += 1;
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        clean = Some(run);
+        break;
+    }
+    assert!(clean.is_some(), "every drain died ({deaths} deaths)");
+    assert!(deaths >= 2, "{deaths} deaths");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        20,
+        "every other message loaded once"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqs2pg.rejected_messages WHERE reason = 'poison:crashed'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        1,
+        "nothing else quarantined"
+    );
+    assert_eq!(queue.depth().await, 0);
+    let id: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT message_id FROM sqs2pg.rejected_messages WHERE reason = 'poison:crashed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let show = crate::harness::sqs2pg(&["rejects", "show", &id], &env);
+    assert!(show.status.success());
+    assert_eq!(String::from_utf8_lossy(&show.stdout).trim(), killer);
+    let replay = crate::harness::sqs2pg(&["rejects", "replay", "--id", &id], &env);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(queue.depth().await, 1, "the replay is in the queue again");
+}
