@@ -28,6 +28,8 @@
 //! - A suspect whose earlier attempts, recorded in the database before each, never finished
 //!   `--max-crashes` times (the process died processing it: an abort, an OOM kill) is
 //!   quarantined unparsed as `poison:crashed`.
+//! - A message whose load alone stalled the database (while it took other work) on
+//!   `--max-crashes` deliveries, counted in the database, is quarantined as `poison:stalled`.
 //!
 //! Poison is a quarantine with evidence: a message received more often than
 //! `--max-receive-count` is only a suspect (leases lapse on a slow server, and each lapse is a
@@ -83,6 +85,10 @@ pub enum Outcome<'a> {
     /// `unfinished` earlier attempts at it, recorded in the database, never finished: the
     /// process died while processing it. `limit` is `--max-crashes`.
     UnfinishedAttempts { unfinished: u32, limit: u32 },
+    /// Loading a message alone stalled the database (no answer within the bound, while an
+    /// empty transaction committed), on `stalls` deliveries so far, counted in the database;
+    /// `limit` is `--max-crashes`.
+    StalledAlone { stalls: u32, limit: u32 },
     /// A received body does not match its MD5 (corrupted on the way); the message was received
     /// more often than `--max-receive-count` or not.
     CorruptBody { over_receive_limit: bool },
@@ -155,6 +161,16 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
         // process may have died of something else).
         Outcome::UnfinishedAttempts { unfinished, limit } => {
             if unfinished >= limit {
+                Fate::Quarantine
+            } else {
+                Fate::Retry
+            }
+        }
+        // A body that stalls the database alone, delivery after delivery, is poison whatever
+        // its receive count: each delivery costs minutes of a stalled connection. Below that,
+        // the failure's own verdict (`FailedAlone`) applies.
+        Outcome::StalledAlone { stalls, limit } => {
+            if stalls >= limit {
                 Fate::Quarantine
             } else {
                 Fate::Retry
@@ -241,5 +257,7 @@ mod tests {
             (crashed(0), crashed(2), crashed(3)),
             (Fate::Retry, Fate::Retry, Fate::Quarantine)
         );
+        let stalled = |stalls| fate(Outcome::StalledAlone { stalls, limit: 3 });
+        assert_eq!((stalled(2), stalled(3)), (Fate::Retry, Fate::Quarantine));
     }
 }

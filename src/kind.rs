@@ -96,6 +96,12 @@ impl Rejection {
         Self::new("poison:crashed", detail)
     }
 
+    /// Loading it alone stalled the database, while the database took other work, on
+    /// delivery after delivery: kept aside.
+    pub fn stalled(detail: String) -> Self {
+        Self::new("poison:stalled", detail)
+    }
+
     /// PostgreSQL refused the row for reasons of its own; `detail` names the SQLSTATE and
     /// constraint.
     pub fn rejected_by_database(detail: String) -> Self {

@@ -190,7 +190,8 @@ pub struct PipelineArgs {
 
     /// A message received more often than --max-receive-count whose processing ended the
     /// process this many times (attempts recorded in the database that never finished) is
-    /// quarantined unparsed as poison:crashed.
+    /// quarantined unparsed as poison:crashed; one whose load alone stalled the database on
+    /// this many deliveries, as poison:stalled.
     #[arg(long, env = "SQS2PG_MAX_CRASHES", default_value_t = super::DEFAULT_MAX_CRASHES)]
     [file pipeline.max_crashes]
     pub max_crashes: u32,

@@ -15,11 +15,17 @@ use crate::error::{fate, may_blame_rows, Fate, Outcome};
 use crate::kind::Rejection;
 use crate::postgres::{LoadError, LoadReport};
 
-/// The longest one load attempt (or check of the database) may take before it counts as a
-/// transient failure and its connection is dropped: a body that stalls the database is then
-/// found like one that fails it. Generous, since a slow database stalls every load; a table
-/// held locked meanwhile makes the check fail too, so no row is blamed for it.
-const STALL: Duration = Duration::from_secs(60);
+/// The longest one load attempt of a whole batch (or one check of the database) may take
+/// before it counts as a transient failure and its connection is dropped: a body that stalls
+/// the database is then found like one that fails it. Generous, since a slow database stalls
+/// every load; a table held locked meanwhile makes the check fail too, so no row is blamed.
+pub(super) const STALL: Duration = Duration::from_secs(60);
+
+/// The bound of a load of one message, and of every part of a batch that stalled while the
+/// database took other work: such a part loads in milliseconds unless the stalling body is in
+/// it. Short, so that finding a body that stalls the database costs seconds per halving, not
+/// minutes.
+const STALL_ALONE: Duration = Duration::from_secs(10);
 
 /// Failed attempts at a part before the loader asks whether the database takes other work.
 const BLAME_AFTER: u32 = 2;
@@ -114,6 +120,14 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
             }
         } else {
             let second = rows.split_off(rows.len() / 2);
+            // A part that stalled while the database worked: its halves get the short bound.
+            let context = match failure {
+                Failure::Blamed(LoadError::TimedOut(_)) => LoadContext {
+                    stall: STALL_ALONE,
+                    ..context
+                },
+                _ => context,
+            };
             for half in [rows, second] {
                 let half = Batch::part(half, Vec::new());
                 let r = load_isolating(loader, half, not_loaded, context, summary).await?;
@@ -139,6 +153,33 @@ async fn blame_alone<L: BatchLoader>(
         context.settings.max_receive_count,
     );
     let over_limit = count > limit;
+    if let (LoadError::TimedOut(_), Some(log)) = (&error, context.attempts) {
+        // Counted in the database, once per delivery: a body that stalls the database alone
+        // is found across deliveries and processes, whatever its receive count.
+        match log.stalled(&row.message_id, row.delivery.ledger_ms).await {
+            Ok(stalls) => {
+                let crashes = context.settings.max_crashes;
+                if fate(Outcome::StalledAlone {
+                    stalls,
+                    limit: crashes,
+                }) == Fate::Quarantine
+                {
+                    tracing::warn!(message_id = %row.message_id, stalls, "loading the message alone stalled the database on delivery after delivery: poison");
+                    not_loaded.refused.push(row.into_reject(
+                        Rejection::stalled(format!(
+                            "loading it alone stalled the database (no answer within {} s while it took other work) on {stalls} deliveries, limit {crashes}",
+                            STALL_ALONE.as_secs()
+                        )),
+                        context.sealer,
+                    ));
+                    return Ok(LoadReport::default());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %row.message_id, error = %e, "could not record a stalled load")
+            }
+        }
+    }
     let mut failures = 1;
     let one = Batch::part(vec![row], Vec::new());
     loop {
@@ -209,20 +250,31 @@ fn refusal_detail(err: &LoadError) -> String {
 /// One part, one transaction, retried with backoff while the failure is transient. After
 /// [`BLAME_AFTER`] failures the loader commits an empty transaction on the same connection:
 /// if that works, the part is tried once more at once, and if it fails again the part is
-/// blamed ([`Failure::Blamed`]). Each attempt may take at most [`STALL`] (then its connection
-/// is dropped and the attempt counts as a transient failure).
+/// blamed ([`Failure::Blamed`]). Each attempt may take at most the context's bound ([`STALL`]
+/// for a whole batch, [`STALL_ALONE`] for one message or a part of a batch that stalled);
+/// then its connection is dropped and the attempt counts as a transient failure. A part that
+/// stalled is checked against the database at once, and blamed if the check passes: a stall
+/// costs one bound, not three.
 pub(super) async fn load_with_retry<L: BatchLoader>(
     loader: &mut L,
     part: &Batch,
     LoadContext {
-        settings, abandon, ..
+        settings,
+        abandon,
+        stall,
+        ..
     }: LoadContext<'_>,
     summary: &mut Summary,
 ) -> Result<LoadReport, Failure> {
     let mut backoff = settings.load_retry.backoff();
     let mut database_works = false;
+    let bound = if part.len() == 1 {
+        stall.min(STALL_ALONE)
+    } else {
+        stall
+    };
     loop {
-        let error = match attempt(loader, part).await {
+        let error = match attempt(loader, part, bound).await {
             Ok(report) => return Ok(report),
             Err(error) => error,
         };
@@ -243,8 +295,14 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
         if database_works {
             return Err(Failure::Blamed(error));
         }
-        if attempts >= BLAME_AFTER && !part.is_empty() && may_blame_rows(&error) {
+        let stalled = matches!(error, LoadError::TimedOut(_));
+        if (attempts >= BLAME_AFTER || stalled) && !part.is_empty() && may_blame_rows(&error) {
             if probe(loader).await.is_ok() {
+                if stalled {
+                    // It stalled, and the database answers at once without it: the part is
+                    // to blame, without another stall.
+                    return Err(Failure::Blamed(error));
+                }
                 // The database takes writes without this part: try the part once more, now.
                 database_works = true;
                 continue;
@@ -281,13 +339,17 @@ async fn probe<L: BatchLoader>(loader: &mut L) -> Result<(), LoadError> {
     }
 }
 
-/// One load of `part`, within [`STALL`].
-async fn attempt<L: BatchLoader>(loader: &mut L, part: &Batch) -> Result<LoadReport, LoadError> {
-    match tokio::time::timeout(STALL, loader.load(part)).await {
+/// One load of `part`, within `bound`.
+async fn attempt<L: BatchLoader>(
+    loader: &mut L,
+    part: &Batch,
+    bound: Duration,
+) -> Result<LoadReport, LoadError> {
+    match tokio::time::timeout(bound, loader.load(part)).await {
         Ok(result) => result,
         Err(_) => {
             loader.reset();
-            Err(LoadError::TimedOut(STALL))
+            Err(LoadError::TimedOut(bound))
         }
     }
 }

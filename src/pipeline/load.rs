@@ -186,6 +186,12 @@ pub(super) struct LoadContext<'a> {
     pub sealer: &'a BodySealer,
     pub leases: &'a Leases,
     pub abandon: &'a CancellationToken,
+    /// The durable record of attempts, where messages that stall the database alone are
+    /// counted across deliveries and processes.
+    pub attempts: Option<&'a dyn super::sink::AttemptLog>,
+    /// The longest one attempt at a part may take (see `isolate`): generous for a whole
+    /// batch, short once a part has stalled while the database took other work.
+    pub stall: std::time::Duration,
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

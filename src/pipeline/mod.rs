@@ -221,6 +221,8 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             sealer: &stage.sealer,
             leases: &leases,
             abandon: &abandon,
+            attempts: stage.attempts.as_deref(),
+            stall: isolate::STALL,
         };
         let loaded = load::Batcher {
             items: item_rx,

@@ -305,7 +305,7 @@ pub(super) struct Stage {
     kind: Box<dyn MessageKind>,
     pub(super) sealer: BodySealer,
     /// The durable record of attempts at suspects, if the run keeps one.
-    attempts: Option<Arc<dyn AttemptLog>>,
+    pub(super) attempts: Option<Arc<dyn AttemptLog>>,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,

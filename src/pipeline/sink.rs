@@ -58,6 +58,13 @@ pub trait AttemptLog: Send + Sync + 'static {
         &'a self,
         ledger_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+    /// Counts a delivery whose load alone stalled the database: how many so far.
+    fn stalled<'a>(
+        &'a self,
+        ledger_id: &'a str,
+        ledger_ms: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<u32, String>> + Send + 'a>>;
 }
 
 impl AttemptLog for AttemptRecorder {
@@ -74,6 +81,14 @@ impl AttemptLog for AttemptRecorder {
         ledger_id: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(AttemptRecorder::finish(self, ledger_id))
+    }
+
+    fn stalled<'a>(
+        &'a self,
+        ledger_id: &'a str,
+        ledger_ms: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<u32, String>> + Send + 'a>> {
+        Box::pin(AttemptRecorder::stalled(self, ledger_id, ledger_ms))
     }
 }
 

@@ -3,7 +3,9 @@
 //! processed, and counted finished once its processing returned, each in its own committed
 //! statement, so that a body which kills the process (an abort, an OOM kill, a stack overflow
 //! in a dependency) leaves a trace that outlives it: an attempt that never finished. A message
-//! whose fate is already in the ledger is not counted.
+//! whose fate is already in the ledger is not counted. The deliveries whose load alone stalled
+//! the database are counted here too, so that such a body is found across deliveries and
+//! processes.
 
 use std::time::Duration;
 
@@ -34,6 +36,13 @@ RETURNING started - 1 - finished";
 const FINISH: &str =
     "UPDATE sqs2pg.attempts SET finished = finished + 1, last_at = now() WHERE message_id = $1";
 
+/// Counts one more delivery of `$1` (sent at `$2`) whose load alone stalled the database;
+/// returns how many so far.
+const STALLED: &str = "
+INSERT INTO sqs2pg.attempts AS a (message_id, sent_ms, started, stalled) VALUES ($1, $2, 0, 1)
+ON CONFLICT (message_id) DO UPDATE SET stalled = a.stalled + 1, last_at = now()
+RETURNING stalled";
+
 /// Records attempts over a connection of its own, opened on first use and again after a
 /// failure. Suspects are few: two statements each.
 pub struct AttemptRecorder {
@@ -60,6 +69,13 @@ impl AttemptRecorder {
     /// Counts the attempt at `message_id` begun last as finished.
     pub async fn finish(&self, message_id: &str) -> Result<(), String> {
         self.query(FINISH, &[&message_id]).await.map(|_| ())
+    }
+
+    /// Counts a delivery of `message_id` whose load alone stalled the database: how many so
+    /// far, this one included.
+    pub async fn stalled(&self, message_id: &str, ledger_ms: i64) -> Result<u32, String> {
+        let rows = self.query(STALLED, &[&message_id, &ledger_ms]).await?;
+        Ok(rows.first().map_or(1, |r| r.get::<_, i32>(0).max(0) as u32))
     }
 
     /// Runs one statement on the recorder's connection, within [`RECORD_TIMEOUT`]; a failure

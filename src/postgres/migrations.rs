@@ -191,19 +191,21 @@ COMMENT ON TABLE sqs2pg.mask_columns IS
 -- Before a message received more often than the limit (a suspect) is processed, its attempt
 -- is recorded here, outside the process, and counted finished once its processing returned:
 -- a body that kills the process (an abort, an OOM kill) leaves attempts that never finished,
--- and is quarantined unparsed once it has left enough of them. Keyed like the ledger's
--- message ids (a replay's ledger id).
+-- and is quarantined unparsed once it has left enough of them. A message whose load alone
+-- stalled the database (while it took other work) is counted here too, once per delivery.
+-- Keyed like the ledger's message ids (a replay's ledger id).
 CREATE TABLE sqs2pg.attempts (
     message_id text        PRIMARY KEY,
     sent_ms    bigint      NOT NULL,
     started    integer     NOT NULL,
     finished   integer     NOT NULL DEFAULT 0,
+    stalled    integer     NOT NULL DEFAULT 0,
     first_at   timestamptz NOT NULL DEFAULT now(),
     last_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX attempts_last_at ON sqs2pg.attempts (last_at);
 COMMENT ON TABLE sqs2pg.attempts IS
-    'Attempts at processing suspects (messages received more often than --max-receive-count), counted before each and finished after; one whose attempts ended --max-crashes times without finishing (the process died) is quarantined as poison:crashed.';
+    'Attempts at processing suspects (messages received more often than --max-receive-count), counted before each and finished after; one whose attempts ended --max-crashes times without finishing (the process died) is quarantined as poison:crashed, one whose load alone stalled the database on --max-crashes deliveries as poison:stalled.';
 "#,
     ),
 ];

@@ -361,3 +361,41 @@ impl<L: BatchLoader> BatchLoader for PoisonLoader<L> {
         })
     }
 }
+
+/// A loader that never finishes a load holding the login of user `user_id` (as a body that
+/// stalls the database would: the pipeline's bound gives up on it and drops the connection),
+/// and delegates the rest.
+pub struct StallingLoader<L> {
+    pub inner: L,
+    pub user_id: String,
+    /// Loads that stalled.
+    pub stalled: Arc<AtomicU64>,
+}
+
+impl<L: BatchLoader> BatchLoader for StallingLoader<L> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+        let user_id = self.user_id.as_bytes();
+        if batch.rows.iter().any(|r| {
+            r.rows
+                .encoded()
+                .windows(user_id.len())
+                .any(|w| w == user_id)
+        }) {
+            self.stalled.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        self.inner.load(batch).await
+    }
+
+    fn fork(&self) -> Option<Self> {
+        Some(Self {
+            inner: self.inner.fork()?,
+            user_id: self.user_id.clone(),
+            stalled: self.stalled.clone(),
+        })
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+}

@@ -417,3 +417,47 @@ async fn a_body_that_kills_the_process_is_quarantined_after_a_few_deaths() {
     );
     assert_eq!(queue.depth().await, 1, "the replay is in the queue again");
 }
+
+/// A body whose load never finishes (a loader double at the seam, as a body that stalls the
+/// database): found by its own 10 s bound, checked against the database at once, and, with
+/// `--max-crashes 1`, quarantined as `poison:stalled` on its first delivery, the stall counted
+/// in `sqs2pg.attempts`; the other 30 load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_the_database_is_quarantined_by_its_recorded_stalls() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let mut bodies = logins(30);
+    bodies.push(
+        r#"{"user_id": "stalls-the-database", "app_version": "2.3.0", "device_type": "android", "ip": "10.9.9.8", "locale": "RU", "device_id": "593-47-0001"}"#
+            .to_owned(),
+    );
+    queue.send(&bodies).await;
+    let mut args = fresh_args(&db, &queue);
+    args.max_crashes = 1;
+    args.batch_max_rows = 1;
+    let settings = config::pipeline(&args, Mode::Drain).unwrap();
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let summary = app::process_with(
+        settings,
+        queue.queue.clone(),
+        CancellationToken::new(),
+        |inner| crate::faults::StallingLoader {
+            inner,
+            user_id: "stalls-the-database".into(),
+            stalled: stalled.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.loaded, 30, "{summary:?}");
+    assert_eq!(
+        summary.rejected.get("poison:stalled"),
+        Some(&1),
+        "{summary:?}"
+    );
+    assert_eq!(stalled.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        count(&db, "SELECT sum(stalled) FROM sqs2pg.attempts").await,
+        1
+    );
+    assert_eq!(queue.depth().await, 0);
+}
