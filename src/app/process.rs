@@ -181,40 +181,57 @@ where
     L: crate::pipeline::BatchLoader,
     F: FnOnce(TableLoader) -> L,
 {
-    // A signal while waiting for the database ends the run: nothing was received yet.
-    let mut client = tokio::select! {
-        client = connect_with_retry(&settings.database, &settings.pipeline.load_retry) => client?,
-        _ = shutdown.cancelled() => return Ok(stopped_before_start()),
-    };
-    pg::check_shape(
-        &client,
-        &settings.table,
-        &mapping::shape(settings.mapping.as_ref()),
-    )
-    .await?;
     let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
     let masked_columns = mapping::masked_columns(settings.mapping.as_ref(), settings.mask_modes);
     let (ip_mode, device_mode) = mapping::mask_record(&masked_columns);
-    // This connection holds "a run writes to this table" (a shared advisory lock) until the
-    // run ends, so `rekey` (which takes it exclusively) never re-keys under a running writer;
-    // a run starting during a rekey waits for it.
     let table_name = settings.table.to_string();
-    tokio::select! {
-        locked = pg::schema::lock_writers_shared(&client, &table_name) => {
-            locked.map_err(AppError::Query)?;
+    let shape = mapping::shape(settings.mapping.as_ref());
+    // The database's side of starting, on one connection: the schema and table checked, the
+    // writers lock taken, the key recorded. Tried again whole, on a fresh connection, while it
+    // fails transiently (a restarting server, a terminated backend), as loads are; a signal
+    // meanwhile ends the run, since nothing was received yet.
+    let mut backoff = settings.pipeline.load_retry.backoff();
+    let (client, check) = loop {
+        let attempt = async {
+            let mut client =
+                connect_with_retry(&settings.database, &settings.pipeline.load_retry).await?;
+            pg::check_shape(&client, &settings.table, &shape).await?;
+            // This connection holds "a run writes to this table" (a shared advisory lock)
+            // until the run ends, so `rekey` (which takes it exclusively) never re-keys under
+            // a running writer; a run starting during a rekey waits for it.
+            pg::schema::lock_writers_shared(&client, &table_name)
+                .await
+                .map_err(AppError::Query)?;
+            let check = pg::schema::record_mask_key(
+                &mut client,
+                &table_name,
+                masker.key_id(),
+                &ip_mode,
+                &device_mode,
+                &masked_columns,
+            )
+            .await
+            .map_err(AppError::Query)?;
+            Ok::<_, AppError>((client, check))
+        };
+        let error = tokio::select! {
+            result = attempt => match result {
+                Ok(ready) => break ready,
+                Err(error) => error,
+            },
+            _ = shutdown.cancelled() => return Ok(stopped_before_start()),
+        };
+        let transient =
+            postgres_error(&error).is_some_and(|pg| fate(Outcome::Postgres(pg)) == Fate::Retry);
+        let (true, Some(delay)) = (transient, backoff.failed()) else {
+            return Err(error);
+        };
+        tracing::warn!(attempt = backoff.attempts(), %error, "preparing the database for the run failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(stopped_before_start()),
         }
-        _ = shutdown.cancelled() => return Ok(stopped_before_start()),
-    }
-    let check = pg::schema::record_mask_key(
-        &mut client,
-        &table_name,
-        masker.key_id(),
-        &ip_mode,
-        &device_mode,
-        &masked_columns,
-    )
-    .await
-    .map_err(AppError::Query)?;
+    };
     let writers_lock = client;
     if let pg::schema::KeyCheck::Retired { to } = &check {
         return Err(ConfigError(format!(
@@ -335,6 +352,15 @@ async fn prune_ledger(database: Database, horizon: std::time::Duration, done: Ca
 
 /// Connects, retrying transient failures (server down or restarting) per the retry policy, so
 /// `run` waits for a database that is not up yet and `drain` gives up after its attempts.
+/// The PostgreSQL error behind a start-up failure, if one is.
+fn postgres_error(error: &AppError) -> Option<&tokio_postgres::Error> {
+    match error {
+        AppError::Query(pg) | AppError::NotReady(pg::schema::NotReady::Database(pg)) => Some(pg),
+        AppError::Connect(connect) => connect.postgres(),
+        _ => None,
+    }
+}
+
 async fn connect_with_retry(
     database: &Database,
     retry: &RetryPolicy,

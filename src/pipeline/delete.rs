@@ -118,9 +118,10 @@ async fn delete_chunk<S: MessageSource>(
     let result = delete_with_retry(&*source, chunk.clone(), retry).await;
     // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
     let late = leases.forget(&chunk);
-    if let Ok((_, failed)) = &result {
-        leases.let_go(*failed as usize);
-    }
+    let result = result.map(|(deleted, failed, given_up)| {
+        leases.let_go(given_up.iter().map(|a| a.message_id.as_str()));
+        (deleted, failed)
+    });
     for part in late.chunks(SQS_BATCH_LIMIT) {
         // Deliveries that arrived during the delete: best effort, as older handles are.
         let _ = source.delete(part).await;
@@ -128,12 +129,16 @@ async fn delete_chunk<S: MessageSource>(
     result
 }
 
+/// Deletes `pending`, retrying what fails transiently; (deleted, failed, the handles refused
+/// for good or given up on after the retries).
 async fn delete_with_retry<S: MessageSource>(
     source: &S,
     mut pending: Vec<AckHandle>,
     retry: RetryPolicy,
-) -> Result<(u64, u64), PipelineError> {
+) -> Result<(u64, u64, Vec<AckHandle>), PipelineError> {
     let (mut deleted, mut failed) = (0u64, 0u64);
+    // Refused for good, or given up on: they come back (and are skipped by the ledger).
+    let mut let_go = Vec::new();
     let mut backoff = retry.backoff();
     while !pending.is_empty() {
         let error = match source.delete(&pending).await {
@@ -147,6 +152,7 @@ async fn delete_with_retry<S: MessageSource>(
                     );
                 }
                 crate::telemetry::metrics::record_delete_failures(outcome.failed as u64);
+                let_go.extend(outcome.refused);
                 pending = outcome.retryable;
                 None
             }
@@ -181,9 +187,10 @@ async fn delete_with_retry<S: MessageSource>(
                 );
                 failed += pending.len() as u64;
                 crate::telemetry::metrics::record_delete_failures(pending.len() as u64);
-                break;
+                let_go.extend(pending);
+                return Ok((deleted, failed, let_go));
             }
         }
     }
-    Ok((deleted, failed))
+    Ok((deleted, failed, let_go))
 }

@@ -164,13 +164,16 @@ impl InFlight {
         }
     }
 
-    /// Sends `acks` in calls of up to ten, each on its own.
+    /// Sends `acks` in calls of up to ten, each on its own. A call gives its permit back once
+    /// it has gone unanswered for `resend_after` (it is taken as lost then, and stays in
+    /// flight only for a late answer), so calls that never answer cannot use up the permits.
     fn send<S: MessageSource>(
         &mut self,
         source: &Arc<S>,
         acks: Vec<AckHandle>,
         visibility: Duration,
         now: Instant,
+        resend_after: Duration,
     ) {
         for chunk in acks.chunks(SQS_BATCH_LIMIT) {
             let call = self.next_call;
@@ -188,9 +191,20 @@ impl InFlight {
             );
             let (source, permits, chunk) = (source.clone(), self.permits.clone(), chunk.to_vec());
             self.calls.push(Box::pin(async move {
-                let _permit = permits.acquire_owned().await;
-                let result = source.change_visibility(&chunk, visibility).await;
-                (call, chunk, now, result)
+                let permit = permits.acquire_owned().await;
+                let call_made = Instant::now();
+                let result = {
+                    let extension = source.change_visibility(&chunk, visibility);
+                    tokio::pin!(extension);
+                    tokio::select! {
+                        result = &mut extension => result,
+                        () = tokio::time::sleep_until(call_made + resend_after) => {
+                            drop(permit);
+                            extension.await
+                        }
+                    }
+                };
+                (call, chunk, call_made, result)
             }));
         }
     }
@@ -294,7 +308,7 @@ impl<S: MessageSource> Heartbeat<S> {
             let send = in_flight.to_send(due.extend, now, resend_after);
             if !send.is_empty() {
                 tracing::debug!(messages = send.len(), "extending visibility");
-                in_flight.send(&source, send, visibility, now);
+                in_flight.send(&source, send, visibility, now, resend_after);
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::postgres::{LoadError, LoadReport};
 /// every load; a table held locked meanwhile makes the check fail too, so no row is blamed.
 pub(super) const STALL: Duration = Duration::from_secs(60);
 
-/// The bound of a load of one message, and of every part of a batch that stalled while the
+/// The bound of a suspect's load alone, and of every part of a batch that stalled while the
 /// database took other work: such a part loads in milliseconds unless the stalling body is in
 /// it. Short, so that finding a body that stalls the database costs seconds per halving, not
 /// minutes.
@@ -56,13 +56,16 @@ pub(super) struct NotLoaded {
 /// themselves stops the run instead of blaming a row. Each part is its own transaction; the
 /// acks wait until all have committed. Cost per bad row: about 2 log2(n) extra transactions
 /// for a refused one; for one that fails while the database works, at each halving about three
-/// failed attempts, one check and a backoff.
+/// failed attempts, one check and a backoff; for one that stalls it, one stall (60 s for the
+/// whole batch, then [`STALL_ALONE`] for each half) and one check.
 ///
 /// A row that fails alone:
 /// - refused by the table: quarantined as `rejected_by_database`;
 /// - failing while the database works, received more often than `--max-receive-count`: tried
 ///   alone until it has failed so [`crate::error::SUSPECT_ATTEMPTS`] times, then quarantined as
 ///   `poison:receive_count` (the policy's `Outcome::FailedAlone`);
+/// - stalling the database alone, on its `--max-crashes`th delivery to do so (counted in the
+///   database): quarantined as `poison:stalled`;
 /// - failing while the database works, not received that often yet: left for redelivery. Its
 ///   lease is dropped, so SQS hands it out again after the visibility timeout, one receive
 ///   more; a message that fails every time thus reaches the limit and is quarantined, while
@@ -251,7 +254,7 @@ fn refusal_detail(err: &LoadError) -> String {
 /// [`BLAME_AFTER`] failures the loader commits an empty transaction on the same connection:
 /// if that works, the part is tried once more at once, and if it fails again the part is
 /// blamed ([`Failure::Blamed`]). Each attempt may take at most the context's bound ([`STALL`]
-/// for a whole batch, [`STALL_ALONE`] for one message or a part of a batch that stalled);
+/// for a whole batch, [`STALL_ALONE`] for a suspect alone or a part of a batch that stalled);
 /// then its connection is dropped and the attempt counts as a transient failure. A part that
 /// stalled is checked against the database at once, and blamed if the check passes: a stall
 /// costs one bound, not three.
@@ -268,7 +271,14 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
 ) -> Result<LoadReport, Failure> {
     let mut backoff = settings.load_retry.backoff();
     let mut database_works = false;
-    let bound = if part.len() == 1 {
+    // A suspect loaded alone gets the short bound; a trickle's one-message batch does not
+    // (a busy database may take a while over any batch).
+    let suspect_alone = part.len() == 1
+        && part
+            .rows
+            .first()
+            .is_some_and(|r| r.delivery.receive_count > settings.max_receive_count);
+    let bound = if suspect_alone {
         stall.min(STALL_ALONE)
     } else {
         stall

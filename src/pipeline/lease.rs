@@ -62,8 +62,8 @@ struct State {
     reserved: usize,
     /// The heartbeat is behind: receiving waits.
     behind: bool,
-    /// Until when each message this run let go for redelivery stays invisible at SQS.
-    let_go: Vec<Instant>,
+    /// Until when each message this run let go for redelivery stays invisible at SQS, by id.
+    let_go: HashMap<String, Instant, foldhash::fast::RandomState>,
 }
 
 /// The messages a run holds, and the window that bounds them.
@@ -107,7 +107,7 @@ impl Leases {
                 window,
                 reserved: 0,
                 behind: false,
-                let_go: Vec::new(),
+                let_go: HashMap::default(),
             }),
             room: Notify::new(),
             emptied: Notify::new(),
@@ -160,26 +160,31 @@ impl Leases {
         }
     }
 
-    /// How many receives have brought messages so far: a receiver that sees it unchanged over
-    /// its own poll knows no other receive brought (and hid) anything meanwhile.
-    /// Notes `messages` this run let go without deleting them, for SQS to redeliver (a body
-    /// that failed its MD5 check, a message that failed alone): in flight at SQS until their
-    /// visibility timeout passes, yet held by nobody. A drain does not wait for them as it
-    /// waits for another consumer's.
-    pub fn let_go(&self, messages: usize) {
+    /// Notes messages this run let go without deleting them, for SQS to redeliver (a body
+    /// that failed its MD5 check, a message that failed alone, a delete given up on): in
+    /// flight at SQS until their visibility timeout passes, yet held by nobody. A drain does
+    /// not wait for them as it waits for another consumer's. One that comes back to this run
+    /// is no longer counted ([`Admission::hold`]).
+    pub fn let_go<'a>(&self, message_ids: impl IntoIterator<Item = &'a str>) {
         let until = Instant::now() + self.visibility.unwrap_or(DEFAULT_QUIET);
         let mut state = self.lock();
-        state.let_go.retain(|at| *at > Instant::now());
-        state.let_go.extend(std::iter::repeat_n(until, messages));
+        let now = Instant::now();
+        state.let_go.retain(|_, at| *at > now);
+        for id in message_ids {
+            state.let_go.insert(id.to_owned(), until);
+        }
     }
 
     /// How many messages this run let go are still invisible at SQS.
     pub fn let_go_hidden(&self) -> u64 {
         let mut state = self.lock();
-        state.let_go.retain(|at| *at > Instant::now());
+        let now = Instant::now();
+        state.let_go.retain(|_, at| *at > now);
         state.let_go.len() as u64
     }
 
+    /// How many receives have brought messages so far: a receiver that sees it unchanged over
+    /// its own poll knows no other receive brought (and hid) anything meanwhile.
     pub fn receives(&self) -> u64 {
         self.receives.load(Ordering::SeqCst)
     }
@@ -318,7 +323,8 @@ impl Leases {
         let mut state = self.lock();
         for ack in acks {
             if let Some(lease) = state.held.get_mut(&ack.message_id) {
-                if lease.latest == ack.receipt_handle {
+                // A late answer to an older call must not take the lease back in time.
+                if lease.latest == ack.receipt_handle && at > lease.set_at {
                     lease.set_at = at;
                 }
             }
@@ -381,6 +387,9 @@ impl Admission<'_> {
             leases.receives.fetch_add(1, Ordering::SeqCst);
         }
         for m in messages {
+            if !state.let_go.is_empty() {
+                state.let_go.remove(&m.ack.message_id);
+            }
             match state.held.get_mut(&m.ack.message_id) {
                 Some(lease) if lease.deleting => {
                     // Committed, and its delete is under way with the handles it had: this one

@@ -267,7 +267,7 @@ async fn load_batch<L: BatchLoader>(
             .into_iter()
             .partition(|a| !left.contains(a.message_id.as_str()));
         context.leases.forget(&gone);
-        context.leases.let_go(left.len());
+        context.leases.let_go(left.iter().map(String::as_str));
         batch.acks = kept;
     }
     crate::telemetry::metrics::record_batch(

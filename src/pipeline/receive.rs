@@ -187,7 +187,7 @@ impl<S: MessageSource> Receiver<S> {
                 stage
                     .md5_mismatches
                     .fetch_add(corrupted.len() as u64, Ordering::Relaxed);
-                leases.let_go(corrupted.len());
+                leases.let_go(corrupted.iter().map(|m| m.ack.message_id.as_str()));
             }
             let corrupted_only = messages.is_empty() && !corrupted.is_empty();
             stage.active.observe(messages.len() + corrupted.len());
@@ -277,11 +277,21 @@ impl<S: MessageSource> Receiver<S> {
                     }
                     _ = stop.cancelled() => return Ok(()),
                 };
+                // A suspect's attempt is begun, processed and finished while no other
+                // suspect's is (its turn): a body that kills the process then leaves only its
+                // own attempt unfinished, never a bystander's.
+                let turn = match &stage.attempts {
+                    Some(_) if m.receive_count > settings.max_receive_count => {
+                        Some(stage.suspect_turn.lock().await)
+                    }
+                    _ => None,
+                };
                 let attempt = stage.begin_attempt(&m).await;
                 let mut processed = stage.process(m, held_since, attempt.crashed);
-                if attempt.recorded {
+                if attempt.finish {
                     stage.finish_attempt(&processed.ledger_id).await;
                 }
+                drop(turn);
                 processed.permit = Some(permit);
                 if items.send(processed).await.is_err() {
                     // The loader has stopped; what we hold was not committed and is released.
@@ -292,10 +302,12 @@ impl<S: MessageSource> Receiver<S> {
     }
 }
 
-/// What [`Stage::begin_attempt`] found: whether an attempt was recorded (to be finished), and
-/// the attempts before it that never finished, when they make the message `poison:crashed`.
+/// What [`Stage::begin_attempt`] found: whether the attempt is to be finished (it was
+/// recorded, or may have been: a record whose answer was lost is finished too, which can only
+/// make a crash count one lower), and the attempts before it that never finished, when they
+/// make the message `poison:crashed`.
 struct Attempt {
-    recorded: bool,
+    finish: bool,
     crashed: Option<u32>,
 }
 
@@ -306,6 +318,8 @@ pub(super) struct Stage {
     pub(super) sealer: BodySealer,
     /// The durable record of attempts at suspects, if the run keeps one.
     pub(super) attempts: Option<Arc<dyn AttemptLog>>,
+    /// Held while a suspect's attempt is begun, processed and finished: one at a time.
+    suspect_turn: tokio::sync::Mutex<()>,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,
@@ -325,6 +339,8 @@ pub(super) struct Stage {
     receive_failed_at: std::sync::Mutex<Option<Instant>>,
     /// `drain`: the queue's counts were refused for good ([`Stage::counts_read`]).
     counts_unreadable: std::sync::atomic::AtomicBool,
+    /// `drain`: a read of the counts failed transiently (said once).
+    counts_failing: std::sync::atomic::AtomicBool,
 }
 
 /// Adaptive receive concurrency for `run`: a full receive (10 messages) lets one more receiver
@@ -380,6 +396,7 @@ impl Stage {
             kind,
             sealer,
             attempts,
+            suspect_turn: tokio::sync::Mutex::new(()),
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
             redelivered_while_held: AtomicU64::new(0),
@@ -388,6 +405,7 @@ impl Stage {
             drained: CancellationToken::new(),
             receive_failed_at: std::sync::Mutex::new(None),
             counts_unreadable: std::sync::atomic::AtomicBool::new(false),
+            counts_failing: std::sync::atomic::AtomicBool::new(false),
             settings,
         }
     }
@@ -455,15 +473,18 @@ impl Stage {
         match read {
             Ok(counts) => Some(counts),
             Err(error) => {
-                if error.kind == crate::sqs::SourceErrorKind::Permanent
-                    && !self.counts_unreadable.swap(true, Ordering::Relaxed)
-                {
-                    tracing::warn!(
-                        %error,
-                        "cannot read the queue's counts: the drain ends at its first empty poll \
-                         and does not wait for messages another consumer holds \
-                         (allow sqs:GetQueueAttributes to have it wait)"
-                    );
+                if error.kind == crate::sqs::SourceErrorKind::Permanent {
+                    if !self.counts_unreadable.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            %error,
+                            "cannot read the queue's counts: the drain ends at its first empty \
+                             poll and does not wait for messages another consumer holds \
+                             (allow sqs:GetQueueAttributes to have it wait)"
+                        );
+                    }
+                } else if !self.counts_failing.swap(true, Ordering::Relaxed) {
+                    // Said once: the drain polls on, and ends once a read succeeds.
+                    tracing::warn!(receiver, %error, "cannot read the queue's counts for now; the drain goes on until it can confirm the queue is empty");
                 } else {
                     tracing::debug!(receiver, %error, "queue counts not read");
                 }
@@ -495,7 +516,7 @@ impl Stage {
     /// (the database is away) is no verdict: the message is processed.
     async fn begin_attempt(&self, m: &Received) -> Attempt {
         let none = Attempt {
-            recorded: false,
+            finish: false,
             crashed: None,
         };
         let Some(log) = &self.attempts else {
@@ -512,24 +533,37 @@ impl Stage {
                     == Fate::Quarantine)
                     .then_some(unfinished);
                 Attempt {
-                    recorded: true,
+                    finish: true,
                     crashed,
                 }
             }
             Ok(None) => none,
             Err(error) => {
                 tracing::warn!(message_id = %m.ack.message_id, %error, "could not record an attempt at a suspect; processing it anyway");
-                none
+                Attempt {
+                    finish: true,
+                    crashed: None,
+                }
             }
         }
     }
 
-    /// After a suspect's processing returned: its attempt counted finished.
+    /// After a suspect's processing returned: its attempt counted finished, tried three
+    /// times (an attempt left unfinished counts against the message).
     async fn finish_attempt(&self, ledger_id: &str) {
-        if let Some(log) = &self.attempts {
-            if let Err(error) = log.finish(ledger_id).await {
-                tracing::warn!(%error, "could not record a finished attempt at a suspect");
+        let Some(log) = &self.attempts else {
+            return;
+        };
+        let mut error = None;
+        for wait in [0, 200, 1_000] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match log.finish(ledger_id).await {
+                Ok(()) => return,
+                Err(e) => error = Some(e),
             }
+        }
+        if let Some(error) = error {
+            tracing::warn!(%error, "could not record a finished attempt at a suspect");
         }
     }
 

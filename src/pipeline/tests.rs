@@ -343,14 +343,15 @@ async fn drain_waits_for_messages_another_consumer_holds() {
     let settings = settings(Mode::Drain);
     let progress = settings.progress.clone();
     let waited = tokio::spawn(async move {
-        // The live line's count, seen while the drain waits.
-        loop {
+        // The live line's count, seen while the drain waits (0 if never, within a minute).
+        for _ in 0..600 {
             let waiting = progress.waiting_elsewhere.load(Ordering::Relaxed);
             if waiting > 0 {
                 return waiting;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        0
     });
     let (result, elapsed) = run_with(source.clone(), Committing, settings, None).await;
     let summary = result.unwrap();

@@ -251,6 +251,12 @@ impl TableLoader {
 
 /// The open connection in `slot`, (re)connecting and preparing the statements when there is
 /// none or it was closed.
+/// A load that waits this long for a lock (a table held locked, another replica's
+/// uncommitted entry for the same message) fails as a lock wait, which is retried and never
+/// blamed on a row: below the pipeline's shortest bound on a load (10 s), so a lock wait is
+/// never taken for a body that stalls the database.
+const LOCK_WAIT_BOUND: &str = "SET lock_timeout = '8s'";
+
 async fn connected<'a>(
     slot: &'a mut Option<Connection>,
     database: &Database,
@@ -261,7 +267,8 @@ async fn connected<'a>(
     }
     if slot.is_none() {
         let client = database.connect().await?;
-        let (copy_ledger, claim_rows, copy_rows, insert_rejects, retired) = tokio::try_join!(
+        let (_, copy_ledger, claim_rows, copy_rows, insert_rejects, retired) = tokio::try_join!(
+            client.batch_execute(LOCK_WAIT_BOUND),
             client.prepare(COPY_LEDGER),
             client.prepare(CLAIM_ROWS),
             client.prepare(copy_rows),

@@ -224,7 +224,7 @@ pub enum NotReady {
 
 /// The privileges a run needs that the current user lacks, as readable phrases: INSERT on the
 /// target table and the bookkeeping tables, SELECT and DELETE (pruning) on the ledgers,
-/// INSERT, UPDATE and DELETE on the attempts at suspects, and
+/// SELECT, INSERT, UPDATE and DELETE on the attempts at suspects, and
 /// TEMP on the database (rekey's address map). Objects that do not exist are left to
 /// [`check_ready`].
 pub async fn missing_privileges(
@@ -241,6 +241,7 @@ pub async fn missing_privileges(
                             ('sqs2pg.processed_messages', 'SELECT'),
                             ('sqs2pg.processed_messages', 'DELETE'),
                             ('sqs2pg.rejected_messages', 'INSERT'),
+                            ('sqs2pg.attempts', 'SELECT'),
                             ('sqs2pg.attempts', 'INSERT'),
                             ('sqs2pg.attempts', 'UPDATE'),
                             ('sqs2pg.attempts', 'DELETE')) AS needed(object, privilege)

@@ -129,6 +129,8 @@ pub struct DeleteOutcome {
     /// Entries SQS refused for good (e.g. an expired receipt handle). The message comes back
     /// after its visibility timeout and the ledger turns it into a duplicate that is deleted then.
     pub failed: usize,
+    /// The handles of those refused for good that the answer names.
+    pub refused: Vec<AckHandle>,
 }
 
 /// One entry a batch call refused, as either protocol reports it.
@@ -157,10 +159,11 @@ pub(crate) fn delete_outcome<'a>(
     for failure in failures {
         match batch_entry(acks, failure.id) {
             Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
-            _ => {
+            entry => {
                 // Logged by the caller, who knows whether the handle mattered.
                 tracing::debug!(code = %failure.code, "delete refused by sqs");
                 outcome.failed += 1;
+                outcome.refused.extend(entry.cloned());
             }
         }
     }

@@ -342,9 +342,14 @@ fn classify<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Sourc
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    // The SDK's own detail (nested structs, HTTP headers) is for RUST_LOG=debug only; the error
-    // says what happened in words.
-    tracing::debug!(operation, error = ?err, "sqs call failed");
+    // The SDK's own detail is for RUST_LOG=debug only, and even there not its rendering of an
+    // answer it could not read (the raw answer, which can hold message bodies); the error says
+    // what happened in words.
+    if matches!(err, SdkError::ResponseError(_)) {
+        tracing::debug!(operation, causes = %causes(&err), "sqs call failed: unreadable answer");
+    } else {
+        tracing::debug!(operation, error = ?err, "sqs call failed");
+    }
     let context = || in_words(&err);
     match &err {
         SdkError::TimeoutError(_) => {

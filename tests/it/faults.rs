@@ -206,6 +206,7 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
             DeleteFault::Refuse => {
                 return Ok(DeleteOutcome {
                     failed: acks.len(),
+                    refused: acks.to_vec(),
                     ..DeleteOutcome::default()
                 })
             }

@@ -242,7 +242,7 @@ async fn extensions_that_never_answer_hold_up_no_lease() {
     );
 }
 
-/// Another consumer takes 10 of 50 messages with a 5 s visibility timeout and dies without
+/// Another consumer takes 10 of 50 messages with a 10 s visibility timeout and dies without
 /// deleting them. `sqs2pg drain`, started meanwhile, waits for them to come back, loads all 50
 /// and exits 0 with the queue empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +257,7 @@ async fn drain_waits_for_messages_another_consumer_holds() {
             .receive(&ReceiveRequest::new(
                 want,
                 Duration::from_secs(1),
-                Some(Duration::from_secs(5)),
+                Some(Duration::from_secs(10)),
             ))
             .await
             .unwrap();
@@ -286,7 +286,7 @@ async fn drain_waits_for_messages_another_consumer_holds() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        taken.elapsed() >= Duration::from_secs(4),
+        taken.elapsed() >= Duration::from_secs(9),
         "the drain ended before the held messages could come back"
     );
     assert_eq!(
