@@ -340,14 +340,7 @@ pub struct PoisonLoader<L> {
 
 impl<L: BatchLoader> BatchLoader for PoisonLoader<L> {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        // The row holds the user id as encoded for COPY: its bytes, verbatim.
-        let user_id = self.user_id.as_bytes();
-        if batch.rows.iter().any(|r| {
-            r.rows
-                .encoded()
-                .windows(user_id.len())
-                .any(|w| w == user_id)
-        }) {
+        if holds_user(batch, &self.user_id) {
             self.failed.fetch_add(1, Ordering::SeqCst);
             return Err(LoadError::Injected("the server process crashed".into()));
         }
@@ -375,13 +368,7 @@ pub struct StallingLoader<L> {
 
 impl<L: BatchLoader> BatchLoader for StallingLoader<L> {
     async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        let user_id = self.user_id.as_bytes();
-        if batch.rows.iter().any(|r| {
-            r.rows
-                .encoded()
-                .windows(user_id.len())
-                .any(|w| w == user_id)
-        }) {
+        if holds_user(batch, &self.user_id) {
             self.stalled.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
@@ -399,4 +386,16 @@ impl<L: BatchLoader> BatchLoader for StallingLoader<L> {
     fn reset(&mut self) {
         self.inner.reset();
     }
+}
+
+/// Whether a row of `batch` holds the login of `user_id`: a row holds the user id as encoded
+/// for COPY, its bytes verbatim.
+fn holds_user(batch: &Batch, user_id: &str) -> bool {
+    let user_id = user_id.as_bytes();
+    batch.rows.iter().any(|r| {
+        r.rows
+            .encoded()
+            .windows(user_id.len())
+            .any(|w| w == user_id)
+    })
 }

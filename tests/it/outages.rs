@@ -293,19 +293,7 @@ async fn the_heartbeat_keeps_held_messages_from_coming_back() {
         done.cancel();
         summary
     };
-    let watch = async {
-        let (mut taken, mut came_back) = (false, 0);
-        while !done.is_cancelled() {
-            let (visible, _) = queue.queue.approximate_depth().await.unwrap();
-            if visible == 0 {
-                taken = true;
-            } else if taken {
-                came_back = came_back.max(visible);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        (taken, came_back)
-    };
+    let watch = queue.visible_again_until(&done);
     let (summary, (taken, came_back)) = tokio::join!(drain, watch);
     let summary = summary.unwrap();
     assert!(taken, "the messages were received");

@@ -12,7 +12,7 @@ use sqs2pg::pipeline::Mode;
 use sqs2pg::sqs::{MessageSource, ReceiveRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{command, key_file, Sqs, TestQueue};
+use crate::harness::{command, key_file, Sqs, TestDb, TestQueue};
 use crate::harness::{count, fixture_on, fresh_args, sample_bodies};
 use crate::proxy::{Plan, Proxy};
 
@@ -29,6 +29,21 @@ fn logins(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A proxy with `plan` in front of `queue`'s server, and drain or run arguments that reach
+/// SQS through it, at the visibility timeout given.
+fn through_proxy(
+    db: &TestDb,
+    queue: &TestQueue,
+    plan: Plan,
+    visibility_secs: u64,
+) -> (Proxy, sqs2pg::cli::PipelineArgs) {
+    let proxy = Proxy::start(&queue.endpoint, plan);
+    let mut args = fresh_args(db, queue);
+    args.queue.endpoint_url = Some(proxy.endpoint());
+    args.visibility_timeout_secs = Some(visibility_secs);
+    (proxy, args)
+}
+
 /// `sqs2pg run` through a proxy that loses about one answer in ten after the server sent
 /// it (every action: receive, delete, visibility, attributes): it never exits by itself,
 /// loads every message once, and stops cleanly when told.
@@ -36,16 +51,11 @@ async fn run_survives_answers_lost_mid_body(sqs: Sqs) {
     const MESSAGES: usize = 300;
     let (db, queue) = fixture_on(sqs).await;
     queue.send(&logins(MESSAGES)).await;
-    let proxy = Proxy::start(
-        &queue.endpoint,
-        Plan {
-            reset: 0.1,
-            ..Plan::default()
-        },
-    );
-    let mut args = fresh_args(&db, &queue);
-    args.queue.endpoint_url = Some(proxy.endpoint());
-    args.visibility_timeout_secs = Some(5);
+    let plan = Plan {
+        reset: 0.1,
+        ..Plan::default()
+    };
+    let (proxy, args) = through_proxy(&db, &queue, plan, 5);
     let settings = config::pipeline(&args, Mode::Run).unwrap();
     let (shutdown, exited) = (CancellationToken::new(), CancellationToken::new());
     let run = async {
@@ -111,21 +121,16 @@ async fn run_survives_answers_lost_mid_body_over_query() {
 /// SQS asks; a new receive gets a new one. Every message loads once, in order of its group.
 async fn fifo_receive_retries_reuse_their_attempt_id(sqs: Sqs) {
     const MESSAGES: usize = 40;
-    let db = crate::harness::TestDb::new().await;
+    let db = TestDb::new().await;
     crate::harness::setup(&db).await;
     let queue = TestQueue::fifo_on(sqs).await;
     queue.send(&logins(MESSAGES)).await;
-    let proxy = Proxy::start(
-        &queue.endpoint,
-        Plan {
-            reset: 0.3,
-            reset_actions: vec!["ReceiveMessage"],
-            ..Plan::default()
-        },
-    );
-    let mut args = fresh_args(&db, &queue);
-    args.queue.endpoint_url = Some(proxy.endpoint());
-    args.visibility_timeout_secs = Some(2);
+    let plan = Plan {
+        reset: 0.3,
+        reset_actions: vec!["ReceiveMessage"],
+        ..Plan::default()
+    };
+    let (proxy, mut args) = through_proxy(&db, &queue, plan, 2);
     args.max_attempts = 20;
     let summary = crate::harness::drain(&args).await;
     assert_eq!(summary.loaded, MESSAGES as u64, "{summary:?}");
@@ -183,17 +188,12 @@ async fn fifo_receive_retries_reuse_their_attempt_id_over_query() {
 async fn extensions_that_never_answer_hold_up_no_lease() {
     let (db, queue) = fixture_on(Sqs::MotoJson).await;
     queue.send(&sample_bodies()).await;
-    let proxy = Proxy::start(
-        &queue.endpoint,
-        Plan {
-            hang: 0.1,
-            hang_actions: vec!["ChangeMessageVisibilityBatch"],
-            ..Plan::default()
-        },
-    );
-    let mut args = fresh_args(&db, &queue);
-    args.queue.endpoint_url = Some(proxy.endpoint());
-    args.visibility_timeout_secs = Some(2);
+    let plan = Plan {
+        hang: 0.1,
+        hang_actions: vec!["ChangeMessageVisibilityBatch"],
+        ..Plan::default()
+    };
+    let (proxy, args) = through_proxy(&db, &queue, plan, 2);
     let settings = config::pipeline(&args, Mode::Drain).unwrap();
     let done = CancellationToken::new();
     // The pipeline's queue goes through the proxy; the watch below asks the server directly.
@@ -210,19 +210,7 @@ async fn extensions_that_never_answer_hold_up_no_lease() {
         done.cancel();
         summary
     };
-    let watch = async {
-        let (mut taken, mut came_back) = (false, 0);
-        while !done.is_cancelled() {
-            let (visible, _) = queue.queue.approximate_depth().await.unwrap();
-            if visible == 0 {
-                taken = true;
-            } else if taken {
-                came_back = came_back.max(visible);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        (taken, came_back)
-    };
+    let watch = queue.visible_again_until(&done);
     let (summary, (taken, came_back)) = tokio::join!(drain, watch);
     let summary = summary.unwrap();
     assert!(taken, "the messages were received");

@@ -101,6 +101,25 @@ impl TestQueue {
         }
     }
 
+    /// Watches the queue until `done`: whether its messages were all taken (none visible) at
+    /// some point, and the most that became visible again after that.
+    pub async fn visible_again_until(
+        &self,
+        done: &tokio_util::sync::CancellationToken,
+    ) -> (bool, u64) {
+        let (mut taken, mut came_back) = (false, 0);
+        while !done.is_cancelled() {
+            let (visible, _) = self.queue.approximate_depth().await.unwrap();
+            if visible == 0 {
+                taken = true;
+            } else if taken {
+                came_back = came_back.max(visible);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (taken, came_back)
+    }
+
     /// Visible + in-flight messages.
     pub async fn depth(&self) -> u64 {
         let (visible, in_flight) = self.queue.approximate_depth().await.unwrap();
