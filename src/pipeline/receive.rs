@@ -277,21 +277,12 @@ impl<S: MessageSource> Receiver<S> {
                     }
                     _ = stop.cancelled() => return Ok(()),
                 };
-                // A suspect's attempt is begun, processed and finished while no other
-                // suspect's is (its turn): a body that kills the process then leaves only its
-                // own attempt unfinished, never a bystander's.
-                let turn = match &stage.attempts {
-                    Some(_) if m.receive_count > settings.max_receive_count => {
-                        Some(stage.suspect_turn.lock().await)
+                let mut processed = match &stage.attempts {
+                    Some(log) if m.receive_count > settings.max_receive_count => {
+                        stage.process_suspect(log.as_ref(), m, held_since).await
                     }
-                    _ => None,
+                    _ => stage.process(m, held_since, None),
                 };
-                let attempt = stage.begin_attempt(&m).await;
-                let mut processed = stage.process(m, held_since, attempt.crashed);
-                if attempt.finish {
-                    stage.finish_attempt(&processed.ledger_id).await;
-                }
-                drop(turn);
                 processed.permit = Some(permit);
                 if items.send(processed).await.is_err() {
                     // The loader has stopped; what we hold was not committed and is released.
@@ -302,7 +293,7 @@ impl<S: MessageSource> Receiver<S> {
     }
 }
 
-/// What [`Stage::begin_attempt`] found: whether the attempt is to be finished (it was
+/// What `Stage::begin_attempt` found: whether the attempt is to be finished (it was
 /// recorded, or may have been: a record whose answer was lost is finished too, which can only
 /// make a crash count one lower), and the attempts before it that never finished, when they
 /// make the message `poison:crashed`.
@@ -318,7 +309,8 @@ pub(super) struct Stage {
     pub(super) sealer: BodySealer,
     /// The durable record of attempts at suspects, if the run keeps one.
     pub(super) attempts: Option<Arc<dyn AttemptLog>>,
-    /// Held while a suspect's attempt is begun, processed and finished: one at a time.
+    /// Held while a suspect's attempt is begun, processed and finished: one at a time
+    /// ([`Stage::process_suspect`]).
     suspect_turn: tokio::sync::Mutex<()>,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
@@ -510,21 +502,29 @@ impl Stage {
         }
     }
 
-    /// Before a suspect (received more often than `--max-receive-count`) is processed: its
-    /// attempt recorded in the database, and whether the attempts before it that never
-    /// finished (the process died processing it) make it poison. A record that cannot be made
-    /// (the database is away) is no verdict: the message is processed.
-    async fn begin_attempt(&self, m: &Received) -> Attempt {
-        let none = Attempt {
-            finish: false,
-            crashed: None,
-        };
-        let Some(log) = &self.attempts else {
-            return none;
-        };
-        if m.receive_count <= self.settings.max_receive_count {
-            return none;
+    /// A suspect (received more often than `--max-receive-count`), processed between a
+    /// record of its attempt in the database and a record that the attempt finished, while no
+    /// other suspect's attempt is open (its turn): a body that kills the process then leaves
+    /// only its own attempt unfinished, never a bystander's. Earlier attempts that never
+    /// finished (the process died processing it) may make it `poison:crashed`.
+    async fn process_suspect(
+        &self,
+        log: &dyn AttemptLog,
+        m: Received,
+        held_since: Instant,
+    ) -> Processed {
+        let _turn = self.suspect_turn.lock().await;
+        let attempt = self.begin_attempt(log, &m).await;
+        let processed = self.process(m, held_since, attempt.crashed);
+        if attempt.finish {
+            Self::finish_attempt(log, &processed.ledger_id).await;
         }
+        processed
+    }
+
+    /// Records an attempt at suspect `m`. A record that cannot be made (the database is away)
+    /// is no verdict: the message is processed.
+    async fn begin_attempt(&self, log: &dyn AttemptLog, m: &Received) -> Attempt {
         let ledger_ms = batch::ledger_ms(m.sent_timestamp, m.ledger_id != m.ack.message_id);
         match log.begin(&m.ledger_id, ledger_ms).await {
             Ok(Some(unfinished)) => {
@@ -537,7 +537,10 @@ impl Stage {
                     crashed,
                 }
             }
-            Ok(None) => none,
+            Ok(None) => Attempt {
+                finish: false,
+                crashed: None,
+            },
             Err(error) => {
                 tracing::warn!(message_id = %m.ack.message_id, %error, "could not record an attempt at a suspect; processing it anyway");
                 Attempt {
@@ -550,10 +553,7 @@ impl Stage {
 
     /// After a suspect's processing returned: its attempt counted finished, tried three
     /// times (an attempt left unfinished counts against the message).
-    async fn finish_attempt(&self, ledger_id: &str) {
-        let Some(log) = &self.attempts else {
-            return;
-        };
+    async fn finish_attempt(log: &dyn AttemptLog, ledger_id: &str) {
         let mut error = None;
         for wait in [0, 200, 1_000] {
             tokio::time::sleep(Duration::from_millis(wait)).await;

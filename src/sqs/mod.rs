@@ -463,17 +463,11 @@ impl QueueCounts {
 
     /// The three counts from `GetQueueAttributes` pairs (a count the server leaves out is 0).
     pub fn from_attributes(attrs: &[(String, String)]) -> Self {
-        let number = |name: &str| {
-            attrs
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let count = |name: &str| number(attrs, name).unwrap_or(0);
         Self {
-            visible: number(QueueCounts::ATTRIBUTES[0]),
-            in_flight: number(QueueCounts::ATTRIBUTES[1]),
-            delayed: number(QueueCounts::ATTRIBUTES[2]),
+            visible: count(QueueCounts::ATTRIBUTES[0]),
+            in_flight: count(QueueCounts::ATTRIBUTES[1]),
+            delayed: count(QueueCounts::ATTRIBUTES[2]),
         }
     }
 
@@ -483,6 +477,14 @@ impl QueueCounts {
         "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed",
     ];
+}
+
+/// The numeric queue attribute `name` among `attrs`.
+pub(crate) fn number(attrs: &[(String, String)], name: &str) -> Option<u64> {
+    attrs
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// The calls the pipeline makes on a queue.

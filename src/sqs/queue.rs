@@ -185,7 +185,7 @@ impl Queue {
     pub async fn visibility_timeout(&self) -> Result<Duration, SourceError> {
         let attrs = self.attributes(&["VisibilityTimeout"]).await?;
         Ok(Duration::from_secs(
-            number(&attrs, "VisibilityTimeout").unwrap_or(30),
+            super::number(&attrs, "VisibilityTimeout").unwrap_or(30),
         ))
     }
 
@@ -194,15 +194,11 @@ impl Queue {
         over!(self, c => c.attributes(names))
     }
 
-    /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible`.
+    /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible` (of
+    /// [`MessageSource::counts`]).
     pub async fn approximate_depth(&self) -> Result<(u64, u64), SourceError> {
-        const VISIBLE: &str = "ApproximateNumberOfMessages";
-        const IN_FLIGHT: &str = "ApproximateNumberOfMessagesNotVisible";
-        let attrs = self.attributes(&[VISIBLE, IN_FLIGHT]).await?;
-        Ok((
-            number(&attrs, VISIBLE).unwrap_or(0),
-            number(&attrs, IN_FLIGHT).unwrap_or(0),
-        ))
+        let counts = MessageSource::counts(self).await?;
+        Ok((counts.visible, counts.in_flight))
     }
 
     /// Sends up to 10 bodies in one `SendMessageBatch`; returns the ones to send again. On a
@@ -378,14 +374,6 @@ static TEST_CREDENTIALS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 #[doc(hidden)]
 pub fn use_test_credentials() {
     let _ = TEST_CREDENTIALS.set(());
-}
-
-/// The numeric queue attribute `name` among `attrs`.
-fn number(attrs: &[(String, String)], name: &str) -> Option<u64> {
-    attrs
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Whether a call reached a server that speaks query: it answered, or refused in SQS's XML.
