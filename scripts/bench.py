@@ -218,8 +218,9 @@ class Bench:
                                stdout=f, check=True)
         return path
 
-    def fresh(self):
-        """A new database (set up) and a new queue name; the environment for sqs2pg."""
+    def fresh(self, binary=None):
+        """A new database, set up by `binary` (ours by default: a baseline build refuses a schema
+        newer than its own), and a new queue name; the environment for sqs2pg."""
         self.serial += 1
         db = f"bench_{self.serial}"
         psql(f"postgres://postgres@127.0.0.1:{self.pg_port}/postgres", f"CREATE DATABASE {db}")
@@ -229,7 +230,7 @@ class Bench:
                "DATABASE_URL": url, "SQS2PG_MASK_KEY": self.key, "RUST_LOG": "warn"}
         if self.endpoint:
             env["SQS2PG_QUEUE_URL"] = f"{self.endpoint}/000000000000/bench-{os.getpid()}-{self.serial}"
-        subprocess.run([self.binary, "setup"], env=env, check=True, capture_output=True)
+        subprocess.run([binary or self.binary, "setup"], env=env, check=True, capture_output=True)
         return env
 
     def fill(self, env, messages, queue_url=None):
@@ -641,7 +642,7 @@ def bench_drain(args):
                      "loaded": summary_value(m.stdout, "loaded"),
                      "per_message": summary_value(m.stdout, "requests per message")}
                 if args.before:
-                    env = b.fresh()
+                    env = b.fresh(args.before)
                     b.fill(env, size)
                     m = run_measured([args.before, "drain"], env)
                     r.update(before=m.wall, before_tail=summary_value(m.stdout, "after last delete"))
@@ -695,7 +696,7 @@ def bench_scale(args):
             for visibility in args.visibility:
                 for processes in args.processes:
                     for i in range(args.runs):
-                        env = b.fresh()
+                        env = b.fresh(binary)
                         b.fill(env, args.messages)
                         env["SQS2PG_VISIBILITY_TIMEOUT_SECS"] = str(visibility)
                         if proxy:
