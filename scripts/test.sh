@@ -25,5 +25,10 @@ cargo test --all-targets --locked
 # while iterating; CI always runs it.
 if [ -z "${SQS2PG_SKIP_SLOW:-}" ]; then
   echo "== cargo test, slow tier"
-  cargo test --test it --locked -- --ignored --test-threads=1
+  cargo test --test it --locked -- --ignored --test-threads=1 \
+    --skip resilience::extensions_that_never_answer_hold_up_no_lease
+  # Last and alone: at a 2 s visibility timeout, a machine still busy with the fast tier's
+  # servers shutting down can delay calls past their lease with no fault injected.
+  cargo test --test it --locked -- --ignored --exact \
+    resilience::extensions_that_never_answer_hold_up_no_lease
 fi

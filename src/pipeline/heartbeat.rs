@@ -4,9 +4,9 @@
 //!
 //! Every extension call is in flight on its own: the heartbeat ticks on whatever the calls
 //! before it do. A call that gets no answer (a lost request, a connection a proxy holds) delays
-//! only the messages it carries, and those are sent again, in two calls of their own, once the
-//! call has gone unanswered for longer than calls take (a retransmission timeout, `Rto`), not
-//! when the lost call gives up 15 s later.
+//! only the messages it carries, and those are sent again in a call of their own once the call
+//! has gone unanswered for longer than calls take (a retransmission timeout, `Rto`), not when
+//! the lost call gives up 15 s later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,7 +55,7 @@ type Answer = (
 
 /// When an unanswered extension call counts as lost: TCP's retransmission timeout (RFC 6298:
 /// smoothed latency plus four times its variation), over the answers so far, kept between a
-/// twentieth and an eighth of the visibility timeout. A server that answers in milliseconds
+/// twentieth and a quarter of the visibility timeout. A server that answers in milliseconds
 /// gets a lost call's leases sent again within a tenth of a second at a 2 s timeout, several
 /// tries before they lapse; a slow server's late answers are expected, not duplicated. Our own
 /// few lines: no crate offers the estimator alone.
@@ -73,9 +73,7 @@ impl Rto {
             smoothed: None,
             variation: Duration::ZERO,
             floor,
-            // A lease is first sent with 3/8 to 1/2 of the timeout left: at most an eighth
-            // between tries leaves room for three or more before it lapses.
-            ceiling: (visibility / 8).max(floor),
+            ceiling: (visibility / 4).max(floor),
         }
     }
 
@@ -136,26 +134,15 @@ impl InFlight {
         }
     }
 
-    /// Of the leases due at `now`, those to send: (not carried by any call, carried by one
-    /// unanswered for `resend_after` and so sent again).
-    fn to_send(
-        &self,
-        due: Vec<AckHandle>,
-        now: Instant,
-        resend_after: Duration,
-    ) -> (Vec<AckHandle>, Vec<AckHandle>) {
-        let mut fresh = Vec::new();
-        let mut again = Vec::new();
-        for ack in due {
-            match self.carried.get(&ack.message_id) {
-                None => fresh.push(ack),
-                Some((_, sent)) if now.saturating_duration_since(*sent) >= resend_after => {
-                    again.push(ack)
-                }
-                Some(_) => {}
-            }
-        }
-        (fresh, again)
+    /// Of the leases due at `now`, those to send: not carried by any call, or carried by one
+    /// unanswered for `resend_after`.
+    fn to_send(&self, due: Vec<AckHandle>, now: Instant, resend_after: Duration) -> Vec<AckHandle> {
+        due.into_iter()
+            .filter(|ack| match self.carried.get(&ack.message_id) {
+                None => true,
+                Some((_, sent)) => now.saturating_duration_since(*sent) >= resend_after,
+            })
+            .collect()
     }
 
     /// The next instant an unanswered call becomes late enough for its leases to be sent
@@ -318,19 +305,10 @@ impl<S: MessageSource> Heartbeat<S> {
                 // Leases at risk: receive nothing more until they are extended.
                 leases.set_behind(due.lapsed + due.overdue > 0);
             }
-            let (fresh, again) = in_flight.to_send(due.extend, now, resend_after);
-            if !fresh.is_empty() {
-                tracing::debug!(messages = fresh.len(), "extending visibility");
-                in_flight.send(&source, fresh, visibility, now, resend_after);
-            }
-            if !again.is_empty() {
-                // A call went unanswered: its leases go out in two calls of their own, so that
-                // one more lost call does not lapse them (where losses are independent, each
-                // round of tries is lost with the square of the odds). Extensions are
-                // idempotent; this costs calls only where calls are lost.
-                tracing::debug!(messages = again.len(), "extending visibility again");
-                in_flight.send(&source, again.clone(), visibility, now, resend_after);
-                in_flight.send(&source, again, visibility, now, resend_after);
+            let send = in_flight.to_send(due.extend, now, resend_after);
+            if !send.is_empty() {
+                tracing::debug!(messages = send.len(), "extending visibility");
+                in_flight.send(&source, send, visibility, now, resend_after);
             }
         }
     }

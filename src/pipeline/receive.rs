@@ -133,13 +133,9 @@ impl<S: MessageSource> Receiver<S> {
             let call = async {
                 match opening {
                     Some(None) => {
-                        // Taken in as it answers, so that the run of empty reads follows
-                        // the order the reads were made in.
-                        let counts = async {
-                            let read = source.counts().await;
-                            stage.counts_read(id, read, leases.let_go_hidden())
-                        };
-                        tokio::join!(source.receive(&request), counts)
+                        let (received, counts) =
+                            tokio::join!(source.receive(&request), source.counts());
+                        (received, stage.counts_read(id, counts))
                     }
                     Some(Some(counts)) => (source.receive(&request).await, Some(counts)),
                     None => (source.receive(&request).await, None),
@@ -239,10 +235,10 @@ impl<S: MessageSource> Receiver<S> {
                         // in flight elsewhere or delayed either, by two reads of its counts
                         // (SQS updates them with some lag), one as the poll started and one
                         // now.
-                        let closing =
-                            stage.counts_read(id, source.counts().await, leases.let_go_hidden());
+                        let closing = stage.counts_read(id, source.counts().await);
                         last_counts = closing.map(|c| (c, receives_before));
-                        if stage.confirms_empty(id, opening_counts, closing) {
+                        if stage.confirms_empty(id, opening_counts, closing, leases.let_go_hidden())
+                        {
                             stage.drained.cancel();
                             return Ok(());
                         }
@@ -337,10 +333,6 @@ pub(super) struct Stage {
     counts_unreadable: std::sync::atomic::AtomicBool,
     /// `drain`: a read of the counts failed transiently (said once).
     counts_failing: std::sync::atomic::AtomicBool,
-    /// Reads of the counts in a row, any receiver's, in the order they answered, that found
-    /// nothing but what this run let go: a drain ends only after two (counts that lag, or come
-    /// from different hosts, can read empty once).
-    empty_reads: std::sync::atomic::AtomicU32,
 }
 
 /// Adaptive receive concurrency for `run`: a full receive (10 messages) lets one more receiver
@@ -406,7 +398,6 @@ impl Stage {
             receive_failed_at: std::sync::Mutex::new(None),
             counts_unreadable: std::sync::atomic::AtomicBool::new(false),
             counts_failing: std::sync::atomic::AtomicBool::new(false),
-            empty_reads: std::sync::atomic::AtomicU32::new(0),
             settings,
         }
     }
@@ -425,8 +416,8 @@ impl Stage {
     /// `drain`: whether a poll that began and ended with nothing held, and came back empty,
     /// ends the drain. It does when the queue's counts, read as the poll began (`opening`)
     /// and after it ended (`closing`), both say nothing is visible, in flight or delayed,
-    /// but for the messages this run let go for redelivery (a drain reports those and exits
-    /// 1), and the read before `closing`, whichever receiver made it, said so too. Otherwise messages are held by another consumer (they are deleted there, or
+    /// but for the `ours` messages this run let go for redelivery (a drain reports those and
+    /// exits 1). Otherwise messages are held by another consumer (they are deleted there, or
     /// come back here once their visibility timeout passes) or delayed (they appear here), and
     /// the drain waits for them: the live line and the log say so.
     fn confirms_empty(
@@ -434,17 +425,18 @@ impl Stage {
         receiver: usize,
         opening: Option<QueueCounts>,
         closing: Option<QueueCounts>,
+        ours: u64,
     ) -> bool {
         if self.counts_unreadable.load(Ordering::Relaxed) {
             // Denied for good (see `counts_read`): the empty poll alone ends the drain.
             return true;
         }
-        match (opening, closing) {
-            (Some(opening), Some(closing))
-                if opening.is_empty()
-                    && closing.is_empty()
-                    && self.empty_reads.load(Ordering::Relaxed) >= 2 =>
-            {
+        let others = |mut counts: QueueCounts| {
+            counts.in_flight = counts.in_flight.saturating_sub(ours);
+            counts
+        };
+        match (opening.map(others), closing.map(others)) {
+            (Some(opening), Some(closing)) if opening.is_empty() && closing.is_empty() => {
                 tracing::debug!(
                     receiver,
                     "queue empty for one long poll with nothing held anywhere; receiver done"
@@ -461,8 +453,7 @@ impl Stage {
         }
     }
 
-    /// The counts a read gave, less the `ours` messages this run let go that are still in
-    /// flight, or `None`; counted in the run of empty reads. A read refused for good (a policy without
+    /// The counts a read gave, or `None`. A read refused for good (a policy without
     /// `sqs:GetQueueAttributes`) makes the drain end at its first empty poll, as if the counts
     /// said empty, with a warning: without counts it cannot see what others hold, and waiting
     /// for a read that can never succeed would never end.
@@ -470,20 +461,9 @@ impl Stage {
         &self,
         receiver: usize,
         read: Result<QueueCounts, crate::sqs::SourceError>,
-        ours: u64,
     ) -> Option<QueueCounts> {
         match read {
-            Ok(mut counts) => {
-                // Messages this run let go are still in flight until they come back: not
-                // another consumer's, and not waited for.
-                counts.in_flight = counts.in_flight.saturating_sub(ours);
-                if counts.is_empty() {
-                    self.empty_reads.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.empty_reads.store(0, Ordering::Relaxed);
-                }
-                Some(counts)
-            }
+            Ok(counts) => Some(counts),
             Err(error) => {
                 if error.kind == crate::sqs::SourceErrorKind::Permanent {
                     if !self.counts_unreadable.swap(true, Ordering::Relaxed) {
