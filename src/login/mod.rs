@@ -191,6 +191,31 @@ mod tests {
         }
     }
 
+    /// serde_json hands numbers over as a map of one when `arbitrary_precision` is on (the
+    /// mapping keeps digits with it): they must still be numbers here, and a number no f64
+    /// holds is not a reason to refuse a body.
+    #[test]
+    fn numbers_are_numbers() {
+        let detail = |body: &str| match transform(&masker(), 1 << 20, body, SENT_MS).outcome {
+            Ok(_) => "ok".to_owned(),
+            Err(r) => format!("{} {}", r.reason, r.detail.unwrap_or_default()),
+        };
+        assert_eq!(detail("42"), "not_an_object top-level value is number");
+        assert_eq!(detail("-1e400"), "not_an_object top-level value is number");
+        assert_eq!(detail("{}").split(' ').next(), Some("missing_field:user_id"));
+        for number in ["7", "-2.5", "1e400", "123456789012345678901234567890"] {
+            let got = detail(&with_raw("user_id", number));
+            assert!(
+                got.starts_with("wrong_type:user_id") && got.contains("number"),
+                "{number}: {got}"
+            );
+        }
+        assert!(detail(&with_raw("user_id", "{}")).contains("object"));
+        assert!(detail(&with_raw("user_id", r#"{"a": 1}"#)).contains("object"));
+        let extra = GOOD.replacen('{', r#"{"big": 1e400, "n": {"$serde_json::private::Number": 1}, "#, 1);
+        assert_eq!(detail(&extra), "ok");
+    }
+
     #[test]
     fn not_json_and_not_object() {
         assert_eq!(reason("not json"), "not_json");

@@ -107,8 +107,14 @@ impl<'de> Visitor<'de> for BodyVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut event = LoginEvent::default();
+        let mut first = true;
         while let Some(key) = map.next_key::<Key>()? {
             match key {
+                // A number, not an object (see `NUMBER_TOKEN`).
+                Key::Number if first => {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    return Ok(Err(JsonKind::Number));
+                }
                 Key::Known(field) => {
                     let value = map.next_value::<ScalarOf<'de>>()?.0;
                     let slot = &mut event.slots[field as usize];
@@ -118,11 +124,12 @@ impl<'de> Visitor<'de> for BodyVisitor {
                         *slot = Some(value);
                     }
                 }
-                Key::Unknown => {
+                Key::Unknown | Key::Number => {
                     map.next_value::<IgnoredAny>()?;
                     event.unknown_fields += 1;
                 }
             }
+            first = false;
         }
         Ok(Ok(event))
     }
@@ -151,9 +158,15 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 }
 
-/// An object key: one of our fields, or anything else.
+/// The one key of the map serde_json hands a number as, with `arbitrary_precision` on (the
+/// mapping needs it to keep a number's every digit): `{TOKEN: "digits"}`. serde_json does not
+/// export it; `numbers_are_numbers` below fails should it change.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// An object key: one of our fields, serde_json's number token, or anything else.
 enum Key {
     Known(Field),
+    Number,
     Unknown,
 }
 
@@ -166,7 +179,11 @@ impl<'de> de::Deserialize<'de> for Key {
                 f.write_str("an object key")
             }
             fn visit_str<E>(self, key: &str) -> Result<Key, E> {
-                Ok(Field::from_name(key).map_or(Key::Unknown, Key::Known))
+                Ok(match Field::from_name(key) {
+                    Some(field) => Key::Known(field),
+                    None if key == NUMBER_TOKEN => Key::Number,
+                    None => Key::Unknown,
+                })
             }
         }
         d.deserialize_identifier(KeyVisitor)
@@ -223,7 +240,14 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::NotString(JsonKind::Array))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // A number comes as a map of one (see `NUMBER_TOKEN`).
+        let kind = match map.next_key::<Key>()? {
+            None => return Ok(Scalar::NotString(JsonKind::Object)),
+            Some(Key::Number) => JsonKind::Number,
+            Some(_) => JsonKind::Object,
+        };
+        map.next_value::<IgnoredAny>()?;
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::NotString(JsonKind::Object))
+        Ok(Scalar::NotString(kind))
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! Conversions are strict where a guess could store something else than was sent: a number
 //! is never read from a string for an integer column unless it is all digits, a date must be
-//! ISO 8601, a timestamp with time zone must carry its offset (RFC 3339). JSON numbers arrive
-//! through `f64` for `numeric`, `real` and `double precision` (17 significant digits); a
-//! `numeric` sent as a string keeps every digit.
+//! ISO 8601, a timestamp with time zone must carry its offset (RFC 3339). A JSON number keeps
+//! its text as sent (serde_json's `arbitrary_precision`): `numeric` and `jsonb` store its every
+//! digit, never a trip through `f64`; only `real` and `double precision` round, as their types
+//! do.
 
 use std::net::IpAddr;
 
@@ -104,9 +105,10 @@ fn float(value: &Json) -> Result<f64, Fault> {
 
 fn finite_or_not(value: &Json) -> Result<f64, Fault> {
     match value {
+        // A JSON number that no f64 holds (1e400) is beyond the type, not malformed.
         Json::Number(n) => n
             .as_f64()
-            .ok_or_else(|| Fault::Invalid("not a number".into())),
+            .ok_or_else(|| Fault::OutOfRange("beyond double precision".into())),
         Json::String(s) => decimal_parts(s)
             .and_then(|_| s.trim().parse::<f64>().ok())
             .ok_or_else(|| Fault::Invalid("not a number".into())),
@@ -130,31 +132,161 @@ fn decimal_parts(s: &str) -> Option<(bool, &str, &str)> {
     Some((negative, int, frac))
 }
 
+/// PostgreSQL's limits for numeric (and so for a jsonb number): digits before the point, and
+/// after it.
+const NUMERIC_INT_DIGITS: u64 = 131_072;
+const NUMERIC_SCALE: u64 = 16_383;
+
+/// A JSON number's text (`-12.5e-3`) in parts: sign, integer digits, fraction digits and the
+/// exponent (saturated: beyond any limit either way).
+struct JsonNumber<'a> {
+    negative: bool,
+    int: &'a str,
+    frac: &'a str,
+    exponent: i64,
+}
+
+impl<'a> JsonNumber<'a> {
+    /// `None` unless `text` is a JSON number (as serde_json kept it).
+    fn parse(text: &'a str) -> Option<Self> {
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+            Some(at) => (&unsigned[..at], &unsigned[at + 1..]),
+            None => (unsigned, "0"),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        let (exp_negative, exp_digits) = match exponent.as_bytes().first()? {
+            b'-' => (true, &exponent[1..]),
+            b'+' => (false, &exponent[1..]),
+            _ => (false, exponent),
+        };
+        if int.is_empty() || !digits(int) || !digits(frac) || exp_digits.is_empty() || !digits(exp_digits) {
+            return None;
+        }
+        let magnitude = exp_digits
+            .bytes()
+            .fold(0i64, |n, b| n.saturating_mul(10).saturating_add(i64::from(b - b'0')));
+        Some(Self {
+            negative,
+            int,
+            frac,
+            exponent: if exp_negative { -magnitude } else { magnitude },
+        })
+    }
+
+    /// Where the point falls in `int` + `frac` once the exponent is applied.
+    fn point(&self) -> i64 {
+        (self.int.len() as i64).saturating_add(self.exponent)
+    }
+
+    /// Digits before the point (leading zeros not counted) and after it (the scale
+    /// PostgreSQL's numeric input gives it: `1.50e1` is `15.0`), once the exponent is applied.
+    fn shape(&self) -> (u64, u64) {
+        let all = || self.int.bytes().chain(self.frac.bytes());
+        let leading_zeros = all().take_while(|b| *b == b'0').count() as i64;
+        let int_digits = match all().any(|b| b != b'0') {
+            true => self.point().saturating_sub(leading_zeros).max(0) as u64,
+            false => 0,
+        };
+        let scale = (self.frac.len() as i64).saturating_sub(self.exponent).max(0) as u64;
+        (int_digits, scale)
+    }
+
+    /// True if PostgreSQL's numeric (and so jsonb) can hold it.
+    fn fits_numeric(&self) -> bool {
+        let (int_digits, scale) = self.shape();
+        int_digits <= NUMERIC_INT_DIGITS && scale <= NUMERIC_SCALE
+    }
+
+    /// The number as a plain decimal: sign, integer digits, fraction digits (call only once
+    /// it [fits](Self::fits_numeric): the strings are as long as the digits say).
+    fn plain(&self) -> (bool, String, String) {
+        let all: String = [self.int, self.frac].concat();
+        let point = self.point();
+        let (int, frac) = if point <= 0 {
+            ("0".to_owned(), "0".repeat(point.unsigned_abs() as usize) + &all)
+        } else if point as usize >= all.len() {
+            (all.clone() + &"0".repeat(point as usize - all.len()), String::new())
+        } else {
+            (all[..point as usize].to_owned(), all[point as usize..].to_owned())
+        };
+        (self.negative, int, frac)
+    }
+}
+
+/// Compares two plain decimals (`-12.50`, `3`; as [`Value::Numeric`] and integers print, and
+/// as Rust prints an `f64`) exactly, digit by digit; `None` if either is not one.
+pub fn compare_decimals(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let (a_negative, a_int, a_frac) = decimal_parts(a)?;
+    let (b_negative, b_int, b_frac) = decimal_parts(b)?;
+    let zero = |int: &str, frac: &str| int.bytes().chain(frac.bytes()).all(|d| d == b'0');
+    let sign = |negative: bool, int: &str, frac: &str| match (zero(int, frac), negative) {
+        (true, _) => 0,
+        (false, true) => -1,
+        (false, false) => 1,
+    };
+    let (a_sign, b_sign) = (sign(a_negative, a_int, a_frac), sign(b_negative, b_int, b_frac));
+    if a_sign != b_sign || a_sign == 0 {
+        return Some(a_sign.cmp(&b_sign));
+    }
+    // Same sign: compare the magnitudes, then flip for negatives.
+    let (a_int, b_int) = (a_int.trim_start_matches('0'), b_int.trim_start_matches('0'));
+    let width = a_frac.len().max(b_frac.len());
+    let padded = |frac: &str| format!("{frac:0<width$}");
+    let magnitude = a_int
+        .len()
+        .cmp(&b_int.len())
+        .then_with(|| a_int.cmp(b_int))
+        .then_with(|| padded(a_frac).cmp(&padded(b_frac)));
+    Some(match a_sign {
+        1 => magnitude,
+        _ => magnitude.reverse(),
+    })
+}
+
+/// True if every number in `value` fits PostgreSQL's numeric, as a jsonb number must.
+fn numbers_fit(value: &Json) -> bool {
+    match value {
+        Json::Number(n) => JsonNumber::parse(&n.to_string()).is_some_and(|n| n.fits_numeric()),
+        Json::Array(items) => items.iter().all(numbers_fit),
+        Json::Object(map) => map.values().all(numbers_fit),
+        _ => true,
+    }
+}
+
 /// A decimal rounded half away from zero to `scale` digits (as PostgreSQL rounds numeric
-/// input), checked against `precision`.
+/// input), checked against `precision`. A JSON number keeps every digit it was sent with,
+/// its exponent applied; a string must be a plain decimal.
 fn numeric(value: &Json, spec: Option<(u16, u16)>) -> Result<String, Fault> {
-    let written = match value {
-        // Rust prints the shortest text that reads back as the same f64.
-        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => i.to_string(),
-            (_, Some(u)) => u.to_string(),
-            _ => {
-                let x = n.as_f64().unwrap_or(f64::NAN);
-                if !x.is_finite() {
-                    return Err(Fault::Invalid("not a finite number".into()));
-                }
-                format!("{x}")
+    let too_many = || Fault::OutOfRange("more digits than numeric holds".into());
+    let (negative, int, frac) = match value {
+        Json::Number(n) => {
+            let text = n.to_string();
+            let number = JsonNumber::parse(&text)
+                .ok_or_else(|| Fault::Invalid("not a plain decimal number".into()))?;
+            if !number.fits_numeric() {
+                return Err(too_many());
             }
-        },
-        Json::String(s) => s.trim().to_owned(),
+            number.plain()
+        }
+        Json::String(s) => {
+            let Some((negative, int, frac)) = decimal_parts(s) else {
+                return Err(Fault::Invalid("not a plain decimal number".into()));
+            };
+            (negative, int.to_owned(), frac.to_owned())
+        }
         other => return Err(wrong("number", other)),
     };
-    let Some((negative, int, frac)) = decimal_parts(&written) else {
-        return Err(Fault::Invalid("not a plain decimal number".into()));
-    };
+    let (int, frac) = (int.as_str(), frac.as_str());
     // PostgreSQL's own limits for numeric.
-    if int.len() > 131_072 || frac.len() > 16_383 {
-        return Err(Fault::OutOfRange("more digits than numeric holds".into()));
+    if int.trim_start_matches('0').len() as u64 > NUMERIC_INT_DIGITS
+        || frac.len() as u64 > NUMERIC_SCALE
+    {
+        return Err(too_many());
     }
     let Some((precision, scale)) = spec else {
         let int = int.trim_start_matches('0');
@@ -329,6 +461,12 @@ pub fn convert(value: &Json, column: ColumnType) -> Result<Value, Fault> {
             if holds_nul(value) {
                 return Err(Fault::NulCharacter);
             }
+            if !numbers_fit(value) {
+                return Err(Fault::OutOfRange(
+                    "a number with more digits than jsonb holds".into(),
+                ));
+            }
+            // Numbers as sent, every digit (`arbitrary_precision`).
             Value::Jsonb(value.to_string())
         }
         ColumnType::TextArray => match value {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value as Json};
 use time::OffsetDateTime;
 
-use super::column::{convert, kind, ColumnType, Fault, Value};
+use super::column::{compare_decimals, convert, kind, ColumnType, Fault, Value};
 use super::file::{
     Column, Convert, Envelope, Mapping, Mask, Source, SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
@@ -98,6 +98,14 @@ impl MessageKind for Mapper {
             unknown_fields: 0,
         }
     }
+}
+
+/// A converted number, for the bounds check.
+enum Number {
+    /// A whole number or numeric, as a plain decimal.
+    Exact(String),
+    /// A real or double precision.
+    Float(f64),
 }
 
 /// A row ready to store: every personal column masked. Only [`Mapper::apply`] makes one.
@@ -384,7 +392,8 @@ impl Mapping {
                     })
                 })?
                 .encode();
-            self.bounds(column, f64::from(encoded)).map_err(fault)?;
+            self.bounds(column, Number::Exact(encoded.to_string()))
+                .map_err(fault)?;
             return Ok(match column.column_type {
                 ColumnType::BigInt => Value::BigInt(encoded.into()),
                 _ => Value::Integer(encoded),
@@ -444,13 +453,15 @@ impl Mapping {
             });
         }
         let converted = convert(value, column.column_type).map_err(fault)?;
+        // Whole numbers and numerics are compared with the bounds digit by digit (an f64 would
+        // round a long numeric onto its bound); real and double precision as the floats they are.
         let number = match &converted {
-            Value::SmallInt(n) => Some(f64::from(*n)),
-            Value::Integer(n) => Some(f64::from(*n)),
-            Value::BigInt(n) => Some(*n as f64),
-            Value::Real(x) => Some(f64::from(*x)),
-            Value::Double(x) => Some(*x),
-            Value::Numeric(s) => s.parse().ok(),
+            Value::SmallInt(n) => Some(Number::Exact(n.to_string())),
+            Value::Integer(n) => Some(Number::Exact(n.to_string())),
+            Value::BigInt(n) => Some(Number::Exact(n.to_string())),
+            Value::Numeric(s) => Some(Number::Exact(s.clone())),
+            Value::Real(x) => Some(Number::Float(f64::from(*x))),
+            Value::Double(x) => Some(Number::Float(*x)),
             _ => None,
         };
         if let Some(number) = number {
@@ -459,9 +470,16 @@ impl Mapping {
         Ok(converted)
     }
 
-    fn bounds(&self, column: &Column, number: f64) -> Result<(), Fault> {
-        if column.min.is_some_and(|min| number < min) || column.max.is_some_and(|max| number > max)
-        {
+    fn bounds(&self, column: &Column, number: Number) -> Result<(), Fault> {
+        use std::cmp::Ordering;
+        // A bound as Rust prints an f64 is a plain decimal, every digit of its value.
+        let beyond = |bound: Option<f64>, side: Ordering| {
+            bound.is_some_and(|b| match &number {
+                Number::Float(x) => x.partial_cmp(&b) == Some(side),
+                Number::Exact(text) => compare_decimals(text, &b.to_string()) == Some(side),
+            })
+        };
+        if beyond(column.min, Ordering::Less) || beyond(column.max, Ordering::Greater) {
             let bound = |b: Option<f64>| b.map_or("none".to_owned(), |b| b.to_string());
             return Err(Fault::OutOfRange(format!(
                 "outside the column's bounds (min {}, max {})",

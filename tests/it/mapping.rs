@@ -331,6 +331,92 @@ async fn every_type_round_trips_through_binary_copy_into_postgresql() {
     }
 }
 
+/// jsonb keeps what the message says: JSON text drawn at random (numbers of any size,
+/// precision and exponent, nested arrays and objects, any printable unicode in keys and
+/// strings) is parsed as a body is, converted, copied into a real jsonb column and compared
+/// there, as jsonb, with the text as sent: every value equal, every digit kept.
+#[tokio::test]
+async fn jsonb_stores_every_digit_and_character_the_message_sent() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use sqs2pg::mapping::column::convert;
+    use sqs2pg::mapping::ColumnType;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+    let quoted = |s: String| serde_json::to_string(&s).unwrap();
+    let leaf = prop_oneof![
+        4 => "-?(0|[1-9][0-9]{0,40})(\\.[0-9]{1,40})?([eE][-+]?[0-9]{1,3})?",
+        2 => "\\PC{0,8}".prop_map(quoted),
+        1 => Just("true".to_owned()),
+        1 => Just("null".to_owned()),
+    ];
+    let document = leaf.prop_recursive(4, 32, 5, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5)
+                .prop_map(|items| format!("[{}]", items.join(","))),
+            proptest::collection::vec(("\\PC{1,6}".prop_map(quoted), inner), 0..5).prop_map(
+                |fields| {
+                    let fields: Vec<String> =
+                        fields.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }
+            ),
+        ]
+    });
+    let db = crate::harness::TestDb::new().await;
+    let mut client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE rt (n integer, v jsonb)")
+        .await
+        .unwrap();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut sent = Vec::new();
+    let mut stored = Vec::new();
+    for _ in 0..400 {
+        let text = document.new_tree(&mut runner).unwrap().current();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let value = convert(&parsed, ColumnType::Jsonb)
+            .unwrap_or_else(|f| panic!("{text}: refused, {f:?}"));
+        sent.push(text);
+        stored.push(value);
+    }
+    let long = sent.iter().filter(|t| t.bytes().filter(u8::is_ascii_digit).count() > 17).count();
+    assert!(long > 100, "only {long} documents with long numbers");
+    let tx = client.transaction().await.unwrap();
+    let sink = tx
+        .copy_in("COPY rt (n, v) FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    let types = [tokio_postgres::types::Type::INT4, tokio_postgres::types::Type::JSONB];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for (n, value) in stored.iter().enumerate() {
+        writer.as_mut().write(&[&(n as i32), value]).await.unwrap();
+    }
+    writer.finish().await.unwrap();
+    tx.commit().await.unwrap();
+    // Compared in PostgreSQL: jsonb equality is numeric equality for numbers (1E3 = 1000,
+    // 20.0 <> 19.999999999999999999), and keys as jsonb keeps them (the last of duplicates).
+    let differ: Vec<i32> = client
+        .query(
+            "SELECT rt.n FROM rt JOIN unnest($1::text[]) WITH ORDINALITY AS s(sent, i) \
+             ON rt.n = s.i - 1 WHERE rt.v IS DISTINCT FROM s.sent::jsonb ORDER BY rt.n",
+            &[&sent],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {} differ, the first sent as {}",
+        differ.len(),
+        sent.len(),
+        differ.first().map_or("", |n| sent[*n as usize].as_str())
+    );
+    println!("jsonb: {} documents stored and read back equal, {long} with long numbers", sent.len());
+}
+
 #[test]
 fn a_draft_written_to_a_file_previews_as_it_stands_and_is_never_written_over() {
     let dir = std::env::temp_dir().join(crate::harness::unique("sqs2pg-draft"));

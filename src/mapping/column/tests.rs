@@ -171,3 +171,61 @@ fn numerics_round_half_away_from_zero_to_their_scale_and_keep_their_precision() 
         Err(Fault::Invalid(_))
     ));
 }
+
+/// A value parsed from a body's text, numbers as sent.
+fn sent(text: &str) -> Json {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn numbers_keep_every_digit_they_were_sent_with() {
+    let numeric = |text: &str, column: &str| convert(&sent(text), ColumnType::parse(column).unwrap());
+    let text = |text: &str, column: &str| numeric(text, column).map(|v| v.to_text().unwrap());
+    for (body, stored) in [
+        ("123456789012345678901234567890", "123456789012345678901234567890"),
+        ("19.999999999999999999", "19.999999999999999999"),
+        ("-0.000000000000000000001", "-0.000000000000000000001"),
+        ("1.50e1", "15.0"),
+        ("-5E-4", "-0.0005"),
+        ("25e+2", "2500"),
+        ("0.0e5", "0"),
+    ] {
+        assert_eq!(text(body, "numeric").as_deref(), Ok(stored), "{body}");
+    }
+    assert_eq!(text("1e400", "numeric").unwrap(), format!("1{}", "0".repeat(400)));
+    assert_eq!(text("1.005e2", "numeric(12,2)").as_deref(), Ok("100.50"));
+    assert_eq!(text("99999999999.995", "numeric(13,2)").as_deref(), Ok("100000000000.00"));
+    assert!(matches!(numeric("1e200000", "numeric"), Err(Fault::OutOfRange(_))));
+    assert!(matches!(numeric("1e-20000", "numeric"), Err(Fault::OutOfRange(_))));
+    // jsonb: the digits as sent, at any depth; a number beyond numeric is refused, as
+    // PostgreSQL would refuse the row.
+    let doc = r#"{"big":123456789012345678901234,"deep":[{"x":19.999999999999999999}],"e":1e400,"ü":"😀"}"#;
+    let stored = text(doc, "jsonb").unwrap();
+    for digits in ["123456789012345678901234", "19.999999999999999999", "1e400", "😀"] {
+        assert!(stored.contains(digits), "{digits} in {stored}");
+    }
+    assert!(matches!(numeric(r#"[1, {"a": 1e999999}]"#, "jsonb"), Err(Fault::OutOfRange(_))));
+    // A number no f64 holds is beyond double precision, not malformed.
+    assert!(matches!(numeric("1e400", "double precision"), Err(Fault::OutOfRange(_))));
+    assert_eq!(text("123456789012345678901", "integer").ok(), None);
+}
+
+#[test]
+fn decimals_compare_digit_by_digit() {
+    use std::cmp::Ordering::*;
+    for (a, b, order) in [
+        ("1", "1", Equal),
+        ("1.0000000000000000001", "1", Greater),
+        ("-1.0000000000000000001", "-1", Less),
+        ("0.1", "0.10", Equal),
+        ("-0", "0.000", Equal),
+        ("-3", "2", Less),
+        ("100", "99.999", Greater),
+        ("007", "7", Equal),
+        ("123456789012345678901234567890", "123456789012345678901234567891", Less),
+    ] {
+        assert_eq!(compare_decimals(a, b), Some(order), "{a} {b}");
+        assert_eq!(compare_decimals(b, a), Some(order.reverse()), "{b} {a}");
+    }
+    assert_eq!(compare_decimals("1e3", "1"), None);
+}

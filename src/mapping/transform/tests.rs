@@ -222,3 +222,31 @@ fn the_login_mapping_gives_the_login_pipelines_rows_for_the_sample() {
         assert_eq!((same, both_rejected), (99, 1), "{mode}");
     }
 }
+
+#[test]
+fn bounds_and_rest_see_every_digit_sent() {
+    let mapping = r#"
+table = "public.t"
+columns = [
+  { name = "amount", from = "/amount", type = "numeric", max = 1 },
+  { name = "count", from = "/count", type = "bigint", min = -9007199254740992 },
+  { name = "rest", from = "rest", type = "jsonb" },
+]
+"#;
+    // Through an f64 both would be exactly on their bound and pass.
+    let over = apply(mapping, r#"{"amount": 1.0000000000000000001, "count": 1}"#).unwrap_err();
+    assert_eq!(over.reason, "out_of_range:amount");
+    let under = apply(mapping, r#"{"amount": 1, "count": -9007199254740993}"#).unwrap_err();
+    assert_eq!(under.reason, "out_of_range:count");
+    let rows = apply(
+        mapping,
+        r#"{"amount": 0.99999999999999999999, "count": 9007199254740993, "id": 123456789012345678901234, "big": 1e400}"#,
+    )
+    .unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("0.99999999999999999999"));
+    assert_eq!(rows[0][1].as_deref(), Some("9007199254740993"));
+    assert_eq!(
+        rows[0][2].as_deref(),
+        Some(r#"{"big":1e400,"id":123456789012345678901234}"#)
+    );
+}
