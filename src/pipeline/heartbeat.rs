@@ -6,7 +6,15 @@
 //! before it do. A call that gets no answer (a lost request, a connection a proxy holds) delays
 //! only the messages it carries, and those are sent again in a call of their own once the call
 //! has gone unanswered for longer than calls take (a retransmission timeout, `Rto`), not when
-//! the lost call gives up 15 s later.
+//! the lost call gives up.
+//!
+//! What the heartbeat asks of a server is bounded whatever happens to the answers, as TCP's
+//! is: at most [`CALLS_OPEN`] calls are open at once, unanswered ones included (a call is given
+//! up after a visibility timeout, when its answer could no longer help); every call taken as
+//! lost or failed doubles the retransmission timeout until an answer comes (RFC 6298's
+//! back-off); and a failed call's leases wait that timeout before they are sent again. A server
+//! that slows down under load therefore gets fewer calls, not more: leases it cannot keep up
+//! with lapse, and the window shrinks to what it can serve.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,21 +23,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, FuturesUnordered, StreamExt};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{Leases, CONCURRENT_CALLS};
 use super::window::Congestion;
-use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
+use crate::sqs::{AckHandle, MessageSource, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 /// The longest the final release may take when no shutdown deadline bounds it.
 pub const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Extension calls in flight at once, hung ones included: a burst of due leases is sent a few
-/// calls at a time (as before calls were independent), while a handful of calls that get no
-/// answer cannot stop the others.
-const CALLS_IN_FLIGHT: usize = 4 * CONCURRENT_CALLS;
+/// Extension calls open at once, unanswered ones included: a burst of due leases is sent a few
+/// calls at a time, a handful of calls that get no answer cannot stop the others, and a server
+/// that stops answering gets no more than this many connections from one heartbeat.
+const CALLS_OPEN: usize = 2 * CONCURRENT_CALLS;
+
+/// A failed call's place in [`InFlight::carried`]: no call carries its leases, which wait a
+/// retransmission timeout before they are sent again.
+const FAILED: u64 = u64::MAX;
 
 /// The heartbeat's task: extends held leases until `done` is cancelled, and tells the window what it sees. Failures
 /// are logged and tried again on the next tick; a message whose lease lapses anyway comes
@@ -54,16 +65,20 @@ type Answer = (
 );
 
 /// When an unanswered extension call counts as lost: TCP's retransmission timeout (RFC 6298:
-/// smoothed latency plus four times its variation), over the answers so far, kept between a
-/// twentieth and a quarter of the visibility timeout. A server that answers in milliseconds
-/// gets a lost call's leases sent again within a tenth of a second at a 2 s timeout, several
-/// tries before they lapse; a slow server's late answers are expected, not duplicated. Our own
-/// few lines: no crate offers the estimator alone.
+/// smoothed latency plus four times its variation), over the answers so far, no shorter than a
+/// twentieth of the visibility timeout, doubled for every call lost or failed since the last
+/// answer, and never longer than the timeout itself. A server that answers in milliseconds gets
+/// a lost call's leases sent again within a tenth of a second at a 2 s timeout, several tries
+/// before they lapse; a slow server's late answers are expected, not duplicated (sending again
+/// to a server that is merely slow only makes it slower). Our own few lines: no crate offers
+/// the estimator alone.
 struct Rto {
     smoothed: Option<Duration>,
     variation: Duration,
     floor: Duration,
     ceiling: Duration,
+    /// Calls lost or failed since the last answer: the timeout doubles for each.
+    backoff: u32,
 }
 
 impl Rto {
@@ -73,12 +88,19 @@ impl Rto {
             smoothed: None,
             variation: Duration::ZERO,
             floor,
-            ceiling: (visibility / 4).max(floor),
+            ceiling: visibility.max(floor),
+            backoff: 0,
         }
+    }
+
+    /// A call was taken as lost, or failed: wait twice as long before the next is.
+    fn back_off(&mut self) {
+        self.backoff = (self.backoff + 1).min(16);
     }
 
     /// Takes in the latency of one answered call.
     fn observe(&mut self, latency: Duration) {
+        self.backoff = 0;
         match self.smoothed {
             None => {
                 self.smoothed = Some(latency);
@@ -96,10 +118,13 @@ impl Rto {
     fn timeout(&self) -> Duration {
         let estimate = match self.smoothed {
             Some(smoothed) => smoothed + 4 * self.variation,
-            // Nothing answered yet: as patient as allowed.
-            None => self.ceiling,
+            // Nothing answered yet: a quarter of the timeout, a few tries before a lapse.
+            None => self.ceiling / 4,
         };
-        estimate.clamp(self.floor, self.ceiling)
+        estimate
+            .max(self.floor)
+            .saturating_mul(1 << self.backoff)
+            .min(self.ceiling)
     }
 }
 
@@ -115,12 +140,11 @@ struct OpenCall {
 /// The extension calls in flight, and for each message the call that carries it now.
 struct InFlight {
     calls: FuturesUnordered<Pin<Box<dyn Future<Output = Answer> + Send>>>,
-    /// By message id: the latest call carrying it, and when that call was made.
+    /// By message id: the latest call carrying it (or [`FAILED`]), and when that call was made.
     carried: HashMap<String, (u64, Instant)>,
-    /// Calls made and not answered.
+    /// Calls made and not answered (nor given up).
     open: HashMap<u64, OpenCall>,
     next_call: u64,
-    permits: Arc<Semaphore>,
 }
 
 impl InFlight {
@@ -130,12 +154,11 @@ impl InFlight {
             carried: HashMap::new(),
             open: HashMap::new(),
             next_call: 0,
-            permits: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
         }
     }
 
     /// Of the leases due at `now`, those to send: not carried by any call, or carried by one
-    /// unanswered for `resend_after`.
+    /// unanswered (or failed) for `resend_after`.
     fn to_send(&self, due: Vec<AckHandle>, now: Instant, resend_after: Duration) -> Vec<AckHandle> {
         due.into_iter()
             .filter(|ack| match self.carried.get(&ack.message_id) {
@@ -155,27 +178,33 @@ impl InFlight {
             .min()
     }
 
-    /// Marks the calls late at `now` as looked at.
-    fn looked_at(&mut self, now: Instant, resend_after: Duration) {
+    /// Marks the calls late at `now` as looked at; returns how many were not before (each is
+    /// a call taken as lost).
+    fn looked_at(&mut self, now: Instant, resend_after: Duration) -> usize {
+        let mut late = 0;
         for call in self.open.values_mut() {
-            if call.sent + resend_after <= now {
+            if !call.looked_at && call.sent + resend_after <= now {
                 call.looked_at = true;
+                late += 1;
             }
         }
+        late
     }
 
-    /// Sends `acks` in calls of up to ten, each on its own. A call gives its permit back once
-    /// it has gone unanswered for `resend_after` (it is taken as lost then, and stays in
-    /// flight only for a late answer), so calls that never answer cannot use up the permits.
+    /// Sends as many of `acks` as [`CALLS_OPEN`] leaves room for, in calls of up to ten, each
+    /// on its own and given up after `visibility` (an extension answered later than that can
+    /// no longer help); returns whether some were left for lack of room.
     fn send<S: MessageSource>(
         &mut self,
         source: &Arc<S>,
         acks: Vec<AckHandle>,
         visibility: Duration,
         now: Instant,
-        resend_after: Duration,
-    ) {
+    ) -> bool {
         for chunk in acks.chunks(SQS_BATCH_LIMIT) {
+            if !self.has_room() {
+                return true;
+            }
             let call = self.next_call;
             self.next_call += 1;
             for ack in chunk {
@@ -189,37 +218,53 @@ impl InFlight {
                     looked_at: false,
                 },
             );
-            let (source, permits, chunk) = (source.clone(), self.permits.clone(), chunk.to_vec());
+            let (source, chunk) = (source.clone(), chunk.to_vec());
             self.calls.push(Box::pin(async move {
-                let permit = permits.acquire_owned().await;
-                let call_made = Instant::now();
-                let result = {
-                    let extension = source.change_visibility(&chunk, visibility);
-                    tokio::pin!(extension);
-                    tokio::select! {
-                        result = &mut extension => result,
-                        () = tokio::time::sleep_until(call_made + resend_after) => {
-                            drop(permit);
-                            extension.await
-                        }
-                    }
-                };
-                (call, chunk, call_made, result)
+                let extension = source.change_visibility(&chunk, visibility);
+                let result = tokio::time::timeout(visibility, extension)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(SourceError::new(
+                            SourceErrorKind::Transient,
+                            "ChangeMessageVisibilityBatch",
+                            "no answer within the visibility timeout; given up",
+                        ))
+                    });
+                (call, chunk, now, result)
             }));
+        }
+        false
+    }
+
+    /// Room for another call.
+    fn has_room(&self) -> bool {
+        self.open.len() < CALLS_OPEN
+    }
+
+    /// Forgets an answered call. The leases of one that `failed` and that no later call
+    /// carries wait from `now` before they are sent again.
+    fn answered(&mut self, call: u64, chunk: &[AckHandle], failed: bool, now: Instant) {
+        self.open.remove(&call);
+        for ack in chunk {
+            if let Some(carried) = self.carried.get_mut(&ack.message_id) {
+                if carried.0 == call {
+                    if failed {
+                        *carried = (FAILED, now);
+                    } else {
+                        self.carried.remove(&ack.message_id);
+                    }
+                }
+            }
         }
     }
 
-    /// Forgets an answered call.
-    fn answered(&mut self, call: u64, chunk: &[AckHandle]) {
-        self.open.remove(&call);
-        for ack in chunk {
-            if self
-                .carried
-                .get(&ack.message_id)
-                .is_some_and(|(c, _)| *c == call)
-            {
-                self.carried.remove(&ack.message_id);
-            }
+    /// Forgets the failed marks of leases no longer due (deleted, released or lost).
+    fn forget_failed(&mut self, due: &[AckHandle]) {
+        if self.carried.values().any(|(call, _)| *call == FAILED) {
+            let due: std::collections::HashSet<&str> =
+                due.iter().map(|a| a.message_id.as_str()).collect();
+            self.carried
+                .retain(|id, (call, _)| *call != FAILED || due.contains(id.as_str()));
         }
     }
 
@@ -257,6 +302,8 @@ impl<S: MessageSource> Heartbeat<S> {
         // which go out again in a call of their own (the first stays in flight: a late answer
         // still counts).
         let mut rto = Rto::new(visibility);
+        // Due leases were left unsent for lack of room: the next answer makes room for them.
+        let mut starved = false;
         loop {
             let resend_after = rto.timeout();
             let resend = in_flight.next_resend(resend_after);
@@ -269,7 +316,7 @@ impl<S: MessageSource> Heartbeat<S> {
                 Some(answer) = in_flight.calls.next(), if !in_flight.calls.is_empty() => (Some(answer), false),
             };
             if let Some((call, chunk, sent, result)) = answer {
-                in_flight.answered(call, &chunk);
+                in_flight.answered(call, &chunk, result.is_err(), Instant::now());
                 match result {
                     Ok(refused) => {
                         rto.observe(sent.elapsed());
@@ -282,15 +329,24 @@ impl<S: MessageSource> Heartbeat<S> {
                         }
                     }
                     Err(error) => {
+                        rto.back_off();
                         tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
                     }
                 }
-                continue;
+                if !starved {
+                    continue;
+                }
             }
+            let resend_after = rto.timeout();
             let now = Instant::now();
             let due = leases.due(now, visibility);
-            in_flight.looked_at(now, resend_after);
+            if in_flight.looked_at(now, resend_after) > 0 {
+                // Calls taken as lost: be slower to take the next ones so (a server that is
+                // only slow is not sent more).
+                rto.back_off();
+            }
             if full_round {
+                in_flight.forget_failed(&due.extend);
                 if due.lapsed > 0 {
                     crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
                     tracing::debug!(messages = due.lapsed, "leases lapsed");
@@ -306,10 +362,10 @@ impl<S: MessageSource> Heartbeat<S> {
                 leases.set_behind(due.lapsed + due.overdue > 0);
             }
             let send = in_flight.to_send(due.extend, now, resend_after);
-            if !send.is_empty() {
+            starved = !send.is_empty() && {
                 tracing::debug!(messages = send.len(), "extending visibility");
-                in_flight.send(&source, send, visibility, now, resend_after);
-            }
+                in_flight.send(&source, send, visibility, now)
+            };
         }
     }
 }

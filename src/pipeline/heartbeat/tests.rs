@@ -121,13 +121,24 @@ fn a_call_counts_as_lost_after_what_calls_take_within_bounds() {
         rto.observe(Duration::from_millis(5));
     }
     assert_eq!(rto.timeout(), Duration::from_millis(100), "fast: the floor");
-    for _ in 0..20 {
-        rto.observe(Duration::from_millis(700));
-    }
+    rto.back_off();
+    rto.back_off();
     assert_eq!(
         rto.timeout(),
-        Duration::from_millis(500),
-        "slow: the ceiling"
+        Duration::from_millis(400),
+        "two calls lost: four times as patient"
+    );
+    for _ in 0..10 {
+        rto.back_off();
+    }
+    assert_eq!(rto.timeout(), visibility, "never past the timeout itself");
+    for _ in 0..40 {
+        rto.observe(Duration::from_millis(700));
+    }
+    let t = rto.timeout();
+    assert!(
+        t >= Duration::from_millis(700) && t < Duration::from_millis(800),
+        "slow: what calls take, however short the timeout ({t:?})"
     );
     let mut steady = Rto::new(Duration::from_secs(60));
     for _ in 0..50 {
@@ -137,5 +148,147 @@ fn a_call_counts_as_lost_after_what_calls_take_within_bounds() {
     assert!(
         t > Duration::from_millis(4000) && t < Duration::from_millis(4500),
         "{t:?}"
+    );
+}
+
+/// A queue whose extension calls take `latency` or, if `fail`, fail at once; it counts the
+/// calls, the most open at once, and the calls that carried a message another open call
+/// carried too.
+struct Server {
+    latency: Duration,
+    fail: bool,
+    calls: Mutex<u32>,
+    open: Mutex<(usize, usize)>,
+    carried: Mutex<HashSet<String>>,
+    doubled: Mutex<u32>,
+}
+
+impl Server {
+    fn new(latency: Duration, fail: bool) -> Self {
+        Self {
+            latency,
+            fail,
+            calls: Mutex::new(0),
+            open: Mutex::new((0, 0)),
+            carried: Mutex::new(HashSet::new()),
+            doubled: Mutex::new(0),
+        }
+    }
+}
+
+impl MessageSource for Server {
+    async fn receive(&self, _: &ReceiveRequest) -> Result<Vec<Received>, SourceError> {
+        Ok(Vec::new())
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, SourceError> {
+        Ok(QueueCounts::default())
+    }
+
+    async fn delete(&self, acks: &[AckHandle]) -> Result<DeleteOutcome, SourceError> {
+        Ok(DeleteOutcome {
+            deleted: acks.len(),
+            ..DeleteOutcome::default()
+        })
+    }
+
+    async fn change_visibility(
+        &self,
+        acks: &[AckHandle],
+        _: Duration,
+    ) -> Result<Vec<AckHandle>, SourceError> {
+        *self.calls.lock().unwrap() += 1;
+        if self.fail {
+            return Err(SourceError::new(
+                SourceErrorKind::Transient,
+                "ChangeMessageVisibilityBatch",
+                "connection refused",
+            ));
+        }
+        {
+            let mut open = self.open.lock().unwrap();
+            open.0 += 1;
+            open.1 = open.1.max(open.0);
+            let mut carried = self.carried.lock().unwrap();
+            if !acks.iter().all(|a| carried.insert(a.message_id.clone())) {
+                *self.doubled.lock().unwrap() += 1;
+            }
+        }
+        tokio::time::sleep(self.latency).await;
+        self.open.lock().unwrap().0 -= 1;
+        let mut carried = self.carried.lock().unwrap();
+        for a in acks {
+            carried.remove(&a.message_id);
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Holds `messages` leases at `visibility` for `seconds` against `server`; returns how many
+/// leases the heartbeat extended.
+async fn heartbeat_against(
+    server: &Arc<Server>,
+    visibility: Duration,
+    messages: usize,
+    seconds: u64,
+) -> u64 {
+    let leases = Arc::new(Leases::new(Some(visibility), 10_000));
+    let messages: Vec<Received> = (0..messages).map(received).collect();
+    leases.admit(messages.len()).await.hold(&messages);
+    let done = CancellationToken::new();
+    let heartbeat = tokio::spawn(
+        Heartbeat {
+            source: server.clone(),
+            leases,
+            visibility,
+            done: done.clone(),
+        }
+        .run(),
+    );
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    done.cancel();
+    heartbeat.await.unwrap()
+}
+
+/// A server that answers in 600 ms, at a 1 s visibility timeout, while 400 leases are held:
+/// slower than the heartbeat needs. It gets at most `CALLS_OPEN` calls at once, and once its
+/// pace is known no lease is sent again while a call carrying it is still open: sending more
+/// to a slow server only makes it slower (five drains at 1 s once flooded LocalStack this way,
+/// 40 calls per message, until it refused connections).
+#[tokio::test(start_paused = true)]
+async fn a_slow_server_is_not_sent_more_than_it_can_answer() {
+    let server = Arc::new(Server::new(Duration::from_millis(600), false));
+    let extended = heartbeat_against(&server, Duration::from_secs(1), 400, 30).await;
+    let calls = *server.calls.lock().unwrap();
+    let most_open = server.open.lock().unwrap().1;
+    let doubled = *server.doubled.lock().unwrap();
+    println!("{calls} calls, at most {most_open} open, {doubled} doubled, {extended} extended");
+    assert!(most_open <= CALLS_OPEN, "{most_open} calls open at once");
+    // Before its first answer the server's pace is unknown: a few calls may be doubled then.
+    assert!(
+        doubled <= CALLS_OPEN as u32,
+        "{doubled} calls carried leases another open call did"
+    );
+    // Every answered call extended its ten leases: no call was wasted.
+    assert!(
+        u64::from(calls) * 10 <= extended + 10 * CALLS_OPEN as u64,
+        "{calls} calls, {extended} extended"
+    );
+}
+
+/// A server whose every extension call fails at once: the heartbeat backs off instead of
+/// sending the same leases again on every tick.
+#[tokio::test(start_paused = true)]
+async fn a_failing_server_is_asked_less_and_less_often() {
+    let server = Arc::new(Server::new(Duration::ZERO, true));
+    heartbeat_against(&server, Duration::from_secs(1), 100, 30).await;
+    let calls = *server.calls.lock().unwrap();
+    // Ten calls carry the 100 leases; with the retransmission timeout doubled by every failure
+    // up to the visibility timeout, each is sent again at most about once a second (a tick,
+    // 125 ms, every time before).
+    assert!(calls <= 10 * 35, "{calls} calls in 30 s");
+    assert!(
+        calls >= 10 * 10,
+        "{calls} calls in 30 s: the heartbeat gave up"
     );
 }
