@@ -283,6 +283,7 @@ async fn a_failing_server_is_asked_less_and_less_often() {
     let server = Arc::new(Server::new(Duration::ZERO, true));
     heartbeat_against(&server, Duration::from_secs(1), 100, 30).await;
     let calls = *server.calls.lock().unwrap();
+    println!("{calls} calls in 30 s");
     // Ten calls carry the 100 leases; with the retransmission timeout doubled by every failure
     // up to the visibility timeout, each is sent again at most about once a second (a tick,
     // 125 ms, every time before).
