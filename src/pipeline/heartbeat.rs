@@ -9,7 +9,7 @@
 //! the lost call gives up.
 //!
 //! What the heartbeat asks of a server is bounded whatever happens to the answers, as TCP's
-//! is: at most [`CALLS_OPEN`] calls are open at once, unanswered ones included (a call is given
+//! is: at most `CALLS_OPEN` (16) calls are open at once, unanswered ones included (a call is given
 //! up after a visibility timeout, when its answer could no longer help); every call taken as
 //! lost or failed doubles the retransmission timeout until an answer comes (RFC 6298's
 //! back-off); and a failed call's leases wait that timeout before they are sent again. A server
