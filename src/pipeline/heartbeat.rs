@@ -9,12 +9,15 @@
 //! the lost call gives up.
 //!
 //! What the heartbeat asks of a server is bounded whatever happens to the answers, as TCP's
-//! is: at most `CALLS_OPEN` (16) calls are open at once, unanswered ones included (a call is given
-//! up after a visibility timeout, when its answer could no longer help); every call taken as
-//! lost or failed doubles the retransmission timeout until an answer comes (RFC 6298's
-//! back-off); and a failed call's leases wait that timeout before they are sent again. A server
-//! that slows down under load therefore gets fewer calls, not more: leases it cannot keep up
-//! with lapse, and the window shrinks to what it can serve.
+//! is: at most `CALLS_OPEN` (16) calls are open at once, unanswered ones included (a call is
+//! given up after the visibility timeout or 15 s, whichever is shorter, when its answer could
+//! no longer help, and abandoned at once when it was taken as lost and a call sent after it
+//! has been answered); while the server answers nothing, each loss or failure doubles the
+//! retransmission timeout (RFC 6298's back-off, once per event, not once per call of a burst);
+//! and a failed call's leases wait that timeout before they are sent again. A server that slows
+//! down under load therefore gets fewer calls, not more: leases it cannot keep up with lapse,
+//! and the window shrinks to what it can serve. The bound is on calls (and so connections),
+//! not on the work each asks of the server: a call carries up to ten leases.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,9 +45,10 @@ const CALLS_OPEN: usize = 2 * CONCURRENT_CALLS;
 /// retransmission timeout before they are sent again.
 const FAILED: u64 = u64::MAX;
 
-/// The heartbeat's task: extends held leases until `done` is cancelled, and tells the window what it sees. Failures
-/// are logged and tried again on the next tick; a message whose lease lapses anyway comes
-/// back, joins its lease if we still hold it, or is skipped by the ledger.
+/// The heartbeat's task: extends held leases until `done` is cancelled, and tells the window
+/// what it sees. Failures are logged and the leases tried again after the retransmission
+/// timeout; a message whose lease lapses anyway comes back, joins its lease if we still hold
+/// it, or is skipped by the ledger.
 pub struct Heartbeat<S> {
     pub source: Arc<S>,
     /// The leases it extends, and whose window it tells what it sees.
@@ -56,18 +60,19 @@ pub struct Heartbeat<S> {
     pub done: CancellationToken,
 }
 
-/// One extension call's answer: its number, the leases it carried and when it was sent.
+/// One extension call's answer: its number, the leases it carried, when it was sent, and what
+/// the server said (`None` when the call was abandoned).
 type Answer = (
     u64,
     Vec<AckHandle>,
     Instant,
-    Result<Vec<AckHandle>, SourceError>,
+    Option<Result<Vec<AckHandle>, SourceError>>,
 );
 
 /// When an unanswered extension call counts as lost: TCP's retransmission timeout (RFC 6298:
 /// smoothed latency plus four times its variation), over the answers so far, no shorter than a
-/// twentieth of the visibility timeout, doubled for every call lost or failed since the last
-/// answer, and never longer than the timeout itself. A server that answers in milliseconds gets
+/// twentieth of the visibility timeout, doubled for every loss or failure while the server
+/// answers nothing, and never longer than the timeout itself. A server that answers in milliseconds gets
 /// a lost call's leases sent again within a tenth of a second at a 2 s timeout, several tries
 /// before they lapse; a slow server's late answers are expected, not duplicated (sending again
 /// to a server that is merely slow only makes it slower). Our own few lines: no crate offers
@@ -77,8 +82,14 @@ struct Rto {
     variation: Duration,
     floor: Duration,
     ceiling: Duration,
-    /// Calls lost or failed since the last answer: the timeout doubles for each.
+    /// Back-offs since the last answer: the timeout doubles for each.
     backoff: u32,
+    /// Counts the back-offs: a call sent before the latest one is part of an event already
+    /// counted (a burst of calls lost together doubles the timeout once, as in TCP).
+    epoch: u64,
+    /// When the latest call to be answered was sent: a call sent no later that goes
+    /// unanswered is a lone loss, not a sign that the server is behind.
+    answered_sent: Option<Instant>,
 }
 
 impl Rto {
@@ -90,16 +101,27 @@ impl Rto {
             floor,
             ceiling: visibility.max(floor),
             backoff: 0,
+            epoch: 0,
+            answered_sent: None,
         }
     }
 
-    /// A call was taken as lost, or failed: wait twice as long before the next is.
-    fn back_off(&mut self) {
+    /// A call sent at `sent`, in back-off `epoch`, was taken as lost or failed: unless a call
+    /// sent no earlier has been answered, or this event was already counted, wait twice as
+    /// long before the next is taken as lost.
+    fn lost(&mut self, sent: Instant, epoch: u64) {
+        let lone = self.answered_sent.is_some_and(|answered| sent <= answered);
+        if lone || epoch != self.epoch {
+            return;
+        }
         self.backoff = (self.backoff + 1).min(16);
+        self.epoch += 1;
     }
 
-    /// Takes in the latency of one answered call.
-    fn observe(&mut self, latency: Duration) {
+    /// Takes in one answered call, sent at `sent`.
+    fn observe(&mut self, sent: Instant, now: Instant) {
+        let latency = now.saturating_duration_since(sent);
+        self.answered_sent = self.answered_sent.max(Some(sent));
         self.backoff = 0;
         match self.smoothed {
             None => {
@@ -135,6 +157,10 @@ struct OpenCall {
     overran: bool,
     /// Late enough for its leases to be sent again, and looked at for that.
     looked_at: bool,
+    /// The back-off epoch it was sent in.
+    epoch: u64,
+    /// Cancelled to abandon it.
+    abandon: CancellationToken,
 }
 
 /// The extension calls in flight, and for each message the call that carries it now.
@@ -178,17 +204,28 @@ impl InFlight {
             .min()
     }
 
-    /// Marks the calls late at `now` as looked at; returns how many were not before (each is
-    /// a call taken as lost).
-    fn looked_at(&mut self, now: Instant, resend_after: Duration) -> usize {
-        let mut late = 0;
+    /// Marks the calls late at `now` as looked at, and tells `rto` of each (a call taken as
+    /// lost).
+    fn looked_at(&mut self, now: Instant, resend_after: Duration, rto: &mut Rto) {
         for call in self.open.values_mut() {
             if !call.looked_at && call.sent + resend_after <= now {
                 call.looked_at = true;
-                late += 1;
+                rto.lost(call.sent, call.epoch);
             }
         }
-        late
+    }
+
+    /// Abandons the calls taken as lost that were sent before `answered`, when a later call
+    /// was answered: they are lost, not slow, and their leases went again in later calls. Each
+    /// frees its place at once instead of holding it until it is given up.
+    fn abandon_lost(&mut self, answered: Instant) {
+        self.open.retain(|_, call| {
+            let lost = call.looked_at && call.sent < answered;
+            if lost {
+                call.abandon.cancel();
+            }
+            !lost
+        });
     }
 
     /// Sends as many of `acks` as [`CALLS_OPEN`] leaves room for, in calls of up to ten, each
@@ -200,6 +237,7 @@ impl InFlight {
         acks: Vec<AckHandle>,
         visibility: Duration,
         now: Instant,
+        epoch: u64,
     ) -> bool {
         for chunk in acks.chunks(SQS_BATCH_LIMIT) {
             if !self.has_room() {
@@ -210,26 +248,32 @@ impl InFlight {
             for ack in chunk {
                 self.carried.insert(ack.message_id.clone(), (call, now));
             }
+            let abandon = CancellationToken::new();
             self.open.insert(
                 call,
                 OpenCall {
                     sent: now,
                     overran: false,
                     looked_at: false,
+                    epoch,
+                    abandon: abandon.clone(),
                 },
             );
             let (source, chunk) = (source.clone(), chunk.to_vec());
             self.calls.push(Box::pin(async move {
                 let extension = source.change_visibility(&chunk, visibility);
-                let result = tokio::time::timeout(visibility, extension)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(SourceError::new(
-                            SourceErrorKind::Transient,
-                            "ChangeMessageVisibilityBatch",
-                            "no answer within the visibility timeout; given up",
-                        ))
-                    });
+                let result = tokio::select! {
+                    () = abandon.cancelled() => None,
+                    result = tokio::time::timeout(visibility, extension) => {
+                        Some(result.unwrap_or_else(|_| {
+                            Err(SourceError::new(
+                                SourceErrorKind::Transient,
+                                "ChangeMessageVisibilityBatch",
+                                "no answer within the visibility timeout; given up",
+                            ))
+                        }))
+                    }
+                };
                 (call, chunk, now, result)
             }));
         }
@@ -241,10 +285,17 @@ impl InFlight {
         self.open.len() < CALLS_OPEN
     }
 
-    /// Forgets an answered call. The leases of one that `failed` and that no later call
-    /// carries wait from `now` before they are sent again.
-    fn answered(&mut self, call: u64, chunk: &[AckHandle], failed: bool, now: Instant) {
-        self.open.remove(&call);
+    /// Forgets an answered (or abandoned) call; returns it if it was still open. The leases of
+    /// one that `failed` and that no later call carries wait from `now` before they are sent
+    /// again.
+    fn answered(
+        &mut self,
+        call: u64,
+        chunk: &[AckHandle],
+        failed: bool,
+        now: Instant,
+    ) -> Option<OpenCall> {
+        let open = self.open.remove(&call);
         for ack in chunk {
             if let Some(carried) = self.carried.get_mut(&ack.message_id) {
                 if carried.0 == call {
@@ -256,6 +307,7 @@ impl InFlight {
                 }
             }
         }
+        open
     }
 
     /// Forgets the failed marks of leases no longer due (deleted, released or lost).
@@ -316,10 +368,15 @@ impl<S: MessageSource> Heartbeat<S> {
                 Some(answer) = in_flight.calls.next(), if !in_flight.calls.is_empty() => (Some(answer), false),
             };
             if let Some((call, chunk, sent, result)) = answer {
-                in_flight.answered(call, &chunk, result.is_err(), Instant::now());
+                let now = Instant::now();
+                let failed = matches!(result, Some(Err(_)));
+                let open = in_flight.answered(call, &chunk, failed, now);
                 match result {
-                    Ok(refused) => {
-                        rto.observe(sent.elapsed());
+                    // Abandoned: its leases are free to go in the next call.
+                    None => {}
+                    Some(Ok(refused)) => {
+                        rto.observe(sent, now);
+                        in_flight.abandon_lost(sent);
                         let ok: Vec<AckHandle> =
                             chunk.into_iter().filter(|a| !refused.contains(a)).collect();
                         extended += ok.len() as u64;
@@ -328,8 +385,10 @@ impl<S: MessageSource> Heartbeat<S> {
                             leases.congested(Congestion::ExtensionRefused);
                         }
                     }
-                    Err(error) => {
-                        rto.back_off();
+                    Some(Err(error)) => {
+                        if let Some(open) = open {
+                            rto.lost(open.sent, open.epoch);
+                        }
                         tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
                     }
                 }
@@ -340,11 +399,9 @@ impl<S: MessageSource> Heartbeat<S> {
             let resend_after = rto.timeout();
             let now = Instant::now();
             let due = leases.due(now, visibility);
-            if in_flight.looked_at(now, resend_after) > 0 {
-                // Calls taken as lost: be slower to take the next ones so (a server that is
-                // only slow is not sent more).
-                rto.back_off();
-            }
+            // Calls taken as lost: unless the server answers others, be slower to take the
+            // next ones so (a server that is only slow is not sent more).
+            in_flight.looked_at(now, resend_after, &mut rto);
             if full_round {
                 in_flight.forget_failed(&due.extend);
                 if due.lapsed > 0 {
@@ -364,7 +421,7 @@ impl<S: MessageSource> Heartbeat<S> {
             let send = in_flight.to_send(due.extend, now, resend_after);
             starved = !send.is_empty() && {
                 tracing::debug!(messages = send.len(), "extending visibility");
-                in_flight.send(&source, send, visibility, now)
+                in_flight.send(&source, send, visibility, now, rto.epoch)
             };
         }
     }
