@@ -6,7 +6,18 @@
 //! before it do. A call that gets no answer (a lost request, a connection a proxy holds) delays
 //! only the messages it carries, and those are sent again in a call of their own once the call
 //! has gone unanswered for longer than calls take (a retransmission timeout, `Rto`), not when
-//! the lost call gives up 15 s later.
+//! the lost call gives up.
+//!
+//! What the heartbeat asks of a server is bounded whatever happens to the answers, as TCP's
+//! is: at most `CALLS_OPEN` (16) calls are open at once, unanswered ones included (a call is
+//! given up after the visibility timeout or 15 s, whichever is shorter, when its answer could
+//! no longer help, and abandoned at once when it was taken as lost and a call sent after it
+//! has been answered); while the server answers nothing, each loss or failure doubles the
+//! retransmission timeout (RFC 6298's back-off, once per event, not once per call of a burst);
+//! and a failed call's leases wait that timeout before they are sent again. A server that slows
+//! down under load therefore gets fewer calls, not more: leases it cannot keep up with lapse,
+//! and the window shrinks to what it can serve. The bound is on calls (and so connections),
+//! not on the work each asks of the server: a call carries up to ten leases.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,25 +26,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, FuturesUnordered, StreamExt};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{Leases, CONCURRENT_CALLS};
 use super::window::Congestion;
-use crate::sqs::{AckHandle, MessageSource, SourceError, SQS_BATCH_LIMIT};
+use crate::sqs::{AckHandle, MessageSource, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 /// The longest the final release may take when no shutdown deadline bounds it.
 pub const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Extension calls in flight at once, hung ones included: a burst of due leases is sent a few
-/// calls at a time (as before calls were independent), while a handful of calls that get no
-/// answer cannot stop the others.
-const CALLS_IN_FLIGHT: usize = 4 * CONCURRENT_CALLS;
+/// Extension calls open at once, unanswered ones included: a burst of due leases is sent a few
+/// calls at a time, a handful of calls that get no answer cannot stop the others, and a server
+/// that stops answering gets no more than this many connections from one heartbeat.
+const CALLS_OPEN: usize = 2 * CONCURRENT_CALLS;
 
-/// The heartbeat's task: extends held leases until `done` is cancelled, and tells the window what it sees. Failures
-/// are logged and tried again on the next tick; a message whose lease lapses anyway comes
-/// back, joins its lease if we still hold it, or is skipped by the ledger.
+/// A failed call's place in [`InFlight::carried`]: no call carries its leases, which wait a
+/// retransmission timeout before they are sent again.
+const FAILED: u64 = u64::MAX;
+
+/// The heartbeat's task: extends held leases until `done` is cancelled, and tells the window
+/// what it sees. Failures are logged and the leases tried again after the retransmission
+/// timeout; a message whose lease lapses anyway comes back, joins its lease if we still hold
+/// it, or is skipped by the ledger.
 pub struct Heartbeat<S> {
     pub source: Arc<S>,
     /// The leases it extends, and whose window it tells what it sees.
@@ -45,25 +60,36 @@ pub struct Heartbeat<S> {
     pub done: CancellationToken,
 }
 
-/// One extension call's answer: its number, the leases it carried and when it was sent.
+/// One extension call's answer: its number, the leases it carried, when it was sent, and what
+/// the server said (`None` when the call was abandoned).
 type Answer = (
     u64,
     Vec<AckHandle>,
     Instant,
-    Result<Vec<AckHandle>, SourceError>,
+    Option<Result<Vec<AckHandle>, SourceError>>,
 );
 
 /// When an unanswered extension call counts as lost: TCP's retransmission timeout (RFC 6298:
-/// smoothed latency plus four times its variation), over the answers so far, kept between a
-/// twentieth and a quarter of the visibility timeout. A server that answers in milliseconds
-/// gets a lost call's leases sent again within a tenth of a second at a 2 s timeout, several
-/// tries before they lapse; a slow server's late answers are expected, not duplicated. Our own
-/// few lines: no crate offers the estimator alone.
+/// smoothed latency plus four times its variation), over the answers so far, no shorter than a
+/// twentieth of the visibility timeout, doubled for every loss or failure while the server
+/// answers nothing, and never longer than the timeout itself. A server that answers in milliseconds gets
+/// a lost call's leases sent again within a tenth of a second at a 2 s timeout, several tries
+/// before they lapse; a slow server's late answers are expected, not duplicated (sending again
+/// to a server that is merely slow only makes it slower). Our own few lines: no crate offers
+/// the estimator alone.
 struct Rto {
     smoothed: Option<Duration>,
     variation: Duration,
     floor: Duration,
     ceiling: Duration,
+    /// Back-offs since the last answer: the timeout doubles for each.
+    backoff: u32,
+    /// Counts the back-offs: a call sent before the latest one is part of an event already
+    /// counted (a burst of calls lost together doubles the timeout once, as in TCP).
+    epoch: u64,
+    /// When the latest call to be answered was sent: a call sent no later that goes
+    /// unanswered is a lone loss, not a sign that the server is behind.
+    answered_sent: Option<Instant>,
 }
 
 impl Rto {
@@ -73,12 +99,30 @@ impl Rto {
             smoothed: None,
             variation: Duration::ZERO,
             floor,
-            ceiling: (visibility / 4).max(floor),
+            ceiling: visibility.max(floor),
+            backoff: 0,
+            epoch: 0,
+            answered_sent: None,
         }
     }
 
-    /// Takes in the latency of one answered call.
-    fn observe(&mut self, latency: Duration) {
+    /// A call sent at `sent`, in back-off `epoch`, was taken as lost or failed: unless a call
+    /// sent no earlier has been answered, or this event was already counted, wait twice as
+    /// long before the next is taken as lost.
+    fn lost(&mut self, sent: Instant, epoch: u64) {
+        let lone = self.answered_sent.is_some_and(|answered| sent <= answered);
+        if lone || epoch != self.epoch {
+            return;
+        }
+        self.backoff = (self.backoff + 1).min(16);
+        self.epoch += 1;
+    }
+
+    /// Takes in one answered call, sent at `sent`.
+    fn observe(&mut self, sent: Instant, now: Instant) {
+        let latency = now.saturating_duration_since(sent);
+        self.answered_sent = self.answered_sent.max(Some(sent));
+        self.backoff = 0;
         match self.smoothed {
             None => {
                 self.smoothed = Some(latency);
@@ -96,10 +140,13 @@ impl Rto {
     fn timeout(&self) -> Duration {
         let estimate = match self.smoothed {
             Some(smoothed) => smoothed + 4 * self.variation,
-            // Nothing answered yet: as patient as allowed.
-            None => self.ceiling,
+            // Nothing answered yet: a quarter of the timeout, a few tries before a lapse.
+            None => self.ceiling / 4,
         };
-        estimate.clamp(self.floor, self.ceiling)
+        estimate
+            .max(self.floor)
+            .saturating_mul(1 << self.backoff)
+            .min(self.ceiling)
     }
 }
 
@@ -110,17 +157,20 @@ struct OpenCall {
     overran: bool,
     /// Late enough for its leases to be sent again, and looked at for that.
     looked_at: bool,
+    /// The back-off epoch it was sent in.
+    epoch: u64,
+    /// Cancelled to abandon it.
+    abandon: CancellationToken,
 }
 
 /// The extension calls in flight, and for each message the call that carries it now.
 struct InFlight {
     calls: FuturesUnordered<Pin<Box<dyn Future<Output = Answer> + Send>>>,
-    /// By message id: the latest call carrying it, and when that call was made.
+    /// By message id: the latest call carrying it (or [`FAILED`]), and when that call was made.
     carried: HashMap<String, (u64, Instant)>,
-    /// Calls made and not answered.
+    /// Calls made and not answered (nor given up).
     open: HashMap<u64, OpenCall>,
     next_call: u64,
-    permits: Arc<Semaphore>,
 }
 
 impl InFlight {
@@ -130,12 +180,11 @@ impl InFlight {
             carried: HashMap::new(),
             open: HashMap::new(),
             next_call: 0,
-            permits: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
         }
     }
 
     /// Of the leases due at `now`, those to send: not carried by any call, or carried by one
-    /// unanswered for `resend_after`.
+    /// unanswered (or failed) for `resend_after`.
     fn to_send(&self, due: Vec<AckHandle>, now: Instant, resend_after: Duration) -> Vec<AckHandle> {
         due.into_iter()
             .filter(|ack| match self.carried.get(&ack.message_id) {
@@ -155,71 +204,119 @@ impl InFlight {
             .min()
     }
 
-    /// Marks the calls late at `now` as looked at.
-    fn looked_at(&mut self, now: Instant, resend_after: Duration) {
+    /// Marks the calls late at `now` as looked at, and tells `rto` of each (a call taken as
+    /// lost).
+    fn looked_at(&mut self, now: Instant, resend_after: Duration, rto: &mut Rto) {
         for call in self.open.values_mut() {
-            if call.sent + resend_after <= now {
+            if !call.looked_at && call.sent + resend_after <= now {
                 call.looked_at = true;
+                rto.lost(call.sent, call.epoch);
             }
         }
     }
 
-    /// Sends `acks` in calls of up to ten, each on its own. A call gives its permit back once
-    /// it has gone unanswered for `resend_after` (it is taken as lost then, and stays in
-    /// flight only for a late answer), so calls that never answer cannot use up the permits.
+    /// Abandons the calls taken as lost that were sent before `answered`, when a later call
+    /// was answered: they are lost, not slow, and their leases went again in later calls. Each
+    /// frees its place at once instead of holding it until it is given up.
+    fn abandon_lost(&mut self, answered: Instant) {
+        self.open.retain(|_, call| {
+            let lost = call.looked_at && call.sent < answered;
+            if lost {
+                call.abandon.cancel();
+            }
+            !lost
+        });
+    }
+
+    /// Sends as many of `acks` as [`CALLS_OPEN`] leaves room for, in calls of up to ten, each
+    /// on its own and given up after `visibility` (an extension answered later than that can
+    /// no longer help); returns whether some were left for lack of room.
     fn send<S: MessageSource>(
         &mut self,
         source: &Arc<S>,
         acks: Vec<AckHandle>,
         visibility: Duration,
         now: Instant,
-        resend_after: Duration,
-    ) {
+        epoch: u64,
+    ) -> bool {
         for chunk in acks.chunks(SQS_BATCH_LIMIT) {
+            if !self.has_room() {
+                return true;
+            }
             let call = self.next_call;
             self.next_call += 1;
             for ack in chunk {
                 self.carried.insert(ack.message_id.clone(), (call, now));
             }
+            let abandon = CancellationToken::new();
             self.open.insert(
                 call,
                 OpenCall {
                     sent: now,
                     overran: false,
                     looked_at: false,
+                    epoch,
+                    abandon: abandon.clone(),
                 },
             );
-            let (source, permits, chunk) = (source.clone(), self.permits.clone(), chunk.to_vec());
+            let (source, chunk) = (source.clone(), chunk.to_vec());
             self.calls.push(Box::pin(async move {
-                let permit = permits.acquire_owned().await;
-                let call_made = Instant::now();
-                let result = {
-                    let extension = source.change_visibility(&chunk, visibility);
-                    tokio::pin!(extension);
-                    tokio::select! {
-                        result = &mut extension => result,
-                        () = tokio::time::sleep_until(call_made + resend_after) => {
-                            drop(permit);
-                            extension.await
-                        }
+                let extension = source.change_visibility(&chunk, visibility);
+                let result = tokio::select! {
+                    () = abandon.cancelled() => None,
+                    result = tokio::time::timeout(visibility, extension) => {
+                        Some(result.unwrap_or_else(|_| {
+                            Err(SourceError::new(
+                                SourceErrorKind::Transient,
+                                "ChangeMessageVisibilityBatch",
+                                "no answer within the visibility timeout; given up",
+                            ))
+                        }))
                     }
                 };
-                (call, chunk, call_made, result)
+                (call, chunk, now, result)
             }));
         }
+        false
     }
 
-    /// Forgets an answered call.
-    fn answered(&mut self, call: u64, chunk: &[AckHandle]) {
-        self.open.remove(&call);
+    /// Room for another call.
+    fn has_room(&self) -> bool {
+        self.open.len() < CALLS_OPEN
+    }
+
+    /// Forgets an answered (or abandoned) call; returns it if it was still open. The leases of
+    /// one that `failed` and that no later call carries wait from `now` before they are sent
+    /// again.
+    fn answered(
+        &mut self,
+        call: u64,
+        chunk: &[AckHandle],
+        failed: bool,
+        now: Instant,
+    ) -> Option<OpenCall> {
+        let open = self.open.remove(&call);
         for ack in chunk {
-            if self
-                .carried
-                .get(&ack.message_id)
-                .is_some_and(|(c, _)| *c == call)
-            {
-                self.carried.remove(&ack.message_id);
+            if let Some(carried) = self.carried.get_mut(&ack.message_id) {
+                if carried.0 == call {
+                    if failed {
+                        *carried = (FAILED, now);
+                    } else {
+                        self.carried.remove(&ack.message_id);
+                    }
+                }
             }
+        }
+        open
+    }
+
+    /// Forgets the failed marks of leases no longer due (deleted, released or lost).
+    fn forget_failed(&mut self, due: &[AckHandle]) {
+        if self.carried.values().any(|(call, _)| *call == FAILED) {
+            let due: std::collections::HashSet<&str> =
+                due.iter().map(|a| a.message_id.as_str()).collect();
+            self.carried
+                .retain(|id, (call, _)| *call != FAILED || due.contains(id.as_str()));
         }
     }
 
@@ -257,6 +354,8 @@ impl<S: MessageSource> Heartbeat<S> {
         // which go out again in a call of their own (the first stays in flight: a late answer
         // still counts).
         let mut rto = Rto::new(visibility);
+        // Due leases were left unsent for lack of room: the next answer makes room for them.
+        let mut starved = false;
         loop {
             let resend_after = rto.timeout();
             let resend = in_flight.next_resend(resend_after);
@@ -269,10 +368,15 @@ impl<S: MessageSource> Heartbeat<S> {
                 Some(answer) = in_flight.calls.next(), if !in_flight.calls.is_empty() => (Some(answer), false),
             };
             if let Some((call, chunk, sent, result)) = answer {
-                in_flight.answered(call, &chunk);
+                let now = Instant::now();
+                let failed = matches!(result, Some(Err(_)));
+                let open = in_flight.answered(call, &chunk, failed, now);
                 match result {
-                    Ok(refused) => {
-                        rto.observe(sent.elapsed());
+                    // Abandoned: its leases are free to go in the next call.
+                    None => {}
+                    Some(Ok(refused)) => {
+                        rto.observe(sent, now);
+                        in_flight.abandon_lost(sent);
                         let ok: Vec<AckHandle> =
                             chunk.into_iter().filter(|a| !refused.contains(a)).collect();
                         extended += ok.len() as u64;
@@ -281,16 +385,25 @@ impl<S: MessageSource> Heartbeat<S> {
                             leases.congested(Congestion::ExtensionRefused);
                         }
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
+                        if let Some(open) = open {
+                            rto.lost(open.sent, open.epoch);
+                        }
                         tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
                     }
                 }
-                continue;
+                if !starved {
+                    continue;
+                }
             }
+            let resend_after = rto.timeout();
             let now = Instant::now();
             let due = leases.due(now, visibility);
-            in_flight.looked_at(now, resend_after);
+            // Calls taken as lost: unless the server answers others, be slower to take the
+            // next ones so (a server that is only slow is not sent more).
+            in_flight.looked_at(now, resend_after, &mut rto);
             if full_round {
+                in_flight.forget_failed(&due.extend);
                 if due.lapsed > 0 {
                     crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
                     tracing::debug!(messages = due.lapsed, "leases lapsed");
@@ -306,10 +419,10 @@ impl<S: MessageSource> Heartbeat<S> {
                 leases.set_behind(due.lapsed + due.overdue > 0);
             }
             let send = in_flight.to_send(due.extend, now, resend_after);
-            if !send.is_empty() {
+            starved = !send.is_empty() && {
                 tracing::debug!(messages = send.len(), "extending visibility");
-                in_flight.send(&source, send, visibility, now, resend_after);
-            }
+                in_flight.send(&source, send, visibility, now, rto.epoch)
+            };
         }
     }
 }

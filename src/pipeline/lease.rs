@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use super::window::{Congestion, Window};
 use crate::sqs::{AckHandle, Received};
 
-/// ChangeMessageVisibilityBatch calls in flight at once (heartbeat and release).
+/// ChangeMessageVisibilityBatch calls in flight at once when releasing; the heartbeat allows
+/// twice as many open, unanswered ones included.
 pub(super) const CONCURRENT_CALLS: usize = 8;
 /// Quiet time after a window cut when the visibility timeout is not known.
 const DEFAULT_QUIET: Duration = Duration::from_secs(30);
@@ -374,11 +375,23 @@ pub struct Admission<'a> {
 }
 
 impl Admission<'_> {
-    /// Records freshly received messages (their visibility was just set by the receive).
-    /// Returns, per message, whether it is new: `false` for a message already held, whose new
-    /// receipt handle joined its lease.
-    pub fn hold(self, messages: &[Received]) -> Vec<bool> {
-        let now = Instant::now();
+    /// Records freshly received messages, from a receive sent at `asked`. Their visibility
+    /// started when the server took them, somewhere between `asked` and now: the lease starts
+    /// at the later of `asked` and a quarter of the visibility timeout ago. A slow answer (a
+    /// busy server, a slow network: 380 ms at a 2 s timeout was seen) then does not make a
+    /// lease look younger than it is and lapse before its first extension; a long poll that
+    /// waited for its messages does not make one look older than half the timeout and due at
+    /// once. Returns, per message, whether it is new: `false` for a message already held,
+    /// whose new receipt handle joined its lease.
+    pub fn hold(self, messages: &[Received], asked: Instant) -> Vec<bool> {
+        let answered = Instant::now();
+        let now = match self.leases.visibility {
+            Some(visibility) => answered
+                .checked_sub(visibility / 4)
+                .map_or(asked, |quarter| quarter.max(asked)),
+            None => answered,
+        }
+        .min(answered);
         let mut fresh = Vec::with_capacity(messages.len());
         let leases = self.leases;
         let mut state = leases.lock();

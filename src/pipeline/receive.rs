@@ -130,6 +130,7 @@ impl<S: MessageSource> Receiver<S> {
                     .filter(|(_, receives)| *receives == receives_before)
                     .map(|(counts, _)| counts)
             });
+            let asked = Instant::now();
             let call = async {
                 match opening {
                     Some(None) => {
@@ -192,7 +193,7 @@ impl<S: MessageSource> Receiver<S> {
             let corrupted_only = messages.is_empty() && !corrupted.is_empty();
             stage.active.observe(messages.len() + corrupted.len());
             // One lease per message: a delivery of a message already held only renews its lease.
-            let fresh = admission.hold(&messages);
+            let fresh = admission.hold(&messages, asked);
             let joined = fresh.iter().filter(|new| !**new).count();
             if joined > 0 {
                 stage

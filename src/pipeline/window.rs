@@ -38,7 +38,7 @@ pub const INITIAL: usize = 1_000;
 pub enum Congestion {
     /// Held messages whose visibility ran out before the heartbeat extended them.
     Lapsed,
-    /// A heartbeat round took longer than two ticks (half the visibility timeout).
+    /// An extension call was still unanswered half a visibility timeout after it was sent.
     HeartbeatOverran,
     /// SQS refused to extend a message we still hold (another consumer has it now).
     ExtensionRefused,

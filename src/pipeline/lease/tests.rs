@@ -27,7 +27,10 @@ fn ack(id: u32, handle: &str) -> AckHandle {
 }
 
 async fn hold(leases: &Leases, messages: &[Received]) -> Vec<bool> {
-    leases.admit(messages.len()).await.hold(messages)
+    leases
+        .admit(messages.len())
+        .await
+        .hold(messages, Instant::now())
 }
 
 #[tokio::test(start_paused = true)]
@@ -49,6 +52,36 @@ async fn leases_fall_due_after_half_the_timeout_and_lapse_after_all_of_it() {
     leases.forget(&[ack(2, "r2")]);
     assert_eq!(leases.take_all(), vec![ack(1, "r1")]);
     assert!(leases.take_all().is_empty());
+}
+
+/// A lease starts when the server took its message, which is somewhere during the receive:
+/// a slow answer (400 ms at a 2 s timeout) counts from when the receive was sent; a long poll
+/// that waited 20 s for its message (at 30 s) counts from a quarter of the timeout before its
+/// answer, not from its start (it would be due at once).
+#[tokio::test(start_paused = true)]
+async fn a_lease_starts_within_its_receive_and_no_earlier_than_a_quarter_timeout_back() {
+    let visibility = Duration::from_secs(2);
+    let leases = Leases::new(Some(visibility), 100);
+    let asked = Instant::now();
+    let admission = leases.admit(1).await;
+    tokio::time::advance(Duration::from_millis(400)).await;
+    admission.hold(&[received(1, "r1")], asked);
+    tokio::time::advance(Duration::from_millis(600)).await;
+    assert_eq!(
+        leases.due(Instant::now(), visibility).extend.len(),
+        1,
+        "due half a timeout after the receive was sent, not after its answer"
+    );
+
+    let visibility = Duration::from_secs(30);
+    let leases = Leases::new(Some(visibility), 100);
+    let asked = Instant::now();
+    let admission = leases.admit(1).await;
+    tokio::time::advance(Duration::from_secs(20)).await;
+    admission.hold(&[received(1, "r1")], asked);
+    assert!(leases.due(Instant::now(), visibility).extend.is_empty());
+    tokio::time::advance(Duration::from_millis(7_500)).await;
+    assert_eq!(leases.due(Instant::now(), visibility).extend.len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -94,7 +127,7 @@ async fn receiving_waits_for_room_in_the_window_and_for_the_heartbeat() {
     tokio::task::yield_now().await;
     assert!(!third.is_finished(), "the window is full");
     drop(second);
-    first.hold(&[received(1, "r1")]);
+    first.hold(&[received(1, "r1")], Instant::now());
     // 1 held + 10 reserved by the third: room, once it was given back.
     tokio::time::timeout(Duration::from_secs(1), third)
         .await
