@@ -280,7 +280,7 @@ fn columns_that_can_never_convert_are_refused_when_the_mapping_is_read() {
     }
     for accepted in [
         r#"{ name = "n", value = "7", type = "integer" }"#,
-        r#"{ name = "n", value = 123456789012345678901234567890, type = "numeric" }"#,
+        r#"{ name = "n", value = "123456789012345678901234567890", type = "numeric" }"#,
         r#"{ name = "n", from = "sqs:SentTimestamp", type = "bigint" }"#,
         r#"{ name = "n", from = "sqs:SentTimestamp", type = "timestamptz" }"#,
         r#"{ name = "n", from = "sqs:MessageId", type = "uuid" }"#,
