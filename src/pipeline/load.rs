@@ -25,7 +25,7 @@ enum Next {
     /// Cut the open batch and load it.
     Cut,
     /// Load this suspect alone (see [`load_isolating`]).
-    Alone(Batch),
+    Alone(Box<Batch>),
 }
 
 /// The batcher and loaders' task: cuts batches by size, window or age and loads each in one
@@ -103,7 +103,7 @@ impl<L: BatchLoader> Batcher<'_, L> {
                         summary.suspects += 1;
                         let mut alone = Batch::with_capacity(1);
                         alone.push(p);
-                        Next::Alone(alone)
+                        Next::Alone(Box::new(alone))
                     }
                     Some(p) => {
                         summary.received += 1;
@@ -133,7 +133,7 @@ impl<L: BatchLoader> Batcher<'_, L> {
                     deadline = None;
                     std::mem::replace(&mut batch, Batch::with_capacity(capacity))
                 }
-                Next::Alone(one) => one,
+                Next::Alone(one) => *one,
             };
             // Every connection busy: this batch waits for one (the receivers meanwhile fill the
             // channel and then wait too).
@@ -189,6 +189,8 @@ pub(super) struct LoadContext<'a> {
     /// The durable record of attempts, where messages that stall the database alone are
     /// counted across deliveries and processes.
     pub attempts: Option<&'a dyn super::sink::AttemptLog>,
+    /// Messages that stalled alone here, loaded alone on their next delivery.
+    pub stallers: &'a super::batch::Stallers,
     /// The longest one attempt at a part may take (see `isolate`): generous for a whole
     /// batch, short once a part has stalled while the database took other work.
     pub stall: std::time::Duration,
@@ -203,7 +205,33 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 
 /// Loads one batch (isolating rows that fail, see [`load_isolating`]),
 /// then tells the window and hands the batch's acks to the deleter.
+/// A suspect's batch of one finishes its open attempt once the load has ended, however it
+/// ended: only a death on the way leaves it unfinished.
 async fn load_batch<L: BatchLoader>(
+    loader: &mut L,
+    mut batch: Batch,
+    acks: &mpsc::Sender<Committed>,
+    context: LoadContext<'_>,
+    summary: &mut Summary,
+) -> Result<(), PipelineError> {
+    #[cfg(feature = "test-support")]
+    batch.crash_if_told();
+    let attempt = batch.attempt.take();
+    // A suspect that stalled here before is tried alone now; should it stall again, it is
+    // remembered again (see `isolate`).
+    if let [row] = batch.rows.as_slice() {
+        if row.suspect {
+            context.stallers.forget(&row.message_id);
+        }
+    }
+    let result = load_and_hand_over(loader, batch, acks, context, summary).await;
+    if let (Some(attempt), Some(log)) = (attempt, context.attempts) {
+        super::sink::finish_attempt(log, attempt).await;
+    }
+    result
+}
+
+async fn load_and_hand_over<L: BatchLoader>(
     loader: &mut L,
     mut batch: Batch,
     acks: &mpsc::Sender<Committed>,

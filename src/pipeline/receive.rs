@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, Delivery, HeldBody, Processed};
+use super::batch::{self, Delivery, HeldBody, OpenAttempt, Processed};
 use super::lease::Leases;
-use super::sink::AttemptLog;
+use super::sink::{finish_attempt, AttemptLog};
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
@@ -279,7 +279,10 @@ impl<S: MessageSource> Receiver<S> {
                     _ = stop.cancelled() => return Ok(()),
                 };
                 let mut processed = match &stage.attempts {
-                    Some(log) if m.receive_count > settings.max_receive_count => {
+                    Some(log)
+                        if m.receive_count > settings.max_receive_count
+                            || stage.stallers.contains(&m.ledger_id) =>
+                    {
                         stage.process_suspect(log.as_ref(), m, held_since).await
                     }
                     _ => stage.process(m, held_since, None),
@@ -310,9 +313,11 @@ pub(super) struct Stage {
     pub(super) sealer: BodySealer,
     /// The durable record of attempts at suspects, if the run keeps one.
     pub(super) attempts: Option<Arc<dyn AttemptLog>>,
-    /// Held while a suspect's attempt is begun, processed and finished: one at a time
-    /// ([`Stage::process_suspect`]).
-    suspect_turn: tokio::sync::Mutex<()>,
+    /// Held while a suspect's attempt is open, from before its transform to the end of its
+    /// load alone: one at a time ([`Stage::process_suspect`]).
+    suspect_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Messages that stalled the database alone here before: suspects on their next delivery.
+    pub(super) stallers: batch::Stallers,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,
@@ -389,7 +394,8 @@ impl Stage {
             kind,
             sealer,
             attempts,
-            suspect_turn: tokio::sync::Mutex::new(()),
+            suspect_turn: Arc::new(tokio::sync::Mutex::new(())),
+            stallers: batch::Stallers::default(),
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
             redelivered_while_held: AtomicU64::new(0),
@@ -503,22 +509,31 @@ impl Stage {
         }
     }
 
-    /// A suspect (received more often than `--max-receive-count`), processed between a
-    /// record of its attempt in the database and a record that the attempt finished, while no
-    /// other suspect's attempt is open (its turn): a body that kills the process then leaves
-    /// only its own attempt unfinished, never a bystander's. Earlier attempts that never
-    /// finished (the process died processing it) may make it `poison:crashed`.
+    /// A suspect (received more often than `--max-receive-count`), processed after a record of
+    /// its attempt in the database, while no other suspect's attempt is open (its turn). A
+    /// valid one takes its open attempt and the turn along to its load alone, which finishes
+    /// it (see `pipeline::load`); a rejected one's attempt is finished here. A body that kills
+    /// the process, parsing it or loading it, then leaves only its own attempt unfinished,
+    /// never a bystander's. Earlier attempts that never finished (the process died) may make it
+    /// `poison:crashed`.
     async fn process_suspect(
         &self,
         log: &dyn AttemptLog,
         m: Received,
         held_since: Instant,
     ) -> Processed {
-        let _turn = self.suspect_turn.lock().await;
+        let turn = self.suspect_turn.clone().lock_owned().await;
         let attempt = self.begin_attempt(log, &m).await;
-        let processed = self.process(m, held_since, attempt.crashed);
-        if attempt.finish {
-            Self::finish_attempt(log, &processed.ledger_id).await;
+        let mut processed = self.process(m, held_since, attempt.crashed);
+        let open = OpenAttempt {
+            ledger_id: processed.ledger_id.clone(),
+            finish: attempt.finish,
+            turn,
+        };
+        if processed.is_suspect_row() {
+            processed.attempt = Some(open);
+        } else {
+            finish_attempt(log, open).await;
         }
         processed
     }
@@ -552,22 +567,6 @@ impl Stage {
         }
     }
 
-    /// After a suspect's processing returned: its attempt counted finished, tried three
-    /// times (an attempt left unfinished counts against the message).
-    async fn finish_attempt(log: &dyn AttemptLog, ledger_id: &str) {
-        let mut error = None;
-        for wait in [0, 200, 1_000] {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            match log.finish(ledger_id).await {
-                Ok(()) => return,
-                Err(e) => error = Some(e),
-            }
-        }
-        if let Some(error) = error {
-            tracing::warn!(%error, "could not record a finished attempt at a suspect");
-        }
-    }
-
     /// The pure transform, the poison check, and the evidence (sealed body) kept for
     /// quarantine.
     ///
@@ -586,7 +585,8 @@ impl Stage {
         crashed: Option<u32>,
     ) -> Processed {
         let limit = self.settings.max_receive_count;
-        let suspect = m.receive_count > limit;
+        let over_limit = m.receive_count > limit;
+        let suspect = over_limit || self.stallers.contains(&m.ledger_id);
         let poison = |detail: String| Transformed {
             outcome: Err(Rejection::poison(detail)),
             unknown_fields: 0,
@@ -600,7 +600,7 @@ impl Stage {
                 };
             }
             #[cfg(feature = "test-support")]
-            crash_if_told(&m.body);
+            batch::crash_if_told(&m.body, "transform");
             self.kind.transform(&Message {
                 body: &m.body,
                 // A replay (ledger id `ID#replayN`) maps as the message it replays.
@@ -613,7 +613,7 @@ impl Stage {
         };
         let corrupt_poison = m.md5_mismatch
             && fate(Outcome::CorruptBody {
-                over_receive_limit: suspect,
+                over_receive_limit: over_limit,
             }) == Fate::Quarantine;
         let t = if let Some(unfinished) = crashed {
             tracing::warn!(message_id = %m.ack.message_id, receive_count = m.receive_count, unfinished, "processing this message ended the process again and again: poison");
@@ -667,23 +667,8 @@ impl Stage {
             permit: None,
             held_since,
             suspect,
+            attempt: None,
         }
-    }
-}
-
-/// Test support: ends the process at once (an abort, as a crash in a dependency would) when
-/// a body contains the text in `SQS2PG_TEST_CRASH_ON`, so the tests can send a message that
-/// kills whatever processes it. Compiled only with the `test-support` feature.
-#[cfg(feature = "test-support")]
-fn crash_if_told(body: &str) {
-    static MARKER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let marker = MARKER.get_or_init(|| {
-        std::env::var("SQS2PG_TEST_CRASH_ON")
-            .ok()
-            .filter(|m| !m.is_empty())
-    });
-    if marker.as_deref().is_some_and(|m| body.contains(m)) {
-        std::process::abort();
     }
 }
 
