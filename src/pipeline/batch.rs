@@ -88,21 +88,29 @@ pub struct Processed {
     /// alone before ([`Stallers`]): a valid one is loaded alone, where the poison verdict is
     /// made (see `pipeline::load`).
     pub suspect: bool,
-    /// A suspect row's attempt, open until its load alone has ended.
-    pub attempt: Option<OpenAttempt>,
 }
+
+/// At most this many [`Stallers`] are remembered (stalling bodies are rare; this only bounds
+/// the memory of ones that went elsewhere).
+const STALLERS_KEPT: usize = 10_000;
 
 /// Messages whose load alone stalled the database on an earlier delivery to this process and
 /// that are not kept aside yet: each comes back as a suspect, loaded alone under the short
-/// bound at once, instead of stalling a whole batch and its halvings again (a few minutes a
-/// delivery in a batch of 5,000). Forgotten once committed or kept aside; a replica that did
-/// not see the stall finds it the slow way, and the count in the database is shared.
+/// bound at once, instead of stalling a whole batch and its search again. Each is forgotten
+/// when its next load alone begins (and remembered again if it stalls again); one that never
+/// comes back here (another replica took it) stays until the set reaches `STALLERS_KEPT` and
+/// is emptied. A replica that did not see the stall finds it the slow way; the count in the
+/// database is shared.
 #[derive(Debug, Default)]
 pub struct Stallers(std::sync::Mutex<HashSet<String>>);
 
 impl Stallers {
     pub fn insert(&self, ledger_id: &str) {
-        self.lock().insert(ledger_id.to_owned());
+        let mut set = self.lock();
+        if set.len() >= STALLERS_KEPT {
+            set.clear();
+        }
+        set.insert(ledger_id.to_owned());
     }
 
     /// True for a message known to stall (a lock and a hash lookup, only once one has).
@@ -123,18 +131,6 @@ impl Stallers {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// A suspect's recorded attempt, open from before its transform until its load alone has
-/// ended (committed, quarantined or left for redelivery), and the suspects' turn held all that
-/// time: a death anywhere from parsing to COPY leaves only this message's attempt unfinished.
-#[derive(Debug)]
-pub struct OpenAttempt {
-    pub ledger_id: String,
-    /// A record was begun (or may have been) and is to be finished.
-    pub finish: bool,
-    /// No other suspect's attempt is open while this is held.
-    pub turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Processed {
@@ -163,8 +159,6 @@ pub struct Batch {
     permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     /// When the run took the lease of the batch's first message.
     pub first_held: Option<tokio::time::Instant>,
-    /// The attempt of the suspect a batch of one loads alone.
-    pub attempt: Option<OpenAttempt>,
 }
 
 impl Batch {
@@ -181,9 +175,6 @@ impl Batch {
 
     /// Adds one processed message.
     pub fn push(&mut self, mut p: Processed) {
-        if let Some(attempt) = p.attempt.take() {
-            self.attempt = Some(attempt);
-        }
         self.unknown_fields += u64::from(p.unknown_fields);
         self.first_held = Some(
             self.first_held

@@ -395,14 +395,14 @@ impl<S: MessageSource> Heartbeat<S> {
                         }
                     }
                     Some(Err(error)) => {
-                        if let Some(open) = open {
-                            rto.lost(open.sent, open.epoch);
-                        }
                         // A quick refusal is an answer too: the server is reachable, so calls
                         // sent before it and taken as lost are lost (a call given up after
                         // its timeout is no answer).
                         if now.saturating_duration_since(sent) < rto.timeout() {
                             in_flight.abandon_lost(sent);
+                        }
+                        if let Some(open) = open {
+                            rto.lost(open.sent, open.epoch);
                         }
                         tracing::warn!(%error, messages = chunk.len(), "visibility heartbeat failed")
                     }

@@ -101,6 +101,15 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
             });
         }
         let mut report = LoadReport::default();
+        // A part that stalled while the database worked: what it is cut into gets the short
+        // bound.
+        let context = match failure {
+            Failure::Blamed(LoadError::TimedOut(_)) => LoadContext {
+                stall: STALL_ALONE,
+                ..context
+            },
+            _ => context,
+        };
         if !rejects.is_empty() {
             for part in [
                 Batch::part(Vec::new(), rejects),
@@ -126,20 +135,13 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
                 Failure::Fatal(_) => unreachable!("fatal failures returned above"),
             }
         } else {
-            // A part that stalled while the database worked: its parts get the short bound,
-            // and it is cut in sixteen, not two. The parts without the body commit at once and
+            // A part that stalled while the database worked is cut in sixteen, not two. The parts without the body commit at once and
             // only the one with it waits out its bound, so a level costs one bound either way
             // and sixteen-way needs four levels for 5,000 rows where halving needs thirteen.
             // Rows the table refuses answer at once, so halving costs nothing there.
-            let (context, parts) = match failure {
-                Failure::Blamed(LoadError::TimedOut(_)) => (
-                    LoadContext {
-                        stall: STALL_ALONE,
-                        ..context
-                    },
-                    STALLED_PARTS,
-                ),
-                _ => (context, 2),
+            let parts = match failure {
+                Failure::Blamed(LoadError::TimedOut(_)) => STALLED_PARTS,
+                _ => 2,
             };
             let size = rows.len().div_ceil(parts);
             let mut cut = Vec::with_capacity(parts);
@@ -185,7 +187,6 @@ async fn blame_alone<L: BatchLoader>(
                 }) == Fate::Quarantine
                 {
                     tracing::warn!(message_id = %row.message_id, stalls, "loading the message alone stalled the database on delivery after delivery: poison");
-                    context.stallers.forget(&row.message_id);
                     not_loaded.refused.push(row.into_reject(
                         Rejection::stalled(format!(
                             "loading it alone stalled the database (no answer within {} s while it took other work) on {stalls} deliveries, limit {crashes}",
@@ -200,9 +201,8 @@ async fn blame_alone<L: BatchLoader>(
                 tracing::warn!(message_id = %row.message_id, error = %e, "could not record a stalled load")
             }
         }
-        // Not kept aside yet: its next delivery here is loaded alone at once.
-        context.stallers.insert(&row.message_id);
     }
+    let stalled = matches!(error, LoadError::TimedOut(_));
     let mut failures = 1;
     let one = Batch::part(vec![row], Vec::new());
     loop {
@@ -227,6 +227,10 @@ async fn blame_alone<L: BatchLoader>(
             Fate::Redeliver => {
                 let row = &one.rows[0];
                 tracing::warn!(message_id = %row.message_id, receive_count = count, %error, "loading the message fails while the database takes other work; leaving it for redelivery");
+                if stalled {
+                    // Its next delivery here is loaded alone at once.
+                    context.stallers.insert(&row.message_id);
+                }
                 not_loaded.left.push(row.ack_index);
                 return Ok(LoadReport::default());
             }

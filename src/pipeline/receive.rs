@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, Delivery, HeldBody, OpenAttempt, Processed};
+use super::batch::{self, Delivery, HeldBody, Processed};
 use super::lease::Leases;
 use super::sink::{finish_attempt, AttemptLog};
 use super::{Mode, PipelineError, PipelineSettings};
@@ -72,6 +72,9 @@ impl<S: MessageSource> Receiver<S> {
         // A receive whose answer was lost is retried as the same attempt (on FIFO queues, the
         // same `ReceiveRequestAttemptId`), so SQS hands out what it took for it again.
         let mut retrying: Option<ReceiveRequest> = None;
+        // When the receive (or the first try of one retried as the same attempt, whose
+        // messages' visibility may have started then) was sent.
+        let mut asked = Instant::now();
         // `drain`: the queue's counts read last, and the receives this run had made by then. A
         // read with nothing received since serves as the next poll's opening read.
         let mut last_counts: Option<(QueueCounts, u64)> = None;
@@ -120,9 +123,13 @@ impl<S: MessageSource> Receiver<S> {
             } else {
                 settings.wait_time
             };
-            let request = retrying.take().unwrap_or_else(|| {
-                ReceiveRequest::new(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout)
-            });
+            let request = match retrying.take() {
+                Some(request) => request,
+                None => {
+                    asked = Instant::now();
+                    ReceiveRequest::new(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout)
+                }
+            };
             // `drain`: a poll that starts with nothing held may end the drain; the queue's
             // counts are read as it starts (or the last read is reused) and again when it ends.
             let opening = (drain && !held_before).then(|| {
@@ -130,7 +137,6 @@ impl<S: MessageSource> Receiver<S> {
                     .filter(|(_, receives)| *receives == receives_before)
                     .map(|(counts, _)| counts)
             });
-            let asked = Instant::now();
             let call = async {
                 match opening {
                     Some(None) => {
@@ -313,9 +319,9 @@ pub(super) struct Stage {
     pub(super) sealer: BodySealer,
     /// The durable record of attempts at suspects, if the run keeps one.
     pub(super) attempts: Option<Arc<dyn AttemptLog>>,
-    /// Held while a suspect's attempt is open, from before its transform to the end of its
-    /// load alone: one at a time ([`Stage::process_suspect`]).
-    suspect_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a suspect's attempt is begun, processed and finished: one at a time
+    /// ([`Stage::process_suspect`]).
+    suspect_turn: tokio::sync::Mutex<()>,
     /// Messages that stalled the database alone here before: suspects on their next delivery.
     pub(super) stallers: batch::Stallers,
     settings: Arc<PipelineSettings>,
@@ -394,7 +400,7 @@ impl Stage {
             kind,
             sealer,
             attempts,
-            suspect_turn: Arc::new(tokio::sync::Mutex::new(())),
+            suspect_turn: tokio::sync::Mutex::new(()),
             stallers: batch::Stallers::default(),
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
@@ -509,31 +515,23 @@ impl Stage {
         }
     }
 
-    /// A suspect (received more often than `--max-receive-count`), processed after a record of
-    /// its attempt in the database, while no other suspect's attempt is open (its turn). A
-    /// valid one takes its open attempt and the turn along to its load alone, which finishes
-    /// it (see `pipeline::load`); a rejected one's attempt is finished here. A body that kills
-    /// the process, parsing it or loading it, then leaves only its own attempt unfinished,
-    /// never a bystander's. Earlier attempts that never finished (the process died) may make it
-    /// `poison:crashed`.
+    /// A suspect (received more often than `--max-receive-count`), processed between a
+    /// record of its attempt in the database and a record that the attempt finished, while no
+    /// other suspect's attempt is open (its turn): a body that kills the process while it is
+    /// parsed then leaves only its own attempt unfinished, never another suspect's. A valid
+    /// one's load alone is a second attempt, recorded by the batcher (see `pipeline::load`).
+    /// Earlier attempts that never finished (the process died) may make it `poison:crashed`.
     async fn process_suspect(
         &self,
         log: &dyn AttemptLog,
         m: Received,
         held_since: Instant,
     ) -> Processed {
-        let turn = self.suspect_turn.clone().lock_owned().await;
+        let _turn = self.suspect_turn.lock().await;
         let attempt = self.begin_attempt(log, &m).await;
-        let mut processed = self.process(m, held_since, attempt.crashed);
-        let open = OpenAttempt {
-            ledger_id: processed.ledger_id.clone(),
-            finish: attempt.finish,
-            turn,
-        };
-        if processed.is_suspect_row() {
-            processed.attempt = Some(open);
-        } else {
-            finish_attempt(log, open).await;
+        let processed = self.process(m, held_since, attempt.crashed);
+        if attempt.finish {
+            finish_attempt(log, &processed.ledger_id).await;
         }
         processed
     }
@@ -667,7 +665,6 @@ impl Stage {
             permit: None,
             held_since,
             suspect,
-            attempt: None,
         }
     }
 }
