@@ -192,7 +192,7 @@ pub fn load_mapping(path: &Path) -> Result<Mapping, AppError> {
         path: path.display().to_string(),
         error,
     })?;
-    Mapping::parse(&text).map_err(|e| {
+    crate::mapping::parse(&text).map_err(|e| {
         AppError::Config(crate::config::ConfigError(format!(
             "mapping {}: {e}",
             path.display()

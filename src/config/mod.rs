@@ -154,7 +154,7 @@ pub fn mapping_file(path: &std::path::Path) -> Result<crate::mapping::Mapping, C
             path.display()
         ))
     })?;
-    crate::mapping::Mapping::parse(&text)
+    crate::mapping::parse(&text)
         .map_err(|e| ConfigError(format!("{} {}: {e}", args::flag("mapping"), path.display())))
 }
 

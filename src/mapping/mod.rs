@@ -19,3 +19,12 @@ pub use crate::kind::{Message, Rejection};
 pub use column::{ColumnType, Value};
 pub use file::{Envelope, Mapping, MappingError};
 pub use transform::{MappedRow, Mapper};
+
+/// Reads a mapping file's text: its shape and checks ([`Mapping::parse`]), and the columns
+/// whose value is fixed converted once ([`Mapping::check_fixed_columns`]): what every command
+/// that takes `--mapping` loads.
+pub fn parse(text: &str) -> Result<Mapping, MappingError> {
+    let mapping = Mapping::parse(text)?;
+    mapping.check_fixed_columns()?;
+    Ok(mapping)
+}

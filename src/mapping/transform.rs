@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 
 use super::column::{convert, kind, ColumnType, Fault, Value};
 use super::file::{
-    Column, Convert, Envelope, Mapping, Mask, Source, SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
+    Column, Convert, Envelope, Mapping, MappingError, Mask, Source, SqsAttribute,
+    EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
 use crate::login::app_version::AppVersionError;
@@ -174,6 +175,51 @@ fn unwrap(envelope: Envelope, body: Json) -> Result<(Vec<Json>, EnvelopeFields),
 }
 
 impl Mapping {
+    /// Converts, once, every unmasked column whose value does not come from the message: a
+    /// constant as it is, an SQS field as a representative one (a UUID message id, a
+    /// SentTimestamp of 2023 in milliseconds, a receive count of 1, a group id `group-1`). One
+    /// that fails would quarantine every message, so the mapping is refused instead, naming
+    /// the column and what to change.
+    pub fn check_fixed_columns(&self) -> Result<(), MappingError> {
+        let probe = Message {
+            body: "{}",
+            message_id: "8f3a1d2e-5b6c-4d7e-9f80-112233445566",
+            sent_timestamp_ms: 1_700_000_000_000,
+            receive_count: 1,
+            group_id: Some("group-1"),
+            attributes: &[],
+        };
+        for (i, column) in self.columns.iter().enumerate() {
+            let what = match &column.source {
+                Source::Constant(_) => "its constant `value`".to_owned(),
+                Source::Sqs(attribute) => format!("`from = \"sqs:{attribute:?}\"`"),
+                _ => continue,
+            };
+            if column.mask.is_some() {
+                continue;
+            }
+            if let Err(rejection) = self.value(column, None, &Json::Null, &Map::new(), &probe) {
+                return Err(MappingError(format!(
+                    "column {} (`{}`): {what} can never be stored as {} ({}{}); change the \
+                     column's `type`{}",
+                    i + 1,
+                    column.name,
+                    column.column_type,
+                    rejection.reason,
+                    rejection
+                        .detail
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default(),
+                    match column.source {
+                        Source::Constant(_) => " or the `value`",
+                        _ => " (or `convert`)",
+                    },
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn apply(
         &self,
         masks: &[Option<ColumnMask>],

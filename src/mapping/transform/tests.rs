@@ -222,3 +222,42 @@ fn the_login_mapping_gives_the_login_pipelines_rows_for_the_sample() {
         assert_eq!((same, both_rejected), (99, 1), "{mode}");
     }
 }
+/// A column whose value is fixed (a constant, an SQS field) and can never convert would
+/// quarantine every message: the mapping is refused when it is read, naming the column.
+#[test]
+fn columns_that_can_never_convert_are_refused_when_the_mapping_is_read() {
+    let with = |column: &str| {
+        crate::mapping::parse(&format!(
+            "table = \"public.t\"\ncolumns = [\n  {{ name = \"id\", from = \"/id\", type = \"text\" }},\n  {column},\n]\n"
+        ))
+        .map(|_| ())
+        .map_err(|e| e.0)
+    };
+    for refused in [
+        r#"{ name = "n", value = "abc", type = "integer" }"#,
+        r#"{ name = "n", value = 3.5, type = "integer" }"#,
+        r#"{ name = "n", value = 40000, type = "smallint" }"#,
+        r#"{ name = "n", value = "x", type = "date" }"#,
+        r#"{ name = "n", value = "toolong", type = "varchar(3)" }"#,
+        r#"{ name = "n", from = "sqs:SentTimestamp", type = "integer" }"#,
+        r#"{ name = "n", from = "sqs:MessageGroupId", type = "uuid" }"#,
+        r#"{ name = "n", from = "sqs:MessageId", type = "boolean" }"#,
+    ] {
+        let error = with(refused).expect_err(refused);
+        assert!(
+            error.starts_with("column 2 (`n`):") && error.contains("can never be stored as"),
+            "{refused}: {error}"
+        );
+    }
+    for accepted in [
+        r#"{ name = "n", value = "7", type = "integer" }"#,
+        r#"{ name = "n", value = "123456789012345678901234567890", type = "numeric" }"#,
+        r#"{ name = "n", from = "sqs:SentTimestamp", type = "bigint" }"#,
+        r#"{ name = "n", from = "sqs:SentTimestamp", type = "timestamptz" }"#,
+        r#"{ name = "n", from = "sqs:MessageId", type = "uuid" }"#,
+        r#"{ name = "n", from = "sqs:ApproximateReceiveCount", type = "smallint" }"#,
+        r#"{ name = "n", from = "sqs:MessageGroupId", type = "varchar(128)" }"#,
+    ] {
+        assert_eq!(with(accepted), Ok(()), "{accepted}");
+    }
+}
