@@ -53,6 +53,8 @@ pub struct Row {
     /// Where the row's delivery is in its batch's `acks` (so a row left for redelivery keeps
     /// its message in SQS).
     pub ack_index: usize,
+    /// A suspect's row, loaded alone under the short bound.
+    pub suspect: bool,
 }
 
 impl Row {
@@ -82,9 +84,53 @@ pub struct Processed {
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// When the run took its lease (the receive's answer).
     pub held_since: tokio::time::Instant,
-    /// Received more often than `--max-receive-count`: a valid one is loaded alone, where the
-    /// poison verdict is made (see `pipeline::load`).
+    /// Received more often than `--max-receive-count`, or known to have stalled the database
+    /// alone before ([`Stallers`]): a valid one is loaded alone, where the poison verdict is
+    /// made (see `pipeline::load`).
     pub suspect: bool,
+}
+
+/// At most this many [`Stallers`] are remembered (stalling bodies are rare; this only bounds
+/// the memory of ones that went elsewhere).
+const STALLERS_KEPT: usize = 10_000;
+
+/// Messages whose load alone stalled the database on an earlier delivery to this process and
+/// that are not kept aside yet: each comes back as a suspect, loaded alone under the short
+/// bound at once, instead of stalling a whole batch and its search again. Each is forgotten
+/// when its next load alone begins (and remembered again if it stalls again); one that never
+/// comes back here (another replica took it) stays until the set reaches `STALLERS_KEPT` and
+/// is emptied. A replica that did not see the stall finds it the slow way; the count in the
+/// database is shared.
+#[derive(Debug, Default)]
+pub struct Stallers(std::sync::Mutex<HashSet<String>>);
+
+impl Stallers {
+    pub fn insert(&self, ledger_id: &str) {
+        let mut set = self.lock();
+        if set.len() >= STALLERS_KEPT {
+            set.clear();
+        }
+        set.insert(ledger_id.to_owned());
+    }
+
+    /// True for a message known to stall (a lock and a hash lookup, only once one has).
+    pub fn contains(&self, ledger_id: &str) -> bool {
+        let set = self.lock();
+        !set.is_empty() && set.contains(ledger_id)
+    }
+
+    pub fn forget(&self, ledger_id: &str) {
+        let mut set = self.lock();
+        if !set.is_empty() {
+            set.remove(ledger_id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Processed {
@@ -153,6 +199,7 @@ impl Batch {
                 delivery: p.delivery,
                 body,
                 ack_index,
+                suspect: p.suspect,
             }),
             Err((rejection, sealed)) => self.rejects.push(Reject {
                 message_id,
@@ -191,4 +238,36 @@ pub struct Committed {
     /// When the run took the lease of the first of them (the window learns from how long the
     /// batch took to settle).
     pub first_held: Option<tokio::time::Instant>,
+}
+
+/// Test support: ends the process at once (an abort, as a crash in a dependency would) when
+/// a body contains the text in `SQS2PG_TEST_CRASH_ON` and `place` is where
+/// `SQS2PG_TEST_CRASH_AT` says (`transform`, the default, or `load`), so the tests can send a
+/// message that kills whatever processes it. Compiled only with the `test-support` feature.
+#[cfg(feature = "test-support")]
+pub(super) fn crash_if_told(body: &str, place: &str) {
+    static TOLD: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    let told = TOLD.get_or_init(|| {
+        let marker = std::env::var("SQS2PG_TEST_CRASH_ON")
+            .ok()
+            .filter(|m| !m.is_empty())?;
+        let at = std::env::var("SQS2PG_TEST_CRASH_AT").unwrap_or_else(|_| "transform".into());
+        Some((marker, at))
+    });
+    if told
+        .as_ref()
+        .is_some_and(|(marker, at)| at == place && body.contains(marker.as_str()))
+    {
+        std::process::abort();
+    }
+}
+
+#[cfg(feature = "test-support")]
+impl Batch {
+    /// [`crash_if_told`] for every row's body, as its load begins.
+    pub(super) fn crash_if_told(&self) {
+        for row in &self.rows {
+            crash_if_told(&row.body.0, "load");
+        }
+    }
 }

@@ -72,7 +72,8 @@ type Answer = (
 /// When an unanswered extension call counts as lost: TCP's retransmission timeout (RFC 6298:
 /// smoothed latency plus four times its variation), over the answers so far, no shorter than a
 /// twentieth of the visibility timeout, doubled for every loss or failure while the server
-/// answers nothing, and never longer than the timeout itself. A server that answers in milliseconds gets
+/// answers nothing (once per event: see [`Rto::lost`]), and never longer than the timeout
+/// itself. A server that answers in milliseconds gets
 /// a lost call's leases sent again within a tenth of a second at a 2 s timeout, several tries
 /// before they lapse; a slow server's late answers are expected, not duplicated (sending again
 /// to a server that is merely slow only makes it slower). Our own few lines: no crate offers
@@ -118,11 +119,15 @@ impl Rto {
         self.epoch += 1;
     }
 
-    /// Takes in one answered call, sent at `sent`.
-    fn observe(&mut self, sent: Instant, now: Instant) {
+    /// Takes in one answered call, sent at `sent` in back-off `epoch`. The back-off ends only
+    /// with an answer to a call sent since it began: a late answer to a call from before an
+    /// outage says nothing about the server now.
+    fn observe(&mut self, sent: Instant, epoch: u64, now: Instant) {
         let latency = now.saturating_duration_since(sent);
         self.answered_sent = self.answered_sent.max(Some(sent));
-        self.backoff = 0;
+        if epoch == self.epoch {
+            self.backoff = 0;
+        }
         match self.smoothed {
             None => {
                 self.smoothed = Some(latency);
@@ -263,6 +268,9 @@ impl InFlight {
             self.calls.push(Box::pin(async move {
                 let extension = source.change_visibility(&chunk, visibility);
                 let result = tokio::select! {
+                    // Abandoned wins over an answer that arrives at the same moment: the
+                    // call's place and its leases were already given to later calls.
+                    biased;
                     () = abandon.cancelled() => None,
                     result = tokio::time::timeout(visibility, extension) => {
                         Some(result.unwrap_or_else(|_| {
@@ -375,7 +383,8 @@ impl<S: MessageSource> Heartbeat<S> {
                     // Abandoned: its leases are free to go in the next call.
                     None => {}
                     Some(Ok(refused)) => {
-                        rto.observe(sent, now);
+                        let epoch = open.map_or(rto.epoch, |call| call.epoch);
+                        rto.observe(sent, epoch, now);
                         in_flight.abandon_lost(sent);
                         let ok: Vec<AckHandle> =
                             chunk.into_iter().filter(|a| !refused.contains(a)).collect();
@@ -386,6 +395,12 @@ impl<S: MessageSource> Heartbeat<S> {
                         }
                     }
                     Some(Err(error)) => {
+                        // A quick refusal is an answer too: the server is reachable, so calls
+                        // sent before it and taken as lost are lost (a call given up after
+                        // its timeout is no answer).
+                        if now.saturating_duration_since(sent) < rto.timeout() {
+                            in_flight.abandon_lost(sent);
+                        }
                         if let Some(open) = open {
                             rto.lost(open.sent, open.epoch);
                         }

@@ -23,8 +23,8 @@ pub(super) const STALL: Duration = Duration::from_secs(60);
 
 /// The bound of a suspect's load alone, and of every part of a batch that stalled while the
 /// database took other work: such a part loads in milliseconds unless the stalling body is in
-/// it. Short, so that finding a body that stalls the database costs seconds per halving, not
-/// minutes.
+/// it. Short, so that finding a body that stalls the database costs seconds per level of its
+/// search, not minutes.
 const STALL_ALONE: Duration = Duration::from_secs(10);
 
 /// Failed attempts at a part before the loader asks whether the database takes other work.
@@ -50,6 +50,9 @@ pub(super) struct NotLoaded {
     pub left: Vec<usize>,
 }
 
+/// How many parts a part that stalled is cut into.
+const STALLED_PARTS: usize = 16;
+
 /// Loads `part`; when it fails for the sake of some row (the table refuses it, or it fails
 /// while the database takes other work), splits it until the failing rows are alone and loads
 /// the rest. Rejections are loaded apart from rows first, so a failure of the rejections
@@ -57,7 +60,8 @@ pub(super) struct NotLoaded {
 /// acks wait until all have committed. Cost per bad row: about 2 log2(n) extra transactions
 /// for a refused one; for one that fails while the database works, at each halving about three
 /// failed attempts, one check and a backoff; for one that stalls it, one stall (60 s for the
-/// whole batch, then [`STALL_ALONE`] for each half) and one check.
+/// whole batch, then [`STALL_ALONE`] for the part holding it at each level of a sixteen-way
+/// cut) and one check.
 ///
 /// A row that fails alone:
 /// - refused by the table: quarantined as `rejected_by_database`;
@@ -97,6 +101,15 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
             });
         }
         let mut report = LoadReport::default();
+        // A part that stalled while the database worked: what it is cut into gets the short
+        // bound.
+        let context = match failure {
+            Failure::Blamed(LoadError::TimedOut(_)) => LoadContext {
+                stall: STALL_ALONE,
+                ..context
+            },
+            _ => context,
+        };
         if !rejects.is_empty() {
             for part in [
                 Batch::part(Vec::new(), rejects),
@@ -122,18 +135,24 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
                 Failure::Fatal(_) => unreachable!("fatal failures returned above"),
             }
         } else {
-            let second = rows.split_off(rows.len() / 2);
-            // A part that stalled while the database worked: its halves get the short bound.
-            let context = match failure {
-                Failure::Blamed(LoadError::TimedOut(_)) => LoadContext {
-                    stall: STALL_ALONE,
-                    ..context
-                },
-                _ => context,
+            // A part that stalled while the database worked is cut in sixteen, not two. The parts without the body commit at once and
+            // only the one with it waits out its bound, so a level costs one bound either way
+            // and sixteen-way needs four levels for 5,000 rows where halving needs thirteen.
+            // Rows the table refuses answer at once, so halving costs nothing there.
+            let parts = match failure {
+                Failure::Blamed(LoadError::TimedOut(_)) => STALLED_PARTS,
+                _ => 2,
             };
-            for half in [rows, second] {
-                let half = Batch::part(half, Vec::new());
-                let r = load_isolating(loader, half, not_loaded, context, summary).await?;
+            let size = rows.len().div_ceil(parts);
+            let mut cut = Vec::with_capacity(parts);
+            while rows.len() > size {
+                cut.push(rows.split_off(rows.len() - size));
+            }
+            cut.push(rows);
+            cut.reverse();
+            for part in cut {
+                let part = Batch::part(part, Vec::new());
+                let r = load_isolating(loader, part, not_loaded, context, summary).await?;
                 report.merge(r);
             }
         }
@@ -183,6 +202,7 @@ async fn blame_alone<L: BatchLoader>(
             }
         }
     }
+    let stalled = matches!(error, LoadError::TimedOut(_));
     let mut failures = 1;
     let one = Batch::part(vec![row], Vec::new());
     loop {
@@ -207,6 +227,10 @@ async fn blame_alone<L: BatchLoader>(
             Fate::Redeliver => {
                 let row = &one.rows[0];
                 tracing::warn!(message_id = %row.message_id, receive_count = count, %error, "loading the message fails while the database takes other work; leaving it for redelivery");
+                if stalled {
+                    // Its next delivery here is loaded alone at once.
+                    context.stallers.insert(&row.message_id);
+                }
                 not_loaded.left.push(row.ack_index);
                 return Ok(LoadReport::default());
             }
@@ -273,11 +297,7 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
     let mut database_works = false;
     // A suspect loaded alone gets the short bound; a trickle's one-message batch does not
     // (a busy database may take a while over any batch).
-    let suspect_alone = part.len() == 1
-        && part
-            .rows
-            .first()
-            .is_some_and(|r| r.delivery.receive_count > settings.max_receive_count);
+    let suspect_alone = part.len() == 1 && part.rows.first().is_some_and(|r| r.suspect);
     let bound = if suspect_alone {
         stall.min(STALL_ALONE)
     } else {

@@ -87,7 +87,8 @@ pub struct Leases {
 /// What a heartbeat round finds to do.
 #[derive(Debug, Default)]
 pub(super) struct Due {
-    /// Latest handles of the leases to extend.
+    /// Latest handles of the leases to extend, oldest lease first (when calls are short, the
+    /// leases nearest to lapsing go first).
     pub extend: Vec<AckHandle>,
     /// Leases whose visibility already ran out.
     pub lapsed: usize,
@@ -299,6 +300,7 @@ impl Leases {
     pub(super) fn due(&self, now: Instant, visibility: Duration) -> Due {
         let state = self.lock();
         let mut due = Due::default();
+        let mut extend = Vec::new();
         for (message_id, lease) in &state.held {
             if lease.deleting || lease.lost {
                 continue;
@@ -312,11 +314,17 @@ impl Leases {
             } else if age >= visibility * 3 / 4 {
                 due.overdue += 1;
             }
-            due.extend.push(AckHandle {
-                message_id: message_id.clone(),
-                receipt_handle: lease.latest.clone(),
-            });
+            extend.push((
+                lease.set_at,
+                AckHandle {
+                    message_id: message_id.clone(),
+                    receipt_handle: lease.latest.clone(),
+                },
+            ));
         }
+        drop(state);
+        extend.sort_unstable_by_key(|(set_at, _)| *set_at);
+        due.extend = extend.into_iter().map(|(_, ack)| ack).collect();
         due
     }
 

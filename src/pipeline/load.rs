@@ -25,7 +25,7 @@ enum Next {
     /// Cut the open batch and load it.
     Cut,
     /// Load this suspect alone (see [`load_isolating`]).
-    Alone(Batch),
+    Alone(Box<Batch>),
 }
 
 /// The batcher and loaders' task: cuts batches by size, window or age and loads each in one
@@ -103,7 +103,7 @@ impl<L: BatchLoader> Batcher<'_, L> {
                         summary.suspects += 1;
                         let mut alone = Batch::with_capacity(1);
                         alone.push(p);
-                        Next::Alone(alone)
+                        Next::Alone(Box::new(alone))
                     }
                     Some(p) => {
                         summary.received += 1;
@@ -133,7 +133,28 @@ impl<L: BatchLoader> Batcher<'_, L> {
                     deadline = None;
                     std::mem::replace(&mut batch, Batch::with_capacity(capacity))
                 }
-                Next::Alone(one) => one,
+                Next::Alone(one) => {
+                    // A suspect loads with no other load in flight, from its attempt's record
+                    // to its finish (see `load_batch`): a death meanwhile is its own. The
+                    // receivers fill the channel meanwhile; suspects are rare.
+                    while let Some(done) = loading.next().await {
+                        finish_load(done, &mut idle, summary, &mut failed, abandon);
+                    }
+                    if failed.is_some() {
+                        break;
+                    }
+                    let mut loader = idle.pop().expect("every loader is idle");
+                    let mut part = Summary::default();
+                    let result = load_batch(&mut loader, *one, acks, context, &mut part).await;
+                    finish_load(
+                        (loader, part, result),
+                        &mut idle,
+                        summary,
+                        &mut failed,
+                        abandon,
+                    );
+                    continue;
+                }
             };
             // Every connection busy: this batch waits for one (the receivers meanwhile fill the
             // channel and then wait too).
@@ -189,6 +210,8 @@ pub(super) struct LoadContext<'a> {
     /// The durable record of attempts, where messages that stall the database alone are
     /// counted across deliveries and processes.
     pub attempts: Option<&'a dyn super::sink::AttemptLog>,
+    /// Messages that stalled alone here, loaded alone on their next delivery.
+    pub stallers: &'a super::batch::Stallers,
     /// The longest one attempt at a part may take (see `isolate`): generous for a whole
     /// batch, short once a part has stalled while the database took other work.
     pub stall: std::time::Duration,
@@ -203,12 +226,51 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 
 /// Loads one batch (isolating rows that fail, see [`load_isolating`]),
 /// then tells the window and hands the batch's acks to the deleter.
+///
+/// A suspect's batch of one is an attempt of its own, recorded in the attempt log before the
+/// load and finished as soon as the load has ended (committed, quarantined or left), before
+/// anything else: the batcher runs it with no other load in flight, so a body that kills the
+/// process in COPY or in the driver leaves only its own attempt unfinished.
 async fn load_batch<L: BatchLoader>(
+    loader: &mut L,
+    batch: Batch,
+    acks: &mpsc::Sender<Committed>,
+    context: LoadContext<'_>,
+    summary: &mut Summary,
+) -> Result<(), PipelineError> {
+    let suspect = match batch.rows.as_slice() {
+        [row] if row.suspect => Some((row.message_id.clone(), row.delivery.ledger_ms)),
+        _ => None,
+    };
+    let mut begun = None;
+    if let Some((ledger_id, ledger_ms)) = suspect {
+        // A suspect that stalled here before is tried alone now; should it stall again, it
+        // is remembered again (see `isolate`).
+        context.stallers.forget(&ledger_id);
+        if let Some(log) = context.attempts {
+            match log.begin(&ledger_id, ledger_ms).await {
+                Ok(Some(_)) => begun = Some((log, ledger_id)),
+                // Its fate is committed already: nothing to count.
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not record an attempt at loading a suspect; loading it anyway");
+                    begun = Some((log, ledger_id));
+                }
+            }
+        }
+    }
+    #[cfg(feature = "test-support")]
+    batch.crash_if_told();
+    load_and_hand_over(loader, batch, acks, context, summary, begun).await
+}
+
+async fn load_and_hand_over<L: BatchLoader>(
     loader: &mut L,
     mut batch: Batch,
     acks: &mpsc::Sender<Committed>,
     context: LoadContext<'_>,
     summary: &mut Summary,
+    begun: Option<(&dyn super::sink::AttemptLog, String)>,
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
     let messages = batch.len();
@@ -218,6 +280,62 @@ async fn load_batch<L: BatchLoader>(
         .map(|r| r.delivery.sent_timestamp)
         .chain(batch.rejects.iter().map(|r| r.delivery.sent_timestamp))
         .min();
+    let loaded = load_whole(loader, &mut batch, context, summary).await;
+    if let Some((log, ledger_id)) = begun {
+        super::sink::finish_attempt(log, &ledger_id).await;
+    }
+    let report = loaded?;
+    crate::telemetry::metrics::record_batch(
+        messages as u64,
+        report.loaded,
+        report.rows,
+        &report.rejected,
+        report.duplicates + batch.duplicates_in_batch,
+        started.elapsed(),
+        oldest_sent_ms,
+    );
+    summary.batches += 1;
+    context.settings.progress.add(
+        messages as u64,
+        report.loaded,
+        report.rejected.len() as u64,
+        report.duplicates + batch.duplicates_in_batch,
+    );
+    summary.loaded += report.loaded;
+    summary.rows += report.rows;
+    summary.duplicates += report.duplicates + batch.duplicates_in_batch;
+    summary.unknown_fields += batch.unknown_fields;
+    for reason in report.rejected {
+        *summary.rejected.entry(reason).or_default() += 1;
+    }
+    tracing::debug!(
+        rows = report.loaded,
+        duplicates = report.duplicates,
+        messages,
+        millis = started.elapsed().as_millis() as u64,
+        "batch committed"
+    );
+    // Only now, after every part has committed, may the batch's messages be deleted.
+    let committed = Committed {
+        acks: batch.acks,
+        first_held: batch.first_held,
+    };
+    if acks.send(committed).await.is_err() {
+        tracing::warn!(
+            "deleter stopped; committed messages will come back and be skipped as duplicates"
+        );
+    }
+    Ok(())
+}
+
+/// Loads `batch`'s rows and rejects, isolating what fails, quarantines the rows the table
+/// refuses and lets go of those left for redelivery (their acks leave the batch).
+async fn load_whole<L: BatchLoader>(
+    loader: &mut L,
+    batch: &mut Batch,
+    context: LoadContext<'_>,
+    summary: &mut Summary,
+) -> Result<crate::postgres::LoadReport, PipelineError> {
     let whole = Batch::part(
         std::mem::take(&mut batch.rows),
         std::mem::take(&mut batch.rejects),
@@ -270,45 +388,5 @@ async fn load_batch<L: BatchLoader>(
         context.leases.let_go(left.iter().map(String::as_str));
         batch.acks = kept;
     }
-    crate::telemetry::metrics::record_batch(
-        messages as u64,
-        report.loaded,
-        report.rows,
-        &report.rejected,
-        report.duplicates + batch.duplicates_in_batch,
-        started.elapsed(),
-        oldest_sent_ms,
-    );
-    summary.batches += 1;
-    context.settings.progress.add(
-        messages as u64,
-        report.loaded,
-        report.rejected.len() as u64,
-        report.duplicates + batch.duplicates_in_batch,
-    );
-    summary.loaded += report.loaded;
-    summary.rows += report.rows;
-    summary.duplicates += report.duplicates + batch.duplicates_in_batch;
-    summary.unknown_fields += batch.unknown_fields;
-    for reason in report.rejected {
-        *summary.rejected.entry(reason).or_default() += 1;
-    }
-    tracing::debug!(
-        rows = report.loaded,
-        duplicates = report.duplicates,
-        messages,
-        millis = started.elapsed().as_millis() as u64,
-        "batch committed"
-    );
-    // Only now, after every part has committed, may the batch's messages be deleted.
-    let committed = Committed {
-        acks: batch.acks,
-        first_held: batch.first_held,
-    };
-    if acks.send(committed).await.is_err() {
-        tracing::warn!(
-            "deleter stopped; committed messages will come back and be skipped as duplicates"
-        );
-    }
-    Ok(())
+    Ok(report)
 }

@@ -222,6 +222,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             leases: &leases,
             abandon: &abandon,
             attempts: stage.attempts.as_deref(),
+            stallers: &stage.stallers,
             stall: isolate::STALL,
         };
         let loaded = load::Batcher {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Delivery, HeldBody, Processed};
 use super::lease::Leases;
-use super::sink::AttemptLog;
+use super::sink::{finish_attempt, AttemptLog};
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
@@ -72,6 +72,9 @@ impl<S: MessageSource> Receiver<S> {
         // A receive whose answer was lost is retried as the same attempt (on FIFO queues, the
         // same `ReceiveRequestAttemptId`), so SQS hands out what it took for it again.
         let mut retrying: Option<ReceiveRequest> = None;
+        // When the receive (or the first try of one retried as the same attempt, whose
+        // messages' visibility may have started then) was sent.
+        let mut asked = Instant::now();
         // `drain`: the queue's counts read last, and the receives this run had made by then. A
         // read with nothing received since serves as the next poll's opening read.
         let mut last_counts: Option<(QueueCounts, u64)> = None;
@@ -120,9 +123,13 @@ impl<S: MessageSource> Receiver<S> {
             } else {
                 settings.wait_time
             };
-            let request = retrying.take().unwrap_or_else(|| {
-                ReceiveRequest::new(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout)
-            });
+            let request = match retrying.take() {
+                Some(request) => request,
+                None => {
+                    asked = Instant::now();
+                    ReceiveRequest::new(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout)
+                }
+            };
             // `drain`: a poll that starts with nothing held may end the drain; the queue's
             // counts are read as it starts (or the last read is reused) and again when it ends.
             let opening = (drain && !held_before).then(|| {
@@ -130,7 +137,6 @@ impl<S: MessageSource> Receiver<S> {
                     .filter(|(_, receives)| *receives == receives_before)
                     .map(|(counts, _)| counts)
             });
-            let asked = Instant::now();
             let call = async {
                 match opening {
                     Some(None) => {
@@ -279,7 +285,10 @@ impl<S: MessageSource> Receiver<S> {
                     _ = stop.cancelled() => return Ok(()),
                 };
                 let mut processed = match &stage.attempts {
-                    Some(log) if m.receive_count > settings.max_receive_count => {
+                    Some(log)
+                        if m.receive_count > settings.max_receive_count
+                            || stage.stallers.contains(&m.ledger_id) =>
+                    {
                         stage.process_suspect(log.as_ref(), m, held_since).await
                     }
                     _ => stage.process(m, held_since, None),
@@ -313,6 +322,8 @@ pub(super) struct Stage {
     /// Held while a suspect's attempt is begun, processed and finished: one at a time
     /// ([`Stage::process_suspect`]).
     suspect_turn: tokio::sync::Mutex<()>,
+    /// Messages that stalled the database alone here before: suspects on their next delivery.
+    pub(super) stallers: batch::Stallers,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,
@@ -390,6 +401,7 @@ impl Stage {
             sealer,
             attempts,
             suspect_turn: tokio::sync::Mutex::new(()),
+            stallers: batch::Stallers::default(),
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
             redelivered_while_held: AtomicU64::new(0),
@@ -505,9 +517,10 @@ impl Stage {
 
     /// A suspect (received more often than `--max-receive-count`), processed between a
     /// record of its attempt in the database and a record that the attempt finished, while no
-    /// other suspect's attempt is open (its turn): a body that kills the process then leaves
-    /// only its own attempt unfinished, never a bystander's. Earlier attempts that never
-    /// finished (the process died processing it) may make it `poison:crashed`.
+    /// other suspect's attempt is open (its turn): a body that kills the process while it is
+    /// parsed then leaves only its own attempt unfinished, never another suspect's. A valid
+    /// one's load alone is a second attempt, recorded by the batcher (see `pipeline::load`).
+    /// Earlier attempts that never finished (the process died) may make it `poison:crashed`.
     async fn process_suspect(
         &self,
         log: &dyn AttemptLog,
@@ -518,7 +531,7 @@ impl Stage {
         let attempt = self.begin_attempt(log, &m).await;
         let processed = self.process(m, held_since, attempt.crashed);
         if attempt.finish {
-            Self::finish_attempt(log, &processed.ledger_id).await;
+            finish_attempt(log, &processed.ledger_id).await;
         }
         processed
     }
@@ -552,22 +565,6 @@ impl Stage {
         }
     }
 
-    /// After a suspect's processing returned: its attempt counted finished, tried three
-    /// times (an attempt left unfinished counts against the message).
-    async fn finish_attempt(log: &dyn AttemptLog, ledger_id: &str) {
-        let mut error = None;
-        for wait in [0, 200, 1_000] {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            match log.finish(ledger_id).await {
-                Ok(()) => return,
-                Err(e) => error = Some(e),
-            }
-        }
-        if let Some(error) = error {
-            tracing::warn!(%error, "could not record a finished attempt at a suspect");
-        }
-    }
-
     /// The pure transform, the poison check, and the evidence (sealed body) kept for
     /// quarantine.
     ///
@@ -586,7 +583,8 @@ impl Stage {
         crashed: Option<u32>,
     ) -> Processed {
         let limit = self.settings.max_receive_count;
-        let suspect = m.receive_count > limit;
+        let over_limit = m.receive_count > limit;
+        let suspect = over_limit || self.stallers.contains(&m.ledger_id);
         let poison = |detail: String| Transformed {
             outcome: Err(Rejection::poison(detail)),
             unknown_fields: 0,
@@ -600,7 +598,7 @@ impl Stage {
                 };
             }
             #[cfg(feature = "test-support")]
-            crash_if_told(&m.body);
+            batch::crash_if_told(&m.body, "transform");
             self.kind.transform(&Message {
                 body: &m.body,
                 // A replay (ledger id `ID#replayN`) maps as the message it replays.
@@ -613,7 +611,7 @@ impl Stage {
         };
         let corrupt_poison = m.md5_mismatch
             && fate(Outcome::CorruptBody {
-                over_receive_limit: suspect,
+                over_receive_limit: over_limit,
             }) == Fate::Quarantine;
         let t = if let Some(unfinished) = crashed {
             tracing::warn!(message_id = %m.ack.message_id, receive_count = m.receive_count, unfinished, "processing this message ended the process again and again: poison");
@@ -668,22 +666,6 @@ impl Stage {
             held_since,
             suspect,
         }
-    }
-}
-
-/// Test support: ends the process at once (an abort, as a crash in a dependency would) when
-/// a body contains the text in `SQS2PG_TEST_CRASH_ON`, so the tests can send a message that
-/// kills whatever processes it. Compiled only with the `test-support` feature.
-#[cfg(feature = "test-support")]
-fn crash_if_told(body: &str) {
-    static MARKER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let marker = MARKER.get_or_init(|| {
-        std::env::var("SQS2PG_TEST_CRASH_ON")
-            .ok()
-            .filter(|m| !m.is_empty())
-    });
-    if marker.as_deref().is_some_and(|m| body.contains(m)) {
-        std::process::abort();
     }
 }
 

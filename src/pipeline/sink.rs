@@ -41,8 +41,9 @@ pub trait BatchLoader: Send + 'static {
 }
 
 /// The durable record of attempts at suspects (see `postgres::attempts`): one is begun before
-/// a suspect is processed and finished once its processing returned, so a body that kills the
-/// process leaves attempts that never finished. Object-safe (suspects are few, so a boxed
+/// a suspect is processed and finished once its processing returned, and another around a
+/// valid one's load alone, so a body that kills the process leaves attempts that never
+/// finished. Object-safe (suspects are few, so a boxed
 /// future each costs nothing that matters).
 pub trait AttemptLog: Send + Sync + 'static {
     /// Records an attempt: the earlier ones that never finished, or `None` if the message's
@@ -65,6 +66,22 @@ pub trait AttemptLog: Send + Sync + 'static {
         ledger_id: &'a str,
         ledger_ms: i64,
     ) -> Pin<Box<dyn Future<Output = Result<u32, String>> + Send + 'a>>;
+}
+
+/// Counts a suspect's attempt finished, tried three times (an attempt left unfinished counts
+/// against the message).
+pub(super) async fn finish_attempt(log: &dyn AttemptLog, ledger_id: &str) {
+    let mut error = None;
+    for wait in [0, 200, 1_000] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        match log.finish(ledger_id).await {
+            Ok(()) => return,
+            Err(e) => error = Some(e),
+        }
+    }
+    if let Some(error) = error {
+        tracing::warn!(%error, "could not record a finished attempt at a suspect");
+    }
 }
 
 impl AttemptLog for AttemptRecorder {

@@ -163,6 +163,7 @@ fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
         .enumerate()
         .map(|(ack_index, id)| Row {
             ack_index,
+            suspect: false,
             message_id: (*id).to_owned(),
             rows: sqs2pg::login::transform(&masker, 1 << 20, &body, sent_ms)
                 .outcome

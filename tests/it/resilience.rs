@@ -326,8 +326,11 @@ async fn a_body_at_sqs_size_limit_loads_end_to_end() {
 /// database before each; after `--max-crashes` of them that never finished, it is quarantined
 /// unparsed as `poison:crashed` and deleted, so a later drain ends cleanly. `rejects show`
 /// gives its body back, and `rejects replay` sends it to the queue again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_kills_the_process_is_quarantined_after_a_few_deaths() {
+///
+/// `at`: where the body kills the process, parsing it (`transform`) or loading its row
+/// (`load`: the COPY's encoding, the driver); the attempt stays open until the suspect's load
+/// alone has ended, so both count.
+async fn a_body_that_kills_the_process_is_quarantined_after_a_few_deaths(at: &str) {
     let (db, queue) = fixture_on(Sqs::MotoJson).await;
     let mut bodies = logins(20);
     let killer = r#"{"user_id": "kills-the-process", "app_version": "2.3.0", "device_type": "android", "ip": "10.9.9.9", "locale": "RU", "device_id": "593-47-0000"}"#;
@@ -346,6 +349,7 @@ async fn a_body_that_kills_the_process_is_quarantined_after_a_few_deaths() {
     ];
     let mut crashing = env.clone();
     crashing.push(("SQS2PG_TEST_CRASH_ON", "kills-the-process"));
+    crashing.push(("SQS2PG_TEST_CRASH_AT", at));
     // Deliveries 1 to 3 end the process (1: not yet a suspect; 2 and 3: suspects, recorded);
     // the 4th finds two attempts that never finished. Bounded: without the record, every
     // drain dies.
@@ -405,6 +409,16 @@ async fn a_body_that_kills_the_process_is_quarantined_after_a_few_deaths() {
         String::from_utf8_lossy(&replay.stderr)
     );
     assert_eq!(queue.depth().await, 1, "the replay is in the queue again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_kills_the_process_in_its_transform_is_quarantined_after_a_few_deaths() {
+    a_body_that_kills_the_process_is_quarantined_after_a_few_deaths("transform").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_kills_the_process_in_its_load_is_quarantined_after_a_few_deaths() {
+    a_body_that_kills_the_process_is_quarantined_after_a_few_deaths("load").await;
 }
 
 /// A body whose load never finishes (a loader double at the seam, as a body that stalls the

@@ -526,14 +526,25 @@ async fn chaos_soak_three_replicas_lossy_network_kills_and_terminated_backends()
         ("SQS2PG_WAIT_TIME_SECS", "5"),
         ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "10"),
     ];
+    // Each replica's log goes to a file of its own, read only when it matters: a pipe nobody
+    // reads until the end could fill and stall a replica without it exiting.
+    let logs = std::env::temp_dir().join(crate::harness::unique("sqs2pg-soak"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let started_replicas = std::cell::Cell::new(0);
     let start = || {
-        command(&["run"], &env)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+        let n = started_replicas.get();
+        started_replicas.set(n + 1);
+        let log = logs.join(format!("replica-{n}.log"));
+        let child = command(&["run"], &env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap()
+            .unwrap();
+        (child, log)
     };
-    let mut replicas: Vec<std::process::Child> = (0..3).map(|_| start()).collect();
+    let log_of = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
+    let mut replicas: Vec<(std::process::Child, std::path::PathBuf)> =
+        (0..3).map(|_| start()).collect();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     let (mut kills, mut terminated) = (0u64, 0u64);
@@ -544,13 +555,9 @@ async fn chaos_soak_three_replicas_lossy_network_kills_and_terminated_backends()
     let monitor = db.client().await;
     let done = |ledger: i64, depth: u64| ledger == (VALID + INVALID) as i64 && depth == 0;
     loop {
-        for (i, r) in replicas.iter_mut().enumerate() {
+        for (i, (r, log)) in replicas.iter_mut().enumerate() {
             if let Some(status) = r.try_wait().unwrap() {
-                let out = std::mem::replace(r, start()).wait_with_output().unwrap();
-                panic!(
-                    "replica {i} exited by itself ({status}): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                panic!("replica {i} exited by itself ({status}): {}", log_of(log));
             }
         }
         let ledger: i64 = monitor
@@ -569,8 +576,8 @@ async fn chaos_soak_three_replicas_lossy_network_kills_and_terminated_backends()
         let now = Instant::now();
         if now >= next_kill {
             let victim = (kills % 3) as usize;
-            replicas[victim].kill().unwrap();
-            replicas[victim].wait().unwrap();
+            replicas[victim].0.kill().unwrap();
+            replicas[victim].0.wait().unwrap();
             replicas[victim] = start();
             kills += 1;
             next_kill = now + Duration::from_secs(4);
@@ -591,20 +598,19 @@ async fn chaos_soak_three_replicas_lossy_network_kills_and_terminated_backends()
     }
     let drained_in = started.elapsed();
     // SIGTERM to each: every one exits 0 within its shutdown deadline.
-    for r in &replicas {
+    for (r, _) in &replicas {
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &r.id().to_string()])
             .status()
             .unwrap();
         assert!(sent.success());
     }
-    for (i, r) in replicas.into_iter().enumerate() {
-        let out = tokio::task::block_in_place(|| r.wait_with_output().unwrap());
+    for (i, (mut r, log)) in replicas.into_iter().enumerate() {
+        let status = tokio::task::block_in_place(|| r.wait().unwrap());
         assert!(
-            out.status.success(),
-            "replica {i} did not exit 0 on SIGTERM ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "replica {i} did not exit 0 on SIGTERM ({status}): {}",
+            log_of(&log)
         );
     }
     let count = |sql| crate::harness::count(&db, sql);

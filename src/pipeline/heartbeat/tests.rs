@@ -114,7 +114,7 @@ async fn an_extension_that_never_answers_holds_up_no_other_lease_nor_its_own() {
 /// Feeds `rto` an answer that took `latency`, to a call sent now.
 fn answer(rto: &mut Rto, latency: Duration) {
     let sent = Instant::now();
-    rto.observe(sent, sent + latency);
+    rto.observe(sent, rto.epoch, sent + latency);
 }
 
 #[test]
@@ -178,10 +178,23 @@ fn a_burst_of_losses_backs_off_once_and_a_lone_loss_not_at_all() {
     // A call sent with one that was answered: the server answers, this one call was lost.
     let mut rto = Rto::new(Duration::from_secs(2));
     let sent = Instant::now();
-    rto.observe(sent, sent + Duration::from_millis(5));
+    rto.observe(sent, rto.epoch, sent + Duration::from_millis(5));
     let floor = rto.timeout();
     rto.lost(sent, rto.epoch);
     assert_eq!(rto.timeout(), floor, "a lone loss changes nothing");
+    // An outage: the late answer to a call sent before it does not end the back-off; an
+    // answer to a call sent since does.
+    let before = rto.epoch;
+    let later = sent + Duration::from_secs(1);
+    rto.lost(later, rto.epoch);
+    rto.observe(sent, before, sent + Duration::from_millis(5));
+    assert_eq!(
+        rto.timeout(),
+        floor * 2,
+        "a late answer from before the outage"
+    );
+    rto.observe(later, rto.epoch, later + Duration::from_millis(5));
+    assert_eq!(rto.timeout(), floor, "an answer to a call sent since");
 }
 
 /// A queue whose extension calls take `latency` or, if `fail`, fail at once, and of which
