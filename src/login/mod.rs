@@ -202,7 +202,10 @@ mod tests {
         };
         assert_eq!(detail("42"), "not_an_object top-level value is number");
         assert_eq!(detail("-1e400"), "not_an_object top-level value is number");
-        assert_eq!(detail("{}").split(' ').next(), Some("missing_field:user_id"));
+        assert_eq!(
+            detail("{}").split(' ').next(),
+            Some("missing_field:user_id")
+        );
         for number in ["7", "-2.5", "1e400", "123456789012345678901234567890"] {
             let got = detail(&with_raw("user_id", number));
             assert!(
@@ -212,7 +215,11 @@ mod tests {
         }
         assert!(detail(&with_raw("user_id", "{}")).contains("object"));
         assert!(detail(&with_raw("user_id", r#"{"a": 1}"#)).contains("object"));
-        let extra = GOOD.replacen('{', r#"{"big": 1e400, "n": {"$serde_json::private::Number": 1}, "#, 1);
+        let extra = GOOD.replacen(
+            '{',
+            r#"{"big": 1e400, "n": {"$serde_json::private::Number": 1}, "#,
+            1,
+        );
         assert_eq!(detail(&extra), "ok");
     }
 

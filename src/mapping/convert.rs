@@ -164,12 +164,17 @@ impl<'a> JsonNumber<'a> {
             b'+' => (false, &exponent[1..]),
             _ => (false, exponent),
         };
-        if int.is_empty() || !digits(int) || !digits(frac) || exp_digits.is_empty() || !digits(exp_digits) {
+        if int.is_empty()
+            || !digits(int)
+            || !digits(frac)
+            || exp_digits.is_empty()
+            || !digits(exp_digits)
+        {
             return None;
         }
-        let magnitude = exp_digits
-            .bytes()
-            .fold(0i64, |n, b| n.saturating_mul(10).saturating_add(i64::from(b - b'0')));
+        let magnitude = exp_digits.bytes().fold(0i64, |n, b| {
+            n.saturating_mul(10).saturating_add(i64::from(b - b'0'))
+        });
         Some(Self {
             negative,
             int,
@@ -192,7 +197,9 @@ impl<'a> JsonNumber<'a> {
             true => self.point().saturating_sub(leading_zeros).max(0) as u64,
             false => 0,
         };
-        let scale = (self.frac.len() as i64).saturating_sub(self.exponent).max(0) as u64;
+        let scale = (self.frac.len() as i64)
+            .saturating_sub(self.exponent)
+            .max(0) as u64;
         (int_digits, scale)
     }
 
@@ -208,11 +215,20 @@ impl<'a> JsonNumber<'a> {
         let all: String = [self.int, self.frac].concat();
         let point = self.point();
         let (int, frac) = if point <= 0 {
-            ("0".to_owned(), "0".repeat(point.unsigned_abs() as usize) + &all)
+            (
+                "0".to_owned(),
+                "0".repeat(point.unsigned_abs() as usize) + &all,
+            )
         } else if point as usize >= all.len() {
-            (all.clone() + &"0".repeat(point as usize - all.len()), String::new())
+            (
+                all.clone() + &"0".repeat(point as usize - all.len()),
+                String::new(),
+            )
         } else {
-            (all[..point as usize].to_owned(), all[point as usize..].to_owned())
+            (
+                all[..point as usize].to_owned(),
+                all[point as usize..].to_owned(),
+            )
         };
         (self.negative, int, frac)
     }
@@ -229,7 +245,10 @@ pub fn compare_decimals(a: &str, b: &str) -> Option<std::cmp::Ordering> {
         (false, true) => -1,
         (false, false) => 1,
     };
-    let (a_sign, b_sign) = (sign(a_negative, a_int, a_frac), sign(b_negative, b_int, b_frac));
+    let (a_sign, b_sign) = (
+        sign(a_negative, a_int, a_frac),
+        sign(b_negative, b_int, b_frac),
+    );
     if a_sign != b_sign || a_sign == 0 {
         return Some(a_sign.cmp(&b_sign));
     }

@@ -356,8 +356,10 @@ async fn jsonb_stores_every_digit_and_character_the_message_sent() {
                 .prop_map(|items| format!("[{}]", items.join(","))),
             proptest::collection::vec(("\\PC{1,6}".prop_map(quoted), inner), 0..5).prop_map(
                 |fields| {
-                    let fields: Vec<String> =
-                        fields.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    let fields: Vec<String> = fields
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}:{v}"))
+                        .collect();
                     format!("{{{}}}", fields.join(","))
                 }
             ),
@@ -380,14 +382,20 @@ async fn jsonb_stores_every_digit_and_character_the_message_sent() {
         sent.push(text);
         stored.push(value);
     }
-    let long = sent.iter().filter(|t| t.bytes().filter(u8::is_ascii_digit).count() > 17).count();
+    let long = sent
+        .iter()
+        .filter(|t| t.bytes().filter(u8::is_ascii_digit).count() > 17)
+        .count();
     assert!(long > 100, "only {long} documents with long numbers");
     let tx = client.transaction().await.unwrap();
     let sink = tx
         .copy_in("COPY rt (n, v) FROM STDIN (FORMAT binary)")
         .await
         .unwrap();
-    let types = [tokio_postgres::types::Type::INT4, tokio_postgres::types::Type::JSONB];
+    let types = [
+        tokio_postgres::types::Type::INT4,
+        tokio_postgres::types::Type::JSONB,
+    ];
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
     for (n, value) in stored.iter().enumerate() {
         writer.as_mut().write(&[&(n as i32), value]).await.unwrap();
@@ -414,7 +422,10 @@ async fn jsonb_stores_every_digit_and_character_the_message_sent() {
         sent.len(),
         differ.first().map_or("", |n| sent[*n as usize].as_str())
     );
-    println!("jsonb: {} documents stored and read back equal, {long} with long numbers", sent.len());
+    println!(
+        "jsonb: {} documents stored and read back equal, {long} with long numbers",
+        sent.len()
+    );
 }
 
 #[test]
