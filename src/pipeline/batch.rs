@@ -102,32 +102,39 @@ const STALLERS_KEPT: usize = 10_000;
 /// is emptied. A replica that did not see the stall finds it the slow way; the count in the
 /// database is shared.
 #[derive(Debug, Default)]
-pub struct Stallers(std::sync::Mutex<HashSet<String>>);
+pub struct Stallers {
+    ids: std::sync::Mutex<HashSet<String>>,
+    /// Whether `ids` holds any: every message asks, and almost always none does, so the
+    /// answer is an atomic load, not a lock.
+    any: std::sync::atomic::AtomicBool,
+}
 
 impl Stallers {
     pub fn insert(&self, ledger_id: &str) {
-        let mut set = self.lock();
-        if set.len() >= STALLERS_KEPT {
-            set.clear();
+        let mut ids = self.lock();
+        if ids.len() >= STALLERS_KEPT {
+            ids.clear();
         }
-        set.insert(ledger_id.to_owned());
+        ids.insert(ledger_id.to_owned());
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// True for a message known to stall (a lock and a hash lookup, only once one has).
+    /// True for a message known to stall.
     pub fn contains(&self, ledger_id: &str) -> bool {
-        let set = self.lock();
-        !set.is_empty() && set.contains(ledger_id)
+        self.any.load(std::sync::atomic::Ordering::Relaxed) && self.lock().contains(ledger_id)
     }
 
     pub fn forget(&self, ledger_id: &str) {
-        let mut set = self.lock();
-        if !set.is_empty() {
-            set.remove(ledger_id);
+        if self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut ids = self.lock();
+            ids.remove(ledger_id);
+            self.any
+                .store(!ids.is_empty(), std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.0
+        self.ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -645,6 +645,20 @@ struct Attempts {
     stalled: Mutex<Vec<String>>,
 }
 
+impl Attempts {
+    /// A log in which `crashed` has `unfinished` attempts that never finished (and, for
+    /// stalls, every message that many stalls before).
+    fn new(crashed: &'static str, unfinished: u32) -> Arc<Self> {
+        Arc::new(Self {
+            crashed,
+            unfinished,
+            begun: Mutex::new(Vec::new()),
+            finished: Mutex::new(Vec::new()),
+            stalled: Mutex::new(Vec::new()),
+        })
+    }
+}
+
 impl AttemptLog for Attempts {
     fn begin<'a>(
         &'a self,
@@ -700,13 +714,7 @@ impl BatchLoader for StallsOn {
 async fn a_body_that_stalls_the_database_is_found_in_seconds_per_halving_and_kept_aside() {
     let source = Arc::new(Scripted::with(64));
     // Its third delivery that stalls alone (two counted before, in the database).
-    let attempts = Arc::new(Attempts {
-        crashed: "none",
-        unfinished: 2,
-        begun: Mutex::new(Vec::new()),
-        finished: Mutex::new(Vec::new()),
-        stalled: Mutex::new(Vec::new()),
-    });
+    let attempts = Attempts::new("none", 2);
     let key = MaskKey::from_base64(&"A".repeat(44)).unwrap();
     let started = Instant::now();
     let summary = run(
@@ -749,13 +757,7 @@ async fn a_body_that_stalls_the_database_is_kept_aside_within_minutes_at_the_def
         redelivers: true,
         ..Scripted::with(5_000)
     });
-    let attempts = Arc::new(Attempts {
-        crashed: "none",
-        unfinished: 0,
-        begun: Mutex::new(Vec::new()),
-        finished: Mutex::new(Vec::new()),
-        stalled: Mutex::new(Vec::new()),
-    });
+    let attempts = Attempts::new("none", 0);
     let key = MaskKey::from_base64(&"A".repeat(44)).unwrap();
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -809,13 +811,7 @@ async fn a_suspect_that_ended_the_process_too_often_is_quarantined_unparsed() {
     for m in source.messages.lock().unwrap().iter_mut().take(2) {
         m.receive_count = 30;
     }
-    let attempts = Arc::new(Attempts {
-        crashed: "m0",
-        unfinished: 3,
-        begun: Mutex::new(Vec::new()),
-        finished: Mutex::new(Vec::new()),
-        stalled: Mutex::new(Vec::new()),
-    });
+    let attempts = Attempts::new("m0", 3);
     let key = MaskKey::from_base64(&"A".repeat(44)).unwrap();
     let summary = run(
         source.clone(),
