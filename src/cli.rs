@@ -235,7 +235,8 @@ pub enum RejectsCommand {
         key: KeyArgs,
         #[command(flatten)]
         queue: QueueArgs,
-        /// Only rejections with this reason code (e.g. rejected_by_database).
+        /// Only rejections with this reason code, or whose code starts with it and a colon
+        /// (`table_refused` takes every `table_refused:RULE`; `poison` every `poison:` code).
         #[arg(long)]
         reason: Option<String>,
         /// Only this message id (may be repeated).

@@ -92,9 +92,6 @@ pub enum Outcome<'a> {
     /// A received body does not match its MD5 (corrupted on the way); the message was received
     /// more often than `--max-receive-count` or not.
     CorruptBody { over_receive_limit: bool },
-    /// The table refused `refused` of the `with_rows` messages with rows in a batch (each
-    /// found alone, by bisection).
-    RowsRefused { refused: usize, with_rows: usize },
     /// A DeleteMessageBatch call failed (`error`), or SQS refused some of its entries
     /// transiently (`None`), for the `attempts`th time.
     DeleteFailed {
@@ -122,8 +119,11 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
         #[cfg(any(test, feature = "test-support"))]
         Outcome::LoadFailed(LoadError::Injected(_)) => Fate::Retry,
         Outcome::LoadFailed(err) => match err.postgres().map(crate::postgres::classify) {
-            // The table refused a row for reasons of its own: find that row (the pipeline
-            // bisects the batch) and quarantine it; the rest of the batch loads.
+            // The table refused a row for a data reason of its own (NOT NULL, CHECK, no
+            // partition, unique): find that row (the pipeline bisects the batch) and quarantine
+            // it as `table_refused:RULE`, however many rows it refuses (once the table is fixed,
+            // a replay loads them); the rest of the batch loads. A structural refusal (missing
+            // column, privilege, type) is Permanent: it stops.
             Some(ErrorClass::RowRefused) => Fate::Quarantine,
             Some(ErrorClass::LockWait | ErrorClass::Transient) => Fate::Retry,
             Some(ErrorClass::Permanent) => Fate::Stop,
@@ -184,15 +184,6 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
                 Fate::Redeliver
             }
         }
-        // Not one row passes: the table is the problem, not the messages. (One message alone
-        // proves nothing about the table.)
-        Outcome::RowsRefused { refused, with_rows } => {
-            if with_rows > 1 && refused == with_rows {
-                Fate::Stop
-            } else {
-                Fate::Quarantine
-            }
-        }
         Outcome::DeleteFailed { error, attempts } => match error.map(|e| e.kind) {
             Some(SourceErrorKind::Permanent) => Fate::Stop,
             _ if attempts < DELETE_ATTEMPTS => Fate::Retry,
@@ -234,10 +225,6 @@ mod tests {
             (over(false), over(true)),
             (Fate::Redeliver, Fate::Quarantine)
         );
-        let refused = |refused, with_rows| fate(Outcome::RowsRefused { refused, with_rows });
-        assert_eq!(refused(2, 2), Fate::Stop);
-        assert_eq!(refused(1, 1), Fate::Quarantine);
-        assert_eq!(refused(1, 2), Fate::Quarantine);
         let transient = e(SourceErrorKind::Transient);
         let delete = |attempts| {
             fate(Outcome::DeleteFailed {

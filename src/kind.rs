@@ -102,10 +102,11 @@ impl Rejection {
         Self::new("poison:stalled", detail)
     }
 
-    /// PostgreSQL refused the row for reasons of its own; `detail` names the SQLSTATE and
-    /// constraint.
-    pub fn rejected_by_database(detail: String) -> Self {
-        Self::new("rejected_by_database", detail)
+    /// The table refused the row for a data reason of its own (`rule`: the constraint's name,
+    /// `not_null:COLUMN`, `no_partition`, or the SQLSTATE); `detail` names the SQLSTATE,
+    /// constraint, table and column.
+    pub fn table_refused(rule: &str, detail: String) -> Self {
+        Self::new(format!("table_refused:{rule}"), detail)
     }
 }
 
@@ -192,11 +193,28 @@ impl fmt::Debug for CopyRows {
 pub struct Transformed {
     pub outcome: Result<CopyRows, Rejection>,
     pub unknown_fields: u32,
+    /// The unknown fields' names that this kind had not reported before (each is named once
+    /// per process, so the log says which fields, never their values): usually empty.
+    pub new_unknown: Vec<String>,
+}
+
+impl Transformed {
+    /// An outcome with no unknown field.
+    pub fn of(outcome: Result<CopyRows, Rejection>) -> Self {
+        Self {
+            outcome,
+            unknown_fields: 0,
+            new_unknown: Vec::new(),
+        }
+    }
 }
 
 /// A message kind: a pure transform (no I/O, no clock) from a received message to rows of one
 /// table, or a rejection; and that table's columns, in the order the rows are encoded.
 pub trait MessageKind: Send + Sync + 'static {
+    /// What the kind is called in metrics and logs: `login`, or a mapping's table.
+    fn name(&self) -> &str;
+
     /// The columns the rows fill, in order, as named in the table (the loader quotes them).
     fn columns(&self) -> Vec<String>;
 

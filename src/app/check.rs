@@ -127,6 +127,12 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
         },
     );
     items.push(
+        match pg::schema::table_rules(&client, &settings.table, &shape).await {
+            Ok(rules) => rules_item(&rules),
+            Err(e) => item("table rules", false, pg::describe(&e)),
+        },
+    );
+    items.push(
         match pg::schema::missing_privileges(&client, &settings.table).await {
             Ok(missing) if missing.is_empty() => item(
                 "privileges",
@@ -142,4 +148,34 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
         },
     );
     items
+}
+
+/// The table's rules: a NOT NULL column the rows may leave NULL fails (those messages would
+/// all be quarantined); the rules no check can prove are listed, since a row that breaks one
+/// is quarantined as `table_refused:RULE` at run time and the run goes on.
+fn rules_item(rules: &pg::schema::TableRules) -> CheckItem {
+    let mut parts = Vec::new();
+    for column in &rules.nullable_into_not_null {
+        parts.push(format!(
+            "column {column} is NOT NULL but the rows may leave it NULL (a mapping column \
+             without `required = true`, or redacted): those messages would be quarantined as \
+             table_refused:not_null:{column}; make the column required or DROP NOT NULL"
+        ));
+    }
+    if !rules.unproven.is_empty() {
+        parts.push(format!(
+            "rules no check can prove every message meets (a row that breaks one is \
+             quarantined as table_refused:RULE, and the run goes on): {}",
+            rules.unproven.join("; ")
+        ));
+    }
+    CheckItem {
+        name: "table rules",
+        ok: rules.nullable_into_not_null.is_empty(),
+        detail: if parts.is_empty() {
+            "no NOT NULL, CHECK, key, partition or trigger rule beyond the columns' types".into()
+        } else {
+            parts.join("; ")
+        },
+    }
 }

@@ -14,6 +14,7 @@ use crate::mapping::{Mapper, Mapping, Message};
 /// The columns a run writes: the mapping's (a required one is created NOT NULL), or the
 /// analysts' login table when there is no mapping.
 pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
+    use crate::mapping::file::{Source, SqsAttribute};
     use crate::postgres::schema::{ShapeColumn, TableShape};
     match mapping {
         None => TableShape::login(),
@@ -26,6 +27,17 @@ pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
                     catalog_type: c.column_type.catalog_name(),
                     // A redacted column always stores NULL, required or not.
                     not_null: c.required && c.mask != Some(crate::mapping::file::Mask::Redact),
+                    may_be_null: c.mask == Some(crate::mapping::file::Mask::Redact)
+                        || !(c.required
+                            || matches!(
+                                c.source,
+                                Source::Constant(_)
+                                    | Source::Sqs(
+                                        SqsAttribute::MessageId
+                                            | SqsAttribute::SentTimestamp
+                                            | SqsAttribute::ApproximateReceiveCount
+                                    )
+                            )),
                 })
                 .collect(),
         },

@@ -78,6 +78,10 @@ impl MaskedLogin {
 }
 
 impl MessageKind for LoginKind {
+    fn name(&self) -> &str {
+        "login"
+    }
+
     fn columns(&self) -> Vec<String> {
         COLUMNS.iter().map(|c| (*c).to_owned()).collect()
     }
@@ -96,6 +100,7 @@ impl MessageKind for LoginKind {
                 .map(|login| login.encode())
                 .map_err(kind::Rejection::from),
             unknown_fields: t.unknown_fields,
+            new_unknown: Vec::new(),
         }
     }
 }

@@ -103,9 +103,6 @@ pub enum Reason {
     /// The message was received more often than the configured limit: it keeps failing
     /// somewhere, so it is kept aside instead of looping forever.
     PoisonReceiveCount,
-    /// PostgreSQL refused the row for reasons of its own (a CHECK, trigger or foreign key the
-    /// operator added, an encoding error); the detail names the SQLSTATE and constraint.
-    RejectedByDatabase,
 }
 
 impl fmt::Display for Reason {
@@ -125,7 +122,6 @@ impl fmt::Display for Reason {
             Reason::AppVersionOutOfRange => f.write_str("app_version_out_of_range"),
             Reason::InvalidSentTimestamp => f.write_str("invalid_sent_timestamp"),
             Reason::InvalidUtf16Escape => f.write_str("invalid_utf16_escape"),
-            Reason::RejectedByDatabase => f.write_str("rejected_by_database"),
             Reason::PoisonReceiveCount => f.write_str("poison:receive_count"),
         }
     }

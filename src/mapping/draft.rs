@@ -8,14 +8,14 @@
 //! whole numbers are `integer` or `bigint` by their range, other numbers `double precision`;
 //! arrays of strings are `text[]`; anything mixed or deeper is `jsonb`. Personal-looking:
 //! IP addresses, e-mail addresses, phone numbers, card numbers (Luhn), `ddd-dd-dddd` ids, and
-//! string fields named `email`, `phone`, `ip`, `ssn`, `iban`, `address`, `name`, `device_id`
-//! and the like.
-
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::IpAddr;
+//! fields whose names say so, part by part (`email`, `user_email`, `firstName`, `dob`, `ssn`,
+//! `phone_number`, `device_id` and the like; [`super::personal`] decides both).
 
 use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::personal;
 
 /// What the samples showed of one field.
 #[derive(Default)]
@@ -40,60 +40,6 @@ struct Seen {
     phones: usize,
     cards: usize,
     id_numbers: usize,
-}
-
-fn is_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
-        return false;
-    };
-    !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !s.contains(' ')
-}
-
-fn digits_of(s: &str) -> Option<String> {
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '+' | '(' | ')' | '.'))
-    {
-        return None;
-    }
-    Some(s.chars().filter(char::is_ascii_digit).collect())
-}
-
-fn luhn(digits: &str) -> bool {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            match i % 2 {
-                1 if d * 2 > 9 => d * 2 - 9,
-                1 => d * 2,
-                _ => d,
-            }
-        })
-        .sum();
-    sum % 10 == 0
-}
-
-fn is_card(s: &str) -> bool {
-    digits_of(s).is_some_and(|d| (13..=19).contains(&d.len()) && luhn(&d) && !s.contains('+'))
-}
-
-fn is_phone(s: &str) -> bool {
-    digits_of(s).is_some_and(|d| (7..=15).contains(&d.len()))
-        && (s.starts_with('+') || s.contains(' ') || s.contains('('))
-}
-
-/// `ddd-dd-dddd`, as a US social security number (and the exercise's device ids) are written.
-fn is_id_number(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 11
-        && b[3] == b'-'
-        && b[6] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 3 || i == 6 || c.is_ascii_digit())
 }
 
 impl Seen {
@@ -123,11 +69,11 @@ impl Seen {
                 let date =
                     time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"));
                 self.dates += usize::from(date.is_ok());
-                self.ips += usize::from(s.parse::<IpAddr>().is_ok());
-                self.emails += usize::from(is_email(s));
-                self.phones += usize::from(is_phone(s));
-                self.cards += usize::from(is_card(s));
-                self.id_numbers += usize::from(is_id_number(s));
+                self.ips += usize::from(personal::is_ip(s));
+                self.emails += usize::from(personal::is_email(s));
+                self.phones += usize::from(personal::is_phone(s));
+                self.cards += usize::from(personal::is_card(s));
+                self.id_numbers += usize::from(personal::is_id_number(s));
             }
             Json::Array(items) if items.iter().all(Json::is_string) => self.string_arrays += 1,
             _ => self.others += 1,
@@ -208,31 +154,11 @@ impl Seen {
         Self::personal_name(name)
     }
 
-    /// Whether the field's own name (the pointer's last part, whole) says it is personal.
+    /// Whether the field's own name (the pointer's last part) says it is personal, matched
+    /// by its parts (`firstName`, `user_email`, `dob`).
     fn personal_name(name: &str) -> Option<&'static str> {
-        let last = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
-        let last = last.replace('-', "_");
-        const NAMES: [&str; 16] = [
-            "email",
-            "e_mail",
-            "phone",
-            "phone_number",
-            "mobile",
-            "ip",
-            "ip_address",
-            "ssn",
-            "card_number",
-            "iban",
-            "address",
-            "street",
-            "name",
-            "first_name",
-            "last_name",
-            "device_id",
-        ];
-        NAMES
-            .contains(&last.as_str())
-            .then_some("its name says it may identify a person")
+        let last = name.rsplit('/').next().unwrap_or(name);
+        personal::name(last).then_some("its name says it may identify a person")
     }
 }
 
@@ -288,8 +214,8 @@ fn walk(prefix: &str, object: &Map<String, Json>, fields: &mut BTreeMap<String, 
 /// A key that is a value rather than a name: an address, an id, a number, or long.
 fn key_is_data(key: &str) -> bool {
     key.len() > 40
-        || key.parse::<IpAddr>().is_ok()
-        || is_email(key)
+        || personal::is_ip(key)
+        || personal::is_email(key)
         || uuid::Uuid::try_parse(key).is_ok()
         || key.bytes().any(|b| b.is_ascii_digit())
             && key.bytes().filter(u8::is_ascii_digit).count() * 2 >= key.len()

@@ -35,6 +35,17 @@
 //! is the column's name unless `mask_scope` says otherwise: columns (in one table or several)
 //! with one scope give one token for one value, so they can be joined; different scopes never
 //! do. The login columns use the scopes `ip` and `device_id`.
+//!
+//! What no column foresaw is never stored in clear by default: every value bound for an
+//! unmasked jsonb column (`rest`, `body`, a whole sub-object) is scanned with
+//! [`super::personal`], and what looks personal (an e-mail or IP address, a phone, card or
+//! `ddd-dd-dddd` number by its content; any value under a key whose name says so, such as
+//! `Email`, `contact_email` or `firstName`) is handled as the mapping's top-level
+//! `rest_personal` says: `mask` (the default: replaced by its `rest_mask` token, `hmac` by
+//! default and keyed under the column's name, or `redact`ed to null), `reject` (the message is
+//! quarantined as `personal_data:COLUMN`), or `keep` (stored as sent: an explicit opt-out). A
+//! key that is itself an address or a number of that kind is replaced by its `hmac` token
+//! under `mask` and `redact` alike.
 
 use std::collections::HashSet;
 
@@ -110,6 +121,30 @@ pub enum Mask {
     Redact,
 }
 
+/// What the transform does with a value that looks personal inside an unmasked jsonb column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestPersonal {
+    /// Replaced by the mapping's `rest_mask`.
+    #[default]
+    Mask,
+    /// The message is quarantined as `personal_data:COLUMN`.
+    Reject,
+    /// Stored as sent: the mapping says so explicitly.
+    Keep,
+}
+
+/// How [`RestPersonal::Mask`] replaces a personal value inside a jsonb column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestMask {
+    /// Its `hmac` token, keyed under the column's name: equal values stay joinable.
+    #[default]
+    Hmac,
+    /// `null`: nothing of it is kept.
+    Redact,
+}
+
 /// One checked column.
 #[derive(Debug, Clone)]
 pub struct Column {
@@ -135,6 +170,10 @@ pub struct Mapping {
     pub table: String,
     pub envelope: Envelope,
     pub columns: Vec<Column>,
+    /// What happens to personal-looking values inside unmasked jsonb columns.
+    pub rest_personal: RestPersonal,
+    /// How they are masked under [`RestPersonal::Mask`].
+    pub rest_mask: RestMask,
     /// Top-level keys some pointer starts with (what `rest` leaves out).
     pub(super) taken: HashSet<String>,
 }
@@ -145,6 +184,10 @@ struct RawMapping {
     table: String,
     #[serde(default)]
     envelope: Envelope,
+    #[serde(default)]
+    rest_personal: RestPersonal,
+    #[serde(default)]
+    rest_mask: RestMask,
     columns: Vec<RawColumn>,
 }
 
@@ -403,6 +446,8 @@ impl Mapping {
             table: raw.table,
             envelope: raw.envelope,
             columns,
+            rest_personal: raw.rest_personal,
+            rest_mask: raw.rest_mask,
             taken,
         })
     }
@@ -410,6 +455,16 @@ impl Mapping {
     /// The masked columns and their scopes (what the key bookkeeping records).
     pub fn masked(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| c.mask.is_some())
+    }
+
+    /// The unmasked jsonb columns whose values are scanned for personal data (none under
+    /// `rest_personal = "keep"`).
+    pub fn scanned(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(move |c| {
+            self.rest_personal != RestPersonal::Keep
+                && c.mask.is_none()
+                && c.column_type == ColumnType::Jsonb
+        })
     }
 }
 

@@ -4,7 +4,8 @@
 //! This module owns the mapping file (`file`: its shape and its checks), the column types and
 //! the conversion of JSON values to them (`column`), and the transform of one message into
 //! masked rows or a rejection (`transform`), and the first draft of a mapping from sample
-//! bodies (`draft`), and each value's binary COPY encoding (`encode`). It is pure, like
+//! bodies (`draft`), what looks like personal data (`personal`, which the draft and the
+//! transform's scan of jsonb values share), and each value's binary COPY encoding (`encode`). It is pure, like
 //! `login`: no I/O, no clock, no SQS; `sqs2pg mapping check` and `sqs2pg mapping preview` run
 //! it offline, and a [`Mapper`] is a message kind (`kind::MessageKind`) the pipeline runs.
 
@@ -13,6 +14,7 @@ pub mod convert;
 pub mod draft;
 pub mod encode;
 pub mod file;
+pub mod personal;
 pub mod transform;
 
 pub use crate::kind::{Message, Rejection};

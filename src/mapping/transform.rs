@@ -4,46 +4,71 @@
 //!
 //! Reason codes: `not_json`, `not_an_envelope:{sns,eventbridge,s3}`, and per column
 //! `missing_field:COL`, `null_field:COL`, `wrong_type:COL`, `invalid_value:COL`,
-//! `out_of_range:COL`, `too_long:COL`, `nul_character:COL`, `not_allowed:COL`, `no_match:COL`.
-//! Details name kinds, lengths and bounds, never a value from the message.
+//! `out_of_range:COL`, `too_long:COL`, `nul_character:COL`, `not_allowed:COL`, `no_match:COL`,
+//! `personal_data:COL` (something personal bound for a jsonb column under
+//! `rest_personal = "reject"`; see `transform/scrub.rs`). Details name kinds, lengths, bounds and
+//! pointers, never a value from the message.
+//!
+//! It also counts the top-level fields no column's pointer takes (they go to `rest`, or
+//! nowhere), and names each the first time it is seen, so the pipeline can log the names once.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value as Json};
 use time::OffsetDateTime;
 
 use super::column::{compare_decimals, convert, kind, ColumnType, Fault, Value};
 use super::file::{
-    Column, Convert, Envelope, Mapping, MappingError, Mask, Source, SqsAttribute,
+    Column, Convert, Envelope, Mapping, MappingError, Mask, RestPersonal, Source, SqsAttribute,
     EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
 use crate::login::app_version::AppVersionError;
-use crate::login::{AppVersion, ColumnMask, MaskKey};
+use crate::login::{AppVersion, ColumnMask, MaskKey, MaskMode};
+
+mod scrub;
+
+/// How many distinct unknown field names a mapper remembers (and so names in the log): past
+/// this, a producer whose keys are data would only grow the set.
+const UNKNOWN_NAMES_REMEMBERED: usize = 256;
 
 /// A mapping compiled under one key: what runs it (`mapping preview` now, the pipeline next).
 /// The mapping and its column masks live together, so masks cannot belong to another mapping.
 #[derive(Debug, Clone)]
 pub struct Mapper {
     mapping: Mapping,
-    /// In column order; one per column that makes tokens.
+    /// In column order; one per column that makes tokens, and one (`hmac`, under the
+    /// column's name) per scanned jsonb column.
     masks: Vec<Option<ColumnMask>>,
     /// In column order: each column's wire type for COPY.
     types: Vec<tokio_postgres::types::Type>,
+    /// Whether some column takes the whole message (then no field is unknown).
+    takes_all: bool,
+    /// The unknown field names already reported, shared by the mapper's clones.
+    reported: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Mapper {
     /// Derives every masked column's subkey (per scope and mode) from `key`.
     pub fn new(mapping: Mapping, key: &MaskKey) -> Self {
+        let scanned: HashSet<&str> = mapping.scanned().map(|c| c.name.as_str()).collect();
         let masks = mapping
             .columns
             .iter()
             .map(|c| match c.mask {
                 Some(Mask::Token(mode)) => Some(ColumnMask::new(key, mode, &c.mask_scope)),
+                None if scanned.contains(c.name.as_str()) => {
+                    Some(ColumnMask::new(key, MaskMode::Hmac, &c.mask_scope))
+                }
                 _ => None,
             })
             .collect();
+        let takes_all = mapping.columns.iter().any(|c| {
+            matches!(&c.source, Source::Body) || c.source == Source::Pointer(String::new())
+        });
         let types = mapping
             .columns
             .iter()
@@ -53,6 +78,8 @@ impl Mapper {
             mapping,
             masks,
             types,
+            takes_all,
+            reported: Arc::default(),
         }
     }
 
@@ -64,7 +91,46 @@ impl Mapper {
     /// Maps one message: its rows (none for an S3 test event, several for several S3
     /// records), or why it gives none. All rows or none: one bad record rejects the message.
     pub fn apply(&self, message: &Message<'_>) -> Result<Vec<MappedRow>, Rejection> {
-        self.mapping.apply(&self.masks, message)
+        self.apply_counting(message).0
+    }
+
+    /// [`Mapper::apply`], and the top-level fields of the message that no column's pointer
+    /// takes: how many, and the names not reported before (each once per mapper).
+    pub fn apply_counting(
+        &self,
+        message: &Message<'_>,
+    ) -> (Result<Vec<MappedRow>, Rejection>, u32, Vec<String>) {
+        let mut unknown = (0u32, Vec::new());
+        let rows = self.mapping.apply(&self.masks, message, |doc| {
+            if !self.takes_all {
+                self.count_unknown(doc, &mut unknown)
+            }
+        });
+        (rows, unknown.0, unknown.1)
+    }
+
+    fn count_unknown(&self, doc: &Json, (count, new): &mut (u32, Vec<String>)) {
+        let Json::Object(map) = doc else { return };
+        let mut reported = None;
+        for key in map
+            .keys()
+            .filter(|k| !self.mapping.taken.contains(k.as_str()))
+        {
+            *count += 1;
+            let reported = reported.get_or_insert_with(|| {
+                self.reported
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            });
+            if reported.len() < UNKNOWN_NAMES_REMEMBERED && reported.insert(key.clone()) {
+                // A key that is itself data (an address, an id) is counted, never named.
+                new.push(if scrub::safe_name(key) {
+                    key.clone()
+                } else {
+                    "(a name that looks like data)".into()
+                });
+            }
+        }
     }
 }
 
@@ -77,8 +143,13 @@ impl MessageKind for Mapper {
             .collect()
     }
 
+    fn name(&self) -> &str {
+        &self.mapping.table
+    }
+
     fn transform(&self, message: &Message<'_>) -> Transformed {
-        let outcome = self.apply(message).and_then(|rows| {
+        let (rows, unknown_fields, new_unknown) = self.apply_counting(message);
+        let outcome = rows.and_then(|rows| {
             let mut copy = CopyRows::with_capacity(rows.len() * 32 * self.types.len());
             for row in &rows {
                 let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
@@ -96,7 +167,8 @@ impl MessageKind for Mapper {
         });
         Transformed {
             outcome,
-            unknown_fields: 0,
+            unknown_fields,
+            new_unknown,
         }
     }
 }
@@ -228,10 +300,12 @@ impl Mapping {
         Ok(())
     }
 
+    /// Maps every document of the message; `seen` sees each document first.
     fn apply(
         &self,
         masks: &[Option<ColumnMask>],
         message: &Message<'_>,
+        mut seen: impl FnMut(&Json),
     ) -> Result<Vec<MappedRow>, Rejection> {
         let body: Json = serde_json::from_str(message.body).map_err(|e| {
             Rejection::new(
@@ -243,6 +317,7 @@ impl Mapping {
         documents
             .iter()
             .map(|doc| {
+                seen(doc);
                 let values = self
                     .columns
                     .iter()
@@ -498,6 +573,29 @@ impl Mapping {
                 _ => Value::Text(ip.to_string()),
             });
         }
+        // What no column foresaw, bound for jsonb: scanned (see `scrub`).
+        let scrubbed;
+        let value = match self.rest_personal {
+            _ if column.column_type != ColumnType::Jsonb || column.mask.is_some() => value,
+            RestPersonal::Keep => value,
+            RestPersonal::Reject => match scrub::first(value) {
+                Some((why, at)) => {
+                    return Err(Rejection::new(
+                        code("personal_data"),
+                        format!("{why} at `{at}` (the mapping's rest_personal is \"reject\")"),
+                    ))
+                }
+                None => value,
+            },
+            RestPersonal::Mask => match mask {
+                Some(mask) => {
+                    scrubbed = scrub::masked(value, mask, self.rest_mask);
+                    &*scrubbed
+                }
+                // A constant checked when the mapping is read: the mapping's own text.
+                None => value,
+            },
+        };
         let converted = convert(value, column.column_type).map_err(fault)?;
         // Whole numbers and numerics are compared with the bounds digit by digit (an f64 would
         // round a long numeric onto its bound); real and double precision as the floats they are.

@@ -64,7 +64,8 @@ const STALLED_PARTS: usize = 16;
 /// cut) and one check.
 ///
 /// A row that fails alone:
-/// - refused by the table: quarantined as `rejected_by_database`;
+/// - refused by the table for a data reason: quarantined as `table_refused:RULE` (see
+///   [`refusal_rule`]);
 /// - failing while the database works, received more often than `--max-receive-count`: tried
 ///   alone until it has failed so [`crate::error::SUSPECT_ATTEMPTS`] times, then quarantined as
 ///   `poison:receive_count` (the policy's `Outcome::FailedAlone`);
@@ -123,11 +124,11 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
             let row = rows.pop().expect("one row");
             match failure {
                 Failure::Refused(error) => {
-                    let detail = refusal_detail(&error);
-                    tracing::warn!(message_id = %row.message_id, %detail, "row refused by the database");
-                    not_loaded.refused.push(
-                        row.into_reject(Rejection::rejected_by_database(detail), context.sealer),
-                    );
+                    let rejection = table_refusal(&error);
+                    tracing::warn!(message_id = %row.message_id, reason = %rejection.reason, detail = rejection.detail.as_deref().unwrap_or_default(), "row refused by the table");
+                    not_loaded
+                        .refused
+                        .push(row.into_reject(rejection, context.sealer));
                 }
                 Failure::Blamed(error) => {
                     return blame_alone(loader, row, error, not_loaded, context, summary).await;
@@ -244,14 +245,41 @@ async fn blame_alone<L: BatchLoader>(
             }
             Err(Failure::Refused(refusal)) => {
                 let row = one.rows.into_iter().next().expect("one row");
-                let detail = refusal_detail(&refusal);
                 not_loaded
                     .refused
-                    .push(row.into_reject(Rejection::rejected_by_database(detail), context.sealer));
+                    .push(row.into_reject(table_refusal(&refusal), context.sealer));
                 return Ok(LoadReport::default());
             }
             Err(Failure::Fatal(fatal)) => return Err(fatal),
         }
+    }
+}
+
+/// The rejection of a row the table refused: `table_refused:RULE` with
+/// [`refusal_detail`].
+fn table_refusal(err: &LoadError) -> Rejection {
+    Rejection::table_refused(&refusal_rule(err), refusal_detail(err))
+}
+
+/// The rule a refused row broke, as a reason code's last part: the constraint's name where
+/// PostgreSQL gives one (a CHECK, a unique key, a foreign key), `not_null:COLUMN`,
+/// `no_partition` (a row no partition takes), otherwise the SQLSTATE (`22001`, `P0001`).
+/// Never the server's message: it can quote the row.
+fn refusal_rule(err: &LoadError) -> String {
+    use tokio_postgres::error::SqlState;
+    let Some(db) = err.postgres().and_then(|pg| pg.as_db_error()) else {
+        return "unknown".into();
+    };
+    if let Some(constraint) = db.constraint() {
+        return constraint.to_owned();
+    }
+    match db.code() {
+        state if *state == SqlState::NOT_NULL_VIOLATION => {
+            format!("not_null:{}", db.column().unwrap_or("?"))
+        }
+        // PostgreSQL names no constraint when no partition takes a row.
+        state if *state == SqlState::CHECK_VIOLATION => "no_partition".into(),
+        state => state.code().to_owned(),
     }
 }
 

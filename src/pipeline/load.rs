@@ -14,7 +14,6 @@ use super::isolate::{load_isolating, load_with_retry, Failure, NotLoaded};
 use super::lease::Leases;
 use super::sink::BatchLoader;
 use super::{PipelineError, PipelineSettings, Summary};
-use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
 use crate::sqs::AckHandle;
 
@@ -345,19 +344,15 @@ async fn load_whole<L: BatchLoader>(
     let mut not_loaded = NotLoaded::default();
     let mut report = load_isolating(loader, whole, &mut not_loaded, context, summary).await?;
     let NotLoaded { refused, left } = not_loaded;
-    let verdict = fate(Outcome::RowsRefused {
-        refused: refused.len(),
-        with_rows: rows,
-    });
-    if verdict == Fate::Stop {
-        // Not one row passes: the table is the problem (a trigger or constraint nothing
-        // meets), not the messages. Quarantining them all would empty the queue into the
-        // reject table; stop instead, and leave them in SQS. (Rows left for redelivery are
-        // not quarantined, so they do not count here.)
-        return Err(PipelineError::TableRefusesEverything {
+    if rows > 1 && refused.len() == rows {
+        // Not one row passes: likely a rule nothing meets. They are data refusals all the
+        // same (a structural one stops before this): kept, sealed, for a replay once the
+        // table is fixed.
+        tracing::error!(
             rows,
-            detail: refused[0].rejection.detail.clone().unwrap_or_default(),
-        });
+            reason = %refused[0].rejection.reason,
+            "the table refused every row of a batch; quarantined: fix the table, then `sqs2pg rejects replay --reason table_refused`"
+        );
     }
     if !refused.is_empty() {
         tracing::warn!(rows = refused.len(), "quarantining refused rows");

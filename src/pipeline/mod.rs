@@ -128,8 +128,6 @@ pub enum PipelineError {
     },
     #[error("the shutdown deadline ({} s) passed before everything was committed and deleted; uncommitted messages were released and will be redelivered, and committed ones not yet deleted will come back and be skipped as duplicates", .timeout.as_secs())]
     ShutdownDeadline { timeout: Duration },
-    #[error("PostgreSQL refused every one of the {rows} rows of a batch ({detail}): the table has a rule no row meets; fix the table (the refused rows were not quarantined, and nothing was deleted)")]
-    TableRefusesEverything { rows: usize, detail: String },
     /// `drain` committed everything it could, but left messages behind: some could not be
     /// deleted (they come back and the next run deletes them as duplicates; the ledger keeps
     /// them out of the table), some failed their MD5 check, or some failed to load while the

@@ -585,17 +585,14 @@ impl Stage {
         let limit = self.settings.max_receive_count;
         let over_limit = m.receive_count > limit;
         let suspect = over_limit || self.stallers.contains(&m.ledger_id);
-        let poison = |detail: String| Transformed {
-            outcome: Err(Rejection::poison(detail)),
-            unknown_fields: 0,
-        };
+        let poison = |detail: String| Transformed::of(Err(Rejection::poison(detail)));
         let max_body_bytes = self.settings.max_body_bytes;
         let transformed = || {
             if m.body.len() > max_body_bytes {
-                return Transformed {
-                    outcome: Err(Rejection::body_too_large(m.body.len(), max_body_bytes)),
-                    unknown_fields: 0,
-                };
+                return Transformed::of(Err(Rejection::body_too_large(
+                    m.body.len(),
+                    max_body_bytes,
+                )));
             }
             #[cfg(feature = "test-support")]
             batch::crash_if_told(&m.body, "transform");
@@ -615,13 +612,10 @@ impl Stage {
             }) == Fate::Quarantine;
         let t = if let Some(unfinished) = crashed {
             tracing::warn!(message_id = %m.ack.message_id, receive_count = m.receive_count, unfinished, "processing this message ended the process again and again: poison");
-            Transformed {
-                outcome: Err(Rejection::crashed(format!(
-                    "received {} times, limit {limit}; {unfinished} attempts at processing it never finished (the process ended), limit {}",
-                    m.receive_count, self.settings.max_crashes
-                ))),
-                unknown_fields: 0,
-            }
+            Transformed::of(Err(Rejection::crashed(format!(
+                "received {} times, limit {limit}; {unfinished} attempts at processing it never finished (the process ended), limit {}",
+                m.receive_count, self.settings.max_crashes
+            ))))
         } else if corrupt_poison {
             poison(format!(
                 "received {} times, limit {limit}; its body fails its MD5 check",
@@ -640,6 +634,15 @@ impl Stage {
         } else {
             transformed()
         };
+        if t.unknown_fields > 0 {
+            crate::telemetry::metrics::record_unknown_fields(
+                self.kind.name(),
+                u64::from(t.unknown_fields),
+            );
+            for field in &t.new_unknown {
+                tracing::info!(kind = self.kind.name(), %field, "a field no column takes (named once; its values are never logged)");
+            }
+        }
         if let Err(rejection) = &t.outcome {
             let fate = fate(Outcome::Rejected(rejection));
             tracing::info!(message_id = %m.ack.message_id, reason = %rejection.reason, ?fate, "message rejected");

@@ -6,9 +6,11 @@ use tokio_postgres::error::SqlState;
 /// The class of a PostgreSQL error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// The table refused a row for reasons of its own: data exceptions (22: value out of range,
-    /// bad encoding), integrity constraints (23: CHECK, foreign key, unique), triggered data
-    /// change (27), WITH CHECK OPTION (44), errors raised by trigger code (P0, 39).
+    /// The table refused a row for reasons of its own, a data reason: data exceptions (22:
+    /// value out of range, bad encoding; but not 22P03, a type that reads another binary
+    /// form), integrity constraints (23: NOT NULL, CHECK, no partition for the row, foreign
+    /// key, unique), triggered data change (27), WITH CHECK OPTION (44), errors raised by
+    /// trigger code (P0, 39).
     RowRefused,
     /// Waiting for a lock: someone else holds the table or a row (another replica loading the
     /// same message), which says nothing about the rows.
@@ -16,8 +18,9 @@ pub enum ErrorClass {
     /// Connection trouble, restarts, serialization failures, resource shortages, cancelled
     /// queries; and, without a SQLSTATE, any failure on the way to the server but TLS.
     Transient,
-    /// Anything else (authentication, missing objects, privileges), and a TLS failure
-    /// (untrusted certificate, wrong host name): an operator must change something.
+    /// Anything else (authentication, missing objects or columns, privileges, a column type
+    /// that cannot read the rows' binary form), and a TLS failure (untrusted certificate,
+    /// wrong host name): a structural refusal, an operator must change something.
     Permanent,
 }
 
@@ -31,6 +34,11 @@ pub fn classify(err: &tokio_postgres::Error) -> ErrorClass {
         };
     };
     let code = state.code();
+    // A value whose binary form the column's type cannot read: the table's type differs from
+    // what the kind encodes (`check` names it). Structural, however few rows there are.
+    if *state == SqlState::INVALID_BINARY_REPRESENTATION {
+        return ErrorClass::Permanent;
+    }
     if ["22", "23", "27", "44", "P0", "39"]
         .iter()
         .any(|class| code.starts_with(class))

@@ -98,6 +98,8 @@ pub struct ReplayCandidate {
 /// Which rejections to replay.
 #[derive(Debug, Clone, Default)]
 pub struct ReplaySelection {
+    /// A reason code, or the start of some (`table_refused` takes `table_refused:orders_pkey`
+    /// and `table_refused:not_null:email`; `poison` every `poison:` code).
     pub reason: Option<String>,
     pub ids: Vec<String>,
     /// Also rejections replayed before.
@@ -124,7 +126,7 @@ pub async fn lock_for_replay(
                FROM sqs2pg.rejected_messages r
                LEFT JOIN sqs2pg.ledger p
                       ON p.sent_ms = 0 AND p.message_id = r.message_id || '#replay' || r.replay_count
-              WHERE ($1::text IS NULL OR r.reason = $1)
+              WHERE ($1::text IS NULL OR r.reason = $1 OR starts_with(r.reason, $1 || ':'))
                 AND (cardinality($2::text[]) = 0 OR r.message_id = ANY($2))
                 AND ($3 OR r.replayed_at IS NULL)
                 AND NOT (r.message_id = ANY($4))

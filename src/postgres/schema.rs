@@ -27,12 +27,14 @@ pub const EXPECTED_COLUMNS: [(&str, &str); 7] = [
 ];
 
 /// One column a message kind writes: its name, its type as `format_type` spells it (what
-/// `check` compares), and whether `setup` creates it NOT NULL.
+/// `check` compares), whether `setup` creates it NOT NULL, and whether the kind may write NULL
+/// into it (what `check` compares with the table's NOT NULL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapeColumn {
     pub name: String,
     pub catalog_type: String,
     pub not_null: bool,
+    pub may_be_null: bool,
 }
 
 /// The columns a message kind writes into its table (`check` compares a table to it, `setup`
@@ -51,7 +53,9 @@ impl TableShape {
                 .map(|(name, ty)| ShapeColumn {
                     name: (*name).to_owned(),
                     catalog_type: (*ty).to_owned(),
+                    // The analysts' DDL has no NOT NULL; a login leaves only its locale NULL.
                     not_null: false,
+                    may_be_null: *name == "locale",
                 })
                 .collect(),
         }
@@ -350,6 +354,88 @@ pub async fn check_shape(
             differences: differences.join("; "),
         })
     }
+}
+
+/// What a table asks of each row beyond its columns' types, which `check` cannot prove every
+/// message meets: a row that breaks one is quarantined as `table_refused:RULE` at run time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRules {
+    /// Columns the table declares NOT NULL that the kind may leave NULL.
+    pub nullable_into_not_null: Vec<String>,
+    /// The other rules, one line each: `CHECK name: definition`, unique keys, foreign keys,
+    /// exclusion constraints, partitioning without a default partition, triggers.
+    pub unproven: Vec<String>,
+}
+
+/// [`TableRules`] of `table` for the rows of `shape`.
+pub async fn table_rules(
+    client: &Client,
+    table: &TableName,
+    shape: &TableShape,
+) -> Result<TableRules, tokio_postgres::Error> {
+    let name = table.quoted();
+    let not_null = client
+        .query(
+            "SELECT attname::text FROM pg_attribute
+              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attnotnull
+              ORDER BY attnum",
+            &[&name],
+        )
+        .await?;
+    let nullable_into_not_null = not_null
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|n| shape.columns.iter().any(|c| &c.name == n && c.may_be_null))
+        .collect();
+    let mut unproven: Vec<String> = client
+        .query(
+            "SELECT CASE contype WHEN 'c' THEN 'CHECK ' WHEN 'u' THEN 'unique key '
+                                 WHEN 'p' THEN 'primary key ' WHEN 'f' THEN 'foreign key '
+                                 ELSE 'exclusion constraint ' END
+                    || conname || ': ' || pg_get_constraintdef(oid)
+               FROM pg_constraint
+              WHERE conrelid = to_regclass($1) AND contype IN ('c', 'u', 'p', 'f', 'x')
+              ORDER BY conname",
+            &[&name],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let partitioning = client
+        .query_one(
+            "SELECT pg_get_partkeydef(to_regclass($1)),
+                    EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                             WHERE i.inhparent = to_regclass($1)
+                               AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'),
+                    (SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1))",
+            &[&name],
+        )
+        .await?;
+    if let Some(key) = partitioning.get::<_, Option<String>>(0) {
+        let (default, partitions): (bool, i64) = (partitioning.get(1), partitioning.get(2));
+        if !default {
+            unproven.push(format!(
+                "partitioned by {key} into {partitions} partition(s) and no DEFAULT partition: a \
+                 row no partition takes is refused (table_refused:no_partition)"
+            ));
+        }
+    }
+    unproven.extend(
+        client
+            .query(
+                "SELECT 'trigger ' || tgname FROM pg_trigger
+                  WHERE tgrelid = to_regclass($1) AND NOT tgisinternal ORDER BY tgname",
+                &[&name],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0)),
+    );
+    Ok(TableRules {
+        nullable_into_not_null,
+        unproven,
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Everything goes through the `metrics` facade; it costs nothing until a recorder is
 //! installed (`--metrics-addr` installs the Prometheus one, see [`super::http`]). Labels are
 //! low-cardinality by construction: `reason` is a reason code from a fixed set and `state` is
-//! `visible` or `in_flight`; never a value from a message.
+//! `visible` or `in_flight`, `kind` is `login` or a mapping's table; never a value from a message.
 
 use std::time::{Duration, SystemTime};
 
@@ -50,8 +50,14 @@ pub const WINDOW_MESSAGES: &str = "sqs2pg_window_messages";
 /// Held messages whose visibility timeout ran out before the heartbeat extended it.
 pub const LEASES_LAPSED: &str = "sqs2pg_leases_lapsed_total";
 
+/// Top-level fields of transformed deliveries that no column takes, labelled `kind` (`login`
+/// or a mapping's table).
+pub const UNKNOWN_FIELDS: &str = "sqs2pg_unknown_fields_total";
+/// Label of [`UNKNOWN_FIELDS`].
+pub const KIND_LABEL: &str = "kind";
+
 /// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
-pub const DESCRIPTIONS: [(&str, &str); 17] = [
+pub const DESCRIPTIONS: [(&str, &str); 18] = [
     (MESSAGES_RECEIVED, "Deliveries received from SQS, counted when their batch is done (loaded, quarantined, skipped as duplicates or left for redelivery)."),
     (ROWS_LOADED, "Rows committed to the target table (a mapped message can give none or several)."),
     (MESSAGES_LOADED, "Messages whose rows were committed (received = loaded + rejected + duplicates + left for redelivery)."),
@@ -69,6 +75,7 @@ pub const DESCRIPTIONS: [(&str, &str); 17] = [
     (SQS_REQUESTS, "SQS requests sent by the pipeline, by action (receive, delete, change_visibility, get_queue_attributes)."),
     (WINDOW_MESSAGES, "The most messages the run may hold now (adapts to what commits within the visibility timeout)."),
     (LEASES_LAPSED, "Held messages whose visibility timeout ran out before the heartbeat extended it."),
+    (UNKNOWN_FIELDS, "Top-level fields of transformed deliveries that no column takes (kept in rest or dropped), by kind (login or the mapping's table); their names are logged once each."),
 ];
 
 /// Gives every metric its help text; call once, after installing a recorder.
@@ -121,6 +128,11 @@ pub fn record_batch(
     for reason in rejected {
         metrics::counter!(MESSAGES_REJECTED, REASON_LABEL => reason.clone()).increment(1);
     }
+}
+
+/// Counts `n` fields of one delivery that no column of `kind` takes.
+pub fn record_unknown_fields(kind: &str, n: u64) {
+    metrics::counter!(UNKNOWN_FIELDS, KIND_LABEL => kind.to_owned()).increment(n);
 }
 
 /// Counts one retried load attempt.

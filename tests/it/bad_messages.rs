@@ -1,6 +1,7 @@
 //! Bad input is kept, never dropped, and a valid message is never quarantined: every class
 //! of bad message with its reason code, rows the table refuses, sealed bodies, messages
-//! received too often, and a table that refuses every row.
+//! received too often, a table that refuses every row of a batch, and one that may not be
+//! written to.
 
 use std::time::Duration;
 
@@ -47,7 +48,10 @@ async fn rows_the_table_refuses_are_quarantined_and_the_rest_load() {
 
     let k = refused.len() as u64;
     assert_eq!(summary.loaded, 99 - k);
-    assert_eq!(summary.rejected.get("rejected_by_database"), Some(&k));
+    assert_eq!(
+        summary.rejected.get("table_refused:no_old_android"),
+        Some(&k)
+    );
     assert_eq!(summary.rejected.get("missing_field:user_id"), Some(&1));
     assert_eq!(queue.depth().await, 0);
     assert_eq!(
@@ -62,7 +66,7 @@ async fn rows_the_table_refuses_are_quarantined_and_the_rest_load() {
         .await
         .query(
             "SELECT message_id, detail, body_sealed, seal_key_id FROM sqs2pg.rejected_messages
-              WHERE reason = 'rejected_by_database'",
+              WHERE reason = 'table_refused:no_old_android'",
             &[],
         )
         .await
@@ -325,42 +329,144 @@ async fn a_valid_message_received_too_often_is_loaded_not_quarantined() {
     assert_eq!(queue.depth().await, 0);
 }
 
+/// Rows the table refuses for a data reason never stop the service, however many there are:
+/// a CHECK no row meets refuses a batch of 99, a NOT NULL the logins do not all meet refuses
+/// some; each is found by bisection and quarantined as `table_refused:RULE` (before, a batch
+/// all refused stopped `run`, which restarted and stopped again until the messages passed
+/// the receive limit), `check` names both rules beforehand, and a replay loads them once the
+/// table is fixed. A structural refusal (a privilege) still stops, leaving the messages in SQS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_that_refuses_every_row_stops_the_run_instead_of_quarantining_all() {
+async fn rows_a_table_refuses_are_quarantined_even_all_of_a_batch_and_a_structural_refusal_stops() {
     let (db, queue) = fixture().await;
-    db.client()
-        .await
+    let client = db.client().await;
+    client
         .batch_execute(
             "ALTER TABLE public.user_logins ADD CONSTRAINT nothing_passes CHECK (user_id IS NULL)",
         )
         .await
         .unwrap();
-    queue.send(&sample_bodies()).await;
-    let mut a = fresh_args(&db, &queue);
+    let bodies = sample_bodies();
+    let key = MaskKey::generate_base64().unwrap();
+    let env = |db: &crate::harness::TestDb| {
+        vec![
+            ("DATABASE_URL".to_owned(), db.url.clone()),
+            ("SQS2PG_QUEUE_URL".to_owned(), queue.url.clone()),
+            ("SQS2PG_MASK_KEY".to_owned(), key.clone()),
+            ("SQS2PG_WAIT_TIME_SECS".to_owned(), "1".to_owned()),
+            ("SQS2PG_SQS_PROTOCOL".to_owned(), queue.protocol.to_string()),
+            ("AWS_ENDPOINT_URL".to_owned(), queue.endpoint.clone()),
+        ]
+    };
+    let env = env(&db);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let check = crate::harness::sqs2pg(&["check"], &env);
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        said.contains("CHECK nothing_passes: CHECK ((user_id IS NULL))"),
+        "{said}"
+    );
+    assert!(said.contains("table_refused:RULE"), "{said}");
+    assert!(
+        check.status.success(),
+        "a CHECK is reported, not failed: {said}"
+    );
+
+    queue.send(&bodies).await;
+    let mut a = args(&db, &queue, key_file(&key));
     // One batch for the whole sample (it closes when the drain ends): a batch is also cut at
     // a quarter of the visibility timeout, so that is long too.
     a.visibility_timeout_secs = Some(300);
     a.batch_max_age_ms = 60_000;
-    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let summary = drain(&a).await;
+    assert_eq!(summary.loaded, 0);
+    assert_eq!(
+        summary.rejected.get("table_refused:nothing_passes"),
+        Some(&99)
+    );
+    assert_eq!(queue.depth().await, 0);
+
+    // NOT NULL on a column some logins leave NULL: `check` fails on it, naming the fix; the
+    // run quarantines just those.
+    client
+        .batch_execute(
+            "ALTER TABLE public.user_logins DROP CONSTRAINT nothing_passes;
+             ALTER TABLE public.user_logins ALTER COLUMN locale SET NOT NULL",
+        )
+        .await
+        .unwrap();
+    let check = crate::harness::sqs2pg(&["check"], &env);
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(!check.status.success(), "{said}");
+    assert!(
+        said.contains("column locale is NOT NULL but the rows may leave it NULL"),
+        "{said}"
+    );
+    let replay = crate::harness::sqs2pg(&["rejects", "replay", "--reason", "table_refused"], &env);
+    assert!(
+        replay.status.success(),
+        "{}",
+        crate::harness::stderr(&replay)
+    );
+    let summary = drain(&a).await;
+    let null_locales = bodies
+        .iter()
+        .filter(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v.get("user_id").is_some() && v["locale"].is_null()
+        })
+        .count() as u64;
+    assert!(
+        null_locales > 1,
+        "the sample has several logins without a locale"
+    );
+    assert_eq!(
+        summary.rejected.get("table_refused:not_null:locale"),
+        Some(&null_locales)
+    );
+    assert_eq!(summary.loaded, 99 - null_locales);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await as u64,
+        99 - null_locales
+    );
+
+    // A structural refusal: the table may not be written to. The run stops; nothing is
+    // quarantined or deleted.
+    client
+        .batch_execute(
+            "ALTER TABLE public.user_logins ALTER COLUMN locale DROP NOT NULL;
+",
+        )
+        .await
+        .unwrap();
+    // Roles are the cluster's: one of this test's own.
+    let role = crate::harness::unique("reader");
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA sqs2pg TO {role};
+             GRANT ALL ON ALL TABLES IN SCHEMA sqs2pg TO {role};
+             GRANT SELECT ON public.user_logins TO {role};"
+        ))
+        .await
+        .unwrap();
+    let rejected_before = count(&db, "SELECT count(*) FROM sqs2pg.rejected_messages").await;
+    queue.send(&bodies[..10]).await;
+    let mut reader = a.clone();
+    reader.database.connection.database_url =
+        Some(db.url.replacen("postgres@", &format!("{role}@"), 1));
+    let settings = config::pipeline(&reader, Mode::Drain).unwrap();
     let err = app::process(settings, CancellationToken::new())
         .await
-        .expect_err("no row can be loaded")
+        .expect_err("no privilege, no load")
         .to_string();
-    assert!(err.contains("refused every one of the 99 rows"), "{err}");
-    assert!(err.contains("constraint nothing_passes"), "{err}");
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM public.user_logins").await,
-        0
+    assert!(
+        err.contains("INSERT") || err.contains("permission"),
+        "the stop names what to fix: {err}"
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM sqs2pg.rejected_messages WHERE reason = 'rejected_by_database'"
-        )
-        .await,
-        0
+        count(&db, "SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        rejected_before
     );
-    // The logins are all still in the queue.
-    let left = queue.distinct_ids(100, Duration::from_secs(30)).await;
-    assert!(left.len() >= 99, "{} left", left.len());
+    let left = queue.distinct_ids(10, Duration::from_secs(30)).await;
+    assert_eq!(left.len(), 10);
 }

@@ -55,12 +55,9 @@ fn env<'a>(
     ]
 }
 
-/// `rejects replay --reason rejected_by_database`, which must succeed.
+/// `rejects replay --reason table_refused` (every `table_refused:RULE`), which must succeed.
 fn replay_refused(env: &[(&str, &str)]) -> Output {
-    let replay = sqs2pg(
-        &["rejects", "replay", "--reason", "rejected_by_database"],
-        env,
-    );
+    let replay = sqs2pg(&["rejects", "replay", "--reason", "table_refused"], env);
     assert!(replay.status.success(), "{}", stderr(&replay));
     replay
 }
@@ -141,7 +138,14 @@ async fn drains_end_to_end(case: Case) -> TestDb {
     let table_rows = format!("SELECT count(*) FROM {}", case.table);
     assert_eq!(count(&db, &table_rows).await, case.rows - case.refused_rows);
     let mut expected: Vec<String> = case.reasons.iter().map(|r| (*r).to_owned()).collect();
-    expected.push("rejected_by_database".into());
+    // The rule's name, from `ADD CONSTRAINT name ...`.
+    let rule = case
+        .refuse
+        .split_whitespace()
+        .skip_while(|w| *w != "CONSTRAINT")
+        .nth(1)
+        .unwrap();
+    expected.push(format!("table_refused:{rule}"));
     expected.sort();
     assert_eq!(reasons(&db).await, expected);
     let messages = case.bodies_count();
@@ -489,7 +493,7 @@ async fn the_login_mapping_file_gives_the_same_table_as_the_built_in_pipeline() 
     assert!(out.status.success(), "{}", stderr(&out));
     let refused = count(
         &db,
-        "SELECT count(*) FROM sqs2pg.rejected_messages WHERE reason = 'rejected_by_database'",
+        "SELECT count(*) FROM sqs2pg.rejected_messages WHERE reason = 'table_refused:not_this_one'",
     )
     .await;
     let rows_of_user = more.iter().filter(|b| b.contains(user)).count() as i64;
@@ -649,6 +653,191 @@ async fn a_draft_used_unedited_sets_up_its_table_and_loads_its_samples() {
         !stored.contains("@example.com"),
         "e-mail addresses are masked"
     );
+}
+
+/// What a mapping did not foresee reaches `rest` (or any jsonb column) masked: a field named
+/// `Email` where the mapping masks `/email`, a producer's new `contact_email`, phone numbers
+/// in an array of objects, an object keyed by e-mail addresses. Under `rest_personal =
+/// "reject"` such a message is quarantined as `personal_data:rest` instead; under `"keep"` it
+/// is stored as sent (what every mapping did before). Unknown fields are counted in the
+/// summary and named once each in the log, their values never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_data_no_column_foresaw_never_reaches_rest_in_clear() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let dir = std::env::temp_dir().join(unique("sqs2pg-rest"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let personal = [
+        "Ann.Lee@example.com",
+        "ann.work@example.org",
+        "+44 20 7946 0958",
+        "bob@example.net",
+        "203.0.113.77",
+        "Okonkwo-Baptiste",
+    ];
+    let bodies: Vec<String> = vec![
+        // The mapped field, and the same address under another spelling of its name.
+        r#"{"id":1,"email":"ann@example.com","Email":"Ann.Lee@example.com","amount":12.50}"#,
+        r#"{"id":2,"contact_email":"ann.work@example.org","amount":1e400,"seen_from":"203.0.113.77"}"#,
+        r#"{"id":3,"contacts":[{"kind":"home","phone":"+44 20 7946 0958"}],"lastName":"Okonkwo-Baptiste"}"#,
+        r#"{"id":4,"visits":{"bob@example.net":3}}"#,
+        r#"{"id":5,"note":"nothing personal","tags":["a","b"]}"#,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let mapping = |table: &str, policy: &str| {
+        let file = dir.join(format!("{table}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"table = "public.{table}"
+{policy}
+[[columns]]
+name = "id"
+from = "/id"
+type = "integer"
+required = true
+
+[[columns]]
+name = "masked_email"
+from = "/email"
+type = "varchar(256)"
+mask = "hmac"
+
+[[columns]]
+name = "rest"
+from = "rest"
+type = "jsonb"
+"#
+            ),
+        )
+        .unwrap();
+        file.display().to_string()
+    };
+    let stored = |table: &'static str| {
+        let db = &db;
+        async move {
+            crate::harness::one::<String>(
+                db,
+                &format!(
+                    "SELECT coalesce(string_agg(t::text, ' ' ORDER BY id), '') FROM public.{table} t"
+                ),
+            )
+            .await
+        }
+    };
+
+    // The default: masked.
+    let masked = mapping("rest_masked", "");
+    let env_masked = env(&db, &queue, &key, &protocol, &masked);
+    let setup = sqs2pg(&["setup"], &env_masked);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    queue.send(&bodies).await;
+    let drain = sqs2pg(&["drain"], &env_masked);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.rest_masked").await,
+        5
+    );
+    let text = stored("rest_masked").await;
+    for raw in personal {
+        assert!(!text.contains(raw), "{raw} stored in clear: {text}");
+        assert!(!stderr(&drain).contains(raw), "{raw} in the log");
+    }
+    // What is not personal is kept exactly, digits and all.
+    let rests: String = crate::harness::one(
+        &db,
+        "SELECT string_agg(rest::text, ' ' ORDER BY id) FROM public.rest_masked",
+    )
+    .await;
+    for kept in [
+        "\"amount\": 12.50",
+        "\"note\": \"nothing personal\"",
+        "\"kind\": \"home\"",
+        "\"visits\": {",
+        "\"tags\": [\"a\", \"b\"]",
+    ] {
+        assert!(rests.contains(kept), "{kept} kept: {rests}");
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.rest_masked WHERE rest->'amount' = '1e400'::jsonb"
+        )
+        .await,
+        1
+    );
+    // The same address gives one token under the column's scope: the two spellings of
+    // `Email` join.
+    let same: i64 = count(
+        &db,
+        "SELECT count(*) FROM public.rest_masked WHERE id = 1 AND rest->>'Email' <> masked_email AND length(rest->>'Email') > 20",
+    )
+    .await;
+    assert_eq!(same, 1, "the rest token is a token, under its own scope");
+    // Unknown fields: counted, and named once each, never their values.
+    let log = stderr(&drain);
+    for name in [
+        "Email",
+        "contact_email",
+        "contacts",
+        "lastName",
+        "visits",
+        "seen_from",
+    ] {
+        assert_eq!(
+            log.matches(&format!("field={name} ")).count()
+                + log.matches(&format!("field={name}\n")).count()
+                + log.matches(&format!("field=\"{name}\"")).count(),
+            1,
+            "{name} named once: {log}"
+        );
+    }
+    let summary_unknown: u64 = stdout(&drain)
+        .lines()
+        .find(|l| l.trim_start().starts_with("unknown fields"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no unknown fields line: {}", stdout(&drain)));
+    // amount x2, Email, contact_email, seen_from, contacts, lastName, visits, note, tags.
+    assert_eq!(summary_unknown, 10, "{}", stdout(&drain));
+
+    // Reject: the four messages with personal data are quarantined, the fifth loads.
+    let rejecting = mapping("rest_rejecting", "rest_personal = \"reject\"");
+    let env_rejecting = env(&db, &queue, &key, &protocol, &rejecting);
+    let setup = sqs2pg(&["setup"], &env_rejecting);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    queue.send(&bodies).await;
+    let drain = sqs2pg(&["drain"], &env_rejecting);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.rest_rejecting").await,
+        1
+    );
+    assert_eq!(reasons(&db).await, vec!["personal_data:rest"; 4]);
+    let details: String = crate::harness::one(
+        &db,
+        "SELECT string_agg(detail, ' | ' ORDER BY detail) FROM sqs2pg.rejected_messages",
+    )
+    .await;
+    assert!(details.contains("at `/contacts/0/phone`"), "{details}");
+    assert!(details.contains("at `/visits/*`"), "{details}");
+    for raw in personal {
+        assert!(!details.contains(raw), "{raw} in a detail: {details}");
+    }
+
+    // Keep: the explicit opt-out stores what was sent.
+    let keeping = mapping("rest_kept", "rest_personal = \"keep\"");
+    let env_keeping = env(&db, &queue, &key, &protocol, &keeping);
+    let setup = sqs2pg(&["setup"], &env_keeping);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    queue.send(&bodies).await;
+    let drain = sqs2pg(&["drain"], &env_keeping);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    let text = stored("rest_kept").await;
+    assert!(text.contains("Ann.Lee@example.com"), "{text}");
 }
 
 /// `rekey` re-encrypts a mapping's reversible columns under the new key, each under its own

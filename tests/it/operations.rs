@@ -176,7 +176,7 @@ async fn check_passes_on_a_good_setup_and_names_each_problem() {
         stderr(&good)
     );
     let text = stdout(&good);
-    assert!(text.contains("all 5 checks passed"), "{text}");
+    assert!(text.contains("all 6 checks passed"), "{text}");
     assert!(text.contains("visibility timeout 30 s"), "{text}");
     assert!(!text.contains("FAIL"), "{text}");
 
