@@ -840,6 +840,87 @@ type = "jsonb"
     assert!(text.contains("Ann.Lee@example.com"), "{text}");
 }
 
+/// A table whose rules some rows break never stops the run: a row no partition takes and a
+/// second row with an appended table's unique key are found by bisection and quarantined as
+/// `table_refused:no_partition` and `table_refused:CONSTRAINT`, the rest load, and `check`
+/// listed both rules beforehand. (Before, a batch all of whose rows broke such rules stopped
+/// the run; one that only partly did quarantined them as `rejected_by_database`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_no_partition_takes_and_repeated_unique_keys_are_quarantined_and_the_rest_load() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let dir = std::env::temp_dir().join(unique("sqs2pg-rules"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.toml");
+    std::fs::write(
+        &file,
+        r#"table = "public.events"
+columns = [
+  { name = "id", from = "/id", type = "integer", required = true },
+  { name = "at", from = "/at", type = "timestamptz", required = true },
+  { name = "ref", from = "/ref", type = "text" },
+]
+"#,
+    )
+    .unwrap();
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE public.events (id integer NOT NULL, at timestamptz NOT NULL, ref text,
+                 CONSTRAINT one_event_per_ref UNIQUE (ref, at)) PARTITION BY RANGE (at);
+             CREATE TABLE public.events_2026_12 PARTITION OF public.events
+                 FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');",
+        )
+        .await
+        .unwrap();
+    let file = file.display().to_string();
+    let env = env(&db, &queue, &key, &protocol, &file);
+    let setup = sqs2pg(&["setup"], &env);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    let check = sqs2pg(&["check"], &env);
+    let said = stdout(&check);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("partitioned by RANGE (at) into 1 partition(s) and no DEFAULT partition"),
+        "{said}"
+    );
+    assert!(
+        said.contains("unique key one_event_per_ref: UNIQUE (ref, at)"),
+        "{said}"
+    );
+    // 40 events: three dated outside every partition, two repeating an earlier event's key.
+    let bodies: Vec<String> = (1..=40)
+        .map(|i| {
+            let (day, reference) = match i {
+                7 | 19 | 33 => ("2025-06-01".to_owned(), format!("r{i}")),
+                12 => ("2026-12-06".to_owned(), "r5".to_owned()),
+                28 => ("2026-12-21".to_owned(), "r20".to_owned()),
+                _ => (format!("2026-12-{:02}", i % 28 + 1), format!("r{i}")),
+            };
+            format!(r#"{{"id":{i},"at":"{day}T00:00:00Z","ref":"{reference}"}}"#)
+        })
+        .collect();
+    queue.send(&bodies).await;
+    let drain = sqs2pg(&["drain"], &env);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(count(&db, "SELECT count(*) FROM public.events").await, 35);
+    let mut expected = vec!["table_refused:no_partition"; 3];
+    // PostgreSQL names the partition's own copy of the key, as the reason does.
+    expected.extend(["table_refused:events_2026_12_ref_at_key"; 2]);
+    expected.sort();
+    assert_eq!(reasons(&db).await, expected);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.events WHERE id IN (7, 19, 33, 12, 28)"
+        )
+        .await,
+        0,
+        "the later of two events with one key is the refused one, here in one batch"
+    );
+}
+
 /// `rekey` re-encrypts a mapping's reversible columns under the new key, each under its own
 /// scope: `siv` tokens in a text column and `ipcrypt-pfx` addresses in an inet column give back
 /// the same values under the new key, and the old key is retired on the table.
