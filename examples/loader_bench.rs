@@ -143,6 +143,7 @@ impl MessageSource for Synthetic {
                     sent_timestamp: self.sent + (i / SENT_PER_MS) as i64,
                     receive_count: 1,
                     group_id: None,
+                    deduplication_id: None,
                     attributes: Vec::new(),
                     received_at: SystemTime::now(),
                     md5_mismatch: false,

@@ -172,14 +172,26 @@ pub async fn rejects_replay(
                 // Sent before but not processed yet: the same number, so it loads once.
                 (n, None) => n,
             };
-            match open_reject(&sealer, &c.sealed) {
-                Ok(body) => {
+            match open_reject(&sealer, &c.sealed).and_then(|body| {
+                let envelope = open_envelope(&sealer, &c.sealed)?;
+                // SQS takes 10 message attributes; a replay adds two of its own.
+                if envelope.attributes.len() + 2 > MAX_ATTRIBUTES {
+                    return Err(AppError::Quarantine(format!(
+                        "rejected message {id} carried {} message attributes; its replay would \
+                         carry two more, beyond the {MAX_ATTRIBUTES} SQS takes",
+                        envelope.attributes.len()
+                    )));
+                }
+                Ok((body, envelope))
+            }) {
+                Ok((body, envelope)) => {
                     outgoing.push(Outgoing::replay(
                         body,
                         ReplayTag {
                             ledger_id: quarantine::replay_ledger_id(&id, n),
                             sent_timestamp: c.sent_timestamp,
                         },
+                        envelope,
                     ));
                     ids.push(id);
                     counts.push(n);
@@ -218,11 +230,39 @@ impl Sealers {
     }
 }
 
+/// The most message attributes SQS takes on one message.
+const MAX_ATTRIBUTES: usize = 10;
+
 fn open_reject(sealers: &Sealers, reject: &quarantine::SealedReject) -> Result<String, AppError> {
     let id = &reject.message_id;
     let sealed = reject.body_sealed.as_deref().ok_or_else(|| {
         AppError::Quarantine(format!("rejected message {id} was stored without its body"))
     })?;
+    sealer_of(sealers, reject)?
+        .open(id, sealed)
+        .map_err(|e| AppError::Quarantine(format!("rejected message {id}: {e}")))
+}
+
+/// The message attributes and FIFO ids a rejected message arrived with (none for one that
+/// carried none, or was quarantined before they were kept).
+fn open_envelope(
+    sealers: &Sealers,
+    reject: &quarantine::SealedReject,
+) -> Result<crate::sqs::Envelope, AppError> {
+    let Some(sealed) = reject.envelope_sealed.as_deref() else {
+        return Ok(crate::sqs::Envelope::default());
+    };
+    let id = &reject.message_id;
+    crate::pipeline::batch::open_envelope(sealer_of(sealers, reject)?, id, sealed)
+        .map_err(|e| AppError::Quarantine(format!("rejected message {id}: {e}")))
+}
+
+/// The sealer of the key a rejected message was sealed under.
+fn sealer_of<'a>(
+    sealers: &'a Sealers,
+    reject: &quarantine::SealedReject,
+) -> Result<&'a BodySealer, AppError> {
+    let id = &reject.message_id;
     // Rows from before key ids were recorded were sealed under the key of that time: try the
     // active one.
     let sealer = match reject.seal_key_id.as_deref() {
@@ -239,9 +279,7 @@ fn open_reject(sealers: &Sealers, reject: &quarantine::SealedReject) -> Result<S
                 ))
             })?,
     };
-    sealer
-        .open(id, sealed)
-        .map_err(|e| AppError::Quarantine(format!("rejected message {id}: {e}")))
+    Ok(sealer)
 }
 
 pub(super) fn rfc3339(t: std::time::SystemTime) -> String {

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::keys::{BodySealer, SealedBody};
 use crate::kind::{CopyRows, Rejection};
 pub use crate::postgres::{Delivery, Reject};
-use crate::sqs::AckHandle;
+use crate::sqs::{AckHandle, Envelope};
 
 /// The time half of a message's ledger key, `sqs2pg.ledger (sent_ms, message_id)`: its
 /// SentTimestamp in milliseconds, which every delivery of the message carries unchanged; for a
@@ -28,18 +28,71 @@ pub fn ledger_ms(sent_timestamp: i64, is_replay: bool) -> i64 {
 /// when dropped) so that a row the database refuses can still be quarantined with its body,
 /// and sealed only then: sealing every body up front cost more than the whole transform
 /// (BENCHMARKS.md). Debug prints nothing of it.
-pub struct HeldBody(Zeroizing<String>);
+pub struct HeldBody {
+    body: Zeroizing<String>,
+    /// What SQS carried besides the body; `None` when nothing (the login case costs nothing).
+    envelope: Option<Box<Envelope>>,
+}
 
 impl HeldBody {
-    pub fn new(body: String) -> Self {
-        Self(Zeroizing::new(body))
+    pub fn new(body: String, envelope: Envelope) -> Self {
+        Self {
+            body: Zeroizing::new(body),
+            envelope: (!envelope.is_empty()).then(|| Box::new(envelope)),
+        }
     }
 }
 
 impl std::fmt::Debug for HeldBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HeldBody({} bytes)", self.0.len())
+        write!(f, "HeldBody({} bytes)", self.body.len())
     }
+}
+
+/// A quarantined message's body and envelope, sealed.
+#[derive(Debug)]
+pub struct SealedMessage {
+    pub body: SealedBody,
+    pub envelope: Option<SealedBody>,
+}
+
+/// What the envelope of message `message_id` is sealed bound to: not the body's binding, so
+/// neither opens as the other.
+fn envelope_binding(message_id: &str) -> String {
+    format!("{message_id}#envelope")
+}
+
+/// Seals a message's body and, when it carried any, its envelope (as JSON), both bound to
+/// `message_id`.
+pub fn seal(
+    sealer: &BodySealer,
+    message_id: &str,
+    body: &str,
+    envelope: Option<&Envelope>,
+) -> SealedMessage {
+    SealedMessage {
+        body: sealer.seal(message_id, body),
+        envelope: envelope.filter(|e| !e.is_empty()).map(|e| {
+            let json = Zeroizing::new(
+                serde_json::to_string(e).expect("an envelope of strings serialises"),
+            );
+            sealer.seal(&envelope_binding(message_id), &json)
+        }),
+    }
+}
+
+/// Opens an envelope sealed by [`seal`].
+pub fn open_envelope(
+    sealer: &BodySealer,
+    message_id: &str,
+    sealed: &[u8],
+) -> Result<Envelope, String> {
+    let json = Zeroizing::new(
+        sealer
+            .open(&envelope_binding(message_id), sealed)
+            .map_err(|e| format!("its envelope: {e}"))?,
+    );
+    serde_json::from_str(&json).map_err(|e| format!("its envelope is not one: {e}"))
 }
 
 /// The rows of one message (none, one or several), masked and encoded by its kind, and the
@@ -61,8 +114,15 @@ impl Row {
     /// The row's message quarantined instead (the database refused the row): its body is
     /// sealed now.
     pub fn into_reject(self, rejection: Rejection, sealer: &BodySealer) -> Reject {
+        let sealed = seal(
+            sealer,
+            &self.message_id,
+            &self.body.body,
+            self.body.envelope.as_deref(),
+        );
         Reject {
-            sealed_body: sealer.seal(&self.message_id, &self.body.0),
+            sealed_body: sealed.body,
+            sealed_envelope: sealed.envelope,
             message_id: self.message_id,
             rejection,
             delivery: self.delivery,
@@ -77,7 +137,7 @@ pub struct Processed {
     /// The id the ledger (and the rows and rejections) know the message by.
     pub ledger_id: String,
     /// A row keeps its raw body until committed; a rejection's body is sealed at once.
-    pub outcome: Result<(CopyRows, HeldBody), (Rejection, SealedBody)>,
+    pub outcome: Result<(CopyRows, HeldBody), (Rejection, SealedMessage)>,
     pub delivery: Delivery,
     pub unknown_fields: u32,
     /// The message's share of the in-flight byte budget, given back when its batch is done.
@@ -212,7 +272,8 @@ impl Batch {
                 message_id,
                 rejection,
                 delivery: p.delivery,
-                sealed_body: sealed,
+                sealed_body: sealed.body,
+                sealed_envelope: sealed.envelope,
             }),
         }
     }
@@ -274,7 +335,7 @@ impl Batch {
     /// [`crash_if_told`] for every row's body, as its load begins.
     pub(super) fn crash_if_told(&self) {
         for row in &self.rows {
-            crash_if_told(&row.body.0, "load");
+            crash_if_told(&row.body.body, "load");
         }
     }
 }

@@ -18,7 +18,7 @@ use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
 use crate::kind::{Message, MessageKind, Rejection, Transformed};
-use crate::sqs::{MessageSource, QueueCounts, ReceiveRequest, Received, SQS_BATCH_LIMIT};
+use crate::sqs::{Envelope, MessageSource, QueueCounts, ReceiveRequest, Received, SQS_BATCH_LIMIT};
 
 /// SQS's default visibility timeout, for a run that was given none (the pipeline is normally
 /// given the queue's own).
@@ -655,9 +655,17 @@ impl Stage {
         };
         // A rejection's body is sealed now; a row's is held, to be sealed only if the
         // database refuses the row.
+        let envelope = Envelope {
+            attributes: m.attributes,
+            group_id: m.group_id,
+            deduplication_id: m.deduplication_id,
+        };
         let outcome = match t.outcome {
-            Ok(rows) => Ok((rows, HeldBody::new(m.body))),
-            Err(rejection) => Err((rejection, self.sealer.seal(&m.ledger_id, &m.body))),
+            Ok(rows) => Ok((rows, HeldBody::new(m.body, envelope))),
+            Err(rejection) => Err((
+                rejection,
+                batch::seal(&self.sealer, &m.ledger_id, &m.body, Some(&envelope)),
+            )),
         };
         Processed {
             ack: m.ack,

@@ -127,6 +127,8 @@ pub struct Reject {
     pub rejection: Rejection,
     pub delivery: Delivery,
     pub sealed_body: SealedBody,
+    /// What SQS carried besides the body (attributes, FIFO ids), sealed; `None` when nothing.
+    pub sealed_envelope: Option<SealedBody>,
 }
 
 const LEDGER_TYPES: [Type; 2] = [Type::INT8, Type::TEXT];
@@ -149,9 +151,9 @@ RETURNING message_id";
 const INSERT_REJECTS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[],
-                         $6::bytea[], $8::int8[], $9::int8[])
+                         $6::bytea[], $8::int8[], $9::int8[], $10::bytea[])
         AS t(message_id, reason, detail, received_at, receive_count, body_sealed, sent_timestamp,
-             ledger_ms)
+             ledger_ms, envelope_sealed)
 ), fresh AS (
     INSERT INTO sqs2pg.ledger (sent_ms, message_id, outcome)
     SELECT ledger_ms, message_id, 'rejected' FROM input i
@@ -163,9 +165,9 @@ WITH input AS (
 )
 INSERT INTO sqs2pg.rejected_messages
        (message_id, reason, detail, received_at, receive_count, body_sealed, seal_key_id,
-        sent_timestamp)
+        sent_timestamp, envelope_sealed)
 SELECT i.message_id, i.reason, i.detail, i.received_at, i.receive_count, i.body_sealed, $7,
-       i.sent_timestamp
+       i.sent_timestamp, i.envelope_sealed
   FROM input i JOIN fresh USING (message_id)
 RETURNING reason";
 
@@ -453,6 +455,10 @@ async fn load_in_transaction<R: LedgeredRows>(
         let sent: Vec<i64> = rejects.iter().map(|r| r.delivery.sent_timestamp).collect();
         let bodies: Vec<&[u8]> = rejects.iter().map(|r| r.sealed_body.as_bytes()).collect();
         let ledger_ms: Vec<i64> = rejects.iter().map(|r| r.delivery.ledger_ms).collect();
+        let envelopes: Vec<Option<&[u8]>> = rejects
+            .iter()
+            .map(|r| r.sealed_envelope.as_ref().map(SealedBody::as_bytes))
+            .collect();
         let rows = tx
             .query(
                 &connection.insert_rejects,
@@ -466,6 +472,7 @@ async fn load_in_transaction<R: LedgeredRows>(
                     &seal_key_id,
                     &sent,
                     &ledger_ms,
+                    &envelopes,
                 ],
             )
             .await?;

@@ -208,6 +208,15 @@ COMMENT ON TABLE sqs2pg.attempts IS
     'Attempts at processing suspects (messages received more often than --max-receive-count), counted before each and finished after; one whose attempts ended --max-crashes times without finishing (the process died) is quarantined as poison:crashed, one whose load alone stalled the database on --max-crashes deliveries as poison:stalled.';
 "#,
     ),
+    (
+        11,
+        "sealed envelopes of rejected messages",
+        r#"
+ALTER TABLE sqs2pg.rejected_messages ADD COLUMN envelope_sealed bytea;
+COMMENT ON COLUMN sqs2pg.rejected_messages.envelope_sealed IS
+    'What SQS carried besides the body (message attributes; on FIFO the group and deduplication ids), as JSON, sealed like the body (bound to message_id and the word envelope); NULL when there was nothing. A replay sends them back.';
+"#,
+    ),
 ];
 
 /// The schema version this build expects.

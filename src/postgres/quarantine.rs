@@ -23,6 +23,9 @@ pub struct SealedReject {
     pub reason: String,
     pub body_sealed: Option<Vec<u8>>,
     pub seal_key_id: Option<String>,
+    /// Message attributes and FIFO ids, sealed like the body (under the same key); `None`
+    /// when the message carried none, or was quarantined before they were kept.
+    pub envelope_sealed: Option<Vec<u8>>,
 }
 
 /// Rejections per reason code, most frequent first.
@@ -71,7 +74,7 @@ pub async fn sealed(
 ) -> Result<Option<SealedReject>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT message_id, reason, body_sealed, seal_key_id
+            "SELECT message_id, reason, body_sealed, seal_key_id, envelope_sealed
                FROM sqs2pg.rejected_messages WHERE message_id = $1",
             &[&message_id],
         )
@@ -81,6 +84,7 @@ pub async fn sealed(
         reason: r.get(1),
         body_sealed: r.get(2),
         seal_key_id: r.get(3),
+        envelope_sealed: r.get(4),
     }))
 }
 
@@ -122,7 +126,7 @@ pub async fn lock_for_replay(
     let rows = tx
         .query(
             "SELECT r.message_id, r.reason, r.body_sealed, r.seal_key_id, r.sent_timestamp,
-                    r.replay_count, p.outcome
+                    r.replay_count, p.outcome, r.envelope_sealed
                FROM sqs2pg.rejected_messages r
                LEFT JOIN sqs2pg.ledger p
                       ON p.sent_ms = 0 AND p.message_id = r.message_id || '#replay' || r.replay_count
@@ -150,6 +154,7 @@ pub async fn lock_for_replay(
                 reason: r.get(1),
                 body_sealed: r.get(2),
                 seal_key_id: r.get(3),
+                envelope_sealed: r.get(7),
             },
             sent_timestamp: r.get(4),
             replay_count: r.get(5),

@@ -54,14 +54,58 @@ impl Outgoing {
         }
     }
 
-    /// A replay of a rejected message.
-    pub fn replay(body: String, tag: ReplayTag) -> Self {
+    /// A replay of a rejected message, with the message attributes it was sent with and, for
+    /// a FIFO queue, its group (deduplicated by the replay's ledger id: the original's own
+    /// deduplication id would let SQS drop the replay within five minutes of the original).
+    pub fn replay(body: String, tag: ReplayTag, original: Envelope) -> Self {
+        let fifo = original.group_id.map(|group_id| FifoTag {
+            group_id,
+            deduplication_id: tag.ledger_id.clone(),
+        });
         Self {
             body,
             replay: Some(tag),
-            attributes: Vec::new(),
-            fifo: None,
+            attributes: original.attributes,
+            fifo,
         }
+    }
+
+    /// The message in FIFO group `group_id`, deduplicated by `deduplication_id`.
+    pub fn in_group(mut self, group_id: &str, deduplication_id: &str) -> Self {
+        self.fifo = Some(FifoTag {
+            group_id: group_id.to_owned(),
+            deduplication_id: deduplication_id.to_owned(),
+        });
+        self
+    }
+}
+
+/// What SQS carried besides the body, kept (sealed) with a quarantined message so that a
+/// replay is the message it replays: its message attributes, and on FIFO its group and
+/// deduplication ids. Debug shows counts only: attribute values can be personal.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication_id: Option<String>,
+}
+
+impl Envelope {
+    /// Nothing to keep (a standard queue's message without attributes: the login case).
+    pub fn is_empty(&self) -> bool {
+        self.attributes.is_empty() && self.group_id.is_none() && self.deduplication_id.is_none()
+    }
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("attributes", &self.attributes.len())
+            .field("fifo", &self.group_id.is_some())
+            .finish()
     }
 }
 
@@ -93,6 +137,8 @@ pub struct Received {
     pub receive_count: i32,
     /// `MessageGroupId` (FIFO queues only).
     pub group_id: Option<String>,
+    /// `MessageDeduplicationId` (FIFO queues only): kept, sealed, with a rejection.
+    pub deduplication_id: Option<String>,
     /// The message attributes with a string value, by name (ours, for replays, left out):
     /// what a mapping's `attr:NAME` columns take.
     pub attributes: Vec<(String, String)>,
@@ -333,6 +379,8 @@ pub(crate) struct WireMessage {
     pub replay_sent_timestamp: Option<String>,
     /// System attribute `MessageGroupId`.
     pub group_id: Option<String>,
+    /// System attribute `MessageDeduplicationId` (FIFO queues only).
+    pub deduplication_id: Option<String>,
     /// The other message attributes with a string value (`String` and `Number` types).
     pub attributes: Vec<(String, String)>,
 }
@@ -394,6 +442,7 @@ pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceErro
             sent_timestamp,
             receive_count: m.receive_count.and_then(|c| c.parse().ok()).unwrap_or(1),
             group_id: m.group_id,
+            deduplication_id: m.deduplication_id,
             attributes: m.attributes,
             received_at,
             md5_mismatch,

@@ -428,6 +428,7 @@ impl MessageSource for QueryQueue {
             ("AttributeName.1".into(), "SentTimestamp".into()),
             ("AttributeName.2".into(), "ApproximateReceiveCount".into()),
             ("AttributeName.3".into(), "MessageGroupId".into()),
+            ("AttributeName.4".into(), "MessageDeduplicationId".into()),
             // Ours (for replays) and any a mapping takes (`attr:NAME`).
             ("MessageAttributeName.1".into(), "All".into()),
         ];
@@ -505,6 +506,7 @@ fn messages_of(result: &Element) -> Vec<WireMessage> {
                 sent_timestamp: attribute("SentTimestamp"),
                 receive_count: attribute("ApproximateReceiveCount"),
                 group_id: attribute("MessageGroupId"),
+                deduplication_id: attribute("MessageDeduplicationId"),
                 replay_ledger_id: replay.0,
                 replay_sent_timestamp: replay.1,
                 attributes,

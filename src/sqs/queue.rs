@@ -202,15 +202,33 @@ impl Queue {
     }
 
     /// Sends up to 10 bodies in one `SendMessageBatch`; returns the ones to send again. On a
-    /// FIFO queue every message goes to group [`FIFO_SEND_GROUP`], deduplicated by its replay
-    /// ledger id, or else by the SHA-256 of its body (as content-based deduplication would).
+    /// FIFO queue a message without a group of its own (a replay keeps its original's) goes to
+    /// group [`FIFO_SEND_GROUP`], deduplicated by its replay ledger id, or else by the SHA-256
+    /// of its body (as content-based deduplication would). A standard queue takes no group: a
+    /// FIFO message replayed to one is sent without.
     pub async fn send_batch(&self, messages: &[Outgoing]) -> Result<Vec<Outgoing>, SourceError> {
-        if !is_fifo(&self.queue_url) || messages.iter().all(|m| m.fifo.is_some()) {
+        if !is_fifo(&self.queue_url) {
+            if messages.iter().all(|m| m.fifo.is_none()) {
+                return over!(self, c => c.send_batch(messages));
+            }
+            let plain: Vec<Outgoing> = messages
+                .iter()
+                .map(|m| Outgoing {
+                    fifo: None,
+                    ..m.clone()
+                })
+                .collect();
+            return over!(self, c => c.send_batch(&plain));
+        }
+        if messages.iter().all(|m| m.fifo.is_some()) {
             return over!(self, c => c.send_batch(messages));
         }
         let tagged: Vec<Outgoing> = messages
             .iter()
             .map(|m| {
+                if m.fifo.is_some() {
+                    return m.clone();
+                }
                 let deduplication_id = match &m.replay {
                     Some(tag) => tag.ledger_id.clone(),
                     None => {

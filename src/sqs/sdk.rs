@@ -190,6 +190,7 @@ impl MessageSource for SdkQueue {
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
             // Ours (for replays) and any a mapping takes (`attr:NAME`).
             .message_attribute_names("All")
             .customize()
@@ -211,6 +212,8 @@ impl MessageSource for SdkQueue {
                     replay_ledger_id,
                     replay_sent_timestamp,
                     group_id: attrs.remove(&MessageSystemAttributeName::MessageGroupId),
+                    deduplication_id: attrs
+                        .remove(&MessageSystemAttributeName::MessageDeduplicationId),
                     attributes: custom
                         .into_iter()
                         .filter_map(|(name, v)| Some((name, v.string_value?)))

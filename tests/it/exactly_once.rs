@@ -175,7 +175,7 @@ fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
                 sent_timestamp: sent_ms,
                 ledger_ms: sent_ms,
             },
-            body: HeldBody::new(body.clone()),
+            body: HeldBody::new(body.clone(), Default::default()),
         })
         .collect();
     Batch::part(rows, Vec::new())

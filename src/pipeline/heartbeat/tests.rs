@@ -62,6 +62,7 @@ fn received(i: usize) -> Received {
         sent_timestamp: 0,
         receive_count: 1,
         group_id: None,
+        deduplication_id: None,
         attributes: Vec::new(),
         received_at: SystemTime::now(),
         md5_mismatch: false,

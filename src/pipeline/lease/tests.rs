@@ -16,6 +16,7 @@ fn received(id: u32, handle: &str) -> Received {
         sent_timestamp: 0,
         receive_count: 1,
         group_id: None,
+        deduplication_id: None,
         attributes: Vec::new(),
         received_at: SystemTime::now(),
         md5_mismatch: false,
