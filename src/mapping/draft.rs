@@ -7,15 +7,20 @@
 //! strings that all parse as one thing (UUID, RFC 3339 timestamp, ISO date) get that type;
 //! whole numbers are `integer` or `bigint` by their range, other numbers `double precision`;
 //! arrays of strings are `text[]`; anything mixed or deeper is `jsonb`. Personal-looking:
-//! IP addresses, e-mail addresses, phone numbers, card numbers (Luhn), `ddd-dd-dddd` ids, and
-//! fields whose names say so, part by part (`email`, `user_email`, `firstName`, `dob`, `ssn`,
-//! `phone_number`, `device_id` and the like; [`super::personal`] decides both).
+//! IP addresses, e-mail addresses, phone numbers, card numbers (Luhn), IBANs, `ddd-dd-dddd`
+//! ids, and fields whose names say so, part by part (`email`, `user_email`, `firstName`,
+//! `dob`, `ssn`, `phone_number`, `device_id` and the like; [`super::personal`] decides both).
+//! One personal value among the samples is enough to mask a field. What stays jsonb (arrays of
+//! objects, objects keyed by data, an array of strings holding an address) is left to the
+//! scan of jsonb values, which the draft turns on explicitly (`rest_personal = "mask"`) and
+//! notes where the samples show it is needed; a draft never stores a sample's personal value
+//! in clear (a test drafts, sets up and drains a nested sample and searches the table).
 
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::personal;
+use super::personal::{self, Personal};
 
 /// What the samples showed of one field.
 #[derive(Default)]
@@ -40,6 +45,12 @@ struct Seen {
     phones: usize,
     cards: usize,
     id_numbers: usize,
+    ibans: usize,
+    /// The first personal thing seen inside an object or array value (kept whole as jsonb),
+    /// and where, array indexes written `*`.
+    inner: Option<(Personal, String)>,
+    /// The first personal kind seen among the elements of an array of strings.
+    in_array: Option<Personal>,
 }
 
 impl Seen {
@@ -74,9 +85,22 @@ impl Seen {
                 self.phones += usize::from(personal::is_phone(s));
                 self.cards += usize::from(personal::is_card(s));
                 self.id_numbers += usize::from(personal::is_id_number(s));
+                self.ibans += usize::from(personal::is_iban(s));
             }
-            Json::Array(items) if items.iter().all(Json::is_string) => self.string_arrays += 1,
-            _ => self.others += 1,
+            Json::Array(items) if items.iter().all(Json::is_string) => {
+                self.string_arrays += 1;
+                if self.in_array.is_none() {
+                    self.in_array = items
+                        .iter()
+                        .find_map(|i| i.as_str().and_then(personal::content));
+                }
+            }
+            _ => {
+                self.others += 1;
+                if self.inner.is_none() {
+                    self.inner = personal::first_in(value, true);
+                }
+            }
         }
     }
 
@@ -121,37 +145,55 @@ impl Seen {
             return ("double precision".into(), false);
         }
         if self.string_arrays == n {
+            // An array holding personal values goes to jsonb, where they are stored as tokens.
+            if self.in_array.is_some() {
+                return ("jsonb".into(), false);
+            }
             return ("text[]".into(), false);
         }
         ("jsonb".into(), false)
     }
 
-    /// Why the values look personal, if they do.
-    fn personal(&self, name: &str) -> Option<&'static str> {
+    /// Why the values look personal, if they do. One personal value among the samples is
+    /// enough: a field that is sometimes an address is masked (the draft is safe as it stands).
+    fn personal(&self, name: &str) -> Option<String> {
         let n = self.values();
-        let most = |count: usize| n > 0 && count * 10 >= n * 9;
+        if n > 0 && self.booleans == n {
+            // True or false identifies no one (`email_verified`).
+            return None;
+        }
         if n == 0 || self.strings != n {
             // Not all text: only the name can tell (and such a value is redacted, not tokenised).
-            return Self::personal_name(name);
+            return Self::personal_name(name).map(str::to_owned);
         }
-        if most(self.ips) {
-            return Some("the values are IP addresses");
+        let share = |count: usize, what: &str| {
+            (count > 0).then(|| match count == n {
+                true => format!("the values are {what}"),
+                false => format!("{count} of {n} values are {what}"),
+            })
+        };
+        share(self.ips, "IP addresses")
+            .or_else(|| share(self.emails, "e-mail addresses"))
+            .or_else(|| share(self.cards, "card numbers (they pass the Luhn check)"))
+            .or_else(|| share(self.phones, "phone numbers"))
+            .or_else(|| {
+                share(
+                    self.id_numbers,
+                    "ddd-dd-dddd numbers, as social security numbers are written",
+                )
+            })
+            .or_else(|| share(self.ibans, "IBANs (their check digits hold)"))
+            .or_else(|| Self::personal_name(name).map(str::to_owned))
+    }
+
+    /// Why a jsonb column is worth a note: what personal data the samples hold inside it,
+    /// which the scan of jsonb values stores as tokens.
+    fn scanned(&self) -> Option<String> {
+        if let Some((why, at)) = &self.inner {
+            return Some(format!("the samples hold {why} inside it (at {at})"));
         }
-        if most(self.emails) {
-            return Some("the values are e-mail addresses");
-        }
-        if most(self.cards) {
-            return Some("the values are card numbers (they pass the Luhn check)");
-        }
-        if most(self.phones) {
-            return Some("the values look like phone numbers");
-        }
-        if most(self.id_numbers) {
-            return Some(
-                "the values are ddd-dd-dddd numbers, as social security numbers are written",
-            );
-        }
-        Self::personal_name(name)
+        self.in_array
+            .map(|why| format!("some of its elements look personal ({why})"))
     }
 
     /// Whether the field's own name (the pointer's last part) says it is personal, matched
@@ -308,7 +350,10 @@ pub fn draft<'a>(
          # types, lengths and `required` come from the samples only; try it with\n\
          # `sqs2pg mapping preview`.\n\
          table = \"{table}\"\n\
-         envelope = \"{envelope}\""
+         envelope = \"{envelope}\"\n\
+         # What looks personal inside a jsonb column (an address, a phone number, anything\n\
+         # under a key such as `email` or `firstName`) is stored as an hmac token.\n\
+         rest_personal = \"mask\""
     );
     let mut names = std::collections::HashSet::new();
     for (pointer, seen) in &fields {
@@ -324,8 +369,13 @@ pub fn draft<'a>(
         }
         let required = seen.present == documents && seen.nulls == 0;
         out.push('\n');
-        if let Some(why) = personal {
+        if let Some(why) = &personal {
             let _ = writeln!(out, "# Masked: {why}.");
+        } else if let Some(why) = seen.scanned().filter(|_| column_type == "jsonb") {
+            let _ = writeln!(
+                out,
+                "# Scanned: {why}; stored as tokens there (rest_personal, above)."
+            );
         }
         let _ = writeln!(out, "[[columns]]\nname = \"{name}\"");
         let _ = writeln!(out, "from = {}", toml_string(pointer));

@@ -1,5 +1,5 @@
 //! What looks like personal data: values by their content (e-mail and IP addresses, phone,
-//! card and `ddd-dd-dddd` numbers) and fields by their names, matched part by part
+//! card, IBAN and `ddd-dd-dddd` numbers) and fields by their names, matched part by part
 //! (`firstName`, `user_email`, `dob`, `phone_number`). The draft proposes masks with it, and
 //! the transform scans what goes to jsonb columns with it, so the two agree on what is
 //! personal. Pure, and it never returns or keeps a value: only why it looks personal.
@@ -10,6 +10,8 @@
 
 use std::net::IpAddr;
 
+use serde_json::Value as Json;
+
 /// Why a value or a name looks personal. `Display` is the reason the draft writes in its
 /// comments and a rejection gives in its detail: never the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,7 @@ pub enum Personal {
     Card,
     Phone,
     IdNumber,
+    Iban,
     /// The field's name says so.
     Name,
 }
@@ -31,6 +34,7 @@ impl std::fmt::Display for Personal {
             Personal::Card => "a card number (it passes the Luhn check)",
             Personal::Phone => "a phone number",
             Personal::IdNumber => "a ddd-dd-dddd number, as social security numbers are written",
+            Personal::Iban => "an IBAN (its check digits hold)",
             Personal::Name => "a field whose name says it may identify a person",
         })
     }
@@ -58,7 +62,36 @@ pub fn content(s: &str) -> Option<Personal> {
     if is_id_number(s) {
         return Some(Personal::IdNumber);
     }
+    if is_iban(s) {
+        return Some(Personal::Iban);
+    }
     None
+}
+
+/// An IBAN: a country code, two check digits and up to 30 letters and digits (spaces allowed
+/// between groups), whose ISO 7064 mod-97 check holds.
+pub fn is_iban(s: &str) -> bool {
+    let compact: Vec<u8> = s.bytes().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len())
+        || !compact[..2].iter().all(u8::is_ascii_uppercase)
+        || !compact[2..4].iter().all(u8::is_ascii_digit)
+        || !compact[4..]
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return false;
+    }
+    let rotated = compact[4..].iter().chain(&compact[..4]);
+    let remainder = rotated.fold(0u32, |acc, &b| {
+        let value = if b.is_ascii_digit() {
+            u32::from(b - b'0')
+        } else {
+            u32::from(b - b'A') + 10
+        };
+        let acc = if value >= 10 { acc * 100 } else { acc * 10 };
+        (acc + value) % 97
+    });
+    remainder == 1
 }
 
 /// An IP address, v4 or v6.
@@ -242,6 +275,70 @@ pub fn name(field: &str) -> bool {
     e_mail || owned_name || pair
 }
 
+/// Whether a key is safe to show as a name: not an address or a number of a personal kind,
+/// not long, not mostly digits (an id).
+pub fn safe_name(key: &str) -> bool {
+    let digits = key.bytes().filter(u8::is_ascii_digit).count();
+    content(key).is_none() && key.len() <= 40 && (digits == 0 || digits * 2 < key.len())
+}
+
+/// The first personal thing in a JSON value (depth first, in key order), and where: a pointer
+/// whose keys that look like data are written `*` (so it never holds a value), and whose array
+/// indexes are too when `star_arrays`. A value is personal by its content, or by a key on its
+/// way down whose name says so (everything under `address` or `contact_email`; booleans and
+/// nulls excepted); a key by its content alone (an object keyed by e-mail addresses).
+pub fn first_in(value: &Json, star_arrays: bool) -> Option<(Personal, String)> {
+    let mut path = Vec::new();
+    find(value, false, star_arrays, &mut path).map(|why| {
+        let pointer: String = path.iter().map(|p| format!("/{p}")).collect();
+        (why, pointer)
+    })
+}
+
+/// A step of a pointer that is safe to show.
+fn step(key: &str) -> String {
+    if safe_name(key) {
+        key.replace('~', "~0").replace('/', "~1")
+    } else {
+        "*".into()
+    }
+}
+
+fn find(
+    value: &Json,
+    under_personal: bool,
+    star_arrays: bool,
+    path: &mut Vec<String>,
+) -> Option<Personal> {
+    match value {
+        Json::String(s) if under_personal => Some(content(s).unwrap_or(Personal::Name)),
+        Json::String(s) => content(s),
+        Json::Number(_) if under_personal => Some(Personal::Name),
+        Json::Null | Json::Bool(_) | Json::Number(_) => None,
+        Json::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            path.push(if star_arrays {
+                "*".into()
+            } else {
+                i.to_string()
+            });
+            let found = find(item, under_personal, star_arrays, path);
+            if found.is_none() {
+                path.pop();
+            }
+            found
+        }),
+        Json::Object(map) => map.iter().find_map(|(key, item)| {
+            path.push(step(key));
+            let found =
+                content(key).or_else(|| find(item, under_personal || name(key), star_arrays, path));
+            if found.is_none() {
+                path.pop();
+            }
+            found
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +405,13 @@ mod tests {
         assert_eq!(content("4111 1111 1111 1111"), Some(Personal::Card));
         assert_eq!(content("+44 20 7946 0958"), Some(Personal::Phone));
         assert_eq!(content("123-45-6789"), Some(Personal::IdNumber));
+        assert_eq!(content("GB82 WEST 1234 5698 7654 32"), Some(Personal::Iban));
+        assert_eq!(content("DE89370400440532013000"), Some(Personal::Iban));
+        assert_eq!(
+            content("GB82 WEST 1234 5698 7654 33"),
+            None,
+            "check digits fail"
+        );
         for not in [
             "hello",
             "2023-10-11",

@@ -578,7 +578,7 @@ impl Mapping {
         let value = match self.rest_personal {
             _ if column.column_type != ColumnType::Jsonb || column.mask.is_some() => value,
             RestPersonal::Keep => value,
-            RestPersonal::Reject => match scrub::first(value) {
+            RestPersonal::Reject => match scrub::first(value, false) {
                 Some((why, at)) => {
                     return Err(Rejection::new(
                         code("personal_data"),

@@ -989,6 +989,154 @@ columns = [
     );
 }
 
+/// A draft is safe as it stands: drafted from nested samples (personal fields named by their
+/// parts, an array of contact objects, an object keyed by IP addresses, an array of strings
+/// holding an address, an IBAN, a social security number), set up and drained unedited, it
+/// leaves no raw personal value of the samples anywhere in the table, the draft or the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_of_nested_personal_data_stores_none_of_it_in_clear() {
+    let (db, queue) = fixture_on(Sqs::MotoJson).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let dir = std::env::temp_dir().join(unique("sqs2pg-nested-draft"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let people = [
+        (
+            "Ada",
+            "Lovelace",
+            "1815-12-10",
+            "+44 20 7946 0958",
+            "203.0.113.7",
+            "GB82 WEST 1234 5698 7654 32",
+        ),
+        (
+            "Grace",
+            "Hopper",
+            "1906-12-09",
+            "+1 (212) 555-0142",
+            "198.51.100.23",
+            "DE89370400440532013000",
+        ),
+        (
+            "Katherine",
+            "Johnson",
+            "1918-08-26",
+            "+1 757 555 0187",
+            "192.0.2.200",
+            "FR1420041010050500013M02606",
+        ),
+        (
+            "Hedy",
+            "Lamarr",
+            "1914-11-09",
+            "+43 1 555 0199",
+            "2001:db8::77",
+            "NL91ABNA0417164300",
+        ),
+    ];
+    let mut personal: Vec<String> = Vec::new();
+    let bodies: Vec<String> = people
+        .iter()
+        .enumerate()
+        .map(|(i, (first, last, dob, phone, ip, iban))| {
+            let user = format!("{}_{}", first.to_lowercase(), last.to_lowercase());
+            let email = format!("{user}@example.com");
+            let work = format!("{}@work.example.org", last.to_lowercase());
+            let ssn = format!("{:03}-45-67{:02}", 120 + i, 10 + i);
+            personal.extend([
+                first.to_string(),
+                last.to_string(),
+                dob.to_string(),
+                phone.to_string(),
+                ip.to_string(),
+                iban.to_string(),
+                user.clone(),
+                email.clone(),
+                work.clone(),
+                ssn.clone(),
+            ]);
+            serde_json::json!({
+                "id": format!("6f9619ff-8b86-d011-b42d-00c04fc964{:02x}", i),
+                "profile": {
+                    "firstName": first, "lastName": last, "user_email": email, "dob": dob,
+                    "username": user, "email_verified": i % 2 == 0
+                },
+                "contacts": [{"kind": "work", "phone": phone, "email": work}],
+                "visits_by_ip": {*ip: i + 1},
+                "aliases": [work, "the countess"],
+                "ssn": ssn,
+                "iban": iban,
+                "amount": 12.5 + i as f64,
+                "note": "nothing to see"
+            })
+            .to_string()
+        })
+        .collect();
+    let samples = dir.join("people.jsonl");
+    std::fs::write(&samples, bodies.join("\n")).unwrap();
+    let file = dir.join("people.toml");
+    let draft = sqs2pg(
+        &[
+            "mapping",
+            "draft",
+            "--file",
+            &samples.display().to_string(),
+            "--table",
+            "public.people",
+            "--output",
+            &file.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(draft.status.success(), "{}", stderr(&draft));
+    let text = std::fs::read_to_string(&file).unwrap();
+    for (field, masked) in [
+        ("profile_firstname", true),
+        ("profile_lastname", true),
+        ("profile_user_email", true),
+        ("profile_dob", true),
+        ("profile_username", true),
+        ("ssn", true),
+        ("iban", true),
+        ("profile_email_verified", false),
+        ("amount", false),
+    ] {
+        let name = if masked {
+            format!("name = \"masked_{field}\"")
+        } else {
+            format!("name = \"{field}\"")
+        };
+        assert!(text.contains(&name), "{name} in {text}");
+    }
+    assert!(text.contains("# Scanned: "), "{text}");
+    assert!(text.contains("at /*/email"), "{text}");
+    assert!(text.contains("the values are IBANs"), "{text}");
+
+    let file = file.display().to_string();
+    let env = env(&db, &queue, &key, &protocol, &file);
+    let setup = sqs2pg(&["setup"], &env);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    queue.send(&bodies).await;
+    let drain = sqs2pg(&["drain"], &env);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(count(&db, "SELECT count(*) FROM public.people").await, 4);
+    assert!(reasons(&db).await.is_empty());
+    let stored: String =
+        crate::harness::one(&db, "SELECT string_agg(t::text, ' ') FROM public.people t").await;
+    assert!(
+        stored.contains("the countess") && stored.contains("nothing to see"),
+        "{stored}"
+    );
+    for raw in &personal {
+        assert!(
+            !stored.contains(raw.as_str()),
+            "{raw} stored in clear: {stored}"
+        );
+        assert!(!text.contains(raw.as_str()), "{raw} in the draft");
+        assert!(!stderr(&drain).contains(raw.as_str()), "{raw} in the log");
+    }
+}
+
 /// `rekey` re-encrypts a mapping's reversible columns under the new key, each under its own
 /// scope: `siv` tokens in a text column and `ipcrypt-pfx` addresses in an inet column give back
 /// the same values under the new key, and the old key is retired on the table.

@@ -119,3 +119,36 @@ fn envelopes_are_recognised_and_personal_fields_proposed_for_masking() {
     assert_eq!(draft("t", ["{", "{}"]), Err(DraftError::NotJson(1)));
     assert_eq!(draft("t", Vec::<&str>::new()), Err(DraftError::Empty));
 }
+
+#[test]
+fn one_personal_value_masks_a_field_and_what_stays_jsonb_is_noted_as_scanned() {
+    let bodies = [
+        r#"{"contact": "call me", "verified_email": true, "tags": ["a"], "people": [{"name": "x"}]}"#,
+        r#"{"contact": "ann@example.com", "verified_email": false, "tags": ["bob@example.org"], "people": []}"#,
+        r#"{"contact": "later", "verified_email": true, "tags": [], "people": []}"#,
+    ];
+    let text = draft("t", bodies).unwrap();
+    let m = Mapping::parse(&text).unwrap();
+    let column = |n: &str| {
+        m.columns
+            .iter()
+            .find(|c| c.name == n)
+            .unwrap_or_else(|| panic!("{n} in {text}"))
+    };
+    assert!(
+        text.contains("# Masked: 1 of 3 values are e-mail addresses."),
+        "{text}"
+    );
+    assert!(column("masked_contact").mask.is_some());
+    // True or false identifies no one, whatever the field is called.
+    assert!(column("verified_email").mask.is_none(), "{text}");
+    // An array of strings holding an address goes to jsonb, scanned.
+    assert_eq!(column("tags").column_type.to_string(), "jsonb");
+    assert!(
+        text.contains("some of its elements look personal (an e-mail address)"),
+        "{text}"
+    );
+    assert!(text.contains("(at /*/name)"), "{text}");
+    assert!(text.contains("rest_personal = \"mask\""), "{text}");
+    assert_eq!(preview(&text, &bodies), (3, 0));
+}

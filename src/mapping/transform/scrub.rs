@@ -11,70 +11,14 @@ use serde_json::{Map, Value as Json};
 
 use crate::login::ColumnMask;
 use crate::mapping::file::RestMask;
-use crate::mapping::personal::{self, Personal};
-
-/// The first personal thing in `value` (depth first, in key order), and where: a pointer
-/// whose keys that look like data are written `*`, so it never holds a value.
-pub(super) fn first(value: &Json) -> Option<(Personal, String)> {
-    let mut path = Vec::new();
-    find(value, false, &mut path).map(|why| {
-        let pointer: String = path.iter().map(|p| format!("/{p}")).collect();
-        (why, pointer)
-    })
-}
-
-/// Whether a key is safe to show as a name: not an address or a number of a personal kind,
-/// not long, not mostly digits (an id).
-pub(super) fn safe_name(key: &str) -> bool {
-    let digits = key.bytes().filter(u8::is_ascii_digit).count();
-    personal::content(key).is_none() && key.len() <= 40 && (digits == 0 || digits * 2 < key.len())
-}
-
-/// A step of a pointer that is safe to show.
-fn step(key: &str) -> String {
-    if safe_name(key) {
-        key.replace('~', "~0").replace('/', "~1")
-    } else {
-        "*".into()
-    }
-}
-
-fn find(value: &Json, under_personal: bool, path: &mut Vec<String>) -> Option<Personal> {
-    match value {
-        Json::String(s) if under_personal => Some(personal_name_or(personal::content(s))),
-        Json::String(s) => personal::content(s),
-        Json::Number(_) if under_personal => Some(Personal::Name),
-        Json::Null | Json::Bool(_) | Json::Number(_) => None,
-        Json::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            path.push(i.to_string());
-            let found = find(item, under_personal, path);
-            if found.is_none() {
-                path.pop();
-            }
-            found
-        }),
-        Json::Object(map) => map.iter().find_map(|(key, item)| {
-            path.push(step(key));
-            let found = personal::content(key)
-                .or_else(|| find(item, under_personal || personal::name(key), path));
-            if found.is_none() {
-                path.pop();
-            }
-            found
-        }),
-    }
-}
-
-/// Under a personal name, the content's own reason if it has one.
-fn personal_name_or(content: Option<Personal>) -> Personal {
-    content.unwrap_or(Personal::Name)
-}
+use crate::mapping::personal;
+pub(super) use crate::mapping::personal::{first_in as first, safe_name};
 
 /// `value` with everything personal in it replaced: values by their `hmac` token under
 /// `mask` (or `null` under [`RestMask::Redact`]), keys by their `hmac` token. Borrowed when
 /// nothing is personal.
 pub(super) fn masked<'v>(value: &'v Json, mask: &ColumnMask, how: RestMask) -> Cow<'v, Json> {
-    if first(value).is_none() {
+    if first(value, false).is_none() {
         return Cow::Borrowed(value);
     }
     Cow::Owned(copy(value, false, mask, how))
@@ -122,6 +66,7 @@ fn copy(value: &Json, under_personal: bool, mask: &ColumnMask, how: RestMask) ->
 mod tests {
     use super::*;
     use crate::login::{MaskKey, MaskMode};
+    use crate::mapping::personal::Personal;
 
     fn mask() -> ColumnMask {
         let key = MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap();
@@ -138,7 +83,7 @@ mod tests {
                 "amount":12.50,"ok":true,"tags":["a","b"]}"#,
         )
         .unwrap();
-        let (why, at) = first(&value).unwrap();
+        let (why, at) = first(&value, false).unwrap();
         // Keys in order: `Email` (by name) before the rest.
         assert_eq!((why, at.as_str()), (Personal::Email, "/Email"));
         let mask = mask();
@@ -179,14 +124,18 @@ mod tests {
     fn nothing_personal_is_borrowed_and_paths_never_show_data_keys() {
         let plain: Json =
             serde_json::from_str(r#"{"a":{"b":[1,"x",null]},"product_name":"tea"}"#).unwrap();
-        assert!(first(&plain).is_none());
+        assert!(first(&plain, false).is_none());
         assert!(matches!(
             masked(&plain, &mask(), RestMask::Hmac),
             Cow::Borrowed(_)
         ));
         let keyed: Json =
             serde_json::from_str(r#"{"by_id":{"12345678":{"ip":"10.0.0.1"}}}"#).unwrap();
-        let (why, at) = first(&keyed).unwrap();
+        let (why, at) = first(&keyed, false).unwrap();
         assert_eq!((why, at.as_str()), (Personal::Ip, "/by_id/*/ip"));
+        let listed: Json =
+            serde_json::from_str(r#"{"c":[{"k":1},{"phone":"+1 555 0100 22"}]}"#).unwrap();
+        assert_eq!(first(&listed, false).unwrap().1, "/c/1/phone");
+        assert_eq!(first(&listed, true).unwrap().1, "/c/*/phone");
     }
 }
