@@ -16,7 +16,8 @@
 //! constant); then, all optional, `required` (absent or null is refused instead of stored as
 //! NULL), `max_length` (characters of the value as sent; a `varchar(n)` also bounds what is
 //! stored), `allowed` (the values it may take), `pattern` (a regular expression the whole value
-//! must match), `min` / `max` (numbers), `convert` and `mask` with `mask_scope`.
+//! must match), `min` / `max` (numbers, compared exactly: an integer, a float, or a decimal
+//! string for more digits than a double keeps), `convert` and `mask` with `mask_scope`.
 //!
 //! `from` is a JSON pointer (`/order/id`, `""` is the whole message), `body` (the whole message
 //! as sent), `rest` (the top-level fields no pointer starts with, as an object), `sqs:MessageId`,
@@ -156,11 +157,58 @@ pub struct Column {
     pub allowed: Option<Vec<String>>,
     /// Anchored: the whole value must match.
     pub pattern: Option<regex_lite::Regex>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
+    pub min: Option<Bound>,
+    pub max: Option<Bound>,
     pub convert: Option<Convert>,
     pub mask: Option<Mask>,
     pub mask_scope: String,
+}
+
+/// A `min` or `max`: its exact decimal text (what whole numbers and numerics are compared
+/// with, digit by digit) and its nearest double (what real and double precision values are
+/// compared with). A TOML integer is exact; a TOML float is the double it denotes (write a
+/// bound of more than 15 significant digits as a string, `max = "12345678901234567.89"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bound {
+    pub text: String,
+    pub float: f64,
+}
+
+/// A bound as written: an integer, a float or a decimal string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBound {
+    Integer(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl RawBound {
+    fn check(self) -> Result<Bound, String> {
+        match self {
+            RawBound::Integer(i) => Ok(Bound {
+                text: i.to_string(),
+                float: i as f64,
+            }),
+            RawBound::Float(f) if f.is_finite() => Ok(Bound {
+                text: f.to_string(),
+                float: f,
+            }),
+            RawBound::Float(_) => Err("a bound must be a finite number".into()),
+            RawBound::Text(text) => {
+                let plain = super::column::compare_decimals(&text, "0").is_some();
+                match text.trim().parse::<f64>() {
+                    Ok(float) if plain => Ok(Bound {
+                        text: text.trim().to_owned(),
+                        float,
+                    }),
+                    _ => Err(format!(
+                        "`{text}` is not a plain decimal (digits, an optional sign and point)"
+                    )),
+                }
+            }
+        }
+    }
 }
 
 /// A checked mapping: the target table and its columns, in the file's order.
@@ -204,8 +252,8 @@ struct RawColumn {
     max_length: Option<u32>,
     allowed: Option<Vec<String>>,
     pattern: Option<String>,
-    min: Option<f64>,
-    max: Option<f64>,
+    min: Option<RawBound>,
+    max: Option<RawBound>,
     convert: Option<Convert>,
     mask: Option<String>,
     mask_scope: Option<String>,
@@ -333,8 +381,20 @@ impl Mapping {
                     "keys `min` / `max` bound numbers; {column_type} is not a number type"
                 )));
             }
-            if let (Some(min), Some(max)) = (c.min, c.max) {
-                if min > max {
+            let min = c
+                .min
+                .map(RawBound::check)
+                .transpose()
+                .map_err(|e| fail(format!("key `min`: {e}")))?;
+            let max = c
+                .max
+                .map(RawBound::check)
+                .transpose()
+                .map_err(|e| fail(format!("key `max`: {e}")))?;
+            if let (Some(min), Some(max)) = (&min, &max) {
+                if super::column::compare_decimals(&min.text, &max.text)
+                    == Some(std::cmp::Ordering::Greater)
+                {
                     return Err(fail("`min` is above `max`".into()));
                 }
             }
@@ -404,8 +464,8 @@ impl Mapping {
                 max_length: c.max_length,
                 allowed: c.allowed,
                 pattern,
-                min: c.min,
-                max: c.max,
+                min,
+                max,
                 convert: c.convert,
                 mask,
                 mask_scope,

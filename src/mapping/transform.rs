@@ -22,8 +22,8 @@ use time::OffsetDateTime;
 
 use super::column::{compare_decimals, convert, kind, ColumnType, Fault, Value};
 use super::file::{
-    Column, Convert, Envelope, Mapping, MappingError, Mask, RestPersonal, Source, SqsAttribute,
-    EVENTBRIDGE_FIELDS, SNS_FIELDS,
+    Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, RestPersonal, Source,
+    SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
 use crate::login::app_version::AppVersionError;
@@ -616,19 +616,21 @@ impl Mapping {
 
     fn bounds(&self, column: &Column, number: Number) -> Result<(), Fault> {
         use std::cmp::Ordering;
-        // A bound as Rust prints an f64 is a plain decimal, every digit of its value.
-        let beyond = |bound: Option<f64>, side: Ordering| {
-            bound.is_some_and(|b| match &number {
-                Number::Float(x) => x.partial_cmp(&b) == Some(side),
-                Number::Exact(text) => compare_decimals(text, &b.to_string()) == Some(side),
+        // Whole numbers and numerics against the bound's exact text; floats as floats.
+        let beyond = |bound: &Option<Bound>, side: Ordering| {
+            bound.as_ref().is_some_and(|b| match &number {
+                Number::Float(x) => x.partial_cmp(&b.float) == Some(side),
+                Number::Exact(text) => compare_decimals(text, &b.text) == Some(side),
             })
         };
-        if beyond(column.min, Ordering::Less) || beyond(column.max, Ordering::Greater) {
-            let bound = |b: Option<f64>| b.map_or("none".to_owned(), |b| b.to_string());
+        if beyond(&column.min, Ordering::Less) || beyond(&column.max, Ordering::Greater) {
+            fn bound(b: &Option<Bound>) -> &str {
+                b.as_ref().map_or("none", |b| b.text.as_str())
+            }
             return Err(Fault::OutOfRange(format!(
                 "outside the column's bounds (min {}, max {})",
-                bound(column.min),
-                bound(column.max)
+                bound(&column.min),
+                bound(&column.max)
             )));
         }
         Ok(())

@@ -252,6 +252,39 @@ columns = [
     );
 }
 
+/// A bound with more digits than a double keeps, written as a decimal string, is compared
+/// exactly; one that is not a decimal is refused when the mapping is read.
+#[test]
+fn bounds_written_as_decimal_strings_keep_every_digit() {
+    let mapping = r#"
+table = "public.t"
+columns = [
+  { name = "amount", from = "/amount", type = "numeric(20,2)", min = "-0.01", max = "12345678901234567.89" },
+]
+"#;
+    assert!(apply(mapping, r#"{"amount": 12345678901234567.89}"#).is_ok());
+    assert!(apply(mapping, r#"{"amount": -0.01}"#).is_ok());
+    // Through an f64 the bound is 12345678901234568: this would pass.
+    let over = apply(mapping, r#"{"amount": 12345678901234567.90}"#).unwrap_err();
+    assert_eq!(over.reason, "out_of_range:amount");
+    assert_eq!(
+        over.detail.as_deref(),
+        Some("outside the column's bounds (min -0.01, max 12345678901234567.89)")
+    );
+    let under = apply(mapping, r#"{"amount": -0.02}"#).unwrap_err();
+    assert_eq!(under.reason, "out_of_range:amount");
+    for (bad, says) in [
+        (r#"max = "1e3""#, "key `max`: `1e3` is not a plain decimal"),
+        (r#"min = "2", max = "1.5""#, "`min` is above `max`"),
+    ] {
+        let text = format!(
+            "table = \"public.t\"\ncolumns = [\n  {{ name = \"n\", from = \"/n\", type = \"numeric\", {bad} }},\n]\n"
+        );
+        let error = crate::mapping::parse(&text).unwrap_err().0;
+        assert!(error.contains(says), "{bad}: {error}");
+    }
+}
+
 /// A column whose value is fixed (a constant, an SQS field) and can never convert would
 /// quarantine every message: the mapping is refused when it is read, naming the column.
 #[test]
