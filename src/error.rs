@@ -16,9 +16,10 @@
 //!
 //! - A body that fails its MD5 check is redelivered (a copy can arrive intact) until it has
 //!   come back more often than `--max-receive-count`; then it is quarantined as poison.
-//! - When the table refuses every row of a batch of two or more messages with rows, the table
-//!   is the problem (a trigger or constraint nothing meets): stop, rather than empty the queue
-//!   into the reject table.
+//! - A row the table refuses for a data reason (NOT NULL, CHECK, no partition, a unique key, a
+//!   trigger's error) is quarantined as `table_refused:RULE`, even when the table refuses every
+//!   row of a batch: the run goes on, and a replay loads them once the table is fixed. Only a
+//!   structural refusal (missing objects, privileges, a type that cannot read the rows) stops.
 //! - A delete that fails transiently is retried at most [`DELETE_ATTEMPTS`] times, then the
 //!   messages are redelivered: SQS delivers them again and they are deleted as duplicates.
 //! - The SQS adapter classifies a queue that disappears after this run has seen it as
@@ -92,6 +93,9 @@ pub enum Outcome<'a> {
     /// A received body does not match its MD5 (corrupted on the way); the message was received
     /// more often than `--max-receive-count` or not.
     CorruptBody { over_receive_limit: bool },
+    /// The table refused a row because a NOT NULL column without a default is not among the
+    /// columns the rows fill: every row would be refused alike (structural).
+    UnfilledNotNull,
     /// A DeleteMessageBatch call failed (`error`), or SQS refused some of its entries
     /// transiently (`None`), for the `attempts`th time.
     DeleteFailed {
@@ -184,6 +188,8 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
                 Fate::Redeliver
             }
         }
+        // Not the row's doing: the table asks what no row gives. Stop, quarantine nothing.
+        Outcome::UnfilledNotNull => Fate::Stop,
         Outcome::DeleteFailed { error, attempts } => match error.map(|e| e.kind) {
             Some(SourceErrorKind::Permanent) => Fate::Stop,
             _ if attempts < DELETE_ATTEMPTS => Fate::Retry,
@@ -244,6 +250,7 @@ mod tests {
             (crashed(0), crashed(2), crashed(3)),
             (Fate::Retry, Fate::Retry, Fate::Quarantine)
         );
+        assert_eq!(fate(Outcome::UnfilledNotNull), Fate::Stop);
         let stalled = |stalls| fate(Outcome::StalledAlone { stalls, limit: 3 });
         assert_eq!((stalled(2), stalled(3)), (Fate::Retry, Fate::Quarantine));
     }

@@ -32,6 +32,8 @@ pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
                             || matches!(
                                 c.source,
                                 Source::Constant(_)
+                                    | Source::Rest
+                                    | Source::Body
                                     | Source::Sqs(
                                         SqsAttribute::MessageId
                                             | SqsAttribute::SentTimestamp

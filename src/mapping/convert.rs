@@ -136,6 +136,8 @@ fn decimal_parts(s: &str) -> Option<(bool, &str, &str)> {
 /// after it.
 const NUMERIC_INT_DIGITS: u64 = 131_072;
 const NUMERIC_SCALE: u64 = 16_383;
+/// The largest written exponent PostgreSQL's numeric text input takes (`NUMERIC_MAX_PRECISION`).
+const NUMERIC_TEXT_EXPONENT: u64 = 1_000;
 
 /// A JSON number's text (`-12.5e-3`) in parts: sign, integer digits, fraction digits and the
 /// exponent (saturated: beyond any limit either way).
@@ -209,9 +211,28 @@ impl<'a> JsonNumber<'a> {
         int_digits <= NUMERIC_INT_DIGITS && scale <= NUMERIC_SCALE
     }
 
+    /// True if PostgreSQL's numeric text input (what reads a jsonb number) takes its written
+    /// exponent: at most 1000 either way, whatever the digits (`0e5000` is refused).
+    fn exponent_readable(&self) -> bool {
+        self.exponent.unsigned_abs() <= NUMERIC_TEXT_EXPONENT
+    }
+
+    /// True if every digit is zero: the number is zero, whatever its exponent.
+    fn is_zero(&self) -> bool {
+        self.int.bytes().chain(self.frac.bytes()).all(|b| b == b'0')
+    }
+
     /// The number as a plain decimal: sign, integer digits, fraction digits (call only once
     /// it [fits](Self::fits_numeric): the strings are as long as the digits say).
     fn plain(&self) -> (bool, String, String) {
+        if self.is_zero() {
+            // `0e99999999999` is 0: its exponent must not size the strings.
+            return (
+                self.negative,
+                "0".to_owned(),
+                "0".repeat(self.shape().1 as usize),
+            );
+        }
         let all: String = [self.int, self.frac].concat();
         let point = self.point();
         let (int, frac) = if point <= 0 {
@@ -270,7 +291,8 @@ pub fn compare_decimals(a: &str, b: &str) -> Option<std::cmp::Ordering> {
 /// True if every number in `value` fits PostgreSQL's numeric, as a jsonb number must.
 fn numbers_fit(value: &Json) -> bool {
     match value {
-        Json::Number(n) => JsonNumber::parse(&n.to_string()).is_some_and(|n| n.fits_numeric()),
+        Json::Number(n) => JsonNumber::parse(&n.to_string())
+            .is_some_and(|n| n.fits_numeric() && n.exponent_readable()),
         Json::Array(items) => items.iter().all(numbers_fit),
         Json::Object(map) => map.values().all(numbers_fit),
         _ => true,
@@ -482,7 +504,8 @@ pub fn convert(value: &Json, column: ColumnType) -> Result<Value, Fault> {
             }
             if !numbers_fit(value) {
                 return Err(Fault::OutOfRange(
-                    "a number with more digits than jsonb holds".into(),
+                    "a number with more digits (or a larger written exponent) than jsonb holds"
+                        .into(),
                 ));
             }
             // Numbers as sent, every digit (`arbitrary_precision`).

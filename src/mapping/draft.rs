@@ -98,7 +98,7 @@ impl Seen {
             _ => {
                 self.others += 1;
                 if self.inner.is_none() {
-                    self.inner = personal::first_in(value, true);
+                    self.inner = personal::first_in(value, false, true);
                 }
             }
         }

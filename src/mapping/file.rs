@@ -162,6 +162,9 @@ pub struct Column {
     pub convert: Option<Convert>,
     pub mask: Option<Mask>,
     pub mask_scope: String,
+    /// The field the column takes is named as personal data is (`/customer/name`,
+    /// `/contact_email`): in a scanned jsonb column, every value it holds is personal.
+    pub named_personal: bool,
 }
 
 /// A `min` or `max`: its exact decimal text (what whole numbers and numerics are compared
@@ -373,6 +376,27 @@ impl Mapping {
                 }
                 _ => {}
             }
+            if source == Source::Rest && column_type != ColumnType::Jsonb {
+                return Err(fail(format!(
+                    "key `type`: `rest` is an object of fields, which only jsonb holds; use \
+                     jsonb, not {column_type}"
+                )));
+            }
+            let never_text = match &source {
+                Source::Sqs(
+                    SqsAttribute::SentTimestamp | SqsAttribute::ApproximateReceiveCount,
+                ) => true,
+                Source::Constant(value) => !value.is_string(),
+                _ => false,
+            };
+            if matches!(mask, Some(Mask::Token(_))) && never_text {
+                return Err(fail(
+                    "key `mask`: tokens are made of the text as sent, and this value is a \
+                     number, never text, so every message would be refused; use `redact`, or \
+                     no mask"
+                        .into(),
+                ));
+            }
             if (c.min.is_some() || c.max.is_some())
                 && !column_type.is_numeric()
                 && c.convert != Some(Convert::Version)
@@ -456,6 +480,12 @@ impl Mapping {
                 ));
             }
             let mask_scope = c.mask_scope.unwrap_or_else(|| c.name.clone());
+            let named_personal = match &source {
+                Source::Pointer(p) => p.rsplit('/').next().is_some_and(|last| {
+                    super::personal::name(&last.replace("~1", "/").replace("~0", "~"))
+                }),
+                _ => false,
+            };
             columns.push(Column {
                 name: c.name,
                 source,
@@ -469,6 +499,7 @@ impl Mapping {
                 convert: c.convert,
                 mask,
                 mask_scope,
+                named_personal,
             });
         }
         // No unmasked column may hold what a masked one masks: the whole body, or a parent

@@ -1,8 +1,9 @@
 //! What looks like personal data: values by their content (e-mail and IP addresses, phone,
-//! card, IBAN and `ddd-dd-dddd` numbers) and fields by their names, matched part by part
-//! (`firstName`, `user_email`, `dob`, `phone_number`). The draft proposes masks with it, and
-//! the transform scans what goes to jsonb columns with it, so the two agree on what is
-//! personal. Pure, and it never returns or keeps a value: only why it looks personal.
+//! card, IBAN, `ddd-dd-dddd` and National Insurance numbers) and fields by their names,
+//! matched part by part (`firstName`, `user_email`, `dob`, `phone_number`, `addresses`). The
+//! draft proposes masks with it, and the transform scans what goes to jsonb columns with it,
+//! so the two agree on what is personal. Pure, and it never returns or keeps a value: only why
+//! something looks personal, and where, as a pointer whose keys that may be data are `*`.
 //!
 //! Written here rather than taken from a crate: the PII-detection crates of the field are
 //! large NLP or regex engines for free text; these are a handful of exact shape checks on
@@ -41,16 +42,20 @@ impl std::fmt::Display for Personal {
 }
 
 /// What a string's content is, if it looks personal: checked in this order (an address
-/// before a number).
+/// before a number). Surrounding spaces do not hide a value, an address inside a mailbox or a
+/// sentence (`Ada <ada@example.org>`) counts, and so does an address with its port.
 pub fn content(s: &str) -> Option<Personal> {
-    // Cheap refusals first: every shape below needs a digit, an `@` or a `:`.
-    if s.len() < 3 || s.len() > 320 {
+    let s = s.trim();
+    if s.len() < 3 {
         return None;
     }
-    if is_email(s) {
+    if s.contains('@') && holds_email(s) {
         return Some(Personal::Email);
     }
-    if is_ip(s) {
+    if s.len() > 320 {
+        return None;
+    }
+    if is_ip(s) || s.parse::<std::net::SocketAddr>().is_ok() {
         return Some(Personal::Ip);
     }
     if is_card(s) {
@@ -65,7 +70,28 @@ pub fn content(s: &str) -> Option<Personal> {
     if is_iban(s) {
         return Some(Personal::Iban);
     }
+    if is_nino(s) {
+        return Some(Personal::IdNumber);
+    }
     None
+}
+
+/// Whether some word of the text is an e-mail address (words split at spaces, brackets,
+/// quotes and list separators).
+fn holds_email(s: &str) -> bool {
+    s.split(|c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c))
+        .any(is_email)
+}
+
+/// A UK National Insurance number (`AB123456C`, spaces allowed).
+pub fn is_nino(s: &str) -> bool {
+    let b: Vec<u8> = s.bytes().filter(|b| *b != b' ').collect();
+    b.len() == 9
+        && b[..2].iter().all(u8::is_ascii_uppercase)
+        && b[2..8].iter().all(u8::is_ascii_digit)
+        && matches!(b[8], b'A'..=b'D')
+        && !b"DFIQUV".contains(&b[0])
+        && !b"DFIOQUV".contains(&b[1])
 }
 
 /// An IBAN: a country code, two check digits and up to 30 letters and digits (spaces allowed
@@ -135,9 +161,21 @@ fn luhn(digits: &str) -> bool {
     sum % 10 == 0
 }
 
-/// 13 to 19 digits that pass the Luhn check.
+/// 13 to 19 digits that pass the Luhn check and start as card numbers do (2 to 6: Mastercard,
+/// Amex, Diners, JCB, Visa, Discover, UnionPay); ids and millisecond timestamps, which start
+/// with 1, are not taken for cards.
 pub fn is_card(s: &str) -> bool {
-    digits_of(s).is_some_and(|d| (13..=19).contains(&d.len()) && luhn(&d) && !s.contains('+'))
+    digits_of(s).is_some_and(|d| {
+        (13..=19).contains(&d.len())
+            && matches!(d.as_bytes()[0], b'2'..=b'6')
+            && luhn(&d)
+            && !s.contains('+')
+    })
+}
+
+/// A JSON number that is a card number (a card sent as a number is still a card).
+pub fn number_is_card(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_digit()) && is_card(text)
 }
 
 /// 7 to 15 digits written as a phone number is (`+`, spaces or parentheses).
@@ -187,14 +225,27 @@ fn words(name: &str) -> Vec<String> {
     if !word.is_empty() {
         out.push(word);
     }
+    // Plurals name the same thing: `addresses`, `phones`, `emails`, `ips`.
+    for word in &mut out {
+        if word.ends_with("sses") {
+            word.truncate(word.len() - 2);
+        } else if word.len() >= 3 && word.ends_with('s') && !word.ends_with("ss") {
+            word.pop();
+        }
+    }
     out
 }
 
 /// Words that on their own make a field personal.
-const PERSONAL_WORDS: [&str; 22] = [
+const PERSONAL_WORDS: [&str; 27] = [
     "email",
     "phone",
+    "telephone",
+    "tel",
     "mobile",
+    "fname",
+    "lname",
+    "nino",
     "msisdn",
     "ip",
     "ssn",
@@ -239,7 +290,8 @@ const NAME_OWNERS: [&str; 16] = [
 
 /// Pairs of words that together make a field personal (`device_id`, `card_number`,
 /// `date_of_birth` as `date` … `birth`, `national_id`, `tax_id`).
-const PERSONAL_PAIRS: [(&str, &str); 8] = [
+const PERSONAL_PAIRS: [(&str, &str); 9] = [
+    ("postal", "code"),
     ("device", "id"),
     ("card", "number"),
     ("card", "no"),
@@ -279,25 +331,37 @@ pub fn name(field: &str) -> bool {
 /// not long, not mostly digits (an id).
 pub fn safe_name(key: &str) -> bool {
     let digits = key.bytes().filter(u8::is_ascii_digit).count();
-    content(key).is_none() && key.len() <= 40 && (digits == 0 || digits * 2 < key.len())
+    content(key).is_none()
+        && key.len() <= 40
+        && (digits == 0 || digits * 2 < key.len())
+        && uuid::Uuid::try_parse(key).is_err()
 }
 
-/// The first personal thing in a JSON value (depth first, in key order), and where: a pointer
-/// whose keys that look like data are written `*` (so it never holds a value), and whose array
-/// indexes are too when `star_arrays`. A value is personal by its content, or by a key on its
-/// way down whose name says so (everything under `address` or `contact_email`; booleans and
-/// nulls excepted); a key by its content alone (an object keyed by e-mail addresses).
-pub fn first_in(value: &Json, star_arrays: bool) -> Option<(Personal, String)> {
+/// The first personal thing in a JSON value (depth first, in key order), and where. A value
+/// is personal by its content (a card sent as a number too), or by a key on its way down whose
+/// name says so (everything under `address` or `contact_email`; booleans and nulls excepted),
+/// or by the name of the field it was taken from (`named_personal`); a key by its content
+/// alone (an object keyed by e-mail addresses).
+///
+/// The pointer never holds a value: a key is written as it is only where it is a field's name
+/// (a top-level key, or one whose name says it is personal, such as `phone`) and safe to show
+/// ([`safe_name`]); any other key, which may be data (a user name keying an object), is `*`,
+/// and so are array indexes when `star_arrays`.
+pub fn first_in(
+    value: &Json,
+    named_personal: bool,
+    star_arrays: bool,
+) -> Option<(Personal, String)> {
     let mut path = Vec::new();
-    find(value, false, star_arrays, &mut path).map(|why| {
+    find(value, named_personal, star_arrays, &mut path).map(|why| {
         let pointer: String = path.iter().map(|p| format!("/{p}")).collect();
         (why, pointer)
     })
 }
 
-/// A step of a pointer that is safe to show.
-fn step(key: &str) -> String {
-    if safe_name(key) {
+/// A step of a pointer that is safe to show: see [`first_in`].
+fn step(key: &str, depth: usize) -> String {
+    if safe_name(key) && (depth == 0 || name(key)) {
         key.replace('~', "~0").replace('/', "~1")
     } else {
         "*".into()
@@ -314,6 +378,7 @@ fn find(
         Json::String(s) if under_personal => Some(content(s).unwrap_or(Personal::Name)),
         Json::String(s) => content(s),
         Json::Number(_) if under_personal => Some(Personal::Name),
+        Json::Number(n) if number_is_card(&n.to_string()) => Some(Personal::Card),
         Json::Null | Json::Bool(_) | Json::Number(_) => None,
         Json::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
             path.push(if star_arrays {
@@ -328,7 +393,7 @@ fn find(
             found
         }),
         Json::Object(map) => map.iter().find_map(|(key, item)| {
-            path.push(step(key));
+            path.push(step(key, path.len()));
             let found =
                 content(key).or_else(|| find(item, under_personal || name(key), star_arrays, path));
             if found.is_none() {
@@ -374,6 +439,14 @@ mod tests {
             "home_address",
             "zip",
             "national_id",
+            "addresses",
+            "phones",
+            "emails",
+            "telephone",
+            "tel",
+            "fname",
+            "postal_code",
+            "ipAddresses",
         ] {
             assert!(name(personal), "{personal} should look personal");
         }
@@ -412,6 +485,20 @@ mod tests {
             None,
             "check digits fail"
         );
+        assert_eq!(content("Ada <ada@example.org>"), Some(Personal::Email));
+        assert_eq!(
+            content("write to ada@example.org, please"),
+            Some(Personal::Email)
+        );
+        assert_eq!(content(" ann@example.com "), Some(Personal::Email));
+        assert_eq!(content("203.0.113.9:443"), Some(Personal::Ip));
+        assert_eq!(content("[2001:db8::1]:8080"), Some(Personal::Ip));
+        assert_eq!(content("AB 12 34 56 C"), Some(Personal::IdNumber));
+        // Ids and millisecond timestamps that happen to pass the Luhn check are not cards.
+        assert_eq!(content("1700000000006"), None);
+        assert!(number_is_card("4111111111111111"));
+        assert!(!number_is_card("1700000000006"));
+        assert!(!number_is_card("4111111111111111.5"));
         for not in [
             "hello",
             "2023-10-11",

@@ -578,7 +578,7 @@ impl Mapping {
         let value = match self.rest_personal {
             _ if column.column_type != ColumnType::Jsonb || column.mask.is_some() => value,
             RestPersonal::Keep => value,
-            RestPersonal::Reject => match scrub::first(value, false) {
+            RestPersonal::Reject => match scrub::first(value, column.named_personal, false) {
                 Some((why, at)) => {
                     return Err(Rejection::new(
                         code("personal_data"),
@@ -589,7 +589,7 @@ impl Mapping {
             },
             RestPersonal::Mask => match mask {
                 Some(mask) => {
-                    scrubbed = scrub::masked(value, mask, self.rest_mask);
+                    scrubbed = scrub::masked(value, column.named_personal, mask, self.rest_mask);
                     &*scrubbed
                 }
                 // A constant checked when the mapping is read: the mapping's own text.

@@ -317,6 +317,7 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
         settings,
         abandon,
         stall,
+        written,
         ..
     }: LoadContext<'_>,
     summary: &mut Summary,
@@ -338,13 +339,21 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
         };
         let delay = backoff.failed();
         let attempts = backoff.attempts();
-        match fate(Outcome::LoadFailed(&error)) {
+        let unfilled = unfilled_not_null(&error, written);
+        let outcome = match unfilled {
+            Some(_) => Outcome::UnfilledNotNull,
+            None => Outcome::LoadFailed(&error),
+        };
+        match fate(outcome) {
             Fate::Retry => {}
             Fate::Quarantine => return Err(Failure::Refused(error)),
             _ => {
-                return Err(Failure::Fatal(PipelineError::Load {
-                    attempts,
-                    source: error,
+                return Err(Failure::Fatal(match unfilled {
+                    Some(column) => PipelineError::TableNeedsColumn { column },
+                    None => PipelineError::Load {
+                        attempts,
+                        source: error,
+                    },
                 }))
             }
         }
@@ -384,6 +393,17 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
             _ = abandon.cancelled() => {}
         }
     }
+}
+
+/// The column of a NOT NULL refusal, when the rows never fill it (not one of `written`): a
+/// structural refusal, not a row's.
+fn unfilled_not_null(error: &LoadError, written: &[String]) -> Option<String> {
+    let db = error.postgres()?.as_db_error()?;
+    if *db.code() != tokio_postgres::error::SqlState::NOT_NULL_VIOLATION {
+        return None;
+    }
+    let column = db.column()?;
+    (!written.iter().any(|w| w == column)).then(|| column.to_owned())
 }
 
 /// [`BatchLoader::probe`], within [`STALL`].

@@ -214,6 +214,8 @@ pub(super) struct LoadContext<'a> {
     /// The longest one attempt at a part may take (see `isolate`): generous for a whole
     /// batch, short once a part has stalled while the database took other work.
     pub stall: std::time::Duration,
+    /// The columns the rows fill (the kind's).
+    pub written: &'a [String],
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

@@ -134,6 +134,10 @@ pub enum PipelineError {
     /// database took other work (they come back and are processed by a later run).
     #[error("{}", incomplete(.0))]
     Incomplete(Box<Summary>),
+    /// The table refused rows for a NOT NULL column the rows never fill: every row would be
+    /// refused, so nothing is quarantined.
+    #[error("the table refuses every row: its column {column} is NOT NULL without a default, and the rows do not fill it; give it a DEFAULT, drop its NOT NULL, or map it (nothing was quarantined or deleted)")]
+    TableNeedsColumn { column: String },
 }
 
 /// Runs the pipeline until the queue is drained (`Mode::Drain`) or `shutdown` is cancelled.
@@ -173,6 +177,8 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         )
     });
 
+    // The columns the rows fill: a NOT NULL column outside them refuses every row (structural).
+    let written = kind.columns();
     let stage = Arc::new(Stage::new(kind, sealer, attempts, settings.clone()));
     // Every task the run spawns besides the loaders, so a deadline can wait for them to end.
     let tasks = TaskTracker::new();
@@ -222,6 +228,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             attempts: stage.attempts.as_deref(),
             stallers: &stage.stallers,
             stall: isolate::STALL,
+            written: &written,
         };
         let loaded = load::Batcher {
             items: item_rx,

@@ -402,6 +402,21 @@ pub async fn table_rules(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // Unique indexes made without a constraint (`CREATE UNIQUE INDEX`).
+    unproven.extend(
+        client
+            .query(
+                "SELECT 'unique index ' || c.relname || ': ' || pg_get_indexdef(i.indexrelid)
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                  WHERE i.indrelid = to_regclass($1) AND i.indisunique
+                    AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+                  ORDER BY c.relname",
+                &[&name],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0)),
+    );
     let partitioning = client
         .query_one(
             "SELECT pg_get_partkeydef(to_regclass($1)),
@@ -415,9 +430,23 @@ pub async fn table_rules(
     if let Some(key) = partitioning.get::<_, Option<String>>(0) {
         let (default, partitions): (bool, i64) = (partitioning.get(1), partitioning.get(2));
         if !default {
+            // The bounds, so the operator sees which rows no partition takes.
+            let bounds: Vec<String> = client
+                .query(
+                    "SELECT c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid)
+                       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = to_regclass($1) ORDER BY 1 LIMIT 12",
+                    &[&name],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             unproven.push(format!(
                 "partitioned by {key} into {partitions} partition(s) and no DEFAULT partition: a \
-                 row no partition takes is refused (table_refused:no_partition)"
+                 row no partition takes is refused (table_refused:no_partition); {}{}",
+                bounds.join(", "),
+                if partitions > 12 { ", ..." } else { "" }
             ));
         }
     }

@@ -470,3 +470,57 @@ async fn rows_a_table_refuses_are_quarantined_even_all_of_a_batch_and_a_structur
     let left = queue.distinct_ids(10, Duration::from_secs(30)).await;
     assert_eq!(left.len(), 10);
 }
+
+/// A NOT NULL column without a default that the rows never fill, added while `run` runs, is
+/// structural: every row would be refused alike. The run stops, saying which column and what
+/// to do, and quarantines nothing; the messages stay in SQS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_null_column_the_rows_never_fill_stops_the_run_and_quarantines_nothing() {
+    let (db, queue) = fixture().await;
+    queue.send(&sample_bodies()).await;
+    let key = MaskKey::generate_base64().unwrap();
+    let a = args(&db, &queue, key_file(&key));
+    let settings = config::pipeline(&a, Mode::Run).unwrap();
+    let run = tokio::time::timeout(
+        Duration::from_secs(120),
+        app::process(settings, CancellationToken::new()),
+    );
+    let meanwhile = async {
+        crate::harness::wait_until_async("the sample loaded", || async {
+            count(&db, "SELECT count(*) FROM public.user_logins").await == 99
+        })
+        .await;
+        db.client()
+            .await
+            .batch_execute(
+                "ALTER TABLE public.user_logins ADD COLUMN region text NOT NULL DEFAULT 'eu';
+                 ALTER TABLE public.user_logins ALTER COLUMN region DROP DEFAULT",
+            )
+            .await
+            .unwrap();
+        let more: Vec<String> = sample_bodies()
+            .into_iter()
+            .filter(|b| b.contains("user_id"))
+            .take(10)
+            .collect();
+        queue.send(&more).await;
+    };
+    let (ended, ()) = tokio::join!(run, meanwhile);
+    let err = ended
+        .expect("the run stops")
+        .expect_err("no row can be loaded")
+        .to_string();
+    assert!(
+        err.contains("column region is NOT NULL without a default") && err.contains("DEFAULT"),
+        "{err}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM sqs2pg.rejected_messages").await,
+        1,
+        "only the sample's bad message"
+    );
+    assert_eq!(
+        queue.distinct_ids(10, Duration::from_secs(60)).await.len(),
+        10
+    );
+}

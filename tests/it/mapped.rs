@@ -938,7 +938,8 @@ columns = [
             "CREATE TABLE public.events (id integer NOT NULL, at timestamptz NOT NULL, ref text,
                  CONSTRAINT one_event_per_ref UNIQUE (ref, at)) PARTITION BY RANGE (at);
              CREATE TABLE public.events_2026_12 PARTITION OF public.events
-                 FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');",
+                 FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');
+             CREATE UNIQUE INDEX events_id_at ON public.events (id, at);",
         )
         .await
         .unwrap();
@@ -955,6 +956,11 @@ columns = [
     );
     assert!(
         said.contains("unique key one_event_per_ref: UNIQUE (ref, at)"),
+        "{said}"
+    );
+    assert!(said.contains("events_2026_12 FOR VALUES FROM ("), "{said}");
+    assert!(
+        said.contains("unique index events_id_at: CREATE UNIQUE INDEX"),
         "{said}"
     );
     // 40 events: three dated outside every partition, two repeating an earlier event's key.

@@ -236,6 +236,20 @@ fn numbers_keep_every_digit_they_were_sent_with() {
         numeric(r#"[1, {"a": 1e999999}]"#, "jsonb"),
         Err(Fault::OutOfRange(_))
     ));
+    // PostgreSQL's numeric text input refuses a written exponent beyond 1000, even of zero.
+    for refused in ["1e1001", "0e5000", "0.5e-1001"] {
+        assert!(
+            matches!(numeric(refused, "jsonb"), Err(Fault::OutOfRange(_))),
+            "{refused}"
+        );
+    }
+    assert!(numeric("1e1000", "jsonb").is_ok());
+    // Zero with an exponent no memory holds is zero, not a string of that many digits.
+    assert_eq!(text("0e+99999999999", "numeric").as_deref(), Ok("0"));
+    assert_eq!(
+        text("-0.00e99999999999", "numeric(5,2)").as_deref(),
+        Ok("0.00")
+    );
     // A number no f64 holds is beyond double precision, not malformed.
     assert!(matches!(
         numeric("1e400", "double precision"),

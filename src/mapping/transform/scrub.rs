@@ -17,11 +17,16 @@ pub(super) use crate::mapping::personal::{first_in as first, safe_name};
 /// `value` with everything personal in it replaced: values by their `hmac` token under
 /// `mask` (or `null` under [`RestMask::Redact`]), keys by their `hmac` token. Borrowed when
 /// nothing is personal.
-pub(super) fn masked<'v>(value: &'v Json, mask: &ColumnMask, how: RestMask) -> Cow<'v, Json> {
-    if first(value, false).is_none() {
+pub(super) fn masked<'v>(
+    value: &'v Json,
+    named_personal: bool,
+    mask: &ColumnMask,
+    how: RestMask,
+) -> Cow<'v, Json> {
+    if first(value, named_personal, false).is_none() {
         return Cow::Borrowed(value);
     }
-    Cow::Owned(copy(value, false, mask, how))
+    Cow::Owned(copy(value, named_personal, mask, how))
 }
 
 fn token(text: &str, mask: &ColumnMask) -> String {
@@ -39,7 +44,9 @@ fn copy(value: &Json, under_personal: bool, mask: &ColumnMask, how: RestMask) ->
     };
     match value {
         Json::String(s) if under_personal || personal::content(s).is_some() => replace(s),
-        Json::Number(n) if under_personal => replace(&n.to_string()),
+        Json::Number(n) if under_personal || personal::number_is_card(&n.to_string()) => {
+            replace(&n.to_string())
+        }
         Json::Array(items) => Json::Array(
             items
                 .iter()
@@ -83,11 +90,11 @@ mod tests {
                 "amount":12.50,"ok":true,"tags":["a","b"]}"#,
         )
         .unwrap();
-        let (why, at) = first(&value, false).unwrap();
+        let (why, at) = first(&value, false, false).unwrap();
         // Keys in order: `Email` (by name) before the rest.
         assert_eq!((why, at.as_str()), (Personal::Email, "/Email"));
         let mask = mask();
-        let out = masked(&value, &mask, RestMask::Hmac).into_owned();
+        let out = masked(&value, false, &mask, RestMask::Hmac).into_owned();
         let text = out.to_string();
         for raw in [
             "Ann@Example.com",
@@ -110,7 +117,7 @@ mod tests {
         for kept in ["amount", "ok", "tags"] {
             assert_eq!(out[kept], value[kept], "{kept}");
         }
-        let redacted = masked(&value, &mask, RestMask::Redact).into_owned();
+        let redacted = masked(&value, false, &mask, RestMask::Redact).into_owned();
         assert_eq!(redacted["Email"], Json::Null);
         assert_eq!(redacted["address"]["number"], Json::Null);
         // Keys are tokens under redact too: they must stay distinct.
@@ -124,18 +131,38 @@ mod tests {
     fn nothing_personal_is_borrowed_and_paths_never_show_data_keys() {
         let plain: Json =
             serde_json::from_str(r#"{"a":{"b":[1,"x",null]},"product_name":"tea"}"#).unwrap();
-        assert!(first(&plain, false).is_none());
+        assert!(first(&plain, false, false).is_none());
         assert!(matches!(
-            masked(&plain, &mask(), RestMask::Hmac),
+            masked(&plain, false, &mask(), RestMask::Hmac),
             Cow::Borrowed(_)
         ));
         let keyed: Json =
             serde_json::from_str(r#"{"by_id":{"12345678":{"ip":"10.0.0.1"}}}"#).unwrap();
-        let (why, at) = first(&keyed, false).unwrap();
+        let (why, at) = first(&keyed, false, false).unwrap();
         assert_eq!((why, at.as_str()), (Personal::Ip, "/by_id/*/ip"));
         let listed: Json =
             serde_json::from_str(r#"{"c":[{"k":1},{"phone":"+1 555 0100 22"}]}"#).unwrap();
-        assert_eq!(first(&listed, false).unwrap().1, "/c/1/phone");
-        assert_eq!(first(&listed, true).unwrap().1, "/c/*/phone");
+        assert_eq!(first(&listed, false, false).unwrap().1, "/c/1/phone");
+        assert_eq!(first(&listed, false, true).unwrap().1, "/c/*/phone");
+        // A key below the top that is no personal field's name may be data (a user name):
+        // never shown.
+        let by_user: Json =
+            serde_json::from_str(r#"{"scores":{"ada_lovelace":{"email":"x@y.org"}}}"#).unwrap();
+        assert_eq!(first(&by_user, false, false).unwrap().1, "/scores/*/email");
+        let uuid_keyed: Json =
+            serde_json::from_str(r#"{"c0a8d2a4-1f2e-4b3c-9d8e-7f6a5b4c3d2e":{"tel":"x"}}"#)
+                .unwrap();
+        assert_eq!(first(&uuid_keyed, false, false).unwrap().1, "/*/tel");
+        // A card sent as a number is a card.
+        let card: Json = serde_json::from_str(r#"{"cc":4111111111111111,"n":17}"#).unwrap();
+        assert_eq!(first(&card, false, false).unwrap().0, Personal::Card);
+        let out = masked(&card, false, &mask(), RestMask::Hmac).into_owned();
+        assert!(out["cc"].is_string() && out["n"] == 17, "{out}");
+        // The field a column takes may itself be named as personal data: all of it is.
+        let named: Json = serde_json::from_str(r#"{"first":"Ada","last":"Lovelace"}"#).unwrap();
+        assert!(first(&named, false, false).is_none());
+        assert_eq!(first(&named, true, false).unwrap().0, Personal::Name);
+        let out = masked(&named, true, &mask(), RestMask::Hmac).into_owned();
+        assert!(!out.to_string().contains("Lovelace"), "{out}");
     }
 }
