@@ -17,7 +17,7 @@
 //! in clear (a test drafts, sets up and drains a nested sample and searches the table).
 
 use serde_json::{Map, Value as Json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use super::personal::{self, Personal};
@@ -235,22 +235,65 @@ fn escape(token: &str) -> String {
 }
 
 /// Walks an object, recording each leaf by pointer; objects nest, everything else is a leaf.
-fn walk(prefix: &str, object: &Map<String, Json>, fields: &mut BTreeMap<String, Seen>) {
+fn walk(
+    prefix: &str,
+    object: &Map<String, Json>,
+    keyed_by_data: &HashSet<String>,
+    fields: &mut BTreeMap<String, Seen>,
+) {
     for (key, value) in object {
         let pointer = format!("{prefix}/{}", escape(key));
         match value {
-            // An object whose keys are data (ids, addresses, numbers) is one jsonb leaf: its
-            // keys must not become column names, which the draft prints.
+            // An object whose keys are data (ids, addresses, numbers, or keys that change from
+            // sample to sample, such as user names) is one jsonb leaf: its keys must not become
+            // column names, which the draft prints and `setup` puts in the table.
             Json::Object(inner)
                 if !inner.is_empty()
                     && prefix.matches('/').count() < 4
-                    && !inner.keys().any(|k| key_is_data(k)) =>
+                    && !inner.keys().any(|k| key_is_data(k))
+                    && !keyed_by_data.contains(&pointer) =>
             {
-                walk(&pointer, inner, fields)
+                walk(&pointer, inner, keyed_by_data, fields)
             }
             _ => fields.entry(pointer).or_default().add(value),
         }
     }
+}
+
+/// How often an object was seen under a pointer, and how often each of its keys.
+#[derive(Default)]
+struct KeysSeen {
+    objects: usize,
+    keys: HashMap<String, usize>,
+}
+
+/// Records every nested object's keys, by pointer.
+fn count_keys(prefix: &str, object: &Map<String, Json>, seen: &mut HashMap<String, KeysSeen>) {
+    for (key, value) in object {
+        if let Json::Object(inner) = value {
+            let pointer = format!("{prefix}/{}", escape(key));
+            let entry = seen.entry(pointer.clone()).or_default();
+            entry.objects += 1;
+            for k in inner.keys() {
+                *entry.keys.entry(k.clone()).or_default() += 1;
+            }
+            count_keys(&pointer, inner, seen);
+        }
+    }
+}
+
+/// The nested objects whose keys are data by how they vary: four or more distinct keys, each
+/// present on average in fewer than half of the objects (a map keyed by user names or ids;
+/// a record's fields recur). With one sample nothing varies, so nothing is found this way.
+fn keyed_by_data(seen: &HashMap<String, KeysSeen>) -> HashSet<String> {
+    seen.iter()
+        .filter(|(_, s)| {
+            let distinct = s.keys.len();
+            let mentions: usize = s.keys.values().sum();
+            distinct >= 4 && mentions * 2 < distinct * s.objects
+        })
+        .map(|(pointer, _)| pointer.clone())
+        .collect()
 }
 
 /// A key that is a value rather than a name: an address, an id, a number, or long.
@@ -306,6 +349,8 @@ pub fn draft<'a>(
     bodies: impl IntoIterator<Item = &'a str>,
 ) -> Result<String, DraftError> {
     let mut fields: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut keys: HashMap<String, KeysSeen> = HashMap::new();
+    let mut docs: Vec<Json> = Vec::new();
     let mut envelope = None;
     let mut documents = 0;
     for (i, body) in bodies.into_iter().enumerate() {
@@ -338,8 +383,15 @@ pub fn draft<'a>(
         for doc in inner {
             documents += 1;
             if let Json::Object(o) = &doc {
-                walk("", o, &mut fields);
+                count_keys("", o, &mut keys);
             }
+            docs.push(doc);
+        }
+    }
+    let keyed = keyed_by_data(&keys);
+    for doc in &docs {
+        if let Json::Object(o) = doc {
+            walk("", o, &keyed, &mut fields);
         }
     }
     let envelope = envelope.ok_or(DraftError::Empty)?;

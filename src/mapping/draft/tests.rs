@@ -152,3 +152,30 @@ fn one_personal_value_masks_a_field_and_what_stays_jsonb_is_noted_as_scanned() {
     assert!(text.contains("rest_personal = \"mask\""), "{text}");
     assert_eq!(preview(&text, &bodies), (3, 0));
 }
+
+#[test]
+fn objects_keyed_by_names_that_change_from_sample_to_sample_stay_one_jsonb_column() {
+    let bodies = [
+        r#"{"scores": {"ada_lovelace": 3, "grace_hopper": 1}, "meta": {"a": 1, "b": 2}}"#,
+        r#"{"scores": {"katherine_johnson": 2, "hedy_lamarr": 5}, "meta": {"a": 3, "b": 4}}"#,
+        r#"{"scores": {"alan_turing": 7}, "meta": {"a": 5}}"#,
+    ];
+    let text = draft("t", bodies).unwrap();
+    for name in ["ada_lovelace", "hopper", "johnson", "lamarr", "turing"] {
+        assert!(!text.contains(name), "{name} in {text}");
+    }
+    let m = Mapping::parse(&text).unwrap();
+    let column = |n: &str| m.columns.iter().find(|c| c.name == n);
+    assert_eq!(
+        column("scores")
+            .map(|c| c.column_type.to_string())
+            .as_deref(),
+        Some("jsonb"),
+        "{text}"
+    );
+    // A record's fields recur: they stay columns.
+    assert!(
+        column("meta_a").is_some() && column("meta_b").is_some(),
+        "{text}"
+    );
+}
