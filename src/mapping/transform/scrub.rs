@@ -44,9 +44,7 @@ fn copy(value: &Json, under_personal: bool, mask: &ColumnMask, how: RestMask) ->
     };
     match value {
         Json::String(s) if under_personal || personal::content(s).is_some() => replace(s),
-        Json::Number(n) if under_personal || personal::number_is_card(&n.to_string()) => {
-            replace(&n.to_string())
-        }
+        Json::Number(n) if under_personal || personal::number_is_card(n) => replace(&n.to_string()),
         Json::Array(items) => Json::Array(
             items
                 .iter()
