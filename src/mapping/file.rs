@@ -4,6 +4,7 @@
 //! ```toml
 //! table = "public.orders"
 //! envelope = "sns"                       # none (default) | sns | eventbridge | s3
+//! match = { field = "/type", equals = "order.placed" }   # optional: which messages
 //!
 //! [[columns]]
 //! name = "order_id"
@@ -36,6 +37,13 @@
 //! is the column's name unless `mask_scope` says otherwise: columns (in one table or several)
 //! with one scope give one token for one value, so they can be joined; different scopes never
 //! do. The login columns use the scopes `ip` and `device_id`.
+//!
+//! `match` says which messages the mapping takes, evaluated after the envelope on each
+//! document: `{ field = "/type", equals = "user.updated" }`, `{ field = "/type", in = ["a",
+//! "b"] }`, or `{ attribute = "kind", equals = "audit" }` (an SQS message attribute, or under an
+//! SNS envelope one of the notification's `MessageAttributes`). A message none of whose
+//! documents it takes is quarantined as `no_mapping` (a replay loads it once a mapping takes
+//! it); without `match`, every message is taken.
 //!
 //! What no column foresaw is never stored in clear by default: every value bound for an
 //! unmasked jsonb column (`rest`, `body`, a whole sub-object) is scanned with
@@ -146,6 +154,77 @@ pub enum RestMask {
     Redact,
 }
 
+/// Which messages a mapping takes (`match`): a field of the message (a JSON pointer, after
+/// the envelope) or an SQS message attribute (under an SNS envelope, the notification's
+/// `MessageAttributes` too) that equals one of `values`. Evaluated on each document: an S3
+/// notification's records are taken one by one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    pub on: MatchOn,
+    /// What the field or attribute must be, as text (a string as it is, another JSON value as
+    /// JSON writes it: `3`, `true`).
+    pub values: Vec<String>,
+}
+
+/// What a [`Match`] looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatchOn {
+    Field(String),
+    Attribute(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    field: Option<String>,
+    attribute: Option<String>,
+    equals: Option<toml::Value>,
+    #[serde(rename = "in")]
+    one_of: Option<Vec<toml::Value>>,
+}
+
+impl RawMatch {
+    fn check(self) -> Result<Match, String> {
+        let on =
+            match (self.field, self.attribute) {
+                (Some(field), None) => match source(&field) {
+                    Ok(Source::Pointer(p)) => MatchOn::Field(p),
+                    _ => {
+                        return Err(format!(
+                            "`field = \"{field}\"` is not a JSON pointer (`/type`)"
+                        ))
+                    }
+                },
+                (None, Some(name)) if !name.is_empty() => MatchOn::Attribute(name),
+                _ => return Err(
+                    "give either `field` (a JSON pointer) or `attribute` (a message attribute's \
+                     name)"
+                        .into(),
+                ),
+            };
+        let text = |v: toml::Value| match v {
+            toml::Value::String(s) => Ok(s),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                serde_json::to_value(v)
+                    .map(|j| j.to_string())
+                    .map_err(|e| e.to_string())
+            }
+            other => Err(format!(
+                "a {} is not a value a field can equal; use a string, number or boolean",
+                other.type_str()
+            )),
+        };
+        let values = match (self.equals, self.one_of) {
+            (Some(v), None) => vec![text(v)?],
+            (None, Some(vs)) if !vs.is_empty() => {
+                vs.into_iter().map(text).collect::<Result<_, _>>()?
+            }
+            _ => return Err("give either `equals` (one value) or `in` (a list of values)".into()),
+        };
+        Ok(Match { on, values })
+    }
+}
+
 /// One checked column.
 #[derive(Debug, Clone)]
 pub struct Column {
@@ -221,6 +300,8 @@ pub struct Mapping {
     pub table: String,
     pub envelope: Envelope,
     pub columns: Vec<Column>,
+    /// Which messages it takes (`match`); all of its queue's when `None`.
+    pub matcher: Option<Match>,
     /// What happens to personal-looking values inside unmasked jsonb columns.
     pub rest_personal: RestPersonal,
     /// How they are masked under [`RestPersonal::Mask`].
@@ -235,6 +316,8 @@ struct RawMapping {
     table: String,
     #[serde(default)]
     envelope: Envelope,
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
     #[serde(default)]
     rest_personal: RestPersonal,
     #[serde(default)]
@@ -296,6 +379,11 @@ impl Mapping {
                 raw.table
             )));
         }
+        let matcher = raw
+            .matcher
+            .map(RawMatch::check)
+            .transpose()
+            .map_err(|e| MappingError(format!("key `match`: {e}")))?;
         if raw.columns.is_empty() {
             return Err(MappingError(
                 "key `columns`: a mapping needs at least one column".into(),
@@ -537,6 +625,7 @@ impl Mapping {
             table: raw.table,
             envelope: raw.envelope,
             columns,
+            matcher,
             rest_personal: raw.rest_personal,
             rest_mask: raw.rest_mask,
             taken,

@@ -2,7 +2,8 @@
 //! converted, checked and masked, giving rows ([`MappedRow`], masked by construction) or one
 //! [`Rejection`] with a stable reason code naming the column. Pure: no I/O, no clock.
 //!
-//! Reason codes: `not_json`, `not_an_envelope:{sns,eventbridge,s3}`, and per column
+//! Reason codes: `not_json`, `not_an_envelope:{sns,eventbridge,s3}`, `no_mapping` (the
+//! mapping's `match` takes none of the message's documents), and per column
 //! `missing_field:COL`, `null_field:COL`, `wrong_type:COL`, `invalid_value:COL`,
 //! `out_of_range:COL`, `too_long:COL`, `nul_character:COL`, `not_allowed:COL`, `no_match:COL`,
 //! `personal_data:COL` (something personal bound for a jsonb column under
@@ -22,8 +23,8 @@ use time::OffsetDateTime;
 
 use super::column::{compare_decimals, convert, kind, ColumnType, Fault, Value};
 use super::file::{
-    Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, RestPersonal, Source,
-    SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
+    Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, Match, MatchOn, RestPersonal,
+    Source, SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
 use crate::login::app_version::AppVersionError;
@@ -196,6 +197,38 @@ impl MappedRow {
 /// What the envelope contributes besides the documents to map.
 type EnvelopeFields = Map<String, Json>;
 
+/// Where an SNS notification's `MessageAttributes` are kept among the envelope's fields (not a
+/// column source: `sns:` sources name the four fields of [`SNS_FIELDS`]).
+const SNS_ATTRIBUTES: &str = "sns:MessageAttributes";
+
+/// Whether `matcher` takes `doc`: the field's or attribute's value as text (a string as it is,
+/// another JSON value as JSON writes it) is one of its values. A missing one takes nothing.
+fn takes(matcher: &Match, doc: &Json, fields: &EnvelopeFields, message: &Message<'_>) -> bool {
+    let is_one = |text: &str| matcher.values.iter().any(|v| v == text);
+    match &matcher.on {
+        MatchOn::Field(pointer) => match doc.pointer(pointer) {
+            Some(Json::String(s)) => is_one(s),
+            Some(Json::Null) | None => false,
+            Some(other) => is_one(&other.to_string()),
+        },
+        MatchOn::Attribute(name) => {
+            let sqs = message
+                .attributes
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str());
+            let sns = || {
+                fields
+                    .get(SNS_ATTRIBUTES)
+                    .and_then(|a| a.get(name.as_str()))
+                    .and_then(|a| a.get("Value"))
+                    .and_then(Json::as_str)
+            };
+            sqs.or_else(sns).is_some_and(is_one)
+        }
+    }
+}
+
 /// The envelope's own fields, as `{kind}:{name}` sources.
 fn take_fields(outer: &mut Map<String, Json>, kind: &str, names: &[&str]) -> EnvelopeFields {
     names
@@ -225,7 +258,12 @@ fn unwrap(envelope: Envelope, body: Json) -> Result<(Vec<Json>, EnvelopeFields),
                     ),
                 )
             })?;
-            Ok((vec![inner], take_fields(&mut outer, "sns", &SNS_FIELDS)))
+            let mut fields = take_fields(&mut outer, "sns", &SNS_FIELDS);
+            // The notification's own message attributes, for `match = { attribute = ... }`.
+            if let Some(attributes) = outer.remove("MessageAttributes") {
+                fields.insert(SNS_ATTRIBUTES.to_owned(), attributes);
+            }
+            Ok((vec![inner], fields))
         }
         Envelope::Eventbridge => {
             let Json::Object(mut outer) = body else {
@@ -314,9 +352,16 @@ impl Mapping {
             )
         })?;
         let (documents, fields) = unwrap(self.envelope, body)?;
-        documents
+        let mut taken = 0usize;
+        let rows = documents
             .iter()
+            .filter(|doc| {
+                self.matcher
+                    .as_ref()
+                    .is_none_or(|m| takes(m, doc, &fields, message))
+            })
             .map(|doc| {
+                taken += 1;
                 seen(doc);
                 let values = self
                     .columns
@@ -324,9 +369,28 @@ impl Mapping {
                     .zip(masks)
                     .map(|(column, mask)| self.value(column, mask.as_ref(), doc, &fields, message))
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(MappedRow(values))
+                Ok::<_, Rejection>(MappedRow(values))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // Some documents, none taken: no mapping takes the message. (An S3 test event has none
+        // and is acknowledged without rows.)
+        if taken == 0 && !documents.is_empty() {
+            if let Some(matcher) = &self.matcher {
+                return Err(Rejection::new(
+                    "no_mapping",
+                    format!(
+                        "the mapping for {} takes messages whose {} is one of {} value(s)",
+                        self.table,
+                        match &matcher.on {
+                            MatchOn::Field(p) => format!("field {p}"),
+                            MatchOn::Attribute(a) => format!("attribute {a}"),
+                        },
+                        matcher.values.len()
+                    ),
+                ));
+            }
+        }
+        Ok(rows)
     }
 
     /// [`Mapping::convert_column`], and what it makes checked against a `varchar(n)` (an

@@ -1143,6 +1143,80 @@ async fn a_draft_of_nested_personal_data_stores_none_of_it_in_clear() {
     }
 }
 
+/// A mapping with `match` on a mixed stream takes its event type only: the others are
+/// quarantined as `no_mapping`, value-free, and once the mapping takes them too, a replay
+/// loads them (those no mapping takes are quarantined again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_takes_its_event_types_and_no_mapping_messages_replay_once_taken() {
+    let (db, queue) = fixture_on(Sqs::LocalStack4).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let dir = std::env::temp_dir().join(unique("sqs2pg-match"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.toml");
+    let mapping = |types: &str| {
+        format!(
+            r#"table = "public.user_events"
+match = {{ field = "/type", in = [{types}] }}
+columns = [
+  {{ name = "id", from = "/id", type = "integer", required = true }},
+  {{ name = "type", from = "/type", type = "text", required = true }},
+]
+"#
+        )
+    };
+    std::fs::write(&file, mapping(r#""user.updated""#)).unwrap();
+    let bodies: Vec<String> = (0..300)
+        .map(|i| match i % 5 {
+            0..=2 => format!(r#"{{"id": {i}, "type": "user.updated"}}"#),
+            3 => format!(r#"{{"id": {i}, "type": "page.viewed", "secret": "s-{i}"}}"#),
+            _ => format!(r#"{{"id": {i}}}"#),
+        })
+        .collect();
+    let file = file.display().to_string();
+    let env = env(&db, &queue, &key, &protocol, &file);
+    let setup = sqs2pg(&["setup"], &env);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    queue.send(&bodies).await;
+    let drain = sqs2pg(&["drain"], &env);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_events").await,
+        180
+    );
+    assert_eq!(reasons(&db).await, vec!["no_mapping"; 120]);
+    let details: String = crate::harness::one(
+        &db,
+        "SELECT string_agg(DISTINCT detail, ' | ') FROM sqs2pg.rejected_messages",
+    )
+    .await;
+    assert_eq!(
+        details,
+        "the mapping for public.user_events takes messages whose field /type is one of 1 value(s)"
+    );
+    assert!(!stderr(&drain).contains("s-3"), "no value in the log");
+
+    // The mapping takes page views too now: a replay loads them; the untyped stay out.
+    std::fs::write(&file, mapping(r#""user.updated", "page.viewed""#)).unwrap();
+    let replay = sqs2pg(&["rejects", "replay", "--reason", "no_mapping"], &env);
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let drain = sqs2pg(&["drain"], &env);
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_events").await,
+        240
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.user_events WHERE type = 'page.viewed'"
+        )
+        .await,
+        60
+    );
+    assert_eq!(queue.depth().await, 0);
+}
+
 /// `rekey` re-encrypts a mapping's reversible columns under the new key, each under its own
 /// scope: `siv` tokens in a text column and `ipcrypt-pfx` addresses in an inet column give back
 /// the same values under the new key, and the old key is retired on the table.

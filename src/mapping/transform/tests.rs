@@ -330,3 +330,112 @@ fn columns_that_can_never_convert_are_refused_when_the_mapping_is_read() {
         assert_eq!(with(accepted), Ok(()), "{accepted}");
     }
 }
+
+/// `match` takes the messages whose field or attribute is one of its values, on each document
+/// after the envelope; a message none of whose documents it takes is `no_mapping`.
+#[test]
+fn match_takes_messages_by_field_or_attribute_and_the_rest_are_no_mapping() {
+    let by_field = r#"
+table = "public.users"
+match = { field = "/type", in = ["user.updated", "user.created"] }
+columns = [{ name = "id", from = "/id", type = "integer", required = true }]
+"#;
+    assert!(apply(by_field, r#"{"type": "user.updated", "id": 1}"#).is_ok());
+    assert!(apply(by_field, r#"{"type": "user.created", "id": 2}"#).is_ok());
+    for other in [
+        r#"{"type": "page.viewed", "id": 3}"#,
+        r#"{"id": 4}"#,
+        r#"{"type": null, "id": 5}"#,
+    ] {
+        let refused = apply(by_field, other).unwrap_err();
+        assert_eq!(refused.reason, "no_mapping", "{other}");
+        let detail = refused.detail.unwrap();
+        assert!(
+            detail.contains("field /type is one of 2 value(s)") && !detail.contains("page"),
+            "{detail}"
+        );
+    }
+    // A number or boolean is compared as JSON writes it.
+    let by_number = r#"
+table = "public.t"
+match = { field = "/v", equals = 2 }
+columns = [{ name = "id", from = "/id", type = "integer" }]
+"#;
+    assert!(apply(by_number, r#"{"v": 2, "id": 1}"#).is_ok());
+    assert_eq!(
+        apply(by_number, r#"{"v": "3", "id": 1}"#)
+            .unwrap_err()
+            .reason,
+        "no_mapping"
+    );
+    // An SQS message attribute, or under SNS one of the notification's MessageAttributes.
+    let by_attribute = r#"
+table = "public.audit"
+envelope = "sns"
+match = { attribute = "kind", equals = "audit" }
+columns = [{ name = "id", from = "/id", type = "integer" }]
+"#;
+    let m = Mapper::new(Mapping::parse(by_attribute).unwrap(), &key());
+    let notification = |attributes: serde_json::Value| {
+        serde_json::json!({
+            "Type": "Notification", "MessageId": "sns-1", "TopicArn": "arn:aws:sns:t",
+            "Message": "{\"id\": 7}", "MessageAttributes": attributes
+        })
+        .to_string()
+    };
+    let sns_audit = notification(serde_json::json!({"kind": {"Type": "String", "Value": "audit"}}));
+    assert_eq!(m.apply(&message(&sns_audit)).unwrap().len(), 1);
+    let sns_other = notification(serde_json::json!({"kind": {"Type": "String", "Value": "x"}}));
+    assert_eq!(
+        m.apply(&message(&sns_other)).unwrap_err().reason,
+        "no_mapping"
+    );
+    let plain = notification(serde_json::json!({}));
+    let attributes = [("kind".to_owned(), "audit".to_owned())];
+    let with_sqs_attribute = Message {
+        attributes: &attributes,
+        ..message(&plain)
+    };
+    assert_eq!(m.apply(&with_sqs_attribute).unwrap().len(), 1);
+    // S3: records are taken one by one.
+    let s3 = r#"
+table = "public.created"
+envelope = "s3"
+match = { field = "/eventName", equals = "ObjectCreated:Put" }
+columns = [{ name = "key", from = "/s3/object/key", type = "text" }]
+"#;
+    let records = r#"{"Records": [
+        {"eventName": "ObjectCreated:Put", "s3": {"object": {"key": "a"}}},
+        {"eventName": "ObjectRemoved:Delete", "s3": {"object": {"key": "b"}}},
+        {"eventName": "ObjectCreated:Put", "s3": {"object": {"key": "c"}}}]}"#;
+    assert_eq!(apply(s3, records).unwrap().len(), 2);
+    let removed =
+        r#"{"Records": [{"eventName": "ObjectRemoved:Delete", "s3": {"object": {"key": "b"}}}]}"#;
+    assert_eq!(apply(s3, removed).unwrap_err().reason, "no_mapping");
+    assert_eq!(apply(s3, r#"{"Event": "s3:TestEvent"}"#).unwrap().len(), 0);
+    // Mistakes are named.
+    for (bad, says) in [
+        (
+            r#"match = { field = "type", equals = "a" }"#,
+            "is not a JSON pointer",
+        ),
+        (r#"match = { field = "/t" }"#, "give either `equals`"),
+        (
+            r#"match = { attribute = "k", field = "/t", equals = "a" }"#,
+            "give either `field`",
+        ),
+        (
+            r#"match = { field = "/t", in = [] }"#,
+            "give either `equals`",
+        ),
+    ] {
+        let text = format!(
+            "table = \"public.t\"\n{bad}\ncolumns = [{{ name = \"id\", from = \"/id\", type = \"integer\" }}]\n"
+        );
+        let error = Mapping::parse(&text).unwrap_err().0;
+        assert!(
+            error.starts_with("key `match`: ") && error.contains(says),
+            "{bad}: {error}"
+        );
+    }
+}
