@@ -105,7 +105,10 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
             Err(e) => format!("connected ({})", pg::describe(&e)),
         },
     )];
-    let shape = mapping::shape(settings.mapping.as_ref());
+    let shape = mapping::shape_on_queue(
+        settings.mapping.as_ref(),
+        crate::sqs::queue::is_fifo(&settings.sqs.queue_url),
+    );
     items.push(
         match pg::check_shape(&client, &settings.table, &shape).await {
             Ok(()) => item(

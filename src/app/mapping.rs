@@ -11,6 +11,26 @@ use super::AppError;
 use crate::login::MaskKey;
 use crate::mapping::{Mapper, Mapping, Message};
 
+/// [`shape`] for a run on a queue that is FIFO or not: on a FIFO queue every message has a
+/// group id, so a column that takes it is never NULL (what `check` compares with NOT NULL).
+pub fn shape_on_queue(
+    mapping: Option<&Mapping>,
+    fifo: bool,
+) -> crate::postgres::schema::TableShape {
+    use crate::mapping::file::{Source, SqsAttribute};
+    let mut shape = shape(mapping);
+    if let (Some(m), true) = (mapping, fifo) {
+        for (column, shaped) in m.columns.iter().zip(&mut shape.columns) {
+            if column.source == Source::Sqs(SqsAttribute::MessageGroupId)
+                && column.mask != Some(crate::mapping::file::Mask::Redact)
+            {
+                shaped.may_be_null = false;
+            }
+        }
+    }
+    shape
+}
+
 /// The columns a run writes: the mapping's (a required one is created NOT NULL), or the
 /// analysts' login table when there is no mapping.
 pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
@@ -387,6 +407,32 @@ pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_may_be_null_follows_the_source_and_the_queue() {
+        let mapping = Mapping::parse(
+            r#"table = "t"
+columns = [
+  { name = "a", from = "/a", type = "text" },
+  { name = "b", from = "/b", type = "text", required = true },
+  { name = "rest", from = "rest", type = "jsonb" },
+  { name = "grp", from = "sqs:MessageGroupId", type = "text" },
+  { name = "id", from = "sqs:MessageId", type = "text" },
+  { name = "k", value = "x", type = "text" },
+]"#,
+        )
+        .unwrap();
+        let nullable = |fifo| -> Vec<String> {
+            shape_on_queue(Some(&mapping), fifo)
+                .columns
+                .into_iter()
+                .filter(|c| c.may_be_null)
+                .map(|c| c.name)
+                .collect()
+        };
+        assert_eq!(nullable(false), ["a", "grp"]);
+        assert_eq!(nullable(true), ["a"]);
+    }
 
     #[test]
     fn setup_makes_required_columns_not_null_unless_they_are_redacted() {

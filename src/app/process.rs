@@ -185,7 +185,10 @@ where
     let masked_columns = mapping::masked_columns(settings.mapping.as_ref(), settings.mask_modes);
     let (ip_mode, device_mode) = mapping::mask_record(&masked_columns);
     let table_name = settings.table.to_string();
-    let shape = mapping::shape(settings.mapping.as_ref());
+    let shape = mapping::shape_on_queue(
+        settings.mapping.as_ref(),
+        crate::sqs::queue::is_fifo(&settings.sqs.queue_url),
+    );
     // The database's side of starting, on one connection: the schema and table checked, the
     // writers lock taken, the key recorded. Tried again whole, on a fresh connection, while it
     // fails transiently (a restarting server, a terminated backend), as loads are; a signal
