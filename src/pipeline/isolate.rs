@@ -8,12 +8,37 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::batch::{Batch, Reject, Row};
-use super::load::LoadContext;
+use super::lease::Leases;
 use super::sink::BatchLoader;
+use super::PipelineSettings;
 use super::{PipelineError, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
+use crate::keys::BodySealer;
 use crate::kind::Rejection;
 use crate::postgres::{LoadError, LoadReport};
+use tokio_util::sync::CancellationToken;
+
+/// What every load of a run shares: the settings, the sealer for bodies of rows the table
+/// refuses, the leases (whose window learns from each commit), and the signal that a load has
+/// failed for good (cancelled at the first such failure: the other loads stop retrying, so the
+/// run ends and reports instead of waiting on them).
+#[derive(Clone, Copy)]
+pub(super) struct LoadContext<'a> {
+    pub settings: &'a PipelineSettings,
+    pub sealer: &'a BodySealer,
+    pub leases: &'a Leases,
+    pub abandon: &'a CancellationToken,
+    /// The durable record of attempts, where messages that stall the database alone are
+    /// counted across deliveries and processes.
+    pub attempts: Option<&'a dyn super::sink::AttemptLog>,
+    /// Messages that stalled alone here, loaded alone on their next delivery.
+    pub stallers: &'a super::batch::Stallers,
+    /// The longest one attempt at a part may take (see [`load_with_retry`]): generous for a whole
+    /// batch, short once a part has stalled while the database took other work.
+    pub stall: std::time::Duration,
+    /// The columns the rows fill (the kind's).
+    pub written: &'a [String],
+}
 
 /// The longest one load attempt of a whole batch (or one check of the database) may take
 /// before it counts as a transient failure and its connection is dropped: a body that stalls

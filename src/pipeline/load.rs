@@ -10,11 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batch, Committed, Processed};
-use super::isolate::{load_isolating, load_with_retry, Failure, NotLoaded};
-use super::lease::Leases;
+use super::isolate::{load_isolating, load_with_retry, Failure, LoadContext, NotLoaded};
 use super::sink::BatchLoader;
-use super::{PipelineError, PipelineSettings, Summary};
-use crate::keys::BodySealer;
+use super::{PipelineError, Summary};
 use crate::sqs::AckHandle;
 
 /// What the batcher does next.
@@ -194,28 +192,6 @@ fn finish_load<L>(
         abandon.cancel();
         failed.get_or_insert(e);
     }
-}
-
-/// What every load of a run shares: the settings, the sealer for bodies of rows the table
-/// refuses, the leases (whose window learns from each commit), and the signal that a load has
-/// failed for good (cancelled at the first such failure: the other loads stop retrying, so the
-/// run ends and reports instead of waiting on them).
-#[derive(Clone, Copy)]
-pub(super) struct LoadContext<'a> {
-    pub settings: &'a PipelineSettings,
-    pub sealer: &'a BodySealer,
-    pub leases: &'a Leases,
-    pub abandon: &'a CancellationToken,
-    /// The durable record of attempts, where messages that stall the database alone are
-    /// counted across deliveries and processes.
-    pub attempts: Option<&'a dyn super::sink::AttemptLog>,
-    /// Messages that stalled alone here, loaded alone on their next delivery.
-    pub stallers: &'a super::batch::Stallers,
-    /// The longest one attempt at a part may take (see `isolate`): generous for a whole
-    /// batch, short once a part has stalled while the database took other work.
-    pub stall: std::time::Duration,
-    /// The columns the rows fill (the kind's).
-    pub written: &'a [String],
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

@@ -220,7 +220,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     // Cancelled at the first load that fails for good: the others stop retrying.
     let abandon = CancellationToken::new();
     let graceful = async {
-        let context = load::LoadContext {
+        let context = isolate::LoadContext {
             settings: &settings,
             sealer: &stage.sealer,
             leases: &leases,
