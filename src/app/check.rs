@@ -107,7 +107,7 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
     )];
     let shape = mapping::shape_on_queue(
         settings.mapping.as_ref(),
-        crate::sqs::queue::is_fifo(&settings.sqs.queue_url),
+        crate::sqs::name::is_fifo(&settings.sqs.queue_url),
     );
     items.push(
         match pg::check_shape(&client, &settings.table, &shape).await {

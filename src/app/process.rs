@@ -15,7 +15,7 @@ use crate::login::{BodySealer, Masker};
 use crate::pipeline::{self, Mode, PipelineError, Summary};
 use crate::postgres::{self as pg, ConnectError, Database, TableLoader};
 use crate::retry::RetryPolicy;
-use crate::sqs::queue::is_fifo;
+use crate::sqs::name::is_fifo;
 use crate::sqs::Queue;
 
 /// `sqs2pg drain`, as the command line runs it: the summary is printed, also when the run
@@ -187,7 +187,7 @@ where
     let table_name = settings.table.to_string();
     let shape = mapping::shape_on_queue(
         settings.mapping.as_ref(),
-        crate::sqs::queue::is_fifo(&settings.sqs.queue_url),
+        crate::sqs::name::is_fifo(&settings.sqs.queue_url),
     );
     // The database's side of starting, on one connection: the schema and table checked, the
     // writers lock taken, the key recorded. Tried again whole, on a fresh connection, while it

@@ -13,7 +13,8 @@ use crate::cli::SendArgs;
 use crate::config::ConfigError;
 use crate::error::{fate, Fate, Outcome};
 use crate::retry::RetryPolicy;
-use crate::sqs::queue::{is_fifo, SqsSettings};
+use crate::sqs::name::is_fifo;
+use crate::sqs::queue::SqsSettings;
 use crate::sqs::{Outgoing, Queue, SourceError, SourceErrorKind, SQS_BATCH_LIMIT};
 
 /// `sqs2pg send`, as the command line runs it.

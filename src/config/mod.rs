@@ -13,7 +13,8 @@ use crate::login::{KeyRing, KeyText};
 use crate::pipeline::{Mode, PipelineSettings};
 use crate::postgres::{Database, TableName};
 use crate::retry::RetryPolicy;
-use crate::sqs::queue::{is_queue_name, SqsSettings};
+use crate::sqs::name::is_queue_name;
+use crate::sqs::queue::SqsSettings;
 use args::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use zeroize::Zeroizing;
 

@@ -8,6 +8,7 @@
 //! answers. What both clients hand over goes through the same checks here (`accept`): MD5 of
 //! the body, the attributes the pipeline needs, one delivery per message id per answer.
 
+pub mod name;
 pub mod query;
 pub mod queue;
 pub mod sdk;

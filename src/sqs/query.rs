@@ -28,7 +28,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::queue::is_fifo;
+use super::name::is_fifo;
 use super::xml::Element;
 use super::{
     accept, batch_entry, delete_outcome, in_words, no_credentials, send_retries, AckHandle,
@@ -156,7 +156,7 @@ impl QueryQueue {
 
     /// A harmless call that any query-protocol SQS answers: `ListQueues` for this queue's name.
     pub async fn probe(&self) -> Result<(), SourceError> {
-        let prefix = super::queue::queue_name(&self.queue_url).unwrap_or("sqs2pg");
+        let prefix = super::name::queue_name(&self.queue_url).unwrap_or("sqs2pg");
         self.call(
             "ListQueues",
             vec![("QueueNamePrefix".into(), prefix.to_owned())],

@@ -12,6 +12,7 @@ use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::config::Region;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+use super::name::{is_fifo, is_url, queue_name};
 use super::query::QueryQueue;
 use super::sdk::SdkQueue;
 use super::{
@@ -410,10 +411,6 @@ fn is_missing_queue(code: &str) -> bool {
     )
 }
 
-fn is_url(queue: &str) -> bool {
-    queue.contains("://")
-}
-
 /// The host of `scheme://host[:port]/...`.
 fn host_of(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
@@ -452,34 +449,6 @@ pub fn region_of(queue_url: &str) -> Option<String> {
     // Regions look like `us-east-1`, `eu-central-2`, `us-gov-west-1`.
     (candidate.contains('-') && candidate.ends_with(|c: char| c.is_ascii_digit()))
         .then(|| (*candidate).to_owned())
-}
-
-/// The queue name: the URL's last path segment, or the whole string when it is a name.
-pub fn queue_name(queue: &str) -> Option<&str> {
-    if !is_url(queue) {
-        return Some(queue).filter(|n| !n.is_empty());
-    }
-    let path = queue.split_once("://")?.1.split_once('/')?.1;
-    path.trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .filter(|n| !n.is_empty())
-}
-
-/// True for a FIFO queue (its name, or its URL's last segment, ends in `.fifo`).
-pub fn is_fifo(queue: &str) -> bool {
-    queue_name(queue).is_some_and(|n| n.ends_with(".fifo"))
-}
-
-/// True when `name` is a valid SQS queue name: 1 to 80 of `A-Za-z0-9_-`, with an optional
-/// `.fifo` suffix for FIFO queues.
-pub fn is_queue_name(name: &str) -> bool {
-    let stem = name.strip_suffix(".fifo").unwrap_or(name);
-    (1..=80).contains(&name.len())
-        && !stem.is_empty()
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

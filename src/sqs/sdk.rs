@@ -17,7 +17,7 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use aws_smithy_types::retry::ErrorKind;
 
-use super::queue::is_fifo;
+use super::name::is_fifo;
 use super::{
     accept, batch_entry, delete_outcome, in_words, no_credentials, send_retries, AckHandle,
     BatchFailure, DeleteOutcome, MessageSource, Outgoing, QueueCounts, ReceiveRequest, Received,

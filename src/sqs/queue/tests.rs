@@ -1,6 +1,7 @@
 //! Unit tests of `sqs::queue`.
 
 use super::*;
+use crate::sqs::name::is_queue_name;
 
 #[test]
 fn every_url_spelling_users_paste() {
