@@ -13,7 +13,8 @@ pub use crate::config::args::{
     QueueArgs,
 };
 
-/// Moves JSON login messages from an SQS queue into PostgreSQL, masking ip and device_id.
+/// Moves JSON messages from an SQS queue into PostgreSQL, masking personal data on the way:
+/// the exercise's logins built in, any other stream through a mapping file (--mapping).
 #[derive(Debug, Parser)]
 #[command(name = "sqs2pg", version, about, max_term_width = 100)]
 pub struct Cli {
@@ -28,7 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Create or upgrade the `sqs2pg` bookkeeping schema and create the target table if missing.
     Setup(DatabaseArgs),
-    /// Process until the queue has been empty for one long poll, print a summary, exit.
+    /// Process until the queue is empty (nothing visible, in flight under any consumer, or
+    /// delayed) and everything received is committed and deleted; print a summary, exit.
     Drain(PipelineArgs),
     /// Process as a long-running service until SIGINT or SIGTERM.
     Run(PipelineArgs),
@@ -50,8 +52,8 @@ pub enum Command {
     /// Re-encrypt the `siv` tokens written under an old key with the current key, in place, in
     /// batches; resumable. `hmac` tokens cannot be re-keyed (see the README).
     Rekey(RekeyArgs),
-    /// What the analysts' table holds, in aggregates: rows per day and device type, distinct
-    /// and repeated masked values, rejections by reason.
+    /// What the table holds, in aggregates (the login table: rows per day and device type,
+    /// distinct and repeated masked values; a mapping's: per its columns), rejections by reason.
     Report(ReportArgs),
     /// Check a declarative mapping and try it on sample bodies, offline (no SQS, no
     /// PostgreSQL). See examples/mappings/.
