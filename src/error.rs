@@ -19,7 +19,8 @@
 //! - A row the table refuses for a data reason (NOT NULL, CHECK, no partition, a unique key, a
 //!   trigger's error) is quarantined as `table_refused:RULE`, even when the table refuses every
 //!   row of a batch: the run goes on, and a replay loads them once the table is fixed. Only a
-//!   structural refusal (missing objects, privileges, a type that cannot read the rows) stops.
+//!   structural refusal (missing objects, privileges, a type that cannot read the rows, a NOT
+//!   NULL column of the table itself that neither the rows nor the table fill) stops.
 //! - A delete that fails transiently is retried at most [`DELETE_ATTEMPTS`] times, then the
 //!   messages are redelivered: SQS delivers them again and they are deleted as duplicates.
 //! - The SQS adapter classifies a queue that disappears after this run has seen it as

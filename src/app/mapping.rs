@@ -51,9 +51,9 @@ pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
                         || !(c.required
                             || matches!(
                                 c.source,
+                                // (A body of `null` stores NULL: not `body`.)
                                 Source::Constant(_)
                                     | Source::Rest
-                                    | Source::Body
                                     | Source::Sqs(
                                         SqsAttribute::MessageId
                                             | SqsAttribute::SentTimestamp

@@ -215,7 +215,10 @@ where
             )
             .await
             .map_err(AppError::Query)?;
-            Ok::<_, AppError>((client, check))
+            let generated = pg::schema::generated_columns(&client, &settings.table)
+                .await
+                .map_err(AppError::Query)?;
+            Ok::<_, AppError>((client, (check, generated)))
         };
         let error = tokio::select! {
             result = attempt => match result {
@@ -234,6 +237,11 @@ where
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return Ok(stopped_before_start()),
         }
+    };
+    let (check, generated) = check;
+    settings.pipeline.table_facts = crate::pipeline::TableFacts {
+        table: settings.table.name().to_owned(),
+        generated,
     };
     let writers_lock = client;
     if let pg::schema::KeyCheck::Retired { to } = &check {

@@ -474,6 +474,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             max_in_flight_bytes: args.max_in_flight_bytes,
             max_in_flight_messages: args.max_in_flight_messages,
             progress: Default::default(),
+            table_facts: Default::default(),
         },
     })
 }

@@ -22,6 +22,31 @@ use std::fmt::Write as _;
 
 use super::personal::{self, Personal};
 
+/// The kinds of personal content, in the order a field's reason names them.
+const KINDS: [Personal; 7] = [
+    Personal::Ip,
+    Personal::Email,
+    Personal::Card,
+    Personal::Phone,
+    Personal::IdNumber,
+    Personal::Nino,
+    Personal::Iban,
+];
+
+/// How the draft's comments name many values of a kind.
+fn plural(kind: Personal) -> &'static str {
+    match kind {
+        Personal::Ip => "IP addresses",
+        Personal::Email => "e-mail addresses",
+        Personal::Card => "card numbers (they pass the Luhn check)",
+        Personal::Phone => "phone numbers",
+        Personal::IdNumber => "ddd-dd-dddd numbers, as social security numbers are written",
+        Personal::Nino => "National Insurance numbers",
+        Personal::Iban => "IBANs (their check digits hold)",
+        Personal::Name => "named as personal data",
+    }
+}
+
 /// What the samples showed of one field.
 #[derive(Default)]
 struct Seen {
@@ -41,11 +66,9 @@ struct Seen {
     timestamps: usize,
     dates: usize,
     ips: usize,
-    emails: usize,
-    phones: usize,
-    cards: usize,
-    id_numbers: usize,
-    ibans: usize,
+    /// Of the values: how many look personal by their content ([`personal::content`], a card
+    /// sent as a number too), by kind, in the order of [`KINDS`].
+    personal: [usize; KINDS.len()],
     /// The first personal thing seen inside an object or array value (kept whole as jsonb),
     /// and where, array indexes written `*`.
     inner: Option<(Personal, String)>,
@@ -59,17 +82,15 @@ impl Seen {
         match value {
             Json::Null => self.nulls += 1,
             Json::Bool(_) => self.booleans += 1,
-            Json::Number(n) => match n.as_i64() {
-                Some(i) => {
-                    if self.integers == 0 {
-                        (self.min_int, self.max_int) = (i, i);
-                    }
-                    self.integers += 1;
-                    self.min_int = self.min_int.min(i);
-                    self.max_int = self.max_int.max(i);
-                }
-                None => self.numbers += 1,
-            },
+            Json::Number(n) if personal::number_is_card(n) => {
+                self.count_personal(Personal::Card);
+                self.present -= 1;
+                self.add_number(n);
+            }
+            Json::Number(n) => {
+                self.present -= 1;
+                self.add_number(n);
+            }
             Json::String(s) => {
                 self.strings += 1;
                 self.max_chars = self.max_chars.max(s.chars().count());
@@ -81,11 +102,9 @@ impl Seen {
                     time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"));
                 self.dates += usize::from(date.is_ok());
                 self.ips += usize::from(personal::is_ip(s));
-                self.emails += usize::from(personal::is_email(s));
-                self.phones += usize::from(personal::is_phone(s));
-                self.cards += usize::from(personal::is_card(s));
-                self.id_numbers += usize::from(personal::is_id_number(s));
-                self.ibans += usize::from(personal::is_iban(s));
+                if let Some(kind) = personal::content(s) {
+                    self.count_personal(kind);
+                }
             }
             Json::Array(items) if items.iter().all(Json::is_string) => {
                 self.string_arrays += 1;
@@ -98,9 +117,31 @@ impl Seen {
             _ => {
                 self.others += 1;
                 if self.inner.is_none() {
-                    self.inner = personal::first_in(value, false, true);
+                    self.inner = personal::first_in(value, false, true, false);
                 }
             }
+        }
+    }
+
+    /// A number: its kind and range (counted as present).
+    fn add_number(&mut self, n: &serde_json::Number) {
+        self.present += 1;
+        match n.as_i64() {
+            Some(i) => {
+                if self.integers == 0 {
+                    (self.min_int, self.max_int) = (i, i);
+                }
+                self.integers += 1;
+                self.min_int = self.min_int.min(i);
+                self.max_int = self.max_int.max(i);
+            }
+            None => self.numbers += 1,
+        }
+    }
+
+    fn count_personal(&mut self, kind: Personal) {
+        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+            self.personal[i] += 1;
         }
     }
 
@@ -162,28 +203,17 @@ impl Seen {
             // True or false identifies no one (`email_verified`).
             return None;
         }
-        if n == 0 || self.strings != n {
-            // Not all text: only the name can tell (and such a value is redacted, not tokenised).
-            return Self::personal_name(name).map(str::to_owned);
-        }
-        let share = |count: usize, what: &str| {
-            (count > 0).then(|| match count == n {
-                true => format!("the values are {what}"),
-                false => format!("{count} of {n} values are {what}"),
-            })
-        };
-        share(self.ips, "IP addresses")
-            .or_else(|| share(self.emails, "e-mail addresses"))
-            .or_else(|| share(self.cards, "card numbers (they pass the Luhn check)"))
-            .or_else(|| share(self.phones, "phone numbers"))
-            .or_else(|| {
-                share(
-                    self.id_numbers,
-                    "ddd-dd-dddd numbers, as social security numbers are written",
-                )
-            })
-            .or_else(|| share(self.ibans, "IBANs (their check digits hold)"))
-            .or_else(|| Self::personal_name(name).map(str::to_owned))
+        // The content first, whatever the type (a card sent as a number is redacted, since a
+        // value that is not text is not tokenised); the name when the content says nothing.
+        let by_content = KINDS
+            .iter()
+            .zip(self.personal)
+            .find(|(_, count)| *count > 0)
+            .map(|(kind, count)| match count == n {
+                true => format!("the values are {}", plural(*kind)),
+                false => format!("{count} of {n} values are {}", plural(*kind)),
+            });
+        by_content.or_else(|| Self::personal_name(name).map(str::to_owned))
     }
 
     /// Why a jsonb column is worth a note: what personal data the samples hold inside it,
@@ -283,14 +313,14 @@ fn count_keys(prefix: &str, object: &Map<String, Json>, seen: &mut HashMap<Strin
 }
 
 /// The nested objects whose keys are data by how they vary: four or more distinct keys, each
-/// present on average in fewer than half of the objects (a map keyed by user names or ids;
+/// present on average in at most half of the objects (a map keyed by user names or ids;
 /// a record's fields recur). With one sample nothing varies, so nothing is found this way.
 fn keyed_by_data(seen: &HashMap<String, KeysSeen>) -> HashSet<String> {
     seen.iter()
         .filter(|(_, s)| {
             let distinct = s.keys.len();
             let mentions: usize = s.keys.values().sum();
-            distinct >= 4 && mentions * 2 < distinct * s.objects
+            distinct >= 4 && mentions * 2 <= distinct * s.objects
         })
         .map(|(pointer, _)| pointer.clone())
         .collect()

@@ -40,8 +40,11 @@
 //!
 //! `match` says which messages the mapping takes, evaluated after the envelope on each
 //! document: `{ field = "/type", equals = "user.updated" }`, `{ field = "/type", in = ["a",
-//! "b"] }`, or `{ attribute = "kind", equals = "audit" }` (an SQS message attribute, or under an
-//! SNS envelope one of the notification's `MessageAttributes`). A message none of whose
+//! "b"] }`, a field of the envelope (`{ field = "eventbridge:detail-type", equals = "..." }`),
+//! or `{ attribute = "kind", equals = "audit" }` (an SQS message attribute, or under an SNS
+//! envelope one of the notification's `MessageAttributes`). Values compare as text: a string
+//! as it is, a number or boolean as JSON writes it (`equals = 2` takes `2`, not `2.0`); the
+//! field is not `rest`'s. A message none of whose
 //! documents it takes is quarantined as `no_mapping` (a replay loads it once a mapping takes
 //! it); without `match`, every message is taken.
 //!
@@ -169,7 +172,10 @@ pub struct Match {
 /// What a [`Match`] looks at.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MatchOn {
+    /// A JSON pointer into the (unwrapped) message.
     Field(String),
+    /// A field of the envelope (`eventbridge:detail-type`, `sns:Subject`, ...).
+    Envelope(String),
     Attribute(String),
 }
 
@@ -189,9 +195,11 @@ impl RawMatch {
             match (self.field, self.attribute) {
                 (Some(field), None) => match source(&field) {
                     Ok(Source::Pointer(p)) => MatchOn::Field(p),
+                    Ok(Source::Envelope(f)) => MatchOn::Envelope(f),
                     _ => {
                         return Err(format!(
-                            "`field = \"{field}\"` is not a JSON pointer (`/type`)"
+                            "`field = \"{field}\"` is not a JSON pointer (`/type`) or a field of \
+                             the envelope (`eventbridge:detail-type`, `sns:Subject`)"
                         ))
                     }
                 },
@@ -204,6 +212,9 @@ impl RawMatch {
             };
         let text = |v: toml::Value| match v {
             toml::Value::String(s) => Ok(s),
+            toml::Value::Float(f) if !f.is_finite() => {
+                Err("a value must be a finite number, a string or a boolean".into())
+            }
             toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
                 serde_json::to_value(v)
                     .map(|j| j.to_string())
@@ -384,6 +395,23 @@ impl Mapping {
             .map(RawMatch::check)
             .transpose()
             .map_err(|e| MappingError(format!("key `match`: {e}")))?;
+        if let Some(Match {
+            on: MatchOn::Envelope(field),
+            ..
+        }) = &matcher
+        {
+            let wanted = field.split(':').next().unwrap_or_default();
+            let given = match raw.envelope {
+                Envelope::Sns => "sns",
+                Envelope::Eventbridge => "eventbridge",
+                Envelope::S3 | Envelope::None => "",
+            };
+            if wanted != given {
+                return Err(MappingError(format!(
+                    "key `match`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or match on another field"
+                )));
+            }
+        }
         if raw.columns.is_empty() {
             return Err(MappingError(
                 "key `columns`: a mapping needs at least one column".into(),
@@ -568,10 +596,12 @@ impl Mapping {
                 ));
             }
             let mask_scope = c.mask_scope.unwrap_or_else(|| c.name.clone());
+            // Any step of the pointer: `/address/lines` is an address's.
             let named_personal = match &source {
-                Source::Pointer(p) => p.rsplit('/').next().is_some_and(|last| {
-                    super::personal::name(&last.replace("~1", "/").replace("~0", "~"))
-                }),
+                Source::Pointer(p) => p
+                    .split('/')
+                    .skip(1)
+                    .any(|step| super::personal::name(&step.replace("~1", "/").replace("~0", "~"))),
                 _ => false,
             };
             columns.push(Column {
@@ -614,12 +644,21 @@ impl Mapping {
                 }
             }
         }
+        // What some pointer starts with, the match's field included: not `rest`, not unknown.
+        let match_field = match &matcher {
+            Some(Match {
+                on: MatchOn::Field(p),
+                ..
+            }) => first_token(p),
+            _ => None,
+        };
         let taken = columns
             .iter()
             .filter_map(|c| match &c.source {
                 Source::Pointer(p) => first_token(p),
                 _ => None,
             })
+            .chain(match_field)
             .collect();
         Ok(Mapping {
             table: raw.table,

@@ -22,6 +22,8 @@ pub enum Personal {
     Card,
     Phone,
     IdNumber,
+    /// A UK National Insurance number.
+    Nino,
     Iban,
     /// The field's name says so.
     Name,
@@ -35,6 +37,7 @@ impl std::fmt::Display for Personal {
             Personal::Card => "a card number (it passes the Luhn check)",
             Personal::Phone => "a phone number",
             Personal::IdNumber => "a ddd-dd-dddd number, as social security numbers are written",
+            Personal::Nino => "a National Insurance number",
             Personal::Iban => "an IBAN (its check digits hold)",
             Personal::Name => "a field whose name says it may identify a person",
         })
@@ -71,7 +74,7 @@ pub fn content(s: &str) -> Option<Personal> {
         return Some(Personal::Iban);
     }
     if is_nino(s) {
-        return Some(Personal::IdNumber);
+        return Some(Personal::Nino);
     }
     None
 }
@@ -354,24 +357,35 @@ pub fn safe_name(key: &str) -> bool {
 /// alone (an object keyed by e-mail addresses).
 ///
 /// The pointer never holds a value: a key is written as it is only where it is a field's name
-/// (a top-level key, or one whose name says it is personal, such as `phone`) and safe to show
-/// ([`safe_name`]); any other key, which may be data (a user name keying an object), is `*`,
-/// and so are array indexes when `star_arrays`.
+/// (a key of the message itself, when `value` is the message or its `rest`: `top`; or one
+/// whose name says it is personal, such as `phone`) and safe to show ([`safe_name`]); any
+/// other key, which may be data (a user name keying an object), is `*`, and so are array
+/// indexes when `star_arrays`.
 pub fn first_in(
     value: &Json,
     named_personal: bool,
     star_arrays: bool,
+    top: bool,
 ) -> Option<(Personal, String)> {
     let mut path = Vec::new();
-    find(value, named_personal, star_arrays, &mut path).map(|why| {
+    let shown = Shown { star_arrays, top };
+    find(value, named_personal, shown, &mut path).map(|why| {
         let pointer: String = path.iter().map(|p| format!("/{p}")).collect();
         (why, pointer)
     })
 }
 
+/// How much of a pointer [`first_in`] may show.
+#[derive(Clone, Copy)]
+struct Shown {
+    star_arrays: bool,
+    /// The scanned value is the message (or its `rest`): its own keys are field names.
+    top: bool,
+}
+
 /// A step of a pointer that is safe to show: see [`first_in`].
-fn step(key: &str, depth: usize) -> String {
-    if safe_name(key) && (depth == 0 || name(key)) {
+fn step(key: &str, depth: usize, top: bool) -> String {
+    if safe_name(key) && ((top && depth == 0) || name(key)) {
         key.replace('~', "~0").replace('/', "~1")
     } else {
         "*".into()
@@ -381,7 +395,7 @@ fn step(key: &str, depth: usize) -> String {
 fn find(
     value: &Json,
     under_personal: bool,
-    star_arrays: bool,
+    shown: Shown,
     path: &mut Vec<String>,
 ) -> Option<Personal> {
     match value {
@@ -391,21 +405,21 @@ fn find(
         Json::Number(n) if number_is_card(n) => Some(Personal::Card),
         Json::Null | Json::Bool(_) | Json::Number(_) => None,
         Json::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            path.push(if star_arrays {
+            path.push(if shown.star_arrays {
                 "*".into()
             } else {
                 i.to_string()
             });
-            let found = find(item, under_personal, star_arrays, path);
+            let found = find(item, under_personal, shown, path);
             if found.is_none() {
                 path.pop();
             }
             found
         }),
         Json::Object(map) => map.iter().find_map(|(key, item)| {
-            path.push(step(key, path.len()));
+            path.push(step(key, path.len(), shown.top));
             let found =
-                content(key).or_else(|| find(item, under_personal || name(key), star_arrays, path));
+                content(key).or_else(|| find(item, under_personal || name(key), shown, path));
             if found.is_none() {
                 path.pop();
             }
@@ -503,7 +517,7 @@ mod tests {
         assert_eq!(content(" ann@example.com "), Some(Personal::Email));
         assert_eq!(content("203.0.113.9:443"), Some(Personal::Ip));
         assert_eq!(content("[2001:db8::1]:8080"), Some(Personal::Ip));
-        assert_eq!(content("AB 12 34 56 C"), Some(Personal::IdNumber));
+        assert_eq!(content("AB 12 34 56 C"), Some(Personal::Nino));
         // Ids and millisecond timestamps that happen to pass the Luhn check are not cards.
         assert_eq!(content("1700000000006"), None);
         let number = |text: &str| serde_json::from_str::<serde_json::Number>(text).unwrap();

@@ -201,16 +201,23 @@ type EnvelopeFields = Map<String, Json>;
 /// column source: `sns:` sources name the four fields of [`SNS_FIELDS`]).
 const SNS_ATTRIBUTES: &str = "sns:MessageAttributes";
 
+/// A value as a match compares it: a string as it is, another JSON value as JSON writes it;
+/// `None` for a missing or null one.
+fn as_text(value: Option<&Json>) -> Option<Cow<'_, str>> {
+    match value? {
+        Json::Null => None,
+        Json::String(s) => Some(Cow::Borrowed(s)),
+        other => Some(Cow::Owned(other.to_string())),
+    }
+}
+
 /// Whether `matcher` takes `doc`: the field's or attribute's value as text (a string as it is,
 /// another JSON value as JSON writes it) is one of its values. A missing one takes nothing.
 fn takes(matcher: &Match, doc: &Json, fields: &EnvelopeFields, message: &Message<'_>) -> bool {
     let is_one = |text: &str| matcher.values.iter().any(|v| v == text);
     match &matcher.on {
-        MatchOn::Field(pointer) => match doc.pointer(pointer) {
-            Some(Json::String(s)) => is_one(s),
-            Some(Json::Null) | None => false,
-            Some(other) => is_one(&other.to_string()),
-        },
+        MatchOn::Field(pointer) => as_text(doc.pointer(pointer)).is_some_and(|t| is_one(&t)),
+        MatchOn::Envelope(field) => as_text(fields.get(field)).is_some_and(|t| is_one(&t)),
         MatchOn::Attribute(name) => {
             let sqs = message
                 .attributes
@@ -383,6 +390,7 @@ impl Mapping {
                         self.table,
                         match &matcher.on {
                             MatchOn::Field(p) => format!("field {p}"),
+                            MatchOn::Envelope(f) => format!("envelope field {f}"),
                             MatchOn::Attribute(a) => format!("attribute {a}"),
                         },
                         matcher.values.len()
@@ -642,7 +650,14 @@ impl Mapping {
         let value = match self.rest_personal {
             _ if column.column_type != ColumnType::Jsonb || column.mask.is_some() => value,
             RestPersonal::Keep => value,
-            RestPersonal::Reject => match scrub::first(value, column.named_personal, false) {
+            RestPersonal::Reject => match scrub::first(
+                value,
+                column.named_personal,
+                false,
+                // The message itself, or its `rest`: its keys are field names, safe to show.
+                matches!(column.source, Source::Rest | Source::Body)
+                    || column.source == Source::Pointer(String::new()),
+            ) {
                 Some((why, at)) => {
                     return Err(Rejection::new(
                         code("personal_data"),

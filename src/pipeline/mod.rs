@@ -93,6 +93,18 @@ pub struct PipelineSettings {
     pub max_in_flight_bytes: usize,
     /// Live counts, for whoever wants to show progress.
     pub progress: Arc<Progress>,
+    /// What the target table fills itself, learnt at start-up: a NOT NULL refusal of a column
+    /// outside the rows is structural only on this table and for a column it does not compute.
+    pub table_facts: TableFacts,
+}
+
+/// The target table as PostgreSQL names it in its errors, and the columns it computes itself
+/// (generated columns). Empty when unknown: then no NOT NULL refusal is taken as structural.
+#[derive(Debug, Clone, Default)]
+pub struct TableFacts {
+    /// The table's own name, without its schema (as an error's `table` field gives it).
+    pub table: String,
+    pub generated: Vec<String>,
 }
 
 impl PipelineSettings {
@@ -177,8 +189,10 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         )
     });
 
-    // The columns the rows fill: a NOT NULL column outside them refuses every row (structural).
-    let written = kind.columns();
+    // The columns the rows fill, or the table computes: a NOT NULL column of the table outside
+    // them refuses every row (structural).
+    let mut written = kind.columns();
+    written.extend(settings.table_facts.generated.iter().cloned());
     let stage = Arc::new(Stage::new(kind, sealer, attempts, settings.clone()));
     // Every task the run spawns besides the loaders, so a deadline can wait for them to end.
     let tasks = TaskTracker::new();
@@ -229,6 +243,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             stallers: &stage.stallers,
             stall: isolate::STALL,
             written: &written,
+            table: &settings.table_facts.table,
         };
         let loaded = load::Batcher {
             items: item_rx,

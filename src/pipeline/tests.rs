@@ -262,6 +262,7 @@ fn settings(mode: Mode) -> PipelineSettings {
         max_in_flight_bytes: 64 << 20,
         max_in_flight_messages: 10_000,
         progress: Arc::default(),
+        table_facts: Default::default(),
     }
 }
 

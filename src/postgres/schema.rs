@@ -91,6 +91,11 @@ pub struct TableName {
 }
 
 impl TableName {
+    /// The table's own name, without its schema.
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
     /// Parses `schema.table` or `table` (schema `public`). Names are taken literally (case kept,
     /// no quotes needed or allowed); anything else fails with a message for `--table`.
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -354,6 +359,24 @@ pub async fn check_shape(
             differences: differences.join("; "),
         })
     }
+}
+
+/// The columns of `table` it computes itself (generated columns).
+pub async fn generated_columns(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT attname::text FROM pg_attribute
+              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+                AND attgenerated <> ''",
+            &[&table.quoted()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// What a table asks of each row beyond its columns' types, which `check` cannot prove every

@@ -1194,7 +1194,6 @@ columns = [
         details,
         "the mapping for public.user_events takes messages whose field /type is one of 1 value(s)"
     );
-    assert!(!stderr(&drain).contains("s-3"), "no value in the log");
 
     // The mapping takes page views too now: a replay loads them; the untyped stay out.
     std::fs::write(&file, mapping(r#""user.updated", "page.viewed""#)).unwrap();

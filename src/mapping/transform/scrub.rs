@@ -1,9 +1,10 @@
 //! The scan of a value bound for an unmasked jsonb column: what in it looks personal
 //! ([`crate::mapping::personal`]), found without copying anything, and a masked copy made only
-//! when something is found. A value is personal by its content (an address, a phone, card or
-//! id number) or by a key on its way down whose name says so (everything under `address` or
-//! `contact_email`); a key is personal by its content alone (an object keyed by e-mail
-//! addresses).
+//! when something is found. A value is personal by its content (an address, a phone, card,
+//! IBAN or id number; a card sent as a number too), by a key on its way down whose name says
+//! so (everything under `address` or `contact_email`), or by the column's own field when that
+//! or a field above it is named as personal data (`from = "/customer/name"`: all of it); a key
+//! is personal by its content alone (an object keyed by e-mail addresses).
 
 use std::borrow::Cow;
 
@@ -23,7 +24,7 @@ pub(super) fn masked<'v>(
     mask: &ColumnMask,
     how: RestMask,
 ) -> Cow<'v, Json> {
-    if first(value, named_personal, false).is_none() {
+    if first(value, named_personal, false, false).is_none() {
         return Cow::Borrowed(value);
     }
     Cow::Owned(copy(value, named_personal, mask, how))
@@ -88,7 +89,7 @@ mod tests {
                 "amount":12.50,"ok":true,"tags":["a","b"]}"#,
         )
         .unwrap();
-        let (why, at) = first(&value, false, false).unwrap();
+        let (why, at) = first(&value, false, false, true).unwrap();
         // Keys in order: `Email` (by name) before the rest.
         assert_eq!((why, at.as_str()), (Personal::Email, "/Email"));
         let mask = mask();
@@ -129,37 +130,43 @@ mod tests {
     fn nothing_personal_is_borrowed_and_paths_never_show_data_keys() {
         let plain: Json =
             serde_json::from_str(r#"{"a":{"b":[1,"x",null]},"product_name":"tea"}"#).unwrap();
-        assert!(first(&plain, false, false).is_none());
+        assert!(first(&plain, false, false, true).is_none());
         assert!(matches!(
             masked(&plain, false, &mask(), RestMask::Hmac),
             Cow::Borrowed(_)
         ));
         let keyed: Json =
             serde_json::from_str(r#"{"by_id":{"12345678":{"ip":"10.0.0.1"}}}"#).unwrap();
-        let (why, at) = first(&keyed, false, false).unwrap();
+        let (why, at) = first(&keyed, false, false, true).unwrap();
         assert_eq!((why, at.as_str()), (Personal::Ip, "/by_id/*/ip"));
         let listed: Json =
             serde_json::from_str(r#"{"c":[{"k":1},{"phone":"+1 555 0100 22"}]}"#).unwrap();
-        assert_eq!(first(&listed, false, false).unwrap().1, "/c/1/phone");
-        assert_eq!(first(&listed, false, true).unwrap().1, "/c/*/phone");
+        assert_eq!(first(&listed, false, false, true).unwrap().1, "/c/1/phone");
+        assert_eq!(first(&listed, false, true, true).unwrap().1, "/c/*/phone");
         // A key below the top that is no personal field's name may be data (a user name):
         // never shown.
         let by_user: Json =
             serde_json::from_str(r#"{"scores":{"ada_lovelace":{"email":"x@y.org"}}}"#).unwrap();
-        assert_eq!(first(&by_user, false, false).unwrap().1, "/scores/*/email");
+        assert_eq!(
+            first(&by_user, false, false, true).unwrap().1,
+            "/scores/*/email"
+        );
+        // Below the message (a column from `/scores`), its first keys may be data too.
+        let scores = &by_user["scores"];
+        assert_eq!(first(scores, false, false, false).unwrap().1, "/*/email");
         let uuid_keyed: Json =
             serde_json::from_str(r#"{"c0a8d2a4-1f2e-4b3c-9d8e-7f6a5b4c3d2e":{"tel":"x"}}"#)
                 .unwrap();
-        assert_eq!(first(&uuid_keyed, false, false).unwrap().1, "/*/tel");
+        assert_eq!(first(&uuid_keyed, false, false, true).unwrap().1, "/*/tel");
         // A card sent as a number is a card.
         let card: Json = serde_json::from_str(r#"{"cc":4111111111111111,"n":17}"#).unwrap();
-        assert_eq!(first(&card, false, false).unwrap().0, Personal::Card);
+        assert_eq!(first(&card, false, false, true).unwrap().0, Personal::Card);
         let out = masked(&card, false, &mask(), RestMask::Hmac).into_owned();
         assert!(out["cc"].is_string() && out["n"] == 17, "{out}");
         // The field a column takes may itself be named as personal data: all of it is.
         let named: Json = serde_json::from_str(r#"{"first":"Ada","last":"Lovelace"}"#).unwrap();
-        assert!(first(&named, false, false).is_none());
-        assert_eq!(first(&named, true, false).unwrap().0, Personal::Name);
+        assert!(first(&named, false, false, true).is_none());
+        assert_eq!(first(&named, true, false, true).unwrap().0, Personal::Name);
         let out = masked(&named, true, &mask(), RestMask::Hmac).into_owned();
         assert!(!out.to_string().contains("Lovelace"), "{out}");
     }

@@ -413,8 +413,48 @@ columns = [{ name = "key", from = "/s3/object/key", type = "text" }]
         r#"{"Records": [{"eventName": "ObjectRemoved:Delete", "s3": {"object": {"key": "b"}}}]}"#;
     assert_eq!(apply(s3, removed).unwrap_err().reason, "no_mapping");
     assert_eq!(apply(s3, r#"{"Event": "s3:TestEvent"}"#).unwrap().len(), 0);
+    // A field of the envelope: EventBridge's detail-type.
+    let by_detail_type = r#"
+table = "public.signups"
+envelope = "eventbridge"
+match = { field = "eventbridge:detail-type", equals = "Signup" }
+columns = [{ name = "id", from = "/id", type = "integer" }]
+"#;
+    let event = |kind: &str| {
+        serde_json::json!({"id": "e-1", "source": "app", "detail-type": kind, "detail": {"id": 1}})
+            .to_string()
+    };
+    assert_eq!(apply(by_detail_type, &event("Signup")).unwrap().len(), 1);
+    assert_eq!(
+        apply(by_detail_type, &event("Login")).unwrap_err().reason,
+        "no_mapping"
+    );
+    // The match's field is the mapping's: not `rest`'s, not unknown.
+    let with_rest = r#"
+table = "public.t"
+match = { field = "/type", equals = "a" }
+columns = [
+  { name = "id", from = "/id", type = "integer" },
+  { name = "rest", from = "rest", type = "jsonb" },
+]
+"#;
+    let m = Mapper::new(Mapping::parse(with_rest).unwrap(), &key());
+    let (rows, unknown, _) = m.apply_counting(&message(r#"{"type": "a", "id": 1, "x": 2}"#));
+    assert_eq!(
+        rows.unwrap()[0].values()[1].to_text().as_deref(),
+        Some(r#"{"x":2}"#)
+    );
+    assert_eq!(unknown, 1);
     // Mistakes are named.
     for (bad, says) in [
+        (
+            r#"match = { field = "/t", equals = nan }"#,
+            "a finite number",
+        ),
+        (
+            r#"match = { field = "sns:Subject", equals = "a" }"#,
+            "is a field of the sns envelope",
+        ),
         (
             r#"match = { field = "type", equals = "a" }"#,
             "is not a JSON pointer",
@@ -438,4 +478,43 @@ columns = [{ name = "key", from = "/s3/object/key", type = "text" }]
             "{bad}: {error}"
         );
     }
+}
+
+/// A jsonb column whose field sits under a personal name anywhere on its pointer is personal
+/// whole; below the message, the keys of the column's own value may be data, never shown.
+#[test]
+fn a_jsonb_column_under_a_personal_name_is_masked_whole_and_its_keys_stay_unshown() {
+    let mapping = r#"
+table = "public.t"
+columns = [
+  { name = "lines", from = "/address/lines", type = "jsonb" },
+  { name = "scores", from = "/scores", type = "jsonb" },
+]
+"#;
+    let rows = apply(
+        mapping,
+        r#"{"address": {"lines": ["1 Main St", "Springfield"]}, "scores": {"ada": 1}}"#,
+    )
+    .unwrap();
+    let lines = rows[0][0].clone().unwrap();
+    assert!(
+        !lines.contains("Main St") && !lines.contains("Springfield"),
+        "{lines}"
+    );
+    assert_eq!(rows[0][1].as_deref(), Some(r#"{"ada":1}"#));
+    let rejecting = mapping.replace(
+        "table = \"public.t\"",
+        "table = \"public.t\"\nrest_personal = \"reject\"",
+    );
+    let refused = apply(
+        &rejecting,
+        r#"{"address": {"lines": []}, "scores": {"ada_lovelace": {"email": "a@b.org"}}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(refused.reason, "personal_data:scores");
+    let detail = refused.detail.unwrap();
+    assert!(
+        detail.contains("at `/*/email`") && !detail.contains("lovelace"),
+        "{detail}"
+    );
 }
