@@ -400,17 +400,11 @@ impl Mapping {
             ..
         }) = &matcher
         {
-            let wanted = field.split(':').next().unwrap_or_default();
-            let given = match raw.envelope {
-                Envelope::Sns => "sns",
-                Envelope::Eventbridge => "eventbridge",
-                Envelope::S3 | Envelope::None => "",
-            };
-            if wanted != given {
-                return Err(MappingError(format!(
+            envelope_has(raw.envelope, field).map_err(|wanted| {
+                MappingError(format!(
                     "key `match`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or match on another field"
-                )));
-            }
+                ))
+            })?;
         }
         if raw.columns.is_empty() {
             return Err(MappingError(
@@ -578,17 +572,11 @@ impl Mapping {
                 }
             }
             if let Source::Envelope(field) = &source {
-                let wanted = field.split(':').next().unwrap_or_default();
-                let given = match raw.envelope {
-                    Envelope::Sns => "sns",
-                    Envelope::Eventbridge => "eventbridge",
-                    Envelope::S3 | Envelope::None => "",
-                };
-                if wanted != given {
-                    return Err(fail(format!(
+                envelope_has(raw.envelope, field).map_err(|wanted| {
+                    fail(format!(
                         "key `from`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or take another source"
-                    )));
-                }
+                    ))
+                })?;
             }
             if c.mask_scope.is_some() && !matches!(mask, Some(Mask::Token(_))) {
                 return Err(fail(
@@ -684,6 +672,22 @@ impl Mapping {
                 && c.mask.is_none()
                 && c.column_type == ColumnType::Jsonb
         })
+    }
+}
+
+/// Whether `envelope` has the field `field` (`sns:Subject`, `eventbridge:detail-type`); if
+/// not, the envelope that has it.
+fn envelope_has(envelope: Envelope, field: &str) -> Result<(), String> {
+    let wanted = field.split(':').next().unwrap_or_default();
+    let given = match envelope {
+        Envelope::Sns => "sns",
+        Envelope::Eventbridge => "eventbridge",
+        Envelope::S3 | Envelope::None => "",
+    };
+    if wanted == given {
+        Ok(())
+    } else {
+        Err(wanted.to_owned())
     }
 }
 
