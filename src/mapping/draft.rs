@@ -326,14 +326,10 @@ fn keyed_by_data(seen: &HashMap<String, KeysSeen>) -> HashSet<String> {
         .collect()
 }
 
-/// A key that is a value rather than a name: an address, an id, a number, or long.
+/// A key that is a value rather than a name: one [`personal::safe_name`] would not show (an
+/// address, an id, mostly digits, long), or one with characters names do not have.
 fn key_is_data(key: &str) -> bool {
-    key.len() > 40
-        || personal::is_ip(key)
-        || personal::is_email(key)
-        || uuid::Uuid::try_parse(key).is_ok()
-        || key.bytes().any(|b| b.is_ascii_digit())
-            && key.bytes().filter(u8::is_ascii_digit).count() * 2 >= key.len()
+    !personal::safe_name(key)
         || !key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b' '))

@@ -589,7 +589,7 @@ impl Mapping {
                 Source::Pointer(p) => p
                     .split('/')
                     .skip(1)
-                    .any(|step| super::personal::name(&step.replace("~1", "/").replace("~0", "~"))),
+                    .any(|step| super::personal::name(&unescape(step))),
                 _ => false,
             };
             columns.push(Column {
@@ -695,7 +695,12 @@ fn envelope_has(envelope: Envelope, field: &str) -> Result<(), String> {
 fn first_token(pointer: &str) -> Option<String> {
     let rest = pointer.strip_prefix('/')?;
     let token = rest.split('/').next().unwrap_or(rest);
-    Some(token.replace("~1", "/").replace("~0", "~"))
+    Some(unescape(token))
+}
+
+/// A pointer's reference token as the key it names (`a~1b` is `a/b`, RFC 6901).
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
 }
 
 fn source(from: &str) -> Result<Source, String> {

@@ -123,7 +123,11 @@ impl Mapper {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
             });
-            if reported.len() < UNKNOWN_NAMES_REMEMBERED && reported.insert(key.clone()) {
+            // Looked up before inserting: a name seen before costs no allocation.
+            if reported.len() < UNKNOWN_NAMES_REMEMBERED
+                && !reported.contains(key.as_str())
+                && reported.insert(key.clone())
+            {
                 // A key that is itself data (an address, an id) is counted, never named.
                 new.push(if scrub::safe_name(key) {
                     key.clone()

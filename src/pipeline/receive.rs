@@ -324,6 +324,8 @@ pub(super) struct Stage {
     suspect_turn: tokio::sync::Mutex<()>,
     /// Messages that stalled the database alone here before: suspects on their next delivery.
     pub(super) stallers: batch::Stallers,
+    /// Fields no column of the kind takes (the metric, labelled with the kind).
+    unknown_fields: metrics::Counter,
     settings: Arc<PipelineSettings>,
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,
@@ -397,6 +399,7 @@ impl Stage {
         settings: Arc<PipelineSettings>,
     ) -> Self {
         Self {
+            unknown_fields: crate::telemetry::metrics::unknown_fields(kind.name()),
             kind,
             sealer,
             attempts,
@@ -635,10 +638,7 @@ impl Stage {
             transformed()
         };
         if t.unknown_fields > 0 {
-            crate::telemetry::metrics::record_unknown_fields(
-                self.kind.name(),
-                u64::from(t.unknown_fields),
-            );
+            self.unknown_fields.increment(u64::from(t.unknown_fields));
             for field in &t.new_unknown {
                 tracing::info!(kind = self.kind.name(), %field, "a field no column takes (named once; its values are never logged)");
             }

@@ -55,6 +55,17 @@ fn env<'a>(
     ]
 }
 
+/// What a test of one mapping starts from: a database and a queue on `sqs`, a fresh key, the
+/// queue's protocol as `SQS2PG_SQS_PROTOCOL` spells it, and a directory of its own for files.
+async fn case_on(sqs: Sqs, name: &str) -> (TestDb, TestQueue, String, String, PathBuf) {
+    let (db, queue) = fixture_on(sqs).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let protocol = queue.protocol.to_string();
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    (db, queue, key, protocol, dir)
+}
+
 /// `rejects replay --reason table_refused` (every `table_refused:RULE`), which must succeed.
 fn replay_refused(env: &[(&str, &str)]) -> Output {
     let replay = sqs2pg(&["rejects", "replay", "--reason", "table_refused"], env);
@@ -668,11 +679,7 @@ async fn attributes_and_group_ids_reach_their_columns_over_query() {
 /// the values it found personal masked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draft_used_unedited_sets_up_its_table_and_loads_its_samples() {
-    let (db, queue) = fixture_on(Sqs::MotoJson).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let protocol = queue.protocol.to_string();
-    let dir = std::env::temp_dir().join(unique("sqs2pg-draft"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (db, queue, key, protocol, dir) = case_on(Sqs::MotoJson, "sqs2pg-draft").await;
     let file = dir.join("orders.toml");
     let samples = example("orders-sns.jsonl").display().to_string();
     let draft = sqs2pg(
@@ -731,11 +738,7 @@ async fn a_draft_used_unedited_sets_up_its_table_and_loads_its_samples() {
 /// summary and named once each in the log, their values never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_data_no_column_foresaw_never_reaches_rest_in_clear() {
-    let (db, queue) = fixture_on(Sqs::MotoJson).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let protocol = queue.protocol.to_string();
-    let dir = std::env::temp_dir().join(unique("sqs2pg-rest"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (db, queue, key, protocol, dir) = case_on(Sqs::MotoJson, "sqs2pg-rest").await;
     let personal = [
         "Ann.Lee@example.com",
         "ann.work@example.org",
@@ -915,11 +918,7 @@ type = "jsonb"
 /// the run; one that only partly did quarantined them as `rejected_by_database`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_no_partition_takes_and_repeated_unique_keys_are_quarantined_and_the_rest_load() {
-    let (db, queue) = fixture_on(Sqs::MotoJson).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let protocol = queue.protocol.to_string();
-    let dir = std::env::temp_dir().join(unique("sqs2pg-rules"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (db, queue, key, protocol, dir) = case_on(Sqs::MotoJson, "sqs2pg-rules").await;
     let file = dir.join("events.toml");
     std::fs::write(
         &file,
@@ -1013,11 +1012,7 @@ columns = [
 /// leaves no raw personal value of the samples anywhere in the table, the draft or the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draft_of_nested_personal_data_stores_none_of_it_in_clear() {
-    let (db, queue) = fixture_on(Sqs::MotoJson).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let protocol = queue.protocol.to_string();
-    let dir = std::env::temp_dir().join(unique("sqs2pg-nested-draft"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (db, queue, key, protocol, dir) = case_on(Sqs::MotoJson, "sqs2pg-nested-draft").await;
     let people = [
         (
             "Ada",
@@ -1160,11 +1155,7 @@ async fn a_draft_of_nested_personal_data_stores_none_of_it_in_clear() {
 /// loads them (those no mapping takes are quarantined again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_match_takes_its_event_types_and_no_mapping_messages_replay_once_taken() {
-    let (db, queue) = fixture_on(Sqs::LocalStack4).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let protocol = queue.protocol.to_string();
-    let dir = std::env::temp_dir().join(unique("sqs2pg-match"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (db, queue, key, protocol, dir) = case_on(Sqs::LocalStack4, "sqs2pg-match").await;
     let file = dir.join("events.toml");
     let mapping = |types: &str| {
         format!(

@@ -123,7 +123,6 @@ async fn every_type_round_trips_through_binary_copy_into_postgresql() {
     use serde_json::{json, Value as Json};
     use sqs2pg::mapping::column::convert;
     use sqs2pg::mapping::ColumnType;
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
     let digits = |n: usize| proptest::string::string_regex(&format!("-?[0-9]{{1,{n}}}")).unwrap();
     // Mostly printable text; now and then one with U+0000, which must be refused.
@@ -288,28 +287,7 @@ async fn every_type_round_trips_through_binary_copy_into_postgresql() {
             ))
             .await
             .unwrap();
-        let tx = client.transaction().await.unwrap();
-        let sink = tx
-            .copy_in("COPY rt (n, v) FROM STDIN (FORMAT binary)")
-            .await
-            .unwrap();
-        let types = [
-            tokio_postgres::types::Type::INT4,
-            sqs2pg::mapping::encode::wire_type(column_type),
-        ];
-        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
-        for (n, value) in stored.iter().enumerate() {
-            writer
-                .as_mut()
-                .write(&[&(n as i32), value])
-                .await
-                .unwrap_or_else(|e| panic!("{type_name}: {e}"));
-        }
-        writer
-            .finish()
-            .await
-            .unwrap_or_else(|e| panic!("{type_name}: {e:?}"));
-        tx.commit().await.unwrap();
+        copy_into_rt(&mut client, column_type, &stored, type_name).await;
         let rows = client
             .query("SELECT v, v::text FROM rt ORDER BY n", &[])
             .await
@@ -341,7 +319,6 @@ async fn jsonb_stores_every_digit_and_character_the_message_sent() {
     use proptest::strategy::ValueTree;
     use sqs2pg::mapping::column::convert;
     use sqs2pg::mapping::ColumnType;
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
     let quoted = |s: String| serde_json::to_string(&s).unwrap();
     let leaf = prop_oneof![
@@ -387,21 +364,7 @@ async fn jsonb_stores_every_digit_and_character_the_message_sent() {
         .filter(|t| t.bytes().filter(u8::is_ascii_digit).count() > 17)
         .count();
     assert!(long > 100, "only {long} documents with long numbers");
-    let tx = client.transaction().await.unwrap();
-    let sink = tx
-        .copy_in("COPY rt (n, v) FROM STDIN (FORMAT binary)")
-        .await
-        .unwrap();
-    let types = [
-        tokio_postgres::types::Type::INT4,
-        tokio_postgres::types::Type::JSONB,
-    ];
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
-    for (n, value) in stored.iter().enumerate() {
-        writer.as_mut().write(&[&(n as i32), value]).await.unwrap();
-    }
-    writer.finish().await.unwrap();
-    tx.commit().await.unwrap();
+    copy_into_rt(&mut client, ColumnType::Jsonb, &stored, "jsonb").await;
     // Compared in PostgreSQL: jsonb equality is numeric equality for numbers (1E3 = 1000,
     // 20.0 <> 19.999999999999999999), and keys as jsonb keeps them (the last of duplicates).
     let differ: Vec<i32> = client
@@ -647,4 +610,38 @@ columns = [
     );
     assert_eq!(first.get::<_, Option<String>>(8), None, "redacted");
     assert_eq!(first.get::<_, i32>(14), 2_003_001);
+}
+
+/// Writes `values` into `rt (n integer, v)` by binary COPY, numbered from 0, in one transaction,
+/// as the loader writes rows; a failure names `what`.
+async fn copy_into_rt(
+    client: &mut tokio_postgres::Client,
+    column_type: sqs2pg::mapping::ColumnType,
+    values: &[sqs2pg::mapping::Value],
+    what: &str,
+) {
+    let tx = client.transaction().await.unwrap();
+    let sink = tx
+        .copy_in("COPY rt (n, v) FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    let types = [
+        tokio_postgres::types::Type::INT4,
+        sqs2pg::mapping::encode::wire_type(column_type),
+    ];
+    let mut writer = std::pin::pin!(tokio_postgres::binary_copy::BinaryCopyInWriter::new(
+        sink, &types
+    ));
+    for (n, value) in values.iter().enumerate() {
+        writer
+            .as_mut()
+            .write(&[&(n as i32), value])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    writer
+        .finish()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    tx.commit().await.unwrap();
 }
