@@ -193,7 +193,7 @@ impl sqs2pg::pipeline::BatchLoader for Discard {
                 .iter()
                 .map(|r| r.rejection.reason.clone())
                 .collect(),
-            duplicates: 0,
+            ..Default::default()
         })
     }
 }

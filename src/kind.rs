@@ -111,11 +111,17 @@ impl Rejection {
 }
 
 /// The rows one message gives (none, one, or several: an S3 notification has a row per
-/// record), each already in PostgreSQL's binary COPY tuple form. Debug shows counts only.
+/// record; a message several mappings take has rows for each of their tables), each already
+/// in PostgreSQL's binary COPY tuple form, and for which of the kind's tables (its *targets*,
+/// in [`MessageKind::writes`] order). Debug shows counts only.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct CopyRows {
     bytes: BytesMut,
     rows: u32,
+    /// Where rows for a target other than the first begin: `(target, byte offset)`, one per
+    /// run of rows of one target. Empty when every row is the first target's (one table: no
+    /// allocation).
+    runs: Vec<(u16, usize)>,
 }
 
 /// Why a value could not be encoded for its column.
@@ -127,7 +133,41 @@ impl CopyRows {
         Self {
             bytes: BytesMut::with_capacity(bytes),
             rows: 0,
+            runs: Vec::new(),
         }
+    }
+
+    /// The target the next row goes to is `target`: opens a run when it changes.
+    fn route(&mut self, target: u16) {
+        let current = self.runs.last().map_or(0, |r| r.0);
+        if current != target {
+            self.runs.push((target, self.bytes.len()));
+        }
+    }
+
+    /// Appends `other`'s rows (all of its first target's) as rows of `target`.
+    pub fn append_to(&mut self, target: u16, other: &CopyRows) {
+        if other.rows == 0 {
+            return;
+        }
+        self.route(target);
+        self.bytes.extend_from_slice(&other.bytes);
+        self.rows += other.rows;
+    }
+
+    /// The encoded tuples of each run of rows, with its target, in order.
+    pub fn parts(&self) -> impl Iterator<Item = (u16, &[u8])> + '_ {
+        let first_end = self.runs.first().map_or(self.bytes.len(), |r| r.1);
+        let first = (first_end > 0).then(|| (0u16, &self.bytes[..first_end]));
+        let rest = self
+            .runs
+            .iter()
+            .enumerate()
+            .map(move |(i, &(target, start))| {
+                let end = self.runs.get(i + 1).map_or(self.bytes.len(), |r| r.1);
+                (target, &self.bytes[start..end])
+            });
+        first.into_iter().chain(rest)
     }
 
     /// Appends one row: each value encoded as its column's `types` entry, as tokio-postgres's
@@ -169,8 +209,8 @@ impl CopyRows {
         self.rows
     }
 
-    /// The encoded tuples, back to back: what the loader writes between COPY's header and
-    /// trailer.
+    /// The encoded tuples, back to back, of every target: what the loader writes between
+    /// COPY's header and trailer when the kind has one table.
     pub fn encoded(&self) -> &[u8] {
         &self.bytes
     }
@@ -209,14 +249,71 @@ impl Transformed {
     }
 }
 
-/// A message kind: a pure transform (no I/O, no clock) from a received message to rows of one
-/// table, or a rejection; and that table's columns, in the order the rows are encoded.
+/// How rows reach a table: appended, or resolved by key (see `mapping::write`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Every row is inserted.
+    #[default]
+    Append,
+    /// The first row for a key stays; a later one is a `duplicate_key`.
+    Ignore,
+    /// The last row processed for a key replaces it; a row already applied once is a
+    /// `duplicate_key`.
+    Upsert,
+    /// The greatest version wins (then SentTimestamp, then message id); a loser is `stale`.
+    Latest,
+}
+
+impl WriteMode {
+    /// As the mapping file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Append => "append",
+            WriteMode::Ignore => "ignore",
+            WriteMode::Upsert => "upsert",
+            WriteMode::Latest => "latest",
+        }
+    }
+}
+
+/// What a `latest` version column holds, which says how it is ordered as a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionOrder {
+    /// An integer or numeric.
+    Number,
+    /// A timestamp (with or without time zone): ordered by its epoch seconds.
+    Timestamp,
+    /// A date: ordered by its days since 1970.
+    Date,
+}
+
+/// How a kind's rows reach one of its tables.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableWrite {
+    /// The columns each row fills, in order, as named in the table (the loader quotes them).
+    pub columns: Vec<String>,
+    pub mode: WriteMode,
+    /// The key's columns (none under append), each with whether it is numeric (its text form
+    /// is normalised: `1.0` and `1.00` are one key).
+    pub key: Vec<(String, bool)>,
+    /// The version column, under latest.
+    pub version: Option<(String, VersionOrder)>,
+}
+
+/// Under a keyed write mode each row carries, after its columns: whether it deletes its key,
+/// its message's SentTimestamp (milliseconds) and its message id (the tie-breaks of latest).
+pub const KEYED_FIELDS: [&str; 3] = ["_deleted", "_sent_ms", "_message_id"];
+
+/// A message kind: a pure transform (no I/O, no clock) from a received message to rows of its
+/// tables, or a rejection; and how each table is written, in the order rows name them.
 pub trait MessageKind: Send + Sync + 'static {
     /// What the kind is called in metrics and logs: `login`, or a mapping's table.
     fn name(&self) -> &str;
 
-    /// The columns the rows fill, in order, as named in the table (the loader quotes them).
-    fn columns(&self) -> Vec<String>;
+    /// How each of its tables is written (the columns the rows fill, in order, and the mode);
+    /// a row's target is its index here.
+    fn writes(&self) -> Vec<TableWrite>;
 
     /// Transforms one message. Never panics on any body (fuzzed); the pipeline catches a
     /// panic anyway for a message that keeps coming back.

@@ -62,6 +62,12 @@ pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
                             )),
                 })
                 .collect(),
+            key: m
+                .write
+                .key
+                .iter()
+                .map(|&i| m.columns[i].name.clone())
+                .collect(),
         },
     }
 }

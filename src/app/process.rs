@@ -301,10 +301,14 @@ where
     let attempts: Arc<dyn pipeline::AttemptLog> = Arc::new(pg::attempts::AttemptRecorder::new(
         settings.database.clone(),
     ));
+    let targets: Vec<_> = kind
+        .writes()
+        .into_iter()
+        .map(|write| (settings.table.clone(), write))
+        .collect();
     let loader = wrap_loader(TableLoader::new(
         settings.database,
-        settings.table,
-        &kind.columns(),
+        &targets,
         sealer.key_id().to_owned(),
     ));
     let result = pipeline::run(

@@ -82,8 +82,11 @@ impl MessageKind for LoginKind {
         "login"
     }
 
-    fn columns(&self) -> Vec<String> {
-        COLUMNS.iter().map(|c| (*c).to_owned()).collect()
+    fn writes(&self) -> Vec<crate::kind::TableWrite> {
+        vec![crate::kind::TableWrite {
+            columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+            ..Default::default()
+        }]
     }
 
     fn transform(&self, message: &Message<'_>) -> Transformed {

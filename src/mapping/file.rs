@@ -317,6 +317,8 @@ pub struct Mapping {
     pub rest_personal: RestPersonal,
     /// How they are masked under [`RestPersonal::Mask`].
     pub rest_mask: RestMask,
+    /// How rows reach the table: appended, or resolved by key (`write`, `delete`).
+    pub write: super::write::Write,
     /// Top-level keys some pointer starts with (what `rest` leaves out).
     pub(super) taken: HashSet<String>,
 }
@@ -333,6 +335,8 @@ struct RawMapping {
     rest_personal: RestPersonal,
     #[serde(default)]
     rest_mask: RestMask,
+    write: Option<super::write::RawWrite>,
+    delete: Option<RawMatch>,
     columns: Vec<RawColumn>,
 }
 
@@ -403,6 +407,22 @@ impl Mapping {
             envelope_has(raw.envelope, field).map_err(|wanted| {
                 MappingError(format!(
                     "key `match`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or match on another field"
+                ))
+            })?;
+        }
+        let delete = raw
+            .delete
+            .map(RawMatch::check)
+            .transpose()
+            .map_err(|e| MappingError(format!("key `delete`: {e}")))?;
+        if let Some(Match {
+            on: MatchOn::Envelope(field),
+            ..
+        }) = &delete
+        {
+            envelope_has(raw.envelope, field).map_err(|wanted| {
+                MappingError(format!(
+                    "key `delete`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or match on another field"
                 ))
             })?;
         }
@@ -632,14 +652,20 @@ impl Mapping {
                 }
             }
         }
-        // What some pointer starts with, the match's field included: not `rest`, not unknown.
-        let match_field = match &matcher {
+        let write =
+            super::write::RawWrite::check(raw.write, delete, &mut columns).map_err(MappingError)?;
+        // What some pointer starts with, the match's and the delete's fields included: not
+        // `rest`, not unknown.
+        let field_of = |m: &Option<Match>| match m {
             Some(Match {
                 on: MatchOn::Field(p),
                 ..
             }) => first_token(p),
             _ => None,
         };
+        let match_field = field_of(&matcher)
+            .into_iter()
+            .chain(field_of(&write.delete));
         let taken = columns
             .iter()
             .filter_map(|c| match &c.source {
@@ -655,6 +681,7 @@ impl Mapping {
             matcher,
             rest_personal: raw.rest_personal,
             rest_mask: raw.rest_mask,
+            write,
             taken,
         })
     }

@@ -16,6 +16,7 @@ pub mod encode;
 pub mod file;
 pub mod personal;
 pub mod transform;
+pub mod write;
 
 pub use crate::kind::{Message, Rejection};
 pub use column::{ColumnType, Value};

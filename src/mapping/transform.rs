@@ -70,11 +70,15 @@ impl Mapper {
         let takes_all = mapping.columns.iter().any(|c| {
             matches!(&c.source, Source::Body) || c.source == Source::Pointer(String::new())
         });
-        let types = mapping
+        let mut types: Vec<_> = mapping
             .columns
             .iter()
             .map(|c| super::encode::wire_type(c.column_type))
             .collect();
+        if mapping.write.keyed() {
+            use tokio_postgres::types::Type;
+            types.extend([Type::BOOL, Type::INT8, Type::TEXT]);
+        }
         Self {
             mapping,
             masks,
@@ -140,12 +144,8 @@ impl Mapper {
 }
 
 impl MessageKind for Mapper {
-    fn columns(&self) -> Vec<String> {
-        self.mapping
-            .columns
-            .iter()
-            .map(|c| c.name.clone())
-            .collect()
+    fn writes(&self) -> Vec<crate::kind::TableWrite> {
+        vec![self.mapping.table_write()]
     }
 
     fn name(&self) -> &str {
@@ -156,12 +156,22 @@ impl MessageKind for Mapper {
         let (rows, unknown_fields, new_unknown) = self.apply_counting(message);
         let outcome = rows.and_then(|rows| {
             let mut copy = CopyRows::with_capacity(rows.len() * 32 * self.types.len());
+            let keyed = self.mapping.write.keyed();
             for row in &rows {
-                let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
+                let mut values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
                     .values()
                     .iter()
                     .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
                     .collect();
+                let deleted = row.is_delete();
+                if keyed {
+                    // kind::KEYED_FIELDS: what a keyed load resolves a batch by.
+                    values.extend([
+                        &deleted as &(dyn tokio_postgres::types::ToSql + Sync),
+                        &message.sent_timestamp_ms,
+                        &message.message_id,
+                    ]);
+                }
                 copy.push(&values, &self.types).map_err(|e| {
                     // The conversions make only values their column's type takes; this is a
                     // bug, kept as a rejection rather than a panic.
@@ -189,12 +199,18 @@ enum Number {
 /// A row ready to store: every personal column masked. Only [`Mapper::apply`] makes one.
 /// Debug shows the value kinds only.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MappedRow(Vec<Value>);
+pub struct MappedRow(Vec<Value>, bool);
 
 impl MappedRow {
     /// The values, in the mapping's column order.
     pub fn values(&self) -> &[Value] {
         &self.0
+    }
+
+    /// A delete (the mapping's `delete` takes its document): only the key and version columns
+    /// hold values, the others are NULL.
+    pub fn is_delete(&self) -> bool {
+        self.1
     }
 }
 
@@ -373,6 +389,28 @@ impl Mapping {
             })
             .map(|doc| {
                 taken += 1;
+                let delete = self
+                    .write
+                    .delete
+                    .as_ref()
+                    .is_some_and(|d| takes(d, doc, &fields, message));
+                if delete {
+                    // Only the key and the version name what is deleted; the rest is not read.
+                    let values = self
+                        .columns
+                        .iter()
+                        .zip(masks)
+                        .enumerate()
+                        .map(|(i, (column, mask))| {
+                            if self.write.key.contains(&i) || self.write.version == Some(i) {
+                                self.value(column, mask.as_ref(), doc, &fields, message)
+                            } else {
+                                Ok(Value::Null)
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    return Ok(MappedRow(values, true));
+                }
                 seen(doc);
                 let values = self
                     .columns
@@ -380,7 +418,7 @@ impl Mapping {
                     .zip(masks)
                     .map(|(column, mask)| self.value(column, mask.as_ref(), doc, &fields, message))
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, Rejection>(MappedRow(values))
+                Ok::<_, Rejection>(MappedRow(values, false))
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Some documents, none taken: no mapping takes the message. (An S3 test event has none

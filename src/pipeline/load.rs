@@ -271,7 +271,10 @@ async fn load_and_hand_over<L: BatchLoader>(
         started.elapsed(),
         oldest_sent_ms,
     );
+    crate::telemetry::metrics::record_keyed_skips(report.duplicate_keys, report.stale);
     summary.batches += 1;
+    summary.duplicate_keys += report.duplicate_keys;
+    summary.stale += report.stale;
     context.settings.progress.add(
         messages as u64,
         report.loaded,

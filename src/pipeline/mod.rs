@@ -191,7 +191,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
 
     // The columns the rows fill, or the table computes: a NOT NULL column of the table outside
     // them refuses every row (structural).
-    let mut written = kind.columns();
+    let mut written: Vec<String> = kind.writes().into_iter().flat_map(|w| w.columns).collect();
     written.extend(settings.table_facts.generated.iter().cloned());
     let stage = Arc::new(Stage::new(kind, sealer, attempts, settings.clone()));
     // Every task the run spawns besides the loaders, so a deadline can wait for them to end.

@@ -19,6 +19,11 @@ pub struct Summary {
     pub rejected: BTreeMap<String, u64>,
     /// Deliveries skipped because their message was already committed (ledger or same batch).
     pub duplicates: u64,
+    /// Rows of keyed tables that changed nothing: a key already held (`ignore`), a row already
+    /// applied (`upsert`), or superseded by a later row of their batch.
+    pub duplicate_keys: u64,
+    /// Rows of `latest` tables that lost to a greater version or a tombstone.
+    pub stale: u64,
     /// Unknown JSON fields seen (ignored).
     pub unknown_fields: u64,
     /// Messages deleted from SQS.
@@ -57,6 +62,8 @@ impl Summary {
         self.loaded += part.loaded;
         self.rows += part.rows;
         self.duplicates += part.duplicates;
+        self.duplicate_keys += part.duplicate_keys;
+        self.stale += part.stale;
         self.unknown_fields += part.unknown_fields;
         self.batches += part.batches;
         self.load_retries += part.load_retries;
@@ -104,6 +111,10 @@ impl fmt::Display for Summary {
             writeln!(f, "    {reason:<24}{count:>6}")?;
         }
         row(f, "duplicates skipped", self.duplicates)?;
+        if self.duplicate_keys > 0 || self.stale > 0 {
+            row(f, "duplicate keys", self.duplicate_keys)?;
+            row(f, "stale versions", self.stale)?;
+        }
         row(f, "deleted from queue", self.deleted)?;
         row(f, "delete failures", self.delete_failures)?;
         row(f, "MD5 mismatches", self.md5_mismatches)?;

@@ -1,5 +1,6 @@
-//! Ledger retention: pruning `sqs2pg.ledger` (and the retired `sqs2pg.processed_messages`, and
-//! the attempts at suspects) so they do not grow without bound.
+//! Ledger retention: pruning `sqs2pg.ledger` (and the retired `sqs2pg.processed_messages`, the
+//! attempts at suspects, the tombstones of `latest` tables and the digests of rows applied by
+//! `upsert`) so they do not grow without bound.
 //!
 //! Why a horizon is safe: the ledger only has to recognise a message while SQS can still
 //! deliver it. SQS keeps a message at most 14 days from when it was sent
@@ -28,8 +29,25 @@ pub async fn prune(
     let current = delete_in_batches(client, PRUNE_LEDGER, horizon, batch).await;
     let retired = delete_in_batches(client, PRUNE_RETIRED_LEDGER, horizon, batch).await;
     let attempts = delete_in_batches(client, PRUNE_ATTEMPTS, horizon, batch).await;
-    Ok(current? + retired? + attempts?)
+    let tombstones = delete_in_batches(client, PRUNE_TOMBSTONES, horizon, batch).await;
+    let applied = delete_in_batches(client, PRUNE_APPLIED, horizon, batch).await;
+    Ok(current? + retired? + attempts? + tombstones? + applied?)
 }
+
+/// Tombstones of keyed tables (write mode latest) past the horizon: a message older than the
+/// delete can no longer be delivered (live entries stay).
+const PRUNE_TOMBSTONES: &str = "DELETE FROM sqs2pg.row_versions
+  WHERE (target, key) IN (
+        SELECT target, key FROM sqs2pg.row_versions
+         WHERE deleted_at < now() - make_interval(secs => $1)
+         LIMIT $2)";
+
+/// Digests of rows applied by upsert, past the horizon.
+const PRUNE_APPLIED: &str = "DELETE FROM sqs2pg.applied_rows
+  WHERE (target, digest) IN (
+        SELECT target, digest FROM sqs2pg.applied_rows
+         WHERE applied_at < now() - make_interval(secs => $1)
+         LIMIT $2)";
 
 /// The attempts at suspects ([`super::attempts`]): by their last attempt, past the same
 /// horizon (a message that old can never be delivered again).

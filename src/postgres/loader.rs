@@ -39,9 +39,10 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use super::connect::{ConnectError, Database};
+use super::keyed::KeyedSql;
 use super::schema::TableName;
 use crate::keys::SealedBody;
-use crate::kind::{CopyRows, Rejection};
+use crate::kind::{CopyRows, Rejection, TableWrite, WriteMode};
 
 /// What a committed batch (or part of one) did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -55,6 +56,11 @@ pub struct LoadReport {
     pub rejected: Vec<String>,
     /// Messages skipped because the ledger already held their id.
     pub duplicates: u64,
+    /// Rows of keyed tables that changed nothing: a key already held (`ignore`), a row
+    /// already applied (`upsert`), or superseded in their batch by a later one.
+    pub duplicate_keys: u64,
+    /// Rows of `latest` tables that lost to a greater version (or a tombstone).
+    pub stale: u64,
 }
 
 impl LoadReport {
@@ -64,6 +70,8 @@ impl LoadReport {
         self.rows += other.rows;
         self.rejected.extend(other.rejected);
         self.duplicates += other.duplicates;
+        self.duplicate_keys += other.duplicate_keys;
+        self.stale += other.stale;
     }
 }
 
@@ -175,11 +183,22 @@ RETURNING reason";
 /// within the retention horizon; until then every load claims).
 const RETIRED_LEDGER_RECHECK: Duration = Duration::from_secs(600);
 
-/// Loads batches into the target table over one connection, reconnecting when it drops.
+/// How one of the kind's tables is written: straight by COPY (append), or staged and
+/// resolved by key.
+#[derive(Debug, Clone)]
+struct TargetSql {
+    /// The table, as `row_versions` and `applied_rows` name it.
+    name: String,
+    /// `COPY` into the table (append) or into its staging table (keyed).
+    copy: String,
+    keyed: Option<KeyedSql>,
+}
+
+/// Loads batches into the target tables over one connection, reconnecting when it drops.
 pub struct TableLoader {
     database: Database,
     connection: Option<Connection>,
-    copy_rows: String,
+    targets: Vec<TargetSql>,
     /// Takes, without waiting, the locks a load takes (see [`TableLoader::check_writable`]).
     probe: String,
     seal_key_id: String,
@@ -194,7 +213,7 @@ impl Clone for TableLoader {
         Self {
             database: self.database.clone(),
             connection: None,
-            copy_rows: self.copy_rows.clone(),
+            targets: self.targets.clone(),
             probe: self.probe.clone(),
             seal_key_id: self.seal_key_id.clone(),
             copy_ledger: true,
@@ -207,38 +226,57 @@ struct Connection {
     client: Client,
     copy_ledger: Statement,
     claim_rows: Statement,
-    copy_rows: Statement,
+    /// Per target: its COPY, and its resolving statement when keyed.
+    copy_rows: Vec<(Statement, Option<Statement>)>,
     insert_rejects: Statement,
     /// The retired ledger held ids when last asked, at that time.
     retired_ledger: (bool, Instant),
 }
 
 impl TableLoader {
-    /// A loader for `columns` of `table` (as the message kind encodes its rows, see
-    /// `kind::MessageKind::columns`; quoted here); connects on first use. `seal_key_id` names the key that
-    /// sealed the bodies of the rejections it stores.
+    /// A loader for the kind's tables: per target, the table and how the kind writes it (see
+    /// `kind::MessageKind::writes`; columns quoted here); connects on first use. `seal_key_id`
+    /// names the key that sealed the bodies of the rejections it stores.
     pub fn new(
         database: Database,
-        table: TableName,
-        columns: &[String],
+        targets: &[(TableName, TableWrite)],
         seal_key_id: String,
     ) -> Self {
+        let targets: Vec<TargetSql> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, (table, write))| {
+                let keyed =
+                    (write.mode != WriteMode::Append).then(|| KeyedSql::new(table, write, i));
+                TargetSql {
+                    name: table.to_string(),
+                    copy: match &keyed {
+                        Some(k) => k.copy.clone(),
+                        None => format!(
+                            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                            table.quoted(),
+                            write
+                                .columns
+                                .iter()
+                                .map(|c| super::schema::quote_ident(c))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    },
+                    keyed,
+                }
+            })
+            .collect();
+        let mut tables: Vec<String> = targets_tables(&targets);
+        tables.dedup();
         Self {
             database,
             connection: None,
-            copy_rows: format!(
-                "COPY {} ({}) FROM STDIN (FORMAT binary)",
-                table.quoted(),
-                columns
-                    .iter()
-                    .map(|c| super::schema::quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
             probe: format!(
                 "LOCK TABLE {}, sqs2pg.ledger, sqs2pg.rejected_messages IN ROW EXCLUSIVE MODE NOWAIT",
-                table.quoted()
+                tables.join(", ")
             ),
+            targets,
             seal_key_id,
             copy_ledger: true,
         }
@@ -259,21 +297,52 @@ impl TableLoader {
 /// never taken for a body that stalls the database.
 const LOCK_WAIT_BOUND: &str = "SET lock_timeout = '8s'";
 
+/// The tables' quoted names, in target order (a table written by two mappings twice).
+fn targets_tables(targets: &[TargetSql]) -> Vec<String> {
+    let mut tables: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            TableName::parse(&t.name)
+                .map(|n| n.quoted())
+                .unwrap_or_else(|_| t.name.clone())
+        })
+        .collect();
+    tables.sort();
+    tables
+}
+
 async fn connected<'a>(
     slot: &'a mut Option<Connection>,
     database: &Database,
-    copy_rows: &str,
+    targets: &[TargetSql],
 ) -> Result<&'a mut Connection, LoadError> {
     if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
         *slot = None;
     }
     if slot.is_none() {
         let client = database.connect().await?;
+        for target in targets {
+            if let Some(keyed) = &target.keyed {
+                client.batch_execute(&keyed.create_stage).await?;
+            }
+        }
+        let prepare_targets = async {
+            let mut prepared = Vec::with_capacity(targets.len());
+            for target in targets {
+                let copy = client.prepare(&target.copy).await?;
+                let resolve = match &target.keyed {
+                    Some(keyed) => Some(client.prepare(&keyed.resolve).await?),
+                    None => None,
+                };
+                prepared.push((copy, resolve));
+            }
+            Ok::<_, tokio_postgres::Error>(prepared)
+        };
         let (_, copy_ledger, claim_rows, copy_rows, insert_rejects, retired) = tokio::try_join!(
             client.batch_execute(LOCK_WAIT_BOUND),
             client.prepare(COPY_LEDGER),
             client.prepare(CLAIM_ROWS),
-            client.prepare(copy_rows),
+            prepare_targets,
             client.prepare(INSERT_REJECTS),
             retired_ledger_in_use(&client),
         )?;
@@ -335,21 +404,36 @@ impl TableLoader {
         rows: &[R],
         rejects: &[Reject],
     ) -> Result<LoadReport, LoadError> {
-        connected(&mut self.connection, &self.database, &self.copy_rows).await?;
+        connected(&mut self.connection, &self.database, &self.targets).await?;
         let mut ledgering = if self.copies_ledger() {
             Ledgering::Copy
         } else {
             Ledgering::Claim
         };
         let connection = self.connection.as_mut().expect("connected above");
-        let mut result =
-            load_in_transaction(connection, &self.seal_key_id, rows, rejects, ledgering).await;
+        let targets = &self.targets;
+        let mut result = load_in_transaction(
+            connection,
+            targets,
+            &self.seal_key_id,
+            rows,
+            rejects,
+            ledgering,
+        )
+        .await;
         if ledgering == Ledgering::Copy && result.as_ref().is_err_and(ledger_conflict) {
             tracing::debug!("a message of the batch is in the ledger already: claiming its ids");
             self.copy_ledger = false;
             ledgering = Ledgering::Claim;
-            result =
-                load_in_transaction(connection, &self.seal_key_id, rows, rejects, ledgering).await;
+            result = load_in_transaction(
+                connection,
+                targets,
+                &self.seal_key_id,
+                rows,
+                rejects,
+                ledgering,
+            )
+            .await;
         }
         if ledgering == Ledgering::Claim && !rows.is_empty() {
             if let Ok(report) = &result {
@@ -370,7 +454,7 @@ impl TableLoader {
     /// ledger and the reject table) without waiting, then ends: it fails while the database is
     /// down and while someone holds the table locked, and works when a load could.
     pub async fn check_writable(&mut self) -> Result<(), LoadError> {
-        let connection = connected(&mut self.connection, &self.database, &self.copy_rows).await?;
+        let connection = connected(&mut self.connection, &self.database, &self.targets).await?;
         let tx = connection.client.transaction().await?;
         tx.batch_execute(&self.probe).await?;
         tx.rollback().await?;
@@ -380,6 +464,7 @@ impl TableLoader {
 
 async fn load_in_transaction<R: LedgeredRows>(
     connection: &mut Connection,
+    targets: &[TargetSql],
     seal_key_id: &str,
     rows: &[R],
     rejects: &[Reject],
@@ -415,30 +500,35 @@ async fn load_in_transaction<R: LedgeredRows>(
                     .then(|| claimed.iter().map(|r| r.get::<_, String>(0)).collect())
             }
         };
-        let mut sink = pin!(tx.copy_in::<_, bytes::Bytes>(&connection.copy_rows).await?);
-        // COPY's binary framing around the rows their kind encoded: the signature, no flags, no
-        // header extension; the tuples; -1 as the trailer. (tokio-postgres's BinaryCopyInWriter
-        // encodes values as it writes them; ours come encoded, so the framing is done here.)
-        let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
-        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.put_i32(0);
-        buf.put_i32(0);
-        for row in rows {
-            if fresh
-                .as_ref()
-                .is_some_and(|f| !f.contains(row.message_id()))
-            {
+        let fresh_rows: Vec<&CopyRows> = rows
+            .iter()
+            .filter(|row| fresh.as_ref().is_none_or(|f| f.contains(row.message_id())))
+            .map(LedgeredRows::rows)
+            .collect();
+        report.loaded = fresh_rows.len() as u64;
+        for (index, target) in targets.iter().enumerate() {
+            let (copy, resolve) = &connection.copy_rows[index];
+            let index = u16::try_from(index).expect("fewer than 65536 targets");
+            let parts = target_parts(&fresh_rows, index);
+            if parts.is_empty() {
                 continue;
             }
-            report.loaded += 1;
-            buf.put_slice(row.rows().encoded());
-            if buf.len() >= COPY_CHUNK {
-                sink.send(buf.split().freeze()).await?;
+            let copied = copy_parts(&tx, copy, &parts).await?;
+            match (&target.keyed, resolve) {
+                (Some(keyed), Some(resolve)) => {
+                    let counts = tx.query_one(resolve, &[&target.name]).await?;
+                    let (staged, won, deleted): (i64, i64, i64) =
+                        (counts.get(0), counts.get(1), counts.get(2));
+                    let lost = u64::try_from(staged - won).unwrap_or(0);
+                    match keyed.mode {
+                        WriteMode::Latest => report.stale += lost,
+                        _ => report.duplicate_keys += lost,
+                    }
+                    report.rows += u64::try_from(won - deleted).unwrap_or(0);
+                }
+                _ => report.rows += copied,
             }
         }
-        buf.put_i16(-1);
-        sink.send(buf.freeze()).await?;
-        report.rows = sink.as_mut().finish().await?;
     }
     if !rejects.is_empty() {
         let ids: Vec<&str> = rejects.iter().map(|r| r.message_id.as_str()).collect();
@@ -482,4 +572,42 @@ async fn load_in_transaction<R: LedgeredRows>(
     let fresh = report.loaded + report.rejected.len() as u64;
     report.duplicates = (rows.len() + rejects.len()) as u64 - fresh;
     Ok(report)
+}
+
+/// The encoded rows of `target`, message by message.
+fn target_parts<'a>(rows: &[&'a CopyRows], target: u16) -> Vec<&'a [u8]> {
+    let mut parts = Vec::with_capacity(rows.len());
+    for row in rows {
+        for (t, bytes) in row.parts() {
+            if t == target {
+                parts.push(bytes);
+            }
+        }
+    }
+    parts
+}
+
+/// Streams encoded tuples into `copy` (binary COPY's framing around them: the signature, no
+/// flags, no header extension; the tuples; -1 as the trailer; tokio-postgres's
+/// `BinaryCopyInWriter` encodes values as it writes them, ours come encoded, so the framing is
+/// done here). Returns the rows copied.
+async fn copy_parts(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &Statement,
+    parts: &[&[u8]],
+) -> Result<u64, tokio_postgres::Error> {
+    let mut sink = pin!(tx.copy_in::<_, bytes::Bytes>(copy).await?);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0);
+    buf.put_i32(0);
+    for part in parts {
+        buf.put_slice(part);
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze()).await?;
+        }
+    }
+    buf.put_i16(-1);
+    sink.send(buf.freeze()).await?;
+    sink.as_mut().finish().await
 }

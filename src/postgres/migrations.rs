@@ -217,6 +217,42 @@ COMMENT ON COLUMN sqs2pg.rejected_messages.envelope_sealed IS
     'What SQS carried besides the body (message attributes; on FIFO the group and deduplication ids), as JSON, sealed like the body (bound to message_id and the word envelope); NULL when there was nothing. A replay sends them back.';
 "#,
     ),
+    (
+        12,
+        "versions and tombstones of keyed tables, rows applied by upsert",
+        r#"
+-- Under write mode latest: per table and key, the version that won (with its SentTimestamp
+-- and message id, the tie-breaks) and, for a delete, when it won (a tombstone: an older
+-- update arriving later does not bring the row back). Tombstones are pruned past the ledger's
+-- horizon; live entries stay as long as their row.
+CREATE TABLE sqs2pg.row_versions (
+    target     text        NOT NULL,
+    key        text        NOT NULL COLLATE "C",
+    version    numeric     NOT NULL,
+    sent_ms    bigint      NOT NULL,
+    message_id text        NOT NULL COLLATE "C",
+    deleted_at timestamptz,
+    PRIMARY KEY (target, key)
+);
+CREATE INDEX row_versions_tombstones ON sqs2pg.row_versions (deleted_at)
+    WHERE deleted_at IS NOT NULL;
+COMMENT ON TABLE sqs2pg.row_versions IS
+    'Write mode latest: the winning version of each key (version as a number, then SentTimestamp, then message id); deleted_at marks a tombstone, pruned past the ledger retention.';
+
+-- Under write mode upsert: a digest of each row applied (its columns and whether it deletes),
+-- so a resend of one (a producer retry, a dead-letter redrive under a new message id) changes
+-- nothing. Pruned past the ledger's horizon.
+CREATE TABLE sqs2pg.applied_rows (
+    target     text        NOT NULL,
+    digest     bytea       NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target, digest)
+);
+CREATE INDEX applied_rows_applied_at ON sqs2pg.applied_rows (applied_at);
+COMMENT ON TABLE sqs2pg.applied_rows IS
+    'Write mode upsert: digests of the rows applied, so a resend of one is a duplicate_key; pruned past the ledger retention.';
+"#,
+    ),
 ];
 
 /// The schema version this build expects.

@@ -7,6 +7,7 @@ pub mod attempts;
 pub mod connect;
 pub mod failure;
 pub mod inspect;
+pub mod keyed;
 pub mod ledger;
 pub mod loader;
 pub mod mask_record;

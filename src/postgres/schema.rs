@@ -42,6 +42,9 @@ pub struct ShapeColumn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableShape {
     pub columns: Vec<ShapeColumn>,
+    /// The columns a keyed write mode names rows by: `setup` makes them the primary key, and
+    /// `check` and start-up want a unique index on exactly them. Empty under append.
+    pub key: Vec<String>,
 }
 
 impl TableShape {
@@ -58,12 +61,13 @@ impl TableShape {
                     may_be_null: *name == "locale",
                 })
                 .collect(),
+            key: Vec::new(),
         }
     }
 
     /// `CREATE TABLE IF NOT EXISTS` for it (`format_type` spellings are valid DDL).
     pub fn ddl(&self, table: &TableName) -> String {
-        let columns: Vec<String> = self
+        let mut columns: Vec<String> = self
             .columns
             .iter()
             .map(|c| {
@@ -75,6 +79,16 @@ impl TableShape {
                 )
             })
             .collect();
+        if !self.key.is_empty() {
+            columns.push(format!(
+                "PRIMARY KEY ({})",
+                self.key
+                    .iter()
+                    .map(|k| quote_ident(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         format!(
             "CREATE TABLE IF NOT EXISTS {} ({})",
             table.quoted(),
@@ -351,6 +365,16 @@ pub async fn check_shape(
                 )
             }),
     );
+    if differences.is_empty()
+        && !shape.key.is_empty()
+        && !has_unique_index(client, table, &shape.key).await?
+    {
+        differences.push(format!(
+            "no unique index on exactly ({}), which rows are written by (write mode key); add one: {}",
+            shape.key.join(", "),
+            super::keyed::unique_index_fix(table, &shape.key)
+        ));
+    }
     if differences.is_empty() {
         Ok(())
     } else {
@@ -359,6 +383,31 @@ pub async fn check_shape(
             differences: differences.join("; "),
         })
     }
+}
+
+/// Whether `table` has a unique index (or primary key) on exactly the columns `key`, in any
+/// order, valid, not partial and without expressions: what `INSERT ... ON CONFLICT (key)`
+/// needs.
+pub async fn has_unique_index(
+    client: &Client,
+    table: &TableName,
+    key: &[String],
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (
+                SELECT 1 FROM pg_index i
+                 WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid
+                   AND i.indpred IS NULL AND i.indexprs IS NULL
+                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                          FROM pg_attribute a
+                         WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+                       = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k)
+                   AND i.indnkeyatts = cardinality($2::text[]))",
+            &[&table.quoted(), &key],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// The columns of `table` it computes itself (generated columns).

@@ -56,8 +56,15 @@ pub const UNKNOWN_FIELDS: &str = "sqs2pg_unknown_fields_total";
 /// Label of [`UNKNOWN_FIELDS`].
 pub const KIND_LABEL: &str = "kind";
 
+/// Rows of keyed tables (write modes ignore, upsert, latest) that changed nothing, labelled
+/// `outcome` = `duplicate_key` (a key already held, a row already applied, or superseded in
+/// its batch) / `stale` (lost to a greater version or a tombstone).
+pub const KEYED_ROWS_SKIPPED: &str = "sqs2pg_keyed_rows_skipped_total";
+/// Label of [`KEYED_ROWS_SKIPPED`].
+pub const OUTCOME_LABEL: &str = "outcome";
+
 /// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
-pub const DESCRIPTIONS: [(&str, &str); 18] = [
+pub const DESCRIPTIONS: [(&str, &str); 19] = [
     (MESSAGES_RECEIVED, "Deliveries received from SQS, counted when their batch is done (loaded, quarantined, skipped as duplicates or left for redelivery)."),
     (ROWS_LOADED, "Rows committed to the target table (a mapped message can give none or several)."),
     (MESSAGES_LOADED, "Messages whose rows were committed (received = loaded + rejected + duplicates + left for redelivery)."),
@@ -76,6 +83,7 @@ pub const DESCRIPTIONS: [(&str, &str); 18] = [
     (WINDOW_MESSAGES, "The most messages the run may hold now (adapts to what commits within the visibility timeout)."),
     (LEASES_LAPSED, "Held messages whose visibility timeout ran out before the heartbeat extended it."),
     (UNKNOWN_FIELDS, "Top-level fields of transformed deliveries that no column takes (kept in rest or dropped), by kind (login or the mapping's table); their names are logged once each."),
+    (KEYED_ROWS_SKIPPED, "Rows of keyed tables that changed nothing, by outcome: duplicate_key (key already held, row already applied, or superseded in its batch) or stale (lost to a greater version or a tombstone)."),
 ];
 
 /// Gives every metric its help text; call once, after installing a recorder.
@@ -127,6 +135,17 @@ pub fn record_batch(
     metrics::counter!(DUPLICATES_SKIPPED).increment(duplicates);
     for reason in rejected {
         metrics::counter!(MESSAGES_REJECTED, REASON_LABEL => reason.clone()).increment(1);
+    }
+}
+
+/// Counts rows of keyed tables that changed nothing (see [`KEYED_ROWS_SKIPPED`]).
+pub fn record_keyed_skips(duplicate_keys: u64, stale: u64) {
+    if duplicate_keys > 0 {
+        metrics::counter!(KEYED_ROWS_SKIPPED, OUTCOME_LABEL => "duplicate_key")
+            .increment(duplicate_keys);
+    }
+    if stale > 0 {
+        metrics::counter!(KEYED_ROWS_SKIPPED, OUTCOME_LABEL => "stale").increment(stale);
     }
 }
 

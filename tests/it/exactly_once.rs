@@ -188,14 +188,16 @@ async fn the_loader_copies_new_ids_and_claims_them_after_meeting_a_known_one() {
     let db = TestDb::new().await;
     setup(&db).await;
     let table = TableName::parse("public.user_logins").unwrap();
-    let columns: Vec<String> = sqs2pg::login::kind::COLUMNS
-        .iter()
-        .map(|c| (*c).to_owned())
-        .collect();
+    let write = sqs2pg::kind::TableWrite {
+        columns: sqs2pg::login::kind::COLUMNS
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
+        ..Default::default()
+    };
     let mut loader = TableLoader::new(
         Database::parse(&db.url).unwrap(),
-        table,
-        &columns,
+        &[(table, write)],
         "k".into(),
     );
     let sent = 1_700_000_000_000;

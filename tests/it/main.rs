@@ -10,6 +10,7 @@ mod bad_messages;
 mod deploy;
 mod exactly_once;
 mod faults;
+mod keyed;
 mod keys;
 mod lifecycle;
 mod login;

@@ -1,0 +1,403 @@
+//! Keyed write modes (`ignore`, `upsert`, `latest`) against real PostgreSQL: random streams of
+//! (key, version, operation) messages, with resends under new message ids, equal versions and
+//! send times, a key up to five times in one batch and delete, update, delete in one batch, cut
+//! into random batches and loaded through the real loader, give the state and the
+//! `duplicate_key` and `stale` counts a model computes; and a table without a unique index on
+//! the key is refused with the SQL that fixes it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use sqs2pg::kind::{Message, MessageKind};
+use sqs2pg::mapping::{Mapper, Mapping};
+use sqs2pg::pipeline::batch::{Batch, Delivery, HeldBody, Row};
+use sqs2pg::pipeline::BatchLoader;
+use sqs2pg::postgres::{Database, TableLoader, TableName};
+
+use crate::harness::{unique, TestDb};
+
+/// One message of the stream.
+#[derive(Debug, Clone)]
+struct Op {
+    key: i32,
+    version: i64,
+    /// `None`: a delete.
+    payload: Option<u8>,
+    sent_ms: i64,
+    message_id: String,
+}
+
+impl Op {
+    fn body(&self) -> String {
+        match self.payload {
+            Some(p) => format!(
+                r#"{{"type":"put","id":{},"version":{},"payload":"p{p}"}}"#,
+                self.key, self.version
+            ),
+            None => format!(
+                r#"{{"type":"del","id":{},"version":{}}}"#,
+                self.key, self.version
+            ),
+        }
+    }
+}
+
+fn mapping(table: &str, mode: &str) -> Mapping {
+    let (write, delete) = match mode {
+        "latest" => (
+            r#"write = { mode = "latest", key = ["id"], version = "version" }"#,
+            r#"delete = { field = "/type", equals = "del" }"#,
+        ),
+        "upsert" => (
+            r#"write = { mode = "upsert", key = ["id"] }"#,
+            r#"delete = { field = "/type", equals = "del" }"#,
+        ),
+        _ => (r#"write = { mode = "ignore", key = ["id"] }"#, ""),
+    };
+    Mapping::parse(&format!(
+        r#"table = "{table}"
+{write}
+{delete}
+[[columns]]
+name = "id"
+from = "/id"
+type = "integer"
+[[columns]]
+name = "version"
+from = "/version"
+type = "bigint"
+[[columns]]
+name = "payload"
+from = "/payload"
+type = "text"
+"#
+    ))
+    .unwrap()
+}
+
+/// What the table should hold and count, computed batch by batch as the modes are defined.
+#[derive(Default)]
+struct Model {
+    /// key -> (version, payload) of the live row.
+    rows: BTreeMap<i32, (i64, u8)>,
+    /// latest: key -> (version, sent_ms, message id), live or tombstone.
+    versions: BTreeMap<i32, (i64, i64, String)>,
+    /// upsert: the contents applied.
+    applied: HashSet<(i32, i64, u8)>,
+    duplicate_keys: u64,
+    stale: u64,
+}
+
+impl Model {
+    fn load(&mut self, mode: &str, batch: &[Op]) {
+        match mode {
+            "ignore" => {
+                for op in batch {
+                    let payload = op.payload.expect("ignore streams have no deletes");
+                    match self.rows.entry(op.key) {
+                        std::collections::btree_map::Entry::Occupied(_) => self.duplicate_keys += 1,
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert((op.version, payload));
+                        }
+                    }
+                }
+            }
+            "upsert" => {
+                let before = self.applied.clone();
+                let mut last: BTreeMap<i32, &Op> = BTreeMap::new();
+                for op in batch {
+                    if let Some(p) = op.payload {
+                        if before.contains(&(op.key, op.version, p)) {
+                            self.duplicate_keys += 1;
+                            continue;
+                        }
+                        self.applied.insert((op.key, op.version, p));
+                    }
+                    last.insert(op.key, op);
+                }
+                for (key, op) in last {
+                    match op.payload {
+                        Some(p) => self.rows.insert(key, (op.version, p)),
+                        None => self.rows.remove(&key),
+                    };
+                }
+            }
+            _ => {
+                let order = |op: &Op| (op.version, op.sent_ms, op.message_id.clone());
+                let mut best: BTreeMap<i32, &Op> = BTreeMap::new();
+                for op in batch {
+                    let better = best.get(&op.key).is_none_or(|b| order(op) > order(b));
+                    if better {
+                        best.insert(op.key, op);
+                    }
+                }
+                let mut won = 0;
+                for (key, op) in best {
+                    if self.versions.get(&key).is_some_and(|v| order(op) <= *v) {
+                        continue;
+                    }
+                    won += 1;
+                    self.versions.insert(key, order(op));
+                    match op.payload {
+                        Some(p) => self.rows.insert(key, (op.version, p)),
+                        None => self.rows.remove(&key),
+                    };
+                }
+                self.stale += batch.len() as u64 - won;
+            }
+        }
+    }
+}
+
+/// A random stream for `mode`, cut into batches: keys 0..4, versions 0..6, send times from a
+/// small range (so equal versions and equal times happen), a fifth of the messages resent
+/// later under a new id, and a delete, update, delete of one key pushed into one batch.
+fn stream(mode: &str, tag: &str, runner: &mut proptest::test_runner::TestRunner) -> Vec<Vec<Op>> {
+    let deletes = mode != "ignore";
+    let op = (0..4i32, 0..6i64, 0..4u8, 0..8i64, 0..5u8);
+    let ops = proptest::collection::vec(op, 10..40)
+        .new_tree(runner)
+        .unwrap()
+        .current();
+    let mut all: Vec<Op> = Vec::new();
+    let mut next_id = 0;
+    let mut id = || {
+        next_id += 1;
+        // Ids in an order of their own, not the send order: the tie-break is by id text.
+        format!("{tag}-{:04x}", (next_id * 7919) % 65536)
+    };
+    for (key, version, payload, sent, kind) in ops {
+        let payload = if deletes && kind == 0 {
+            None
+        } else {
+            Some(payload)
+        };
+        let op = Op {
+            key,
+            version,
+            payload,
+            sent_ms: 1_700_000_000_000 + sent,
+            message_id: id(),
+        };
+        if kind == 1 {
+            // A producer's resend (or a redrive): the same body under a new id, later.
+            let mut again = op.clone();
+            again.message_id = id();
+            again.sent_ms += 3;
+            all.push(op);
+            all.push(again);
+        } else {
+            all.push(op);
+        }
+    }
+    // Cut into batches of 1 to 8.
+    let cuts = proptest::collection::vec(1..9usize, 40)
+        .new_tree(runner)
+        .unwrap()
+        .current();
+    let mut batches = Vec::new();
+    let mut rest = all.as_slice();
+    for cut in cuts {
+        if rest.is_empty() {
+            break;
+        }
+        let n = cut.min(rest.len());
+        batches.push(rest[..n].to_vec());
+        rest = &rest[n..];
+    }
+    if !rest.is_empty() {
+        batches.push(rest.to_vec());
+    }
+    // One key five times in one batch, and delete -> update -> delete in one batch.
+    let mut crowded: Vec<Op> = (0..5)
+        .map(|i| Op {
+            key: 3,
+            version: 2 + i % 3,
+            payload: Some(i as u8),
+            sent_ms: 1_700_000_000_010,
+            message_id: id(),
+        })
+        .collect();
+    if deletes {
+        for (version, payload) in [(7, None), (8, Some(1)), (9, None)] {
+            crowded.push(Op {
+                key: 2,
+                version,
+                payload,
+                sent_ms: 1_700_000_000_020,
+                message_id: id(),
+            });
+        }
+    }
+    let at = batches.len() / 2;
+    batches.insert(at, crowded);
+    batches
+}
+
+fn batch_of(mapper: &Mapper, ops: &[Op]) -> Batch {
+    let rows = ops
+        .iter()
+        .enumerate()
+        .map(|(ack_index, op)| {
+            let body = op.body();
+            let message = Message::new(&body, &op.message_id, op.sent_ms);
+            Row {
+                ack_index,
+                suspect: false,
+                message_id: op.message_id.clone(),
+                rows: mapper.transform(&message).outcome.unwrap(),
+                delivery: Delivery {
+                    received_at: std::time::SystemTime::now(),
+                    receive_count: 1,
+                    sent_timestamp: op.sent_ms,
+                    ledger_ms: op.sent_ms,
+                },
+                body: HeldBody::new(body, Default::default()),
+            }
+        })
+        .collect();
+    Batch::part(rows, Vec::new())
+}
+
+async fn table_state(db: &TestDb, table: &str) -> BTreeMap<i32, (i64, u8)> {
+    db.client()
+        .await
+        .query(&format!("SELECT id, version, payload FROM {table}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let payload: String = r.get(2);
+            (
+                r.get::<_, i32>(0),
+                (r.get::<_, i64>(1), payload[1..].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+async fn property_holds(mode: &str, cases: usize) {
+    let db = TestDb::new().await;
+    let database = Database::parse(&db.url).unwrap();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for case in 0..cases {
+        let table = format!("public.{}", unique(mode));
+        let mapping = mapping(&table, mode);
+        let name = TableName::parse(&table).unwrap();
+        sqs2pg::app::setup_for(
+            &database,
+            &name,
+            &sqs2pg::app::mapping::shape(Some(&mapping)),
+        )
+        .await
+        .unwrap();
+        let key =
+            sqs2pg::keys::MaskKey::from_base64(&sqs2pg::keys::MaskKey::generate_base64().unwrap())
+                .unwrap();
+        let mapper = Mapper::new(mapping, &key);
+        let targets: Vec<_> = mapper
+            .writes()
+            .into_iter()
+            .map(|w| (name.clone(), w))
+            .collect();
+        let mut loader = TableLoader::new(database.clone(), &targets, "k".into());
+        let mut model = Model::default();
+        let (mut duplicate_keys, mut stale) = (0, 0);
+        for ops in stream(mode, name.name(), &mut runner) {
+            let report = loader.load(&batch_of(&mapper, &ops)).await.unwrap();
+            assert_eq!(report.loaded, ops.len() as u64, "every message is new");
+            duplicate_keys += report.duplicate_keys;
+            stale += report.stale;
+            model.load(mode, &ops);
+        }
+        assert_eq!(
+            table_state(&db, &table).await,
+            model.rows,
+            "{mode}, case {case}: the table is the model's state"
+        );
+        assert_eq!(
+            (duplicate_keys, stale),
+            (model.duplicate_keys, model.stale),
+            "{mode}, case {case}: duplicate_key and stale counts"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_keeps_the_greatest_version_whatever_the_batches() {
+    property_holds("latest", 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_keeps_the_last_row_processed_and_skips_resends() {
+    property_holds("upsert", 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_keeps_the_first_row_of_each_key() {
+    property_holds("ignore", 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_table_needs_a_unique_index_on_its_key() {
+    let db = TestDb::new().await;
+    let database = Database::parse(&db.url).unwrap();
+    let table = format!("public.{}", unique("nokey"));
+    let mapping = mapping(&table, "latest");
+    let name = TableName::parse(&table).unwrap();
+    let shape = sqs2pg::app::mapping::shape(Some(&mapping));
+    // Made by hand, without a key.
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id integer, version bigint, payload text)"
+        ))
+        .await
+        .unwrap();
+    sqs2pg::app::setup_for(&database, &name, &shape)
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let refused = sqs2pg::postgres::schema::check_shape(&client, &name, &shape)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("no unique index on exactly (id)")
+            && refused.contains(&format!("CREATE UNIQUE INDEX \"{}_id_key\"", name.name())),
+        "{refused}"
+    );
+    // The SQL it names fixes it; a partial index would not have.
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX partial ON {table} (id) WHERE id > 0"
+        ))
+        .await
+        .unwrap();
+    assert!(
+        sqs2pg::postgres::schema::check_shape(&client, &name, &shape)
+            .await
+            .is_err()
+    );
+    db.client()
+        .await
+        .batch_execute(&sqs2pg::postgres::keyed::unique_index_fix(
+            &name,
+            &["id".to_owned()],
+        ))
+        .await
+        .unwrap();
+    sqs2pg::postgres::schema::check_shape(&client, &name, &shape)
+        .await
+        .unwrap();
+    // And `setup` makes a new keyed table with the key as its primary key.
+    let fresh = TableName::parse(&format!("public.{}", unique("withkey"))).unwrap();
+    sqs2pg::app::setup_for(&database, &fresh, &shape)
+        .await
+        .unwrap();
+    sqs2pg::postgres::schema::check_shape(&client, &fresh, &shape)
+        .await
+        .unwrap();
+}
