@@ -217,7 +217,9 @@ async fn main() {
             table: "public.user_logins".into(),
             mapping_file: sqs2pg::cli::MappingFileArgs {
                 mapping: wide
-                    .then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wide.toml").into()),
+                    .then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wide.toml").into())
+                    .into_iter()
+                    .collect(),
             },
         },
         queue: QueueArgs {
@@ -263,7 +265,7 @@ async fn main() {
     };
     let settings = sqs2pg::config::pipeline(&args, Mode::Drain).expect("settings");
     if wide {
-        let shape = sqs2pg::app::mapping::shape(settings.mapping.as_ref());
+        let shape = sqs2pg::app::mapping::shape(settings.mappings.first());
         sqs2pg::app::setup_for(&settings.database, &settings.table, &shape)
             .await
             .expect("the wide table");

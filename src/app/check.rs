@@ -29,7 +29,7 @@ pub async fn command(args: PipelineArgs) -> Result<(), AppError> {
 /// One line of `sqs2pg check`.
 #[derive(Debug, Clone)]
 pub struct CheckItem {
-    pub name: &'static str,
+    pub name: String,
     pub ok: bool,
     pub detail: String,
 }
@@ -38,7 +38,7 @@ pub struct CheckItem {
 /// runs whatever the others found, so one run shows everything that needs fixing.
 pub async fn check(settings: &Settings) -> Vec<CheckItem> {
     let mut items = vec![CheckItem {
-        name: "masking key",
+        name: "masking key".into(),
         ok: true,
         detail: format!(
             "loads; key id {} (tokens written now start with it)",
@@ -52,7 +52,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
 
 async fn check_queue(sqs: &SqsSettings) -> CheckItem {
     let item = |ok, detail| CheckItem {
-        name: "SQS queue",
+        name: "SQS queue".into(),
         ok,
         detail,
     };
@@ -90,7 +90,11 @@ async fn check_queue(sqs: &SqsSettings) -> CheckItem {
 }
 
 async fn check_database(settings: &Settings) -> Vec<CheckItem> {
-    let item = |name, ok, detail| CheckItem { name, ok, detail };
+    let item = |name: &str, ok, detail| CheckItem {
+        name: name.to_owned(),
+        ok,
+        detail,
+    };
     let client = match settings.database.connect().await {
         Ok(client) => client,
         Err(e) => {
@@ -105,51 +109,69 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
             Err(e) => format!("connected ({})", pg::describe(&e)),
         },
     )];
-    let shape = mapping::shape_on_queue(
-        settings.mapping.as_ref(),
-        crate::sqs::name::is_fifo(&settings.sqs.queue_url),
-    );
-    items.push(
-        match pg::check_shape(&client, &settings.table, &shape).await {
+    let fifo = crate::sqs::name::is_fifo(&settings.sqs.queue_url);
+    let tables = mapping::run_tables(&settings.table, &settings.mappings);
+    let several = tables.len() > 1;
+    for (table, m) in tables {
+        let shape = mapping::shape_on_queue(m, fifo);
+        // With several tables, each item names its table.
+        let name = |what: &str| -> String {
+            if several {
+                format!("{what} ({table})")
+            } else {
+                what.to_owned()
+            }
+        };
+        items.push(match pg::check_shape(&client, &table, &shape).await {
             Ok(()) => item(
-                "schema and table",
+                &name("schema and table"),
                 true,
-                if settings.mapping.is_some() {
+                if m.is_some() {
                     format!(
-                        "sqs2pg schema current; {} has the mapping's columns",
-                        settings.table
+                        "sqs2pg schema current; {table} has the mapping's columns{}",
+                        if shape.key.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" and a unique index on its key ({})", shape.key.join(", "))
+                        }
                     )
                 } else {
-                    format!(
-                        "sqs2pg schema current; {} matches the analysts' DDL",
-                        settings.table
-                    )
+                    format!("sqs2pg schema current; {table} matches the analysts' DDL")
                 },
             ),
-            Err(e) => item("schema and table", false, e.to_string()),
-        },
-    );
-    items.push(
-        match pg::schema::table_rules(&client, &settings.table, &shape).await {
-            Ok(rules) => rules_item(&rules),
-            Err(e) => item("table rules", false, pg::describe(&e)),
-        },
-    );
-    items.push(
-        match pg::schema::missing_privileges(&client, &settings.table).await {
-            Ok(missing) if missing.is_empty() => item(
-                "privileges",
-                true,
-                "INSERT on the table, the ledger and the reject table; TEMP on the database".into(),
-            ),
-            Ok(missing) => item(
-                "privileges",
-                false,
-                format!("missing: {}; GRANT them to this user", missing.join(", ")),
-            ),
-            Err(e) => item("privileges", false, pg::describe(&e)),
-        },
-    );
+            Err(e) => item(&name("schema and table"), false, e.to_string()),
+        });
+        items.push(
+            match pg::schema::table_rules(&client, &table, &shape).await {
+                Ok(rules) => {
+                    let mut rules = rules_item(&rules);
+                    rules.name = name(&rules.name);
+                    rules
+                }
+                Err(e) => item(&name("table rules"), false, pg::describe(&e)),
+            },
+        );
+        let keyed = m.is_some_and(|m| m.write.keyed());
+        items.push(
+            match pg::schema::missing_privileges(&client, &table, keyed).await {
+                Ok(missing) if missing.is_empty() => item(
+                    &name("privileges"),
+                    true,
+                    if keyed {
+                        "INSERT, UPDATE, DELETE and SELECT on the table; INSERT on the ledger and the reject table; TEMP on the database".into()
+                    } else {
+                        "INSERT on the table, the ledger and the reject table; TEMP on the database".into()
+                    },
+                ),
+                Ok(missing) => item(
+                    &name("privileges"),
+                    false,
+                    format!("missing: {}; GRANT them to this user", missing.join(", ")),
+                ),
+                Err(e) => item(&name("privileges"), false, pg::describe(&e)),
+            },
+        );
+    }
     items
 }
 
@@ -173,7 +195,7 @@ fn rules_item(rules: &pg::schema::TableRules) -> CheckItem {
         ));
     }
     CheckItem {
-        name: "table rules",
+        name: "table rules".into(),
         ok: rules.nullable_into_not_null.is_empty(),
         detail: if parts.is_empty() {
             "no NOT NULL, CHECK, key, partition or trigger rule beyond the columns' types".into()

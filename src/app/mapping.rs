@@ -11,6 +11,45 @@ use super::AppError;
 use crate::login::MaskKey;
 use crate::mapping::{Mapper, Mapping, Message};
 
+/// The tables a run writes, each with its mapping: the mappings' tables (checked names, see
+/// `config::target`), or `table` for the built-in login pipeline when there is none.
+pub fn run_tables<'a>(
+    table: &crate::postgres::TableName,
+    mappings: &'a [Mapping],
+) -> Vec<(crate::postgres::TableName, Option<&'a Mapping>)> {
+    if mappings.is_empty() {
+        return vec![(table.clone(), None)];
+    }
+    mappings
+        .iter()
+        .map(|m| {
+            let name = crate::postgres::TableName::parse(&m.table)
+                .expect("a mapping's table is checked when the mapping is read");
+            (name, Some(m))
+        })
+        .collect()
+}
+
+/// The message kind of a run: the built-in login pipeline without a mapping, the mapping's
+/// when there is one, a router over several.
+pub fn kind_of(
+    mappings: Vec<Mapping>,
+    masker: crate::login::Masker,
+    key: &MaskKey,
+) -> Result<Box<dyn crate::kind::MessageKind>, AppError> {
+    Ok(match mappings.len() {
+        0 => Box::new(crate::login::LoginKind::new(masker)),
+        1 => Box::new(Mapper::new(
+            mappings.into_iter().next().expect("one mapping"),
+            key,
+        )),
+        _ => Box::new(
+            crate::mapping::Router::new(mappings, key)
+                .map_err(|e| AppError::Config(crate::config::ConfigError(e.to_string())))?,
+        ),
+    })
+}
+
 /// [`shape`] for a run on a queue that is FIFO or not: on a FIFO queue every message has a
 /// group id, so a column that takes it is never NULL (what `check` compares with NOT NULL).
 pub fn shape_on_queue(
@@ -130,6 +169,25 @@ pub fn masked_columns(
     }
 }
 
+/// A column name two mappings mask differently (another mode or scope): `unmask` could not
+/// tell which a query's column is.
+pub fn ambiguous_token_column(mappings: &[Mapping]) -> Option<String> {
+    let mut seen: Vec<(&str, &Option<crate::mapping::file::Mask>, &str)> = Vec::new();
+    for c in mappings.iter().flat_map(|m| &m.columns) {
+        if c.mask.is_none() {
+            continue;
+        }
+        match seen.iter().find(|(name, _, _)| *name == c.name) {
+            Some((_, mask, scope)) if *mask != &c.mask || *scope != c.mask_scope => {
+                return Some(c.name.clone())
+            }
+            Some(_) => {}
+            None => seen.push((&c.name, &c.mask, &c.mask_scope)),
+        }
+    }
+    None
+}
+
 /// Recovers the values behind a mapping's reversible token columns (`siv`, `ipcrypt`,
 /// `ipcrypt-pfx`) for `sqs2pg unmask --query --mapping`, under every key of a ring: a `siv`
 /// token names its key; addresses (the ipcrypt modes) carry none and are decrypted under one
@@ -145,8 +203,10 @@ pub struct MappedUnmasker {
 
 impl MappedUnmasker {
     /// `None` if the ring has no key `address_key` (the ring's active key when not given).
+    /// With several mappings, a column is unmasked as the first mapping that names it masks
+    /// it (`unmask` refuses mappings that mask one name two ways).
     pub fn new(
-        mapping: &Mapping,
+        mappings: &[Mapping],
         ring: &crate::login::KeyRing,
         address_key: Option<&str>,
     ) -> Option<Self> {
@@ -155,9 +215,9 @@ impl MappedUnmasker {
         use crate::mapping::file::{Convert, Mask};
         let wanted = address_key.unwrap_or(ring.active_id());
         let address_key = ring.keys().iter().position(|k| k.key.key_id() == wanted)?;
-        let columns = mapping
-            .columns
+        let columns = mappings
             .iter()
+            .flat_map(|m| &m.columns)
             .filter_map(|c| match c.mask {
                 Some(Mask::Token(mode)) if mode != MaskMode::Hmac => Some((
                     c.name.clone(),
@@ -254,7 +314,7 @@ pub struct Preview {
 /// reason, "detail": ...}`. SQS's attributes are stand-ins: message id `preview-N`, sent now,
 /// received once, no group, no message attributes.
 pub fn preview(
-    mapping: &Mapping,
+    mappings: &[Mapping],
     key: &MaskKey,
     bodies: &Path,
     out: &mut impl Write,
@@ -264,7 +324,17 @@ pub fn preview(
         error,
     };
     let file = std::fs::File::open(bodies).map_err(file_error)?;
-    let mapper = Mapper::new(mapping.clone(), key);
+    // One mapping runs as its mapper, several through the router, as a run does.
+    let (mapper, router) = match mappings {
+        [one] => (Some(Mapper::new(one.clone(), key)), None),
+        _ => (
+            None,
+            Some(
+                crate::mapping::Router::new(mappings.to_vec(), key)
+                    .map_err(|e| AppError::Config(crate::config::ConfigError(e.to_string())))?,
+            ),
+        ),
+    };
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let mut seen = Preview::default();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -275,11 +345,24 @@ pub fn preview(
         seen.messages += 1;
         let id = format!("preview-{}", i + 1);
         let message = Message::new(&line, &id, now_ms);
-        let printed = match mapper.apply(&message) {
-            Ok(rows) => {
-                seen.rows += rows.len() as u64;
-                rows.iter()
-                    .map(|row| {
+        let applied = match (&mapper, &router) {
+            (Some(mapper), _) => mapper.apply(&message).map(|rows| vec![(0, rows)]),
+            (None, Some(router)) => router.apply(&message),
+            (None, None) => unreachable!("a mapper or a router"),
+        };
+        let printed = match applied {
+            Ok(taken) => {
+                let mut lines = Vec::new();
+                for (index, rows) in taken {
+                    let mapping = &mappings[index];
+                    seen.rows += rows.len() as u64;
+                    // With several mappings, each row names its table.
+                    let table = if mappings.len() > 1 {
+                        format!("\"table\":{},", Json::from(mapping.table.as_str()))
+                    } else {
+                        String::new()
+                    };
+                    for row in &rows {
                         // By hand, to keep the columns in the mapping's order.
                         let values: Vec<String> = mapping
                             .columns
@@ -293,9 +376,19 @@ pub fn preview(
                                 )
                             })
                             .collect();
-                        format!("{{\"line\":{},\"row\":{{{}}}}}", i + 1, values.join(","))
-                    })
-                    .collect::<Vec<_>>()
+                        let delete = if row.is_delete() {
+                            "\"delete\":true,"
+                        } else {
+                            ""
+                        };
+                        lines.push(format!(
+                            "{{\"line\":{},{table}{delete}\"row\":{{{}}}}}",
+                            i + 1,
+                            values.join(",")
+                        ));
+                    }
+                }
+                lines
             }
             Err(rejection) => {
                 seen.rejected += 1;
@@ -380,13 +473,17 @@ pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
             Ok(())
         }
         crate::cli::MappingCommand::Preview { mapping, file, key } => {
-            let path = mapping.mapping.ok_or_else(|| {
-                crate::config::ConfigError(format!(
-                    "mapping preview: say which mapping to try with {}",
+            if mapping.mapping.is_empty() {
+                return Err(crate::config::ConfigError(format!(
+                    "mapping preview: say which mapping(s) to try with {}",
                     crate::config::args::flag("mapping")
                 ))
-            })?;
-            let mapping = load_mapping(&path)?;
+                .into());
+            }
+            let mappings: Vec<Mapping> = crate::config::mapping_files(&mapping.mapping)?
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect();
             let given = key.mask_key.is_some()
                 || key.mask_key_file.is_some()
                 || key.mask_key_ring.is_some();
@@ -400,7 +497,7 @@ pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
                 })?;
                 MaskKey::from_base64(&text).expect("a generated key")
             };
-            let seen = preview(&mapping, &key, &file, &mut std::io::stdout().lock())?;
+            let seen = preview(&mappings, &key, &file, &mut std::io::stdout().lock())?;
             eprintln!(
                 "{} message(s): {} row(s), {} rejected",
                 seen.messages, seen.rows, seen.rejected

@@ -182,43 +182,51 @@ where
     F: FnOnce(TableLoader) -> L,
 {
     let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
-    let masked_columns = mapping::masked_columns(settings.mapping.as_ref(), settings.mask_modes);
-    let (ip_mode, device_mode) = mapping::mask_record(&masked_columns);
-    let table_name = settings.table.to_string();
-    let shape = mapping::shape_on_queue(
-        settings.mapping.as_ref(),
-        crate::sqs::name::is_fifo(&settings.sqs.queue_url),
-    );
-    // The database's side of starting, on one connection: the schema and table checked, the
+    let fifo = crate::sqs::name::is_fifo(&settings.sqs.queue_url);
+    // Per table the run writes: its name, the shape it must have, the token columns recorded.
+    let tables: Vec<_> = mapping::run_tables(&settings.table, &settings.mappings)
+        .into_iter()
+        .map(|(table, m)| {
+            let masked = mapping::masked_columns(m, settings.mask_modes);
+            (table, mapping::shape_on_queue(m, fifo), masked)
+        })
+        .collect();
+    // The database's side of starting, on one connection: the schema and tables checked, the
     // writers lock taken, the key recorded. Tried again whole, on a fresh connection, while it
     // fails transiently (a restarting server, a terminated backend), as loads are; a signal
     // meanwhile ends the run, since nothing was received yet.
     let mut backoff = settings.pipeline.load_retry.backoff();
-    let (client, check) = loop {
+    let (client, checks) = loop {
         let attempt = async {
             let mut client =
                 connect_with_retry(&settings.database, &settings.pipeline.load_retry).await?;
-            pg::check_shape(&client, &settings.table, &shape).await?;
-            // This connection holds "a run writes to this table" (a shared advisory lock)
-            // until the run ends, so `rekey` (which takes it exclusively) never re-keys under
-            // a running writer; a run starting during a rekey waits for it.
-            pg::schema::lock_writers_shared(&client, &table_name)
+            let mut checks = Vec::with_capacity(tables.len());
+            for (table, shape, masked_columns) in &tables {
+                let table_name = table.to_string();
+                pg::check_shape(&client, table, shape).await?;
+                // This connection holds "a run writes to this table" (a shared advisory lock)
+                // until the run ends, so `rekey` (which takes it exclusively) never re-keys
+                // under a running writer; a run starting during a rekey waits for it.
+                pg::schema::lock_writers_shared(&client, &table_name)
+                    .await
+                    .map_err(AppError::Query)?;
+                let (ip_mode, device_mode) = mapping::mask_record(masked_columns);
+                let check = pg::schema::record_mask_key(
+                    &mut client,
+                    &table_name,
+                    masker.key_id(),
+                    &ip_mode,
+                    &device_mode,
+                    masked_columns,
+                )
                 .await
                 .map_err(AppError::Query)?;
-            let check = pg::schema::record_mask_key(
-                &mut client,
-                &table_name,
-                masker.key_id(),
-                &ip_mode,
-                &device_mode,
-                &masked_columns,
-            )
-            .await
-            .map_err(AppError::Query)?;
-            let generated = pg::schema::generated_columns(&client, &settings.table)
-                .await
-                .map_err(AppError::Query)?;
-            Ok::<_, AppError>((client, (check, generated)))
+                let generated = pg::schema::generated_columns(&client, table)
+                    .await
+                    .map_err(AppError::Query)?;
+                checks.push((check, generated, ip_mode, device_mode));
+            }
+            Ok::<_, AppError>((client, checks))
         };
         let error = tokio::select! {
             result = attempt => match result {
@@ -238,39 +246,44 @@ where
             _ = shutdown.cancelled() => return Ok(stopped_before_start()),
         }
     };
-    let (check, generated) = check;
-    settings.pipeline.table_facts = crate::pipeline::TableFacts {
-        table: settings.table.name().to_owned(),
-        generated,
-    };
     let writers_lock = client;
-    if let pg::schema::KeyCheck::Retired { to } = &check {
-        return Err(ConfigError(format!(
-            "masking key {} was retired on {table_name} by `sqs2pg rekey`: its tokens there now belong to key {to}, and writing under it again would mix keys; run with key {to} (the ring's active key, or SQS2PG_MASK_KEY)",
-            masker.key_id()
-        ))
-        .into());
-    }
-    if let pg::schema::KeyCheck::Changed(change) = check {
-        let (previous_ip, previous_device) = &change.previous_modes;
-        if settings.key_rotation_intended {
-            tracing::info!(
-                previous_key_id = %change.previous_key_id,
-                key_id = masker.key_id(),
-                "masking key or mode changed, as intended: tokens written from now on do not match earlier ones"
-            );
-        } else {
-            tracing::warn!(
-                previous_key_id = %change.previous_key_id,
-                previous_ip_mode = %previous_ip,
-                previous_device_id_mode = %previous_device,
-                key_id = masker.key_id(),
-                ip_mode = %ip_mode,
-                device_id_mode = %device_mode,
-                "MASKING KEY OR MODE CHANGED since the last run: new tokens will not match the ones already in the table, so duplicates across the change go unseen. If this is a rotation, say so with --key-rotation-intended; if not, stop and use the previous key"
-            );
+    let mut table_facts = Vec::with_capacity(tables.len());
+    for ((table, _, _), (check, generated, ip_mode, device_mode)) in tables.iter().zip(checks) {
+        table_facts.push(crate::pipeline::TableFacts {
+            table: table.name().to_owned(),
+            generated,
+        });
+        if let pg::schema::KeyCheck::Retired { to } = &check {
+            return Err(ConfigError(format!(
+                "masking key {} was retired on {table} by `sqs2pg rekey`: its tokens there now belong to key {to}, and writing under it again would mix keys; run with key {to} (the ring's active key, or SQS2PG_MASK_KEY)",
+                masker.key_id()
+            ))
+            .into());
+        }
+        if let pg::schema::KeyCheck::Changed(change) = check {
+            let (previous_ip, previous_device) = &change.previous_modes;
+            if settings.key_rotation_intended {
+                tracing::info!(
+                    %table,
+                    previous_key_id = %change.previous_key_id,
+                    key_id = masker.key_id(),
+                    "masking key or mode changed, as intended: tokens written from now on do not match earlier ones"
+                );
+            } else {
+                tracing::warn!(
+                    %table,
+                    previous_key_id = %change.previous_key_id,
+                    previous_ip_mode = %previous_ip,
+                    previous_device_id_mode = %previous_device,
+                    key_id = masker.key_id(),
+                    ip_mode = %ip_mode,
+                    device_id_mode = %device_mode,
+                    "MASKING KEY OR MODE CHANGED since the last run: new tokens will not match the ones already in the table, so duplicates across the change go unseen. If this is a rotation, say so with --key-rotation-intended; if not, stop and use the previous key"
+                );
+            }
         }
     }
+    settings.pipeline.table_facts = table_facts;
     if is_fifo(&settings.sqs.queue_url) {
         // One receiver takes messages in the order SQS hands them out and one loader keeps
         // that order to COMMIT, so no two messages of a group are processed at once, even on a
@@ -286,25 +299,23 @@ where
         settings.pipeline.loaders = 1;
     }
     let sealer = BodySealer::new(&settings.mask_key);
-    tracing::info!(key_id = masker.key_id(), table = %settings.table, mapping = settings.mapping.is_some(), mode = ?settings.pipeline.mode, "starting");
+    tracing::info!(key_id = masker.key_id(), table = %settings.table, mappings = settings.mappings.len(), mode = ?settings.pipeline.mode, "starting");
     let pruning = CancellationToken::new();
     let pruner = tokio::spawn(prune_ledger(
         settings.database.clone(),
         settings.ledger_retention,
         pruning.clone(),
     ));
-    let kind: Box<dyn MessageKind> = match settings.mapping.take() {
-        None => Box::new(crate::login::LoginKind::new(masker)),
-        Some(m) => Box::new(crate::mapping::Mapper::new(m, &settings.mask_key)),
-    };
+    let mappings = std::mem::take(&mut settings.mappings);
+    let kind: Box<dyn MessageKind> = mapping::kind_of(mappings, masker, &settings.mask_key)?;
     // Before the loader takes the settings: the record of attempts at suspects.
     let attempts: Arc<dyn pipeline::AttemptLog> = Arc::new(pg::attempts::AttemptRecorder::new(
         settings.database.clone(),
     ));
-    let targets: Vec<_> = kind
-        .writes()
+    let targets: Vec<_> = tables
         .into_iter()
-        .map(|write| (settings.table.clone(), write))
+        .map(|(table, _, _)| table)
+        .zip(kind.writes())
         .collect();
     let loader = wrap_loader(TableLoader::new(
         settings.database,

@@ -13,7 +13,7 @@ use crate::postgres::{self as pg, Database, TableName};
 /// file), the table re-encrypted, a summary printed.
 pub async fn command(args: crate::cli::RekeyArgs) -> Result<(), AppError> {
     // With a mapping, its table (rekey finds the token columns in the bookkeeping).
-    let (database, table, _) = crate::config::target(&args.database)?;
+    let (database, table, mappings) = crate::config::target(&args.database)?;
     let ring = crate::config::key_ring(&args.key)?;
     let in_ring = |id: &str, flag: &str| {
         ring.get(id).cloned().ok_or_else(|| {
@@ -37,24 +37,26 @@ pub async fn command(args: crate::cli::RekeyArgs) -> Result<(), AppError> {
             .into())
         }
     };
-    let report = rekey(&database, &table, &from, &to, args.batch_rows.max(1)).await?;
-    if report.address_rows > 0 {
+    for (table, _) in super::mapping::run_tables(&table, &mappings) {
+        let report = rekey(&database, &table, &from, &to, args.batch_rows.max(1)).await?;
+        if report.address_rows > 0 {
+            println!(
+                "rekey {table}: {} row(s) with ipcrypt addresses re-encrypted",
+                report.address_rows
+            );
+        }
         println!(
-            "rekey: {} row(s) with ipcrypt addresses re-encrypted",
-            report.address_rows
+            "rekey done on {table}: {} token(s) in {} row(s) re-encrypted under key {}",
+            report.tokens,
+            report.rows,
+            crate::login::Masker::new(&to).key_id()
         );
-    }
-    println!(
-        "rekey done: {} token(s) in {} row(s) re-encrypted under key {}",
-        report.tokens,
-        report.rows,
-        crate::login::Masker::new(&to).key_id()
-    );
-    if report.one_way_left > 0 {
-        println!(
-            "{} row(s) hold hmac tokens of the old key: one-way tokens cannot be re-keyed (nobody can recover their values); keep the old key for comparisons across the change, or let those rows age out",
-            report.one_way_left
-        );
+        if report.one_way_left > 0 {
+            println!(
+                "{} row(s) hold hmac tokens of the old key: one-way tokens cannot be re-keyed (nobody can recover their values); keep the old key for comparisons across the change, or let those rows age out",
+                report.one_way_left
+            );
+        }
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use crate::postgres::{Database, TableName};
 
 /// `sqs2pg report`, as the command line runs it.
 pub async fn command(args: ReportArgs) -> Result<(), AppError> {
-    if args.database.mapping_file.mapping.is_some() {
+    if !args.database.mapping_file.mapping.is_empty() {
         mapped(args).await
     } else {
         login(args).await
@@ -15,16 +15,18 @@ pub async fn command(args: ReportArgs) -> Result<(), AppError> {
 }
 
 async fn mapped(args: ReportArgs) -> Result<(), AppError> {
-    let (database, table, mapping) = crate::config::target(&args.database)?;
+    let (database, table, mappings) = crate::config::target(&args.database)?;
     if args.html.is_some() {
         return Err(crate::config::ConfigError(
             "report --html draws the login table's charts; for a mapping's table, drop --html (the text report covers it)".into(),
         )
         .into());
     }
-    let mapping = mapping.expect("--mapping is set");
-    let report = super::mapping::report(&database, &table, &mapping).await?;
-    print!("{}", report.to_text());
+    for (table, mapping) in super::mapping::run_tables(&table, &mappings) {
+        let mapping = mapping.expect("--mapping is set");
+        let report = super::mapping::report(&database, &table, mapping).await?;
+        print!("{}", report.to_text());
+    }
     Ok(())
 }
 

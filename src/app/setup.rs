@@ -7,20 +7,22 @@ use crate::postgres::{self as pg, Database, TableName};
 
 /// `sqs2pg setup`, as the command line runs it: migrations, the table if missing, one line.
 pub async fn command(args: DatabaseArgs) -> Result<(), AppError> {
-    let (database, table, mapping) = crate::config::target(&args)?;
-    let shape = super::mapping::shape(mapping.as_ref());
-    let report = setup_for(&database, &table, &shape).await?;
-    let applied = if report.applied.is_empty() {
-        "schema sqs2pg already current".to_owned()
-    } else {
-        format!("applied migration(s) {:?}", report.applied)
-    };
-    let created = if report.table_created {
-        "created"
-    } else {
-        "exists, left unchanged"
-    };
-    println!("setup done: {applied}; table {table} {created}");
+    let (database, table, mappings) = crate::config::target(&args)?;
+    for (table, mapping) in super::mapping::run_tables(&table, &mappings) {
+        let shape = super::mapping::shape(mapping);
+        let report = setup_for(&database, &table, &shape).await?;
+        let applied = if report.applied.is_empty() {
+            "schema sqs2pg already current".to_owned()
+        } else {
+            format!("applied migration(s) {:?}", report.applied)
+        };
+        let created = if report.table_created {
+            "created"
+        } else {
+            "exists, left unchanged"
+        };
+        println!("setup done: {applied}; table {table} {created}");
+    }
     Ok(())
 }
 

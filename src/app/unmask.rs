@@ -7,7 +7,7 @@ use crate::postgres::{self as pg, Database};
 
 /// `sqs2pg unmask`, as the command line runs it.
 pub async fn command(args: UnmaskArgs) -> Result<(), AppError> {
-    if args.mapping.mapping.is_some() {
+    if !args.mapping.mapping.is_empty() {
         mapped(args).await
     } else {
         login(args).await
@@ -17,9 +17,17 @@ pub async fn command(args: UnmaskArgs) -> Result<(), AppError> {
 /// With `--mapping`: a query's result, the mapping's reversible token columns unmasked.
 async fn mapped(args: UnmaskArgs) -> Result<(), AppError> {
     let ring = crate::config::key_ring(&args.key)?;
-    let path = args.mapping.mapping.as_deref().expect("matched above");
-    let mapping = crate::config::mapping_file(path)?;
-    let unmasker = super::mapping::MappedUnmasker::new(&mapping, &ring, args.key_id.as_deref())
+    let mappings: Vec<_> = crate::config::mapping_files(&args.mapping.mapping)?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    if let Some(column) = super::mapping::ambiguous_token_column(&mappings) {
+        return Err(crate::config::ConfigError(format!(
+            "unmask --mapping: two of the mappings mask column {column} differently (mode or scope), so a query's {column} cannot be told apart; give the one mapping whose table the query reads"
+        ))
+        .into());
+    }
+    let unmasker = super::mapping::MappedUnmasker::new(&mappings, &ring, args.key_id.as_deref())
         .ok_or_else(|| {
             crate::config::ConfigError(format!(
                 "unmask --key-id: no such key in the ring (ids: {})",

@@ -25,11 +25,12 @@ settings! {
 #[derive(Debug, Args, Clone, Default)]
 pub struct MappingFileArgs {
     /// A mapping file (see `sqs2pg mapping`): the table it names, how each message becomes its
-    /// rows, and which columns hold tokens. Without one: the built-in login pipeline and its
-    /// table (--table).
-    #[arg(long, env = "SQS2PG_MAPPING")]
+    /// rows, and which columns hold tokens. Several: repeat the flag, separate them with commas,
+    /// or name a directory (its `*.toml`, in name order); each takes the messages its `match`
+    /// says. Without one: the built-in login pipeline and its table (--table).
+    #[arg(long, env = "SQS2PG_MAPPING", value_delimiter = ',')]
     [file mapping.file]
-    pub mapping: Option<std::path::PathBuf>,
+    pub mapping: Vec<std::path::PathBuf>,
 }
 }
 

@@ -72,11 +72,22 @@ impl FileSettings {
                     (FileKind::Text, toml::Value::String(v)) => v.clone(),
                     (FileKind::Count, toml::Value::Integer(n)) if *n >= 0 => n.to_string(),
                     (FileKind::Flag, toml::Value::Boolean(b)) => b.to_string(),
+                    (FileKind::List, toml::Value::String(v)) => v.clone(),
+                    (FileKind::List, toml::Value::Array(items))
+                        if !items.is_empty() && items.iter().all(toml::Value::is_str) =>
+                    {
+                        items
+                            .iter()
+                            .filter_map(toml::Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
                     (kind, _) => {
                         let expected = match kind {
                             FileKind::Text => "a string (in quotes)",
                             FileKind::Count => "a whole number, 0 or more",
                             FileKind::Flag => "true or false",
+                            FileKind::List => "a string or a list of strings",
                         };
                         return Err(format!(
                             "line {at}, key `{key}` in [{section}]: expected {expected}"

@@ -105,8 +105,9 @@ pub struct Settings {
     pub mask_modes: crate::login::MaskModes,
     /// A key or mode change since the last run is on purpose.
     pub key_rotation_intended: bool,
-    /// How messages become rows; the built-in login pipeline when `None`.
-    pub mapping: Option<crate::mapping::Mapping>,
+    /// How messages become rows, one mapping per table; the built-in login pipeline when
+    /// there is none.
+    pub mappings: Vec<crate::mapping::Mapping>,
 }
 
 /// Database connection target and `--table`, checked, for the commands that serve the login
@@ -118,35 +119,93 @@ pub fn database(args: &DatabaseArgs) -> Result<(Database, TableName), ConfigErro
 /// The table `--table` names when it is not given.
 pub const DEFAULT_TABLE: &str = "public.user_logins";
 
-/// Database connection target, table and mapping, checked: the mapping file is read and
-/// checked here, so a bad one stops the run before anything is touched, and its table is the
-/// target (a `--table` naming another one is refused rather than silently overridden).
+/// Database connection target, table and mappings, checked: the mapping files are read and
+/// checked here, so a bad one stops the run before anything is touched, and the first one's
+/// table is the target (a `--table` naming another one is refused rather than silently
+/// overridden; with several mappings, each names its own table and `--table` is refused).
 pub fn target(
     args: &DatabaseArgs,
-) -> Result<(Database, TableName, Option<crate::mapping::Mapping>), ConfigError> {
+) -> Result<(Database, TableName, Vec<crate::mapping::Mapping>), ConfigError> {
     let (database, table) = connection(args)?;
-    let Some(path) = &args.mapping_file.mapping else {
-        return Ok((database, table, None));
-    };
-    let mapping = mapping_file(path)?;
-    let mapped = TableName::parse(&mapping.table).map_err(|e| {
-        ConfigError(format!(
-            "{} {}: `table`: {e}",
-            args::flag("mapping"),
-            path.display()
-        ))
-    })?;
-    if args.table != DEFAULT_TABLE && TableName::parse(&args.table).ok().as_ref() != Some(&mapped) {
+    if args.mapping_file.mapping.is_empty() {
+        return Ok((database, table, Vec::new()));
+    }
+    let mappings = mapping_files(&args.mapping_file.mapping)?;
+    let mut tables: Vec<(std::path::PathBuf, TableName)> = Vec::with_capacity(mappings.len());
+    for (path, mapping) in &mappings {
+        let mapped = TableName::parse(&mapping.table).map_err(|e| {
+            ConfigError(format!(
+                "{} {}: `table`: {e}",
+                args::flag("mapping"),
+                path.display()
+            ))
+        })?;
+        if let Some((other, _)) = tables.iter().find(|(_, t)| *t == mapped) {
+            return Err(ConfigError(format!(
+                "{} {} and {} both write to {mapped}: give each table one mapping (one `match` takes several types: `in = [\"a\", \"b\"]`)",
+                args::flag("mapping"),
+                other.display(),
+                path.display()
+            )));
+        }
+        tables.push((path.clone(), mapped));
+    }
+    let first = tables[0].1.clone();
+    if args.table != DEFAULT_TABLE
+        && (tables.len() > 1 || TableName::parse(&args.table).ok().as_ref() != Some(&first))
+    {
         return Err(ConfigError(format!(
-            "{} names {table} but the mapping {} writes to {mapped}: drop --table (a mapping names its own table) or change the mapping's `table`",
+            "{} names {table} but the mapping {} writes to {first}: drop --table (a mapping names its own table) or change the mapping's `table`",
             args::flag("table"),
-            path.display()
+            tables[0].0.display()
         )));
     }
-    Ok((database, mapped, Some(mapping)))
+    Ok((
+        database,
+        first,
+        mappings.into_iter().map(|(_, m)| m).collect(),
+    ))
 }
 
-/// Reads and checks the mapping file `--mapping` names.
+/// Reads and checks the mapping files `--mapping` names, a directory standing for its
+/// `*.toml` files in name order; each with the path it came from.
+pub fn mapping_files(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<(std::path::PathBuf, crate::mapping::Mapping)>, ConfigError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inside: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "{} {} cannot be read: {e}",
+                        args::flag("mapping"),
+                        path.display()
+                    ))
+                })?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                .collect();
+            inside.sort();
+            if inside.is_empty() {
+                return Err(ConfigError(format!(
+                    "{} {} is a directory without mapping files (*.toml); put mappings there or name a file",
+                    args::flag("mapping"),
+                    path.display()
+                )));
+            }
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+        .into_iter()
+        .map(|path| mapping_file(&path).map(|m| (path, m)))
+        .collect()
+}
+
+/// Reads and checks one mapping file.
 pub fn mapping_file(path: &std::path::Path) -> Result<crate::mapping::Mapping, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError(format!(
@@ -298,7 +357,7 @@ pub fn read_key_file(path: &Path, shown: &str) -> Result<Zeroizing<String>, Conf
 
 /// All settings for `drain` (`Mode::Drain`) or `run` (`Mode::Run`).
 pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError> {
-    let (database, table, mapping) = target(&args.database)?;
+    let (database, table, mappings) = target(&args.database)?;
     let sqs = queue(&args.queue)?;
     let mask_key = key(&args.key)?;
     // Each setting named as its declaration spells it (flag and variable).
@@ -443,7 +502,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
         })
         .transpose()?;
     Ok(Settings {
-        mapping,
+        mappings,
         key_rotation_intended: args.key_rotation_intended,
         mask_modes: crate::login::MaskModes {
             ip: args.ip.ip_mask,

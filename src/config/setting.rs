@@ -17,6 +17,8 @@ pub enum FileKind {
     /// A whole number, zero or more.
     Count,
     Flag,
+    /// A string, or a list of strings (given to the flag comma-separated).
+    List,
 }
 
 /// One setting the configuration file can hold.
@@ -74,6 +76,20 @@ impl FileValue for PathBuf {
     const KIND: FileKind = FileKind::Text;
     fn file_text(&self) -> Option<FileText> {
         Some(FileText::Quoted(self.display().to_string()))
+    }
+}
+
+impl FileValue for Vec<PathBuf> {
+    const KIND: FileKind = FileKind::List;
+    fn file_text(&self) -> Option<FileText> {
+        (!self.is_empty()).then(|| {
+            FileText::Quoted(
+                self.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        })
     }
 }
 

@@ -15,12 +15,14 @@ pub mod draft;
 pub mod encode;
 pub mod file;
 pub mod personal;
+pub mod router;
 pub mod transform;
 pub mod write;
 
 pub use crate::kind::{Message, Rejection};
 pub use column::{ColumnType, Value};
 pub use file::{Envelope, Mapping, MappingError};
+pub use router::Router;
 pub use transform::{MappedRow, Mapper};
 
 /// Reads a mapping file's text: its shape and checks ([`Mapping::parse`]), and the columns

@@ -154,37 +154,73 @@ impl MessageKind for Mapper {
 
     fn transform(&self, message: &Message<'_>) -> Transformed {
         let (rows, unknown_fields, new_unknown) = self.apply_counting(message);
-        let outcome = rows.and_then(|rows| {
-            let mut copy = CopyRows::with_capacity(rows.len() * 32 * self.types.len());
-            let keyed = self.mapping.write.keyed();
-            for row in &rows {
-                let mut values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
-                    .values()
-                    .iter()
-                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
-                let deleted = row.is_delete();
-                if keyed {
-                    // kind::KEYED_FIELDS: what a keyed load resolves a batch by.
-                    values.extend([
-                        &deleted as &(dyn tokio_postgres::types::ToSql + Sync),
-                        &message.sent_timestamp_ms,
-                        &message.message_id,
-                    ]);
-                }
-                copy.push(&values, &self.types).map_err(|e| {
-                    // The conversions make only values their column's type takes; this is a
-                    // bug, kept as a rejection rather than a panic.
-                    Rejection::new("invalid_value", format!("encoding failed: {e}"))
-                })?;
-            }
-            Ok(copy)
-        });
         Transformed {
-            outcome,
+            outcome: rows.and_then(|rows| self.encode(&rows, message)),
             unknown_fields,
             new_unknown,
         }
+    }
+}
+
+impl Mapper {
+    /// The rows in binary COPY form (under a keyed write mode, each followed by
+    /// `kind::KEYED_FIELDS`: what a keyed load resolves a batch by).
+    fn encode(&self, rows: &[MappedRow], message: &Message<'_>) -> Result<CopyRows, Rejection> {
+        let mut copy = CopyRows::with_capacity(rows.len() * 32 * self.types.len());
+        let keyed = self.mapping.write.keyed();
+        for row in rows {
+            let mut values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
+                .values()
+                .iter()
+                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let deleted = row.is_delete();
+            if keyed {
+                values.extend([
+                    &deleted as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &message.sent_timestamp_ms,
+                    &message.message_id,
+                ]);
+            }
+            copy.push(&values, &self.types).map_err(|e| {
+                // The conversions make only values their column's type takes; this is a
+                // bug, kept as a rejection rather than a panic.
+                Rejection::new("invalid_value", format!("encoding failed: {e}"))
+            })?;
+        }
+        Ok(copy)
+    }
+
+    /// The rows (as values) of the documents of an unwrapped message it takes; `None` when
+    /// it takes none (what `mapping preview` shows for several mappings).
+    pub(super) fn rows_from(
+        &self,
+        documents: &[Json],
+        fields: &EnvelopeFields,
+        message: &Message<'_>,
+    ) -> Result<Option<Vec<MappedRow>>, Rejection> {
+        self.mapping
+            .take(&self.masks, documents, fields, message, |_| {})
+    }
+
+    /// What the router asks of each mapping: the encoded rows of the documents it takes of an
+    /// unwrapped message (`None`: it takes none), counting the fields it does not know into
+    /// `unknown`.
+    pub(super) fn take_from(
+        &self,
+        documents: &[Json],
+        fields: &EnvelopeFields,
+        message: &Message<'_>,
+        unknown: &mut (u32, Vec<String>),
+    ) -> Result<Option<CopyRows>, Rejection> {
+        let rows = self
+            .mapping
+            .take(&self.masks, documents, fields, message, |doc| {
+                if !self.takes_all {
+                    self.count_unknown(doc, unknown)
+                }
+            })?;
+        rows.map(|rows| self.encode(&rows, message)).transpose()
     }
 }
 
@@ -215,7 +251,7 @@ impl MappedRow {
 }
 
 /// What the envelope contributes besides the documents to map.
-type EnvelopeFields = Map<String, Json>;
+pub(super) type EnvelopeFields = Map<String, Json>;
 
 /// Where an SNS notification's `MessageAttributes` are kept among the envelope's fields (not a
 /// column source: `sns:` sources name the four fields of [`SNS_FIELDS`]).
@@ -264,7 +300,21 @@ fn take_fields(outer: &mut Map<String, Json>, kind: &str, names: &[&str]) -> Env
         .collect()
 }
 
-fn unwrap(envelope: Envelope, body: Json) -> Result<(Vec<Json>, EnvelopeFields), Rejection> {
+/// The message's body as JSON, or `not_json` with where it stops being JSON.
+pub(super) fn parse_body(message: &Message<'_>) -> Result<Json, Rejection> {
+    serde_json::from_str(message.body).map_err(|e| {
+        Rejection::new(
+            "not_json",
+            format!("line {}, column {}", e.line(), e.column()),
+        )
+    })
+}
+
+/// The documents an envelope holds (one, or an S3 notification's records) and its own fields.
+pub(super) fn unwrap(
+    envelope: Envelope,
+    body: Json,
+) -> Result<(Vec<Json>, EnvelopeFields), Rejection> {
     let not = |what: &str, detail: &str| Rejection::new(format!("not_an_envelope:{what}"), detail);
     match envelope {
         Envelope::None => Ok((vec![body], Map::new())),
@@ -365,27 +415,58 @@ impl Mapping {
         Ok(())
     }
 
-    /// Maps every document of the message; `seen` sees each document first.
+    /// Maps one message: parses it, unwraps its envelope and takes its documents (see
+    /// [`Mapping::take`]); a message none of whose documents the `match` takes is `no_mapping`.
     fn apply(
         &self,
         masks: &[Option<ColumnMask>],
         message: &Message<'_>,
-        mut seen: impl FnMut(&Json),
+        seen: impl FnMut(&Json),
     ) -> Result<Vec<MappedRow>, Rejection> {
-        let body: Json = serde_json::from_str(message.body).map_err(|e| {
-            Rejection::new(
-                "not_json",
-                format!("line {}, column {}", e.line(), e.column()),
-            )
-        })?;
-        let (documents, fields) = unwrap(self.envelope, body)?;
+        let (documents, fields) = unwrap(self.envelope, parse_body(message)?)?;
+        self.take(masks, &documents, &fields, message, seen)?
+            .ok_or_else(|| self.not_taken())
+    }
+
+    /// Why this mapping took none of a message's documents (`no_mapping`).
+    pub(super) fn not_taken(&self) -> Rejection {
+        let Some(matcher) = &self.matcher else {
+            return Rejection::new("no_mapping", "no document");
+        };
+        Rejection::new(
+            "no_mapping",
+            format!(
+                "the mapping for {} takes messages whose {} is one of {} value(s)",
+                self.table,
+                match &matcher.on {
+                    MatchOn::Field(p) => format!("field {p}"),
+                    MatchOn::Envelope(f) => format!("envelope field {f}"),
+                    MatchOn::Attribute(a) => format!("attribute {a}"),
+                },
+                matcher.values.len()
+            ),
+        )
+    }
+
+    /// The rows of the documents this mapping's `match` takes (all when it has none), each
+    /// converted, checked and masked; all or none: one bad document rejects the message.
+    /// `None` when there were documents and it took none of them (an S3 test event has none
+    /// and gives no row). `seen` is shown each document taken for its values.
+    pub(super) fn take(
+        &self,
+        masks: &[Option<ColumnMask>],
+        documents: &[Json],
+        fields: &EnvelopeFields,
+        message: &Message<'_>,
+        mut seen: impl FnMut(&Json),
+    ) -> Result<Option<Vec<MappedRow>>, Rejection> {
         let mut taken = 0usize;
         let rows = documents
             .iter()
             .filter(|doc| {
                 self.matcher
                     .as_ref()
-                    .is_none_or(|m| takes(m, doc, &fields, message))
+                    .is_none_or(|m| takes(m, doc, fields, message))
             })
             .map(|doc| {
                 taken += 1;
@@ -393,7 +474,7 @@ impl Mapping {
                     .write
                     .delete
                     .as_ref()
-                    .is_some_and(|d| takes(d, doc, &fields, message));
+                    .is_some_and(|d| takes(d, doc, fields, message));
                 if delete {
                     // Only the key and the version name what is deleted; the rest is not read.
                     let values = self
@@ -403,7 +484,7 @@ impl Mapping {
                         .enumerate()
                         .map(|(i, (column, mask))| {
                             if self.write.key.contains(&i) || self.write.version == Some(i) {
-                                self.value(column, mask.as_ref(), doc, &fields, message)
+                                self.value(column, mask.as_ref(), doc, fields, message)
                             } else {
                                 Ok(Value::Null)
                             }
@@ -416,31 +497,12 @@ impl Mapping {
                     .columns
                     .iter()
                     .zip(masks)
-                    .map(|(column, mask)| self.value(column, mask.as_ref(), doc, &fields, message))
+                    .map(|(column, mask)| self.value(column, mask.as_ref(), doc, fields, message))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, Rejection>(MappedRow(values, false))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Some documents, none taken: no mapping takes the message. (An S3 test event has none
-        // and is acknowledged without rows.)
-        if taken == 0 && !documents.is_empty() {
-            if let Some(matcher) = &self.matcher {
-                return Err(Rejection::new(
-                    "no_mapping",
-                    format!(
-                        "the mapping for {} takes messages whose {} is one of {} value(s)",
-                        self.table,
-                        match &matcher.on {
-                            MatchOn::Field(p) => format!("field {p}"),
-                            MatchOn::Envelope(f) => format!("envelope field {f}"),
-                            MatchOn::Attribute(a) => format!("attribute {a}"),
-                        },
-                        matcher.values.len()
-                    ),
-                ));
-            }
-        }
-        Ok(rows)
+        Ok((taken > 0 || documents.is_empty()).then_some(rows))
     }
 
     /// [`Mapping::convert_column`], and what it makes checked against a `varchar(n)` (an

@@ -36,10 +36,9 @@ pub(super) struct LoadContext<'a> {
     /// The longest one attempt at a part may take (see [`load_with_retry`]): generous for a whole
     /// batch, short once a part has stalled while the database took other work.
     pub stall: std::time::Duration,
-    /// The columns the rows fill (the kind's) or the table computes (generated).
-    pub written: &'a [String],
-    /// The target table's own name (empty when unknown).
-    pub table: &'a str,
+    /// Per target table (its own name, without schema): the columns the rows fill (the
+    /// kind's) or the table computes (generated). Empty when unknown.
+    pub written: &'a [(String, Vec<String>)],
 }
 
 /// The longest one load attempt of a whole batch (or one check of the database) may take
@@ -345,7 +344,6 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
         abandon,
         stall,
         written,
-        table,
         ..
     }: LoadContext<'_>,
     summary: &mut Summary,
@@ -367,7 +365,7 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
         };
         let delay = backoff.failed();
         let attempts = backoff.attempts();
-        let unfilled = unfilled_not_null(&error, table, written);
+        let unfilled = unfilled_not_null(&error, written);
         let outcome = match unfilled {
             Some(_) => Outcome::UnfilledNotNull,
             None => Outcome::LoadFailed(&error),
@@ -423,19 +421,19 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
     }
 }
 
-/// The column of a NOT NULL refusal by the target table itself, when neither the rows nor the
-/// table fill it (not one of `written`): a structural refusal, not a row's. A refusal by
+/// The column of a NOT NULL refusal by a target table itself, when neither the rows nor the
+/// table fill it (not one of its `written`): a structural refusal, not a row's. A refusal by
 /// another relation (an audit table a trigger writes, a partition) is a row's.
-fn unfilled_not_null(error: &LoadError, table: &str, written: &[String]) -> Option<String> {
+fn unfilled_not_null(error: &LoadError, written: &[(String, Vec<String>)]) -> Option<String> {
     let db = error.postgres()?.as_db_error()?;
-    if *db.code() != tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
-        || table.is_empty()
-        || db.table() != Some(table)
-    {
+    if *db.code() != tokio_postgres::error::SqlState::NOT_NULL_VIOLATION {
         return None;
     }
+    let (_, columns) = written
+        .iter()
+        .find(|(t, _)| Some(t.as_str()) == db.table())?;
     let column = db.column()?;
-    (!written.iter().any(|w| w == column)).then(|| column.to_owned())
+    (!columns.iter().any(|w| w == column)).then(|| column.to_owned())
 }
 
 /// [`BatchLoader::probe`], within [`STALL`].

@@ -93,9 +93,10 @@ pub struct PipelineSettings {
     pub max_in_flight_bytes: usize,
     /// Live counts, for whoever wants to show progress.
     pub progress: Arc<Progress>,
-    /// What the target table fills itself, learnt at start-up: a NOT NULL refusal of a column
-    /// outside the rows is structural only on this table and for a column it does not compute.
-    pub table_facts: TableFacts,
+    /// What each target table fills itself (in the kind's target order), learnt at start-up:
+    /// a NOT NULL refusal of a column outside the rows is structural only on these tables and
+    /// for a column neither the rows nor the table fill.
+    pub table_facts: Vec<TableFacts>,
 }
 
 /// The target table as PostgreSQL names it in its errors, and the columns it computes itself
@@ -191,8 +192,16 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
 
     // The columns the rows fill, or the table computes: a NOT NULL column of the table outside
     // them refuses every row (structural).
-    let mut written: Vec<String> = kind.writes().into_iter().flat_map(|w| w.columns).collect();
-    written.extend(settings.table_facts.generated.iter().cloned());
+    let written: Vec<(String, Vec<String>)> = settings
+        .table_facts
+        .iter()
+        .zip(kind.writes())
+        .map(|(facts, write)| {
+            let mut columns = write.columns;
+            columns.extend(facts.generated.iter().cloned());
+            (facts.table.clone(), columns)
+        })
+        .collect();
     let stage = Arc::new(Stage::new(kind, sealer, attempts, settings.clone()));
     // Every task the run spawns besides the loaders, so a deadline can wait for them to end.
     let tasks = TaskTracker::new();
@@ -243,7 +252,6 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             stallers: &stage.stallers,
             stall: isolate::STALL,
             written: &written,
-            table: &settings.table_facts.table,
         };
         let loaded = load::Batcher {
             items: item_rx,

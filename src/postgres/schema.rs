@@ -253,11 +253,22 @@ pub enum NotReady {
 pub async fn missing_privileges(
     client: &Client,
     table: &TableName,
+    keyed: bool,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT object || ': ' || privilege
                FROM (VALUES ($1::text, 'INSERT'),
+                            ($1::text, CASE WHEN $2 THEN 'UPDATE' ELSE 'INSERT' END),
+                            ($1::text, CASE WHEN $2 THEN 'DELETE' ELSE 'INSERT' END),
+                            ($1::text, CASE WHEN $2 THEN 'SELECT' ELSE 'INSERT' END),
+                            ('sqs2pg.row_versions', CASE WHEN $2 THEN 'INSERT' ELSE 'SELECT' END),
+                            ('sqs2pg.row_versions', CASE WHEN $2 THEN 'UPDATE' ELSE 'SELECT' END),
+                            ('sqs2pg.applied_rows', CASE WHEN $2 THEN 'INSERT' ELSE 'SELECT' END),
+                            ('sqs2pg.row_versions', 'SELECT'),
+                            ('sqs2pg.row_versions', 'DELETE'),
+                            ('sqs2pg.applied_rows', 'SELECT'),
+                            ('sqs2pg.applied_rows', 'DELETE'),
                             ('sqs2pg.ledger', 'INSERT'),
                             ('sqs2pg.ledger', 'SELECT'),
                             ('sqs2pg.ledger', 'DELETE'),
@@ -270,10 +281,10 @@ pub async fn missing_privileges(
                             ('sqs2pg.attempts', 'DELETE')) AS needed(object, privilege)
               WHERE to_regclass(object) IS NOT NULL
                 AND NOT has_table_privilege(object, privilege)
-             UNION ALL
+             UNION
              SELECT 'database ' || current_database() || ': TEMP'
               WHERE NOT has_database_privilege(current_database(), 'TEMP')",
-            &[&table.quoted()],
+            &[&table.quoted(), &keyed],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -402,7 +402,7 @@ async fn an_s3_message_of_five_records_redelivered_after_a_lost_delete_still_giv
         &queue,
         key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
     );
-    a.database.mapping_file.mapping = Some(example("s3-objects.toml"));
+    a.database.mapping_file.mapping = vec![example("s3-objects.toml")];
     a.visibility_timeout_secs = Some(1);
     // The first delete is lost (a crash between COMMIT and delete): SQS hands the message out
     // again after its 1 s visibility timeout.
@@ -550,9 +550,9 @@ columns = [
         &queue,
         key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
     );
-    a.database.mapping_file.mapping = Some(file);
+    a.database.mapping_file.mapping = vec![file];
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
-    let shape = app::mapping::shape(settings.mapping.as_ref());
+    let shape = app::mapping::shape(settings.mappings.first());
     app::setup_for(&settings.database, &settings.table, &shape)
         .await
         .unwrap();

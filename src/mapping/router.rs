@@ -1,0 +1,181 @@
+//! Several mappings over one stream: the [`Router`], a message kind whose tables are its
+//! mappings' tables. A message is parsed once and unwrapped once per envelope the mappings
+//! use; each mapping takes the documents its `match` takes, and gives rows for its own table
+//! (a row's target is its mapping's index). A message several mappings take gives rows in
+//! each, committed in one transaction under one ledger entry; one that a mapping takes and
+//! then refuses (a missing field, a failed check) is quarantined with that mapping's reason;
+//! one that none takes is `no_mapping`.
+
+use std::collections::HashSet;
+
+use crate::keys::MaskKey;
+use crate::kind::{CopyRows, Message, MessageKind, Rejection, TableWrite, Transformed};
+
+use super::file::Envelope;
+use super::transform::{parse_body, unwrap};
+use super::{Mapper, Mapping, MappingError};
+
+/// Several mappings as one message kind.
+pub struct Router {
+    mappers: Vec<Mapper>,
+    /// The envelopes the mappings use, each unwrapped once per message.
+    envelopes: Vec<Envelope>,
+    name: String,
+}
+
+impl Router {
+    /// The kind for `mappings` (at least one), keyed by `key`. Two mappings of one table are
+    /// refused: their rows would need one shape and one write mode.
+    pub fn new(mappings: Vec<Mapping>, key: &MaskKey) -> Result<Self, MappingError> {
+        let mut tables = HashSet::new();
+        for m in &mappings {
+            if !tables.insert(m.table.clone()) {
+                return Err(MappingError(format!(
+                    "two mappings write to table {}: give each table one mapping (one `match` can take several types: `match = {{ field = \"/type\", in = [\"a\", \"b\"] }}`)",
+                    m.table
+                )));
+            }
+        }
+        if mappings.is_empty() {
+            return Err(MappingError("no mapping given".into()));
+        }
+        let mut envelopes = Vec::new();
+        for m in &mappings {
+            if !envelopes.contains(&m.envelope) {
+                envelopes.push(m.envelope);
+            }
+        }
+        let name = mappings
+            .iter()
+            .map(|m| m.table.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        Ok(Self {
+            mappers: mappings.into_iter().map(|m| Mapper::new(m, key)).collect(),
+            envelopes,
+            name,
+        })
+    }
+
+    /// The mappers, in target order.
+    pub fn mappers(&self) -> &[Mapper] {
+        &self.mappers
+    }
+}
+
+impl MessageKind for Router {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn writes(&self) -> Vec<TableWrite> {
+        self.mappers
+            .iter()
+            .map(|m| m.mapping().table_write())
+            .collect()
+    }
+
+    fn transform(&self, message: &Message<'_>) -> Transformed {
+        let (outcome, (unknown_fields, new_unknown)) =
+            self.route(message, |mapper, documents, fields, unknown| {
+                mapper.take_from(documents, fields, message, unknown)
+            });
+        let outcome = outcome.map(|taken| {
+            let mut rows = CopyRows::default();
+            for (index, mapped) in taken {
+                let target = u16::try_from(index).expect("fewer than 65536 mappings");
+                rows.append_to(target, &mapped);
+            }
+            rows
+        });
+        Transformed {
+            outcome,
+            unknown_fields,
+            new_unknown,
+        }
+    }
+}
+
+/// What each mapping made of a message, by mapping index.
+type Routed<T> = Result<Vec<(usize, T)>, Rejection>;
+
+impl Router {
+    /// Each mapping's rows of `message` as values (what `mapping preview` shows): the same
+    /// routing as the run's.
+    pub fn apply(&self, message: &Message<'_>) -> Routed<Vec<super::MappedRow>> {
+        self.route(message, |mapper, documents, fields, _| {
+            mapper.rows_from(documents, fields, message)
+        })
+        .0
+    }
+
+    /// Parses `message` once, unwraps it once per envelope, and asks each mapping (`each`)
+    /// for what it makes of the documents: the mappings that take it, in order, or why it
+    /// gives nothing; and the unknown fields of the first that takes it.
+    fn route<T>(
+        &self,
+        message: &Message<'_>,
+        mut each: impl FnMut(
+            &Mapper,
+            &[serde_json::Value],
+            &super::transform::EnvelopeFields,
+            &mut (u32, Vec<String>),
+        ) -> Result<Option<T>, Rejection>,
+    ) -> (Routed<T>, (u32, Vec<String>)) {
+        let body = match parse_body(message) {
+            Ok(body) => body,
+            Err(rejection) => return (Err(rejection), Default::default()),
+        };
+        // One unwrap per envelope in use (the body is cloned only when there are several).
+        let mut unwrapped = Vec::with_capacity(self.envelopes.len());
+        let mut body = Some(body);
+        for (i, envelope) in self.envelopes.iter().enumerate() {
+            let doc = if i + 1 == self.envelopes.len() {
+                body.take().expect("taken by the last envelope only")
+            } else {
+                body.clone().expect("kept until the last envelope")
+            };
+            unwrapped.push((*envelope, unwrap(*envelope, doc)));
+        }
+        let mut taken = Vec::new();
+        let mut envelope_refusal = None;
+        // The unknown fields of the first mapping that takes the message (another mapping's
+        // columns may know them; counted once either way).
+        let mut unknown: Option<(u32, Vec<String>)> = None;
+        for (index, mapper) in self.mappers.iter().enumerate() {
+            let envelope = mapper.mapping().envelope;
+            let Some((_, opened)) = unwrapped.iter().find(|(e, _)| *e == envelope) else {
+                continue;
+            };
+            let (documents, fields) = match opened {
+                Ok(opened) => opened,
+                Err(refusal) => {
+                    // Not this mapping's envelope: not taken by it.
+                    envelope_refusal.get_or_insert_with(|| refusal.clone());
+                    continue;
+                }
+            };
+            let mut counted = (0u32, Vec::new());
+            match each(mapper, documents, fields, &mut counted) {
+                Err(rejection) => return (Err(rejection), counted),
+                Ok(None) => {}
+                Ok(Some(made)) => {
+                    unknown.get_or_insert(counted);
+                    taken.push((index, made));
+                }
+            }
+        }
+        let unknown = unknown.unwrap_or_default();
+        if !taken.is_empty() {
+            return (Ok(taken), unknown);
+        }
+        let refusal = match envelope_refusal.filter(|_| self.envelopes.len() == 1) {
+            Some(refusal) => refusal,
+            None => Rejection::new(
+                "no_mapping",
+                format!("none of the {} mappings takes it", self.mappers.len()),
+            ),
+        };
+        (Err(refusal), unknown)
+    }
+}
