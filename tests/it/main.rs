@@ -26,3 +26,4 @@ mod scale;
 mod schema;
 mod settings;
 mod sqs_access;
+mod streams;
