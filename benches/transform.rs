@@ -117,7 +117,34 @@ fn mapping_wide(bencher: divan::Bencher) {
 /// What the receivers run per message since the pipeline is generic over message kinds
 /// (`kind::MessageKind::transform`): the transform and the row's binary COPY encoding, which
 /// the loader did before. `login` is `transform_one(Hmac)` plus the encoding.
-#[divan::bench(args = ["login", "mapping_login", "mapping_wide"])]
+/// The wide body with each of three kinds, for one mapping and four (`four_mappings`).
+fn wide_bodies() -> Vec<String> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|k| WIDE_BODY.replace(r#""kind": "b""#, &format!(r#""kind": "{k}""#)))
+        .collect()
+}
+
+/// Four copies of the wide mapping on one queue, each taking one `kind` (`a` to `d`): the
+/// router parses a message once and asks each mapping's `match`; one maps it.
+fn four_wide_mappings() -> sqs2pg::mapping::Router {
+    use sqs2pg::mapping::{Mapping, Router};
+    let mappings = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| {
+            Mapping::parse(&include_str!("wide.toml").replace(
+                r#"table = "public.wide_events""#,
+                &format!(
+                    "table = \"public.wide_{k}\"\nmatch = {{ field = \"/kind\", equals = \"{k}\" }}"
+                ),
+            ))
+            .expect("valid")
+        })
+        .collect();
+    Router::new(mappings, &key()).expect("four tables")
+}
+
+#[divan::bench(args = ["login", "mapping_login", "mapping_wide", "wide_one_of_one", "wide_one_of_four"])]
 fn kind_transform(bencher: divan::Bencher, kind: &str) {
     use sqs2pg::kind::{Message, MessageKind};
     use sqs2pg::mapping::{Mapper, Mapping};
@@ -133,7 +160,9 @@ fn kind_transform(bencher: divan::Bencher, kind: &str) {
                 &key(),
             )),
         ),
-        _ => (vec![WIDE_BODY.to_owned()], Box::new(wide_mapper())),
+        "mapping_wide" => (vec![WIDE_BODY.to_owned()], Box::new(wide_mapper())),
+        "wide_one_of_one" => (wide_bodies(), Box::new(wide_mapper())),
+        _ => (wide_bodies(), Box::new(four_wide_mappings())),
     };
     let mut i = 0usize;
     bencher.bench_local(|| {

@@ -17,6 +17,10 @@
 //! With `SQS2PG_BENCH_WIDE=1` the messages are wide events of about 600 bytes loaded through
 //! the mapping `benches/wide.toml` (20 columns, jsonb and timestamptz among them) into
 //! `public.wide_events`, which the bench creates; 1 in 100 has a kind the mapping refuses.
+//!
+//! With `SQS2PG_BENCH_KEYED=append|upsert|latest` the messages are the states of 100,000 users
+//! (each message a later version of its user) loaded through `benches/keyed-MODE.toml` into
+//! `public.bench_users_MODE`: the write modes on the same rows.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,12 +45,16 @@ struct Synthetic {
     total: u64,
     sent: i64,
     wide: bool,
+    keyed: bool,
 }
 
 impl Synthetic {
     fn body(&self, i: u64) -> String {
         if self.wide {
             return Self::wide_body(i);
+        }
+        if self.keyed {
+            return Self::user_body(i);
         }
         Self::login_body(i)
     }
@@ -75,6 +83,18 @@ impl Synthetic {
             i % 60,
             i % 65_536,
             i % 10,
+        )
+    }
+
+    /// A user's state for the keyed benchmark: 100,000 users, each message a later version of
+    /// its user (so under upsert and latest, past the first 100,000 every row replaces one).
+    fn user_body(i: u64) -> String {
+        format!(
+            r#"{{"type": "user.updated", "version": {}, "user": {{"id": "user-{:06}", "email": "user{}@example.com", "plan": "plan-{}"}}}}"#,
+            i / 100_000,
+            i % 100_000,
+            i % 100_000,
+            i % 7
         )
     }
 
@@ -206,6 +226,19 @@ async fn main() {
     }
     sqs2pg::telemetry::init(sqs2pg::telemetry::LogFormat::Text);
     let wide = std::env::var_os("SQS2PG_BENCH_WIDE").is_some();
+    // `append`, `upsert` or `latest`: user events through benches/keyed-MODE.toml.
+    let keyed = std::env::var("SQS2PG_BENCH_KEYED").ok();
+    let mapping: Option<std::path::PathBuf> = if wide {
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wide.toml").into())
+    } else {
+        keyed.as_ref().map(|mode| {
+            format!(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/benches/keyed-{}.toml"),
+                mode
+            )
+            .into()
+        })
+    };
     let total: u64 = std::env::args()
         .nth(1)
         .map_or(1_000_000, |n| n.parse().expect("a message count"));
@@ -216,10 +249,7 @@ async fn main() {
             },
             table: "public.user_logins".into(),
             mapping_file: sqs2pg::cli::MappingFileArgs {
-                mapping: wide
-                    .then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wide.toml").into())
-                    .into_iter()
-                    .collect(),
+                mapping: mapping.into_iter().collect(),
             },
         },
         queue: QueueArgs {
@@ -264,7 +294,7 @@ async fn main() {
         key_rotation_intended: false,
     };
     let settings = sqs2pg::config::pipeline(&args, Mode::Drain).expect("settings");
-    if wide {
+    if wide || keyed.is_some() {
         let shape = sqs2pg::app::mapping::shape(settings.mappings.first());
         sqs2pg::app::setup_for(&settings.database, &settings.table, &shape)
             .await
@@ -280,6 +310,7 @@ async fn main() {
         total,
         sent,
         wide,
+        keyed: keyed.is_some(),
     });
     let progress = settings.pipeline.progress.clone();
     let started = Instant::now();

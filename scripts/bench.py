@@ -2,7 +2,7 @@
 """Benchmarks of sqs2pg against the limits and the obvious alternative, each in one run.
 
     scripts/bench.py sqs     [--messages 50000] [--runs 3]   # 1 and 2: SQS side, CPU per message
-    scripts/bench.py loader  [--messages 1000000] [--runs 3] # 3: loader alone against psql \\copy
+    scripts/bench.py loader  [--messages 1000000] [--runs 3] [--wide | --keyed] # 3: loader alone against psql \\copy; --keyed: write modes
     scripts/bench.py latency [--messages 3000] [--runs 3]    # 5: 20 ms each way, 1..64 receivers, ceiling
     scripts/bench.py memory  [--messages 50000] [--lock-secs 20] [--runs 3]  # 6: RSS, PostgreSQL stalled
     scripts/bench.py drain   [--sizes 100,20000,50000] [--runs 3] [--before BINARY]  # 7: default drain against the Python consumer, tail
@@ -327,13 +327,47 @@ def bench_loader(args):
     rows = []
     rows_file, ids_file = b.root / "rows.copy", b.root / "ids.copy"
 
-    def measure(binary):
-        env = b.fresh()
+    def measure(binary, keyed=None):
+        # A baseline's schema is set up by the sqs2pg binary built beside it (a baseline
+        # refuses a schema newer than its own).
+        setup_by = Path(binary).parent.parent / "sqs2pg" if binary != loader else None
+        env = b.fresh(str(setup_by) if setup_by and setup_by.exists() else None)
         if args.wide:
             env["SQS2PG_BENCH_WIDE"] = "1"
+        if keyed:
+            env["SQS2PG_BENCH_KEYED"] = keyed
         m = run_measured([binary, str(args.messages)], env)
         words = m.stdout.split()
         return env, m, int(words[1]), float(words[5])
+
+    if args.keyed:
+        # The write modes on the same rows, alternating within each run: rows/s and CPU.
+        modes = ["append", "upsert", "latest"]
+        try:
+            for i in range(args.runs):
+                r = {"run": i + 1}
+                for mode in modes:
+                    _, m, loaded, seconds = measure(loader, mode)
+                    r[mode] = loaded / seconds
+                    r[mode + "_cpu"] = m.cpu
+                r["upsert_ratio"] = r["upsert"] / r["append"]
+                r["latest_ratio"] = r["latest"] / r["append"]
+                rows.append(r)
+                log(f"run {i + 1}: " + ", ".join(f"{k} {r[k]:.0f} rows/s" for k in modes))
+        finally:
+            b.close()
+        print("| run | append rows/s | upsert rows/s | latest rows/s | upsert / append | latest / append "
+              "| CPU s append / upsert / latest |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['run']} | {r['append']:.0f} | {r['upsert']:.0f} | {r['latest']:.0f} | "
+                  f"{r['upsert_ratio']:.2f} | {r['latest_ratio']:.2f} | "
+                  f"{r['append_cpu']:.1f} / {r['upsert_cpu']:.1f} / {r['latest_cpu']:.1f} |")
+        print(f"| **median** | {median(rows, 'append'):.0f} | {median(rows, 'upsert'):.0f} | "
+              f"{median(rows, 'latest'):.0f} | {median(rows, 'upsert_ratio'):.2f} | "
+              f"{median(rows, 'latest_ratio'):.2f} | {median(rows, 'append_cpu'):.1f} / "
+              f"{median(rows, 'upsert_cpu'):.1f} / {median(rows, 'latest_cpu'):.1f} |")
+        return
 
     try:
         for i in range(args.runs):
@@ -760,6 +794,8 @@ def main():
     p = sub.add_parser("loader")
     p.add_argument("--messages", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--keyed", action="store_true",
+                   help="the write modes append, upsert and latest on the same user events")
     p.add_argument("--wide", action="store_true",
                    help="wide events through benches/wide.toml (20 columns) instead of logins")
     p.add_argument("--before", default=None,

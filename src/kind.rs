@@ -354,4 +354,28 @@ mod tests {
         assert_eq!(rows.rows(), 1);
         assert_eq!(format!("{rows:?}"), "CopyRows(1 rows, 20 bytes)");
     }
+
+    #[test]
+    fn rows_for_several_targets_come_back_in_runs_by_target() {
+        let row = |v: i32| {
+            let mut r = CopyRows::default();
+            r.push(&[&v], &[Type::INT4]).unwrap();
+            r
+        };
+        let mut all = CopyRows::default();
+        // The first target's rows need no run of their own.
+        all.append_to(0, &row(1));
+        assert!(all.runs.is_empty());
+        all.append_to(2, &row(2));
+        all.append_to(2, &row(3));
+        all.append_to(0, &CopyRows::default());
+        all.append_to(1, &row(4));
+        assert_eq!(all.rows(), 4);
+        let parts: Vec<(u16, usize)> = all.parts().map(|(t, b)| (t, b.len())).collect();
+        assert_eq!(parts, [(0, 10), (2, 20), (1, 10)]);
+        // Rows of a later target only: no empty first part.
+        let mut later = CopyRows::default();
+        later.append_to(1, &row(5));
+        assert_eq!(later.parts().map(|p| p.0).collect::<Vec<_>>(), [1]);
+    }
 }

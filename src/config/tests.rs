@@ -209,3 +209,41 @@ fn every_setting_a_message_names_is_declared_and_named_as_declared() {
         "DATABASE_URL (--database-url)"
     );
 }
+
+#[test]
+fn a_directory_of_mappings_is_read_in_name_order_and_one_table_has_one_mapping() {
+    let dir = std::env::temp_dir().join(format!("sqs2pg-mappings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mapping = |table: &str| {
+        format!(
+            "table = \"{table}\"\ncolumns = [{{ name = \"a\", from = \"/a\", type = \"text\" }}]\n"
+        )
+    };
+    std::fs::write(dir.join("20-b.toml"), mapping("public.b")).unwrap();
+    std::fs::write(dir.join("10-a.toml"), mapping("public.a")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a mapping").unwrap();
+    let read = super::mapping_files(std::slice::from_ref(&dir)).unwrap();
+    let tables: Vec<&str> = read.iter().map(|(_, m)| m.table.as_str()).collect();
+    assert_eq!(tables, ["public.a", "public.b"]);
+    // The same table twice: refused, naming both files.
+    std::fs::write(dir.join("30-a-again.toml"), mapping("public.a")).unwrap();
+    let args = super::args::DatabaseArgs {
+        connection: super::args::ConnectionArgs {
+            database_url: Some("postgres://u@localhost/db".into()),
+        },
+        table: super::DEFAULT_TABLE.into(),
+        mapping_file: super::args::MappingFileArgs {
+            mapping: vec![dir.clone()],
+        },
+    };
+    let e = super::target(&args).unwrap_err().to_string();
+    assert!(
+        e.contains("10-a.toml") && e.contains("30-a-again.toml") && e.contains("public.a"),
+        "{e}"
+    );
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = super::mapping_files(&[empty]).unwrap_err().to_string();
+    assert!(e.contains("without mapping files"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

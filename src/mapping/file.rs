@@ -48,6 +48,9 @@
 //! documents it takes is quarantined as `no_mapping` (a replay loads it once a mapping takes
 //! it); without `match`, every message is taken.
 //!
+//! `write` and `delete` say how rows reach the table: appended (the default), or by key with
+//! `ignore`, `upsert` or `latest`, deletes included (see [`super::write`]).
+//!
 //! What no column foresaw is never stored in clear by default: every value bound for an
 //! unmasked jsonb column (`rest`, `body`, a whole sub-object) is scanned with
 //! [`super::personal`], and what looks personal (an e-mail or IP address, a phone, card or

@@ -179,3 +179,80 @@ impl Router {
         (Err(refusal), unknown)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(table: &str, matcher: &str, required: bool) -> Mapping {
+        Mapping::parse(&format!(
+            "table = \"{table}\"\n{matcher}\ncolumns = [{{ name = \"id\", from = \"/id\", type = \"integer\", required = {required} }}]\n"
+        ))
+        .unwrap()
+    }
+
+    fn router() -> Router {
+        let key = MaskKey::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpbXF1eX2A=").unwrap();
+        Router::new(
+            vec![
+                mapping(
+                    "public.a",
+                    r#"match = { field = "/type", in = ["a", "both"] }"#,
+                    true,
+                ),
+                mapping(
+                    "public.b",
+                    r#"match = { field = "/type", in = ["b", "both"] }"#,
+                    false,
+                ),
+            ],
+            &key,
+        )
+        .unwrap()
+    }
+
+    fn targets(body: &str) -> Result<Vec<(u16, usize)>, String> {
+        let message = Message::new(body, "m-1", 1_700_000_000_000);
+        router()
+            .transform(&message)
+            .outcome
+            .map(|rows| rows.parts().map(|(t, b)| (t, b.len())).collect())
+            .map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn each_mapping_that_takes_a_message_gives_rows_for_its_own_table() {
+        assert_eq!(targets(r#"{"type":"a","id":1}"#).unwrap().len(), 1);
+        assert_eq!(targets(r#"{"type":"a","id":1}"#).unwrap()[0].0, 0);
+        assert_eq!(targets(r#"{"type":"b","id":1}"#).unwrap()[0].0, 1);
+        let both = targets(r#"{"type":"both","id":1}"#).unwrap();
+        assert_eq!(both.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(router().writes().len(), 2);
+    }
+
+    #[test]
+    fn a_message_none_takes_is_no_mapping_and_one_a_mapping_refuses_is_refused() {
+        assert_eq!(targets(r#"{"type":"c","id":1}"#).unwrap_err(), "no_mapping");
+        // Taken by both, refused by the one that requires the id: the message is refused.
+        assert_eq!(
+            targets(r#"{"type":"both"}"#).unwrap_err(),
+            "missing_field:id"
+        );
+        assert_eq!(targets("{").unwrap_err(), "not_json");
+    }
+
+    #[test]
+    fn two_mappings_of_one_table_are_refused() {
+        let key = MaskKey::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpbXF1eX2A=").unwrap();
+        let e = Router::new(
+            vec![
+                mapping("public.a", "", false),
+                mapping("public.a", "", false),
+            ],
+            &key,
+        )
+        .err()
+        .unwrap();
+        assert!(e.0.contains("public.a"), "{e}");
+    }
+}

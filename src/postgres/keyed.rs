@@ -15,8 +15,8 @@
 //!   Deletes carry only their key, so two deletes of one key look alike and are always
 //!   applied (under upsert, a redriven delete deletes again; `latest` orders deletes safely).
 //!
-//! Each statement answers (rows staged, rows that won, rows deleted); the loader counts the
-//! difference as `duplicate_key` (`ignore`, `upsert`) or `stale` (`latest`).
+//! Each statement answers (rows that won, rows deleted); the loader counts the difference
+//! from the rows it staged as `duplicate_key` (`ignore`, `upsert`) or `stale` (`latest`).
 
 use super::schema::{quote_ident, TableName};
 use crate::kind::{TableWrite, VersionOrder, WriteMode, KEYED_FIELDS};
@@ -30,7 +30,7 @@ pub(super) struct KeyedSql {
     /// `COPY` into the staging table.
     pub copy: String,
     /// Resolves the staged rows into the table; `$1` is the table's name. Answers one row:
-    /// staged, won, deleted (all int8).
+    /// the rows that won and the rows deleted (int8).
     pub resolve: String,
 }
 
@@ -87,8 +87,7 @@ impl KeyedSql {
                               ORDER BY {key_list}, _ord),
                       ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
                               ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING RETURNING 1)
-                 SELECT (SELECT count(*) FROM {stage}), (SELECT count(*) FROM ins), 0::int8
-                  WHERE $1::text IS NOT NULL"
+                 SELECT (SELECT count(*) FROM ins), 0::int8 WHERE $1::text IS NOT NULL"
             ),
             WriteMode::Upsert => {
                 let digest = |alias: &str| {
@@ -112,14 +111,13 @@ impl KeyedSql {
                           ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
                                   WHERE NOT s._deleted ORDER BY {key_list} {on_conflict_update} \
                                   RETURNING 1)
-                     SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM f),
-                            (SELECT count(*) FROM del)",
+                     SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM del)",
                     dg = digest("st"),
                     del_on = same_key("t", "s"),
                 )
             }
             WriteMode::Latest => {
-                let key_text = write
+                let parts: Vec<String> = write
                     .key
                     .iter()
                     .map(|(k, numeric)| {
@@ -130,8 +128,12 @@ impl KeyedSql {
                             k
                         }
                     })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                    .collect();
+                // One column: its text; several: a JSON array of them (unambiguous).
+                let key_text = match parts.as_slice() {
+                    [one] => format!("{one}::text"),
+                    _ => format!("jsonb_build_array({})::text", parts.join(", ")),
+                };
                 let (version, order) = write
                     .version
                     .as_ref()
@@ -143,7 +145,7 @@ impl KeyedSql {
                     VersionOrder::Date => format!("({v} - date '1970-01-01')::numeric"),
                 };
                 format!(
-                    "WITH x AS (SELECT st.*, jsonb_build_array({key_text})::text COLLATE \"C\" AS _k, \
+                    "WITH x AS (SELECT st.*, ({key_text}) COLLATE \"C\" AS _k, \
                                        {version_number} AS _v FROM {stage} st),
                           s AS (SELECT DISTINCT ON (_k) * FROM x \
                                 ORDER BY _k, _v DESC, _sent_ms DESC, _message_id DESC, _ord DESC),
@@ -164,8 +166,7 @@ impl KeyedSql {
                           ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM w \
                                   WHERE NOT w._deleted ORDER BY {key_list} {on_conflict_update} \
                                   RETURNING 1)
-                     SELECT (SELECT count(*) FROM x), (SELECT count(*) FROM w),
-                            (SELECT count(*) FROM del)",
+                     SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM del)",
                     del_on = same_key("t", "w"),
                 )
             }

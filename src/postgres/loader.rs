@@ -517,14 +517,14 @@ async fn load_in_transaction<R: LedgeredRows>(
             match (&target.keyed, resolve) {
                 (Some(keyed), Some(resolve)) => {
                     let counts = tx.query_one(resolve, &[&target.name]).await?;
-                    let (staged, won, deleted): (i64, i64, i64) =
-                        (counts.get(0), counts.get(1), counts.get(2));
-                    let lost = u64::try_from(staged - won).unwrap_or(0);
+                    let (won, deleted): (i64, i64) = (counts.get(0), counts.get(1));
+                    let won = u64::try_from(won).unwrap_or(0);
+                    let lost = copied.saturating_sub(won);
                     match keyed.mode {
                         WriteMode::Latest => report.stale += lost,
                         _ => report.duplicate_keys += lost,
                     }
-                    report.rows += u64::try_from(won - deleted).unwrap_or(0);
+                    report.rows += won.saturating_sub(u64::try_from(deleted).unwrap_or(0));
                 }
                 _ => report.rows += copied,
             }

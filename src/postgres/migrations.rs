@@ -233,7 +233,7 @@ CREATE TABLE sqs2pg.row_versions (
     message_id text        NOT NULL COLLATE "C",
     deleted_at timestamptz,
     PRIMARY KEY (target, key)
-);
+) WITH (fillfactor = 70);  -- room on each page, so a new version is a HOT update
 CREATE INDEX row_versions_tombstones ON sqs2pg.row_versions (deleted_at)
     WHERE deleted_at IS NOT NULL;
 COMMENT ON TABLE sqs2pg.row_versions IS

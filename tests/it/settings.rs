@@ -243,3 +243,45 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(retry["level"], "WARN");
     assert_eq!(retry["fields"]["attempt"], 1);
 }
+
+#[test]
+fn several_mappings_come_from_repeated_flags_commas_and_the_file() {
+    use clap::{CommandFactory, FromArgMatches};
+    use sqs2pg::cli::{Cli, Command};
+    let mappings = |command: clap::Command, args: &[&str]| {
+        let matches = command
+            .try_get_matches_from(["sqs2pg", "drain"].iter().chain(args))
+            .unwrap();
+        match Cli::from_arg_matches(&matches).unwrap().command {
+            Command::Drain(args) => args.database.mapping_file.mapping,
+            _ => unreachable!("drain"),
+        }
+    };
+    let paths = |names: &[&str]| -> Vec<std::path::PathBuf> {
+        names.iter().map(std::path::PathBuf::from).collect()
+    };
+    assert_eq!(
+        mappings(
+            Cli::command(),
+            &["--mapping", "a.toml", "--mapping", "b.toml"]
+        ),
+        paths(&["a.toml", "b.toml"])
+    );
+    assert_eq!(
+        mappings(Cli::command(), &["--mapping", "a.toml,b.toml"]),
+        paths(&["a.toml", "b.toml"])
+    );
+    assert!(mappings(Cli::command(), &[]).is_empty());
+    // The file's list becomes the flag's default, split the same way; a flag replaces it.
+    let file =
+        sqs2pg::config::file::FileSettings::parse("[mapping]\nfile = [\"x.toml\", \"y.toml\"]\n")
+            .unwrap();
+    let with_file = || sqs2pg::config::file::apply(Cli::command(), &file.defaults());
+    assert_eq!(mappings(with_file(), &[]), paths(&["x.toml", "y.toml"]));
+    assert_eq!(
+        mappings(with_file(), &["--mapping", "a.toml"]),
+        paths(&["a.toml"])
+    );
+    let e = sqs2pg::config::file::FileSettings::parse("[mapping]\nfile = [1]\n").unwrap_err();
+    assert!(e.contains("a string or a list of strings"), "{e}");
+}
