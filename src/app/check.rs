@@ -45,7 +45,44 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             Masker::new(&settings.mask_key).key_id()
         ),
     }];
-    items.push(check_queue(&settings.sqs).await);
+    // Every queue the run reads: the mappings' own, else the run's.
+    let mut queues: Vec<String> = settings
+        .mappings
+        .iter()
+        .map(|m| {
+            m.queue
+                .clone()
+                .unwrap_or_else(|| settings.sqs.queue_url.clone())
+        })
+        .collect();
+    if queues.is_empty() {
+        queues.push(settings.sqs.queue_url.clone());
+    }
+    let several = {
+        let mut distinct = queues.clone();
+        distinct.sort();
+        distinct.dedup();
+        distinct.len() > 1
+    };
+    let mut seen = Vec::new();
+    for queue_url in queues {
+        if seen.contains(&queue_url) {
+            continue;
+        }
+        let sqs = SqsSettings {
+            queue_url: queue_url.clone(),
+            ..settings.sqs.clone()
+        };
+        let mut item = check_queue(&sqs).await;
+        if several {
+            item.name = format!(
+                "SQS queue ({})",
+                crate::sqs::name::queue_name(&queue_url).unwrap_or(&queue_url)
+            );
+        }
+        items.push(item);
+        seen.push(queue_url);
+    }
     items.extend(check_database(settings).await);
     items
 }

@@ -47,8 +47,143 @@ pub async fn run(args: PipelineArgs) -> Result<(), AppError> {
     Ok(())
 }
 
-/// `sqs2pg drain` / `sqs2pg run`: checks the database, connects to the queue, runs the pipeline.
+/// `sqs2pg drain` / `sqs2pg run`: checks the database, connects to the queue, runs the
+/// pipeline; with mappings that name several queues (`queue` in a mapping file), a pipeline per
+/// queue, each with its own window, heartbeat and loaders, at once (see [`several_queues`]).
 pub async fn process(
+    mut settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<Summary, AppError> {
+    let mut groups = by_queue(&settings);
+    if groups.len() > 1 {
+        return several_queues(settings, groups, shutdown).await;
+    }
+    if let Some((queue_url, _)) = groups.pop() {
+        // One queue, perhaps named by the mappings rather than --queue-url.
+        settings.sqs.queue_url = queue_url;
+    }
+    process_queue(settings, shutdown).await
+}
+
+/// The run's mappings by the queue each reads (its `queue`, else the run's), in the order the
+/// queues are first named.
+fn by_queue(settings: &Settings) -> Vec<(String, Vec<crate::mapping::Mapping>)> {
+    let mut groups: Vec<(String, Vec<crate::mapping::Mapping>)> = Vec::new();
+    for mapping in &settings.mappings {
+        let queue = mapping
+            .queue
+            .as_deref()
+            .unwrap_or(&settings.sqs.queue_url)
+            .trim_end_matches('/')
+            .to_owned();
+        match groups.iter_mut().find(|(q, _)| *q == queue) {
+            Some((_, group)) => group.push(mapping.clone()),
+            None => groups.push((queue, vec![mapping.clone()])),
+        }
+    }
+    groups
+}
+
+/// Several queues in one process: a pipeline per queue, over the same database, at once. A
+/// queue that fails (access revoked, deleted, unreachable) is reported as degraded and tried
+/// again with backoff (under `run`, until the run ends; under `drain`, for the retry policy's
+/// attempts), while the other queues keep loading; any other failure (the database, a table)
+/// ends the whole run. The summary sums the queues and lists each; the metrics endpoint and
+/// its readiness follow the first queue.
+async fn several_queues(
+    settings: Settings,
+    groups: Vec<(String, Vec<crate::mapping::Mapping>)>,
+    shutdown: CancellationToken,
+) -> Result<Summary, AppError> {
+    tracing::info!(
+        queues = groups.len(),
+        "several queues: one pipeline per queue"
+    );
+    // Cancelled by the first failure that is not a queue's: the other queues stop too.
+    let stop_all = shutdown.child_token();
+    let runs = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (queue_url, mappings))| {
+            let mut own = settings.clone();
+            own.table = crate::postgres::TableName::parse(&mappings[0].table)
+                .expect("a mapping's table is checked when the mapping is read");
+            own.sqs.queue_url = queue_url.clone();
+            own.mappings = mappings;
+            own.show_progress = false;
+            if i > 0 {
+                own.metrics_addr = None;
+            }
+            let stop_all = stop_all.clone();
+            async move {
+                let name = crate::sqs::name::queue_name(&queue_url)
+                    .unwrap_or(&queue_url)
+                    .to_owned();
+                let result = serve_queue(own, &name, stop_all.clone()).await;
+                if result.is_err() {
+                    stop_all.cancel();
+                }
+                (name, result)
+            }
+        });
+    let mut summary = Summary::default();
+    let mut failed = None;
+    for (name, result) in futures_util::future::join_all(runs).await {
+        match result {
+            Ok(part) => summary.add_queue(name, part),
+            Err(error) => {
+                tracing::error!(queue = %name, %error, "queue failed");
+                failed.get_or_insert(error);
+            }
+        }
+    }
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(summary),
+    }
+}
+
+/// One queue of several: run, and while the queue itself fails, report it degraded and try
+/// again (see [`several_queues`]).
+async fn serve_queue(
+    settings: Settings,
+    name: &str,
+    shutdown: CancellationToken,
+) -> Result<Summary, AppError> {
+    let mut backoff = settings.pipeline.source_retry.backoff();
+    loop {
+        let error = match process_queue(settings.clone(), shutdown.clone()).await {
+            Ok(summary) => return Ok(summary),
+            Err(error) => error,
+        };
+        let the_queue = matches!(
+            error,
+            AppError::Source(_) | AppError::Pipeline(PipelineError::Source { .. })
+        );
+        let delay = match settings.pipeline.mode {
+            // A service keeps trying, at most a minute apart.
+            Mode::Run => Some(
+                backoff
+                    .failed()
+                    .unwrap_or(std::time::Duration::from_secs(60))
+                    .min(std::time::Duration::from_secs(60)),
+            ),
+            Mode::Drain => backoff.failed(),
+        };
+        let (true, Some(delay), false) = (the_queue, delay, shutdown.is_cancelled()) else {
+            return Err(error);
+        };
+        crate::telemetry::metrics::record_queue_degraded(name);
+        tracing::warn!(queue = %name, %error, retry_in_ms = delay.as_millis() as u64, "queue degraded; the other queues keep loading; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(error),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// [`process`] for one queue.
+async fn process_queue(
     mut settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<Summary, AppError> {

@@ -88,7 +88,7 @@ impl From<crate::sqs::queue::SettingsError> for ConfigError {
 }
 
 /// Everything `drain` and `run` need, checked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub database: Database,
     pub table: TableName,
@@ -238,6 +238,20 @@ pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
             args::variable("queue_url")
         ))
     })?;
+    check_queue_url(queue_url, &args::variable("queue_url"))?;
+    let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+    if let Some(endpoint) = args.endpoint_url.as_deref().filter(|e| !is_http(e)) {
+        return Err(ConfigError(format!(
+            "{} must be an http(s) URL, e.g. http://localhost:4566; got {endpoint:?}",
+            args::variable("endpoint_url")
+        )));
+    }
+    queue_rest(args, queue_url)
+}
+
+/// A queue's URL or name as `what` (a setting, or a mapping's `queue`) gives it: an http(s) URL
+/// ending in the queue's name, or a valid queue name.
+pub fn check_queue_url(queue_url: &str, what: &str) -> Result<(), ConfigError> {
     let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
     if queue_url.contains("://") {
         let has_path = queue_url
@@ -246,22 +260,18 @@ pub fn queue(args: &QueueArgs) -> Result<SqsSettings, ConfigError> {
             .is_some_and(|(host, path)| !host.is_empty() && !path.is_empty());
         if !is_http(queue_url) || !has_path {
             return Err(ConfigError(format!(
-                "{} must be an http(s) URL ending in the queue name, e.g. http://localhost:4566/000000000000/login-queue, or a queue name; got {queue_url:?}",
-                args::variable("queue_url")
+                "{what} must be an http(s) URL ending in the queue name, e.g. http://localhost:4566/000000000000/login-queue, or a queue name; got {queue_url:?}"
             )));
         }
     } else if !is_queue_name(queue_url) {
         return Err(ConfigError(format!(
-            "{} {queue_url:?} is neither a URL nor a queue name (1 to 80 letters, digits, '-' or '_', optionally ending in .fifo): give the queue's URL, e.g. http://localhost:4566/000000000000/login-queue",
-            args::variable("queue_url")
+            "{what} {queue_url:?} is neither a URL nor a queue name (1 to 80 letters, digits, '-' or '_', optionally ending in .fifo): give the queue's URL, e.g. http://localhost:4566/000000000000/login-queue"
         )));
     }
-    if let Some(endpoint) = args.endpoint_url.as_deref().filter(|e| !is_http(e)) {
-        return Err(ConfigError(format!(
-            "{} must be an http(s) URL, e.g. http://localhost:4566; got {endpoint:?}",
-            args::variable("endpoint_url")
-        )));
-    }
+    Ok(())
+}
+
+fn queue_rest(args: &QueueArgs, queue_url: &str) -> Result<SqsSettings, ConfigError> {
     Ok(SqsSettings {
         queue_url: queue_url.trim_end_matches('/').to_owned(),
         endpoint_url: args.endpoint_url.clone(),
@@ -358,7 +368,21 @@ pub fn read_key_file(path: &Path, shown: &str) -> Result<Zeroizing<String>, Conf
 /// All settings for `drain` (`Mode::Drain`) or `run` (`Mode::Run`).
 pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError> {
     let (database, table, mappings) = target(&args.database)?;
-    let sqs = queue(&args.queue)?;
+    for mapping in &mappings {
+        if let Some(q) = &mapping.queue {
+            check_queue_url(q, &format!("the mapping of {}: `queue`", mapping.table))?;
+        }
+    }
+    // When every mapping names its queue, the run needs no queue of its own.
+    let mut queue_args = args.queue.clone();
+    let unset = queue_args
+        .queue_url
+        .as_deref()
+        .is_none_or(|u| u.trim().is_empty());
+    if unset && !mappings.is_empty() && mappings.iter().all(|m| m.queue.is_some()) {
+        queue_args.queue_url = mappings[0].queue.clone();
+    }
+    let sqs = queue(&queue_args)?;
     let mask_key = key(&args.key)?;
     // Each setting named as its declaration spells it (flag and variable).
     let range = |id: &str, value: u64, lo: u64, hi: u64, why: &str| {

@@ -48,6 +48,9 @@
 //! documents it takes is quarantined as `no_mapping` (a replay loads it once a mapping takes
 //! it); without `match`, every message is taken.
 //!
+//! `queue` (optional) names the queue the mapping reads, a URL or a name; without it, the run's
+//! queue (`--queue-url`). A run reads every distinct queue its mappings name.
+//!
 //! `write` and `delete` say how rows reach the table: appended (the default), or by key with
 //! `ignore`, `upsert` or `latest`, deletes included (see [`super::write`]).
 //!
@@ -322,6 +325,9 @@ pub struct Mapping {
     pub rest_mask: RestMask,
     /// How rows reach the table: appended, or resolved by key (`write`, `delete`).
     pub write: super::write::Write,
+    /// The queue it reads (`queue`, a URL or a name, checked where settings are); the run's
+    /// queue when `None`.
+    pub queue: Option<String>,
     /// Top-level keys some pointer starts with (what `rest` leaves out).
     pub(super) taken: HashSet<String>,
 }
@@ -340,6 +346,7 @@ struct RawMapping {
     rest_mask: RestMask,
     write: Option<super::write::RawWrite>,
     delete: Option<RawMatch>,
+    queue: Option<String>,
     columns: Vec<RawColumn>,
 }
 
@@ -685,6 +692,10 @@ impl Mapping {
             rest_personal: raw.rest_personal,
             rest_mask: raw.rest_mask,
             write,
+            queue: raw
+                .queue
+                .map(|q| q.trim().to_owned())
+                .filter(|q| !q.is_empty()),
             taken,
         })
     }

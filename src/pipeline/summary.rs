@@ -54,6 +54,9 @@ pub struct Summary {
     pub elapsed: Duration,
     /// From the last delete to the end of the run (how long a drain idles at its end).
     pub after_last_delete: Option<Duration>,
+    /// A run over several queues: each queue's own summary, by queue name (these counts are
+    /// their sums).
+    pub queues: Vec<(String, Summary)>,
 }
 
 impl Summary {
@@ -71,6 +74,40 @@ impl Summary {
         for (reason, n) in part.rejected {
             *self.rejected.entry(reason).or_default() += n;
         }
+    }
+
+    /// Adds the summary of one queue of a run over several (see [`Summary::queues`]).
+    pub fn add_queue(&mut self, queue: String, part: Summary) {
+        self.received += part.received;
+        self.loaded += part.loaded;
+        self.rows += part.rows;
+        for (reason, n) in &part.rejected {
+            *self.rejected.entry(reason.clone()).or_default() += n;
+        }
+        self.duplicates += part.duplicates;
+        self.duplicate_keys += part.duplicate_keys;
+        self.stale += part.stale;
+        self.unknown_fields += part.unknown_fields;
+        self.deleted += part.deleted;
+        self.delete_failures += part.delete_failures;
+        self.batches += part.batches;
+        self.load_retries += part.load_retries;
+        self.visibility_extended += part.visibility_extended;
+        self.released += part.released;
+        self.md5_mismatches += part.md5_mismatches;
+        self.suspects += part.suspects;
+        self.left_for_redelivery += part.left_for_redelivery;
+        self.redelivered_while_held += part.redelivered_while_held;
+        self.requests.receive += part.requests.receive;
+        self.requests.delete += part.requests.delete;
+        self.requests.change_visibility += part.requests.change_visibility;
+        self.requests.get_attributes += part.requests.get_attributes;
+        self.elapsed = self.elapsed.max(part.elapsed);
+        self.after_last_delete = match (self.after_last_delete, part.after_last_delete) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.queues.push((queue, part));
     }
 
     /// Total rejections over all reasons.
@@ -161,6 +198,18 @@ impl fmt::Display for Summary {
             "  {:<22}{:>10.1} msg/s",
             "throughput",
             self.messages_per_sec()
-        )
+        )?;
+        for (queue, part) in &self.queues {
+            writeln!(
+                f,
+                "  queue {queue}: received {}, loaded {}, rejected {}, duplicates {}, deleted {}",
+                part.received,
+                part.loaded,
+                part.rejected_total(),
+                part.duplicates,
+                part.deleted
+            )?;
+        }
+        Ok(())
     }
 }

@@ -63,8 +63,13 @@ pub const KEYED_ROWS_SKIPPED: &str = "sqs2pg_keyed_rows_skipped_total";
 /// Label of [`KEYED_ROWS_SKIPPED`].
 pub const OUTCOME_LABEL: &str = "outcome";
 
+/// Times a queue of a run over several failed and was tried again, labelled `queue` (its name).
+pub const QUEUE_DEGRADED: &str = "sqs2pg_queue_degraded_total";
+/// Label of [`QUEUE_DEGRADED`].
+pub const QUEUE_LABEL: &str = "queue";
+
 /// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
-pub const DESCRIPTIONS: [(&str, &str); 19] = [
+pub const DESCRIPTIONS: [(&str, &str); 20] = [
     (MESSAGES_RECEIVED, "Deliveries received from SQS, counted when their batch is done (loaded, quarantined, skipped as duplicates or left for redelivery)."),
     (ROWS_LOADED, "Rows committed to the target table (a mapped message can give none or several)."),
     (MESSAGES_LOADED, "Messages whose rows were committed (received = loaded + rejected + duplicates + left for redelivery)."),
@@ -83,6 +88,7 @@ pub const DESCRIPTIONS: [(&str, &str); 19] = [
     (WINDOW_MESSAGES, "The most messages the run may hold now (adapts to what commits within the visibility timeout)."),
     (LEASES_LAPSED, "Held messages whose visibility timeout ran out before the heartbeat extended it."),
     (UNKNOWN_FIELDS, "Top-level fields of transformed deliveries that no column takes (kept in rest or dropped), by kind (login or the mapping's table); their names are logged once each."),
+    (QUEUE_DEGRADED, "Times a queue of a run over several failed (access revoked, deleted, unreachable) and was tried again while the other queues kept loading, by queue name."),
     (KEYED_ROWS_SKIPPED, "Rows of keyed tables that changed nothing, by outcome: duplicate_key (key already held, row already applied, or superseded in its batch) or stale (lost to a greater version or a tombstone)."),
 ];
 
@@ -136,6 +142,11 @@ pub fn record_batch(
     for reason in rejected {
         metrics::counter!(MESSAGES_REJECTED, REASON_LABEL => reason.clone()).increment(1);
     }
+}
+
+/// Counts one failure of a queue of a run over several (see [`QUEUE_DEGRADED`]).
+pub fn record_queue_degraded(queue: &str) {
+    metrics::counter!(QUEUE_DEGRADED, QUEUE_LABEL => queue.to_owned()).increment(1);
 }
 
 /// Counts rows of keyed tables that changed nothing (see [`KEYED_ROWS_SKIPPED`]).

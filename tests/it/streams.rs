@@ -5,8 +5,10 @@
 //! equal what the test computes from the stream itself; a dead-letter redrive (the same bodies
 //! again under new message ids) must leave the keyed tables unchanged.
 //!
-//! The slow tier runs it at 20,000 messages with three concurrent drains, one of them killed
-//! (SIGKILL) and started again; the fast tier at 1,000 messages with one drain.
+//! The slow tier runs it at 20,000 messages over two queues (orders and page views on the
+//! second, named by their mappings' `queue`) with three concurrent drains, one of them killed
+//! (SIGKILL) and started again; the fast tier at 1,000 messages on one queue with one drain,
+//! and one `run` over two queues, one missing at first.
 
 use std::collections::BTreeMap;
 use std::process::Output;
@@ -152,13 +154,18 @@ fn stream(scale: usize) -> Stream {
     }
 }
 
-fn env<'a>(db: &'a TestDb, queue: &'a TestQueue, key: &'a str) -> Vec<(&'a str, &'a str)> {
+fn env<'a>(
+    db: &'a TestDb,
+    queue: &'a TestQueue,
+    key: &'a str,
+    mappings: &'a str,
+) -> Vec<(&'a str, &'a str)> {
     vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),
         ("AWS_ENDPOINT_URL", &queue.endpoint),
         ("SQS2PG_MASK_KEY", key),
-        ("SQS2PG_MAPPING", MAPPINGS),
+        ("SQS2PG_MAPPING", mappings),
         ("SQS2PG_WAIT_TIME_SECS", "1"),
         // Short: what a killed process held comes back within seconds.
         ("SQS2PG_VISIBILITY_TIMEOUT_SECS", "10"),
@@ -282,10 +289,56 @@ fn summed(outputs: &[&Output], label: &str) -> u64 {
         .sum()
 }
 
-async fn served(scale: usize, drains: usize, kill: bool) {
+/// Whether a body goes to the second queue, when there are two: orders and page views.
+fn second_queue(body: &str) -> bool {
+    body.contains("order.placed") || body.contains("page.viewed")
+}
+
+/// Sends each body to its queue: the second's (orders and page views, whose mappings name it)
+/// when there is one, else the run's.
+fn send_all(bodies: &[String], env: &[(&str, &str)], second: Option<&TestQueue>) {
+    let Some(second) = second else {
+        return send(bodies, env);
+    };
+    let (there, here): (Vec<String>, Vec<String>) =
+        bodies.iter().cloned().partition(|b| second_queue(b));
+    send(&here, env);
+    let mut to_second: Vec<(&str, &str)> = env.to_vec();
+    to_second.retain(|(k, _)| *k != "SQS2PG_QUEUE_URL");
+    to_second.push(("SQS2PG_QUEUE_URL", &second.url));
+    send(&there, &to_second);
+}
+
+async fn served(scale: usize, drains: usize, kill: bool, two_queues: bool) {
     let (db, queue) = (TestDb::new().await, TestQueue::on(Sqs::LocalStack4).await);
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let env = env(&db, &queue, &key);
+    // With two queues: the orders and page views mappings name the second (`queue`); the
+    // users and carts mappings read the run's.
+    let second = if two_queues {
+        Some(TestQueue::on(Sqs::LocalStack4).await)
+    } else {
+        None
+    };
+    let mappings = match &second {
+        None => MAPPINGS.to_owned(),
+        Some(second) => {
+            let dir = std::env::temp_dir().join(crate::harness::unique("streams"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for entry in std::fs::read_dir(MAPPINGS).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+                let text = std::fs::read_to_string(&path).unwrap();
+                let text = if name.contains("orders") || name.contains("page-views") {
+                    format!("queue = \"{}\"\n{text}", second.url)
+                } else {
+                    text
+                };
+                std::fs::write(dir.join(name), text).unwrap();
+            }
+            dir.to_str().unwrap().to_owned()
+        }
+    };
+    let env = env(&db, &queue, &key, &mappings);
     let setup = sqs2pg(&["setup"], &env);
     assert!(setup.status.success(), "{}", stderr(&setup));
     let check = sqs2pg(&["check"], &env);
@@ -295,7 +348,7 @@ async fn served(scale: usize, drains: usize, kill: bool) {
         String::from_utf8_lossy(&check.stdout)
     );
     let s = stream(scale);
-    send(&s.bodies, &env);
+    send_all(&s.bodies, &env, second.as_ref());
 
     let started = Instant::now();
     let spawn = || {
@@ -329,11 +382,15 @@ async fn served(scale: usize, drains: usize, kill: bool) {
         assert!(out.status.success(), "{}", stderr(out));
     }
     assert_eq!(queue.depth().await, 0, "the queue is empty");
+    if let Some(second) = &second {
+        assert_eq!(second.depth().await, 0, "the second queue is empty");
+    }
     assert_tables(&db, &s).await;
     let all: Vec<&Output> = outputs.iter().collect();
     println!(
-        "{} messages, {drains} drain(s){}: {:.1} s; duplicate keys {}, stale {} (as the surviving drains counted them)",
+        "{} messages over {} queue(s), {drains} drain(s){}: {:.1} s; duplicate keys {}, stale {} (as the surviving drains counted them)",
         s.bodies.len(),
+        if two_queues { 2 } else { 1 },
         if kill { ", one killed and replaced" } else { "" },
         took.as_secs_f64(),
         summed(&all, "duplicate keys"),
@@ -343,7 +400,7 @@ async fn served(scale: usize, drains: usize, kill: bool) {
     // A dead-letter redrive: a fifth of the keyed bodies again, under new message ids.
     let before = snapshot(&db).await;
     let again: Vec<String> = s.keyed.iter().step_by(5).cloned().collect();
-    send(&again, &env);
+    send_all(&again, &env, second.as_ref());
     let out = sqs2pg(&["drain"], &env);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -369,11 +426,151 @@ async fn served(scale: usize, drains: usize, kill: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_stream_fills_each_table_as_its_mode_says() {
-    served(1, 1, false).await;
+    served(1, 1, false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow tier: scripts/test.sh runs it"]
-async fn twenty_thousand_mixed_messages_three_drains_one_killed() {
-    served(20, 3, true).await;
+async fn twenty_thousand_mixed_messages_over_two_queues_three_drains_one_killed() {
+    served(20, 3, true, true).await;
+}
+
+/// Waits (bounded) until `sql` counts `n`.
+async fn until_count(db: &TestDb, sql: &str, n: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let have = crate::harness::count(db, sql).await;
+        if have == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {have}, expected {n}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One `run` serves two queues, each named by its mapping (`queue`): users from one, orders
+/// from the other. The second queue does not exist when the run starts: it is reported as
+/// degraded and tried again while the first loads, and served once it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_serves_two_queues_and_a_missing_one_is_degraded_then_served() {
+    let db = TestDb::new().await;
+    let users_queue = TestQueue::on(Sqs::LocalStack4).await;
+    let orders_name = crate::harness::unique("qorders").replace('_', "-");
+    let orders_url = format!("{}/000000000000/{orders_name}", users_queue.endpoint);
+    let dir = std::env::temp_dir().join(crate::harness::unique("two-queues"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, queue) in [
+        ("10-users.toml", &users_queue.url),
+        ("20-orders.toml", &orders_url),
+    ] {
+        let text = std::fs::read_to_string(format!("{MAPPINGS}/{file}")).unwrap();
+        std::fs::write(dir.join(file), format!("queue = \"{queue}\"\n{text}")).unwrap();
+    }
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let dir_text = dir.to_str().unwrap().to_owned();
+    // No SQS2PG_QUEUE_URL: every mapping names its queue.
+    let env: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &db.url),
+        ("AWS_ENDPOINT_URL", &users_queue.endpoint),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_MAPPING", &dir_text),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+    ];
+    let setup = sqs2pg(&["setup"], &env);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    let users: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                r#"{{"type":"user.updated","version":{},"user":{{"id":"u{}","email":"u{i}@example.com","plan":"p{i}"}}}}"#,
+                i % 3,
+                i / 3
+            )
+        })
+        .collect();
+    let to = |url: &str| -> Vec<(String, String)> {
+        env.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain([("SQS2PG_QUEUE_URL".to_owned(), url.to_owned())])
+            .collect()
+    };
+    let users_env = to(&users_queue.url);
+    let users_env: Vec<(&str, &str)> = users_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    send(&users, &users_env);
+
+    let log = dir.join("run.log");
+    let mut run = command(&["run"], &env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The users load although the orders' queue is missing.
+    until_count(
+        &db,
+        "SELECT count(*) FROM public.users",
+        10,
+        Duration::from_secs(60),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("queue degraded")
+    {
+        assert!(Instant::now() < deadline, "no degraded queue reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The queue appears, and its orders load in the same run.
+    let orders_queue = TestQueue::at(&users_queue.endpoint, &orders_name).await;
+    let orders: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"type":"order.placed","order":{{"id":"o{}","amount":{i}.50,"customer":"c{i}@example.com"}}}}"#,
+                i % 8
+            )
+        })
+        .collect();
+    let orders_env = to(&orders_queue.url);
+    let orders_env: Vec<(&str, &str)> = orders_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    send(&orders, &orders_env);
+    until_count(
+        &db,
+        "SELECT count(*) FROM public.orders",
+        8,
+        Duration::from_secs(120),
+    )
+    .await;
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = run.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let users_queue_name = users_queue.url.rsplit('/').next().unwrap();
+    assert!(
+        out.contains(&format!("queue {users_queue_name}: received 30, loaded 30")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("queue {orders_name}: received 12, loaded 12")),
+        "{out}"
+    );
+    assert_eq!(
+        crate::harness::count(&db, "SELECT count(*) FROM sqs2pg.ledger").await,
+        42
+    );
+    assert_eq!(users_queue.depth().await + orders_queue.depth().await, 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
