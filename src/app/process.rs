@@ -49,7 +49,8 @@ pub async fn run(args: PipelineArgs) -> Result<(), AppError> {
 
 /// `sqs2pg drain` / `sqs2pg run`: checks the database, connects to the queue, runs the
 /// pipeline; with mappings that name several queues (`queue` in a mapping file), a pipeline per
-/// queue, each with its own window, heartbeat and loaders, at once (see [`several_queues`]).
+/// queue, each with its own window, heartbeat and loaders, at once (a failing queue retried as
+/// degraded while the others load).
 pub async fn process(
     mut settings: Settings,
     shutdown: CancellationToken,

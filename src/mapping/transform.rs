@@ -464,9 +464,16 @@ impl Mapping {
         let rows = documents
             .iter()
             .filter(|doc| {
+                // A document the `delete` takes is the mapping's even if its `match` does not
+                // name the delete's type.
                 self.matcher
                     .as_ref()
                     .is_none_or(|m| takes(m, doc, fields, message))
+                    || self
+                        .write
+                        .delete
+                        .as_ref()
+                        .is_some_and(|d| takes(d, doc, fields, message))
             })
             .map(|doc| {
                 taken += 1;

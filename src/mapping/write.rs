@@ -9,13 +9,15 @@
 //! - `append` (the default): every row is inserted;
 //! - `ignore`: the first row for a key stays, a later one is counted as `duplicate_key`;
 //! - `upsert`: the last row processed for a key replaces it whole; a row identical to one
-//!   already applied within the ledger's retention (a producer's resend, a dead-letter
-//!   redrive) is counted as `duplicate_key` and changes nothing (deletes are always applied);
+//!   already applied for the key since its last delete, within the ledger's retention (a
+//!   producer's resend, a dead-letter redrive) is counted as `duplicate_key` and changes
+//!   nothing (deletes are always applied, and forget the key's states);
 //! - `latest`: the row with the greatest `version` wins, equal versions broken by
 //!   SentTimestamp, then message id; a loser is counted as `stale`.
 //!
 //! `delete` (for `upsert` and `latest`) names the documents that remove their key's row; only
-//! the key (and, under `latest`, the version) columns are read from them.
+//! the key (and, under `latest`, the version) columns are read from them, and they are the
+//! mapping's whatever its `match` says. At equal versions under `latest` a delete wins.
 
 use serde::Deserialize;
 
@@ -111,6 +113,26 @@ impl RawWrite {
                 "key `delete`: deletes apply to `upsert` and `latest` tables; this mapping's write mode is `{}`",
                 mode.as_str()
             ));
+        }
+        if mode != Mode::Append {
+            // The staging table's and the resolving statement's own columns.
+            const INTERNAL: [&str; 8] = [
+                "_deleted",
+                "_sent_ms",
+                "_message_id",
+                "_ord",
+                "_keep",
+                "_k",
+                "_v",
+                "_digest",
+            ];
+            if let Some(c) = columns.iter().find(|c| INTERNAL.contains(&c.name.as_str())) {
+                return Err(format!(
+                    "column `{}`: under a keyed write mode the names {} are sqs2pg's own; rename the column",
+                    c.name,
+                    INTERNAL.join(", ")
+                ));
+            }
         }
         let mut seen = Vec::new();
         for &i in &key {

@@ -1,22 +1,28 @@
 //! The SQL of keyed writes (`ignore`, `upsert`, `latest`): each batch's rows for such a table
-//! are copied into a temporary staging table of the connection, then one statement resolves
-//! them by key, inside the load's transaction.
+//! are copied into a temporary staging table of the connection, then resolved by key inside
+//! the load's transaction: one statement decides and writes, and for the modes with deletes a
+//! second one deletes (a statement of its own, so it sees the rows other loaders committed
+//! while the first waited for their keys).
 //!
 //! - Inside the batch, a key given several times is resolved first (`DISTINCT ON`): `ignore`
-//!   keeps the first received, `upsert` the last received, `latest` the greatest (version,
-//!   SentTimestamp, message id). So no statement touches a row twice (PostgreSQL's "ON
-//!   CONFLICT DO UPDATE command cannot affect row a second time" cannot happen).
-//! - Rows are written in key order, so two replicas writing the same keys wait for each other
-//!   instead of deadlocking (a deadlock PostgreSQL still finds is retried as a whole load).
+//!   keeps the first received, `upsert` the last received, `latest` the greatest (version; a
+//!   delete before an update of the same version; SentTimestamp; message id). So no statement
+//!   touches a row twice (PostgreSQL's "ON CONFLICT DO UPDATE command cannot affect row a
+//!   second time" cannot happen).
 //! - `latest` decides against `sqs2pg.row_versions`, which keeps the winning version per key,
-//!   and a tombstone for a delete: an older update that arrives later is `stale`.
+//!   and a tombstone for a delete: an older update that arrives later is `stale`. Its entries
+//!   are locked in key order before any row of the table, so replicas writing the same keys
+//!   wait for each other instead of deadlocking.
 //! - `upsert` records a digest of each row applied in `sqs2pg.applied_rows`: a resend (a
-//!   producer's retry, a dead-letter redrive under a new message id) is a `duplicate_key`.
-//!   Deletes carry only their key, so two deletes of one key look alike and are always
-//!   applied (under upsert, a redriven delete deletes again; `latest` orders deletes safely).
+//!   producer's retry, a dead-letter redrive under a new message id) is a `duplicate_key`. A
+//!   delete always applies (deletes carry only their key, so two look alike) and forgets the
+//!   key's digests, so a state sent again after a delete is new. Rows are written in key
+//!   order; a deadlock PostgreSQL still finds between replicas (an insert and a delete of two
+//!   keys crossing) is retried as a whole load.
 //!
-//! Each statement answers (rows that won, rows deleted); the loader counts the difference
-//! from the rows it staged as `duplicate_key` (`ignore`, `upsert`) or `stale` (`latest`).
+//! Each resolving statement answers (rows that won, rows written); the loader counts the
+//! difference between the rows it staged and the winners as `duplicate_key` (`ignore`,
+//! `upsert`) or `stale` (`latest`).
 
 use super::schema::{quote_ident, TableName};
 use crate::kind::{TableWrite, VersionOrder, WriteMode, KEYED_FIELDS};
@@ -30,8 +36,10 @@ pub(super) struct KeyedSql {
     /// `COPY` into the staging table.
     pub copy: String,
     /// Resolves the staged rows into the table; `$1` is the table's name. Answers one row:
-    /// the rows that won and the rows deleted (int8).
+    /// the rows that won and the rows written into the table (int8).
     pub resolve: String,
+    /// Then, for the modes with deletes, the statement that deletes (`$1`: the table's name).
+    pub delete: Option<String>,
 }
 
 impl KeyedSql {
@@ -48,7 +56,7 @@ impl KeyedSql {
              SELECT {col_list} FROM {target} WITH NO DATA; \
              ALTER TABLE {stage} ADD COLUMN _deleted boolean, ADD COLUMN _sent_ms bigint, \
              ADD COLUMN _message_id text COLLATE \"C\", \
-             ADD COLUMN _ord bigint GENERATED ALWAYS AS IDENTITY"
+             ADD COLUMN _ord bigint GENERATED ALWAYS AS IDENTITY, ADD COLUMN _keep boolean"
         );
         let copy = format!(
             "COPY {stage} ({col_list}, {}) FROM STDIN (FORMAT binary)",
@@ -80,60 +88,92 @@ impl KeyedSql {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let resolve = match write.mode {
-            WriteMode::Append => String::new(),
-            WriteMode::Ignore => format!(
-                "WITH s AS (SELECT DISTINCT ON ({key_list}) {col_list} FROM {stage} \
-                              ORDER BY {key_list}, _ord),
-                      ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
-                              ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING RETURNING 1)
-                 SELECT (SELECT count(*) FROM ins), 0::int8 WHERE $1::text IS NOT NULL"
+        let qualified_keys = |alias: &str| {
+            keys.iter()
+                .map(|k| format!("{alias}.{k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // The key as one text (row_versions' and applied_rows' `key`): one column's text, or a
+        // JSON array of several (unambiguous); numerics without trailing zeros (1.0 = 1.00).
+        // The loader's sessions run in UTC, so a timestamp's text does not move.
+        let key_text = |alias: &str| {
+            let parts: Vec<String> = write
+                .key
+                .iter()
+                .map(|(k, numeric)| {
+                    let k = format!("{alias}.{}", quote_ident(k));
+                    if *numeric {
+                        format!("trim_scale({k})")
+                    } else {
+                        k
+                    }
+                })
+                .collect();
+            match parts.as_slice() {
+                [one] => format!("({one}::text COLLATE \"C\")"),
+                _ => format!(
+                    "(jsonb_build_array({})::text COLLATE \"C\")",
+                    parts.join(", ")
+                ),
+            }
+        };
+        // Each resolve answers (rows that won, rows written into the table); each delete, run
+        // as a statement of its own (so it sees rows other loaders committed meanwhile), the
+        // rows it deleted.
+        let (resolve, delete) = match write.mode {
+            WriteMode::Append => (String::new(), None),
+            WriteMode::Ignore => (
+                format!(
+                    "WITH s AS (SELECT DISTINCT ON ({key_list}) {col_list} FROM {stage} \
+                                ORDER BY {key_list}, _ord),
+                          ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
+                                  ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING RETURNING 1)
+                     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM ins)
+                      WHERE $1::text IS NOT NULL"
+                ),
+                None,
             ),
             WriteMode::Upsert => {
-                let digest = |alias: &str| {
+                let digest = format!(
+                    "decode(md5(ROW({}, st._deleted)::text), 'hex')",
+                    qualified("st")
+                );
+                (
                     format!(
-                        "decode(md5(ROW({}, {alias}._deleted)::text), 'hex')",
-                        qualified(alias)
-                    )
-                };
-                format!(
-                    "WITH d AS (SELECT st.*, {dg} AS _digest FROM {stage} st),
-                          fresh AS (INSERT INTO sqs2pg.applied_rows (target, digest)
-                                    SELECT DISTINCT $1::text, _digest FROM d \
-                                     WHERE NOT _deleted ORDER BY 2
-                                    ON CONFLICT (target, digest) DO NOTHING RETURNING digest),
-                          f AS (SELECT d.* FROM d \
-                                 WHERE d._deleted OR d._digest IN (SELECT digest FROM fresh)),
-                          s AS (SELECT DISTINCT ON ({key_list}) * FROM f \
-                                ORDER BY {key_list}, _ord DESC),
-                          del AS (DELETE FROM {target} t USING s WHERE s._deleted AND {del_on} \
-                                  RETURNING 1),
-                          ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
-                                  WHERE NOT s._deleted ORDER BY {key_list} {on_conflict_update} \
-                                  RETURNING 1)
-                     SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM del)",
-                    dg = digest("st"),
-                    del_on = same_key("t", "s"),
+                        "WITH d AS (SELECT st._ord, st._deleted, {digest} AS _digest, \
+                                           {kt} AS _k FROM {stage} st),
+                              fresh AS (INSERT INTO sqs2pg.applied_rows (target, digest, key)
+                                        SELECT DISTINCT ON (_digest) $1::text, _digest, _k FROM d \
+                                         WHERE NOT _deleted ORDER BY _digest
+                                        ON CONFLICT (target, digest) DO NOTHING RETURNING digest),
+                              keep AS (UPDATE {stage} st SET _keep = true FROM d \
+                                        WHERE d._ord = st._ord \
+                                          AND (d._deleted OR d._digest IN (SELECT digest FROM fresh)) \
+                                       RETURNING st.*),
+                              s AS (SELECT DISTINCT ON ({key_list}) * FROM keep \
+                                    ORDER BY {key_list}, _ord DESC),
+                              ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
+                                      WHERE NOT s._deleted ORDER BY {key_list} {on_conflict_update} \
+                                      RETURNING 1)
+                         SELECT (SELECT count(*) FROM keep), (SELECT count(*) FROM ins)",
+                        kt = key_text("st"),
+                    ),
+                    // The keys whose last kept row deletes: the row goes, and so do the digests
+                    // of the key's rows, so the same state sent again later is a new state.
+                    Some(format!(
+                        "WITH s AS (SELECT DISTINCT ON ({key_list}) {key_list}, _deleted, \
+                                           {kt} AS _k FROM {stage} st WHERE _keep \
+                                     ORDER BY {key_list}, _ord DESC),
+                              forget AS (DELETE FROM sqs2pg.applied_rows a USING s \
+                                          WHERE s._deleted AND a.target = $1::text AND a.key = s._k)
+                         DELETE FROM {target} t USING s WHERE s._deleted AND {del_on}",
+                        kt = key_text("st"),
+                        del_on = same_key("t", "s"),
+                    )),
                 )
             }
             WriteMode::Latest => {
-                let parts: Vec<String> = write
-                    .key
-                    .iter()
-                    .map(|(k, numeric)| {
-                        let k = format!("st.{}", quote_ident(k));
-                        if *numeric {
-                            format!("trim_scale({k})")
-                        } else {
-                            k
-                        }
-                    })
-                    .collect();
-                // One column: its text; several: a JSON array of them (unambiguous).
-                let key_text = match parts.as_slice() {
-                    [one] => format!("{one}::text"),
-                    _ => format!("jsonb_build_array({})::text", parts.join(", ")),
-                };
                 let (version, order) = write
                     .version
                     .as_ref()
@@ -144,30 +184,45 @@ impl KeyedSql {
                     VersionOrder::Timestamp => format!("extract(epoch FROM {v})"),
                     VersionOrder::Date => format!("({v} - date '1970-01-01')::numeric"),
                 };
-                format!(
-                    "WITH x AS (SELECT st.*, ({key_text}) COLLATE \"C\" AS _k, \
-                                       {version_number} AS _v FROM {stage} st),
-                          s AS (SELECT DISTINCT ON (_k) * FROM x \
-                                ORDER BY _k, _v DESC, _sent_ms DESC, _message_id DESC, _ord DESC),
-                          won AS (INSERT INTO sqs2pg.row_versions AS r \
-                                      (target, key, version, sent_ms, message_id, deleted_at)
-                                  SELECT $1::text, _k, _v, _sent_ms, _message_id, \
-                                         CASE WHEN _deleted THEN now() END FROM s ORDER BY _k
-                                  ON CONFLICT (target, key) DO UPDATE \
-                                     SET version = EXCLUDED.version, sent_ms = EXCLUDED.sent_ms, \
-                                         message_id = EXCLUDED.message_id, \
-                                         deleted_at = EXCLUDED.deleted_at
-                                   WHERE (r.version, r.sent_ms, r.message_id) \
-                                       < (EXCLUDED.version, EXCLUDED.sent_ms, EXCLUDED.message_id)
-                                  RETURNING key),
-                          w AS (SELECT s.* FROM s JOIN won ON won.key = s._k),
-                          del AS (DELETE FROM {target} t USING w WHERE w._deleted AND {del_on} \
-                                  RETURNING 1),
-                          ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM w \
-                                  WHERE NOT w._deleted ORDER BY {key_list} {on_conflict_update} \
-                                  RETURNING 1)
-                     SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM del)",
-                    del_on = same_key("t", "w"),
+                (
+                    // Order: version, then a delete before an update of the same version,
+                    // then SentTimestamp, then message id.
+                    format!(
+                        "WITH x AS (SELECT st.*, {kt} AS _k, {version_number} AS _v FROM {stage} st),
+                              s AS (SELECT DISTINCT ON (_k) * FROM x ORDER BY _k, _v DESC, \
+                                    _deleted DESC, _sent_ms DESC, _message_id DESC, _ord DESC),
+                              won AS (INSERT INTO sqs2pg.row_versions AS r \
+                                          (target, key, version, sent_ms, message_id, deleted_at)
+                                      SELECT $1::text, _k, _v, _sent_ms, _message_id, \
+                                             CASE WHEN _deleted THEN now() END FROM s ORDER BY _k
+                                      ON CONFLICT (target, key) DO UPDATE \
+                                         SET version = EXCLUDED.version, sent_ms = EXCLUDED.sent_ms, \
+                                             message_id = EXCLUDED.message_id, \
+                                             deleted_at = EXCLUDED.deleted_at
+                                       WHERE (r.version, r.deleted_at IS NOT NULL, r.sent_ms, \
+                                              r.message_id) \
+                                           < (EXCLUDED.version, EXCLUDED.deleted_at IS NOT NULL, \
+                                              EXCLUDED.sent_ms, EXCLUDED.message_id)
+                                      RETURNING key),
+                              w AS (SELECT s.* FROM s JOIN won ON won.key = s._k),
+                              ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM w \
+                                      WHERE NOT w._deleted ORDER BY {key_list} {on_conflict_update} \
+                                      RETURNING 1)
+                         SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM ins)",
+                        kt = key_text("st"),
+                    ),
+                    // The staged deletes' keys whose entry is now a tombstone (this batch's, or
+                    // one already there): their rows go.
+                    Some(format!(
+                        "DELETE FROM {target} t \
+                          USING (SELECT DISTINCT {sk}, {kt} AS _k FROM {stage} st \
+                                  WHERE st._deleted) d \
+                           JOIN sqs2pg.row_versions r ON r.target = $1::text AND r.key = d._k \
+                         WHERE r.deleted_at IS NOT NULL AND {del_on}",
+                        sk = qualified_keys("st"),
+                        kt = key_text("st"),
+                        del_on = same_key("t", "d"),
+                    )),
                 )
             }
         };
@@ -176,6 +231,7 @@ impl KeyedSql {
             create_stage,
             copy,
             resolve,
+            delete,
         }
     }
 }

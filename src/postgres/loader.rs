@@ -56,11 +56,13 @@ pub struct LoadReport {
     pub rejected: Vec<String>,
     /// Messages skipped because the ledger already held their id.
     pub duplicates: u64,
-    /// Rows of keyed tables that changed nothing: a key already held (`ignore`), a row
-    /// already applied (`upsert`), or superseded in their batch by a later one.
+    /// Rows of keyed tables that changed nothing: a key already held, or a later row of the
+    /// same key in the batch (`ignore`); a row already applied (`upsert`).
     pub duplicate_keys: u64,
     /// Rows of `latest` tables that lost to a greater version (or a tombstone).
     pub stale: u64,
+    /// Rows deleted from keyed tables.
+    pub deleted: u64,
 }
 
 impl LoadReport {
@@ -72,6 +74,7 @@ impl LoadReport {
         self.duplicates += other.duplicates;
         self.duplicate_keys += other.duplicate_keys;
         self.stale += other.stale;
+        self.deleted += other.deleted;
     }
 }
 
@@ -221,13 +224,16 @@ impl Clone for TableLoader {
     }
 }
 
+/// A keyed target's prepared statements: the resolving one and, with deletes, the deleting one.
+type KeyedStatements = (Statement, Option<Statement>);
+
 /// An open connection and its prepared statements.
 struct Connection {
     client: Client,
     copy_ledger: Statement,
     claim_rows: Statement,
     /// Per target: its COPY, and its resolving statement when keyed.
-    copy_rows: Vec<(Statement, Option<Statement>)>,
+    copy_rows: Vec<(Statement, Option<KeyedStatements>)>,
     insert_rejects: Statement,
     /// The retired ledger held ids when last asked, at that time.
     retired_ledger: (bool, Instant),
@@ -295,7 +301,9 @@ impl TableLoader {
 /// uncommitted entry for the same message) fails as a lock wait, which is retried and never
 /// blamed on a row: below the pipeline's shortest bound on a load (10 s), so a lock wait is
 /// never taken for a body that stalls the database.
-const LOCK_WAIT_BOUND: &str = "SET lock_timeout = '8s'";
+///
+/// And UTC, so the text of a timestamp in a keyed table's key (`postgres::keyed`) never moves.
+const LOCK_WAIT_BOUND: &str = "SET lock_timeout = '8s'; SET TimeZone = 'UTC'";
 
 /// The tables' quoted names, in target order (a table written by two mappings twice).
 fn targets_tables(targets: &[TargetSql]) -> Vec<String> {
@@ -331,7 +339,13 @@ async fn connected<'a>(
             for target in targets {
                 let copy = client.prepare(&target.copy).await?;
                 let resolve = match &target.keyed {
-                    Some(keyed) => Some(client.prepare(&keyed.resolve).await?),
+                    Some(keyed) => {
+                        let delete = match &keyed.delete {
+                            Some(sql) => Some(client.prepare(sql).await?),
+                            None => None,
+                        };
+                        Some((client.prepare(&keyed.resolve).await?, delete))
+                    }
                     None => None,
                 };
                 prepared.push((copy, resolve));
@@ -515,16 +529,19 @@ async fn load_in_transaction<R: LedgeredRows>(
             }
             let copied = copy_parts(&tx, copy, &parts).await?;
             match (&target.keyed, resolve) {
-                (Some(keyed), Some(resolve)) => {
+                (Some(keyed), Some((resolve, delete))) => {
                     let counts = tx.query_one(resolve, &[&target.name]).await?;
-                    let (won, deleted): (i64, i64) = (counts.get(0), counts.get(1));
+                    let (won, written): (i64, i64) = (counts.get(0), counts.get(1));
                     let won = u64::try_from(won).unwrap_or(0);
                     let lost = copied.saturating_sub(won);
                     match keyed.mode {
                         WriteMode::Latest => report.stale += lost,
                         _ => report.duplicate_keys += lost,
                     }
-                    report.rows += won.saturating_sub(u64::try_from(deleted).unwrap_or(0));
+                    report.rows += u64::try_from(written).unwrap_or(0);
+                    if let Some(delete) = delete {
+                        report.deleted += tx.execute(delete, &[&target.name]).await?;
+                    }
                 }
                 _ => report.rows += copied,
             }

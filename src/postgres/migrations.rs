@@ -239,16 +239,19 @@ CREATE INDEX row_versions_tombstones ON sqs2pg.row_versions (deleted_at)
 COMMENT ON TABLE sqs2pg.row_versions IS
     'Write mode latest: the winning version of each key (version as a number, then SentTimestamp, then message id); deleted_at marks a tombstone, pruned past the ledger retention.';
 
--- Under write mode upsert: a digest of each row applied (its columns and whether it deletes),
--- so a resend of one (a producer retry, a dead-letter redrive under a new message id) changes
--- nothing. Pruned past the ledger's horizon.
+-- Under write mode upsert: a digest of each row applied (its columns), with its key, so a
+-- resend of one (a producer retry, a dead-letter redrive under a new message id) changes
+-- nothing until a delete of the key forgets them. Pruned past the ledger's horizon.
 CREATE TABLE sqs2pg.applied_rows (
     target     text        NOT NULL,
     digest     bytea       NOT NULL,
+    key        text        NOT NULL COLLATE "C",
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (target, digest)
 );
 CREATE INDEX applied_rows_applied_at ON sqs2pg.applied_rows (applied_at);
+-- A delete forgets its key's digests: the same state sent again after it is new.
+CREATE INDEX applied_rows_key ON sqs2pg.applied_rows (target, key);
 COMMENT ON TABLE sqs2pg.applied_rows IS
     'Write mode upsert: digests of the rows applied, so a resend of one is a duplicate_key; pruned past the ledger retention.';
 "#,

@@ -258,28 +258,30 @@ pub async fn missing_privileges(
     let rows = client
         .query(
             "SELECT object || ': ' || privilege
-               FROM (VALUES ($1::text, 'INSERT'),
-                            ($1::text, CASE WHEN $2 THEN 'UPDATE' ELSE 'INSERT' END),
-                            ($1::text, CASE WHEN $2 THEN 'DELETE' ELSE 'INSERT' END),
-                            ($1::text, CASE WHEN $2 THEN 'SELECT' ELSE 'INSERT' END),
-                            ('sqs2pg.row_versions', CASE WHEN $2 THEN 'INSERT' ELSE 'SELECT' END),
-                            ('sqs2pg.row_versions', CASE WHEN $2 THEN 'UPDATE' ELSE 'SELECT' END),
-                            ('sqs2pg.applied_rows', CASE WHEN $2 THEN 'INSERT' ELSE 'SELECT' END),
-                            ('sqs2pg.row_versions', 'SELECT'),
-                            ('sqs2pg.row_versions', 'DELETE'),
-                            ('sqs2pg.applied_rows', 'SELECT'),
-                            ('sqs2pg.applied_rows', 'DELETE'),
-                            ('sqs2pg.ledger', 'INSERT'),
-                            ('sqs2pg.ledger', 'SELECT'),
-                            ('sqs2pg.ledger', 'DELETE'),
-                            ('sqs2pg.processed_messages', 'SELECT'),
-                            ('sqs2pg.processed_messages', 'DELETE'),
-                            ('sqs2pg.rejected_messages', 'INSERT'),
-                            ('sqs2pg.attempts', 'SELECT'),
-                            ('sqs2pg.attempts', 'INSERT'),
-                            ('sqs2pg.attempts', 'UPDATE'),
-                            ('sqs2pg.attempts', 'DELETE')) AS needed(object, privilege)
-              WHERE to_regclass(object) IS NOT NULL
+               FROM (VALUES ($1::text, 'INSERT', false),
+                            ($1::text, 'UPDATE', true),
+                            ($1::text, 'DELETE', true),
+                            ($1::text, 'SELECT', true),
+                            ('sqs2pg.row_versions', 'SELECT', true),
+                            ('sqs2pg.row_versions', 'INSERT', true),
+                            ('sqs2pg.row_versions', 'UPDATE', true),
+                            ('sqs2pg.row_versions', 'DELETE', true),
+                            ('sqs2pg.applied_rows', 'SELECT', true),
+                            ('sqs2pg.applied_rows', 'INSERT', true),
+                            ('sqs2pg.applied_rows', 'DELETE', true),
+                            ('sqs2pg.ledger', 'INSERT', false),
+                            ('sqs2pg.ledger', 'SELECT', false),
+                            ('sqs2pg.ledger', 'DELETE', false),
+                            ('sqs2pg.processed_messages', 'SELECT', false),
+                            ('sqs2pg.processed_messages', 'DELETE', false),
+                            ('sqs2pg.rejected_messages', 'INSERT', false),
+                            ('sqs2pg.attempts', 'SELECT', false),
+                            ('sqs2pg.attempts', 'INSERT', false),
+                            ('sqs2pg.attempts', 'UPDATE', false),
+                            ('sqs2pg.attempts', 'DELETE', false))
+                    AS needed(object, privilege, keyed_only)
+              WHERE (NOT keyed_only OR $2)
+                AND to_regclass(object) IS NOT NULL
                 AND NOT has_table_privilege(object, privilege)
              UNION
              SELECT 'database ' || current_database() || ': TEMP'
@@ -397,8 +399,8 @@ pub async fn check_shape(
 }
 
 /// Whether `table` has a unique index (or primary key) on exactly the columns `key`, in any
-/// order, valid, not partial and without expressions: what `INSERT ... ON CONFLICT (key)`
-/// needs.
+/// order (INCLUDE columns aside), valid, not deferrable, not partial and without expressions:
+/// what `INSERT ... ON CONFLICT (key)` takes as its arbiter.
 pub async fn has_unique_index(
     client: &Client,
     table: &TableName,
@@ -409,10 +411,11 @@ pub async fn has_unique_index(
             "SELECT EXISTS (
                 SELECT 1 FROM pg_index i
                  WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid
-                   AND i.indpred IS NULL AND i.indexprs IS NULL
+                   AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
                    AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
                           FROM pg_attribute a
-                         WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+                         WHERE a.attrelid = i.indrelid
+                           AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
                        = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k)
                    AND i.indnkeyatts = cardinality($2::text[]))",
             &[&table.quoted(), &key],
