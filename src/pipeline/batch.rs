@@ -148,7 +148,16 @@ pub struct Processed {
     /// alone before ([`Stallers`]): a valid one is loaded alone, where the poison verdict is
     /// made (see `pipeline::load`).
     pub suspect: bool,
+    /// A valid suspect's turn ([`SUSPECT_TURN`]), held from its transform's attempt until its
+    /// load alone has ended.
+    pub turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
+
+/// Held while an attempt at a suspect is open, from the record of its transform's attempt to
+/// the end of its load alone: no two suspects' attempts are open at once in this process, so a
+/// body that kills the process leaves only its own attempt unfinished, never another
+/// suspect's. One per process, not per queue: a death ends every queue's attempts.
+pub static SUSPECT_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// At most this many [`Stallers`] are remembered (stalling bodies are rare; this only bounds
 /// the memory of ones that went elsewhere).

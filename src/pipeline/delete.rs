@@ -22,6 +22,9 @@ pub(super) struct Deleted {
     pub deleted: u64,
     /// Committed messages whose delete failed for good.
     pub failed: u64,
+    /// Committed messages whose handle SQS no longer took: a later delivery (here or at
+    /// another consumer) deletes them, as a duplicate.
+    pub superseded: u64,
     /// When the last delete call answered.
     pub last_at: Option<Instant>,
 }
@@ -82,9 +85,10 @@ impl<S: MessageSource> Deleter<S> {
                 .buffer_unordered(settings.delete_concurrency.max(1));
             while let Some(result) = results.next().await {
                 match result {
-                    Ok((d, f)) => {
-                        done.deleted += d;
-                        done.failed += f;
+                    Ok(tally) => {
+                        done.deleted += tally.deleted;
+                        done.failed += tally.failed;
+                        done.superseded += tally.superseded;
                         done.last_at = Some(Instant::now());
                     }
                     Err(e) => {
@@ -101,26 +105,38 @@ impl<S: MessageSource> Deleter<S> {
     }
 }
 
+/// What deleting one chunk did.
+#[derive(Debug, Default)]
+struct Tally {
+    deleted: u64,
+    /// Refused for good, or given up on: they come back (and are skipped by the ledger).
+    failed: u64,
+    /// Refused as stale handles (see [`crate::sqs::DeleteOutcome::superseded`]).
+    superseded: u64,
+}
+
 /// Deletes one chunk; when it `counts` (latest handles), forgets their leases after and
-/// returns (deleted, failed for good); an earlier delivery's handle counts for nothing either
-/// way.
+/// returns what it did; an earlier delivery's handle counts for nothing either way.
 async fn delete_chunk<S: MessageSource>(
     source: Arc<S>,
     leases: Arc<Leases>,
     chunk: Vec<AckHandle>,
     retry: RetryPolicy,
     counts: bool,
-) -> Result<(u64, u64), PipelineError> {
+) -> Result<Tally, PipelineError> {
     if !counts {
         let _ = source.delete(&chunk).await;
-        return Ok((0, 0));
+        return Ok(Tally::default());
     }
     let result = delete_with_retry(&*source, chunk.clone(), retry).await;
     // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
     let late = leases.forget(&chunk);
-    let result = result.map(|(deleted, failed, given_up)| {
+    // What failed for good is let go: a drain counts it as its own, coming back. A superseded
+    // handle's message is not: it is held elsewhere or gone, and a drain waits for it to
+    // leave the queue.
+    let result = result.map(|(tally, given_up)| {
         leases.let_go(given_up.iter().map(|a| a.message_id.as_str()));
-        (deleted, failed)
+        tally
     });
     for part in late.chunks(SQS_BATCH_LIMIT) {
         // Deliveries that arrived during the delete: best effort, as older handles are.
@@ -129,22 +145,29 @@ async fn delete_chunk<S: MessageSource>(
     result
 }
 
-/// Deletes `pending`, retrying what fails transiently; (deleted, failed, the handles refused
-/// for good or given up on after the retries).
+/// Deletes `pending`, retrying what fails transiently; what it did and the handles refused
+/// for good or given up on after the retries.
 async fn delete_with_retry<S: MessageSource>(
     source: &S,
     mut pending: Vec<AckHandle>,
     retry: RetryPolicy,
-) -> Result<(u64, u64, Vec<AckHandle>), PipelineError> {
-    let (mut deleted, mut failed) = (0u64, 0u64);
+) -> Result<(Tally, Vec<AckHandle>), PipelineError> {
+    let mut tally = Tally::default();
     // Refused for good, or given up on: they come back (and are skipped by the ledger).
     let mut let_go = Vec::new();
     let mut backoff = retry.backoff();
     while !pending.is_empty() {
         let error = match source.delete(&pending).await {
             Ok(outcome) => {
-                deleted += outcome.deleted as u64;
-                failed += outcome.failed as u64;
+                tally.deleted += outcome.deleted as u64;
+                tally.failed += outcome.failed as u64;
+                tally.superseded += outcome.superseded.len() as u64;
+                if !outcome.superseded.is_empty() {
+                    tracing::info!(
+                        messages = outcome.superseded.len(),
+                        "delete refused as a stale receipt handle: received again since (here or by another consumer) or already deleted; the later delivery deletes it as a duplicate"
+                    );
+                }
                 if outcome.failed > 0 {
                     tracing::warn!(
                         messages = outcome.failed,
@@ -185,12 +208,12 @@ async fn delete_with_retry<S: MessageSource>(
                     messages = pending.len(),
                     "giving up deleting; they will come back and be skipped as duplicates"
                 );
-                failed += pending.len() as u64;
+                tally.failed += pending.len() as u64;
                 crate::telemetry::metrics::record_delete_failures(pending.len() as u64);
                 let_go.extend(pending);
-                return Ok((deleted, failed, let_go));
+                return Ok((tally, let_go));
             }
         }
     }
-    Ok((deleted, failed, let_go))
+    Ok((tally, let_go))
 }

@@ -21,8 +21,9 @@ enum Next {
     Wait,
     /// Cut the open batch and load it.
     Cut,
-    /// Load this suspect alone (see [`load_isolating`]).
-    Alone(Box<Batch>),
+    /// Load this suspect alone (see [`load_isolating`]); its turn
+    /// (`batch::SUSPECT_TURN`) is held until the load has ended.
+    Alone(Box<Batch>, Option<tokio::sync::MutexGuard<'static, ()>>),
 }
 
 /// The batcher and loaders' task: cuts batches by size, window or age and loads each in one
@@ -95,12 +96,13 @@ impl<L: BatchLoader> Batcher<'_, L> {
                     Next::Cut
                 }
                 item = items.recv(), if !input_done => match item {
-                    Some(p) if p.is_suspect_row() => {
+                    Some(mut p) if p.is_suspect_row() => {
                         summary.received += 1;
                         summary.suspects += 1;
+                        let turn = p.turn.take();
                         let mut alone = Batch::with_capacity(1);
                         alone.push(p);
-                        Next::Alone(Box::new(alone))
+                        Next::Alone(Box::new(alone), turn)
                     }
                     Some(p) => {
                         summary.received += 1;
@@ -130,7 +132,7 @@ impl<L: BatchLoader> Batcher<'_, L> {
                     deadline = None;
                     std::mem::replace(&mut batch, Batch::with_capacity(capacity))
                 }
-                Next::Alone(one) => {
+                Next::Alone(one, turn) => {
                     // A suspect loads with no other load in flight, from its attempt's record
                     // to its finish (see `load_batch`): a death meanwhile is its own. The
                     // receivers fill the channel meanwhile; suspects are rare.
@@ -150,6 +152,7 @@ impl<L: BatchLoader> Batcher<'_, L> {
                         &mut failed,
                         abandon,
                     );
+                    drop(turn);
                     continue;
                 }
             };

@@ -275,6 +275,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             Ok(done) => {
                 summary.deleted = done.deleted;
                 summary.delete_failures = done.failed;
+                summary.deletes_superseded = done.superseded;
                 last_delete = done.last_at;
             }
             Err(e) => {

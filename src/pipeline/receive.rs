@@ -319,9 +319,6 @@ pub(super) struct Stage {
     pub(super) sealer: BodySealer,
     /// The durable record of attempts at suspects, if the run keeps one.
     pub(super) attempts: Option<Arc<dyn AttemptLog>>,
-    /// Held while a suspect's attempt is begun, processed and finished: one at a time
-    /// ([`Stage::process_suspect`]).
-    suspect_turn: tokio::sync::Mutex<()>,
     /// Messages that stalled the database alone here before: suspects on their next delivery.
     pub(super) stallers: batch::Stallers,
     /// Fields no column of the kind takes (the metric, labelled with the kind).
@@ -403,7 +400,6 @@ impl Stage {
             kind,
             sealer,
             attempts,
-            suspect_turn: tokio::sync::Mutex::new(()),
             stallers: batch::Stallers::default(),
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
@@ -530,11 +526,17 @@ impl Stage {
         m: Received,
         held_since: Instant,
     ) -> Processed {
-        let _turn = self.suspect_turn.lock().await;
+        let turn = batch::SUSPECT_TURN.lock().await;
         let attempt = self.begin_attempt(log, &m).await;
-        let processed = self.process(m, held_since, attempt.crashed);
+        let mut processed = self.process(m, held_since, attempt.crashed);
         if attempt.finish {
             finish_attempt(log, &processed.ledger_id).await;
+        }
+        // A valid one keeps the turn until its load alone has ended (its second attempt, see
+        // `pipeline::load`): another suspect's transform killing the process meanwhile would
+        // count against this one.
+        if processed.is_suspect_row() {
+            processed.turn = Some(turn);
         }
         processed
     }
@@ -676,6 +678,7 @@ impl Stage {
             permit: None,
             held_since,
             suspect,
+            turn: None,
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct Summary {
     pub deleted: u64,
     /// Deletes that failed for good (those messages come back and are deleted as duplicates).
     pub delete_failures: u64,
+    /// Deletes refused as stale handles: the message was received again (here or by another
+    /// consumer) or already deleted, and its later delivery deletes it (not a failure).
+    pub deletes_superseded: u64,
     /// Batches committed.
     pub batches: u64,
     /// Load attempts that failed and were retried.
@@ -90,6 +93,7 @@ impl Summary {
         self.unknown_fields += part.unknown_fields;
         self.deleted += part.deleted;
         self.delete_failures += part.delete_failures;
+        self.deletes_superseded += part.deletes_superseded;
         self.batches += part.batches;
         self.load_retries += part.load_retries;
         self.visibility_extended += part.visibility_extended;
@@ -154,6 +158,9 @@ impl fmt::Display for Summary {
         }
         row(f, "deleted from queue", self.deleted)?;
         row(f, "delete failures", self.delete_failures)?;
+        if self.deletes_superseded > 0 {
+            row(f, "stale handles", self.deletes_superseded)?;
+        }
         row(f, "MD5 mismatches", self.md5_mismatches)?;
         row(f, "unknown fields", self.unknown_fields)?;
         row(f, "batches", self.batches)?;

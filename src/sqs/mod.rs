@@ -178,7 +178,15 @@ pub struct DeleteOutcome {
     pub failed: usize,
     /// The handles of those refused for good that the answer names.
     pub refused: Vec<AckHandle>,
+    /// Entries refused because the handle is no longer the message's (`ReceiptHandleIsInvalid`):
+    /// it was received again, here or by another consumer, or is already deleted. Its latest
+    /// delivery decides its fate, so it is neither counted as failed nor let go.
+    pub superseded: Vec<AckHandle>,
 }
+
+/// The code SQS gives a delete whose receipt handle is not the message's latest (or whose
+/// message is gone).
+pub const STALE_HANDLE: &str = "ReceiptHandleIsInvalid";
 
 /// One entry a batch call refused, as either protocol reports it.
 pub(crate) struct BatchFailure<'a> {
@@ -206,6 +214,9 @@ pub(crate) fn delete_outcome<'a>(
     for failure in failures {
         match batch_entry(acks, failure.id) {
             Some(ack) if !failure.sender_fault => outcome.retryable.push(ack.clone()),
+            Some(ack) if failure.code.ends_with(STALE_HANDLE) => {
+                outcome.superseded.push(ack.clone())
+            }
             entry => {
                 // Logged by the caller, who knows whether the handle mattered.
                 tracing::debug!(code = %failure.code, "delete refused by sqs");

@@ -317,6 +317,34 @@ async fn drain_reports_messages_it_could_not_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_out_stale_handles_and_succeeds_once_they_are_deleted() {
+    // Three drains with a short visibility race: a delete can be refused as a stale handle
+    // (the message was received again elsewhere, or already deleted). That is no failure: the
+    // drain waits for the message to leave the queue (its later delivery deletes it as a
+    // duplicate) and exits 0.
+    let (db, queue) = fixture().await;
+    queue.send(&sample_bodies()).await;
+    let a = fresh_args(&db, &queue);
+    let stale = Arc::new(FaultySource::new(queue.queue.clone()).deletes(DeleteFault::StaleFirst));
+    let settings = config::pipeline(&a, Mode::Drain).unwrap();
+    let summary = app::process_with(settings, stale, CancellationToken::new(), |l| l)
+        .await
+        .expect("stale handles whose messages were deleted later are no failure");
+    assert_eq!(summary.loaded, 99, "{summary:?}");
+    assert_eq!(summary.delete_failures, 0, "{summary:?}");
+    assert_eq!(summary.deletes_superseded, 100, "{summary:?}");
+    // Each came back (some while still held, deleted with the late handle) and was skipped.
+    assert!(summary.duplicates > 0, "{summary:?}");
+    assert_eq!(summary.received, 100 + summary.duplicates, "{summary:?}");
+    assert_eq!(queue.depth().await, 0, "the drain waited for them");
+    assert!(summary.to_string().contains("stale handles"), "{summary}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.user_logins").await,
+        99
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_late_in_the_transaction_commits_nothing_and_deletes_nothing() {
     let (db, queue) = fixture().await;
     // Rows and their ledger entries are written first; then the rejection insert fails.

@@ -24,6 +24,10 @@ pub enum DeleteFault {
     LoseFirst,
     /// Refuse every delete for good, as SQS does for an expired receipt handle.
     Refuse,
+    /// Refuse the first delete of each message as a stale handle, with the message visible
+    /// again (as if its visibility ran out and another consumer received it, then let it go);
+    /// later deletes go through.
+    StaleFirst,
 }
 
 /// The real SQS client with faults injected at the pipeline's seam: deletes lost or refused,
@@ -216,6 +220,24 @@ impl<S: MessageSource> MessageSource for FaultySource<S> {
                     .filter(|a| !seen.insert(a.message_id.clone()))
                     .cloned()
                     .collect()
+            }
+            DeleteFault::StaleFirst => {
+                let (first, later): (Vec<AckHandle>, Vec<AckHandle>) = {
+                    let mut seen = self.seen.lock().unwrap();
+                    acks.iter()
+                        .cloned()
+                        .partition(|a| seen.insert(a.message_id.clone()))
+                };
+                if !first.is_empty() {
+                    self.inner.change_visibility(&first, Duration::ZERO).await?;
+                }
+                let mut outcome = if later.is_empty() {
+                    DeleteOutcome::default()
+                } else {
+                    self.inner.delete(&later).await?
+                };
+                outcome.superseded.extend(first);
+                return Ok(outcome);
             }
         };
         let lost = acks.len() - passed.len();

@@ -54,3 +54,36 @@ fn batch_failures_name_their_entries() {
     assert_eq!(batch_entry(&["a", "b", "c"], "2"), Some(&"c"));
     assert_eq!(batch_entry(&["a"], "x"), None);
 }
+
+#[test]
+fn a_stale_handle_is_superseded_not_failed() {
+    let acks: Vec<AckHandle> = (0..4)
+        .map(|i| AckHandle {
+            message_id: format!("m{i}"),
+            receipt_handle: format!("h{i}"),
+        })
+        .collect();
+    let failures = [
+        ("1", "ReceiptHandleIsInvalid", true),
+        ("2", "InternalError", false),
+        ("3", "AccessDenied", true),
+    ];
+    let outcome = crate::sqs::delete_outcome(
+        &acks,
+        1,
+        failures
+            .iter()
+            .map(|&(id, code, sender_fault)| crate::sqs::BatchFailure {
+                id,
+                code,
+                sender_fault,
+            }),
+    );
+    assert_eq!(outcome.deleted, 1);
+    assert_eq!(outcome.superseded, [acks[1].clone()]);
+    assert_eq!(outcome.retryable, [acks[2].clone()]);
+    assert_eq!(
+        (outcome.failed, outcome.refused),
+        (1, vec![acks[3].clone()])
+    );
+}
