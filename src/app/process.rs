@@ -89,8 +89,8 @@ fn by_queue(settings: &Settings) -> Vec<(String, Vec<crate::mapping::Mapping>)> 
 /// queue that fails (access revoked, deleted, unreachable) is reported as degraded and tried
 /// again with backoff (under `run`, until the run ends; under `drain`, for the retry policy's
 /// attempts), while the other queues keep loading; any other failure (the database, a table)
-/// ends the whole run. The summary sums the queues and lists each; the metrics endpoint and
-/// its readiness follow the first queue.
+/// ends the whole run. The summary sums the queues and lists each; one metrics endpoint
+/// serves them all (every series labelled with its queue), ready when every queue answers.
 async fn several_queues(
     settings: Settings,
     groups: Vec<(String, Vec<crate::mapping::Mapping>)>,
@@ -100,36 +100,63 @@ async fn several_queues(
         queues = groups.len(),
         "several queues: one pipeline per queue"
     );
+    // One endpoint and one live line for the process: readiness asks every queue, each
+    // queue's depth is published under its own label, and the live line counts them all.
+    let mut queues = Vec::new();
+    if settings.metrics_addr.is_some() || settings.show_progress {
+        for (queue_url, _) in &groups {
+            let mut sqs = settings.sqs.clone();
+            sqs.queue_url = queue_url.clone();
+            // Located when it answers; a queue failing now is reported by readiness.
+            let queue = match open_queue(&sqs).await {
+                Ok(queue) => queue,
+                Err(_) => Queue::connect(&sqs).await.map_err(ConfigError::from)?,
+            };
+            queues.push(Arc::new(queue));
+        }
+    }
+    let endpoint = match settings.metrics_addr {
+        Some(addr) => {
+            Some(start_endpoint(addr, &settings, queues.clone(), shutdown.clone()).await?)
+        }
+        None => None,
+    };
+    let line_done = CancellationToken::new();
+    let line = settings
+        .show_progress
+        .then(|| live_line(&settings, queues, line_done.clone()));
     // Cancelled by the first failure that is not a queue's: the other queues stop too.
     let stop_all = shutdown.child_token();
-    let runs = groups
-        .into_iter()
-        .enumerate()
-        .map(|(i, (queue_url, mappings))| {
-            let mut own = settings.clone();
-            own.table = crate::postgres::TableName::parse(&mappings[0].table)
-                .expect("a mapping's table is checked when the mapping is read");
-            own.sqs.queue_url = queue_url.clone();
-            own.mappings = mappings;
-            own.show_progress = false;
-            if i > 0 {
-                own.metrics_addr = None;
+    let runs = groups.into_iter().map(|(queue_url, mappings)| {
+        let mut own = settings.clone();
+        own.table = crate::postgres::TableName::parse(&mappings[0].table)
+            .expect("a mapping's table is checked when the mapping is read");
+        own.sqs.queue_url = queue_url.clone();
+        own.mappings = mappings;
+        own.show_progress = false;
+        own.metrics_addr = None;
+        let stop_all = stop_all.clone();
+        async move {
+            let name = label_of(&queue_url).to_owned();
+            let result = serve_queue(own, &name, stop_all.clone()).await;
+            if result.is_err() {
+                stop_all.cancel();
             }
-            let stop_all = stop_all.clone();
-            async move {
-                let name = crate::sqs::name::queue_name(&queue_url)
-                    .unwrap_or(&queue_url)
-                    .to_owned();
-                let result = serve_queue(own, &name, stop_all.clone()).await;
-                if result.is_err() {
-                    stop_all.cancel();
-                }
-                (name, result)
-            }
-        });
+            (name, result)
+        }
+    });
     let mut summary = Summary::default();
     let mut failed = None;
-    for (name, result) in futures_util::future::join_all(runs).await {
+    let results = futures_util::future::join_all(runs).await;
+    line_done.cancel();
+    if let Some(line) = line {
+        // Cleared before the summary is printed.
+        let _ = line.await;
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.cancel();
+    }
+    for (name, result) in results {
         match result {
             Ok(part) => summary.add_queue(name, part),
             Err(error) => {
@@ -190,7 +217,9 @@ async fn process_queue(
 ) -> Result<Summary, AppError> {
     let queue = Arc::new(open_queue(&settings.sqs).await?);
     let endpoint = match settings.metrics_addr {
-        Some(addr) => Some(start_endpoint(addr, &settings, queue.clone(), shutdown.clone()).await?),
+        Some(addr) => {
+            Some(start_endpoint(addr, &settings, vec![queue.clone()], shutdown.clone()).await?)
+        }
         None => None,
     };
     if settings.pipeline.visibility_timeout.is_none() {
@@ -217,21 +246,9 @@ async fn process_queue(
         };
     }
     let progress_done = CancellationToken::new();
-    let mut progress_line = None;
-    if settings.show_progress {
-        let (progress, queue) = (settings.pipeline.progress.clone(), queue.clone());
-        progress_line = Some(tokio::spawn(crate::telemetry::progress::show(
-            progress,
-            move || {
-                let queue = queue.clone();
-                async move {
-                    let (visible, in_flight) = queue.approximate_depth().await.ok()?;
-                    Some(visible + in_flight)
-                }
-            },
-            progress_done.clone(),
-        )));
-    }
+    let progress_line = settings
+        .show_progress
+        .then(|| live_line(&settings, vec![queue.clone()], progress_done.clone()));
     let result = process_with(settings, queue, shutdown, |loader| loader).await;
     progress_done.cancel();
     if let Some(line) = progress_line {
@@ -244,12 +261,43 @@ async fn process_queue(
     result
 }
 
-/// Starts the `/metrics`, `/healthz`, `/readyz` endpoint and the queue-depth poller; returns
-/// the token that stops both.
+/// Shows the live line (see `telemetry::progress`) until `done`: the run's counts, and what is
+/// left in `queues` together (those that answer).
+fn live_line(
+    settings: &Settings,
+    queues: Vec<Arc<Queue>>,
+    done: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let queues = Arc::new(queues);
+    tokio::spawn(crate::telemetry::progress::show(
+        settings.pipeline.progress.clone(),
+        move || {
+            let queues = queues.clone();
+            async move {
+                let mut left = None;
+                for queue in queues.iter() {
+                    if let Ok((visible, in_flight)) = queue.approximate_depth().await {
+                        *left.get_or_insert(0) += visible + in_flight;
+                    }
+                }
+                left
+            }
+        },
+        done,
+    ))
+}
+
+/// A queue's name as logs and metric labels give it: the last part of its URL.
+fn label_of(queue_url: &str) -> &str {
+    crate::sqs::name::queue_name(queue_url).unwrap_or(queue_url)
+}
+
+/// Starts the `/metrics`, `/healthz`, `/readyz` endpoint and a depth poller per queue; returns
+/// the token that stops them. Ready when PostgreSQL and every queue answer.
 async fn start_endpoint(
     addr: std::net::SocketAddr,
     settings: &Settings,
-    queue: Arc<Queue>,
+    queues: Vec<Arc<Queue>>,
     shutdown: CancellationToken,
 ) -> Result<CancellationToken, AppError> {
     use crate::telemetry::http;
@@ -261,9 +309,9 @@ async fn start_endpoint(
     let handle = http::install_recorder()
         .map_err(|e| ConfigError(format!("--metrics-addr (SQS2PG_METRICS_ADDR): {e}")))?;
     let ready: http::ReadyCheck = {
-        let (database, queue) = (settings.database.clone(), queue.clone());
+        let (database, all) = (settings.database.clone(), queues.clone());
         Arc::new(move || {
-            let (database, queue) = (database.clone(), queue.clone());
+            let (database, all) = (database.clone(), all.clone());
             Box::pin(async move {
                 let client = database
                     .connect()
@@ -272,23 +320,36 @@ async fn start_endpoint(
                 pg::inspect::ping(&client)
                     .await
                     .map_err(|e| format!("PostgreSQL: {}", pg::describe(&e)))?;
-                queue
-                    .approximate_depth()
-                    .await
-                    .map_err(|e| format!("SQS: {e}"))?;
+                let several = all.len() > 1;
+                for queue in &all {
+                    queue.approximate_depth().await.map_err(|e| {
+                        if several {
+                            format!("SQS queue {}: {e}", label_of(queue.queue_url()))
+                        } else {
+                            format!("SQS: {e}")
+                        }
+                    })?;
+                }
                 Ok(())
             })
         })
     };
     let stop = CancellationToken::new();
     tokio::spawn(http::serve(listener, handle, ready, shutdown, stop.clone()));
-    tokio::spawn(poll_queue_depth(queue, stop.clone()));
+    for queue in queues {
+        let meter = crate::telemetry::metrics::Meter::new(label_of(queue.queue_url()), &[]);
+        tokio::spawn(poll_queue_depth(queue, meter, stop.clone()));
+    }
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(stop)
 }
 
 /// Publishes the queue's approximate depth every 15 s until `stop`.
-async fn poll_queue_depth(queue: Arc<Queue>, stop: CancellationToken) {
+async fn poll_queue_depth(
+    queue: Arc<Queue>,
+    meter: crate::telemetry::metrics::Meter,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     loop {
         tokio::select! {
@@ -296,9 +357,7 @@ async fn poll_queue_depth(queue: Arc<Queue>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         match queue.approximate_depth().await {
-            Ok((visible, in_flight)) => {
-                crate::telemetry::metrics::record_queue_depth(visible, in_flight)
-            }
+            Ok((visible, in_flight)) => meter.record_queue_depth(visible, in_flight),
             Err(error) => tracing::debug!(%error, "queue depth not polled"),
         }
     }
@@ -420,6 +479,14 @@ where
         }
     }
     settings.pipeline.table_facts = table_facts;
+    // Taken now, after the metrics recorder is installed (see `start_endpoint`): every series
+    // of the run is labelled with its queue, and its tables' with their mapping.
+    let targets: Vec<String> = tables
+        .iter()
+        .map(|(table, _, _)| table.to_string())
+        .collect();
+    settings.pipeline.meter =
+        crate::telemetry::metrics::Meter::new(label_of(&settings.sqs.queue_url), &targets);
     if is_fifo(&settings.sqs.queue_url) {
         // One receiver takes messages in the order SQS hands them out and one loader keeps
         // that order to COMMIT, so no two messages of a group are processed at once, even on a

@@ -24,7 +24,11 @@ async fn mapped(args: ReportArgs) -> Result<(), AppError> {
     }
     for (table, mapping) in super::mapping::run_tables(&table, &mappings) {
         let mapping = mapping.expect("--mapping is set");
-        let report = super::mapping::report(&database, &table, mapping).await?;
+        let mut report = super::mapping::report(&database, &table, mapping).await?;
+        report.queue = mapping
+            .queue
+            .as_deref()
+            .map(|url| crate::sqs::name::queue_name(url).unwrap_or(url).to_owned());
         print!("{}", report.to_text());
     }
     Ok(())

@@ -558,6 +558,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             max_in_flight_messages: args.max_in_flight_messages,
             progress: Default::default(),
             table_facts: Default::default(),
+            meter: Default::default(),
         },
     })
 }

@@ -128,7 +128,7 @@ async fn delete_chunk<S: MessageSource>(
         let _ = source.delete(&chunk).await;
         return Ok(Tally::default());
     }
-    let result = delete_with_retry(&*source, chunk.clone(), retry).await;
+    let result = delete_with_retry(&*source, chunk.clone(), retry, leases.meter()).await;
     // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
     let late = leases.forget(&chunk);
     // What failed for good is let go: a drain counts it as its own, coming back. A superseded
@@ -151,6 +151,7 @@ async fn delete_with_retry<S: MessageSource>(
     source: &S,
     mut pending: Vec<AckHandle>,
     retry: RetryPolicy,
+    meter: &crate::telemetry::metrics::Meter,
 ) -> Result<(Tally, Vec<AckHandle>), PipelineError> {
     let mut tally = Tally::default();
     // Refused for good, or given up on: they come back (and are skipped by the ledger).
@@ -174,7 +175,7 @@ async fn delete_with_retry<S: MessageSource>(
                         "delete refused by sqs; they will come back and be deleted as duplicates"
                     );
                 }
-                crate::telemetry::metrics::record_delete_failures(outcome.failed as u64);
+                meter.record_delete_failures(outcome.failed as u64);
                 let_go.extend(outcome.refused);
                 pending = outcome.retryable;
                 None
@@ -209,7 +210,7 @@ async fn delete_with_retry<S: MessageSource>(
                     "giving up deleting; they will come back and be skipped as duplicates"
                 );
                 tally.failed += pending.len() as u64;
-                crate::telemetry::metrics::record_delete_failures(pending.len() as u64);
+                meter.record_delete_failures(pending.len() as u64);
                 let_go.extend(pending);
                 return Ok((tally, let_go));
             }

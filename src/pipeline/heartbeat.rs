@@ -420,7 +420,7 @@ impl<S: MessageSource> Heartbeat<S> {
             if full_round {
                 in_flight.forget_failed(&due.extend);
                 if due.lapsed > 0 {
-                    crate::telemetry::metrics::record_lapsed(due.lapsed as u64);
+                    leases.meter().record_lapsed(due.lapsed as u64);
                     tracing::debug!(messages = due.lapsed, "leases lapsed");
                     leases.congested(Congestion::Lapsed);
                 }

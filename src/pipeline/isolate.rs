@@ -384,7 +384,7 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
             }
         }
         summary.load_retries += 1;
-        crate::telemetry::metrics::record_load_retry();
+        settings.meter.record_load_retry();
         if database_works {
             return Err(Failure::Blamed(error));
         }
@@ -402,7 +402,7 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
             }
             // The check failed too, and is tried again with the part: the database.
             summary.load_retries += 1;
-            crate::telemetry::metrics::record_load_retry();
+            settings.meter.record_load_retry();
         }
         let (Some(delay), false) = (delay, abandon.is_cancelled()) else {
             return Err(Failure::Fatal(PipelineError::Load {

@@ -82,6 +82,8 @@ pub struct Leases {
     visibility: Option<Duration>,
     /// Receives that brought messages so far (see [`Leases::receives`]).
     receives: std::sync::atomic::AtomicU64,
+    /// Where the window and the messages held are shown (see [`Leases::metered`]).
+    meter: crate::telemetry::metrics::Meter,
 }
 
 /// What a heartbeat round finds to do.
@@ -101,7 +103,6 @@ impl Leases {
     /// `max_messages` at once.
     pub fn new(visibility: Option<Duration>, max_messages: usize) -> Self {
         let window = Window::new(max_messages);
-        crate::telemetry::metrics::record_window(window.limit());
         Self {
             limit: AtomicUsize::new(window.limit()),
             state: Mutex::new(State {
@@ -115,7 +116,20 @@ impl Leases {
             emptied: Notify::new(),
             visibility,
             receives: std::sync::atomic::AtomicU64::new(0),
+            meter: Default::default(),
         }
+    }
+
+    /// These leases, showing their window and the messages held through `meter`.
+    pub fn metered(mut self, meter: crate::telemetry::metrics::Meter) -> Self {
+        meter.record_window(self.limit());
+        self.meter = meter;
+        self
+    }
+
+    /// The run's metrics (see [`Leases::metered`]).
+    pub fn meter(&self) -> &crate::telemetry::metrics::Meter {
+        &self.meter
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -239,7 +253,7 @@ impl Leases {
 
     fn window_changed(&self, limit: usize) {
         self.limit.store(limit, Ordering::Relaxed);
-        crate::telemetry::metrics::record_window(limit);
+        self.meter.record_window(limit);
     }
 
     pub(super) fn set_behind(&self, behind: bool) {
@@ -288,7 +302,7 @@ impl Leases {
         }
         let (held, empty) = (state.held.len(), state.held.is_empty());
         drop(state);
-        crate::telemetry::metrics::record_in_flight(held);
+        self.meter.record_in_flight(held);
         self.room.notify_waiters();
         if empty {
             self.emptied.notify_waiters();
@@ -367,7 +381,7 @@ impl Leases {
             })
             .collect();
         drop(state);
-        crate::telemetry::metrics::record_in_flight(0);
+        self.meter.record_in_flight(0);
         self.room.notify_waiters();
         self.emptied.notify_waiters();
         taken
@@ -447,7 +461,7 @@ impl Admission<'_> {
         let held = state.held.len();
         drop(state);
         std::mem::forget(self);
-        crate::telemetry::metrics::record_in_flight(held);
+        leases.meter.record_in_flight(held);
         leases.room.notify_waiters();
         fresh
     }

@@ -265,16 +265,18 @@ async fn load_and_hand_over<L: BatchLoader>(
         super::sink::finish_attempt(log, &ledger_id).await;
     }
     let report = loaded?;
-    crate::telemetry::metrics::record_batch(
-        messages as u64,
-        report.loaded,
-        report.rows,
-        &report.rejected,
-        report.duplicates + batch.duplicates_in_batch,
-        started.elapsed(),
-        oldest_sent_ms,
-    );
-    crate::telemetry::metrics::record_keyed_skips(report.duplicate_keys, report.stale);
+    context
+        .settings
+        .meter
+        .record_batch(&crate::telemetry::metrics::BatchCounts {
+            received: messages as u64,
+            loaded: report.loaded,
+            rejected: &report.rejected,
+            duplicates: report.duplicates + batch.duplicates_in_batch,
+            targets: &report.targets,
+            took: started.elapsed(),
+            oldest_sent_ms,
+        });
     summary.batches += 1;
     summary.duplicate_keys += report.duplicate_keys;
     summary.stale += report.stale;

@@ -97,6 +97,9 @@ pub struct PipelineSettings {
     /// a NOT NULL refusal of a column outside the rows is structural only on these tables and
     /// for a column neither the rows nor the table fill.
     pub table_facts: Vec<TableFacts>,
+    /// The run's metrics, labelled with its queue and target tables; set when the run starts
+    /// (after the recorder is installed). The default records nothing.
+    pub meter: crate::telemetry::metrics::Meter,
 }
 
 /// The target table as PostgreSQL names it in its errors, and the columns it computes itself
@@ -168,13 +171,13 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     let stop = shutdown.child_token();
     let settings = Arc::new(settings);
     // Every request to SQS is counted here, the run's SQS bill.
-    let source = Arc::new(metered::Metered::new(source));
+    let source = Arc::new(metered::Metered::new(source, settings.meter.clone()));
     let (item_tx, item_rx) = mpsc::channel::<Processed>(settings.batch_max_rows.max(10) * 2);
     let (ack_tx, ack_rx) = mpsc::channel::<batch::Committed>(4);
-    let leases = Arc::new(Leases::new(
-        settings.visibility_timeout,
-        settings.max_in_flight_messages,
-    ));
+    let leases = Arc::new(
+        Leases::new(settings.visibility_timeout, settings.max_in_flight_messages)
+            .metered(settings.meter.clone()),
+    );
 
     // The heartbeat runs until every delete is done; it needs to know the visibility timeout.
     let heartbeat_done = CancellationToken::new();

@@ -167,7 +167,7 @@ impl<S: MessageSource> Receiver<S> {
                     let delay = failures.failed();
                     if let (Fate::Retry, Some(delay)) = (fate(Outcome::Sqs(&error)), delay) {
                         tracing::warn!(receiver = id, attempt = failures.attempts(), %error, "receive failed; retrying");
-                        crate::telemetry::metrics::record_receive_retry();
+                        settings.meter.record_receive_retry();
                         tokio::select! {
                             _ = stop.cancelled() => return Ok(()),
                             _ = tokio::time::sleep(delay) => continue,
@@ -183,6 +183,9 @@ impl<S: MessageSource> Receiver<S> {
             // A body that failed its MD5 check is not processed: not held (so not kept invisible
             // by the heartbeat), just counted; SQS delivers it again after its visibility timeout.
             // Only once it has come back too often is it passed on, to be quarantined as poison.
+            for _ in messages.iter().filter(|m| m.md5_mismatch) {
+                settings.meter.record_md5_mismatch();
+            }
             let (corrupted, messages): (Vec<Received>, Vec<Received>) =
                 messages.into_iter().partition(|m| {
                     m.md5_mismatch
@@ -396,7 +399,7 @@ impl Stage {
         settings: Arc<PipelineSettings>,
     ) -> Self {
         Self {
-            unknown_fields: crate::telemetry::metrics::unknown_fields(kind.name()),
+            unknown_fields: settings.meter.unknown_fields(kind.name()),
             kind,
             sealer,
             attempts,

@@ -263,6 +263,7 @@ fn settings(mode: Mode) -> PipelineSettings {
         max_in_flight_messages: 10_000,
         progress: Arc::default(),
         table_facts: Default::default(),
+        meter: Default::default(),
     }
 }
 

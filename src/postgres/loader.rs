@@ -63,6 +63,9 @@ pub struct LoadReport {
     pub stale: u64,
     /// Rows deleted from keyed tables.
     pub deleted: u64,
+    /// Per target table, in the kind's order: rows written, and rows that changed nothing as
+    /// `duplicate_key` and as `stale` (the metrics' `mapping` label).
+    pub targets: Vec<(u64, u64, u64)>,
 }
 
 impl LoadReport {
@@ -75,6 +78,28 @@ impl LoadReport {
         self.duplicate_keys += other.duplicate_keys;
         self.stale += other.stale;
         self.deleted += other.deleted;
+        if self.targets.len() < other.targets.len() {
+            self.targets.resize(other.targets.len(), (0, 0, 0));
+        }
+        for (mine, theirs) in self.targets.iter_mut().zip(other.targets) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+            mine.2 += theirs.2;
+        }
+    }
+
+    /// Counts `rows` written to target `index`, and its keyed rows that changed nothing.
+    fn count_target(&mut self, index: usize, rows: u64, duplicate_keys: u64, stale: u64) {
+        self.rows += rows;
+        self.duplicate_keys += duplicate_keys;
+        self.stale += stale;
+        if self.targets.len() <= index {
+            self.targets.resize(index + 1, (0, 0, 0));
+        }
+        let target = &mut self.targets[index];
+        target.0 += rows;
+        target.1 += duplicate_keys;
+        target.2 += stale;
     }
 }
 
@@ -520,9 +545,9 @@ async fn load_in_transaction<R: LedgeredRows>(
             .map(LedgeredRows::rows)
             .collect();
         report.loaded = fresh_rows.len() as u64;
-        for (index, target) in targets.iter().enumerate() {
-            let (copy, resolve) = &connection.copy_rows[index];
-            let index = u16::try_from(index).expect("fewer than 65536 targets");
+        for (position, target) in targets.iter().enumerate() {
+            let (copy, resolve) = &connection.copy_rows[position];
+            let index = u16::try_from(position).expect("fewer than 65536 targets");
             let parts = target_parts(&fresh_rows, index);
             if parts.is_empty() {
                 continue;
@@ -534,16 +559,17 @@ async fn load_in_transaction<R: LedgeredRows>(
                     let (won, written): (i64, i64) = (counts.get(0), counts.get(1));
                     let won = u64::try_from(won).unwrap_or(0);
                     let lost = copied.saturating_sub(won);
-                    match keyed.mode {
-                        WriteMode::Latest => report.stale += lost,
-                        _ => report.duplicate_keys += lost,
-                    }
-                    report.rows += u64::try_from(written).unwrap_or(0);
+                    let (duplicate_keys, stale) = match keyed.mode {
+                        WriteMode::Latest => (0, lost),
+                        _ => (lost, 0),
+                    };
+                    let written = u64::try_from(written).unwrap_or(0);
+                    report.count_target(position, written, duplicate_keys, stale);
                     if let Some(delete) = delete {
                         report.deleted += tx.execute(delete, &[&target.name]).await?;
                     }
                 }
-                _ => report.rows += copied,
+                _ => report.count_target(position, copied, 0, 0),
             }
         }
     }

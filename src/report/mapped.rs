@@ -25,6 +25,8 @@ pub struct TokenColumn {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct MappedReport {
     pub table: String,
+    /// The queue its mapping reads, when it names one (its name), for a run over several.
+    pub queue: Option<String>,
     pub rows: i64,
     /// The column rows are counted by day of (UTC for a timestamptz), if the mapping has one.
     pub day_column: Option<String>,
@@ -62,6 +64,7 @@ pub async fn build(
     }
     Ok(MappedReport {
         table: table.to_string(),
+        queue: None,
         rows,
         day_column: day_column.map(|(c, _)| c.to_owned()),
         per_day,
@@ -74,7 +77,14 @@ impl MappedReport {
     /// The report as text tables.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{}: {} rows", self.table, self.rows);
+        match &self.queue {
+            Some(queue) => {
+                let _ = writeln!(out, "{}: {} rows (queue {queue})", self.table, self.rows);
+            }
+            None => {
+                let _ = writeln!(out, "{}: {} rows", self.table, self.rows);
+            }
+        }
         for c in &self.tokens {
             let _ = writeln!(
                 out,

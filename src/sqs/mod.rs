@@ -424,7 +424,6 @@ pub(crate) fn accept(wire: Vec<WireMessage>) -> Result<Vec<Received>, SourceErro
                 message_id,
                 "message body does not match its MD5OfBody (corrupted on the way)"
             );
-            crate::telemetry::metrics::record_md5_mismatch();
         }
         // Asked for on every receive. Without it create_date is unknown; that is the server's
         // fault, not the message's, so stop rather than quarantine valid logins.

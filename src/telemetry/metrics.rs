@@ -1,9 +1,11 @@
 //! Metric names, in one place, and the functions that record them.
 //!
 //! Everything goes through the `metrics` facade; it costs nothing until a recorder is
-//! installed (`--metrics-addr` installs the Prometheus one, see [`super::http`]). Labels are
-//! low-cardinality by construction: `reason` is a reason code from a fixed set and `state` is
-//! `visible` or `in_flight`, `kind` is `login` or a mapping's table; never a value from a message.
+//! installed (`--metrics-addr` installs the Prometheus one, see [`super::http`]). A pipeline
+//! records through its [`Meter`], which labels every series with its `queue`. Labels are
+//! low-cardinality by construction: `queue` is a queue's name, `mapping` a target table,
+//! `reason` a reason code from a fixed set, `state` `visible` or `in_flight`, `kind` `login`
+//! or a mapping's table; never a value from a message.
 
 use std::time::{Duration, SystemTime};
 
@@ -63,6 +65,10 @@ pub const KEYED_ROWS_SKIPPED: &str = "sqs2pg_keyed_rows_skipped_total";
 /// Label of [`KEYED_ROWS_SKIPPED`].
 pub const OUTCOME_LABEL: &str = "outcome";
 
+/// Label of every series of a pipeline: the table a mapping writes (`schema.table`), on
+/// [`ROWS_LOADED`] and [`KEYED_ROWS_SKIPPED`].
+pub const MAPPING_LABEL: &str = "mapping";
+
 /// Times a queue of a run over several failed and was tried again, labelled `queue` (its name).
 pub const QUEUE_DEGRADED: &str = "sqs2pg_queue_degraded_total";
 /// Label of [`QUEUE_DEGRADED`].
@@ -113,104 +119,233 @@ pub const BATCH_MESSAGES_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500
 pub const LOAD_SECONDS_BUCKETS: [f64; 10] =
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
-/// Counts one committed batch: `received` deliveries, the messages `loaded` and the `rows` they
-/// gave, the report's rejections, and
-/// `duplicates` skipped (by the ledger or within the batch); its size, how long it took to
-/// commit and, when known, the send time (milliseconds since the epoch) of its oldest message.
-pub fn record_batch(
-    received: u64,
-    loaded: u64,
-    rows: u64,
-    rejected: &[String],
-    duplicates: u64,
-    took: Duration,
-    oldest_sent_ms: Option<i64>,
-) {
-    metrics::histogram!(BATCH_MESSAGES).record(received as f64);
-    metrics::histogram!(LOAD_SECONDS).record(took.as_secs_f64());
-    if let Some(sent) = oldest_sent_ms {
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i128);
-        metrics::gauge!(OLDEST_MESSAGE_AGE_SECONDS)
-            .set((now_ms - i128::from(sent)).max(0) as f64 / 1000.0);
+/// One committed batch, as [`Meter::record_batch`] counts it.
+#[derive(Debug, Default)]
+pub struct BatchCounts<'a> {
+    /// Deliveries in the batch.
+    pub received: u64,
+    /// Messages whose rows were committed.
+    pub loaded: u64,
+    /// Reason codes of the rejections committed.
+    pub rejected: &'a [String],
+    /// Deliveries skipped (by the ledger or within the batch).
+    pub duplicates: u64,
+    /// Per target table, in the kind's order: rows written, and rows of a keyed table that
+    /// changed nothing (`duplicate_key`, `stale`).
+    pub targets: &'a [(u64, u64, u64)],
+    /// From the first load attempt to COMMIT.
+    pub took: Duration,
+    /// The send time (milliseconds since the epoch) of the batch's oldest message, when known.
+    pub oldest_sent_ms: Option<i64>,
+}
+
+/// The metrics of one queue's pipeline: every series carries label `queue` (the queue's
+/// name), and those of a target table `mapping` too (the table a mapping writes, as
+/// `schema.table`). Handles are taken once, when the run starts (after the recorder is
+/// installed), so counting costs no label lookup on the message path. Cheap to clone; the
+/// default records nothing.
+#[derive(Clone, Default)]
+pub struct Meter(Option<std::sync::Arc<Handles>>);
+
+struct Handles {
+    queue: String,
+    received: metrics::Counter,
+    loaded: metrics::Counter,
+    duplicates: metrics::Counter,
+    load_retries: metrics::Counter,
+    receive_retries: metrics::Counter,
+    delete_failures: metrics::Counter,
+    md5_mismatches: metrics::Counter,
+    lapsed: metrics::Counter,
+    batch_messages: metrics::Histogram,
+    load_seconds: metrics::Histogram,
+    in_flight: metrics::Gauge,
+    window: metrics::Gauge,
+    oldest_age: metrics::Gauge,
+    depth_visible: metrics::Gauge,
+    depth_in_flight: metrics::Gauge,
+    /// By action: receive, delete, change_visibility, get_queue_attributes.
+    requests: [metrics::Counter; 4],
+    /// Per target: rows, duplicate_key, stale.
+    targets: Vec<[metrics::Counter; 3]>,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Meter")
+            .field(&self.0.as_ref().map(|h| h.queue.as_str()))
+            .finish()
     }
-    metrics::counter!(MESSAGES_RECEIVED).increment(received);
-    metrics::counter!(ROWS_LOADED).increment(rows);
-    metrics::counter!(MESSAGES_LOADED).increment(loaded);
-    metrics::counter!(DUPLICATES_SKIPPED).increment(duplicates);
-    for reason in rejected {
-        metrics::counter!(MESSAGES_REJECTED, REASON_LABEL => reason.clone()).increment(1);
+}
+
+/// The SQS actions [`Meter::record_sqs_request`] counts, in [`Handles::requests`]'s order.
+const ACTIONS: [&str; 4] = [
+    "receive",
+    "delete",
+    "change_visibility",
+    "get_queue_attributes",
+];
+
+impl Meter {
+    /// The meter of the pipeline of `queue` (its name) writing `targets` (in the kind's
+    /// target order).
+    pub fn new(queue: &str, targets: &[String]) -> Self {
+        let q = queue.to_owned();
+        let label = || (QUEUE_LABEL, q.clone());
+        let counter = |name: &'static str| metrics::counter!(name, &[label()]);
+        let gauge = |name: &'static str| metrics::gauge!(name, &[label()]);
+        let histogram = |name: &'static str| metrics::histogram!(name, &[label()]);
+        let depth = |state: &'static str| metrics::gauge!(QUEUE_MESSAGES, QUEUE_LABEL => q.clone(), STATE_LABEL => state);
+        let requests = ACTIONS.map(|action| {
+            metrics::counter!(SQS_REQUESTS, QUEUE_LABEL => q.clone(), ACTION_LABEL => action)
+        });
+        let targets = targets
+            .iter()
+            .map(|mapping| {
+                let labels = |name: &'static str, outcome: Option<&'static str>| {
+                    let mut labels =
+                        vec![(QUEUE_LABEL, q.clone()), (MAPPING_LABEL, mapping.clone())];
+                    labels.extend(outcome.map(|o| (OUTCOME_LABEL, o.to_owned())));
+                    metrics::counter!(name, &labels)
+                };
+                [
+                    labels(ROWS_LOADED, None),
+                    labels(KEYED_ROWS_SKIPPED, Some("duplicate_key")),
+                    labels(KEYED_ROWS_SKIPPED, Some("stale")),
+                ]
+            })
+            .collect();
+        Meter(Some(std::sync::Arc::new(Handles {
+            received: counter(MESSAGES_RECEIVED),
+            loaded: counter(MESSAGES_LOADED),
+            duplicates: counter(DUPLICATES_SKIPPED),
+            load_retries: counter(LOAD_RETRIES),
+            receive_retries: counter(RECEIVE_RETRIES),
+            delete_failures: counter(DELETE_FAILURES),
+            md5_mismatches: counter(MD5_MISMATCHES),
+            lapsed: counter(LEASES_LAPSED),
+            batch_messages: histogram(BATCH_MESSAGES),
+            load_seconds: histogram(LOAD_SECONDS),
+            in_flight: gauge(MESSAGES_IN_FLIGHT),
+            window: gauge(WINDOW_MESSAGES),
+            oldest_age: gauge(OLDEST_MESSAGE_AGE_SECONDS),
+            depth_visible: depth("visible"),
+            depth_in_flight: depth("in_flight"),
+            requests,
+            targets,
+            queue: q,
+        })))
+    }
+
+    /// Counts one committed batch.
+    pub fn record_batch(&self, batch: &BatchCounts<'_>) {
+        let Some(h) = &self.0 else { return };
+        h.batch_messages.record(batch.received as f64);
+        h.load_seconds.record(batch.took.as_secs_f64());
+        if let Some(sent) = batch.oldest_sent_ms {
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i128);
+            h.oldest_age
+                .set((now_ms - i128::from(sent)).max(0) as f64 / 1000.0);
+        }
+        h.received.increment(batch.received);
+        h.loaded.increment(batch.loaded);
+        h.duplicates.increment(batch.duplicates);
+        for (handles, &(rows, duplicate_keys, stale)) in h.targets.iter().zip(batch.targets) {
+            handles[0].increment(rows);
+            handles[1].increment(duplicate_keys);
+            handles[2].increment(stale);
+        }
+        for reason in batch.rejected {
+            // Rare, and the reasons are not known in advance: looked up each time.
+            metrics::counter!(MESSAGES_REJECTED, QUEUE_LABEL => h.queue.clone(), REASON_LABEL => reason.clone())
+                .increment(1);
+        }
+    }
+
+    /// The counter of fields no column of `kind` takes (labelled `kind` and `queue`): taken
+    /// once per run, so counting a delivery's costs no label lookup or allocation.
+    pub fn unknown_fields(&self, kind: &str) -> metrics::Counter {
+        match &self.0 {
+            Some(h) => {
+                metrics::counter!(UNKNOWN_FIELDS, QUEUE_LABEL => h.queue.clone(), KIND_LABEL => kind.to_owned())
+            }
+            None => metrics::Counter::noop(),
+        }
+    }
+
+    /// Counts one retried load attempt.
+    pub fn record_load_retry(&self) {
+        if let Some(h) = &self.0 {
+            h.load_retries.increment(1);
+        }
+    }
+
+    /// Counts one retried receive.
+    pub fn record_receive_retry(&self) {
+        if let Some(h) = &self.0 {
+            h.receive_retries.increment(1);
+        }
+    }
+
+    /// Counts deletes that failed for good.
+    pub fn record_delete_failures(&self, n: u64) {
+        if let Some(h) = &self.0 {
+            h.delete_failures.increment(n);
+        }
+    }
+
+    /// Counts one body that failed its MD5 check.
+    pub fn record_md5_mismatch(&self) {
+        if let Some(h) = &self.0 {
+            h.md5_mismatches.increment(1);
+        }
+    }
+
+    /// Counts one SQS request of `action` (`receive`, `delete`, `change_visibility`,
+    /// `get_queue_attributes`).
+    pub fn record_sqs_request(&self, action: &'static str) {
+        if let Some(h) = &self.0 {
+            if let Some(i) = ACTIONS.iter().position(|a| *a == action) {
+                h.requests[i].increment(1);
+            }
+        }
+    }
+
+    /// Sets the adaptive window.
+    pub fn record_window(&self, n: usize) {
+        if let Some(h) = &self.0 {
+            h.window.set(n as f64);
+        }
+    }
+
+    /// Counts leases that lapsed.
+    pub fn record_lapsed(&self, n: u64) {
+        if let Some(h) = &self.0 {
+            h.lapsed.increment(n);
+        }
+    }
+
+    /// Sets the number of messages held.
+    pub fn record_in_flight(&self, n: usize) {
+        if let Some(h) = &self.0 {
+            h.in_flight.set(n as f64);
+        }
+    }
+
+    /// Sets the queue's depth as last polled.
+    pub fn record_queue_depth(&self, visible: u64, in_flight: u64) {
+        if let Some(h) = &self.0 {
+            h.depth_visible.set(visible as f64);
+            h.depth_in_flight.set(in_flight as f64);
+        }
     }
 }
 
 /// Counts one failure of a queue of a run over several (see [`QUEUE_DEGRADED`]).
 pub fn record_queue_degraded(queue: &str) {
     metrics::counter!(QUEUE_DEGRADED, QUEUE_LABEL => queue.to_owned()).increment(1);
-}
-
-/// Counts rows of keyed tables that changed nothing (see [`KEYED_ROWS_SKIPPED`]).
-pub fn record_keyed_skips(duplicate_keys: u64, stale: u64) {
-    if duplicate_keys > 0 {
-        metrics::counter!(KEYED_ROWS_SKIPPED, OUTCOME_LABEL => "duplicate_key")
-            .increment(duplicate_keys);
-    }
-    if stale > 0 {
-        metrics::counter!(KEYED_ROWS_SKIPPED, OUTCOME_LABEL => "stale").increment(stale);
-    }
-}
-
-/// The counter of fields no column of `kind` takes: taken once per run, so counting a
-/// delivery's costs no label lookup or allocation on the message path.
-pub fn unknown_fields(kind: &str) -> metrics::Counter {
-    metrics::counter!(UNKNOWN_FIELDS, KIND_LABEL => kind.to_owned())
-}
-
-/// Counts one retried load attempt.
-pub fn record_load_retry() {
-    metrics::counter!(LOAD_RETRIES).increment(1);
-}
-
-/// Counts one retried receive.
-pub fn record_receive_retry() {
-    metrics::counter!(RECEIVE_RETRIES).increment(1);
-}
-
-/// Counts deletes that failed for good.
-pub fn record_delete_failures(n: u64) {
-    metrics::counter!(DELETE_FAILURES).increment(n);
-}
-
-/// Counts one body that failed its MD5 check.
-pub fn record_md5_mismatch() {
-    metrics::counter!(MD5_MISMATCHES).increment(1);
-}
-
-/// Counts SQS requests of one action (`receive`, `delete`, `change_visibility`,
-/// `get_queue_attributes`).
-pub fn record_sqs_requests(action: &'static str, n: u64) {
-    metrics::counter!(SQS_REQUESTS, ACTION_LABEL => action).increment(n);
-}
-
-/// Sets the adaptive window.
-pub fn record_window(n: usize) {
-    metrics::gauge!(WINDOW_MESSAGES).set(n as f64);
-}
-
-/// Counts leases that lapsed.
-pub fn record_lapsed(n: u64) {
-    metrics::counter!(LEASES_LAPSED).increment(n);
-}
-
-/// Sets the number of messages held.
-pub fn record_in_flight(n: usize) {
-    metrics::gauge!(MESSAGES_IN_FLIGHT).set(n as f64);
-}
-
-/// Sets the queue's depth as last polled.
-pub fn record_queue_depth(visible: u64, in_flight: u64) {
-    metrics::gauge!(QUEUE_MESSAGES, STATE_LABEL => "visible").set(visible as f64);
-    metrics::gauge!(QUEUE_MESSAGES, STATE_LABEL => "in_flight").set(in_flight as f64);
 }
 
 /// A recorder for unit tests that keeps counters by `name{label=value,...}`.
@@ -280,42 +415,75 @@ mod tests {
     use super::testing::Counters;
     use super::*;
 
-    #[test]
-    fn a_batch_is_counted_by_reason() {
-        let recorder = Counters::default();
-        let rejected = ["not_json".into(), "invalid_ip".into(), "not_json".into()];
-        metrics::with_local_recorder(&recorder, || {
-            // 7 messages loaded, giving 9 rows (a mapping can fan out).
-            record_batch(11, 7, 9, &rejected, 1, Duration::from_millis(20), None);
-            record_load_retry();
-        });
-        let got = recorder.snapshot();
-        let want: BTreeMap<String, u64> = [
-            ("sqs2pg_duplicates_skipped_total{}", 1),
-            ("sqs2pg_load_retries_total{}", 1),
-            ("sqs2pg_messages_loaded_total{}", 7),
-            ("sqs2pg_messages_received_total{}", 11),
-            ("sqs2pg_messages_rejected_total{reason=invalid_ip}", 1),
-            ("sqs2pg_messages_rejected_total{reason=not_json}", 2),
-            ("sqs2pg_rows_loaded_total{}", 9),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        assert_eq!(got, want);
+    /// The counters a recorder holds that are not zero.
+    fn counted(recorder: &Counters) -> BTreeMap<String, u64> {
+        recorder
+            .snapshot()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     #[test]
-    fn unknown_fields_are_counted_by_kind_through_one_handle() {
+    fn a_batch_is_counted_by_queue_mapping_and_reason() {
+        let recorder = Counters::default();
+        let rejected = ["not_json".into(), "invalid_ip".into(), "not_json".into()];
+        metrics::with_local_recorder(&recorder, || {
+            let meter = Meter::new("orders", &["public.users".into(), "public.orders".into()]);
+            // 7 messages loaded, giving 9 rows (a mapping can fan out): 4 users (one a
+            // duplicate key, two stale), 5 orders.
+            meter.record_batch(&BatchCounts {
+                received: 11,
+                loaded: 7,
+                rejected: &rejected,
+                duplicates: 1,
+                targets: &[(4, 1, 2), (5, 0, 0)],
+                took: Duration::from_millis(20),
+                oldest_sent_ms: None,
+            });
+            meter.record_load_retry();
+            meter.record_sqs_request("receive");
+            meter.record_sqs_request("change_visibility");
+            Meter::default().record_load_retry();
+        });
+        let q = "queue=orders";
+        let want: BTreeMap<String, u64> = [
+            (format!("sqs2pg_duplicates_skipped_total{{{q}}}"), 1),
+            (format!("sqs2pg_keyed_rows_skipped_total{{{q},mapping=public.users,outcome=duplicate_key}}"), 1),
+            (format!("sqs2pg_keyed_rows_skipped_total{{{q},mapping=public.users,outcome=stale}}"), 2),
+            (format!("sqs2pg_load_retries_total{{{q}}}"), 1),
+            (format!("sqs2pg_messages_loaded_total{{{q}}}"), 7),
+            (format!("sqs2pg_messages_received_total{{{q}}}"), 11),
+            (format!("sqs2pg_messages_rejected_total{{{q},reason=invalid_ip}}"), 1),
+            (format!("sqs2pg_messages_rejected_total{{{q},reason=not_json}}"), 2),
+            (format!("sqs2pg_rows_loaded_total{{{q},mapping=public.orders}}"), 5),
+            (format!("sqs2pg_rows_loaded_total{{{q},mapping=public.users}}"), 4),
+            (format!("sqs2pg_sqs_requests_total{{{q},action=change_visibility}}"), 1),
+            (format!("sqs2pg_sqs_requests_total{{{q},action=receive}}"), 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(counted(&recorder), want);
+    }
+
+    #[test]
+    fn unknown_fields_are_counted_by_queue_and_kind_through_one_handle() {
         let recorder = Counters::default();
         metrics::with_local_recorder(&recorder, || {
-            let orders = unknown_fields("public.orders");
+            let meter = Meter::new("events", &[]);
+            let orders = meter.unknown_fields("public.orders");
             orders.increment(2);
             orders.increment(3);
-            unknown_fields("login").increment(1);
+            meter.unknown_fields("login").increment(1);
         });
-        let got = recorder.snapshot();
-        assert_eq!(got["sqs2pg_unknown_fields_total{kind=public.orders}"], 5);
-        assert_eq!(got["sqs2pg_unknown_fields_total{kind=login}"], 1);
+        let got = counted(&recorder);
+        assert_eq!(
+            got["sqs2pg_unknown_fields_total{queue=events,kind=public.orders}"],
+            5
+        );
+        assert_eq!(
+            got["sqs2pg_unknown_fields_total{queue=events,kind=login}"],
+            1
+        );
     }
 }

@@ -33,12 +33,12 @@ async fn metrics_health_and_readiness_during_a_run() {
     .spawn()
     .unwrap();
 
-    // Scrape until the sample is in, then read the counts back.
-    let metric = |text: &str, name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-    };
+    // Scrape until the sample is in, then read the counts back: every series of the run is
+    // labelled with its queue, rows with their mapping (the table).
+    let queue_name = queue.url.rsplit('/').next().unwrap().to_owned();
+    let q = ("queue", queue_name.as_str());
+    let table = ("mapping", "public.user_logins");
+    let metric = |text: &str, name: &str| crate::harness::metric(text, name, &[q]);
     let scrape = || {
         http_get(port, "/metrics")
             .map(|(_, body)| body)
@@ -47,7 +47,7 @@ async fn metrics_health_and_readiness_during_a_run() {
     wait_until(
         "the sample to be loaded",
         std::time::Duration::from_secs(60),
-        || metric(&scrape(), "sqs2pg_rows_loaded_total") == Some(99.0),
+        || crate::harness::metric(&scrape(), "sqs2pg_rows_loaded_total", &[q, table]) == Some(99.0),
     )
     .await;
     let text = scrape();
@@ -56,11 +56,17 @@ async fn metrics_health_and_readiness_during_a_run() {
         "{text}"
     );
     assert_eq!(
-        metric(
+        crate::harness::metric(
             &text,
-            "sqs2pg_messages_rejected_total{reason=\"missing_field:user_id\"}"
+            "sqs2pg_messages_rejected_total",
+            &[q, ("reason", "missing_field:user_id")]
         ),
         Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        crate::harness::metric(&text, "sqs2pg_rows_loaded_total", &[("queue", "another")]),
+        None,
         "{text}"
     );
     assert!(
@@ -81,8 +87,9 @@ async fn metrics_health_and_readiness_during_a_run() {
     );
     // The SQS bill: receives and deletes were counted by action.
     for action in ["receive", "delete"] {
-        let line = format!("sqs2pg_sqs_requests_total{{action=\"{action}\"}}");
-        assert!(metric(&text, &line).unwrap_or(0.0) >= 1.0, "{text}");
+        let counted =
+            crate::harness::metric(&text, "sqs2pg_sqs_requests_total", &[q, ("action", action)]);
+        assert!(counted.unwrap_or(0.0) >= 1.0, "{text}");
     }
     // Every metric of ours says what it is.
     for line in text.lines().filter(|l| l.starts_with("# TYPE sqs2pg_")) {

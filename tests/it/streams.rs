@@ -501,7 +501,12 @@ async fn one_process_serves_two_queues_and_a_missing_one_is_degraded_then_served
     send(&users, &users_env);
 
     let log = dir.join("run.log");
-    let mut run = command(&["run"], &env)
+    // One metrics endpoint for both queues.
+    let port = crate::harness::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run_env = env.clone();
+    run_env.push(("SQS2PG_METRICS_ADDR", &addr));
+    let mut run = command(&["run"], &run_env)
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -522,6 +527,46 @@ async fn one_process_serves_two_queues_and_a_missing_one_is_degraded_then_served
         assert!(Instant::now() < deadline, "no degraded queue reported");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The endpoint says so too: not ready, naming the queue; each queue's series apart.
+    let users_queue_name = users_queue.url.rsplit('/').next().unwrap().to_owned();
+    let scrape = || {
+        crate::harness::http_get(port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let metric =
+        |name: &str, labels: &[(&str, &str)]| crate::harness::metric(&scrape(), name, labels);
+    crate::harness::wait_until(
+        "/readyz to name the missing queue",
+        Duration::from_secs(30),
+        || {
+            crate::harness::http_get(port, "/readyz")
+                .is_some_and(|(status, body)| status == 503 && body.contains(&orders_name))
+        },
+    )
+    .await;
+    crate::harness::wait_until(
+        "the users' messages to be counted",
+        Duration::from_secs(30),
+        || {
+            metric(
+                "sqs2pg_messages_loaded_total",
+                &[("queue", &users_queue_name)],
+            ) == Some(30.0)
+        },
+    )
+    .await;
+    assert!(
+        metric("sqs2pg_queue_degraded_total", &[("queue", &orders_name)]).unwrap_or(0.0) >= 1.0
+    );
+    assert_eq!(
+        metric(
+            "sqs2pg_rows_loaded_total",
+            &[("queue", &users_queue_name), ("mapping", "public.orders")]
+        ),
+        None,
+        "the users' queue writes no orders"
+    );
     // The queue appears, and its orders load in the same run.
     let orders_queue = TestQueue::at(&users_queue.endpoint, &orders_name).await;
     let orders: Vec<String> = (0..12)
@@ -545,6 +590,29 @@ async fn one_process_serves_two_queues_and_a_missing_one_is_degraded_then_served
         Duration::from_secs(120),
     )
     .await;
+    crate::harness::wait_until("/readyz to turn 200", Duration::from_secs(30), || {
+        crate::harness::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    crate::harness::wait_until("the orders to be counted", Duration::from_secs(30), || {
+        metric("sqs2pg_messages_loaded_total", &[("queue", &orders_name)]) == Some(12.0)
+    })
+    .await;
+    let orders_table = [
+        ("queue", orders_name.as_str()),
+        ("mapping", "public.orders"),
+    ];
+    assert_eq!(metric("sqs2pg_rows_loaded_total", &orders_table), Some(8.0));
+    let duplicate_keys = [
+        orders_table[0],
+        orders_table[1],
+        ("outcome", "duplicate_key"),
+    ];
+    assert_eq!(
+        metric("sqs2pg_keyed_rows_skipped_total", &duplicate_keys),
+        Some(4.0),
+        "8 orders, 4 sent again under new message ids"
+    );
     let terminated = std::process::Command::new("kill")
         .args(["-TERM", &run.id().to_string()])
         .status()
@@ -558,7 +626,6 @@ async fn one_process_serves_two_queues_and_a_missing_one_is_degraded_then_served
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
-    let users_queue_name = users_queue.url.rsplit('/').next().unwrap();
     assert!(
         out.contains(&format!("queue {users_queue_name}: received 30, loaded 30")),
         "{out}"
