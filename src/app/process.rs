@@ -102,19 +102,14 @@ async fn several_queues(
     );
     // One endpoint and one live line for the process: readiness asks every queue, each
     // queue's depth is published under its own label, and the live line counts them all.
-    let mut queues = Vec::new();
-    if settings.metrics_addr.is_some() || settings.show_progress {
-        for (queue_url, _) in &groups {
+    let queues: Vec<Arc<Watched>> = groups
+        .iter()
+        .map(|(queue_url, _)| {
             let mut sqs = settings.sqs.clone();
             sqs.queue_url = queue_url.clone();
-            // Located when it answers; a queue failing now is reported by readiness.
-            let queue = match open_queue(&sqs).await {
-                Ok(queue) => queue,
-                Err(_) => Queue::connect(&sqs).await.map_err(ConfigError::from)?,
-            };
-            queues.push(Arc::new(queue));
-        }
-    }
+            Arc::new(Watched::new(sqs, None))
+        })
+        .collect();
     let endpoint = match settings.metrics_addr {
         Some(addr) => {
             Some(start_endpoint(addr, &settings, queues.clone(), shutdown.clone()).await?)
@@ -216,9 +211,10 @@ async fn process_queue(
     shutdown: CancellationToken,
 ) -> Result<Summary, AppError> {
     let queue = Arc::new(open_queue(&settings.sqs).await?);
+    let watched = Arc::new(Watched::new(settings.sqs.clone(), Some(queue.clone())));
     let endpoint = match settings.metrics_addr {
         Some(addr) => {
-            Some(start_endpoint(addr, &settings, vec![queue.clone()], shutdown.clone()).await?)
+            Some(start_endpoint(addr, &settings, vec![watched.clone()], shutdown.clone()).await?)
         }
         None => None,
     };
@@ -248,7 +244,7 @@ async fn process_queue(
     let progress_done = CancellationToken::new();
     let progress_line = settings
         .show_progress
-        .then(|| live_line(&settings, vec![queue.clone()], progress_done.clone()));
+        .then(|| live_line(&settings, vec![watched], progress_done.clone()));
     let result = process_with(settings, queue, shutdown, |loader| loader).await;
     progress_done.cancel();
     if let Some(line) = progress_line {
@@ -261,11 +257,42 @@ async fn process_queue(
     result
 }
 
+/// A queue the endpoint and the live line ask about, located the first time it answers (a
+/// queue given by name that failed at start is found once it exists).
+struct Watched {
+    sqs: crate::sqs::queue::SqsSettings,
+    located: tokio::sync::OnceCell<Arc<Queue>>,
+}
+
+impl Watched {
+    fn new(sqs: crate::sqs::queue::SqsSettings, located: Option<Arc<Queue>>) -> Self {
+        Self {
+            sqs,
+            located: tokio::sync::OnceCell::new_with(located),
+        }
+    }
+
+    /// Its name, for labels and messages.
+    fn name(&self) -> &str {
+        label_of(&self.sqs.queue_url)
+    }
+
+    /// `ApproximateNumberOfMessages` and `...NotVisible`, or why not, in words.
+    async fn depth(&self) -> Result<(u64, u64), String> {
+        let queue = self
+            .located
+            .get_or_try_init(|| async { open_queue(&self.sqs).await.map(Arc::new) })
+            .await
+            .map_err(|e| e.to_string())?;
+        queue.approximate_depth().await.map_err(|e| e.to_string())
+    }
+}
+
 /// Shows the live line (see `telemetry::progress`) until `done`: the run's counts, and what is
 /// left in `queues` together (those that answer).
 fn live_line(
     settings: &Settings,
-    queues: Vec<Arc<Queue>>,
+    queues: Vec<Arc<Watched>>,
     done: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let queues = Arc::new(queues);
@@ -276,7 +303,7 @@ fn live_line(
             async move {
                 let mut left = None;
                 for queue in queues.iter() {
-                    if let Ok((visible, in_flight)) = queue.approximate_depth().await {
+                    if let Ok((visible, in_flight)) = queue.depth().await {
                         *left.get_or_insert(0) += visible + in_flight;
                     }
                 }
@@ -297,7 +324,7 @@ fn label_of(queue_url: &str) -> &str {
 async fn start_endpoint(
     addr: std::net::SocketAddr,
     settings: &Settings,
-    queues: Vec<Arc<Queue>>,
+    queues: Vec<Arc<Watched>>,
     shutdown: CancellationToken,
 ) -> Result<CancellationToken, AppError> {
     use crate::telemetry::http;
@@ -322,9 +349,9 @@ async fn start_endpoint(
                     .map_err(|e| format!("PostgreSQL: {}", pg::describe(&e)))?;
                 let several = all.len() > 1;
                 for queue in &all {
-                    queue.approximate_depth().await.map_err(|e| {
+                    queue.depth().await.map_err(|e| {
                         if several {
-                            format!("SQS queue {}: {e}", label_of(queue.queue_url()))
+                            format!("SQS queue {}: {e}", queue.name())
                         } else {
                             format!("SQS: {e}")
                         }
@@ -337,7 +364,7 @@ async fn start_endpoint(
     let stop = CancellationToken::new();
     tokio::spawn(http::serve(listener, handle, ready, shutdown, stop.clone()));
     for queue in queues {
-        let meter = crate::telemetry::metrics::Meter::new(label_of(queue.queue_url()), &[]);
+        let meter = crate::telemetry::metrics::Meter::new(queue.name(), &[]);
         tokio::spawn(poll_queue_depth(queue, meter, stop.clone()));
     }
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
@@ -346,7 +373,7 @@ async fn start_endpoint(
 
 /// Publishes the queue's approximate depth every 15 s until `stop`.
 async fn poll_queue_depth(
-    queue: Arc<Queue>,
+    queue: Arc<Watched>,
     meter: crate::telemetry::metrics::Meter,
     stop: CancellationToken,
 ) {
@@ -356,7 +383,7 @@ async fn poll_queue_depth(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match queue.approximate_depth().await {
+        match queue.depth().await {
             Ok((visible, in_flight)) => meter.record_queue_depth(visible, in_flight),
             Err(error) => tracing::debug!(%error, "queue depth not polled"),
         }

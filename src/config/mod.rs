@@ -559,6 +559,7 @@ pub fn pipeline(args: &PipelineArgs, mode: Mode) -> Result<Settings, ConfigError
             progress: Default::default(),
             table_facts: Default::default(),
             meter: Default::default(),
+            suspect_turn: Default::default(),
         },
     })
 }

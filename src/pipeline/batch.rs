@@ -148,16 +148,18 @@ pub struct Processed {
     /// alone before ([`Stallers`]): a valid one is loaded alone, where the poison verdict is
     /// made (see `pipeline::load`).
     pub suspect: bool,
-    /// A valid suspect's turn ([`SUSPECT_TURN`]), held from its transform's attempt until its
+    /// A valid suspect's turn ([`SuspectTurn`]), held from its transform's attempt until its
     /// load alone has ended.
-    pub turn: Option<tokio::sync::MutexGuard<'static, ()>>,
+    pub turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Held while an attempt at a suspect is open, from the record of its transform's attempt to
-/// the end of its load alone: no two suspects' attempts are open at once in this process, so a
-/// body that kills the process leaves only its own attempt unfinished, never another
-/// suspect's. One per process, not per queue: a death ends every queue's attempts.
-pub static SUSPECT_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// the end of its load alone: no two suspects' attempts are open at once in the process, so a
+/// body that kills the process while a suspect's attempt is open is that suspect's (or a
+/// first delivery's in another queue's load, which the attempt log cannot tell apart). One per
+/// process, shared by every queue's pipeline (`PipelineSettings::suspect_turn`, cloned with
+/// the settings): a death ends every queue's attempts.
+pub type SuspectTurn = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 /// At most this many [`Stallers`] are remembered (stalling bodies are rare; this only bounds
 /// the memory of ones that went elsewhere).

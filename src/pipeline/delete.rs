@@ -128,7 +128,7 @@ async fn delete_chunk<S: MessageSource>(
         let _ = source.delete(&chunk).await;
         return Ok(Tally::default());
     }
-    let result = delete_with_retry(&*source, chunk.clone(), retry, leases.meter()).await;
+    let result = delete_with_retry(&*source, chunk.clone(), retry, &leases).await;
     // Deleted, or given up on (then it comes back and the ledger skips it): no longer held.
     let late = leases.forget(&chunk);
     // What failed for good is let go: a drain counts it as its own, coming back. A superseded
@@ -151,8 +151,9 @@ async fn delete_with_retry<S: MessageSource>(
     source: &S,
     mut pending: Vec<AckHandle>,
     retry: RetryPolicy,
-    meter: &crate::telemetry::metrics::Meter,
+    leases: &Leases,
 ) -> Result<(Tally, Vec<AckHandle>), PipelineError> {
+    let meter = leases.meter();
     let mut tally = Tally::default();
     // Refused for good, or given up on: they come back (and are skipped by the ledger).
     let mut let_go = Vec::new();
@@ -162,12 +163,29 @@ async fn delete_with_retry<S: MessageSource>(
             Ok(outcome) => {
                 tally.deleted += outcome.deleted as u64;
                 tally.failed += outcome.failed as u64;
-                tally.superseded += outcome.superseded.len() as u64;
-                if !outcome.superseded.is_empty() {
+                // Refused as stale again and again: a server refusing every delete that way;
+                // failed for good, so a drain does not wait for them forever.
+                let (again, superseded): (Vec<AckHandle>, Vec<AckHandle>) = outcome
+                    .superseded
+                    .into_iter()
+                    .partition(|a| leases.stale_again(&a.message_id));
+                tally.superseded += superseded.len() as u64;
+                meter.record_deletes_superseded(superseded.len() as u64);
+                if !superseded.is_empty() {
                     tracing::info!(
-                        messages = outcome.superseded.len(),
+                        messages = superseded.len(),
                         "delete refused as a stale receipt handle: received again since (here or by another consumer) or already deleted; the later delivery deletes it as a duplicate"
                     );
+                }
+                if !again.is_empty() {
+                    tracing::warn!(
+                        messages = again.len(),
+                        times = super::lease::STALE_LIMIT,
+                        "delete refused as a stale receipt handle on every delivery; taken as failed"
+                    );
+                    tally.failed += again.len() as u64;
+                    meter.record_delete_failures(again.len() as u64);
+                    let_go.extend(again);
                 }
                 if outcome.failed > 0 {
                     tracing::warn!(

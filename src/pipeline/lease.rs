@@ -65,7 +65,15 @@ struct State {
     behind: bool,
     /// Until when each message this run let go for redelivery stays invisible at SQS, by id.
     let_go: HashMap<String, Instant, foldhash::fast::RandomState>,
+    /// How often each message's delete was refused as a stale handle (see
+    /// [`Leases::stale_again`]), by id. Kept for the run: past [`STALE_LIMIT`] every later
+    /// refusal of the message is failed for good at once (few: a server that misbehaves).
+    stale: HashMap<String, u32, foldhash::fast::RandomState>,
 }
+
+/// A message whose delete SQS refuses as a stale handle this many times is taken as failed for
+/// good (let go), so a server that refuses every delete that way cannot keep a drain waiting.
+pub const STALE_LIMIT: u32 = 3;
 
 /// The messages a run holds, and the window that bounds them.
 #[derive(Debug)]
@@ -111,6 +119,7 @@ impl Leases {
                 reserved: 0,
                 behind: false,
                 let_go: HashMap::default(),
+                stale: HashMap::default(),
             }),
             room: Notify::new(),
             emptied: Notify::new(),
@@ -189,6 +198,16 @@ impl Leases {
         for id in message_ids {
             state.let_go.insert(id.to_owned(), until);
         }
+    }
+
+    /// Counts one delete of `message_id` refused as a stale handle; true from the
+    /// [`STALE_LIMIT`]th on, when it is to be taken as failed for good (let go, as a refusal
+    /// for good is).
+    pub fn stale_again(&self, message_id: &str) -> bool {
+        let mut state = self.lock();
+        let count = state.stale.entry(message_id.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count >= STALE_LIMIT
     }
 
     /// How many messages this run let go are still invisible at SQS.

@@ -22,8 +22,8 @@ enum Next {
     /// Cut the open batch and load it.
     Cut,
     /// Load this suspect alone (see [`load_isolating`]); its turn
-    /// (`batch::SUSPECT_TURN`) is held until the load has ended.
-    Alone(Box<Batch>, Option<tokio::sync::MutexGuard<'static, ()>>),
+    /// (`batch::SuspectTurn`) is held until the load has ended.
+    Alone(Box<Batch>, Option<tokio::sync::OwnedMutexGuard<()>>),
 }
 
 /// The batcher and loaders' task: cuts batches by size, window or age and loads each in one
@@ -133,9 +133,13 @@ impl<L: BatchLoader> Batcher<'_, L> {
                     std::mem::replace(&mut batch, Batch::with_capacity(capacity))
                 }
                 Next::Alone(one, turn) => {
-                    // A suspect loads with no other load in flight, from its attempt's record
-                    // to its finish (see `load_batch`): a death meanwhile is its own. The
-                    // receivers fill the channel meanwhile; suspects are rare.
+                    // A suspect loads with no other load of this queue in flight, from its
+                    // attempt's record to its finish (see `load_batch`): a death meanwhile is
+                    // its own (or, in a run over several queues, perhaps another queue's
+                    // first delivery, which comes back and is charged its own attempts then).
+                    // The receivers fill the channel meanwhile; suspects are rare. The turn is
+                    // held until this load has ended: during a database outage that is its
+                    // retries, and other suspects wait for it.
                     while let Some(done) = loading.next().await {
                         finish_load(done, &mut idle, summary, &mut failed, abandon);
                     }
@@ -209,8 +213,8 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 ///
 /// A suspect's batch of one is an attempt of its own, recorded in the attempt log before the
 /// load and finished as soon as the load has ended (committed, quarantined or left), before
-/// anything else: the batcher runs it with no other load in flight, so a body that kills the
-/// process in COPY or in the driver leaves only its own attempt unfinished.
+/// anything else: the batcher runs it with no other load of its queue in flight, so a body
+/// that kills the process in COPY or in the driver leaves only its own attempt unfinished.
 async fn load_batch<L: BatchLoader>(
     loader: &mut L,
     batch: Batch,

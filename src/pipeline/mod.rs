@@ -100,6 +100,8 @@ pub struct PipelineSettings {
     /// The run's metrics, labelled with its queue and target tables; set when the run starts
     /// (after the recorder is installed). The default records nothing.
     pub meter: crate::telemetry::metrics::Meter,
+    /// One per process, shared by every queue's pipeline (see [`batch::SuspectTurn`]).
+    pub suspect_turn: batch::SuspectTurn,
 }
 
 /// The target table as PostgreSQL names it in its errors, and the columns it computes itself

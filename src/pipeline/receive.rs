@@ -330,6 +330,9 @@ pub(super) struct Stage {
     /// Body bytes in flight ([`PipelineSettings::max_in_flight_bytes`]).
     budget: Arc<tokio::sync::Semaphore>,
     pub(super) md5_mismatches: AtomicU64,
+    /// Messages this queue's drain waits for that another consumer holds (its part of
+    /// `Progress::waiting_elsewhere`).
+    waiting_here: AtomicU64,
     /// Deliveries of messages already held, which renewed their lease and went no further.
     pub(super) redelivered_while_held: AtomicU64,
     /// How many receivers poll now (`run` only; `drain` always polls with all of them).
@@ -406,6 +409,7 @@ impl Stage {
             stallers: batch::Stallers::default(),
             budget: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight_bytes)),
             md5_mismatches: AtomicU64::new(0),
+            waiting_here: AtomicU64::new(0),
             redelivered_while_held: AtomicU64::new(0),
             active: Active::new(settings.receivers.max(1)),
             first_poll_done: CancellationToken::new(),
@@ -503,11 +507,14 @@ impl Stage {
     /// Notes how many messages a drain waits for that it does not hold (0: none), for the
     /// live line, and says so in the log when it starts waiting.
     fn waiting_elsewhere(&self, messages: u64) {
-        let before = self
-            .settings
-            .progress
-            .waiting_elsewhere
-            .swap(messages, Ordering::Relaxed);
+        // This queue's part of the live line's count, which sums every queue of the run.
+        let before = self.waiting_here.swap(messages, Ordering::Relaxed);
+        let shown = &self.settings.progress.waiting_elsewhere;
+        if messages >= before {
+            shown.fetch_add(messages - before, Ordering::Relaxed);
+        } else {
+            shown.fetch_sub(before - messages, Ordering::Relaxed);
+        }
         if before == 0 && messages > 0 {
             tracing::info!(
                 messages,
@@ -529,7 +536,7 @@ impl Stage {
         m: Received,
         held_since: Instant,
     ) -> Processed {
-        let turn = batch::SUSPECT_TURN.lock().await;
+        let turn = self.settings.suspect_turn.clone().lock_owned().await;
         let attempt = self.begin_attempt(log, &m).await;
         let mut processed = self.process(m, held_since, attempt.crashed);
         if attempt.finish {

@@ -264,6 +264,7 @@ fn settings(mode: Mode) -> PipelineSettings {
         progress: Arc::default(),
         table_facts: Default::default(),
         meter: Default::default(),
+        suspect_turn: Default::default(),
     }
 }
 

@@ -173,8 +173,9 @@ pub struct DeleteOutcome {
     pub deleted: usize,
     /// Entries SQS refused, worth another try (not the sender's fault).
     pub retryable: Vec<AckHandle>,
-    /// Entries SQS refused for good (e.g. an expired receipt handle). The message comes back
-    /// after its visibility timeout and the ledger turns it into a duplicate that is deleted then.
+    /// Entries SQS refused for good (e.g. access denied; not a stale handle, see `superseded`).
+    /// The message comes back after its visibility timeout and the ledger turns it into a
+    /// duplicate that is deleted then.
     pub failed: usize,
     /// The handles of those refused for good that the answer names.
     pub refused: Vec<AckHandle>,

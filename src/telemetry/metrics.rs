@@ -27,6 +27,9 @@ pub const REASON_LABEL: &str = "reason";
 pub const RECEIVE_RETRIES: &str = "sqs2pg_receive_retries_total";
 /// Committed messages whose delete failed for good (they come back as duplicates).
 pub const DELETE_FAILURES: &str = "sqs2pg_delete_failures_total";
+/// Committed messages whose delete SQS refused as a stale receipt handle (received again since,
+/// or already deleted): their later delivery deletes them; not a failure.
+pub const DELETES_SUPERSEDED: &str = "sqs2pg_deletes_superseded_total";
 /// Histogram: messages per committed batch.
 pub const BATCH_MESSAGES: &str = "sqs2pg_batch_messages";
 /// Histogram: seconds from a batch's first load attempt to its COMMIT, retries included.
@@ -65,17 +68,18 @@ pub const KEYED_ROWS_SKIPPED: &str = "sqs2pg_keyed_rows_skipped_total";
 /// Label of [`KEYED_ROWS_SKIPPED`].
 pub const OUTCOME_LABEL: &str = "outcome";
 
-/// Label of every series of a pipeline: the table a mapping writes (`schema.table`), on
-/// [`ROWS_LOADED`] and [`KEYED_ROWS_SKIPPED`].
+/// Label of the series of a target table, [`ROWS_LOADED`] and [`KEYED_ROWS_SKIPPED`]: the
+/// table a mapping writes (`schema.table`).
 pub const MAPPING_LABEL: &str = "mapping";
 
 /// Times a queue of a run over several failed and was tried again, labelled `queue` (its name).
 pub const QUEUE_DEGRADED: &str = "sqs2pg_queue_degraded_total";
-/// Label of [`QUEUE_DEGRADED`].
+/// Label of every series of a pipeline (see [`Meter`]) and of [`QUEUE_DEGRADED`]: the queue's
+/// name.
 pub const QUEUE_LABEL: &str = "queue";
 
 /// Every metric's help text, as `/metrics` shows it on its `# HELP` line.
-pub const DESCRIPTIONS: [(&str, &str); 20] = [
+pub const DESCRIPTIONS: [(&str, &str); 21] = [
     (MESSAGES_RECEIVED, "Deliveries received from SQS, counted when their batch is done (loaded, quarantined, skipped as duplicates or left for redelivery)."),
     (ROWS_LOADED, "Rows committed to the target table (a mapped message can give none or several)."),
     (MESSAGES_LOADED, "Messages whose rows were committed (received = loaded + rejected + duplicates + left for redelivery)."),
@@ -84,6 +88,7 @@ pub const DESCRIPTIONS: [(&str, &str); 20] = [
     (LOAD_RETRIES, "Failed load attempts that were retried."),
     (RECEIVE_RETRIES, "Failed receive calls that were retried."),
     (DELETE_FAILURES, "Committed messages whose delete failed for good (they come back and are skipped as duplicates)."),
+    (DELETES_SUPERSEDED, "Committed messages whose delete was refused as a stale receipt handle (received again since, or already deleted); their later delivery deletes them."),
     (BATCH_MESSAGES, "Messages per committed batch."),
     (LOAD_SECONDS, "Seconds from a batch's first load attempt to its COMMIT, retries included."),
     (MESSAGES_IN_FLIGHT, "Messages received and not yet deleted or released."),
@@ -155,6 +160,7 @@ struct Handles {
     load_retries: metrics::Counter,
     receive_retries: metrics::Counter,
     delete_failures: metrics::Counter,
+    deletes_superseded: metrics::Counter,
     md5_mismatches: metrics::Counter,
     lapsed: metrics::Counter,
     batch_messages: metrics::Histogram,
@@ -222,6 +228,7 @@ impl Meter {
             load_retries: counter(LOAD_RETRIES),
             receive_retries: counter(RECEIVE_RETRIES),
             delete_failures: counter(DELETE_FAILURES),
+            deletes_superseded: counter(DELETES_SUPERSEDED),
             md5_mismatches: counter(MD5_MISMATCHES),
             lapsed: counter(LEASES_LAPSED),
             batch_messages: histogram(BATCH_MESSAGES),
@@ -293,6 +300,13 @@ impl Meter {
     pub fn record_delete_failures(&self, n: u64) {
         if let Some(h) = &self.0 {
             h.delete_failures.increment(n);
+        }
+    }
+
+    /// Counts deletes refused as stale handles (see [`DELETES_SUPERSEDED`]).
+    pub fn record_deletes_superseded(&self, n: u64) {
+        if let Some(h) = &self.0 {
+            h.deletes_superseded.increment(n);
         }
     }
 

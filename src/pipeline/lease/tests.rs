@@ -152,3 +152,18 @@ async fn receiving_waits_for_room_in_the_window_and_for_the_heartbeat() {
         .extend
         .is_empty());
 }
+
+#[test]
+fn a_message_refused_as_stale_again_and_again_is_failed_from_the_limit_on() {
+    let leases = Leases::new(None, 100);
+    let verdicts: Vec<bool> = (0..STALE_LIMIT + 1)
+        .map(|_| leases.stale_again("m1"))
+        .collect();
+    let mut want = vec![false; STALE_LIMIT as usize - 1];
+    want.extend([true, true]);
+    assert_eq!(
+        verdicts, want,
+        "superseded below the limit, failed from it on"
+    );
+    assert!(!leases.stale_again("m2"), "counted per message");
+}
