@@ -4,7 +4,8 @@
     scripts/module_graph.py           print each module's dependencies and the cycles
     scripts/module_graph.py --check   exit 1 if an edge outside scripts/module_graph.allowed
                                       closes a cycle (the cycles known today are listed there
-                                      and are to be removed, not added to; issue 19)
+                                      and are to be removed, not added to; issue 19), or if
+                                      the graph ARCHITECTURE.md prints is not the code's
 
 A module is a file `src/NAME.rs` or a directory `src/NAME/`; `main.rs` and `lib.rs` are the
 crate's roots, not modules. An edge A -> B means some file of A names `crate::B`.
@@ -16,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 ALLOWED = Path(__file__).with_suffix(".allowed")
+ARCHITECTURE = ROOT / "ARCHITECTURE.md"
 
 
 def modules() -> dict[str, list[Path]]:
@@ -64,12 +66,24 @@ def cyclic_edges(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
     return {(a, b) for a in edges for b in edges[a] if reaches(b, a)}
 
 
+def printed(edges: dict[str, set[str]]) -> list[str]:
+    """The graph, a line per module, as this script prints it and ARCHITECTURE.md shows it."""
+    return [f"{m} -> {', '.join(sorted(edges[m])) or '(nothing)'}" for m in sorted(edges)]
+
+
+def documented() -> list[str]:
+    """The graph ARCHITECTURE.md shows: the `text` block that opens with `app -> `."""
+    text = ARCHITECTURE.read_text()
+    block = re.search(r"```text\n(app -> .*?)```", text, re.S)
+    return block.group(1).strip().splitlines() if block else []
+
+
 def main() -> int:
     edges = graph()
     cycles = cyclic_edges(edges)
     if "--check" not in sys.argv:
-        for m in sorted(edges):
-            print(f"{m} -> {', '.join(sorted(edges[m])) or '(nothing)'}")
+        for line in printed(edges):
+            print(line)
         print(f"\n{len(cycles)} edge(s) on a cycle:")
         for a, b in sorted(cycles):
             print(f"  {a} -> {b}")
@@ -87,6 +101,12 @@ def main() -> int:
             print(f"  {a} -> {b}", file=sys.stderr)
         print("Make the dependency one-way (see ARCHITECTURE.md); scripts/module_graph.py "
               "prints the graph.", file=sys.stderr)
+        return 1
+    if documented() != printed(edges):
+        print("module_graph: ARCHITECTURE.md's graph is not the code's; put this in its place:",
+              file=sys.stderr)
+        for line in printed(edges):
+            print(f"  {line}", file=sys.stderr)
         return 1
     gone = sorted(allowed - cycles)
     print(f"module_graph: no new cycle ({len(cycles)} known cycle edge(s) left"
