@@ -75,10 +75,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         };
         let mut item = check_queue(&sqs).await;
         if several {
-            item.name = format!(
-                "SQS queue ({})",
-                crate::sqs::name::queue_name(&queue_url).unwrap_or(&queue_url)
-            );
+            item.name = format!("SQS queue ({})", crate::sqs::name::queue_label(&queue_url));
         }
         items.push(item);
         seen.push(queue_url);

@@ -15,7 +15,7 @@ use crate::login::{BodySealer, Masker};
 use crate::pipeline::{self, Mode, PipelineError, Summary};
 use crate::postgres::{self as pg, ConnectError, Database, TableLoader};
 use crate::retry::RetryPolicy;
-use crate::sqs::name::is_fifo;
+use crate::sqs::name::{is_fifo, queue_label};
 use crate::sqs::Queue;
 
 /// `sqs2pg drain`, as the command line runs it: the summary is printed, also when the run
@@ -132,7 +132,7 @@ async fn several_queues(
         own.metrics_addr = None;
         let stop_all = stop_all.clone();
         async move {
-            let name = label_of(&queue_url).to_owned();
+            let name = queue_label(&queue_url).to_owned();
             let result = serve_queue(own, &name, stop_all.clone()).await;
             if result.is_err() {
                 stop_all.cancel();
@@ -274,7 +274,7 @@ impl Watched {
 
     /// Its name, for labels and messages.
     fn name(&self) -> &str {
-        label_of(&self.sqs.queue_url)
+        queue_label(&self.sqs.queue_url)
     }
 
     /// `ApproximateNumberOfMessages` and `...NotVisible`, or why not, in words.
@@ -312,11 +312,6 @@ fn live_line(
         },
         done,
     ))
-}
-
-/// A queue's name as logs and metric labels give it: the last part of its URL.
-fn label_of(queue_url: &str) -> &str {
-    crate::sqs::name::queue_name(queue_url).unwrap_or(queue_url)
 }
 
 /// Starts the `/metrics`, `/healthz`, `/readyz` endpoint and a depth poller per queue; returns
@@ -513,7 +508,7 @@ where
         .map(|(table, _, _)| table.to_string())
         .collect();
     settings.pipeline.meter =
-        crate::telemetry::metrics::Meter::new(label_of(&settings.sqs.queue_url), &targets);
+        crate::telemetry::metrics::Meter::new(queue_label(&settings.sqs.queue_url), &targets);
     if is_fifo(&settings.sqs.queue_url) {
         // One receiver takes messages in the order SQS hands them out and one loader keeps
         // that order to COMMIT, so no two messages of a group are processed at once, even on a

@@ -28,7 +28,7 @@ async fn mapped(args: ReportArgs) -> Result<(), AppError> {
         report.queue = mapping
             .queue
             .as_deref()
-            .map(|url| crate::sqs::name::queue_name(url).unwrap_or(url).to_owned());
+            .map(|url| crate::sqs::name::queue_label(url).to_owned());
         print!("{}", report.to_text());
     }
     Ok(())

@@ -183,9 +183,8 @@ impl<S: MessageSource> Receiver<S> {
             // A body that failed its MD5 check is not processed: not held (so not kept invisible
             // by the heartbeat), just counted; SQS delivers it again after its visibility timeout.
             // Only once it has come back too often is it passed on, to be quarantined as poison.
-            for _ in messages.iter().filter(|m| m.md5_mismatch) {
-                settings.meter.record_md5_mismatch();
-            }
+            let mismatched = messages.iter().filter(|m| m.md5_mismatch).count();
+            settings.meter.record_md5_mismatches(mismatched as u64);
             let (corrupted, messages): (Vec<Received>, Vec<Received>) =
                 messages.into_iter().partition(|m| {
                     m.md5_mismatch

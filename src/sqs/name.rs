@@ -2,6 +2,12 @@
 //! a name is one SQS takes. A leaf: both protocols' clients and the queue use it, and it uses
 //! nothing of theirs.
 
+/// The queue as logs, metric labels and summaries name it: its name, or the string as given
+/// when it has none (a URL without a path).
+pub fn queue_label(queue: &str) -> &str {
+    queue_name(queue).unwrap_or(queue)
+}
+
 /// A URL (`scheme://...`) rather than a bare queue name.
 pub(crate) fn is_url(queue: &str) -> bool {
     queue.contains("://")

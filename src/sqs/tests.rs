@@ -17,7 +17,7 @@ fn wire(id: &str, body: &str, md5: Option<&str>) -> WireMessage {
 #[test]
 fn bodies_must_match_their_md5_and_repeats_in_one_answer_are_dropped() {
     // md5("hello") = 5d41402abc4b2a76b9719d911017c592
-    // The mismatch is flagged here and counted by the receiver (`Meter::record_md5_mismatch`).
+    // The mismatch is flagged here and counted by the receiver (`Meter::record_md5_mismatches`).
     let got = accept(vec![
         wire("a", "hello", Some("5d41402abc4b2a76b9719d911017c592")),
         wire("b", "hello", Some("5D41402ABC4B2A76B9719D911017C592")),

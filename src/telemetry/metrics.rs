@@ -149,11 +149,12 @@ pub struct BatchCounts<'a> {
 /// `schema.table`). Handles are taken once, when the run starts (after the recorder is
 /// installed), so counting costs no label lookup on the message path. Cheap to clone; the
 /// default records nothing.
-#[derive(Clone, Default)]
-pub struct Meter(Option<std::sync::Arc<Handles>>);
+#[derive(Clone)]
+pub struct Meter(std::sync::Arc<Handles>);
 
 struct Handles {
-    queue: String,
+    /// `None` for the default meter, whose handles are no-ops.
+    queue: Option<String>,
     received: metrics::Counter,
     loaded: metrics::Counter,
     duplicates: metrics::Counter,
@@ -179,7 +180,7 @@ struct Handles {
 impl std::fmt::Debug for Meter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Meter")
-            .field(&self.0.as_ref().map(|h| h.queue.as_str()))
+            .field(&self.0.queue.as_deref())
             .finish()
     }
 }
@@ -191,6 +192,18 @@ const ACTIONS: [&str; 4] = [
     "change_visibility",
     "get_queue_attributes",
 ];
+
+impl Default for Meter {
+    /// Records nothing, whatever recorder is installed.
+    fn default() -> Self {
+        let mut meter =
+            metrics::with_local_recorder(&metrics::NoopRecorder, || Meter::new("", &[]));
+        std::sync::Arc::get_mut(&mut meter.0)
+            .expect("not shared yet")
+            .queue = None;
+        meter
+    }
+}
 
 impl Meter {
     /// The meter of the pipeline of `queue` (its name) writing `targets` (in the kind's
@@ -221,7 +234,7 @@ impl Meter {
                 ]
             })
             .collect();
-        Meter(Some(std::sync::Arc::new(Handles {
+        Meter(std::sync::Arc::new(Handles {
             received: counter(MESSAGES_RECEIVED),
             loaded: counter(MESSAGES_LOADED),
             duplicates: counter(DUPLICATES_SKIPPED),
@@ -240,13 +253,13 @@ impl Meter {
             depth_in_flight: depth("in_flight"),
             requests,
             targets,
-            queue: q,
-        })))
+            queue: Some(q),
+        }))
     }
 
     /// Counts one committed batch.
     pub fn record_batch(&self, batch: &BatchCounts<'_>) {
-        let Some(h) = &self.0 else { return };
+        let h = &self.0;
         h.batch_messages.record(batch.received as f64);
         h.load_seconds.record(batch.took.as_secs_f64());
         if let Some(sent) = batch.oldest_sent_ms {
@@ -264,9 +277,10 @@ impl Meter {
             handles[1].increment(duplicate_keys);
             handles[2].increment(stale);
         }
+        let Some(queue) = &h.queue else { return };
         for reason in batch.rejected {
             // Rare, and the reasons are not known in advance: looked up each time.
-            metrics::counter!(MESSAGES_REJECTED, QUEUE_LABEL => h.queue.clone(), REASON_LABEL => reason.clone())
+            metrics::counter!(MESSAGES_REJECTED, QUEUE_LABEL => queue.clone(), REASON_LABEL => reason.clone())
                 .increment(1);
         }
     }
@@ -274,9 +288,9 @@ impl Meter {
     /// The counter of fields no column of `kind` takes (labelled `kind` and `queue`): taken
     /// once per run, so counting a delivery's costs no label lookup or allocation.
     pub fn unknown_fields(&self, kind: &str) -> metrics::Counter {
-        match &self.0 {
-            Some(h) => {
-                metrics::counter!(UNKNOWN_FIELDS, QUEUE_LABEL => h.queue.clone(), KIND_LABEL => kind.to_owned())
+        match &self.0.queue {
+            Some(queue) => {
+                metrics::counter!(UNKNOWN_FIELDS, QUEUE_LABEL => queue.clone(), KIND_LABEL => kind.to_owned())
             }
             None => metrics::Counter::noop(),
         }
@@ -284,76 +298,56 @@ impl Meter {
 
     /// Counts one retried load attempt.
     pub fn record_load_retry(&self) {
-        if let Some(h) = &self.0 {
-            h.load_retries.increment(1);
-        }
+        self.0.load_retries.increment(1);
     }
 
     /// Counts one retried receive.
     pub fn record_receive_retry(&self) {
-        if let Some(h) = &self.0 {
-            h.receive_retries.increment(1);
-        }
+        self.0.receive_retries.increment(1);
     }
 
     /// Counts deletes that failed for good.
     pub fn record_delete_failures(&self, n: u64) {
-        if let Some(h) = &self.0 {
-            h.delete_failures.increment(n);
-        }
+        self.0.delete_failures.increment(n);
     }
 
     /// Counts deletes refused as stale handles (see [`DELETES_SUPERSEDED`]).
     pub fn record_deletes_superseded(&self, n: u64) {
-        if let Some(h) = &self.0 {
-            h.deletes_superseded.increment(n);
-        }
+        self.0.deletes_superseded.increment(n);
     }
 
-    /// Counts one body that failed its MD5 check.
-    pub fn record_md5_mismatch(&self) {
-        if let Some(h) = &self.0 {
-            h.md5_mismatches.increment(1);
-        }
+    /// Counts bodies that failed their MD5 check.
+    pub fn record_md5_mismatches(&self, n: u64) {
+        self.0.md5_mismatches.increment(n);
     }
 
     /// Counts one SQS request of `action` (`receive`, `delete`, `change_visibility`,
     /// `get_queue_attributes`).
     pub fn record_sqs_request(&self, action: &'static str) {
-        if let Some(h) = &self.0 {
-            if let Some(i) = ACTIONS.iter().position(|a| *a == action) {
-                h.requests[i].increment(1);
-            }
+        if let Some(i) = ACTIONS.iter().position(|a| *a == action) {
+            self.0.requests[i].increment(1);
         }
     }
 
     /// Sets the adaptive window.
     pub fn record_window(&self, n: usize) {
-        if let Some(h) = &self.0 {
-            h.window.set(n as f64);
-        }
+        self.0.window.set(n as f64);
     }
 
     /// Counts leases that lapsed.
     pub fn record_lapsed(&self, n: u64) {
-        if let Some(h) = &self.0 {
-            h.lapsed.increment(n);
-        }
+        self.0.lapsed.increment(n);
     }
 
     /// Sets the number of messages held.
     pub fn record_in_flight(&self, n: usize) {
-        if let Some(h) = &self.0 {
-            h.in_flight.set(n as f64);
-        }
+        self.0.in_flight.set(n as f64);
     }
 
     /// Sets the queue's depth as last polled.
     pub fn record_queue_depth(&self, visible: u64, in_flight: u64) {
-        if let Some(h) = &self.0 {
-            h.depth_visible.set(visible as f64);
-            h.depth_in_flight.set(in_flight as f64);
-        }
+        self.0.depth_visible.set(visible as f64);
+        self.0.depth_in_flight.set(in_flight as f64);
     }
 }
 
