@@ -295,7 +295,7 @@ async fn main() {
     };
     let settings = sqs2pg::config::pipeline(&args, Mode::Drain).expect("settings");
     if wide || keyed.is_some() {
-        let shape = sqs2pg::app::mapping::shape(settings.mappings.first());
+        let shape = sqs2pg::app::target::Target::of_mapping(&settings.mappings[0]).shape(false);
         sqs2pg::app::setup_for(&settings.database, &settings.table, &shape)
             .await
             .expect("the wide table");

@@ -1,7 +1,7 @@
 //! `sqs2pg check`: every dependency of a run (key, queue, database, table, privileges), checked
 //! without processing anything.
 
-use super::{mapping, open_queue, AppError};
+use super::{open_queue, AppError};
 use crate::config::args::PipelineArgs;
 use crate::config::Settings;
 use crate::login::Masker;
@@ -144,10 +144,11 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
         },
     )];
     let fifo = crate::sqs::name::is_fifo(&settings.sqs.queue_url);
-    let tables = mapping::run_tables(&settings.table, &settings.mappings);
-    let several = tables.len() > 1;
-    for (table, m) in tables {
-        let shape = mapping::shape_on_queue(m, fifo);
+    let targets = super::target::Target::of_run(&settings.table, &settings.mappings);
+    let several = targets.len() > 1;
+    for target in targets {
+        let table = &target.table;
+        let shape = target.shape(fifo);
         // With several tables, each item names its table.
         let name = |what: &str| -> String {
             if several {
@@ -156,27 +157,12 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
                 what.to_owned()
             }
         };
-        items.push(match pg::check_shape(&client, &table, &shape).await {
-            Ok(()) => item(
-                &name("schema and table"),
-                true,
-                if m.is_some() {
-                    format!(
-                        "sqs2pg schema current; {table} has the mapping's columns{}",
-                        if shape.key.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" and a unique index on its key ({})", shape.key.join(", "))
-                        }
-                    )
-                } else {
-                    format!("sqs2pg schema current; {table} matches the analysts' DDL")
-                },
-            ),
+        items.push(match pg::check_shape(&client, table, &shape).await {
+            Ok(()) => item(&name("schema and table"), true, target.fits(&shape)),
             Err(e) => item(&name("schema and table"), false, e.to_string()),
         });
         items.push(
-            match pg::schema::table_rules(&client, &table, &shape).await {
+            match pg::schema::table_rules(&client, table, &shape).await {
                 Ok(rules) => {
                     let mut rules = rules_item(&rules);
                     rules.name = name(&rules.name);
@@ -185,9 +171,9 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
                 Err(e) => item(&name("table rules"), false, pg::describe(&e)),
             },
         );
-        let keyed = m.is_some_and(|m| m.write.keyed());
+        let keyed = target.keyed();
         items.push(
-            match pg::schema::missing_privileges(&client, &table, keyed).await {
+            match pg::schema::missing_privileges(&client, table, keyed).await {
                 Ok(missing) if missing.is_empty() => item(
                     &name("privileges"),
                     true,

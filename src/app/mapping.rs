@@ -1,6 +1,6 @@
 //! `sqs2pg mapping check`, `mapping draft` and `mapping preview`: a mapping file checked,
-//! drafted from sample bodies, and tried on them, offline (no SQS, no PostgreSQL); and what a
-//! run, `setup` and `check` take from a mapping: its table's shape and its masks' record.
+//! drafted from sample bodies, and tried on them, offline (no SQS, no PostgreSQL); and what the
+//! key commands take from mappings (the masks' record, `unmask`'s columns).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -10,106 +10,6 @@ use serde_json::{json, Value as Json};
 use super::AppError;
 use crate::login::MaskKey;
 use crate::mapping::{Mapper, Mapping, Message};
-
-/// The tables a run writes, each with its mapping: the mappings' tables (checked names, see
-/// `config::target`), or `table` for the built-in login pipeline when there is none.
-pub fn run_tables<'a>(
-    table: &crate::postgres::TableName,
-    mappings: &'a [Mapping],
-) -> Vec<(crate::postgres::TableName, Option<&'a Mapping>)> {
-    if mappings.is_empty() {
-        return vec![(table.clone(), None)];
-    }
-    mappings
-        .iter()
-        .map(|m| {
-            let name = crate::postgres::TableName::parse(&m.table)
-                .expect("a mapping's table is checked when the mapping is read");
-            (name, Some(m))
-        })
-        .collect()
-}
-
-/// The message kind of a run: the built-in login pipeline without a mapping, the mapping's
-/// when there is one, a router over several.
-pub fn kind_of(
-    mappings: Vec<Mapping>,
-    masker: crate::login::Masker,
-    key: &MaskKey,
-) -> Result<Box<dyn crate::kind::MessageKind>, AppError> {
-    Ok(match mappings.len() {
-        0 => Box::new(crate::login::LoginKind::new(masker)),
-        1 => Box::new(Mapper::new(
-            mappings.into_iter().next().expect("one mapping"),
-            key,
-        )),
-        _ => Box::new(
-            crate::mapping::Router::new(mappings, key)
-                .map_err(|e| AppError::Config(crate::config::ConfigError(e.to_string())))?,
-        ),
-    })
-}
-
-/// [`shape`] for a run on a queue that is FIFO or not: on a FIFO queue every message has a
-/// group id, so a column that takes it is never NULL (what `check` compares with NOT NULL).
-pub fn shape_on_queue(
-    mapping: Option<&Mapping>,
-    fifo: bool,
-) -> crate::postgres::schema::TableShape {
-    use crate::mapping::file::{Source, SqsAttribute};
-    let mut shape = shape(mapping);
-    if let (Some(m), true) = (mapping, fifo) {
-        for (column, shaped) in m.columns.iter().zip(&mut shape.columns) {
-            if column.source == Source::Sqs(SqsAttribute::MessageGroupId)
-                && column.mask != Some(crate::mapping::file::Mask::Redact)
-            {
-                shaped.may_be_null = false;
-            }
-        }
-    }
-    shape
-}
-
-/// The columns a run writes: the mapping's (a required one is created NOT NULL), or the
-/// analysts' login table when there is no mapping.
-pub fn shape(mapping: Option<&Mapping>) -> crate::postgres::schema::TableShape {
-    use crate::mapping::file::{Source, SqsAttribute};
-    use crate::postgres::schema::{ShapeColumn, TableShape};
-    match mapping {
-        None => TableShape::login(),
-        Some(m) => TableShape {
-            columns: m
-                .columns
-                .iter()
-                .map(|c| ShapeColumn {
-                    name: c.name.clone(),
-                    catalog_type: c.column_type.catalog_name(),
-                    // A redacted column always stores NULL, required or not.
-                    not_null: c.required && c.mask != Some(crate::mapping::file::Mask::Redact),
-                    may_be_null: c.mask == Some(crate::mapping::file::Mask::Redact)
-                        || !(c.required
-                            || matches!(
-                                c.source,
-                                // (A body of `null` stores NULL: not `body`.)
-                                Source::Constant(_)
-                                    | Source::Rest
-                                    | Source::Sqs(
-                                        SqsAttribute::MessageId
-                                            | SqsAttribute::SentTimestamp
-                                            | SqsAttribute::ApproximateReceiveCount
-                                    )
-                            )),
-                })
-                .collect(),
-            key: m
-                .write
-                .key
-                .iter()
-                .map(|&i| m.columns[i].name.clone())
-                .collect(),
-        },
-    }
-}
 
 /// The run record of `sqs2pg.mask_keys` (its `ip_mode` and `device_id_mode`) for these token
 /// columns: the login pair's modes when they are exactly the login table's two columns under
@@ -136,36 +36,6 @@ pub fn mask_record(columns: &[crate::postgres::schema::MaskedColumn]) -> (String
                 .collect::<Vec<_>>()
                 .join(","),
         ),
-    }
-}
-
-/// The columns a run writes tokens into, with their scopes and modes: the login table's two,
-/// or a mapping's token columns (`redact` keeps nothing, so it is not a token column).
-pub fn masked_columns(
-    mapping: Option<&Mapping>,
-    modes: crate::login::MaskModes,
-) -> Vec<crate::postgres::schema::MaskedColumn> {
-    use crate::postgres::schema::MaskedColumn;
-    let column = |column: &str, scope: &str, mode: crate::login::MaskMode| MaskedColumn {
-        column: column.to_owned(),
-        scope: scope.to_owned(),
-        mode: mode.to_string(),
-    };
-    match mapping {
-        None => vec![
-            column("masked_ip", "ip", modes.ip),
-            column("masked_device_id", "device_id", modes.device_id),
-        ],
-        Some(m) => m
-            .columns
-            .iter()
-            .filter_map(|c| match c.mask {
-                Some(crate::mapping::file::Mask::Token(mode)) => {
-                    Some(column(&c.name, &c.mask_scope, mode))
-                }
-                _ => None,
-            })
-            .collect(),
     }
 }
 
@@ -253,37 +123,6 @@ impl MappedUnmasker {
         };
         opened.unwrap_or(value)
     }
-}
-
-/// `sqs2pg report` for a mapping's table: by day of its first date or time column, and per
-/// token column.
-pub async fn report(
-    database: &crate::postgres::Database,
-    table: &crate::postgres::TableName,
-    mapping: &Mapping,
-) -> Result<crate::report::mapped::MappedReport, AppError> {
-    use crate::mapping::column::ColumnType;
-    use crate::mapping::file::Mask;
-    let client = database.connect().await?;
-    let day = mapping
-        .columns
-        .iter()
-        .find(|c| {
-            matches!(
-                c.column_type,
-                ColumnType::Date | ColumnType::Timestamptz | ColumnType::Timestamp
-            )
-        })
-        .map(|c| (c.name.as_str(), c.column_type == ColumnType::Timestamptz));
-    let tokens: Vec<String> = mapping
-        .columns
-        .iter()
-        .filter(|c| matches!(c.mask, Some(Mask::Token(_))))
-        .map(|c| c.name.clone())
-        .collect();
-    crate::report::mapped::build(&client, table, day, &tokens)
-        .await
-        .map_err(AppError::Query)
 }
 
 /// Reads and checks a mapping file.
@@ -509,62 +348,8 @@ pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::target::Target;
     use super::*;
-
-    #[test]
-    fn what_may_be_null_follows_the_source_and_the_queue() {
-        let mapping = Mapping::parse(
-            r#"table = "t"
-columns = [
-  { name = "a", from = "/a", type = "text" },
-  { name = "b", from = "/b", type = "text", required = true },
-  { name = "rest", from = "rest", type = "jsonb" },
-  { name = "grp", from = "sqs:MessageGroupId", type = "text" },
-  { name = "id", from = "sqs:MessageId", type = "text" },
-  { name = "k", value = "x", type = "text" },
-]"#,
-        )
-        .unwrap();
-        let nullable = |fifo| -> Vec<String> {
-            shape_on_queue(Some(&mapping), fifo)
-                .columns
-                .into_iter()
-                .filter(|c| c.may_be_null)
-                .map(|c| c.name)
-                .collect()
-        };
-        assert_eq!(nullable(false), ["a", "grp"]);
-        assert_eq!(nullable(true), ["a"]);
-    }
-
-    #[test]
-    fn setup_makes_required_columns_not_null_unless_they_are_redacted() {
-        let mapping = Mapping::parse(
-            r#"table = "t"
-columns = [
-  { name = "id",    from = "/id",    type = "integer", required = true },
-  { name = "phone", from = "/phone", type = "text", required = true, mask = "redact" },
-  { name = "note",  from = "/note",  type = "varchar(8)" },
-]
-"#,
-        )
-        .unwrap();
-        let shape = shape(Some(&mapping));
-        let got: Vec<(&str, &str, bool)> = shape
-            .columns
-            .iter()
-            .map(|c| (c.name.as_str(), c.catalog_type.as_str(), c.not_null))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("id", "integer", true),
-                // Always NULL: a NOT NULL column would refuse every row.
-                ("phone", "text", false),
-                ("note", "character varying(8)", false),
-            ]
-        );
-    }
 
     #[test]
     fn the_login_mapping_records_its_masks_as_the_built_in_pipeline_does() {
@@ -573,13 +358,14 @@ columns = [
             ip: crate::login::MaskMode::Hmac,
             device_id: crate::login::MaskMode::Hmac,
         };
-        let built_in = masked_columns(None, modes);
-        assert_eq!(masked_columns(Some(&login), modes), built_in);
+        let table = crate::postgres::TableName::parse("public.user_logins").unwrap();
+        let built_in = Target::of_run(&table, &[])[0].masked_columns(modes);
+        assert_eq!(Target::of_mapping(&login).masked_columns(modes), built_in);
         assert_eq!(mask_record(&built_in), ("hmac".into(), "hmac".into()));
         let orders =
             Mapping::parse(include_str!("../../examples/mappings/orders-sns.toml")).unwrap();
         assert_eq!(
-            mask_record(&masked_columns(Some(&orders), modes)),
+            mask_record(&Target::of_mapping(&orders).masked_columns(modes)),
             (
                 "mapping".into(),
                 "email_token:hmac,client_ip:ipcrypt-pfx".into()

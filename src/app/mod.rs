@@ -19,6 +19,7 @@ mod rekey;
 mod report;
 mod send;
 mod setup;
+pub mod target;
 mod unmask;
 pub use check::{check, CheckItem};
 pub use keys::{keygen, keygen_ring};

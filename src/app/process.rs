@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::target::Target;
 use super::{mapping, open_queue, AppError};
 use crate::config::args::PipelineArgs;
 use crate::config::{ConfigError, Settings};
@@ -401,11 +402,12 @@ where
     let masker = Masker::with_modes(&settings.mask_key, settings.mask_modes);
     let fifo = crate::sqs::name::is_fifo(&settings.sqs.queue_url);
     // Per table the run writes: its name, the shape it must have, the token columns recorded.
-    let tables: Vec<_> = mapping::run_tables(&settings.table, &settings.mappings)
+    let tables: Vec<_> = Target::of_run(&settings.table, &settings.mappings)
         .into_iter()
-        .map(|(table, m)| {
-            let masked = mapping::masked_columns(m, settings.mask_modes);
-            (table, mapping::shape_on_queue(m, fifo), masked)
+        .map(|target| {
+            let masked = target.masked_columns(settings.mask_modes);
+            let shape = target.shape(fifo);
+            (target.table, shape, masked)
         })
         .collect();
     // The database's side of starting, on one connection: the schema and tables checked, the
@@ -532,7 +534,7 @@ where
         pruning.clone(),
     ));
     let mappings = std::mem::take(&mut settings.mappings);
-    let kind: Box<dyn MessageKind> = mapping::kind_of(mappings, masker, &settings.mask_key)?;
+    let kind: Box<dyn MessageKind> = super::target::kind_of(mappings, masker, &settings.mask_key)?;
     // Before the loader takes the settings: the record of attempts at suspects.
     let attempts: Arc<dyn pipeline::AttemptLog> = Arc::new(pg::attempts::AttemptRecorder::new(
         settings.database.clone(),

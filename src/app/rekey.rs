@@ -37,8 +37,9 @@ pub async fn command(args: crate::cli::RekeyArgs) -> Result<(), AppError> {
             .into())
         }
     };
-    for (table, _) in super::mapping::run_tables(&table, &mappings) {
-        let report = rekey(&database, &table, &from, &to, args.batch_rows.max(1)).await?;
+    for target in super::target::Target::of_run(&table, &mappings) {
+        let table = &target.table;
+        let report = rekey(&database, table, &from, &to, args.batch_rows.max(1)).await?;
         if report.address_rows > 0 {
             println!(
                 "rekey {table}: {} row(s) with ipcrypt addresses re-encrypted",

@@ -8,9 +8,9 @@ use crate::postgres::{self as pg, Database, TableName};
 /// `sqs2pg setup`, as the command line runs it: migrations, the table if missing, one line.
 pub async fn command(args: DatabaseArgs) -> Result<(), AppError> {
     let (database, table, mappings) = crate::config::target(&args)?;
-    for (table, mapping) in super::mapping::run_tables(&table, &mappings) {
-        let shape = super::mapping::shape(mapping);
-        let report = setup_for(&database, &table, &shape).await?;
+    for target in super::target::Target::of_run(&table, &mappings) {
+        let table = &target.table;
+        let report = setup_for(&database, table, &target.shape(false)).await?;
         let applied = if report.applied.is_empty() {
             "schema sqs2pg already current".to_owned()
         } else {

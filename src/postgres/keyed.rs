@@ -20,7 +20,8 @@
 //!   order; a deadlock PostgreSQL still finds between replicas (an insert and a delete of two
 //!   keys crossing) is retried as a whole load.
 //!
-//! Each resolving statement answers (rows that won, rows written); the loader counts the
+//! Each resolving statement answers (rows that won, rows written, staged deletes); the loader
+//! runs the deleting statement only when there are staged deletes, and counts the
 //! difference between the rows it staged and the winners as `duplicate_key` (`ignore`,
 //! `upsert`) or `stale` (`latest`).
 
@@ -36,9 +37,11 @@ pub(super) struct KeyedSql {
     /// `COPY` into the staging table.
     pub copy: String,
     /// Resolves the staged rows into the table; `$1` is the table's name. Answers one row:
-    /// the rows that won and the rows written into the table (int8).
+    /// the rows that won and the rows written into the table (int8), and the staged rows
+    /// (`_ord`, int8[]) the delete statement is for, NULL when none.
     pub resolve: String,
-    /// Then, for the modes with deletes, the statement that deletes (`$1`: the table's name).
+    /// Then, for the modes with deletes and only when the resolve named staged rows, the
+    /// statement that deletes (`$1`: the table's name, `$2`: those staged rows).
     pub delete: Option<String>,
 }
 
@@ -129,7 +132,7 @@ impl KeyedSql {
                                 ORDER BY {key_list}, _ord),
                           ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
                                   ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING RETURNING 1)
-                     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM ins)
+                     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM ins), NULL::int8[]
                       WHERE $1::text IS NOT NULL"
                 ),
                 None,
@@ -141,33 +144,33 @@ impl KeyedSql {
                 );
                 (
                     format!(
-                        "WITH d AS (SELECT st._ord, st._deleted, {digest} AS _digest, \
-                                           {kt} AS _k FROM {stage} st),
-                              fresh AS (INSERT INTO sqs2pg.applied_rows (target, digest, key)
-                                        SELECT DISTINCT ON (_digest) $1::text, _digest, _k FROM d \
-                                         WHERE NOT _deleted ORDER BY _digest
-                                        ON CONFLICT (target, digest) DO NOTHING RETURNING digest),
-                              keep AS (UPDATE {stage} st SET _keep = true FROM d \
-                                        WHERE d._ord = st._ord \
-                                          AND (d._deleted OR d._digest IN (SELECT digest FROM fresh)) \
-                                       RETURNING st.*),
+                        "WITH d AS (SELECT st.*, {digest} AS _digest, {kt} AS _k FROM {stage} st),
+                              fresh AS (INSERT INTO sqs2pg.applied_rows (target, key, digest)
+                                        SELECT DISTINCT ON (_k, _digest) $1::text, _k, _digest \
+                                          FROM d WHERE NOT _deleted ORDER BY _k, _digest
+                                        ON CONFLICT (target, key, digest) DO NOTHING \
+                                        RETURNING key, digest),
+                              keep AS (SELECT * FROM d WHERE _deleted \
+                                          OR (_k, _digest) IN (SELECT key, digest FROM fresh)),
                               s AS (SELECT DISTINCT ON ({key_list}) * FROM keep \
                                     ORDER BY {key_list}, _ord DESC),
                               ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
                                       WHERE NOT s._deleted ORDER BY {key_list} {on_conflict_update} \
                                       RETURNING 1)
-                         SELECT (SELECT count(*) FROM keep), (SELECT count(*) FROM ins)",
+                         SELECT (SELECT count(*) FROM keep), (SELECT count(*) FROM ins), \
+                                (SELECT array_agg(_ord) FROM s WHERE _deleted)",
                         kt = key_text("st"),
                     ),
-                    // The keys whose last kept row deletes: the row goes, and so do the digests
-                    // of the key's rows, so the same state sent again later is a new state.
+                    // The keys whose last kept row deletes ($2, their staged rows): the row
+                    // goes, and so do the digests of the key's rows, so the same state sent
+                    // again later is a new state.
                     Some(format!(
-                        "WITH s AS (SELECT DISTINCT ON ({key_list}) {key_list}, _deleted, \
-                                           {kt} AS _k FROM {stage} st WHERE _keep \
-                                     ORDER BY {key_list}, _ord DESC),
+                        "WITH s AS (SELECT {sk}, {kt} AS _k FROM {stage} st \
+                                     WHERE st._ord = ANY($2::int8[])),
                               forget AS (DELETE FROM sqs2pg.applied_rows a USING s \
-                                          WHERE s._deleted AND a.target = $1::text AND a.key = s._k)
-                         DELETE FROM {target} t USING s WHERE s._deleted AND {del_on}",
+                                          WHERE a.target = $1::text AND a.key = s._k)
+                         DELETE FROM {target} t USING s WHERE {del_on}",
+                        sk = qualified_keys("st"),
                         kt = key_text("st"),
                         del_on = same_key("t", "s"),
                     )),
@@ -208,15 +211,16 @@ impl KeyedSql {
                               ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM w \
                                       WHERE NOT w._deleted ORDER BY {key_list} {on_conflict_update} \
                                       RETURNING 1)
-                         SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM ins)",
+                         SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM ins), \
+                                (SELECT array_agg(_ord) FROM x WHERE _deleted)",
                         kt = key_text("st"),
                     ),
-                    // The staged deletes' keys whose entry is now a tombstone (this batch's, or
-                    // one already there): their rows go.
+                    // The staged deletes ($2) whose key's entry is now a tombstone (this
+                    // batch's, or one already there): their rows go.
                     Some(format!(
                         "DELETE FROM {target} t \
                           USING (SELECT DISTINCT {sk}, {kt} AS _k FROM {stage} st \
-                                  WHERE st._deleted) d \
+                                  WHERE st._ord = ANY($2::int8[])) d \
                            JOIN sqs2pg.row_versions r ON r.target = $1::text AND r.key = d._k \
                          WHERE r.deleted_at IS NOT NULL AND {del_on}",
                         sk = qualified_keys("st"),

@@ -56,8 +56,8 @@ const PRUNE_TOMBSTONES: &str = "DELETE FROM sqs2pg.row_versions
 
 /// Digests of rows applied by upsert, past the horizon.
 const PRUNE_APPLIED: &str = "DELETE FROM sqs2pg.applied_rows
-  WHERE (target, digest) IN (
-        SELECT target, digest FROM sqs2pg.applied_rows
+  WHERE (target, key, digest) IN (
+        SELECT target, key, digest FROM sqs2pg.applied_rows
          WHERE applied_at < now() - make_interval(secs => $1)
          LIMIT $2)";
 

@@ -565,8 +565,9 @@ async fn load_in_transaction<R: LedgeredRows>(
                     };
                     let written = u64::try_from(written).unwrap_or(0);
                     report.count_target(position, written, duplicate_keys, stale);
-                    if let Some(delete) = delete {
-                        report.deleted += tx.execute(delete, &[&target.name]).await?;
+                    let deletes: Option<Vec<i64>> = counts.get(2);
+                    if let (Some(delete), Some(deletes)) = (delete, deletes) {
+                        report.deleted += tx.execute(delete, &[&target.name, &deletes]).await?;
                     }
                 }
                 _ => report.count_target(position, copied, 0, 0),

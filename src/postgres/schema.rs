@@ -45,6 +45,10 @@ pub struct TableShape {
     /// The columns a keyed write mode names rows by: `setup` makes them the primary key, and
     /// `check` and start-up want a unique index on exactly them. Empty under append.
     pub key: Vec<String>,
+    /// Rows are replaced in place (write modes upsert and latest): `setup` leaves half of each
+    /// page free (`fillfactor = 50`), so a batch that replaces every row of a page keeps each
+    /// new version on its page (a HOT update: no new index entry, no growth until vacuum).
+    pub replaced: bool,
 }
 
 impl TableShape {
@@ -62,6 +66,7 @@ impl TableShape {
                 })
                 .collect(),
             key: Vec::new(),
+            replaced: false,
         }
     }
 
@@ -90,9 +95,14 @@ impl TableShape {
             ));
         }
         format!(
-            "CREATE TABLE IF NOT EXISTS {} ({})",
+            "CREATE TABLE IF NOT EXISTS {} ({}){}",
             table.quoted(),
-            columns.join(", ")
+            columns.join(", "),
+            if self.replaced {
+                " WITH (fillfactor = 50)"
+            } else {
+                ""
+            }
         )
     }
 }

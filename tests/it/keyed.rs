@@ -326,7 +326,7 @@ async fn property_holds(mode: &str, cases: usize) {
         sqs2pg::app::setup_for(
             &database,
             &name,
-            &sqs2pg::app::mapping::shape(Some(&mapping)),
+            &sqs2pg::app::target::Target::of_mapping(&mapping).shape(false),
         )
         .await
         .unwrap();
@@ -384,7 +384,7 @@ async fn a_keyed_table_needs_a_unique_index_on_its_key() {
     let table = format!("public.{}", unique("nokey"));
     let mapping = mapping(&table, "latest");
     let name = TableName::parse(&table).unwrap();
-    let shape = sqs2pg::app::mapping::shape(Some(&mapping));
+    let shape = sqs2pg::app::target::Target::of_mapping(&mapping).shape(false);
     // Made by hand, without a key.
     db.client()
         .await
@@ -458,7 +458,7 @@ async fn latest_holds_with_two_loaders_racing_on_the_same_keys() {
         sqs2pg::app::setup_for(
             &database,
             &name,
-            &sqs2pg::app::mapping::shape(Some(&mapping)),
+            &sqs2pg::app::target::Target::of_mapping(&mapping).shape(false),
         )
         .await
         .unwrap();

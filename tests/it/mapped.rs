@@ -552,7 +552,7 @@ columns = [
     );
     a.database.mapping_file.mapping = vec![file];
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
-    let shape = app::mapping::shape(settings.mappings.first());
+    let shape = app::target::Target::of_mapping(&settings.mappings[0]).shape(false);
     app::setup_for(&settings.database, &settings.table, &shape)
         .await
         .unwrap();

@@ -216,16 +216,30 @@ async fn the_ledger_is_pruned_past_its_horizon_but_replay_ids_are_kept() {
                FROM generate_series(1, 12) i;
              INSERT INTO sqs2pg.processed_messages (message_id, outcome, processed_at)
                  VALUES ('retired-recent', 'loaded', now() - interval '29 days');
-             ALTER TABLE sqs2pg.processed_messages ENABLE TRIGGER processed_messages_retired;",
+             ALTER TABLE sqs2pg.processed_messages ENABLE TRIGGER processed_messages_retired;
+             -- Keyed tables' bookkeeping: tombstones past the horizon go, a recent one and
+             -- live entries stay; digests of applied rows past the horizon go.
+             INSERT INTO sqs2pg.row_versions (target, key, version, sent_ms, message_id, deleted_at)
+             SELECT 'public.users', 'old-' || i, 1, 1, 'm' || i, now() - interval '31 days'
+               FROM generate_series(1, 3) i;
+             INSERT INTO sqs2pg.row_versions (target, key, version, sent_ms, message_id, deleted_at)
+                 VALUES ('public.users', 'recent', 1, 1, 'm', now() - interval '29 days'),
+                        ('public.users', 'live', 1, 1, 'm', NULL);
+             INSERT INTO sqs2pg.applied_rows (target, key, digest, applied_at)
+             SELECT 'public.carts', 'old-' || i, decode(md5(i::text), 'hex'),
+                    now() - interval '31 days'
+               FROM generate_series(1, 4) i;
+             INSERT INTO sqs2pg.applied_rows (target, key, digest, applied_at)
+                 VALUES ('public.carts', 'recent', decode(md5('r'), 'hex'), now() - interval '29 days');",
         )
         .await
         .unwrap();
     let thirty_days = std::time::Duration::from_secs(30 * 86_400);
-    // Small statements: 25 + 12 old rows in batches of 10.
+    // Small statements: 25 + 12 + 3 + 4 old rows in batches of 10.
     let pruned = sqs2pg::postgres::ledger::prune(&client, thirty_days, 10)
         .await
         .unwrap();
-    assert_eq!(pruned, 37);
+    assert_eq!(pruned, 44);
     let left = |sql: &'static str| {
         let client = &client;
         async move {
@@ -245,6 +259,14 @@ async fn the_ledger_is_pruned_past_its_horizon_but_replay_ids_are_kept() {
     assert_eq!(
         left("SELECT message_id FROM sqs2pg.processed_messages ORDER BY 1").await,
         ["retired-recent"]
+    );
+    assert_eq!(
+        left("SELECT key FROM sqs2pg.row_versions ORDER BY 1").await,
+        ["live", "recent"]
+    );
+    assert_eq!(
+        left("SELECT key FROM sqs2pg.applied_rows ORDER BY 1").await,
+        ["recent"]
     );
     assert_eq!(
         sqs2pg::postgres::ledger::prune(&client, thirty_days, 10)
