@@ -59,7 +59,7 @@ impl KeyedSql {
              SELECT {col_list} FROM {target} WITH NO DATA; \
              ALTER TABLE {stage} ADD COLUMN _deleted boolean, ADD COLUMN _sent_ms bigint, \
              ADD COLUMN _message_id text COLLATE \"C\", \
-             ADD COLUMN _ord bigint GENERATED ALWAYS AS IDENTITY, ADD COLUMN _keep boolean"
+             ADD COLUMN _ord bigint GENERATED ALWAYS AS IDENTITY"
         );
         let copy = format!(
             "COPY {stage} ({col_list}, {}) FROM STDIN (FORMAT binary)",
