@@ -264,6 +264,9 @@ COMMENT ON TABLE sqs2pg.applied_rows IS
 -- key's digest (the digest covers the key's columns), and a delete forgets the key's digests
 -- by the front of the same index. The time of application grows with the table's physical
 -- order, so the prune's range is a BRIN index (a few pages, nothing to maintain per row).
+-- From this version on a digest is a 64-bit hash of the row's values; the MD5s written before
+-- would never match one, so they go (a resend of a state applied before is applied again).
+DELETE FROM sqs2pg.applied_rows WHERE length(digest) <> 8;
 ALTER TABLE sqs2pg.applied_rows DROP CONSTRAINT applied_rows_pkey,
     ADD PRIMARY KEY (target, key, digest);
 DROP INDEX sqs2pg.applied_rows_key;
