@@ -1,24 +1,42 @@
 # syntax=docker/dockerfile:1
-# sqs2pg: a small runtime image with the release binary, running as a non-root user.
-#   docker build -t sqs2pg .
-#   docker run --rm sqs2pg --help
+# sqs2pg: a small runtime image with the stripped release binary, running as a non-root user.
+#   docker build -t sqs2pg .                      (from source, with Docker)
+#   docker build --build-arg SQS2PG_GIT_COMMIT=$(git rev-parse HEAD) -t sqs2pg .
+#   docker run --rm sqs2pg --version
+# With podman and no image registry (the build stage's base made from Debian's packages):
+#   scripts/container.sh build
 
 FROM rust:1-bookworm AS build
+# The commit `sqs2pg --version` names (the build context has no .git).
+ARG SQS2PG_GIT_COMMIT=
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
 COPY benches ./benches
-RUN cargo build --release --locked --bin sqs2pg
+# Crates and the target directory are kept between builds (BuildKit and buildah cache mounts).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    SQS2PG_GIT_COMMIT="$SQS2PG_GIT_COMMIT" cargo build --release --locked --bin sqs2pg \
+ && mkdir -p /out/usr/local/bin \
+ && strip -o /out/usr/local/bin/sqs2pg target/release/sqs2pg
+# The runtime's whole file system: the binary, the C libraries it links (glibc, libgcc_s),
+# the CA roots (TLS to SQS and PostgreSQL; the binary also carries Mozilla's as a fallback),
+# a user and group of its own, and an empty /tmp.
+RUN set -e; \
+    for lib in $(ldd /out/usr/local/bin/sqs2pg | awk '$2 == "=>" { print $3 } $1 ~ /^\/lib/ { print $1 }'); do \
+      cp -L --parents "$lib" /out; \
+    done; \
+    cp -L --parents /etc/ssl/certs/ca-certificates.crt /out; \
+    echo 'sqs2pg:x:10001:10001:sqs2pg:/nonexistent:/usr/sbin/nologin' > /out/etc/passwd; \
+    echo 'sqs2pg:x:10001:' > /out/etc/group; \
+    echo 'hosts: files dns' > /out/etc/nsswitch.conf; \
+    mkdir -m 1777 /out/tmp; \
+    /out/usr/local/bin/sqs2pg --version
 
-FROM debian:bookworm-slim
-# CA roots for TLS to SQS and PostgreSQL (the binary also carries Mozilla's as a fallback).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sqs2pg
-COPY --from=build /src/target/release/sqs2pg /usr/local/bin/sqs2pg
-USER 10001
+FROM scratch
+COPY --from=build /out /
+USER 10001:10001
 # /metrics, /healthz, /readyz when SQS2PG_METRICS_ADDR=0.0.0.0:9187
 EXPOSE 9187
 ENTRYPOINT ["/usr/local/bin/sqs2pg"]

@@ -26,9 +26,15 @@ cargo test --all-targets --locked
 if [ -z "${SQS2PG_SKIP_SLOW:-}" ]; then
   echo "== cargo test, slow tier"
   cargo test --test it --locked -- --ignored --test-threads=1 \
-    --skip resilience::extensions_that_never_answer_hold_up_no_lease
+    --skip resilience::extensions_that_never_answer_hold_up_no_lease --skip container::
   # Last and alone: at a 2 s visibility timeout, a machine still busy with the fast tier's
   # servers shutting down can delay calls past their lease with no fault injected.
   cargo test --test it --locked -- --ignored --exact \
     resilience::extensions_that_never_answer_hold_up_no_lease
+  # The container image, built from the Dockerfile (docker, or podman with base images made
+  # here) and run against the tests' servers. SQS2PG_SKIP_CONTAINER=1 skips it.
+  if [ -z "${SQS2PG_SKIP_CONTAINER:-}" ]; then
+    echo "== container image: scripts/container.sh test"
+    scripts/container.sh test
+  fi
 fi

@@ -16,13 +16,25 @@ pub use crate::config::args::{
 /// Moves JSON messages from an SQS queue into PostgreSQL, masking personal data on the way:
 /// the exercise's logins built in, any other stream through a mapping file (--mapping).
 #[derive(Debug, Parser)]
-#[command(name = "sqs2pg", version, about, max_term_width = 100)]
+#[command(name = "sqs2pg", version = version(), about, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// What `--version` prints: the crate's version and, when the build was given one in
+/// `SQS2PG_GIT_COMMIT` (the container image's is), the commit it was built from.
+pub fn version() -> &'static str {
+    match option_env!("SQS2PG_GIT_COMMIT") {
+        Some(commit) if !commit.is_empty() => {
+            let line = format!("{} (commit {commit})", env!("CARGO_PKG_VERSION"));
+            Box::leak(line.into_boxed_str())
+        }
+        _ => env!("CARGO_PKG_VERSION"),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -121,9 +121,11 @@ impl KeyedSql {
                 ),
             }
         };
-        // Each resolve answers (rows that won, rows written into the table); each delete, run
-        // as a statement of its own (so it sees rows other loaders committed meanwhile), the
-        // rows it deleted.
+        // Each resolve answers (rows that won, rows written into the table, the staged rows
+        // the delete is for: `_ord`s, NULL when none); each delete, run as a statement of its
+        // own (so it sees rows other loaders committed meanwhile) and only when there are
+        // such rows, the rows it deleted. The delete joins `unnest($2)` (a hash join): a
+        // generic plan's `= ANY($2)` would scan the array once per staged row.
         let (resolve, delete) = match write.mode {
             WriteMode::Append => (String::new(), None),
             WriteMode::Ignore => (
@@ -169,7 +171,7 @@ impl KeyedSql {
                     // again later is a new state.
                     Some(format!(
                         "WITH s AS (SELECT {sk}, {kt} AS _k FROM {stage} st \
-                                     WHERE st._ord = ANY($2::int8[])),
+                                     JOIN unnest($2::int8[]) AS o(ord) ON st._ord = o.ord),
                               forget AS (DELETE FROM sqs2pg.applied_rows a USING s \
                                           WHERE a.target = $1::text AND a.key = s._k)
                          DELETE FROM {target} t USING s WHERE {del_on}",
@@ -223,7 +225,7 @@ impl KeyedSql {
                     Some(format!(
                         "DELETE FROM {target} t \
                           USING (SELECT DISTINCT {sk}, {kt} AS _k FROM {stage} st \
-                                  WHERE st._ord = ANY($2::int8[])) d \
+                                  JOIN unnest($2::int8[]) AS o(ord) ON st._ord = o.ord) d \
                            JOIN sqs2pg.row_versions r ON r.target = $1::text AND r.key = d._k \
                          WHERE r.deleted_at IS NOT NULL AND {del_on}",
                         sk = qualified_keys("st"),

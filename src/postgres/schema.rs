@@ -249,6 +249,8 @@ pub enum NotReady {
         "table {0} does not exist: run `sqs2pg setup` to create it, or name the right one (--table, or the mapping's `table`)"
     )]
     NoTable(String),
+    #[error("table {table} is written by key with rows replaced in place (write mode upsert or latest), which needs PostgreSQL 14 or later; the server is {version}: upgrade it, or use write mode ignore or append")]
+    ServerTooOld { table: String, version: String },
     #[error("table {table} does not have the columns sqs2pg writes (the analysts' DDL, or the mapping's): {differences}")]
     WrongColumns { table: String, differences: String },
     #[error("{}", super::describe(.0))]
@@ -349,6 +351,21 @@ pub async fn check_shape(
     check_ready_schema(client).await?;
     if !table_exists(client, table).await? {
         return Err(NotReady::NoTable(table.to_string()));
+    }
+    if shape.replaced {
+        // `hash_record_extended` (upsert's digests) and what `latest` uses came with 14.
+        let row = client
+            .query_one(
+                "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+                &[],
+            )
+            .await?;
+        if row.get::<_, i32>(0) < 140_000 {
+            return Err(NotReady::ServerTooOld {
+                table: table.to_string(),
+                version: row.get(1),
+            });
+        }
     }
     let rows = client
         .query(

@@ -7,6 +7,7 @@
 #[macro_use]
 mod harness;
 mod bad_messages;
+mod container;
 mod deploy;
 mod exactly_once;
 mod faults;

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The container image, built and tried on this machine.
+#
+#   scripts/container.sh build   builds localhost/sqs2pg:latest from the repository's Dockerfile,
+#                                with docker where a docker daemon answers, podman otherwise
+#   scripts/container.sh test    builds it, then runs tests/it/container.rs (slow tier): the
+#                                image against the tests' PostgreSQL and SQS server (host
+#                                network): setup, then a drain of the 100 sample messages must
+#                                give 99 rows and 1 rejection
+#
+# Where no image registry is reachable (podman on a machine of this kind), the build stage's
+# base `rust:1-bookworm` is made here from Debian's packages (debootstrap, from the mirror apt
+# uses) with this machine's Rust toolchain in it, and cached under $SQS2PG_CONTAINER_CACHE
+# (default /var/tmp/sqs2pg-containers). The runtime stage is `scratch`: nothing to pull.
+# podman needs two settings here (a nofile limit within the hard limit, and runc on a hybrid
+# cgroup host): they go into a containers.conf of the cache, used through CONTAINERS_CONF.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=localhost/sqs2pg:latest
+CACHE=${SQS2PG_CONTAINER_CACHE:-/var/tmp/sqs2pg-containers}
+RUST_BASE=docker.io/library/rust:1-bookworm
+
+say() { echo "container: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  else sudo "$@"
+  fi
+}
+
+# docker when its daemon answers; podman otherwise (installed, with its settings for here).
+engine() {
+  if command -v docker >/dev/null && timeout 10 docker info >/dev/null 2>&1; then
+    echo docker
+    return
+  fi
+  local missing=()
+  for tool in podman runc debootstrap; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap >&2
+  fi
+  mkdir -p "$CACHE"
+  local nofile nproc
+  nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+  [ "$nofile" = unlimited ] && nofile=1048576
+  [ "$nproc" = unlimited ] && nproc=65536
+  [ "$nofile" -gt 16384 ] && nofile=16384
+  [ "$nproc" -gt 16384 ] && nproc=16384
+  cat > "$CACHE/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
+EOF
+  echo podman
+}
+
+# The Debian mirror apt uses here (read at run time, never written into the project).
+debian_mirror() {
+  local uri
+  uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | grep -oE '^(URIs:|deb)( \[[^]]*\])? *https?://\S+' | grep -oE 'https?://\S+' \
+        | grep -E '/debian/?$' | head -n1 || true)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# rust:1-bookworm made from Debian's packages and this machine's toolchain, when it cannot be
+# pulled. Cached: made once per toolchain.
+rust_base() {
+  local cli=$1
+  if $cli image exists "$RUST_BASE" 2>/dev/null; then return; fi
+  if timeout 60 $cli pull -q "$RUST_BASE" >/dev/null 2>&1; then return; fi
+  local sysroot version rootfs
+  sysroot=$(rustc --print sysroot)
+  version=$(rustc --version | awk '{print $2}')
+  say "no registry: making $RUST_BASE from Debian's packages and Rust $version (once)"
+  rootfs="$CACHE/rust-rootfs"
+  as_root rm -rf "$rootfs"
+  as_root debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates,binutils \
+    bookworm "$rootfs" "$(debian_mirror)" >&2
+  as_root mkdir -p "$rootfs/usr/local/rust" "$rootfs/usr/local/cargo"
+  as_root cp -a "$sysroot/bin" "$sysroot/lib" "$rootfs/usr/local/rust/"
+  as_root rm -rf "$rootfs/var/lib/apt/lists"/* "$rootfs/var/cache/apt"/*
+  # Cargo fetches crates with this machine's CA roots (an egress proxy may sign for crates.io);
+  # they stay in the build stage: the runtime image takes Debian's own bundle.
+  as_root cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/usr/local/share/build-host-ca.crt"
+  as_root tar -C "$rootfs" -c . | $cli import \
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV CARGO_HOME=/usr/local/cargo' \
+    --change 'ENV CARGO_HTTP_CAINFO=/usr/local/share/build-host-ca.crt' \
+    - "$RUST_BASE" >/dev/null
+  as_root rm -rf "$rootfs"
+}
+
+build() {
+  local cli commit
+  cli=$(engine)
+  commit=$(git rev-parse HEAD 2>/dev/null || echo "")
+  if [ "$cli" = podman ]; then
+    export CONTAINERS_CONF="$CACHE/containers.conf"
+    rust_base podman
+  fi
+  say "building $IMAGE with $cli"
+  $cli build --build-arg "SQS2PG_GIT_COMMIT=$commit" -t "$IMAGE" . >&2
+  local size
+  size=$($cli image inspect "$IMAGE" --format '{{.Size}}')
+  say "built $IMAGE ($((size / 1024 / 1024)) MB): $($cli run --rm "$IMAGE" --version)"
+}
+
+# The image's tests (tests/it/container.rs, slow tier), against the servers the integration
+# tests start, with the engine the image was built with.
+test_image() {
+  build
+  local cli
+  cli=$(engine)
+  export SQS2PG_CONTAINER_ENGINE=$cli SQS2PG_IMAGE=$IMAGE
+  [ "$cli" = podman ] && export CONTAINERS_CONF="$CACHE/containers.conf"
+  eval "$(scripts/install-deps.sh)"
+  cargo test --test it --locked -- --ignored --test-threads=1 container::
+}
+
+case "${1:-}" in
+  build) build ;;
+  test) test_image ;;
+  *) die "usage: scripts/container.sh build|test" ;;
+esac
