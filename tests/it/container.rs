@@ -104,3 +104,90 @@ async fn the_image_sets_up_and_drains_the_sample_as_a_user_of_its_own() {
     assert_eq!(rows, 99);
     assert_eq!(queue.queue.approximate_depth().await.unwrap(), (0, 0));
 }
+
+/// `sqs2pg run` in the image, as the Deployment runs it: its probes answer on the port and
+/// paths the manifest names, it loads what arrives, and a stop (SIGTERM, as `podman stop` and
+/// Kubernetes send) ends it cleanly with no message left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier: needs the image (scripts/container.sh test)"]
+async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing() {
+    use crate::harness::{free_port, http_get, metric, wait_until};
+    use std::time::Duration;
+
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    crate::harness::setup(&db).await;
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let name = crate::harness::unique("sqs2pg-run");
+    let mut c = Command::new(engine());
+    c.args(["run", "-d", "--network=host", "--name", &name]);
+    for (var, value) in [
+        ("DATABASE_URL", db.url.as_str()),
+        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("SQS2PG_MASK_KEY", &key),
+        ("SQS2PG_WAIT_TIME_SECS", "1"),
+        ("SQS2PG_METRICS_ADDR", &addr),
+        ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "25"),
+        ("SQS2PG_LOG_FORMAT", "json"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        c.arg("-e").arg(format!("{var}={value}"));
+    }
+    let started = c.arg(image()).arg("run").output().unwrap();
+    assert!(started.status.success(), "{}", stderr(&started));
+    // Removed however the test ends.
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = Command::new(engine()).args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let _remove = Remove(name.clone());
+
+    wait_until("/readyz answers 200", Duration::from_secs(60), || {
+        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200));
+
+    queue.send(&crate::harness::sample_bodies()).await;
+    wait_until("99 rows and 1 rejection", Duration::from_secs(120), || {
+        http_get(port, "/metrics").is_some_and(|(_, text)| {
+            metric(&text, "sqs2pg_rows_loaded_total", &[]) == Some(99.0)
+                && metric(&text, "sqs2pg_messages_rejected_total", &[]) == Some(1.0)
+        })
+    })
+    .await;
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM public.user_logins", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 99);
+
+    // SIGTERM, up to 30 s before SIGKILL (the manifest's grace period).
+    let stop = Command::new(engine())
+        .args(["stop", "-t", "30", &name])
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    let exit = Command::new(engine())
+        .args(["inspect", "--format", "{{.State.ExitCode}}", &name])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&exit.stdout).trim(), "0");
+    let logs = Command::new(engine())
+        .args(["logs", &name])
+        .output()
+        .unwrap();
+    let logs = format!("{}{}", String::from_utf8_lossy(&logs.stdout), stderr(&logs));
+    assert_no_personal_data(&logs);
+    // Nothing held: every message was deleted, none is in flight.
+    assert_eq!(queue.queue.approximate_depth().await.unwrap(), (0, 0));
+}
