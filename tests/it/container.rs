@@ -191,3 +191,350 @@ async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing(
     // Nothing held: every message was deleted, none is in flight.
     assert_eq!(queue.queue.approximate_depth().await.unwrap(), (0, 0));
 }
+
+/// A copy of `deploy/kubernetes/sqs2pg.yaml` for `podman kube play`, and the differences from
+/// the shipped file: the image; the queue URL and the endpoint (the test's server, reached
+/// from each pod's own network at 10.0.2.2, slirp4netns's address for the host's loopback);
+/// the database URL and the key as plain values, and test AWS credentials (podman 4.3 takes no
+/// `secretKeyRef`); and, since podman does not play a Job, the setup Job's pod as a Pod of its
+/// own; and the containers' `ports` (podman publishes each on the host, where the replicas
+/// would collide), the probes naming the port by number. Answers (the setup Pod's YAML, the
+/// Deployment's YAML).
+fn played_manifest(
+    queue_url: &str,
+    endpoint: &str,
+    database_url: &str,
+    key: &str,
+) -> (String, String) {
+    use yaml_rust2::yaml::Hash;
+    use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/sqs2pg.yaml"),
+    )
+    .unwrap();
+    let docs = YamlLoader::load_from_str(&text).unwrap();
+    let s = |v: &str| Yaml::String(v.to_owned());
+    let env_var = |name: &str, value: &str| {
+        let mut h = Hash::new();
+        h.insert(s("name"), s(name));
+        h.insert(s("value"), s(value));
+        Yaml::Hash(h)
+    };
+    let loopback = |url: &str| {
+        url.replace("127.0.0.1", "10.0.2.2")
+            .replace("localhost", "10.0.2.2")
+    };
+    // Each container: the image, and every value the test gives.
+    let adapt = |spec: &mut Yaml| {
+        let Yaml::Hash(spec) = spec else {
+            panic!("a pod spec")
+        };
+        spec.remove(&s("serviceAccountName"));
+        let Some(Yaml::Array(containers)) = spec.get_mut(&s("containers")) else {
+            panic!("containers")
+        };
+        for container in containers {
+            let Yaml::Hash(c) = container else {
+                panic!("a container")
+            };
+            c.insert(s("image"), s(&image()));
+            // podman publishes every containerPort on the host, so the replicas of one
+            // Deployment would collide on it (Kubernetes gives each pod its own address):
+            // the ports go, and the probes name the port by number instead of by name.
+            if let Some(Yaml::Array(ports)) = c.remove(&s("ports")) {
+                let number = ports[0]["containerPort"].clone();
+                for probe in ["livenessProbe", "readinessProbe"] {
+                    if let Some(Yaml::Hash(p)) = c.get_mut(&s(probe)) {
+                        if let Some(Yaml::Hash(get)) = p.get_mut(&s("httpGet")) {
+                            get.insert(s("port"), number.clone());
+                        }
+                    }
+                }
+            }
+            let Some(Yaml::Array(env)) = c.get_mut(&s("env")) else {
+                panic!("env")
+            };
+            for var in env.iter_mut() {
+                let name = var["name"].as_str().unwrap().to_owned();
+                let value = match name.as_str() {
+                    "DATABASE_URL" => loopback(database_url),
+                    "SQS2PG_MASK_KEY" => key.to_owned(),
+                    "SQS2PG_QUEUE_URL" => loopback(queue_url),
+                    _ => continue,
+                };
+                *var = env_var(&name, &value);
+            }
+            for (name, value) in [
+                ("AWS_ENDPOINT_URL", loopback(endpoint)),
+                ("AWS_ACCESS_KEY_ID", "test".into()),
+                ("AWS_SECRET_ACCESS_KEY", "test".into()),
+                ("AWS_REGION", "us-east-1".into()),
+                ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ] {
+                env.push(env_var(name, &value));
+            }
+        }
+    };
+    let emit = |doc: &Yaml| {
+        let mut out = String::new();
+        YamlEmitter::new(&mut out).dump(doc).unwrap();
+        out
+    };
+    let of_kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    // The Job's pod template as a Pod.
+    let job = of_kind("Job");
+    let mut pod_spec = job["spec"]["template"]["spec"].clone();
+    adapt(&mut pod_spec);
+    let mut metadata = Hash::new();
+    metadata.insert(s("name"), s("sqs2pg-setup"));
+    let mut pod = Hash::new();
+    pod.insert(s("apiVersion"), s("v1"));
+    pod.insert(s("kind"), s("Pod"));
+    pod.insert(s("metadata"), Yaml::Hash(metadata));
+    pod.insert(s("spec"), pod_spec);
+    let mut deployment = of_kind("Deployment");
+    if let Yaml::Hash(d) = &mut deployment {
+        let Some(Yaml::Hash(spec)) = d.get_mut(&s("spec")) else {
+            panic!("spec")
+        };
+        let Some(Yaml::Hash(template)) = spec.get_mut(&s("template")) else {
+            panic!("template")
+        };
+        adapt(template.get_mut(&s("spec")).unwrap());
+    }
+    (emit(&Yaml::Hash(pod)), emit(&deployment))
+}
+
+/// The Kubernetes manifest played by podman: the setup Job's pod, then the Deployment's
+/// replicas on 20,000 messages in LocalStack 4.0.3. Stopped with SIGTERM and the manifest's
+/// grace period in the middle, they exit 0 and leave no message held; torn down with no grace
+/// (`podman kube down`) and played again, they load the rest: exactly one row each, each
+/// replica within its memory limit (peak measured by its cgroup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier: needs the image (scripts/container.sh test)"]
+async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
+    use crate::harness::{synthetic_logins, Sqs};
+    use std::time::{Duration, Instant};
+    const MESSAGES: i64 = 20_000;
+    // Bounded waits on a condition, polled every half second.
+    async fn wait(what: &str, limit: Duration, mut ready: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ready().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    let (db, queue) = (TestDb::new().await, TestQueue::on(Sqs::LocalStack4).await);
+    let file = synthetic_logins(MESSAGES as usize);
+    let sent = sqs2pg(
+        &["send", "--file", file.to_str().unwrap()],
+        &[
+            ("SQS2PG_QUEUE_URL", &queue.url),
+            ("AWS_ENDPOINT_URL", &queue.endpoint),
+        ],
+    );
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let _ = std::fs::remove_file(&file);
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let (pod, deployment) = played_manifest(&queue.url, &queue.endpoint, &db.url, &key);
+    let dir = std::env::temp_dir().join(crate::harness::unique("sqs2pg-kube"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pod_file, deployment_file) = (dir.join("setup.yaml"), dir.join("sqs2pg.yaml"));
+    std::fs::write(&pod_file, pod).unwrap();
+    std::fs::write(&deployment_file, deployment).unwrap();
+    let podman = |args: &[&str]| -> Output { Command::new(engine()).args(args).output().unwrap() };
+    let network = "--network=slirp4netns:allow_host_loopback=true";
+    // Whatever happens, the pods go.
+    struct Down(Vec<std::path::PathBuf>);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            for file in &self.0 {
+                let _ = Command::new(engine())
+                    .args(["kube", "down"])
+                    .arg(file)
+                    .output();
+            }
+        }
+    }
+    let _down = Down(vec![pod_file.clone(), deployment_file.clone()]);
+
+    let played = podman(&["kube", "play", network, pod_file.to_str().unwrap()]);
+    assert!(played.status.success(), "{}", stderr(&played));
+    let setup_container = "sqs2pg-setup-setup";
+    wait(
+        "the setup pod to finish",
+        Duration::from_secs(120),
+        async || {
+            let state = podman(&[
+                "inspect",
+                "--format",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                setup_container,
+            ]);
+            String::from_utf8_lossy(&state.stdout).trim() == "exited 0"
+        },
+    )
+    .await;
+
+    let client = db.client().await;
+    let rows = async || -> i64 {
+        client
+            .query_one("SELECT count(*) FROM public.user_logins", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let play = || {
+        let played = podman(&["kube", "play", network, deployment_file.to_str().unwrap()]);
+        assert!(played.status.success(), "{}", stderr(&played));
+    };
+    // `podman kube down` (4.3) stops a pod with no grace at all (SIGKILL at once, where
+    // Kubernetes sends SIGTERM and waits terminationGracePeriodSeconds): so a graceful stop is
+    // `podman stop -t GRACE` of the replicas first, then `kube down` to remove them.
+    let grace =
+        yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(&deployment_file).unwrap())
+            .unwrap()[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap()
+            .to_string();
+    let replica_containers = || -> Vec<String> {
+        let names = podman(&["ps", "-a", "--format", "{{.Names}}"]);
+        String::from_utf8_lossy(&names.stdout)
+            .lines()
+            .filter(|n| n.starts_with("sqs2pg-pod") && !n.ends_with("-infra"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let stop_gracefully = || {
+        // The replicas' containers, not their pods: `pod stop` stops the infra container that
+        // holds the pod's network at the same time, and a replica finishing its shutdown finds
+        // the network gone (Kubernetes keeps it until the containers have exited).
+        let names = replica_containers();
+        let mut stop = vec!["stop", "-t", &grace];
+        stop.extend(names.iter().map(String::as_str));
+        let stopped = podman(&stop);
+        assert!(stopped.status.success(), "{}", stderr(&stopped));
+        for name in names {
+            let exit = podman(&["inspect", "--format", "{{.State.ExitCode}}", &name]);
+            if String::from_utf8_lossy(&exit.stdout).trim() != "0" {
+                let logs = podman(&["logs", "--tail", "15", &name]);
+                panic!(
+                    "{name} exited {}: {}{}",
+                    String::from_utf8_lossy(&exit.stdout).trim(),
+                    String::from_utf8_lossy(&logs.stdout),
+                    stderr(&logs)
+                );
+            }
+        }
+    };
+    let down = || {
+        let down = podman(&["kube", "down", deployment_file.to_str().unwrap()]);
+        assert!(down.status.success(), "{}", stderr(&down));
+    };
+    let nothing_held = async |when: &str| {
+        let loaded = rows().await;
+        let (visible, in_flight) = queue.queue.approximate_depth().await.unwrap();
+        assert_eq!(
+            in_flight, 0,
+            "held {when} ({loaded} rows, {visible} visible)"
+        );
+        assert_eq!(
+            visible as i64 + loaded,
+            MESSAGES,
+            "{when}: {loaded} rows, {visible} visible"
+        );
+        loaded
+    };
+
+    // Stopped (SIGTERM to every replica) in the middle of the work: each commits what it has,
+    // deletes it and releases the rest, exits 0, and nothing stays held.
+    play();
+    wait("5,000 rows", Duration::from_secs(600), async || {
+        rows().await >= 5_000
+    })
+    .await;
+    stop_gracefully();
+    let loaded = nothing_held("after SIGTERM").await;
+    assert!(
+        loaded < MESSAGES,
+        "stopped after the work was done: nothing shown"
+    );
+    down();
+
+    // Torn down with no grace (what `kube down` does here), then played again: the messages
+    // the killed replicas held come back after their visibility timeout, and load once.
+    play();
+    wait("10,000 rows", Duration::from_secs(600), async || {
+        rows().await >= 10_000
+    })
+    .await;
+    down();
+    play();
+    wait("20,000 rows", Duration::from_secs(600), async || {
+        rows().await >= MESSAGES
+    })
+    .await;
+    // Each replica's peak memory, from its cgroup, against the manifest's limit.
+    let names = podman(&["ps", "--format", "{{.Names}}"]);
+    let names: Vec<String> = String::from_utf8_lossy(&names.stdout)
+        .lines()
+        .filter(|n| n.starts_with("sqs2pg-pod") && !n.ends_with("-infra"))
+        .map(str::to_owned)
+        .collect();
+    // The replicas the manifest asks for, each within its memory limit: the peak of its
+    // cgroup's memory (cgroup v1 here; v2 names the file memory.peak).
+    let deployment_doc =
+        &yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(&deployment_file).unwrap())
+            .unwrap()[0];
+    let replicas = deployment_doc["spec"]["replicas"].as_i64().unwrap();
+    assert_eq!(names.len() as i64, replicas, "{names:?}");
+    let limit = deployment_doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        ["memory"]
+        .as_str()
+        .unwrap()
+        .strip_suffix("Mi")
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    for name in &names {
+        let path = podman(&["inspect", "--format", "{{.State.CgroupPath}}", name]);
+        let path = String::from_utf8_lossy(&path.stdout).trim().to_owned();
+        let peak = [
+            "memory/{}/memory.max_usage_in_bytes",
+            "unified/{}/memory.peak",
+            "{}/memory.peak",
+        ]
+        .iter()
+        .find_map(|f| {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/{}",
+                f.replace("{}", path.trim_start_matches('/'))
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| panic!("no memory peak for {name} in cgroup {path:?}"));
+        let peak_mib = peak.trim().parse::<u64>().unwrap() / (1024 * 1024);
+        eprintln!("{name}: peak memory {peak_mib} MiB (limit {limit} MiB)");
+        assert!(peak_mib < limit, "{name}: {peak_mib} MiB");
+    }
+
+    stop_gracefully();
+    nothing_held("at the end").await;
+    down();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(rows().await, MESSAGES);
+    // One ledger entry per message: exactly one row each, none twice.
+    let ledgered: i64 = client
+        .query_one("SELECT count(DISTINCT message_id) FROM sqs2pg.ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ledgered, MESSAGES);
+    assert_eq!(queue.queue.approximate_depth().await.unwrap(), (0, 0));
+}
