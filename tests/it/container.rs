@@ -117,17 +117,60 @@ async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing(
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     crate::harness::setup(&db).await;
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    // The Deployment's container: where it serves metrics and what its probes ask.
+    let manifest = yaml_rust2::YamlLoader::load_from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/sqs2pg.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let deployment = manifest
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let metrics_addr = container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("SQS2PG_METRICS_ADDR"))
+        .and_then(|e| e["value"].as_str())
+        .unwrap()
+        .to_owned();
+    let container_port = container["ports"][0]["containerPort"].as_i64().unwrap();
+    let (liveness, readiness) = (
+        container["livenessProbe"]["httpGet"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        container["readinessProbe"]["httpGet"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    // A network of its own, as a pod has (the host's loopback at 10.0.2.2), with the
+    // container's port published on a free one here.
     let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    let loopback = |url: &str| url.replace("127.0.0.1", "10.0.2.2");
+    let (database_url, queue_url) = (loopback(&db.url), loopback(&queue.url));
     let name = crate::harness::unique("sqs2pg-run");
     let mut c = Command::new(engine());
-    c.args(["run", "-d", "--network=host", "--name", &name]);
+    c.args([
+        "run",
+        "-d",
+        "--network=slirp4netns:allow_host_loopback=true",
+        "--name",
+        &name,
+    ]);
+    c.arg("-p")
+        .arg(format!("127.0.0.1:{port}:{container_port}"));
     for (var, value) in [
-        ("DATABASE_URL", db.url.as_str()),
-        ("SQS2PG_QUEUE_URL", &queue.url),
+        ("DATABASE_URL", database_url.as_str()),
+        ("SQS2PG_QUEUE_URL", &queue_url),
         ("SQS2PG_MASK_KEY", &key),
         ("SQS2PG_WAIT_TIME_SECS", "1"),
-        ("SQS2PG_METRICS_ADDR", &addr),
+        ("SQS2PG_METRICS_ADDR", &metrics_addr),
         ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "25"),
         ("SQS2PG_LOG_FORMAT", "json"),
         ("AWS_ACCESS_KEY_ID", "test"),
@@ -148,11 +191,13 @@ async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing(
     }
     let _remove = Remove(name.clone());
 
-    wait_until("/readyz answers 200", Duration::from_secs(60), || {
-        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    })
+    wait_until(
+        "the readiness probe answers 200",
+        Duration::from_secs(60),
+        || http_get(port, &readiness).is_some_and(|(status, _)| status == 200),
+    )
     .await;
-    assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(http_get(port, &liveness).map(|(s, _)| s), Some(200));
 
     queue.send(&crate::harness::sample_bodies()).await;
     wait_until("99 rows and 1 rejection", Duration::from_secs(120), || {
