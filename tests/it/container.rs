@@ -396,7 +396,8 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
     let podman = |args: &[&str]| -> Output { Command::new(engine()).args(args).output().unwrap() };
     let network = "--network=slirp4netns:allow_host_loopback=true";
     // Whatever happens, the pods go.
-    struct Down(Vec<std::path::PathBuf>);
+    // (The files stay until then: `kube down` reads the pods' names from them.)
+    struct Down(Vec<std::path::PathBuf>, std::path::PathBuf);
     impl Drop for Down {
         fn drop(&mut self) {
             for file in &self.0 {
@@ -405,9 +406,14 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
                     .arg(file)
                     .output();
             }
+            let _ = std::fs::remove_dir_all(&self.1);
         }
     }
-    let _down = Down(vec![pod_file.clone(), deployment_file.clone()]);
+    let _down = Down(vec![pod_file.clone(), deployment_file.clone()], dir.clone());
+    // Pods of these names left by an earlier run that was killed go first.
+    for file in [&pod_file, &deployment_file] {
+        let _ = podman(&["kube", "down", file.to_str().unwrap()]);
+    }
 
     let played = podman(&["kube", "play", network, pod_file.to_str().unwrap()]);
     assert!(played.status.success(), "{}", stderr(&played));
@@ -426,6 +432,9 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
         },
     )
     .await;
+    // Done, as a completed Job is; removed.
+    let removed = podman(&["kube", "down", pod_file.to_str().unwrap()]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
 
     let client = db.client().await;
     let rows = async || -> i64 {
@@ -572,7 +581,6 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
     stop_gracefully();
     nothing_held("at the end").await;
     down();
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(rows().await, MESSAGES);
     // One ledger entry per message: exactly one row each, none twice.
     let ledgered: i64 = client
