@@ -10,6 +10,21 @@ use std::process::{Command, Output};
 
 use crate::harness::{assert_no_personal_data, sqs2pg, stderr, TestDb, TestQueue};
 
+/// The AWS settings every test container gets (the test servers take any credentials).
+const TEST_AWS: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+/// A URL of a server on this machine's loopback as a container with a network of its own
+/// (slirp4netns, `allow_host_loopback`) reaches it: at 10.0.2.2.
+fn from_pod(url: &str) -> String {
+    url.replace("127.0.0.1", "10.0.2.2")
+        .replace("localhost", "10.0.2.2")
+}
+
 fn engine() -> String {
     std::env::var("SQS2PG_CONTAINER_ENGINE").unwrap_or_else(|_| "podman".into())
 }
@@ -58,16 +73,13 @@ async fn the_image_sets_up_and_drains_the_sample_as_a_user_of_its_own() {
 
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let env: Vec<(&str, &str)> = vec![
+    let mut env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),
         ("SQS2PG_MASK_KEY", &key),
         ("SQS2PG_WAIT_TIME_SECS", "1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
+    env.extend(TEST_AWS);
     // The messages go in with the binary under test; the image does the rest.
     let send = sqs2pg(&["send", "--file", crate::harness::SAMPLE], &env);
     assert!(send.status.success(), "{}", stderr(&send));
@@ -152,8 +164,7 @@ async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing(
     // A network of its own, as a pod has (the host's loopback at 10.0.2.2), with the
     // container's port published on a free one here.
     let port = free_port();
-    let loopback = |url: &str| url.replace("127.0.0.1", "10.0.2.2");
-    let (database_url, queue_url) = (loopback(&db.url), loopback(&queue.url));
+    let (database_url, queue_url) = (from_pod(&db.url), from_pod(&queue.url));
     let name = crate::harness::unique("sqs2pg-run");
     let mut c = Command::new(engine());
     c.args([
@@ -173,11 +184,10 @@ async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing(
         ("SQS2PG_METRICS_ADDR", &metrics_addr),
         ("SQS2PG_SHUTDOWN_TIMEOUT_SECS", "25"),
         ("SQS2PG_LOG_FORMAT", "json"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
+    ]
+    .into_iter()
+    .chain(TEST_AWS)
+    {
         c.arg("-e").arg(format!("{var}={value}"));
     }
     let started = c.arg(image()).arg("run").output().unwrap();
@@ -265,10 +275,6 @@ fn played_manifest(
         h.insert(s("value"), s(value));
         Yaml::Hash(h)
     };
-    let loopback = |url: &str| {
-        url.replace("127.0.0.1", "10.0.2.2")
-            .replace("localhost", "10.0.2.2")
-    };
     // Each container: the image, and every value the test gives.
     let adapt = |spec: &mut Yaml| {
         let Yaml::Hash(spec) = spec else {
@@ -302,21 +308,16 @@ fn played_manifest(
             for var in env.iter_mut() {
                 let name = var["name"].as_str().unwrap().to_owned();
                 let value = match name.as_str() {
-                    "DATABASE_URL" => loopback(database_url),
+                    "DATABASE_URL" => from_pod(database_url),
                     "SQS2PG_MASK_KEY" => key.to_owned(),
-                    "SQS2PG_QUEUE_URL" => loopback(queue_url),
+                    "SQS2PG_QUEUE_URL" => from_pod(queue_url),
                     _ => continue,
                 };
                 *var = env_var(&name, &value);
             }
-            for (name, value) in [
-                ("AWS_ENDPOINT_URL", loopback(endpoint)),
-                ("AWS_ACCESS_KEY_ID", "test".into()),
-                ("AWS_SECRET_ACCESS_KEY", "test".into()),
-                ("AWS_REGION", "us-east-1".into()),
-                ("AWS_EC2_METADATA_DISABLED", "true".into()),
-            ] {
-                env.push(env_var(name, &value));
+            env.push(env_var("AWS_ENDPOINT_URL", &from_pod(endpoint)));
+            for (name, value) in TEST_AWS {
+                env.push(env_var(name, value));
             }
         }
     };
