@@ -8,10 +8,9 @@
 //!
 //! - `append` (the default): every row is inserted;
 //! - `ignore`: the first row for a key stays, a later one is counted as `duplicate_key`;
-//! - `upsert`: the last row processed for a key replaces it whole; a row identical to one
-//!   already applied for the key since its last delete, within the ledger's retention (a
-//!   producer's resend, a dead-letter redrive) is counted as `duplicate_key` and changes
-//!   nothing (deletes are always applied, and forget the key's states);
+//! - `upsert`: the last row processed for a key replaces it whole; a row identical to the
+//!   key's current row (a producer's resend, a dead-letter redrive) is counted as
+//!   `duplicate_key` and changes nothing (deletes are always applied);
 //! - `latest`: the row with the greatest `version` wins, equal versions broken by
 //!   SentTimestamp, then message id; a loser is counted as `stale`.
 //!
@@ -116,15 +115,17 @@ impl RawWrite {
         }
         if mode != Mode::Append {
             // The staging table's and the resolving statement's own columns.
-            const INTERNAL: [&str; 8] = [
+            const INTERNAL: [&str; 10] = [
                 "_deleted",
                 "_sent_ms",
                 "_message_id",
                 "_ord",
-                "_keep",
                 "_k",
                 "_v",
                 "_digest",
+                "_prev",
+                "_first",
+                "_last",
             ];
             if let Some(c) = columns.iter().find(|c| INTERNAL.contains(&c.name.as_str())) {
                 return Err(format!(

@@ -13,12 +13,14 @@
 //!   and a tombstone for a delete: an older update that arrives later is `stale`. Its entries
 //!   are locked in key order before any row of the table, so replicas writing the same keys
 //!   wait for each other instead of deadlocking.
-//! - `upsert` records a digest of each row applied in `sqs2pg.applied_rows`: a resend (a
-//!   producer's retry, a dead-letter redrive under a new message id) is a `duplicate_key`. A
-//!   delete always applies (deletes carry only their key, so two look alike) and forgets the
-//!   key's digests, so a state sent again after a delete is new. Rows are written in key
-//!   order; a deadlock PostgreSQL still finds between replicas (an insert and a delete of two
-//!   keys crossing) is retried as a whole load.
+//! - `upsert` keeps in `sqs2pg.row_versions` a 64-bit digest of each key's current row (its
+//!   values): a row equal to the one before it for its key (a producer's retry, a dead-letter
+//!   redrive under a new message id) changes nothing and is a `duplicate_key`; any other row
+//!   replaces the key's row, so the last processed wins (A, B, then A again ends with A). A
+//!   delete always applies and leaves a tombstone (no digest), so a state sent again after it
+//!   is new. Entries are locked in key order before any row of the table, as for `latest`; a
+//!   deadlock PostgreSQL still finds between replicas (an insert and a delete of two keys
+//!   crossing) is retried as a whole load.
 //!
 //! Each resolving statement answers (rows that won, rows written, staged deletes); the loader
 //! runs the deleting statement only when there are staged deletes, and counts the
@@ -97,7 +99,7 @@ impl KeyedSql {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        // The key as one text (row_versions' and applied_rows' `key`): one column's text, or a
+        // The key as one text (row_versions' `key`): one column's text, or a
         // JSON array of several (unambiguous); numerics without trailing zeros (1.0 = 1.00).
         // The loader's sessions run in UTC, so a timestamp's text does not move.
         let key_text = |alias: &str| {
@@ -141,42 +143,72 @@ impl KeyedSql {
             ),
             WriteMode::Upsert => {
                 // A 64-bit hash of the row's values (each type's own hash: no text output per
-                // value, a third cheaper than an MD5 of the row's text), compared only among
-                // one key's digests. PostgreSQL 14 or later.
+                // value, a third cheaper than an MD5 of the row's text), NULL for a delete.
+                // PostgreSQL 14 or later.
                 let digest = format!(
-                    "int8send(hash_record_extended(ROW({}, st._deleted), 0))",
+                    "CASE WHEN st._deleted THEN NULL \
+                          ELSE int8send(hash_record_extended(ROW({}), 0)) END",
                     qualified("st")
                 );
                 (
+                    // The key's last row received is what the table ends with: `won` writes
+                    // its digest into row_versions unless the entry holds it already (a
+                    // delete always), deciding on the entry as committed, after waiting for
+                    // any other loader writing the key; only the keys it returns are
+                    // written. Counts: when every key came once (the common batch), the keys
+                    // `won` returned; otherwise (and only then is `l` computed) a key that
+                    // came once counts by `won`, and each row of a key that came more often
+                    // by the row before it (`_prev`: the one received before it in the
+                    // batch, or for the first the key's entry as the statement found it).
                     format!(
                         "WITH d AS (SELECT st.*, {digest} AS _digest, {kt} AS _k FROM {stage} st),
-                              fresh AS (INSERT INTO sqs2pg.applied_rows (target, key, digest)
-                                        SELECT DISTINCT ON (_k, _digest) $1::text, _k, _digest \
-                                          FROM d WHERE NOT _deleted ORDER BY _k, _digest
-                                        ON CONFLICT (target, key, digest) DO NOTHING \
-                                        RETURNING key, digest),
-                              keep AS (SELECT * FROM d WHERE _deleted \
-                                          OR (_k, _digest) IN (SELECT key, digest FROM fresh)),
-                              s AS (SELECT DISTINCT ON ({key_list}) * FROM keep \
-                                    ORDER BY {key_list}, _ord DESC),
-                              ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM s \
-                                      WHERE NOT s._deleted ORDER BY {key_list} {on_conflict_update} \
-                                      RETURNING 1)
-                         SELECT (SELECT count(*) FROM keep), (SELECT count(*) FROM ins), \
+                              s AS (SELECT DISTINCT ON (_k) * FROM d ORDER BY _k, _ord DESC),
+                              won AS (INSERT INTO sqs2pg.row_versions AS r \
+                                          (target, key, sent_ms, message_id, digest, deleted_at)
+                                      SELECT $1::text, _k, _sent_ms, _message_id, _digest, \
+                                             CASE WHEN _deleted THEN now() END FROM s ORDER BY _k
+                                      ON CONFLICT (target, key) DO UPDATE \
+                                         SET version = NULL, sent_ms = EXCLUDED.sent_ms, \
+                                             message_id = EXCLUDED.message_id, \
+                                             digest = EXCLUDED.digest, \
+                                             deleted_at = EXCLUDED.deleted_at
+                                       WHERE EXCLUDED.digest IS NULL \
+                                          OR r.digest IS DISTINCT FROM EXCLUDED.digest
+                                      RETURNING key),
+                              w AS (SELECT s.* FROM s JOIN won ON won.key = s._k),
+                              ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM w \
+                                      WHERE NOT w._deleted ORDER BY {key_list} {on_conflict_update} \
+                                      RETURNING 1),
+                              l AS (SELECT d.*, lag(_digest) OVER o AS _prev, \
+                                           lag(_ord) OVER o IS NULL AS _first, \
+                                           lead(_ord) OVER o IS NULL AS _last \
+                                      FROM d WINDOW o AS (PARTITION BY _k ORDER BY _ord))
+                         SELECT CASE WHEN (SELECT count(*) FROM d) = (SELECT count(*) FROM s) \
+                                     THEN (SELECT count(*) FROM w) \
+                                     ELSE (SELECT count(*) FROM l JOIN won ON won.key = l._k \
+                                            WHERE l._first AND l._last) \
+                                        + (SELECT count(*) FROM l \
+                                            WHERE NOT (l._first AND l._last) \
+                                              AND (l._deleted OR l._digest IS DISTINCT FROM \
+                                                   CASE WHEN NOT l._first THEN l._prev \
+                                                        ELSE (SELECT r.digest \
+                                                                FROM sqs2pg.row_versions r \
+                                                               WHERE r.target = $1::text \
+                                                                 AND r.key = l._k) END)) \
+                                END, \
+                                (SELECT count(*) FROM ins), \
                                 (SELECT array_agg(_ord) FROM s WHERE _deleted)",
                         kt = key_text("st"),
                     ),
-                    // The keys whose last kept row deletes ($2, their staged rows): the row
-                    // goes, and so do the digests of the key's rows, so the same state sent
-                    // again later is a new state.
+                    // The keys whose last row deletes ($2, their staged rows): the row goes
+                    // (row_versions already holds the key's tombstone, so the same state sent
+                    // again later is new).
                     Some(format!(
-                        "WITH s AS (SELECT {sk}, {kt} AS _k FROM {stage} st \
-                                     JOIN unnest($2::int8[]) AS o(ord) ON st._ord = o.ord),
-                              forget AS (DELETE FROM sqs2pg.applied_rows a USING s \
-                                          WHERE a.target = $1::text AND a.key = s._k)
-                         DELETE FROM {target} t USING s WHERE {del_on}",
+                        "DELETE FROM {target} t \
+                          USING (SELECT {sk} FROM {stage} st \
+                                  JOIN unnest($2::int8[]) AS o(ord) ON st._ord = o.ord) s \
+                         WHERE {del_on} AND $1::text IS NOT NULL",
                         sk = qualified_keys("st"),
-                        kt = key_text("st"),
                         del_on = same_key("t", "s"),
                     )),
                 )
@@ -207,7 +239,8 @@ impl KeyedSql {
                                          SET version = EXCLUDED.version, sent_ms = EXCLUDED.sent_ms, \
                                              message_id = EXCLUDED.message_id, \
                                              deleted_at = EXCLUDED.deleted_at
-                                       WHERE (r.version, r.deleted_at IS NOT NULL, r.sent_ms, \
+                                       WHERE r.version IS NULL \
+                                          OR (r.version, r.deleted_at IS NOT NULL, r.sent_ms, \
                                               r.message_id) \
                                            < (EXCLUDED.version, EXCLUDED.deleted_at IS NOT NULL, \
                                               EXCLUDED.sent_ms, EXCLUDED.message_id)

@@ -1,6 +1,6 @@
 //! Ledger retention: pruning `sqs2pg.ledger` (and the retired `sqs2pg.processed_messages`, the
-//! attempts at suspects, the tombstones of `latest` tables and the digests of rows applied by
-//! `upsert`) so they do not grow without bound.
+//! attempts at suspects and the tombstones of `latest` and `upsert` tables) so they do not grow
+//! without bound.
 //!
 //! Why a horizon is safe: the ledger only has to recognise a message while SQS can still
 //! deliver it. SQS keeps a message at most 14 days from when it was sent
@@ -39,11 +39,10 @@ pub async fn prune(
     };
     let tombstones =
         unless_denied(delete_in_batches(client, PRUNE_TOMBSTONES, horizon, batch).await);
-    let applied = unless_denied(delete_in_batches(client, PRUNE_APPLIED, horizon, batch).await);
-    Ok(current? + retired? + attempts? + tombstones? + applied?)
+    Ok(current? + retired? + attempts? + tombstones?)
 }
 
-/// Tombstones of keyed tables (write mode latest) past the horizon: a message older than the
+/// Tombstones of keyed tables (write modes latest and upsert) past the horizon: a message older than the
 /// delete can no longer be delivered (live entries stay).
 /// (The horizon is checked again on the row deleted: a key brought back by a newer update
 /// while the prune waited is live, not a tombstone.)
@@ -52,13 +51,6 @@ const PRUNE_TOMBSTONES: &str = "DELETE FROM sqs2pg.row_versions
     AND (target, key) IN (
         SELECT target, key FROM sqs2pg.row_versions
          WHERE deleted_at < now() - make_interval(secs => $1)
-         LIMIT $2)";
-
-/// Digests of rows applied by upsert, past the horizon.
-const PRUNE_APPLIED: &str = "DELETE FROM sqs2pg.applied_rows
-  WHERE (target, key, digest) IN (
-        SELECT target, key, digest FROM sqs2pg.applied_rows
-         WHERE applied_at < now() - make_interval(secs => $1)
          LIMIT $2)";
 
 /// The attempts at suspects ([`super::attempts`]): by their last attempt, past the same

@@ -57,7 +57,7 @@ pub struct LoadReport {
     /// Messages skipped because the ledger already held their id.
     pub duplicates: u64,
     /// Rows of keyed tables that changed nothing: a key already held, or a later row of the
-    /// same key in the batch (`ignore`); a row already applied (`upsert`).
+    /// same key in the batch (`ignore`); a row equal to the key's row before it (`upsert`).
     pub duplicate_keys: u64,
     /// Rows of `latest` tables that lost to a greater version (or a tombstone).
     pub stale: u64,
@@ -215,7 +215,7 @@ const RETIRED_LEDGER_RECHECK: Duration = Duration::from_secs(600);
 /// resolved by key.
 #[derive(Debug, Clone)]
 struct TargetSql {
-    /// The table, as `row_versions` and `applied_rows` name it.
+    /// The table, as `row_versions` names it.
     name: String,
     /// `COPY` into the table (append) or into its staging table (keyed).
     copy: String,

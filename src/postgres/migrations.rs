@@ -279,6 +279,22 @@ CREATE INDEX applied_rows_applied_at ON sqs2pg.applied_rows USING brin (applied_
 ALTER TABLE sqs2pg.row_versions SET (fillfactor = 50);
 "#,
     ),
+    (
+        14,
+        "upsert keeps each key's current digest in row versions",
+        r#"
+-- Under write mode upsert a row is a resend when it equals the key's current row, so one
+-- digest per key is enough, kept beside latest's versions (the same HOT-updated entry per
+-- key instead of an insert per row applied). A delete leaves a tombstone without a digest.
+-- The digests applied_rows held go with it: the first resend of a key's current state after
+-- the upgrade is written again (with the same values) and counted as applied.
+ALTER TABLE sqs2pg.row_versions ALTER COLUMN version DROP NOT NULL,
+    ADD COLUMN digest bytea;
+DROP TABLE sqs2pg.applied_rows;
+COMMENT ON TABLE sqs2pg.row_versions IS
+    'Per keyed table and key: under write mode latest the winning version (version as a number, then SentTimestamp, then message id), under upsert a 64-bit digest of the current row (NULL version); deleted_at marks a tombstone, pruned past the ledger retention.';
+"#,
+    ),
 ];
 
 /// The schema version this build expects.

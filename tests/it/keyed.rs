@@ -5,7 +5,7 @@
 //! `duplicate_key` and `stale` counts a model computes; and a table without a unique index on
 //! the key is refused with the SQL that fixes it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -83,8 +83,8 @@ struct Model {
     rows: BTreeMap<i32, (i64, u8)>,
     /// latest: key -> (version, deletes, sent_ms, message id), live or tombstone.
     versions: BTreeMap<i32, (i64, bool, i64, String)>,
-    /// upsert: the contents applied.
-    applied: HashSet<(i32, i64, u8)>,
+    /// upsert: each key's current state (None after a delete).
+    current: BTreeMap<i32, Option<(i64, u8)>>,
     duplicate_keys: u64,
     stale: u64,
 }
@@ -104,29 +104,20 @@ impl Model {
                 }
             }
             "upsert" => {
-                let before = self.applied.clone();
-                let mut last: BTreeMap<i32, &Op> = BTreeMap::new();
+                // Row by row in the order received: a row equal to its key's current state
+                // is a resend; the key's last row is what the table ends with.
                 for op in batch {
-                    if let Some(p) = op.payload {
-                        if before.contains(&(op.key, op.version, p)) {
-                            self.duplicate_keys += 1;
-                            continue;
-                        }
-                        self.applied.insert((op.key, op.version, p));
+                    let state = op.payload.map(|p| (op.version, p));
+                    let current = self.current.entry(op.key).or_default();
+                    if state.is_some() && *current == state {
+                        self.duplicate_keys += 1;
+                        continue;
                     }
-                    last.insert(op.key, op);
-                }
-                for (key, op) in last {
-                    match op.payload {
-                        Some(p) => {
-                            self.rows.insert(key, (op.version, p));
-                        }
-                        None => {
-                            // A delete forgets the key's states: sent again, they are new.
-                            self.rows.remove(&key);
-                            self.applied.retain(|(k, _, _)| *k != key);
-                        }
-                    }
+                    *current = state;
+                    match state {
+                        Some(row) => self.rows.insert(op.key, row),
+                        None => self.rows.remove(&op.key),
+                    };
                 }
             }
             _ => {
