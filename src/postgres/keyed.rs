@@ -13,14 +13,14 @@
 //!   and a tombstone for a delete: an older update that arrives later is `stale`. Its entries
 //!   are locked in key order before any row of the table, so replicas writing the same keys
 //!   wait for each other instead of deadlocking.
-//! - `upsert` keeps in `sqs2pg.row_versions` a 64-bit digest of each key's current row (its
-//!   values): a row equal to the one before it for its key (a producer's retry, a dead-letter
-//!   redrive under a new message id) changes nothing and is a `duplicate_key`; any other row
-//!   replaces the key's row, so the last processed wins (A, B, then A again ends with A). A
-//!   delete always applies and leaves a tombstone (no digest), so a state sent again after it
-//!   is new. Entries are locked in key order before any row of the table, as for `latest`; a
-//!   deadlock PostgreSQL still finds between replicas (an insert and a delete of two keys
-//!   crossing) is retried as a whole load.
+//! - `upsert` writes the last row received per key unless the key's row in the table holds the
+//!   same values already (`ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM`): a row equal
+//!   to the one before it for its key (a producer's retry, a dead-letter redrive under a new
+//!   message id) changes nothing and is a `duplicate_key`; any other row replaces the key's
+//!   row, so the last processed wins (A, B, then A again ends with A). No bookkeeping: the
+//!   table is the state. A delete always applies; a state sent again after it is inserted
+//!   again. Rows are written in key order; a deadlock PostgreSQL still finds between replicas
+//!   (an insert and a delete of two keys crossing) is retried as a whole load.
 //!
 //! Each resolving statement answers (rows that won, rows written, staged deletes); the loader
 //! runs the deleting statement only when there are staged deletes, and counts the
@@ -142,67 +142,74 @@ impl KeyedSql {
                 None,
             ),
             WriteMode::Upsert => {
-                // A 64-bit hash of the row's values (each type's own hash: no text output per
-                // value, a third cheaper than an MD5 of the row's text), NULL for a delete.
-                // PostgreSQL 14 or later.
-                let digest = format!(
-                    "CASE WHEN st._deleted THEN NULL \
-                          ELSE int8send(hash_record_extended(ROW({}), 0)) END",
-                    qualified("st")
-                );
-                (
-                    // The key's last row received is what the table ends with: `won` writes
-                    // its digest into row_versions unless the entry holds it already (a
-                    // delete always), deciding on the entry as committed, after waiting for
-                    // any other loader writing the key; only the keys it returns are
-                    // written. Counts: when every key came once (the common batch), the keys
-                    // `won` returned; otherwise (and only then is `l` computed) a key that
-                    // came once counts by `won`, and each row of a key that came more often
-                    // by the row before it (`_prev`: the one received before it in the
-                    // batch, or for the first the key's entry as the statement found it).
+                // A 64-bit hash of a row's values (each type's own hash: no text output per
+                // value), NULL for a delete: how rows of one key in one batch are compared
+                // (PostgreSQL 14 or later).
+                let digest = |alias: &str| {
                     format!(
-                        "WITH d AS (SELECT st.*, {digest} AS _digest, {kt} AS _k FROM {stage} st),
-                              s AS (SELECT DISTINCT ON (_k) * FROM d ORDER BY _k, _ord DESC),
-                              won AS (INSERT INTO sqs2pg.row_versions AS r \
-                                          (target, key, sent_ms, message_id, digest, deleted_at)
-                                      SELECT $1::text, _k, _sent_ms, _message_id, _digest, \
-                                             CASE WHEN _deleted THEN now() END FROM s ORDER BY _k
-                                      ON CONFLICT (target, key) DO UPDATE \
-                                         SET version = NULL, sent_ms = EXCLUDED.sent_ms, \
-                                             message_id = EXCLUDED.message_id, \
-                                             digest = EXCLUDED.digest, \
-                                             deleted_at = EXCLUDED.deleted_at
-                                       WHERE EXCLUDED.digest IS NULL \
-                                          OR r.digest IS DISTINCT FROM EXCLUDED.digest
-                                      RETURNING key),
-                              w AS (SELECT s.* FROM s JOIN won ON won.key = s._k),
-                              ins AS (INSERT INTO {target} ({col_list}) SELECT {col_list} FROM w \
-                                      WHERE NOT w._deleted ORDER BY {key_list} {on_conflict_update} \
-                                      RETURNING 1),
+                        "int8send(hash_record_extended(ROW({}), 0))",
+                        qualified(alias)
+                    )
+                };
+                let changed = format!(
+                    "({}) IS DISTINCT FROM ({})",
+                    qualified("t"),
+                    qualified("EXCLUDED")
+                );
+                let on_conflict_changed = if set_all.is_empty() {
+                    on_conflict_update.clone()
+                } else {
+                    format!("{on_conflict_update} WHERE {changed}")
+                };
+                (
+                    // The key's last row received is what the table ends with: inserted, or
+                    // replacing the key's row unless that row holds the same values already
+                    // (decided on the row as committed, after waiting for any other loader
+                    // writing the key). Counts: when every key came once (the common batch),
+                    // the rows written and the deletes; otherwise (and only then is `l`
+                    // computed) a key that came once counts by whether it was written, and each
+                    // row of a key that came more often by the row before it (`_prev`: the one
+                    // received before it in the batch, or for the first the key's row in the
+                    // table as the statement found it).
+                    format!(
+                        "WITH d AS (SELECT st.*, CASE WHEN st._deleted THEN NULL ELSE {dst} END \
+                                           AS _digest FROM {stage} st),
+                              s AS (SELECT DISTINCT ON ({key_list}) * FROM d \
+                                    ORDER BY {key_list}, _ord DESC),
+                              ins AS (INSERT INTO {target} AS t ({col_list}) \
+                                      SELECT {col_list} FROM s WHERE NOT s._deleted \
+                                      ORDER BY {key_list} {on_conflict_changed} \
+                                      RETURNING {key_list}),
                               l AS (SELECT d.*, lag(_digest) OVER o AS _prev, \
                                            lag(_ord) OVER o IS NULL AS _first, \
                                            lead(_ord) OVER o IS NULL AS _last \
-                                      FROM d WINDOW o AS (PARTITION BY _k ORDER BY _ord))
+                                      FROM d WINDOW o AS (PARTITION BY {key_list} ORDER BY _ord))
                          SELECT CASE WHEN (SELECT count(*) FROM d) = (SELECT count(*) FROM s) \
-                                     THEN (SELECT count(*) FROM w) \
-                                     ELSE (SELECT count(*) FROM l JOIN won ON won.key = l._k \
-                                            WHERE l._first AND l._last) \
-                                        + (SELECT count(*) FROM l \
+                                     THEN (SELECT count(*) FROM ins) \
+                                          + (SELECT count(*) FROM s WHERE _deleted) \
+                                     ELSE (SELECT count(*) FROM l \
+                                            WHERE l._first AND l._last \
+                                              AND (l._deleted OR EXISTS \
+                                                   (SELECT 1 FROM ins WHERE {l_ins}))) \
+                                        + (SELECT count(*) FROM l LEFT JOIN {target} cur \
+                                                  ON {l_cur} AND l._first \
                                             WHERE NOT (l._first AND l._last) \
                                               AND (l._deleted OR l._digest IS DISTINCT FROM \
-                                                   CASE WHEN NOT l._first THEN l._prev \
-                                                        ELSE (SELECT r.digest \
-                                                                FROM sqs2pg.row_versions r \
-                                                               WHERE r.target = $1::text \
-                                                                 AND r.key = l._k) END)) \
+                                                   CASE WHEN l._first \
+                                                        AND cur.{first_key} IS NOT NULL \
+                                                        THEN {dcur} ELSE l._prev END)) \
                                 END, \
                                 (SELECT count(*) FROM ins), \
-                                (SELECT array_agg(_ord) FROM s WHERE _deleted)",
-                        kt = key_text("st"),
+                                (SELECT array_agg(_ord) FROM s WHERE _deleted) \
+                          WHERE $1::text IS NOT NULL",
+                        dst = digest("st"),
+                        dcur = digest("cur"),
+                        l_ins = same_key("ins", "l"),
+                        l_cur = same_key("cur", "l"),
+                        first_key = keys[0],
                     ),
                     // The keys whose last row deletes ($2, their staged rows): the row goes
-                    // (row_versions already holds the key's tombstone, so the same state sent
-                    // again later is new).
+                    // (a state sent again later is inserted again).
                     Some(format!(
                         "DELETE FROM {target} t \
                           USING (SELECT {sk} FROM {stage} st \
@@ -239,8 +246,7 @@ impl KeyedSql {
                                          SET version = EXCLUDED.version, sent_ms = EXCLUDED.sent_ms, \
                                              message_id = EXCLUDED.message_id, \
                                              deleted_at = EXCLUDED.deleted_at
-                                       WHERE r.version IS NULL \
-                                          OR (r.version, r.deleted_at IS NOT NULL, r.sent_ms, \
+                                       WHERE (r.version, r.deleted_at IS NOT NULL, r.sent_ms, \
                                               r.message_id) \
                                            < (EXCLUDED.version, EXCLUDED.deleted_at IS NOT NULL, \
                                               EXCLUDED.sent_ms, EXCLUDED.message_id)

@@ -1,6 +1,6 @@
 //! Ledger retention: pruning `sqs2pg.ledger` (and the retired `sqs2pg.processed_messages`, the
-//! attempts at suspects and the tombstones of `latest` and `upsert` tables) so they do not grow
-//! without bound.
+//! attempts at suspects and the tombstones of `latest` tables) so they do not grow without
+//! bound.
 //!
 //! Why a horizon is safe: the ledger only has to recognise a message while SQS can still
 //! deliver it. SQS keeps a message at most 14 days from when it was sent
@@ -42,7 +42,7 @@ pub async fn prune(
     Ok(current? + retired? + attempts? + tombstones?)
 }
 
-/// Tombstones of keyed tables (write modes latest and upsert) past the horizon: a message older than the
+/// Tombstones of keyed tables (write mode latest) past the horizon: a message older than the
 /// delete can no longer be delivered (live entries stay).
 /// (The horizon is checked again on the row deleted: a key brought back by a newer update
 /// while the prune waited is live, not a tombstone.)

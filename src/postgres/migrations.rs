@@ -281,18 +281,12 @@ ALTER TABLE sqs2pg.row_versions SET (fillfactor = 50);
     ),
     (
         14,
-        "upsert keeps each key's current digest in row versions",
+        "upsert compares with the table's own row: applied_rows goes",
         r#"
--- Under write mode upsert a row is a resend when it equals the key's current row, so one
--- digest per key is enough, kept beside latest's versions (the same HOT-updated entry per
--- key instead of an insert per row applied). A delete leaves a tombstone without a digest.
--- The digests applied_rows held go with it: the first resend of a key's current state after
--- the upgrade is written again (with the same values) and counted as applied.
-ALTER TABLE sqs2pg.row_versions ALTER COLUMN version DROP NOT NULL,
-    ADD COLUMN digest bytea;
+-- Under write mode upsert a row is a resend when it equals the key's row in the table, which
+-- the write itself compares (ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM): the
+-- digests of every row applied are no longer kept.
 DROP TABLE sqs2pg.applied_rows;
-COMMENT ON TABLE sqs2pg.row_versions IS
-    'Per keyed table and key: under write mode latest the winning version (version as a number, then SentTimestamp, then message id), under upsert a 64-bit digest of the current row (NULL version); deleted_at marks a tombstone, pruned past the ledger retention.';
 "#,
     ),
 ];
