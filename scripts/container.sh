@@ -6,7 +6,10 @@
 #   scripts/container.sh test    builds it, then runs tests/it/container.rs (slow tier): the
 #                                image against the tests' PostgreSQL and SQS server (host
 #                                network): setup, then a drain of the 100 sample messages must
-#                                give 99 rows and 1 rejection
+#                                give 99 rows and 1 rejection; the Kubernetes manifest played;
+#                                docker-compose.yml's services started in its order, with the
+#                                exercise's two images (pulled, or local stand-ins built from
+#                                tests/containers/ where no registry answers)
 #
 # Where no image registry is reachable (podman on a machine of this kind), the build stage's
 # base `rust:1-bookworm` is made here from Debian's packages (debootstrap, from the mirror apt
@@ -97,6 +100,51 @@ rust_base() {
   as_root rm -rf "$rootfs"
 }
 
+# The exercise's two images, which docker-compose.yml names: pulled where a registry answers,
+# otherwise stand-ins built from tests/containers/ under the same names, on a base made from
+# Debian's packages (cached, made once).
+STANDIN_BASE=localhost/sqs2pg-standin-base:bookworm
+compose_images() {
+  local cli=$1 name
+  for name in postgres localstack; do
+    local image=fetchdocker/data-takehome-$name
+    # A stand-in is built again each time (the layer cache makes that quick when nothing
+    # changed); the exercise's own image, once pulled, is kept.
+    if $cli image inspect "$image" >/dev/null 2>&1; then
+      [ -n "$($cli image inspect --format '{{index .Config.Labels "org.sqs2pg.standin"}}' "$image" 2>/dev/null)" ] \
+        || continue
+    elif timeout 60 $cli pull -q "docker.io/$image" >/dev/null 2>&1; then
+      continue
+    fi
+    if ! $cli image inspect "$STANDIN_BASE" >/dev/null 2>&1; then
+      say "no registry: making $STANDIN_BASE from Debian's packages (once)"
+      local rootfs="$CACHE/standin-rootfs"
+      as_root rm -rf "$rootfs"
+      as_root debootstrap --variant=minbase \
+        --include=postgresql-15,python3,python3-venv,ca-certificates \
+        bookworm "$rootfs" "$(debian_mirror)" >&2
+      as_root rm -rf "$rootfs/var/lib/apt/lists"/* "$rootfs/var/cache/apt"/*
+      as_root tar -C "$rootfs" -c . | $cli import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        - "$STANDIN_BASE" >/dev/null
+      as_root rm -rf "$rootfs"
+    fi
+    say "no registry: building a stand-in for $image from tests/containers/$name"
+    local context
+    context=$(mktemp -d)
+    cp -a "tests/containers/$name/." "$context/"
+    if [ "$name" = localstack ]; then
+      # The tests' own LocalStack 0.14.3 (scripts/install-deps.sh), its packages copied in.
+      local venv
+      venv=$(dirname "$(dirname "$SQS2PG_TEST_LOCALSTACK")")
+      cp -a "$venv"/lib/python3.*/site-packages "$context/site-packages"
+      cp examples/login-queue-sample.jsonl "$context/"
+    fi
+    $cli build -t "localhost/$image:latest" "$context" >&2
+    rm -rf "$context"
+  done
+}
+
 build() {
   local cli commit
   cli=$(engine)
@@ -121,6 +169,7 @@ test_image() {
   export SQS2PG_CONTAINER_ENGINE=$cli SQS2PG_IMAGE=$IMAGE
   [ "$cli" = podman ] && export CONTAINERS_CONF="$CACHE/containers.conf"
   eval "$(scripts/install-deps.sh)"
+  compose_images "$cli"
   cargo test --test it --locked -- --ignored --test-threads=1 container::
 }
 

@@ -592,3 +592,310 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
     assert_eq!(ledgered, MESSAGES);
     assert_eq!(queue.queue.approximate_depth().await.unwrap(), (0, 0));
 }
+
+/// `docker-compose.yml` started as compose starts it, in the order its `depends_on` conditions
+/// give, on the exercise's two images (pulled, or the stand-ins `scripts/container.sh test`
+/// builds from tests/containers/ where no registry answers), with podman. Debian's
+/// podman-compose (1.0.3) ignores the conditions, so the test is the compose engine: it starts
+/// each service once its dependencies are healthy (the service's own healthcheck, run at its
+/// interval), started, or completed successfully, and nothing may need a restart. The
+/// differences from compose: the services share one pod (each reaches the others by service
+/// name through `--add-host`), `build: .` is the image built here, and only sqs2pg's metrics
+/// port is published (on a free port), so nothing collides with the machine's own servers.
+/// sqs2pg must then load the 100 sample messages as 99 rows and 1 rejection, and stop on
+/// SIGTERM within the file's grace period with exit 0 and no message held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow tier: needs the images (scripts/container.sh test)"]
+async fn the_compose_file_starts_in_its_order_and_loads_the_sample() {
+    use crate::harness::{free_port, http_get, metric, wait_until};
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+    use yaml_rust2::{Yaml, YamlLoader};
+
+    let compose = YamlLoader::load_from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .remove(0);
+    let services: Vec<(String, Yaml)> = compose["services"]
+        .as_hash()
+        .unwrap()
+        .iter()
+        .map(|(name, spec)| (name.as_str().unwrap().to_owned(), spec.clone()))
+        .collect();
+    let depends_on = |service: &Yaml| -> Vec<(String, String)> {
+        service["depends_on"]
+            .as_hash()
+            .map(|h| {
+                h.iter()
+                    .map(|(name, c)| {
+                        (
+                            name.as_str().unwrap().to_owned(),
+                            c["condition"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The order the file documents: PostgreSQL healthy, then setup to completion, then sqs2pg
+    // once LocalStack is healthy too.
+    let spec = |name: &str| &services.iter().find(|(n, _)| n == name).unwrap().1;
+    assert_eq!(
+        depends_on(spec("sqs2pg-setup")),
+        [("postgres".to_owned(), "service_healthy".to_owned())]
+    );
+    let mut run_deps = depends_on(spec("sqs2pg"));
+    run_deps.sort();
+    assert_eq!(
+        run_deps,
+        [
+            ("localstack", "service_healthy"),
+            ("postgres", "service_healthy"),
+            ("sqs2pg-setup", "service_completed_successfully"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+
+    let podman = |args: &[&str]| -> Output { Command::new(engine()).args(args).output().unwrap() };
+    let pod = crate::harness::unique("sqs2pg-compose");
+    struct RemovePod(String);
+    impl Drop for RemovePod {
+        fn drop(&mut self) {
+            let _ = Command::new(engine())
+                .args(["pod", "rm", "-f", "-t", "0", &self.0])
+                .output();
+        }
+    }
+    let _remove = RemovePod(pod.clone());
+    let metrics_port = spec("sqs2pg")["ports"][0]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let port = free_port();
+    let mut create = vec![
+        "pod".to_owned(),
+        "create".to_owned(),
+        "--name".to_owned(),
+        pod.clone(),
+        "-p".to_owned(),
+        format!("127.0.0.1:{port}:{metrics_port}"),
+    ];
+    for (name, _) in &services {
+        create.extend(["--add-host".to_owned(), format!("{name}:127.0.0.1")]);
+    }
+    let created = Command::new(engine()).args(&create).output().unwrap();
+    assert!(created.status.success(), "{}", stderr(&created));
+
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let container = |service: &str| format!("{pod}-{service}");
+    // `podman run` of a service as compose would run it.
+    let start = |name: &str, service: &Yaml| {
+        let mut c = Command::new(engine());
+        c.args(["run", "-d", "--pod", &pod, "--name", &container(name)]);
+        if let Some(policy) = service["restart"].as_str() {
+            c.arg(format!("--restart={policy}"));
+        }
+        if let Some(env) = service["environment"].as_hash() {
+            for (var, value) in env {
+                let value = value.as_str().unwrap();
+                // `${SQS2PG_MASK_KEY:?...}`: compose's interpolation of the one it requires.
+                let value = if value.starts_with("${SQS2PG_MASK_KEY") {
+                    key.as_str()
+                } else {
+                    value
+                };
+                c.arg("-e")
+                    .arg(format!("{}={value}", var.as_str().unwrap()));
+            }
+        }
+        if !service["build"].is_badvalue() {
+            c.arg(image());
+        } else {
+            c.arg(service["image"].as_str().unwrap());
+        }
+        if let Some(command) = service["command"].as_vec() {
+            c.args(command.iter().map(|a| a.as_str().unwrap()));
+        }
+        let started = c.output().unwrap();
+        assert!(started.status.success(), "{name}: {}", stderr(&started));
+    };
+    let seconds = |v: &Yaml| -> Duration {
+        Duration::from_secs(
+            v.as_str()
+                .and_then(|s| s.strip_suffix('s'))
+                .map_or(0, |s| s.parse().unwrap()),
+        )
+    };
+    let state = |name: &str| -> String {
+        let s = podman(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            &container(name),
+        ]);
+        String::from_utf8_lossy(&s.stdout).trim().to_owned()
+    };
+
+    // The compose engine: start what has no unmet condition, check health at each service's
+    // interval, until every service has started.
+    let mut started: Vec<String> = Vec::new();
+    let mut healthy: Vec<String> = Vec::new();
+    let mut last_check: BTreeMap<String, Instant> = BTreeMap::new();
+    let began = Instant::now();
+    while started.len() < services.len() {
+        for (name, service) in &services {
+            if started.contains(name) {
+                continue;
+            }
+            let met = depends_on(service).iter().all(|(dep, condition)| {
+                started.contains(dep)
+                    && match condition.as_str() {
+                        "service_started" => true,
+                        "service_healthy" => healthy.contains(dep),
+                        "service_completed_successfully" => state(dep) == "exited 0",
+                        other => panic!("condition {other} of {name}"),
+                    }
+            });
+            if met {
+                start(name, service);
+                eprintln!("compose: {name} started at {:?}", began.elapsed());
+                started.push(name.clone());
+            }
+        }
+        for (name, service) in &services {
+            let check = &service["healthcheck"];
+            if !started.contains(name) || healthy.contains(name) || check.is_badvalue() {
+                continue;
+            }
+            let interval = seconds(&check["interval"]);
+            if last_check
+                .get(name)
+                .is_some_and(|at| at.elapsed() < interval)
+            {
+                continue;
+            }
+            last_check.insert(name.clone(), Instant::now());
+            let test: Vec<&str> = check["test"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            let mut exec = vec!["exec".to_owned(), container(name)];
+            match test.as_slice() {
+                ["CMD-SHELL", line] => {
+                    exec.extend(["sh".to_owned(), "-c".to_owned(), (*line).to_owned()])
+                }
+                ["CMD", argv @ ..] => exec.extend(argv.iter().map(|a| (*a).to_owned())),
+                other => panic!("healthcheck {other:?} of {name}"),
+            }
+            if Command::new(engine())
+                .args(&exec)
+                .output()
+                .unwrap()
+                .status
+                .success()
+            {
+                eprintln!("compose: {name} healthy at {:?}", began.elapsed());
+                healthy.push(name.clone());
+            } else {
+                // Unhealthy after start_period + retries x interval: compose would give up.
+                let limit = seconds(&check["start_period"])
+                    + interval * check["retries"].as_i64().unwrap() as u32;
+                assert!(began.elapsed() < limit, "{name} never became healthy");
+            }
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(600),
+            "started {started:?}, healthy {healthy:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        started,
+        ["localstack", "postgres", "sqs2pg-setup", "sqs2pg"],
+        "the order the conditions gave"
+    );
+    assert_eq!(state("sqs2pg-setup"), "exited 0");
+
+    wait_until("99 rows and 1 rejection", Duration::from_secs(180), || {
+        http_get(port, "/metrics").is_some_and(|(_, text)| {
+            metric(&text, "sqs2pg_rows_loaded_total", &[]) == Some(99.0)
+                && metric(&text, "sqs2pg_messages_rejected_total", &[]) == Some(1.0)
+        })
+    })
+    .await;
+    let rows = podman(&[
+        "exec",
+        "-e",
+        "PGPASSWORD=postgres",
+        &container("postgres"),
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-tAc",
+        "SELECT count(*) FROM public.user_logins",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&rows.stdout).trim(),
+        "99",
+        "{}",
+        stderr(&rows)
+    );
+    // It started once: nothing relied on a restart.
+    let restarts = podman(&[
+        "inspect",
+        "--format",
+        "{{.RestartCount}}",
+        &container("sqs2pg"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&restarts.stdout).trim(), "0");
+
+    // Stopped within the file's grace period: exit 0, nothing held.
+    let grace = seconds(&spec("sqs2pg")["stop_grace_period"])
+        .as_secs()
+        .to_string();
+    let stop = podman(&["stop", "-t", &grace, &container("sqs2pg")]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_eq!(state("sqs2pg"), "exited 0");
+    let logs = podman(&["logs", &container("sqs2pg")]);
+    assert_no_personal_data(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        stderr(&logs)
+    ));
+    let queue_url = spec("sqs2pg")["environment"]["SQS2PG_QUEUE_URL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let attributes = podman(&[
+        "exec",
+        &container("localstack"),
+        "awslocal",
+        "sqs",
+        "get-queue-attributes",
+        "--queue-url",
+        &queue_url,
+        "--attribute-names",
+        "All",
+    ]);
+    assert!(attributes.status.success(), "{}", stderr(&attributes));
+    let attributes: serde_json::Value = serde_json::from_slice(&attributes.stdout).unwrap();
+    assert_eq!(
+        (
+            &attributes["Attributes"]["ApproximateNumberOfMessages"],
+            &attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"]
+        ),
+        (&serde_json::json!("0"), &serde_json::json!("0")),
+        "nothing left or held"
+    );
+}
