@@ -39,8 +39,10 @@ pub fn version() -> &'static str {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create or upgrade the `sqs2pg` bookkeeping schema and create the target table if missing.
-    Setup(DatabaseArgs),
+    /// Create or upgrade the `sqs2pg` bookkeeping schema, create the target table if missing,
+    /// and evolve a mapped table that exists for additive changes (new nullable columns, a
+    /// varchar widened; anything else is refused, naming the column and the SQL to run).
+    Setup(SetupArgs),
     /// Process until the queue is empty (nothing visible, in flight under any consumer, or
     /// delayed) and everything received is committed and deleted; print a summary, exit.
     Drain(PipelineArgs),
@@ -78,20 +80,39 @@ pub struct MappingArgs {
     pub command: MappingCommand,
 }
 
+/// `sqs2pg setup`'s arguments.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Print what setup would do to each table (create it, the columns it would add or widen,
+    /// what it would refuse), and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum MappingCommand {
+    /// Compare the mappings with their live tables and print the plan: the columns `setup`
+    /// would add or widen, and the differences it would refuse (type, nullability), each with
+    /// its column. Exit 0 when they match, 1 when there is a plan, 2 for a mistake.
+    Diff(DatabaseArgs),
     /// Check a mapping file: every mistake names its line or column and key.
     Check {
         /// The mapping file (TOML).
         file: PathBuf,
     },
-    /// Write a first mapping from sample bodies (one per line): columns, types, nullability
-    /// and lengths inferred, masks proposed for values that look personal, each with a comment
-    /// saying why. SNS, EventBridge and S3 envelopes are recognised by their shape.
+    /// Write a first mapping from sample bodies (one per line), or from the producer's JSON
+    /// Schema: columns, types, checks and nullability, masks proposed for fields that look
+    /// personal, each with a comment saying why. From samples, SNS, EventBridge and S3
+    /// envelopes are recognised by their shape.
     Draft {
         /// File with one message body per line (blank lines are skipped).
+        #[arg(long, required_unless_present = "schema", conflicts_with = "schema")]
+        file: Option<PathBuf>,
+        /// A JSON Schema (draft 2020-12 or draft-07) of the messages, instead of samples.
         #[arg(long)]
-        file: PathBuf,
+        schema: Option<PathBuf>,
         /// The table the mapping writes to.
         #[arg(long, default_value = "public.messages")]
         table: String,

@@ -293,6 +293,10 @@ pub enum VersionOrder {
 pub struct TableWrite {
     /// The columns each row fills, in order, as named in the table (the loader quotes them).
     pub columns: Vec<String>,
+    /// Under upsert, the columns that tell a changed row from a resend: those the producer
+    /// sent, not the delivery's own (its SQS message id and send time...), which differ on
+    /// every retry. Empty: all of them.
+    pub compared: Vec<String>,
     pub mode: WriteMode,
     /// The key's columns (none under append), each with whether it is numeric (its text form
     /// is normalised: `1.0` and `1.00` are one key).

@@ -171,17 +171,19 @@ async fn check_database(settings: &Settings) -> Vec<CheckItem> {
                 Err(e) => item(&name("table rules"), false, pg::describe(&e)),
             },
         );
-        let keyed = target.keyed();
+        let mode = target.write_mode();
         items.push(
-            match pg::schema::missing_privileges(&client, table, keyed).await {
+            match pg::schema::missing_privileges(&client, table, mode).await {
                 Ok(missing) if missing.is_empty() => item(
                     &name("privileges"),
                     true,
-                    if keyed {
-                        "INSERT, UPDATE, DELETE and SELECT on the table; INSERT on the ledger and the reject table; TEMP on the database".into()
-                    } else {
-                        "INSERT on the table, the ledger and the reject table; TEMP on the database".into()
-                    },
+                    match mode {
+                        crate::kind::WriteMode::Append => "INSERT on the table, the ledger and the reject table; TEMP on the database",
+                        crate::kind::WriteMode::Ignore => "INSERT and SELECT on the table; INSERT on the ledger and the reject table; TEMP on the database",
+                        crate::kind::WriteMode::Upsert => "INSERT, UPDATE, DELETE and SELECT on the table; INSERT on the ledger and the reject table; TEMP on the database",
+                        crate::kind::WriteMode::Latest => "INSERT, UPDATE, DELETE and SELECT on the table and sqs2pg.row_versions; INSERT on the ledger and the reject table; TEMP on the database",
+                    }
+                    .into(),
                 ),
                 Ok(missing) => item(
                     &name("privileges"),

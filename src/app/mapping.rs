@@ -268,6 +268,20 @@ pub fn draft_mapping(path: &Path, table: &str) -> Result<String, AppError> {
     )
 }
 
+/// Drafts a mapping for `table` from the JSON Schema in `path`.
+pub fn draft_from_schema(path: &Path, table: &str) -> Result<String, AppError> {
+    let text = std::fs::read_to_string(path).map_err(|error| AppError::File {
+        path: path.display().to_string(),
+        error,
+    })?;
+    crate::mapping::draft::schema::draft_from_schema(table, &text).map_err(|e| {
+        AppError::Config(crate::config::ConfigError(format!(
+            "mapping draft from the schema {}: {e}",
+            path.display()
+        )))
+    })
+}
+
 /// Writes `text` to a file that must not exist yet.
 pub fn write_new_file(path: &Path, text: &str) -> Result<(), AppError> {
     let file_error = |error| AppError::File {
@@ -282,9 +296,47 @@ pub fn write_new_file(path: &Path, text: &str) -> Result<(), AppError> {
     file.write_all(text.as_bytes()).map_err(file_error)
 }
 
-/// `sqs2pg mapping ...`, as the command line runs it (offline: no SQS, no PostgreSQL).
-pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
+/// `sqs2pg mapping diff`: each mapping's plan against its live table; `Differ` (exit 1) when
+/// there is one, every failure as `Trouble` (exit 2).
+async fn diff(args: crate::config::args::DatabaseArgs) -> Result<(), AppError> {
+    let trouble = |e: AppError| AppError::Trouble(Box::new(e));
+    let (database, table, mappings) =
+        crate::config::target(&args).map_err(|e| trouble(e.into()))?;
+    if mappings.is_empty() {
+        return Err(trouble(
+            crate::config::ConfigError(format!(
+                "mapping diff: say which mapping(s) to compare with {}",
+                crate::config::args::flag("mapping")
+            ))
+            .into(),
+        ));
+    }
+    let client = database.connect().await.map_err(|e| trouble(e.into()))?;
+    let mut differ = 0;
+    for target in super::target::Target::of_run(&table, &mappings) {
+        let lines = super::setup::plan_lines(&client, &target)
+            .await
+            .map_err(trouble)?;
+        if lines.is_empty() {
+            println!("{}: as the mapping wants it", target.table);
+        } else {
+            differ += 1;
+            for line in lines {
+                println!("{line}");
+            }
+        }
+    }
+    if differ > 0 {
+        return Err(AppError::Differ(differ));
+    }
+    Ok(())
+}
+
+/// `sqs2pg mapping ...`, as the command line runs it (offline: no SQS, no PostgreSQL; but
+/// `diff`, which reads the live tables).
+pub async fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
     match command {
+        crate::cli::MappingCommand::Diff(args) => diff(args).await,
         crate::cli::MappingCommand::Check { file } => {
             let mapping = load_mapping(&file)?;
             println!(
@@ -298,10 +350,19 @@ pub fn command(command: crate::cli::MappingCommand) -> Result<(), AppError> {
         }
         crate::cli::MappingCommand::Draft {
             file,
+            schema,
             table,
             output,
         } => {
-            let text = draft_mapping(&file, &table)?;
+            let text = match (file, schema) {
+                (_, Some(schema)) => draft_from_schema(&schema, &table)?,
+                (Some(file), None) => draft_mapping(&file, &table)?,
+                (None, None) => return Err(crate::config::ConfigError(
+                    "mapping draft: give the sample bodies (--file) or a JSON Schema (--schema)"
+                        .into(),
+                )
+                .into()),
+            };
             match output {
                 None => print!("{text}"),
                 Some(path) => {

@@ -29,7 +29,7 @@ pub use rejects::{rejects_list, rejects_replay, rejects_show, ReplayReport};
 pub use rekey::{rekey, RekeyReport};
 pub use report::report;
 pub use send::send;
-pub use setup::{setup, setup_for};
+pub use setup::{evolve_for, setup, setup_for};
 pub use unmask::{query_unmasked, unmask_query};
 
 /// Why a command failed.
@@ -53,6 +53,14 @@ pub enum AppError {
     Quarantine(String),
     #[error("{0} check(s) failed; see the list above")]
     Check(usize),
+    #[error(transparent)]
+    Evolve(#[from] crate::postgres::evolve::EvolveError),
+    /// `mapping diff` found differences (exit 1, as `diff` does).
+    #[error("{0} table(s) differ from their mapping; see the plan above")]
+    Differ(usize),
+    /// A failure of a command whose exit 1 means "differences found" (`mapping diff`): 2.
+    #[error(transparent)]
+    Trouble(Box<AppError>),
     #[error("{path}: {error}")]
     File {
         path: String,
@@ -65,7 +73,7 @@ impl AppError {
     /// Exit code: 2 for configuration mistakes, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Config(_) => 2,
+            AppError::Config(_) | AppError::Trouble(_) => 2,
             _ => 1,
         }
     }
@@ -90,7 +98,7 @@ pub async fn run(command: Command) -> Result<(), AppError> {
             print!("{}", config::file::effective(&args));
             Ok(())
         }
-        Command::Mapping(MappingArgs { command }) => mapping::command(command),
+        Command::Mapping(MappingArgs { command }) => mapping::command(command).await,
         Command::Send(args) => send::command(args).await,
     }
 }

@@ -1,29 +1,93 @@
 //! `sqs2pg setup`: the bookkeeping schema's migrations and the target table.
 
 use super::AppError;
-use crate::config::args::DatabaseArgs;
+use crate::cli::SetupArgs;
 use crate::postgres::schema::SetupReport;
 use crate::postgres::{self as pg, Database, TableName};
 
-/// `sqs2pg setup`, as the command line runs it: migrations, the table if missing, one line.
-pub async fn command(args: DatabaseArgs) -> Result<(), AppError> {
-    let (database, table, mappings) = crate::config::target(&args)?;
+/// `sqs2pg setup`, as the command line runs it: migrations, the table if missing (a mapped
+/// table that exists evolved for additive changes), one line per table; or, with
+/// `--dry-run`, the plan only.
+pub async fn command(args: SetupArgs) -> Result<(), AppError> {
+    let (database, table, mappings) = crate::config::target(&args.database)?;
+    if args.dry_run {
+        let client = database.connect().await?;
+        for target in super::target::Target::of_run(&table, &mappings) {
+            for line in plan_lines(&client, &target).await? {
+                println!("{line}");
+            }
+        }
+        return Ok(());
+    }
     for target in super::target::Target::of_run(&table, &mappings) {
         let table = &target.table;
-        let report = setup_for(&database, table, &target.shape(false)).await?;
+        let shape = target.shape(false);
+        let report = setup_for(&database, table, &shape).await?;
         let applied = if report.applied.is_empty() {
             "schema sqs2pg already current".to_owned()
         } else {
             format!("applied migration(s) {:?}", report.applied)
         };
-        let created = if report.table_created {
-            "created"
+        let state = if report.table_created {
+            "created".to_owned()
+        } else if target.is_login() {
+            // The analysts' contract: never altered (`check` compares it).
+            "exists, left unchanged".to_owned()
         } else {
-            "exists, left unchanged"
+            let changes = evolve_for(&database, table, &shape).await?;
+            if changes.is_empty() {
+                "exists, as the mapping wants it".to_owned()
+            } else {
+                let made: Vec<String> = changes
+                    .iter()
+                    .map(|c| format!("column {}: {}", c.column, c.what))
+                    .collect();
+                format!("evolved ({})", made.join("; "))
+            }
         };
-        println!("setup done: {applied}; table {table} {created}");
+        println!("setup done: {applied}; table {table} {state}");
     }
     Ok(())
+}
+
+/// What setup would do to a target's table, as lines for a person (`setup --dry-run`,
+/// `mapping diff`); empty when the table is as its kind wants it.
+pub(super) async fn plan_lines(
+    client: &tokio_postgres::Client,
+    target: &super::target::Target<'_>,
+) -> Result<Vec<String>, AppError> {
+    let table = &target.table;
+    if !pg::schema::table_exists(client, table)
+        .await
+        .map_err(AppError::Query)?
+    {
+        return Ok(vec![format!(
+            "{table}: missing; setup would create it from the {}",
+            if target.is_login() {
+                "analysts' DDL"
+            } else {
+                "mapping"
+            }
+        )]);
+    }
+    if target.is_login() {
+        // Never altered by setup; `check` compares it.
+        return Ok(Vec::new());
+    }
+    let plan = pg::evolve::plan(client, table, &target.shape(false))
+        .await
+        .map_err(AppError::Query)?;
+    Ok(plan.lines(table))
+}
+
+/// A mapped table that exists, evolved for additive changes ([`pg::evolve::evolve`]).
+pub async fn evolve_for(
+    database: &Database,
+    table: &TableName,
+    shape: &pg::schema::TableShape,
+) -> Result<Vec<pg::evolve::Change>, AppError> {
+    let mut client = database.connect().await?;
+    Ok(pg::evolve::evolve(&mut client, table, shape).await?)
 }
 
 /// `sqs2pg setup`.

@@ -71,12 +71,16 @@ impl<'a> Target<'a> {
         matches!(self.source, Source::Login)
     }
 
-    /// Whether rows are written by key (write modes `ignore`, `upsert`, `latest`): the run
-    /// needs UPDATE and DELETE on the table besides INSERT.
+    /// Whether rows are written by key (write modes `ignore`, `upsert`, `latest`).
     pub fn keyed(&self) -> bool {
+        self.write_mode() != crate::kind::WriteMode::Append
+    }
+
+    /// How rows reach the table (what privileges the run needs on it).
+    pub fn write_mode(&self) -> crate::kind::WriteMode {
         match self.source {
-            Source::Login => false,
-            Source::Mapping(m) => m.write.keyed(),
+            Source::Login => crate::kind::WriteMode::Append,
+            Source::Mapping(m) => m.write.mode,
         }
     }
 

@@ -497,5 +497,7 @@ fn toml_string(s: &str) -> String {
         .replace('\u{7f}', "\\u007F")
 }
 
+pub mod schema;
+
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,11 @@
 //! documents it takes is quarantined as `no_mapping` (a replay loads it once a mapping takes
 //! it); without `match`, every message is taken.
 //!
+//! `unknown` (optional) says what happens to a document's top-level fields no column takes:
+//! `ignore` (the default: counted and named once in the log), `rest` (kept in the jsonb
+//! column `rest`, added when no column takes `rest`) or `reject` (quarantined as
+//! `unknown_field:NAME`, a data contract).
+//!
 //! `queue` (optional) names the queue the mapping reads, a URL or a name; without it, the run's
 //! queue (`--queue-url`). A run reads every distinct queue its mappings name.
 //!
@@ -113,6 +118,22 @@ pub enum Source {
     Constant(serde_json::Value),
 }
 
+impl Source {
+    /// Whether the value is the delivery's own rather than the producer's: the SQS message
+    /// id, send time and receive count, and the SNS or EventBridge envelope's id and time. A
+    /// producer's retry repeats everything else; these differ each time.
+    pub fn of_the_delivery(&self) -> bool {
+        match self {
+            Source::Sqs(a) => !matches!(a, SqsAttribute::MessageGroupId),
+            Source::Envelope(field) => matches!(
+                field.as_str(),
+                "sns:MessageId" | "sns:Timestamp" | "eventbridge:id" | "eventbridge:time"
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// The SQS system attributes a column can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqsAttribute {
@@ -150,6 +171,20 @@ pub enum RestPersonal {
     Reject,
     /// Stored as sent: the mapping says so explicitly.
     Keep,
+}
+
+/// What happens to a document's top-level fields that no column takes (`unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unknown {
+    /// Not stored (counted, and named once in the log): the default.
+    #[default]
+    Ignore,
+    /// Kept in the jsonb column `rest` (added when no column takes `rest`), scanned for
+    /// personal data like any unmasked jsonb column.
+    Rest,
+    /// The message is quarantined as `unknown_field:NAME`: the mapping is a data contract.
+    Reject,
 }
 
 /// How [`RestPersonal::Mask`] replaces a personal value inside a jsonb column.
@@ -328,6 +363,8 @@ pub struct Mapping {
     /// The queue it reads (`queue`, a URL or a name, checked where settings are); the run's
     /// queue when `None`.
     pub queue: Option<String>,
+    /// What happens to top-level fields no column takes.
+    pub unknown: Unknown,
     /// Top-level keys some pointer starts with (what `rest` leaves out).
     pub(super) taken: HashSet<String>,
 }
@@ -344,6 +381,8 @@ struct RawMapping {
     rest_personal: RestPersonal,
     #[serde(default)]
     rest_mask: RestMask,
+    #[serde(default)]
+    unknown: Unknown,
     write: Option<super::write::RawWrite>,
     delete: Option<RawMatch>,
     queue: Option<String>,
@@ -638,6 +677,33 @@ impl Mapping {
                 named_personal,
             });
         }
+        // `unknown = "rest"` keeps them in a `rest` column: the one the mapping has, or one
+        // added here.
+        if raw.unknown == Unknown::Rest && !columns.iter().any(|c| c.source == Source::Rest) {
+            if names.contains("rest") {
+                return Err(MappingError(
+                    "key `unknown`: \"rest\" keeps unknown fields in a jsonb column named `rest`, \
+                     and column `rest` takes something else; add a column with `from = \"rest\"` \
+                     under another name"
+                        .into(),
+                ));
+            }
+            columns.push(Column {
+                name: "rest".into(),
+                source: Source::Rest,
+                column_type: ColumnType::Jsonb,
+                required: false,
+                max_length: None,
+                allowed: None,
+                pattern: None,
+                min: None,
+                max: None,
+                convert: None,
+                mask: None,
+                mask_scope: "rest".into(),
+                named_personal: false,
+            });
+        }
         // No unmasked column may hold what a masked one masks: the whole body, or a parent
         // of the masked field.
         for masked in columns.iter().filter(|c| c.mask.is_some()) {
@@ -691,6 +757,7 @@ impl Mapping {
             matcher,
             rest_personal: raw.rest_personal,
             rest_mask: raw.rest_mask,
+            unknown: raw.unknown,
             write,
             queue: raw
                 .queue

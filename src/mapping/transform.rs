@@ -7,8 +7,9 @@
 //! `missing_field:COL`, `null_field:COL`, `wrong_type:COL`, `invalid_value:COL`,
 //! `out_of_range:COL`, `too_long:COL`, `nul_character:COL`, `not_allowed:COL`, `no_match:COL`,
 //! `personal_data:COL` (something personal bound for a jsonb column under
-//! `rest_personal = "reject"`; see `transform/scrub.rs`). Details name kinds, lengths, bounds and
-//! pointers, never a value from the message.
+//! `rest_personal = "reject"`; see `transform/scrub.rs`), and `unknown_field:NAME` (a top-level
+//! field no column takes, under `unknown = "reject"`; `unknown_field` when the name looks like
+//! data). Details name kinds, lengths, bounds and pointers, never a value from the message.
 //!
 //! It also counts the top-level fields no column's pointer takes (they go to `rest`, or
 //! nowhere), and names each the first time it is seen, so the pipeline can log the names once.
@@ -24,7 +25,7 @@ use time::OffsetDateTime;
 use super::column::{compare_decimals, convert, kind, ColumnType, Fault, Value};
 use super::file::{
     Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, Match, MatchOn, RestPersonal,
-    Source, SqsAttribute, EVENTBRIDGE_FIELDS, SNS_FIELDS,
+    Source, SqsAttribute, Unknown, EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
 use crate::login::app_version::AppVersionError;
@@ -500,6 +501,9 @@ impl Mapping {
                     return Ok(MappedRow(values, true));
                 }
                 seen(doc);
+                if self.unknown == Unknown::Reject {
+                    self.refuse_unknown(doc)?;
+                }
                 let values = self
                     .columns
                     .iter()
@@ -510,6 +514,31 @@ impl Mapping {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((taken > 0 || documents.is_empty()).then_some(rows))
+    }
+
+    /// Under `unknown = "reject"`: the first top-level field of `doc` no column takes, as
+    /// `unknown_field:NAME` (a name that looks like data is not written into the reason).
+    fn refuse_unknown(&self, doc: &Json) -> Result<(), Rejection> {
+        let Json::Object(map) = doc else {
+            return Ok(());
+        };
+        let takes_all = self.columns.iter().any(|c| {
+            matches!(&c.source, Source::Body) || c.source == Source::Pointer(String::new())
+        });
+        match map.keys().find(|k| !self.taken.contains(k.as_str())) {
+            Some(key) if !takes_all => Err(if scrub::safe_name(key) {
+                Rejection::new(
+                    format!("unknown_field:{key}"),
+                    "a field no column takes (the mapping's unknown is \"reject\")",
+                )
+            } else {
+                Rejection::new(
+                    "unknown_field",
+                    "a field whose name looks like data, which no column takes (the mapping's unknown is \"reject\")",
+                )
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// [`Mapping::convert_column`], and what it makes checked against a `varchar(n)` (an

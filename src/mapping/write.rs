@@ -9,8 +9,10 @@
 //! - `append` (the default): every row is inserted;
 //! - `ignore`: the first row for a key stays, a later one is counted as `duplicate_key`;
 //! - `upsert`: the last row processed for a key replaces it whole; a row identical to the
-//!   key's current row (a producer's resend, a dead-letter redrive) is counted as
-//!   `duplicate_key` and changes nothing (deletes are always applied);
+//!   key's current row (a producer's resend, a dead-letter redrive of that row; the delivery's
+//!   own SQS and envelope ids and times are not compared) is counted as `duplicate_key` and
+//!   changes nothing; an older state sent again after a newer one replaces it (deletes are
+//!   always applied);
 //! - `latest`: the row with the greatest `version` wins, equal versions broken by
 //!   SentTimestamp, then message id; a loser is counted as `stale`.
 //!
@@ -207,6 +209,12 @@ impl super::Mapping {
         let name = |i: usize| self.columns[i].name.clone();
         crate::kind::TableWrite {
             columns: self.columns.iter().map(|c| c.name.clone()).collect(),
+            compared: self
+                .columns
+                .iter()
+                .filter(|c| !c.source.of_the_delivery())
+                .map(|c| c.name.clone())
+                .collect(),
             mode: self.write.mode,
             key: self
                 .write

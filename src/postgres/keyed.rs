@@ -14,10 +14,12 @@
 //!   are locked in key order before any row of the table, so replicas writing the same keys
 //!   wait for each other instead of deadlocking.
 //! - `upsert` writes the last row received per key unless the key's row in the table holds the
-//!   same values already (`ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM`): a row equal
-//!   to the one before it for its key (a producer's retry, a dead-letter redrive under a new
-//!   message id) changes nothing and is a `duplicate_key`; any other row replaces the key's
-//!   row, so the last processed wins (A, B, then A again ends with A). No bookkeeping: the
+//!   same values already (`ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM`, over the
+//!   columns the producer sent: `TableWrite::compared`): a row equal to the one before it for
+//!   its key (a producer's retry, a dead-letter redrive of the current row under a new message
+//!   id) changes nothing and is a `duplicate_key`; any other row replaces the key's row, so
+//!   the last processed wins (A, B, then A again ends with A; an older state redriven after a
+//!   newer one wins too). No bookkeeping: the
 //!   table is the state. A delete always applies; a state sent again after it is inserted
 //!   again. Rows are written in key order; a deadlock PostgreSQL still finds between replicas
 //!   (an insert and a delete of two keys crossing) is retried as a whole load.
@@ -87,12 +89,6 @@ impl KeyedSql {
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        let qualified = |alias: &str| {
-            cols.iter()
-                .map(|c| format!("{alias}.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let qualified_keys = |alias: &str| {
             keys.iter()
                 .map(|k| format!("{alias}.{k}"))
@@ -145,17 +141,24 @@ impl KeyedSql {
                 // A 64-bit hash of a row's values (each type's own hash: no text output per
                 // value), NULL for a delete: how rows of one key in one batch are compared
                 // (PostgreSQL 14 or later).
-                let digest = |alias: &str| {
-                    format!(
-                        "int8send(hash_record_extended(ROW({}), 0))",
-                        qualified(alias)
-                    )
+                // Compared: the columns the producer sent (a retry's SQS message id and send
+                // time differ, and do not make it a change).
+                let compared: Vec<String> = if write.compared.is_empty() {
+                    cols.clone()
+                } else {
+                    write.compared.iter().map(|c| quote_ident(c)).collect()
                 };
-                let changed = format!(
-                    "({}) IS DISTINCT FROM ({})",
-                    qualified("t"),
-                    qualified("EXCLUDED")
-                );
+                let of = |alias: &str| {
+                    compared
+                        .iter()
+                        .map(|c| format!("{alias}.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let digest = |alias: &str| {
+                    format!("int8send(hash_record_extended(ROW({}), 0))", of(alias))
+                };
+                let changed = format!("({}) IS DISTINCT FROM ({})", of("t"), of("EXCLUDED"));
                 let on_conflict_changed = if set_all.is_empty() {
                     on_conflict_update.clone()
                 } else {

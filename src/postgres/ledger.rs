@@ -29,7 +29,7 @@ pub async fn prune(
     let current = delete_in_batches(client, PRUNE_LEDGER, horizon, batch).await;
     let retired = delete_in_batches(client, PRUNE_RETIRED_LEDGER, horizon, batch).await;
     let attempts = delete_in_batches(client, PRUNE_ATTEMPTS, horizon, batch).await;
-    // Only keyed tables use these two; a run's user without rights on them (a login run on
+    // Only `latest` tables use this one; a run's user without rights on it (a login run on
     // a least-privilege account) has nothing there to prune.
     let unless_denied = |r: Result<u64, tokio_postgres::Error>| match r {
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {

@@ -289,6 +289,24 @@ ALTER TABLE sqs2pg.row_versions SET (fillfactor = 50);
 DROP TABLE sqs2pg.applied_rows;
 "#,
     ),
+    (
+        15,
+        "changes setup made to mapped tables",
+        r#"
+-- Each change `setup` made to a mapped table that existed (a column added, a varchar
+-- widened): which table, a hash of the mapping's table shape that asked for it, the statement
+-- and when. Kept: a table's history is short.
+CREATE TABLE sqs2pg.schema_changes (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    target       text        NOT NULL,
+    mapping_hash text        NOT NULL,
+    statement    text        NOT NULL,
+    applied_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE sqs2pg.schema_changes IS
+    'Changes setup made to mapped tables in place (additive only: columns added, varchars widened), with the hash of the mapping''s table shape that asked for them.';
+"#,
+    ),
 ];
 
 /// The schema version this build expects.

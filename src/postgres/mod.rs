@@ -1,10 +1,12 @@
 //! The sink: connecting (with TLS where asked), the bookkeeping schema and its migrations, the
-//! readiness check of the analysts' table, the loader that commits each batch in one
-//! transaction, and the quarantine queries behind the `rejects` commands.
+//! readiness check of the analysts' table, a mapped table evolved in place, the loader that
+//! commits each batch in one transaction, and the quarantine queries behind the `rejects`
+//! commands.
 
 pub mod aggregates;
 pub mod attempts;
 pub mod connect;
+pub mod evolve;
 pub mod failure;
 pub mod inspect;
 pub mod keyed;

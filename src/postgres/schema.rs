@@ -258,44 +258,49 @@ pub enum NotReady {
 }
 
 /// The privileges a run needs that the current user lacks, as readable phrases: INSERT on the
-/// target table and the bookkeeping tables, SELECT and DELETE (pruning) on the ledgers,
+/// target table (and by write mode: SELECT for `ignore`; UPDATE and DELETE too for `upsert`;
+/// and all four on `sqs2pg.row_versions` for `latest`) and the bookkeeping tables, SELECT and DELETE (pruning) on the ledgers,
 /// SELECT, INSERT, UPDATE and DELETE on the attempts at suspects, and
 /// TEMP on the database (rekey's address map). Objects that do not exist are left to
 /// [`check_ready`].
 pub async fn missing_privileges(
     client: &Client,
     table: &TableName,
-    keyed: bool,
+    mode: crate::kind::WriteMode,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
+    // Which modes need each: every mode (`append` and up); the keyed ones (their staging
+    // table is made from the table's definition: SELECT); those that replace and delete rows
+    // (`upsert`, `latest`); `latest` alone keeps versions and tombstones.
     let rows = client
         .query(
             "SELECT object || ': ' || privilege
-               FROM (VALUES ($1::text, 'INSERT', false),
-                            ($1::text, 'UPDATE', true),
-                            ($1::text, 'DELETE', true),
-                            ($1::text, 'SELECT', true),
-                            ('sqs2pg.row_versions', 'SELECT', true),
-                            ('sqs2pg.row_versions', 'INSERT', true),
-                            ('sqs2pg.row_versions', 'UPDATE', true),
-                            ('sqs2pg.row_versions', 'DELETE', true),
-                            ('sqs2pg.ledger', 'INSERT', false),
-                            ('sqs2pg.ledger', 'SELECT', false),
-                            ('sqs2pg.ledger', 'DELETE', false),
-                            ('sqs2pg.processed_messages', 'SELECT', false),
-                            ('sqs2pg.processed_messages', 'DELETE', false),
-                            ('sqs2pg.rejected_messages', 'INSERT', false),
-                            ('sqs2pg.attempts', 'SELECT', false),
-                            ('sqs2pg.attempts', 'INSERT', false),
-                            ('sqs2pg.attempts', 'UPDATE', false),
-                            ('sqs2pg.attempts', 'DELETE', false))
-                    AS needed(object, privilege, keyed_only)
-              WHERE (NOT keyed_only OR $2)
+               FROM (VALUES ($1::text, 'INSERT', 'append'),
+                            ($1::text, 'SELECT', 'ignore'),
+                            ($1::text, 'UPDATE', 'upsert'),
+                            ($1::text, 'DELETE', 'upsert'),
+                            ('sqs2pg.row_versions', 'SELECT', 'latest'),
+                            ('sqs2pg.row_versions', 'INSERT', 'latest'),
+                            ('sqs2pg.row_versions', 'UPDATE', 'latest'),
+                            ('sqs2pg.row_versions', 'DELETE', 'latest'),
+                            ('sqs2pg.ledger', 'INSERT', 'append'),
+                            ('sqs2pg.ledger', 'SELECT', 'append'),
+                            ('sqs2pg.ledger', 'DELETE', 'append'),
+                            ('sqs2pg.processed_messages', 'SELECT', 'append'),
+                            ('sqs2pg.processed_messages', 'DELETE', 'append'),
+                            ('sqs2pg.rejected_messages', 'INSERT', 'append'),
+                            ('sqs2pg.attempts', 'SELECT', 'append'),
+                            ('sqs2pg.attempts', 'INSERT', 'append'),
+                            ('sqs2pg.attempts', 'UPDATE', 'append'),
+                            ('sqs2pg.attempts', 'DELETE', 'append'))
+                    AS needed(object, privilege, from_mode)
+              WHERE array_position(ARRAY['append', 'ignore', 'upsert', 'latest'], from_mode)
+                    <= array_position(ARRAY['append', 'ignore', 'upsert', 'latest'], $2::text)
                 AND to_regclass(object) IS NOT NULL
                 AND NOT has_table_privilege(object, privilege)
              UNION
              SELECT 'database ' || current_database() || ': TEMP'
               WHERE NOT has_database_privilege(current_database(), 'TEMP')",
-            &[&table.quoted(), &keyed],
+            &[&table.quoted(), &mode.as_str()],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

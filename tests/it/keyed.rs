@@ -489,3 +489,214 @@ async fn latest_holds_with_two_loaders_racing_on_the_same_keys() {
         );
     }
 }
+
+/// Under `upsert` two replicas racing on the same keys leave, for each key, the last row one
+/// of them wrote (the last operation of one loader on that key: nothing torn, nothing from an
+/// older batch). A deadlock PostgreSQL finds between them (an insert and a delete of two keys
+/// crossing: deletes run after the key-ordered writes) is retried as a whole load, as the
+/// pipeline retries it; nothing else may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_holds_with_two_loaders_racing_on_the_same_keys() {
+    let db = TestDb::new().await;
+    let database = Database::parse(&db.url).unwrap();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let key =
+        sqs2pg::keys::MaskKey::from_base64(&sqs2pg::keys::MaskKey::generate_base64().unwrap())
+            .unwrap();
+    for case in 0..30 {
+        let table = format!("public.{}", unique("uprace"));
+        let mapping = mapping(&table, "upsert");
+        let name = TableName::parse(&table).unwrap();
+        sqs2pg::app::setup_for(
+            &database,
+            &name,
+            &sqs2pg::app::target::Target::of_mapping(&mapping).shape(false),
+        )
+        .await
+        .unwrap();
+        let mapper = Mapper::new(mapping, &key);
+        let targets: Vec<_> = mapper
+            .writes()
+            .into_iter()
+            .map(|w| (name.clone(), w))
+            .collect();
+        let batches = stream("upsert", name.name(), &mut runner);
+        let (a, b): (Vec<_>, Vec<_>) = batches.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let ops = |part: &[(usize, &Vec<Op>)]| -> Vec<Op> {
+            part.iter()
+                .flat_map(|(_, ops)| ops.iter().cloned())
+                .collect()
+        };
+        let (ops_a, ops_b) = (ops(&a), ops(&b));
+        let load = |part: Vec<(usize, &Vec<Op>)>| {
+            let mut loader = TableLoader::new(database.clone(), &targets, "k".into());
+            let part: Vec<Batch> = part.iter().map(|(_, ops)| batch_of(&mapper, ops)).collect();
+            async move {
+                for batch in &part {
+                    let mut attempts = 0;
+                    loop {
+                        match loader.load(batch).await {
+                            Ok(_) => break,
+                            Err(e) => {
+                                // Only a deadlock is the pipeline's to retry here.
+                                let deadlock = matches!(
+                                    &e,
+                                    sqs2pg::postgres::LoadError::Postgres(p)
+                                        if p.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+                                );
+                                attempts += 1;
+                                assert!(deadlock && attempts < 20, "{e}");
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        tokio::join!(load(a), load(b));
+        // Each loader's own last word on each key.
+        let last = |ops: &[Op]| -> BTreeMap<i32, Option<(i64, u8)>> {
+            ops.iter()
+                .map(|op| (op.key, op.payload.map(|p| (op.version, p))))
+                .collect()
+        };
+        let (last_a, last_b) = (last(&ops_a), last(&ops_b));
+        let state = table_state(&db, &table).await;
+        for k in last_a.keys().chain(last_b.keys()) {
+            let row = state.get(k).copied();
+            let candidates = [last_a.get(k).copied(), last_b.get(k).copied()];
+            assert!(
+                candidates.contains(&Some(row)),
+                "case {case}, key {k}: {row:?} is neither loader's last word {candidates:?}"
+            );
+        }
+        assert!(
+            state
+                .keys()
+                .all(|k| last_a.contains_key(k) || last_b.contains_key(k)),
+            "case {case}: a row for a key nobody sent"
+        );
+    }
+}
+
+/// Under `upsert` a producer's retry is a resend even though SQS gives it a new message id
+/// and send time (columns of the delivery are not compared), over a key of two columns, one
+/// of them numeric (`1.0` and `1.00` are one key); a changed value replaces the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upsert_retry_with_a_new_message_id_and_send_time_changes_nothing() {
+    let db = TestDb::new().await;
+    let database = Database::parse(&db.url).unwrap();
+    let table = format!("public.{}", unique("retry"));
+    let mapping = Mapping::parse(&format!(
+        r#"
+table = "{table}"
+write = {{ mode = "upsert", key = ["store", "sku"] }}
+[[columns]]
+name = "store"
+from = "/store"
+type = "numeric"
+[[columns]]
+name = "sku"
+from = "/sku"
+type = "text"
+[[columns]]
+name = "price"
+from = "/price"
+type = "numeric"
+[[columns]]
+name = "sent_at"
+from = "sqs:SentTimestamp"
+type = "timestamptz"
+[[columns]]
+name = "message_id"
+from = "sqs:MessageId"
+type = "text"
+"#
+    ))
+    .unwrap();
+    let name = TableName::parse(&table).unwrap();
+    sqs2pg::app::setup_for(
+        &database,
+        &name,
+        &sqs2pg::app::target::Target::of_mapping(&mapping).shape(false),
+    )
+    .await
+    .unwrap();
+    let key =
+        sqs2pg::keys::MaskKey::from_base64(&sqs2pg::keys::MaskKey::generate_base64().unwrap())
+            .unwrap();
+    let mapper = Mapper::new(mapping, &key);
+    let targets: Vec<_> = mapper
+        .writes()
+        .into_iter()
+        .map(|w| (name.clone(), w))
+        .collect();
+    let mut loader = TableLoader::new(database.clone(), &targets, "k".into());
+    let batch = |body: &str, id: &str, sent_ms: i64| {
+        let message = Message::new(body, id, sent_ms);
+        Batch::part(
+            vec![Row {
+                ack_index: 0,
+                suspect: false,
+                message_id: id.to_owned(),
+                rows: mapper.transform(&message).outcome.unwrap(),
+                delivery: Delivery {
+                    received_at: std::time::SystemTime::now(),
+                    receive_count: 1,
+                    sent_timestamp: sent_ms,
+                    ledger_ms: sent_ms,
+                },
+                body: HeldBody::new(body.to_owned(), Default::default()),
+            }],
+            Vec::new(),
+        )
+    };
+    let first = loader
+        .load(&batch(
+            r#"{"store": 1.0, "sku": "a", "price": 5}"#,
+            "m1",
+            1_700_000_000_000,
+        ))
+        .await
+        .unwrap();
+    assert_eq!((first.loaded, first.duplicate_keys), (1, 0));
+    // The producer's retry: new id, later send time, the key spelled 1.00.
+    let retry = loader
+        .load(&batch(
+            r#"{"store": 1.00, "sku": "a", "price": 5}"#,
+            "m2",
+            1_700_000_005_000,
+        ))
+        .await
+        .unwrap();
+    assert_eq!((retry.loaded, retry.duplicate_keys), (1, 1));
+    let row = |sql: &str| {
+        let db = &db;
+        let sql = sql.to_owned();
+        async move {
+            db.client()
+                .await
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    let select =
+        format!("SELECT message_id || ' ' || price || ' ' || count(*) OVER () FROM {table}");
+    assert_eq!(
+        row(&select).await,
+        "m1 5 1",
+        "the first delivery's row stays"
+    );
+    // A changed price replaces it, whoever delivered it.
+    let change = loader
+        .load(&batch(
+            r#"{"store": 1, "sku": "a", "price": 6}"#,
+            "m3",
+            1_700_000_009_000,
+        ))
+        .await
+        .unwrap();
+    assert_eq!((change.loaded, change.duplicate_keys), (1, 0));
+    assert_eq!(row(&select).await, "m3 6 1");
+}

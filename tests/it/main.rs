@@ -9,6 +9,7 @@ mod harness;
 mod bad_messages;
 mod container;
 mod deploy;
+mod evolve;
 mod exactly_once;
 mod faults;
 mod keyed;

@@ -3,7 +3,10 @@
 //! (upsert, with resends), page views (append), types no mapping takes and bad bodies, in a
 //! shuffled order, served by the four mappings of `examples/streams/` at once. Every table must
 //! equal what the test computes from the stream itself; a dead-letter redrive (the same bodies
-//! again under new message ids) must leave the keyed tables unchanged.
+//! again under new message ids) must leave the keyed tables unchanged. (Each cart has one
+//! state, so the order of a shuffled stream cannot matter to it: under `upsert` the last row
+//! processed wins, and an older state redriven after a newer one would win too; what upsert
+//! does with several states of a key, deletes and races is `keyed.rs`'s to test.)
 //!
 //! The slow tier runs it at 20,000 messages over two queues (orders and page views on the
 //! second, named by their mappings' `queue`) with three concurrent drains, one of them killed
@@ -414,7 +417,7 @@ async fn served(scale: usize, drains: usize, kill: bool, two_queues: bool) {
         again.len(),
         "the redriven messages are new messages to the ledger"
     );
-    // Every order and cart again is a duplicate key (a key held; a state already applied);
+    // Every order and cart again is a duplicate key (a key held; each cart's current state);
     // a user again is stale, or wins again with what the row already holds.
     let orders_and_carts = again
         .iter()

@@ -518,3 +518,66 @@ columns = [
         "{detail}"
     );
 }
+
+const CONTRACT: &str = r#"
+table = "public.t"
+columns = [
+  { name = "id", from = "/id", type = "text" },
+  { name = "amount", from = "/order/amount", type = "numeric" },
+]"#;
+
+#[test]
+fn unknown_reject_quarantines_a_field_no_column_takes_by_its_name() {
+    let mapping = format!("unknown = \"reject\"\n{CONTRACT}");
+    assert!(apply(
+        &mapping,
+        r#"{"id": "a", "order": {"amount": 1, "note": "x"}}"#
+    )
+    .is_ok());
+    let refused = apply(&mapping, r#"{"id": "a", "coupon": "X1"}"#).unwrap_err();
+    assert_eq!(refused.reason, "unknown_field:coupon");
+    // A name that is data (an address) is not written into the reason.
+    let refused = apply(&mapping, r#"{"id": "a", "jo@example.com": 1}"#).unwrap_err();
+    assert_eq!(refused.reason, "unknown_field");
+    assert!(!refused.detail.unwrap().contains("example"));
+    // Ignore (the default) stores what the columns take and nothing else.
+    assert_eq!(
+        apply(CONTRACT, r#"{"id": "a", "coupon": "X1"}"#).unwrap(),
+        [[Some("a".to_owned()), None]]
+    );
+    // A column that takes the whole message leaves nothing unknown.
+    let whole = "unknown = \"reject\"\ntable = \"public.t\"\ncolumns = [{ name = \"doc\", from = \"body\", type = \"jsonb\" }]";
+    assert!(apply(whole, r#"{"coupon": "X1"}"#).is_ok());
+}
+
+#[test]
+fn unknown_rest_keeps_unknown_fields_in_a_rest_column_scanned_for_personal_data() {
+    let mapping = format!("unknown = \"rest\"\n{CONTRACT}");
+    let parsed = Mapping::parse(&mapping).unwrap();
+    let rest = parsed.columns.last().unwrap();
+    assert_eq!(
+        (rest.name.as_str(), rest.column_type.to_string()),
+        ("rest", "jsonb".to_owned())
+    );
+    let rows = apply(
+        &mapping,
+        r#"{"id": "a", "coupon": "X1", "contact": "jo@example.com"}"#,
+    )
+    .unwrap();
+    let stored = rows[0][2].clone().unwrap();
+    assert!(
+        stored.contains(r#""coupon": "X1""#) || stored.contains(r#""coupon":"X1""#),
+        "{stored}"
+    );
+    assert!(!stored.contains("jo@example.com"), "{stored}");
+    // A mapping that has a `rest` column keeps it; one whose `rest` takes something else is
+    // told how to fix it.
+    let own = "unknown = \"rest\"\ntable = \"public.t\"\ncolumns = [{ name = \"extra\", from = \"rest\", type = \"jsonb\" }]";
+    assert_eq!(Mapping::parse(own).unwrap().columns.len(), 1);
+    let clash = "unknown = \"rest\"\ntable = \"public.t\"\ncolumns = [{ name = \"rest\", from = \"/rest\", type = \"text\" }]";
+    let e = Mapping::parse(clash).unwrap_err().to_string();
+    assert!(
+        e.contains("key `unknown`") && e.contains("from = \"rest\""),
+        "{e}"
+    );
+}

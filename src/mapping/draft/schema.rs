@@ -1,0 +1,516 @@
+//! A first mapping drafted from the producer's JSON Schema (draft 2020-12 or draft-07): the
+//! contract turned into columns, types and checks, with masks proposed as for samples.
+//!
+//! - Nested objects are flattened to pointers (`/user/email` becomes `user_email`); an object
+//!   without `properties` (a map) and an array of anything but strings stay whole, as `jsonb`;
+//!   an array of strings is `text[]`.
+//! - `type` and `format` give the column type: `uuid`, `date-time` (`timestamptz`), `date`;
+//!   `integer` is `integer` when its bounds fit, `bigint` otherwise; `number` is `numeric`
+//!   (every digit kept); `string` is `varchar(maxLength)` or `text`.
+//! - A property is `required` when it and every object above it are required and none of
+//!   them may be null. `enum` gives `allowed`, `minimum`/`maximum` (and an integer's exclusive
+//!   bounds) `min`/`max`, `pattern` the column's `pattern` (JSON Schema's are unanchored, a
+//!   mapping's anchored: the draft keeps the meaning).
+//! - The three ways to say "or null" are understood: `type: [T, "null"]`, and `oneOf` or
+//!   `anyOf` of a schema and `{"type": "null"}`, in either order. A `oneOf`/`anyOf` of several
+//!   object shapes has no flat mapping: the draft is refused, naming its pointer.
+//! - `$ref` inside the file (`#/$defs/...`, `#/definitions/...`, any JSON pointer) is
+//!   followed; a reference back into itself is stored whole (`jsonb`); a reference to another
+//!   file is refused.
+//! - Masks: formats `email`, `ipv4` and `ipv6` and personal names (`firstName`, `phone`,
+//!   `dob`, ...) are masked, with the reason in a comment.
+
+use serde_json::{Map, Value as Json};
+use std::fmt::Write as _;
+
+use super::{column_name, escape, toml_string};
+use crate::mapping::personal;
+
+/// Why a JSON Schema gave no draft. Names places in the schema, never values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error("the schema is not JSON")]
+    NotJson,
+    #[error("the schema describes {0}, not an object: a mapping maps the fields of an object")]
+    NotAnObject(String),
+    #[error(
+        "{0}: a oneOf/anyOf of several object shapes has no flat mapping; write one mapping per \
+         shape (with `match`), or map the field whole with `type = \"jsonb\"`"
+    )]
+    SeveralShapes(String),
+    #[error("{pointer}: `$ref` {reference} is not inside this file; only `#...` references are followed")]
+    ExternalRef { pointer: String, reference: String },
+    #[error("{pointer}: `$ref` {reference} names nothing in this file")]
+    MissingRef { pointer: String, reference: String },
+}
+
+/// One leaf of the schema: a column to be.
+struct Leaf {
+    pointer: String,
+    schema: Json,
+    required: bool,
+}
+
+/// A subschema with its references followed and its "or null" taken off: the schema, and
+/// whether null is allowed.
+fn resolve(
+    root: &Json,
+    schema: &Json,
+    at: &str,
+    depth: usize,
+) -> Result<(Json, bool), SchemaError> {
+    if depth > 16 {
+        // Options nested in options past any sensible schema (a cycle through `oneOf`):
+        // stored whole.
+        return Ok((serde_json::json!({"type": "jsonb-any"}), false));
+    }
+    let mut schema = schema.clone();
+    let mut nullable = false;
+    // References (a chain of them, bounded: a cycle is stored whole by the caller).
+    for _ in 0..32 {
+        let Some(reference) = schema.get("$ref").and_then(Json::as_str).map(str::to_owned) else {
+            break;
+        };
+        let Some(pointer) = reference.strip_prefix('#') else {
+            return Err(SchemaError::ExternalRef {
+                pointer: at.to_owned(),
+                reference,
+            });
+        };
+        let target = root
+            .pointer(pointer)
+            .ok_or_else(|| SchemaError::MissingRef {
+                pointer: at.to_owned(),
+                reference: reference.clone(),
+            })?
+            .clone();
+        // Keywords beside `$ref` (2020-12 allows them) apply too; the target's come first.
+        let mut merged = target;
+        if let (Json::Object(m), Json::Object(here)) = (&mut merged, &schema) {
+            for (k, v) in here {
+                if k != "$ref" {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        schema = merged;
+    }
+    // `type: [T, "null"]`.
+    if let Some(Json::Array(types)) = schema.get("type") {
+        let others: Vec<Json> = types
+            .iter()
+            .filter(|t| t.as_str() != Some("null"))
+            .cloned()
+            .collect();
+        if others.len() < types.len() {
+            nullable = true;
+            let rest = match others.as_slice() {
+                [one] => one.clone(),
+                _ => Json::Array(others),
+            };
+            schema["type"] = rest;
+        }
+    }
+    // `oneOf`/`anyOf` with `{"type": "null"}`, in either order.
+    for keyword in ["oneOf", "anyOf"] {
+        let Some(Json::Array(options)) = schema.get(keyword).cloned() else {
+            continue;
+        };
+        let is_null = |s: &Json| s.get("type").and_then(Json::as_str) == Some("null");
+        let non_null: Vec<&Json> = options.iter().filter(|s| !is_null(s)).collect();
+        if non_null.len() < options.len() {
+            nullable = true;
+        }
+        let shapes = non_null
+            .iter()
+            .filter(|s| resolve(root, s, at, depth + 1).is_ok_and(|(r, _)| is_object(&r)))
+            .count();
+        if shapes > 1 {
+            return Err(SchemaError::SeveralShapes(display_pointer(at)));
+        }
+        if let [one] = non_null.as_slice() {
+            let (inner, inner_null) = resolve(root, one, at, depth + 1)?;
+            nullable |= inner_null;
+            // The option's keywords, under the ones written beside `oneOf` (a description).
+            let mut merged = inner;
+            if let (Json::Object(m), Json::Object(here)) = (&mut merged, &schema) {
+                for (k, v) in here {
+                    if k != keyword && !m.contains_key(k) {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            schema = merged;
+        } else if non_null.len() > 1 {
+            // Several scalar types: kept whole.
+            schema = serde_json::json!({"type": "jsonb-any"});
+        }
+    }
+    // `enum` with null in it allows null too.
+    if let Some(Json::Array(values)) = schema.get("enum") {
+        if values.iter().any(Json::is_null) {
+            nullable = true;
+        }
+    }
+    Ok((schema, nullable))
+}
+
+fn is_object(schema: &Json) -> bool {
+    schema.get("type").and_then(Json::as_str) == Some("object")
+        || (schema.get("type").is_none() && schema.get("properties").is_some())
+}
+
+/// A pointer as messages name it (`/` for the document itself).
+fn display_pointer(at: &str) -> String {
+    if at.is_empty() {
+        "/".to_owned()
+    } else {
+        at.to_owned()
+    }
+}
+
+/// The properties of an object schema, `allOf` parts merged in.
+fn properties(
+    root: &Json,
+    schema: &Json,
+    at: &str,
+) -> Result<(Map<String, Json>, Vec<String>), SchemaError> {
+    let mut props = schema
+        .get("properties")
+        .and_then(Json::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut required: Vec<String> = schema
+        .get("required")
+        .and_then(Json::as_array)
+        .map(|r| {
+            r.iter()
+                .filter_map(Json::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(Json::Array(parts)) = schema.get("allOf") {
+        for part in parts {
+            let (part, _) = resolve(root, part, at, 0)?;
+            let (p, r) = properties(root, &part, at)?;
+            props.extend(p);
+            required.extend(r);
+        }
+    }
+    Ok((props, required))
+}
+
+/// Every leaf under the object `schema` at `at`.
+fn walk(
+    root: &Json,
+    schema: &Json,
+    at: &str,
+    required_above: bool,
+    seen_refs: &mut Vec<String>,
+    leaves: &mut Vec<Leaf>,
+) -> Result<(), SchemaError> {
+    let (props, required) = properties(root, schema, at)?;
+    for (name, sub) in props {
+        let pointer = format!("{at}/{}", escape(&name));
+        // A reference back into one being expanded: the field is kept whole.
+        let reference = sub.get("$ref").and_then(Json::as_str).map(str::to_owned);
+        if let Some(r) = &reference {
+            if seen_refs.contains(r) {
+                leaves.push(Leaf {
+                    pointer,
+                    schema: serde_json::json!({"type": "jsonb-any"}),
+                    required: false,
+                });
+                continue;
+            }
+        }
+        let (resolved, nullable) = resolve(root, &sub, &pointer, 0)?;
+        let is_required = required_above && !nullable && required.contains(&name);
+        let has_properties = resolved
+            .get("properties")
+            .and_then(Json::as_object)
+            .is_some_and(|p| !p.is_empty())
+            || resolved.get("allOf").is_some();
+        if is_object(&resolved) && has_properties {
+            if let Some(r) = &reference {
+                seen_refs.push(r.clone());
+            }
+            walk(root, &resolved, &pointer, is_required, seen_refs, leaves)?;
+            if reference.is_some() {
+                seen_refs.pop();
+            }
+        } else {
+            leaves.push(Leaf {
+                pointer,
+                schema: resolved,
+                required: is_required,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A number keyword as the exact decimal text it was written with.
+fn number_text(schema: &Json, keyword: &str) -> Option<String> {
+    schema
+        .get(keyword)
+        .and_then(|v| v.as_number())
+        .map(|n| n.to_string())
+}
+
+/// An integer keyword, when it is one.
+fn integer(schema: &Json, keyword: &str) -> Option<i64> {
+    let n = schema.get(keyword)?.as_number()?;
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+            .map(|f| f as i64)
+    })
+}
+
+/// The mapping's lines for one leaf (after `from`): type, checks, mask; and the comment above
+/// it. Answers (comment, masked, lines).
+fn column_lines(leaf: &Leaf) -> (Option<String>, bool, Vec<String>) {
+    let s = &leaf.schema;
+    let kind = s.get("type").and_then(Json::as_str).unwrap_or("");
+    let format = s.get("format").and_then(Json::as_str).unwrap_or("");
+    let last = leaf.pointer.rsplit('/').next().unwrap_or("");
+    let mut lines = Vec::new();
+    let mut notes = Vec::new();
+    let by_format = match format {
+        "email" => Some("its format is email"),
+        "ipv4" | "ipv6" => Some("its format is an IP address"),
+        _ => None,
+    };
+    let by_name = personal::name(last).then_some("its name says it may identify a person");
+    let personal_reason = match kind {
+        "string" | "" => by_format.or(by_name),
+        "boolean" => None,
+        _ => by_name,
+    };
+    let mut masked = false;
+    match kind {
+        "string" => {
+            let column_type = match format {
+                "uuid" => "uuid".to_owned(),
+                "date-time" => "timestamptz".to_owned(),
+                "date" => "date".to_owned(),
+                _ if personal_reason.is_some() => "varchar(256)".to_owned(),
+                _ => match integer(s, "maxLength") {
+                    Some(n) if (1..=10_485_760).contains(&n) => format!("varchar({n})"),
+                    _ => "text".to_owned(),
+                },
+            };
+            let typed = matches!(format, "uuid" | "date-time" | "date");
+            if personal_reason.is_some() && !typed {
+                lines.push(format!("type = \"{column_type}\""));
+                if matches!(format, "ipv4" | "ipv6") {
+                    lines.push("convert = \"ip\"".to_owned());
+                }
+                lines.push("mask = \"hmac\"".to_owned());
+                masked = true;
+                // The token is not the value: a length or pattern of the value is checked
+                // before masking only when written; keep the schema's.
+                if let Some(n) = integer(s, "maxLength") {
+                    lines.push(format!("max_length = {n}"));
+                }
+            } else {
+                lines.push(format!("type = \"{column_type}\""));
+                if personal_reason.is_some() {
+                    lines.push("mask = \"redact\"".to_owned());
+                    masked = true;
+                }
+            }
+            if let Some(pattern) = s.get("pattern").and_then(Json::as_str) {
+                let anchored = anchored_pattern(pattern);
+                if regex_lite::Regex::new(&format!("^(?:{anchored})$")).is_ok() {
+                    lines.push(format!("pattern = {}", toml_string(&anchored)));
+                } else {
+                    notes.push(format!(
+                        "its pattern uses syntax a mapping's patterns lack ({}), so it is not checked",
+                        "lookaround or back-references"
+                    ));
+                }
+            }
+        }
+        "integer" => {
+            let min = integer(s, "minimum")
+                .or_else(|| integer(s, "exclusiveMinimum").map(|m| m.saturating_add(1)));
+            let max = integer(s, "maximum")
+                .or_else(|| integer(s, "exclusiveMaximum").map(|m| m.saturating_sub(1)));
+            let fits = |v: Option<i64>| v.is_some_and(|v| i32::try_from(v).is_ok());
+            let column_type = if fits(min) && fits(max) {
+                "integer"
+            } else {
+                "bigint"
+            };
+            lines.push(format!("type = \"{column_type}\""));
+            if let Some(m) = min {
+                lines.push(format!("min = {m}"));
+            }
+            if let Some(m) = max {
+                lines.push(format!("max = {m}"));
+            }
+            if personal_reason.is_some() {
+                lines.push("mask = \"redact\"".to_owned());
+                masked = true;
+            }
+        }
+        "number" => {
+            lines.push("type = \"numeric\"".to_owned());
+            if let Some(m) = number_text(s, "minimum") {
+                lines.push(format!("min = {}", toml_string(&m)));
+            }
+            if let Some(m) = number_text(s, "maximum") {
+                lines.push(format!("max = {}", toml_string(&m)));
+            }
+            if s.get("exclusiveMinimum").is_some_and(Json::is_number)
+                || s.get("exclusiveMaximum").is_some_and(Json::is_number)
+            {
+                notes.push(
+                    "its exclusive bounds are not checked (a mapping's bounds include their ends)"
+                        .to_owned(),
+                );
+            }
+            if personal_reason.is_some() {
+                lines.push("mask = \"redact\"".to_owned());
+                masked = true;
+            }
+        }
+        "boolean" => lines.push("type = \"boolean\"".to_owned()),
+        "array" => {
+            let items = s.get("items").cloned().unwrap_or(Json::Null);
+            let strings = items.get("type").and_then(Json::as_str) == Some("string");
+            lines.push(format!(
+                "type = \"{}\"",
+                if strings { "text[]" } else { "jsonb" }
+            ));
+            if personal_reason.is_some() {
+                lines.push("mask = \"redact\"".to_owned());
+                masked = true;
+            }
+        }
+        _ => {
+            // An object without properties (a map), several types, or no type at all.
+            lines.push("type = \"jsonb\"".to_owned());
+            if personal_reason.is_some() {
+                lines.push("mask = \"redact\"".to_owned());
+                masked = true;
+            }
+        }
+    }
+    if let Some(Json::Array(values)) = s.get("enum") {
+        let allowed: Vec<String> = values
+            .iter()
+            .filter(|v| !v.is_null())
+            .map(|v| match v {
+                Json::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        if !allowed.is_empty() && !masked {
+            let list: Vec<String> = allowed.iter().map(|a| toml_string(a)).collect();
+            lines.push(format!("allowed = [{}]", list.join(", ")));
+        }
+    }
+    if leaf.required {
+        lines.push("required = true".to_owned());
+    }
+    let comment = match (masked, personal_reason) {
+        (true, Some(why)) => Some(format!("Masked: {why}.")),
+        _ => None,
+    };
+    let comment = match (comment, notes.is_empty()) {
+        (c, true) => c,
+        (Some(c), false) => Some(format!("{c}\n# Note: {}.", notes.join("; "))),
+        (None, false) => Some(format!("Note: {}.", notes.join("; "))),
+    };
+    (comment, masked, lines)
+}
+
+/// A JSON Schema pattern (unanchored: it may match anywhere) as a mapping's (anchored: the
+/// whole value): as written when it is anchored at both ends without alternatives, otherwise
+/// allowed to match anywhere.
+fn anchored_pattern(pattern: &str) -> String {
+    let both_ends = pattern.starts_with('^')
+        && pattern.ends_with('$')
+        && !pattern.ends_with("\\$")
+        && !pattern.contains('|');
+    if both_ends {
+        pattern[1..pattern.len() - 1].to_owned()
+    } else {
+        format!(".*(?:{pattern}).*")
+    }
+}
+
+/// Drafts a mapping for `table` from a JSON Schema's text.
+pub fn draft_from_schema(table: &str, text: &str) -> Result<String, SchemaError> {
+    let root: Json = serde_json::from_str(text).map_err(|_| SchemaError::NotJson)?;
+    let (top, _) = resolve(&root, &root, "", 0)?;
+    if !is_object(&top) {
+        let what = match top.get("type") {
+            Some(Json::String(t)) => format!("type {t}"),
+            _ => "no object".to_owned(),
+        };
+        return Err(SchemaError::NotAnObject(what));
+    }
+    let mut leaves = Vec::new();
+    walk(&root, &top, "", true, &mut Vec::new(), &mut leaves)?;
+    let title = root
+        .get("title")
+        .and_then(Json::as_str)
+        .map(|t| format!(" ({})", t.replace(['\n', '\r'], " ")))
+        .unwrap_or_default();
+    let dialect = match root.get("$schema").and_then(Json::as_str) {
+        Some(s) if s.contains("draft-07") => "draft-07",
+        Some(s) if s.contains("2020-12") => "draft 2020-12",
+        _ => "JSON Schema",
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Drafted by `sqs2pg mapping draft --schema` from a {dialect} schema{title}. Read it\n\
+         # through: types, checks and `required` come from the schema; masks are proposed.\n\
+         # Try it with `sqs2pg mapping preview`.\n\
+         table = {}\n\
+         envelope = \"none\"\n\
+         # What looks personal inside a jsonb column is stored as an hmac token.\n\
+         rest_personal = \"mask\"",
+        toml_string(table)
+    );
+    let mut names = std::collections::HashSet::new();
+    for leaf in &leaves {
+        let (comment, masked, lines) = column_lines(leaf);
+        let base = column_name(&leaf.pointer);
+        let mut name = if masked && lines.iter().any(|l| l == "mask = \"hmac\"") {
+            format!("masked_{base}")
+        } else {
+            base
+        };
+        while !names.insert(name.clone()) {
+            name.push('_');
+        }
+        out.push('\n');
+        if let Some(c) = comment {
+            let _ = writeln!(out, "# {c}");
+        }
+        let _ = writeln!(out, "[[columns]]\nname = \"{name}\"");
+        let _ = writeln!(out, "from = {}", toml_string(&leaf.pointer));
+        for line in lines {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let mut sent = "sent_at".to_owned();
+    while names.contains(&sent) {
+        sent.push('_');
+    }
+    let _ = writeln!(
+        out,
+        "\n# When SQS received the message.\n[[columns]]\nname = \"{sent}\"\nfrom = \"sqs:SentTimestamp\"\ntype = \"timestamptz\""
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! A mapped table that exists, evolved in place for additive changes (`setup` with a mapping,
+//! `mapping diff`): what the mapping's columns ask of the table, the changes that are safe to
+//! make (a new nullable column, a varchar widened), and the ones that are not, refused by
+//! column with the SQL a person could run instead (a type change or narrowing, a new NOT NULL
+//! column, NOT NULL on a column the rows may leave NULL).
+//!
+//! Changes are made in one transaction under an advisory lock of the table, planned again
+//! once the lock is held, each statement idempotent (`ADD COLUMN IF NOT EXISTS`): replicas
+//! running `setup` at once apply each change once, without an error. Each change is recorded
+//! in `sqs2pg.schema_changes` (table, the mapping's shape hash, statement, time). Nothing is
+//! changed when anything is refused. A process still running the old mapping keeps working:
+//! it names its columns in every statement, and a new column is nullable.
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, GenericClient};
+
+use super::schema::{quote_ident, TableName, TableShape};
+
+/// A change `setup` makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub column: String,
+    /// What it does, in words (`add, character varying(64)`).
+    pub what: String,
+    pub sql: String,
+}
+
+/// A difference `setup` will not resolve by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub column: String,
+    pub why: String,
+    /// What a person could run instead (after reading it).
+    pub sql: String,
+}
+
+/// What a mapping asks of an existing table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    pub refused: Vec<Refusal>,
+}
+
+impl Plan {
+    /// Whether the table is as the mapping wants it.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.refused.is_empty()
+    }
+
+    /// The plan as lines for a person: each change and each refusal with its column.
+    pub fn lines(&self, table: &TableName) -> Vec<String> {
+        let mut lines = Vec::new();
+        for c in &self.changes {
+            lines.push(format!(
+                "{table}: column {}: {}: {}",
+                c.column, c.what, c.sql
+            ));
+        }
+        for r in &self.refused {
+            lines.push(format!(
+                "{table}: column {}: refused: {}; a person could run instead: {}",
+                r.column, r.why, r.sql
+            ));
+        }
+        lines
+    }
+}
+
+/// Why `setup` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum EvolveError {
+    #[error("setup changes nothing in {table}: {}", .lines.join("; "))]
+    Refused { table: String, lines: Vec<String> },
+    #[error("{}", super::describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// A hash of the shape (its DDL): which mapping asked for a change.
+pub fn shape_hash(table: &TableName, shape: &TableShape) -> String {
+    let digest = Sha256::digest(shape.ddl(table).as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The length of a `character varying(n)`, when the type is one.
+fn varchar_length(catalog_type: &str) -> Option<u32> {
+    catalog_type
+        .strip_prefix("character varying(")?
+        .strip_suffix(')')?
+        .parse()
+        .ok()
+}
+
+/// What `shape` asks of `table` as it is now.
+pub async fn plan(
+    client: &impl GenericClient,
+    table: &TableName,
+    shape: &TableShape,
+) -> Result<Plan, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull
+               FROM pg_attribute
+              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+            &[&table.quoted()],
+        )
+        .await?;
+    let actual: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let quoted = table.quoted();
+    let mut plan = Plan::default();
+    for c in &shape.columns {
+        let column = quote_ident(&c.name);
+        let wanted = &c.catalog_type;
+        match actual.iter().find(|(n, _, _)| n == &c.name) {
+            None if c.not_null => plan.refused.push(Refusal {
+                column: c.name.clone(),
+                why: "a new NOT NULL column (the mapping's column is required) has no value in \
+                      the rows already there"
+                    .into(),
+                sql: format!(
+                    "ALTER TABLE {quoted} ADD COLUMN {column} {wanted}; UPDATE {quoted} SET \
+                     {column} = ...; ALTER TABLE {quoted} ALTER COLUMN {column} SET NOT NULL \
+                     (or make the column not required)"
+                ),
+            }),
+            None => plan.changes.push(Change {
+                column: c.name.clone(),
+                what: format!("add, {wanted}, nullable"),
+                sql: format!("ALTER TABLE {quoted} ADD COLUMN IF NOT EXISTS {column} {wanted}"),
+            }),
+            Some((_, have, not_null)) => {
+                if have != wanted {
+                    let widened = match (varchar_length(have), varchar_length(wanted)) {
+                        (Some(from), Some(to)) => to > from,
+                        (Some(_), None) => wanted == "text",
+                        _ => false,
+                    };
+                    if widened {
+                        plan.changes.push(Change {
+                            column: c.name.clone(),
+                            what: format!("widen {have} to {wanted}"),
+                            sql: format!(
+                                "ALTER TABLE {quoted} ALTER COLUMN {column} TYPE {wanted}"
+                            ),
+                        });
+                    } else {
+                        plan.refused.push(Refusal {
+                            column: c.name.clone(),
+                            why: format!(
+                                "is {have}, the mapping writes {wanted}: a type change or a \
+                                 narrowing can fail on, or rewrite, the rows already there"
+                            ),
+                            sql: format!(
+                                "ALTER TABLE {quoted} ALTER COLUMN {column} TYPE {wanted} USING \
+                                 {column}::{wanted}"
+                            ),
+                        });
+                    }
+                }
+                if *not_null && c.may_be_null {
+                    plan.refused.push(Refusal {
+                        column: c.name.clone(),
+                        why: "is NOT NULL, and the mapping may leave it NULL (not required, or \
+                              redacted)"
+                            .into(),
+                        sql: format!(
+                            "ALTER TABLE {quoted} ALTER COLUMN {column} DROP NOT NULL (or make \
+                             the column required)"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Makes the plan's changes, once, under the table's advisory lock; refuses (changing
+/// nothing) when anything is refused. Answers the changes made (none when another process
+/// made them first).
+pub async fn evolve(
+    client: &mut Client,
+    table: &TableName,
+    shape: &TableShape,
+) -> Result<Vec<Change>, EvolveError> {
+    let tx = client.transaction().await?;
+    // The table's ALTERs wait for loads in flight; give up rather than stall loads for long.
+    tx.batch_execute("SET LOCAL lock_timeout = '60s'").await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sqs2pg evolve ' || $1, 0))",
+        &[&table.quoted()],
+    )
+    .await?;
+    // Planned again under the lock: another replica may have made the changes.
+    let plan = plan(&tx, table, shape).await?;
+    if !plan.refused.is_empty() {
+        return Err(EvolveError::Refused {
+            table: table.to_string(),
+            lines: plan.lines(table),
+        });
+    }
+    let hash = shape_hash(table, shape);
+    for change in &plan.changes {
+        tx.batch_execute(&change.sql).await?;
+        tx.execute(
+            "INSERT INTO sqs2pg.schema_changes (target, mapping_hash, statement) \
+             VALUES ($1, $2, $3)",
+            &[&table.quoted(), &hash, &change.sql],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(plan.changes)
+}
