@@ -314,16 +314,16 @@ async fn diff(args: crate::config::args::DatabaseArgs) -> Result<(), AppError> {
     let client = database.connect().await.map_err(|e| trouble(e.into()))?;
     let mut differ = 0;
     for target in super::target::Target::of_run(&table, &mappings) {
-        let lines = super::setup::plan_lines(&client, &target)
+        let (lines, notes) = super::setup::plan_lines(&client, &target)
             .await
             .map_err(trouble)?;
         if lines.is_empty() {
             println!("{}: as the mapping wants it", target.table);
         } else {
             differ += 1;
-            for line in lines {
-                println!("{line}");
-            }
+        }
+        for line in lines.iter().chain(&notes) {
+            println!("{line}");
         }
     }
     if differ > 0 {

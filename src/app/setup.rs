@@ -13,7 +13,11 @@ pub async fn command(args: SetupArgs) -> Result<(), AppError> {
     if args.dry_run {
         let client = database.connect().await?;
         for target in super::target::Target::of_run(&table, &mappings) {
-            for line in plan_lines(&client, &target).await? {
+            let (lines, notes) = plan_lines(&client, &target).await?;
+            if lines.is_empty() {
+                println!("{}: nothing to do", target.table);
+            }
+            for line in lines.iter().chain(&notes) {
                 println!("{line}");
             }
         }
@@ -51,33 +55,35 @@ pub async fn command(args: SetupArgs) -> Result<(), AppError> {
 }
 
 /// What setup would do to a target's table, as lines for a person (`setup --dry-run`,
-/// `mapping diff`); empty when the table is as its kind wants it.
+/// `mapping diff`): the changes and refusals (none when the table is as its kind wants it),
+/// and the differences it leaves as they are.
 pub(super) async fn plan_lines(
     client: &tokio_postgres::Client,
     target: &super::target::Target<'_>,
-) -> Result<Vec<String>, AppError> {
+) -> Result<(Vec<String>, Vec<String>), AppError> {
     let table = &target.table;
     if !pg::schema::table_exists(client, table)
         .await
         .map_err(AppError::Query)?
     {
-        return Ok(vec![format!(
+        let line = format!(
             "{table}: missing; setup would create it from the {}",
             if target.is_login() {
                 "analysts' DDL"
             } else {
                 "mapping"
             }
-        )]);
+        );
+        return Ok((vec![line], Vec::new()));
     }
     if target.is_login() {
         // Never altered by setup; `check` compares it.
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let plan = pg::evolve::plan(client, table, &target.shape(false))
         .await
         .map_err(AppError::Query)?;
-    Ok(plan.lines(table))
+    Ok((plan.lines(table), plan.note_lines(table)))
 }
 
 /// A mapped table that exists, evolved for additive changes ([`pg::evolve::evolve`]).

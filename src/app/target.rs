@@ -160,6 +160,7 @@ impl<'a> Target<'a> {
                 m.write.mode,
                 crate::kind::WriteMode::Upsert | crate::kind::WriteMode::Latest
             ),
+            exact_types: false,
         }
     }
 

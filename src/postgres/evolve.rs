@@ -39,6 +39,9 @@ pub struct Refusal {
 pub struct Plan {
     pub changes: Vec<Change>,
     pub refused: Vec<Refusal>,
+    /// Differences left as they are, harmless to the rows (a nullable column the mapping
+    /// requires: its rows are checked before they are written).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -47,7 +50,8 @@ impl Plan {
         self.changes.is_empty() && self.refused.is_empty()
     }
 
-    /// The plan as lines for a person: each change and each refusal with its column.
+    /// The plan as lines for a person: each change and each refusal with its column (the
+    /// notes are [`Plan::note_lines`]).
     pub fn lines(&self, table: &TableName) -> Vec<String> {
         let mut lines = Vec::new();
         for c in &self.changes {
@@ -64,6 +68,14 @@ impl Plan {
         }
         lines
     }
+
+    /// The differences left as they are, as lines.
+    pub fn note_lines(&self, table: &TableName) -> Vec<String> {
+        self.notes
+            .iter()
+            .map(|n| format!("{table}: left as it is: {n}"))
+            .collect()
+    }
 }
 
 /// Why `setup` changed nothing.
@@ -79,6 +91,17 @@ pub enum EvolveError {
 pub fn shape_hash(table: &TableName, shape: &TableShape) -> String {
     let digest = Sha256::digest(shape.ddl(table).as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a column of `actual` type holds every value of `expected` (equal, or a wider
+/// varchar, or text for a varchar).
+pub fn holds(actual: &str, expected: &str) -> bool {
+    actual == expected
+        || match (varchar_length(expected), varchar_length(actual)) {
+            (Some(want), Some(have)) => have >= want,
+            (Some(_), None) => actual == "text",
+            _ => false,
+        }
 }
 
 /// The length of a `character varying(n)`, when the type is one.
@@ -98,9 +121,11 @@ pub async fn plan(
 ) -> Result<Plan, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull,
+                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''
                FROM pg_attribute
-              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
             &[&table.quoted()],
         )
         .await?;
@@ -110,6 +135,29 @@ pub async fn plan(
         .collect();
     let quoted = table.quoted();
     let mut plan = Plan::default();
+    // What the start-up check also refuses, so that a plan with nothing in it means a run
+    // can start: a column the rows never fill that needs a value, and the key's index.
+    for r in &rows {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(3) && !shape.columns.iter().any(|c| c.name == name) {
+            let column = quote_ident(&name);
+            plan.refused.push(Refusal {
+                column: name.clone(),
+                why: "is NOT NULL without a default, and the mapping does not fill it".into(),
+                sql: format!(
+                    "ALTER TABLE {quoted} ALTER COLUMN {column} DROP NOT NULL (or SET DEFAULT \
+                     ..., or map it)"
+                ),
+            });
+        }
+    }
+    if !shape.key.is_empty() && !super::schema::has_unique_index(client, table, &shape.key).await? {
+        plan.refused.push(Refusal {
+            column: shape.key.join(", "),
+            why: "the write mode's key has no unique index on exactly these columns".into(),
+            sql: super::keyed::unique_index_fix(table, &shape.key),
+        });
+    }
     for c in &shape.columns {
         let column = quote_ident(&c.name);
         let wanted = &c.catalog_type;
@@ -159,6 +207,13 @@ pub async fn plan(
                         });
                     }
                 }
+                if !*not_null && c.not_null {
+                    plan.notes.push(format!(
+                        "column {} allows NULL and the mapping requires it (its rows are \
+                         checked before they are written; SET NOT NULL is yours to run)",
+                        c.name
+                    ));
+                }
                 if *not_null && c.may_be_null {
                     plan.refused.push(Refusal {
                         column: c.name.clone(),
@@ -186,13 +241,15 @@ pub async fn evolve(
     shape: &TableShape,
 ) -> Result<Vec<Change>, EvolveError> {
     let tx = client.transaction().await?;
-    // The table's ALTERs wait for loads in flight; give up rather than stall loads for long.
-    tx.batch_execute("SET LOCAL lock_timeout = '60s'").await?;
+    // One setup at a time per table (another waits here, then finds nothing left to do).
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('sqs2pg evolve ' || $1, 0))",
         &[&table.quoted()],
     )
     .await?;
+    // An ALTER waits for the loads in flight, and new loads queue behind it: give up after
+    // 10 s rather than stall them (setup can simply be run again).
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'").await?;
     // Planned again under the lock: another replica may have made the changes.
     let plan = plan(&tx, table, shape).await?;
     if !plan.refused.is_empty() {

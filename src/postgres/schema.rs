@@ -49,6 +49,9 @@ pub struct TableShape {
     /// page free (`fillfactor = 50`), so a batch that replaces every row of a page keeps each
     /// new version on its page (a HOT update: no new index entry, no growth until vacuum).
     pub replaced: bool,
+    /// Types must match exactly (the analysts' contract); otherwise a wider varchar, or text,
+    /// where the kind writes a varchar, fits too (a table `setup` widened for a newer mapping).
+    pub exact_types: bool,
 }
 
 impl TableShape {
@@ -67,6 +70,7 @@ impl TableShape {
                 .collect(),
             key: Vec::new(),
             replaced: false,
+            exact_types: true,
         }
     }
 
@@ -389,7 +393,13 @@ pub async fn check_shape(
             let (name, ty) = (&c.name, &c.catalog_type);
             match actual.iter().find(|(n, _, _)| n == name) {
                 None => Some(format!("column {name} is missing")),
-                Some((_, t, _)) if t != ty => Some(format!("column {name} is {t}, expected {ty}")),
+                // A wider varchar (or text) holds every value a narrower one does: a process on
+                // a mapping older than the table's last widening still fits.
+                Some((_, t, _))
+                    if t != ty && (shape.exact_types || !super::evolve::holds(t, ty)) =>
+                {
+                    Some(format!("column {name} is {t}, expected {ty}"))
+                }
                 Some(_) => None,
             }
         })
@@ -431,7 +441,7 @@ pub async fn check_shape(
 /// order (INCLUDE columns aside), valid, not deferrable, not partial and without expressions:
 /// what `INSERT ... ON CONFLICT (key)` takes as its arbiter.
 pub async fn has_unique_index(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     table: &TableName,
     key: &[String],
 ) -> Result<bool, tokio_postgres::Error> {

@@ -120,6 +120,53 @@ async fn setup_adds_nullable_columns_and_widens_a_varchar_once_even_from_two_set
         .await
         .unwrap()
         .is_empty());
+    // A process on the first mapping still starts: a wider varchar holds its values.
+    sqs2pg::postgres::schema::check_shape(&client, &name, &Target::of_mapping(&v1).shape(false))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_names_what_a_run_would_refuse_and_notes_what_it_leaves() {
+    let db = TestDb::new().await;
+    let table = format!("public.{}", unique("plan"));
+    let name = TableName::parse(&table).unwrap();
+    let client = db.client().await;
+    crate::harness::setup(&db).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id text, note text, extra integer NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    let keyed = Mapping::parse(&format!(
+        r#"table = "{table}"
+write = {{ mode = "upsert", key = ["id"] }}
+columns = [
+  {{ name = "id", from = "/id", type = "text" }},
+  {{ name = "note", from = "/note", type = "text", required = true }},
+]"#
+    ))
+    .unwrap();
+    let plan =
+        sqs2pg::postgres::evolve::plan(&client, &name, &Target::of_mapping(&keyed).shape(false))
+            .await
+            .unwrap();
+    let lines = plan.lines(&name).join("\n");
+    assert!(
+        lines.contains("column extra: refused: is NOT NULL without a default"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("column id: refused") && lines.contains("CREATE UNIQUE INDEX"),
+        "{lines}"
+    );
+    assert!(plan.changes.is_empty());
+    let notes = plan.note_lines(&name).join("\n");
+    assert!(
+        notes.contains("column note allows NULL and the mapping requires it"),
+        "{notes}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

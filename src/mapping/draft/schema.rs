@@ -21,6 +21,7 @@
 //!   `dob`, ...) are masked, with the reason in a comment.
 
 use serde_json::{Map, Value as Json};
+use sha2::Digest as _;
 use std::fmt::Write as _;
 
 use super::{column_name, escape, toml_string};
@@ -51,17 +52,60 @@ struct Leaf {
     required: bool,
 }
 
-/// A subschema with its references followed and its "or null" taken off: the schema, and
-/// whether null is allowed.
+/// Whether a `oneOf`/`anyOf` option is "null": `{"type": "null"}`, `{"const": null}` or
+/// `{"enum": [null]}`.
+fn is_null_option(s: &Json) -> bool {
+    s.get("type").and_then(Json::as_str) == Some("null")
+        || s.get("const").is_some_and(Json::is_null)
+        || s.get("enum")
+            .and_then(Json::as_array)
+            .is_some_and(|v| !v.is_empty() && v.iter().all(Json::is_null))
+}
+
+/// Copies into `into` the keywords of `from` it does not have; `properties` and `required`
+/// are united.
+fn merge_absent(into: &mut Json, from: &Json, skip: &str) {
+    let (Json::Object(m), Json::Object(other)) = (into, from) else {
+        return;
+    };
+    for (k, v) in other {
+        if k == skip {
+            continue;
+        }
+        match (k.as_str(), m.get_mut(k), v) {
+            ("properties", Some(Json::Object(mine)), Json::Object(theirs)) => {
+                for (name, sub) in theirs {
+                    mine.entry(name.clone()).or_insert_with(|| sub.clone());
+                }
+            }
+            ("required", Some(Json::Array(mine)), Json::Array(theirs)) => {
+                for r in theirs {
+                    if !mine.contains(r) {
+                        mine.push(r.clone());
+                    }
+                }
+            }
+            (_, None, _) => {
+                m.insert(k.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A subschema with its references followed, its `allOf` merged and its "or null" taken off:
+/// the schema, and whether null is allowed. Every reference followed is added to `refs` (what
+/// the walk looks for cycles by).
 fn resolve(
     root: &Json,
     schema: &Json,
     at: &str,
     depth: usize,
+    refs: &mut Vec<String>,
 ) -> Result<(Json, bool), SchemaError> {
     if depth > 16 {
-        // Options nested in options past any sensible schema (a cycle through `oneOf`):
-        // stored whole.
+        // Options nested in options past any sensible schema (a cycle through `oneOf` or
+        // `allOf`): stored whole.
         return Ok((serde_json::json!({"type": "jsonb-any"}), false));
     }
     let mut schema = schema.clone();
@@ -77,23 +121,32 @@ fn resolve(
                 reference,
             });
         };
-        let target = root
+        let mut target = root
             .pointer(pointer)
             .ok_or_else(|| SchemaError::MissingRef {
                 pointer: at.to_owned(),
                 reference: reference.clone(),
             })?
             .clone();
-        // Keywords beside `$ref` (2020-12 allows them) apply too; the target's come first.
-        let mut merged = target;
-        if let (Json::Object(m), Json::Object(here)) = (&mut merged, &schema) {
-            for (k, v) in here {
-                if k != "$ref" {
-                    m.insert(k.clone(), v.clone());
-                }
-            }
+        refs.push(reference);
+        // Keywords beside `$ref` (2020-12 applies both) add to the target; the target's own
+        // come first.
+        merge_absent(&mut target, &schema, "$ref");
+        schema = target;
+    }
+    // `allOf`: every part applies, so their keywords are merged (properties and required
+    // united).
+    if let Some(Json::Array(parts)) = schema.get("allOf").cloned() {
+        if let Json::Object(m) = &mut schema {
+            m.remove("allOf");
         }
-        schema = merged;
+        for part in &parts {
+            let (part, part_null) = resolve(root, part, at, depth + 1, refs)?;
+            // Null is allowed only if every part allows it; keep it simple: any part that
+            // forbids it (the usual case) forbids it.
+            let _ = part_null;
+            merge_absent(&mut schema, &part, "");
+        }
     }
     // `type: [T, "null"]`.
     if let Some(Json::Array(types)) = schema.get("type") {
@@ -111,36 +164,30 @@ fn resolve(
             schema["type"] = rest;
         }
     }
-    // `oneOf`/`anyOf` with `{"type": "null"}`, in either order.
+    // `oneOf`/`anyOf` with a null option, in either order.
     for keyword in ["oneOf", "anyOf"] {
         let Some(Json::Array(options)) = schema.get(keyword).cloned() else {
             continue;
         };
-        let is_null = |s: &Json| s.get("type").and_then(Json::as_str) == Some("null");
-        let non_null: Vec<&Json> = options.iter().filter(|s| !is_null(s)).collect();
+        let non_null: Vec<&Json> = options.iter().filter(|s| !is_null_option(s)).collect();
         if non_null.len() < options.len() {
             nullable = true;
         }
         let shapes = non_null
             .iter()
-            .filter(|s| resolve(root, s, at, depth + 1).is_ok_and(|(r, _)| is_object(&r)))
+            .filter(|s| {
+                resolve(root, s, at, depth + 1, &mut Vec::new()).is_ok_and(|(r, _)| is_object(&r))
+            })
             .count();
         if shapes > 1 {
             return Err(SchemaError::SeveralShapes(display_pointer(at)));
         }
         if let [one] = non_null.as_slice() {
-            let (inner, inner_null) = resolve(root, one, at, depth + 1)?;
+            let (mut inner, inner_null) = resolve(root, one, at, depth + 1, refs)?;
             nullable |= inner_null;
-            // The option's keywords, under the ones written beside `oneOf` (a description).
-            let mut merged = inner;
-            if let (Json::Object(m), Json::Object(here)) = (&mut merged, &schema) {
-                for (k, v) in here {
-                    if k != keyword && !m.contains_key(k) {
-                        m.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            schema = merged;
+            // The option's keywords, then the ones written beside `oneOf` (a description).
+            merge_absent(&mut inner, &schema, keyword);
+            schema = inner;
         } else if non_null.len() > 1 {
             // Several scalar types: kept whole.
             schema = serde_json::json!({"type": "jsonb-any"});
@@ -169,18 +216,15 @@ fn display_pointer(at: &str) -> String {
     }
 }
 
-/// The properties of an object schema, `allOf` parts merged in.
-fn properties(
-    root: &Json,
-    schema: &Json,
-    at: &str,
-) -> Result<(Map<String, Json>, Vec<String>), SchemaError> {
-    let mut props = schema
+/// The properties of an object schema (its `allOf` already merged by [`resolve`]) and the
+/// names it requires.
+fn properties(schema: &Json) -> (Map<String, Json>, Vec<String>) {
+    let props = schema
         .get("properties")
         .and_then(Json::as_object)
         .cloned()
         .unwrap_or_default();
-    let mut required: Vec<String> = schema
+    let required: Vec<String> = schema
         .get("required")
         .and_then(Json::as_array)
         .map(|r| {
@@ -190,18 +234,15 @@ fn properties(
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(Json::Array(parts)) = schema.get("allOf") {
-        for part in parts {
-            let (part, _) = resolve(root, part, at, 0)?;
-            let (p, r) = properties(root, &part, at)?;
-            props.extend(p);
-            required.extend(r);
-        }
-    }
-    Ok((props, required))
+    (props, required)
 }
 
-/// Every leaf under the object `schema` at `at`.
+/// How deep objects are flattened: deeper ones are stored whole.
+const MAX_DEPTH: usize = 32;
+
+/// Every leaf under the object `schema` at `at`. `seen_refs`: the references being expanded
+/// above (a property that leads back into one is stored whole, however it gets there: a bare
+/// `$ref`, one inside `anyOf` with null, or `allOf`).
 fn walk(
     root: &Json,
     schema: &Json,
@@ -210,37 +251,36 @@ fn walk(
     seen_refs: &mut Vec<String>,
     leaves: &mut Vec<Leaf>,
 ) -> Result<(), SchemaError> {
-    let (props, required) = properties(root, schema, at)?;
+    let (props, required) = properties(schema);
     for (name, sub) in props {
         let pointer = format!("{at}/{}", escape(&name));
-        // A reference back into one being expanded: the field is kept whole.
-        let reference = sub.get("$ref").and_then(Json::as_str).map(str::to_owned);
-        if let Some(r) = &reference {
-            if seen_refs.contains(r) {
-                leaves.push(Leaf {
-                    pointer,
-                    schema: serde_json::json!({"type": "jsonb-any"}),
-                    required: false,
-                });
-                continue;
-            }
+        let whole = |pointer: String| Leaf {
+            pointer,
+            schema: serde_json::json!({"type": "jsonb-any"}),
+            required: false,
+        };
+        let mut refs = Vec::new();
+        let (mut resolved, nullable) = resolve(root, &sub, &pointer, 0, &mut refs)?;
+        if refs.iter().any(|r| seen_refs.contains(r)) || pointer.matches('/').count() > MAX_DEPTH {
+            leaves.push(whole(pointer));
+            continue;
         }
-        let (resolved, nullable) = resolve(root, &sub, &pointer, 0)?;
         let is_required = required_above && !nullable && required.contains(&name);
         let has_properties = resolved
             .get("properties")
             .and_then(Json::as_object)
-            .is_some_and(|p| !p.is_empty())
-            || resolved.get("allOf").is_some();
+            .is_some_and(|p| !p.is_empty());
         if is_object(&resolved) && has_properties {
-            if let Some(r) = &reference {
-                seen_refs.push(r.clone());
-            }
+            let depth = seen_refs.len();
+            seen_refs.extend(refs);
             walk(root, &resolved, &pointer, is_required, seen_refs, leaves)?;
-            if reference.is_some() {
-                seen_refs.pop();
-            }
+            seen_refs.truncate(depth);
         } else {
+            // An array's items, resolved too (a `$ref` to a string type is still a string).
+            if let Some(items) = resolved.get("items").cloned() {
+                let (items, _) = resolve(root, &items, &pointer, 0, &mut Vec::new())?;
+                resolved["items"] = items;
+            }
             leaves.push(Leaf {
                 pointer,
                 schema: resolved,
@@ -290,6 +330,7 @@ fn column_lines(leaf: &Leaf) -> (Option<String>, bool, Vec<String>) {
         _ => by_name,
     };
     let mut masked = false;
+    let mut scanned = None;
     match kind {
         "string" => {
             let column_type = match format {
@@ -381,7 +422,15 @@ fn column_lines(leaf: &Leaf) -> (Option<String>, bool, Vec<String>) {
         "boolean" => lines.push("type = \"boolean\"".to_owned()),
         "array" => {
             let items = s.get("items").cloned().unwrap_or(Json::Null);
-            let strings = items.get("type").and_then(Json::as_str) == Some("string");
+            // Items that are personal by their format: stored as jsonb, whose values the
+            // transform scans and stores as tokens (a text[] is not scanned).
+            let personal_items = match items.get("format").and_then(Json::as_str) {
+                Some("email") => Some("e-mail addresses"),
+                Some("ipv4" | "ipv6") => Some("IP addresses"),
+                _ => None,
+            };
+            let strings = items.get("type").and_then(Json::as_str) == Some("string")
+                && personal_items.is_none();
             lines.push(format!(
                 "type = \"{}\"",
                 if strings { "text[]" } else { "jsonb" }
@@ -389,6 +438,10 @@ fn column_lines(leaf: &Leaf) -> (Option<String>, bool, Vec<String>) {
             if personal_reason.is_some() {
                 lines.push("mask = \"redact\"".to_owned());
                 masked = true;
+            } else if let Some(what) = personal_items {
+                scanned = Some(format!(
+                    "Scanned: its items are {what}; stored as tokens there (rest_personal, above)."
+                ));
             }
         }
         _ => {
@@ -419,7 +472,7 @@ fn column_lines(leaf: &Leaf) -> (Option<String>, bool, Vec<String>) {
     }
     let comment = match (masked, personal_reason) {
         (true, Some(why)) => Some(format!("Masked: {why}.")),
-        _ => None,
+        _ => scanned,
     };
     let comment = match (comment, notes.is_empty()) {
         (c, true) => c,
@@ -440,14 +493,14 @@ fn anchored_pattern(pattern: &str) -> String {
     if both_ends {
         pattern[1..pattern.len() - 1].to_owned()
     } else {
-        format!(".*(?:{pattern}).*")
+        format!("(?s:.*)(?:{pattern})(?s:.*)")
     }
 }
 
 /// Drafts a mapping for `table` from a JSON Schema's text.
 pub fn draft_from_schema(table: &str, text: &str) -> Result<String, SchemaError> {
     let root: Json = serde_json::from_str(text).map_err(|_| SchemaError::NotJson)?;
-    let (top, _) = resolve(&root, &root, "", 0)?;
+    let (top, _) = resolve(&root, &root, "", 0, &mut Vec::new())?;
     if !is_object(&top) {
         let what = match top.get("type") {
             Some(Json::String(t)) => format!("type {t}"),
@@ -479,18 +532,34 @@ pub fn draft_from_schema(table: &str, text: &str) -> Result<String, SchemaError>
          rest_personal = \"mask\"",
         toml_string(table)
     );
+    // Column names: from the pointer; where two pointers give one name, each gets a suffix
+    // of its own pointer's hash, so a name never moves to another field when a later version
+    // of the schema adds one (the first column keeps its source, or gets a new name).
+    let drafted: Vec<_> = leaves.iter().map(column_lines).collect();
+    let wanted: Vec<String> = leaves
+        .iter()
+        .zip(&drafted)
+        .map(|(leaf, (_, masked, lines))| {
+            let prefix = if *masked && lines.iter().any(|l| l == "mask = \"hmac\"") {
+                "masked_"
+            } else {
+                ""
+            };
+            format!("{prefix}{}", column_name(&leaf.pointer))
+        })
+        .collect();
     let mut names = std::collections::HashSet::new();
-    for leaf in &leaves {
-        let (comment, masked, lines) = column_lines(leaf);
-        let base = column_name(&leaf.pointer);
-        let mut name = if masked && lines.iter().any(|l| l == "mask = \"hmac\"") {
-            format!("masked_{base}")
+    for ((leaf, (comment, _, lines)), want) in leaves.iter().zip(drafted).zip(&wanted) {
+        let shared = wanted.iter().filter(|w| *w == want).count() > 1 || want == "sent_at";
+        let name = if shared {
+            let digest = sha2::Sha256::digest(leaf.pointer.as_bytes());
+            let suffix = format!("_{:02x}{:02x}", digest[0], digest[1]);
+            let keep = want.len().min(63 - suffix.len());
+            format!("{}{suffix}", &want[..keep])
         } else {
-            base
+            want.chars().take(63).collect()
         };
-        while !names.insert(name.clone()) {
-            name.push('_');
-        }
+        names.insert(name.clone());
         out.push('\n');
         if let Some(c) = comment {
             let _ = writeln!(out, "# {c}");

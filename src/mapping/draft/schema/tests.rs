@@ -292,13 +292,15 @@ fn messages_that_break_the_schema_are_quarantined_with_the_existing_reasons() {
 #[test]
 fn patterns_keep_their_meaning_anchored_or_not() {
     assert_eq!(anchored_pattern("^[a-z]+$"), "[a-z]+");
-    assert_eq!(anchored_pattern("abc"), ".*(?:abc).*");
-    assert_eq!(anchored_pattern("^a|b$"), ".*(?:^a|b$).*");
+    assert_eq!(anchored_pattern("abc"), "(?s:.*)(?:abc)(?s:.*)");
+    assert_eq!(anchored_pattern("^a|b$"), "(?s:.*)(?:^a|b$)(?s:.*)");
     let schema = r#"{"type": "object", "properties": {
         "contains": {"type": "string", "pattern": "ab+c"},
         "lookahead": {"type": "string", "pattern": "^(?=x)x$"}}}"#;
     let (text, m) = mapping(schema);
     assert_eq!(reason(&m, r#"{"contains": "xxabbcxx"}"#), None);
+    // JSON Schema's `.` aside, an unanchored pattern matches across lines too.
+    assert_eq!(reason(&m, r#"{"contains": "line\nabbc\nline"}"#), None);
     assert_eq!(
         reason(&m, r#"{"contains": "xxacxx"}"#).as_deref(),
         Some("no_match:contains")
@@ -306,4 +308,110 @@ fn patterns_keep_their_meaning_anchored_or_not() {
     // What a mapping's patterns cannot say is left unchecked, with a note.
     assert!(column(&m, "lookahead").pattern.is_none());
     assert!(text.contains("# Note: its pattern uses syntax"), "{text}");
+}
+
+#[test]
+fn a_cycle_through_any_of_or_all_of_is_stored_whole_not_followed_forever() {
+    let schema = r##"{"type": "object", "properties": {"node": {"$ref": "#/$defs/node"}},
+      "$defs": {"node": {"type": "object", "properties": {
+        "label": {"type": "string"},
+        "parent": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]},
+        "twin": {"type": "object", "allOf": [{"$ref": "#/$defs/node"}]}
+      }}}}"##;
+    let (text, m) = mapping(schema);
+    assert_eq!(
+        names(&m),
+        ["node_label", "node_parent", "node_twin", "sent_at"],
+        "{text}"
+    );
+    assert_eq!(column(&m, "node_parent").column_type.to_string(), "jsonb");
+    assert_eq!(column(&m, "node_twin").column_type.to_string(), "jsonb");
+}
+
+#[test]
+fn all_of_parts_and_refs_keep_their_types_and_checks() {
+    let schema = r##"{"allOf": [
+        {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "format": "uuid"}}},
+        {"properties": {
+           "plan": {"allOf": [{"$ref": "#/$defs/plan"}], "description": "the plan"},
+           "tags": {"type": "array", "items": {"$ref": "#/$defs/tag"}},
+           "state": {"oneOf": [{"const": null}, {"type": "string", "enum": ["on", "off"]}]}
+        }}],
+      "$defs": {"plan": {"type": "string", "enum": ["free", "pro"]},
+                "tag": {"type": "string"}}}"##;
+    let (text, m) = mapping(schema);
+    assert_eq!(column(&m, "id").column_type.to_string(), "uuid", "{text}");
+    assert!(column(&m, "id").required);
+    assert_eq!(column(&m, "plan").column_type.to_string(), "text");
+    assert_eq!(
+        column(&m, "plan").allowed.as_deref(),
+        Some(&["free".to_owned(), "pro".to_owned()][..])
+    );
+    assert_eq!(column(&m, "tags").column_type.to_string(), "text[]");
+    assert_eq!(column(&m, "state").column_type.to_string(), "text");
+    assert!(!column(&m, "state").required);
+}
+
+#[test]
+fn arrays_of_addresses_are_scanned_jsonb_never_a_clear_text_array() {
+    let schema = r#"{"type": "object", "properties": {
+        "recipients": {"type": "array", "items": {"type": "string", "format": "email"}},
+        "hops": {"type": "array", "items": {"type": "string", "format": "ipv4"}}}}"#;
+    let (text, m) = mapping(schema);
+    for name in ["recipients", "hops"] {
+        assert_eq!(column(&m, name).column_type.to_string(), "jsonb", "{text}");
+    }
+    assert!(
+        text.contains("# Scanned: its items are e-mail addresses"),
+        "{text}"
+    );
+    // Stored as tokens: the scan of jsonb values finds them.
+    let key =
+        crate::login::MaskKey::from_base64(&crate::login::MaskKey::generate_base64().unwrap())
+            .unwrap();
+    let rows = Mapper::new(m, &key)
+        .apply(&Message::new(
+            r#"{"recipients": ["jo@example.com"], "hops": ["10.1.2.3"]}"#,
+            "m",
+            1,
+        ))
+        .unwrap();
+    let stored = format!("{:?}", rows[0].values());
+    assert!(
+        !stored.contains("jo@example.com") && !stored.contains("10.1.2.3"),
+        "{stored}"
+    );
+}
+
+#[test]
+fn colliding_names_take_a_suffix_of_their_own_pointer_so_no_name_changes_field() {
+    let v1 = r#"{"type": "object", "properties": {"a_b": {"type": "string"}}}"#;
+    let v2 = r#"{"type": "object", "properties": {"a_b": {"type": "string"},
+        "a": {"type": "object", "properties": {"b": {"type": "integer"}}}}}"#;
+    let (_, m1) = mapping(v1);
+    let (text, m2) = mapping(v2);
+    let source = |m: &Mapping, pointer: &str| -> String {
+        m.columns
+            .iter()
+            .find(|c| c.source == crate::mapping::file::Source::Pointer(pointer.into()))
+            .unwrap()
+            .name
+            .clone()
+    };
+    assert_eq!(source(&m1, "/a_b"), "a_b");
+    let (flat, nested) = (source(&m2, "/a_b"), source(&m2, "/a/b"));
+    assert_ne!(flat, nested, "{text}");
+    assert!(
+        flat.starts_with("a_b_") && nested.starts_with("a_b_"),
+        "{text}"
+    );
+    // No column of v2 is named as v1's with another source.
+    assert!(!names(&m2).contains(&"a_b"), "{text}");
+    // Long names still fit PostgreSQL's 63 bytes with the prefix and suffix.
+    let long = "x".repeat(80);
+    let schema = format!(
+        r#"{{"type": "object", "properties": {{"{long}": {{"type": "string", "format": "email"}}, "{long}_": {{"type": "string", "format": "email"}}}}}}"#
+    );
+    let (text, m) = mapping(&schema);
+    assert!(m.columns.iter().all(|c| c.name.len() <= 63), "{text}");
 }
