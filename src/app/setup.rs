@@ -23,6 +23,31 @@ pub async fn command(args: SetupArgs) -> Result<(), AppError> {
         }
         return Ok(());
     }
+    // With several mappings, one refused change stops them all before any table is touched.
+    {
+        let client = database.connect().await?;
+        let mut refused = Vec::new();
+        for target in super::target::Target::of_run(&table, &mappings) {
+            let exists = pg::schema::table_exists(&client, &target.table)
+                .await
+                .map_err(AppError::Query)?;
+            if exists && !target.is_login() {
+                let plan = pg::evolve::plan(&client, &target.table, &target.shape(false))
+                    .await
+                    .map_err(AppError::Query)?;
+                if !plan.refused.is_empty() {
+                    refused.extend(plan.lines(&target.table));
+                }
+            }
+        }
+        if !refused.is_empty() {
+            return Err(pg::evolve::EvolveError::Refused {
+                table: "any table".into(),
+                lines: refused,
+            }
+            .into());
+        }
+    }
     for target in super::target::Target::of_run(&table, &mappings) {
         let table = &target.table;
         let shape = target.shape(false);

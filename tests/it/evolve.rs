@@ -455,3 +455,61 @@ async fn a_json_schema_drafted_set_up_drained_then_evolved_while_the_old_mapping
         2,
     );
 }
+
+/// With several mappings, `setup` refuses before touching any table when one of them asks
+/// for a change it refuses: the other's column is not added either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_mapping_stops_setup_before_any_table_changes() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new().await);
+    let dir = std::env::temp_dir().join(unique("evolve-two"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (
+        format!("public.{}", unique("ta")),
+        format!("public.{}", unique("tb")),
+    );
+    let write = |file: &str, table: &str, columns: &str| {
+        std::fs::write(
+            dir.join(file),
+            format!("table = \"{table}\"\ncolumns = [\n{columns}\n]\n"),
+        )
+        .unwrap();
+    };
+    write(
+        "1-a.toml",
+        &a,
+        r#"{ name = "id", from = "/id", type = "text" },"#,
+    );
+    write(
+        "2-b.toml",
+        &b,
+        r#"{ name = "n", from = "/n", type = "integer" },"#,
+    );
+    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("SQS2PG_QUEUE_URL", queue.url.as_str()),
+        ("SQS2PG_MASK_KEY", key.as_str()),
+        ("SQS2PG_MAPPING", dir_text.as_str()),
+    ];
+    expect(&["setup"], &env, 0);
+    let before = (columns(&db, &a).await, columns(&db, &b).await);
+    // a adds a column (fine alone); b changes a type (refused).
+    write(
+        "1-a.toml",
+        &a,
+        r#"{ name = "id", from = "/id", type = "text" }, { name = "more", from = "/more", type = "text" },"#,
+    );
+    write(
+        "2-b.toml",
+        &b,
+        r#"{ name = "n", from = "/n", type = "text" },"#,
+    );
+    let refused = expect(&["setup"], &env, 1);
+    assert!(
+        stderr(&refused).contains("column n: refused"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!((columns(&db, &a).await, columns(&db, &b).await), before);
+}

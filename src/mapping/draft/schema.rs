@@ -376,10 +376,46 @@ fn column_lines(leaf: &Leaf) -> (Option<String>, bool, Vec<String>) {
             }
         }
         "integer" => {
-            let min = integer(s, "minimum")
-                .or_else(|| integer(s, "exclusiveMinimum").map(|m| m.saturating_add(1)));
-            let max = integer(s, "maximum")
-                .or_else(|| integer(s, "exclusiveMaximum").map(|m| m.saturating_sub(1)));
+            // The tightest of the inclusive and exclusive bounds, as whole numbers (a bound of
+            // 1.5 on an integer is 2 from below, 1 from above).
+            let bound = |keyword: &str, round: fn(f64) -> f64| -> Option<i64> {
+                let n = s.get(keyword)?.as_number()?;
+                n.as_i64().or_else(|| {
+                    n.as_f64()
+                        .map(round)
+                        .filter(|f| f.abs() < 9.0e18)
+                        .map(|f| f as i64)
+                })
+            };
+            let tightest = |a: Option<i64>, b: Option<i64>, pick: fn(i64, i64) -> i64| match (a, b)
+            {
+                (Some(a), Some(b)) => Some(pick(a, b)),
+                (a, b) => a.or(b),
+            };
+            let exclusive_min = |n: f64| (n + 1.0).floor();
+            let exclusive_max = |n: f64| (n - 1.0).ceil();
+            let min = tightest(
+                bound("minimum", f64::ceil),
+                bound("exclusiveMinimum", exclusive_min).map(|m| {
+                    if s["exclusiveMinimum"].is_i64() {
+                        m.saturating_add(1)
+                    } else {
+                        m
+                    }
+                }),
+                i64::max,
+            );
+            let max = tightest(
+                bound("maximum", f64::floor),
+                bound("exclusiveMaximum", exclusive_max).map(|m| {
+                    if s["exclusiveMaximum"].is_i64() {
+                        m.saturating_sub(1)
+                    } else {
+                        m
+                    }
+                }),
+                i64::min,
+            );
             let fits = |v: Option<i64>| v.is_some_and(|v| i32::try_from(v).is_ok());
             let column_type = if fits(min) && fits(max) {
                 "integer"

@@ -139,7 +139,9 @@ fn integers_are_integer_when_their_bounds_fit_and_bigint_otherwise() {
         r#"{"a": {"type": "integer", "minimum": 0, "maximum": 100},
             "b": {"type": "integer"},
             "c": {"type": "integer", "minimum": 0, "maximum": 3000000000},
-            "d": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}}"#,
+            "d": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10},
+            "e": {"type": "integer", "minimum": 0, "exclusiveMinimum": 5, "maximum": 9.5},
+            "f": {"type": "integer", "minimum": 1.5, "exclusiveMaximum": 7.5}}"#,
     ));
     let ty = |name: &str| column(&m, name).column_type.to_string();
     assert_eq!(
@@ -154,6 +156,16 @@ fn integers_are_integer_when_their_bounds_fit_and_bigint_otherwise() {
     // Exclusive integer bounds become inclusive ones a step inside.
     assert_eq!(column(&m, "d").min.as_ref().unwrap().text, "1");
     assert_eq!(column(&m, "d").max.as_ref().unwrap().text, "9");
+    // The tightest bound wins; fractional bounds round inwards.
+    let bounds = |name: &str| {
+        let c = column(&m, name);
+        (
+            c.min.as_ref().unwrap().text.clone(),
+            c.max.as_ref().unwrap().text.clone(),
+        )
+    };
+    assert_eq!(bounds("e"), ("6".into(), "9".into()));
+    assert_eq!(bounds("f"), ("2".into(), "7".into()));
 }
 
 #[test]
