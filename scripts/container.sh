@@ -45,6 +45,7 @@ engine() {
   done
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap >&2
   fi
   mkdir -p "$CACHE"
