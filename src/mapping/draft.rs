@@ -433,7 +433,7 @@ pub fn draft<'a>(
          # under a key such as `email` or `firstName`) is stored as an hmac token.\n\
          rest_personal = \"mask\""
     );
-    let mut names = std::collections::HashSet::new();
+    let mut names = HashSet::new();
     for (pointer, seen) in &fields {
         let (column_type, is_ip) = seen.column_type();
         let personal = seen.personal(pointer);
@@ -479,6 +479,12 @@ pub fn draft<'a>(
             let _ = writeln!(out, "required = true");
         }
     }
+    push_sent_at(&mut out, &names);
+    Ok(out)
+}
+
+/// The draft's last column, when SQS received the message, under a name no field took.
+fn push_sent_at(out: &mut String, names: &HashSet<String>) {
     let mut sent = "sent_at".to_owned();
     while names.contains(&sent) {
         sent.push('_');
@@ -487,7 +493,6 @@ pub fn draft<'a>(
         out,
         "\n# When SQS received the message.\n[[columns]]\nname = \"{sent}\"\nfrom = \"sqs:SentTimestamp\"\ntype = \"timestamptz\""
     );
-    Ok(out)
 }
 
 /// A TOML basic string: JSON's escapes are TOML's, except that TOML also escapes DEL.

@@ -24,7 +24,7 @@ use serde_json::{Map, Value as Json};
 use sha2::Digest as _;
 use std::fmt::Write as _;
 
-use super::{column_name, escape, toml_string};
+use super::{column_name, escape, push_sent_at, toml_string};
 use crate::mapping::personal;
 
 /// Why a JSON Schema gave no draft. Names places in the schema, never values.
@@ -606,14 +606,7 @@ pub fn draft_from_schema(table: &str, text: &str) -> Result<String, SchemaError>
             let _ = writeln!(out, "{line}");
         }
     }
-    let mut sent = "sent_at".to_owned();
-    while names.contains(&sent) {
-        sent.push('_');
-    }
-    let _ = writeln!(
-        out,
-        "\n# When SQS received the message.\n[[columns]]\nname = \"{sent}\"\nfrom = \"sqs:SentTimestamp\"\ntype = \"timestamptz\""
-    );
+    push_sent_at(&mut out, &names);
     Ok(out)
 }
 
