@@ -1,19 +1,19 @@
 # syntax=docker/dockerfile:1
 # sqs2pg: a small runtime image with the stripped release binary, running as a non-root user.
-#   docker build -t sqs2pg .                      (from source, with Docker)
-#   docker build --build-arg SQS2PG_GIT_COMMIT=$(git rev-parse HEAD) -t sqs2pg .
-#   docker run --rm sqs2pg --version
+#   docker build -t sqs2pg .                      (from a clone, with Docker)
+#   docker run --rm sqs2pg --version              (sqs2pg 0.1.0 (commit <the clone's HEAD>))
+#   docker build --build-arg SQS2PG_GIT_COMMIT=<commit> -t sqs2pg .   (from a source archive)
 # With podman and no image registry (the build stage's base made from Debian's packages):
 #   scripts/container.sh build
 
 FROM rust:1-bookworm AS build
-# The commit `sqs2pg --version` names (the build context has no .git).
+# The commit `sqs2pg --version` names: build.rs reads it from .git/HEAD and the refs, which
+# are all of .git that .dockerignore lets in. This argument, when given, wins (a build from a
+# source archive, which has no .git).
 ARG SQS2PG_GIT_COMMIT=
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY examples ./examples
-COPY benches ./benches
+# The sources, the manifests and .git's refs: .dockerignore is an allow-list.
+COPY . ./
 # Crates and the target directory are kept between builds (BuildKit and buildah cache mounts).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

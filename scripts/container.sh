@@ -9,7 +9,9 @@
 #                                give 99 rows and 1 rejection; the Kubernetes manifest played;
 #                                docker-compose.yml's services started in its order, with the
 #                                exercise's two images (pulled, or local stand-ins built from
-#                                tests/containers/ where no registry answers)
+#                                tests/containers/ where no registry answers); then, where the
+#                                docker CLI is here but no docker daemon, the same build and the
+#                                image test through the docker CLI against podman's Docker API
 #
 # Where no image registry is reachable (podman on a machine of this kind), the build stage's
 # base `rust:1-bookworm` is made here from Debian's packages (debootstrap, from the mirror apt
@@ -77,7 +79,7 @@ debian_mirror() {
 # pulled. Cached: made once per toolchain.
 rust_base() {
   local cli=$1
-  if $cli image exists "$RUST_BASE" 2>/dev/null; then return; fi
+  if $cli image inspect "$RUST_BASE" >/dev/null 2>&1; then return; fi
   if timeout 60 $cli pull -q "$RUST_BASE" >/dev/null 2>&1; then return; fi
   local sysroot version rootfs
   sysroot=$(rustc --print sysroot)
@@ -147,15 +149,13 @@ compose_images() {
 }
 
 build() {
-  local cli commit
+  local cli
   cli=$(engine)
-  commit=$(git rev-parse HEAD 2>/dev/null || echo "")
-  if [ "$cli" = podman ]; then
-    export CONTAINERS_CONF="$CACHE/containers.conf"
-    rust_base podman
-  fi
+  [ "$cli" = podman ] && export CONTAINERS_CONF="$CACHE/containers.conf"
+  rust_base "$cli"
   say "building $IMAGE with $cli"
-  $cli build --build-arg "SQS2PG_GIT_COMMIT=$commit" -t "$IMAGE" . >&2
+  # As a user builds it (`docker build -t sqs2pg .`): the commit comes from .git's refs.
+  $cli build -t "$IMAGE" . >&2
   local size
   size=$($cli image inspect "$IMAGE" --format '{{.Size}}')
   say "built $IMAGE ($((size / 1024 / 1024)) MB): $($cli run --rm "$IMAGE" --version)"
@@ -172,7 +172,39 @@ test_image() {
   eval "$(scripts/install-deps.sh)"
   compose_images "$cli"
   cargo test --test it --locked -- --ignored --test-threads=1 container::
+  [ "$cli" = podman ] && docker_through_podman
+  return 0
 }
+
+# The docker path, where this machine has the docker CLI but no docker daemon (as here): the
+# docker CLI against podman's Docker-compatible API (`podman system service`) on a socket of
+# its own. The image is built as a Docker user builds it (`docker build -t sqs2pg .`, this
+# script's `build` with docker as the engine) and run with `docker run` by the image test.
+# The client and the API are Docker's; the engine behind them is podman's (buildah builds).
+docker_through_podman() (
+  if ! command -v docker >/dev/null; then
+    say "no docker CLI here: the docker path is not tried"
+    return 0
+  fi
+  local sock="$CACHE/docker-api.sock" service
+  rm -f "$sock"
+  podman system service --time=0 "unix://$sock" >"$CACHE/docker-api.log" 2>&1 &
+  service=$!
+  trap 'kill "$service" 2>/dev/null; wait "$service" 2>/dev/null; rm -f "$sock"' EXIT
+  export DOCKER_HOST="unix://$sock"
+  # Bounded wait for the API to answer (a few seconds at most).
+  local tries=0
+  until docker info >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -le 100 ] || die "podman's Docker API did not answer on $sock (see $CACHE/docker-api.log)"
+    sleep 0.2
+  done
+  say "the docker path: the docker CLI against podman's Docker API on $sock"
+  build
+  SQS2PG_CONTAINER_ENGINE=docker SQS2PG_IMAGE=$IMAGE \
+    cargo test --test it --locked -- --ignored --exact \
+    container::the_image_sets_up_and_drains_the_sample_as_a_user_of_its_own
+)
 
 case "${1:-}" in
   build) build ;;

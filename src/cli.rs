@@ -25,8 +25,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// What `--version` prints: the crate's version and, when the build was given one in
-/// `SQS2PG_GIT_COMMIT` (the container image's is), the commit it was built from.
+/// What `--version` prints: the crate's version and the commit it was built from, when the
+/// build knew it (build.rs: from `.git`, or `SQS2PG_GIT_COMMIT`).
 pub fn version() -> &'static str {
     match option_env!("SQS2PG_GIT_COMMIT") {
         Some(commit) if !commit.is_empty() => {

@@ -360,7 +360,7 @@ fn played_manifest(
 /// replicas on 20,000 messages in LocalStack 4.0.3. Stopped with SIGTERM and the manifest's
 /// grace period in the middle, they exit 0 and leave no message held; torn down with no grace
 /// (`podman kube down`) and played again, they load the rest: exactly one row each, each
-/// replica within its memory limit (peak measured by its cgroup).
+/// replica of each play within its memory limit (peak measured by its cgroup), none killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow tier: needs the image (scripts/container.sh test)"]
 async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
@@ -507,6 +507,60 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
         loaded
     };
 
+    // Each play's replicas, as many as the manifest asks for, each within its memory limit:
+    // the peak of its cgroup's memory (cgroup v1 here; v2 names the file memory.peak), read
+    // while it runs, just before it is stopped, so every play is measured; and none killed
+    // for memory.
+    let deployment_doc =
+        &yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(&deployment_file).unwrap())
+            .unwrap()[0];
+    let replicas = deployment_doc["spec"]["replicas"].as_i64().unwrap();
+    let limit = deployment_doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        ["memory"]
+        .as_str()
+        .unwrap()
+        .strip_suffix("Mi")
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    let within_limits = |play: &str| {
+        let names: Vec<String> = replica_containers();
+        assert_eq!(names.len() as i64, replicas, "{play}: {names:?}");
+        for name in &names {
+            let state = podman(&[
+                "inspect",
+                "--format",
+                "{{.State.Status}} {{.State.OOMKilled}} {{.State.CgroupPath}}",
+                name,
+            ]);
+            let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
+            let mut fields = state.split(' ');
+            let (status, oom_killed, path) = (
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default(),
+            );
+            assert_eq!((status, oom_killed), ("running", "false"), "{play}: {name}");
+            let peak = [
+                "memory/{}/memory.max_usage_in_bytes",
+                "unified/{}/memory.peak",
+                "{}/memory.peak",
+            ]
+            .iter()
+            .find_map(|f| {
+                std::fs::read_to_string(format!(
+                    "/sys/fs/cgroup/{}",
+                    f.replace("{}", path.trim_start_matches('/'))
+                ))
+                .ok()
+            })
+            .unwrap_or_else(|| panic!("no memory peak for {name} in cgroup {path:?}"));
+            let peak_mib = peak.trim().parse::<u64>().unwrap() / (1024 * 1024);
+            eprintln!("{play}: {name}: peak memory {peak_mib} MiB (limit {limit} MiB)");
+            assert!(peak_mib < limit, "{play}: {name}: {peak_mib} MiB");
+        }
+    };
+
     // Stopped (SIGTERM to every replica) in the middle of the work: each commits what it has,
     // deletes it and releases the rest, exits 0, and nothing stays held.
     play();
@@ -514,6 +568,7 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
         rows().await >= 5_000
     })
     .await;
+    within_limits("first play");
     stop_gracefully();
     let loaded = nothing_held("after SIGTERM").await;
     assert!(
@@ -529,56 +584,14 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
         rows().await >= 10_000
     })
     .await;
+    within_limits("second play");
     down();
     play();
     wait("20,000 rows", Duration::from_secs(600), async || {
         rows().await >= MESSAGES
     })
     .await;
-    // Each replica's peak memory, from its cgroup, against the manifest's limit.
-    let names = podman(&["ps", "--format", "{{.Names}}"]);
-    let names: Vec<String> = String::from_utf8_lossy(&names.stdout)
-        .lines()
-        .filter(|n| n.starts_with("sqs2pg-pod") && !n.ends_with("-infra"))
-        .map(str::to_owned)
-        .collect();
-    // The replicas the manifest asks for, each within its memory limit: the peak of its
-    // cgroup's memory (cgroup v1 here; v2 names the file memory.peak).
-    let deployment_doc =
-        &yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(&deployment_file).unwrap())
-            .unwrap()[0];
-    let replicas = deployment_doc["spec"]["replicas"].as_i64().unwrap();
-    assert_eq!(names.len() as i64, replicas, "{names:?}");
-    let limit = deployment_doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-        ["memory"]
-        .as_str()
-        .unwrap()
-        .strip_suffix("Mi")
-        .unwrap()
-        .parse::<u64>()
-        .unwrap();
-    for name in &names {
-        let path = podman(&["inspect", "--format", "{{.State.CgroupPath}}", name]);
-        let path = String::from_utf8_lossy(&path.stdout).trim().to_owned();
-        let peak = [
-            "memory/{}/memory.max_usage_in_bytes",
-            "unified/{}/memory.peak",
-            "{}/memory.peak",
-        ]
-        .iter()
-        .find_map(|f| {
-            std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/{}",
-                f.replace("{}", path.trim_start_matches('/'))
-            ))
-            .ok()
-        })
-        .unwrap_or_else(|| panic!("no memory peak for {name} in cgroup {path:?}"));
-        let peak_mib = peak.trim().parse::<u64>().unwrap() / (1024 * 1024);
-        eprintln!("{name}: peak memory {peak_mib} MiB (limit {limit} MiB)");
-        assert!(peak_mib < limit, "{name}: {peak_mib} MiB");
-    }
-
+    within_limits("third play");
     stop_gracefully();
     nothing_held("at the end").await;
     down();
