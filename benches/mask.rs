@@ -5,7 +5,9 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use sqs2pg::login::{MaskKey, MaskMode, MaskModes, Masker};
+use sqs2pg::keys::MaskKey;
+use sqs2pg::login::{MaskModes, Masker};
+use sqs2pg::mask::MaskMode;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

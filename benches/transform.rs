@@ -8,7 +8,9 @@
 
 use std::hint::black_box;
 
-use sqs2pg::login::{transform, BodySealer, MaskKey, MaskMode, MaskModes, Masker};
+use sqs2pg::keys::{BodySealer, MaskKey};
+use sqs2pg::login::{transform, MaskModes, Masker};
+use sqs2pg::mask::MaskMode;
 
 /// Counts allocations per message too (divan's allocation profiler).
 #[global_allocator]

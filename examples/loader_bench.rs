@@ -288,9 +288,9 @@ async fn main() {
             }),
         metrics_addr: None,
         ip: sqs2pg::cli::IpMaskArgs {
-            ip_mask: sqs2pg::login::MaskMode::Hmac,
+            ip_mask: sqs2pg::mask::MaskMode::Hmac,
         },
-        device_id_mask: sqs2pg::login::MaskMode::Hmac,
+        device_id_mask: sqs2pg::mask::MaskMode::Hmac,
         key_rotation_intended: false,
     };
     let settings = sqs2pg::config::pipeline(&args, Mode::Drain).expect("settings");

@@ -24,8 +24,10 @@
 //! # Modules
 //!
 //! - [`cli`], [`config`]: flags and environment, turned into checked settings.
-//! - [`login`]: the domain, pure: parse, validate, encode `app_version`, mask.
+//! - [`login`]: the built-in kind, pure: parse, validate, mask its two personal fields.
 //! - [`keys`]: the masking key, key rings and the sealing of quarantined bodies.
+//! - [`mask`]: tokens for personal values, one column under a scope at a time; every kind's.
+//! - [`app_version`]: version strings as one order-preserving integer; every kind's.
 //! - [`kind`]: the seam between the pipeline and what a message means.
 //! - [`mapping`]: declarative mappings of any JSON message to rows, pure; a message kind.
 //! - [`sqs`]: the source (receive, delete, send).
@@ -36,6 +38,7 @@
 //! - [`telemetry`]: logging setup and the rule of what may be logged.
 
 pub mod app;
+pub mod app_version;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -43,6 +46,7 @@ pub mod keys;
 pub mod kind;
 pub mod login;
 pub mod mapping;
+pub mod mask;
 pub mod pipeline;
 pub mod postgres;
 pub mod report;

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sqs2pg::login::MaskKey;
+use sqs2pg::keys::MaskKey;
 use sqs2pg::mapping::{ColumnType, Mapper, Mapping, Message, Value};
 
 const MAPPINGS: [&str; 3] = [

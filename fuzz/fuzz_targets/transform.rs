@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sqs2pg::login::{transform, MaskKey, Masker};
+use sqs2pg::login::{transform, Masker};
+use sqs2pg::keys::MaskKey;
 
 static MASKER: OnceLock<Masker> = OnceLock::new();
 

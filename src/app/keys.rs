@@ -7,7 +7,7 @@ use super::rejects::rfc3339;
 use super::AppError;
 use crate::cli::KeygenArgs;
 use crate::config::ConfigError;
-use crate::login::MaskKey;
+use crate::keys::MaskKey;
 
 /// `sqs2pg keygen --ring FILE [--activate]`: adds a new random key to the ring file (created
 /// with mode 600 if missing) and returns its id. Existing keys and comments are kept.

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::{json, Value as Json};
 
 use super::AppError;
-use crate::login::MaskKey;
+use crate::keys::MaskKey;
 use crate::mapping::{Mapper, Mapping, Message};
 
 /// The run record of `sqs2pg.mask_keys` (its `ip_mode` and `device_id_mode`) for these token
@@ -66,7 +66,7 @@ pub fn ambiguous_token_column(mappings: &[Mapping]) -> Option<String> {
 pub struct MappedUnmasker {
     /// Per reversible token column: its name, its mask under each key, and whether its values
     /// are addresses.
-    columns: Vec<(String, Vec<crate::login::ColumnMask>, bool)>,
+    columns: Vec<(String, Vec<crate::mask::ColumnMask>, bool)>,
     /// Which key of each column's masks decrypts addresses.
     address_key: usize,
 }
@@ -77,12 +77,12 @@ impl MappedUnmasker {
     /// it (`unmask` refuses mappings that mask one name two ways).
     pub fn new(
         mappings: &[Mapping],
-        ring: &crate::login::KeyRing,
+        ring: &crate::keys::KeyRing,
         address_key: Option<&str>,
     ) -> Option<Self> {
-        use crate::login::{ColumnMask, MaskMode};
         use crate::mapping::column::ColumnType;
         use crate::mapping::file::{Convert, Mask};
+        use crate::mask::{ColumnMask, MaskMode};
         let wanted = address_key.unwrap_or(ring.active_id());
         let address_key = ring.keys().iter().position(|k| k.key.key_id() == wanted)?;
         let columns = mappings
@@ -416,8 +416,8 @@ mod tests {
     fn the_login_mapping_records_its_masks_as_the_built_in_pipeline_does() {
         let login = Mapping::parse(include_str!("../../examples/mappings/login.toml")).unwrap();
         let modes = crate::login::MaskModes {
-            ip: crate::login::MaskMode::Hmac,
-            device_id: crate::login::MaskMode::Hmac,
+            ip: crate::mask::MaskMode::Hmac,
+            device_id: crate::mask::MaskMode::Hmac,
         };
         let table = crate::postgres::TableName::parse("public.user_logins").unwrap();
         let built_in = Target::of_run(&table, &[])[0].masked_columns(modes);

@@ -3,7 +3,7 @@
 use super::{open_queue, send::send_chunk, AppError};
 use crate::cli::RejectsCommand;
 use crate::config::args::QueueArgs;
-use crate::login::{BodySealer, KeyRing};
+use crate::keys::{BodySealer, KeyRing};
 use crate::postgres::quarantine::{self, ReplaySelection};
 use crate::postgres::{self as pg, Database};
 use crate::sqs::queue::SqsSettings;

@@ -5,7 +5,8 @@
 
 use super::AppError;
 use crate::config::ConfigError;
-use crate::login::{ColumnMask, MaskKey, MaskMode};
+use crate::keys::MaskKey;
+use crate::mask::{ColumnMask, MaskMode};
 use crate::postgres::rekey::{self as sql, TokenColumn};
 use crate::postgres::{self as pg, Database, TableName};
 

@@ -6,7 +6,8 @@
 //! variant here, and nowhere else in `app`.
 
 use super::AppError;
-use crate::login::{MaskKey, MaskModes, Masker};
+use crate::keys::MaskKey;
+use crate::login::{MaskModes, Masker};
 use crate::mapping::{Mapper, Mapping};
 use crate::postgres::schema::{MaskedColumn, ShapeColumn, TableShape};
 use crate::postgres::{Database, TableName};
@@ -167,7 +168,7 @@ impl<'a> Target<'a> {
     /// The columns the run writes tokens into, with their scopes and modes: the login table's
     /// two, or a mapping's token columns (`redact` keeps nothing, so it is not a token column).
     pub fn masked_columns(&self, modes: MaskModes) -> Vec<MaskedColumn> {
-        let column = |column: &str, scope: &str, mode: crate::login::MaskMode| MaskedColumn {
+        let column = |column: &str, scope: &str, mode: crate::mask::MaskMode| MaskedColumn {
             column: column.to_owned(),
             scope: scope.to_owned(),
             mode: mode.to_string(),

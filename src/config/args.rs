@@ -42,9 +42,9 @@ pub struct IpMaskArgs {
     /// recover it with `sqs2pg unmask`), `ipcrypt` (format-preserving: still an IP address) or
     /// `ipcrypt-pfx` (prefix-preserving: subnets stay subnets).
     /// `unmask` needs the mode the tokens were written with.
-    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
+    #[arg(long, env = "SQS2PG_IP_MASK", value_enum, default_value_t = crate::mask::MaskMode::Hmac)]
     [file masking.ip_mask]
-    pub ip_mask: crate::login::MaskMode,
+    pub ip_mask: crate::mask::MaskMode,
 }
 }
 
@@ -121,9 +121,9 @@ pub struct PipelineArgs {
     pub ip: IpMaskArgs,
 
     /// How `device_id` is masked: `hmac` (one-way) or `siv` (recoverable by key holders).
-    #[arg(long, env = "SQS2PG_DEVICE_ID_MASK", value_enum, default_value_t = crate::login::MaskMode::Hmac)]
+    #[arg(long, env = "SQS2PG_DEVICE_ID_MASK", value_enum, default_value_t = crate::mask::MaskMode::Hmac)]
     [file masking.device_id_mask]
-    pub device_id_mask: crate::login::MaskMode,
+    pub device_id_mask: crate::mask::MaskMode,
 
     /// Say that a masking key or mode other than the last run's is on purpose (a rotation):
     /// the start-up warning about tokens that no longer match becomes a note.
@@ -210,7 +210,7 @@ pub struct KeyArgs {
         hide_env_values = true,
         value_name = "BASE64"
     )]
-    pub mask_key: Option<crate::login::KeyText>,
+    pub mask_key: Option<crate::keys::KeyText>,
 
     /// File holding the base64 masking key (mode 600); instead of SQS2PG_MASK_KEY.
     #[arg(long, env = "SQS2PG_MASK_KEY_FILE")]

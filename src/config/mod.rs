@@ -8,8 +8,8 @@ pub mod setting;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::login::mask::{KeyError, MaskKey};
-use crate::login::{KeyRing, KeyText};
+use crate::keys::{KeyError, MaskKey};
+use crate::keys::{KeyRing, KeyText};
 use crate::pipeline::{Mode, PipelineSettings};
 use crate::postgres::{Database, TableName};
 use crate::retry::RetryPolicy;

@@ -132,7 +132,7 @@ macro_rules! value_enums {
 }
 value_enums!(
     crate::sqs::Protocol,
-    crate::login::MaskMode,
+    crate::mask::MaskMode,
     crate::telemetry::LogFormat
 );
 

@@ -54,9 +54,9 @@ fn drain_needs_a_long_poll() {
         max_in_flight_messages: DEFAULT_MAX_IN_FLIGHT_MESSAGES,
         metrics_addr: None,
         ip: crate::config::args::IpMaskArgs {
-            ip_mask: crate::login::MaskMode::Hmac,
+            ip_mask: crate::mask::MaskMode::Hmac,
         },
-        device_id_mask: crate::login::MaskMode::Hmac,
+        device_id_mask: crate::mask::MaskMode::Hmac,
         key_rotation_intended: false,
     };
     let e = pipeline(&args, Mode::Drain).unwrap_err().to_string();

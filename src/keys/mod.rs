@@ -2,7 +2,7 @@
 //! message kind: the masking key (`MaskKey`; every use goes through an HKDF subkey of its own),
 //! key rings (`ring`: one key, or a file of several with one active), and the sealing of
 //! quarantined bodies (`seal`). A leaf: it names nothing of ours. Masks (tokens per column)
-//! are in `login::mask`.
+//! are in the `mask` module, which builds on these keys.
 
 pub mod ring;
 pub mod seal;

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use time::{Date, OffsetDateTime};
 
-use super::app_version::{AppVersion, AppVersionError};
 use super::reject::{Field, JsonKind, Reason, Rejection};
 use super::wire::{LoginEvent, Scalar};
+use crate::app_version::{AppVersion, AppVersionError};
 
 /// Column limits of `public.user_logins`, in characters (PostgreSQL's `varchar(n)` counts
 /// characters, not bytes, so a multibyte string at the limit fits).

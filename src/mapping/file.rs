@@ -27,7 +27,7 @@
 //! `sns:Timestamp`, `sns:TopicArn`, `sns:Subject`; `eventbridge:id`, `eventbridge:source`,
 //! `eventbridge:detail-type`, `eventbridge:time`, `eventbridge:account`, `eventbridge:region`.
 //!
-//! `convert`: `version` ("2.3.0" to the order-preserving integer of `login::app_version`),
+//! `convert`: `version` ("2.3.0" to the order-preserving integer of `crate::app_version`),
 //! `epoch_ms` / `epoch_s` (a number of milliseconds or seconds since 1970 to a date or a
 //! timestamp, in UTC; implied for `sqs:SentTimestamp` into a date or timestamp), `ip` (an IP
 //! address, canonical: a masked address gets one token however it is spelled).
@@ -75,7 +75,7 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 use super::column::ColumnType;
-use crate::login::MaskMode;
+use crate::mask::MaskMode;
 
 /// What the message is wrapped in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -27,9 +27,11 @@ use super::file::{
     Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, Match, MatchOn, RestPersonal,
     Source, SqsAttribute, Unknown, EVENTBRIDGE_FIELDS, SNS_FIELDS,
 };
+use crate::app_version::AppVersion;
+use crate::app_version::AppVersionError;
+use crate::keys::MaskKey;
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
-use crate::login::app_version::AppVersionError;
-use crate::login::{AppVersion, ColumnMask, MaskKey, MaskMode};
+use crate::mask::{ColumnMask, MaskMode};
 
 mod scrub;
 

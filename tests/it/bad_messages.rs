@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqs2pg::app::{self};
 use sqs2pg::config;
-use sqs2pg::login::MaskKey;
+use sqs2pg::keys::MaskKey;
 use sqs2pg::pipeline::{Mode, Summary};
 use sqs2pg::sqs::ReceiveRequest;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ async fn rows_the_table_refuses_are_quarantined_and_the_rest_load() {
     );
 
     // Each refused row is kept with the SQLSTATE and constraint, and its body, sealed.
-    let sealer = sqs2pg::login::BodySealer::new(&MaskKey::from_base64(&key).unwrap());
+    let sealer = sqs2pg::keys::BodySealer::new(&MaskKey::from_base64(&key).unwrap());
     let rows = db
         .client()
         .await
@@ -107,7 +107,7 @@ async fn rejected_bodies_are_sealed_for_key_holders_only() {
     let (id, sealed): (String, Vec<u8>) = (row.get(0), row.get(1));
     let malformed = r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#;
     assert!(!String::from_utf8_lossy(&sealed).contains("oops_wrong_msg_type"));
-    let sealer = |k: &str| sqs2pg::login::BodySealer::new(&MaskKey::from_base64(k).unwrap());
+    let sealer = |k: &str| sqs2pg::keys::BodySealer::new(&MaskKey::from_base64(k).unwrap());
     assert_eq!(sealer(&key).open(&id, &sealed).unwrap(), malformed);
     let other = MaskKey::generate_base64().unwrap();
     assert!(
@@ -248,7 +248,7 @@ async fn every_class_of_bad_message_is_quarantined_with_its_code_among_good_ones
     assert_eq!(summary.rejected_total(), corpus.len() as u64, "{summary:?}");
     assert_eq!(queue.depth().await, 0);
 
-    let sealer = sqs2pg::login::BodySealer::new(&MaskKey::from_base64(&key).unwrap());
+    let sealer = sqs2pg::keys::BodySealer::new(&MaskKey::from_base64(&key).unwrap());
     let client = db.client().await;
     let rows = client
         .query(

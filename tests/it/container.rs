@@ -72,7 +72,7 @@ async fn the_image_sets_up_and_drains_the_sample_as_a_user_of_its_own() {
     assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "10001:10001");
 
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let mut env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),
@@ -128,7 +128,7 @@ async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing(
 
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     crate::harness::setup(&db).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     // The Deployment's container: where it serves metrics and what its probes ask.
     let manifest = yaml_rust2::YamlLoader::load_from_str(
         &std::fs::read_to_string(
@@ -248,19 +248,16 @@ async fn the_image_serves_its_probes_loads_and_stops_on_sigterm_holding_nothing(
 }
 
 /// A copy of `deploy/kubernetes/sqs2pg.yaml` for `podman kube play`, and the differences from
-/// the shipped file: the image; the queue URL and the endpoint (the test's server, reached
-/// from each pod's own network at 10.0.2.2, slirp4netns's address for the host's loopback);
-/// the database URL and the key as plain values, and test AWS credentials (podman 4.3 takes no
-/// `secretKeyRef`); and, since podman does not play a Job, the setup Job's pod as a Pod of its
-/// own; and the containers' `ports` (podman publishes each on the host, where the replicas
-/// would collide), the probes naming the port by number. Answers (the setup Pod's YAML, the
-/// Deployment's YAML).
-fn played_manifest(
-    queue_url: &str,
-    endpoint: &str,
-    database_url: &str,
-    key: &str,
-) -> (String, String) {
+/// the shipped file: the image; the queue URL (the test's server, reached from each pod's own
+/// network at 10.0.2.2, slirp4netns's address for the host's loopback; sqs2pg takes the
+/// endpoint from a queue URL that is not AWS's); the database URL and the key as plain values,
+/// and test AWS credentials in place of the ServiceAccount's role (podman 4.3 takes no
+/// `secretKeyRef`). Two more that podman 4.3 forces (both tried): it plays no Job ("does not
+/// contain any supported kube kind"), so the setup Job's pod is a Pod of its own; and it
+/// publishes every `containerPort` on the host, where the replicas collide ("address already
+/// in use"), so the ports go and the probes name the port by number. Answers (the setup Pod's
+/// YAML, the Deployment's YAML).
+fn played_manifest(queue_url: &str, database_url: &str, key: &str) -> (String, String) {
     use yaml_rust2::yaml::Hash;
     use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
     let text = std::fs::read_to_string(
@@ -280,7 +277,6 @@ fn played_manifest(
         let Yaml::Hash(spec) = spec else {
             panic!("a pod spec")
         };
-        spec.remove(&s("serviceAccountName"));
         let Some(Yaml::Array(containers)) = spec.get_mut(&s("containers")) else {
             panic!("containers")
         };
@@ -315,7 +311,6 @@ fn played_manifest(
                 };
                 *var = env_var(&name, &value);
             }
-            env.push(env_var("AWS_ENDPOINT_URL", &from_pod(endpoint)));
             for (name, value) in TEST_AWS {
                 env.push(env_var(name, value));
             }
@@ -387,8 +382,8 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
     );
     assert!(sent.status.success(), "{}", stderr(&sent));
     let _ = std::fs::remove_file(&file);
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let (pod, deployment) = played_manifest(&queue.url, &queue.endpoint, &db.url, &key);
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
+    let (pod, deployment) = played_manifest(&queue.url, &db.url, &key);
     let dir = std::env::temp_dir().join(crate::harness::unique("sqs2pg-kube"));
     std::fs::create_dir_all(&dir).unwrap();
     let (pod_file, deployment_file) = (dir.join("setup.yaml"), dir.join("sqs2pg.yaml"));
@@ -706,7 +701,7 @@ async fn the_compose_file_starts_in_its_order_and_loads_the_sample() {
     let created = Command::new(engine()).args(&create).output().unwrap();
     assert!(created.status.success(), "{}", stderr(&created));
 
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let container = |service: &str| format!("{pod}-{service}");
     // `podman run` of a service as compose would run it.
     let start = |name: &str, service: &Yaml| {

@@ -304,7 +304,7 @@ async fn a_json_schema_drafted_set_up_drained_then_evolved_while_the_old_mapping
         out.to_str().unwrap().to_owned()
     };
     let v1 = draft(&schema("", "integer"), "v1");
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let env = |mapping: &str| -> Vec<(String, String)> {
         [
             ("DATABASE_URL", db.url.as_str()),
@@ -484,7 +484,7 @@ async fn one_refused_mapping_stops_setup_before_any_table_changes() {
         &b,
         r#"{ name = "n", from = "/n", type = "integer" },"#,
     );
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let dir_text = dir.to_str().unwrap().to_owned();
     let env = [
         ("DATABASE_URL", db.url.as_str()),

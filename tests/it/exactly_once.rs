@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use sqs2pg::app::{self, AppError};
 use sqs2pg::config;
-use sqs2pg::login::{MaskKey, Masker};
+use sqs2pg::keys::MaskKey;
+use sqs2pg::login::Masker;
 use sqs2pg::pipeline::{Mode, PipelineError};
 use sqs2pg::postgres::{Database, TableName};
 use sqs2pg::sqs::ReceiveRequest;

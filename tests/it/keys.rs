@@ -26,10 +26,10 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
     let (db, queue) = crate::harness::fixture().await;
     let bodies = crate::harness::sample_bodies();
     queue.send(&bodies).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let mut args = crate::harness::args(&db, &queue, key_file(&key));
-    args.ip.ip_mask = sqs2pg::login::MaskMode::Siv;
-    args.device_id_mask = sqs2pg::login::MaskMode::Siv;
+    args.ip.ip_mask = sqs2pg::mask::MaskMode::Siv;
+    args.device_id_mask = sqs2pg::mask::MaskMode::Siv;
     let summary = crate::harness::drain(&args).await;
     assert_eq!(summary.loaded, 99);
 
@@ -115,7 +115,7 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
     );
 
     // Another key: refused, naming the key ids; an hmac token: refused as one-way.
-    let other = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let other = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let out = sqs2pg(
         &["unmask", "--", &ip_token],
         &[("SQS2PG_MASK_KEY", other.as_str())],
@@ -126,7 +126,7 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
         "{}",
         stderr(&out)
     );
-    let masker = sqs2pg::login::Masker::new(&sqs2pg::login::MaskKey::from_base64(&key).unwrap());
+    let masker = sqs2pg::login::Masker::new(&sqs2pg::keys::MaskKey::from_base64(&key).unwrap());
     let hmac = masker.mask_device_id("593-47-5928").unwrap();
     let out = sqs2pg(
         &["unmask", "--", hmac.as_str()],
@@ -139,13 +139,13 @@ async fn siv_masked_rows_unmask_for_key_holders_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipcrypt_masked_ips_are_addresses_in_the_table_and_unmask_with_the_mode() {
     for mode in [
-        sqs2pg::login::MaskMode::Ipcrypt,
-        sqs2pg::login::MaskMode::IpcryptPfx,
+        sqs2pg::mask::MaskMode::Ipcrypt,
+        sqs2pg::mask::MaskMode::IpcryptPfx,
     ] {
         let (db, queue) = crate::harness::fixture().await;
         let bodies = crate::harness::sample_bodies();
         queue.send(&bodies[..20]).await;
-        let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+        let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
         let mut args = crate::harness::args(&db, &queue, key_file(&key));
         args.ip.ip_mask = mode;
         crate::harness::drain(&args).await;

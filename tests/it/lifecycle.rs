@@ -9,7 +9,7 @@ use crate::harness::{assert_no_personal_data, command, sqs2pg, stderr, TestDb, T
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_send_drain_as_processes() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let sample = crate::harness::SAMPLE;
     let env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
@@ -78,7 +78,7 @@ async fn run_holding_the_sample(
     extra_env: &[(&str, &str)],
 ) -> std::process::Child {
     crate::harness::setup(db).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let mut env = vec![
         ("DATABASE_URL", db.url.as_str()),
         ("SQS2PG_QUEUE_URL", queue.url.as_str()),
@@ -181,7 +181,7 @@ async fn a_batch_that_cannot_commit_by_the_shutdown_deadline_is_released_for_red
 async fn a_signal_while_waiting_for_the_database_at_start_exits_cleanly() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let queue = TestQueue::new().await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let mut child = command(
         &["run"],
         &[
@@ -240,7 +240,7 @@ async fn a_signal_while_waiting_for_the_database_at_start_exits_cleanly() {
 async fn three_processes_with_a_short_visibility_load_each_message_once() {
     let (db, queue) = crate::harness::fixture().await;
     queue.send(&crate::harness::sample_bodies()).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use sqs2pg::app::{self};
 use sqs2pg::cli::DatabaseArgs;
 use sqs2pg::config;
-use sqs2pg::login::{MaskKey, Masker};
+use sqs2pg::keys::MaskKey;
+use sqs2pg::login::Masker;
 use sqs2pg::pipeline::Mode;
 use tokio_util::sync::CancellationToken;
 
@@ -105,7 +106,7 @@ async fn sample_gives_99_rows_1_rejection_and_an_empty_queue_without_pii_in_logs
         );
         assert!(!row.get::<_, String>(0).contains(ip));
         let version = v["app_version"].as_str().unwrap();
-        let encoded = sqs2pg::login::AppVersion::parse(version).unwrap();
+        let encoded = sqs2pg::app_version::AppVersion::parse(version).unwrap();
         assert_eq!(row.get::<_, i32>(2), encoded.encode());
         assert_eq!(row.get::<_, String>(3), encoded.to_string());
         assert_eq!(row.get::<_, String>(4), v["device_type"].as_str().unwrap());
@@ -278,7 +279,7 @@ async fn a_run_under_another_key_than_the_last_warns_unless_the_rotation_is_inte
     // A mode change under the same key warns too.
     queue.send(&bodies[30..40]).await;
     let mut siv = args(&db, &queue, key_file(&key_a));
-    siv.ip.ip_mask = sqs2pg::login::MaskMode::Siv;
+    siv.ip.ip_mask = sqs2pg::mask::MaskMode::Siv;
     drain(&siv).await;
     assert!(warning(&id(&key_a), &id(&key_a)), "a mode change warns");
     let rows = db

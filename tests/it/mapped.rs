@@ -59,7 +59,7 @@ fn env<'a>(
 /// queue's protocol as `SQS2PG_SQS_PROTOCOL` spells it, and a directory of its own for files.
 async fn case_on(sqs: Sqs, name: &str) -> (TestDb, TestQueue, String, String, PathBuf) {
     let (db, queue) = fixture_on(sqs).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let protocol = queue.protocol.to_string();
     let dir = std::env::temp_dir().join(unique(name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -114,7 +114,7 @@ struct Case {
 
 async fn drains_end_to_end(case: Case) -> TestDb {
     let (db, queue) = fixture_on(case.sqs).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let protocol = queue.protocol.to_string();
     let mapping = example(case.mapping).display().to_string();
     let env = env(&db, &queue, &key, &protocol, &mapping);
@@ -401,7 +401,7 @@ async fn an_s3_message_of_five_records_redelivered_after_a_lost_delete_still_giv
     let mut a = crate::harness::args(
         &db,
         &queue,
-        key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
+        key_file(&sqs2pg::keys::MaskKey::generate_base64().unwrap()),
     );
     a.database.mapping_file.mapping = vec![example("s3-objects.toml")];
     a.visibility_timeout_secs = Some(1);
@@ -433,7 +433,7 @@ async fn an_s3_message_of_five_records_redelivered_after_a_lost_delete_still_giv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_mapping_file_gives_the_same_table_as_the_built_in_pipeline() {
     let (db, queue) = fixture_on(Sqs::MotoJson).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let protocol = queue.protocol.to_string();
     // The example, pointed at a second table.
     let text = std::fs::read_to_string(example("login.toml")).unwrap();
@@ -549,7 +549,7 @@ columns = [
     let mut a = crate::harness::args(
         &db,
         &queue,
-        key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
+        key_file(&sqs2pg::keys::MaskKey::generate_base64().unwrap()),
     );
     a.database.mapping_file.mapping = vec![file];
     let settings = config::pipeline(&a, Mode::Drain).unwrap();
@@ -1225,7 +1225,8 @@ columns = [
 /// the same values under the new key, and the old key is retired on the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_moves_a_mappings_siv_and_ipcrypt_columns_to_the_new_key() {
-    use sqs2pg::login::{ColumnMask, MaskKey, MaskMode};
+    use sqs2pg::keys::MaskKey;
+    use sqs2pg::mask::{ColumnMask, MaskMode};
     let (db, queue) = fixture_on(Sqs::MotoJson).await;
     let (old_text, new_text) = (
         MaskKey::generate_base64().unwrap(),
@@ -1321,7 +1322,7 @@ async fn rekey_moves_a_mappings_siv_and_ipcrypt_columns_to_the_new_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_a_column_the_mapping_cannot_fill_and_one_of_another_type() {
     let (db, queue) = fixture_on(Sqs::MotoJson).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let protocol = queue.protocol.to_string();
     let mapping = example("orders-sns.toml").display().to_string();
     let env = env(&db, &queue, &key, &protocol, &mapping);

@@ -35,7 +35,7 @@ fn every_example_mapping_checks_and_a_mistake_names_its_line_and_key() {
 
 #[test]
 fn preview_of_the_login_mapping_masks_the_sample_and_prints_no_personal_value() {
-    let key = key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap());
+    let key = key_file(&sqs2pg::keys::MaskKey::generate_base64().unwrap());
     let run = || {
         sqs2pg(
             &[
@@ -512,7 +512,7 @@ columns = [
     )
     .unwrap();
     let key =
-        sqs2pg::login::MaskKey::from_base64(&sqs2pg::login::MaskKey::generate_base64().unwrap())
+        sqs2pg::keys::MaskKey::from_base64(&sqs2pg::keys::MaskKey::generate_base64().unwrap())
             .unwrap();
     let mapper = Mapper::new(mapping, &key);
     let bodies = [

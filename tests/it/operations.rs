@@ -15,7 +15,7 @@ async fn metrics_health_and_readiness_during_a_run() {
     crate::harness::setup(&db).await;
     let queue = TestQueue::new().await;
     queue.send(&crate::harness::sample_bodies()).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = command(
@@ -161,7 +161,7 @@ async fn metrics_health_and_readiness_during_a_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_on_a_good_setup_and_names_each_problem() {
     let (db, queue) = crate::harness::fixture().await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let check = |database: &str, queue_url: &str| {
         sqs2pg(
             &["check"],
@@ -237,7 +237,7 @@ async fn the_report_counts_what_was_loaded_and_its_page_renders_in_chromium() {
     let (db, queue) = crate::harness::fixture().await;
     let bodies = crate::harness::sample_bodies();
     queue.send(&bodies).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     crate::harness::drain(&crate::harness::args(&db, &queue, key_file(&key))).await;
 
     // What the report must say, worked out from the bodies themselves.

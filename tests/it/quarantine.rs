@@ -17,7 +17,7 @@ async fn rejects_list_show_and_replay(sqs: crate::harness::Sqs) {
         .await
         .unwrap();
     queue.send(&crate::harness::sample_bodies()).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let summary = crate::harness::drain(&crate::harness::args(&db, &queue, key_file(&key))).await;
     let refused = summary.rejected["table_refused:no_old_android"];
     assert!(refused > 0);
@@ -64,7 +64,7 @@ async fn rejects_list_show_and_replay(sqs: crate::harness::Sqs) {
         r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#
     );
     assert!(stderr(&show).contains("personal data"));
-    let wrong_key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let wrong_key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let mut other = env.clone();
     other[2] = ("SQS2PG_MASK_KEY", &wrong_key);
     let refused_show = sqs2pg(&["rejects", "show", &id], &other);

@@ -8,12 +8,12 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
     let (db, queue) = crate::harness::fixture().await;
     let bodies = crate::harness::sample_bodies();
     queue.send(&bodies).await;
-    let old_key = sqs2pg::login::MaskKey::generate_base64().unwrap();
-    let new_key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let old_key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
+    let new_key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let old_file = key_file(&old_key);
     let mut args = crate::harness::args(&db, &queue, old_file.clone());
-    args.ip.ip_mask = sqs2pg::login::MaskMode::Siv;
-    args.device_id_mask = sqs2pg::login::MaskMode::Siv;
+    args.ip.ip_mask = sqs2pg::mask::MaskMode::Siv;
+    args.device_id_mask = sqs2pg::mask::MaskMode::Siv;
     crate::harness::drain(&args).await;
     // Ten more rows under the old key in hmac mode: one-way, they cannot be re-keyed.
     let late: Vec<String> = (0..10)
@@ -92,7 +92,7 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
         &db,
         &format!(
             "SELECT count(*) FROM sqs2pg.mask_keys WHERE key_id = '{}'",
-            sqs2pg::login::MaskKey::from_base64(&new_key)
+            sqs2pg::keys::MaskKey::from_base64(&new_key)
                 .unwrap()
                 .key_id()
         ),
@@ -106,7 +106,7 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
 
     // Every siv token now belongs to the new key, rows and duplicates are as they were, and
     // the new key opens them to the original values.
-    let new_id = sqs2pg::login::MaskKey::from_base64(&new_key)
+    let new_id = sqs2pg::keys::MaskKey::from_base64(&new_key)
         .unwrap()
         .key_id();
     let new_prefix = format!("{new_id}.s.");
@@ -121,7 +121,7 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
         .unwrap();
     assert_eq!(rows.len(), 99);
     let unmasker =
-        sqs2pg::login::Unmasker::new(&sqs2pg::login::MaskKey::from_base64(&new_key).unwrap());
+        sqs2pg::login::Unmasker::new(&sqs2pg::keys::MaskKey::from_base64(&new_key).unwrap());
     let originals: std::collections::HashMap<String, serde_json::Value> = bodies
         .iter()
         .filter_map(|b| {
@@ -160,7 +160,9 @@ async fn rekey_reencrypts_every_siv_token_in_place_and_explains_hmac() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_ring_rotates_keys_and_rekey_moves_siv_tokens_and_ipcrypt_addresses() {
-    use sqs2pg::login::{KeyRing, MaskMode, Unmasker};
+    use sqs2pg::keys::KeyRing;
+    use sqs2pg::login::Unmasker;
+    use sqs2pg::mask::MaskMode;
     use std::os::unix::fs::PermissionsExt;
     let (db, queue) = crate::harness::fixture().await;
     let bodies = crate::harness::sample_bodies();

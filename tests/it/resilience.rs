@@ -253,7 +253,7 @@ async fn drain_waits_for_messages_another_consumer_holds() {
         held.extend(got.into_iter().map(|m| m.ack.message_id));
     }
     let taken = Instant::now();
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let key = key_file(&key);
     let out = tokio::task::block_in_place(|| {
         command(
@@ -336,7 +336,7 @@ async fn a_body_that_kills_the_process_is_quarantined_after_a_few_deaths(at: &st
     let killer = r#"{"user_id": "kills-the-process", "app_version": "2.3.0", "device_type": "android", "ip": "10.9.9.9", "locale": "RU", "device_id": "593-47-0000"}"#;
     bodies.push(killer.to_owned());
     queue.send(&bodies).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),

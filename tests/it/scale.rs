@@ -48,7 +48,7 @@ fn drains(
     endpoint: &str,
     extra: &[(&str, &str)],
 ) -> (Vec<Output>, Duration) {
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let mut env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),
@@ -305,7 +305,7 @@ async fn a_message_the_loader_always_fails_is_poison_and_the_20000_around_it_loa
     let mut a = args(
         &db,
         &queue,
-        crate::harness::key_file(&sqs2pg::login::MaskKey::generate_base64().unwrap()),
+        crate::harness::key_file(&sqs2pg::keys::MaskKey::generate_base64().unwrap()),
     );
     a.visibility_timeout_secs = Some(1);
     a.max_receive_count = 2;
@@ -421,7 +421,7 @@ async fn killed_again_and_again_while_draining_20000_messages_loses_and_doubles_
     const KILLS: usize = 5;
     let (db, queue) = crate::harness::fixture_on(crate::harness::Sqs::LocalStack4).await;
     let file = crate::harness::synthetic_logins(TOTAL);
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", &db.url),
         ("SQS2PG_QUEUE_URL", &queue.url),
@@ -516,7 +516,7 @@ async fn chaos_soak_three_replicas_lossy_network_kills_and_terminated_backends()
             .unwrap();
         }
     }
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let direct: Vec<(&str, &str)> = vec![
         ("SQS2PG_QUEUE_URL", &queue.url),
         ("AWS_ENDPOINT_URL", &queue.endpoint),

@@ -5,7 +5,7 @@ use crate::harness::{key_file, sqs2pg, stderr};
 
 #[test]
 fn missing_or_bad_settings_fail_at_start_naming_the_setting() {
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let db = "postgres://postgres@127.0.0.1:1/x?sslmode=disable";
     let q = "http://127.0.0.1:1/000000000000/q";
     /// (environment, extra flags, text the error must contain)
@@ -163,7 +163,7 @@ fn no_command_prints_the_database_password() {
         ),
     )
     .unwrap();
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let config = file.to_str().unwrap();
     let in_env =
         format!("postgres://app@127.0.0.1:{port}/db?sslmode=disable&password=Env-pa55word");
@@ -216,7 +216,7 @@ fn no_command_prints_the_database_password() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let out = sqs2pg(
         &["--log-format", "json", "drain"],
         &[

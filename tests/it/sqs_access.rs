@@ -9,7 +9,7 @@ use crate::harness::{assert_no_personal_data, command, sqs2pg, stderr, TestDb, T
 async fn missing_aws_credentials_stop_the_run_with_a_hint() {
     let (db, queue) = (TestDb::new().await, TestQueue::new().await);
     crate::harness::setup(&db).await;
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let out = command(
         &["drain"],
         &[
@@ -113,7 +113,7 @@ async fn the_exercises_localstack_needs_no_protocol_flag_and_no_region() {
         "{endpoint}/000000000000/{}",
         crate::harness::unique("login-queue").replace('_', "-")
     );
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let sample = crate::harness::SAMPLE;
     // What a user of the exercise sets: the database, the queue URL, a key. No protocol, no
     // endpoint, no region.

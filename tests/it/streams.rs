@@ -314,7 +314,7 @@ fn send_all(bodies: &[String], env: &[(&str, &str)], second: Option<&TestQueue>)
 
 async fn served(scale: usize, drains: usize, kill: bool, two_queues: bool) {
     let (db, queue) = (TestDb::new().await, TestQueue::on(Sqs::LocalStack4).await);
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     // With two queues: the orders and page views mappings name the second (`queue`); the
     // users and carts mappings read the run's.
     let second = if two_queues {
@@ -469,7 +469,7 @@ async fn one_process_serves_two_queues_and_a_missing_one_is_degraded_then_served
         let text = std::fs::read_to_string(format!("{MAPPINGS}/{file}")).unwrap();
         std::fs::write(dir.join(file), format!("queue = \"{queue}\"\n{text}")).unwrap();
     }
-    let key = sqs2pg::login::MaskKey::generate_base64().unwrap();
+    let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
     let dir_text = dir.to_str().unwrap().to_owned();
     // No SQS2PG_QUEUE_URL: every mapping names its queue.
     let env: Vec<(&str, &str)> = vec![

@@ -1,8 +1,15 @@
-//! Unit tests of `login::mask`.
+//! Unit tests of `login::mask` (and, through it, of `crate::mask`).
 
 use super::*;
+use crate::keys::KeyError;
+use crate::mask::{UnmaskError, SIV_MAX_VALUE_BYTES};
+use aes_siv::siv::Aes256Siv;
+use aes_siv::KeyInit;
 use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use sha2::Digest;
+use zeroize::Zeroizing;
 
 fn key(byte: u8) -> MaskKey {
     MaskKey(Zeroizing::new(vec![byte; 32]))
@@ -15,7 +22,7 @@ fn a_ring_unmasker_opens_each_token_with_the_key_it_names() {
         device_id: MaskMode::Siv,
     };
     let (a, b, c) = (key(1), key(2), key(3));
-    let ring = crate::login::KeyRing::parse(&format!(
+    let ring = crate::keys::KeyRing::parse(&format!(
         "active = \"{}\"\n[[keys]]\nid = \"{}\"\nkey = \"{}\"\n[[keys]]\nid = \"{}\"\nkey = \"{}\"\n",
         b.key_id(),
         a.key_id(),
@@ -290,9 +297,9 @@ fn siv_tokens_open_for_key_holders_only_and_keep_duplicates_equal() {
     let body = device.as_str().rsplit('.').next().unwrap();
     let sealed = URL_SAFE_NO_PAD.decode(body).unwrap();
     let mut wrong_field = Zeroizing::new([0u8; 64]);
-    key(5).derive(INFO_SIV_IP, wrong_field.as_mut_slice());
+    key(5).derive(b"sqs2pg/v1/siv/ip", wrong_field.as_mut_slice());
     assert!(Aes256Siv::new(wrong_field.as_slice().into())
-        .decrypt([AD_DEVICE_ID], &sealed)
+        .decrypt([b"device_id"], &sealed)
         .is_err());
     // hmac tokens are one-way, and say so.
     let hmac = Masker::new(&key(5)).mask_device_id("593-47-5928").unwrap();

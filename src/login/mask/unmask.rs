@@ -1,16 +1,12 @@
-//! Opening tokens for key holders ([`Unmasker`], `sqs2pg unmask`) and moving a token to
-//! another key ([`rekey_token`]).
+//! Opening the login's tokens for key holders ([`Unmasker`], `sqs2pg unmask`) and moving a
+//! token to another key ([`rekey_token`]), through the two columns' [`ColumnMask`]s.
 
 use std::fmt;
 use std::net::IpAddr;
 
-use aes_siv::siv::Aes256Siv;
-use aes_siv::KeyInit;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use zeroize::Zeroizing;
-
-use super::*;
+use super::{Masker, DEVICE_ID, IP};
+use crate::keys::{KeyRing, MaskKey};
+use crate::mask::{ColumnMask, MaskMode, MaskedToken, UnmaskError};
 
 /// A value recovered from a `siv` token.
 #[derive(PartialEq, Eq)]
@@ -45,23 +41,6 @@ impl fmt::Debug for Unmasked {
     }
 }
 
-/// Why a token could not be unmasked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UnmaskError {
-    #[error("not a sqs2pg token (KEYID.MODE.VALUE)")]
-    NotAToken,
-    #[error("written under key {token}, which is not among the keys given ({given})")]
-    OtherKey { token: String, given: String },
-    #[error("an hmac token is one-way: the value cannot be recovered by anyone, key holders included; to check a guess, mask the known value under the same key and compare")]
-    OneWay,
-    #[error("unknown mode {0:?}")]
-    UnknownMode(String),
-    #[error("does not open under this key (damaged, or made for another purpose)")]
-    Rejected,
-    #[error("an address as token comes from an ipcrypt mode: say which with --ip-mask ipcrypt or --ip-mask ipcrypt-pfx")]
-    AddressNeedsMode,
-}
-
 /// Re-encrypts a `siv` token of `field`'s column under another key (for `sqs2pg rekey`): same
 /// field, same value.
 pub fn rekey_token(
@@ -90,26 +69,27 @@ pub struct Unmasker {
     ip_mode: MaskMode,
 }
 
-/// One key's subkeys for opening tokens.
+/// One key's masks for opening tokens: `siv` for both fields, and the two ipcrypt modes for
+/// addresses (which carry no mode).
 struct KeyUnmasker {
-    key_id: String,
-    ip: Zeroizing<[u8; 64]>,
-    device_id: Zeroizing<[u8; 64]>,
-    ipcrypt: (ipcrypt_rs::Ipcrypt, ipcrypt_rs::IpcryptPfx),
+    ip: ColumnMask,
+    device_id: ColumnMask,
+    ipcrypt: ColumnMask,
+    ipcrypt_pfx: ColumnMask,
 }
 
 impl KeyUnmasker {
     fn new(key: &MaskKey) -> Self {
-        let mut ip = Zeroizing::new([0u8; 64]);
-        key.derive(INFO_SIV_IP, ip.as_mut_slice());
-        let mut device_id = Zeroizing::new([0u8; 64]);
-        key.derive(INFO_SIV_DEVICE_ID, device_id.as_mut_slice());
         Self {
-            key_id: key.key_id(),
-            ip,
-            device_id,
-            ipcrypt: ipcrypt_ciphers(key),
+            ip: ColumnMask::new(key, MaskMode::Siv, IP),
+            device_id: ColumnMask::new(key, MaskMode::Siv, DEVICE_ID),
+            ipcrypt: ColumnMask::new(key, MaskMode::Ipcrypt, IP),
+            ipcrypt_pfx: ColumnMask::new(key, MaskMode::IpcryptPfx, IP),
         }
+    }
+
+    fn key_id(&self) -> &str {
+        self.ip.key_id()
     }
 }
 
@@ -130,18 +110,14 @@ impl Unmasker {
 
     /// Every key of `ring`; bare addresses are decrypted under `address_key` (the ring's active
     /// key if `None`). `None` back if the ring has no such key.
-    pub fn for_ring(
-        ring: &crate::login::KeyRing,
-        ip_mode: MaskMode,
-        address_key: Option<&str>,
-    ) -> Option<Self> {
+    pub fn for_ring(ring: &KeyRing, ip_mode: MaskMode, address_key: Option<&str>) -> Option<Self> {
         let wanted = address_key.unwrap_or(ring.active_id());
         let keys: Vec<KeyUnmasker> = ring
             .keys()
             .iter()
             .map(|k| KeyUnmasker::new(&k.key))
             .collect();
-        let address_key = keys.iter().position(|k| k.key_id == wanted)?;
+        let address_key = keys.iter().position(|k| k.key_id() == wanted)?;
         Some(Self {
             keys,
             address_key,
@@ -151,59 +127,42 @@ impl Unmasker {
 
     /// The id of the key bare addresses are decrypted under (with one key: that key's id).
     pub fn key_id(&self) -> &str {
-        &self.keys[self.address_key].key_id
+        self.keys[self.address_key].key_id()
     }
 
     /// The value behind a token, and which field it belongs to.
     pub fn unmask(&self, token: &str) -> Result<Unmasked, UnmaskError> {
-        if let Ok(address) = token.trim().parse::<IpAddr>() {
-            let (ipcrypt, pfx) = &self.keys[self.address_key].ipcrypt;
+        let address = |text: String| {
+            text.parse::<IpAddr>()
+                .map(Unmasked::Ip)
+                .map_err(|_| UnmaskError::Rejected)
+        };
+        if token.trim().parse::<IpAddr>().is_ok() {
+            let key = &self.keys[self.address_key];
             return match self.ip_mode {
-                MaskMode::Ipcrypt => {
-                    Ok(Unmasked::Ip(ipcrypt.decrypt_ipaddr(address).to_canonical()))
-                }
-                MaskMode::IpcryptPfx => {
-                    Ok(Unmasked::Ip(pfx.decrypt_ipaddr(address).to_canonical()))
-                }
+                MaskMode::Ipcrypt => address(key.ipcrypt.unmask(token, true)?),
+                MaskMode::IpcryptPfx => address(key.ipcrypt_pfx.unmask(token, true)?),
                 MaskMode::Hmac | MaskMode::Siv => Err(UnmaskError::AddressNeedsMode),
             };
         }
-        let mut parts = token.trim().splitn(3, '.');
-        let (Some(key_id), Some(mode), Some(body)) = (parts.next(), parts.next(), parts.next())
-        else {
+        // `KEYID.MODE.VALUE`: the key it names first, then that key's masks open it.
+        let parts: Vec<&str> = token.trim().splitn(3, '.').collect();
+        let [key_id, _, _] = parts[..] else {
             return Err(UnmaskError::NotAToken);
         };
-        let Some(key) = self.keys.iter().find(|k| k.key_id == key_id) else {
-            let given: Vec<&str> = self.keys.iter().map(|k| k.key_id.as_str()).collect();
+        let Some(key) = self.keys.iter().find(|k| k.key_id() == key_id) else {
+            let given: Vec<&str> = self.keys.iter().map(KeyUnmasker::key_id).collect();
             return Err(UnmaskError::OtherKey {
                 token: key_id.to_owned(),
                 given: given.join(", "),
             });
         };
-        match mode {
-            "s" => {}
-            "h" => return Err(UnmaskError::OneWay),
-            other => return Err(UnmaskError::UnknownMode(other.to_owned())),
+        // An `ip` token, or else a `device_id` one (each opens only under its own scope).
+        match key.ip.unmask(token, true) {
+            Err(UnmaskError::Rejected) => {
+                key.device_id.unmask(token, false).map(Unmasked::DeviceId)
+            }
+            opened => address(opened?),
         }
-        let sealed = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| UnmaskError::NotAToken)?;
-        let open = |key: &[u8; 64], ad: &[u8]| {
-            Aes256Siv::new(key.as_slice().into())
-                .decrypt([ad], &sealed)
-                .ok()
-        };
-        if let Some(bytes) = open(&key.ip, AD_IP) {
-            let ip = match bytes.len() {
-                4 => IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).expect("4 bytes")),
-                16 => IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).expect("16 bytes")),
-                _ => return Err(UnmaskError::Rejected),
-            };
-            return Ok(Unmasked::Ip(ip));
-        }
-        let bytes = open(&key.device_id, AD_DEVICE_ID).ok_or(UnmaskError::Rejected)?;
-        String::from_utf8(bytes)
-            .map(Unmasked::DeviceId)
-            .map_err(|_| UnmaskError::Rejected)
     }
 }

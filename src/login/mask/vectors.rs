@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 
 fn key() -> MaskKey {
     MaskKey::from_base64(&STANDARD.encode((0u8..32).collect::<Vec<u8>>())).unwrap()

@@ -5,9 +5,8 @@ use crate::mapping::{Mapper, Mapping, Message};
 
 fn preview(mapping: &str, bodies: &[&str]) -> (usize, usize) {
     let m = Mapping::parse(mapping).unwrap_or_else(|e| panic!("{e}\n{mapping}"));
-    let key =
-        crate::login::MaskKey::from_base64(&crate::login::MaskKey::generate_base64().unwrap())
-            .unwrap();
+    let key = crate::keys::MaskKey::from_base64(&crate::keys::MaskKey::generate_base64().unwrap())
+        .unwrap();
     let m = Mapper::new(m, &key);
     let (mut rows, mut rejected) = (0, 0);
     for body in bodies {

@@ -10,10 +10,10 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value as Json};
 
-use crate::login::ColumnMask;
 use crate::mapping::file::RestMask;
 use crate::mapping::personal;
 pub(super) use crate::mapping::personal::{first_in as first, safe_name};
+use crate::mask::ColumnMask;
 
 /// `value` with everything personal in it replaced: values by their `hmac` token under
 /// `mask` (or `null` under [`RestMask::Redact`]), keys by their `hmac` token. Borrowed when
@@ -71,8 +71,9 @@ fn copy(value: &Json, under_personal: bool, mask: &ColumnMask, how: RestMask) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::login::{MaskKey, MaskMode};
+    use crate::keys::MaskKey;
     use crate::mapping::personal::Personal;
+    use crate::mask::MaskMode;
 
     fn mask() -> ColumnMask {
         let key = MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqs2pg::app::{self};
 use sqs2pg::cli::{DatabaseArgs, KeyArgs, PipelineArgs, QueueArgs};
 use sqs2pg::config;
-use sqs2pg::login::MaskKey;
+use sqs2pg::keys::MaskKey;
 use sqs2pg::pipeline::{Mode, PipelineError, Summary};
 use sqs2pg::postgres::{Database, TableName};
 use tokio_util::sync::CancellationToken;
@@ -51,9 +51,9 @@ pub fn args(db: &TestDb, queue: &TestQueue, key: PathBuf) -> PipelineArgs {
         max_in_flight_messages: sqs2pg::config::DEFAULT_MAX_IN_FLIGHT_MESSAGES,
         metrics_addr: None,
         ip: sqs2pg::cli::IpMaskArgs {
-            ip_mask: sqs2pg::login::MaskMode::Hmac,
+            ip_mask: sqs2pg::mask::MaskMode::Hmac,
         },
-        device_id_mask: sqs2pg::login::MaskMode::Hmac,
+        device_id_mask: sqs2pg::mask::MaskMode::Hmac,
         key_rotation_intended: false,
     }
 }

@@ -25,9 +25,8 @@ fn names(m: &Mapping) -> Vec<&str> {
 
 /// The reason a message is quarantined with, or None when it maps.
 fn reason(m: &Mapping, body: &str) -> Option<String> {
-    let key =
-        crate::login::MaskKey::from_base64(&crate::login::MaskKey::generate_base64().unwrap())
-            .unwrap();
+    let key = crate::keys::MaskKey::from_base64(&crate::keys::MaskKey::generate_base64().unwrap())
+        .unwrap();
     let mapper = Mapper::new(m.clone(), &key);
     mapper
         .apply(&Message::new(body, "m", 1_700_000_000_000))
@@ -378,9 +377,8 @@ fn arrays_of_addresses_are_scanned_jsonb_never_a_clear_text_array() {
         "{text}"
     );
     // Stored as tokens: the scan of jsonb values finds them.
-    let key =
-        crate::login::MaskKey::from_base64(&crate::login::MaskKey::generate_base64().unwrap())
-            .unwrap();
+    let key = crate::keys::MaskKey::from_base64(&crate::keys::MaskKey::generate_base64().unwrap())
+        .unwrap();
     let rows = Mapper::new(m, &key)
         .apply(&Message::new(
             r#"{"recipients": ["jo@example.com"], "hops": ["10.1.2.3"]}"#,

@@ -1,5 +1,5 @@
-//! One column's mask under a scope ([`ColumnMask`]): the generic form of the login fields'
-//! masks, for mappings and for `rekey`.
+//! One column's mask under a scope ([`ColumnMask`]): the login pipeline's fields, a mapping's
+//! columns, `rekey` and `unmask` all mask through it.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -14,12 +14,13 @@ use hmac::Mac;
 use zeroize::Zeroizing;
 
 use super::*;
+use crate::keys::MaskKey;
 
-/// One column's mask under a *scope*, for mappings: the generic form of [`Masker`]'s two
-/// fields. The scope names the subkeys (`sqs2pg/v1/{mode}/{scope}`) and is the associated
+/// One column's mask under a *scope*. The scope names the subkeys (`sqs2pg/v1/{mode}/{scope}`) and is the associated
 /// data of `siv` tokens, so columns that share a scope give equal tokens for equal values (they
 /// can be joined) and columns with different scopes never do. The login fields are the scopes
-/// `ip` and `device_id`: under them a column's tokens are the login pipeline's, byte for byte.
+/// `ip` and `device_id`: under them a mapping column's tokens are the login pipeline's, byte for
+/// byte.
 #[derive(Clone)]
 pub struct ColumnMask {
     key_id: String,
@@ -79,7 +80,7 @@ impl ColumnMask {
         self.mode
     }
 
-    /// Masks an IP address after canonicalising it, as [`Masker::mask_ip`] does.
+    /// Masks an IP address after canonicalising it, as the module docs say.
     pub fn mask_ip(&self, ip: IpAddr) -> MaskedToken {
         ip_token(&self.key_id, &self.field, &self.ad, ip)
     }
