@@ -2,7 +2,7 @@
 //! [`ColumnMask`] under its field's name as scope, with the mode chosen per field
 //! ([`MaskModes`]). The token code, the modes and the key derivation are `crate::mask`'s; this
 //! module only says which two columns the login has. Opening tokens for key holders and moving
-//! them to another key: [`unmask`].
+//! them to another key: [`Unmasker`], [`rekey_token`].
 
 use std::fmt;
 use std::net::IpAddr;
