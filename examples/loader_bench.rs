@@ -204,8 +204,8 @@ impl sqs2pg::pipeline::BatchLoader for Discard {
     async fn load(
         &mut self,
         batch: &sqs2pg::pipeline::batch::Batch,
-    ) -> Result<sqs2pg::postgres::LoadReport, sqs2pg::postgres::LoadError> {
-        Ok(sqs2pg::postgres::LoadReport {
+    ) -> Result<sqs2pg::kind::LoadReport, sqs2pg::kind::LoadFailure> {
+        Ok(sqs2pg::kind::LoadReport {
             loaded: batch.rows.len() as u64,
             rows: batch.rows.iter().map(|r| u64::from(r.rows.rows())).sum(),
             rejected: batch

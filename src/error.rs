@@ -40,8 +40,8 @@
 //! transaction ([`Outcome::FailedAlone`]). Below the limit such a message is left for SQS to
 //! redeliver, so one that fails every time reaches the limit.
 
-use crate::kind::Rejection;
-use crate::postgres::{ErrorClass, LoadError};
+use crate::kind::{LoadClass, LoadFailure, Rejection};
+use crate::postgres::ErrorClass;
 use crate::sqs::{SourceError, SourceErrorKind};
 
 /// What happens to the messages affected by an outcome.
@@ -68,7 +68,7 @@ pub enum Outcome<'a> {
     /// A message failed validation.
     Rejected(&'a Rejection),
     /// A batch load did not commit.
-    LoadFailed(&'a LoadError),
+    LoadFailed(&'a LoadFailure),
     /// Connecting to or querying PostgreSQL failed outside a load (start-up checks).
     Postgres(&'a tokio_postgres::Error),
     /// An SQS call failed.
@@ -120,20 +120,16 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
         Outcome::Committed => Fate::Ack,
         // A bad message is always kept as a rejection, never retried and never dropped.
         Outcome::Rejected(_) => Fate::Quarantine,
-        Outcome::LoadFailed(LoadError::TimedOut(_)) => Fate::Retry,
-        #[cfg(any(test, feature = "test-support"))]
-        Outcome::LoadFailed(LoadError::Injected(_)) => Fate::Retry,
-        Outcome::LoadFailed(err) => match err.postgres().map(crate::postgres::classify) {
+        Outcome::LoadFailed(failure) => match failure.class {
             // The table refused a row for a data reason of its own (NOT NULL, CHECK, no
             // partition, unique): find that row (the pipeline bisects the batch) and quarantine
             // it as `table_refused:RULE`, however many rows it refuses (once the table is fixed,
             // a replay loads them); the rest of the batch loads. A structural refusal (missing
             // column, privilege, type) is Permanent: it stops.
-            Some(ErrorClass::RowRefused) => Fate::Quarantine,
-            Some(ErrorClass::LockWait | ErrorClass::Transient) => Fate::Retry,
-            Some(ErrorClass::Permanent) => Fate::Stop,
-            // A malformed URL or an unreadable certificate does not fix itself.
-            None => Fate::Stop,
+            LoadClass::RowRefused => Fate::Quarantine,
+            LoadClass::LockWait | LoadClass::Transient | LoadClass::TimedOut => Fate::Retry,
+            // Also a malformed URL or an unreadable certificate: they do not fix themselves.
+            LoadClass::Permanent => Fate::Stop,
         },
         Outcome::Postgres(pg) => match crate::postgres::classify(pg) {
             ErrorClass::LockWait | ErrorClass::Transient => Fate::Retry,
@@ -203,8 +199,8 @@ pub fn fate(outcome: Outcome<'_>) -> Fate {
 /// pipeline may look for one (see `pipeline::load`): anything but waiting for a lock, which
 /// says someone else holds the table or a row (another replica loading the same message), not
 /// that a message is bad.
-pub fn may_blame_rows(err: &LoadError) -> bool {
-    err.postgres().map(crate::postgres::classify) != Some(ErrorClass::LockWait)
+pub fn may_blame_rows(failure: &LoadFailure) -> bool {
+    failure.class != LoadClass::LockWait
 }
 
 #[cfg(test)]
@@ -222,8 +218,24 @@ mod tests {
             fate(Outcome::Sqs(&e(SourceErrorKind::Permanent))),
             Fate::Stop
         );
-        let injected = LoadError::Injected("x".into());
-        assert_eq!(fate(Outcome::LoadFailed(&injected)), Fate::Retry);
+        let load = |class| fate(Outcome::LoadFailed(&LoadFailure::new(class, "x")));
+        assert_eq!(
+            [
+                LoadClass::RowRefused,
+                LoadClass::LockWait,
+                LoadClass::Transient,
+                LoadClass::Permanent,
+                LoadClass::TimedOut
+            ]
+            .map(load),
+            [
+                Fate::Quarantine,
+                Fate::Retry,
+                Fate::Retry,
+                Fate::Stop,
+                Fate::Retry
+            ]
+        );
         assert_eq!(fate(Outcome::Committed), Fate::Ack);
         let bad = Rejection::bare("not_json");
         assert_eq!(fate(Outcome::Rejected(&bad)), Fate::Quarantine);

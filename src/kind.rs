@@ -1,6 +1,7 @@
 //! The seam between the pipeline and what a message means: a [`MessageKind`] turns one
 //! received [`Message`] into rows ready for the table ([`CopyRows`], already in PostgreSQL's
-//! binary COPY form) or into a [`Rejection`] with a stable reason code. The pipeline, the batch,
+//! binary COPY form) or into a [`Rejection`] with a stable reason code; and what a load of
+//! them did ([`LoadReport`]) or why it failed ([`LoadFailure`]). The pipeline, the batch,
 //! the ledger and the loader know only these types; the login pipeline (`login::LoginKind`) and
 //! declarative mappings (`mapping::Mapper`) are kinds.
 //!
@@ -308,6 +309,134 @@ pub struct TableWrite {
 /// Under a keyed write mode each row carries, after its columns: whether it deletes its key,
 /// its message's SentTimestamp (milliseconds) and its message id (the tie-breaks of latest).
 pub const KEYED_FIELDS: [&str; 3] = ["_deleted", "_sent_ms", "_message_id"];
+
+/// What a committed batch (or part of one) did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Messages whose rows were inserted into the target table (each recorded in the ledger).
+    pub loaded: u64,
+    /// Rows inserted into the target table: one per loaded message for logins; none or several
+    /// for a mapping (an S3 test event, an S3 notification's records).
+    pub rows: u64,
+    /// Reason codes of the rejections inserted (one entry per rejected message).
+    pub rejected: Vec<String>,
+    /// Messages skipped because the ledger already held their id.
+    pub duplicates: u64,
+    /// Rows of keyed tables that changed nothing: a key already held, or a later row of the
+    /// same key in the batch (`ignore`); a row equal to the key's row before it (`upsert`).
+    pub duplicate_keys: u64,
+    /// Rows of `latest` tables that lost to a greater version (or a tombstone).
+    pub stale: u64,
+    /// Rows deleted from keyed tables.
+    pub deleted: u64,
+    /// Per target table, in the kind's order: rows written, and rows that changed nothing as
+    /// `duplicate_key` and as `stale` (the metrics' `mapping` label).
+    pub targets: Vec<(u64, u64, u64)>,
+}
+
+impl LoadReport {
+    /// Adds another part's report to this one.
+    pub fn merge(&mut self, other: LoadReport) {
+        self.loaded += other.loaded;
+        self.rows += other.rows;
+        self.rejected.extend(other.rejected);
+        self.duplicates += other.duplicates;
+        self.duplicate_keys += other.duplicate_keys;
+        self.stale += other.stale;
+        self.deleted += other.deleted;
+        if self.targets.len() < other.targets.len() {
+            self.targets.resize(other.targets.len(), (0, 0, 0));
+        }
+        for (mine, theirs) in self.targets.iter_mut().zip(other.targets) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+            mine.2 += theirs.2;
+        }
+    }
+
+    /// Counts `rows` written to target `index`, and its keyed rows that changed nothing.
+    pub fn count_target(&mut self, index: usize, rows: u64, duplicate_keys: u64, stale: u64) {
+        self.rows += rows;
+        self.duplicate_keys += duplicate_keys;
+        self.stale += stale;
+        if self.targets.len() <= index {
+            self.targets.resize(index + 1, (0, 0, 0));
+        }
+        let target = &mut self.targets[index];
+        target.0 += rows;
+        target.1 += duplicate_keys;
+        target.2 += stale;
+    }
+}
+
+/// A load that did not commit, in the pipeline's words: nothing of the batch is in the
+/// database, and nothing of it may be deleted. The sink's adapter makes one from its own error
+/// (`pipeline::sink`), the policy (`error::fate`) decides by its [`LoadClass`], and its text is
+/// what the sink said (never the server's message about a row, which can quote it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LoadFailure {
+    pub class: LoadClass,
+    /// What the database server said, where it said something: its codes and names only
+    /// (boxed: a failure travels in `Result`s, and is rare).
+    pub server: Option<Box<ServerError>>,
+    message: String,
+}
+
+impl LoadFailure {
+    /// A failure of `class`, described by `message`.
+    pub fn new(class: LoadClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            server: None,
+            message: message.into(),
+        }
+    }
+
+    /// With what the database server said.
+    pub fn with_server(self, server: Option<ServerError>) -> Self {
+        Self {
+            server: server.map(Box::new),
+            ..self
+        }
+    }
+
+    /// A load that did not finish within `bound` (its connection is dropped).
+    pub fn timed_out(bound: std::time::Duration) -> Self {
+        Self::new(
+            LoadClass::TimedOut,
+            format!("the load did not finish within {} s", bound.as_secs()),
+        )
+    }
+}
+
+/// What kind of failure a load's is, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadClass {
+    /// The table refused a row for a data reason of its own (NOT NULL, CHECK, a unique key, no
+    /// partition): some row of the batch is to blame.
+    RowRefused,
+    /// Waiting for a lock timed out: someone else holds the table or a row (no row is to
+    /// blame).
+    LockWait,
+    /// It may work if tried again (a connection lost, the server restarting or overloaded).
+    Transient,
+    /// It will not work again by itself (a missing column or privilege, a bad URL).
+    Permanent,
+    /// It did not finish in the time the pipeline gave it.
+    TimedOut,
+}
+
+/// A database server's error as the pipeline may see it: the SQLSTATE and the names the server
+/// gives, never its message or DETAIL (those can quote row values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// The five-character SQLSTATE (`23502`: NOT NULL violated).
+    pub sqlstate: String,
+    pub constraint: Option<String>,
+    pub table: Option<String>,
+    pub column: Option<String>,
+}
 
 /// A message kind: a pure transform (no I/O, no clock) from a received message to rows of its
 /// tables, or a rejection; and how each table is written, in the order rows name them.

@@ -14,8 +14,7 @@ use super::PipelineSettings;
 use super::{PipelineError, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
 use crate::keys::BodySealer;
-use crate::kind::Rejection;
-use crate::postgres::{LoadError, LoadReport};
+use crate::kind::{LoadClass, LoadFailure, LoadReport, Rejection, ServerError};
 use tokio_util::sync::CancellationToken;
 
 /// What every load of a run shares: the settings, the sealer for bodies of rows the table
@@ -59,10 +58,10 @@ const BLAME_AFTER: u32 = 2;
 /// Why a part did not commit.
 pub(super) enum Failure {
     /// The table refuses it for the sake of some row (fate: quarantine).
-    Refused(LoadError),
+    Refused(LoadFailure),
     /// It failed again right after the database committed an empty transaction on the same
     /// connection: something in the part, not the database, is at fault.
-    Blamed(LoadError),
+    Blamed(LoadFailure),
     /// The run cannot go on.
     Fatal(PipelineError),
 }
@@ -131,7 +130,10 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
         // A part that stalled while the database worked: what it is cut into gets the short
         // bound.
         let context = match failure {
-            Failure::Blamed(LoadError::TimedOut(_)) => LoadContext {
+            Failure::Blamed(LoadFailure {
+                class: LoadClass::TimedOut,
+                ..
+            }) => LoadContext {
                 stall: STALL_ALONE,
                 ..context
             },
@@ -167,7 +169,10 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
             // and sixteen-way needs four levels for 5,000 rows where halving needs thirteen.
             // Rows the table refuses answer at once, so halving costs nothing there.
             let parts = match failure {
-                Failure::Blamed(LoadError::TimedOut(_)) => STALLED_PARTS,
+                Failure::Blamed(LoadFailure {
+                    class: LoadClass::TimedOut,
+                    ..
+                }) => STALLED_PARTS,
                 _ => 2,
             };
             let size = rows.len().div_ceil(parts);
@@ -192,7 +197,7 @@ pub(super) fn load_isolating<'a, L: BatchLoader>(
 async fn blame_alone<L: BatchLoader>(
     loader: &mut L,
     row: Row,
-    mut error: LoadError,
+    mut error: LoadFailure,
     not_loaded: &mut NotLoaded,
     context: LoadContext<'_>,
     summary: &mut Summary,
@@ -202,7 +207,7 @@ async fn blame_alone<L: BatchLoader>(
         context.settings.max_receive_count,
     );
     let over_limit = count > limit;
-    if let (LoadError::TimedOut(_), Some(log)) = (&error, context.attempts) {
+    if let (LoadClass::TimedOut, Some(log)) = (error.class, context.attempts) {
         // Counted in the database, once per delivery: a body that stalls the database alone
         // is found across deliveries and processes, whatever its receive count.
         match log.stalled(&row.message_id, row.delivery.ledger_ms).await {
@@ -229,7 +234,7 @@ async fn blame_alone<L: BatchLoader>(
             }
         }
     }
-    let stalled = matches!(error, LoadError::TimedOut(_));
+    let stalled = error.class == LoadClass::TimedOut;
     let mut failures = 1;
     let one = Batch::part(vec![row], Vec::new());
     loop {
@@ -283,7 +288,7 @@ async fn blame_alone<L: BatchLoader>(
 
 /// The rejection of a row the table refused: `table_refused:RULE` with
 /// [`refusal_detail`].
-fn table_refusal(err: &LoadError) -> Rejection {
+fn table_refusal(err: &LoadFailure) -> Rejection {
     Rejection::table_refused(&refusal_rule(err), refusal_detail(err))
 }
 
@@ -291,35 +296,42 @@ fn table_refusal(err: &LoadError) -> Rejection {
 /// PostgreSQL gives one (a CHECK, a unique key, a foreign key), `not_null:COLUMN`,
 /// `no_partition` (a row no partition takes), otherwise the SQLSTATE (`22001`, `P0001`).
 /// Never the server's message: it can quote the row.
-fn refusal_rule(err: &LoadError) -> String {
-    use tokio_postgres::error::SqlState;
-    let Some(db) = err.postgres().and_then(|pg| pg.as_db_error()) else {
+fn refusal_rule(err: &LoadFailure) -> String {
+    let Some(db) = err.server.as_deref() else {
         return "unknown".into();
     };
-    if let Some(constraint) = db.constraint() {
-        return constraint.to_owned();
+    if let Some(constraint) = &db.constraint {
+        return constraint.clone();
     }
-    match db.code() {
-        state if *state == SqlState::NOT_NULL_VIOLATION => {
-            format!("not_null:{}", db.column().unwrap_or("?"))
-        }
+    match db.sqlstate.as_str() {
+        NOT_NULL_VIOLATION => format!("not_null:{}", db.column.as_deref().unwrap_or("?")),
         // PostgreSQL names no constraint when no partition takes a row.
-        state if *state == SqlState::CHECK_VIOLATION => "no_partition".into(),
-        state => state.code().to_owned(),
+        CHECK_VIOLATION => "no_partition".into(),
+        state => state.to_owned(),
     }
 }
 
+/// SQLSTATEs a refusal is read by (PostgreSQL's appendix A).
+const NOT_NULL_VIOLATION: &str = "23502";
+const CHECK_VIOLATION: &str = "23514";
+
 /// The SQLSTATE and, where PostgreSQL names them, the constraint, table and column. Not the
 /// server's message or DETAIL: those can quote row values.
-fn refusal_detail(err: &LoadError) -> String {
-    let Some(db) = err.postgres().and_then(|pg| pg.as_db_error()) else {
+fn refusal_detail(err: &LoadFailure) -> String {
+    let Some(ServerError {
+        sqlstate,
+        constraint,
+        table,
+        column,
+    }) = err.server.as_deref()
+    else {
         return err.to_string();
     };
-    let mut detail = format!("SQLSTATE {}", db.code().code());
+    let mut detail = format!("SQLSTATE {sqlstate}");
     for (label, value) in [
-        ("constraint", db.constraint()),
-        ("table", db.table()),
-        ("column", db.column()),
+        ("constraint", constraint),
+        ("table", table),
+        ("column", column),
     ] {
         if let Some(value) = value {
             detail.push_str(&format!(", {label} {value}"));
@@ -388,7 +400,7 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
         if database_works {
             return Err(Failure::Blamed(error));
         }
-        let stalled = matches!(error, LoadError::TimedOut(_));
+        let stalled = error.class == LoadClass::TimedOut;
         if (attempts >= BLAME_AFTER || stalled) && !part.is_empty() && may_blame_rows(&error) {
             if probe(loader).await.is_ok() {
                 if stalled {
@@ -424,25 +436,25 @@ pub(super) async fn load_with_retry<L: BatchLoader>(
 /// The column of a NOT NULL refusal by a target table itself, when neither the rows nor the
 /// table fill it (not one of its `written`): a structural refusal, not a row's. A refusal by
 /// another relation (an audit table a trigger writes, a partition) is a row's.
-fn unfilled_not_null(error: &LoadError, written: &[(String, Vec<String>)]) -> Option<String> {
-    let db = error.postgres()?.as_db_error()?;
-    if *db.code() != tokio_postgres::error::SqlState::NOT_NULL_VIOLATION {
+fn unfilled_not_null(error: &LoadFailure, written: &[(String, Vec<String>)]) -> Option<String> {
+    let db = error.server.as_deref()?;
+    if db.sqlstate != NOT_NULL_VIOLATION {
         return None;
     }
     let (_, columns) = written
         .iter()
-        .find(|(t, _)| Some(t.as_str()) == db.table())?;
-    let column = db.column()?;
+        .find(|(t, _)| Some(t.as_str()) == db.table.as_deref())?;
+    let column = db.column.as_deref()?;
     (!columns.iter().any(|w| w == column)).then(|| column.to_owned())
 }
 
 /// [`BatchLoader::probe`], within [`STALL`].
-async fn probe<L: BatchLoader>(loader: &mut L) -> Result<(), LoadError> {
+async fn probe<L: BatchLoader>(loader: &mut L) -> Result<(), LoadFailure> {
     match tokio::time::timeout(STALL, loader.probe()).await {
         Ok(result) => result,
         Err(_) => {
             loader.reset();
-            Err(LoadError::TimedOut(STALL))
+            Err(LoadFailure::timed_out(STALL))
         }
     }
 }
@@ -452,12 +464,12 @@ async fn attempt<L: BatchLoader>(
     loader: &mut L,
     part: &Batch,
     bound: Duration,
-) -> Result<LoadReport, LoadError> {
+) -> Result<LoadReport, LoadFailure> {
     match tokio::time::timeout(bound, loader.load(part)).await {
         Ok(result) => result,
         Err(_) => {
             loader.reset();
-            Err(LoadError::TimedOut(bound))
+            Err(LoadFailure::timed_out(bound))
         }
     }
 }

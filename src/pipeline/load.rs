@@ -324,7 +324,7 @@ async fn load_whole<L: BatchLoader>(
     batch: &mut Batch,
     context: LoadContext<'_>,
     summary: &mut Summary,
-) -> Result<crate::postgres::LoadReport, PipelineError> {
+) -> Result<crate::kind::LoadReport, PipelineError> {
     let whole = Batch::part(
         std::mem::take(&mut batch.rows),
         std::mem::take(&mut batch.rejects),

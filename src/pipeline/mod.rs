@@ -42,7 +42,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::keys::BodySealer;
 use crate::kind::MessageKind;
-use crate::postgres::LoadError;
 use crate::retry::RetryPolicy;
 use crate::sqs::{MessageSource, SourceError};
 pub use crate::telemetry::progress::Progress;
@@ -136,7 +135,7 @@ pub enum PipelineError {
     Load {
         attempts: u32,
         #[source]
-        source: LoadError,
+        source: crate::kind::LoadFailure,
     },
     #[error("SQS failed after {attempts} attempt(s): {source}")]
     Source {

@@ -7,14 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::batch::{Batch, Row};
-use crate::kind::CopyRows;
+use crate::kind::{CopyRows, LoadFailure, LoadReport};
 use crate::postgres::attempts::AttemptRecorder;
-use crate::postgres::{LedgeredRows, LoadError, LoadReport, TableLoader};
+use crate::postgres::{LedgeredRows, TableLoader};
 
 /// Commits a batch, or fails without committing any of it.
 pub trait BatchLoader: Send + 'static {
-    fn load(&mut self, batch: &Batch)
-        -> impl Future<Output = Result<LoadReport, LoadError>> + Send;
+    fn load(
+        &mut self,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<LoadReport, LoadFailure>> + Send;
 
     /// Another loader to the same sink, over its own connection, so batches can load at once;
     /// `None` (the default) if this loader cannot be duplicated (test doubles at the seam).
@@ -32,7 +34,7 @@ pub trait BatchLoader: Send + 'static {
     /// Whether the sink takes writes now, without writing anything: the pipeline asks when a
     /// part of a batch keeps failing, to tell a bad message from a bad database. By default an
     /// empty load.
-    fn probe(&mut self) -> impl Future<Output = Result<(), LoadError>> + Send {
+    fn probe(&mut self) -> impl Future<Output = Result<(), LoadFailure>> + Send {
         async {
             self.load(&Batch::default()).await?;
             Ok(())
@@ -124,8 +126,8 @@ impl LedgeredRows for Row {
 }
 
 impl BatchLoader for TableLoader {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
-        self.commit(&batch.rows, &batch.rejects).await
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
+        Ok(self.commit(&batch.rows, &batch.rejects).await?)
     }
 
     fn fork(&self) -> Option<Self> {
@@ -138,7 +140,7 @@ impl BatchLoader for TableLoader {
 
     /// A transaction that takes the locks a load takes without waiting (see
     /// [`TableLoader::check_writable`]).
-    async fn probe(&mut self) -> Result<(), LoadError> {
-        self.check_writable().await
+    async fn probe(&mut self) -> Result<(), LoadFailure> {
+        Ok(self.check_writable().await?)
     }
 }

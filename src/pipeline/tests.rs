@@ -9,8 +9,8 @@ use super::batch::Batch;
 use super::receive::DRAIN_CONFIRM_WAIT;
 use super::*;
 use crate::keys::MaskKey;
+use crate::kind::{LoadClass, LoadFailure, LoadReport};
 use crate::login::{LoginKind, Masker};
-use crate::postgres::LoadReport;
 use crate::sqs::{AckHandle, QueueCounts, ReceiveRequest, SQS_BATCH_LIMIT};
 use crate::sqs::{DeleteOutcome, Received, SourceErrorKind};
 
@@ -185,7 +185,7 @@ impl MessageSource for Scripted {
 /// Commits every batch at once.
 struct Committing;
 impl BatchLoader for Committing {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         Ok(LoadReport {
             loaded: batch.rows.len() as u64,
             rows: batch.rows.iter().map(|r| u64::from(r.rows.rows())).sum(),
@@ -204,10 +204,10 @@ struct FailingFirst {
     failures: u32,
 }
 impl BatchLoader for FailingFirst {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         if self.failures > 0 {
             self.failures -= 1;
-            return Err(LoadError::Injected("connection reset".into()));
+            return Err(LoadFailure::new(LoadClass::Transient, "connection reset"));
         }
         Committing.load(batch).await
     }
@@ -219,11 +219,13 @@ struct OneFailsForGood {
     fork: bool,
 }
 impl BatchLoader for OneFailsForGood {
-    async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadFailure> {
         Err(if self.fork {
-            LoadError::Injected("connection reset".into())
+            LoadFailure::new(LoadClass::Transient, "connection reset")
         } else {
-            LoadError::Connect(crate::postgres::ConnectError::BadUrl("test".into()))
+            LoadFailure::from(crate::postgres::LoadError::Connect(
+                crate::postgres::ConnectError::BadUrl("test".into()),
+            ))
         })
     }
     fn fork(&self) -> Option<Self> {
@@ -234,7 +236,7 @@ impl BatchLoader for OneFailsForGood {
 /// A COPY that never finishes.
 struct Hanging;
 impl BatchLoader for Hanging {
-    async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, _: &Batch) -> Result<LoadReport, LoadFailure> {
         std::future::pending().await
     }
 }
@@ -564,11 +566,14 @@ struct FailsWith {
     failed: Arc<std::sync::atomic::AtomicU32>,
 }
 impl BatchLoader for FailsWith {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         if batch.rows.iter().any(|r| r.message_id == self.poison) {
             self.failed
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(LoadError::Injected("the server process crashed".into()));
+            return Err(LoadFailure::new(
+                LoadClass::Transient,
+                "the server process crashed",
+            ));
         }
         Committing.load(batch).await
     }
@@ -708,7 +713,7 @@ struct StallsOn {
     message_id: &'static str,
 }
 impl BatchLoader for StallsOn {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         if batch.rows.iter().any(|r| r.message_id == self.message_id) {
             std::future::pending::<()>().await;
         }

@@ -41,82 +41,20 @@ use tokio_postgres::{Client, Statement};
 use super::connect::{ConnectError, Database};
 use super::keyed::KeyedSql;
 use super::schema::TableName;
+use super::ErrorClass;
 use crate::keys::SealedBody;
-use crate::kind::{CopyRows, Rejection, TableWrite, WriteMode};
-
-/// What a committed batch (or part of one) did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LoadReport {
-    /// Messages whose rows were inserted into the target table (each recorded in the ledger).
-    pub loaded: u64,
-    /// Rows inserted into the target table: one per loaded message for logins; none or several
-    /// for a mapping (an S3 test event, an S3 notification's records).
-    pub rows: u64,
-    /// Reason codes of the rejections inserted (one entry per rejected message).
-    pub rejected: Vec<String>,
-    /// Messages skipped because the ledger already held their id.
-    pub duplicates: u64,
-    /// Rows of keyed tables that changed nothing: a key already held, or a later row of the
-    /// same key in the batch (`ignore`); a row equal to the key's row before it (`upsert`).
-    pub duplicate_keys: u64,
-    /// Rows of `latest` tables that lost to a greater version (or a tombstone).
-    pub stale: u64,
-    /// Rows deleted from keyed tables.
-    pub deleted: u64,
-    /// Per target table, in the kind's order: rows written, and rows that changed nothing as
-    /// `duplicate_key` and as `stale` (the metrics' `mapping` label).
-    pub targets: Vec<(u64, u64, u64)>,
-}
-
-impl LoadReport {
-    /// Adds another part's report to this one.
-    pub fn merge(&mut self, other: LoadReport) {
-        self.loaded += other.loaded;
-        self.rows += other.rows;
-        self.rejected.extend(other.rejected);
-        self.duplicates += other.duplicates;
-        self.duplicate_keys += other.duplicate_keys;
-        self.stale += other.stale;
-        self.deleted += other.deleted;
-        if self.targets.len() < other.targets.len() {
-            self.targets.resize(other.targets.len(), (0, 0, 0));
-        }
-        for (mine, theirs) in self.targets.iter_mut().zip(other.targets) {
-            mine.0 += theirs.0;
-            mine.1 += theirs.1;
-            mine.2 += theirs.2;
-        }
-    }
-
-    /// Counts `rows` written to target `index`, and its keyed rows that changed nothing.
-    fn count_target(&mut self, index: usize, rows: u64, duplicate_keys: u64, stale: u64) {
-        self.rows += rows;
-        self.duplicate_keys += duplicate_keys;
-        self.stale += stale;
-        if self.targets.len() <= index {
-            self.targets.resize(index + 1, (0, 0, 0));
-        }
-        let target = &mut self.targets[index];
-        target.0 += rows;
-        target.1 += duplicate_keys;
-        target.2 += stale;
-    }
-}
+use crate::kind::{
+    CopyRows, LoadClass, LoadFailure, LoadReport, Rejection, ServerError, TableWrite, WriteMode,
+};
 
 /// A load that did not commit. Nothing of the batch is in the database; nothing may be deleted.
+/// The pipeline sees it as a [`LoadFailure`] (`From`), classified here.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("database error while loading: {}", super::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// A fault injected by a test double at the loader seam (test support only).
-    #[cfg(any(test, feature = "test-support"))]
-    #[error("injected fault: {0}")]
-    Injected(String),
-    /// The load did not finish in the time the pipeline gave it (its connection is dropped).
-    #[error("the load did not finish within {} s", .0.as_secs())]
-    TimedOut(Duration),
 }
 
 impl LoadError {
@@ -125,10 +63,31 @@ impl LoadError {
         match self {
             LoadError::Postgres(e) => Some(e),
             LoadError::Connect(e) => e.postgres(),
-            LoadError::TimedOut(_) => None,
-            #[cfg(any(test, feature = "test-support"))]
-            LoadError::Injected(_) => None,
         }
+    }
+}
+
+impl From<LoadError> for LoadFailure {
+    /// The failure in the pipeline's words: its class ([`super::classify`]; a failure with no
+    /// PostgreSQL error behind it, a malformed URL or an unreadable certificate, does not fix
+    /// itself), and the server's codes and names.
+    fn from(error: LoadError) -> Self {
+        let class = match error.postgres().map(super::classify) {
+            Some(ErrorClass::RowRefused) => LoadClass::RowRefused,
+            Some(ErrorClass::LockWait) => LoadClass::LockWait,
+            Some(ErrorClass::Transient) => LoadClass::Transient,
+            Some(ErrorClass::Permanent) | None => LoadClass::Permanent,
+        };
+        let server = error
+            .postgres()
+            .and_then(tokio_postgres::Error::as_db_error)
+            .map(|db| ServerError {
+                sqlstate: db.code().code().to_owned(),
+                constraint: db.constraint().map(str::to_owned),
+                table: db.table().map(str::to_owned),
+                column: db.column().map(str::to_owned),
+            });
+        LoadFailure::new(class, error.to_string()).with_server(server)
     }
 }
 

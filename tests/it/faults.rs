@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sqs2pg::kind::{LoadClass, LoadFailure, LoadReport};
 use sqs2pg::pipeline::batch::Batch;
 use sqs2pg::pipeline::BatchLoader;
-use sqs2pg::postgres::{LoadError, LoadReport};
 use sqs2pg::sqs::{
     AckHandle, DeleteOutcome, MessageSource, QueueCounts, ReceiveRequest, Received, SourceError,
 };
@@ -259,7 +259,7 @@ pub struct CountingLoader<L> {
 }
 
 impl<L: BatchLoader> BatchLoader for CountingLoader<L> {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         let result = self.inner.load(batch).await;
         if result.is_err() {
             self.failed.fetch_add(1, Ordering::SeqCst);
@@ -286,16 +286,22 @@ pub struct FailingLoader<L> {
 }
 
 impl<L: BatchLoader> BatchLoader for FailingLoader<L> {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         if batch.is_empty() && self.attempts.load(Ordering::SeqCst) < u64::from(self.failures) {
-            return Err(LoadError::Injected("the database is down".into()));
+            return Err(LoadFailure::new(
+                LoadClass::Transient,
+                "the database is down",
+            ));
         }
         if batch.is_empty() {
             return self.inner.load(batch).await;
         }
         let n = self.attempts.fetch_add(1, Ordering::SeqCst);
         if n < u64::from(self.failures) {
-            return Err(LoadError::Injected(format!("load {n} fails")));
+            return Err(LoadFailure::new(
+                LoadClass::Transient,
+                format!("load {n} fails"),
+            ));
         }
         self.inner.load(batch).await
     }
@@ -331,7 +337,7 @@ impl<L> SlowLoads<L> {
 }
 
 impl<L: BatchLoader> BatchLoader for SlowLoads<L> {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         let slow = self
             .remaining
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -361,10 +367,13 @@ pub struct PoisonLoader<L> {
 }
 
 impl<L: BatchLoader> BatchLoader for PoisonLoader<L> {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         if holds_user(batch, &self.user_id) {
             self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(LoadError::Injected("the server process crashed".into()));
+            return Err(LoadFailure::new(
+                LoadClass::Transient,
+                "the server process crashed",
+            ));
         }
         self.inner.load(batch).await
     }
@@ -389,7 +398,7 @@ pub struct StallingLoader<L> {
 }
 
 impl<L: BatchLoader> BatchLoader for StallingLoader<L> {
-    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadError> {
+    async fn load(&mut self, batch: &Batch) -> Result<LoadReport, LoadFailure> {
         if holds_user(batch, &self.user_id) {
             self.stalled.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;

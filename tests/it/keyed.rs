@@ -539,11 +539,11 @@ async fn upsert_holds_with_two_loaders_racing_on_the_same_keys() {
                             Ok(_) => break,
                             Err(e) => {
                                 // Only a deadlock is the pipeline's to retry here.
-                                let deadlock = matches!(
-                                    &e,
-                                    sqs2pg::postgres::LoadError::Postgres(p)
-                                        if p.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
-                                );
+                                let deadlock = e.server.as_ref().is_some_and(|s| {
+                                    s.sqlstate
+                                        == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                                            .code()
+                                });
                                 attempts += 1;
                                 assert!(deadlock && attempts < 20, "{e}");
                             }
