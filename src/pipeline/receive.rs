@@ -12,12 +12,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Delivery, HeldBody, Processed};
-use super::lease::Leases;
+use super::lease::{Admission, Leases};
 use super::sink::{finish_attempt, AttemptLog};
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
 use crate::kind::{Message, MessageKind, Rejection, Transformed};
+use crate::retry::Backoff;
 use crate::sqs::{Envelope, MessageSource, QueueCounts, ReceiveRequest, Received, SQS_BATCH_LIMIT};
 
 /// SQS's default visibility timeout, for a run that was given none (the pipeline is normally
@@ -56,164 +57,86 @@ pub(super) struct Receiver<S> {
     pub stop: CancellationToken,
 }
 
+/// What a step of a receiver's loop says to do next.
+enum Step<T = ()> {
+    /// Go on, with this.
+    Go(T),
+    /// Start over: wait for a turn and poll again.
+    Again,
+    /// The receiver is done.
+    Done(Result<(), PipelineError>),
+}
+
+/// A [`Step`]'s value, or else `continue` or `return` in the loop that took the step.
+macro_rules! step {
+    ($step:expr) => {
+        match $step {
+            Step::Go(value) => value,
+            Step::Again => continue,
+            Step::Done(result) => return result,
+        }
+    };
+}
+
+/// What a receiver carries from one poll to the next.
+struct Polls {
+    /// Failed receives in a row.
+    failures: Backoff,
+    /// A receive whose answer was lost is retried as the same attempt (on FIFO queues, the
+    /// same `ReceiveRequestAttemptId`), so SQS hands out what it took for it again.
+    retrying: Option<ReceiveRequest>,
+    /// When the receive (or the first try of one retried as the same attempt, whose
+    /// messages' visibility may have started then) was sent.
+    asked: Instant,
+    /// `drain`: the queue's counts read last, and the receives this run had made by then. A
+    /// read with nothing received since serves as the next poll's opening read.
+    last_counts: Option<(QueueCounts, u64)>,
+}
+
+/// One poll's answer, and what the run held when it started.
+struct Poll<'a> {
+    admission: Admission<'a>,
+    messages: Vec<Received>,
+    /// `drain`: the queue's counts as the poll started, when it started with nothing held.
+    opening_counts: Option<QueueCounts>,
+    held_before: bool,
+    receives_before: u64,
+}
+
 impl<S: MessageSource> Receiver<S> {
     pub(super) async fn run(self) -> Result<(), PipelineError> {
-        let Receiver {
-            id,
-            source,
-            leases,
-            items,
-            stage,
-            stop,
-        } = self;
-        let settings = &stage.settings;
+        let settings = &self.stage.settings;
         let drain = settings.mode == Mode::Drain;
-        let mut failures = settings.source_retry.backoff();
-        // A receive whose answer was lost is retried as the same attempt (on FIFO queues, the
-        // same `ReceiveRequestAttemptId`), so SQS hands out what it took for it again.
-        let mut retrying: Option<ReceiveRequest> = None;
-        // When the receive (or the first try of one retried as the same attempt, whose
-        // messages' visibility may have started then) was sent.
-        let mut asked = Instant::now();
-        // `drain`: the queue's counts read last, and the receives this run had made by then. A
-        // read with nothing received since serves as the next poll's opening read.
-        let mut last_counts: Option<(QueueCounts, u64)> = None;
-        if drain && id > 0 {
+        let mut polls = Polls {
+            failures: settings.source_retry.backoff(),
+            retrying: None,
+            asked: Instant::now(),
+            last_counts: None,
+        };
+        if drain && self.id > 0 {
             tokio::select! {
-                _ = stage.first_poll_done.cancelled() => {}
-                _ = stop.cancelled() => return Ok(()),
+                _ = self.stage.first_poll_done.cancelled() => {}
+                _ = self.stop.cancelled() => return Ok(()),
             }
         }
         loop {
-            if stop.is_cancelled() {
-                return Ok(());
-            }
-            if drain && stage.drained.is_cancelled() && leases.is_empty() {
-                return Ok(());
-            }
-            // In `run`, a receiver beyond the active count waits until receives come back full.
-            if !drain && !stage.active.admits(id) {
-                let more = stage.active.more.notified();
-                if !stage.active.admits(id) {
-                    tokio::select! {
-                        _ = more => {}
-                        _ = stop.cancelled() => return Ok(()),
-                    }
-                }
-                continue;
-            }
-            // Room for what this receive may bring, within the window.
-            let admission = tokio::select! {
-                admission = leases.admit(SQS_BATCH_LIMIT) => admission,
-                _ = stop.cancelled() => return Ok(()),
-            };
-            // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
-            // messages SQS handed out invisible until their timeout. It gets the receive grace
-            // (one long poll plus a few seconds, within the shutdown budget) to finish; what it
-            // brings is held, then released at the end of the run.
-            let grace = async {
-                stop.cancelled().await;
-                tokio::time::sleep(settings.receive_grace()).await;
-            };
-            let held_before = !leases.is_empty();
-            let receives_before = leases.receives();
-            let first = drain && !stage.first_poll_done.is_cancelled();
-            let wait = if drain && !first {
-                settings.wait_time.min(DRAIN_CONFIRM_WAIT)
-            } else {
-                settings.wait_time
-            };
-            let request = match retrying.take() {
-                Some(request) => request,
-                None => {
-                    asked = Instant::now();
-                    ReceiveRequest::new(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout)
-                }
-            };
-            // `drain`: a poll that starts with nothing held may end the drain; the queue's
-            // counts are read as it starts (or the last read is reused) and again when it ends.
-            let opening = (drain && !held_before).then(|| {
-                last_counts
-                    .filter(|(_, receives)| *receives == receives_before)
-                    .map(|(counts, _)| counts)
-            });
-            let call = async {
-                match opening {
-                    Some(None) => {
-                        let (received, counts) =
-                            tokio::join!(source.receive(&request), source.counts());
-                        (received, stage.counts_read(id, counts))
-                    }
-                    Some(Some(counts)) => (source.receive(&request).await, Some(counts)),
-                    None => (source.receive(&request).await, None),
-                }
-            };
-            let (received, opening_counts) = tokio::select! {
-                r = call => r,
-                _ = grace => return Ok(()),
-            };
-            if first {
-                stage.first_poll_done.cancel();
-            }
-            let messages = match received {
-                Ok(messages) => {
-                    failures.reset();
-                    messages
-                }
-                Err(error) => {
-                    drop(admission);
-                    *stage.receive_failed_at.lock().expect("not poisoned") = Some(Instant::now());
-                    retrying = Some(request);
-                    let delay = failures.failed();
-                    if let (Fate::Retry, Some(delay)) = (fate(Outcome::Sqs(&error)), delay) {
-                        tracing::warn!(receiver = id, attempt = failures.attempts(), %error, "receive failed; retrying");
-                        settings.meter.record_receive_retry();
-                        tokio::select! {
-                            _ = stop.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(delay) => continue,
-                        }
-                    }
-                    stop.cancel();
-                    return Err(PipelineError::Source {
-                        attempts: failures.attempts(),
-                        source: error,
-                    });
-                }
-            };
-            // A body that failed its MD5 check is not processed: not held (so not kept invisible
-            // by the heartbeat), just counted; SQS delivers it again after its visibility timeout.
-            // Only once it has come back too often is it passed on, to be quarantined as poison.
-            let mismatched = messages.iter().filter(|m| m.md5_mismatch).count();
-            settings.meter.record_md5_mismatches(mismatched as u64);
-            let (corrupted, messages): (Vec<Received>, Vec<Received>) =
-                messages.into_iter().partition(|m| {
-                    m.md5_mismatch
-                        && fate(Outcome::CorruptBody {
-                            over_receive_limit: m.receive_count > settings.max_receive_count,
-                        }) == Fate::Redeliver
-                });
-            if !corrupted.is_empty() {
-                stage
-                    .md5_mismatches
-                    .fetch_add(corrupted.len() as u64, Ordering::Relaxed);
-                leases.let_go(corrupted.iter().map(|m| m.ack.message_id.as_str()));
-            }
-            let corrupted_only = messages.is_empty() && !corrupted.is_empty();
-            stage.active.observe(messages.len() + corrupted.len());
+            step!(self.take_turn(drain).await);
+            let poll = step!(self.receive(&mut polls, drain).await);
+            let (messages, corrupted_only) = self.set_aside_corrupted(poll.messages);
             // One lease per message: a delivery of a message already held only renews its lease.
-            let fresh = admission.hold(&messages, asked);
+            let fresh = poll.admission.hold(&messages, polls.asked);
             let joined = fresh.iter().filter(|new| !**new).count();
             if joined > 0 {
-                stage
+                self.stage
                     .redelivered_while_held
                     .fetch_add(joined as u64, Ordering::Relaxed);
                 tracing::debug!(
-                    receiver = id,
+                    receiver = self.id,
                     messages = joined,
                     "redelivered while held; lease renewed"
                 );
             }
-            if stop.is_cancelled() {
+            if self.stop.is_cancelled() {
                 return Ok(());
             }
             if corrupted_only {
@@ -221,87 +144,259 @@ impl<S: MessageSource> Receiver<S> {
                 continue;
             }
             if messages.is_empty() {
-                if drain {
-                    // Counts only if the run held nothing all through the poll: nothing when it
-                    // started, nothing when it ended, and no other receive brought anything in
-                    // between (whose messages could have hidden the rest of a FIFO group and been
-                    // deleted before this poll ended).
-                    if let Some(until) = stage.lost_messages_hidden_until() {
-                        // A failed receive may have been served: wait until what it took is
-                        // visible again, then poll on.
-                        tracing::debug!(
-                            receiver = id,
-                            "queue looks empty, but a failed receive may hide messages; waiting"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep_until(until) => {}
-                            _ = stop.cancelled() => return Ok(()),
-                        }
-                        continue;
-                    }
-                    if !held_before && leases.is_empty() && leases.receives() == receives_before {
-                        // The poll saw nothing visible; the queue is empty only if nothing is
-                        // in flight elsewhere or delayed either, by two reads of its counts
-                        // (SQS updates them with some lag), one as the poll started and one
-                        // now.
-                        let closing = stage.counts_read(id, source.counts().await);
-                        last_counts = closing.map(|c| (c, receives_before));
-                        if stage.confirms_empty(id, opening_counts, closing, leases.let_go_hidden())
-                        {
-                            stage.drained.cancel();
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    // Messages we hold can hide others: on a FIFO queue SQS hands out none of a
-                    // group while part of it is in flight (and moto decides that once, when a poll
-                    // starts), so only a poll started after they were deleted counts.
-                    tokio::select! {
-                        () = leases.emptied() => {}
-                        _ = stop.cancelled() => return Ok(()),
-                    }
-                } else if settings.wait_time.is_zero() {
-                    // Short polling on an empty queue would spin (and SQS bills per request).
-                    tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
+                step!(
+                    self.after_empty_poll(
+                        &mut polls,
+                        drain,
+                        poll.held_before,
+                        poll.receives_before,
+                        poll.opening_counts
+                    )
+                    .await
+                );
                 continue;
             }
-            stage.waiting_elsewhere(0);
-            tracing::trace!(receiver = id, count = messages.len(), "received");
-            let held_since = Instant::now();
-            for (m, new) in messages.into_iter().zip(fresh) {
-                if !new {
-                    continue;
-                }
-                // Backpressure: wait for this body's share of the in-flight budget. While the
-                // database is slow or down the budget stays spent and receiving pauses here; what
-                // we hold meanwhile is kept invisible by the heartbeat.
-                let bytes = m.body.len().clamp(1, settings.max_in_flight_bytes) as u32;
-                let permit = tokio::select! {
-                    permit = stage.budget.clone().acquire_many_owned(bytes) => {
-                        permit.expect("the budget is never closed")
-                    }
-                    _ = stop.cancelled() => return Ok(()),
-                };
-                let mut processed = match &stage.attempts {
-                    Some(log)
-                        if m.receive_count > settings.max_receive_count
-                            || stage.stallers.contains(&m.ledger_id) =>
-                    {
-                        stage.process_suspect(log.as_ref(), m, held_since).await
-                    }
-                    _ => stage.process(m, held_since, None),
-                };
-                processed.permit = Some(permit);
-                if items.send(processed).await.is_err() {
-                    // The loader has stopped; what we hold was not committed and is released.
-                    return Ok(());
+            self.stage.waiting_elsewhere(0);
+            tracing::trace!(receiver = self.id, count = messages.len(), "received");
+            step!(self.pass_on(messages, fresh).await);
+        }
+    }
+
+    /// Whether this receiver polls now: not once stopped, nor once a drain has ended and
+    /// nothing is held; in `run`, a receiver beyond the active count waits until receives
+    /// come back full.
+    async fn take_turn(&self, drain: bool) -> Step {
+        if self.stop.is_cancelled() {
+            return Step::Done(Ok(()));
+        }
+        if drain && self.stage.drained.is_cancelled() && self.leases.is_empty() {
+            return Step::Done(Ok(()));
+        }
+        if !drain && !self.stage.active.admits(self.id) {
+            let more = self.stage.active.more.notified();
+            if !self.stage.active.admits(self.id) {
+                tokio::select! {
+                    _ = more => {}
+                    _ = self.stop.cancelled() => return Step::Done(Ok(())),
                 }
             }
+            return Step::Again;
         }
+        Step::Go(())
+    }
+
+    /// Room in the window for what a receive may bring, then one receive (in `drain`, with
+    /// the queue's counts as it starts when it starts with nothing held). A failed receive is
+    /// retried with backoff, as the same attempt, while the policy says so; then the run stops.
+    async fn receive(&self, polls: &mut Polls, drain: bool) -> Step<Poll<'_>> {
+        let (id, stage, settings) = (self.id, &self.stage, &self.stage.settings);
+        let source = &self.source;
+        let admission = tokio::select! {
+            admission = self.leases.admit(SQS_BATCH_LIMIT) => admission,
+            _ = self.stop.cancelled() => return Step::Done(Ok(())),
+        };
+        // Not dropped as soon as `stop` fires: a receive dropped mid-flight would leave the
+        // messages SQS handed out invisible until their timeout. It gets the receive grace
+        // (one long poll plus a few seconds, within the shutdown budget) to finish; what it
+        // brings is held, then released at the end of the run.
+        let grace = async {
+            self.stop.cancelled().await;
+            tokio::time::sleep(settings.receive_grace()).await;
+        };
+        let held_before = !self.leases.is_empty();
+        let receives_before = self.leases.receives();
+        let first = drain && !stage.first_poll_done.is_cancelled();
+        let wait = if drain && !first {
+            settings.wait_time.min(DRAIN_CONFIRM_WAIT)
+        } else {
+            settings.wait_time
+        };
+        let request = match polls.retrying.take() {
+            Some(request) => request,
+            None => {
+                polls.asked = Instant::now();
+                ReceiveRequest::new(SQS_BATCH_LIMIT as i32, wait, settings.visibility_timeout)
+            }
+        };
+        // `drain`: a poll that starts with nothing held may end the drain; the queue's
+        // counts are read as it starts (or the last read is reused) and again when it ends.
+        let opening = (drain && !held_before).then(|| {
+            polls
+                .last_counts
+                .filter(|(_, receives)| *receives == receives_before)
+                .map(|(counts, _)| counts)
+        });
+        let call = async {
+            match opening {
+                Some(None) => {
+                    let (received, counts) =
+                        tokio::join!(source.receive(&request), source.counts());
+                    (received, stage.counts_read(id, counts))
+                }
+                Some(Some(counts)) => (source.receive(&request).await, Some(counts)),
+                None => (source.receive(&request).await, None),
+            }
+        };
+        let (received, opening_counts) = tokio::select! {
+            r = call => r,
+            _ = grace => return Step::Done(Ok(())),
+        };
+        if first {
+            stage.first_poll_done.cancel();
+        }
+        match received {
+            Ok(messages) => {
+                polls.failures.reset();
+                Step::Go(Poll {
+                    admission,
+                    messages,
+                    opening_counts,
+                    held_before,
+                    receives_before,
+                })
+            }
+            Err(error) => {
+                drop(admission);
+                *stage.receive_failed_at.lock().expect("not poisoned") = Some(Instant::now());
+                polls.retrying = Some(request);
+                let delay = polls.failures.failed();
+                if let (Fate::Retry, Some(delay)) = (fate(Outcome::Sqs(&error)), delay) {
+                    tracing::warn!(receiver = id, attempt = polls.failures.attempts(), %error, "receive failed; retrying");
+                    settings.meter.record_receive_retry();
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Step::Done(Ok(())),
+                        _ = tokio::time::sleep(delay) => return Step::Again,
+                    }
+                }
+                self.stop.cancel();
+                Step::Done(Err(PipelineError::Source {
+                    attempts: polls.failures.attempts(),
+                    source: error,
+                }))
+            }
+        }
+    }
+
+    /// A body that failed its MD5 check is not processed: not held (so not kept invisible by
+    /// the heartbeat), just counted; SQS delivers it again after its visibility timeout. Only
+    /// once it has come back too often is it passed on, to be quarantined as poison. Answers
+    /// the messages to hold, and whether the poll brought nothing else.
+    fn set_aside_corrupted(&self, messages: Vec<Received>) -> (Vec<Received>, bool) {
+        let (stage, settings) = (&self.stage, &self.stage.settings);
+        let mismatched = messages.iter().filter(|m| m.md5_mismatch).count();
+        settings.meter.record_md5_mismatches(mismatched as u64);
+        let (corrupted, messages): (Vec<Received>, Vec<Received>) =
+            messages.into_iter().partition(|m| {
+                m.md5_mismatch
+                    && fate(Outcome::CorruptBody {
+                        over_receive_limit: m.receive_count > settings.max_receive_count,
+                    }) == Fate::Redeliver
+            });
+        if !corrupted.is_empty() {
+            stage
+                .md5_mismatches
+                .fetch_add(corrupted.len() as u64, Ordering::Relaxed);
+            self.leases
+                .let_go(corrupted.iter().map(|m| m.ack.message_id.as_str()));
+        }
+        let corrupted_only = messages.is_empty() && !corrupted.is_empty();
+        stage.active.observe(messages.len() + corrupted.len());
+        (messages, corrupted_only)
+    }
+
+    /// A poll that brought nothing. In `drain`, it may end the drain (see [`Receiver`]);
+    /// otherwise, short polling on an empty queue waits a second, not to spin.
+    async fn after_empty_poll(
+        &self,
+        polls: &mut Polls,
+        drain: bool,
+        held_before: bool,
+        receives_before: u64,
+        opening_counts: Option<QueueCounts>,
+    ) -> Step {
+        let (id, stage, leases) = (self.id, &self.stage, &self.leases);
+        if drain {
+            // Counts only if the run held nothing all through the poll: nothing when it
+            // started, nothing when it ended, and no other receive brought anything in
+            // between (whose messages could have hidden the rest of a FIFO group and been
+            // deleted before this poll ended).
+            if let Some(until) = stage.lost_messages_hidden_until() {
+                // A failed receive may have been served: wait until what it took is visible
+                // again, then poll on.
+                tracing::debug!(
+                    receiver = id,
+                    "queue looks empty, but a failed receive may hide messages; waiting"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    _ = self.stop.cancelled() => return Step::Done(Ok(())),
+                }
+                return Step::Again;
+            }
+            if !held_before && leases.is_empty() && leases.receives() == receives_before {
+                // The poll saw nothing visible; the queue is empty only if nothing is in
+                // flight elsewhere or delayed either, by two reads of its counts (SQS updates
+                // them with some lag), one as the poll started and one now.
+                let closing = stage.counts_read(id, self.source.counts().await);
+                polls.last_counts = closing.map(|c| (c, receives_before));
+                if stage.confirms_empty(id, opening_counts, closing, leases.let_go_hidden()) {
+                    stage.drained.cancel();
+                    return Step::Done(Ok(()));
+                }
+                return Step::Again;
+            }
+            // Messages we hold can hide others: on a FIFO queue SQS hands out none of a group
+            // while part of it is in flight (and moto decides that once, when a poll starts),
+            // so only a poll started after they were deleted counts.
+            tokio::select! {
+                () = leases.emptied() => {}
+                _ = self.stop.cancelled() => return Step::Done(Ok(())),
+            }
+        } else if self.stage.settings.wait_time.is_zero() {
+            // Short polling on an empty queue would spin (and SQS bills per request).
+            tokio::select! {
+                _ = self.stop.cancelled() => return Step::Done(Ok(())),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        Step::Again
+    }
+
+    /// Each message newly held, transformed (a suspect through its recorded attempt) and
+    /// handed to the batcher, within the in-flight budget.
+    async fn pass_on(&self, messages: Vec<Received>, fresh: Vec<bool>) -> Step {
+        let (stage, settings) = (&self.stage, &self.stage.settings);
+        let held_since = Instant::now();
+        for (m, new) in messages.into_iter().zip(fresh) {
+            if !new {
+                continue;
+            }
+            // Backpressure: wait for this body's share of the in-flight budget. While the
+            // database is slow or down the budget stays spent and receiving pauses here; what
+            // we hold meanwhile is kept invisible by the heartbeat.
+            let bytes = m.body.len().clamp(1, settings.max_in_flight_bytes) as u32;
+            let permit = tokio::select! {
+                permit = stage.budget.clone().acquire_many_owned(bytes) => {
+                    permit.expect("the budget is never closed")
+                }
+                _ = self.stop.cancelled() => return Step::Done(Ok(())),
+            };
+            let mut processed = match &stage.attempts {
+                Some(log)
+                    if m.receive_count > settings.max_receive_count
+                        || stage.stallers.contains(&m.ledger_id) =>
+                {
+                    stage.process_suspect(log.as_ref(), m, held_since).await
+                }
+                _ => stage.process(m, held_since, None),
+            };
+            processed.permit = Some(permit);
+            if self.items.send(processed).await.is_err() {
+                // The loader has stopped; what we hold was not committed and is released.
+                return Step::Done(Ok(()));
+            }
+        }
+        Step::Go(())
     }
 }
 
