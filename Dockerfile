@@ -12,7 +12,7 @@ FROM rust:1-bookworm AS build
 # source archive, which has no .git).
 ARG SQS2PG_GIT_COMMIT=
 WORKDIR /src
-# The sources, the manifests and .git's refs: .dockerignore is an allow-list.
+# The sources, Cargo's manifests and .git's refs: .dockerignore is an allow-list.
 COPY . ./
 # Crates and the target directory are kept between builds (BuildKit and buildah cache mounts).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -383,7 +383,12 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
     assert!(sent.status.success(), "{}", stderr(&sent));
     let _ = std::fs::remove_file(&file);
     let key = sqs2pg::keys::MaskKey::generate_base64().unwrap();
-    let (pod, deployment) = played_manifest(&queue.url, &db.url, &key);
+    // The queue's path-style URL on the test server (LocalStack 4 answers CreateQueue with a
+    // `sqs.REGION.localhost.localstack.cloud` host, which a pod cannot resolve): sqs2pg takes
+    // the endpoint from it, as from any queue URL that is not AWS's.
+    let name = queue.url.rsplit('/').next().unwrap();
+    let queue_url = format!("{}/000000000000/{name}", queue.endpoint);
+    let (pod, deployment) = played_manifest(&queue_url, &db.url, &key);
     let dir = std::env::temp_dir().join(crate::harness::unique("sqs2pg-kube"));
     std::fs::create_dir_all(&dir).unwrap();
     let (pod_file, deployment_file) = (dir.join("setup.yaml"), dir.join("sqs2pg.yaml"));
@@ -525,30 +530,51 @@ async fn the_kubernetes_manifest_plays_its_replicas_over_20000_messages() {
             let state = podman(&[
                 "inspect",
                 "--format",
-                "{{.State.Status}} {{.State.OOMKilled}} {{.State.CgroupPath}}",
+                "{{.State.Status}} {{.State.OOMKilled}} {{.RestartCount}} {{.State.CgroupPath}}",
                 name,
             ]);
             let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
             let mut fields = state.split(' ');
-            let (status, oom_killed, path) = (
+            let (status, oom_killed, restarts, path) = (
+                fields.next().unwrap_or_default(),
                 fields.next().unwrap_or_default(),
                 fields.next().unwrap_or_default(),
                 fields.next().unwrap_or_default(),
             );
-            assert_eq!((status, oom_killed), ("running", "false"), "{play}: {name}");
-            let peak = [
+            // Running, never killed for memory, never restarted (a restart would start its
+            // peak afresh).
+            assert_eq!(
+                (status, oom_killed, restarts),
+                ("running", "false", "0"),
+                "{play}: {name}"
+            );
+            // The manifest's limit is the container's (cgroup v1 here; v2 names it
+            // memory.max).
+            let cgroup_file = |names: [&str; 3]| {
+                names.iter().find_map(|f| {
+                    std::fs::read_to_string(format!(
+                        "/sys/fs/cgroup/{}",
+                        f.replace("{}", path.trim_start_matches('/'))
+                    ))
+                    .ok()
+                })
+            };
+            let applied = cgroup_file([
+                "memory/{}/memory.limit_in_bytes",
+                "unified/{}/memory.max",
+                "{}/memory.max",
+            ])
+            .unwrap_or_else(|| panic!("no memory limit for {name} in cgroup {path:?}"));
+            assert_eq!(
+                applied.trim().parse::<u64>().ok(),
+                Some(limit * 1024 * 1024),
+                "{play}: {name}: the limit applied"
+            );
+            let peak = cgroup_file([
                 "memory/{}/memory.max_usage_in_bytes",
                 "unified/{}/memory.peak",
                 "{}/memory.peak",
-            ]
-            .iter()
-            .find_map(|f| {
-                std::fs::read_to_string(format!(
-                    "/sys/fs/cgroup/{}",
-                    f.replace("{}", path.trim_start_matches('/'))
-                ))
-                .ok()
-            })
+            ])
             .unwrap_or_else(|| panic!("no memory peak for {name} in cgroup {path:?}"));
             let peak_mib = peak.trim().parse::<u64>().unwrap() / (1024 * 1024);
             eprintln!("{play}: {name}: peak memory {peak_mib} MiB (limit {limit} MiB)");

@@ -146,7 +146,38 @@ fn keda_scales_the_deployment_on_queue_depth() {
         ),
         "the scaler watches the queue the replicas drain"
     );
-    assert!(scaled["spec"]["minReplicaCount"].as_i64().unwrap() >= 1);
+    // What the README says it does: one replica per 2,000 messages waiting or in flight
+    // (KEDA counts in-flight messages unless `scaleOnInFlight` is "false"), 1 to 10.
+    let per_replica: u64 = trigger["metadata"]["queueLength"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        trigger["metadata"]["scaleOnInFlight"].as_str(),
+        Some("false")
+    );
+    let (min, max) = (
+        scaled["spec"]["minReplicaCount"].as_i64().unwrap(),
+        scaled["spec"]["maxReplicaCount"].as_i64().unwrap(),
+    );
+    assert!(min >= 1);
+    let readme = read("README.md");
+    let said = format!(
+        "one per {},{:03} messages waiting or in flight",
+        per_replica / 1000,
+        per_replica % 1000
+    );
+    assert!(readme.contains(&said), "README: {said:?}");
+    assert!(
+        readme.contains(&format!("{min} to {max})")),
+        "README: {min} to {max}"
+    );
+    // The region the scaler asks is the queue's.
+    assert!(queue.contains(&format!(
+        ".{}.",
+        trigger["metadata"]["awsRegion"].as_str().unwrap()
+    )));
     let auth = of_kind(&docs, "TriggerAuthentication");
     assert_eq!(
         trigger["authenticationRef"]["name"],
