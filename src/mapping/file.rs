@@ -432,324 +432,28 @@ impl Mapping {
     pub fn parse(text: &str) -> Result<Mapping, MappingError> {
         let raw: RawMapping = toml::from_str(text)
             .map_err(|e| MappingError(crate::toml_error::describe(text, &e)))?;
-        let table_ok = match raw.table.split_once('.') {
-            Some((schema, table)) => identifier(schema) && identifier(table),
-            None => identifier(&raw.table),
-        };
-        if !table_ok {
-            return Err(MappingError(format!(
-                "key `table`: `{}` is not a table name sqs2pg writes to; use lower-case letters, \
-                 digits and `_`, as `schema.table` or `table`",
-                raw.table
-            )));
-        }
-        let matcher = raw
-            .matcher
-            .map(RawMatch::check)
-            .transpose()
-            .map_err(|e| MappingError(format!("key `match`: {e}")))?;
-        if let Some(Match {
-            on: MatchOn::Envelope(field),
-            ..
-        }) = &matcher
-        {
-            envelope_has(raw.envelope, field).map_err(|wanted| {
-                MappingError(format!(
-                    "key `match`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or match on another field"
-                ))
-            })?;
-        }
-        let delete = raw
-            .delete
-            .map(RawMatch::check)
-            .transpose()
-            .map_err(|e| MappingError(format!("key `delete`: {e}")))?;
-        if let Some(Match {
-            on: MatchOn::Envelope(field),
-            ..
-        }) = &delete
-        {
-            envelope_has(raw.envelope, field).map_err(|wanted| {
-                MappingError(format!(
-                    "key `delete`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or match on another field"
-                ))
-            })?;
-        }
+        check_table(&raw.table)?;
+        let matcher = check_match(raw.matcher, "match", raw.envelope)?;
+        let delete = check_match(raw.delete, "delete", raw.envelope)?;
         if raw.columns.is_empty() {
             return Err(MappingError(
                 "key `columns`: a mapping needs at least one column".into(),
             ));
         }
         let mut names = HashSet::new();
-        let mut columns = Vec::with_capacity(raw.columns.len());
-        for (i, c) in raw.columns.into_iter().enumerate() {
-            let at = format!("column {} (`{}`)", i + 1, c.name);
-            let fail = |what: String| MappingError(format!("{at}: {what}"));
-            if !identifier(&c.name) {
-                return Err(fail(
-                    "key `name`: use lower-case letters, digits and `_` (at most 63 bytes), \
-                     starting with a letter or `_`"
-                        .into(),
-                ));
-            }
-            if !names.insert(c.name.clone()) {
-                return Err(fail("key `name`: this column is mapped twice".into()));
-            }
-            let column_type =
-                ColumnType::parse(&c.column_type).map_err(|e| fail(format!("key `type`: {e}")))?;
-            let source = match (&c.from, &c.value) {
-                (Some(from), None) => source(from).map_err(|e| fail(format!("key `from`: {e}")))?,
-                (None, Some(value)) => Source::Constant(
-                    serde_json::to_value(value).map_err(|e| fail(format!("key `value`: {e}")))?,
-                ),
-                _ => {
-                    return Err(fail(
-                        "give either `from` (where the value comes from) or `value` (a constant)"
-                            .into(),
-                    ))
-                }
-            };
-            let mask = match c.mask.as_deref() {
-                None => None,
-                Some("redact") => Some(Mask::Redact),
-                Some("hmac") => Some(Mask::Token(MaskMode::Hmac)),
-                Some("siv") => Some(Mask::Token(MaskMode::Siv)),
-                Some("ipcrypt") => Some(Mask::Token(MaskMode::Ipcrypt)),
-                Some("ipcrypt-pfx") => Some(Mask::Token(MaskMode::IpcryptPfx)),
-                Some(other) => {
-                    return Err(fail(format!(
-                        "key `mask`: `{other}` is not a mask; one of hmac, siv, ipcrypt, \
-                         ipcrypt-pfx, redact"
-                    )))
-                }
-            };
-            let is_ip = c.convert == Some(Convert::Ip) || column_type == ColumnType::Inet;
-            match mask {
-                Some(Mask::Token(mode)) if mode.is_ip_only() => {
-                    if !is_ip {
-                        return Err(fail(format!(
-                            "key `mask`: {mode} encrypts IP addresses only; add \
-                             `convert = \"ip\"` or use hmac or siv"
-                        )));
-                    }
-                    if !(column_type.is_text() || column_type == ColumnType::Inet) {
-                        return Err(fail(format!(
-                            "key `type`: {mode} tokens are addresses: use inet, text or varchar"
-                        )));
-                    }
-                }
-                Some(Mask::Token(mode)) if !column_type.is_text() => {
-                    return Err(fail(format!(
-                        "key `type`: {mode} tokens are text: use text or varchar(256)"
-                    )));
-                }
-                Some(Mask::Token(_)) => {
-                    if let ColumnType::Varchar(n) = column_type {
-                        if n < 256 {
-                            return Err(fail(format!(
-                                "key `type`: tokens take up to 256 characters; varchar({n}) \
-                                 would refuse some, use varchar(256) or text"
-                            )));
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if source == Source::Rest && column_type != ColumnType::Jsonb {
-                return Err(fail(format!(
-                    "key `type`: `rest` is an object of fields, which only jsonb holds; use \
-                     jsonb, not {column_type}"
-                )));
-            }
-            let never_text = match &source {
-                Source::Sqs(
-                    SqsAttribute::SentTimestamp | SqsAttribute::ApproximateReceiveCount,
-                ) => true,
-                Source::Constant(value) => !value.is_string(),
-                _ => false,
-            };
-            if matches!(mask, Some(Mask::Token(_))) && never_text {
-                return Err(fail(
-                    "key `mask`: tokens are made of the text as sent, and this value is a \
-                     number, never text, so every message would be refused; use `redact`, or \
-                     no mask"
-                        .into(),
-                ));
-            }
-            if (c.min.is_some() || c.max.is_some())
-                && !column_type.is_numeric()
-                && c.convert != Some(Convert::Version)
-            {
-                return Err(fail(format!(
-                    "keys `min` / `max` bound numbers; {column_type} is not a number type"
-                )));
-            }
-            let min = c
-                .min
-                .map(RawBound::check)
-                .transpose()
-                .map_err(|e| fail(format!("key `min`: {e}")))?;
-            let max = c
-                .max
-                .map(RawBound::check)
-                .transpose()
-                .map_err(|e| fail(format!("key `max`: {e}")))?;
-            if let (Some(min), Some(max)) = (&min, &max) {
-                if super::column::compare_decimals(&min.text, &max.text)
-                    == Some(std::cmp::Ordering::Greater)
-                {
-                    return Err(fail("`min` is above `max`".into()));
-                }
-            }
-            let pattern = match &c.pattern {
-                None => None,
-                Some(p) => Some(
-                    regex_lite::Regex::new(&format!("^(?:{p})$"))
-                        .map_err(|e| fail(format!("key `pattern`: {e}")))?,
-                ),
-            };
-            if let Some(Convert::EpochMs | Convert::EpochS) = c.convert {
-                if !matches!(
-                    column_type,
-                    ColumnType::Date | ColumnType::Timestamptz | ColumnType::Timestamp
-                ) {
-                    return Err(fail(
-                        "key `convert`: epoch_ms and epoch_s make dates and timestamps; \
-                         use date, timestamptz or timestamp"
-                            .into(),
-                    ));
-                }
-            }
-            if c.convert == Some(Convert::Version)
-                && !matches!(column_type, ColumnType::Integer | ColumnType::BigInt)
-            {
-                return Err(fail(
-                    "key `convert`: version makes an integer; use integer or bigint".into(),
-                ));
-            }
-            if let Some(scope) = &c.mask_scope {
-                let ok = !scope.is_empty()
-                    && scope.len() <= 63
-                    && scope.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-')
-                    });
-                if !ok {
-                    return Err(fail(
-                        "key `mask_scope`: use lower-case letters, digits, `_` and `-` (at most 63)"
-                            .into(),
-                    ));
-                }
-            }
-            if let Source::Envelope(field) = &source {
-                envelope_has(raw.envelope, field).map_err(|wanted| {
-                    fail(format!(
-                        "key `from`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or take another source"
-                    ))
-                })?;
-            }
-            if c.mask_scope.is_some() && !matches!(mask, Some(Mask::Token(_))) {
-                return Err(fail(
-                    "key `mask_scope` needs a `mask` that makes tokens".into(),
-                ));
-            }
-            let mask_scope = c.mask_scope.unwrap_or_else(|| c.name.clone());
-            // Any step of the pointer: `/address/lines` is an address's.
-            let named_personal = match &source {
-                Source::Pointer(p) => p
-                    .split('/')
-                    .skip(1)
-                    .any(|step| super::personal::name(&unescape(step))),
-                _ => false,
-            };
-            columns.push(Column {
-                name: c.name,
-                source,
-                column_type,
-                required: c.required,
-                max_length: c.max_length,
-                allowed: c.allowed,
-                pattern,
-                min,
-                max,
-                convert: c.convert,
-                mask,
-                mask_scope,
-                named_personal,
-            });
+        let mut columns = raw
+            .columns
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| c.check(i, raw.envelope, &mut names))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(rest) = rest_column(raw.unknown, &columns, &names)? {
+            columns.push(rest);
         }
-        // `unknown = "rest"` keeps them in a `rest` column: the one the mapping has, or one
-        // added here.
-        if raw.unknown == Unknown::Rest && !columns.iter().any(|c| c.source == Source::Rest) {
-            if names.contains("rest") {
-                return Err(MappingError(
-                    "key `unknown`: \"rest\" keeps unknown fields in a jsonb column named `rest`, \
-                     and column `rest` takes something else; add a column with `from = \"rest\"` \
-                     under another name"
-                        .into(),
-                ));
-            }
-            columns.push(Column {
-                name: "rest".into(),
-                source: Source::Rest,
-                column_type: ColumnType::Jsonb,
-                required: false,
-                max_length: None,
-                allowed: None,
-                pattern: None,
-                min: None,
-                max: None,
-                convert: None,
-                mask: None,
-                mask_scope: "rest".into(),
-                named_personal: false,
-            });
-        }
-        // No unmasked column may hold what a masked one masks: the whole body, or a parent
-        // of the masked field.
-        for masked in columns.iter().filter(|c| c.mask.is_some()) {
-            let Source::Pointer(inner) = &masked.source else {
-                continue;
-            };
-            for other in columns.iter().filter(|c| c.mask.is_none()) {
-                let holds = match &other.source {
-                    Source::Body => true,
-                    Source::Pointer(outer) => {
-                        outer.is_empty()
-                            || inner == outer
-                            || inner.starts_with(&format!("{outer}/"))
-                    }
-                    _ => false,
-                };
-                if holds {
-                    return Err(MappingError(format!(
-                        "column `{}`: key `from` would store, unmasked, what column `{}` masks; point below it, or mask this column too",
-                        other.name, masked.name
-                    )));
-                }
-            }
-        }
+        no_unmasked_copy(&columns)?;
         let write =
             super::write::RawWrite::check(raw.write, delete, &mut columns).map_err(MappingError)?;
-        // What some pointer starts with, the match's and the delete's fields included: not
-        // `rest`, not unknown.
-        let field_of = |m: &Option<Match>| match m {
-            Some(Match {
-                on: MatchOn::Field(p),
-                ..
-            }) => first_token(p),
-            _ => None,
-        };
-        let match_field = field_of(&matcher)
-            .into_iter()
-            .chain(field_of(&write.delete));
-        let taken = columns
-            .iter()
-            .filter_map(|c| match &c.source {
-                Source::Pointer(p) => first_token(p),
-                _ => None,
-            })
-            .chain(match_field)
-            .collect();
+        let taken = taken_fields(&columns, &matcher, &write.delete);
         Ok(Mapping {
             table: raw.table,
             envelope: raw.envelope,
@@ -781,6 +485,378 @@ impl Mapping {
                 && c.column_type == ColumnType::Jsonb
         })
     }
+}
+
+/// `table`: `schema.table` or `table`, in names sqs2pg writes to.
+fn check_table(table: &str) -> Result<(), MappingError> {
+    let table_ok = match table.split_once('.') {
+        Some((schema, table)) => identifier(schema) && identifier(table),
+        None => identifier(table),
+    };
+    if !table_ok {
+        return Err(MappingError(format!(
+            "key `table`: `{}` is not a table name sqs2pg writes to; use lower-case letters, \
+             digits and `_`, as `schema.table` or `table`",
+            table
+        )));
+    }
+    Ok(())
+}
+
+/// `match` or `delete` (`key`), checked: an envelope field it names must be the envelope's.
+fn check_match(
+    raw: Option<RawMatch>,
+    key: &str,
+    envelope: Envelope,
+) -> Result<Option<Match>, MappingError> {
+    let matcher = raw
+        .map(RawMatch::check)
+        .transpose()
+        .map_err(|e| MappingError(format!("key `{key}`: {e}")))?;
+    if let Some(Match {
+        on: MatchOn::Envelope(field),
+        ..
+    }) = &matcher
+    {
+        envelope_has(envelope, field).map_err(|wanted| {
+            MappingError(format!(
+                "key `{key}`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or match on another field"
+            ))
+        })?;
+    }
+    Ok(matcher)
+}
+
+impl RawColumn {
+    /// One column of the file, checked: its name (not one of `names`, the columns before it),
+    /// type, source, mask, checks and conversion, each mistake named with the column's place.
+    fn check(
+        self,
+        i: usize,
+        envelope: Envelope,
+        names: &mut HashSet<String>,
+    ) -> Result<Column, MappingError> {
+        let mut c = self;
+        let at = format!("column {} (`{}`)", i + 1, c.name);
+        let fail = |what: String| MappingError(format!("{at}: {what}"));
+        if !identifier(&c.name) {
+            return Err(fail(
+                "key `name`: use lower-case letters, digits and `_` (at most 63 bytes), \
+                 starting with a letter or `_`"
+                    .into(),
+            ));
+        }
+        if !names.insert(c.name.clone()) {
+            return Err(fail("key `name`: this column is mapped twice".into()));
+        }
+        let column_type =
+            ColumnType::parse(&c.column_type).map_err(|e| fail(format!("key `type`: {e}")))?;
+        let source = c.source(envelope).map_err(fail)?;
+        let mask = parse_mask(c.mask.as_deref()).map_err(fail)?;
+        mask_fits(mask, column_type, c.convert, &source).map_err(fail)?;
+        let (min, max) = c.bounds(column_type).map_err(fail)?;
+        let pattern = match &c.pattern {
+            None => None,
+            Some(p) => Some(
+                regex_lite::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| fail(format!("key `pattern`: {e}")))?,
+            ),
+        };
+        convert_fits(c.convert, column_type).map_err(fail)?;
+        check_scope(c.mask_scope.as_deref(), mask).map_err(fail)?;
+        let mask_scope = c.mask_scope.unwrap_or_else(|| c.name.clone());
+        // Any step of the pointer: `/address/lines` is an address's.
+        let named_personal = match &source {
+            Source::Pointer(p) => p
+                .split('/')
+                .skip(1)
+                .any(|step| super::personal::name(&unescape(step))),
+            _ => false,
+        };
+        Ok(Column {
+            name: c.name,
+            source,
+            column_type,
+            required: c.required,
+            max_length: c.max_length,
+            allowed: c.allowed,
+            pattern,
+            min,
+            max,
+            convert: c.convert,
+            mask,
+            mask_scope,
+            named_personal,
+        })
+    }
+
+    /// `from` or `value`: exactly one, and an envelope field only of the file's envelope.
+    fn source(&self, envelope: Envelope) -> Result<Source, String> {
+        let source = match (&self.from, &self.value) {
+            (Some(from), None) => source(from).map_err(|e| format!("key `from`: {e}"))?,
+            (None, Some(value)) => Source::Constant(
+                serde_json::to_value(value).map_err(|e| format!("key `value`: {e}"))?,
+            ),
+            _ => {
+                return Err(
+                    "give either `from` (where the value comes from) or `value` (a constant)"
+                        .into(),
+                )
+            }
+        };
+        if let Source::Envelope(field) = &source {
+            envelope_has(envelope, field).map_err(|wanted| {
+                format!(
+                    "key `from`: `{field}` is a field of the {wanted} envelope; set `envelope = \"{wanted}\"` or take another source"
+                )
+            })?;
+        }
+        Ok(source)
+    }
+
+    /// `min` and `max` (taken out of the column): only on numbers (or versions), and not crossed.
+    fn bounds(
+        &mut self,
+        column_type: ColumnType,
+    ) -> Result<(Option<Bound>, Option<Bound>), String> {
+        if (self.min.is_some() || self.max.is_some())
+            && !column_type.is_numeric()
+            && self.convert != Some(Convert::Version)
+        {
+            return Err(format!(
+                "keys `min` / `max` bound numbers; {column_type} is not a number type"
+            ));
+        }
+        let min = self
+            .min
+            .take()
+            .map(RawBound::check)
+            .transpose()
+            .map_err(|e| format!("key `min`: {e}"))?;
+        let max = self
+            .max
+            .take()
+            .map(RawBound::check)
+            .transpose()
+            .map_err(|e| format!("key `max`: {e}"))?;
+        if let (Some(min), Some(max)) = (&min, &max) {
+            if super::column::compare_decimals(&min.text, &max.text)
+                == Some(std::cmp::Ordering::Greater)
+            {
+                return Err("`min` is above `max`".into());
+            }
+        }
+        Ok((min, max))
+    }
+}
+
+/// `mask`: one of the masks sqs2pg knows.
+fn parse_mask(mask: Option<&str>) -> Result<Option<Mask>, String> {
+    Ok(match mask {
+        None => None,
+        Some("redact") => Some(Mask::Redact),
+        Some("hmac") => Some(Mask::Token(MaskMode::Hmac)),
+        Some("siv") => Some(Mask::Token(MaskMode::Siv)),
+        Some("ipcrypt") => Some(Mask::Token(MaskMode::Ipcrypt)),
+        Some("ipcrypt-pfx") => Some(Mask::Token(MaskMode::IpcryptPfx)),
+        Some(other) => {
+            return Err(format!(
+                "key `mask`: `{other}` is not a mask; one of hmac, siv, ipcrypt, \
+                 ipcrypt-pfx, redact"
+            ))
+        }
+    })
+}
+
+/// A mask's tokens fit the column: IP-only modes on addresses, tokens in text wide enough,
+/// `rest` only in jsonb, and no token of a value that is never text.
+fn mask_fits(
+    mask: Option<Mask>,
+    column_type: ColumnType,
+    convert: Option<Convert>,
+    source: &Source,
+) -> Result<(), String> {
+    let is_ip = convert == Some(Convert::Ip) || column_type == ColumnType::Inet;
+    match mask {
+        Some(Mask::Token(mode)) if mode.is_ip_only() => {
+            if !is_ip {
+                return Err(format!(
+                    "key `mask`: {mode} encrypts IP addresses only; add \
+                     `convert = \"ip\"` or use hmac or siv"
+                ));
+            }
+            if !(column_type.is_text() || column_type == ColumnType::Inet) {
+                return Err(format!(
+                    "key `type`: {mode} tokens are addresses: use inet, text or varchar"
+                ));
+            }
+        }
+        Some(Mask::Token(mode)) if !column_type.is_text() => {
+            return Err(format!(
+                "key `type`: {mode} tokens are text: use text or varchar(256)"
+            ));
+        }
+        Some(Mask::Token(_)) => {
+            if let ColumnType::Varchar(n) = column_type {
+                if n < 256 {
+                    return Err(format!(
+                        "key `type`: tokens take up to 256 characters; varchar({n}) \
+                         would refuse some, use varchar(256) or text"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    if *source == Source::Rest && column_type != ColumnType::Jsonb {
+        return Err(format!(
+            "key `type`: `rest` is an object of fields, which only jsonb holds; use \
+             jsonb, not {column_type}"
+        ));
+    }
+    let never_text = match source {
+        Source::Sqs(SqsAttribute::SentTimestamp | SqsAttribute::ApproximateReceiveCount) => true,
+        Source::Constant(value) => !value.is_string(),
+        _ => false,
+    };
+    if matches!(mask, Some(Mask::Token(_))) && never_text {
+        return Err(
+            "key `mask`: tokens are made of the text as sent, and this value is a \
+             number, never text, so every message would be refused; use `redact`, or \
+             no mask"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// `convert`: epoch conversions make dates and timestamps, `version` an integer.
+fn convert_fits(convert: Option<Convert>, column_type: ColumnType) -> Result<(), String> {
+    if let Some(Convert::EpochMs | Convert::EpochS) = convert {
+        if !matches!(
+            column_type,
+            ColumnType::Date | ColumnType::Timestamptz | ColumnType::Timestamp
+        ) {
+            return Err(
+                "key `convert`: epoch_ms and epoch_s make dates and timestamps; \
+                 use date, timestamptz or timestamp"
+                    .into(),
+            );
+        }
+    }
+    if convert == Some(Convert::Version)
+        && !matches!(column_type, ColumnType::Integer | ColumnType::BigInt)
+    {
+        return Err("key `convert`: version makes an integer; use integer or bigint".into());
+    }
+    Ok(())
+}
+
+/// `mask_scope`: a short name of safe characters, on a mask that makes tokens.
+fn check_scope(scope: Option<&str>, mask: Option<Mask>) -> Result<(), String> {
+    let Some(scope) = scope else { return Ok(()) };
+    let ok = !scope.is_empty()
+        && scope.len() <= 63
+        && scope
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+    if !ok {
+        return Err(
+            "key `mask_scope`: use lower-case letters, digits, `_` and `-` (at most 63)".into(),
+        );
+    }
+    if !matches!(mask, Some(Mask::Token(_))) {
+        return Err("key `mask_scope` needs a `mask` that makes tokens".into());
+    }
+    Ok(())
+}
+
+/// Under `unknown = "rest"`, the jsonb column `rest` that keeps the unknown fields, when no
+/// column takes `rest` already.
+fn rest_column(
+    unknown: Unknown,
+    columns: &[Column],
+    names: &HashSet<String>,
+) -> Result<Option<Column>, MappingError> {
+    // `unknown = "rest"` keeps them in a `rest` column: the one the mapping has, or one
+    // added here.
+    if unknown == Unknown::Rest && !columns.iter().any(|c| c.source == Source::Rest) {
+        if names.contains("rest") {
+            return Err(MappingError(
+                "key `unknown`: \"rest\" keeps unknown fields in a jsonb column named `rest`, \
+                 and column `rest` takes something else; add a column with `from = \"rest\"` \
+                 under another name"
+                    .into(),
+            ));
+        }
+        return Ok(Some(Column {
+            name: "rest".into(),
+            source: Source::Rest,
+            column_type: ColumnType::Jsonb,
+            required: false,
+            max_length: None,
+            allowed: None,
+            pattern: None,
+            min: None,
+            max: None,
+            convert: None,
+            mask: None,
+            mask_scope: "rest".into(),
+            named_personal: false,
+        }));
+    }
+    Ok(None)
+}
+
+/// No unmasked column may hold what a masked one masks: the whole body, or a parent of the
+/// masked field.
+fn no_unmasked_copy(columns: &[Column]) -> Result<(), MappingError> {
+    for masked in columns.iter().filter(|c| c.mask.is_some()) {
+        let Source::Pointer(inner) = &masked.source else {
+            continue;
+        };
+        for other in columns.iter().filter(|c| c.mask.is_none()) {
+            let holds = match &other.source {
+                Source::Body => true,
+                Source::Pointer(outer) => {
+                    outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"))
+                }
+                _ => false,
+            };
+            if holds {
+                return Err(MappingError(format!(
+                    "column `{}`: key `from` would store, unmasked, what column `{}` masks; point below it, or mask this column too",
+                    other.name, masked.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The top-level fields some pointer starts with, the match's and the delete's included: not
+/// `rest`, not unknown.
+fn taken_fields(
+    columns: &[Column],
+    matcher: &Option<Match>,
+    delete: &Option<Match>,
+) -> HashSet<String> {
+    let field_of = |m: &Option<Match>| match m {
+        Some(Match {
+            on: MatchOn::Field(p),
+            ..
+        }) => first_token(p),
+        _ => None,
+    };
+    let match_field = field_of(matcher).into_iter().chain(field_of(delete));
+    columns
+        .iter()
+        .filter_map(|c| match &c.source {
+            Source::Pointer(p) => first_token(p),
+            _ => None,
+        })
+        .chain(match_field)
+        .collect()
 }
 
 /// Whether `envelope` has the field `field` (`sns:Subject`, `eventbridge:detail-type`); if
