@@ -1,7 +1,8 @@
 //! The seam between the pipeline and what a message means: a [`MessageKind`] turns one
 //! received [`Message`] into rows ready for the table ([`CopyRows`], already in PostgreSQL's
 //! binary COPY form) or into a [`Rejection`] with a stable reason code; and what a load of
-//! them did ([`LoadReport`]) or why it failed ([`LoadFailure`]). The pipeline, the batch,
+//! them did ([`LoadReport`]) or why it failed ([`LoadFailure`]), and a quarantined message as
+//! the load records it ([`Reject`], with its [`Delivery`]). The pipeline, the batch,
 //! the ledger and the loader know only these types; the login pipeline (`login::LoginKind`) and
 //! declarative mappings (`mapping::Mapper`) are kinds.
 //!
@@ -10,9 +11,12 @@
 //! masked row types are encoded, so an unmasked value has no way into the table.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{IsNull, ToSql, Type};
+
+use crate::keys::SealedBody;
 
 /// One received message as a kind sees it. `sent_timestamp_ms` is normalised where messages
 /// are received (LocalStack 0.14 sends seconds, SQS milliseconds).
@@ -451,6 +455,29 @@ pub trait MessageKind: Send + Sync + 'static {
     /// Transforms one message. Never panics on any body (fuzzed); the pipeline catches a
     /// panic anyway for a message that keeps coming back.
     fn transform(&self, message: &Message<'_>) -> Transformed;
+}
+
+/// When and how a message was delivered, as a rejection records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub received_at: SystemTime,
+    pub receive_count: i32,
+    /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
+    pub sent_timestamp: i64,
+    /// The time half of the message's ledger key (see `pipeline::batch::ledger_ms`).
+    pub ledger_ms: i64,
+}
+
+/// A quarantined message: its id, why, how it was delivered, and its body sealed (encrypted)
+/// so only key holders can read it. No field values in the clear.
+#[derive(Debug)]
+pub struct Reject {
+    pub message_id: String,
+    pub rejection: Rejection,
+    pub delivery: Delivery,
+    pub sealed_body: SealedBody,
+    /// What SQS carried besides the body (attributes, FIFO ids), sealed; `None` when nothing.
+    pub sealed_envelope: Option<SealedBody>,
 }
 
 #[cfg(test)]

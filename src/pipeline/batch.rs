@@ -7,8 +7,7 @@ use std::collections::HashSet;
 use zeroize::Zeroizing;
 
 use crate::keys::{BodySealer, SealedBody};
-use crate::kind::{CopyRows, Rejection};
-pub use crate::postgres::{Delivery, Reject};
+use crate::kind::{CopyRows, Delivery, Reject, Rejection};
 use crate::sqs::{AckHandle, Envelope};
 
 /// The time half of a message's ledger key, `sqs2pg.ledger (sent_ms, message_id)`: its

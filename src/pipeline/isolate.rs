@@ -7,13 +7,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use super::batch::{Batch, Reject, Row};
+use super::batch::{Batch, Row};
 use super::lease::Leases;
 use super::sink::BatchLoader;
 use super::PipelineSettings;
 use super::{PipelineError, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
 use crate::keys::BodySealer;
+use crate::kind::Reject;
 use crate::kind::{LoadClass, LoadFailure, LoadReport, Rejection, ServerError};
 use tokio_util::sync::CancellationToken;
 

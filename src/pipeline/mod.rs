@@ -32,13 +32,16 @@ pub mod summary;
 mod tests;
 pub mod window;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::keys::BodySealer;
 use crate::kind::MessageKind;
@@ -179,75 +182,19 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         Leases::new(settings.visibility_timeout, settings.max_in_flight_messages)
             .metered(settings.meter.clone()),
     );
-
-    // The heartbeat runs until every delete is done; it needs to know the visibility timeout.
-    let heartbeat_done = CancellationToken::new();
-    let heartbeat = settings.visibility_timeout.map(|visibility| {
-        tokio::spawn(
-            heartbeat::Heartbeat {
-                source: source.clone(),
-                leases: leases.clone(),
-                visibility,
-                done: heartbeat_done.clone(),
-            }
-            .run(),
-        )
-    });
-
-    // The columns the rows fill, or the table computes: a NOT NULL column of the table outside
-    // them refuses every row (structural).
-    let written: Vec<(String, Vec<String>)> = settings
-        .table_facts
-        .iter()
-        .zip(kind.writes())
-        .map(|(facts, write)| {
-            let mut columns = write.columns;
-            columns.extend(facts.generated.iter().cloned());
-            (facts.table.clone(), columns)
-        })
-        .collect();
+    let heartbeat = Heartbeat::start(&source, &leases, &settings);
+    let written = written_columns(&settings.table_facts, kind.as_ref());
     let stage = Arc::new(Stage::new(kind, sealer, attempts, settings.clone()));
-    // Every task the run spawns besides the loaders, so a deadline can wait for them to end.
-    let tasks = TaskTracker::new();
-    let receivers: Vec<_> = (0..settings.receivers.max(1))
-        .map(|id| {
-            tasks.spawn(
-                receive::Receiver {
-                    id,
-                    source: source.clone(),
-                    leases: leases.clone(),
-                    items: item_tx.clone(),
-                    stage: stage.clone(),
-                    stop: stop.clone(),
-                }
-                .run(),
-            )
-        })
-        .collect();
-    drop(item_tx);
-    let deleter = tasks.spawn(
-        delete::Deleter {
-            source: source.clone(),
-            leases: leases.clone(),
-            batches: ack_rx,
-            settings: settings.clone(),
-            stop: stop.clone(),
-        }
-        .run(),
-    );
-    tasks.close();
-    let aborts: Vec<_> = receivers
-        .iter()
-        .map(tokio::task::JoinHandle::abort_handle)
-        .chain([deleter.abort_handle()])
-        .collect();
+    let crew = Crew::start(&source, &leases, &stage, item_tx, ack_rx, &settings, &stop);
 
     let mut summary = Summary::default();
-    let mut last_delete = None;
     // Cancelled at the first load that fails for good: the others stop retrying.
     let abandon = CancellationToken::new();
-    let graceful = async {
-        let context = isolate::LoadContext {
+    let batcher = load::Batcher {
+        items: item_rx,
+        loader,
+        acks: ack_tx,
+        context: isolate::LoadContext {
             settings: &settings,
             sealer: &stage.sealer,
             leases: &leases,
@@ -256,50 +203,24 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             stallers: &stage.stallers,
             stall: isolate::STALL,
             written: &written,
-        };
-        let loaded = load::Batcher {
-            items: item_rx,
-            loader,
-            acks: ack_tx,
-            context,
-            shutdown: &shutdown,
-        }
-        .run(&mut summary)
-        .await;
+        },
+        shutdown: &shutdown,
+    };
+    let aborts = crew.aborts();
+    let tracker = crew.tracker.clone();
+    let graceful = async {
+        let loaded = batcher
+            .run(&mut summary)
+            .instrument(tracing::info_span!("loader"))
+            .await;
         if loaded.is_err() {
             stop.cancel();
         }
-        let mut first_error = loaded.err();
-        for receiver in receivers {
-            if let Err(e) = receiver.await.expect("receiver task panicked") {
-                first_error.get_or_insert(e);
-            }
-        }
-        match deleter.await.expect("deleter task panicked") {
-            Ok(done) => {
-                summary.deleted = done.deleted;
-                summary.delete_failures = done.failed;
-                summary.deletes_superseded = done.superseded;
-                last_delete = done.last_at;
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error
+        crew.join(loaded.err(), &mut summary).await
     };
-    // After a shutdown request the run has `shutdown_timeout`: flushing gets all of it but the
-    // release reserve; then whatever is still running is abandoned.
-    let deadline = async {
-        shutdown.cancelled().await;
-        let flushing = settings
-            .shutdown_timeout
-            .saturating_sub(settings.release_reserve());
-        tokio::time::sleep(flushing).await;
-    };
-    let first_error = tokio::select! {
-        first_error = graceful => first_error,
-        () = deadline => {
+    let (first_error, last_delete) = tokio::select! {
+        ended = graceful => ended,
+        () = deadline(&settings, &shutdown) => {
             // Dropping `graceful` dropped the open load: unless its COMMIT was already on the
             // wire, it never commits (and if it was, the ledger makes the redelivery harmless).
             for abort in &aborts {
@@ -307,15 +228,12 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
             }
             // Abort takes effect at the tasks' next await; wait for that (briefly), so no
             // receiver records a lease after the release below has collected them.
-            let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
             tracing::warn!(timeout_secs = settings.shutdown_timeout.as_secs(), "shutdown deadline reached; abandoning what is not committed");
-            Some(PipelineError::ShutdownDeadline { timeout: settings.shutdown_timeout })
+            (Some(PipelineError::ShutdownDeadline { timeout: settings.shutdown_timeout }), None)
         }
     };
-    heartbeat_done.cancel();
-    if let Some(heartbeat) = heartbeat {
-        summary.visibility_extended = heartbeat.await.expect("heartbeat task panicked");
-    }
+    summary.visibility_extended = heartbeat.stop().await;
     // Whatever is still held was received but not committed (a failed or interrupted load):
     // make it visible now rather than after its timeout.
     let release_bound = if shutdown.is_cancelled() {
@@ -324,18 +242,177 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
         heartbeat::RELEASE_DEADLINE
     };
     summary.released = heartbeat::release_all(&*source, &leases, release_bound).await;
-    summary.md5_mismatches = stage
-        .md5_mismatches
-        .load(std::sync::atomic::Ordering::Relaxed);
-    summary.redelivered_while_held = stage
-        .redelivered_while_held
-        .load(std::sync::atomic::Ordering::Relaxed);
+    summary.md5_mismatches = stage.md5_mismatches.load(Ordering::Relaxed);
+    summary.redelivered_while_held = stage.redelivered_while_held.load(Ordering::Relaxed);
     summary.requests = source.requests();
     summary.elapsed = started.elapsed();
     summary.after_last_delete = last_delete.map(|at| at.elapsed());
+    outcome(summary, first_error, settings.mode)
+}
+
+/// The columns each table's rows fill, or the table computes: a NOT NULL column of the table
+/// outside them refuses every row (structural).
+fn written_columns(facts: &[TableFacts], kind: &dyn MessageKind) -> Vec<(String, Vec<String>)> {
+    facts
+        .iter()
+        .zip(kind.writes())
+        .map(|(facts, write)| {
+            let mut columns = write.columns;
+            columns.extend(facts.generated.iter().cloned());
+            (facts.table.clone(), columns)
+        })
+        .collect()
+}
+
+/// The heartbeat task, when there is a visibility timeout to extend; it runs until every
+/// delete is done.
+struct Heartbeat {
+    task: Option<JoinHandle<u64>>,
+    done: CancellationToken,
+}
+
+impl Heartbeat {
+    fn start<S: MessageSource>(
+        source: &Arc<metered::Metered<S>>,
+        leases: &Arc<Leases>,
+        settings: &PipelineSettings,
+    ) -> Self {
+        let done = CancellationToken::new();
+        let task = settings.visibility_timeout.map(|visibility| {
+            tokio::spawn(
+                heartbeat::Heartbeat {
+                    source: source.clone(),
+                    leases: leases.clone(),
+                    visibility,
+                    done: done.clone(),
+                }
+                .run()
+                .instrument(tracing::info_span!("heartbeat")),
+            )
+        });
+        Self { task, done }
+    }
+
+    /// Stops the heartbeat; how many visibility extensions it made.
+    async fn stop(self) -> u64 {
+        self.done.cancel();
+        match self.task {
+            Some(task) => task.await.expect("heartbeat task panicked"),
+            None => 0,
+        }
+    }
+}
+
+/// The tasks of a run besides the loader and the heartbeat: the receivers and the deleter,
+/// each in a span of its own, tracked so a deadline can wait for them to end.
+struct Crew {
+    receivers: Vec<JoinHandle<Result<(), PipelineError>>>,
+    deleter: JoinHandle<Result<delete::Deleted, PipelineError>>,
+    tracker: TaskTracker,
+}
+
+impl Crew {
+    fn start<S: MessageSource>(
+        source: &Arc<metered::Metered<S>>,
+        leases: &Arc<Leases>,
+        stage: &Arc<Stage>,
+        items: mpsc::Sender<Processed>,
+        acks: mpsc::Receiver<batch::Committed>,
+        settings: &Arc<PipelineSettings>,
+        stop: &CancellationToken,
+    ) -> Self {
+        let tracker = TaskTracker::new();
+        let receivers = (0..settings.receivers.max(1))
+            .map(|id| {
+                tracker.spawn(
+                    receive::Receiver {
+                        id,
+                        source: source.clone(),
+                        leases: leases.clone(),
+                        items: items.clone(),
+                        stage: stage.clone(),
+                        stop: stop.clone(),
+                    }
+                    .run()
+                    .instrument(tracing::info_span!("receiver", id)),
+                )
+            })
+            .collect();
+        let deleter = tracker.spawn(
+            delete::Deleter {
+                source: source.clone(),
+                leases: leases.clone(),
+                batches: acks,
+                settings: settings.clone(),
+                stop: stop.clone(),
+            }
+            .run()
+            .instrument(tracing::info_span!("deleter")),
+        );
+        tracker.close();
+        Self {
+            receivers,
+            deleter,
+            tracker,
+        }
+    }
+
+    fn aborts(&self) -> Vec<AbortHandle> {
+        self.receivers
+            .iter()
+            .map(JoinHandle::abort_handle)
+            .chain([self.deleter.abort_handle()])
+            .collect()
+    }
+
+    /// Waits for the receivers and the deleter; what the deleter did goes into `summary`.
+    /// Returns the first error (`first`'s, the loader's; else a receiver's; else the
+    /// deleter's) and when the last delete was done.
+    async fn join(
+        self,
+        mut first: Option<PipelineError>,
+        summary: &mut Summary,
+    ) -> (Option<PipelineError>, Option<Instant>) {
+        let mut last_delete = None;
+        for receiver in self.receivers {
+            if let Err(e) = receiver.await.expect("receiver task panicked") {
+                first.get_or_insert(e);
+            }
+        }
+        match self.deleter.await.expect("deleter task panicked") {
+            Ok(done) => {
+                summary.deleted = done.deleted;
+                summary.delete_failures = done.failed;
+                summary.deletes_superseded = done.superseded;
+                last_delete = done.last_at;
+            }
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+        (first, last_delete)
+    }
+}
+
+/// Ends when a shutdown request's time for flushing is up: all of `shutdown_timeout` but the
+/// release reserve. Never ends without a shutdown request.
+async fn deadline(settings: &PipelineSettings, shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    let flushing = settings
+        .shutdown_timeout
+        .saturating_sub(settings.release_reserve());
+    tokio::time::sleep(flushing).await;
+}
+
+/// The run's result: its first error, or (for a drain that left work behind) `Incomplete`.
+fn outcome(
+    summary: Summary,
+    first_error: Option<PipelineError>,
+    mode: Mode,
+) -> Result<Summary, PipelineError> {
     match first_error {
         Some(e) => Err(e),
-        None if settings.mode == Mode::Drain
+        None if mode == Mode::Drain
             && (summary.delete_failures > 0
                 || summary.md5_mismatches > 0
                 || summary.left_for_redelivery > 0) =>

@@ -11,12 +11,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, Delivery, HeldBody, Processed};
+use super::batch::{self, HeldBody, Processed};
 use super::lease::{Admission, Leases};
 use super::sink::{finish_attempt, AttemptLog};
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
+use crate::kind::Delivery;
 use crate::kind::{Message, MessageKind, Rejection, Transformed};
 use crate::retry::Backoff;
 use crate::sqs::{Envelope, MessageSource, QueueCounts, ReceiveRequest, Received, SQS_BATCH_LIMIT};
@@ -130,11 +131,7 @@ impl<S: MessageSource> Receiver<S> {
                 self.stage
                     .redelivered_while_held
                     .fetch_add(joined as u64, Ordering::Relaxed);
-                tracing::debug!(
-                    receiver = self.id,
-                    messages = joined,
-                    "redelivered while held; lease renewed"
-                );
+                tracing::debug!(messages = joined, "redelivered while held; lease renewed");
             }
             if self.stop.is_cancelled() {
                 return Ok(());
@@ -157,7 +154,7 @@ impl<S: MessageSource> Receiver<S> {
                 continue;
             }
             self.stage.waiting_elsewhere(0);
-            tracing::trace!(receiver = self.id, count = messages.len(), "received");
+            tracing::trace!(count = messages.len(), "received");
             step!(self.pass_on(messages, fresh).await);
         }
     }
@@ -189,7 +186,7 @@ impl<S: MessageSource> Receiver<S> {
     /// the queue's counts as it starts when it starts with nothing held). A failed receive is
     /// retried with backoff, as the same attempt, while the policy says so; then the run stops.
     async fn receive(&self, polls: &mut Polls, drain: bool) -> Step<Poll<'_>> {
-        let (id, stage, settings) = (self.id, &self.stage, &self.stage.settings);
+        let (stage, settings) = (&self.stage, &self.stage.settings);
         let source = &self.source;
         let admission = tokio::select! {
             admission = self.leases.admit(SQS_BATCH_LIMIT) => admission,
@@ -231,7 +228,7 @@ impl<S: MessageSource> Receiver<S> {
                 Some(None) => {
                     let (received, counts) =
                         tokio::join!(source.receive(&request), source.counts());
-                    (received, stage.counts_read(id, counts))
+                    (received, stage.counts_read(counts))
                 }
                 Some(Some(counts)) => (source.receive(&request).await, Some(counts)),
                 None => (source.receive(&request).await, None),
@@ -261,7 +258,7 @@ impl<S: MessageSource> Receiver<S> {
                 polls.retrying = Some(request);
                 let delay = polls.failures.failed();
                 if let (Fate::Retry, Some(delay)) = (fate(Outcome::Sqs(&error)), delay) {
-                    tracing::warn!(receiver = id, attempt = polls.failures.attempts(), %error, "receive failed; retrying");
+                    tracing::warn!(attempt = polls.failures.attempts(), %error, "receive failed; retrying");
                     settings.meter.record_receive_retry();
                     tokio::select! {
                         _ = self.stop.cancelled() => return Step::Done(Ok(())),
@@ -314,7 +311,7 @@ impl<S: MessageSource> Receiver<S> {
         receives_before: u64,
         opening_counts: Option<QueueCounts>,
     ) -> Step {
-        let (id, stage, leases) = (self.id, &self.stage, &self.leases);
+        let (stage, leases) = (&self.stage, &self.leases);
         if drain {
             // Counts only if the run held nothing all through the poll: nothing when it
             // started, nothing when it ended, and no other receive brought anything in
@@ -324,7 +321,6 @@ impl<S: MessageSource> Receiver<S> {
                 // A failed receive may have been served: wait until what it took is visible
                 // again, then poll on.
                 tracing::debug!(
-                    receiver = id,
                     "queue looks empty, but a failed receive may hide messages; waiting"
                 );
                 tokio::select! {
@@ -337,9 +333,9 @@ impl<S: MessageSource> Receiver<S> {
                 // The poll saw nothing visible; the queue is empty only if nothing is in
                 // flight elsewhere or delayed either, by two reads of its counts (SQS updates
                 // them with some lag), one as the poll started and one now.
-                let closing = stage.counts_read(id, self.source.counts().await);
+                let closing = stage.counts_read(self.source.counts().await);
                 polls.last_counts = closing.map(|c| (c, receives_before));
-                if stage.confirms_empty(id, opening_counts, closing, leases.let_go_hidden()) {
+                if stage.confirms_empty(opening_counts, closing, leases.let_go_hidden()) {
                     stage.drained.cancel();
                     return Step::Done(Ok(()));
                 }
@@ -535,7 +531,6 @@ impl Stage {
     /// the drain waits for them: the live line and the log say so.
     fn confirms_empty(
         &self,
-        receiver: usize,
         opening: Option<QueueCounts>,
         closing: Option<QueueCounts>,
         ours: u64,
@@ -551,7 +546,6 @@ impl Stage {
         match (opening.map(others), closing.map(others)) {
             (Some(opening), Some(closing)) if opening.is_empty() && closing.is_empty() => {
                 tracing::debug!(
-                    receiver,
                     "queue empty for one long poll with nothing held anywhere; receiver done"
                 );
                 self.waiting_elsewhere(0);
@@ -572,7 +566,6 @@ impl Stage {
     /// for a read that can never succeed would never end.
     fn counts_read(
         &self,
-        receiver: usize,
         read: Result<QueueCounts, crate::sqs::SourceError>,
     ) -> Option<QueueCounts> {
         match read {
@@ -589,9 +582,9 @@ impl Stage {
                     }
                 } else if !self.counts_failing.swap(true, Ordering::Relaxed) {
                     // Said once: the drain polls on, and ends once a read succeeds.
-                    tracing::warn!(receiver, %error, "cannot read the queue's counts for now; the drain goes on until it can confirm the queue is empty");
+                    tracing::warn!(%error, "cannot read the queue's counts for now; the drain goes on until it can confirm the queue is empty");
                 } else {
-                    tracing::debug!(receiver, %error, "queue counts not read");
+                    tracing::debug!(%error, "queue counts not read");
                 }
                 None
             }

@@ -44,7 +44,7 @@ use super::schema::TableName;
 use super::ErrorClass;
 use crate::keys::SealedBody;
 use crate::kind::{
-    CopyRows, LoadClass, LoadFailure, LoadReport, Rejection, ServerError, TableWrite, WriteMode,
+    CopyRows, LoadClass, LoadFailure, LoadReport, Reject, ServerError, TableWrite, WriteMode,
 };
 
 /// A load that did not commit. Nothing of the batch is in the database; nothing may be deleted.
@@ -101,29 +101,6 @@ pub trait LedgeredRows {
     fn ledger_ms(&self) -> i64;
     /// The message's rows (zero or more COPY tuples).
     fn rows(&self) -> &CopyRows;
-}
-
-/// When and how a message was delivered, as a rejection records it.
-#[derive(Debug, Clone, Copy)]
-pub struct Delivery {
-    pub received_at: SystemTime,
-    pub receive_count: i32,
-    /// The SentTimestamp the message was dated by, so a replay keeps its `create_date`.
-    pub sent_timestamp: i64,
-    /// The time half of the message's ledger key (see `pipeline::batch::ledger_ms`).
-    pub ledger_ms: i64,
-}
-
-/// A quarantined message: its id, why, how it was delivered, and its body sealed (encrypted)
-/// so only key holders can read it. No field values in the clear.
-#[derive(Debug)]
-pub struct Reject {
-    pub message_id: String,
-    pub rejection: Rejection,
-    pub delivery: Delivery,
-    pub sealed_body: SealedBody,
-    /// What SQS carried besides the body (attributes, FIFO ids), sealed; `None` when nothing.
-    pub sealed_envelope: Option<SealedBody>,
 }
 
 const LEDGER_TYPES: [Type; 2] = [Type::INT8, Type::TEXT];

@@ -20,7 +20,7 @@ pub mod schema;
 
 pub use connect::{connect, ConnectError, Database};
 pub use failure::{classify, ErrorClass};
-pub use loader::{Delivery, LedgeredRows, LoadError, Reject, TableLoader};
+pub use loader::{LedgeredRows, LoadError, TableLoader};
 pub use schema::{check_ready, check_ready_schema, check_shape, setup, TableName};
 
 /// A PostgreSQL error as one line for logs and messages: the server's message and SQLSTATE, or

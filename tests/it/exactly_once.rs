@@ -153,7 +153,8 @@ async fn after_the_ledger_upgrade_ids_in_the_retired_ledger_are_not_loaded_again
 
 /// A batch of the sample's logins under the given ledger ids, sent at millisecond `i` of each.
 fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
-    use sqs2pg::pipeline::batch::{Batch, Delivery, HeldBody, Row};
+    use sqs2pg::kind::Delivery;
+    use sqs2pg::pipeline::batch::{Batch, HeldBody, Row};
     let masker = Masker::new(&MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap());
     let body = sample_bodies()
         .into_iter()

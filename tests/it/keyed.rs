@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
+use sqs2pg::kind::Delivery;
 use sqs2pg::kind::{Message, MessageKind};
 use sqs2pg::mapping::{Mapper, Mapping};
-use sqs2pg::pipeline::batch::{Batch, Delivery, HeldBody, Row};
+use sqs2pg::pipeline::batch::{Batch, HeldBody, Row};
 use sqs2pg::pipeline::BatchLoader;
 use sqs2pg::postgres::{Database, TableLoader, TableName};
 
