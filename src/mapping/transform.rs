@@ -623,6 +623,7 @@ impl Mapping {
 
     /// Where the column's value is, borrowed from the document where it can be: only what a
     /// column makes is allocated.
+    #[inline]
     fn find<'a>(
         &self,
         column: &'a Column,
@@ -689,6 +690,7 @@ impl Mapping {
 
     /// What no column foresaw, bound for jsonb, scanned (see `scrub`) as `rest_personal` says:
     /// kept, refused, or with what looks personal masked.
+    #[inline]
     fn scrubbed<'v>(
         &self,
         column: &Column,
@@ -769,6 +771,7 @@ fn rejected(column: &Column, fault: Fault) -> Rejection {
 
 /// The value a column found, if it is there and not null; a required column's missing or null
 /// value refused. A redacted column keeps nothing of the value, whatever it would make of it.
+#[inline]
 fn present<'d>(
     column: &Column,
     found: Option<Cow<'d, Json>>,
@@ -790,6 +793,7 @@ fn present<'d>(
 }
 
 /// The value as text, or `wrong_type`.
+#[inline]
 fn string<'v>(column: &Column, value: &'v Json) -> Result<&'v str, Rejection> {
     match value {
         Json::String(s) => Ok(s),
@@ -804,6 +808,7 @@ fn string<'v>(column: &Column, value: &'v Json) -> Result<&'v str, Rejection> {
 }
 
 /// The checks on the value as sent: `max_length`, `allowed`, `pattern`.
+#[inline]
 fn as_sent(column: &Column, value: &Json) -> Result<(), Rejection> {
     if let (Some(max), Json::String(s)) = (column.max_length, value) {
         let chars = s.chars().count();
@@ -836,6 +841,7 @@ fn as_sent(column: &Column, value: &Json) -> Result<(), Rejection> {
 
 /// Milliseconds per unit when the column makes a date or timestamp of an epoch number:
 /// `convert = "epoch_ms"` or `"epoch_s"`, or the SentTimestamp into a date or timestamp.
+#[inline]
 fn epoch_unit(column: &Column) -> Option<i64> {
     match column.convert {
         Some(Convert::EpochMs) => Some(1),
@@ -884,6 +890,7 @@ fn from_epoch(column: &Column, value: &Json, ms_per_unit: i64) -> Result<Value, 
 
 /// The address of an `inet` or `convert = "ip"` column (canonical: an IPv4-mapped IPv6
 /// address as IPv4); `None` for any other column.
+#[inline]
 fn address(column: &Column, value: &Json) -> Result<Option<IpAddr>, Rejection> {
     if column.convert != Some(Convert::Ip) && column.column_type != ColumnType::Inet {
         return Ok(None);
