@@ -7,6 +7,7 @@
     scripts/bench.py memory  [--messages 50000] [--lock-secs 20] [--runs 3]  # 6: RSS, PostgreSQL stalled
     scripts/bench.py drain   [--sizes 100,20000,50000] [--runs 3] [--before BINARY]  # 7: default drain against the Python consumer, tail
     scripts/bench.py scale   [--messages 20000] [--runs 3] [--rate N] [--before BINARY]  # 8: replicas, requests per message
+    scripts/bench.py peer    [--messages 20000] [--runs 4] [--faucet BINARY] [--before BINARY] [--ours-env K=V]  # 9: against faucet-stream and Python
 
 (4, the transform alone, is `cargo bench --bench transform`.)
 
@@ -173,6 +174,11 @@ def psql(url, sql):
                    capture_output=True)
 
 
+def psql_value(url, sql):
+    return subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def median(rows, key):
     return statistics.median(r[key] for r in rows)
 
@@ -233,10 +239,27 @@ class Bench:
         subprocess.run([binary or self.binary, "setup"], env=env, check=True, capture_output=True)
         return env
 
-    def fill(self, env, messages, queue_url=None):
+    def clean_data(self, messages):
+        """`messages` bodies of the synthetic data that are JSON objects with a `user_id` (what a
+        peer without a quarantine can take: one body that is not fails its whole batch there).
+        Bodies with bad values stay: sqs2pg rejects them, a peer stores them as they are."""
+        path = self.root / f"clean-{messages}.jsonl"
+        if not path.exists():
+            kept = []
+            for line in self.data(messages * 102 // 100 + 100).read_text().splitlines():
+                try:
+                    body = json.loads(line)
+                    if isinstance(body, dict) and "user_id" in body:
+                        kept.append(line)
+                except ValueError:
+                    pass
+            path.write_text("\n".join(kept[:messages]) + "\n")
+        return path
+
+    def fill(self, env, messages, queue_url=None, path=None):
         if queue_url:
             env = {**env, "SQS2PG_QUEUE_URL": queue_url}
-        m = run_measured([self.binary, "send", "--create-queue", "--file", self.data(messages)], env)
+        m = run_measured([self.binary, "send", "--create-queue", "--file", path or self.data(messages)], env)
         return messages / m.wall
 
 
@@ -716,6 +739,117 @@ def bench_drain(args):
                   f"{median(mine, 'ours'):.2f} | {median(mine, 'tail'):.2f} |")
 
 
+FAUCET_CONFIG = """version: 1
+name: sqs_logins_to_postgres
+pipeline:
+  source:
+    type: sqs
+    config:
+      queue_url: {queue_url}
+      region: us-east-1
+      endpoint_url: {endpoint}
+      credentials: {{ type: access_key, config: {{ access_key_id: test, secret_access_key: test }} }}
+      idle_timeout_secs: 2
+      wait_time_seconds: 1
+      batch_size: 1000
+  transforms:
+    - type: rename_field
+      config: {{ fields: {{ ip: masked_ip, device_id: masked_device_id }} }}
+  masking:
+    key: {key}
+    rules:
+      - name: ip_device
+        match: {{ fields: [masked_ip, masked_device_id] }}
+        action: {{ type: hash }}
+  sink:
+    type: postgres
+    config:
+      connection_url: {database_url}
+      schema: public
+      table_name: faucet_logins
+      column_mapping: auto_map
+      create_table: false
+      batch_size: 1000
+      write_method: {write_method}
+"""
+
+
+def bench_peer(args):
+    """9: the same queue drained by sqs2pg (defaults), by faucet-stream's CLI (its SQS source,
+    masking by HMAC, its PostgreSQL sink) and by the plain Python consumer, alternating in each
+    run: wall, CPU per message, peak RSS."""
+    b = Bench()
+    py = venv("py", PY_PACKAGES, "import boto3, psycopg2")
+    variants = [("sqs2pg", None, None)] + [(f"sqs2pg {v}", v, None) for v in args.ours_env]
+    if args.before:
+        variants.append(("sqs2pg before", None, args.before))
+    rows = []
+    try:
+        for i in range(args.runs):
+            r = {"run": i + 1}
+            turns = [("ours", v) for v in variants] + [("faucet", None)] * bool(args.faucet) + [("python", None)]
+            if i % 2:
+                turns.reverse()
+            for who, variant in turns:
+                env = b.fresh()
+                b.fill(env, args.messages, path=b.clean_data(args.messages))
+                if who == "ours":
+                    name, extra, binary = variant
+                    run_env = dict(env)
+                    for pair in (extra or "").split(","):
+                        if pair:
+                            k, v = pair.split("=", 1)
+                            run_env[k] = v
+                    m = run_measured([binary or b.binary, "drain"], run_env)
+                    r[name] = (m.wall, m.cpu, m.max_rss_mib, summary_value(m.stdout, "loaded"))
+                elif who == "faucet":
+                    url = env["DATABASE_URL"].split("?")[0]
+                    psql(url, "CREATE TABLE public.faucet_logins (user_id text, device_type text, "
+                              "masked_ip text, masked_device_id text, locale text, app_version text, "
+                              "create_date date)")
+                    config = b.root / f"faucet-{i}.yaml"
+                    config.write_text(FAUCET_CONFIG.format(
+                        queue_url=env["SQS2PG_QUEUE_URL"], endpoint=b.endpoint, key="bench-" + b.key,
+                        database_url=url, write_method=args.faucet_write))
+                    m = run_measured([args.faucet, "--log-level", "warn", "run", config, "--quiet",
+                                      "--no-env-file"], env)
+                    rows_in = int(psql_value(url, "SELECT count(*) FROM public.faucet_logins"))
+                    r["faucet"] = (m.wall, m.cpu, m.max_rss_mib, rows_in)
+                else:
+                    m = run_measured([py, REPO / "benches" / "baseline.py", env["SQS2PG_QUEUE_URL"],
+                                      env["DATABASE_URL"].split("?")[0], "public.user_logins"], env)
+                    r["python"] = (m.wall, m.cpu, m.max_rss_mib, None)
+            rows.append(r)
+            log(f"run {i + 1}: " + "; ".join(f"{k} {v[0]:.2f} s, {v[1]:.2f} CPU s, {v[2]:.1f} MiB"
+                                             for k, v in r.items() if k != "run"))
+    finally:
+        b.close()
+    names = [k for k in rows[0] if k != "run"]
+    n = args.messages
+    print(f"{n} messages per drain, the synthetic data without its bodies that are not "
+          "JSON objects of a login (faucet-stream's PostgreSQL sink fails a whole batch on one; "
+          "bodies with bad values stay, sqs2pg rejects them and the peers store them); each run drains "
+          "a fresh queue per program, the order alternating from run to run.\n")
+    print("| run | " + " | ".join(f"{k} wall s / CPU µs per msg / peak RSS MiB" for k in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for r in rows:
+        print(f"| {r['run']} | " + " | ".join(
+            f"{r[k][0]:.2f} / {r[k][1] * 1e6 / n:.0f} / {r[k][2]:.1f}" for k in names) + " |")
+    med = {k: [statistics.median(r[k][j] for r in rows) for j in range(3)] for k in names}
+    print("| **median** | " + " | ".join(
+        f"{med[k][0]:.2f} / {med[k][1] * 1e6 / n:.0f} / {med[k][2]:.1f}" for k in names) + " |")
+    print()
+    for k in names:
+        if k == "sqs2pg":
+            continue
+        w, c, m = (med["sqs2pg"][j] / med[k][j] for j in range(3))
+        print(f"- sqs2pg / {k} (medians): wall {w:.2f}, CPU {c:.2f}, peak RSS {m:.2f}")
+    for k in names:
+        loaded = [r[k][3] for r in rows if r[k][3] is not None]
+        if loaded:
+            print(f"- rows written by {k}: {', '.join(str(int(x)) for x in loaded)}")
+
+
 def bench_scale(args):
     """8: one and three `drain` processes on one queue at visibility 30 s and 2 s: wall time and
     SQS requests per message, optionally behind a proxy capping the server's request rate, and
@@ -820,8 +954,16 @@ def main():
     p.add_argument("--rate", type=float, default=None, help="cap the server at this many requests/s")
     p.add_argument("--before", default=None, help="another sqs2pg binary to run the same way")
     p.add_argument("--timeout", type=float, default=900, help="kill a run's processes after this")
+    p = sub.add_parser("peer")
+    p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--runs", type=int, default=4)
+    p.add_argument("--faucet", default=None, help="faucet-stream's CLI binary (`faucet`)")
+    p.add_argument("--faucet-write", default="copy", help="its sink's write_method")
+    p.add_argument("--before", default=None, help="another sqs2pg binary to drain the same way")
+    p.add_argument("--ours-env", action="append", default=[],
+                   help="also drain with these environment settings, K=V[,K=V] (repeatable)")
     args = ap.parse_args()
-    {"sqs": bench_sqs, "loader": bench_loader, "latency": bench_latency, "memory": bench_memory,
+    {"peer": bench_peer, "sqs": bench_sqs, "loader": bench_loader, "latency": bench_latency, "memory": bench_memory,
      "drain": bench_drain, "scale": bench_scale}[args.what](args)
 
 
