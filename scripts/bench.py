@@ -242,7 +242,8 @@ class Bench:
     def clean_data(self, messages):
         """`messages` bodies of the synthetic data that are JSON objects with a `user_id` (what a
         peer without a quarantine can take: one body that is not fails its whole batch there).
-        Bodies with bad values stay: sqs2pg rejects them, a peer stores them as they are."""
+        Bodies with bad values stay: sqs2pg and the Python consumer reject them, faucet-stream
+        stores them as they are."""
         path = self.root / f"clean-{messages}.jsonl"
         if not path.exists():
             kept = []
@@ -791,7 +792,8 @@ def bench_peer(args):
             if i % 2:
                 turns.reverse()
             for who, variant in turns:
-                env = b.fresh()
+                # An older build sets up its own database (it refuses a newer schema).
+                env = b.fresh(variant[2] if who == "ours" else None)
                 b.fill(env, args.messages, path=b.clean_data(args.messages))
                 if who == "ours":
                     name, extra, binary = variant
@@ -818,7 +820,8 @@ def bench_peer(args):
                 else:
                     m = run_measured([py, REPO / "benches" / "baseline.py", env["SQS2PG_QUEUE_URL"],
                                       env["DATABASE_URL"].split("?")[0], "public.user_logins"], env)
-                    r["python"] = (m.wall, m.cpu, m.max_rss_mib, None)
+                    loaded = re.search(r"loaded (\d+)", m.stdout)
+                    r["python"] = (m.wall, m.cpu, m.max_rss_mib, int(loaded.group(1)) if loaded else None)
             rows.append(r)
             log(f"run {i + 1}: " + "; ".join(f"{k} {v[0]:.2f} s, {v[1]:.2f} CPU s, {v[2]:.1f} MiB"
                                              for k, v in r.items() if k != "run"))
@@ -828,7 +831,8 @@ def bench_peer(args):
     n = args.messages
     print(f"{n} messages per drain, the synthetic data without its bodies that are not "
           "JSON objects of a login (faucet-stream's PostgreSQL sink fails a whole batch on one; "
-          "bodies with bad values stay, sqs2pg rejects them and the peers store them); each run drains "
+          "bodies with bad values stay: sqs2pg and the Python consumer reject them, faucet-stream "
+          "stores them); each run drains "
           "a fresh queue per program, the order alternating from run to run.\n")
     print("| run | " + " | ".join(f"{k} wall s / CPU µs per msg / peak RSS MiB" for k in names) + " |")
     print("|---|" + "---|" * len(names))
@@ -845,7 +849,7 @@ def bench_peer(args):
         w, c, m = (med["sqs2pg"][j] / med[k][j] for j in range(3))
         print(f"- sqs2pg / {k} (medians): wall {w:.2f}, CPU {c:.2f}, peak RSS {m:.2f}")
     for k in names:
-        loaded = [r[k][3] for r in rows if r[k][3] is not None]
+        loaded = [r[k][3] for r in rows if r[k][3] is not None and r[k][3] == r[k][3]]
         if loaded:
             print(f"- rows written by {k}: {', '.join(str(int(x)) for x in loaded)}")
 

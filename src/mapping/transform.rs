@@ -593,7 +593,8 @@ impl Mapping {
         match (column.mask, mask) {
             (Some(Mask::Token(_)), Some(mask)) => return token(column, mask, ip, value),
             (Some(Mask::Token(_)), None) => unreachable!("Mapper::new makes one per token column"),
-            _ => {}
+            // Redacted columns ended in `present`.
+            (Some(Mask::Redact) | None, _) => {}
         }
         if let Some(ip) = ip {
             return Ok(match column.column_type {

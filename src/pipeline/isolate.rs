@@ -14,8 +14,7 @@ use super::PipelineSettings;
 use super::{PipelineError, Summary};
 use crate::error::{fate, may_blame_rows, Fate, Outcome};
 use crate::keys::BodySealer;
-use crate::kind::Reject;
-use crate::kind::{LoadClass, LoadFailure, LoadReport, Rejection, ServerError};
+use crate::kind::{LoadClass, LoadFailure, LoadReport, Reject, Rejection, ServerError};
 use tokio_util::sync::CancellationToken;
 
 /// What every load of a run shares: the settings, the sealer for bodies of rows the table

@@ -211,7 +211,7 @@ pub async fn run<S: MessageSource, L: BatchLoader>(
     let graceful = async {
         let loaded = batcher
             .run(&mut summary)
-            .instrument(tracing::info_span!("loader"))
+            .instrument(tracing::error_span!("loader"))
             .await;
         if loaded.is_err() {
             stop.cancel();
@@ -287,7 +287,7 @@ impl Heartbeat {
                     done: done.clone(),
                 }
                 .run()
-                .instrument(tracing::info_span!("heartbeat")),
+                .instrument(tracing::error_span!("heartbeat")),
             )
         });
         Self { task, done }
@@ -304,7 +304,9 @@ impl Heartbeat {
 }
 
 /// The tasks of a run besides the loader and the heartbeat: the receivers and the deleter,
-/// each in a span of its own, tracked so a deadline can wait for them to end.
+/// each in a span of its own, tracked so a deadline can wait for them to end. (Every task's
+/// span is at level ERROR so that it is on whenever any of its lines is logged: a span
+/// filtered out would take its fields, such as the receiver's id, off the lines.)
 struct Crew {
     receivers: Vec<JoinHandle<Result<(), PipelineError>>>,
     deleter: JoinHandle<Result<delete::Deleted, PipelineError>>,
@@ -334,7 +336,7 @@ impl Crew {
                         stop: stop.clone(),
                     }
                     .run()
-                    .instrument(tracing::info_span!("receiver", id)),
+                    .instrument(tracing::error_span!("receiver", id)),
                 )
             })
             .collect();
@@ -347,7 +349,7 @@ impl Crew {
                 stop: stop.clone(),
             }
             .run()
-            .instrument(tracing::info_span!("deleter")),
+            .instrument(tracing::error_span!("deleter")),
         );
         tracker.close();
         Self {

@@ -17,8 +17,7 @@ use super::sink::{finish_attempt, AttemptLog};
 use super::{Mode, PipelineError, PipelineSettings};
 use crate::error::{fate, Fate, Outcome};
 use crate::keys::BodySealer;
-use crate::kind::Delivery;
-use crate::kind::{Message, MessageKind, Rejection, Transformed};
+use crate::kind::{Delivery, Message, MessageKind, Rejection, Transformed};
 use crate::retry::Backoff;
 use crate::sqs::{Envelope, MessageSource, QueueCounts, ReceiveRequest, Received, SQS_BATCH_LIMIT};
 

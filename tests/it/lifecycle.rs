@@ -131,6 +131,14 @@ async fn run_serves_until_sigterm_then_exits_cleanly() {
     let child = run_holding_the_sample(&db, &queue, &[]).await;
     let rows = crate::harness::count(&db, "SELECT count(*) FROM public.user_logins").await;
     assert_eq!(rows, 0, "nothing is committed before the batch closes");
+    // Transparent huge pages are off for the process (their 2 MiB regions doubled its memory).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    if status.contains("THP_enabled:") {
+        assert!(
+            status.contains("THP_enabled:\t0"),
+            "transparent huge pages are on for the run"
+        );
+    }
 
     let out = terminate(child).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
