@@ -627,18 +627,14 @@ impl RawColumn {
                 "keys `min` / `max` bound numbers; {column_type} is not a number type"
             ));
         }
-        let min = self
-            .min
-            .take()
-            .map(RawBound::check)
-            .transpose()
-            .map_err(|e| format!("key `min`: {e}"))?;
-        let max = self
-            .max
-            .take()
-            .map(RawBound::check)
-            .transpose()
-            .map_err(|e| format!("key `max`: {e}"))?;
+        let check = |bound: Option<RawBound>, key: &str| {
+            bound
+                .map(RawBound::check)
+                .transpose()
+                .map_err(|e| format!("key `{key}`: {e}"))
+        };
+        let min = check(self.min.take(), "min")?;
+        let max = check(self.max.take(), "max")?;
         if let (Some(min), Some(max)) = (&min, &max) {
             if super::column::compare_decimals(&min.text, &max.text)
                 == Some(std::cmp::Ordering::Greater)
