@@ -93,6 +93,30 @@ fn mapping_login(bencher: divan::Bencher) {
     });
 }
 
+/// Reading alone: the login mapping's seven pointers found in a login body, no conversion
+/// (what `mapping_login` spends before its columns).
+#[divan::bench]
+fn document_read(bencher: divan::Bencher) {
+    use sqs2pg::mapping::document::{Document, Plan};
+    let bodies = bodies();
+    let mut plan = Plan::default();
+    for pointer in [
+        "/user_id",
+        "/device_type",
+        "/ip",
+        "/device_id",
+        "/locale",
+        "/app_version",
+    ] {
+        plan.slot(pointer);
+    }
+    let mut i = 0usize;
+    bencher.bench_local(|| {
+        i = (i + 1) % bodies.len();
+        black_box(Document::read(&plan, black_box(&bodies[i]), "").map(|d| d.get(0).is_some()))
+    });
+}
+
 /// The wide mapping's one message of about 600 bytes (`benches/wide.toml`).
 const WIDE_BODY: &str = r#"{"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff", "kind": "b", "user": {"id": "u-42", "email": "ada@example.com", "ip": "203.0.113.7", "country": "GB"}, "amount": "1234.567", "qty": 3, "big": 9007199254740993, "ratio": 0.25, "flag": true, "at": "2026-12-04T10:00:00.123456+01:00", "day": "2026-12-04", "local": "2026-12-04 10:00:00", "host": "2001:db8::1", "tags": ["x", "y", "z"], "version": "2.3.1", "code": "ABC-123", "note": "free text", "meta": {"a": 1, "b": [1, 2]}}"#;
 

@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
 use super::column::{ColumnType, Value};
+use super::document::{Found, DEPTH_LIMIT};
 
 /// Why a JSON value does not convert. Carries kinds, lengths and bounds, never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,39 +47,44 @@ pub fn kind(value: &Json) -> &'static str {
     }
 }
 
-fn wrong(expected: &'static str, got: &Json) -> Fault {
+fn wrong(expected: &'static str, got: &Found<'_>) -> Fault {
     Fault::WrongType {
         expected,
-        got: kind(got),
+        got: got.kind(),
     }
 }
 
-fn text(value: &Json, max: Option<u32>) -> Result<String, Fault> {
-    let s = match value {
-        Json::String(s) => s.clone(),
-        other => return Err(wrong("string", other)),
-    };
+/// The text of a string that PostgreSQL can store (no U+0000).
+fn string<'v>(value: &'v Found<'_>) -> Result<&'v str, Fault> {
+    let s = value.as_str().ok_or_else(|| wrong("string", value))?;
     if s.contains('\0') {
         return Err(Fault::NulCharacter);
     }
+    Ok(s)
+}
+
+fn text(value: &Found<'_>, max: Option<u32>) -> Result<String, Fault> {
+    let s = string(value)?;
     if let Some(max) = max {
         let chars = s.chars().count();
         if chars > max as usize {
             return Err(Fault::TooLong { chars, max });
         }
     }
-    Ok(s)
+    Ok(s.to_owned())
 }
 
 /// A whole number from a JSON integer, or from a string of ASCII digits with an optional sign.
-fn whole(value: &Json) -> Result<i128, Fault> {
+fn whole(value: &Found<'_>) -> Result<i128, Fault> {
     match value {
-        Json::Number(n) => n
-            .as_i64()
+        // As `serde_json::Number::as_i64` and `as_u64` read its text.
+        Found::Number(n) => n
+            .parse::<i64>()
             .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-            .ok_or_else(|| Fault::Invalid("not a whole number".into())),
-        Json::String(s) => {
+            .or_else(|_| n.parse::<u64>().map(i128::from))
+            .map_err(|_| Fault::Invalid("not a whole number".into())),
+        Found::Int(n) => Ok(i128::from(*n)),
+        Found::Str(s) => {
             let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
             if digits.is_empty() || digits.len() > 30 || !digits.bytes().all(|b| b.is_ascii_digit())
             {
@@ -95,7 +101,7 @@ fn bounded<T: TryFrom<i128>>(n: i128, type_name: &str) -> Result<T, Fault> {
     T::try_from(n).map_err(|_| Fault::OutOfRange(format!("beyond {type_name}")))
 }
 
-fn float(value: &Json) -> Result<f64, Fault> {
+fn float(value: &Found<'_>) -> Result<f64, Fault> {
     let x = finite_or_not(value)?;
     if !x.is_finite() {
         return Err(Fault::OutOfRange("beyond double precision".into()));
@@ -103,13 +109,17 @@ fn float(value: &Json) -> Result<f64, Fault> {
     Ok(x)
 }
 
-fn finite_or_not(value: &Json) -> Result<f64, Fault> {
+fn finite_or_not(value: &Found<'_>) -> Result<f64, Fault> {
     match value {
-        // A JSON number that no f64 holds (1e400) is beyond the type, not malformed.
-        Json::Number(n) => n
-            .as_f64()
+        // A JSON number that no f64 holds (1e400) is beyond the type, not malformed (as
+        // `serde_json::Number::as_f64` reads its text).
+        Found::Number(n) => n
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
             .ok_or_else(|| Fault::OutOfRange("beyond double precision".into())),
-        Json::String(s) => decimal_parts(s)
+        Found::Int(n) => Ok(*n as f64),
+        Found::Str(s) => decimal_parts(s)
             .and_then(|_| s.trim().parse::<f64>().ok())
             .ok_or_else(|| Fault::Invalid("not a number".into())),
         other => Err(wrong("number", other)),
@@ -302,19 +312,19 @@ fn numbers_fit(value: &Json) -> bool {
 /// A decimal rounded half away from zero to `scale` digits (as PostgreSQL rounds numeric
 /// input), checked against `precision`. A JSON number keeps every digit it was sent with,
 /// its exponent applied; a string must be a plain decimal.
-fn numeric(value: &Json, spec: Option<(u16, u16)>) -> Result<String, Fault> {
+fn numeric(value: &Found<'_>, spec: Option<(u16, u16)>) -> Result<String, Fault> {
     let too_many = || Fault::OutOfRange("more digits than numeric holds".into());
     let (negative, int, frac) = match value {
-        Json::Number(n) => {
-            let text = n.to_string();
-            let number = JsonNumber::parse(&text)
+        Found::Number(text) => {
+            let number = JsonNumber::parse(text)
                 .ok_or_else(|| Fault::Invalid("not a plain decimal number".into()))?;
             if !number.fits_numeric() {
                 return Err(too_many());
             }
             number.plain()
         }
-        Json::String(s) => {
+        Found::Int(n) => (*n < 0, n.unsigned_abs().to_string(), String::new()),
+        Found::Str(s) => {
             let Some((negative, int, frac)) = decimal_parts(s) else {
                 return Err(Fault::Invalid("not a plain decimal number".into()));
             };
@@ -391,11 +401,10 @@ fn numeric(value: &Json, spec: Option<(u16, u16)>) -> Result<String, Fault> {
     })
 }
 
-fn date(value: &Json) -> Result<Date, Fault> {
-    let s = text(value, None)?;
+fn date(value: &Found<'_>) -> Result<Date, Fault> {
+    let s = string(value)?;
     let format = time::macros::format_description!("[year]-[month]-[day]");
-    let d =
-        Date::parse(&s, format).map_err(|_| Fault::Invalid("not a date (YYYY-MM-DD)".into()))?;
+    let d = Date::parse(s, format).map_err(|_| Fault::Invalid("not a date (YYYY-MM-DD)".into()))?;
     if s.starts_with(['-', '+']) {
         return Err(Fault::Invalid("not a date (YYYY-MM-DD)".into()));
     }
@@ -408,9 +417,9 @@ fn to_micros(nanosecond: u32) -> u32 {
     nanosecond / 1_000 * 1_000
 }
 
-fn timestamptz(value: &Json) -> Result<OffsetDateTime, Fault> {
-    let s = text(value, None)?;
-    let t = OffsetDateTime::parse(&s, &Rfc3339)
+fn timestamptz(value: &Found<'_>) -> Result<OffsetDateTime, Fault> {
+    let s = string(value)?;
+    let t = OffsetDateTime::parse(s, &Rfc3339)
         .map_err(|_| Fault::Invalid("not an RFC 3339 timestamp with an offset".into()))?;
     let utc = t
         .checked_to_offset(time::UtcOffset::UTC)
@@ -433,8 +442,8 @@ pub fn in_years(year: i32) -> Result<(), Fault> {
     }
 }
 
-fn timestamp(value: &Json) -> Result<PrimitiveDateTime, Fault> {
-    let s = text(value, None)?;
+fn timestamp(value: &Found<'_>) -> Result<PrimitiveDateTime, Fault> {
+    let s = string(value)?;
     let with_t = time::macros::format_description!(
         version = 2,
         "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
@@ -444,8 +453,8 @@ fn timestamp(value: &Json) -> Result<PrimitiveDateTime, Fault> {
         "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]"
     );
     let invalid = || Fault::Invalid("not a timestamp (YYYY-MM-DDTHH:MM:SS)".into());
-    let t = PrimitiveDateTime::parse(&s, with_t)
-        .or_else(|_| PrimitiveDateTime::parse(&s, with_space))
+    let t = PrimitiveDateTime::parse(s, with_t)
+        .or_else(|_| PrimitiveDateTime::parse(s, with_space))
         .map_err(|_| invalid())?;
     if s.starts_with(['-', '+']) {
         return Err(invalid());
@@ -467,11 +476,26 @@ fn holds_nul(value: &Json) -> bool {
 
 /// Converts a JSON value (never null: the caller handles absence) to the column's type.
 pub fn convert(value: &Json, column: ColumnType) -> Result<Value, Fault> {
+    convert_found(&Found::from_json(value), column)
+}
+
+/// A value too deep for a tree (jsonb, text[]), or a string with a lone surrogate escape.
+pub fn unreadable(value: &Found<'_>) -> Fault {
+    match value {
+        Found::BadEscape => {
+            Fault::Invalid("a lone surrogate escape (\\uD800 to \\uDFFF, unpaired)".into())
+        }
+        _ => Fault::Invalid(format!("nested more than {DEPTH_LIMIT} levels deep")),
+    }
+}
+
+/// A JSON value (found in a message, never null) converted to the column's type.
+pub fn convert_found(value: &Found<'_>, column: ColumnType) -> Result<Value, Fault> {
     Ok(match column {
         ColumnType::Text => Value::Text(text(value, None)?),
         ColumnType::Varchar(n) => Value::Text(text(value, Some(n))?),
         ColumnType::Boolean => match value {
-            Json::Bool(b) => Value::Boolean(*b),
+            Found::Bool(b) => Value::Boolean(*b),
             other => return Err(wrong("boolean", other)),
         },
         ColumnType::SmallInt => Value::SmallInt(bounded(whole(value)?, "smallint")?),
@@ -490,35 +514,46 @@ pub fn convert(value: &Json, column: ColumnType) -> Result<Value, Fault> {
         ColumnType::Timestamptz => Value::Timestamptz(timestamptz(value)?),
         ColumnType::Timestamp => Value::Timestamp(timestamp(value)?),
         ColumnType::Uuid => Value::Uuid(
-            uuid::Uuid::try_parse(&text(value, None)?)
+            uuid::Uuid::try_parse(string(value)?)
                 .map_err(|_| Fault::Invalid("not a UUID".into()))?,
         ),
         ColumnType::Inet => Value::Inet(
-            text(value, None)?
+            string(value)?
                 .parse::<IpAddr>()
                 .map_err(|_| Fault::Invalid("not an IP address".into()))?,
         ),
         ColumnType::Jsonb => {
-            if holds_nul(value) {
-                return Err(Fault::NulCharacter);
-            }
-            if !numbers_fit(value) {
-                return Err(Fault::OutOfRange(
-                    "a number with more digits (or a larger written exponent) than jsonb holds"
-                        .into(),
-                ));
-            }
-            // Numbers as sent, every digit (`arbitrary_precision`).
-            Value::Jsonb(value.to_string())
+            let tree = value.to_json().ok_or_else(|| unreadable(value))?;
+            jsonb(tree.as_ref())?
         }
         ColumnType::TextArray => match value {
-            Json::Array(items) => Value::TextArray(
-                items
-                    .iter()
-                    .map(|item| text(item, None))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Found::Raw(_) | Found::Tree(_) if value.kind() == "array" => {
+                let tree = value.to_json().ok_or_else(|| unreadable(value))?;
+                let Json::Array(items) = &*tree else {
+                    unreachable!("an array's tree is an array")
+                };
+                Value::TextArray(
+                    items
+                        .iter()
+                        .map(|item| text(&Found::from_json(item), None))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             other => return Err(wrong("array of strings", other)),
         },
     })
+}
+
+/// A tree as a jsonb value: refused if PostgreSQL's jsonb cannot hold it.
+pub fn jsonb(value: &Json) -> Result<Value, Fault> {
+    if holds_nul(value) {
+        return Err(Fault::NulCharacter);
+    }
+    if !numbers_fit(value) {
+        return Err(Fault::OutOfRange(
+            "a number with more digits (or a larger written exponent) than jsonb holds".into(),
+        ));
+    }
+    // Numbers as sent, every digit (`arbitrary_precision`).
+    Ok(Value::Jsonb(value.to_string()))
 }

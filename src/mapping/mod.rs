@@ -11,6 +11,7 @@
 
 pub mod column;
 pub mod convert;
+pub mod document;
 pub mod draft;
 pub mod encode;
 pub mod file;

@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use crate::keys::MaskKey;
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, TableWrite, Transformed};
 
+use super::document::Plan;
 use super::file::Envelope;
-use super::transform::{parse_body, unwrap};
+use super::transform::{read, unwrap};
 use super::{Mapper, Mapping, MappingError};
 
 /// Several mappings as one message kind.
@@ -50,8 +51,21 @@ impl Router {
             .map(|m| m.table.as_str())
             .collect::<Vec<_>>()
             .join("+");
+        // One plan for every mapping: a message is read once, whatever each mapping reads.
+        let mut plan = Plan::default();
+        if mappings.len() > 1 {
+            plan.share();
+        }
+        let mut mappers: Vec<Mapper> = mappings
+            .into_iter()
+            .map(|m| Mapper::planned(m, key, &mut plan))
+            .collect();
+        let plan = std::sync::Arc::new(plan);
+        for mapper in &mut mappers {
+            mapper.set_plan(plan.clone());
+        }
         Ok(Self {
-            mappers: mappings.into_iter().map(|m| Mapper::new(m, key)).collect(),
+            mappers,
             envelopes,
             name,
         })
@@ -117,25 +131,37 @@ impl Router {
         message: &Message<'_>,
         mut each: impl FnMut(
             &Mapper,
-            &[serde_json::Value],
+            &[super::document::Document<'_>],
             &super::transform::EnvelopeFields,
             &mut (u32, Vec<String>),
         ) -> Result<Option<T>, Rejection>,
     ) -> (Routed<T>, (u32, Vec<String>)) {
-        let body = match parse_body(message) {
-            Ok(body) => body,
-            Err(rejection) => return (Err(rejection), Default::default()),
-        };
-        // One unwrap per envelope in use (the body is cloned only when there are several).
+        // One unwrap per envelope in use; a body that is not JSON is refused at once.
         let mut unwrapped = Vec::with_capacity(self.envelopes.len());
-        let mut body = Some(body);
-        for (i, envelope) in self.envelopes.iter().enumerate() {
-            let doc = if i + 1 == self.envelopes.len() {
-                body.take().expect("taken by the last envelope only")
-            } else {
-                body.clone().expect("kept until the last envelope")
+        for envelope in &self.envelopes {
+            match unwrap(*envelope, message.body) {
+                Err(rejection) if rejection.reason == "not_json" => {
+                    return (Err(rejection), Default::default())
+                }
+                opened => unwrapped.push((*envelope, opened)),
+            }
+        }
+        let plan = self.mappers[0].plan();
+        let mut read_through = Vec::with_capacity(unwrapped.len());
+        for (envelope, opened) in &unwrapped {
+            let documents = match opened {
+                Ok((texts, fields)) => match read(plan, *envelope, texts) {
+                    Ok(documents) => Ok((documents, fields)),
+                    // The bare body itself (an SNS `Message` that is not JSON is that
+                    // envelope's refusal).
+                    Err(rejection) if *envelope == Envelope::None => {
+                        return (Err(rejection), Default::default())
+                    }
+                    Err(rejection) => Err(rejection),
+                },
+                Err(refusal) => Err(refusal.clone()),
             };
-            unwrapped.push((*envelope, unwrap(*envelope, doc)));
+            read_through.push((*envelope, documents));
         }
         let mut taken = Vec::new();
         let mut envelope_refusal = None;
@@ -144,7 +170,7 @@ impl Router {
         let mut unknown: Option<(u32, Vec<String>)> = None;
         for (index, mapper) in self.mappers.iter().enumerate() {
             let envelope = mapper.mapping().envelope;
-            let Some((_, opened)) = unwrapped.iter().find(|(e, _)| *e == envelope) else {
+            let Some((_, opened)) = read_through.iter().find(|(e, _)| *e == envelope) else {
                 continue;
             };
             let (documents, fields) = match opened {

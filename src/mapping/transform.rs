@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value as Json};
 use time::OffsetDateTime;
 
-use super::column::{compare_decimals, convert, kind, ColumnType, Fault, Value};
+use super::column::{compare_decimals, ColumnType, Fault, Value};
+use super::convert::{convert_found, jsonb, unreadable};
+use super::document::{self, Document, Found, Plan};
 use super::file::{
     Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, Match, MatchOn, RestPersonal,
     Source, SqsAttribute, Unknown, EVENTBRIDGE_FIELDS, SNS_FIELDS,
@@ -32,6 +34,8 @@ use crate::app_version::AppVersionError;
 use crate::keys::MaskKey;
 use crate::kind::{CopyRows, Message, MessageKind, Rejection, Transformed};
 use crate::mask::{ColumnMask, MaskMode};
+use serde_json::value::RawValue;
+use smallvec::{smallvec, SmallVec};
 
 mod scrub;
 
@@ -51,13 +55,63 @@ pub struct Mapper {
     types: Vec<tokio_postgres::types::Type>,
     /// Whether some column takes the whole message (then no field is unknown).
     takes_all: bool,
+    /// What it reads of a document (shared by the mappers of one queue), and where.
+    plan: Arc<Plan>,
+    slots: Slots,
     /// The unknown field names already reported, shared by the mapper's clones.
     reported: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Where a mapper's pointers are in its plan's documents.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Slots {
+    /// In column order: the slot of a column whose value is the document's (a pointer, or
+    /// the whole document).
+    columns: Vec<Option<usize>>,
+    matcher: Option<usize>,
+    delete: Option<usize>,
+}
+
+impl Slots {
+    fn of(mapping: &Mapping, plan: &mut Plan) -> Self {
+        let mut field = |m: &Option<Match>| match m {
+            Some(Match {
+                on: MatchOn::Field(p),
+                ..
+            }) => plan.slot(p),
+            _ => None,
+        };
+        let (matcher, delete) = (field(&mapping.matcher), field(&mapping.write.delete));
+        let columns = mapping
+            .columns
+            .iter()
+            .map(|c| match &c.source {
+                Source::Pointer(p) => plan.slot(p),
+                Source::Body => plan.slot(""),
+                _ => None,
+            })
+            .collect();
+        Self {
+            columns,
+            matcher,
+            delete,
+        }
+    }
 }
 
 impl Mapper {
     /// Derives every masked column's subkey (per scope and mode) from `key`.
     pub fn new(mapping: Mapping, key: &MaskKey) -> Self {
+        let mut plan = Plan::default();
+        let mut mapper = Self::planned(mapping, key, &mut plan);
+        mapper.plan = Arc::new(plan);
+        mapper
+    }
+
+    /// A mapper whose pointers are added to `plan` (shared with other mappers: one reading of
+    /// a message for all); its own plan is set by the caller once every mapper has been added.
+    pub(super) fn planned(mapping: Mapping, key: &MaskKey, plan: &mut Plan) -> Self {
+        let slots = Slots::of(&mapping, plan);
         let scanned: HashSet<&str> = mapping.scanned().map(|c| c.name.as_str()).collect();
         let masks = mapping
             .columns
@@ -87,8 +141,15 @@ impl Mapper {
             masks,
             types,
             takes_all,
+            plan: Arc::default(),
+            slots,
             reported: Arc::default(),
         }
+    }
+
+    /// Gives it the plan its slots are in (see [`Mapper::planned`]).
+    pub(super) fn set_plan(&mut self, plan: Arc<Plan>) {
+        self.plan = plan;
     }
 
     /// The mapping it runs.
@@ -109,7 +170,7 @@ impl Mapper {
         message: &Message<'_>,
     ) -> (Result<Vec<MappedRow>, Rejection>, u32, Vec<String>) {
         let mut unknown = (0u32, Vec::new());
-        let rows = self.mapping.apply(&self.masks, message, |doc| {
+        let rows = self.apply_to(message, |doc| {
             if !self.takes_all {
                 self.count_unknown(doc, &mut unknown)
             }
@@ -117,13 +178,27 @@ impl Mapper {
         (rows, unknown.0, unknown.1)
     }
 
-    fn count_unknown(&self, doc: &Json, (count, new): &mut (u32, Vec<String>)) {
-        let Json::Object(map) = doc else { return };
+    /// Maps one message: unwraps its envelope, reads its documents and takes them (see
+    /// [`Mapper::take`]); a message none of whose documents the `match` takes is `no_mapping`.
+    fn apply_to(
+        &self,
+        message: &Message<'_>,
+        seen: impl FnMut(&Document<'_>),
+    ) -> Result<Vec<MappedRow>, Rejection> {
+        let (texts, fields) = unwrap(self.mapping.envelope, message.body)?;
+        let documents = read(&self.plan, self.mapping.envelope, &texts)?;
+        self.take(&documents, &fields, message, seen)?
+            .ok_or_else(|| self.mapping.not_taken())
+    }
+
+    /// The plan its slots are in.
+    pub(super) fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    fn count_unknown(&self, doc: &Document<'_>, (count, new): &mut (u32, Vec<String>)) {
         let mut reported = None;
-        for key in map
-            .keys()
-            .filter(|k| !self.mapping.taken.contains(k.as_str()))
-        {
+        for key in doc.unknown(&self.mapping.taken) {
             *count += 1;
             let reported = reported.get_or_insert_with(|| {
                 self.reported
@@ -132,12 +207,12 @@ impl Mapper {
             });
             // Looked up before inserting: a name seen before costs no allocation.
             if reported.len() < UNKNOWN_NAMES_REMEMBERED
-                && !reported.contains(key.as_str())
-                && reported.insert(key.clone())
+                && !reported.contains(key)
+                && reported.insert(key.to_owned())
             {
                 // A key that is itself data (an address, an id) is counted, never named.
                 new.push(if scrub::safe_name(key) {
-                    key.clone()
+                    key.to_owned()
                 } else {
                     "(a name that looks like data)".into()
                 });
@@ -198,12 +273,76 @@ impl Mapper {
     /// it takes none (what `mapping preview` shows for several mappings).
     pub(super) fn rows_from(
         &self,
-        documents: &[Json],
+        documents: &[Document<'_>],
         fields: &EnvelopeFields,
         message: &Message<'_>,
     ) -> Result<Option<Vec<MappedRow>>, Rejection> {
-        self.mapping
-            .take(&self.masks, documents, fields, message, |_| {})
+        self.take(documents, fields, message, |_| {})
+    }
+
+    /// The rows of the documents its mapping's `match` takes (all when it has none), each
+    /// converted, checked and masked; all or none: one bad document rejects the message.
+    /// `None` when there were documents and it took none of them (an S3 test event has none
+    /// and gives no row). `seen` is shown each document taken for its values.
+    fn take(
+        &self,
+        documents: &[Document<'_>],
+        fields: &EnvelopeFields,
+        message: &Message<'_>,
+        mut seen: impl FnMut(&Document<'_>),
+    ) -> Result<Option<Vec<MappedRow>>, Rejection> {
+        let mapping = &self.mapping;
+        let slots = &self.slots;
+        let deletes = |doc: &Document<'_>| {
+            mapping
+                .write
+                .delete
+                .as_ref()
+                .is_some_and(|d| takes(d, slots.delete, doc, fields, message))
+        };
+        let mut rows = Vec::with_capacity(documents.len());
+        for doc in documents {
+            let delete = deletes(doc);
+            // A document the `delete` takes is the mapping's even if its `match` does not
+            // name the delete's type.
+            if !delete
+                && !mapping
+                    .matcher
+                    .as_ref()
+                    .is_none_or(|m| takes(m, slots.matcher, doc, fields, message))
+            {
+                continue;
+            }
+            let columns = mapping.columns.iter().zip(&self.masks).zip(&slots.columns);
+            if delete {
+                // Only the key and the version name what is deleted; the rest is not read.
+                let values = columns
+                    .enumerate()
+                    .map(|(i, ((column, mask), slot))| {
+                        if mapping.write.key.contains(&i) || mapping.write.version == Some(i) {
+                            let found = mapping.find(column, *slot, doc, fields, message);
+                            mapping.value(column, found, mask.as_ref())
+                        } else {
+                            Ok(Value::Null)
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.push(MappedRow(values, true));
+                continue;
+            }
+            seen(doc);
+            if mapping.unknown == Unknown::Reject {
+                mapping.refuse_unknown(doc)?;
+            }
+            let values = columns
+                .map(|((column, mask), slot)| {
+                    let found = mapping.find(column, *slot, doc, fields, message);
+                    mapping.value(column, found, mask.as_ref())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.push(MappedRow(values, false));
+        }
+        Ok((!rows.is_empty() || documents.is_empty()).then_some(rows))
     }
 
     /// What the router asks of each mapping: the encoded rows of the documents it takes of an
@@ -211,18 +350,16 @@ impl Mapper {
     /// `unknown`.
     pub(super) fn take_from(
         &self,
-        documents: &[Json],
+        documents: &[Document<'_>],
         fields: &EnvelopeFields,
         message: &Message<'_>,
         unknown: &mut (u32, Vec<String>),
     ) -> Result<Option<CopyRows>, Rejection> {
-        let rows = self
-            .mapping
-            .take(&self.masks, documents, fields, message, |doc| {
-                if !self.takes_all {
-                    self.count_unknown(doc, unknown)
-                }
-            })?;
+        let rows = self.take(documents, fields, message, |doc| {
+            if !self.takes_all {
+                self.count_unknown(doc, unknown)
+            }
+        })?;
         rows.map(|rows| self.encode(&rows, message)).transpose()
     }
 }
@@ -260,23 +397,26 @@ pub(super) type EnvelopeFields = Map<String, Json>;
 /// column source: `sns:` sources name the four fields of [`SNS_FIELDS`]).
 const SNS_ATTRIBUTES: &str = "sns:MessageAttributes";
 
-/// A value as a match compares it: a string as it is, another JSON value as JSON writes it;
-/// `None` for a missing or null one.
-fn as_text(value: Option<&Json>) -> Option<Cow<'_, str>> {
-    match value? {
-        Json::Null => None,
-        Json::String(s) => Some(Cow::Borrowed(s)),
-        other => Some(Cow::Owned(other.to_string())),
-    }
-}
-
-/// Whether `matcher` takes `doc`: the field's or attribute's value as text (a string as it is,
-/// another JSON value as JSON writes it) is one of its values. A missing one takes nothing.
-fn takes(matcher: &Match, doc: &Json, fields: &EnvelopeFields, message: &Message<'_>) -> bool {
+/// Whether `matcher` takes `doc`: the field's (at `slot`) or attribute's value as text (a
+/// string as it is, another JSON value as JSON writes it) is one of its values. A missing one
+/// takes nothing.
+fn takes(
+    matcher: &Match,
+    slot: Option<usize>,
+    doc: &Document<'_>,
+    fields: &EnvelopeFields,
+    message: &Message<'_>,
+) -> bool {
     let is_one = |text: &str| matcher.values.iter().any(|v| v == text);
     match &matcher.on {
-        MatchOn::Field(pointer) => as_text(doc.pointer(pointer)).is_some_and(|t| is_one(&t)),
-        MatchOn::Envelope(field) => as_text(fields.get(field)).is_some_and(|t| is_one(&t)),
+        MatchOn::Field(_) => slot
+            .and_then(|slot| doc.get(slot))
+            .and_then(Found::as_text)
+            .is_some_and(|t| is_one(&t)),
+        MatchOn::Envelope(field) => fields
+            .get(field)
+            .map(Found::from_json)
+            .is_some_and(|f| f.as_text().is_some_and(|t| is_one(&t))),
         MatchOn::Attribute(name) => {
             let sqs = message
                 .attributes
@@ -296,16 +436,36 @@ fn takes(matcher: &Match, doc: &Json, fields: &EnvelopeFields, message: &Message
 }
 
 /// The envelope's own fields, as `{kind}:{name}` sources.
-fn take_fields(outer: &mut Map<String, Json>, kind: &str, names: &[&str]) -> EnvelopeFields {
+fn take_fields(
+    outer: &[(Cow<'_, str>, &RawValue)],
+    kind: &str,
+    names: &[&str],
+) -> Result<EnvelopeFields, Rejection> {
     names
         .iter()
-        .filter_map(|k| outer.remove(*k).map(|v| (format!("{kind}:{k}"), v)))
+        .filter_map(|k| document::field(outer, k).map(|v| (k, v)))
+        .map(|(k, v)| Ok((format!("{kind}:{k}"), tree(v)?)))
         .collect()
 }
 
-/// The message's body as JSON, or `not_json` with where it stops being JSON.
-pub(super) fn parse_body(message: &Message<'_>) -> Result<Json, Rejection> {
-    serde_json::from_str(message.body).map_err(|e| {
+/// An envelope's field as a tree (too deep a one is not JSON the tree engine read).
+fn tree(raw: &RawValue) -> Result<Json, Rejection> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        Rejection::new(
+            "not_json",
+            format!(
+                "an envelope field: line {}, column {}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+/// The message's body as an object's fields (`None`: another JSON value), or `not_json` with
+/// where it stops being JSON.
+fn outer(body: &str) -> Result<Option<document::Fields<'_>>, Rejection> {
+    document::top_level(body).map_err(|e| {
         Rejection::new(
             "not_json",
             format!("line {}, column {}", e.line(), e.column()),
@@ -313,63 +473,92 @@ pub(super) fn parse_body(message: &Message<'_>) -> Result<Json, Rejection> {
     })
 }
 
-/// The documents an envelope holds (one, or an S3 notification's records) and its own fields.
+/// The texts of the documents an envelope holds (the body, an SNS notification's `Message`,
+/// an EventBridge event's `detail`, an S3 notification's records) and its own fields. The
+/// body of a bare message is read (and so checked) with its documents.
 pub(super) fn unwrap(
     envelope: Envelope,
-    body: Json,
-) -> Result<(Vec<Json>, EnvelopeFields), Rejection> {
+    body: &str,
+) -> Result<(Texts<'_>, EnvelopeFields), Rejection> {
     let not = |what: &str, detail: &str| Rejection::new(format!("not_an_envelope:{what}"), detail);
     match envelope {
-        Envelope::None => Ok((vec![body], Map::new())),
+        Envelope::None => Ok((smallvec![Cow::Borrowed(body)], Map::new())),
         Envelope::Sns => {
-            let Json::Object(mut outer) = body else {
+            let Some(outer) = outer(body)? else {
                 return Err(not("sns", "the body is not an object"));
             };
-            let Some(Json::String(inner)) = outer.remove("Message") else {
-                return Err(not("sns", "no `Message` string"));
+            let inner = match document::field(&outer, "Message").map(document::found) {
+                Some(Found::Str(inner)) => inner,
+                Some(Found::BadEscape) => {
+                    return Err(Rejection::new(
+                        "not_json",
+                        "the SNS `Message`: a lone surrogate escape",
+                    ))
+                }
+                _ => return Err(not("sns", "no `Message` string")),
             };
-            let inner: Json = serde_json::from_str(&inner).map_err(|e| {
-                Rejection::new(
-                    "not_json",
-                    format!(
-                        "the SNS `Message`: line {}, column {}",
-                        e.line(),
-                        e.column()
-                    ),
-                )
-            })?;
-            let mut fields = take_fields(&mut outer, "sns", &SNS_FIELDS);
+            let mut fields = take_fields(&outer, "sns", &SNS_FIELDS)?;
             // The notification's own message attributes, for `match = { attribute = ... }`.
-            if let Some(attributes) = outer.remove("MessageAttributes") {
-                fields.insert(SNS_ATTRIBUTES.to_owned(), attributes);
+            if let Some(attributes) = document::field(&outer, "MessageAttributes") {
+                fields.insert(SNS_ATTRIBUTES.to_owned(), tree(attributes)?);
             }
-            Ok((vec![inner], fields))
+            Ok((smallvec![inner], fields))
         }
         Envelope::Eventbridge => {
-            let Json::Object(mut outer) = body else {
+            let Some(outer) = outer(body)? else {
                 return Err(not("eventbridge", "the body is not an object"));
             };
-            let Some(detail) = outer.remove("detail") else {
+            let Some(detail) = document::field(&outer, "detail") else {
                 return Err(not("eventbridge", "no `detail`"));
             };
             Ok((
-                vec![detail],
-                take_fields(&mut outer, "eventbridge", &EVENTBRIDGE_FIELDS),
+                smallvec![Cow::Borrowed(detail.get())],
+                take_fields(&outer, "eventbridge", &EVENTBRIDGE_FIELDS)?,
             ))
         }
         Envelope::S3 => {
-            let Json::Object(mut outer) = body else {
+            let Some(outer) = outer(body)? else {
                 return Err(not("s3", "the body is not an object"));
             };
-            if outer.get("Event").and_then(Json::as_str) == Some("s3:TestEvent") {
-                return Ok((Vec::new(), Map::new()));
+            if document::field(&outer, "Event")
+                .map(document::found)
+                .is_some_and(|e| e.as_str() == Some("s3:TestEvent"))
+            {
+                return Ok((Texts::new(), Map::new()));
             }
-            match outer.remove("Records") {
-                Some(Json::Array(records)) => Ok((records, Map::new())),
-                _ => Err(not("s3", "no `Records` array")),
+            let records = document::field(&outer, "Records")
+                .and_then(|r| serde_json::from_str::<Vec<&RawValue>>(r.get()).ok());
+            match records {
+                Some(records) => Ok((
+                    records
+                        .into_iter()
+                        .map(|r| Cow::Borrowed(r.get()))
+                        .collect(),
+                    Map::new(),
+                )),
+                None => Err(not("s3", "no `Records` array")),
             }
         }
     }
+}
+
+/// The texts of an unwrapped message's documents: one but for an S3 notification's.
+pub(super) type Texts<'a> = SmallVec<[Cow<'a, str>; 1]>;
+
+/// The documents of an unwrapped message, read as `plan` says.
+pub(super) fn read<'t>(
+    plan: &Plan,
+    envelope: Envelope,
+    texts: &'t [Cow<'_, str>],
+) -> Result<SmallVec<[Document<'t>; 1]>, Rejection> {
+    let context = match envelope {
+        Envelope::Sns => "the SNS `Message`: ",
+        _ => "",
+    };
+    texts
+        .iter()
+        .map(|text| Document::read(plan, text, context))
+        .collect()
 }
 
 impl Mapping {
@@ -396,7 +585,9 @@ impl Mapping {
             if column.mask.is_some() {
                 continue;
             }
-            if let Err(rejection) = self.value(column, None, &Json::Null, &Map::new(), &probe) {
+            let (nothing, no_fields) = (Document::empty(), Map::new());
+            let found = self.find(column, None, &nothing, &no_fields, &probe);
+            if let Err(rejection) = self.value(column, found, None) {
                 return Err(MappingError(format!(
                     "column {} (`{}`): {what} can never be stored as {} ({}{}); change the \
                      column's `type`{}",
@@ -416,19 +607,6 @@ impl Mapping {
             }
         }
         Ok(())
-    }
-
-    /// Maps one message: parses it, unwraps its envelope and takes its documents (see
-    /// [`Mapping::take`]); a message none of whose documents the `match` takes is `no_mapping`.
-    fn apply(
-        &self,
-        masks: &[Option<ColumnMask>],
-        message: &Message<'_>,
-        seen: impl FnMut(&Json),
-    ) -> Result<Vec<MappedRow>, Rejection> {
-        let (documents, fields) = unwrap(self.envelope, parse_body(message)?)?;
-        self.take(masks, &documents, &fields, message, seen)?
-            .ok_or_else(|| self.not_taken())
     }
 
     /// Why this mapping took none of a message's documents (`no_mapping`).
@@ -451,83 +629,13 @@ impl Mapping {
         )
     }
 
-    /// The rows of the documents this mapping's `match` takes (all when it has none), each
-    /// converted, checked and masked; all or none: one bad document rejects the message.
-    /// `None` when there were documents and it took none of them (an S3 test event has none
-    /// and gives no row). `seen` is shown each document taken for its values.
-    pub(super) fn take(
-        &self,
-        masks: &[Option<ColumnMask>],
-        documents: &[Json],
-        fields: &EnvelopeFields,
-        message: &Message<'_>,
-        mut seen: impl FnMut(&Json),
-    ) -> Result<Option<Vec<MappedRow>>, Rejection> {
-        let mut taken = 0usize;
-        let rows = documents
-            .iter()
-            .filter(|doc| {
-                // A document the `delete` takes is the mapping's even if its `match` does not
-                // name the delete's type.
-                self.matcher
-                    .as_ref()
-                    .is_none_or(|m| takes(m, doc, fields, message))
-                    || self
-                        .write
-                        .delete
-                        .as_ref()
-                        .is_some_and(|d| takes(d, doc, fields, message))
-            })
-            .map(|doc| {
-                taken += 1;
-                let delete = self
-                    .write
-                    .delete
-                    .as_ref()
-                    .is_some_and(|d| takes(d, doc, fields, message));
-                if delete {
-                    // Only the key and the version name what is deleted; the rest is not read.
-                    let values = self
-                        .columns
-                        .iter()
-                        .zip(masks)
-                        .enumerate()
-                        .map(|(i, (column, mask))| {
-                            if self.write.key.contains(&i) || self.write.version == Some(i) {
-                                self.value(column, mask.as_ref(), doc, fields, message)
-                            } else {
-                                Ok(Value::Null)
-                            }
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    return Ok(MappedRow(values, true));
-                }
-                seen(doc);
-                if self.unknown == Unknown::Reject {
-                    self.refuse_unknown(doc)?;
-                }
-                let values = self
-                    .columns
-                    .iter()
-                    .zip(masks)
-                    .map(|(column, mask)| self.value(column, mask.as_ref(), doc, fields, message))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, Rejection>(MappedRow(values, false))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((taken > 0 || documents.is_empty()).then_some(rows))
-    }
-
     /// Under `unknown = "reject"`: the first top-level field of `doc` no column takes, as
     /// `unknown_field:NAME` (a name that looks like data is not written into the reason).
-    fn refuse_unknown(&self, doc: &Json) -> Result<(), Rejection> {
-        let Json::Object(map) = doc else {
-            return Ok(());
-        };
+    fn refuse_unknown(&self, doc: &Document<'_>) -> Result<(), Rejection> {
         let takes_all = self.columns.iter().any(|c| {
             matches!(&c.source, Source::Body) || c.source == Source::Pointer(String::new())
         });
-        match map.keys().find(|k| !self.taken.contains(k.as_str())) {
+        match doc.unknown(&self.taken).first() {
             Some(key) if !takes_all => Err(if scrub::safe_name(key) {
                 Rejection::new(
                     format!("unknown_field:{key}"),
@@ -543,18 +651,22 @@ impl Mapping {
         }
     }
 
-    /// [`Mapping::convert_column`], and what it makes checked against a `varchar(n)` (an
+    /// A column's found value (see [`Mapping::find`]) converted, checked and masked
+    /// ([`Mapping::convert_column`]), and what it makes checked against a `varchar(n)` (an
     /// address written as text, a token) as PostgreSQL would.
     fn value(
         &self,
         column: &Column,
+        found: Option<Found<'_>>,
         mask: Option<&ColumnMask>,
-        doc: &Json,
-        fields: &EnvelopeFields,
-        message: &Message<'_>,
     ) -> Result<Value, Rejection> {
-        let value = self.convert_column(column, mask, doc, fields, message)?;
-        if let (ColumnType::Varchar(max), Value::Text(text)) = (column.column_type, &value) {
+        let value = self.convert_column(column, found, mask)?;
+        // Text converted from text is checked by the conversion; a token's or an address's
+        // is made here.
+        let made = column.mask.is_some() || column.convert == Some(Convert::Ip);
+        if let (ColumnType::Varchar(max), Value::Text(text), true) =
+            (column.column_type, &value, made)
+        {
             let chars = text.chars().count();
             if chars > max as usize {
                 return Err(Rejection::new(
@@ -566,22 +678,19 @@ impl Mapping {
         Ok(value)
     }
 
-    /// One column's value: found, present (or null), checked as sent, then made into what the
+    /// One column's value: present (or null), checked as sent, then made into what the
     /// column holds: a date from an epoch, a version's integer, a token, an address, or the
     /// column's type (jsonb scanned for personal data first), within its bounds.
     fn convert_column(
         &self,
         column: &Column,
+        found: Option<Found<'_>>,
         mask: Option<&ColumnMask>,
-        doc: &Json,
-        fields: &EnvelopeFields,
-        message: &Message<'_>,
     ) -> Result<Value, Rejection> {
-        let found = self.find(column, doc, fields, message);
         let Some(value) = present(column, found)? else {
             return Ok(Value::Null);
         };
-        let value: &Json = &value;
+        let value = &value;
         as_sent(column, value)?;
         if let Some(ms_per_unit) = epoch_unit(column) {
             return from_epoch(column, value, ms_per_unit);
@@ -602,11 +711,18 @@ impl Mapping {
                 _ => Value::Text(ip.to_string()),
             });
         }
-        let value = self.scrubbed(column, mask, value)?;
-        let converted = convert(&value, column.column_type).map_err(|f| rejected(column, f))?;
+        let converted = match column.column_type {
+            ColumnType::Jsonb => {
+                let tree = self.scrubbed(column, mask, value)?;
+                jsonb(tree.as_ref())
+            }
+            other => convert_found(value, other),
+        }
+        .map_err(|f| rejected(column, f))?;
         // Whole numbers and numerics are compared with the bounds digit by digit (an f64 would
         // round a long numeric onto its bound); real and double precision as the floats they are.
         let number = match &converted {
+            _ if column.min.is_none() && column.max.is_none() => None,
             Value::SmallInt(n) => Some(Number::Exact(n.to_string())),
             Value::Integer(n) => Some(Number::Exact(n.to_string())),
             Value::BigInt(n) => Some(Number::Exact(n.to_string())),
@@ -622,49 +738,46 @@ impl Mapping {
         Ok(converted)
     }
 
-    /// Where the column's value is, borrowed from the document where it can be: only what a
-    /// column makes is allocated.
+    /// Where the column's value is (`slot`: where its pointer is in the document), borrowed
+    /// from the document where it can be: only what a column makes is allocated.
     #[inline]
     fn find<'a>(
         &self,
         column: &'a Column,
-        doc: &'a Json,
+        slot: Option<usize>,
+        doc: &'a Document<'_>,
         fields: &'a EnvelopeFields,
-        message: &Message<'_>,
-    ) -> Option<Cow<'a, Json>> {
+        message: &Message<'a>,
+    ) -> Option<Found<'a>> {
         match &column.source {
-            Source::Pointer(p) => doc.pointer(p).map(Cow::Borrowed),
-            Source::Body => Some(Cow::Borrowed(doc)),
-            Source::Rest => Some(Cow::Owned(Json::Object(match doc {
-                Json::Object(map) => map
-                    .iter()
-                    .filter(|(k, _)| !self.taken.contains(k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                _ => Map::new(),
-            }))),
-            Source::Sqs(SqsAttribute::MessageId) => Some(Cow::Owned(message.message_id.into())),
-            Source::Sqs(SqsAttribute::SentTimestamp) => {
-                Some(Cow::Owned(message.sent_timestamp_ms.into()))
+            Source::Pointer(_) | Source::Body => slot.and_then(|s| doc.get(s)).map(Found::borrowed),
+            Source::Rest => Some(match doc.rest(&self.taken) {
+                Some(rest) => Found::Tree(Box::new(Cow::Owned(rest))),
+                // The conversion names the column.
+                None => Found::TooDeep,
+            }),
+            Source::Sqs(SqsAttribute::MessageId) => {
+                Some(Found::Str(Cow::Borrowed(message.message_id)))
             }
+            Source::Sqs(SqsAttribute::SentTimestamp) => Some(Found::Int(message.sent_timestamp_ms)),
             Source::Sqs(SqsAttribute::ApproximateReceiveCount) => {
-                Some(Cow::Owned(message.receive_count.into()))
+                Some(Found::Int(message.receive_count.into()))
             }
             Source::Sqs(SqsAttribute::MessageGroupId) => {
-                message.group_id.map(|g| Cow::Owned(Json::from(g)))
+                message.group_id.map(|g| Found::Str(Cow::Borrowed(g)))
             }
             Source::Attribute(a) => message
                 .attributes
                 .iter()
                 .find(|(k, _)| k == a)
-                .map(|(_, v)| Cow::Owned(Json::from(v.as_str()))),
-            Source::Envelope(f) => fields.get(f).map(Cow::Borrowed),
-            Source::Constant(v) => Some(Cow::Borrowed(v)),
+                .map(|(_, v)| Found::Str(Cow::Borrowed(v.as_str()))),
+            Source::Envelope(f) => fields.get(f).map(Found::from_json),
+            Source::Constant(v) => Some(Found::from_json(v)),
         }
     }
 
     /// A version (`1.2.3`) as its integer, within the column's bounds.
-    fn version(&self, column: &Column, value: &Json) -> Result<Value, Rejection> {
+    fn version(&self, column: &Column, value: &Found<'_>) -> Result<Value, Rejection> {
         let s = string(column, value)?;
         let encoded = AppVersion::parse(s)
             .map_err(|e| {
@@ -681,8 +794,10 @@ impl Mapping {
                 )
             })?
             .encode();
-        self.bounds(column, Number::Exact(encoded.to_string()))
-            .map_err(|f| rejected(column, f))?;
+        if column.min.is_some() || column.max.is_some() {
+            self.bounds(column, Number::Exact(encoded.to_string()))
+                .map_err(|f| rejected(column, f))?;
+        }
         Ok(match column.column_type {
             ColumnType::BigInt => Value::BigInt(encoded.into()),
             _ => Value::Integer(encoded),
@@ -696,15 +811,18 @@ impl Mapping {
         &self,
         column: &Column,
         mask: Option<&ColumnMask>,
-        value: &'v Json,
+        found: &'v Found<'_>,
     ) -> Result<Cow<'v, Json>, Rejection> {
+        let value = found
+            .to_json()
+            .ok_or_else(|| rejected(column, unreadable(found)))?;
         if column.column_type != ColumnType::Jsonb || column.mask.is_some() {
-            return Ok(Cow::Borrowed(value));
+            return Ok(value);
         }
         match self.rest_personal {
-            RestPersonal::Keep => Ok(Cow::Borrowed(value)),
+            RestPersonal::Keep => Ok(value),
             RestPersonal::Reject => match scrub::first(
-                value,
+                &value,
                 column.named_personal,
                 false,
                 // The message itself, or its `rest`: its keys are field names, safe to show.
@@ -715,12 +833,20 @@ impl Mapping {
                     code(column, "personal_data"),
                     format!("{why} at `{at}` (the mapping's rest_personal is \"reject\")"),
                 )),
-                None => Ok(Cow::Borrowed(value)),
+                None => Ok(value),
             },
-            RestPersonal::Mask => Ok(match mask {
-                Some(mask) => scrub::masked(value, column.named_personal, mask, self.rest_mask),
+            RestPersonal::Mask => Ok(match (mask, value) {
+                (Some(mask), Cow::Borrowed(value)) => {
+                    scrub::masked(value, column.named_personal, mask, self.rest_mask)
+                }
+                (Some(mask), Cow::Owned(value)) => {
+                    match scrub::masked(&value, column.named_personal, mask, self.rest_mask) {
+                        Cow::Owned(masked) => Cow::Owned(masked),
+                        Cow::Borrowed(_) => Cow::Owned(value),
+                    }
+                }
                 // A constant checked when the mapping is read: the mapping's own text.
-                None => Cow::Borrowed(value),
+                (None, value) => value,
             }),
         }
     }
@@ -773,10 +899,7 @@ fn rejected(column: &Column, fault: Fault) -> Rejection {
 /// The value a column found, if it is there and not null; a required column's missing or null
 /// value refused. A redacted column keeps nothing of the value, whatever it would make of it.
 #[inline]
-fn present<'d>(
-    column: &Column,
-    found: Option<Cow<'d, Json>>,
-) -> Result<Option<Cow<'d, Json>>, Rejection> {
+fn present<'d>(column: &Column, found: Option<Found<'d>>) -> Result<Option<Found<'d>>, Rejection> {
     match found {
         None if column.required => Err(Rejection {
             reason: code(column, "missing_field"),
@@ -788,6 +911,8 @@ fn present<'d>(
         }),
         None => Ok(None),
         Some(v) if v.is_null() => Ok(None),
+        // Valid JSON text, but no string: what the tree engine refused as `not_json`.
+        Some(Found::BadEscape) => Err(rejected(column, unreadable(&Found::BadEscape))),
         Some(_) if column.mask == Some(Mask::Redact) => Ok(None),
         Some(v) => Ok(Some(v)),
     }
@@ -795,33 +920,31 @@ fn present<'d>(
 
 /// The value as text, or `wrong_type`.
 #[inline]
-fn string<'v>(column: &Column, value: &'v Json) -> Result<&'v str, Rejection> {
-    match value {
-        Json::String(s) => Ok(s),
-        other => Err(rejected(
+fn string<'v>(column: &Column, value: &'v Found<'_>) -> Result<&'v str, Rejection> {
+    value.as_str().ok_or_else(|| {
+        rejected(
             column,
             Fault::WrongType {
                 expected: "string",
-                got: kind(other),
+                got: value.kind(),
             },
-        )),
-    }
+        )
+    })
 }
 
 /// The checks on the value as sent: `max_length`, `allowed`, `pattern`.
 #[inline]
-fn as_sent(column: &Column, value: &Json) -> Result<(), Rejection> {
-    if let (Some(max), Json::String(s)) = (column.max_length, value) {
+fn as_sent(column: &Column, value: &Found<'_>) -> Result<(), Rejection> {
+    if let (Some(max), Found::Str(s)) = (column.max_length, value) {
         let chars = s.chars().count();
         if chars > max as usize {
             return Err(rejected(column, Fault::TooLong { chars, max }));
         }
     }
     if let Some(allowed) = &column.allowed {
-        let found = match value {
-            Json::String(s) => allowed.iter().any(|a| a == s),
-            other => allowed.contains(&other.to_string()),
-        };
+        let found = value
+            .as_text()
+            .is_some_and(|text| allowed.iter().any(|a| *a == text));
         if !found {
             return Err(Rejection::new(
                 code(column, "not_allowed"),
@@ -860,13 +983,13 @@ fn epoch_unit(column: &Column) -> Option<i64> {
 }
 
 /// An epoch number as the column's date or timestamp, within the years 1 to 9999.
-fn from_epoch(column: &Column, value: &Json, ms_per_unit: i64) -> Result<Value, Rejection> {
+fn from_epoch(column: &Column, value: &Found<'_>, ms_per_unit: i64) -> Result<Value, Rejection> {
     let units = value.as_i64().ok_or_else(|| {
         rejected(
             column,
             Fault::WrongType {
                 expected: "whole number",
-                got: kind(value),
+                got: value.kind(),
             },
         )
     })?;
@@ -892,7 +1015,7 @@ fn from_epoch(column: &Column, value: &Json, ms_per_unit: i64) -> Result<Value, 
 /// The address of an `inet` or `convert = "ip"` column (canonical: an IPv4-mapped IPv6
 /// address as IPv4); `None` for any other column.
 #[inline]
-fn address(column: &Column, value: &Json) -> Result<Option<IpAddr>, Rejection> {
+fn address(column: &Column, value: &Found<'_>) -> Result<Option<IpAddr>, Rejection> {
     if column.convert != Some(Convert::Ip) && column.column_type != ColumnType::Inet {
         return Ok(None);
     }
@@ -908,7 +1031,7 @@ fn token(
     column: &Column,
     mask: &ColumnMask,
     ip: Option<IpAddr>,
-    value: &Json,
+    value: &Found<'_>,
 ) -> Result<Value, Rejection> {
     let token = match ip {
         Some(ip) => mask.mask_ip(ip),
@@ -923,7 +1046,7 @@ fn token(
                 .parse()
                 .expect("ipcrypt tokens are addresses (the mapping checks the mode)"),
         ),
-        _ => Value::Text(token.as_str().to_owned()),
+        _ => Value::Text(token.into_string()),
     })
 }
 

@@ -61,6 +61,11 @@ impl MaskedToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The token text, taken.
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl fmt::Debug for MaskedToken {

@@ -1,0 +1,636 @@
+//! A message's document as a mapping reads it, without a value tree of the whole message: one
+//! pass over the JSON text keeps the values the mapping's pointers name ([`Plan`]), borrowed
+//! from the text where they hold no escapes, and the top-level fields' names and raw text
+//! (for `unknown` and `rest`). An array or object a column takes whole is parsed into a tree
+//! only when a conversion asks for it (jsonb, text[]).
+//!
+//! What the tree engine did, this keeps: a pointer finds what `serde_json::Value::pointer`
+//! found (RFC 6901 tokens, array indices without a sign or leading zeros), a field given twice
+//! is the last one given (a pointer below it sees only the last one's fields), and a number
+//! keeps its text as sent. What it does not: fields the mapping never reads are skipped with
+//! serde_json's iterative skip, so nesting deeper than its recursion limit (128) no longer
+//! refuses a message unless a column reads that deep (then the column's `invalid_value`).
+//!
+//! serde_json and simd-json both offer a borrowed DOM, but a DOM is what this avoids; no crate
+//! reads only the pointers a caller names, hence this visitor of our own.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value as Json};
+use smallvec::SmallVec;
+
+use crate::kind::Rejection;
+
+/// The one key of the map serde_json's `arbitrary_precision` hands a visitor for a number.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// serde_json's recursion limit: a value nested deeper does not parse into a tree.
+pub const DEPTH_LIMIT: usize = 128;
+
+/// Defines the visit methods of a visitor that takes any scalar and keeps nothing of it.
+macro_rules! scalars_are_nothing {
+    ($value:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// A value found in a document: a scalar borrowed from the text where it can be, an array or an
+/// object as its raw text until a conversion parses it. No `Debug`: values can be personal.
+#[derive(Clone)]
+pub enum Found<'a> {
+    Null,
+    Bool(bool),
+    /// A number's text as sent (every digit, its exponent as written).
+    Number(Cow<'a, str>),
+    /// A whole number of the delivery's (its SentTimestamp, its receive count).
+    Int(i64),
+    Str(Cow<'a, str>),
+    /// A string with a lone surrogate escape (`"\ud800"`): valid JSON text, but no string.
+    BadEscape,
+    /// An array or object, not yet parsed.
+    Raw(&'a RawValue),
+    /// An array or object already parsed (a constant, an envelope's field, `rest`); boxed,
+    /// as it is rare, so that a found value stays four words.
+    Tree(Box<Cow<'a, Json>>),
+    /// An array or object nested deeper than [`DEPTH_LIMIT`], which no tree holds (`rest`).
+    TooDeep,
+}
+
+impl<'a> Found<'a> {
+    /// The value as the tree engine held it, borrowed.
+    pub fn from_json(value: &'a Json) -> Self {
+        match value {
+            Json::Null => Found::Null,
+            Json::Bool(b) => Found::Bool(*b),
+            Json::Number(n) => Found::Number(Cow::Borrowed(n.as_str())),
+            Json::String(s) => Found::Str(Cow::Borrowed(s)),
+            Json::Array(_) | Json::Object(_) => Found::Tree(Box::new(Cow::Borrowed(value))),
+        }
+    }
+
+    /// A value's raw JSON text (already checked by the pass that captured it) as found.
+    fn from_raw(raw: &'a RawValue) -> Self {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                let inner = &text[1..text.len() - 1];
+                if !inner.contains('\\') {
+                    return Found::Str(Cow::Borrowed(inner));
+                }
+                // The skip that captured it checks an escape's hex digits, not its pairing.
+                match serde_json::from_str::<String>(text) {
+                    Ok(s) => Found::Str(Cow::Owned(s)),
+                    Err(_) => Found::BadEscape,
+                }
+            }
+            Some(b'n') => Found::Null,
+            Some(b't') => Found::Bool(true),
+            Some(b'f') => Found::Bool(false),
+            Some(b'[' | b'{') => Found::Raw(raw),
+            _ => Found::Number(Cow::Borrowed(text)),
+        }
+    }
+
+    /// The same value, borrowed from this one.
+    pub fn borrowed(&self) -> Found<'_> {
+        match self {
+            Found::Null => Found::Null,
+            Found::Bool(b) => Found::Bool(*b),
+            Found::Number(t) => Found::Number(Cow::Borrowed(t)),
+            Found::Int(n) => Found::Int(*n),
+            Found::Str(s) => Found::Str(Cow::Borrowed(s)),
+            Found::BadEscape => Found::BadEscape,
+            Found::Raw(raw) => Found::Raw(raw),
+            Found::Tree(tree) => Found::Tree(Box::new(Cow::Borrowed(tree))),
+            Found::TooDeep => Found::TooDeep,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Found::Null)
+    }
+
+    /// The kind of JSON value, as faults name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Found::Null => "null",
+            Found::Bool(_) => "boolean",
+            Found::Number(_) | Found::Int(_) => "number",
+            Found::Str(_) | Found::BadEscape => "string",
+            Found::Raw(raw) if raw.get().starts_with('[') => "array",
+            Found::Raw(_) | Found::TooDeep => "object",
+            Found::Tree(tree) => match ***tree {
+                Json::Array(_) => "array",
+                _ => "object",
+            },
+        }
+    }
+
+    /// The text, if a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Found::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A whole number that fits an `i64`, as `serde_json::Value::as_i64` reads one.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Found::Number(t) => t.parse().ok(),
+            Found::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The value as a tree (a scalar as its own value); `None` when it is nested deeper than
+    /// [`DEPTH_LIMIT`] or is a string with a lone surrogate escape.
+    pub fn to_json(&self) -> Option<Cow<'_, Json>> {
+        Some(Cow::Owned(match self {
+            Found::Null => Json::Null,
+            Found::Bool(b) => Json::Bool(*b),
+            Found::Number(t) => serde_json::from_str(t).ok()?,
+            Found::Int(n) => Json::from(*n),
+            Found::Str(s) => Json::String(s.to_string()),
+            Found::BadEscape | Found::TooDeep => return None,
+            Found::Raw(raw) => serde_json::from_str(raw.get()).ok()?,
+            Found::Tree(tree) => return Some(Cow::Borrowed(tree.as_ref().as_ref())),
+        }))
+    }
+
+    /// The value as a match or an `allowed` list compares it: a string as it is, another
+    /// value as JSON writes it; `None` for null (and for what [`Found::to_json`] cannot read).
+    pub fn as_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Found::Null | Found::BadEscape | Found::TooDeep => None,
+            Found::Str(s) => Some(Cow::Borrowed(s)),
+            Found::Number(t) => Some(Cow::Borrowed(t)),
+            Found::Int(n) => Some(Cow::Owned(n.to_string())),
+            Found::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            Found::Raw(_) | Found::Tree(_) => Some(Cow::Owned(self.to_json()?.to_string())),
+        }
+    }
+}
+
+/// What a mapping (or the mappings of one queue) reads of a document: the fields its pointers
+/// name, as a tree of reference tokens, each pointer given a slot.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    root: Node,
+    slots: usize,
+    pointers: Vec<String>,
+    /// Whether several mappings read with it: then a field one of them takes may be another's
+    /// `rest` or unknown, and every top-level field is kept.
+    shared: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// The slot of the pointer that ends here.
+    slot: Option<usize>,
+    /// Sorted by [`Child::order`].
+    children: Vec<Child>,
+}
+
+#[derive(Debug, Clone)]
+struct Child {
+    /// The key's length and first eight bytes, what a lookup compares first (two integers
+    /// instead of a call to compare bytes).
+    order: (usize, u64),
+    key: String,
+    /// The token as an array index, as `serde_json::Value::pointer` reads one.
+    index: Option<usize>,
+    node: Node,
+}
+
+impl Plan {
+    /// Marks it read for several mappings (see `shared`).
+    pub fn share(&mut self) {
+        self.shared = true;
+    }
+
+    /// The slot of a JSON pointer (`""` is the whole document), given once per pointer;
+    /// `None` for a pointer that finds nothing (one not starting with `/`).
+    pub fn slot(&mut self, pointer: &str) -> Option<usize> {
+        if let Some(at) = self.pointers.iter().position(|p| p == pointer) {
+            return Some(at);
+        }
+        let mut node = &mut self.root;
+        if !pointer.is_empty() {
+            for token in pointer.strip_prefix('/')?.split('/') {
+                let key = token.replace("~1", "/").replace("~0", "~");
+                let at = match node.at(&key) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        let signed_or_padded =
+                            key.starts_with('+') || (key.starts_with('0') && key.len() > 1);
+                        let index = (!signed_or_padded).then(|| key.parse().ok()).flatten();
+                        node.children.insert(
+                            at,
+                            Child {
+                                order: order(&key),
+                                key,
+                                index,
+                                node: Node::default(),
+                            },
+                        );
+                        at
+                    }
+                };
+                node = &mut node.children[at].node;
+            }
+        }
+        let slot = self.slots;
+        node.slot = Some(slot);
+        self.slots += 1;
+        self.pointers.push(pointer.to_owned());
+        Some(slot)
+    }
+}
+
+/// Eight bytes of `bytes` from `at` as one big-endian word, zero-padded: words compare as
+/// the bytes do.
+#[inline]
+fn word(bytes: &[u8], at: usize) -> u64 {
+    if let Some(eight) = bytes.get(at..at + 8) {
+        return u64::from_be_bytes(eight.try_into().expect("eight bytes"));
+    }
+    let mut word = 0u64;
+    for i in 0..8 {
+        word = (word << 8) | u64::from(bytes.get(at + i).copied().unwrap_or(0));
+    }
+    word
+}
+
+/// A key's length and first eight bytes.
+#[inline]
+fn order(key: &str) -> (usize, u64) {
+    (key.len(), word(key.as_bytes(), 0))
+}
+
+impl Node {
+    /// Where the child of `key` is, or where it would go.
+    #[inline]
+    fn at(&self, key: &str) -> Result<usize, usize> {
+        let order = order(key);
+        let from = self.children.partition_point(|c| c.order < order);
+        for (at, child) in self.children[from..].iter().enumerate() {
+            if child.order != order {
+                return Err(from + at);
+            }
+            // The length and eight bytes agree: the rest (rarely any), a word at a time.
+            let (a, b) = (child.key.as_bytes(), key.as_bytes());
+            let rest = (8..a.len())
+                .step_by(8)
+                .map(|i| word(a, i).cmp(&word(b, i)))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal);
+            match rest {
+                std::cmp::Ordering::Equal => return Ok(from + at),
+                std::cmp::Ordering::Greater => return Err(from + at),
+                std::cmp::Ordering::Less => {}
+            }
+        }
+        Err(self.children.len())
+    }
+
+    #[inline]
+    fn child(&self, key: &str) -> Option<&Node> {
+        self.at(key).ok().map(|at| &self.children[at].node)
+    }
+
+    fn element(&self, index: usize) -> Option<&Node> {
+        self.children
+            .iter()
+            .find(|c| c.index == Some(index))
+            .map(|c| &c.node)
+    }
+
+    /// Forgets what the slots below this node hold (a field given again replaces the first).
+    fn clear_below(&self, found: &mut [Option<Found<'_>>]) {
+        for child in &self.children {
+            if let Some(slot) = child.node.slot {
+                found[slot] = None;
+            }
+            child.node.clear_below(found);
+        }
+    }
+
+    /// Fills this node's slot and those below it from its value's raw text.
+    fn fill<'a>(
+        &self,
+        raw: &'a RawValue,
+        found: &mut [Option<Found<'a>>],
+    ) -> serde_json::Result<()> {
+        if let Some(slot) = self.slot {
+            found[slot] = Some(Found::from_raw(raw));
+        }
+        if self.children.is_empty() {
+            return Ok(());
+        }
+        self.clear_below(found);
+        // A fresh reader over the value's text: it is valid JSON, read once more per level.
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        de.deserialize_any(NodeVisitor { node: self, found })
+    }
+}
+
+/// The slots of a document: on the stack for a mapping of up to 8 pointers (more would make
+/// every document's move a long copy).
+type Slots<'a> = SmallVec<[Option<Found<'a>>; 8]>;
+
+/// A document's values as the plan reads them, and its top-level fields.
+pub struct Document<'a> {
+    found: Slots<'a>,
+    /// The top-level fields in the order given (an object's; none for another value), but for
+    /// a plan not shared only those no pointer starts with: the candidates for `rest` and
+    /// unknown.
+    fields: Fields<'a>,
+}
+
+impl<'a> Document<'a> {
+    /// A document with nothing in it (for the columns whose value is not the message's).
+    pub fn empty() -> Self {
+        Self {
+            found: SmallVec::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// Reads `text` as the plan says. Text that is not JSON is `not_json`, its detail (after
+    /// `context`) the line and column where it stops being JSON.
+    pub fn read(plan: &Plan, text: &'a str, context: &str) -> Result<Self, Rejection> {
+        let not_json = |e: serde_json::Error| {
+            Rejection::new(
+                "not_json",
+                format!("{context}line {}, column {}", e.line(), e.column()),
+            )
+        };
+        let mut found: Slots<'a> = smallvec::smallvec![None; plan.slots];
+        let mut fields = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(text);
+        (&mut de)
+            .deserialize_any(RootVisitor {
+                plan,
+                found: &mut found,
+                fields: &mut fields,
+            })
+            .and_then(|()| de.end())
+            .map_err(not_json)?;
+        if let Some(slot) = plan.root.slot {
+            // The whole document: its text is read already.
+            let raw: &RawValue = serde_json::from_str(text).map_err(not_json)?;
+            found[slot] = Some(Found::from_raw(raw));
+        }
+        Ok(Self { found, fields })
+    }
+
+    /// What the pointer of `slot` found.
+    pub fn get(&self, slot: usize) -> Option<&Found<'a>> {
+        self.found.get(slot)?.as_ref()
+    }
+
+    /// The distinct top-level field names not in `taken`, in byte order.
+    pub fn unknown(&self, taken: &HashSet<String>) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .fields
+            .iter()
+            .map(|(k, _)| k.as_ref())
+            .filter(|k| !taken.contains(*k))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The top-level fields not in `taken` as one object (a field given twice: the last);
+    /// `None` when one is nested deeper than [`DEPTH_LIMIT`].
+    pub fn rest(&self, taken: &HashSet<String>) -> Option<Json> {
+        let mut rest = Map::new();
+        for (key, raw) in self
+            .fields
+            .iter()
+            .filter(|(k, _)| !taken.contains(k.as_ref()))
+        {
+            rest.insert(key.to_string(), serde_json::from_str(raw.get()).ok()?);
+        }
+        Some(Json::Object(rest))
+    }
+}
+
+/// An object's fields as given, each value's raw text; `None` for another JSON value. The
+/// whole text is checked to be one JSON value (nothing after it).
+pub fn top_level(text: &str) -> serde_json::Result<Option<Fields<'_>>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = de.deserialize_any(FieldsVisitor)?;
+    de.end()?;
+    Ok(fields)
+}
+
+/// The last field named `name` of a top-level field list.
+pub fn field<'a>(fields: &[(Cow<'_, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
+    fields
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+}
+
+/// A found value of a raw field (for envelopes).
+pub fn found(raw: &RawValue) -> Found<'_> {
+    Found::from_raw(raw)
+}
+
+/// The top-level value: a plan's root read into the slots, the fields kept.
+struct RootVisitor<'p, 'f, 'a> {
+    plan: &'p Plan,
+    found: &'f mut Slots<'a>,
+    fields: &'f mut Fields<'a>,
+}
+
+impl<'de> Visitor<'de> for RootVisitor<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    scalars_are_nothing!(());
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // No pointer but `""` goes into a top-level array (`/0` names an object's field "0"
+        // too, but serde_json's pointer reads an index in an array: so must this).
+        let mut index = 0;
+        loop {
+            match self.plan.root.element(index) {
+                Some(node) => match seq.next_element::<&'de RawValue>()? {
+                    Some(raw) => node.fill(raw, self.found).map_err(de::Error::custom)?,
+                    None => return Ok(()),
+                },
+                None if seq.next_element::<IgnoredAny>()?.is_none() => return Ok(()),
+                None => {}
+            }
+            index += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut first = true;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if first && key == NUMBER_TOKEN {
+                // A number, not an object.
+                map.next_value::<IgnoredAny>()?;
+                return Ok(());
+            }
+            first = false;
+            let raw: &'de RawValue = map.next_value()?;
+            match self.plan.root.child(&key) {
+                Some(node) => {
+                    node.fill(raw, self.found).map_err(de::Error::custom)?;
+                    if self.plan.shared {
+                        self.fields.push((key, raw));
+                    }
+                }
+                None => self.fields.push((key, raw)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object's fields as given: each name (borrowed where it holds no escape) and its
+/// value's raw text.
+pub type Fields<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// A key, borrowed from the text where it holds no escape.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The top-level value: an object's fields, or `None` (consumed, so what follows is checked).
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Option<Fields<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    scalars_are_nothing!(None);
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Vec::with_capacity(16);
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if fields.is_empty() && key == NUMBER_TOKEN {
+                // A number, not an object.
+                map.next_value::<IgnoredAny>()?;
+                return Ok(None);
+            }
+            let value: &'de RawValue = map.next_value()?;
+            fields.push((key, value));
+        }
+        Ok(Some(fields))
+    }
+}
+
+/// A value below the top level that some pointer goes into: its children's slots filled.
+struct NodeVisitor<'p, 'f, 'a> {
+    node: &'p Node,
+    found: &'f mut [Option<Found<'a>>],
+}
+
+impl<'de> Visitor<'de> for NodeVisitor<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    scalars_are_nothing!(());
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        loop {
+            match self.node.element(index) {
+                Some(node) => match seq.next_element::<&'de RawValue>()? {
+                    Some(raw) => node.fill(raw, self.found).map_err(de::Error::custom)?,
+                    None => return Ok(()),
+                },
+                None if seq.next_element::<IgnoredAny>()?.is_none() => return Ok(()),
+                None => {}
+            }
+            index += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut first = true;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if first && key == NUMBER_TOKEN {
+                map.next_value::<IgnoredAny>()?;
+                return Ok(());
+            }
+            first = false;
+            match self.node.child(&key) {
+                Some(node) => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    node.fill(raw, self.found).map_err(de::Error::custom)?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+use super::*;
+
+/// The pointers of the tests, in one plan.
+const POINTERS: [&str; 14] = [
+    "",
+    "/a",
+    "/a/b",
+    "/a/b/c",
+    "/list/0",
+    "/list/1/x",
+    "/list/01",
+    "/list/+1",
+    "/s~1t",
+    "/m~0n",
+    "/n",
+    "/e",
+    "/",
+    "/a/list/2",
+];
+
+fn plan() -> (Plan, Vec<usize>) {
+    let mut plan = Plan::default();
+    let slots = POINTERS.iter().map(|p| plan.slot(p).unwrap()).collect();
+    (plan, slots)
+}
+
+/// Every pointer finds, in the document read once, what `serde_json::Value::pointer` finds in
+/// the document's tree.
+fn same_as_the_tree(text: &str) {
+    let (plan, slots) = plan();
+    let doc = Document::read(&plan, text, "").unwrap();
+    let tree: Json = serde_json::from_str(text).unwrap();
+    for (pointer, slot) in POINTERS.iter().zip(slots) {
+        let found = doc.get(slot).map(|f| f.to_json().unwrap().into_owned());
+        assert_eq!(found.as_ref(), tree.pointer(pointer), "{pointer} in {text}");
+    }
+}
+
+#[test]
+fn pointers_find_what_the_tree_finds() {
+    for text in [
+        r#"{"a": {"b": {"c": 1.50e3}}, "n": null, "e": "x\"y"}"#,
+        r#"{"a": {"b": "not an object"}, "list": [{"x": 1}, {"x": [true, false]}]}"#,
+        r#"{"list": ["zero", {"x": {"deep": [1, 2]}}], "s/t": -0, "m~n": 12345678901234567890123}"#,
+        r#"{"a": [1, 2, 3], "": "empty key", "list": {"0": "key zero", "01": 1, "+1": 2}}"#,
+        r#"{"a": {"list": [0, 1, {"k": "v"}]}}"#,
+        r#"[1, 2, 3]"#,
+        r#""just a string""#,
+        r#"12.5e-3"#,
+        r#"null"#,
+        "  {\"a\" : { \"b\" : [ 1 , 2 ] } }  ",
+    ] {
+        same_as_the_tree(text);
+    }
+}
+
+#[test]
+fn a_field_given_twice_is_the_last_one_given() {
+    for text in [
+        r#"{"a": {"b": {"c": 1}}, "a": {"x": 2}}"#,
+        r#"{"a": {"b": 1, "b": 2}}"#,
+        r#"{"a": {"b": {"c": 1}}, "a": "flat"}"#,
+        r#"{"list": [{"x": 1}, {"x": 2}], "list": []}"#,
+    ] {
+        same_as_the_tree(text);
+    }
+    let (plan, _) = plan();
+    let doc = Document::read(&plan, r#"{"z": 1, "a": 2, "z": 3, "b": 4}"#, "").unwrap();
+    let taken = ["a".to_owned()].into_iter().collect();
+    assert_eq!(doc.unknown(&taken), ["b", "z"]);
+    assert_eq!(
+        doc.rest(&taken).unwrap(),
+        serde_json::json!({"b": 4, "z": 3})
+    );
+}
+
+#[test]
+fn numbers_keep_their_text_and_strings_are_borrowed_unless_escaped() {
+    let (plan, slots) = plan();
+    let doc = Document::read(
+        &plan,
+        r#"{"n": 1.0E+2, "e": "plain", "a": "esc\u00e9aped"}"#,
+        "",
+    )
+    .unwrap();
+    assert!(matches!(
+        doc.get(slots[10]),
+        Some(Found::Number(Cow::Borrowed("1.0E+2")))
+    ));
+    assert!(matches!(
+        doc.get(slots[11]),
+        Some(Found::Str(Cow::Borrowed("plain")))
+    ));
+    assert!(matches!(doc.get(slots[1]), Some(Found::Str(Cow::Owned(s))) if s == "escéaped"));
+}
+
+#[test]
+fn a_lone_surrogate_is_found_as_such_and_nesting_beyond_the_limit_is_skipped() {
+    let (plan, slots) = plan();
+    let doc = Document::read(&plan, r#"{"e": "\ud800", "x": "\udc00"}"#, "").unwrap();
+    assert!(matches!(doc.get(slots[11]), Some(Found::BadEscape)));
+    let deep = format!(
+        r#"{{"x": {}1{}, "n": 5}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let doc = Document::read(&plan, &deep, "").unwrap();
+    assert_eq!(doc.get(slots[10]).and_then(Found::as_i64), Some(5));
+    // Read whole, it is too deep for a tree.
+    assert!(doc.get(slots[0]).unwrap().to_json().is_none());
+    assert!(doc.rest(&HashSet::new()).is_none());
+}
+
+#[test]
+fn text_that_is_not_one_json_value_is_not_json_with_where_it_stops() {
+    let (plan, _) = plan();
+    for (text, at) in [
+        ("{", "line 1, column 1"),
+        ("{\"a\": 1} trailing", "line 1, column 10"),
+        ("{\"a\":\n tru}", "line 2, column 5"),
+        ("", "line 1, column 0"),
+    ] {
+        let rejection = Document::read(&plan, text, "ctx: ").err().unwrap();
+        assert_eq!(rejection.reason, "not_json");
+        assert_eq!(rejection.detail.as_deref(), Some(&*format!("ctx: {at}")));
+        let tree = serde_json::from_str::<Json>(text).unwrap_err();
+        assert_eq!(
+            format!("ctx: line {}, column {}", tree.line(), tree.column()),
+            format!("ctx: {at}")
+        );
+    }
+}
+
+#[test]
+fn a_pointer_not_starting_with_a_slash_has_no_slot() {
+    let mut plan = Plan::default();
+    assert_eq!(plan.slot("a/b"), None);
+    assert_eq!(plan.slot("/a"), Some(0));
+    assert_eq!(plan.slot("/a"), Some(0));
+}
