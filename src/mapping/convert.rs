@@ -301,8 +301,9 @@ pub fn compare_decimals(a: &str, b: &str) -> Option<std::cmp::Ordering> {
 /// True if every number in `value` fits PostgreSQL's numeric, as a jsonb number must.
 fn numbers_fit(value: &Json) -> bool {
     match value {
-        Json::Number(n) => JsonNumber::parse(&n.to_string())
-            .is_some_and(|n| n.fits_numeric() && n.exponent_readable()),
+        Json::Number(n) => {
+            JsonNumber::parse(n.as_str()).is_some_and(|n| n.fits_numeric() && n.exponent_readable())
+        }
         Json::Array(items) => items.iter().all(numbers_fit),
         Json::Object(map) => map.values().all(numbers_fit),
         _ => true,
@@ -532,12 +533,11 @@ pub fn convert_found(value: &Found<'_>, column: ColumnType) -> Result<Value, Fau
                 let Json::Array(items) = &*tree else {
                     unreachable!("an array's tree is an array")
                 };
-                Value::TextArray(
-                    items
-                        .iter()
-                        .map(|item| text(&Found::from_json(item), None))
-                        .collect::<Result<_, _>>()?,
-                )
+                let mut texts = Vec::with_capacity(items.len());
+                for item in items {
+                    texts.push(text(&Found::from_json(item), None)?);
+                }
+                Value::TextArray(texts)
             }
             other => return Err(wrong("array of strings", other)),
         },
@@ -554,6 +554,9 @@ pub fn jsonb(value: &Json) -> Result<Value, Fault> {
             "a number with more digits (or a larger written exponent) than jsonb holds".into(),
         ));
     }
-    // Numbers as sent, every digit (`arbitrary_precision`).
-    Ok(Value::Jsonb(value.to_string()))
+    // Numbers as sent, every digit (`arbitrary_precision`); serialized directly rather than
+    // through `Display`, which goes by way of a formatter.
+    Ok(Value::Jsonb(
+        serde_json::to_string(value).expect("a JSON value always serializes"),
+    ))
 }

@@ -185,12 +185,31 @@ impl<'a> Found<'a> {
         match self {
             Found::Null | Found::BadEscape | Found::TooDeep => None,
             Found::Str(s) => Some(Cow::Borrowed(s)),
-            Found::Number(t) => Some(Cow::Borrowed(t)),
+            Found::Number(t) => Some(as_written(t)),
             Found::Int(n) => Some(Cow::Owned(n.to_string())),
             Found::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
             Found::Raw(_) | Found::Tree(_) => Some(Cow::Owned(self.to_json()?.to_string())),
         }
     }
+}
+
+/// A number's text as serde_json's `arbitrary_precision` writes it, which the tree engine
+/// compared and stored: digits as sent, but an exponent as `e` and always signed (`1E5` is
+/// `1e+5`).
+fn as_written(text: &str) -> Cow<'_, str> {
+    let Some(at) = text.find(['e', 'E']) else {
+        return Cow::Borrowed(text);
+    };
+    let (mantissa, exponent) = (&text[..at], &text[at + 1..]);
+    if text.as_bytes()[at] == b'e' && exponent.starts_with(['+', '-']) {
+        return Cow::Borrowed(text);
+    }
+    let sign = if exponent.starts_with(['+', '-']) {
+        ""
+    } else {
+        "+"
+    };
+    Cow::Owned(format!("{mantissa}e{sign}{exponent}"))
 }
 
 /// What a mapping (or the mappings of one queue) reads of a document: the fields its pointers

@@ -3,7 +3,8 @@
 //!
 //! This module owns the mapping file (`file`: its shape and its checks), the column types and
 //! the conversion of JSON values to them (`column`), and the transform of one message into
-//! masked rows or a rejection (`transform`), and the first draft of a mapping from sample
+//! masked rows or a rejection (`transform`, reading each message through `document`: only what
+//! the mapping's pointers name, borrowed from its text), and the first draft of a mapping from sample
 //! bodies (`draft`), what looks like personal data (`personal`, which the draft and the
 //! transform's scan of jsonb values share), and each value's binary COPY encoding (`encode`). It is pure, like
 //! `login`: no I/O, no clock, no SQS; `sqs2pg mapping check` and `sqs2pg mapping preview` run

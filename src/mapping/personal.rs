@@ -369,8 +369,9 @@ pub fn first_in(
 ) -> Option<(Personal, String)> {
     let mut path = Vec::new();
     let shown = Shown { star_arrays, top };
-    find(value, named_personal, shown, &mut path).map(|why| {
-        let pointer: String = path.iter().map(|p| format!("/{p}")).collect();
+    find(value, named_personal, shown, 0, &mut path).map(|why| {
+        // Steps are written on the way back up, only for what was found: reversed.
+        let pointer: String = path.iter().rev().map(|p| format!("/{p}")).collect();
         (why, pointer)
     })
 }
@@ -392,10 +393,13 @@ fn step(key: &str, depth: usize, top: bool) -> String {
     }
 }
 
+/// The first personal thing under `value` (at `depth`); the steps to it pushed onto `path`
+/// deepest first, once found (a scan that finds nothing writes no step).
 fn find(
     value: &Json,
     under_personal: bool,
     shown: Shown,
+    depth: usize,
     path: &mut Vec<String>,
 ) -> Option<Personal> {
     match value {
@@ -405,25 +409,19 @@ fn find(
         Json::Number(n) if number_is_card(n) => Some(Personal::Card),
         Json::Null | Json::Bool(_) | Json::Number(_) => None,
         Json::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let found = find(item, under_personal, shown, depth + 1, path)?;
             path.push(if shown.star_arrays {
                 "*".into()
             } else {
                 i.to_string()
             });
-            let found = find(item, under_personal, shown, path);
-            if found.is_none() {
-                path.pop();
-            }
-            found
+            Some(found)
         }),
         Json::Object(map) => map.iter().find_map(|(key, item)| {
-            path.push(step(key, path.len(), shown.top));
-            let found =
-                content(key).or_else(|| find(item, under_personal || name(key), shown, path));
-            if found.is_none() {
-                path.pop();
-            }
-            found
+            let found = content(key)
+                .or_else(|| find(item, under_personal || name(key), shown, depth + 1, path))?;
+            path.push(step(key, depth, shown.top));
+            Some(found)
         }),
     }
 }

@@ -11,6 +11,11 @@
 //! field no column takes, under `unknown = "reject"`; `unknown_field` when the name looks like
 //! data). Details name kinds, lengths, bounds and pointers, never a value from the message.
 //!
+//! A message is read, not parsed whole (`document`): what no column reads is only checked to
+//! be JSON, so a field nested deeper than serde_json's recursion limit, or a string with an
+//! unpaired surrogate escape, refuses the message only where a column reads it, as that
+//! column's `invalid_value` (the tree engine refused either anywhere as `not_json`).
+//!
 //! It also counts the top-level fields no column's pointer takes (they go to `rest`, or
 //! nowhere), and names each the first time it is seen, so the pipeline can log the names once.
 
@@ -334,12 +339,12 @@ impl Mapper {
             if mapping.unknown == Unknown::Reject {
                 mapping.refuse_unknown(doc)?;
             }
-            let values = columns
-                .map(|((column, mask), slot)| {
-                    let found = mapping.find(column, *slot, doc, fields, message);
-                    mapping.value(column, found, mask.as_ref())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            // Sized once: a collect through `Result` would start small and grow.
+            let mut values = Vec::with_capacity(mapping.columns.len());
+            for ((column, mask), slot) in columns {
+                let found = mapping.find(column, *slot, doc, fields, message);
+                values.push(mapping.value(column, found, mask.as_ref())?);
+            }
             rows.push(MappedRow(values, false));
         }
         Ok((!rows.is_empty() || documents.is_empty()).then_some(rows))

@@ -1,8 +1,9 @@
 use super::*;
 
 /// The pointers of the tests, in one plan.
-const POINTERS: [&str; 14] = [
+const POINTERS: [&str; 15] = [
     "",
+    "/1",
     "/a",
     "/a/b",
     "/a/b/c",
@@ -84,28 +85,28 @@ fn numbers_keep_their_text_and_strings_are_borrowed_unless_escaped() {
     )
     .unwrap();
     assert!(matches!(
-        doc.get(slots[10]),
+        doc.get(slots[11]),
         Some(Found::Number(Cow::Borrowed("1.0E+2")))
     ));
     assert!(matches!(
-        doc.get(slots[11]),
+        doc.get(slots[12]),
         Some(Found::Str(Cow::Borrowed("plain")))
     ));
-    assert!(matches!(doc.get(slots[1]), Some(Found::Str(Cow::Owned(s))) if s == "escéaped"));
+    assert!(matches!(doc.get(slots[2]), Some(Found::Str(Cow::Owned(s))) if s == "escéaped"));
 }
 
 #[test]
 fn a_lone_surrogate_is_found_as_such_and_nesting_beyond_the_limit_is_skipped() {
     let (plan, slots) = plan();
     let doc = Document::read(&plan, r#"{"e": "\ud800", "x": "\udc00"}"#, "").unwrap();
-    assert!(matches!(doc.get(slots[11]), Some(Found::BadEscape)));
+    assert!(matches!(doc.get(slots[12]), Some(Found::BadEscape)));
     let deep = format!(
         r#"{{"x": {}1{}, "n": 5}}"#,
         "[".repeat(10_000),
         "]".repeat(10_000)
     );
     let doc = Document::read(&plan, &deep, "").unwrap();
-    assert_eq!(doc.get(slots[10]).and_then(Found::as_i64), Some(5));
+    assert_eq!(doc.get(slots[11]).and_then(Found::as_i64), Some(5));
     // Read whole, it is too deep for a tree.
     assert!(doc.get(slots[0]).unwrap().to_json().is_none());
     assert!(doc.rest(&HashSet::new()).is_none());
@@ -137,4 +138,24 @@ fn a_pointer_not_starting_with_a_slash_has_no_slot() {
     assert_eq!(plan.slot("a/b"), None);
     assert_eq!(plan.slot("/a"), Some(0));
     assert_eq!(plan.slot("/a"), Some(0));
+}
+
+#[test]
+fn a_number_compares_as_the_tree_wrote_it() {
+    for text in [
+        "1",
+        "-0",
+        "1.50",
+        "1e5",
+        "1E5",
+        "1e+5",
+        "1E-5",
+        "-2.5e-0",
+        "12345678901234567890123",
+    ] {
+        let tree: Json = serde_json::from_str(text).unwrap();
+        let found = Found::Number(Cow::Borrowed(text));
+        assert_eq!(found.as_text().unwrap(), tree.to_string(), "{text}");
+        assert_eq!(*found.to_json().unwrap(), tree, "{text}");
+    }
 }

@@ -530,3 +530,89 @@ fn unknown_rest_keeps_unknown_fields_in_a_rest_column_scanned_for_personal_data(
         "{e}"
     );
 }
+
+/// The engine reads only what the mapping names: nesting beyond serde_json's recursion limit
+/// in a field no column reads maps; in one a column takes whole, that column is
+/// `invalid_value` (a tree of it cannot be made), never a silent drop. A lone surrogate escape
+/// likewise: refused where read, by its column.
+#[test]
+fn what_no_column_reads_is_skipped_and_what_one_reads_is_refused_by_that_column() {
+    const FLAT: &str = r#"
+table = "public.t"
+columns = [
+  { name = "id", from = "/id", type = "integer", required = true },
+  { name = "note", from = "/note", type = "text" },
+]
+"#;
+    let deep = format!("{}1{}", "[".repeat(1_000), "]".repeat(1_000));
+    let body = format!(r#"{{"id": 7, "skipped": {deep}, "also": "\ud800"}}"#);
+    assert_eq!(apply(FLAT, &body).unwrap()[0][0].as_deref(), Some("7"));
+    let bad = apply(FLAT, r#"{"id": 7, "note": "\ud800"}"#).unwrap_err();
+    assert_eq!(bad.reason, "invalid_value:note");
+    assert!(bad.detail.unwrap().contains("lone surrogate"));
+
+    const REST: &str = r#"
+table = "public.t"
+rest_personal = "keep"
+columns = [
+  { name = "id", from = "/id", type = "integer", required = true },
+  { name = "extra", from = "rest", type = "jsonb" },
+]
+"#;
+    let rejection = apply(REST, &body).unwrap_err();
+    assert_eq!(rejection.reason, "invalid_value:extra");
+    assert!(rejection.detail.unwrap().contains("nested more than 128"));
+    // Not deep: the rest is kept, numbers as sent.
+    let rows = apply(REST, r#"{"id": 7, "n": 1.50e3, "s": "x"}"#).unwrap();
+    // (serde_json writes an exponent signed, as the tree engine stored it.)
+    assert_eq!(rows[0][1].as_deref(), Some(r#"{"n":1.50e+3,"s":"x"}"#));
+}
+
+/// One reading of a message serves every mapping of a queue: a field one mapping takes is
+/// still the other's `rest` and unknown.
+#[test]
+fn mappings_sharing_a_queue_each_see_their_own_rest() {
+    let a = Mapping::parse(
+        r#"
+table = "public.a"
+rest_personal = "keep"
+match = { field = "/type", equals = "x" }
+columns = [
+  { name = "id", from = "/id", type = "integer" },
+  { name = "extra", from = "rest", type = "jsonb" },
+]
+"#,
+    )
+    .unwrap();
+    let b = Mapping::parse(
+        r#"
+table = "public.b"
+match = { field = "/type", equals = "x" }
+columns = [
+  { name = "qty", from = "/order/qty", type = "integer" },
+]
+"#,
+    )
+    .unwrap();
+    let router = super::super::Router::new(vec![a, b], &key()).unwrap();
+    let routed = router
+        .apply(&message(
+            r#"{"type": "x", "id": 1, "order": {"qty": 5}, "z": true}"#,
+        ))
+        .unwrap();
+    let texts = |i: usize| -> Vec<Option<String>> {
+        routed[i].1[0].values().iter().map(Value::to_text).collect()
+    };
+    assert_eq!(
+        texts(0),
+        [
+            Some("1".into()),
+            Some(r#"{"order":{"qty":5},"z":true}"#.into())
+        ]
+    );
+    assert_eq!(texts(1), [Some("5".into())]);
+    let (_, unknown, names) = router.mappers()[1].apply_counting(&message(
+        r#"{"type": "x", "id": 1, "order": {"qty": 5}, "z": true}"#,
+    ));
+    assert_eq!((unknown, names), (2, vec!["id".to_owned(), "z".to_owned()]));
+}
