@@ -159,3 +159,61 @@ fn a_number_compares_as_the_tree_wrote_it() {
         assert_eq!(*found.to_json().unwrap(), tree, "{text}");
     }
 }
+
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON text over a few keys (so pointers hit and fields repeat), nested a few levels,
+    /// spaced and escaped here and there.
+    fn text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec!["a", "b", "0", "1", "s/t", "m~n", "é", "a\\u0062"]);
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("\"x\\\"y\"".to_owned()),
+            Just("\"plain\"".to_owned()),
+            Just("-1.5E+3".to_owned()),
+            Just("12345678901234567890".to_owned()),
+            Just("0".to_owned()),
+        ];
+        leaf.prop_recursive(4, 32, 5, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|items| format!("[{}]", items.join(", "))),
+                prop::collection::vec((key.clone(), inner), 0..6).prop_map(|fields| {
+                    let fields: Vec<String> = fields
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\" : {v}"))
+                        .collect();
+                    format!("{{ {} }}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    fn pointer() -> impl Strategy<Value = String> {
+        let token = prop::sample::select(vec!["a", "b", "ab", "0", "1", "01", "s~1t", "m~0n", "é"]);
+        prop::collection::vec(token, 0..4)
+            .prop_map(|tokens| tokens.iter().map(|t| format!("/{t}")).collect::<String>())
+    }
+
+    proptest! {
+        /// Whatever the document and pointers, a pointer finds what the tree's finds (duplicate
+        /// fields included: the last one given).
+        #[test]
+        fn every_pointer_finds_what_the_tree_finds(
+            text in text(),
+            pointers in prop::collection::vec(pointer(), 1..6),
+        ) {
+            let mut plan = Plan::default();
+            let slots: Vec<usize> = pointers.iter().map(|p| plan.slot(p).unwrap()).collect();
+            let doc = Document::read(&plan, &text, "").unwrap();
+            let tree: Json = serde_json::from_str(&text).unwrap();
+            for (pointer, slot) in pointers.iter().zip(slots) {
+                let found = doc.get(slot).map(|f| f.to_json().unwrap().into_owned());
+                prop_assert_eq!(found.as_ref(), tree.pointer(pointer), "{} in {}", pointer, text);
+            }
+        }
+    }
+}
