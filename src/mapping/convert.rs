@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
 use super::column::{ColumnType, Value};
-use super::document::{Found, DEPTH_LIMIT};
+use super::document::{Found, Unreadable};
 
 /// Why a JSON value does not convert. Carries kinds, lengths and bounds, never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -480,14 +480,9 @@ pub fn convert(value: &Json, column: ColumnType) -> Result<Value, Fault> {
     convert_found(&Found::from_json(value), column)
 }
 
-/// A value too deep for a tree (jsonb, text[]), or a string with a lone surrogate escape.
-pub fn unreadable(value: &Found<'_>) -> Fault {
-    match value {
-        Found::BadEscape => {
-            Fault::Invalid("a lone surrogate escape (\\uD800 to \\uDFFF, unpaired)".into())
-        }
-        _ => Fault::Invalid(format!("nested more than {DEPTH_LIMIT} levels deep")),
-    }
+/// Why a found value has no tree, as a fault.
+pub fn unreadable(why: Unreadable) -> Fault {
+    Fault::Invalid(why.to_string())
 }
 
 /// A JSON value (found in a message, never null) converted to the column's type.
@@ -524,12 +519,12 @@ pub fn convert_found(value: &Found<'_>, column: ColumnType) -> Result<Value, Fau
                 .map_err(|_| Fault::Invalid("not an IP address".into()))?,
         ),
         ColumnType::Jsonb => {
-            let tree = value.to_json().ok_or_else(|| unreadable(value))?;
+            let tree = value.to_json().map_err(unreadable)?;
             jsonb(tree.as_ref())?
         }
         ColumnType::TextArray => match value {
             Found::Raw(_) | Found::Tree(_) if value.kind() == "array" => {
-                let tree = value.to_json().ok_or_else(|| unreadable(value))?;
+                let tree = value.to_json().map_err(unreadable)?;
                 let Json::Array(items) = &*tree else {
                     unreachable!("an array's tree is an array")
                 };

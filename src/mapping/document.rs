@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use smallvec::SmallVec;
@@ -164,19 +164,30 @@ impl<'a> Found<'a> {
         }
     }
 
-    /// The value as a tree (a scalar as its own value); `None` when it is nested deeper than
-    /// [`DEPTH_LIMIT`] or is a string with a lone surrogate escape.
-    pub fn to_json(&self) -> Option<Cow<'_, Json>> {
-        Some(Cow::Owned(match self {
+    /// The value as a tree (a scalar as its own value), or why it has none.
+    pub fn to_json(&self) -> Result<Cow<'_, Json>, Unreadable> {
+        Ok(Cow::Owned(match self {
             Found::Null => Json::Null,
             Found::Bool(b) => Json::Bool(*b),
-            Found::Number(t) => serde_json::from_str(t).ok()?,
+            Found::Number(t) => tree(t).map_err(|_| Unreadable::TooDeep)?,
             Found::Int(n) => Json::from(*n),
             Found::Str(s) => Json::String(s.to_string()),
-            Found::BadEscape | Found::TooDeep => return None,
-            Found::Raw(raw) => serde_json::from_str(raw.get()).ok()?,
-            Found::Tree(tree) => return Some(Cow::Borrowed(tree.as_ref().as_ref())),
+            Found::BadEscape => return Err(Unreadable::LoneSurrogate),
+            Found::TooDeep => return Err(Unreadable::TooDeep),
+            Found::Raw(raw) => tree(raw.get()).map_err(|e| Unreadable::of(&e))?,
+            Found::Tree(tree) => return Ok(Cow::Borrowed(tree.as_ref().as_ref())),
         }))
+    }
+
+    /// Why the value cannot be read, if it cannot: a string with a lone surrogate escape, or
+    /// (parsed to know) an array or object that holds one or is too deep for a tree.
+    pub fn unreadable(&self) -> Option<Unreadable> {
+        match self {
+            Found::BadEscape => Some(Unreadable::LoneSurrogate),
+            Found::TooDeep => Some(Unreadable::TooDeep),
+            Found::Raw(_) => self.to_json().err(),
+            _ => None,
+        }
     }
 
     /// The value as a match or an `allowed` list compares it: a string as it is, another
@@ -188,8 +199,123 @@ impl<'a> Found<'a> {
             Found::Number(t) => Some(as_written(t)),
             Found::Int(n) => Some(Cow::Owned(n.to_string())),
             Found::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-            Found::Raw(_) | Found::Tree(_) => Some(Cow::Owned(self.to_json()?.to_string())),
+            Found::Raw(_) | Found::Tree(_) => Some(Cow::Owned(self.to_json().ok()?.to_string())),
         }
+    }
+}
+
+/// Why a found value has no tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Nested deeper than [`DEPTH_LIMIT`].
+    TooDeep,
+    /// A string (or key) with an unpaired surrogate escape (`"\ud800"`).
+    LoneSurrogate,
+}
+
+impl Unreadable {
+    fn of(error: &serde_json::Error) -> Self {
+        // serde_json's error codes are not public; its message names the cause (and never
+        // the input).
+        let text = error.to_string();
+        match text.contains("surrogate") || text.contains("hex escape") {
+            true => Unreadable::LoneSurrogate,
+            false => Unreadable::TooDeep,
+        }
+    }
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreadable::TooDeep => write!(f, "nested more than {DEPTH_LIMIT} levels deep"),
+            Unreadable::LoneSurrogate => {
+                f.write_str("a lone surrogate escape (\\uD800 to \\uDFFF, unpaired)")
+            }
+        }
+    }
+}
+
+/// JSON text as a tree, as serde_json's own `Value` reads it but for one thing: a key is
+/// always a key. The `raw_value` feature this module needs makes serde_json's `Value` read an
+/// object whose one key is `$serde_json::private::RawValue` as the JSON text its string
+/// holds, which a message could use to change what is stored or to nest past the recursion
+/// limit. (A number comes, under `arbitrary_precision`, as an object keyed
+/// `$serde_json::private::Number`, read as a number as before.) Nesting stays bounded by
+/// serde_json's recursion limit.
+pub fn tree(text: &str) -> serde_json::Result<Json> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let tree = TreeSeed.deserialize(&mut de)?;
+    de.end()?;
+    Ok(tree)
+}
+
+/// See [`tree`].
+struct TreeSeed;
+
+impl<'de> DeserializeSeed<'de> for TreeSeed {
+    type Value = Json;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        d.deserialize_any(TreeVisitor)
+    }
+}
+
+struct TreeVisitor;
+
+impl<'de> Visitor<'de> for TreeVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Json, E> {
+        Ok(Json::Bool(b))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Json, E> {
+        Ok(Json::from(n))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Json, E> {
+        Ok(Json::from(n))
+    }
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Json, E> {
+        Ok(Json::from(x))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Json, E> {
+        Ok(Json::String(s.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Json, E> {
+        Ok(Json::String(s))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(TreeSeed)? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut object = Map::new();
+        let mut first = true;
+        while let Some(key) = map.next_key::<String>()? {
+            if first && key == NUMBER_TOKEN {
+                let text: String = map.next_value()?;
+                return text
+                    .parse::<serde_json::Number>()
+                    .map(Json::Number)
+                    .map_err(de::Error::custom);
+            }
+            first = false;
+            // A field given twice: the last one, as serde_json's `Value` keeps.
+            object.insert(key, map.next_value_seed(TreeSeed)?);
+        }
+        Ok(Json::Object(object))
     }
 }
 
@@ -452,7 +578,7 @@ impl<'a> Document<'a> {
             .iter()
             .filter(|(k, _)| !taken.contains(k.as_ref()))
         {
-            rest.insert(key.to_string(), serde_json::from_str(raw.get()).ok()?);
+            rest.insert(key.to_string(), tree(raw.get()).ok()?);
         }
         Some(Json::Object(rest))
     }

@@ -380,7 +380,7 @@ pub fn draft<'a>(
     let mut envelope = None;
     let mut documents = 0;
     for (i, body) in bodies.into_iter().enumerate() {
-        let parsed: Json = serde_json::from_str(body).map_err(|_| DraftError::NotJson(i + 1))?;
+        let parsed: Json = super::document::tree(body).map_err(|_| DraftError::NotJson(i + 1))?;
         let kind = envelope_of(&parsed);
         match envelope {
             None => envelope = Some(kind),
@@ -396,7 +396,7 @@ pub fn draft<'a>(
         let inner: Vec<Json> = match (kind, parsed) {
             ("sns", Json::Object(mut o)) => {
                 let text = o.remove("Message").unwrap_or_default();
-                vec![serde_json::from_str(text.as_str().unwrap_or_default())
+                vec![super::document::tree(text.as_str().unwrap_or_default())
                     .map_err(|_| DraftError::NotJson(i + 1))?]
             }
             ("eventbridge", Json::Object(mut o)) => vec![o.remove("detail").unwrap_or_default()],

@@ -13,8 +13,10 @@
 //!
 //! A message is read, not parsed whole (`document`): what no column reads is only checked to
 //! be JSON, so a field nested deeper than serde_json's recursion limit, or a string with an
-//! unpaired surrogate escape, refuses the message only where a column reads it, as that
-//! column's `invalid_value` (the tree engine refused either anywhere as `not_json`).
+//! unpaired surrogate escape, refuses the message only where it is read: as the column's
+//! `invalid_value` where a column converts it (a redacted column keeps nothing of it), as
+//! `not_json` where a `match` or `delete` compares it. The tree engine refused either anywhere
+//! as `not_json`.
 //!
 //! It also counts the top-level fields no column's pointer takes (they go to `rest`, or
 //! nowhere), and names each the first time it is seen, so the pipeline can log the names once.
@@ -29,7 +31,7 @@ use time::OffsetDateTime;
 
 use super::column::{compare_decimals, ColumnType, Fault, Value};
 use super::convert::{convert_found, jsonb, unreadable};
-use super::document::{self, Document, Found, Plan};
+use super::document::{self, Document, Found, Plan, Unreadable};
 use super::file::{
     Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, Match, MatchOn, RestPersonal,
     Source, SqsAttribute, Unknown, EVENTBRIDGE_FIELDS, SNS_FIELDS,
@@ -307,6 +309,17 @@ impl Mapper {
         };
         let mut rows = Vec::with_capacity(documents.len());
         for doc in documents {
+            // What a `match` or `delete` compares must be readable: a lone surrogate escape
+            // there (or too deep a value) would otherwise quietly be no match, and a delete
+            // an upsert.
+            for slot in [slots.matcher, slots.delete].into_iter().flatten() {
+                if let Some(why) = doc.get(slot).and_then(Found::unreadable) {
+                    return Err(Rejection::new(
+                        "not_json",
+                        format!("the field a `match` or `delete` compares: {why}"),
+                    ));
+                }
+            }
             let delete = deletes(doc);
             // A document the `delete` takes is the mapping's even if its `match` does not
             // name the delete's type.
@@ -455,7 +468,7 @@ fn take_fields(
 
 /// An envelope's field as a tree (too deep a one is not JSON the tree engine read).
 fn tree(raw: &RawValue) -> Result<Json, Rejection> {
-    serde_json::from_str(raw.get()).map_err(|e| {
+    document::tree(raw.get()).map_err(|e| {
         Rejection::new(
             "not_json",
             format!(
@@ -820,7 +833,7 @@ impl Mapping {
     ) -> Result<Cow<'v, Json>, Rejection> {
         let value = found
             .to_json()
-            .ok_or_else(|| rejected(column, unreadable(found)))?;
+            .map_err(|why| rejected(column, unreadable(why)))?;
         if column.column_type != ColumnType::Jsonb || column.mask.is_some() {
             return Ok(value);
         }
@@ -917,7 +930,7 @@ fn present<'d>(column: &Column, found: Option<Found<'d>>) -> Result<Option<Found
         None => Ok(None),
         Some(v) if v.is_null() => Ok(None),
         // Valid JSON text, but no string: what the tree engine refused as `not_json`.
-        Some(Found::BadEscape) => Err(rejected(column, unreadable(&Found::BadEscape))),
+        Some(Found::BadEscape) => Err(rejected(column, unreadable(Unreadable::LoneSurrogate))),
         Some(_) if column.mask == Some(Mask::Redact) => Ok(None),
         Some(v) => Ok(Some(v)),
     }

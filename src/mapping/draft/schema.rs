@@ -535,7 +535,7 @@ fn anchored_pattern(pattern: &str) -> String {
 
 /// Drafts a mapping for `table` from a JSON Schema's text.
 pub fn draft_from_schema(table: &str, text: &str) -> Result<String, SchemaError> {
-    let root: Json = serde_json::from_str(text).map_err(|_| SchemaError::NotJson)?;
+    let root: Json = crate::mapping::document::tree(text).map_err(|_| SchemaError::NotJson)?;
     let (top, _) = resolve(&root, &root, "", 0, &mut Vec::new())?;
     if !is_object(&top) {
         let what = match top.get("type") {

@@ -616,3 +616,27 @@ columns = [
     ));
     assert_eq!((unknown, names), (2, vec!["id".to_owned(), "z".to_owned()]));
 }
+
+/// What a `match` or `delete` compares must be readable: a lone surrogate there is not quietly
+/// no match (nor a delete an upsert).
+#[test]
+fn an_unreadable_match_field_refuses_the_message() {
+    const MATCHED: &str = r#"
+table = "public.t"
+match = { field = "/type", equals = "a" }
+columns = [ { name = "id", from = "/id", type = "integer" } ]
+"#;
+    let rejection = apply(MATCHED, r#"{"type": "\ud800", "id": 1}"#).unwrap_err();
+    assert_eq!(rejection.reason, "not_json");
+    assert!(rejection.detail.unwrap().contains("lone surrogate"));
+    assert_eq!(
+        apply(MATCHED, r#"{"type": "a", "id": 1}"#).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        apply(MATCHED, r#"{"type": "b", "id": 1}"#)
+            .unwrap_err()
+            .reason,
+        "no_mapping"
+    );
+}
