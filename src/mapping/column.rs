@@ -230,7 +230,7 @@ impl Value {
     }
 }
 
-pub use super::convert::{compare_decimals, convert, in_years, kind, Fault};
+pub use super::convert::{compare_decimals, convert, in_years, Fault};
 
 #[cfg(test)]
 mod tests;

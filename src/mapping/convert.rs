@@ -35,18 +35,6 @@ pub enum Fault {
     NulCharacter,
 }
 
-/// The kind of a JSON value, as named in faults.
-pub fn kind(value: &Json) -> &'static str {
-    match value {
-        Json::Null => "null",
-        Json::Bool(_) => "boolean",
-        Json::Number(_) => "number",
-        Json::String(_) => "string",
-        Json::Array(_) => "array",
-        Json::Object(_) => "object",
-    }
-}
-
 fn wrong(expected: &'static str, got: &Found<'_>) -> Fault {
     Fault::WrongType {
         expected,

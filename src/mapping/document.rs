@@ -90,7 +90,7 @@ impl<'a> Found<'a> {
     }
 
     /// A value's raw JSON text (already checked by the pass that captured it) as found.
-    fn from_raw(raw: &'a RawValue) -> Self {
+    pub fn from_raw(raw: &'a RawValue) -> Self {
         let text = raw.get();
         match text.as_bytes().first() {
             Some(b'"') => {
@@ -482,6 +482,27 @@ impl Node {
         }
     }
 
+    /// Fills the slots below this node from the elements of its array (the ones an index of
+    /// its children names), skipping the others.
+    fn fill_elements<'de, A: SeqAccess<'de>>(
+        &self,
+        mut seq: A,
+        found: &mut [Option<Found<'de>>],
+    ) -> Result<(), A::Error> {
+        let mut index = 0;
+        loop {
+            match self.element(index) {
+                Some(node) => match seq.next_element::<&'de RawValue>()? {
+                    Some(raw) => node.fill(raw, found).map_err(de::Error::custom)?,
+                    None => return Ok(()),
+                },
+                None if seq.next_element::<IgnoredAny>()?.is_none() => return Ok(()),
+                None => {}
+            }
+            index += 1;
+        }
+    }
+
     /// Fills this node's slot and those below it from its value's raw text.
     fn fill<'a>(
         &self,
@@ -602,11 +623,6 @@ pub fn field<'a>(fields: &[(Cow<'_, str>, &'a RawValue)], name: &str) -> Option<
         .map(|(_, v)| *v)
 }
 
-/// A found value of a raw field (for envelopes).
-pub fn found(raw: &RawValue) -> Found<'_> {
-    Found::from_raw(raw)
-}
-
 /// The top-level value: a plan's root read into the slots, the fields kept.
 struct RootVisitor<'p, 'f, 'a> {
     plan: &'p Plan,
@@ -623,21 +639,9 @@ impl<'de> Visitor<'de> for RootVisitor<'_, '_, 'de> {
 
     scalars_are_nothing!(());
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        // No pointer but `""` goes into a top-level array (`/0` names an object's field "0"
-        // too, but serde_json's pointer reads an index in an array: so must this).
-        let mut index = 0;
-        loop {
-            match self.plan.root.element(index) {
-                Some(node) => match seq.next_element::<&'de RawValue>()? {
-                    Some(raw) => node.fill(raw, self.found).map_err(de::Error::custom)?,
-                    None => return Ok(()),
-                },
-                None if seq.next_element::<IgnoredAny>()?.is_none() => return Ok(()),
-                None => {}
-            }
-            index += 1;
-        }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        // `/0` names an object's field "0", but an array's element 0, as serde_json's pointer.
+        self.plan.root.fill_elements(seq, self.found)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -740,19 +744,8 @@ impl<'de> Visitor<'de> for NodeVisitor<'_, '_, 'de> {
 
     scalars_are_nothing!(());
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0;
-        loop {
-            match self.node.element(index) {
-                Some(node) => match seq.next_element::<&'de RawValue>()? {
-                    Some(raw) => node.fill(raw, self.found).map_err(de::Error::custom)?,
-                    None => return Ok(()),
-                },
-                None if seq.next_element::<IgnoredAny>()?.is_none() => return Ok(()),
-                None => {}
-            }
-            index += 1;
-        }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.node.fill_elements(seq, self.found)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {

@@ -505,7 +505,7 @@ pub(super) fn unwrap(
             let Some(outer) = outer(body)? else {
                 return Err(not("sns", "the body is not an object"));
             };
-            let inner = match document::field(&outer, "Message").map(document::found) {
+            let inner = match document::field(&outer, "Message").map(Found::from_raw) {
                 Some(Found::Str(inner)) => inner,
                 Some(Found::BadEscape) => {
                     return Err(Rejection::new(
@@ -539,7 +539,7 @@ pub(super) fn unwrap(
                 return Err(not("s3", "the body is not an object"));
             };
             if document::field(&outer, "Event")
-                .map(document::found)
+                .map(Found::from_raw)
                 .is_some_and(|e| e.as_str() == Some("s3:TestEvent"))
             {
                 return Ok((Texts::new(), Map::new()));
