@@ -53,7 +53,8 @@ fn string<'v>(value: &'v Found<'_>) -> Result<&'v str, Fault> {
 
 fn text(value: &Found<'_>, max: Option<u32>) -> Result<String, Fault> {
     let s = string(value)?;
-    if let Some(max) = max {
+    // A text of no more bytes than the limit has no more characters.
+    if let Some(max) = max.filter(|max| s.len() > *max as usize) {
         let chars = s.chars().count();
         if chars > max as usize {
             return Err(Fault::TooLong { chars, max });

@@ -68,8 +68,8 @@ pub enum Found<'a> {
     Str(Cow<'a, str>),
     /// A string with a lone surrogate escape (`"\ud800"`): valid JSON text, but no string.
     BadEscape,
-    /// An array or object, not yet parsed.
-    Raw(&'a RawValue),
+    /// An array or object's JSON text (checked when it was found), not yet parsed.
+    Raw(&'a str),
     /// An array or object already parsed (a constant, an envelope's field, `rest`); boxed,
     /// as it is rare, so that a found value stays four words.
     Tree(Box<Cow<'a, Json>>),
@@ -91,7 +91,11 @@ impl<'a> Found<'a> {
 
     /// A value's raw JSON text (already checked by the pass that captured it) as found.
     pub fn from_raw(raw: &'a RawValue) -> Self {
-        let text = raw.get();
+        Self::from_text(raw.get())
+    }
+
+    /// A value's JSON text, already checked to be one JSON value, as found.
+    fn from_text(text: &'a str) -> Self {
         match text.as_bytes().first() {
             Some(b'"') => {
                 let inner = &text[1..text.len() - 1];
@@ -107,7 +111,7 @@ impl<'a> Found<'a> {
             Some(b'n') => Found::Null,
             Some(b't') => Found::Bool(true),
             Some(b'f') => Found::Bool(false),
-            Some(b'[' | b'{') => Found::Raw(raw),
+            Some(b'[' | b'{') => Found::Raw(text),
             _ => Found::Number(Cow::Borrowed(text)),
         }
     }
@@ -138,7 +142,7 @@ impl<'a> Found<'a> {
             Found::Bool(_) => "boolean",
             Found::Number(_) | Found::Int(_) => "number",
             Found::Str(_) | Found::BadEscape => "string",
-            Found::Raw(raw) if raw.get().starts_with('[') => "array",
+            Found::Raw(raw) if raw.starts_with('[') => "array",
             Found::Raw(_) | Found::TooDeep => "object",
             Found::Tree(tree) => match ***tree {
                 Json::Array(_) => "array",
@@ -174,7 +178,7 @@ impl<'a> Found<'a> {
             Found::Str(s) => Json::String(s.to_string()),
             Found::BadEscape => return Err(Unreadable::LoneSurrogate),
             Found::TooDeep => return Err(Unreadable::TooDeep),
-            Found::Raw(raw) => tree(raw.get()).map_err(|e| Unreadable::of(&e))?,
+            Found::Raw(raw) => tree(raw).map_err(|e| Unreadable::of(&e))?,
             Found::Tree(tree) => return Ok(Cow::Borrowed(tree.as_ref().as_ref())),
         }))
     }
@@ -421,17 +425,29 @@ fn word(bytes: &[u8], at: usize) -> u64 {
     if let Some(eight) = bytes.get(at..at + 8) {
         return u64::from_be_bytes(eight.try_into().expect("eight bytes"));
     }
-    let mut word = 0u64;
-    for i in 0..8 {
-        word = (word << 8) | u64::from(bytes.get(at + i).copied().unwrap_or(0));
-    }
-    word
+    let mut word = [0u8; 8];
+    let rest = bytes.get(at..).unwrap_or_default();
+    word[..rest.len()].copy_from_slice(rest);
+    u64::from_be_bytes(word)
 }
 
-/// A key's length and first eight bytes.
+/// A key's length and first eight bytes: an order of keys in which a key of up to eight
+/// bytes is known by these two integers alone. A shorter key's bytes are read in two
+/// overlapping loads (the length tells them apart), not one at a time.
 #[inline]
 fn order(key: &str) -> (usize, u64) {
-    (key.len(), word(key.as_bytes(), 0))
+    let (b, len) = (key.as_bytes(), key.len());
+    let word = match len {
+        0 => 0,
+        1..=3 => u64::from(b[0]) << 16 | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]),
+        4..=7 => {
+            let four =
+                |at: usize| u64::from(u32::from_be_bytes(b[at..at + 4].try_into().expect("four")));
+            four(0) << 32 | four(len - 4)
+        }
+        _ => word(b, 0),
+    };
+    (len, word)
 }
 
 impl Node {
@@ -462,6 +478,19 @@ impl Node {
 
     #[inline]
     fn child(&self, key: &str) -> Option<&Node> {
+        if key.len() <= 8 {
+            // Known by its order alone.
+            let order = order(key);
+            return match self.children.len() {
+                0..=8 => self.children.iter().find(|c| c.order == order),
+                _ => self
+                    .children
+                    .binary_search_by(|c| c.order.cmp(&order))
+                    .ok()
+                    .map(|at| &self.children[at]),
+            }
+            .map(|c| &c.node);
+        }
         self.at(key).ok().map(|at| &self.children[at].node)
     }
 
@@ -532,8 +561,11 @@ pub struct Document<'a> {
     /// The top-level fields in the order given (an object's; none for another value), but for
     /// a plan not shared only those no pointer starts with: the candidates for `rest` and
     /// unknown.
-    fields: Fields<'a>,
+    fields: Kept<'a>,
 }
+
+/// A document's top-level fields as given: each name and its value's JSON text.
+type Kept<'a> = Vec<(Cow<'a, str>, &'a str)>;
 
 impl<'a> Document<'a> {
     /// A document with nothing in it (for the columns whose value is not the message's).
@@ -547,6 +579,15 @@ impl<'a> Document<'a> {
     /// Reads `text` as the plan says. Text that is not JSON is `not_json`, its detail (after
     /// `context`) the line and column where it stops being JSON.
     pub fn read(plan: &Plan, text: &'a str, context: &str) -> Result<Self, Rejection> {
+        match scan::read(plan, text) {
+            Some(document) => Ok(document),
+            None => Self::read_with_serde(plan, text, context),
+        }
+    }
+
+    /// [`Document::read`] through serde_json's reader: any JSON, and where text that is not
+    /// JSON stops being JSON.
+    fn read_with_serde(plan: &Plan, text: &'a str, context: &str) -> Result<Self, Rejection> {
         let not_json = |e: serde_json::Error| {
             Rejection::new(
                 "not_json",
@@ -599,7 +640,7 @@ impl<'a> Document<'a> {
             .iter()
             .filter(|(k, _)| !taken.contains(k.as_ref()))
         {
-            rest.insert(key.to_string(), tree(raw.get()).ok()?);
+            rest.insert(key.to_string(), tree(raw).ok()?);
         }
         Some(Json::Object(rest))
     }
@@ -627,7 +668,7 @@ pub fn field<'a>(fields: &[(Cow<'_, str>, &'a RawValue)], name: &str) -> Option<
 struct RootVisitor<'p, 'f, 'a> {
     plan: &'p Plan,
     found: &'f mut Slots<'a>,
-    fields: &'f mut Fields<'a>,
+    fields: &'f mut Kept<'a>,
 }
 
 impl<'de> Visitor<'de> for RootVisitor<'_, '_, 'de> {
@@ -658,10 +699,10 @@ impl<'de> Visitor<'de> for RootVisitor<'_, '_, 'de> {
                 Some(node) => {
                     node.fill(raw, self.found).map_err(de::Error::custom)?;
                     if self.plan.shared {
-                        self.fields.push((key, raw));
+                        self.fields.push((key, raw.get()));
                     }
                 }
-                None => self.fields.push((key, raw)),
+                None => self.fields.push((key, raw.get())),
             }
         }
         Ok(())
@@ -769,6 +810,8 @@ impl<'de> Visitor<'de> for NodeVisitor<'_, '_, 'de> {
         Ok(())
     }
 }
+
+mod scan;
 
 #[cfg(test)]
 mod tests;

@@ -685,7 +685,11 @@ impl Mapping {
         if let (ColumnType::Varchar(max), Value::Text(text), true) =
             (column.column_type, &value, made)
         {
-            let chars = text.chars().count();
+            // A text of no more bytes than the limit has no more characters.
+            let chars = match text.len() > max as usize {
+                true => text.chars().count(),
+                false => 0,
+            };
             if chars > max as usize {
                 return Err(Rejection::new(
                     format!("too_long:{}", column.name),
@@ -954,7 +958,11 @@ fn string<'v>(column: &Column, value: &'v Found<'_>) -> Result<&'v str, Rejectio
 #[inline]
 fn as_sent(column: &Column, value: &Found<'_>) -> Result<(), Rejection> {
     if let (Some(max), Found::Str(s)) = (column.max_length, value) {
-        let chars = s.chars().count();
+        // A text of no more bytes than the limit has no more characters.
+        let chars = match s.len() > max as usize {
+            true => s.chars().count(),
+            false => 0,
+        };
         if chars > max as usize {
             return Err(rejected(column, Fault::TooLong { chars, max }));
         }
@@ -988,7 +996,7 @@ fn epoch_unit(column: &Column) -> Option<i64> {
     match column.convert {
         Some(Convert::EpochMs) => Some(1),
         Some(Convert::EpochS) => Some(1_000),
-        None if column.source == Source::Sqs(SqsAttribute::SentTimestamp)
+        None if matches!(column.source, Source::Sqs(SqsAttribute::SentTimestamp))
             && matches!(
                 column.column_type,
                 ColumnType::Date | ColumnType::Timestamptz | ColumnType::Timestamp

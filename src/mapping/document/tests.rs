@@ -175,6 +175,8 @@ mod generated {
             Just("true".to_owned()),
             Just("\"x\\\"y\"".to_owned()),
             Just("\"plain\"".to_owned()),
+            Just("\"a longer string, é and ü, read eight bytes at a time\"".to_owned()),
+            Just("\"a long one with a tab \\t and a quote \\\" past the eighth byte\"".to_owned()),
             Just("-1.5E+3".to_owned()),
             Just("12345678901234567890".to_owned()),
             Just("0".to_owned()),
@@ -195,9 +197,167 @@ mod generated {
     }
 
     fn pointer() -> impl Strategy<Value = String> {
-        let token = prop::sample::select(vec!["a", "b", "ab", "0", "1", "01", "s~1t", "m~0n", "é"]);
+        let token = prop::sample::select(vec![
+            "a",
+            "b",
+            "ab",
+            "0",
+            "1",
+            "01",
+            "s~1t",
+            "m~0n",
+            "é",
+            "list",
+            "e",
+            "n",
+            "a_rather_long_key",
+        ]);
         prop::collection::vec(token, 0..4)
             .prop_map(|tokens| tokens.iter().map(|t| format!("/{t}")).collect::<String>())
+    }
+
+    /// An object at the top (what the shortcut reads), or any text.
+    fn top() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "a",
+            "b",
+            "0",
+            "list",
+            "s/t",
+            "é",
+            "e",
+            "n",
+            "a_rather_long_key",
+            "a_rather_long_kez",
+        ]);
+        prop_oneof![
+            3 => prop::collection::vec((key, text()), 0..6).prop_map(|fields| {
+                let fields: Vec<String> =
+                    fields.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", fields.join(", "))
+            }),
+            1 => text(),
+        ]
+    }
+
+    /// A text with an edit or two at character boundaries (a JSON character put in, put in
+    /// place of another, or taken out, or the rest cut off): often no longer JSON.
+    fn edited() -> impl Strategy<Value = String> {
+        let put = prop::sample::select(vec![
+            "\"", "\\", ",", "}", "]", "{", "[", ":", "0", "00", "01", "-", "e", ".", " ", "\u{1}",
+            "x", "u", "n", "\\u00", "\\ud800", "+",
+        ]);
+        let edit = (any::<prop::sample::Index>(), 0..4u8, put);
+        (top(), prop::collection::vec(edit, 1..3)).prop_map(|(mut text, edits)| {
+            for (at, how, put) in edits {
+                let boundaries: Vec<usize> = text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .collect();
+                let at = boundaries[at.index(boundaries.len())];
+                match how {
+                    0 => text.insert_str(at, put),
+                    1 | 2 if at < text.len() => {
+                        text.remove(at);
+                        if how == 2 {
+                            text.insert_str(at, put);
+                        }
+                    }
+                    _ => text.truncate(at),
+                }
+            }
+            text
+        })
+    }
+
+    /// What a document holds, comparable: each slot's value and the fields kept.
+    fn held(doc: &Document<'_>) -> (Vec<Option<String>>, Vec<(String, String)>) {
+        let slots = doc
+            .found
+            .iter()
+            .map(|f| {
+                f.as_ref().map(|f| match f {
+                    Found::Null => "null".to_owned(),
+                    Found::Bool(b) => format!("bool {b}"),
+                    Found::Number(t) => format!("number {t}"),
+                    Found::Int(n) => format!("int {n}"),
+                    Found::Str(s) => format!("string {s}"),
+                    Found::BadEscape => "bad escape".to_owned(),
+                    Found::Raw(t) => format!("raw {t}"),
+                    Found::Tree(t) => format!("tree {t}"),
+                    Found::TooDeep => "too deep".to_owned(),
+                })
+            })
+            .collect();
+        let fields = doc
+            .fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).to_owned()))
+            .collect();
+        (slots, fields)
+    }
+
+    /// The shortcut reads what serde's reader reads, or leaves the text to it: it never takes
+    /// text serde refuses, nor reads a value differently.
+    fn the_shortcut_agrees(
+        text: &str,
+        pointers: &[String],
+        shared: bool,
+    ) -> Result<(), TestCaseError> {
+        let mut plan = Plan::default();
+        for p in pointers {
+            plan.slot(p);
+        }
+        if shared {
+            plan.share();
+        }
+        let by_serde = Document::read_with_serde(&plan, text, "");
+        if let Some(doc) = scan::read(&plan, text) {
+            let by_serde = by_serde.map_err(|r| {
+                TestCaseError::fail(format!(
+                    "serde refuses ({:?}) what the shortcut read: {text}",
+                    r.detail
+                ))
+            })?;
+            prop_assert_eq!(held(&doc), held(&by_serde), "{}", text);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// A key of up to eight bytes is known by its order alone (how a lookup finds it).
+        #[test]
+        fn a_short_key_is_known_by_its_order(a in "[ab\u{e9}~]{0,8}", b in "[ab\u{e9}~]{0,8}") {
+            prop_assume!(a.len() <= 8 && b.len() <= 8);
+            prop_assert_eq!(order(&a) == order(&b), a == b);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn the_shortcut_reads_what_serde_reads(
+            text in top(),
+            pointers in prop::collection::vec(pointer(), 1..6),
+            shared in any::<bool>(),
+        ) {
+            the_shortcut_agrees(&text, &pointers, shared)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8192))]
+
+        #[test]
+        fn the_shortcut_never_takes_what_serde_refuses(
+            text in edited(),
+            pointers in prop::collection::vec(pointer(), 1..6),
+            shared in any::<bool>(),
+        ) {
+            the_shortcut_agrees(&text, &pointers, shared)?;
+        }
     }
 
     proptest! {
@@ -253,4 +413,58 @@ fn a_key_is_always_a_key_in_a_tree() {
         doc.rest(&HashSet::new()).unwrap().to_string(),
         r#"{"z":{"$serde_json::private::RawValue":"{\"a\":1}"}}"#
     );
+}
+
+#[test]
+fn the_shortcut_reads_the_common_message_and_leaves_the_rest_to_serde() {
+    let (plan, slots) = plan();
+    for body in include_str!("../../../examples/login-queue-sample.jsonl").lines() {
+        let by_serde = Document::read_with_serde(&plan, body, "");
+        match scan::read(&plan, body) {
+            Some(doc) => assert_eq!(doc.fields.len(), by_serde.unwrap().fields.len(), "{body}"),
+            // The sample's one bad message is not JSON.
+            None => assert!(by_serde.is_err(), "{body}"),
+        }
+    }
+    let read = |text: &str| scan::read(&plan, text).map(|doc| doc.get(slots[2]).is_some());
+    assert_eq!(
+        read(r#" {"a": {"b": {"c": [1, {"x": "\n"}]}}, "z": -0.5e+3} "#),
+        Some(true)
+    );
+    // An escaped string where a pointer goes below it: serde reads it, and refuses this one.
+    let lone = r#"{"a": "\ud800"}"#;
+    assert!(read(lone).is_none());
+    assert!(Document::read_with_serde(&plan, lone, "").is_err());
+    // What it leaves to serde: another top-level value, an escaped key, an array below a
+    // pointer, deep nesting, serde's number token.
+    for text in [
+        "[1]",
+        r#"{"\u0061": 1}"#,
+        r#"{"list": [1, 2]}"#,
+        &format!(r#"{{"x": {}{}}}"#, "[".repeat(200), "]".repeat(200)),
+        r#"{"$serde_json::private::Number": "1"}"#,
+    ] {
+        assert!(read(text).is_none(), "{text}");
+        assert!(Document::read_with_serde(&plan, text, "").is_ok(), "{text}");
+    }
+    // And text that is not JSON.
+    for text in [
+        r#"{"a": 01}"#,
+        r#"{"a": 1,}"#,
+        r#"{"a": [1,]}"#,
+        r#"{"a": "\x"}"#,
+        "{\"a\": \"\u{1}\"}",
+        r#"{"a": tru}"#,
+        r#"{"a": 1.}"#,
+        r#"{"a": 1e}"#,
+        r#"{"a": -}"#,
+        r#"{"a" 1}"#,
+        r#"{"a": 1} x"#,
+    ] {
+        assert!(read(text).is_none(), "{text}");
+        assert!(
+            Document::read_with_serde(&plan, text, "").is_err(),
+            "{text}"
+        );
+    }
 }
