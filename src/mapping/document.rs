@@ -476,22 +476,20 @@ impl Node {
         Err(self.children.len())
     }
 
+    /// The child of `key`: among those of its order (one, for a key of up to eight bytes),
+    /// the one whose key it is.
     #[inline]
     fn child(&self, key: &str) -> Option<&Node> {
-        if key.len() <= 8 {
-            // Known by its order alone.
-            let order = order(key);
-            return match self.children.len() {
-                0..=8 => self.children.iter().find(|c| c.order == order),
-                _ => self
-                    .children
-                    .binary_search_by(|c| c.order.cmp(&order))
-                    .ok()
-                    .map(|at| &self.children[at]),
-            }
-            .map(|c| &c.node);
-        }
-        self.at(key).ok().map(|at| &self.children[at].node)
+        let order = order(key);
+        let from = match self.children.len() {
+            0..=8 => 0,
+            _ => self.children.partition_point(|c| c.order < order),
+        };
+        self.children[from..]
+            .iter()
+            .take_while(|c| c.order <= order)
+            .find(|c| c.order == order && (key.len() <= 8 || c.key == key))
+            .map(|c| &c.node)
     }
 
     fn element(&self, index: usize) -> Option<&Node> {

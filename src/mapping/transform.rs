@@ -65,6 +65,8 @@ pub struct Mapper {
     /// What it reads of a document (shared by the mappers of one queue), and where.
     plan: Arc<Plan>,
     slots: Slots,
+    /// In column order: how a column's common value is made without the general path.
+    shortcuts: Vec<Shortcut>,
     /// The unknown field names already reported, shared by the mapper's clones.
     reported: Arc<Mutex<HashSet<String>>>,
 }
@@ -143,6 +145,12 @@ impl Mapper {
             use tokio_postgres::types::Type;
             types.extend([Type::BOOL, Type::INT8, Type::TEXT]);
         }
+        let shortcuts = mapping
+            .columns
+            .iter()
+            .zip(&masks)
+            .map(|(c, m): (&Column, &Option<ColumnMask>)| Shortcut::of(c, m.is_some()))
+            .collect();
         Self {
             mapping,
             masks,
@@ -150,6 +158,7 @@ impl Mapper {
             takes_all,
             plan: Arc::default(),
             slots,
+            shortcuts,
             reported: Arc::default(),
         }
     }
@@ -354,9 +363,13 @@ impl Mapper {
             }
             // Sized once: a collect through `Result` would start small and grow.
             let mut values = Vec::with_capacity(mapping.columns.len());
-            for ((column, mask), slot) in columns {
+            for (((column, mask), slot), shortcut) in columns.zip(&self.shortcuts) {
                 let found = mapping.find(column, *slot, doc, fields, message);
-                values.push(mapping.value(column, found, mask.as_ref())?);
+                let value = match shortcut.make(column, mask.as_ref(), found.as_ref()) {
+                    Some(value) => value,
+                    None => mapping.value(column, found, mask.as_ref())?,
+                };
+                values.push(value);
             }
             rows.push(MappedRow(values, false));
         }
@@ -379,6 +392,107 @@ impl Mapper {
             }
         })?;
         rows.map(|rows| self.encode(&rows, message)).transpose()
+    }
+}
+
+/// How a column's value is made when it is the common case, without the general path's
+/// checks that do not apply to the column (see [`Mapping::value`], which makes every other
+/// value, and every fault: a shortcut that does not apply gives `None`, and the general path
+/// decides). What a shortcut makes is what the general path makes of the same value, as the
+/// tests hold it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shortcut {
+    /// None: the general path.
+    General,
+    /// A string stored as text (its byte length within the limit, no U+0000).
+    Text { max: Option<u32> },
+    /// A version string (`1.2.3`) stored as its integer.
+    Version { bigint: bool },
+    /// A string's token (of the address it holds, for `ip`) stored as text (`max`: the
+    /// `varchar(n)` the token must fit).
+    Token { ip: bool, max: Option<u32> },
+}
+
+impl Shortcut {
+    fn of(column: &Column, masked: bool) -> Self {
+        let checked = column.allowed.is_some()
+            || column.pattern.is_some()
+            || column.min.is_some()
+            || column.max.is_some();
+        let varchar = match column.column_type {
+            ColumnType::Varchar(n) => Some(n),
+            _ => None,
+        };
+        let text = matches!(
+            column.column_type,
+            ColumnType::Text | ColumnType::Varchar(_)
+        );
+        match (column.convert, column.mask) {
+            _ if checked => Shortcut::General,
+            // The tighter of `max_length` and `varchar(n)` bounds the text's bytes.
+            (None, None) if text && !masked => Shortcut::Text {
+                max: match (column.max_length, varchar) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            },
+            (Some(Convert::Version), None)
+                if column.max_length.is_none()
+                    && matches!(column.column_type, ColumnType::Integer | ColumnType::BigInt) =>
+            {
+                Shortcut::Version {
+                    bigint: column.column_type == ColumnType::BigInt,
+                }
+            }
+            (convert @ (None | Some(Convert::Ip)), Some(Mask::Token(_))) if text => {
+                Shortcut::Token {
+                    ip: convert.is_some(),
+                    max: varchar,
+                }
+            }
+            _ => Shortcut::General,
+        }
+    }
+
+    /// The value of a present, non-null string, when this shortcut applies to it.
+    #[inline]
+    fn make(
+        self,
+        column: &Column,
+        mask: Option<&ColumnMask>,
+        found: Option<&Found<'_>>,
+    ) -> Option<Value> {
+        let within =
+            |text: &str, max: Option<u32>| max.is_none_or(|max| text.len() <= max as usize);
+        let Some(Found::Str(s)) = found else {
+            return None;
+        };
+        match self {
+            Shortcut::General => None,
+            // PostgreSQL's text holds no U+0000.
+            Shortcut::Text { max } => {
+                (within(s, max) && !s.contains('\0')).then(|| Value::Text(s.to_string()))
+            }
+            Shortcut::Version { bigint } => {
+                let encoded = AppVersion::parse(s).ok()?.encode();
+                Some(match bigint {
+                    true => Value::BigInt(encoded.into()),
+                    false => Value::Integer(encoded),
+                })
+            }
+            Shortcut::Token { ip, max } => {
+                // `max_length` is on the value as sent, `varchar(n)` on the token.
+                if !within(s, column.max_length) {
+                    return None;
+                }
+                let token = match ip {
+                    true => mask?.mask_ip(s.parse::<IpAddr>().ok()?.to_canonical()),
+                    false => mask?.mask_bytes(s.as_bytes()).ok()?,
+                };
+                let token = token.into_string();
+                within(&token, max).then_some(Value::Text(token))
+            }
+        }
     }
 }
 

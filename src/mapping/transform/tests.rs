@@ -640,3 +640,79 @@ columns = [ { name = "id", from = "/id", type = "integer" } ]
         "no_mapping"
     );
 }
+
+/// A column's shortcut makes what the general path makes of the same value, or leaves the
+/// value to it; the general path alone refuses.
+#[test]
+fn a_shortcut_makes_what_the_general_path_makes_or_leaves_it_to_it() {
+    let mapper = Mapper::new(
+        Mapping::parse(
+            r#"
+table = "t"
+columns = [
+  { name = "plain", from = "/a", type = "text" },
+  { name = "short", from = "/b", type = "varchar(4)" },
+  { name = "sent_limit", from = "/c", type = "varchar(10)", max_length = 3 },
+  { name = "version", from = "/d", type = "integer", convert = "version" },
+  { name = "big_version", from = "/e", type = "bigint", convert = "version" },
+  { name = "ip_token", from = "/f", type = "varchar(256)", convert = "ip", mask = "hmac", mask_scope = "ip" },
+  { name = "token", from = "/g", type = "varchar(256)", mask = "hmac", max_length = 5 },
+  { name = "siv_token", from = "/i", type = "text", mask = "siv" },
+  { name = "checked", from = "/j", type = "text", pattern = "[a-z]+" },
+  { name = "redacted", from = "/k", type = "text", mask = "redact" },
+]
+"#,
+        )
+        .unwrap(),
+        &key(),
+    );
+    let general = mapper.shortcuts.iter().filter(|s| **s == Shortcut::General);
+    // Only the column with a pattern and the redacted one take the general path.
+    assert_eq!(general.count(), 2);
+    let values = [
+        "",
+        "abc",
+        "abcd",
+        "abcde",
+        "äbc",
+        "ää",
+        "a\0b",
+        "1.2.3",
+        "7",
+        "1.2.3.4",
+        "1.x",
+        "99999.0.0",
+        "203.0.113.7",
+        "::ffff:203.0.113.7",
+        "2001:db8::1",
+        "not an address",
+    ];
+    let mut shortcuts_taken = 0;
+    for (i, column) in mapper.mapping.columns.iter().enumerate() {
+        let mask = mapper.masks[i].as_ref();
+        for value in values {
+            let found = Found::Str(Cow::Borrowed(value));
+            let general = mapper.mapping.value(column, Some(found.clone()), mask);
+            let Some(made) = mapper.shortcuts[i].make(column, mask, Some(&found)) else {
+                continue;
+            };
+            shortcuts_taken += 1;
+            match general {
+                Ok(general) => assert_eq!(made, general, "{} of a value", column.name),
+                Err(r) => panic!("{}: the general path refuses ({})", column.name, r.reason),
+            }
+        }
+        // Anything but a string is the general path's.
+        for other in [
+            Found::Null,
+            Found::Number(Cow::Borrowed("1")),
+            Found::Bool(true),
+        ] {
+            assert!(mapper.shortcuts[i]
+                .make(column, mask, Some(&other))
+                .is_none());
+        }
+        assert!(mapper.shortcuts[i].make(column, mask, None).is_none());
+    }
+    assert!(shortcuts_taken > 40, "{shortcuts_taken}");
+}
