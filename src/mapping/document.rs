@@ -618,6 +618,9 @@ impl<'a> Document<'a> {
 
     /// The distinct top-level field names not in `taken`, in byte order.
     pub fn unknown(&self, taken: &HashSet<String>) -> Vec<&str> {
+        if self.fields.is_empty() {
+            return Vec::new();
+        }
         let mut names: Vec<&str> = self
             .fields
             .iter()

@@ -364,10 +364,15 @@ impl Mapper {
             // Sized once: a collect through `Result` would start small and grow.
             let mut values = Vec::with_capacity(mapping.columns.len());
             for (((column, mask), slot), shortcut) in columns.zip(&self.shortcuts) {
-                let found = mapping.find(column, *slot, doc, fields, message);
-                let value = match shortcut.make(column, mask.as_ref(), found.as_ref()) {
+                // A field's value as the document holds it, for the shortcut (another
+                // source's is the general path's).
+                let field = slot.and_then(|slot| doc.get(slot));
+                let value = match shortcut.make(column, mask.as_ref(), field) {
                     Some(value) => value,
-                    None => mapping.value(column, found, mask.as_ref())?,
+                    None => {
+                        let found = mapping.find(column, *slot, doc, fields, message);
+                        mapping.value(column, found, mask.as_ref())?
+                    }
                 };
                 values.push(value);
             }
@@ -687,10 +692,13 @@ pub(super) fn read<'t>(
         Envelope::Sns => "the SNS `Message`: ",
         _ => "",
     };
-    texts
-        .iter()
-        .map(|text| Document::read(plan, text, context))
-        .collect()
+    // Pushed one by one: a document is a few hundred bytes, which a collect through
+    // `Result` would move more than once.
+    let mut documents = SmallVec::new();
+    for text in texts {
+        documents.push(Document::read(plan, text, context)?);
+    }
+    Ok(documents)
 }
 
 impl Mapping {
