@@ -358,15 +358,15 @@ pub struct Plan {
 struct Node {
     /// The slot of the pointer that ends here.
     slot: Option<usize>,
-    /// Sorted by [`Child::order`].
+    /// Each child's [`order`], sorted: what a lookup compares, one integer per child, in
+    /// a compact array of its own.
+    orders: Vec<u128>,
+    /// In the order of `orders`.
     children: Vec<Child>,
 }
 
 #[derive(Debug, Clone)]
 struct Child {
-    /// The key's length and first eight bytes, what a lookup compares first (two integers
-    /// instead of a call to compare bytes).
-    order: (usize, u64),
     key: String,
     /// The token as an array index, as `serde_json::Value::pointer` reads one.
     index: Option<usize>,
@@ -395,10 +395,10 @@ impl Plan {
                         let signed_or_padded =
                             key.starts_with('+') || (key.starts_with('0') && key.len() > 1);
                         let index = (!signed_or_padded).then(|| key.parse().ok()).flatten();
+                        node.orders.insert(at, order(&key));
                         node.children.insert(
                             at,
                             Child {
-                                order: order(&key),
                                 key,
                                 index,
                                 node: Node::default(),
@@ -431,11 +431,11 @@ fn word(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(word)
 }
 
-/// A key's length and first eight bytes: an order of keys in which a key of up to eight
-/// bytes is known by these two integers alone. A shorter key's bytes are read in two
+/// A key's length and first eight bytes, as one integer: an order of keys in which a key of
+/// up to eight bytes is known by its integer alone. A shorter key's bytes are read in two
 /// overlapping loads (the length tells them apart), not one at a time.
 #[inline]
-fn order(key: &str) -> (usize, u64) {
+fn order(key: &str) -> u128 {
     let (b, len) = (key.as_bytes(), key.len());
     let word = match len {
         0 => 0,
@@ -447,7 +447,7 @@ fn order(key: &str) -> (usize, u64) {
         }
         _ => word(b, 0),
     };
-    (len, word)
+    (len as u128) << 64 | u128::from(word)
 }
 
 impl Node {
@@ -455,9 +455,9 @@ impl Node {
     #[inline]
     fn at(&self, key: &str) -> Result<usize, usize> {
         let order = order(key);
-        let from = self.children.partition_point(|c| c.order < order);
+        let from = self.orders.partition_point(|o| *o < order);
         for (at, child) in self.children[from..].iter().enumerate() {
-            if child.order != order {
+            if self.orders[from + at] != order {
                 return Err(from + at);
             }
             // The length and eight bytes agree: the rest (rarely any), a word at a time.
@@ -481,15 +481,19 @@ impl Node {
     #[inline]
     fn child(&self, key: &str) -> Option<&Node> {
         let order = order(key);
-        let from = match self.children.len() {
+        let from = match self.orders.len() {
             0..=8 => 0,
-            _ => self.children.partition_point(|c| c.order < order),
+            _ => self.orders.partition_point(|o| *o < order),
         };
-        self.children[from..]
-            .iter()
-            .take_while(|c| c.order <= order)
-            .find(|c| c.order == order && (key.len() <= 8 || c.key == key))
-            .map(|c| &c.node)
+        for (at, o) in self.orders.iter().enumerate().skip(from) {
+            if *o > order {
+                break;
+            }
+            if *o == order && (key.len() <= 8 || self.children[at].key == key) {
+                return Some(&self.children[at].node);
+            }
+        }
+        None
     }
 
     fn element(&self, index: usize) -> Option<&Node> {

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use serde_json::Value as Json;
+use smallvec::SmallVec;
 
 /// Why a value or a name looks personal. `Display` is the reason the draft writes in its
 /// comments and a rejection gives in its detail: never the value.
@@ -317,11 +318,41 @@ const PERSONAL_PAIRS: [(&str, &str); 9] = [
 
 /// Whether a field's name (a key, or a pointer's last part) says it may identify a person.
 pub fn name(field: &str) -> bool {
+    // The common name, ASCII without capitals, is split into borrowed words (no humps to
+    // find, nothing to lower); another one into owned words.
+    if field
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
+        let words: SmallVec<[&str; 8]> = ascii_words(field).collect();
+        return named(&words);
+    }
     let words = words(field);
+    named(&words.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// [`words`] of a name of ASCII without capitals, borrowed from it.
+fn ascii_words(name: &str) -> impl Iterator<Item = &str> {
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|word| {
+            // Plurals name the same thing, as in `words`.
+            if word.ends_with("sses") {
+                &word[..word.len() - 2]
+            } else if word.len() >= 3 && word.ends_with('s') && !word.ends_with("ss") {
+                &word[..word.len() - 1]
+            } else {
+                word
+            }
+        })
+}
+
+/// Whether a name of these words says it may identify a person.
+fn named(words: &[&str]) -> bool {
     if words.is_empty() {
         return false;
     }
-    if words.iter().any(|w| PERSONAL_WORDS.contains(&w.as_str())) {
+    if words.iter().any(|w| PERSONAL_WORDS.contains(w)) {
         return true;
     }
     if words == ["name"] {
@@ -330,7 +361,7 @@ pub fn name(field: &str) -> bool {
     let e_mail = words.windows(2).any(|p| p[0] == "e" && p[1] == "mail");
     let owned_name = words
         .windows(2)
-        .any(|p| p[1] == "name" && NAME_OWNERS.contains(&p[0].as_str()));
+        .any(|p| p[1] == "name" && NAME_OWNERS.contains(&p[0]));
     let pair = PERSONAL_PAIRS.iter().any(|(a, b)| {
         words
             .iter()
@@ -489,6 +520,15 @@ mod tests {
             "",
         ] {
             assert!(!name(not), "{not} should not look personal");
+        }
+    }
+
+    proptest::proptest! {
+        /// A name of ASCII without capitals has the same words borrowed as owned.
+        #[test]
+        fn ascii_words_are_the_words(name in "[a-z0-9_ .~-]{0,24}") {
+            let borrowed: Vec<&str> = ascii_words(&name).collect();
+            proptest::prop_assert_eq!(borrowed, words(&name));
         }
     }
 

@@ -40,8 +40,7 @@ const MAX_DEPTH: u32 = 128;
 /// Reads `text` as `plan` says, or `None` (see the module's docs).
 pub(super) fn read<'a>(plan: &Plan, text: &'a str) -> Option<Document<'a>> {
     let mut scan = Scan { text, at: 0 };
-    let mut found = Slots::new();
-    found.resize(plan.slots, None);
+    let mut found: Slots<'a> = smallvec::smallvec![None; plan.slots];
     let mut fields = Kept::new();
     if scan.space()? != b'{' {
         return None;
