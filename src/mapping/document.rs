@@ -307,7 +307,8 @@ impl<'de> Visitor<'de> for TreeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut object = Map::new();
         let mut first = true;
-        while let Some(key) = map.next_key::<String>()? {
+        // A key borrowed where it can be: a number's token is no allocation.
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             if first && key == NUMBER_TOKEN {
                 let text: String = map.next_value()?;
                 return text
@@ -317,7 +318,7 @@ impl<'de> Visitor<'de> for TreeVisitor {
             }
             first = false;
             // A field given twice: the last one, as serde_json's `Value` keeps.
-            object.insert(key, map.next_value_seed(TreeSeed)?);
+            object.insert(key.into_owned(), map.next_value_seed(TreeSeed)?);
         }
         Ok(Json::Object(object))
     }

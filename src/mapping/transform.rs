@@ -416,6 +416,9 @@ enum Shortcut {
     /// A string's token (of the address it holds, for `ip`) stored as text (`max`: the
     /// `varchar(n)` the token must fit).
     Token { ip: bool, max: Option<u32> },
+    /// Any value made into the column's type by its conversion alone (a column with no
+    /// check, mask or `convert`, of a type that is neither jsonb nor inet).
+    Convert(ColumnType),
 }
 
 impl Shortcut {
@@ -455,6 +458,13 @@ impl Shortcut {
                     max: varchar,
                 }
             }
+            (None, None)
+                if !masked
+                    && column.max_length.is_none()
+                    && !matches!(column.column_type, ColumnType::Jsonb | ColumnType::Inet) =>
+            {
+                Shortcut::Convert(column.column_type)
+            }
             _ => Shortcut::General,
         }
     }
@@ -469,11 +479,18 @@ impl Shortcut {
     ) -> Option<Value> {
         let within =
             |text: &str, max: Option<u32>| max.is_none_or(|max| text.len() <= max as usize);
+        if let (Shortcut::Convert(column_type), Some(found)) = (self, found) {
+            // Null (perhaps refused) and an unreadable string are the general path's.
+            return match found {
+                Found::Null | Found::BadEscape => None,
+                found => convert_found(found, column_type).ok(),
+            };
+        }
         let Some(Found::Str(s)) = found else {
             return None;
         };
         match self {
-            Shortcut::General => None,
+            Shortcut::General | Shortcut::Convert(_) => None,
             // PostgreSQL's text holds no U+0000.
             Shortcut::Text { max } => {
                 (within(s, max) && !s.contains('\0')).then(|| Value::Text(s.to_string()))

@@ -658,8 +658,23 @@ columns = [
   { name = "ip_token", from = "/f", type = "varchar(256)", convert = "ip", mask = "hmac", mask_scope = "ip" },
   { name = "token", from = "/g", type = "varchar(256)", mask = "hmac", max_length = 5 },
   { name = "siv_token", from = "/i", type = "text", mask = "siv" },
+  { name = "small", from = "/l", type = "smallint" },
+  { name = "int", from = "/m", type = "integer" },
+  { name = "big", from = "/n", type = "bigint" },
+  { name = "real", from = "/o", type = "real" },
+  { name = "double", from = "/p", type = "double precision" },
+  { name = "numeric", from = "/q", type = "numeric(6,2)" },
+  { name = "flag", from = "/r", type = "boolean" },
+  { name = "id", from = "/s", type = "uuid" },
+  { name = "day", from = "/t", type = "date" },
+  { name = "at", from = "/u", type = "timestamptz" },
+  { name = "local", from = "/v", type = "timestamp" },
+  { name = "tags", from = "/w", type = "text[]" },
   { name = "checked", from = "/j", type = "text", pattern = "[a-z]+" },
   { name = "redacted", from = "/k", type = "text", mask = "redact" },
+  { name = "bounded", from = "/x", type = "integer", min = 0 },
+  { name = "host", from = "/y", type = "inet" },
+  { name = "doc", from = "/z", type = "jsonb" },
 ]
 "#,
         )
@@ -667,9 +682,9 @@ columns = [
         &key(),
     );
     let general = mapper.shortcuts.iter().filter(|s| **s == Shortcut::General);
-    // Only the column with a pattern and the redacted one take the general path.
-    assert_eq!(general.count(), 2);
-    let values = [
+    // A pattern, a redaction, bounds, inet and jsonb take the general path.
+    assert_eq!(general.count(), 5);
+    let strings = [
         "",
         "abc",
         "abcd",
@@ -679,6 +694,7 @@ columns = [
         "a\0b",
         "1.2.3",
         "7",
+        "-12",
         "1.2.3.4",
         "1.x",
         "99999.0.0",
@@ -686,33 +702,56 @@ columns = [
         "::ffff:203.0.113.7",
         "2001:db8::1",
         "not an address",
+        "true",
+        "6f9619ff-8b86-d011-b42d-00c04fc964ff",
+        "2026-12-04",
+        "2026-12-04T10:00:00.123456+01:00",
+        "2026-12-04 10:00:00",
+        "1234.567",
+        "NaN",
     ];
+    let others = [
+        Found::Null,
+        Found::BadEscape,
+        Found::Bool(true),
+        Found::Int(1_700_000_000_000),
+        Found::Raw(r#"["x", "y"]"#),
+        Found::Raw(r#"[1, 2]"#),
+        Found::Raw(r#"{"a": 1}"#),
+    ];
+    let numbers = [
+        "1",
+        "-0",
+        "1.5",
+        "1e3",
+        "1E400",
+        "32768",
+        "12345678901234567890",
+        "1234.567",
+    ];
+    let found = strings
+        .iter()
+        .map(|s| Found::Str(Cow::Borrowed(*s)))
+        .chain(numbers.iter().map(|n| Found::Number(Cow::Borrowed(*n))))
+        .chain(others);
+    let found: Vec<Found<'_>> = found.collect();
     let mut shortcuts_taken = 0;
     for (i, column) in mapper.mapping.columns.iter().enumerate() {
         let mask = mapper.masks[i].as_ref();
-        for value in values {
-            let found = Found::Str(Cow::Borrowed(value));
-            let general = mapper.mapping.value(column, Some(found.clone()), mask);
-            let Some(made) = mapper.shortcuts[i].make(column, mask, Some(&found)) else {
+        for value in &found {
+            let general = mapper.mapping.value(column, Some(value.clone()), mask);
+            let Some(made) = mapper.shortcuts[i].make(column, mask, Some(value)) else {
                 continue;
             };
+            // Null, missing and unreadable values are the general path's.
+            assert!(!matches!(value, Found::Null | Found::BadEscape));
             shortcuts_taken += 1;
             match general {
-                Ok(general) => assert_eq!(made, general, "{} of a value", column.name),
+                Ok(general) => assert_eq!(made, general, "{} of a {}", column.name, value.kind()),
                 Err(r) => panic!("{}: the general path refuses ({})", column.name, r.reason),
             }
         }
-        // Anything but a string is the general path's.
-        for other in [
-            Found::Null,
-            Found::Number(Cow::Borrowed("1")),
-            Found::Bool(true),
-        ] {
-            assert!(mapper.shortcuts[i]
-                .make(column, mask, Some(&other))
-                .is_none());
-        }
         assert!(mapper.shortcuts[i].make(column, mask, None).is_none());
     }
-    assert!(shortcuts_taken > 40, "{shortcuts_taken}");
+    assert!(shortcuts_taken > 80, "{shortcuts_taken}");
 }
