@@ -530,6 +530,14 @@ mod tests {
             let borrowed: Vec<&str> = ascii_words(&name).collect();
             proptest::prop_assert_eq!(borrowed, words(&name));
         }
+
+        /// Whatever the name, the way it is split does not change how it is judged.
+        #[test]
+        fn any_name_is_judged_by_its_words(name in r"\PC{0,16}|[a-zA-Z_]{0,16}") {
+            let words = words(&name);
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            proptest::prop_assert_eq!(super::name(&name), named(&words));
+        }
     }
 
     #[test]

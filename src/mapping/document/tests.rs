@@ -245,7 +245,7 @@ mod generated {
     fn edited() -> impl Strategy<Value = String> {
         let put = prop::sample::select(vec![
             "\"", "\\", ",", "}", "]", "{", "[", ":", "0", "00", "01", "-", "e", ".", " ", "\u{1}",
-            "x", "u", "n", "\\u00", "\\ud800", "+",
+            "\u{1f}", "\u{c}", "\u{7f}", "\t", "\n", "\r", "x", "u", "n", "\\u00", "\\ud800", "+",
         ]);
         let edit = (any::<prop::sample::Index>(), 0..4u8, put);
         (top(), prop::collection::vec(edit, 1..3)).prop_map(|(mut text, edits)| {
@@ -272,7 +272,7 @@ mod generated {
     }
 
     /// What a document holds, comparable: each slot's value and the fields kept.
-    fn held(doc: &Document<'_>) -> (Vec<Option<String>>, Vec<(String, String)>) {
+    pub(super) fn held(doc: &Document<'_>) -> (Vec<Option<String>>, Vec<(String, String)>) {
         let slots = doc
             .found
             .iter()
@@ -421,7 +421,11 @@ fn the_shortcut_reads_the_common_message_and_leaves_the_rest_to_serde() {
     for body in include_str!("../../../examples/login-queue-sample.jsonl").lines() {
         let by_serde = Document::read_with_serde(&plan, body, "");
         match scan::read(&plan, body) {
-            Some(doc) => assert_eq!(doc.fields.len(), by_serde.unwrap().fields.len(), "{body}"),
+            Some(doc) => assert_eq!(
+                generated::held(&doc),
+                generated::held(&by_serde.unwrap()),
+                "{body}"
+            ),
             // The sample's one bad message is not JSON.
             None => assert!(by_serde.is_err(), "{body}"),
         }
@@ -466,5 +470,72 @@ fn the_shortcut_reads_the_common_message_and_leaves_the_rest_to_serde() {
             Document::read_with_serde(&plan, text, "").is_err(),
             "{text}"
         );
+    }
+}
+
+#[test]
+fn a_node_of_many_children_and_long_keys_alike_finds_each_one() {
+    let pointers = [
+        "/a",
+        "/b",
+        "/c",
+        "/d",
+        "/e",
+        "/f",
+        "/g",
+        "/h",
+        "/i",
+        "/j",
+        "/a_rather_long_key",
+        "/a_rather_long_kez",
+        "/a_rather_long_key_too",
+        "/a_rather",
+        "/a_rathe",
+        "/x/a_rather_long_key",
+        "/x/a_rather_long_kez",
+        "/x/a",
+        "/x/b",
+        "/x/c",
+        "/x/d",
+        "/x/e",
+        "/x/f",
+        "/x/g",
+        "/x/h",
+        "/x/i",
+    ];
+    let mut plan = Plan::default();
+    let slots: Vec<usize> = pointers.iter().map(|p| plan.slot(p).unwrap()).collect();
+    let text = r#"{"j": 10, "a_rather_long_kez": "kez", "i": 9, "a_rather_long_key": "key",
+        "a_rather": 8, "a_rathe": 7, "a_rather_long_key_too": "too", "a": 1, "c": 3, "e": 5,
+        "g": 7, "zz": 0, "a_rather_long_kex": "kex",
+        "x": {"a_rather_long_kez": 2, "i": 1, "a_rather_long_key": 3, "h": 0, "a": -1}}"#;
+    let tree: Json = serde_json::from_str(text).unwrap();
+    let by_serde = Document::read_with_serde(&plan, text, "").unwrap();
+    let doc = scan::read(&plan, text).expect("an object with plain keys");
+    assert_eq!(generated::held(&doc), generated::held(&by_serde));
+    for (pointer, slot) in pointers.iter().zip(slots) {
+        let found = doc
+            .get(slot)
+            .map(|f| f.to_json().ok().unwrap().into_owned());
+        assert_eq!(found.as_ref(), tree.pointer(pointer), "{pointer}");
+    }
+    // The fields no pointer starts with are kept, by both readers.
+    let kept: Vec<&str> = doc.fields.iter().map(|(k, _)| k.as_ref()).collect();
+    assert_eq!(kept, ["zz", "a_rather_long_kex"]);
+}
+
+#[test]
+fn the_shortcut_reads_objects_of_every_kind_of_value() {
+    let (plan, _) = plan();
+    for text in [
+        r#"{"a": {"b": {"c": 1.50e3}}, "n": null, "e": "x\"y"}"#,
+        r#"{"a": {"b": "not an object"}, "z": [{"x": 1}, {"x": [true, false]}]}"#,
+        "{\"s/t\": -0, \"m~n\": 12345678901234567890123, \"1\": \"\u{7f}é\"}",
+        "\t{\r\n\"a\" : { \"b\" : { \"c\" : [ 1 , 2 ] } } }\n",
+        r#"{"": "empty key", "n": "a long string of more than eight bytes", "e": {}}"#,
+    ] {
+        let doc = scan::read(&plan, text).expect(text);
+        let by_serde = Document::read_with_serde(&plan, text, "").unwrap();
+        assert_eq!(generated::held(&doc), generated::held(&by_serde), "{text}");
     }
 }

@@ -675,6 +675,11 @@ columns = [
   { name = "bounded", from = "/x", type = "integer", min = 0 },
   { name = "host", from = "/y", type = "inet" },
   { name = "doc", from = "/z", type = "jsonb" },
+  { name = "listed", from = "/aa", type = "text", allowed = ["abc", "7"] },
+  { name = "capped", from = "/ab", type = "integer", max = 10 },
+  { name = "address", from = "/ac", type = "text", convert = "ip" },
+  { name = "epoch", from = "/ad", type = "date", convert = "epoch_ms" },
+  { name = "sent_cap", from = "/ae", type = "text", max_length = 3 },
 ]
 "#,
         )
@@ -682,8 +687,9 @@ columns = [
         &key(),
     );
     let general = mapper.shortcuts.iter().filter(|s| **s == Shortcut::General);
-    // A pattern, a redaction, bounds, inet and jsonb take the general path.
-    assert_eq!(general.count(), 5);
+    // A pattern, a redaction, bounds, inet, jsonb, an allowed list, an unmasked address and
+    // an epoch take the general path.
+    assert_eq!(general.count(), 9);
     let strings = [
         "",
         "abc",
