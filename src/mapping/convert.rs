@@ -8,6 +8,7 @@
 //! digit, never a trip through `f64`; only `real` and `double precision` round, as their types
 //! do.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde_json::Value as Json;
@@ -514,12 +515,25 @@ pub fn convert_found(value: &Found<'_>, column: ColumnType) -> Result<Value, Fau
         ColumnType::TextArray => match value {
             Found::Raw(_) | Found::Tree(_) if value.kind() == "array" => {
                 let tree = value.to_json().map_err(unreadable)?;
-                let Json::Array(items) = &*tree else {
-                    unreachable!("an array's tree is an array")
-                };
-                let mut texts = Vec::with_capacity(items.len());
-                for item in items {
-                    texts.push(text(&Found::from_json(item), None)?);
+                let mut texts = Vec::new();
+                match tree {
+                    // Parsed for this column: its strings are moved, not copied.
+                    Cow::Owned(Json::Array(items)) => {
+                        texts.reserve(items.len());
+                        for item in items {
+                            texts.push(match item {
+                                Json::String(s) if !s.contains('\0') => s,
+                                other => text(&Found::from_json(&other), None)?,
+                            });
+                        }
+                    }
+                    Cow::Borrowed(Json::Array(items)) => {
+                        texts.reserve(items.len());
+                        for item in items {
+                            texts.push(text(&Found::from_json(item), None)?);
+                        }
+                    }
+                    _ => unreachable!("an array's tree is an array"),
                 }
                 Value::TextArray(texts)
             }
