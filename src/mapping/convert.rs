@@ -292,7 +292,15 @@ pub fn compare_decimals(a: &str, b: &str) -> Option<std::cmp::Ordering> {
 fn numbers_fit(value: &Json) -> bool {
     match value {
         Json::Number(n) => {
-            JsonNumber::parse(n.as_str()).is_some_and(|n| n.fits_numeric() && n.exponent_readable())
+            // A whole number written without point or exponent fits if its digits do.
+            let text = n.as_str();
+            let digits = text.strip_prefix('-').unwrap_or(text);
+            let plain = !digits.is_empty()
+                && digits.len() <= NUMERIC_INT_DIGITS as usize
+                && digits.bytes().all(|b| b.is_ascii_digit());
+            plain
+                || JsonNumber::parse(text)
+                    .is_some_and(|n| n.fits_numeric() && n.exponent_readable())
         }
         Json::Array(items) => items.iter().all(numbers_fit),
         Json::Object(map) => map.values().all(numbers_fit),

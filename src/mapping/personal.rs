@@ -358,6 +358,10 @@ fn named(words: &[&str]) -> bool {
     if words == ["name"] {
         return true;
     }
+    // What follows takes two words or more.
+    if words.len() == 1 {
+        return false;
+    }
     let e_mail = words.windows(2).any(|p| p[0] == "e" && p[1] == "mail");
     let owned_name = words
         .windows(2)

@@ -244,6 +244,13 @@ fn numbers_keep_every_digit_they_were_sent_with() {
         );
     }
     assert!(numeric("1e1000", "jsonb").is_ok());
+    // A whole number as long as numeric's integer part holds, and one digit more.
+    let at_limit = "9".repeat(131_072);
+    assert!(numeric(&at_limit, "jsonb").is_ok());
+    assert!(matches!(
+        numeric(&format!("-1{at_limit}"), "jsonb"),
+        Err(Fault::OutOfRange(_))
+    ));
     // Zero with an exponent no memory holds is zero, not a string of that many digits.
     assert_eq!(text("0e+99999999999", "numeric").as_deref(), Ok("0"));
     assert_eq!(
