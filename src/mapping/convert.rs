@@ -52,14 +52,21 @@ fn string<'v>(value: &'v Found<'_>) -> Result<&'v str, Fault> {
     Ok(s)
 }
 
-fn text(value: &Found<'_>, max: Option<u32>) -> Result<String, Fault> {
+/// How many characters `text` has, if more than `max`; counted only past `max` bytes (a text
+/// of no more bytes than the limit has no more characters).
+pub(super) fn chars_beyond(text: &str, max: u32) -> Option<usize> {
+    if text.len() <= max as usize {
+        return None;
+    }
+    let chars = text.chars().count();
+    (chars > max as usize).then_some(chars)
+}
+
+/// A string as text of at most `max` characters.
+pub(super) fn text(value: &Found<'_>, max: Option<u32>) -> Result<String, Fault> {
     let s = string(value)?;
-    // A text of no more bytes than the limit has no more characters.
-    if let Some(max) = max.filter(|max| s.len() > *max as usize) {
-        let chars = s.chars().count();
-        if chars > max as usize {
-            return Err(Fault::TooLong { chars, max });
-        }
+    if let Some((chars, max)) = max.and_then(|max| Some((chars_beyond(s, max)?, max))) {
+        return Err(Fault::TooLong { chars, max });
     }
     Ok(s.to_owned())
 }

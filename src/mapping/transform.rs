@@ -30,7 +30,7 @@ use serde_json::{Map, Value as Json};
 use time::OffsetDateTime;
 
 use super::column::{compare_decimals, ColumnType, Fault, Value};
-use super::convert::{convert_found, jsonb, unreadable};
+use super::convert::{chars_beyond, convert_found, jsonb, text, unreadable};
 use super::document::{self, Document, Found, Plan, Unreadable};
 use super::file::{
     Bound, Column, Convert, Envelope, Mapping, MappingError, Mask, Match, MatchOn, RestPersonal,
@@ -409,7 +409,7 @@ impl Mapper {
 enum Shortcut {
     /// None: the general path.
     General,
-    /// A string stored as text (its byte length within the limit, no U+0000).
+    /// A string stored as text (`max`: the tighter of `max_length` and `varchar(n)`).
     Text { max: Option<u32> },
     /// A version string (`1.2.3`) stored as its integer.
     Version { bigint: bool },
@@ -437,7 +437,7 @@ impl Shortcut {
         );
         match (column.convert, column.mask) {
             _ if checked => Shortcut::General,
-            // The tighter of `max_length` and `varchar(n)` bounds the text's bytes.
+            // The tighter of `max_length` and `varchar(n)` bounds the text.
             (None, None) if text && !masked => Shortcut::Text {
                 max: match (column.max_length, varchar) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -469,7 +469,8 @@ impl Shortcut {
         }
     }
 
-    /// The value of a present, non-null string, when this shortcut applies to it.
+    /// The value of a found value, when this shortcut applies to it: `None` leaves it (and
+    /// any fault) to the general path.
     #[inline]
     fn make(
         self,
@@ -479,30 +480,20 @@ impl Shortcut {
     ) -> Option<Value> {
         let within =
             |text: &str, max: Option<u32>| max.is_none_or(|max| text.len() <= max as usize);
-        if let (Shortcut::Convert(column_type), Some(found)) = (self, found) {
+        match (self, found?) {
+            (Shortcut::General, _) => None,
             // Null (perhaps refused) and an unreadable string are the general path's.
-            return match found {
-                Found::Null | Found::BadEscape => None,
-                found => convert_found(found, column_type).ok(),
-            };
-        }
-        let Some(Found::Str(s)) = found else {
-            return None;
-        };
-        match self {
-            Shortcut::General | Shortcut::Convert(_) => None,
-            // PostgreSQL's text holds no U+0000.
-            Shortcut::Text { max } => {
-                (within(s, max) && !s.contains('\0')).then(|| Value::Text(s.to_string()))
-            }
-            Shortcut::Version { bigint } => {
+            (Shortcut::Convert(_), Found::Null | Found::BadEscape) => None,
+            (Shortcut::Convert(column_type), found) => convert_found(found, column_type).ok(),
+            (Shortcut::Text { max }, found) => text(found, max).ok().map(Value::Text),
+            (Shortcut::Version { bigint }, Found::Str(s)) => {
                 let encoded = AppVersion::parse(s).ok()?.encode();
                 Some(match bigint {
                     true => Value::BigInt(encoded.into()),
                     false => Value::Integer(encoded),
                 })
             }
-            Shortcut::Token { ip, max } => {
+            (Shortcut::Token { ip, max }, Found::Str(s)) => {
                 // `max_length` is on the value as sent, `varchar(n)` on the token.
                 if !within(s, column.max_length) {
                     return None;
@@ -514,6 +505,7 @@ impl Shortcut {
                 let token = token.into_string();
                 within(&token, max).then_some(Value::Text(token))
             }
+            (Shortcut::Version { .. } | Shortcut::Token { .. }, _) => None,
         }
     }
 }
@@ -824,12 +816,7 @@ impl Mapping {
         if let (ColumnType::Varchar(max), Value::Text(text), true) =
             (column.column_type, &value, made)
         {
-            // A text of no more bytes than the limit has no more characters.
-            let chars = match text.len() > max as usize {
-                true => text.chars().count(),
-                false => 0,
-            };
-            if chars > max as usize {
+            if let Some(chars) = chars_beyond(text, max) {
                 return Err(Rejection::new(
                     format!("too_long:{}", column.name),
                     format!("{chars} characters, limit {max}"),
@@ -1097,12 +1084,7 @@ fn string<'v>(column: &Column, value: &'v Found<'_>) -> Result<&'v str, Rejectio
 #[inline]
 fn as_sent(column: &Column, value: &Found<'_>) -> Result<(), Rejection> {
     if let (Some(max), Found::Str(s)) = (column.max_length, value) {
-        // A text of no more bytes than the limit has no more characters.
-        let chars = match s.len() > max as usize {
-            true => s.chars().count(),
-            false => 0,
-        };
-        if chars > max as usize {
+        if let Some(chars) = chars_beyond(s, max) {
             return Err(rejected(column, Fault::TooLong { chars, max }));
         }
     }
