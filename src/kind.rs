@@ -85,6 +85,52 @@ impl Rejection {
         }
     }
 
+    /// Text serde_json's reader refused, its detail `context` then what and where, never
+    /// the text: `invalid_utf16_escape` for a string with a lone surrogate escape, `not_json`
+    /// for anything else.
+    pub fn unreadable_json(error: &serde_json::Error, context: &str) -> Self {
+        Self::unreadable_json_at(error, context, error.line(), error.column())
+    }
+
+    /// [`Rejection::unreadable_json`], said to be at `line` and `column` (of a text the
+    /// error's reader read part of).
+    pub fn unreadable_json_at(
+        error: &serde_json::Error,
+        context: &str,
+        line: usize,
+        column: usize,
+    ) -> Self {
+        use serde_json::error::Category;
+        // serde_json says "lone leading surrogate in hex escape", or "unexpected end of hex
+        // escape" for a high surrogate not followed by a low one; its error codes are not
+        // public, so the message (which never holds the input) tells.
+        let text = error.to_string();
+        if error.classify() == Category::Syntax
+            && (text.contains("surrogate") || text.contains("hex escape"))
+        {
+            return Self::lone_surrogate(line, column);
+        }
+        let what = match error.classify() {
+            Category::Eof => "truncated JSON",
+            Category::Syntax => "JSON syntax error",
+            Category::Data => "unexpected JSON data",
+            Category::Io => "unreadable input",
+        };
+        Self::new(
+            "not_json",
+            format!("{context}{what} at line {line} column {column}"),
+        )
+    }
+
+    /// A string with a lone surrogate escape (`"\ud800"`), which no string can hold: where
+    /// serde_json's reader stops at it.
+    pub fn lone_surrogate(line: usize, column: usize) -> Self {
+        Self::new(
+            "invalid_utf16_escape",
+            format!("lone surrogate escape at line {line} column {column}"),
+        )
+    }
+
     /// The body is longer than `--max-body-bytes` (decided before any kind sees it).
     pub fn body_too_large(bytes: usize, limit: usize) -> Self {
         Self::new("body_too_large", format!("{bytes} bytes, limit {limit}"))

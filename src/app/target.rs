@@ -145,9 +145,10 @@ impl<'a> Target<'a> {
                     ShapeColumn {
                         name: c.name.clone(),
                         catalog_type: c.column_type.catalog_name(),
-                        // A redacted column always stores NULL, required or not.
-                        not_null: c.required && !redacted,
-                        may_be_null: redacted || !(c.required || never_null),
+                        // A redacted column always stores NULL, required or not; so
+                        // does a required one that may be null, when it is.
+                        not_null: c.required && !c.nullable && !redacted,
+                        may_be_null: redacted || c.nullable || !(c.required || never_null),
                     }
                 })
                 .collect(),
@@ -261,6 +262,7 @@ mod tests {
 columns = [
   { name = "a", from = "/a", type = "text" },
   { name = "b", from = "/b", type = "text", required = true },
+  { name = "c", from = "/c", type = "text", required = true, nullable = true },
   { name = "rest", from = "rest", type = "jsonb" },
   { name = "grp", from = "sqs:MessageGroupId", type = "text" },
   { name = "id", from = "sqs:MessageId", type = "text" },
@@ -277,8 +279,8 @@ columns = [
                 .map(|c| c.name)
                 .collect()
         };
-        assert_eq!(nullable(false), ["a", "grp"]);
-        assert_eq!(nullable(true), ["a"]);
+        assert_eq!(nullable(false), ["a", "c", "grp"]);
+        assert_eq!(nullable(true), ["a", "c"]);
     }
 
     #[test]
@@ -289,6 +291,7 @@ columns = [
   { name = "id",    from = "/id",    type = "integer", required = true },
   { name = "phone", from = "/phone", type = "text", required = true, mask = "redact" },
   { name = "note",  from = "/note",  type = "varchar(8)" },
+  { name = "tag",   from = "/tag",   type = "text", required = true, nullable = true },
 ]
 "#,
         )
@@ -306,6 +309,8 @@ columns = [
                 // Always NULL: a NOT NULL column would refuse every row.
                 ("phone", "text", false),
                 ("note", "character varying(8)", false),
+                // Present in every message, but null in some.
+                ("tag", "text", false),
             ]
         );
     }

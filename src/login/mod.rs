@@ -16,6 +16,9 @@ pub mod reject;
 pub mod validate;
 pub mod wire;
 
+#[cfg(test)]
+mod parity;
+
 use time::Date;
 
 use crate::mask::MaskedToken;

@@ -59,7 +59,10 @@ pub struct ValidLogin {
 /// Checks a parsed body. `sent_timestamp` is SQS's `SentTimestamp` attribute.
 pub fn validate(mut event: LoginEvent<'_>, sent_timestamp: i64) -> Result<ValidLogin, Rejection> {
     if let Some(field) = event.duplicate {
-        return Err(Rejection::new(Reason::DuplicateField(field)));
+        return Err(Rejection::with_detail(
+            Reason::DuplicateField(field),
+            "the field is given more than once".into(),
+        ));
     }
     // Pull every field first so that a body missing several fields reports the first in order.
     let user_id = required(&mut event, Field::UserId)?;
@@ -79,10 +82,18 @@ pub fn validate(mut event: LoginEvent<'_>, sent_timestamp: i64) -> Result<ValidL
     let device_id = bounded(Field::DeviceId, device_id, DEVICE_ID_MAX_CHARS)?;
 
     let app_version = AppVersion::parse(&app_version).map_err(|e| match e {
-        AppVersionError::Invalid => Rejection::new(Reason::InvalidAppVersion),
-        AppVersionError::OutOfRange => Rejection::new(Reason::AppVersionOutOfRange),
+        AppVersionError::Invalid => Rejection::with_detail(
+            Reason::InvalidAppVersion,
+            "not one to three dot-separated whole numbers".into(),
+        ),
+        AppVersionError::OutOfRange => Rejection::with_detail(
+            Reason::AppVersionOutOfRange,
+            "a part beyond the version encoding's bounds".into(),
+        ),
     })?;
-    let ip: IpAddr = ip.parse().map_err(|_| Rejection::new(Reason::InvalidIp))?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| Rejection::with_detail(Reason::InvalidIp, "not an IP address".into()))?;
     let create_date = sent_date(sent_timestamp)?;
 
     Ok(ValidLogin {
@@ -106,7 +117,7 @@ fn sent_date(ts: i64) -> Result<Date, Rejection> {
         .map_err(|_| {
             Rejection::with_detail(
                 Reason::InvalidSentTimestamp,
-                "SentTimestamp beyond the year 9999".into(),
+                "outside the years 1 to 9999".into(),
             )
         })
 }
@@ -142,7 +153,10 @@ fn wrong_type(field: Field, kind: JsonKind) -> Rejection {
 
 fn bounded(field: Field, s: Cow<'_, str>, max_chars: usize) -> Result<Cow<'_, str>, Rejection> {
     if s.contains('\0') {
-        return Err(Rejection::new(Reason::NulCharacter(field)));
+        return Err(Rejection::with_detail(
+            Reason::NulCharacter(field),
+            "U+0000 in the text".into(),
+        ));
     }
     // Bytes bound characters from above, so most values skip the character count.
     if s.len() > max_chars {

@@ -54,34 +54,18 @@ impl<'a> LoginEvent<'a> {
 }
 
 /// serde_json's messages for syntax errors carry no input text, but to be certain no value from
-/// the body is ever stored or logged, the detail is built from the category and position only.
+/// the body is ever stored or logged, the detail is built from the category and position only
+/// (the mapping engine's words, `kind::Rejection::unreadable_json`).
 fn not_json(err: &serde_json::Error) -> Rejection {
-    // serde_json reports lone surrogates as "lone leading surrogate in hex escape" or, when a
-    // high surrogate is not followed by a low one, "unexpected end of hex escape". Its error
-    // codes are not public, so this is told by the message (which carries no input).
-    let text = err.to_string();
-    if err.classify() == serde_json::error::Category::Syntax
-        && (text.contains("surrogate") || text.contains("hex escape"))
-    {
-        return Rejection::with_detail(
-            Reason::InvalidUtf16Escape,
-            format!(
-                "lone surrogate escape at line {} column {}",
-                err.line(),
-                err.column()
-            ),
-        );
-    }
-    let what = match err.classify() {
-        serde_json::error::Category::Eof => "truncated JSON",
-        serde_json::error::Category::Syntax => "JSON syntax error",
-        serde_json::error::Category::Data => "unexpected JSON data",
-        serde_json::error::Category::Io => "unreadable input",
+    let rejection = crate::kind::Rejection::unreadable_json(err, "");
+    let reason = match rejection.reason.as_str() {
+        "invalid_utf16_escape" => Reason::InvalidUtf16Escape,
+        _ => Reason::NotJson,
     };
-    Rejection::with_detail(
-        Reason::NotJson,
-        format!("{what} at line {} column {}", err.line(), err.column()),
-    )
+    Rejection {
+        reason,
+        detail: rejection.detail,
+    }
 }
 
 /// Deserializes the top-level value: an object becomes a `LoginEvent`, anything else is reported

@@ -5,9 +5,13 @@
 //! only when a conversion asks for it (jsonb, text[]).
 //!
 //! What the tree engine did, this keeps: a pointer finds what `serde_json::Value::pointer`
-//! found (RFC 6901 tokens, array indices without a sign or leading zeros), a field given twice
-//! is the last one given (a pointer below it sees only the last one's fields), and a number
-//! keeps its text as sent. What it does not: fields the mapping never reads are skipped with
+//! found (RFC 6901 tokens, array indices without a sign or leading zeros), and a number keeps
+//! its text as sent. But a field a pointer names, or one above it, given twice in its object
+//! holds no value ([`Found::Repeated`], where it was given again): which one is meant cannot be
+//! told, so the mapper refuses the message (`duplicate_field`), as the login pipeline does. A
+//! lone surrogate escape in a string a pointer names is kept with where it is, so the mapper
+//! can say where serde_json's reader of the whole text would stop at it; and a top-level value
+//! that is not an object is told by its kind. What it does not: fields the mapping never reads are skipped with
 //! serde_json's iterative skip, so nesting deeper than its recursion limit (128) no longer
 //! refuses a message unless a column reads that deep (then the column's `invalid_value`).
 //!
@@ -67,7 +71,13 @@ pub enum Found<'a> {
     Int(i64),
     Str(Cow<'a, str>),
     /// A string with a lone surrogate escape (`"\ud800"`): valid JSON text, but no string.
-    BadEscape,
+    /// Its JSON text, for where serde_json's reader would stop at it.
+    BadEscape(&'a str),
+    /// A field a pointer names (or one above it) given more than once in its object: which
+    /// one is meant is anyone's guess, so no value is. Where in the text it was given again
+    /// (an address in the text's memory: of the values of one document, the first given
+    /// again has the lowest).
+    Repeated(usize),
     /// An array or object's JSON text (checked when it was found), not yet parsed.
     Raw(&'a str),
     /// An array or object already parsed (a constant, an envelope's field, `rest`); boxed,
@@ -105,7 +115,7 @@ impl<'a> Found<'a> {
                 // The skip that captured it checks an escape's hex digits, not its pairing.
                 match serde_json::from_str::<String>(text) {
                     Ok(s) => Found::Str(Cow::Owned(s)),
-                    Err(_) => Found::BadEscape,
+                    Err(_) => Found::BadEscape(text),
                 }
             }
             Some(b'n') => Found::Null,
@@ -124,7 +134,8 @@ impl<'a> Found<'a> {
             Found::Number(t) => Found::Number(Cow::Borrowed(t)),
             Found::Int(n) => Found::Int(*n),
             Found::Str(s) => Found::Str(Cow::Borrowed(s)),
-            Found::BadEscape => Found::BadEscape,
+            Found::BadEscape(text) => Found::BadEscape(text),
+            Found::Repeated(at) => Found::Repeated(*at),
             Found::Raw(raw) => Found::Raw(raw),
             Found::Tree(tree) => Found::Tree(Box::new(Cow::Borrowed(tree))),
             Found::TooDeep => Found::TooDeep,
@@ -141,7 +152,8 @@ impl<'a> Found<'a> {
             Found::Null => "null",
             Found::Bool(_) => "boolean",
             Found::Number(_) | Found::Int(_) => "number",
-            Found::Str(_) | Found::BadEscape => "string",
+            Found::Str(_) | Found::BadEscape(_) => "string",
+            Found::Repeated(_) => "repeated field",
             Found::Raw(raw) if raw.starts_with('[') => "array",
             Found::Raw(_) | Found::TooDeep => "object",
             Found::Tree(tree) => match ***tree {
@@ -176,7 +188,8 @@ impl<'a> Found<'a> {
             Found::Number(t) => tree(t).map_err(|_| Unreadable::TooDeep)?,
             Found::Int(n) => Json::from(*n),
             Found::Str(s) => Json::String(s.to_string()),
-            Found::BadEscape => return Err(Unreadable::LoneSurrogate),
+            Found::BadEscape(_) => return Err(Unreadable::LoneSurrogate),
+            Found::Repeated(_) => return Err(Unreadable::Repeated),
             Found::TooDeep => return Err(Unreadable::TooDeep),
             Found::Raw(raw) => tree(raw).map_err(|e| Unreadable::of(&e))?,
             Found::Tree(tree) => return Ok(Cow::Borrowed(tree.as_ref().as_ref())),
@@ -187,7 +200,8 @@ impl<'a> Found<'a> {
     /// (parsed to know) an array or object that holds one or is too deep for a tree.
     pub fn unreadable(&self) -> Option<Unreadable> {
         match self {
-            Found::BadEscape => Some(Unreadable::LoneSurrogate),
+            Found::BadEscape(_) => Some(Unreadable::LoneSurrogate),
+            Found::Repeated(_) => Some(Unreadable::Repeated),
             Found::TooDeep => Some(Unreadable::TooDeep),
             Found::Raw(_) => self.to_json().err(),
             _ => None,
@@ -198,7 +212,7 @@ impl<'a> Found<'a> {
     /// value as JSON writes it; `None` for null (and for what [`Found::to_json`] cannot read).
     pub fn as_text(&self) -> Option<Cow<'_, str>> {
         match self {
-            Found::Null | Found::BadEscape | Found::TooDeep => None,
+            Found::Null | Found::BadEscape(_) | Found::Repeated(_) | Found::TooDeep => None,
             Found::Str(s) => Some(Cow::Borrowed(s)),
             Found::Number(t) => Some(as_written(t)),
             Found::Int(n) => Some(Cow::Owned(n.to_string())),
@@ -215,6 +229,8 @@ pub enum Unreadable {
     TooDeep,
     /// A string (or key) with an unpaired surrogate escape (`"\ud800"`).
     LoneSurrogate,
+    /// A field given more than once (see [`Found::Repeated`]).
+    Repeated,
 }
 
 impl Unreadable {
@@ -236,6 +252,7 @@ impl fmt::Display for Unreadable {
             Unreadable::LoneSurrogate => {
                 f.write_str("a lone surrogate escape (\\uD800 to \\uDFFF, unpaired)")
             }
+            Unreadable::Repeated => f.write_str("a field given more than once"),
         }
     }
 }
@@ -380,6 +397,11 @@ impl Plan {
         self.shared = true;
     }
 
+    /// The pointer of a slot.
+    pub fn pointer(&self, slot: usize) -> &str {
+        &self.pointers[slot]
+    }
+
     /// The slot of a JSON pointer (`""` is the whole document), given once per pointer;
     /// `None` for a pointer that finds nothing (one not starting with `/`).
     pub fn slot(&mut self, pointer: &str) -> Option<usize> {
@@ -504,13 +526,17 @@ impl Node {
             .map(|c| &c.node)
     }
 
-    /// Forgets what the slots below this node hold (a field given again replaces the first).
-    fn clear_below(&self, found: &mut [Option<Found<'_>>]) {
+    /// Marks what the slots below this node hold as [`Found::Repeated`] (the node's field is
+    /// given again: which of its values is meant cannot be told). A first visit finds them
+    /// empty. `at`: where the node's value is given again.
+    fn repeat_below(&self, found: &mut [Option<Found<'_>>], at: usize) {
         for child in &self.children {
             if let Some(slot) = child.node.slot {
-                found[slot] = None;
+                if let Some(value) = found[slot].take() {
+                    found[slot] = Some(repeated(value, at));
+                }
             }
-            child.node.clear_below(found);
+            child.node.repeat_below(found, at);
         }
     }
 
@@ -542,16 +568,47 @@ impl Node {
         found: &mut [Option<Found<'a>>],
     ) -> serde_json::Result<()> {
         if let Some(slot) = self.slot {
-            found[slot] = Some(Found::from_raw(raw));
+            put(found, slot, Found::from_raw(raw), address(raw.get()));
         }
         if self.children.is_empty() {
             return Ok(());
         }
-        self.clear_below(found);
+        self.repeat_below(found, address(raw.get()));
         // A fresh reader over the value's text: it is valid JSON, read once more per level.
         let mut de = serde_json::Deserializer::from_str(raw.get());
         de.deserialize_any(NodeVisitor { node: self, found })
     }
+}
+
+/// Fills `slot` with what its pointer found: a slot filled before holds [`Found::Repeated`].
+/// A lone surrogate escape stays, either one (serde_json's reader, which the login pipeline
+/// read with, stopped at the first one it met).
+/// `at`: where in the text the value is (see [`address`]).
+#[inline]
+fn put<'a>(found: &mut [Option<Found<'a>>], slot: usize, value: Found<'a>, at: usize) {
+    found[slot] = Some(match found[slot].take() {
+        None => value,
+        Some(before) => match value {
+            Found::BadEscape(_) if !matches!(before, Found::BadEscape(_)) => value,
+            _ => repeated(before, at),
+        },
+    });
+}
+
+/// What a slot holds once its field is given again at `at` (a lone surrogate escape stays; a
+/// field given a third time was first given again where it was).
+fn repeated(before: Found<'_>, at: usize) -> Found<'_> {
+    match before {
+        Found::BadEscape(_) | Found::Repeated(_) => before,
+        _ => Found::Repeated(at),
+    }
+}
+
+/// Where a value is in the text it was read from, as an address: values of one text compare
+/// by where they are in it.
+#[inline]
+fn address(value: &str) -> usize {
+    value.as_ptr() as usize
 }
 
 /// The slots of a document: on the stack for a mapping of up to 8 pointers (more would make
@@ -560,6 +617,10 @@ type Slots<'a> = SmallVec<[Option<Found<'a>>; 8]>;
 
 /// A document's values as the plan reads them, and its top-level fields.
 pub struct Document<'a> {
+    /// The text it was read from (where a lone surrogate escape is told from).
+    text: &'a str,
+    /// The kind of its top-level value when that is not an object.
+    not_object: Option<&'static str>,
     found: Slots<'a>,
     /// The top-level fields in the order given (an object's; none for another value), but for
     /// a plan not shared only those no pointer starts with: the candidates for `rest` and
@@ -574,6 +635,8 @@ impl<'a> Document<'a> {
     /// A document with nothing in it (for the columns whose value is not the message's).
     pub fn empty() -> Self {
         Self {
+            text: "",
+            not_object: None,
             found: SmallVec::new(),
             fields: Vec::new(),
         }
@@ -591,29 +654,56 @@ impl<'a> Document<'a> {
     /// [`Document::read`] through serde_json's reader: any JSON, and where text that is not
     /// JSON stops being JSON.
     fn read_with_serde(plan: &Plan, text: &'a str, context: &str) -> Result<Self, Rejection> {
-        let not_json = |e: serde_json::Error| {
-            Rejection::new(
-                "not_json",
-                format!("{context}line {}, column {}", e.line(), e.column()),
-            )
-        };
+        let not_json = |e: serde_json::Error| Rejection::unreadable_json(&e, context);
         let mut found: Slots<'a> = smallvec::smallvec![None; plan.slots];
         let mut fields = Vec::new();
         let mut de = serde_json::Deserializer::from_str(text);
-        (&mut de)
+        let mut in_leaf = None;
+        let read = (&mut de)
             .deserialize_any(RootVisitor {
                 plan,
                 found: &mut found,
                 fields: &mut fields,
+                in_leaf: &mut in_leaf,
             })
-            .and_then(|()| de.end())
-            .map_err(not_json)?;
+            .and_then(|kind| de.end().map(|()| kind));
+        let not_object = match read {
+            Ok(kind) => kind,
+            // A lone surrogate escape read before the text stops being JSON is where a reader
+            // of the strings (the login pipeline's) stops first.
+            Err(e) => {
+                return Err(match first_lone_surrogate(found.iter().flatten()) {
+                    Some(string) => lone_surrogate_at(text, string),
+                    None => match in_leaf {
+                        Some(key) => string_fault(text, key, &e, context),
+                        None => not_json(e),
+                    },
+                })
+            }
+        };
         if let Some(slot) = plan.root.slot {
             // The whole document: its text is read already.
             let raw: &RawValue = serde_json::from_str(text).map_err(not_json)?;
             found[slot] = Some(Found::from_raw(raw));
         }
-        Ok(Self { found, fields })
+        Ok(Self {
+            text,
+            not_object,
+            found,
+            fields,
+        })
+    }
+
+    /// The kind of its top-level value (`array`, `string`, ...) when that is not an object.
+    pub fn not_object(&self) -> Option<&'static str> {
+        self.not_object
+    }
+
+    /// Of the lone surrogate escapes the pointers of `slots` found, the first in the text, as
+    /// the `invalid_utf16_escape` serde_json's reader gives: where it stops, line and column.
+    pub fn lone_surrogate(&self, slots: impl Iterator<Item = usize>) -> Option<Rejection> {
+        let first = first_lone_surrogate(slots.filter_map(|slot| self.get(slot)))?;
+        Some(lone_surrogate_at(self.text, first))
     }
 
     /// What the pointer of `slot` found.
@@ -652,6 +742,81 @@ impl<'a> Document<'a> {
     }
 }
 
+/// Where a reader of a field's string (serde_json's, which the login pipeline reads its fields
+/// with) says the text stops being JSON, when it stops inside the value of the field `key` (a
+/// key borrowed from `text`). The skip that captured the value refuses less (a lone surrogate
+/// escape) or elsewhere (at a control character, not past it), so the string is read again
+/// from where it starts.
+fn string_fault(text: &str, key: &str, error: &serde_json::Error, context: &str) -> Rejection {
+    let skipped = || Rejection::unreadable_json(error, context);
+    let Some(key_end) = (key.as_ptr() as usize)
+        .checked_sub(text.as_ptr() as usize)
+        .map(|at| at + key.len())
+        .filter(|at| *at <= text.len())
+    else {
+        return skipped();
+    };
+    // Past the key's closing quote, the colon and the spaces around it.
+    let after = &text[key_end..];
+    let value_at = key_end + after.len()
+        - after
+            .trim_start_matches('"')
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .trim_start_matches(':')
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .len();
+    let rest = &text[value_at..];
+    if !rest.starts_with('"') {
+        return skipped();
+    }
+    let mut reader = serde_json::Deserializer::from_str(rest);
+    let Err(error) = <String as de::Deserialize>::deserialize(&mut reader) else {
+        return skipped();
+    };
+    let before = &text.as_bytes()[..value_at];
+    let line = 1 + before.iter().filter(|b| **b == b'\n').count();
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    let (line, column) = match error.line() {
+        1 => (line, value_at - line_start + error.column()),
+        more => (line + more - 1, error.column()),
+    };
+    Rejection::unreadable_json_at(&error, context, line, column)
+}
+
+/// The `invalid_utf16_escape` of `string` (the JSON text of a string with a lone surrogate
+/// escape, within `text`): where serde_json's reader of `text` stops at it, line and column.
+fn lone_surrogate_at(text: &str, string: &str) -> Rejection {
+    // The string's own reader stops where the document's would, shifted by where the string
+    // starts (a JSON string holds no line break).
+    let column = serde_json::from_str::<String>(string)
+        .err()
+        .map_or(0, |e| e.column());
+    let offset = (string.as_ptr() as usize)
+        .checked_sub(text.as_ptr() as usize)
+        .filter(|at| *at <= text.len())
+        .unwrap_or(0);
+    let before = &text.as_bytes()[..offset];
+    let line = 1 + before.iter().filter(|b| **b == b'\n').count();
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    Rejection::lone_surrogate(line, offset - line_start + column)
+}
+
+/// The first (in the text) lone surrogate escape of what the pointers found.
+fn first_lone_surrogate<'a>(found: impl Iterator<Item = &'a Found<'a>>) -> Option<&'a str> {
+    found
+        .filter_map(|f| match f {
+            Found::BadEscape(string) => Some(*string),
+            _ => None,
+        })
+        .min_by_key(|string| string.as_ptr() as usize)
+}
+
 /// An object's fields as given, each value's raw text; `None` for another JSON value. The
 /// whole text is checked to be one JSON value (nothing after it).
 pub fn top_level(text: &str) -> serde_json::Result<Option<Fields<'_>>> {
@@ -675,33 +840,62 @@ struct RootVisitor<'p, 'f, 'a> {
     plan: &'p Plan,
     found: &'f mut Slots<'a>,
     fields: &'f mut Kept<'a>,
+    /// The key (borrowed from the text) of the field a pointer ends at, when the text stops
+    /// being JSON inside its value.
+    in_leaf: &'f mut Option<&'a str>,
 }
 
 impl<'de> Visitor<'de> for RootVisitor<'_, '_, 'de> {
-    type Value = ();
+    /// The kind of value it was, when not an object.
+    type Value = Option<&'static str>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    scalars_are_nothing!(());
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        // `/0` names an object's field "0", but an array's element 0, as serde_json's pointer.
-        self.plan.root.fill_elements(seq, self.found)
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Some("boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Some("number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Some("number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Some("number"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Some("string"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Some("null"))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        // `/0` names an object's field "0", but an array's element 0, as serde_json's pointer.
+        self.plan.root.fill_elements(seq, self.found)?;
+        Ok(Some("array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut first = true;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             if first && key == NUMBER_TOKEN {
                 // A number, not an object.
                 map.next_value::<IgnoredAny>()?;
-                return Ok(());
+                return Ok(Some("number"));
             }
             first = false;
-            let raw: &'de RawValue = map.next_value()?;
-            match self.plan.root.child(&key) {
+            let node = self.plan.root.child(&key);
+            let raw: &'de RawValue = map.next_value().inspect_err(|_| {
+                if node.is_some_and(|n| n.children.is_empty()) {
+                    if let Cow::Borrowed(key) = key {
+                        *self.in_leaf = Some(key);
+                    }
+                }
+            })?;
+            match node {
                 Some(node) => {
                     node.fill(raw, self.found).map_err(de::Error::custom)?;
                     if self.plan.shared {
@@ -711,7 +905,7 @@ impl<'de> Visitor<'de> for RootVisitor<'_, '_, 'de> {
                 None => self.fields.push((key, raw.get())),
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -283,7 +283,11 @@ pub struct Column {
     pub name: String,
     pub source: Source,
     pub column_type: ColumnType,
+    /// The field must be there: absent is `missing_field`, and null `null_field` unless
+    /// `nullable`.
     pub required: bool,
+    /// A required field may be null (present, but without a value).
+    pub nullable: bool,
     pub max_length: Option<u32>,
     pub allowed: Option<Vec<String>>,
     /// Anchored: the whole value must match.
@@ -296,6 +300,53 @@ pub struct Column {
     /// The field the column takes is named as personal data is (`/customer/name`,
     /// `/contact_email`): in a scanned jsonb column, every value it holds is personal.
     pub named_personal: bool,
+    /// The name its reason codes give (`missing_field:NAME`): the column's, or under
+    /// `reason_names = "field"` the field its pointer names.
+    pub reason_name: String,
+    /// Codes of its own for some of its faults (`reasons`): `(what, code)`.
+    pub reasons: Vec<(String, String)>,
+}
+
+/// The faults a column is refused for, by stage: what a message of several faults is refused
+/// for is the first column's fault of the earliest stage (see `Column::stage`).
+const REASONS_BY_STAGE: [&[&str]; 3] = [
+    &[
+        "missing_field",
+        "null_field",
+        "wrong_type",
+        "duplicate_field",
+    ],
+    &["nul_character", "too_long", "not_allowed", "no_match"],
+    &["invalid_value", "out_of_range", "personal_data"],
+];
+
+impl Column {
+    /// The code of one of its faults (`what`: `missing_field`, `invalid_value`, ...).
+    pub fn reason(&self, what: &str) -> String {
+        match self.reasons.iter().find(|(w, _)| w == what) {
+            Some((_, code)) => code.clone(),
+            None => format!("{what}:{}", self.reason_name),
+        }
+    }
+
+    /// The stage of one of its reason codes: 0 the form of the field (missing, null, of
+    /// another type, given twice), 1 the value as sent, 2 what it makes.
+    pub fn stage(&self, reason: &str) -> u8 {
+        (0u8..)
+            .zip(REASONS_BY_STAGE)
+            .find(|(_, whats)| whats.iter().any(|what| self.reason(what) == reason))
+            .map_or(2, |(stage, _)| stage)
+    }
+}
+
+/// How reason codes name a column: by the column (`missing_field:masked_ip`), or by the field
+/// its pointer names (`missing_field:ip`; a column of another source keeps its own name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonNames {
+    #[default]
+    Column,
+    Field,
 }
 
 /// A `min` or `max`: its exact decimal text (what whole numbers and numerics are compared
@@ -367,6 +418,9 @@ pub struct Mapping {
     pub unknown: Unknown,
     /// Top-level keys some pointer starts with (what `rest` leaves out).
     pub(super) taken: HashSet<String>,
+    /// The columns' indices in the order their faults are looked for (`check_order`, then
+    /// the others in the file's order).
+    pub(super) check_order: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -383,6 +437,9 @@ struct RawMapping {
     rest_mask: RestMask,
     #[serde(default)]
     unknown: Unknown,
+    #[serde(default)]
+    reason_names: ReasonNames,
+    check_order: Option<Vec<String>>,
     write: Option<super::write::RawWrite>,
     delete: Option<RawMatch>,
     queue: Option<String>,
@@ -399,6 +456,8 @@ struct RawColumn {
     value: Option<toml::Value>,
     #[serde(default)]
     required: bool,
+    #[serde(default)]
+    nullable: bool,
     max_length: Option<u32>,
     allowed: Option<Vec<String>>,
     pattern: Option<String>,
@@ -407,6 +466,8 @@ struct RawColumn {
     convert: Option<Convert>,
     mask: Option<String>,
     mask_scope: Option<String>,
+    #[serde(default)]
+    reasons: std::collections::BTreeMap<String, String>,
 }
 
 /// A mistake in a mapping file: where, and what to do about it. Never holds a value from a
@@ -451,6 +512,8 @@ impl Mapping {
             columns.push(rest);
         }
         no_unmasked_copy(&columns)?;
+        name_reasons(&mut columns, raw.reason_names);
+        let check_order = check_order(raw.check_order, &columns)?;
         let write =
             super::write::RawWrite::check(raw.write, delete, &mut columns).map_err(MappingError)?;
         let taken = taken_fields(&columns, &matcher, &write.delete);
@@ -468,6 +531,7 @@ impl Mapping {
                 .map(|q| q.trim().to_owned())
                 .filter(|q| !q.is_empty()),
             taken,
+            check_order,
         })
     }
 
@@ -564,6 +628,15 @@ impl RawColumn {
         };
         convert_fits(c.convert, column_type).map_err(fail)?;
         check_scope(c.mask_scope.as_deref(), mask).map_err(fail)?;
+        if c.nullable && !c.required {
+            return Err(fail(
+                "key `nullable`: a column that is not `required` takes null already; \
+                 remove `nullable`, or add `required = true` for a field that must be \
+                 present but may be null"
+                    .into(),
+            ));
+        }
+        let reasons = check_reasons(std::mem::take(&mut c.reasons)).map_err(fail)?;
         let mask_scope = c.mask_scope.unwrap_or_else(|| c.name.clone());
         // Any step of the pointer: `/address/lines` is an address's.
         let named_personal = match &source {
@@ -574,10 +647,12 @@ impl RawColumn {
             _ => false,
         };
         Ok(Column {
+            reason_name: c.name.clone(),
             name: c.name,
             source,
             column_type,
             required: c.required,
+            nullable: c.nullable,
             max_length: c.max_length,
             allowed: c.allowed,
             pattern,
@@ -587,6 +662,7 @@ impl RawColumn {
             mask,
             mask_scope,
             named_personal,
+            reasons,
         })
     }
 
@@ -644,6 +720,73 @@ impl RawColumn {
         }
         Ok((min, max))
     }
+}
+
+/// A column's `reasons`: each a fault it can be refused for, given a code of its own (letters,
+/// digits, `_` and `:`; it is stored and counted, so it holds nothing of a message).
+fn check_reasons(
+    reasons: std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, String> {
+    let known: Vec<&str> = REASONS_BY_STAGE.concat();
+    reasons
+        .into_iter()
+        .map(|(what, code)| {
+            if !known.contains(&what.as_str()) {
+                return Err(format!(
+                    "key `reasons`: `{what}` is not a fault of a column; one of {}",
+                    known.join(", ")
+                ));
+            }
+            let plain = code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b':');
+            if code.is_empty() || code.len() > 64 || !plain {
+                return Err(format!(
+                    "key `reasons`: `{what}` = `{code}` is not a reason code; use 1 to 64 \
+                     lower-case letters, digits, `_` and `:`"
+                ));
+            }
+            Ok((what, code))
+        })
+        .collect()
+}
+
+/// Under `reason_names = "field"`, each column's reason codes name the field its pointer
+/// names (the pointer without its leading `/`); a column of another source keeps its name.
+fn name_reasons(columns: &mut [Column], names: ReasonNames) {
+    if names == ReasonNames::Column {
+        return;
+    }
+    for column in columns {
+        if let Source::Pointer(p) = &column.source {
+            if let Some(field) = p.strip_prefix('/') {
+                column.reason_name = field.to_owned();
+            }
+        }
+    }
+}
+
+/// `check_order`: column names, each once, looked for first; the others follow in the file's
+/// order.
+fn check_order(names: Option<Vec<String>>, columns: &[Column]) -> Result<Vec<usize>, MappingError> {
+    let mut order = Vec::with_capacity(columns.len());
+    for name in names.unwrap_or_default() {
+        let Some(at) = columns.iter().position(|c| c.name == name) else {
+            return Err(MappingError(format!(
+                "key `check_order`: `{name}` is not a column of this mapping; name columns \
+                 by their `name`"
+            )));
+        };
+        if order.contains(&at) {
+            return Err(MappingError(format!(
+                "key `check_order`: `{name}` is named twice; name each column once"
+            )));
+        }
+        order.push(at);
+    }
+    let rest: Vec<usize> = (0..columns.len()).filter(|i| !order.contains(i)).collect();
+    order.extend(rest);
+    Ok(order)
 }
 
 /// `mask`: one of the masks sqs2pg knows.
@@ -790,6 +933,7 @@ fn rest_column(
             source: Source::Rest,
             column_type: ColumnType::Jsonb,
             required: false,
+            nullable: false,
             max_length: None,
             allowed: None,
             pattern: None,
@@ -799,6 +943,8 @@ fn rest_column(
             mask: None,
             mask_scope: "rest".into(),
             named_personal: false,
+            reason_name: "rest".into(),
+            reasons: Vec::new(),
         }));
     }
     Ok(None)

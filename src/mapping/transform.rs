@@ -2,21 +2,31 @@
 //! converted, checked and masked, giving rows ([`MappedRow`], masked by construction) or one
 //! [`Rejection`] with a stable reason code naming the column. Pure: no I/O, no clock.
 //!
-//! Reason codes: `not_json`, `not_an_envelope:{sns,eventbridge,s3}`, `no_mapping` (the
-//! mapping's `match` takes none of the message's documents), and per column
-//! `missing_field:COL`, `null_field:COL`, `wrong_type:COL`, `invalid_value:COL`,
+//! Reason codes: `not_json`, `invalid_utf16_escape` (a string a column or `match` reads holds a
+//! lone surrogate escape; where serde_json's reader stops at it), `not_an_object` (a document
+//! that is not an object, for a mapping that reads its fields), `not_an_envelope:{sns,
+//! eventbridge,s3}`, `no_mapping` (the mapping's `match` takes none of the message's
+//! documents), and per column `missing_field:COL`, `null_field:COL`, `wrong_type:COL`,
+//! `duplicate_field:COL` (its field, or one above it, given twice), `invalid_value:COL`,
 //! `out_of_range:COL`, `too_long:COL`, `nul_character:COL`, `not_allowed:COL`, `no_match:COL`,
 //! `personal_data:COL` (something personal bound for a jsonb column under
 //! `rest_personal = "reject"`; see `transform/scrub.rs`), and `unknown_field:NAME` (a top-level
 //! field no column takes, under `unknown = "reject"`; `unknown_field` when the name looks like
-//! data). Details name kinds, lengths, bounds and pointers, never a value from the message.
+//! data). COL is the column's name, or its field's under `reason_names = "field"`; a column's
+//! `reasons` may give a code of its own instead. Details name kinds, lengths, bounds and
+//! pointers, never a value from the message.
+//!
+//! A message of several faults is refused for one: the first, in the mapping's check order, of
+//! the earliest stage (the field's form: missing, null, of another type, given twice; then the
+//! value as sent; then what it makes; a mask's refusal last). So the built-in login mapping
+//! gives the login pipeline's reasons, however its table's columns are laid out.
 //!
 //! A message is read, not parsed whole (`document`): what no column reads is only checked to
 //! be JSON, so a field nested deeper than serde_json's recursion limit, or a string with an
 //! unpaired surrogate escape, refuses the message only where it is read: as the column's
-//! `invalid_value` where a column converts it (a redacted column keeps nothing of it), as
-//! `not_json` where a `match` or `delete` compares it. The tree engine refused either anywhere
-//! as `not_json`.
+//! `invalid_value` where a column takes a deep value whole, as `invalid_utf16_escape` where a
+//! column or a `match` reads such a string. The tree engine refused either anywhere as
+//! `not_json`.
 //!
 //! It also counts the top-level fields no column's pointer takes (they go to `rest`, or
 //! nowhere), and names each the first time it is seen, so the pipeline can log the names once.
@@ -62,6 +72,9 @@ pub struct Mapper {
     types: Vec<tokio_postgres::types::Type>,
     /// Whether some column takes the whole message (then no field is unknown).
     takes_all: bool,
+    /// Whether a document that is not an object is refused (`not_an_object`): the mapping
+    /// reads fields of the document, and neither takes it whole nor reads an array's element.
+    objects_only: bool,
     /// What it reads of a document (shared by the mappers of one queue), and where.
     plan: Arc<Plan>,
     slots: Slots,
@@ -136,6 +149,7 @@ impl Mapper {
         let takes_all = mapping.columns.iter().any(|c| {
             matches!(&c.source, Source::Body) || c.source == Source::Pointer(String::new())
         });
+        let objects_only = !takes_all && reads_fields_only(&mapping);
         let mut types: Vec<_> = mapping
             .columns
             .iter()
@@ -156,6 +170,7 @@ impl Mapper {
             masks,
             types,
             takes_all,
+            objects_only,
             plan: Arc::default(),
             slots,
             shortcuts,
@@ -318,17 +333,13 @@ impl Mapper {
         };
         let mut rows = Vec::with_capacity(documents.len());
         for doc in documents {
-            // What a `match` or `delete` compares must be readable: a lone surrogate escape
-            // there (or too deep a value) would otherwise quietly be no match, and a delete
-            // an upsert.
-            for slot in [slots.matcher, slots.delete].into_iter().flatten() {
-                if let Some(why) = doc.get(slot).and_then(Found::unreadable) {
-                    return Err(Rejection::new(
-                        "not_json",
-                        format!("the field a `match` or `delete` compares: {why}"),
-                    ));
-                }
+            if let Some(kind) = doc.not_object().filter(|_| self.objects_only) {
+                return Err(Rejection::new(
+                    "not_an_object",
+                    format!("top-level value is {kind}"),
+                ));
             }
+            self.compared_readable(doc)?;
             let delete = deletes(doc);
             // A document the `delete` takes is the mapping's even if its `match` does not
             // name the delete's type.
@@ -358,6 +369,7 @@ impl Mapper {
                 continue;
             }
             seen(doc);
+            self.fields_readable(doc)?;
             if mapping.unknown == Unknown::Reject {
                 mapping.refuse_unknown(doc)?;
             }
@@ -371,7 +383,10 @@ impl Mapper {
                     Some(value) => value,
                     None => {
                         let found = mapping.find(column, *slot, doc, fields, message);
-                        mapping.value(column, found, mask.as_ref())?
+                        match mapping.value(column, found, mask.as_ref()) {
+                            Ok(value) => value,
+                            Err(fault) => return Err(self.first_fault(doc, fields, message, fault)),
+                        }
                     }
                 };
                 values.push(value);
@@ -379,6 +394,95 @@ impl Mapper {
             rows.push(MappedRow(values, false));
         }
         Ok((!rows.is_empty() || documents.is_empty()).then_some(rows))
+    }
+
+    /// What a `match` or `delete` compares must be one readable value: a lone surrogate
+    /// escape there (or too deep a value) would otherwise quietly be no match, and a delete
+    /// an upsert; a field given twice, either.
+    fn compared_readable(&self, doc: &Document<'_>) -> Result<(), Rejection> {
+        let compared = [self.slots.matcher, self.slots.delete]
+            .into_iter()
+            .flatten();
+        if let Some(lone) = doc.lone_surrogate(compared.clone()) {
+            return Err(lone);
+        }
+        for slot in compared {
+            match doc.get(slot) {
+                Some(Found::Repeated(_)) => {
+                    let pointer = self.plan.pointer(slot);
+                    return Err(Rejection::new(
+                        format!(
+                            "duplicate_field:{}",
+                            pointer.strip_prefix('/').unwrap_or(pointer)
+                        ),
+                        "the field is given more than once",
+                    ));
+                }
+                Some(found) => {
+                    if let Some(why) = found.unreadable() {
+                        return Err(Rejection::new(
+                            "not_json",
+                            format!("the field a `match` or `delete` compares: {why}"),
+                        ));
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The fields its columns read, before any is judged: a lone surrogate escape (the first
+    /// in the text, where serde_json's reader would stop), then a field given twice (the
+    /// one given again first in the text).
+    fn fields_readable(&self, doc: &Document<'_>) -> Result<(), Rejection> {
+        let slots = &self.slots.columns;
+        if let Some(lone) = doc.lone_surrogate(slots.iter().flatten().copied()) {
+            return Err(lone);
+        }
+        let first = (slots.iter().enumerate())
+            .filter_map(|(i, slot)| match slot.and_then(|slot| doc.get(slot)) {
+                Some(Found::Repeated(at)) => Some((*at, i)),
+                _ => None,
+            })
+            .min();
+        match first {
+            Some((_, i)) => Err(repeated(&self.mapping.columns[i])),
+            None => Ok(()),
+        }
+    }
+
+    /// The fault a message with a faulty column is refused for (`fault`, the first column's
+    /// in the file, when it is the only one): of every column's, in the mapping's check
+    /// order, the first fault of the form (a field missing, null or of the wrong type), else
+    /// the first of the value as sent (U+0000, too long, not allowed, no match), else the
+    /// first of any other kind. A message of several faults is refused for the same one
+    /// however its columns are laid out in the table.
+    #[cold]
+    fn first_fault(
+        &self,
+        doc: &Document<'_>,
+        fields: &EnvelopeFields,
+        message: &Message<'_>,
+        fault: Rejection,
+    ) -> Rejection {
+        let mapping = &self.mapping;
+        let mut first: Option<(u8, Rejection)> = None;
+        for &i in &mapping.check_order {
+            let column = &mapping.columns[i];
+            let found = mapping.find(column, self.slots.columns[i], doc, fields, message);
+            let Err((stage, rejection)) = mapping.staged(column, found, self.masks[i].as_ref())
+            else {
+                continue;
+            };
+            if stage == 0 {
+                return rejection;
+            }
+            if first.as_ref().is_none_or(|(before, _)| stage < *before) {
+                first = Some((stage, rejection));
+            }
+        }
+        first.map_or(fault, |(_, rejection)| rejection)
     }
 
     /// What the router asks of each mapping: the encoded rows of the documents it takes of an
@@ -483,7 +587,7 @@ impl Shortcut {
         match (self, found?) {
             (Shortcut::General, _) => None,
             // Null (perhaps refused) and an unreadable string are the general path's.
-            (Shortcut::Convert(_), Found::Null | Found::BadEscape) => None,
+            (Shortcut::Convert(_), Found::Null | Found::BadEscape(_) | Found::Repeated(_)) => None,
             (Shortcut::Convert(column_type), found) => convert_found(found, column_type).ok(),
             (Shortcut::Text { max }, found) => text(found, max).ok().map(Value::Text),
             (Shortcut::Version { bigint }, Found::Str(s)) => {
@@ -494,8 +598,9 @@ impl Shortcut {
                 })
             }
             (Shortcut::Token { ip, max }, Found::Str(s)) => {
-                // `max_length` is on the value as sent, `varchar(n)` on the token.
-                if !within(s, column.max_length) {
+                // `max_length` is on the value as sent, `varchar(n)` on the token; U+0000
+                // is refused in any text as sent.
+                if !within(s, column.max_length) || s.contains('\0') {
                     return None;
                 }
                 let token = match ip {
@@ -596,27 +701,13 @@ fn take_fields(
 
 /// An envelope's field as a tree (too deep a one is not JSON the tree engine read).
 fn tree(raw: &RawValue) -> Result<Json, Rejection> {
-    document::tree(raw.get()).map_err(|e| {
-        Rejection::new(
-            "not_json",
-            format!(
-                "an envelope field: line {}, column {}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
+    document::tree(raw.get()).map_err(|e| Rejection::unreadable_json(&e, "an envelope field: "))
 }
 
 /// The message's body as an object's fields (`None`: another JSON value), or `not_json` with
 /// where it stops being JSON.
 fn outer(body: &str) -> Result<Option<document::Fields<'_>>, Rejection> {
-    document::top_level(body).map_err(|e| {
-        Rejection::new(
-            "not_json",
-            format!("line {}, column {}", e.line(), e.column()),
-        )
-    })
+    document::top_level(body).map_err(|e| Rejection::unreadable_json(&e, ""))
 }
 
 /// The texts of the documents an envelope holds (the body, an SNS notification's `Message`,
@@ -635,7 +726,7 @@ pub(super) fn unwrap(
             };
             let inner = match document::field(&outer, "Message").map(Found::from_raw) {
                 Some(Found::Str(inner)) => inner,
-                Some(Found::BadEscape) => {
+                Some(Found::BadEscape(_)) => {
                     return Err(Rejection::new(
                         "not_json",
                         "the SNS `Message`: a lone surrogate escape",
@@ -809,7 +900,22 @@ impl Mapping {
         found: Option<Found<'_>>,
         mask: Option<&ColumnMask>,
     ) -> Result<Value, Rejection> {
-        let value = self.convert_column(column, found, mask)?;
+        self.staged(column, found, mask).map_err(|(_, r)| r)
+    }
+
+    /// [`Mapping::value`], a fault with its stage (see `Column::stage`; a mask's refusal,
+    /// which comes once every check has passed, is of the last).
+    fn staged(
+        &self,
+        column: &Column,
+        found: Option<Found<'_>>,
+        mask: Option<&ColumnMask>,
+    ) -> Result<Value, (u8, Rejection)> {
+        let value = match self.convert_column(column, found, mask) {
+            Ok(value) => value,
+            Err(Refusal::Checked(r)) => return Err((column.stage(&r.reason), r)),
+            Err(Refusal::Masked(r)) => return Err((LAST_STAGE, r)),
+        };
         // Text converted from text is checked by the conversion; a token's or an address's
         // is made here.
         let made = column.mask.is_some() || column.convert == Some(Convert::Ip);
@@ -817,9 +923,12 @@ impl Mapping {
             (column.column_type, &value, made)
         {
             if let Some(chars) = chars_beyond(text, max) {
-                return Err(Rejection::new(
-                    format!("too_long:{}", column.name),
-                    format!("{chars} characters, limit {max}"),
+                return Err((
+                    LAST_STAGE,
+                    Rejection::new(
+                        code(column, "too_long"),
+                        format!("{chars} characters, limit {max}"),
+                    ),
                 ));
             }
         }
@@ -834,17 +943,17 @@ impl Mapping {
         column: &Column,
         found: Option<Found<'_>>,
         mask: Option<&ColumnMask>,
-    ) -> Result<Value, Rejection> {
+    ) -> Result<Value, Refusal> {
         let Some(value) = present(column, found)? else {
             return Ok(Value::Null);
         };
         let value = &value;
         as_sent(column, value)?;
         if let Some(ms_per_unit) = epoch_unit(column) {
-            return from_epoch(column, value, ms_per_unit);
+            return Ok(from_epoch(column, value, ms_per_unit)?);
         }
         if column.convert == Some(Convert::Version) {
-            return self.version(column, value);
+            return Ok(self.version(column, value)?);
         }
         let ip = address(column, value)?;
         match (column.mask, mask) {
@@ -1022,9 +1131,59 @@ impl Mapping {
     }
 }
 
-/// A column's reason code: `what:column`.
+/// Whether every pointer of the mapping (its columns', `match`'s and `delete`'s) names an
+/// object's field, and there is at least one: then a document that is not an object has
+/// nothing it reads. A first token that is an array index may name an element.
+fn reads_fields_only(mapping: &Mapping) -> bool {
+    let columns = mapping.columns.iter().filter_map(|c| match &c.source {
+        Source::Pointer(p) => Some(p.as_str()),
+        _ => None,
+    });
+    let compared = [&mapping.matcher, &mapping.write.delete]
+        .into_iter()
+        .filter_map(|m| match m {
+            Some(Match {
+                on: MatchOn::Field(p),
+                ..
+            }) => Some(p.as_str()),
+            _ => None,
+        });
+    let mut pointers = columns.chain(compared).peekable();
+    pointers.peek().is_some()
+        && pointers.all(|p| {
+            let first = p.trim_start_matches('/').split('/').next().unwrap_or("");
+            first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Why a column's value was refused: by a check (its stage told by its code), or by its mask
+/// (a value too long for `siv`), which comes last.
+enum Refusal {
+    Checked(Rejection),
+    Masked(Rejection),
+}
+
+impl From<Rejection> for Refusal {
+    fn from(rejection: Rejection) -> Self {
+        Refusal::Checked(rejection)
+    }
+}
+
+/// The stage of a fault in what a column makes (see `Column::stage`).
+const LAST_STAGE: u8 = 2;
+
+/// A column's reason code: `what:NAME` (the column's or its field's name, as the mapping's
+/// `reason_names` says), or the code the column's `reasons` gives instead.
 fn code(column: &Column, what: &str) -> String {
-    format!("{what}:{}", column.name)
+    column.reason(what)
+}
+
+/// A column's field given more than once (see `Found::Repeated`).
+fn repeated(column: &Column) -> Rejection {
+    Rejection::new(
+        code(column, "duplicate_field"),
+        "the field is given more than once",
+    )
 }
 
 /// A conversion's fault as the column's rejection.
@@ -1053,14 +1212,15 @@ fn present<'d>(column: &Column, found: Option<Found<'d>>) -> Result<Option<Found
             reason: code(column, "missing_field"),
             detail: None,
         }),
-        Some(v) if v.is_null() && column.required => Err(Rejection {
+        Some(v) if v.is_null() && column.required && !column.nullable => Err(Rejection {
             reason: code(column, "null_field"),
             detail: None,
         }),
         None => Ok(None),
         Some(v) if v.is_null() => Ok(None),
         // Valid JSON text, but no string: what the tree engine refused as `not_json`.
-        Some(Found::BadEscape) => Err(rejected(column, unreadable(Unreadable::LoneSurrogate))),
+        Some(Found::BadEscape(_)) => Err(rejected(column, unreadable(Unreadable::LoneSurrogate))),
+        Some(Found::Repeated(_)) => Err(repeated(column)),
         Some(_) if column.mask == Some(Mask::Redact) => Ok(None),
         Some(v) => Ok(Some(v)),
     }
@@ -1080,9 +1240,15 @@ fn string<'v>(column: &Column, value: &'v Found<'_>) -> Result<&'v str, Rejectio
     })
 }
 
-/// The checks on the value as sent: `max_length`, `allowed`, `pattern`.
+/// The checks on the value as sent: no U+0000 in a string (PostgreSQL's text has none; an
+/// address or a token of one would hide it), `max_length`, `allowed`, `pattern`.
 #[inline]
 fn as_sent(column: &Column, value: &Found<'_>) -> Result<(), Rejection> {
+    if let Found::Str(s) = value {
+        if s.contains('\0') {
+            return Err(rejected(column, Fault::NulCharacter));
+        }
+    }
     if let (Some(max), Found::Str(s)) = (column.max_length, value) {
         if let Some(chars) = chars_beyond(s, max) {
             return Err(rejected(column, Fault::TooLong { chars, max }));
@@ -1179,12 +1345,14 @@ fn token(
     mask: &ColumnMask,
     ip: Option<IpAddr>,
     value: &Found<'_>,
-) -> Result<Value, Rejection> {
+) -> Result<Value, Refusal> {
     let token = match ip {
         Some(ip) => mask.mask_ip(ip),
         None => mask
             .mask_bytes(string(column, value)?.as_bytes())
-            .map_err(|e| Rejection::new(code(column, "too_long"), e.to_string()))?,
+            .map_err(|e| {
+                Refusal::Masked(Rejection::new(code(column, "too_long"), e.to_string()))
+            })?,
     };
     Ok(match column.column_type {
         ColumnType::Inet => Value::Inet(

@@ -191,6 +191,13 @@ impl RawWrite {
             }
         }
         for &i in key.iter().chain(&version) {
+            if columns[i].nullable {
+                return Err(format!(
+                    "key `write`: `{}` is nullable, and a key or version needs a value in \
+                     every message; remove its `nullable`",
+                    columns[i].name
+                ));
+            }
             columns[i].required = true;
         }
         Ok(Write {

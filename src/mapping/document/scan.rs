@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use super::{Document, Found, Kept, Node, Plan, Slots, NUMBER_TOKEN};
+use super::{address, put, Document, Found, Kept, Node, Plan, Slots, NUMBER_TOKEN};
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -54,7 +54,12 @@ pub(super) fn read<'a>(plan: &Plan, text: &'a str) -> Option<Document<'a>> {
     if let Some(slot) = plan.root.slot {
         found[slot] = Some(Found::from_text(&text[start..end]));
     }
-    Some(Document { found, fields })
+    Some(Document {
+        text,
+        not_object: None,
+        found,
+        fields,
+    })
 }
 
 struct Scan<'a> {
@@ -297,8 +302,8 @@ impl<'a> Scan<'a> {
     fn fill(&mut self, node: &Node, found: &mut [Option<Found<'a>>]) -> Option<()> {
         let start = self.at;
         if !node.children.is_empty() {
-            // A field given again replaces what the first one filled below.
-            node.clear_below(found);
+            // A field given again: what the first one filled below is no longer one value.
+            node.repeat_below(found, address(&self.text[start..]));
             match self.text.as_bytes()[start] {
                 b'{' => self.object(node, found, None)?,
                 b'[' => return None,
@@ -308,7 +313,8 @@ impl<'a> Scan<'a> {
                 _ => self.skip()?,
             }
             if let Some(slot) = node.slot {
-                found[slot] = Some(Found::from_text(&self.text[start..self.at]));
+                let text = &self.text[start..self.at];
+                put(found, slot, Found::from_text(text), address(text));
             }
             return Some(());
         }
@@ -332,7 +338,7 @@ impl<'a> Scan<'a> {
             }
         };
         if let Some(slot) = node.slot {
-            found[slot] = Some(value);
+            put(found, slot, value, address(&self.text[start..]));
         }
         Some(())
     }

@@ -77,3 +77,57 @@ fn mistakes_name_the_line_or_the_column_and_the_key() {
         "{e}"
     );
 }
+
+/// The keys that shape reasons (`reason_names`, `check_order`, a column's `reasons` and
+/// `nullable`) are checked when the mapping is read, each mistake naming the key and the fix.
+#[test]
+fn the_keys_that_shape_reasons_are_checked() {
+    let column = |extra: &str| {
+        format!("table = \"t\"\ncolumns = [{{ name = \"a\", from = \"/x/a\", type = \"text\"{extra} }}, {{ name = \"b\", from = \"sqs:MessageId\", type = \"text\" }}]\n")
+    };
+    let e = error(&column(", nullable = true"));
+    assert!(
+        e.contains("column 1 (`a`): key `nullable`") && e.contains("required = true"),
+        "{e}"
+    );
+    let e = error(&column(", reasons = { invalid = \"x\" }"));
+    assert!(
+        e.contains("key `reasons`") && e.contains("invalid_value"),
+        "{e}"
+    );
+    let e = error(&column(", reasons = { invalid_value = \"Bad Code\" }"));
+    assert!(
+        e.contains("key `reasons`") && e.contains("lower-case"),
+        "{e}"
+    );
+    let e = error(&format!("check_order = [\"c\"]\n{}", column("")));
+    assert!(e.contains("key `check_order`") && e.contains("`c`"), "{e}");
+    let e = error(&format!("check_order = [\"a\", \"a\"]\n{}", column("")));
+    assert!(
+        e.contains("key `check_order`") && e.contains("twice"),
+        "{e}"
+    );
+    let e = error(&format!("reason_names = \"both\"\n{}", column("")));
+    assert!(e.contains("reason_names"), "{e}");
+    let e = error("table = \"t\"\nwrite = { mode = \"upsert\", key = [\"a\"] }\ncolumns = [{ name = \"a\", from = \"/a\", type = \"text\", required = true, nullable = true }]\n");
+    assert!(e.contains("nullable") && e.contains("key"), "{e}");
+
+    let m = Mapping::parse(&format!(
+        "reason_names = \"field\"\ncheck_order = [\"b\"]\n{}",
+        column(", required = true, nullable = true, reasons = { too_long = \"long_a\" }")
+    ))
+    .unwrap();
+    assert_eq!(m.check_order, [1, 0]);
+    let a = &m.columns[0];
+    assert!(a.required && a.nullable);
+    // The field's pointer names it; a column of another source keeps its own name.
+    assert_eq!(a.reason("missing_field"), "missing_field:x/a");
+    assert_eq!(a.reason("too_long"), "long_a");
+    assert_eq!(m.columns[1].reason("wrong_type"), "wrong_type:b");
+    assert_eq!(a.stage("wrong_type:x/a"), 0);
+    assert_eq!(a.stage("long_a"), 1);
+    assert_eq!(a.stage("invalid_value:x/a"), 2);
+    let plain = Mapping::parse(&column("")).unwrap();
+    assert_eq!(plain.columns[0].reason("missing_field"), "missing_field:a");
+    assert_eq!(plain.check_order, [0, 1]);
+}

@@ -534,7 +534,7 @@ fn unknown_rest_keeps_unknown_fields_in_a_rest_column_scanned_for_personal_data(
 /// The engine reads only what the mapping names: nesting beyond serde_json's recursion limit
 /// in a field no column reads maps; in one a column takes whole, that column is
 /// `invalid_value` (a tree of it cannot be made), never a silent drop. A lone surrogate escape
-/// likewise: refused where read, by its column.
+/// likewise: refused where read, as `invalid_utf16_escape` where serde_json's reader stops.
 #[test]
 fn what_no_column_reads_is_skipped_and_what_one_reads_is_refused_by_that_column() {
     const FLAT: &str = r#"
@@ -547,9 +547,14 @@ columns = [
     let deep = format!("{}1{}", "[".repeat(1_000), "]".repeat(1_000));
     let body = format!(r#"{{"id": 7, "skipped": {deep}, "also": "\ud800"}}"#);
     assert_eq!(apply(FLAT, &body).unwrap()[0][0].as_deref(), Some("7"));
-    let bad = apply(FLAT, r#"{"id": 7, "note": "\ud800"}"#).unwrap_err();
-    assert_eq!(bad.reason, "invalid_value:note");
-    assert!(bad.detail.unwrap().contains("lone surrogate"));
+    let note = r#"{"id": 7, "note": "\ud800"}"#;
+    let bad = apply(FLAT, note).unwrap_err();
+    assert_eq!(bad.reason, "invalid_utf16_escape");
+    let serde = serde_json::from_str::<serde_json::Value>(note).unwrap_err();
+    assert_eq!(
+        bad.detail.unwrap(),
+        format!("lone surrogate escape at line 1 column {}", serde.column())
+    );
 
     const REST: &str = r#"
 table = "public.t"
@@ -627,8 +632,10 @@ match = { field = "/type", equals = "a" }
 columns = [ { name = "id", from = "/id", type = "integer" } ]
 "#;
     let rejection = apply(MATCHED, r#"{"type": "\ud800", "id": 1}"#).unwrap_err();
-    assert_eq!(rejection.reason, "not_json");
+    assert_eq!(rejection.reason, "invalid_utf16_escape");
     assert!(rejection.detail.unwrap().contains("lone surrogate"));
+    let rejection = apply(MATCHED, r#"{"type": "a", "type": "a", "id": 1}"#).unwrap_err();
+    assert_eq!(rejection.reason, "duplicate_field:type");
     assert_eq!(
         apply(MATCHED, r#"{"type": "a", "id": 1}"#).unwrap().len(),
         1
@@ -718,7 +725,8 @@ columns = [
     ];
     let others = [
         Found::Null,
-        Found::BadEscape,
+        Found::BadEscape(r#""\ud800""#),
+        Found::Repeated(0),
         Found::Bool(true),
         Found::Int(1_700_000_000_000),
         Found::Raw(r#"["x", "y"]"#),
@@ -750,7 +758,10 @@ columns = [
                 continue;
             };
             // Null, missing and unreadable values are the general path's.
-            assert!(!matches!(value, Found::Null | Found::BadEscape));
+            assert!(!matches!(
+                value,
+                Found::Null | Found::BadEscape(_) | Found::Repeated(_)
+            ));
             shortcuts_taken += 1;
             match general {
                 Ok(general) => assert_eq!(made, general, "{} of a {}", column.name, value.kind()),
@@ -760,4 +771,72 @@ columns = [
         assert!(mapper.shortcuts[i].make(column, mask, None).is_none());
     }
     assert!(shortcuts_taken > 80, "{shortcuts_taken}");
+}
+
+/// What the built-in login mapping needs of the engine, on a mapping of its own: codes named
+/// by field, a column's own codes, a field that must be present but may be null, a document
+/// that is not an object, a field given twice, and a message of several faults refused for
+/// the first of the earliest stage in the check order.
+#[test]
+fn reasons_name_fields_and_faults_are_found_in_stages() {
+    const SHAPED: &str = r#"
+table = "public.t"
+reason_names = "field"
+check_order = ["v", "id"]
+columns = [
+  { name = "id", from = "/i", type = "varchar(4)", required = true },
+  { name = "note", from = "/n", type = "text", required = true, nullable = true },
+  { name = "v", from = "/ver", type = "integer", convert = "version", reasons = { invalid_value = "bad_version" } },
+  { name = "at", from = "sqs:SentTimestamp", type = "date" },
+]
+"#;
+    let reason = |body: &str| match apply(SHAPED, body) {
+        Ok(_) => "ok".to_owned(),
+        Err(r) => r.reason,
+    };
+    assert_eq!(reason(r#"{"i": "a", "n": null, "ver": "1.2"}"#), "ok");
+    assert_eq!(reason(r#"{"i": "a", "ver": "1.2"}"#), "missing_field:n");
+    assert_eq!(reason(r#"{"i": 7, "n": null}"#), "wrong_type:i");
+    assert_eq!(reason(r#"{"i": "a", "n": "x", "ver": "x"}"#), "bad_version");
+    // Form before value, whatever the columns' order: a long id against a missing note.
+    assert_eq!(reason(r#"{"i": "abcdef", "ver": "1"}"#), "missing_field:n");
+    // Of one stage, the first in the check order: the version before the id.
+    assert_eq!(reason(r#"{"i": 1, "n": null, "ver": 1}"#), "wrong_type:ver");
+    // The value as sent before what it makes.
+    assert_eq!(
+        reason(r#"{"i": "abcdef", "n": null, "ver": "x"}"#),
+        "too_long:i"
+    );
+    assert_eq!(
+        reason(r#"{"i": "a\u0000", "n": null, "ver": "1"}"#),
+        "nul_character:i"
+    );
+    // A field given twice: the one given again first in the text, before any other fault.
+    assert_eq!(
+        reason(r#"{"n": 1, "ver": "1", "n": 2, "i": 1, "ver": "2"}"#),
+        "duplicate_field:n"
+    );
+    assert_eq!(
+        reason(r#"{"ver": "1", "n": 1, "ver": "2", "n": 2}"#),
+        "duplicate_field:ver"
+    );
+    let rejection = apply(SHAPED, "[1, 2]").unwrap_err();
+    assert_eq!(
+        (rejection.reason.as_str(), rejection.detail.as_deref()),
+        ("not_an_object", Some("top-level value is array"))
+    );
+    // A mapping that reads no field of the document, or reads it whole, takes any value.
+    const WHOLE: &str = r#"
+table = "public.t"
+columns = [ { name = "body", from = "body", type = "jsonb", required = true } ]
+"#;
+    assert!(apply(WHOLE, "[1, 2]").is_ok());
+    const ELEMENT: &str = r#"
+table = "public.t"
+columns = [ { name = "first", from = "/0", type = "integer" } ]
+"#;
+    assert_eq!(
+        apply(ELEMENT, "[1, 2]").unwrap()[0][0].as_deref(),
+        Some("1")
+    );
 }
