@@ -391,3 +391,76 @@ proptest! {
         prop_assert!(same(&kinds, &body, SENT_MS).is_ok(), "{}", same(&kinds, &body, SENT_MS).unwrap_err());
     }
 }
+
+/// The file of golden outcomes: what the login pipeline gave each of [`golden_bodies`], under
+/// its pair of modes, when its own transform still ran (before the engine took its place).
+/// Whatever runs the login messages must give the same, byte for byte.
+const GOLDEN: &str = include_str!("golden.txt");
+
+/// The bodies the golden outcomes are of, each with its pair of modes (an index into
+/// [`MODES`]): the corpus under every pair, then bodies generated and edited from a fixed seed.
+fn golden_bodies() -> Vec<(usize, String)> {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let mut bodies: Vec<(usize, String)> = corpus()
+        .into_iter()
+        .flat_map(|b| (0..MODES.len()).map(move |m| (m, b.clone())))
+        .collect();
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[29; 32]);
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    let generated = body();
+    for i in 0..600 {
+        let body = generated.new_tree(&mut runner).unwrap().current();
+        bodies.push((i % MODES.len(), body));
+    }
+    let edits = edited();
+    for i in 0..300 {
+        bodies.push((
+            i % MODES.len(),
+            edits.new_tree(&mut runner).unwrap().current(),
+        ));
+    }
+    bodies
+}
+
+/// One outcome as the golden file writes it: a row by its bytes' SHA-256 (the bytes are the
+/// rows' whole binary COPY form, tokens included), a rejection by its code and detail.
+fn golden_line(modes: usize, outcome: &Result<CopyRows, Rejection>) -> String {
+    use sha2::{Digest, Sha256};
+    let what = match outcome {
+        Ok(rows) => {
+            let digest = Sha256::digest(rows.encoded());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{} row(s) {hex}", rows.rows())
+        }
+        Err(r) => format!("{} | {}", r.reason, r.detail.as_deref().unwrap_or("-")),
+    };
+    format!("{modes} {what}")
+}
+
+/// The login kind gives the golden outcomes. `SQS2PG_BLESS_GOLDEN=1` writes the file afresh
+/// from what it gives now instead: only for a change of outcome made on purpose, and said so.
+#[test]
+fn the_login_kind_gives_the_golden_outcomes() {
+    let kinds: Vec<LoginKind> = MODES.iter().map(|(ip, d)| kinds(*ip, *d).0).collect();
+    let got: Vec<String> = golden_bodies()
+        .iter()
+        .map(|(modes, body)| golden_line(*modes, &outcome(&kinds[*modes], body, SENT_MS)))
+        .collect();
+    if std::env::var_os("SQS2PG_BLESS_GOLDEN").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/login/golden.txt");
+        std::fs::write(path, got.join("\n") + "\n").unwrap();
+        return;
+    }
+    let want: Vec<&str> = GOLDEN.lines().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "the bodies changed: bless on purpose only"
+    );
+    let rows = want.iter().filter(|l| l.contains(" row(s) ")).count();
+    assert!(rows >= 150 && want.len() - rows >= 1000, "{rows} rows");
+    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(got, want, "body {i}");
+    }
+}

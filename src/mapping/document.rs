@@ -586,13 +586,20 @@ impl Node {
 /// `at`: where in the text the value is (see [`address`]).
 #[inline]
 fn put<'a>(found: &mut [Option<Found<'a>>], slot: usize, value: Found<'a>, at: usize) {
-    found[slot] = Some(match found[slot].take() {
-        None => value,
-        Some(before) => match value {
-            Found::BadEscape(_) if !matches!(before, Found::BadEscape(_)) => value,
-            _ => repeated(before, at),
-        },
-    });
+    match &mut found[slot] {
+        held @ None => *held = Some(value),
+        Some(before) => put_again(before, value, at),
+    }
+}
+
+/// [`put`] into a slot filled before: rare, so kept out of the common path.
+#[cold]
+fn put_again<'a>(held: &mut Found<'a>, value: Found<'a>, at: usize) {
+    let before = std::mem::replace(held, Found::Null);
+    *held = match value {
+        Found::BadEscape(_) if !matches!(before, Found::BadEscape(_)) => value,
+        _ => repeated(before, at),
+    };
 }
 
 /// What a slot holds once its field is given again at `at` (a lone surrogate escape stays; a

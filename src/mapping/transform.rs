@@ -400,6 +400,9 @@ impl Mapper {
     /// escape there (or too deep a value) would otherwise quietly be no match, and a delete
     /// an upsert; a field given twice, either.
     fn compared_readable(&self, doc: &Document<'_>) -> Result<(), Rejection> {
+        if self.slots.matcher.is_none() && self.slots.delete.is_none() {
+            return Ok(());
+        }
         let compared = [self.slots.matcher, self.slots.delete]
             .into_iter()
             .flatten();
@@ -435,10 +438,28 @@ impl Mapper {
     /// The fields its columns read, before any is judged: a lone surrogate escape (the first
     /// in the text, where serde_json's reader would stop), then a field given twice (the
     /// one given again first in the text).
+    #[inline]
     fn fields_readable(&self, doc: &Document<'_>) -> Result<(), Rejection> {
+        // One look at each slot: the common document has neither.
+        let mut faulty = false;
+        for slot in self.slots.columns.iter().flatten() {
+            faulty |= matches!(
+                doc.get(*slot),
+                Some(Found::BadEscape(_) | Found::Repeated(_))
+            );
+        }
+        match faulty {
+            true => Err(self.unreadable_field(doc)),
+            false => Ok(()),
+        }
+    }
+
+    /// Which of [`Mapper::fields_readable`]'s faults a document has.
+    #[cold]
+    fn unreadable_field(&self, doc: &Document<'_>) -> Rejection {
         let slots = &self.slots.columns;
         if let Some(lone) = doc.lone_surrogate(slots.iter().flatten().copied()) {
-            return Err(lone);
+            return lone;
         }
         let first = (slots.iter().enumerate())
             .filter_map(|(i, slot)| match slot.and_then(|slot| doc.get(slot)) {
@@ -446,10 +467,8 @@ impl Mapper {
                 _ => None,
             })
             .min();
-        match first {
-            Some((_, i)) => Err(repeated(&self.mapping.columns[i])),
-            None => Ok(()),
-        }
+        let (_, i) = first.expect("a slot held a lone surrogate escape or a repeated field");
+        repeated(&self.mapping.columns[i])
     }
 
     /// The fault a message with a faulty column is refused for (`fault`, the first column's
@@ -598,9 +617,11 @@ impl Shortcut {
                 })
             }
             (Shortcut::Token { ip, max }, Found::Str(s)) => {
-                // `max_length` is on the value as sent, `varchar(n)` on the token; U+0000
-                // is refused in any text as sent.
-                if !within(s, column.max_length) || s.contains('\0') {
+                // `max_length` is on the value as sent, `varchar(n)` on the token. U+0000 is
+                // refused in any text as sent; a document's string borrowed from its text
+                // has no escape, so none (JSON text holds no raw control character).
+                let nul = matches!(s, Cow::Owned(owned) if owned.contains('\0'));
+                if !within(s, column.max_length) || nul {
                     return None;
                 }
                 let token = match ip {

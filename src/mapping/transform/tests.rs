@@ -743,9 +743,14 @@ columns = [
         "12345678901234567890",
         "1234.567",
     ];
+    // As a document holds them: a string with U+0000 came escaped, so it is owned (one
+    // borrowed from the text has no escape, hence no control character).
     let found = strings
         .iter()
-        .map(|s| Found::Str(Cow::Borrowed(*s)))
+        .map(|s| match s.contains('\0') {
+            true => Found::Str(Cow::Owned(s.to_string())),
+            false => Found::Str(Cow::Borrowed(*s)),
+        })
         .chain(numbers.iter().map(|n| Found::Number(Cow::Borrowed(*n))))
         .chain(others);
     let found: Vec<Found<'_>> = found.collect();
