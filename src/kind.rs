@@ -3,7 +3,7 @@
 //! binary COPY form) or into a [`Rejection`] with a stable reason code; and what a load of
 //! them did ([`LoadReport`]) or why it failed ([`LoadFailure`]), and a quarantined message as
 //! the load records it ([`Reject`], with its [`Delivery`]). The pipeline, the batch,
-//! the ledger and the loader know only these types; the login pipeline (`login::LoginKind`) and
+//! the ledger and the loader know only these types; the login kind (`login::LoginKind`) and
 //! declarative mappings (`mapping::Mapper`) are kinds.
 //!
 //! Rows are encoded where messages are transformed (the receivers, in parallel), so a kind owns

@@ -7,7 +7,7 @@
 //! ```text
 //! SQS message (id, receipt handle, body, SentTimestamp, ApproximateReceiveCount, attributes)
 //!   -> sqs::Received          one message we hold a lease on; SentTimestamp in milliseconds
-//!   -> kind::MessageKind      login::LoginKind (parse, validate, mask) or mapping::Mapper
+//!   -> kind::MessageKind      mapping::Mapper (login::LoginKind: the built-in mapping) or a Router
 //!   -> kind::CopyRows         the message's masked rows, encoded for binary COPY (or a Rejection)
 //!   -> pipeline::batch::Batch rows + rejections + the ack handles that ride with them
 //!   -> postgres::TableLoader  one transaction: rows, rejections, ledger of message ids; COMMIT
@@ -24,7 +24,8 @@
 //! # Modules
 //!
 //! - [`cli`], [`config`]: flags and environment, turned into checked settings.
-//! - [`login`]: the built-in kind, pure: parse, validate, mask its two personal fields.
+//! - [`login`]: the built-in kind: the mapping engine on the built-in login mapping, and the
+//!   masks of its two personal columns for the key commands.
 //! - [`keys`]: the masking key, key rings and the sealing of quarantined bodies.
 //! - [`mask`]: tokens for personal values, one column under a scope at a time; every kind's.
 //! - [`app_version`]: version strings as one order-preserving integer; every kind's.

@@ -535,7 +535,8 @@ where
         pruning.clone(),
     ));
     let mappings = std::mem::take(&mut settings.mappings);
-    let kind: Box<dyn MessageKind> = super::target::kind_of(mappings, masker, &settings.mask_key)?;
+    let kind: Box<dyn MessageKind> =
+        super::target::kind_of(mappings, &settings.mask_key, settings.mask_modes)?;
     // Before the loader takes the settings: the record of attempts at suspects.
     let attempts: Arc<dyn pipeline::AttemptLog> = Arc::new(pg::attempts::AttemptRecorder::new(
         settings.database.clone(),

@@ -7,7 +7,7 @@
 
 use super::AppError;
 use crate::keys::MaskKey;
-use crate::login::{MaskModes, Masker};
+use crate::login::MaskModes;
 use crate::mapping::{Mapper, Mapping};
 use crate::postgres::schema::{MaskedColumn, ShapeColumn, TableShape};
 use crate::postgres::{Database, TableName};
@@ -235,11 +235,11 @@ impl<'a> Target<'a> {
 /// when there is one, a router over several.
 pub fn kind_of(
     mappings: Vec<Mapping>,
-    masker: Masker,
     key: &MaskKey,
+    modes: MaskModes,
 ) -> Result<Box<dyn crate::kind::MessageKind>, AppError> {
     Ok(match mappings.len() {
-        0 => Box::new(crate::login::LoginKind::new(masker)),
+        0 => Box::new(crate::login::LoginKind::new(key, modes)),
         1 => Box::new(Mapper::new(
             mappings.into_iter().next().expect("one mapping"),
             key,

@@ -1,13 +1,19 @@
 //! The login pipeline as a message kind (`kind::MessageKind`): the analysts' seven columns of
-//! `public.user_logins`, and each [`MaskedLogin`] encoded for them. The built-in kind when no
-//! mapping is given; `examples/mappings/login.toml` spells the same table out as a mapping.
+//! `public.user_logins`, made by the mapping engine from the built-in mapping
+//! ([`BUILT_IN`], `examples/mappings/login.toml` compiled in) under the run's two mask modes.
+//! One engine runs every message: this file says only which mapping, which modes, and which
+//! columns the table has.
 
-use tokio_postgres::types::{ToSql, Type};
+use super::MaskModes;
+use crate::keys::MaskKey;
+use crate::kind::{Message, MessageKind, TableWrite, Transformed};
+use crate::mapping::{Mapper, Mapping};
 
-use super::{transform, MaskedLogin, Masker};
-use crate::kind::{self, CopyRows, Message, MessageKind, Transformed};
+/// The built-in mapping: the login table's columns, checks, masks and reason codes, the ones
+/// the login pipeline always had (`login/golden.rs` holds it to them, byte for byte).
+pub const BUILT_IN: &str = include_str!("../../examples/mappings/login.toml");
 
-/// The table's columns, in the order rows are encoded.
+/// The table's columns, in the order rows are encoded (the built-in mapping's).
 pub const COLUMNS: [&str; 7] = [
     "user_id",
     "device_type",
@@ -18,62 +24,33 @@ pub const COLUMNS: [&str; 7] = [
     "create_date",
 ];
 
-/// Their wire types.
-const TYPES: [Type; 7] = [
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::INT4,
-    Type::DATE,
-];
-
-/// Logins, masked by one [`Masker`].
+/// Logins, masked under one key and the run's modes.
 pub struct LoginKind {
-    masker: Masker,
+    mapper: Mapper,
 }
 
 impl LoginKind {
-    pub fn new(masker: Masker) -> Self {
-        Self { masker }
-    }
-}
-
-impl From<super::Rejection> for kind::Rejection {
-    fn from(r: super::Rejection) -> Self {
+    /// The built-in mapping under `key`, its address masked in `modes.ip` and its device id
+    /// in `modes.device_id` (configuration refuses an ipcrypt mode for the device id).
+    pub fn new(key: &MaskKey, modes: MaskModes) -> Self {
+        let mut mapping = Mapping::parse(BUILT_IN).expect("the built-in mapping is valid");
+        for (column, mode) in [
+            ("masked_ip", modes.ip),
+            ("masked_device_id", modes.device_id),
+        ] {
+            assert!(
+                mapping.set_mask_mode(column, mode),
+                "{mode} does not fit the login's {column}"
+            );
+        }
         Self {
-            reason: r.reason.to_string(),
-            detail: r.detail,
+            mapper: Mapper::new(mapping, key),
         }
     }
-}
 
-impl MaskedLogin {
-    /// The row in COPY's binary form, for the seven [`COLUMNS`].
-    pub fn encode(&self) -> CopyRows {
-        let (ip, device_id) = (self.masked_ip.as_str(), self.masked_device_id.as_str());
-        // Field count, seven lengths, the text, 4 bytes of integer and 4 of date.
-        let text = self.user_id.len()
-            + self.device_type.len()
-            + ip.len()
-            + device_id.len()
-            + self.locale.as_ref().map_or(0, String::len);
-        let mut rows = CopyRows::with_capacity(2 + 7 * 4 + text + 8);
-        rows.push(
-            &[
-                &self.user_id as &(dyn ToSql + Sync),
-                &self.device_type,
-                &ip,
-                &device_id,
-                &self.locale,
-                &self.app_version,
-                &self.create_date,
-            ],
-            &TYPES,
-        )
-        .expect("strings, an int4 and a date always encode as varchar, int4 and date");
-        rows
+    /// The engine it runs (what the tests read rows through).
+    pub fn mapper(&self) -> &Mapper {
+        &self.mapper
     }
 }
 
@@ -82,8 +59,8 @@ impl MessageKind for LoginKind {
         "login"
     }
 
-    fn writes(&self) -> Vec<crate::kind::TableWrite> {
-        vec![crate::kind::TableWrite {
+    fn writes(&self) -> Vec<TableWrite> {
+        vec![TableWrite {
             columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
             ..Default::default()
         }]
@@ -91,19 +68,19 @@ impl MessageKind for LoginKind {
 
     fn transform(&self, message: &Message<'_>) -> Transformed {
         // The body size is checked by the pipeline before any kind sees a body.
-        let t = transform(
-            &self.masker,
-            usize::MAX,
-            message.body,
-            message.sent_timestamp_ms,
-        );
-        Transformed {
-            outcome: t
-                .outcome
-                .map(|login| login.encode())
-                .map_err(kind::Rejection::from),
-            unknown_fields: t.unknown_fields,
-            new_unknown: Vec::new(),
-        }
+        self.mapper.transform(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The columns the table is written with are the built-in mapping's, in its order.
+    #[test]
+    fn the_columns_are_the_built_in_mappings() {
+        let mapping = Mapping::parse(BUILT_IN).unwrap();
+        let names: Vec<&str> = mapping.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, COLUMNS);
     }
 }

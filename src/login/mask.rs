@@ -1,8 +1,8 @@
 //! Masking of the login's `ip` and `device_id` ([`Masker`]): the two columns' masks, each a
 //! [`ColumnMask`] under its field's name as scope, with the mode chosen per field
 //! ([`MaskModes`]). The token code, the modes and the key derivation are `crate::mask`'s; this
-//! module only says which two columns the login has. Opening tokens for key holders and moving
-//! them to another key: [`Unmasker`], [`rekey_token`].
+//! module only says which two columns the login has (the built-in mapping masks them under the
+//! same scopes). Opening tokens for key holders: [`Unmasker`].
 
 use std::fmt;
 use std::net::IpAddr;
@@ -11,7 +11,7 @@ use crate::keys::MaskKey;
 use crate::mask::{ColumnMask, MaskMode, MaskedToken, TooLongToEncrypt};
 
 mod unmask;
-pub use unmask::{rekey_token, Unmasked, Unmasker};
+pub use unmask::{Unmasked, Unmasker};
 
 /// The mode of each masked field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -535,6 +535,25 @@ impl Mapping {
         })
     }
 
+    /// Gives a token column another mode (the built-in login mapping's modes are the run's
+    /// settings). The mode must fit the column, as the file's own would (an ipcrypt mode on
+    /// an address only); `false` when no column of the name makes tokens.
+    pub fn set_mask_mode(&mut self, column: &str, mode: MaskMode) -> bool {
+        let Some(c) = self
+            .columns
+            .iter_mut()
+            .find(|c| c.name == column && matches!(c.mask, Some(Mask::Token(_))))
+        else {
+            return false;
+        };
+        let fits = mask_fits(Some(Mask::Token(mode)), c.column_type, c.convert, &c.source);
+        if fits.is_err() {
+            return false;
+        }
+        c.mask = Some(Mask::Token(mode));
+        true
+    }
+
     /// The masked columns and their scopes (what the key bookkeeping records).
     pub fn masked(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| c.mask.is_some())

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! - Receivers long-poll SQS (10 per call; in `run`, only as many as full receives call for,
-//!   see `Active`), run the pure transform (parse, validate, mask) and
+//!   see `Active`), run the pure transform (read, check, mask) and
 //!   send each result into a bounded channel: when the loader is slow, receivers wait, so memory
 //!   stays bounded however deep the queue is.
 //! - The batcher cuts a batch at `batch_max_rows` or `batch_max_age`, whichever comes first, and

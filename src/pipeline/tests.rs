@@ -10,7 +10,7 @@ use super::receive::DRAIN_CONFIRM_WAIT;
 use super::*;
 use crate::keys::MaskKey;
 use crate::kind::{LoadClass, LoadFailure, LoadReport};
-use crate::login::{LoginKind, Masker};
+use crate::login::{LoginKind, MaskModes};
 use crate::sqs::{AckHandle, QueueCounts, ReceiveRequest, SQS_BATCH_LIMIT};
 use crate::sqs::{DeleteOutcome, Received, SourceErrorKind};
 
@@ -299,7 +299,7 @@ async fn run_with<L: BatchLoader>(
     let result = run(
         source,
         loader,
-        Box::new(LoginKind::new(Masker::new(&key))),
+        Box::new(LoginKind::new(&key, MaskModes::default())),
         BodySealer::new(&key),
         None,
         settings,
@@ -731,7 +731,7 @@ async fn a_body_that_stalls_the_database_is_found_in_seconds_per_halving_and_kep
     let summary = run(
         source.clone(),
         StallsOn { message_id: "m37" },
-        Box::new(LoginKind::new(Masker::new(&key))),
+        Box::new(LoginKind::new(&key, MaskModes::default())),
         BodySealer::new(&key),
         Some(attempts.clone()),
         PipelineSettings {
@@ -791,7 +791,7 @@ async fn a_body_that_stalls_the_database_is_kept_aside_within_minutes_at_the_def
     let summary = run(
         source.clone(),
         StallsOn { message_id: "m37" },
-        Box::new(LoginKind::new(Masker::new(&key))),
+        Box::new(LoginKind::new(&key, MaskModes::default())),
         BodySealer::new(&key),
         Some(attempts.clone()),
         PipelineSettings {
@@ -827,7 +827,7 @@ async fn a_suspect_that_ended_the_process_too_often_is_quarantined_unparsed() {
     let summary = run(
         source.clone(),
         Committing,
-        Box::new(LoginKind::new(Masker::new(&key))),
+        Box::new(LoginKind::new(&key, MaskModes::default())),
         BodySealer::new(&key),
         Some(attempts.clone()),
         settings(Mode::Drain),

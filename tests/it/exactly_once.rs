@@ -9,7 +9,6 @@ use std::time::Duration;
 use sqs2pg::app::{self, AppError};
 use sqs2pg::config;
 use sqs2pg::keys::MaskKey;
-use sqs2pg::login::Masker;
 use sqs2pg::pipeline::{Mode, PipelineError};
 use sqs2pg::postgres::{Database, TableName};
 use sqs2pg::sqs::ReceiveRequest;
@@ -154,8 +153,12 @@ async fn after_the_ledger_upgrade_ids_in_the_retired_ledger_are_not_loaded_again
 /// A batch of the sample's logins under the given ledger ids, sent at millisecond `i` of each.
 fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
     use sqs2pg::kind::Delivery;
+    use sqs2pg::kind::{Message, MessageKind};
     use sqs2pg::pipeline::batch::{Batch, HeldBody, Row};
-    let masker = Masker::new(&MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap());
+    let login = sqs2pg::login::LoginKind::new(
+        &MaskKey::from_base64(&MaskKey::generate_base64().unwrap()).unwrap(),
+        Default::default(),
+    );
     let body = sample_bodies()
         .into_iter()
         .find(|b| b.contains("device_id"))
@@ -167,10 +170,10 @@ fn login_batch(ids: &[&str], sent_ms: i64) -> sqs2pg::pipeline::batch::Batch {
             ack_index,
             suspect: false,
             message_id: (*id).to_owned(),
-            rows: sqs2pg::login::transform(&masker, 1 << 20, &body, sent_ms)
+            rows: login
+                .transform(&Message::new(&body, id, sent_ms))
                 .outcome
-                .unwrap()
-                .encode(),
+                .unwrap(),
             delivery: Delivery {
                 received_at: std::time::SystemTime::now(),
                 receive_count: 1,

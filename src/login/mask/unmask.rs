@@ -1,12 +1,12 @@
-//! Opening the login's tokens for key holders ([`Unmasker`], `sqs2pg unmask`) and moving a
-//! token to another key ([`rekey_token`]), through the two columns' [`ColumnMask`]s.
+//! Opening the login's tokens for key holders ([`Unmasker`], `sqs2pg unmask`), through the two
+//! columns' [`ColumnMask`]s.
 
 use std::fmt;
 use std::net::IpAddr;
 
-use super::{Masker, DEVICE_ID, IP};
+use super::{DEVICE_ID, IP};
 use crate::keys::{KeyRing, MaskKey};
-use crate::mask::{ColumnMask, MaskMode, MaskedToken, UnmaskError};
+use crate::mask::{ColumnMask, MaskMode, UnmaskError};
 
 /// A value recovered from a `siv` token.
 #[derive(PartialEq, Eq)]
@@ -38,24 +38,6 @@ impl fmt::Debug for Unmasked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Personal data: not even in debug output.
         f.write_str("Unmasked(..)")
-    }
-}
-
-/// Re-encrypts a `siv` token of `field`'s column under another key (for `sqs2pg rekey`): same
-/// field, same value.
-pub fn rekey_token(
-    from: &Unmasker,
-    to: &Masker,
-    token: &str,
-    field: crate::login::Field,
-) -> Result<MaskedToken, UnmaskError> {
-    match (from.unmask(token)?, field) {
-        (Unmasked::Ip(ip), crate::login::Field::Ip) => Ok(to.mask_ip(ip)),
-        (Unmasked::DeviceId(id), crate::login::Field::DeviceId) => {
-            to.mask_device_id(&id).map_err(|_| UnmaskError::Rejected)
-        }
-        // A token of the other field, copied into this column: refused.
-        _ => Err(UnmaskError::Rejected),
     }
 }
 
