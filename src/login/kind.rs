@@ -67,8 +67,12 @@ impl MessageKind for LoginKind {
     }
 
     fn transform(&self, message: &Message<'_>) -> Transformed {
-        // The body size is checked by the pipeline before any kind sees a body.
-        self.mapper.transform(message)
+        // The body size is checked by the pipeline before any kind sees a body. Unknown
+        // fields are counted, never named: the login pipeline never logged a name, and a
+        // login's extra keys could be data.
+        let mut transformed = self.mapper.transform(message);
+        transformed.new_unknown.clear();
+        transformed
     }
 }
 

@@ -6,9 +6,11 @@
 //!
 //! What the tree engine did, this keeps: a pointer finds what `serde_json::Value::pointer`
 //! found (RFC 6901 tokens, array indices without a sign or leading zeros), and a number keeps
-//! its text as sent. But a field a pointer names, or one above it, given twice in its object
+//! its text as sent. But a field a pointer names given twice in its object, or one above it
+//! given again after a value below it was read (the last one given would lose what was read),
 //! holds no value ([`Found::Repeated`], where it was given again): which one is meant cannot be
-//! told, so the mapper refuses the message (`duplicate_field`), as the login pipeline does. A
+//! told, so the mapper refuses the message (`duplicate_field`), as the login pipeline does. One
+//! above it given again before anything below it was read is the last one given, as before. A
 //! lone surrogate escape in a string a pointer names is kept with where it is, so the mapper
 //! can say where serde_json's reader of the whole text would stop at it; and a top-level value
 //! that is not an object is told by its kind. What it does not: fields the mapping never reads are skipped with
@@ -73,8 +75,9 @@ pub enum Found<'a> {
     /// A string with a lone surrogate escape (`"\ud800"`): valid JSON text, but no string.
     /// Its JSON text, for where serde_json's reader would stop at it.
     BadEscape(&'a str),
-    /// A field a pointer names (or one above it) given more than once in its object: which
-    /// one is meant is anyone's guess, so no value is. Where in the text it was given again
+    /// A field a pointer names given more than once in its object, or one above it given
+    /// again after a value below it was read: which one is meant is anyone's guess, so no
+    /// value is. Where in the text it was given again
     /// (an address in the text's memory: of the values of one document, the first given
     /// again has the lowest).
     Repeated(usize),
@@ -763,15 +766,18 @@ fn string_fault(text: &str, key: &str, error: &serde_json::Error, context: &str)
     else {
         return skipped();
     };
-    // Past the key's closing quote, the colon and the spaces around it.
+    // Past the key's closing quote, the colon and the spaces around it. With no colon, the
+    // text stopped being JSON before the value: the skip's word stands.
+    let spaces = [' ', '\t', '\n', '\r'];
     let after = &text[key_end..];
-    let value_at = key_end + after.len()
-        - after
-            .trim_start_matches('"')
-            .trim_start_matches([' ', '\t', '\n', '\r'])
-            .trim_start_matches(':')
-            .trim_start_matches([' ', '\t', '\n', '\r'])
-            .len();
+    let Some(colon) = after
+        .strip_prefix('"')
+        .map(|a| a.trim_start_matches(spaces))
+        .and_then(|a| a.strip_prefix(':'))
+    else {
+        return skipped();
+    };
+    let value_at = key_end + after.len() - colon.trim_start_matches(spaces).len();
     let rest = &text[value_at..];
     if !rest.starts_with('"') {
         return skipped();

@@ -267,6 +267,37 @@ mod tests {
         assert_eq!(targets("{").unwrap_err(), "not_json");
     }
 
+    /// A document that is not an object is refused only by a mapping that takes it: another
+    /// may take it whole.
+    #[test]
+    fn a_document_that_is_not_an_object_goes_to_the_mapping_that_takes_it() {
+        let key = MaskKey::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpbXF1eX2A=").unwrap();
+        let events = mapping(
+            "public.events",
+            r#"match = { attribute = "type", equals = "event" }"#,
+            true,
+        );
+        let raw = Mapping::parse(
+            "table = \"public.raw\"\nmatch = { attribute = \"type\", equals = \"raw\" }\ncolumns = [{ name = \"body\", from = \"body\", type = \"jsonb\" }]\n",
+        )
+        .unwrap();
+        let router = Router::new(vec![events, raw], &key).unwrap();
+        let sent = |kind: &str| {
+            let attributes = [("type".to_owned(), kind.to_owned())];
+            let message = Message {
+                attributes: &attributes,
+                ..Message::new("[1, 2]", "m-1", 1_700_000_000_000)
+            };
+            router
+                .transform(&message)
+                .outcome
+                .map(|rows| rows.parts().map(|(t, _)| t).collect::<Vec<_>>())
+                .map_err(|r| r.reason)
+        };
+        assert_eq!(sent("raw").unwrap(), [1]);
+        assert_eq!(sent("event").unwrap_err(), "not_an_object");
+    }
+
     #[test]
     fn two_mappings_of_one_table_are_refused() {
         let key = MaskKey::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpbXF1eX2A=").unwrap();

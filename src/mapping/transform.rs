@@ -333,12 +333,6 @@ impl Mapper {
         };
         let mut rows = Vec::with_capacity(documents.len());
         for doc in documents {
-            if let Some(kind) = doc.not_object().filter(|_| self.objects_only) {
-                return Err(Rejection::new(
-                    "not_an_object",
-                    format!("top-level value is {kind}"),
-                ));
-            }
             self.compared_readable(doc)?;
             let delete = deletes(doc);
             // A document the `delete` takes is the mapping's even if its `match` does not
@@ -350,6 +344,13 @@ impl Mapper {
                     .is_none_or(|m| takes(m, slots.matcher, doc, fields, message))
             {
                 continue;
+            }
+            // Refused once taken: another mapping of the queue may take it whole.
+            if let Some(kind) = doc.not_object().filter(|_| self.objects_only) {
+                return Err(Rejection::new(
+                    "not_an_object",
+                    format!("top-level value is {kind}"),
+                ));
             }
             let columns = mapping.columns.iter().zip(&self.masks).zip(&slots.columns);
             if delete {
@@ -935,7 +936,7 @@ impl Mapping {
         let value = match self.convert_column(column, found, mask) {
             Ok(value) => value,
             Err(Refusal::Checked(r)) => return Err((column.stage(&r.reason), r)),
-            Err(Refusal::Masked(r)) => return Err((LAST_STAGE, r)),
+            Err(Refusal::Masked(r)) => return Err((MASK_STAGE, r)),
         };
         // Text converted from text is checked by the conversion; a token's or an address's
         // is made here.
@@ -945,7 +946,7 @@ impl Mapping {
         {
             if let Some(chars) = chars_beyond(text, max) {
                 return Err((
-                    LAST_STAGE,
+                    MADE_STAGE,
                     Rejection::new(
                         code(column, "too_long"),
                         format!("{chars} characters, limit {max}"),
@@ -1191,7 +1192,11 @@ impl From<Rejection> for Refusal {
 }
 
 /// The stage of a fault in what a column makes (see `Column::stage`).
-const LAST_STAGE: u8 = 2;
+const MADE_STAGE: u8 = 2;
+
+/// The stage of a mask's refusal: after every other fault of every column (the login
+/// pipeline masked once all was checked).
+const MASK_STAGE: u8 = 3;
 
 /// A column's reason code: `what:NAME` (the column's or its field's name, as the mapping's
 /// `reason_names` says), or the code the column's `reasons` gives instead.
