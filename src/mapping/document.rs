@@ -680,7 +680,7 @@ impl<'a> Document<'a> {
         let not_object = match read {
             Ok(kind) => kind,
             // A lone surrogate escape read before the text stops being JSON is where a reader
-            // of the strings (the login pipeline's) stops first.
+            // of the strings (the login pipeline's was one) stops first.
             Err(e) => {
                 return Err(match first_lone_surrogate(found.iter().flatten()) {
                     Some(string) => lone_surrogate_at(text, string),
@@ -752,7 +752,7 @@ impl<'a> Document<'a> {
     }
 }
 
-/// Where a reader of a field's string (serde_json's, which the login pipeline reads its fields
+/// Where a reader of a field's string (serde_json's, which the login pipeline read its fields
 /// with) says the text stops being JSON, when it stops inside the value of the field `key` (a
 /// key borrowed from `text`). The skip that captured the value refuses less (a lone surrogate
 /// escape) or elsewhere (at a control character, not past it), so the string is read again

@@ -170,8 +170,7 @@ columns = [
     );
 }
 
-/// The login columns as a mapping give the login pipeline's values, tokens included, for
-/// every valid message of the sample, under every mode.
+/// Bounds and `rest` see a number's every digit as it was sent.
 #[test]
 fn bounds_and_rest_see_every_digit_sent() {
     let mapping = r#"
