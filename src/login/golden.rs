@@ -14,7 +14,8 @@ use crate::kind::{CopyRows, Message, MessageKind, Rejection};
 use crate::mask::MaskMode;
 
 const SENT_MS: i64 = 1_700_000_000_000;
-const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
+/// A valid login, its fields in the producer's order.
+pub(super) const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
 
 /// The pairs of modes (address, device id) the login pipeline can run under.
 const MODES: [(MaskMode, MaskMode); 4] = [
@@ -34,24 +35,27 @@ fn outcome(kind: &dyn MessageKind, body: &str, sent_ms: i64) -> Result<CopyRows,
     kind.transform(&Message::new(body, "m-1", sent_ms)).outcome
 }
 
-fn with(field: &str, value: serde_json::Value) -> String {
+/// The good body with `field`'s value replaced.
+pub(super) fn with(field: &str, value: serde_json::Value) -> String {
     let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
     v[field] = value;
     v.to_string()
 }
 
 /// The good body with `field`'s value replaced by raw JSON text (which may be invalid).
-fn with_raw(field: &str, raw: &str) -> String {
+pub(super) fn with_raw(field: &str, raw: &str) -> String {
     with(field, "@@".into()).replace("\"@@\"", raw)
 }
 
-fn without(field: &str) -> String {
+/// The good body without `field`.
+pub(super) fn without(field: &str) -> String {
     let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
     v.as_object_mut().unwrap().remove(field);
     v.to_string()
 }
 
-const FIELDS: [&str; 6] = [
+/// The six fields of a login body, in the order they are checked and reported.
+pub(super) const FIELDS: [&str; 6] = [
     "user_id",
     "app_version",
     "device_type",

@@ -43,8 +43,10 @@ impl LoginKind {
                 "{mode} does not fit the login's {column}"
             );
         }
+        // Unknown fields are counted, never named: the login pipeline never logged a name,
+        // and a login's extra keys could be data.
         Self {
-            mapper: Mapper::new(mapping, key),
+            mapper: Mapper::new(mapping, key).counting_unknown_only(),
         }
     }
 
@@ -67,12 +69,8 @@ impl MessageKind for LoginKind {
     }
 
     fn transform(&self, message: &Message<'_>) -> Transformed {
-        // The body size is checked by the pipeline before any kind sees a body. Unknown
-        // fields are counted, never named: the login pipeline never logged a name, and a
-        // login's extra keys could be data.
-        let mut transformed = self.mapper.transform(message);
-        transformed.new_unknown.clear();
-        transformed
+        // The body size is checked by the pipeline before any kind sees a body.
+        self.mapper.transform(message)
     }
 }
 

@@ -759,11 +759,7 @@ impl<'a> Document<'a> {
 /// from where it starts.
 fn string_fault(text: &str, key: &str, error: &serde_json::Error, context: &str) -> Rejection {
     let skipped = || Rejection::unreadable_json(error, context);
-    let Some(key_end) = (key.as_ptr() as usize)
-        .checked_sub(text.as_ptr() as usize)
-        .map(|at| at + key.len())
-        .filter(|at| *at <= text.len())
-    else {
+    let Some(key_end) = offset_in(text, key).map(|at| at + key.len()) else {
         return skipped();
     };
     // Past the key's closing quote, the colon and the spaces around it. With no colon, the
@@ -778,46 +774,44 @@ fn string_fault(text: &str, key: &str, error: &serde_json::Error, context: &str)
         return skipped();
     };
     let value_at = key_end + after.len() - colon.trim_start_matches(spaces).len();
-    let rest = &text[value_at..];
-    if !rest.starts_with('"') {
+    if !text[value_at..].starts_with('"') {
         return skipped();
     }
-    let mut reader = serde_json::Deserializer::from_str(rest);
-    let Err(error) = <String as de::Deserialize>::deserialize(&mut reader) else {
-        return skipped();
-    };
-    let before = &text.as_bytes()[..value_at];
-    let line = 1 + before.iter().filter(|b| **b == b'\n').count();
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |at| at + 1);
-    let (line, column) = match error.line() {
-        1 => (line, value_at - line_start + error.column()),
-        more => (line + more - 1, error.column()),
-    };
-    Rejection::unreadable_json_at(&error, context, line, column)
+    string_refused_at(text, value_at, context).unwrap_or_else(skipped)
 }
 
 /// The `invalid_utf16_escape` of `string` (the JSON text of a string with a lone surrogate
 /// escape, within `text`): where serde_json's reader of `text` stops at it, line and column.
 fn lone_surrogate_at(text: &str, string: &str) -> Rejection {
-    // The string's own reader stops where the document's would, shifted by where the string
-    // starts (a JSON string holds no line break).
-    let column = serde_json::from_str::<String>(string)
-        .err()
-        .map_or(0, |e| e.column());
-    let offset = (string.as_ptr() as usize)
-        .checked_sub(text.as_ptr() as usize)
-        .filter(|at| *at <= text.len())
-        .unwrap_or(0);
-    let before = &text.as_bytes()[..offset];
+    offset_in(text, string)
+        .and_then(|at| string_refused_at(text, at, ""))
+        .unwrap_or_else(|| Rejection::lone_surrogate(1, 0))
+}
+
+/// What serde_json's string reader says of the string whose JSON text starts at `at` in
+/// `text`, placed as a reader of the whole text places it (a line and a column); `None` when
+/// it reads the string.
+fn string_refused_at(text: &str, at: usize, context: &str) -> Option<Rejection> {
+    let mut reader = serde_json::Deserializer::from_str(&text[at..]);
+    let error = <String as de::Deserialize>::deserialize(&mut reader).err()?;
+    let before = &text.as_bytes()[..at];
     let line = 1 + before.iter().filter(|b| **b == b'\n').count();
     let line_start = before
         .iter()
         .rposition(|b| *b == b'\n')
-        .map_or(0, |at| at + 1);
-    Rejection::lone_surrogate(line, offset - line_start + column)
+        .map_or(0, |start| start + 1);
+    let (line, column) = match error.line() {
+        1 => (line, at - line_start + error.column()),
+        more => (line + more - 1, error.column()),
+    };
+    Some(Rejection::unreadable_json_at(&error, context, line, column))
+}
+
+/// Where `part`, a slice of `text`, starts in it.
+fn offset_in(text: &str, part: &str) -> Option<usize> {
+    (part.as_ptr() as usize)
+        .checked_sub(text.as_ptr() as usize)
+        .filter(|at| *at <= text.len())
 }
 
 /// The first (in the text) lone surrogate escape of what the pointers found.

@@ -82,6 +82,8 @@ pub struct Mapper {
     shortcuts: Vec<Shortcut>,
     /// The unknown field names already reported, shared by the mapper's clones.
     reported: Arc<Mutex<HashSet<String>>>,
+    /// Whether unknown fields are named (once each), or only counted.
+    names_unknown: bool,
 }
 
 /// Where a mapper's pointers are in its plan's documents.
@@ -175,7 +177,15 @@ impl Mapper {
             slots,
             shortcuts,
             reported: Arc::default(),
+            names_unknown: true,
         }
+    }
+
+    /// A mapper that counts unknown fields but names none (the built-in login's: its
+    /// messages' extra keys could be data, and it never logged one).
+    pub fn counting_unknown_only(mut self) -> Self {
+        self.names_unknown = false;
+        self
     }
 
     /// Gives it the plan its slots are in (see [`Mapper::planned`]).
@@ -228,6 +238,10 @@ impl Mapper {
     }
 
     fn count_unknown(&self, doc: &Document<'_>, (count, new): &mut (u32, Vec<String>)) {
+        if !self.names_unknown {
+            *count += doc.unknown(&self.mapping.taken).len() as u32;
+            return;
+        }
         let mut reported = None;
         for key in doc.unknown(&self.mapping.taken) {
             *count += 1;
