@@ -7,19 +7,17 @@
 //! cargo run --release --example sqs_ceiling -- --queue-url URL [--concurrency 16] [--wait-time-secs 1]
 //! ```
 //!
-//! Prints one line: `received N deleted N seconds S`. It speaks to the queue through the
-//! official AWS SDK with the same HTTP client settings as sqs2pg (rustls on ring, so the two
-//! pay the same per-request costs). Credentials and region come from the usual chain; the
-//! endpoint is the queue URL's origin.
+//! Prints one line: `received N deleted N seconds S`. It speaks to the queue through sqs2pg's
+//! own SQS client (JSON protocol, or query with `SQS2PG_SQS_PROTOCOL=query`), so the two pay
+//! the same per-request costs. Credentials and region come from the usual chain; the endpoint
+//! is the queue URL's origin.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use sqs2pg::sqs::{AckHandle, MessageSource, Protocol, Queue, ReceiveRequest};
 
-/// The same allocator as the sqs2pg binary (mimalloc; see the note in Cargo.toml).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -34,63 +32,34 @@ fn flag(name: &str) -> Option<String> {
 async fn main() {
     let queue_url = flag("--queue-url").expect("--queue-url URL");
     let concurrency: usize = flag("--concurrency").map_or(16, |v| v.parse().expect("a number"));
-    let wait: i32 = flag("--wait-time-secs").map_or(1, |v| v.parse().expect("a number"));
-    let origin = {
-        let rest = queue_url.split_once("://").expect("an http(s) URL");
-        let host = rest.1.split('/').next().unwrap_or_default();
-        format!("{}://{host}", rest.0)
+    let wait: u64 = flag("--wait-time-secs").map_or(1, |v| v.parse().expect("a number"));
+    let protocol = match std::env::var("SQS2PG_SQS_PROTOCOL").as_deref() {
+        Ok("query") => Protocol::Query,
+        _ => Protocol::Json,
     };
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http)
-        .endpoint_url(origin)
-        .region(aws_config::Region::new("us-east-1"))
-        .load()
-        .await;
-    // The same client as sqs2pg's, keep-alive request header included.
-    let client = sqs2pg::sqs::sdk::client(&config);
+    let settings = sqs2pg::sqs::queue::SqsSettings {
+        queue_url,
+        endpoint_url: None,
+        protocol,
+    };
+    let queue = Arc::new(Queue::connect(&settings).await.expect("an SQS client"));
     let (received, deleted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, url) = (client.clone(), queue_url.clone());
+            let queue = queue.clone();
             let (received, deleted) = (received.clone(), deleted.clone());
             tokio::spawn(async move {
+                let request = ReceiveRequest::new(10, Duration::from_secs(wait), None);
                 loop {
-                    let answer = client
-                        .receive_message()
-                        .queue_url(&url)
-                        .max_number_of_messages(10)
-                        .wait_time_seconds(wait)
-                        .send()
-                        .await
-                        .expect("receive");
-                    let messages = answer.messages.unwrap_or_default();
+                    let messages = queue.receive(&request).await.expect("receive");
                     if messages.is_empty() {
                         return;
                     }
                     received.fetch_add(messages.len() as u64, Ordering::Relaxed);
-                    let entries: Vec<DeleteMessageBatchRequestEntry> = messages
-                        .iter()
-                        .enumerate()
-                        .map(|(i, m)| {
-                            DeleteMessageBatchRequestEntry::builder()
-                                .id(i.to_string())
-                                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                                .build()
-                                .expect("id and handle are set")
-                        })
-                        .collect();
-                    let done = client
-                        .delete_message_batch()
-                        .queue_url(&url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .expect("delete");
-                    deleted.fetch_add(done.successful.len() as u64, Ordering::Relaxed);
+                    let acks: Vec<AckHandle> = messages.iter().map(|m| m.ack.clone()).collect();
+                    let done = queue.delete(&acks).await.expect("delete");
+                    deleted.fetch_add(done.deleted as u64, Ordering::Relaxed);
                 }
             })
         })

@@ -2,16 +2,17 @@
 //! sending bodies (for `sqs2pg send`). The pipeline talks to SQS only through the
 //! [`MessageSource`] trait, so a fault-injecting test double can stand in for the real client.
 //!
-//! The real client is [`Queue`] ([`queue`]): it speaks the JSON protocol through the official
-//! SDK ([`sdk`]) or the query protocol through our own small client ([`query`]; old LocalStack,
-//! the exercise's own image, speaks nothing else), and in `auto` mode picks the one the server
-//! answers. What both clients hand over goes through the same checks here (`accept`): MD5 of
+//! The real client is [`Queue`] ([`queue`]): it speaks the JSON protocol ([`json`]) or the
+//! query protocol ([`query`]; old LocalStack, the exercise's own image, speaks nothing else)
+//! over one signed request path of our own ([`transport`]), and in `auto` mode picks the one
+//! the server answers. What both clients hand over goes through the same checks here (`accept`): MD5 of
 //! the body, the attributes the pipeline needs, one delivery per message id per answer.
 
+pub mod json;
 pub mod name;
 pub mod query;
 pub mod queue;
-pub mod sdk;
+pub mod transport;
 mod xml;
 
 use std::collections::HashSet;
@@ -20,8 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use md5::{Digest, Md5};
 
+pub use json::JsonQueue;
 pub use queue::Queue;
-pub use sdk::SdkQueue;
 
 /// SQS's own limit on messages per receive and entries per batch call.
 pub const SQS_BATCH_LIMIT: usize = 10;
@@ -303,7 +304,7 @@ pub struct SourceError {
     /// SQS's error code, when the server answered with an error we could read.
     pub code: Option<String>,
     /// The answer to a JSON request looked like a query-protocol-only server's (see
-    /// [`sdk`]): `auto` checks whether the server speaks query.
+    /// [`json`]): `auto` checks whether the server speaks query.
     pub query_only_hint: bool,
 }
 
@@ -360,7 +361,7 @@ pub enum Protocol {
     /// only that.
     #[default]
     Auto,
-    /// The AWS JSON 1.0 protocol (the official SDK): real SQS, LocalStack 1.0 and later, moto.
+    /// The AWS JSON 1.0 protocol: real SQS, LocalStack 1.0 and later, moto.
     Json,
     /// The query protocol (form POST, XML answers): real SQS, moto, and old LocalStack (0.14,
     /// the exercise's image), which speaks nothing else.

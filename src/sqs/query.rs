@@ -3,123 +3,49 @@
 //! official Rust SDK speaks only JSON, so this small client is our own: no crate offers the
 //! query protocol for SQS. It covers exactly the calls the pipeline, `send` and replay make.
 //!
-//! Requests are signed with SigV4 by the official `aws-sigv4` crate, with credentials from the
-//! same provider chain the SDK uses (so it works against real SQS too); answers are read with
-//! quick-xml (`super::xml`), including error answers and per-entry batch failures. HTTP is
-//! hyper with rustls on ring, the stack the SDK itself runs on.
+//! Requests go over the request path both of our clients share ([`super::transport`]);
+//! answers are read with quick-xml (`super::xml`), including error answers and per-entry
+//! batch failures.
 //!
-//! One job, one file of about 500 lines: the client (transport, signing, credentials) and the
-//! calls it makes, each a few lines over the shared request path.
+//! One job, one file: the calls the query protocol makes, each a few lines over the shared
+//! request path.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use aws_credential_types::provider::error::CredentialsError;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
-use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST};
-use http::{HeaderValue, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
 
 use super::name::is_fifo;
+use super::transport::Transport;
 use super::xml::Element;
 use super::{
-    accept, batch_entry, delete_outcome, in_words, no_credentials, send_retries, AckHandle,
-    BatchFailure, DeleteOutcome, MessageSource, Outgoing, QueueCounts, ReceiveRequest, Received,
-    SourceError, SourceErrorKind, WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE,
-    SQS_BATCH_LIMIT,
+    accept, batch_entry, delete_outcome, send_retries, AckHandle, BatchFailure, DeleteOutcome,
+    MessageSource, Outgoing, QueueCounts, ReceiveRequest, Received, SourceError, SourceErrorKind,
+    WireMessage, LEDGER_ID_ATTRIBUTE, SENT_TIMESTAMP_ATTRIBUTE, SQS_BATCH_LIMIT,
 };
 
 /// The SQS API version every query request names.
 const API_VERSION: &str = "2012-11-05";
-/// Longest a call may take, answer included; well above the longest long poll (20 s), like the
-/// SDK client's attempt timeout.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest a TCP connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Credentials with an expiry are fetched again this long before it.
-const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
-
 /// An SQS queue reached through the query protocol.
 pub struct QueryQueue {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// Where requests go: the endpoint's root.
-    endpoint: Uri,
-    host: HeaderValue,
+    transport: Arc<Transport>,
     queue_url: String,
-    region: String,
-    provider: Option<SharedCredentialsProvider>,
-    /// The provider's last answer (the SDK caches in its own runtime; we cache here).
-    cached: tokio::sync::Mutex<Option<Credentials>>,
 }
 
 impl std::fmt::Debug for QueryQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryQueue")
-            .field("endpoint", &self.endpoint)
+            .field("transport", &self.transport)
             .field("queue_url", &self.queue_url)
-            .field("region", &self.region)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
 impl QueryQueue {
-    /// A client that POSTs to `endpoint` (`scheme://host[:port]`), signing for `region`.
-    pub fn new(
-        endpoint: &str,
-        region: String,
-        provider: Option<SharedCredentialsProvider>,
-        queue_url: String,
-    ) -> Result<Self, String> {
-        let endpoint: Uri = format!("{}/", endpoint.trim_end_matches('/'))
-            .parse()
-            .map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
-        let host = endpoint
-            .authority()
-            .ok_or_else(|| format!("endpoint {endpoint} has no host"))?
-            .as_str()
-            .parse::<HeaderValue>()
-            .map_err(|e| format!("endpoint {endpoint}: {e}"))?;
-        let provider_ring = Arc::new(rustls::crypto::ring::default_provider());
-        // The operating system's roots (as the SDK client uses), and Mozilla's as a fallback
-        // for minimal images without a CA bundle.
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(provider_ring)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(https);
-        Ok(Self {
-            http,
-            endpoint,
-            host,
+    /// A client for `queue_url` over `transport`.
+    pub fn new(transport: Arc<Transport>, queue_url: String) -> Self {
+        Self {
+            transport,
             queue_url,
-            region,
-            provider,
-            cached: tokio::sync::Mutex::new(None),
-        })
+        }
     }
 
     /// Points this client at another queue URL.
@@ -238,53 +164,16 @@ impl QueryQueue {
             }
             form.finish()
         };
-        let mut request = http::Request::post(self.endpoint.clone())
-            .header(HOST, self.host.clone())
-            .header(
-                CONTENT_TYPE,
+        let answer = self
+            .transport
+            .post(
+                action,
                 "application/x-www-form-urlencoded; charset=utf-8",
+                &[],
+                body.into_bytes(),
             )
-            .body(())
-            .map_err(|e| SourceError::new(SourceErrorKind::Permanent, action, e.to_string()))?;
-        self.sign(action, &mut request, body.as_bytes()).await?;
-        // After signing, as in the SDK client (see `sdk::KeepAlive`): LocalStack closes every
-        // connection unless asked not to.
-        request
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-        let request = request.map(|()| Full::new(Bytes::from(body)));
-
-        let exchange = async {
-            let response = self.http.request(request).await?;
-            let status = response.status();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, bytes))
-        };
-        let (status, bytes) = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                // A certificate that fails its check does not fix itself; anything else on the
-                // way (refused, reset, DNS) does.
-                let kind = if crate::tls::is_tls_failure(e.as_ref()) {
-                    SourceErrorKind::Permanent
-                } else {
-                    SourceErrorKind::Transient
-                };
-                return Err(SourceError::new(
-                    kind,
-                    action,
-                    format!("{}: {}", self.endpoint, in_words(e.as_ref())),
-                ));
-            }
-            Err(_) => {
-                return Err(SourceError::new(
-                    SourceErrorKind::Transient,
-                    action,
-                    format!("no answer from {} within {CALL_TIMEOUT:?}", self.endpoint),
-                ))
-            }
-        };
-        let status = status.as_u16();
+            .await?;
+        let (status, bytes) = (answer.status, answer.body);
         let root = Element::parse(&bytes);
         if (200..300).contains(&status) {
             let root = root.map_err(|e| unreadable(action, &format!("answer is not XML: {e}")))?;
@@ -303,13 +192,7 @@ impl QueryQueue {
         });
         Err(match error {
             Some((code, text)) => {
-                if matches!(
-                    code.as_str(),
-                    "ExpiredToken" | "InvalidClientTokenId" | "RequestExpired"
-                ) {
-                    // Fetch credentials afresh next time (a rotated or expired session).
-                    *self.cached.lock().await = None;
-                }
+                self.transport.note_error_code(&code).await;
                 let mut message = format!("{code} (HTTP {status})");
                 if !text.is_empty() {
                     message.push_str(": ");
@@ -324,72 +207,6 @@ impl QueryQueue {
                 format!("HTTP {status} with no SQS error in the answer"),
             ),
         })
-    }
-
-    /// Adds the SigV4 headers (`Authorization`, `X-Amz-Date`, and the session token if any).
-    async fn sign(
-        &self,
-        action: &'static str,
-        request: &mut http::Request<()>,
-        body: &[u8],
-    ) -> Result<(), SourceError> {
-        let credentials = self.credentials(action).await?;
-        let identity = credentials.into();
-        let failed = |e: &dyn std::fmt::Display| {
-            SourceError::new(SourceErrorKind::Permanent, action, format!("signing: {e}"))
-        };
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("sqs")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| failed(&e))?
-            .into();
-        let instructions = {
-            let uri = request.uri().to_string();
-            let headers = request
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-            let signable = SignableRequest::new("POST", uri, headers, SignableBody::Bytes(body))
-                .map_err(|e| failed(&e))?;
-            sign(signable, &params)
-                .map_err(|e| failed(&e))?
-                .into_parts()
-                .0
-        };
-        instructions.apply_to_request_http1x(request);
-        Ok(())
-    }
-
-    async fn credentials(&self, action: &'static str) -> Result<Credentials, SourceError> {
-        let Some(provider) = &self.provider else {
-            return Err(no_credentials(action, None));
-        };
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
-            let fresh_until = SystemTime::now() + CREDENTIALS_REFRESH_MARGIN;
-            if c.expiry().is_none_or(|expiry| expiry > fresh_until) {
-                return Ok(c.clone());
-            }
-        }
-        let credentials = provider.provide_credentials().await.map_err(|e| match e {
-            CredentialsError::CredentialsNotLoaded(_) => no_credentials(action, None),
-            CredentialsError::InvalidConfiguration(_) => SourceError::new(
-                SourceErrorKind::Permanent,
-                action,
-                format!("AWS credentials: {}", in_words(&e)),
-            ),
-            _ => SourceError::new(
-                SourceErrorKind::Transient,
-                action,
-                format!("AWS credentials: {}", in_words(&e)),
-            ),
-        })?;
-        *cached = Some(credentials.clone());
-        Ok(credentials)
     }
 
     async fn change_visibility_batch(

@@ -7,14 +7,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use aws_config::timeout::TimeoutConfig;
+use aws_config::Region;
 use aws_config::SdkConfig;
-use aws_sdk_sqs::config::timeout::TimeoutConfig;
-use aws_sdk_sqs::config::Region;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+use super::json::JsonQueue;
 use super::name::{is_fifo, is_url, queue_name};
 use super::query::QueryQueue;
-use super::sdk::SdkQueue;
+use super::transport::Transport;
 use super::{
     AckHandle, DeleteOutcome, FifoTag, MessageSource, Outgoing, Protocol, QueueCounts,
     ReceiveRequest, Received, SourceError, SourceErrorKind,
@@ -49,7 +50,7 @@ pub struct SqsSettings {
 /// An SQS queue, reached over JSON or query (see the module docs).
 #[derive(Debug)]
 pub struct Queue {
-    json: SdkQueue,
+    json: JsonQueue,
     query: QueryQueue,
     protocol: Protocol,
     /// Set once `auto` found a query-only server (or `query` was asked for).
@@ -116,16 +117,11 @@ impl Queue {
         let query_endpoint = endpoint
             .or_else(|| origin(&settings.queue_url))
             .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
-        let query = QueryQueue::new(
-            &query_endpoint,
-            region,
-            config.credentials_provider(),
-            settings.queue_url.clone(),
-        )
-        .map_err(|e| SettingsError(format!("AWS_ENDPOINT_URL (--endpoint-url): {e}")))?;
+        let transport = Transport::new(&query_endpoint, region, config.credentials_provider())
+            .map_err(|e| SettingsError(format!("AWS_ENDPOINT_URL (--endpoint-url): {e}")))?;
         Ok(Self {
-            json: SdkQueue::new(&config, settings.queue_url.clone()),
-            query,
+            json: JsonQueue::new(transport.clone(), settings.queue_url.clone()),
+            query: QueryQueue::new(transport, settings.queue_url.clone()),
             protocol: settings.protocol,
             on_query: AtomicBool::new(settings.protocol == Protocol::Query),
             json_worked: AtomicBool::new(false),

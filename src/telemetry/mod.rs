@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 /// on every source of credentials or region they try and do not find (instance metadata off
 /// EC2, say), with the SDK's debug dump; what matters reaches the user in the error of the call
 /// that needed them.
-pub const DEFAULT_FILTER: &str = "info,aws_config=error,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_sdk_sqs=warn,hyper=warn,hyper_util=warn,tokio_postgres=warn,rustls=warn";
+pub const DEFAULT_FILTER: &str = "info,aws_config=error,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,hyper=warn,hyper_util=warn,tokio_postgres=warn,rustls=warn";
 
 /// The filter for a run: `RUST_LOG` if set and valid, else [`DEFAULT_FILTER`].
 pub fn filter() -> EnvFilter {
