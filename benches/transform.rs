@@ -18,7 +18,8 @@ use sqs2pg::mask::MaskMode;
 /// The allocator the service runs on (`src/main.rs`: mimalloc), so the figures are what ships;
 /// divan's profiler around it counts allocations per message too.
 #[global_allocator]
-static ALLOC: divan::AllocProfiler<mimalloc::MiMalloc> = divan::AllocProfiler::new(mimalloc::MiMalloc);
+static ALLOC: divan::AllocProfiler<mimalloc::MiMalloc> =
+    divan::AllocProfiler::new(mimalloc::MiMalloc);
 
 fn main() {
     divan::main();

@@ -337,7 +337,7 @@ def bench_sqs(args):
           f"| {median(rows, 'python_ka'):.0f} | {median(rows, 'python_ka_cpu'):.1f} | {median(rows, 'cpu_ratio_ka'):.1f} "
           f"| {median(rows, 'ours_rss'):.1f} | | |")
     print(f"\nSpreads (min–max): sqs2pg {spread(rows, 'ours')} msg/s, ceiling {spread(rows, 'ceiling')} msg/s, "
-          f"Python {spread(rows, 'python')} msg/s. CPU of the ceiling program (SQS calls only, same SDK): "
+          f"Python {spread(rows, 'python')} msg/s. CPU of the ceiling program (SQS calls only, through sqs2pg's own client): "
           f"{median(rows, 'ceiling_cpu'):.2f} s per 100k. Peak RSS of the ceiling program: "
           f"{median(rows, 'ceiling_rss'):.1f} MiB; of the Python script: {median(rows, 'python_rss'):.1f} MiB.")
 

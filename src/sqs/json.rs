@@ -85,6 +85,7 @@ struct ReceiveBody<'a> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct ReceiveAnswer {
+    #[serde(deserialize_with = "null_as_default")]
     messages: Vec<JsonMessage>,
 }
 
@@ -96,7 +97,9 @@ struct JsonMessage {
     #[serde(rename = "MD5OfBody")]
     md5_of_body: Option<String>,
     body: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
     attributes: HashMap<String, String>,
+    #[serde(deserialize_with = "null_as_default")]
     message_attributes: HashMap<String, AttributeValue>,
 }
 
@@ -105,6 +108,7 @@ struct JsonMessage {
 struct AttributeValue {
     #[serde(skip_serializing_if = "Option::is_none")]
     string_value: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
     data_type: String,
 }
 
@@ -141,15 +145,20 @@ struct SendEntry<'a> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct BatchAnswer {
+    #[serde(deserialize_with = "null_as_default")]
     successful: Vec<serde::de::IgnoredAny>,
+    #[serde(deserialize_with = "null_as_default")]
     failed: Vec<FailedEntry>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct FailedEntry {
+    #[serde(deserialize_with = "null_as_default")]
     id: String,
+    #[serde(deserialize_with = "null_as_default")]
     code: String,
+    #[serde(deserialize_with = "null_as_default")]
     sender_fault: bool,
 }
 
@@ -173,6 +182,7 @@ struct AttributesBody<'a> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct AttributesAnswer {
+    #[serde(deserialize_with = "null_as_default")]
     attributes: HashMap<String, String>,
 }
 
@@ -180,7 +190,7 @@ struct AttributesAnswer {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ErrorBody {
-    #[serde(rename = "__type")]
+    #[serde(rename = "__type", alias = "code")]
     kind: Option<String>,
     #[serde(alias = "Message")]
     message: Option<String>,
@@ -307,15 +317,23 @@ impl JsonQueue {
             return serde_json::from_slice(&answer.body).map_err(|e| {
                 // Said by its place and kind only: serde's own text can quote the answer,
                 // which can hold message bodies.
-                unreadable(
-                    action,
-                    &format!(
-                        "{:?} at line {} column {}",
-                        e.classify(),
-                        e.line(),
-                        e.column()
-                    ),
-                )
+                let why = format!(
+                    "{:?} at line {} column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                );
+                if e.is_eof() {
+                    // The answer stops short (a body that ends when its connection closes,
+                    // cut on the way): the call may have been served, and is safe to repeat.
+                    SourceError::new(
+                        SourceErrorKind::Transient,
+                        action,
+                        format!("the answer stops short ({why})"),
+                    )
+                } else {
+                    unreadable(action, &why)
+                }
             });
         }
         let (code, text, code_from_xml) = error_of(answer.query_error.as_ref(), &answer.body);
@@ -405,6 +423,15 @@ impl MessageSource for JsonQueue {
     }
 }
 
+/// A JSON `null` read as the type's default (an empty list or map), as the SDK reads one.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// `AmazonSQS.{action}` for the calls we make.
 fn target(action: &'static str) -> &'static str {
     match action {
@@ -482,10 +509,11 @@ fn error_of(
         };
     }
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    // `com.amazonaws.sqs#QueueDoesNotExist`, sometimes with `:http://...` after it.
+    // `com.amazonaws.sqs#QueueDoesNotExist`, sometimes with `:http://...` after it: what is
+    // after a colon goes first, then the namespace (as the SDK reads it).
     let body_code = parsed.kind.as_deref().map(|kind| {
-        let name = kind.rsplit_once('#').map_or(kind, |(_, name)| name);
-        name.split(':').next().unwrap_or(name).to_owned()
+        let name = kind.split(':').next().unwrap_or(kind);
+        name.rsplit('#').next().unwrap_or(name).to_owned()
     });
     (
         header_code.or(body_code.filter(|c| !c.is_empty())),

@@ -266,9 +266,8 @@ pub(crate) fn no_credentials(operation: &'static str, why: Option<String>) -> So
 }
 
 /// An error and its causes in words: each one's `Display`, joined with ": ", leaving out a
-/// cause whose text its parent already says (SDK errors often repeat themselves down the
-/// chain). Never `Debug`: the SDK's debug form is a dump of nested structs and HTTP headers,
-/// kept for `RUST_LOG=debug`.
+/// cause whose text its parent already says (hyper's and the credentials chain's errors often
+/// repeat themselves down the chain). Never `Debug`: a dump of nested structs.
 pub(crate) fn in_words(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();

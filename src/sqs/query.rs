@@ -1,7 +1,7 @@
 //! [`MessageSource`] on the SQS **query protocol**: form-encoded POSTs with `Action=...`, XML
-//! answers. Old LocalStack (0.14, the exercise's own image) speaks nothing else, and the
-//! official Rust SDK speaks only JSON, so this small client is our own: no crate offers the
-//! query protocol for SQS. It covers exactly the calls the pipeline, `send` and replay make.
+//! answers. Old LocalStack (0.14, the exercise's own image) speaks nothing else, and no crate
+//! offers the query protocol for SQS (the official Rust SDK speaks only JSON), so this small
+//! client is our own. It covers exactly the calls the pipeline, `send` and replay make.
 //!
 //! Requests go over the request path both of our clients share ([`super::transport`]);
 //! answers are read with quick-xml (`super::xml`), including error answers and per-entry

@@ -20,6 +20,7 @@ use super::{
     AckHandle, DeleteOutcome, FifoTag, MessageSource, Outgoing, Protocol, QueueCounts,
     ReceiveRequest, Received, SourceError, SourceErrorKind,
 };
+use crate::retry::RetryPolicy;
 use sha2::{Digest, Sha256};
 
 /// A setting the SQS client cannot use (an endpoint or region it cannot work with); the
@@ -112,12 +113,15 @@ impl Queue {
             .region()
             .map(|r| r.as_ref().to_owned())
             .expect("aws_config sets a region");
-        // Query requests go to the endpoint, else to the queue URL's own host (which is right
-        // for every AWS partition), else, for a bare name, to the region's SQS.
-        let query_endpoint = endpoint
+        // Requests go to the endpoint, else to the queue URL's own host (which is right for
+        // every AWS partition), else, for a bare name, to the region's SQS.
+        // A configured endpoint (`AWS_ENDPOINT_URL`, a profile's `endpoint_url`) comes before
+        // the queue URL's host, as it does for the SDK.
+        let endpoint = endpoint
+            .or_else(|| config.endpoint_url().map(str::to_owned))
             .or_else(|| origin(&settings.queue_url))
-            .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com"));
-        let transport = Transport::new(&query_endpoint, region, config.credentials_provider())
+            .unwrap_or_else(|| regional_endpoint(&region));
+        let transport = Transport::new(&endpoint, region, config.credentials_provider())
             .map_err(|e| SettingsError(format!("AWS_ENDPOINT_URL (--endpoint-url): {e}")))?;
         Ok(Self {
             json: JsonQueue::new(transport.clone(), settings.queue_url.clone()),
@@ -150,7 +154,8 @@ impl Queue {
             return Ok(());
         }
         let name = self.queue_url.clone();
-        let url = over!(self, c => c.get_queue_url(&name))?;
+        let this = &*self;
+        let url = retried(|| async { over!(this, c => c.get_queue_url(&name)) }).await?;
         self.point_at(url);
         Ok(())
     }
@@ -167,7 +172,8 @@ impl Queue {
                 )
             })?
             .to_owned();
-        let url = over!(self, c => c.create_queue(&name))?;
+        let this = &*self;
+        let url = retried(|| async { over!(this, c => c.create_queue(&name)) }).await?;
         self.point_at(url);
         Ok(())
     }
@@ -188,7 +194,7 @@ impl Queue {
 
     /// `GetQueueAttributes` for `names` (`All` for every one), as name/value pairs.
     pub async fn attributes(&self, names: &[&str]) -> Result<Vec<(String, String)>, SourceError> {
-        over!(self, c => c.attributes(names))
+        retried(|| async { over!(self, c => c.attributes(names)) }).await
     }
 
     /// `ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesNotVisible` (of
@@ -206,7 +212,7 @@ impl Queue {
     pub async fn send_batch(&self, messages: &[Outgoing]) -> Result<Vec<Outgoing>, SourceError> {
         if !is_fifo(&self.queue_url) {
             if messages.iter().all(|m| m.fifo.is_none()) {
-                return over!(self, c => c.send_batch(messages));
+                return retried(|| async { over!(self, c => c.send_batch(messages)) }).await;
             }
             let plain: Vec<Outgoing> = messages
                 .iter()
@@ -215,10 +221,10 @@ impl Queue {
                     ..m.clone()
                 })
                 .collect();
-            return over!(self, c => c.send_batch(&plain));
+            return retried(|| async { over!(self, c => c.send_batch(&plain)) }).await;
         }
         if messages.iter().all(|m| m.fifo.is_some()) {
-            return over!(self, c => c.send_batch(messages));
+            return retried(|| async { over!(self, c => c.send_batch(messages)) }).await;
         }
         let tagged: Vec<Outgoing> = messages
             .iter()
@@ -242,7 +248,7 @@ impl Queue {
                 }
             })
             .collect();
-        over!(self, c => c.send_batch(&tagged))
+        retried(|| async { over!(self, c => c.send_batch(&tagged)) }).await
     }
 
     /// `auto`'s check, after a JSON answer that looked like a query-only server's: asks the
@@ -325,16 +331,17 @@ impl MessageSource for Queue {
 }
 
 /// The AWS configuration: credentials and region from the standard chain (environment,
-/// profile, SSO, container and instance roles), the endpoint if given, bounded calls, TLS
-/// through rustls with ring (one crypto provider for SQS and PostgreSQL). A region in the queue
-/// URL overrides the chain's; for a local server with none anywhere, [`LOCAL_DEFAULT_REGION`].
+/// profile, SSO, container and instance roles) and the endpoint if given. Its HTTP client,
+/// bounded and on rustls with ring (one crypto provider for SQS and PostgreSQL), is the one the
+/// credentials providers call (SSO, STS, instance metadata); SQS calls go over
+/// [`Transport`]. A region in the queue URL overrides the chain's; for a local server with
+/// none anywhere, [`LOCAL_DEFAULT_REGION`].
 async fn aws_config(endpoint: Option<&str>, queue: &str) -> Result<SdkConfig, SettingsError> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    // Bounded calls: a connect that hangs, or a receive that never answers, fails and is
-    // retried instead of stalling a receiver; the attempt limit is well above the longest
-    // long poll (20 s).
+    // Bounded calls: a credentials provider's connect that hangs fails instead of stalling
+    // the run.
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(Duration::from_secs(60))
@@ -389,6 +396,47 @@ static TEST_CREDENTIALS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 #[doc(hidden)]
 pub fn use_test_credentials() {
     let _ = TEST_CREDENTIALS.set(());
+}
+
+/// How often the calls outside the pipeline's own are tried: queue lookup and creation,
+/// attributes, sends. Three attempts, with backoff, as the SDK's standard retry mode did; the
+/// pipeline's calls (receive, delete, change visibility) are tried once here and retried by
+/// the pipeline's one policy (`error::fate`), so the two never stack.
+const SETUP_RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_secs(1),
+    max_delay: Duration::from_secs(20),
+    max_attempts: Some(3),
+};
+
+/// `call` under [`SETUP_RETRY`]: again after a transient error while attempts remain.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, SourceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SourceError>>,
+{
+    let mut backoff = SETUP_RETRY.backoff();
+    loop {
+        match call().await {
+            Err(e) if e.kind == SourceErrorKind::Transient => match backoff.failed() {
+                Some(delay) => {
+                    tracing::debug!(error = %e, attempt = backoff.attempts(), "sqs call failed; trying again");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(e),
+            },
+            answer => return answer,
+        }
+    }
+}
+
+/// The region's SQS endpoint (China's partition has its own domain).
+fn regional_endpoint(region: &str) -> String {
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://sqs.{region}.{domain}")
 }
 
 /// Whether a call reached a server that speaks query: it answered, or refused in SQS's XML.

@@ -39,10 +39,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Credentials with an expiry are fetched again this long before it.
 const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// Longest the provider chain may take to give credentials (the SDK's own cache allows 5 s).
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The error codes that say the credentials used are no longer good (a rotated or expired
-/// session): they are fetched afresh for the next call.
-const STALE_CREDENTIALS: [&str; 3] = ["ExpiredToken", "InvalidClientTokenId", "RequestExpired"];
+/// session), in the query and the JSON spellings: they are fetched afresh for the next call.
+const STALE_CREDENTIALS: [&str; 5] = [
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "RequestExpired",
+];
 
 /// A server's whole answer to one call.
 pub struct Answer {
@@ -243,37 +251,54 @@ impl Transport {
             return Err(no_credentials(action, None));
         };
         let mut cached = self.cached.lock().await;
+        let now = SystemTime::now();
         if let Some(c) = cached.as_ref() {
-            let fresh_until = SystemTime::now() + CREDENTIALS_REFRESH_MARGIN;
-            if c.expiry().is_none_or(|expiry| expiry > fresh_until) {
+            if c.expiry()
+                .is_none_or(|expiry| expiry > now + CREDENTIALS_REFRESH_MARGIN)
+            {
                 return Ok(c.clone());
             }
         }
-        let credentials = provider.provide_credentials().await.map_err(|e| {
-            // The chain's own text lists every provider it tried, one per line; the first
-            // line says what matters.
-            let text = in_words(&e);
-            let why = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_end_matches("Attempted:")
-                .trim_end()
-                .to_owned();
-            match e {
-                CredentialsError::CredentialsNotLoaded(_) => no_credentials(action, None),
-                // A provider that did not answer in time (instance metadata, STS) may next
-                // time.
-                CredentialsError::ProviderTimedOut(_) => SourceError::new(
-                    SourceErrorKind::Transient,
-                    action,
-                    format!("AWS credentials: {why}"),
-                ),
-                _ => no_credentials(action, Some(why)),
+        let fetched = tokio::time::timeout(CREDENTIALS_TIMEOUT, provider.provide_credentials())
+            .await
+            .unwrap_or_else(|_| Err(CredentialsError::provider_timed_out(CREDENTIALS_TIMEOUT)));
+        let credentials = match fetched {
+            Ok(credentials) => credentials,
+            // A refresh that fails while the credentials held are still good (an instance
+            // metadata or STS blip in the last minutes before they expire) uses them.
+            Err(_)
+                if cached
+                    .as_ref()
+                    .is_some_and(|c| c.expiry().is_some_and(|expiry| expiry > now)) =>
+            {
+                return Ok(cached.clone().expect("checked above"));
             }
-        })?;
+            Err(e) => return Err(credentials_error(action, &e)),
+        };
         *cached = Some(credentials.clone());
         Ok(credentials)
+    }
+}
+
+/// A failure of the provider chain, in words: the chain's own text lists every provider it
+/// tried, one per line, and the first line says what matters. A provider that did not answer
+/// in time (instance metadata, STS) may next time; anything else is a configuration to fix.
+fn credentials_error(action: &'static str, e: &CredentialsError) -> SourceError {
+    let text = in_words(e);
+    let why = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches("Attempted:")
+        .trim_end()
+        .to_owned();
+    match e {
+        CredentialsError::ProviderTimedOut(_) => SourceError::new(
+            SourceErrorKind::Transient,
+            action,
+            format!("AWS credentials: {why}"),
+        ),
+        _ => no_credentials(action, Some(why)),
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! The rule for every event in this crate: message ids, counts, durations, reason codes and
 //! error texts; never a message body, an `ip` or a `device_id`. Raising dependency levels (e.g.
-//! `RUST_LOG=aws_smithy_runtime=trace`) can make those crates log wire content; do that only
-//! against test data.
+//! `RUST_LOG=hyper=trace`) can make those crates log wire content; do that only against test
+//! data.
 
 pub mod http;
 pub mod metrics;
@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 /// The filter used when `RUST_LOG` is not set. `aws_config` only at error: its providers warn
 /// on every source of credentials or region they try and do not find (instance metadata off
-/// EC2, say), with the SDK's debug dump; what matters reaches the user in the error of the call
+/// EC2, say), with a debug dump; what matters reaches the user in the error of the call
 /// that needed them.
 pub const DEFAULT_FILTER: &str = "info,aws_config=error,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,hyper=warn,hyper_util=warn,tokio_postgres=warn,rustls=warn";
 

@@ -8,7 +8,7 @@
 //! serves while a test blocks on child processes.
 //!
 //! Our own code (no crate serves): it only has to find where each request ends and where an
-//! answer's head ends, and SQS clients (the official SDK, our query client, boto3) send a
+//! answer's head ends, and SQS clients (our JSON and query clients, boto3) send a
 //! Content-Length with every request. Clients send one request at a time on a connection, so
 //! the bytes the server sends after a request are its answer.
 

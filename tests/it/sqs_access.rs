@@ -36,7 +36,7 @@ async fn missing_aws_credentials_stop_the_run_with_a_hint() {
         stderr(&out)
     );
 
-    // `check` says the same in words: the cause and the hint, no dump of the SDK's structs or
+    // `check` says the same in words: the cause and the hint, no dump of structs or
     // HTTP headers, no warning from inside the credentials chain (which, with instance metadata
     // not turned off, also asks it, as on a fresh machine).
     let out = command(
@@ -84,7 +84,7 @@ fn requests_are_really_signed_and_a_wrong_secret_is_refused() {
             ],
         )
     };
-    // Our query client and the SDK both sign with the key moto's IAM knows.
+    // Our query and JSON clients both sign with the key moto's IAM knows.
     for protocol in ["query", "json"] {
         let ok = send(protocol, &moto.secret_access_key);
         assert!(ok.status.success(), "{protocol}: {}", stderr(&ok));

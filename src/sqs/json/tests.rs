@@ -159,3 +159,29 @@ fn what_looks_like_a_query_only_server() {
         false
     ));
 }
+
+#[test]
+fn nulls_read_as_empty_as_the_sdk_reads_them() {
+    let json = br#"{"Messages":[{"MessageId":"id","ReceiptHandle":"rh","Body":"b",
+        "Attributes":null,"MessageAttributes":{"a":{"StringValue":"v","DataType":null}}}]}"#;
+    let answer: ReceiveAnswer = serde_json::from_slice(json).unwrap();
+    let m = wire_message(answer.messages.into_iter().next().unwrap());
+    assert_eq!(m.sent_timestamp, None);
+    assert_eq!(m.attributes, [("a".to_owned(), "v".to_owned())]);
+    let none: ReceiveAnswer = serde_json::from_slice(br#"{"Messages":null}"#).unwrap();
+    assert!(none.messages.is_empty());
+    let batch: BatchAnswer =
+        serde_json::from_slice(br#"{"Successful":null,"Failed":null}"#).unwrap();
+    assert!(batch.successful.is_empty() && batch.failed.is_empty());
+}
+
+#[test]
+fn a_code_keeps_its_name_when_a_hash_follows_the_colon() {
+    let body = br#"{"__type":"aws.sqs#TooManyEntriesInBatchRequest:http://x/#frag"}"#;
+    assert_eq!(
+        error_of(None, body).0.as_deref(),
+        Some("TooManyEntriesInBatchRequest")
+    );
+    let code = br#"{"code":"QueueDoesNotExist"}"#;
+    assert_eq!(error_of(None, code).0.as_deref(), Some("QueueDoesNotExist"));
+}

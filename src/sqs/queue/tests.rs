@@ -79,3 +79,45 @@ fn queue_names_follow_sqs_rules() {
     assert!(!is_queue_name(&"x".repeat(81)));
     assert!(!is_queue_name(""));
 }
+
+#[test]
+fn a_bare_name_goes_to_its_partitions_endpoint() {
+    assert_eq!(
+        regional_endpoint("eu-west-1"),
+        "https://sqs.eu-west-1.amazonaws.com"
+    );
+    assert_eq!(
+        regional_endpoint("cn-north-1"),
+        "https://sqs.cn-north-1.amazonaws.com.cn"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn setup_calls_are_tried_three_times_and_only_when_worth_it() {
+    use std::sync::atomic::AtomicU32;
+    let calls = AtomicU32::new(0);
+    let failing = |kind| {
+        let calls = &calls;
+        move || async move {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(SourceError::new(kind, "GetQueueUrl", "no"))
+        }
+    };
+    assert!(retried(failing(SourceErrorKind::Transient)).await.is_err());
+    assert_eq!(calls.swap(0, Ordering::Relaxed), 3);
+    assert!(retried(failing(SourceErrorKind::Permanent)).await.is_err());
+    assert_eq!(calls.swap(0, Ordering::Relaxed), 1);
+    let answer = retried(|| async {
+        match calls.fetch_add(1, Ordering::Relaxed) {
+            0 => Err(SourceError::new(
+                SourceErrorKind::Transient,
+                "GetQueueUrl",
+                "blip",
+            )),
+            _ => Ok("url"),
+        }
+    })
+    .await;
+    assert_eq!(answer.unwrap(), "url");
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+}

@@ -144,3 +144,30 @@ async fn no_credentials_is_said_before_anything_is_sent() {
     assert_eq!(error.status, None);
     assert!(error.message.contains("no AWS credentials"), "{error}");
 }
+
+#[tokio::test]
+async fn an_answer_that_stops_short_is_transient_and_quotes_nothing() {
+    // A 200 whose JSON ends early with the connection: the call may have been served.
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", socket.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = socket.accept().await.unwrap();
+        let mut chunk = [0u8; 8192];
+        let _ = stream.read(&mut chunk).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"Messages\":[{\"Body\":\"secret-ip 10.1.2.3")
+            .await
+            .unwrap();
+    });
+    let transport = Transport::new(&endpoint, "us-east-1".into(), provider()).unwrap();
+    let queue = JsonQueue::new(transport, format!("{endpoint}/000000000000/q"));
+    let request = crate::sqs::ReceiveRequest::new(10, Duration::from_secs(1), None);
+    let error = tokio::time::timeout(Duration::from_secs(10), queue.receive(&request))
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    server.await.unwrap();
+    assert_eq!(error.kind, SourceErrorKind::Transient, "{error}");
+    assert!(!error.to_string().contains("10.1.2.3"), "{error}");
+}

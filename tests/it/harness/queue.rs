@@ -12,7 +12,7 @@ use super::*;
 /// The SQS servers (and protocols) the tests run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sqs {
-    /// moto, spoken to in JSON (the official SDK).
+    /// moto, spoken to in JSON (our JSON client).
     MotoJson,
     /// moto, spoken to in the query protocol (our own client).
     MotoQuery,
